@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Resolves the pinned control-plane and packaging binaries into one directory and
+# prints that directory. Order of sources:
+#   1. $WAO_TOOLS_DIR, when it already holds every binary;
+#   2. the local cache ($WAO_CACHE_DIR, default ~/.cache/whatsapp-operator);
+#   3. a build from Go modules (the Kubernetes commands through a wrapper module
+#      whose replace lines pin the staging modules to the same release).
+# Usage: hack/tools.sh [ensure|path|versions]
+set -euo pipefail
+
+KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
+HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+CACHE_ROOT="${WAO_CACHE_DIR:-$HOME/.cache/whatsapp-operator}"
+CACHE_BIN="$CACHE_ROOT/bin/k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+
+log() { echo "[tools] $*" >&2; }
+
+have_all() {
+  local dir="$1" t
+  for t in "${TOOLS[@]}"; do [ -x "$dir/$t" ] || return 1; done
+}
+
+# The k8s.io/kubernetes module refers to its staging modules as v0.0.0 with
+# local replace lines; outside its repository they must point at the published
+# v0.X.Y tags of the same release.
+build_kubernetes() {
+  local out="$1" work minor staging
+  work="$(mktemp -d)"
+  minor="v0.${KUBERNETES_VERSION#v1.}"
+  log "building Kubernetes ${KUBERNETES_VERSION} commands (staging modules at ${minor})"
+  (
+    cd "$work"
+    go mod init wao-tools/kubernetes >/dev/null 2>&1
+    gomod="$(go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod")"
+    {
+      echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
+      for m in $staging; do echo "replace $m => $m ${minor}"; done
+    } >>go.mod
+    cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy -e >/dev/null 2>&1 || true
+    go get "k8s.io/kubernetes@${KUBERNETES_VERSION}" >/dev/null
+    go mod tidy
+    local ldflags="-s -w"
+    local pkg="k8s.io/component-base/version"
+    ldflags+=" -X ${pkg}.gitVersion=${KUBERNETES_VERSION} -X ${pkg}.gitMajor=1"
+    ldflags+=" -X ${pkg}.gitMinor=$(echo "${KUBERNETES_VERSION}" | cut -d. -f2)"
+    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
+    ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION}"
+    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+      log "go build $c"
+      CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/$c" "k8s.io/kubernetes/cmd/$c"
+    done
+  )
+  rm -rf "$work"
+}
+
+build_etcd() {
+  local out="$1" work
+  work="$(mktemp -d)"
+  log "building etcd ${ETCD_VERSION}"
+  (
+    cd "$work"
+    go mod init wao-tools/etcd >/dev/null 2>&1
+    cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+    go get "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" >/dev/null
+    go mod tidy
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
+  )
+  rm -rf "$work"
+}
+
+build_installable() {
+  local out="$1" name="$2" pkg="$3" ldflags="${4:-}"
+  log "building $name from $pkg"
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w $ldflags" "$pkg"
+}
+
+ensure() {
+  if [ -n "${WAO_TOOLS_DIR:-}" ] && have_all "$WAO_TOOLS_DIR"; then
+    echo "$WAO_TOOLS_DIR"; return
+  fi
+  if have_all "$CACHE_BIN"; then echo "$CACHE_BIN"; return; fi
+  command -v go >/dev/null || { log "Go is needed to build the tools and was not found"; exit 1; }
+  mkdir -p "$CACHE_BIN"
+  [ -x "$CACHE_BIN/kube-apiserver" ] && [ -x "$CACHE_BIN/kubectl" ] && [ -x "$CACHE_BIN/kube-scheduler" ] \
+    && [ -x "$CACHE_BIN/kube-controller-manager" ] || build_kubernetes "$CACHE_BIN"
+  [ -x "$CACHE_BIN/etcd" ] || build_etcd "$CACHE_BIN"
+  [ -x "$CACHE_BIN/kwok" ] || build_installable "$CACHE_BIN" kwok "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" \
+    "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
+  [ -x "$CACHE_BIN/helm" ] || build_installable "$CACHE_BIN" helm "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" \
+    "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  have_all "$CACHE_BIN" || { log "some tools are still missing in $CACHE_BIN"; exit 1; }
+  echo "$CACHE_BIN"
+}
+
+case "${1:-ensure}" in
+  ensure|path) ensure ;;
+  versions) echo "kubernetes=${KUBERNETES_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION}" ;;
+  *) echo "usage: $0 [ensure|path|versions]" >&2; exit 2 ;;
+esac

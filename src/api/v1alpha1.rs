@@ -1,0 +1,524 @@
+//! `whatsapp.operators.dev/v1alpha1` `WhatsAppNumber`: one phone number served by
+//! one multiconnect deployment of the WhatsApp Business API on-premises client.
+//!
+//! Every rule the OpenAPI schema can express lives here (patterns, enums, ranges,
+//! CEL), so the API server rejects bad input before the operator ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Shard counts the client accepts (domain: "1, 2, 4, 8, 16 or 32").
+pub const VALID_SHARDS: [i32; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Desired state of a WhatsApp Business API deployment for one phone number.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "whatsapp.operators.dev",
+    version = "v1alpha1",
+    kind = "WhatsAppNumber",
+    plural = "whatsappnumbers",
+    shortname = "wan",
+    category = "whatsapp",
+    namespaced,
+    status = "WhatsAppNumberStatus",
+    doc = "A WhatsAppNumber runs the WhatsApp Business API on-premises client for one phone number in high-availability multiconnect mode: masters, coreapp shards with standbys, webapps, a shared media volume.",
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters: child objects and pods are named after it"),
+    printcolumn(name = "Number", type_ = "string", json_path = ".spec.phoneNumber"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.multiconnect.shards"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Pods", type_ = "string", json_path = ".status.readyPods", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WhatsAppNumberSpec {
+    /// The phone number this deployment serves, in E.164 form: `+`, then 7 to 15
+    /// digits, no leading zero (for example `+15550001111`). Immutable: a second
+    /// number needs a second WhatsAppNumber. The operator lets only one
+    /// WhatsAppNumber in the whole cluster run a given number.
+    #[schemars(regex(pattern = r"^\+[1-9][0-9]{6,14}$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("phoneNumber is immutable; create a new WhatsAppNumber for another number"))]
+    pub phone_number: String,
+
+    /// Client version to run, for example `2.53.2`. The image tag is `v<version>`.
+    /// Every build expires 6 months after its release; changing this field upgrades
+    /// the deployment (schema upgrade included).
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+(\.[0-9]+)?$"))]
+    pub version: String,
+
+    /// Image repositories and pull settings for the coreapp and webapp images.
+    #[serde(default)]
+    pub images: ImagesSpec,
+
+    /// Multiconnect topology: shards, standby coreapps and masters.
+    #[serde(default)]
+    pub multiconnect: MulticonnectSpec,
+
+    /// Pod settings for the master StatefulSet.
+    #[serde(default)]
+    pub master: PodOverrides,
+
+    /// Pod settings for the coreapp StatefulSet.
+    #[serde(default)]
+    pub coreapp: PodOverrides,
+
+    /// The webapp (REST API) Deployment and its Service.
+    #[serde(default)]
+    pub webapp: WebappSpec,
+
+    /// The external database (MySQL 5.7/8.0 or PostgreSQL 11-13) that holds the
+    /// client's state.
+    pub database: DatabaseSpec,
+
+    /// The shared ReadWriteMany media volume, mounted at `/usr/local/wamedia`.
+    #[serde(default)]
+    pub media: MediaSpec,
+}
+
+/// Image repositories and pull settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesSpec {
+    /// Repository of the coreapp image (masters, coreapps and the schema upgrade);
+    /// the tag is `v<spec.version>`.
+    #[serde(default = "default_coreapp_image")]
+    #[schemars(length(min = 1))]
+    pub coreapp: String,
+
+    /// Repository of the webapp image; the tag is `v<spec.version>`.
+    #[serde(default = "default_webapp_image")]
+    #[schemars(length(min = 1))]
+    pub webapp: String,
+
+    /// Image pull policy for every container. Defaults to the Kubernetes default
+    /// (`IfNotPresent` for versioned tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+
+    /// Secrets used to pull the images (Meta's registry needs credentials).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<LocalObjectReference>,
+}
+
+impl Default for ImagesSpec {
+    fn default() -> Self {
+        Self { coreapp: default_coreapp_image(), webapp: default_webapp_image(), pull_policy: None, pull_secrets: vec![] }
+    }
+}
+
+fn default_coreapp_image() -> String {
+    "docker.whatsapp.biz/coreapp".into()
+}
+
+fn default_webapp_image() -> String {
+    "docker.whatsapp.biz/web".into()
+}
+
+/// Kubernetes image pull policy.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Multiconnect topology.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MulticonnectSpec {
+    /// Number of shards: 1, 2, 4, 8, 16 or 32. One shard is the high-availability
+    /// setup. Messages are routed by `crc32(recipient) % shards`; Meta's sizing:
+    /// 10-20 msg/s -> 2, 40 -> 4, 80 -> 8, 120-160 -> 16, 200-350 -> 32.
+    #[serde(default = "default_shards")]
+    #[schemars(extend("enum" = [1, 2, 4, 8, 16, 32]))]
+    pub shards: i32,
+
+    /// Standby coreapps beyond one per shard; each tolerates one failed coreapp.
+    /// The coreapp StatefulSet runs `shards + standbyCoreapps` pods.
+    #[serde(default = "default_standby")]
+    #[schemars(range(min = 0, max = 32))]
+    pub standby_coreapps: i32,
+
+    /// Master nodes. They compete for the master lease in the database; the
+    /// primary master manages the cluster, the others stand by.
+    #[serde(default = "default_masters")]
+    #[schemars(range(min = 1, max = 5))]
+    pub masters: i32,
+}
+
+impl Default for MulticonnectSpec {
+    fn default() -> Self {
+        Self { shards: default_shards(), standby_coreapps: default_standby(), masters: default_masters() }
+    }
+}
+
+fn default_shards() -> i32 {
+    1
+}
+fn default_standby() -> i32 {
+    1
+}
+fn default_masters() -> i32 {
+    2
+}
+
+/// Scheduling and metadata settings for the pods of one tier.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Compute resources of the tier's main container. Defaults to Meta's production
+    /// guidance for multiconnect: 2 CPU and 4Gi memory requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node selector for the tier's pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations for the tier's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity for the tier's pods. When set it replaces the default, which is a
+    /// required pod anti-affinity on `kubernetes.io/hostname` within the tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Extra labels on the tier's pods. Keys the operator uses for selection
+    /// (`app.kubernetes.io/*`) cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the tier's pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// The webapp tier: the REST API on HTTPS port 443.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebappSpec {
+    /// Number of webapp replicas. The webapp is stateless; every replica serves
+    /// the whole API.
+    #[serde(default = "default_webapp_replicas")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: i32,
+
+    /// The Service in front of the webapps.
+    #[serde(default)]
+    pub service: WebappServiceSpec,
+
+    /// TLS certificate served by the webapps on 443. Without it the webapp serves
+    /// its own self-signed certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<WebappTls>,
+
+    /// Pod settings of the webapp tier.
+    #[serde(flatten)]
+    pub pod: PodOverrides,
+}
+
+impl Default for WebappSpec {
+    fn default() -> Self {
+        Self { replicas: default_webapp_replicas(), service: Default::default(), tls: None, pod: Default::default() }
+    }
+}
+
+fn default_webapp_replicas() -> i32 {
+    2
+}
+
+/// Service settings for the webapp.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebappServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// Annotations on the Service (for example for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Kubernetes Service type for the webapp.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebappTls {
+    /// Name of the Secret, in the WhatsAppNumber's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Database engine.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseEngine {
+    /// MySQL 5.7 or 8.0 (MariaDB works too).
+    MySQL,
+    /// PostgreSQL 11 to 13.
+    PostgreSQL,
+}
+
+impl DatabaseEngine {
+    /// The value of `WA_DB_ENGINE`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            DatabaseEngine::MySQL => "MYSQL",
+            DatabaseEngine::PostgreSQL => "POSTGRESQL",
+        }
+    }
+
+    pub fn default_port(self) -> i32 {
+        match self {
+            DatabaseEngine::MySQL => 3306,
+            DatabaseEngine::PostgreSQL => 5432,
+        }
+    }
+}
+
+/// Connection to the external database.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// `MySQL` or `PostgreSQL`.
+    pub engine: DatabaseEngine,
+
+    /// Host name or address of the database server.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+
+    /// Port of the database server. Defaults to 3306 for MySQL and 5432 for
+    /// PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Secret with the database user name and password.
+    pub credentials_secret_ref: CredentialsSecretRef,
+
+    /// TLS to the database: the CA that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DatabaseTls>,
+
+    /// `WA_DB_CONNECTION_IDLE_TIMEOUT` in milliseconds.
+    #[serde(default = "default_idle_timeout")]
+    #[schemars(range(min = 1000, max = 86400000))]
+    pub connection_idle_timeout_ms: i64,
+}
+
+fn default_idle_timeout() -> i64 {
+    180_000
+}
+
+impl DatabaseSpec {
+    pub fn effective_port(&self) -> i32 {
+        self.port.unwrap_or_else(|| self.engine.default_port())
+    }
+}
+
+/// Reference to a Secret holding database credentials.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret, in the WhatsAppNumber's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key of the user name in the Secret.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1))]
+    pub username_key: String,
+
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// TLS settings for the database connection.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseTls {
+    /// Secret key holding the PEM CA certificate; mounted into every pod and
+    /// passed as `WA_DB_SSL_CA`.
+    pub ca_secret_ref: SecretKeyRef,
+}
+
+/// A key in a Secret of the WhatsAppNumber's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key in the Secret.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// The shared media volume.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.existingClaim) || !has(self.storageClassName)").message("media.existingClaim and media.storageClassName are mutually exclusive"))]
+pub struct MediaSpec {
+    /// Use this existing ReadWriteMany PersistentVolumeClaim instead of creating
+    /// one. The operator never deletes an existing claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub existing_claim: Option<String>,
+
+    /// Storage class of the claim the operator creates; it must provide
+    /// ReadWriteMany (NFS, EFS, CephFS, Azure Files...). Empty uses the cluster's
+    /// default class. Fixed once the claim exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Size of the claim the operator creates. It can grow (when the class allows
+    /// expansion), never shrink.
+    #[serde(default = "default_media_size")]
+    pub size: Quantity,
+
+    /// What happens to the claim the operator created when the WhatsAppNumber is
+    /// deleted: `Retain` (default) keeps it and the media on it, `Delete` removes it.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+impl Default for MediaSpec {
+    fn default() -> Self {
+        Self {
+            existing_claim: None,
+            storage_class_name: None,
+            size: default_media_size(),
+            reclaim_policy: ReclaimPolicy::default(),
+        }
+    }
+}
+
+fn default_media_size() -> Quantity {
+    Quantity("50Gi".into())
+}
+
+/// Fate of the operator-created media claim when the WhatsAppNumber goes.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReclaimPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// Observed state, written by the operator only.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WhatsAppNumberStatus {
+    /// The `metadata.generation` this status describes. Conditions are only
+    /// meaningful when it equals `metadata.generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason, a message, the
+    /// generation it was computed for and the time it last changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Master StatefulSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masters: Option<TierStatus>,
+
+    /// Coreapp StatefulSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coreapps: Option<TierStatus>,
+
+    /// Webapp Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webapps: Option<TierStatus>,
+
+    /// Ready pods out of desired pods over all tiers, for example `7/7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_pods: Option<String>,
+
+    /// The version the running workloads were built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+
+    /// Name of the media PersistentVolumeClaim in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_claim: Option<String>,
+
+    /// In-cluster address of the webapp API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webapp_endpoint: Option<String>,
+
+}
+
+/// Readiness of one tier, computed from its workload's own status.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TierStatus {
+    /// Replicas the spec asks for.
+    pub desired: i32,
+    /// Pods that are ready.
+    pub ready: i32,
+    /// Pods that run the newest pod template.
+    pub updated: i32,
+    /// Whether the workload controller has seen the newest workload spec
+    /// (its `observedGeneration` equals its `generation`).
+    pub observed: bool,
+}
+
+impl TierStatus {
+    /// A tier is ready when its controller has caught up with the newest spec and
+    /// every desired pod runs the newest template and is ready.
+    pub fn is_ready(&self) -> bool {
+        self.observed && self.updated == self.desired && self.ready == self.desired
+    }
+}

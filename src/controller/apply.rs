@@ -1,0 +1,163 @@
+//! Apply: server-side apply of the built children with one field manager,
+//! writing only what differs, and removal of children the spec no longer wants.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Mutex;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::{Error, Result};
+use super::status::{Tiers, deployment_tier, stateful_set_tier};
+use crate::api::WhatsAppNumber;
+use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, instance_selector};
+use crate::resources::{Children, config};
+use crate::telemetry::metrics::Metrics;
+
+/// What the operator last wrote for each child: the object's generation (or
+/// resource version, for kinds without one) right after the write.
+///
+/// A child is re-applied when its desired form changed (the applied-hash
+/// annotation differs) or when someone else changed it since (the marker moved);
+/// otherwise the reconcile writes nothing. After a restart the memory is empty,
+/// so the first reconcile re-applies every child once and corrects any drift.
+#[derive(Default)]
+pub struct AppliedMemory(Mutex<HashMap<(String, String, String), String>>);
+
+impl AppliedMemory {
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> (String, String, String) {
+        (K::kind(&()).into_owned(), obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+
+    fn remember<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        if let Some(m) = marker(obj) {
+            self.0.lock().expect("memory lock").insert(Self::key(obj), m);
+        }
+    }
+
+    fn matches<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let remembered = self.0.lock().expect("memory lock").get(&Self::key(obj)).cloned();
+        remembered.is_some() && remembered == marker(obj)
+    }
+}
+
+/// Generation for kinds whose spec changes bump it, else the resource version.
+fn marker<K: Resource>(obj: &K) -> Option<String> {
+    let meta = obj.meta();
+    meta.generation.map(|g| format!("g{g}")).or_else(|| meta.resource_version.as_ref().map(|rv| format!("rv{rv}")))
+}
+
+pub struct Applier<'a> {
+    client: &'a Client,
+    namespace: String,
+    metrics: &'a Metrics,
+    memory: &'a AppliedMemory,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(client: &'a Client, wan: &WhatsAppNumber, metrics: &'a Metrics, memory: &'a AppliedMemory) -> Result<Self> {
+        let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        Ok(Self { client, namespace, metrics, memory })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Applies every child and returns the tiers' observed states.
+    pub async fn apply_children(&self, children: Children) -> Result<Tiers> {
+        self.apply(&children.config).await?;
+        if let Some(claim) = &children.media {
+            self.apply(claim).await?;
+        }
+        self.apply(&children.master_service).await?;
+        self.apply(&children.coreapp_service).await?;
+        self.apply(&children.webapp_service).await?;
+        let masters = self.apply(&children.masters).await?;
+        let coreapps = self.apply(&children.coreapps).await?;
+        let webapps = self.apply(&children.webapps).await?;
+        for budget in &children.disruption_budgets {
+            self.apply(budget).await?;
+        }
+        Ok(Tiers {
+            masters: stateful_set_tier(&masters),
+            coreapps: stateful_set_tier(&coreapps),
+            webapps: deployment_tier(&webapps),
+        })
+    }
+
+    /// Server-side apply of one object, unless the live object already is what
+    /// this reconcile would write. Returns the live object either way.
+    pub async fn apply<K>(&self, desired: &K) -> Result<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        let api: Api<K> = self.api();
+        let name = desired.name_any();
+        let want = desired.annotations().get(ANNOTATION_APPLIED_HASH);
+        if let Some(live) = api.get_opt(&name).await?
+            && want.is_some()
+            && live.annotations().get(ANNOTATION_APPLIED_HASH) == want
+            && self.memory.matches(&live)
+        {
+            return Ok(live);
+        }
+        self.metrics.record_write(&K::kind(&()), "apply");
+        let live = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
+        self.memory.remember(&live);
+        Ok(live)
+    }
+
+    /// Creates the key Secret, or fills in keys missing from it; never changes
+    /// a key that exists (`keys_secret` carries existing values over).
+    pub async fn ensure_keys(&self, wan: &WhatsAppNumber, existing: Option<&Secret>) -> Result<()> {
+        let Some(secret) = config::keys_secret(wan, existing) else { return Ok(()) };
+        let api: Api<Secret> = self.api();
+        if existing.is_none() {
+            self.metrics.record_write("Secret", "create");
+            api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
+                .await?;
+        } else {
+            // The resource version in `secret` makes this fail rather than
+            // overwrite a concurrent change; the next reconcile reads again.
+            self.metrics.record_write("Secret", "update");
+            api.replace(
+                &secret.name_any(),
+                &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                &secret,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes children of kind `K` that this WhatsAppNumber controls but the
+    /// spec no longer asks for. Only kinds whose set can shrink are pruned, and
+    /// never a PersistentVolumeClaim: media is user data.
+    pub async fn prune<K>(&self, wan: &WhatsAppNumber, keep: &[String]) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+    {
+        let api: Api<K> = self.api();
+        let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
+        let listed = api.list(&ListParams::default().labels(&instance_selector(wan))).await?;
+        for obj in listed.items {
+            let controlled = obj.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid);
+            let name = obj.name_any();
+            if controlled && !keep.contains(&name) && obj.meta().deletion_timestamp.is_none() {
+                tracing::info!(kind = %K::kind(&()), %name, "removing a child the spec no longer asks for");
+                self.metrics.record_write(&K::kind(&()), "delete");
+                api.delete(&name, &DeleteParams::background()).await?;
+            }
+        }
+        Ok(())
+    }
+}

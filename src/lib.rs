@@ -1,0 +1,14 @@
+//! whatsapp-operator: runs the WhatsApp Business API on-premises client in
+//! high-availability multiconnect mode from one `WhatsAppNumber` resource.
+//!
+//! - [`api`]: the custom resource types (the CRD is generated from them).
+//! - [`resources`]: pure builders from a WhatsAppNumber to Kubernetes objects.
+//! - [`controller`]: the reconcile pipeline (fetch, validate, build, apply, status).
+//! - [`telemetry`]: logs, metrics and the probe endpoints.
+//! - [`leader`]: leader election between operator replicas.
+
+pub mod api;
+pub mod controller;
+pub mod leader;
+pub mod resources;
+pub mod telemetry;

@@ -1,0 +1,166 @@
+//! The whatsapp-operator process: flags, logging, the probe and metrics
+//! endpoint, leader election, and the controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use whatsapp_operator::controller;
+use whatsapp_operator::leader::Election;
+use whatsapp_operator::telemetry::{self, LogFormat, metrics::Metrics, server};
+
+#[derive(Parser, Debug)]
+#[command(name = "whatsapp-operator", version, about = "Runs WhatsApp Business API multiconnect deployments from WhatsAppNumber resources")]
+struct Args {
+    /// Watch only this namespace; empty watches all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    namespace: String,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+
+    /// Compete for a Lease so that only one replica reconciles.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "whatsapp-operator")]
+    lease_name: String,
+
+    /// The operator's own namespace: it holds the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    operator_namespace: String,
+
+    /// This replica's identity in leader election and events; defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> fatal::Result {
+    let args = Args::parse();
+    telemetry::init_logging(args.log_format);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = server::Probes { metrics: metrics.clone(), ready: ready.clone() };
+    let http = tokio::spawn(server::serve(args.metrics_address, probes, stopped()));
+
+    let client = Client::try_default().await.map_err(|e| format!("cannot configure the Kubernetes client: {e}"))?;
+    client.apiserver_version().await.map_err(|e| format!("cannot reach the Kubernetes API server: {e}"))?;
+    ready.store(true, Ordering::Relaxed);
+
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let reporter = Reporter { controller: "whatsapp-operator".into(), instance: Some(identity.clone()) };
+    let namespace = (!args.namespace.is_empty()).then(|| args.namespace.clone());
+    info!(namespace = namespace.as_deref().unwrap_or("<all>"), %identity, "starting");
+
+    if args.leader_election {
+        let mut election = Election::start(client.clone(), &args.operator_namespace, &args.lease_name, &identity)
+            .await
+            .map_err(|e| format!("cannot start leader election: {e}"))?;
+        tokio::select! {
+            _ = election.acquired() => {}
+            _ = stopped() => { election.release().await; return Ok(()); }
+        }
+        metrics.leader.set(1);
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let stop_controller = {
+            let stopped = stopped();
+            let mut lost_rx = lost_rx.clone();
+            async move {
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = lost_rx.wait_for(|l| *l) => {}
+                }
+            }
+        };
+        let run = controller::run(client.clone(), namespace, metrics.clone(), reporter, stop_controller);
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => {}
+            _ = election.lost() => {
+                error!("lost the leader lease; stopping so that a restart re-joins the election");
+                let _ = lost_tx.send(true);
+                run.await;
+                metrics.leader.set(0);
+                return Err("lost the leader lease".into());
+            }
+        }
+        metrics.leader.set(0);
+        election.release().await;
+    } else {
+        metrics.leader.set(1);
+        controller::run(client, namespace, metrics.clone(), reporter, stopped()).await;
+    }
+    let _ = http.await;
+    info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| format!("whatsapp-operator-{}", std::process::id()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A `main` result whose error prints as a plain sentence.
+mod fatal {
+    pub type Result = std::result::Result<(), Message>;
+
+    pub struct Message(String);
+
+    impl std::fmt::Debug for Message {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl From<String> for Message {
+        fn from(s: String) -> Self {
+            Self(s)
+        }
+    }
+
+    impl From<&str> for Message {
+        fn from(s: &str) -> Self {
+            Self(s.into())
+        }
+    }
+}

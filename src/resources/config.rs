@@ -1,0 +1,77 @@
+//! The environment ConfigMap shared by every tier, and the generated key Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::ObjectMeta;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use super::names::{Names, component_labels};
+use super::{DB_CA_DIR, owned_meta};
+use crate::api::WhatsAppNumber;
+
+/// The coreapp ports of Meta's templates: 6250, 6251, 6252 (control), 6253 (heartbeat).
+pub const COREAPP_PORTS: [i32; 4] = [6250, 6251, 6252, 6253];
+
+/// Key of the webapp JWT signing key in the generated Secret.
+pub const JWT_KEY: &str = "WA_WEB_JWT_CRYPTO_KEY";
+/// Key of the API key in the generated Secret; the operator uses it for health probes.
+pub const API_KEY: &str = "WA_API_KEY";
+
+/// The environment of Meta's Kubernetes templates (domain.md), one ConfigMap
+/// consumed by masters, coreapps and webapps through `envFrom`.
+pub fn config_map(wan: &WhatsAppNumber) -> ConfigMap {
+    let db = &wan.spec.database;
+    let mut data = BTreeMap::from([
+        ("WA_APP_MULTICONNECT".to_string(), "1".to_string()),
+        (
+            "COREAPP_EXTERNAL_PORTS".to_string(),
+            COREAPP_PORTS.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+        ),
+        ("WA_DB_ENGINE".to_string(), db.engine.env_value().to_string()),
+        ("WA_DB_HOSTNAME".to_string(), db.host.clone()),
+        ("WA_DB_PORT".to_string(), db.effective_port().to_string()),
+        ("WA_DB_PERSISTENT".to_string(), "1".to_string()),
+        ("WA_CONFIG_ON_DB".to_string(), "1".to_string()),
+        ("WA_DB_CONNECTION_IDLE_TIMEOUT".to_string(), db.connection_idle_timeout_ms.to_string()),
+    ]);
+    if let Some(tls) = &db.tls {
+        data.insert("WA_DB_SSL_CA".into(), format!("{DB_CA_DIR}/{}", tls.ca_secret_ref.key));
+    }
+    ConfigMap {
+        metadata: owned_meta(wan, Names::new(wan).config(), component_labels(wan, "config")),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The Secret holding `WA_WEB_JWT_CRYPTO_KEY` (the same on every webapp, so a
+/// token from one webapp is valid on all) and `WA_API_KEY`.
+///
+/// Keys are generated once and never rotated: existing values are carried over
+/// and only missing keys are filled in. Returns `None` when the existing Secret
+/// already has every key, so nothing needs writing.
+pub fn keys_secret(wan: &WhatsAppNumber, existing: Option<&Secret>) -> Option<Secret> {
+    let current = existing.and_then(|s| s.data.clone()).unwrap_or_default();
+    let missing: Vec<&str> =
+        [JWT_KEY, API_KEY].into_iter().filter(|k| current.get(*k).is_none_or(|v| v.0.is_empty())).collect();
+    if existing.is_some() && missing.is_empty() {
+        return None;
+    }
+    let mut data = current;
+    for key in missing {
+        data.insert(key.to_string(), ByteString(random_token(64).into_bytes()));
+    }
+    let metadata = ObjectMeta {
+        resource_version: existing.and_then(|s| s.metadata.resource_version.clone()),
+        ..owned_meta(wan, Names::new(wan).keys(), component_labels(wan, "keys"))
+    };
+    Some(Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Default::default() })
+}
+
+/// An alphanumeric token; 64 characters fit the API key's 12-128 rule.
+fn random_token(len: usize) -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+}

@@ -1,0 +1,78 @@
+//! The shared ReadWriteMany media claim.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::names::{Names, component_labels};
+use super::{owned_meta, with_applied_hash};
+use crate::api::{ReclaimPolicy, WhatsAppNumber};
+
+/// The claim the operator manages, or `None` when the spec names an existing one.
+///
+/// With `reclaimPolicy: Retain` the claim carries no owner reference, so the
+/// garbage collector leaves it (and the media on it) when the WhatsAppNumber is
+/// deleted. Fields that are immutable once the claim exists (access modes,
+/// storage class, volume mode) are copied from the live claim so an apply never
+/// tries to change them; the size only ever grows.
+pub fn media_claim(wan: &WhatsAppNumber, live: Option<&PersistentVolumeClaim>) -> Option<PersistentVolumeClaim> {
+    let media = &wan.spec.media;
+    if media.existing_claim.is_some() {
+        return None;
+    }
+    let mut metadata = owned_meta(wan, Names::new(wan).media(), component_labels(wan, "media"));
+    if media.reclaim_policy == ReclaimPolicy::Retain {
+        metadata.owner_references = None;
+    }
+    let live_spec = live.and_then(|c| c.spec.as_ref());
+    let live_size = live_spec
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .cloned();
+    let size = match live_size {
+        Some(current) if quantity_bytes(&current) >= quantity_bytes(&media.size) => current,
+        _ => media.size.clone(),
+    };
+    let spec = PersistentVolumeClaimSpec {
+        access_modes: live_spec
+            .and_then(|s| s.access_modes.clone())
+            .or_else(|| Some(vec!["ReadWriteMany".into()])),
+        storage_class_name: match live_spec {
+            Some(s) => s.storage_class_name.clone(),
+            None => media.storage_class_name.clone(),
+        },
+        volume_mode: live_spec.and_then(|s| s.volume_mode.clone()).or_else(|| Some("Filesystem".into())),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(BTreeMap::from([("storage".to_string(), size)])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(with_applied_hash(PersistentVolumeClaim { metadata, spec: Some(spec), ..Default::default() }))
+}
+
+/// Bytes in a storage quantity (`50Gi`, `100G`, `1Ti`, plain bytes). Quantities
+/// the schema let through but this cannot read compare as 0, so the live size wins.
+pub fn quantity_bytes(q: &Quantity) -> u128 {
+    let s = q.0.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let Ok(value) = number.parse::<f64>() else { return 0 };
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        _ => return 0,
+    };
+    (value * factor) as u128
+}

@@ -1,0 +1,122 @@
+//! Builders: pure functions from a WhatsAppNumber (and what was read for it) to
+//! the Kubernetes objects that run it. Nothing here talks to the API server.
+
+pub mod config;
+pub mod disruption;
+pub mod media;
+pub mod names;
+pub mod pods;
+pub mod webapp;
+pub mod workloads;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::WhatsAppNumber;
+use names::{ANNOTATION_APPLIED_HASH, Tier};
+
+/// Media as Meta's templates mount it: one RWX claim, two subPaths.
+pub const MEDIA_MOUNT: &str = "/usr/local/wamedia";
+pub const MEDIA_SUBPATH: &str = "waent/media";
+pub const DATA_MOUNT: &str = "/usr/local/waent/data";
+pub const DATA_SUBPATH: &str = "waent/data";
+pub const LOG_MOUNT: &str = "/usr/local/waent/log";
+/// Where the database CA Secret is mounted; `WA_DB_SSL_CA` points into it.
+pub const DB_CA_DIR: &str = "/etc/whatsapp/db-ca";
+/// Where the webapp TLS Secret is mounted.
+pub const WEB_TLS_DIR: &str = "/etc/whatsapp/tls";
+/// The webapp's HTTPS port.
+pub const WEBAPP_PORT: i32 = 443;
+
+/// What the builders need besides the WhatsAppNumber itself: facts read from the
+/// cluster by the fetch step. Keeping them explicit keeps the builders pure.
+#[derive(Clone, Debug, Default)]
+pub struct BuildInputs {
+    /// The media claim as it exists now, if the operator created it earlier:
+    /// its immutable fields are kept as they are.
+    pub live_media_claim: Option<PersistentVolumeClaim>,
+    /// Digest of the database credentials; a change rolls every pod.
+    pub credentials_digest: String,
+    /// Digest of the database CA, when one is configured.
+    pub database_ca_digest: Option<String>,
+    /// Digest of the webapp TLS certificate, when one is configured.
+    pub webapp_tls_digest: Option<String>,
+}
+
+/// Every object the operator keeps for one WhatsAppNumber (the generated key
+/// Secret aside, which is created once and never re-applied).
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub config: ConfigMap,
+    /// `None` when `spec.media.existingClaim` names a claim the user manages.
+    pub media: Option<PersistentVolumeClaim>,
+    pub master_service: Service,
+    pub coreapp_service: Service,
+    pub webapp_service: Service,
+    pub masters: StatefulSet,
+    pub coreapps: StatefulSet,
+    pub webapps: Deployment,
+    /// Only tiers with more than one pod get a budget.
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+/// Builds every child object of a WhatsAppNumber.
+pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
+    let config = with_applied_hash(config::config_map(wan));
+    let config_digest = digest(&config.data);
+    let pod_config_hash = |extra: Option<&String>| {
+        digest(&(&config_digest, &inputs.credentials_digest, &inputs.database_ca_digest, extra))
+    };
+    let core_hash = pod_config_hash(None);
+    let web_hash = pod_config_hash(inputs.webapp_tls_digest.as_ref());
+
+    Children {
+        media: media::media_claim(wan, inputs.live_media_claim.as_ref()),
+        master_service: workloads::headless_service(wan, Tier::Master),
+        coreapp_service: workloads::headless_service(wan, Tier::Coreapp),
+        webapp_service: webapp::service(wan),
+        masters: workloads::stateful_set(wan, Tier::Master, &core_hash),
+        coreapps: workloads::stateful_set(wan, Tier::Coreapp, &core_hash),
+        webapps: webapp::deployment(wan, &web_hash),
+        disruption_budgets: disruption::budgets(wan),
+        config,
+    }
+}
+
+/// Name of the claim the pods mount: the user's, or the operator's.
+pub fn media_claim_name(wan: &WhatsAppNumber) -> String {
+    wan.spec.media.existing_claim.clone().unwrap_or_else(|| names::Names::new(wan).media())
+}
+
+/// Metadata of a child owned (and garbage-collected) with the WhatsAppNumber.
+pub fn owned_meta(wan: &WhatsAppNumber, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: wan.namespace(),
+        labels: Some(labels),
+        owner_references: wan.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+/// Hex SHA-256 of a value's JSON form, shortened; stable across runs.
+pub fn digest<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).expect("builder output serializes");
+    let sum = Sha256::digest(bytes);
+    sum.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stamps the object with the digest of its own desired form, so the apply step
+/// can tell that the live object already is what this reconcile would write.
+pub fn with_applied_hash<K: Resource + Serialize>(mut obj: K) -> K {
+    let hash = digest(&obj);
+    obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(ANNOTATION_APPLIED_HASH.into(), hash);
+    obj
+}

@@ -1,0 +1,114 @@
+//! Names and labels of the objects built for a WhatsAppNumber.
+
+use std::collections::BTreeMap;
+
+use crate::api::WhatsAppNumber;
+use kube::ResourceExt;
+
+/// The single field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "whatsapp-operator";
+/// Value of `app.kubernetes.io/managed-by` on everything the operator creates.
+pub const MANAGED_BY: &str = "whatsapp-operator";
+/// Value of `app.kubernetes.io/name`.
+pub const APP_NAME: &str = "whatsapp-business-api";
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Selects every object the operator manages, to keep its watches small.
+pub const LABEL_MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=whatsapp-operator";
+pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+/// The phone number's digits (a `+` is not allowed in label values).
+pub const LABEL_NUMBER: &str = "whatsapp.operators.dev/number";
+
+/// Hash of the desired object, to skip writes that would change nothing.
+pub const ANNOTATION_APPLIED_HASH: &str = "whatsapp.operators.dev/applied-hash";
+/// Hash of the configuration a pod template consumes (ConfigMap, credentials,
+/// certificates), so a change rolls the pods that read it at start-up.
+pub const ANNOTATION_CONFIG_HASH: &str = "whatsapp.operators.dev/config-hash";
+
+/// The three workload tiers of a multiconnect deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Master,
+    Coreapp,
+    Webapp,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Master, Tier::Coreapp, Tier::Webapp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Master => "master",
+            Tier::Coreapp => "coreapp",
+            Tier::Webapp => "webapp",
+        }
+    }
+}
+
+/// Object names, all derived from the WhatsAppNumber's name.
+#[derive(Clone, Debug)]
+pub struct Names {
+    base: String,
+}
+
+impl Names {
+    pub fn new(wan: &WhatsAppNumber) -> Self {
+        Self { base: wan.name_any() }
+    }
+
+    pub fn config(&self) -> String {
+        format!("{}-config", self.base)
+    }
+    /// The operator-generated Secret with the webapp JWT key and the API key.
+    pub fn keys(&self) -> String {
+        format!("{}-keys", self.base)
+    }
+    pub fn media(&self) -> String {
+        format!("{}-media", self.base)
+    }
+    /// StatefulSet / Deployment, its Service and its PodDisruptionBudget share this name.
+    pub fn tier(&self, tier: Tier) -> String {
+        format!("{}-{}", self.base, tier.as_str())
+    }
+}
+
+/// Labels that identify one WhatsAppNumber's objects.
+pub fn instance_labels(wan: &WhatsAppNumber) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), APP_NAME.to_string()),
+        (LABEL_INSTANCE.to_string(), wan.name_any()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+/// Labels for an object of one component (a tier, or `config`, `media`).
+pub fn component_labels(wan: &WhatsAppNumber, component: &str) -> BTreeMap<String, String> {
+    let mut labels = instance_labels(wan);
+    labels.insert(LABEL_COMPONENT.into(), component.into());
+    labels.insert(LABEL_PART_OF.into(), "whatsapp-operator".into());
+    labels.insert(LABEL_NUMBER.into(), number_digits(&wan.spec.phone_number));
+    labels
+}
+
+/// The immutable subset used in workload selectors.
+pub fn selector_labels(wan: &WhatsAppNumber, tier: Tier) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), APP_NAME.to_string()),
+        (LABEL_INSTANCE.to_string(), wan.name_any()),
+        (LABEL_COMPONENT.to_string(), tier.as_str().to_string()),
+    ])
+}
+
+/// Label selector string matching everything the operator made for this object.
+pub fn instance_selector(wan: &WhatsAppNumber) -> String {
+    instance_labels(wan).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// `+15550001111` -> `15550001111`.
+pub fn number_digits(phone_number: &str) -> String {
+    phone_number.chars().filter(char::is_ascii_digit).collect()
+}

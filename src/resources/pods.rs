@@ -1,0 +1,186 @@
+//! Pod-template pieces shared by the three tiers.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMapEnvSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
+    ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::names::{ANNOTATION_CONFIG_HASH, LABEL_VERSION, Names, Tier, component_labels, selector_labels};
+use super::{DATA_MOUNT, DATA_SUBPATH, DB_CA_DIR, LOG_MOUNT, MEDIA_MOUNT, MEDIA_SUBPATH, media_claim_name};
+use crate::api::{PodOverrides, WhatsAppNumber};
+
+pub const MEDIA_VOLUME: &str = "media";
+pub const LOG_VOLUME: &str = "log";
+pub const DB_CA_VOLUME: &str = "db-ca";
+
+/// The tier's pod settings from the spec.
+pub fn overrides(wan: &WhatsAppNumber, tier: Tier) -> &PodOverrides {
+    match tier {
+        Tier::Master => &wan.spec.master,
+        Tier::Coreapp => &wan.spec.coreapp,
+        Tier::Webapp => &wan.spec.webapp.pod,
+    }
+}
+
+/// Pod template metadata: the operator's labels win over user-supplied ones, so
+/// selectors keep matching whatever the spec says.
+pub fn template_meta(wan: &WhatsAppNumber, tier: Tier, config_hash: &str) -> ObjectMeta {
+    let o = overrides(wan, tier);
+    let mut labels = o.pod_labels.clone();
+    labels.extend(component_labels(wan, tier.as_str()));
+    labels.insert(LABEL_VERSION.into(), wan.spec.version.clone());
+    let mut annotations = o.pod_annotations.clone();
+    annotations.insert(ANNOTATION_CONFIG_HASH.into(), config_hash.into());
+    ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }
+}
+
+/// `image:v<version>`.
+pub fn image(repository: &str, version: &str) -> String {
+    format!("{repository}:v{version}")
+}
+
+/// Meta's production guidance for multiconnect: at least 2 CPU and 4 GB per container.
+pub fn resources(wan: &WhatsAppNumber, tier: Tier) -> ResourceRequirements {
+    overrides(wan, tier).resources.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("2".into())),
+            ("memory".to_string(), Quantity("4Gi".into())),
+        ])),
+        ..Default::default()
+    })
+}
+
+/// Required anti-affinity on `kubernetes.io/hostname` within the tier, as Meta's
+/// templates do, unless the spec brings its own affinity.
+pub fn affinity(wan: &WhatsAppNumber, tier: Tier) -> Affinity {
+    overrides(wan, tier).affinity.clone().unwrap_or_else(|| Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(wan, tier)),
+                    ..Default::default()
+                }),
+                topology_key: "kubernetes.io/hostname".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The shared environment ConfigMap.
+pub fn env_from(wan: &WhatsAppNumber) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource { name: Names::new(wan).config(), optional: Some(false) }),
+        ..Default::default()
+    }]
+}
+
+/// `WA_DB_USERNAME` and `WA_DB_PASSWORD` from the user's Secret.
+pub fn database_credentials_env(wan: &WhatsAppNumber) -> Vec<EnvVar> {
+    let creds = &wan.spec.database.credentials_secret_ref;
+    vec![
+        secret_env("WA_DB_USERNAME", &creds.name, &creds.username_key),
+        secret_env("WA_DB_PASSWORD", &creds.name, &creds.password_key),
+    ]
+}
+
+pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// The shared media claim, the coreapps' log scratch space and the optional database CA.
+pub fn volumes(wan: &WhatsAppNumber, with_log: bool) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: MEDIA_VOLUME.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: media_claim_name(wan),
+            read_only: Some(false),
+        }),
+        ..Default::default()
+    }];
+    if with_log {
+        volumes.push(Volume {
+            name: LOG_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+    }
+    if let Some(tls) = &wan.spec.database.tls {
+        volumes.push(Volume {
+            name: DB_CA_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.ca_secret_ref.name.clone()),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+/// Mounts with the subPaths of Meta's templates: `waent/media` at
+/// `/usr/local/wamedia` everywhere, `waent/data` at `/usr/local/waent/data` on
+/// masters and coreapps.
+pub fn volume_mounts(wan: &WhatsAppNumber, with_data: bool) -> Vec<VolumeMount> {
+    let mut mounts = vec![VolumeMount {
+        name: MEDIA_VOLUME.into(),
+        mount_path: MEDIA_MOUNT.into(),
+        sub_path: Some(MEDIA_SUBPATH.into()),
+        ..Default::default()
+    }];
+    if with_data {
+        mounts.push(VolumeMount {
+            name: MEDIA_VOLUME.into(),
+            mount_path: DATA_MOUNT.into(),
+            sub_path: Some(DATA_SUBPATH.into()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount { name: LOG_VOLUME.into(), mount_path: LOG_MOUNT.into(), ..Default::default() });
+    }
+    if wan.spec.database.tls.is_some() {
+        mounts.push(VolumeMount {
+            name: DB_CA_VOLUME.into(),
+            mount_path: DB_CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    mounts
+}
+
+pub fn pull_secrets(wan: &WhatsAppNumber) -> Option<Vec<LocalObjectReference>> {
+    let secrets = &wan.spec.images.pull_secrets;
+    (!secrets.is_empty()).then(|| secrets.clone())
+}
+
+pub fn pull_policy(wan: &WhatsAppNumber) -> Option<String> {
+    wan.spec.images.pull_policy.map(|p| p.as_str().to_string())
+}
+
+/// Optional maps become `None` when empty, so applied objects stay minimal.
+pub fn non_empty<K, V>(map: &BTreeMap<K, V>) -> Option<BTreeMap<K, V>>
+where
+    K: Clone + Ord,
+    V: Clone,
+{
+    (!map.is_empty()).then(|| map.clone())
+}
