@@ -185,3 +185,121 @@ pub fn condition(
 pub fn find<'a>(status: Option<&'a WhatsAppNumberStatus>, type_: &str) -> Option<&'a Condition> {
     status?.conditions.iter().find(|c| c.type_ == type_)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::sample;
+
+    fn ready_tier(n: i32) -> TierStatus {
+        TierStatus { desired: n, ready: n, updated: n, observed: true }
+    }
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn all_ready() -> Outcome {
+        Outcome::Applied(Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) })
+    }
+
+    fn cond<'a>(s: &'a WhatsAppNumberStatus, type_: &str) -> &'a Condition {
+        find(Some(s), type_).unwrap()
+    }
+
+    #[test]
+    fn ready_when_every_tier_is_ready() {
+        let wan = sample();
+        let s = compute(&wan, &all_ready(), None, &t(100));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(3)));
+        assert_eq!(s.ready_pods.as_deref(), Some("6/6"));
+        assert_eq!(s.current_version.as_deref(), Some("2.53.2"));
+    }
+
+    #[test]
+    fn rolling_tier_is_progressing_not_ready() {
+        let wan = sample();
+        let mut tiers = Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) };
+        tiers.webapps = TierStatus { desired: 3, ready: 2, updated: 2, observed: true };
+        let s = compute(&wan, &Outcome::Applied(tiers.clone()), None, &t(100));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "RollingOut"));
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        assert!(cond(&s, PROGRESSING).message.contains("webapps"));
+        assert!(s.current_version.is_none());
+
+        // A workload controller that has not seen the newest spec yet is rolling out too,
+        // even if its old counts look complete: never Ready for an unobserved generation.
+        tiers.webapps = TierStatus { observed: false, ..ready_tier(2) };
+        let s = compute(&wan, &Outcome::Applied(tiers), None, &t(100));
+        assert_eq!(cond(&s, READY).status, "False");
+    }
+
+    #[test]
+    fn pods_not_ready_after_rollout_waits() {
+        let wan = sample();
+        let tiers = Tiers {
+            masters: ready_tier(2),
+            coreapps: TierStatus { desired: 2, ready: 1, updated: 2, observed: true },
+            webapps: ready_tier(2),
+        };
+        let s = compute(&wan, &Outcome::Applied(tiers), None, &t(1));
+        assert_eq!(cond(&s, READY).reason, "PodsNotReady");
+        assert_eq!(cond(&s, PROGRESSING).reason, "WaitingForPods");
+        assert_eq!(s.ready_pods.as_deref(), Some("5/6"));
+    }
+
+    #[test]
+    fn blocked_is_degraded_with_the_problem() {
+        let wan = sample();
+        let problem = Problem { reason: "SecretNotFound", message: "Secret team/acme-db ... does not exist".into() };
+        let s = compute(&wan, &Outcome::Blocked(problem), None, &t(5));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "SecretNotFound"));
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert!(cond(&s, DEGRADED).message.contains("acme-db"));
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert!(s.masters.is_none(), "no counts invented while blocked");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut wan = sample();
+        let first = compute(&wan, &all_ready(), None, &t(100));
+        let same = compute(&wan, &all_ready(), Some(&first), &t(200));
+        assert_eq!(first, same, "an unchanged outcome gives an identical status: nothing to write");
+
+        wan.metadata.generation = Some(4);
+        let rolling = Outcome::Applied(Tiers {
+            masters: ready_tier(2),
+            coreapps: TierStatus { observed: false, ..ready_tier(2) },
+            webapps: ready_tier(2),
+        });
+        let next = compute(&wan, &rolling, Some(&first), &t(300));
+        assert_eq!(cond(&next, READY).last_transition_time, t(300));
+        assert_eq!(cond(&next, DEGRADED).last_transition_time, t(100), "Degraded stayed False");
+        assert_eq!(next.observed_generation, Some(4));
+        assert!(next.conditions.iter().all(|c| c.observed_generation == Some(4)));
+    }
+
+    #[test]
+    fn deployment_surge_does_not_count_old_pods() {
+        use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(2);
+        d.spec = Some(DeploymentSpec { replicas: Some(2), ..Default::default() });
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(3),
+            ready_replicas: Some(3),
+            updated_replicas: Some(1),
+            ..Default::default()
+        });
+        let tier = deployment_tier(&d);
+        assert!(!tier.is_ready());
+        assert_eq!(tier.updated, 1);
+        assert!(tier.ready <= 1);
+    }
+}

@@ -137,3 +137,95 @@ fn secret_digest(secret: &Secret, keys: &[&str]) -> String {
     let values: Vec<Option<&[u8]>> = keys.iter().map(|k| secret_value(secret, k)).collect();
     digest(&values)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+    use super::*;
+    use crate::api::{DatabaseTls, SecretKeyRef, WebappTls};
+    use crate::resources::tests::sample;
+
+    fn secret(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect::<BTreeMap<_, _>>()),
+            ..Default::default()
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed { credentials: Some(secret(&[("username", "wa"), ("password", "pw")])), ..Default::default() }
+    }
+
+    #[test]
+    fn complete_inputs_pass() {
+        let inputs = validate(&sample(), &observed()).expect("valid");
+        assert!(!inputs.credentials_digest.is_empty());
+        assert!(inputs.database_ca_digest.is_none() && inputs.webapp_tls_digest.is_none());
+    }
+
+    #[test]
+    fn missing_credentials_secret_names_the_secret_and_field() {
+        let problem = validate(&sample(), &Observed::default()).unwrap_err();
+        assert_eq!(problem.reason, SECRET_NOT_FOUND);
+        assert!(problem.message.contains("team/acme-db"), "{}", problem.message);
+        assert!(problem.message.contains("spec.database.credentialsSecretRef"), "{}", problem.message);
+    }
+
+    #[test]
+    fn missing_or_empty_key_is_reported() {
+        let obs = Observed { credentials: Some(secret(&[("username", "wa"), ("password", "")])), ..Default::default() };
+        let problem = validate(&sample(), &obs).unwrap_err();
+        assert_eq!(problem.reason, SECRET_KEY_MISSING);
+        assert!(problem.message.contains("password"), "{}", problem.message);
+    }
+
+    #[test]
+    fn tls_secrets_are_required_when_configured() {
+        let mut wan = sample();
+        wan.spec.webapp.tls = Some(WebappTls { secret_name: "web-tls".into() });
+        let problem = validate(&wan, &observed()).unwrap_err();
+        assert_eq!(problem.reason, SECRET_NOT_FOUND);
+        assert!(problem.message.contains("spec.webapp.tls.secretName"));
+
+        let obs = Observed { webapp_tls: Some(secret(&[("tls.crt", "c")])), ..observed() };
+        let problem = validate(&wan, &obs).unwrap_err();
+        assert_eq!(problem.reason, SECRET_KEY_MISSING);
+        assert!(problem.message.contains("tls.key"));
+
+        wan.spec.webapp.tls = None;
+        wan.spec.database.tls = Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "ca".into(), key: "ca.crt".into() } });
+        assert_eq!(validate(&wan, &observed()).unwrap_err().reason, SECRET_NOT_FOUND);
+        let obs = Observed { database_ca: Some(secret(&[("ca.crt", "pem")])), ..observed() };
+        assert!(validate(&wan, &obs).unwrap().database_ca_digest.is_some());
+    }
+
+    #[test]
+    fn existing_claim_must_exist() {
+        let mut wan = sample();
+        wan.spec.media.existing_claim = Some("nfs".into());
+        assert_eq!(validate(&wan, &observed()).unwrap_err().reason, CLAIM_NOT_FOUND);
+        let obs = Observed { media_claim: Some(PersistentVolumeClaim::default()), ..observed() };
+        let inputs = validate(&wan, &obs).unwrap();
+        assert!(inputs.live_media_claim.is_none(), "a user's claim is never handed to the builder");
+    }
+
+    #[test]
+    fn unsupported_shards_are_refused_even_if_stored() {
+        let mut wan = sample();
+        wan.spec.multiconnect.shards = 3;
+        let problem = validate(&wan, &observed()).unwrap_err();
+        assert_eq!(problem.reason, INVALID_SPEC);
+        assert!(problem.message.contains("spec.multiconnect.shards"));
+    }
+
+    #[test]
+    fn password_change_changes_the_digest() {
+        let a = validate(&sample(), &observed()).unwrap().credentials_digest;
+        let obs = Observed { credentials: Some(secret(&[("username", "wa"), ("password", "new")])), ..Default::default() };
+        assert_ne!(a, validate(&sample(), &obs).unwrap().credentials_digest);
+    }
+}

@@ -9,6 +9,9 @@ pub mod pods;
 pub mod webapp;
 pub mod workloads;
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Regenerates every file derived from the Rust types: the CRD under crds/ and
+# the copy the Helm chart installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo run --quiet --bin crdgen > crds/whatsappnumbers.whatsapp.operators.dev.yaml
+mkdir -p charts/whatsapp-operator/crds
+cp crds/whatsappnumbers.whatsapp.operators.dev.yaml charts/whatsapp-operator/crds/
+echo "regenerated crds/ and charts/whatsapp-operator/crds/"

@@ -1,0 +1,427 @@
+//! Unit tests of the builders: no cluster, just objects in and objects out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::Resource;
+
+use super::config::{API_KEY, JWT_KEY};
+use super::names::*;
+use super::*;
+use crate::api::*;
+
+pub fn sample() -> WhatsAppNumber {
+    let mut wan: WhatsAppNumber = serde_json::from_value(serde_json::json!({
+        "apiVersion": "whatsapp.operators.dev/v1alpha1",
+        "kind": "WhatsAppNumber",
+        "metadata": {"name": "acme", "namespace": "team", "uid": "1234-5678", "generation": 3},
+        "spec": {
+            "phoneNumber": "+15550001111",
+            "version": "2.53.2",
+            "database": {
+                "engine": "MySQL",
+                "host": "mysql.db.svc",
+                "credentialsSecretRef": {"name": "acme-db"}
+            }
+        }
+    }))
+    .expect("sample parses");
+    wan.meta_mut().uid = Some("1234-5678".into());
+    wan
+}
+
+fn inputs() -> BuildInputs {
+    BuildInputs { credentials_digest: "creds-v1".into(), ..Default::default() }
+}
+
+fn container(sts: &StatefulSet) -> &Container {
+    &sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.as_ref().unwrap().iter().find(|e| e.name == name)
+}
+
+#[test]
+fn defaults_follow_meta_templates() {
+    let wan = sample();
+    assert_eq!(wan.spec.multiconnect, MulticonnectSpec { shards: 1, standby_coreapps: 1, masters: 2 });
+    assert_eq!(wan.spec.webapp.replicas, 2);
+    assert_eq!(wan.spec.images.coreapp, "docker.whatsapp.biz/coreapp");
+    assert_eq!(wan.spec.images.webapp, "docker.whatsapp.biz/web");
+    assert_eq!(wan.spec.media.size, Quantity("50Gi".into()));
+    assert_eq!(wan.spec.media.reclaim_policy, ReclaimPolicy::Retain);
+    assert_eq!(wan.spec.database.connection_idle_timeout_ms, 180_000);
+    assert_eq!(wan.spec.database.effective_port(), 3306);
+    let creds = &wan.spec.database.credentials_secret_ref;
+    assert_eq!((creds.username_key.as_str(), creds.password_key.as_str()), ("username", "password"));
+}
+
+#[test]
+fn config_map_carries_the_multiconnect_environment() {
+    let mut wan = sample();
+    wan.spec.database.engine = DatabaseEngine::PostgreSQL;
+    wan.spec.database.port = None;
+    wan.spec.database.tls = Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "db-ca".into(), key: "root.pem".into() } });
+    let cm = config::config_map(&wan);
+    let data = cm.data.unwrap();
+    let expect = [
+        ("WA_APP_MULTICONNECT", "1"),
+        ("COREAPP_EXTERNAL_PORTS", "6250,6251,6252,6253"),
+        ("WA_DB_ENGINE", "POSTGRESQL"),
+        ("WA_DB_HOSTNAME", "mysql.db.svc"),
+        ("WA_DB_PORT", "5432"),
+        ("WA_DB_PERSISTENT", "1"),
+        ("WA_CONFIG_ON_DB", "1"),
+        ("WA_DB_CONNECTION_IDLE_TIMEOUT", "180000"),
+        ("WA_DB_SSL_CA", "/etc/whatsapp/db-ca/root.pem"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(data.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(cm.metadata.name.as_deref(), Some("acme-config"));
+    assert!(!data.contains_key("WA_DB_PASSWORD"), "credentials never go into a ConfigMap");
+}
+
+#[test]
+fn config_map_without_tls_has_no_ca_path() {
+    let data = config::config_map(&sample()).data.unwrap();
+    assert!(!data.contains_key("WA_DB_SSL_CA"));
+    assert_eq!(data["WA_DB_ENGINE"], "MYSQL");
+}
+
+#[test]
+fn key_secret_is_generated_once_and_never_rotated() {
+    let wan = sample();
+    let created = config::keys_secret(&wan, None).expect("created when missing");
+    let data = created.data.clone().unwrap();
+    let api_key = String::from_utf8(data[API_KEY].0.clone()).unwrap();
+    assert!((12..=128).contains(&api_key.len()), "API key length within the client's 12-128 rule");
+    assert_ne!(data[JWT_KEY], data[API_KEY]);
+
+    // Complete: nothing to write.
+    let mut live = created.clone();
+    live.metadata.resource_version = Some("7".into());
+    assert!(config::keys_secret(&wan, Some(&live)).is_none());
+
+    // One key lost: only that key is filled in, the other keeps its value.
+    let mut partial = live.clone();
+    partial.data.as_mut().unwrap().remove(JWT_KEY);
+    let repaired = config::keys_secret(&wan, Some(&partial)).expect("missing key is filled in");
+    let repaired_data = repaired.data.unwrap();
+    assert_eq!(repaired_data[API_KEY], data[API_KEY]);
+    assert!(!repaired_data[JWT_KEY].0.is_empty());
+    assert_eq!(repaired.metadata.resource_version.as_deref(), Some("7"), "optimistic concurrency on update");
+
+    // Two generations give different keys.
+    let other = config::keys_secret(&wan, None).unwrap().data.unwrap();
+    assert_ne!(other[API_KEY], data[API_KEY]);
+}
+
+#[test]
+fn replica_counts_per_tier() {
+    let mut wan = sample();
+    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 3 };
+    wan.spec.webapp.replicas = 5;
+    let children = build(&wan, &inputs());
+    assert_eq!(children.masters.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(children.coreapps.spec.as_ref().unwrap().replicas, Some(6), "shards + standbys");
+    assert_eq!(children.webapps.spec.as_ref().unwrap().replicas, Some(5));
+}
+
+#[test]
+fn masters_and_coreapps_run_the_coreapp_image_with_their_roles() {
+    let wan = sample();
+    let children = build(&wan, &inputs());
+    let master = container(&children.masters);
+    let coreapp = container(&children.coreapps);
+    for c in [master, coreapp] {
+        assert_eq!(c.image.as_deref(), Some("docker.whatsapp.biz/coreapp:v2.53.2"));
+        let host = env(c, "COREAPP_HOSTNAME").unwrap();
+        assert_eq!(host.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.podIP");
+        let pw = env(c, "WA_DB_PASSWORD").unwrap().value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("acme-db", "password"));
+        let user = env(c, "WA_DB_USERNAME").unwrap().value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!(user.key, "username");
+        assert_eq!(c.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "acme-config");
+        let ports: Vec<i32> = c.ports.as_ref().unwrap().iter().map(|p| p.container_port).collect();
+        assert_eq!(ports, vec![6250, 6251, 6252, 6253]);
+        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some() && c.startup_probe.is_some());
+    }
+    assert_eq!(env(master, "WA_MASTER_NODE").and_then(|e| e.value.as_deref()), Some("1"));
+    assert!(env(coreapp, "WA_MASTER_NODE").is_none(), "coreapps are not masters");
+    assert!(env(coreapp, "WA_API_KEY").is_none(), "only webapps get the API key");
+}
+
+#[test]
+fn media_and_data_mounts_use_meta_subpaths() {
+    let wan = sample();
+    let children = build(&wan, &inputs());
+    let mounts = container(&children.coreapps).volume_mounts.clone().unwrap();
+    let find = |path: &str| mounts.iter().find(|m| m.mount_path == path).unwrap().clone();
+    assert_eq!(find("/usr/local/wamedia").sub_path.as_deref(), Some("waent/media"));
+    assert_eq!(find("/usr/local/waent/data").sub_path.as_deref(), Some("waent/data"));
+    assert_eq!(find("/usr/local/waent/log").name, "log");
+    let volumes = children.coreapps.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    let media = volumes.iter().find(|v| v.name == "media").unwrap();
+    assert_eq!(media.persistent_volume_claim.as_ref().unwrap().claim_name, "acme-media");
+
+    let web = children.webapps.spec.unwrap().template.spec.unwrap();
+    let web_mounts = web.containers[0].volume_mounts.clone().unwrap();
+    assert!(web_mounts.iter().any(|m| m.mount_path == "/usr/local/wamedia" && m.sub_path.as_deref() == Some("waent/media")));
+    assert!(!web_mounts.iter().any(|m| m.mount_path == "/usr/local/waent/data"));
+}
+
+#[test]
+fn existing_claim_is_mounted_and_no_claim_is_built() {
+    let mut wan = sample();
+    wan.spec.media.existing_claim = Some("shared-nfs".into());
+    let children = build(&wan, &inputs());
+    assert!(children.media.is_none());
+    let volumes = children.masters.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert_eq!(volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name, "shared-nfs");
+}
+
+#[test]
+fn retained_media_claim_has_no_owner_and_deleted_one_has() {
+    let mut wan = sample();
+    let retained = media::media_claim(&wan, None).unwrap();
+    assert!(retained.metadata.owner_references.is_none(), "Retain survives the WhatsAppNumber");
+    let spec = retained.spec.unwrap();
+    assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+    assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"], Quantity("50Gi".into()));
+
+    wan.spec.media.reclaim_policy = ReclaimPolicy::Delete;
+    let deleted = media::media_claim(&wan, None).unwrap();
+    let owners = deleted.metadata.owner_references.unwrap();
+    assert_eq!(owners[0].uid, "1234-5678");
+    assert_eq!(owners[0].controller, Some(true));
+}
+
+#[test]
+fn media_claim_keeps_immutable_fields_and_never_shrinks() {
+    let mut wan = sample();
+    wan.spec.media.storage_class_name = Some("fast".into());
+    wan.spec.media.size = Quantity("20Gi".into());
+    let live = PersistentVolumeClaim {
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            storage_class_name: Some("nfs".into()),
+            volume_mode: Some("Filesystem".into()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), Quantity("50Gi".into()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let spec = media::media_claim(&wan, Some(&live)).unwrap().spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"), "class is fixed once the claim exists");
+    assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"], Quantity("50Gi".into()));
+
+    wan.spec.media.size = Quantity("100Gi".into());
+    let grown = media::media_claim(&wan, Some(&live)).unwrap().spec.unwrap();
+    assert_eq!(grown.resources.unwrap().requests.unwrap()["storage"], Quantity("100Gi".into()));
+}
+
+#[test]
+fn quantities_compare_by_bytes() {
+    assert_eq!(media::quantity_bytes(&Quantity("1Gi".into())), 1 << 30);
+    assert!(media::quantity_bytes(&Quantity("100G".into())) > media::quantity_bytes(&Quantity("50Gi".into())));
+    assert_eq!(media::quantity_bytes(&Quantity("1.5Ki".into())), 1536);
+    assert_eq!(media::quantity_bytes(&Quantity("weird".into())), 0);
+}
+
+#[test]
+fn every_child_is_owned_labelled_and_namespaced() {
+    let mut wan = sample();
+    wan.spec.media.reclaim_policy = ReclaimPolicy::Delete;
+    let c = build(&wan, &inputs());
+    let metas = [
+        &c.config.metadata,
+        &c.media.as_ref().unwrap().metadata,
+        &c.master_service.metadata,
+        &c.coreapp_service.metadata,
+        &c.webapp_service.metadata,
+        &c.masters.metadata,
+        &c.coreapps.metadata,
+        &c.webapps.metadata,
+    ];
+    for meta in metas.into_iter().chain(c.disruption_budgets.iter().map(|b| &b.metadata)) {
+        let name = meta.name.clone().unwrap();
+        assert_eq!(meta.namespace.as_deref(), Some("team"), "{name}");
+        let owner = &meta.owner_references.as_ref().unwrap_or_else(|| panic!("{name} has an owner"))[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("WhatsAppNumber", "acme"), "{name}");
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_INSTANCE], "acme", "{name}");
+        assert_eq!(labels[LABEL_MANAGED_BY], "whatsapp-operator", "{name}");
+        assert_eq!(labels[LABEL_NAME], "whatsapp-business-api", "{name}");
+        assert_eq!(labels[LABEL_NUMBER], "15550001111", "{name}");
+        assert!(meta.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_APPLIED_HASH)), "{name}");
+    }
+}
+
+#[test]
+fn user_pod_labels_cannot_break_selectors() {
+    let mut wan = sample();
+    wan.spec.coreapp.pod_labels =
+        BTreeMap::from([(LABEL_COMPONENT.to_string(), "hijack".to_string()), ("team".to_string(), "a".to_string())]);
+    let sts = build(&wan, &inputs()).coreapps;
+    let spec = sts.spec.unwrap();
+    let labels = spec.template.metadata.unwrap().labels.unwrap();
+    assert_eq!(labels[LABEL_COMPONENT], "coreapp");
+    assert_eq!(labels["team"], "a");
+    for (k, v) in spec.selector.match_labels.unwrap() {
+        assert_eq!(labels.get(&k), Some(&v), "selector label {k} on the template");
+    }
+}
+
+#[test]
+fn default_anti_affinity_is_required_per_tier_and_override_replaces_it() {
+    let mut wan = sample();
+    let sts = build(&wan, &inputs()).masters;
+    let affinity = sts.spec.unwrap().template.spec.unwrap().affinity.unwrap();
+    let terms = affinity.pod_anti_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap();
+    assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(terms[0].label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_COMPONENT], "master");
+
+    wan.spec.master.affinity = Some(Default::default());
+    let sts = build(&wan, &inputs()).masters;
+    assert_eq!(sts.spec.unwrap().template.spec.unwrap().affinity, Some(Default::default()));
+}
+
+#[test]
+fn default_resources_follow_production_guidance_and_overrides_apply() {
+    let mut wan = sample();
+    let c = container(&build(&wan, &inputs()).coreapps).clone();
+    let requests = c.resources.unwrap().requests.unwrap();
+    assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("2", "4Gi"));
+
+    wan.spec.coreapp.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), Quantity("500m".into()))])),
+        ..Default::default()
+    });
+    wan.spec.coreapp.node_selector = BTreeMap::from([("disk".into(), "ssd".into())]);
+    let sts = build(&wan, &inputs()).coreapps;
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers[0].resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"], Quantity("500m".into()));
+    assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
+}
+
+#[test]
+fn headless_services_publish_every_coreapp_port() {
+    let c = build(&sample(), &inputs());
+    for svc in [&c.master_service, &c.coreapp_service] {
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        let ports: Vec<i32> = spec.ports.as_ref().unwrap().iter().map(|p| p.port).collect();
+        assert_eq!(ports, vec![6250, 6251, 6252, 6253]);
+    }
+    assert_eq!(c.masters.spec.as_ref().unwrap().service_name.as_deref(), Some("acme-master"));
+    assert_eq!(c.coreapps.spec.as_ref().unwrap().service_name.as_deref(), Some("acme-coreapp"));
+}
+
+#[test]
+fn webapp_gets_keys_https_service_and_surge_only_rollout() {
+    let mut wan = sample();
+    wan.spec.webapp.service.type_ = ServiceType::LoadBalancer;
+    wan.spec.webapp.service.annotations = BTreeMap::from([("lb".into(), "internal".into())]);
+    wan.spec.webapp.tls = Some(WebappTls { secret_name: "acme-tls".into() });
+    let c = build(&wan, &BuildInputs { webapp_tls_digest: Some("t1".into()), ..inputs() });
+
+    let svc = c.webapp_service;
+    assert_eq!(svc.metadata.annotations.as_ref().unwrap()["lb"], "internal");
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.ports.unwrap()[0].port, 443);
+
+    let deploy = c.webapps.spec.unwrap();
+    let rolling = deploy.strategy.unwrap().rolling_update.unwrap();
+    assert_eq!(rolling.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
+    let pod = deploy.template.spec.unwrap();
+    let web = &pod.containers[0];
+    assert_eq!(web.image.as_deref(), Some("docker.whatsapp.biz/web:v2.53.2"));
+    let from_keys = |name: &str| {
+        let r = web.env.as_ref().unwrap().iter().find(|e| e.name == name).unwrap();
+        let s = r.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        (s.name.clone(), s.key.clone())
+    };
+    assert_eq!(from_keys("WA_WEB_JWT_CRYPTO_KEY"), ("acme-keys".into(), "WA_WEB_JWT_CRYPTO_KEY".into()));
+    assert_eq!(from_keys("WA_API_KEY"), ("acme-keys".into(), "WA_API_KEY".into()));
+    let server = web.env.as_ref().unwrap().iter().find(|e| e.name == "WA_WEB_SERVERNAME").unwrap();
+    assert_eq!(server.value.as_deref(), Some("acme-webapp.team.svc"));
+    assert!(pod.volumes.unwrap().iter().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("acme-tls")));
+}
+
+#[test]
+fn disruption_budgets_only_for_tiers_with_several_pods() {
+    let mut wan = sample();
+    let names: Vec<String> =
+        build(&wan, &inputs()).disruption_budgets.iter().map(|b| b.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, vec!["acme-master", "acme-coreapp", "acme-webapp"]);
+
+    wan.spec.multiconnect = MulticonnectSpec { shards: 1, standby_coreapps: 0, masters: 1 };
+    wan.spec.webapp.replicas = 1;
+    assert!(build(&wan, &inputs()).disruption_budgets.is_empty());
+
+    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 2 };
+    let coreapp_budget =
+        build(&wan, &inputs()).disruption_budgets.into_iter().find(|b| b.metadata.name.as_deref() == Some("acme-coreapp")).unwrap();
+    assert_eq!(
+        coreapp_budget.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2)),
+        "as many as there are standbys"
+    );
+}
+
+#[test]
+fn config_hash_rolls_pods_only_when_their_inputs_change() {
+    let wan = sample();
+    let hash = |inputs: &BuildInputs, tier: &str| {
+        let c = build(&wan, inputs);
+        let meta = match tier {
+            "coreapp" => c.coreapps.spec.unwrap().template.metadata.unwrap(),
+            _ => c.webapps.spec.unwrap().template.metadata.unwrap(),
+        };
+        meta.annotations.unwrap()[ANNOTATION_CONFIG_HASH].clone()
+    };
+    let base = inputs();
+    assert_eq!(hash(&base, "coreapp"), hash(&base, "coreapp"), "stable");
+    let rotated = BuildInputs { credentials_digest: "creds-v2".into(), ..inputs() };
+    assert_ne!(hash(&base, "coreapp"), hash(&rotated, "coreapp"), "password rotation restarts pods");
+    let new_cert = BuildInputs { webapp_tls_digest: Some("cert-2".into()), ..inputs() };
+    assert_eq!(hash(&base, "coreapp"), hash(&new_cert, "coreapp"), "a webapp certificate does not restart coreapps");
+    assert_ne!(hash(&base, "webapp"), hash(&new_cert, "webapp"));
+}
+
+#[test]
+fn applied_hash_changes_with_the_spec() {
+    let mut wan = sample();
+    let before = build(&wan, &inputs()).webapps.metadata.annotations.unwrap()[ANNOTATION_APPLIED_HASH].clone();
+    let again = build(&wan, &inputs()).webapps.metadata.annotations.unwrap()[ANNOTATION_APPLIED_HASH].clone();
+    assert_eq!(before, again);
+    wan.spec.webapp.replicas = 3;
+    let after = build(&wan, &inputs()).webapps.metadata.annotations.unwrap()[ANNOTATION_APPLIED_HASH].clone();
+    assert_ne!(before, after);
+}
+
+#[test]
+fn pull_settings_reach_every_pod() {
+    let mut wan = sample();
+    wan.spec.images.pull_policy = Some(PullPolicy::Always);
+    wan.spec.images.pull_secrets = vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "meta-registry".into() }];
+    wan.spec.images.coreapp = "registry.local/wa-emulator-coreapp".into();
+    let c = build(&wan, &inputs());
+    for pod in [
+        c.masters.spec.unwrap().template.spec.unwrap(),
+        c.coreapps.spec.unwrap().template.spec.unwrap(),
+        c.webapps.spec.unwrap().template.spec.unwrap(),
+    ] {
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "meta-registry");
+        assert_eq!(pod.containers[0].image_pull_policy.as_deref(), Some("Always"));
+    }
+}
