@@ -97,6 +97,17 @@ build_installable() {
   CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w $ldflags" "$pkg"
 }
 
+# Helm's release build stamps the Kubernetes version it was built against;
+# without it `helm template` assumes v1.20 and refuses kubeVersion >=1.34.
+helm_kube_ldflags() {
+  local minor; minor="$(echo "${KUBERNETES_VERSION}" | cut -d. -f2)"
+  local p flags=""
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    flags+=" -X ${p}.k8sVersionMajor=1 -X ${p}.k8sVersionMinor=${minor}"
+  done
+  echo "$flags"
+}
+
 ensure() {
   if [ -n "${WAO_TOOLS_DIR:-}" ] && have_all "$WAO_TOOLS_DIR"; then
     echo "$WAO_TOOLS_DIR"; return
@@ -110,7 +121,7 @@ ensure() {
   [ -x "$CACHE_BIN/kwok" ] || build_installable "$CACHE_BIN" kwok "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" \
     "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
   [ -x "$CACHE_BIN/helm" ] || build_installable "$CACHE_BIN" helm "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" \
-    "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+    "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} $(helm_kube_ldflags)"
   have_all "$CACHE_BIN" || { log "some tools are still missing in $CACHE_BIN"; exit 1; }
   echo "$CACHE_BIN"
 }

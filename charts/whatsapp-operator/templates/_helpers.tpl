@@ -1,0 +1,155 @@
+{{/*
+Chart name, truncated to the 63 characters allowed in a label value.
+*/}}
+{{- define "whatsapp-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full resource name prefix: the release name, plus the chart name unless the
+release name already contains it.
+*/}}
+{{- define "whatsapp-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "whatsapp-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every resource.
+*/}}
+{{- define "whatsapp-operator.labels" -}}
+helm.sh/chart: {{ include "whatsapp-operator.chart" . }}
+{{ include "whatsapp-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: whatsapp-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels (immutable on the Deployment: never add to them).
+*/}}
+{{- define "whatsapp-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "whatsapp-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+ServiceAccount name.
+*/}}
+{{- define "whatsapp-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "whatsapp-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespace the operator watches, as passed in WATCH_NAMESPACE. Empty means all
+namespaces (cluster scope only).
+*/}}
+{{- define "whatsapp-operator.watchNamespace" -}}
+{{- if eq .Values.rbac.scope "namespace" }}
+{{- default .Release.Namespace .Values.watchNamespace }}
+{{- else }}
+{{- .Values.watchNamespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+Leader-election Lease name.
+*/}}
+{{- define "whatsapp-operator.leaseName" -}}
+{{- default (include "whatsapp-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+Container image reference: repository@digest, or repository:tag with the tag
+defaulting to the chart's appVersion.
+*/}}
+{{- define "whatsapp-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Content of the release catalog (key catalog.yaml): a YAML list of
+{version, releasedAt, expiresAt?}, keys written in a fixed order.
+*/}}
+{{- define "whatsapp-operator.releaseCatalog" -}}
+{{- range .Values.releaseCatalog.entries }}
+- version: {{ .version | toString | quote }}
+  releasedAt: {{ .releasedAt | toString | quote }}
+{{- if .expiresAt }}
+  expiresAt: {{ .expiresAt | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Rules for the resources the operator manages in the watched namespace(s).
+Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
+*/}}
+{{- define "whatsapp-operator.managedRules" -}}
+- apiGroups: ["whatsapp.operators.dev"]
+  resources: ["whatsappnumbers"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["whatsapp.operators.dev"]
+  resources: ["whatsappnumbers/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["whatsapp.operators.dev"]
+  resources: ["whatsappnumbers/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets", "deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps", "persistentvolumeclaims", "secrets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
+
+{{/*
+Bind address of the HTTP server (metrics and probes), host:port; IPv6 hosts
+are bracketed.
+*/}}
+{{- define "whatsapp-operator.metricsAddress" -}}
+{{- if contains ":" .Values.metrics.bindAddress }}
+{{- printf "[%s]:%d" .Values.metrics.bindAddress (int .Values.metrics.port) }}
+{{- else }}
+{{- printf "%s:%d" .Values.metrics.bindAddress (int .Values.metrics.port) }}
+{{- end }}
+{{- end }}

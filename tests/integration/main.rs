@@ -1,0 +1,117 @@
+//! Integration suite against a real control plane: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok, started by
+//! `hack/local-cluster.sh` (or reused from `WAO_IT_KUBECONFIG`).
+//!
+//! The operator runs as a process with exactly the Helm chart's RBAC. Tests run
+//! in parallel, each in its own namespace; tests that stop or replace the
+//! operator, or count its writes, run alone.
+
+mod scenarios;
+mod support;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use anyhow::Result;
+use kube::Client;
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::{Cluster, OPERATOR_NAMESPACE, Operator, RELEASE};
+
+pub struct Env {
+    pub cluster: Cluster,
+    pub admin: Client,
+    /// The cluster-scoped operator most tests rely on.
+    pub operator: Mutex<Operator>,
+    /// Kubeconfig of the chart's ServiceAccount (cluster scope).
+    pub operator_kubeconfig: PathBuf,
+    exclusive: RwLock<()>,
+    runtime: tokio::runtime::Runtime,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+type Scenario = fn(&'static Env) -> Pin<Box<dyn Future<Output = Result<()>>>>;
+
+/// `(name, runs alone, body)`.
+const SCENARIOS: &[(&str, bool, Scenario)] = &[
+    ("crd_rejects_invalid_input", false, |e| Box::pin(scenarios::crd_rejects_invalid_input(e))),
+    ("ha_example_reconciles", false, |e| Box::pin(scenarios::ha_example_reconciles(e))),
+    ("multiconnect_example_reconciles", false, |e| Box::pin(scenarios::multiconnect_example_reconciles(e))),
+    ("spec_change_shows_progressing_then_ready", false, |e| Box::pin(scenarios::spec_change_shows_progressing_then_ready(e))),
+    ("obsolete_children_are_removed", false, |e| Box::pin(scenarios::obsolete_children_are_removed(e))),
+    ("deleting_keeps_retained_media_only", false, |e| Box::pin(scenarios::deleting_keeps_retained_media_only(e))),
+    ("missing_secret_then_ready", false, |e| Box::pin(scenarios::missing_secret_then_ready(e))),
+    ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
+    ("operator_killed_mid_reconcile_converges", true, |e| Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))),
+    ("only_the_leader_writes", true, |e| Box::pin(scenarios::only_the_leader_writes(e))),
+    ("unchanged_reconcile_writes_nothing", true, |e| Box::pin(scenarios::unchanged_reconcile_writes_nothing(e))),
+    ("kubectl_wait_never_passes_on_an_old_generation", true, |e| Box::pin(scenarios::kubectl_wait_never_passes_on_an_old_generation(e))),
+    ("namespace_scoped_rbac_is_enough", true, |e| Box::pin(scenarios::namespace_scoped_rbac_is_enough(e))),
+];
+
+fn setup() -> Result<Env> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let cluster = Cluster::start()?;
+    let (admin, operator_kubeconfig) = runtime.block_on(async {
+        let admin = cluster.admin_client().await?;
+        support::install_crd(&admin).await?;
+        let sa = support::apply_chart_rbac(&cluster, RELEASE, OPERATOR_NAMESPACE, &["rbac.scope=cluster"])?;
+        let kubeconfig = support::service_account_kubeconfig(&cluster, &admin, OPERATOR_NAMESPACE, &sa).await?;
+        anyhow::Ok((admin, kubeconfig))
+    })?;
+    let operator = Operator::start("main", &operator_kubeconfig, &[])?;
+    Ok(Env { cluster, admin, operator: Mutex::new(operator), operator_kubeconfig, exclusive: RwLock::new(()), runtime })
+}
+
+fn run(name: &'static str, alone: bool, body: Scenario) -> Result<(), Failed> {
+    let env = ENV.get().expect("environment set up");
+    let _guard = if alone {
+        (None, Some(env.exclusive.write().unwrap_or_else(|e| e.into_inner())))
+    } else {
+        (Some(env.exclusive.read().unwrap_or_else(|e| e.into_inner())), None)
+    };
+    // A scenario that stopped the shared operator must leave it running again.
+    {
+        let mut op = env.operator.lock().unwrap_or_else(|e| e.into_inner());
+        if !op.is_running() {
+            op.restart().map_err(|e| Failed::from(format!("{name}: restarting the operator: {e:#}")))?;
+        }
+    }
+    env.runtime.block_on(body(env)).map_err(|e| {
+        let tail = env.operator.lock().map(|op| op.log_tail()).unwrap_or_default();
+        Failed::from(format!("{e:#}\n--- operator log (tail) ---\n{tail}"))
+    })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials: Vec<Trial> = SCENARIOS
+        .iter()
+        .map(|(name, alone, body)| {
+            let (name, alone, body) = (*name, *alone, *body);
+            Trial::test(name, move || run(name, alone, body))
+        })
+        .collect();
+
+    if args.list {
+        libtest_mimic::run(&args, trials).exit();
+    }
+    match setup() {
+        Ok(env) => {
+            let _ = ENV.set(env);
+        }
+        Err(e) => {
+            eprintln!("integration environment failed to start: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    let env = ENV.get().expect("environment");
+    env.operator.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    if std::env::var_os("WAO_IT_KEEP_CLUSTER").is_none() {
+        env.cluster.stop();
+    }
+    conclusion.exit();
+}

@@ -1,0 +1,612 @@
+//! The scenarios. Each works in a namespace of its own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use whatsapp_operator::api::WhatsAppNumber;
+
+use crate::Env;
+use crate::support::{self, OPERATOR_NAMESPACE, Operator, namespace, wait_until};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn wans(client: &Client, ns: &str) -> Api<WhatsAppNumber> {
+    Api::namespaced(client.clone(), ns)
+}
+
+fn typed<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+/// Creates every object of an example file in `ns`; returns the WhatsAppNumber's name.
+async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<&str>) -> Result<String> {
+    let text = std::fs::read_to_string(support::repo().join("examples").join(file))?;
+    let docs = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut wan_name = None;
+    for mut value in docs {
+        if value.is_null() {
+            continue;
+        }
+        value["metadata"]["namespace"] = json!(ns);
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        if only_kind.is_some_and(|k| k != kind) {
+            if kind == "WhatsAppNumber" {
+                wan_name = value["metadata"]["name"].as_str().map(String::from);
+            }
+            continue;
+        }
+        match kind.as_str() {
+            "Secret" => {
+                let s: Secret = serde_json::from_value(value)?;
+                typed::<Secret>(client, ns).create(&PostParams::default(), &s).await?;
+            }
+            "WhatsAppNumber" => {
+                let w: WhatsAppNumber = serde_json::from_value(value)?;
+                wan_name = Some(w.name_any());
+                wans(client, ns).create(&PostParams::default(), &w).await?;
+            }
+            other => bail!("unexpected kind {other} in {file}"),
+        }
+    }
+    wan_name.ok_or_else(|| anyhow!("{file} has no WhatsAppNumber"))
+}
+
+fn condition<'a>(w: &'a WhatsAppNumber, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    w.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Ready=True, computed for the object's current generation.
+fn ready_now(w: &WhatsAppNumber) -> bool {
+    let generation = w.metadata.generation;
+    w.status.as_ref().is_some_and(|s| s.observed_generation == generation)
+        && condition(w, "Ready").is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+}
+
+async fn wait_ready(api: &Api<WhatsAppNumber>, name: &str) -> Result<WhatsAppNumber> {
+    wait_until(READY_TIMEOUT, &format!("{name} to be Ready for its current generation"), || async {
+        Ok(ready_now(&api.get(name).await?))
+    })
+    .await
+    .with_context(|| format!("last status: {:?}", futures::executor::block_on(api.get_opt(name)).ok().flatten().and_then(|w| w.status)))?;
+    Ok(api.get(name).await?)
+}
+
+async fn wait_condition(api: &Api<WhatsAppNumber>, name: &str, type_: &str, status: &str, reason: &str) -> Result<WhatsAppNumber> {
+    wait_until(READY_TIMEOUT, &format!("{name} {type_}={status} ({reason})"), || async {
+        let w = api.get(name).await?;
+        Ok(condition(&w, type_).is_some_and(|c| {
+            c.status == status && c.reason == reason && c.observed_generation == w.metadata.generation
+        }))
+    })
+    .await?;
+    Ok(api.get(name).await?)
+}
+
+async fn merge_patch(api: &Api<WhatsAppNumber>, name: &str, patch: Value) -> Result<WhatsAppNumber> {
+    Ok(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+}
+
+fn instance(name: &str) -> ListParams {
+    ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))
+}
+
+// ---------------------------------------------------------------------------
+
+pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
+    let ns = namespace(&env.admin, "invalid").await?;
+    let api = wans(&env.admin, &ns);
+    let valid = json!({
+        "apiVersion": "whatsapp.operators.dev/v1alpha1",
+        "kind": "WhatsAppNumber",
+        "metadata": {"name": "valid"},
+        "spec": {
+            "phoneNumber": "+15550001111",
+            "version": "2.53.2",
+            "database": {"engine": "MySQL", "host": "db", "credentialsSecretRef": {"name": "db"}}
+        }
+    });
+    // (what, JSON merge into the valid object, text the error must contain)
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("phone number without +", json!({"spec": {"phoneNumber": "15550001111"}}), "spec.phoneNumber"),
+        ("phone number with a leading zero", json!({"spec": {"phoneNumber": "+05550001111"}}), "spec.phoneNumber"),
+        ("phone number too short", json!({"spec": {"phoneNumber": "+12345"}}), "spec.phoneNumber"),
+        ("3 shards", json!({"spec": {"multiconnect": {"shards": 3}}}), "spec.multiconnect.shards"),
+        ("negative webapp replicas", json!({"spec": {"webapp": {"replicas": -1}}}), "spec.webapp.replicas"),
+        ("negative standby coreapps", json!({"spec": {"multiconnect": {"standbyCoreapps": -1}}}), "spec.multiconnect.standbyCoreapps"),
+        ("no masters", json!({"spec": {"multiconnect": {"masters": 0}}}), "spec.multiconnect.masters"),
+        ("missing database engine", json!({"spec": {"database": {"engine": null}}}), "spec.database.engine"),
+        ("unknown database engine", json!({"spec": {"database": {"engine": "Oracle"}}}), "spec.database.engine"),
+        ("database port out of range", json!({"spec": {"database": {"port": 70000}}}), "spec.database.port"),
+        ("version that is not a version", json!({"spec": {"version": "latest"}}), "spec.version"),
+        ("existing claim and storage class together", json!({"spec": {"media": {"existingClaim": "a", "storageClassName": "b"}}}), "spec.media"),
+        ("unknown reclaim policy", json!({"spec": {"media": {"reclaimPolicy": "Recycle"}}}), "spec.media.reclaimPolicy"),
+        ("missing credentials secret", json!({"spec": {"database": {"credentialsSecretRef": null}}}), "spec.database.credentialsSecretRef"),
+        ("name too long for child objects", json!({"metadata": {"name": "a-name-that-is-far-too-long-for-its-children-x"}}), "metadata.name"),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, patch, field)) in cases.iter().enumerate() {
+        let mut obj = valid.clone();
+        json_patch_merge(&mut obj, patch);
+        if obj["metadata"]["name"] == "valid" {
+            obj["metadata"]["name"] = json!(format!("invalid-{i}"));
+        }
+        let wan: WhatsAppNumber = match serde_json::from_value(obj.clone()) {
+            Ok(w) => w,
+            // Some cases cannot even be expressed in the Rust type; send them raw.
+            Err(_) => {
+                let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+                    env.admin.clone(),
+                    &ns,
+                    &kube::api::ApiResource::erase::<WhatsAppNumber>(&()),
+                );
+                let dynamic: kube::api::DynamicObject = serde_json::from_value(obj)?;
+                match raw.create(&PostParams::default(), &dynamic).await {
+                    Ok(_) => failures.push(format!("{what}: accepted")),
+                    Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(field) => {}
+                    Err(e) => failures.push(format!("{what}: unexpected error {e}")),
+                }
+                continue;
+            }
+        };
+        match api.create(&PostParams::default(), &wan).await {
+            Ok(_) => failures.push(format!("{what}: accepted")),
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(field) => {}
+            Err(e) => failures.push(format!("{what}: expected a 422 naming {field}, got {e}")),
+        }
+    }
+
+    // Changing the phone number of an existing object.
+    let w: WhatsAppNumber = serde_json::from_value(valid.clone())?;
+    api.create(&PostParams::default(), &w).await?;
+    match merge_patch(&api, "valid", json!({"spec": {"phoneNumber": "+15550009999"}})).await {
+        Ok(_) => failures.push("changing phoneNumber: accepted".into()),
+        Err(e) => {
+            let text = format!("{e:#}");
+            if !(text.contains("spec.phoneNumber") && text.contains("immutable")) {
+                failures.push(format!("changing phoneNumber: unexpected error {text}"));
+            }
+        }
+    }
+    // Defaults are applied by the API server, so `kubectl get -o yaml` shows them.
+    let stored = api.get("valid").await?;
+    ensure!(stored.spec.multiconnect.shards == 1 && stored.spec.webapp.replicas == 2, "server-side defaults");
+
+    support::delete_namespace(&env.admin, &ns).await;
+    ensure!(failures.is_empty(), "invalid objects not rejected as expected:\n{}", failures.join("\n"));
+    Ok(())
+}
+
+fn json_patch_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_patch_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+pub async fn ha_example_reconciles(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "ha").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let wan = wait_ready(&wans(c, &ns), &name).await?;
+    let status = wan.status.clone().unwrap();
+    ensure!(status.ready_pods.as_deref() == Some("6/6"), "ready pods: {:?}", status.ready_pods);
+    ensure!(status.current_version.as_deref() == Some("2.53.2"));
+
+    let sts = typed::<StatefulSet>(c, &ns);
+    let masters = sts.get(&format!("{name}-master")).await?;
+    let coreapps = sts.get(&format!("{name}-coreapp")).await?;
+    ensure!(masters.spec.as_ref().unwrap().replicas == Some(2), "2 masters");
+    ensure!(coreapps.spec.as_ref().unwrap().replicas == Some(2), "1 shard + 1 standby");
+    let master_env = masters.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    ensure!(master_env.iter().any(|e| e.name == "WA_MASTER_NODE" && e.value.as_deref() == Some("1")));
+    let web = typed::<Deployment>(c, &ns).get(&format!("{name}-webapp")).await?;
+    ensure!(web.spec.as_ref().unwrap().replicas == Some(2));
+
+    let svcs = typed::<Service>(c, &ns);
+    for tier in ["master", "coreapp"] {
+        let s = svcs.get(&format!("{name}-{tier}")).await?.spec.unwrap();
+        ensure!(s.cluster_ip.as_deref() == Some("None"), "{tier} service is headless");
+        ensure!(s.ports.unwrap().iter().map(|p| p.port).collect::<Vec<_>>() == vec![6250, 6251, 6252, 6253]);
+    }
+    ensure!(svcs.get(&format!("{name}-webapp")).await?.spec.unwrap().ports.unwrap()[0].port == 443);
+
+    let cm = typed::<ConfigMap>(c, &ns).get(&format!("{name}-config")).await?.data.unwrap();
+    ensure!(cm["WA_DB_ENGINE"] == "MYSQL" && cm["WA_DB_PORT"] == "3306" && cm["WA_APP_MULTICONNECT"] == "1");
+    let keys = typed::<Secret>(c, &ns).get(&format!("{name}-keys")).await?.data.unwrap();
+    ensure!(keys.contains_key("WA_API_KEY") && keys.contains_key("WA_WEB_JWT_CRYPTO_KEY"));
+
+    let pvc = typed::<PersistentVolumeClaim>(c, &ns).get(&format!("{name}-media")).await?;
+    ensure!(pvc.metadata.owner_references.is_none(), "a retained claim has no owner");
+    wait_until(Duration::from_secs(30), "the media claim to be Bound", || async {
+        Ok(typed::<PersistentVolumeClaim>(c, &ns).get(&format!("{name}-media")).await?.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
+    })
+    .await?;
+
+    let pods = typed::<Pod>(c, &ns).list(&instance(&name)).await?.items;
+    let ready = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        .count();
+    ensure!(ready == 6, "6 ready pods, found {ready} of {}", pods.len());
+    let nodes: std::collections::BTreeSet<_> = pods
+        .iter()
+        .filter(|p| p.labels().get("app.kubernetes.io/component").map(String::as_str) == Some("coreapp"))
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    ensure!(nodes.len() == 2, "coreapps spread over nodes by anti-affinity: {nodes:?}");
+    let budgets = typed::<PodDisruptionBudget>(c, &ns).list(&instance(&name)).await?.items;
+    ensure!(budgets.len() == 3, "a budget per tier, found {}", budgets.len());
+
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn multiconnect_example_reconciles(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "mc").await?;
+    let name = apply_example(c, &ns, "multiconnect-postgresql.yaml", None).await?;
+    let wan = wait_ready(&wans(c, &ns), &name).await?;
+    ensure!(wan.status.unwrap().ready_pods.as_deref() == Some("10/10"), "2 masters + 5 coreapps + 3 webapps");
+    let coreapps = typed::<StatefulSet>(c, &ns).get(&format!("{name}-coreapp")).await?;
+    ensure!(coreapps.spec.as_ref().unwrap().replicas == Some(5), "4 shards + 1 standby");
+    let container = &coreapps.spec.unwrap().template.spec.unwrap().containers[0];
+    let pw = container.env.as_ref().unwrap().iter().find(|e| e.name == "WA_DB_PASSWORD").unwrap();
+    ensure!(pw.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key == "pass", "custom password key");
+    ensure!(container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0 == "8Gi");
+    let cm = typed::<ConfigMap>(c, &ns).get(&format!("{name}-config")).await?.data.unwrap();
+    ensure!(cm["WA_DB_ENGINE"] == "POSTGRESQL" && cm["WA_DB_PORT"] == "5432");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn spec_change_shows_progressing_then_ready(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "change").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+
+    // Record every status the operator writes from here on.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
+        .applied_objects()
+        .for_each(move |w| {
+            if let Ok(w) = w {
+                let _ = tx.send(w);
+            }
+            futures::future::ready(())
+        });
+    let watch = tokio::spawn(watch);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (patch, webapps, coreapps) in [
+        (json!({"spec": {"webapp": {"replicas": 3}}}), 3, 2),
+        (json!({"spec": {"multiconnect": {"shards": 2}}}), 3, 3),
+    ] {
+        let generation = merge_patch(&api, &name, patch).await?.metadata.generation;
+        let done = wait_ready(&api, &name).await?;
+        ensure!(done.metadata.generation == generation);
+        let mut saw_progressing = false;
+        while let Ok(w) = rx.try_recv() {
+            if w.metadata.generation == generation
+                && condition(&w, "Progressing").is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+            {
+                saw_progressing = true;
+            }
+            if w.metadata.generation == generation && w.status.as_ref().and_then(|s| s.observed_generation) != generation {
+                ensure!(!ready_now(&w), "Ready must not be claimed for an unreconciled generation");
+            }
+        }
+        ensure!(saw_progressing, "Progressing=True was never written for generation {generation:?}");
+        let status = done.status.unwrap();
+        ensure!(status.webapps.unwrap().desired == webapps && status.coreapps.unwrap().desired == coreapps);
+    }
+    watch.abort();
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn obsolete_children_are_removed(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "prune").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let budgets = typed::<PodDisruptionBudget>(c, &ns);
+    ensure!(budgets.get_opt(&format!("{name}-webapp")).await?.is_some());
+    merge_patch(&api, &name, json!({"spec": {"webapp": {"replicas": 1}, "multiconnect": {"masters": 1}}})).await?;
+    wait_ready(&api, &name).await?;
+    wait_until(Duration::from_secs(30), "single-pod tiers to lose their budgets", || async {
+        let left: Vec<String> = budgets.list(&instance(&name)).await?.items.iter().map(|b| b.name_any()).collect();
+        Ok(left == vec![format!("{name}-coreapp")])
+    })
+    .await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn deleting_keeps_retained_media_only(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "delete").await?;
+    let retained = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &retained).await?;
+
+    // A second number in the same namespace whose claim goes with it.
+    let mut deleted: WhatsAppNumber = api.get(&retained).await?;
+    deleted.metadata = kube::api::ObjectMeta { name: Some("media-delete".into()), ..Default::default() };
+    deleted.spec.phone_number = "+15550007777".into();
+    deleted.spec.media.reclaim_policy = whatsapp_operator::api::ReclaimPolicy::Delete;
+    deleted.status = None;
+    api.create(&PostParams::default(), &deleted).await?;
+    wait_ready(&api, "media-delete").await?;
+
+    for name in [retained.as_str(), "media-delete"] {
+        api.delete(name, &DeleteParams::default()).await?;
+    }
+    let claims = typed::<PersistentVolumeClaim>(c, &ns);
+    for name in [retained.as_str(), "media-delete"] {
+        wait_until(Duration::from_secs(60), &format!("the children of {name} to be garbage-collected"), || async {
+            let sts = typed::<StatefulSet>(c, &ns).list(&instance(name)).await?.items.len();
+            let deploy = typed::<Deployment>(c, &ns).list(&instance(name)).await?.items.len();
+            let svc = typed::<Service>(c, &ns).list(&instance(name)).await?.items.len();
+            let cm = typed::<ConfigMap>(c, &ns).list(&instance(name)).await?.items.len();
+            let secrets = typed::<Secret>(c, &ns).list(&instance(name)).await?.items.len();
+            let pdb = typed::<PodDisruptionBudget>(c, &ns).list(&instance(name)).await?.items.len();
+            Ok(sts + deploy + svc + cm + secrets + pdb == 0)
+        })
+        .await?;
+    }
+    wait_until(Duration::from_secs(60), "the Delete-policy claim to go", || async {
+        Ok(claims.get_opt("media-delete-media").await?.is_none())
+    })
+    .await?;
+    let kept = claims.get_opt(&format!("{retained}-media")).await?;
+    ensure!(kept.is_some_and(|k| k.metadata.deletion_timestamp.is_none()), "the Retain claim survives its WhatsAppNumber");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn missing_secret_then_ready(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "secret").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", Some("WhatsAppNumber")).await?;
+    let api = wans(c, &ns);
+    let w = wait_condition(&api, &name, "Ready", "False", "SecretNotFound").await?;
+    let message = &condition(&w, "Degraded").unwrap().message;
+    ensure!(message.contains("ha-mysql-db") && condition(&w, "Degraded").unwrap().status == "True", "{message}");
+    ensure!(typed::<StatefulSet>(c, &ns).list(&instance(&name)).await?.items.is_empty(), "nothing is deployed while blocked");
+
+    // The Secret appears: the watch on Secrets brings the object to Ready well
+    // before the blocked-retry interval.
+    apply_example(c, &ns, "ha-mysql.yaml", Some("Secret")).await?;
+    let start = std::time::Instant::now();
+    wait_ready(&api, &name).await?;
+    ensure!(start.elapsed() < Duration::from_secs(45), "took {:?}: the Secret watch did not trigger", start.elapsed());
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn generated_keys_survive_reconciles(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "keys").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let secrets = typed::<Secret>(c, &ns);
+    let keys_name = format!("{name}-keys");
+    let before = secrets.get(&keys_name).await?.data.unwrap();
+    merge_patch(&api, &name, json!({"spec": {"webapp": {"replicas": 3}}})).await?;
+    wait_ready(&api, &name).await?;
+    ensure!(secrets.get(&keys_name).await?.data.unwrap() == before, "keys unchanged by a reconcile");
+
+    // Someone removes one key: it is filled in, the other stays.
+    secrets
+        .patch(&keys_name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([{"op": "remove", "path": "/data/WA_WEB_JWT_CRYPTO_KEY"}]))?))
+        .await?;
+    wait_until(Duration::from_secs(30), "the missing key to be filled in", || async {
+        Ok(secrets.get(&keys_name).await?.data.unwrap_or_default().contains_key("WA_WEB_JWT_CRYPTO_KEY"))
+    })
+    .await?;
+    let after: BTreeMap<_, _> = secrets.get(&keys_name).await?.data.unwrap();
+    ensure!(after["WA_API_KEY"] == before["WA_API_KEY"], "the API key is never rotated silently");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn operator_killed_mid_reconcile_converges(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "restart").await?;
+    let api = wans(c, &ns);
+    apply_example(c, &ns, "ha-mysql.yaml", Some("Secret")).await?;
+    let template: WhatsAppNumber = {
+        let text = std::fs::read_to_string(support::repo().join("examples/ha-mysql.yaml"))?;
+        let doc = text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?;
+        serde_yaml::from_str(doc)?
+    };
+    for (i, delay_ms) in [0u64, 150, 400, 900].into_iter().enumerate() {
+        let name = format!("restart-{i}");
+        let mut w = template.clone();
+        w.metadata.name = Some(name.clone());
+        w.metadata.namespace = Some(ns.clone());
+        w.spec.phone_number = format!("+1555000{:04}", 100 + i);
+        api.create(&PostParams::default(), &w).await?;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        {
+            let mut op = env.operator.lock().unwrap();
+            op.kill();
+            op.restart()?;
+        }
+        wait_ready(&api, &name).await?;
+        let sts = typed::<StatefulSet>(c, &ns).list(&instance(&name)).await?.items.len();
+        let deploy = typed::<Deployment>(c, &ns).list(&instance(&name)).await?.items.len();
+        let keys = typed::<Secret>(c, &ns).list(&instance(&name)).await?.items.len();
+        let claims = typed::<PersistentVolumeClaim>(c, &ns).list(&instance(&name)).await?.items.len();
+        ensure!((sts, deploy, keys, claims) == (2, 1, 1, 1), "after a kill at {delay_ms} ms: {sts} sts, {deploy} deploy, {keys} key secrets, {claims} claims");
+    }
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn only_the_leader_writes(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "leader").await?;
+    let mut standby = Operator::start("standby", &env.operator_kubeconfig, &[])?;
+    wait_until(Duration::from_secs(20), "the standby's metrics endpoint", || async { Ok(standby.metrics().await.is_ok()) }).await?;
+    let leader_gauge = |text: &str| support::metric_sum(text, "whatsapp_operator_leader");
+
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let standby_metrics = standby.metrics().await?;
+    ensure!(leader_gauge(&standby_metrics) == 0.0, "the standby does not lead");
+    ensure!(support::metric_sum(&standby_metrics, "whatsapp_operator_kube_writes_total") == 0.0, "the standby wrote:\n{standby_metrics}");
+    ensure!(support::metric_sum(&standby_metrics, "whatsapp_operator_reconciles_total") == 0.0, "the standby reconciled");
+    let main_metrics = env.operator.lock().unwrap().metrics().await?;
+    ensure!(leader_gauge(&main_metrics) == 1.0, "the first replica leads");
+
+    // The leader dies without releasing its lease: the standby takes over once it expires.
+    env.operator.lock().unwrap().kill();
+    wait_until(Duration::from_secs(45), "the standby to take the lease", || async { Ok(leader_gauge(&standby.metrics().await?) == 1.0) }).await?;
+    merge_patch(&api, &name, json!({"spec": {"webapp": {"replicas": 3}}})).await?;
+    wait_ready(&api, &name).await?;
+    ensure!(support::metric_sum(&standby.metrics().await?, "whatsapp_operator_reconciles_total") > 0.0);
+
+    // A graceful stop releases the lease, so the restarted replica leads at once.
+    standby.stop();
+    env.operator.lock().unwrap().restart()?;
+    wait_until(Duration::from_secs(20), "the restarted replica to lead", || async {
+        let m = env.operator.lock().unwrap().metrics_port;
+        let text = reqwest::get(format!("http://127.0.0.1:{m}/metrics")).await?.text().await?;
+        Ok(leader_gauge(&text) == 1.0)
+    })
+    .await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn unchanged_reconcile_writes_nothing(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "noop").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let port = env.operator.lock().unwrap().metrics_port;
+    let scrape = || async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+        anyhow::Ok((
+            support::metric_sum(&text, "whatsapp_operator_kube_writes_total"),
+            support::metric_sum(&text, "whatsapp_operator_reconciles_total"),
+        ))
+    };
+    // Let the rollout's own status updates settle.
+    let mut last = scrape().await?;
+    let settle_deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = scrape().await?;
+        if now.0 == last.0 {
+            break;
+        }
+        ensure!(std::time::Instant::now() < settle_deadline, "the operator kept writing: {now:?}");
+        last = now;
+    }
+    let (writes, reconciles) = scrape().await?;
+    // A metadata-only change triggers a reconcile that finds nothing to do.
+    for i in 0..3 {
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": i.to_string()}}})))
+            .await?;
+        let target = reconciles + (i + 1) as f64;
+        wait_until(Duration::from_secs(20), "the reconcile to run", || async { Ok(scrape().await?.1 >= target) }).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (writes_after, _) = scrape().await?;
+    ensure!(writes_after == writes, "an unchanged reconcile wrote {} times", writes_after - writes);
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn kubectl_wait_never_passes_on_an_old_generation(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "wait").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let kubectl_wait = |timeout: &str| {
+        env.cluster
+            .kubectl()
+            .args(["wait", "--for=condition=Ready", &format!("whatsappnumber/{name}"), "-n", &ns, &format!("--timeout={timeout}")])
+            .output()
+    };
+    ensure!(kubectl_wait("10s")?.status.success(), "kubectl wait passes on a Ready object");
+
+    env.operator.lock().unwrap().stop();
+    merge_patch(&api, &name, json!({"spec": {"webapp": {"replicas": 3}}})).await?;
+    let out = kubectl_wait("5s")?;
+    ensure!(!out.status.success(), "kubectl wait passed on a status computed for the previous generation");
+
+    env.operator.lock().unwrap().restart()?;
+    let out = kubectl_wait("90s")?;
+    ensure!(out.status.success(), "kubectl wait after the reconcile: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(ready_now(&api.get(&name).await?));
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn namespace_scoped_rbac_is_enough(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "scoped").await?;
+    let sa = support::apply_chart_rbac(
+        &env.cluster,
+        "wao-ns",
+        OPERATOR_NAMESPACE,
+        &["rbac.scope=namespace", &format!("watchNamespace={ns}")],
+    )?;
+    let kubeconfig = support::service_account_kubeconfig(&env.cluster, c, OPERATOR_NAMESPACE, &sa).await?;
+    // The namespaced account really is limited to its namespace.
+    let can = |args: &[&str]| -> Result<bool> {
+        let out = std::process::Command::new(env.cluster.tools.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["auth", "can-i"])
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    };
+    ensure!(can(&["list", "whatsappnumbers.whatsapp.operators.dev", "-n", &ns])?, "may list in its namespace");
+    ensure!(!can(&["list", "whatsappnumbers.whatsapp.operators.dev", "--all-namespaces"])?, "may not list cluster-wide");
+    ensure!(!can(&["list", "secrets", "-n", "default"])?, "may not read Secrets elsewhere");
+
+    env.operator.lock().unwrap().stop();
+    let mut scoped = Operator::start("scoped", &kubeconfig, &["--namespace", &ns, "--lease-name", "whatsapp-operator-scoped"])?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let result = wait_ready(&wans(c, &ns), &name).await;
+    let tail = scoped.log_tail();
+    scoped.stop();
+    env.operator.lock().unwrap().restart()?;
+    result.with_context(|| format!("namespace-scoped operator log:\n{tail}"))?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}

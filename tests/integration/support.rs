@@ -1,0 +1,329 @@
+//! The integration environment: a real control plane from `hack/local-cluster.sh`,
+//! the generated CRD, the Helm chart's RBAC, and the operator binary running
+//! with that RBAC's ServiceAccount token.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
+use whatsapp_operator::api::WhatsAppNumber;
+
+pub const OPERATOR_NAMESPACE: &str = "whatsapp-operator-system";
+pub const RELEASE: &str = "wao";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where this run keeps its cluster, logs and kubeconfigs.
+pub fn work_dir() -> PathBuf {
+    let dir = std::env::var_os("WAO_IT_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target/integration"));
+    std::fs::create_dir_all(&dir).expect("integration work dir");
+    dir
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The control plane the suite runs on.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub tools: PathBuf,
+    dir: PathBuf,
+    /// Started here (so torn down here), or given by `WAO_IT_KUBECONFIG`.
+    owned: bool,
+}
+
+impl Cluster {
+    pub fn start() -> Result<Self> {
+        let tools = PathBuf::from(run(Command::new(repo().join("hack/tools.sh")).arg("ensure"))?.trim());
+        if let Some(kc) = std::env::var_os("WAO_IT_KUBECONFIG") {
+            return Ok(Self { kubeconfig: kc.into(), tools, dir: work_dir(), owned: false });
+        }
+        let dir = work_dir().join("cluster");
+        eprintln!("starting the local control plane in {}", dir.display());
+        let out = run(Command::new(repo().join("hack/local-cluster.sh")).arg("up").env("WAO_CLUSTER_DIR", &dir))?;
+        let kubeconfig = PathBuf::from(out.lines().last().ok_or_else(|| anyhow!("local-cluster.sh printed nothing"))?.trim());
+        Ok(Self { kubeconfig, tools, dir, owned: true })
+    }
+
+    pub fn stop(&self) {
+        if self.owned {
+            let _ = Command::new(repo().join("hack/local-cluster.sh")).arg("down").env("WAO_CLUSTER_DIR", &self.dir).status();
+        }
+    }
+
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(self.tools.join("kubectl"));
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
+    pub fn helm(&self) -> Command {
+        Command::new(self.tools.join("helm"))
+    }
+
+    pub async fn admin_client(&self) -> Result<Client> {
+        client_from(&self.kubeconfig).await
+    }
+}
+
+pub async fn client_from(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Installs the CRD exactly as `crdgen` generates it and waits until it is served.
+pub async fn install_crd(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = WhatsAppNumber::crd();
+    api.patch(&crd.name_any(), &PatchParams::apply("integration-tests").force(), &Patch::Apply(&crd)).await?;
+    wait_until(Duration::from_secs(30), "the CRD to be established", || async {
+        let crd = api.get(&WhatsAppNumber::crd_name()).await?;
+        Ok(crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True"))
+    })
+    .await
+}
+
+/// Renders the Helm chart and applies only its ServiceAccount and RBAC, so the
+/// operator below runs with exactly the permissions the chart grants.
+/// Returns the ServiceAccount's name.
+pub fn apply_chart_rbac(cluster: &Cluster, release: &str, namespace: &str, values: &[&str]) -> Result<String> {
+    let mut helm = cluster.helm();
+    helm.args(["template", release]).arg(repo().join("charts/whatsapp-operator")).args(["--namespace", namespace]);
+    for v in values {
+        helm.args(["--set", v]);
+    }
+    let rendered = run(&mut helm)?;
+    let keep = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+    let mut docs = Vec::new();
+    let mut service_account = None;
+    for doc in serde_yaml::Deserializer::from_str(&rendered) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        if keep.contains(&kind.as_str()) {
+            if kind == "ServiceAccount" {
+                service_account = value["metadata"]["name"].as_str().map(String::from);
+            }
+            docs.push(serde_yaml::to_string(&value)?);
+        }
+    }
+    let service_account = service_account.ok_or_else(|| anyhow!("the chart rendered no ServiceAccount"))?;
+    ensure!(docs.len() >= 3, "the chart rendered too little RBAC: {docs:?}");
+    let file = work_dir().join(format!("rbac-{release}.yaml"));
+    std::fs::write(&file, docs.join("---\n"))?;
+    run(cluster.kubectl().args(["create", "namespace", namespace, "--dry-run=client", "-o", "yaml"]))
+        .and_then(|ns| {
+            let ns_file = work_dir().join(format!("ns-{namespace}.yaml"));
+            std::fs::write(&ns_file, ns)?;
+            run(cluster.kubectl().arg("apply").arg("-f").arg(&ns_file))
+        })?;
+    run(cluster.kubectl().arg("apply").arg("-f").arg(&file))?;
+    Ok(service_account)
+}
+
+use serde::Deserialize;
+
+/// A kubeconfig that authenticates as the ServiceAccount with a fresh token.
+pub async fn service_account_kubeconfig(cluster: &Cluster, admin: &Client, namespace: &str, sa: &str) -> Result<PathBuf> {
+    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec { expiration_seconds: Some(6 * 3600), audiences: vec![], ..Default::default() },
+        ..Default::default()
+    };
+    let token = api
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await?
+        .status
+        .ok_or_else(|| anyhow!("no token returned"))?
+        .token;
+    let mut kc = Kubeconfig::read_from(&cluster.kubeconfig)?;
+    for user in kc.auth_infos.iter_mut() {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.client_certificate = None;
+            auth.client_certificate_data = None;
+            auth.client_key = None;
+            auth.client_key_data = None;
+            auth.token = Some(token.clone().into());
+        }
+    }
+    let path = work_dir().join(format!("kubeconfig-{namespace}-{sa}"));
+    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    Ok(path)
+}
+
+/// One operator process, run from the binary under test.
+pub struct Operator {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    kubeconfig: PathBuf,
+    args: Vec<String>,
+    name: String,
+}
+
+static STARTS: AtomicU32 = AtomicU32::new(0);
+
+impl Operator {
+    pub fn start(name: &str, kubeconfig: &Path, args: &[&str]) -> Result<Self> {
+        let mut op = Self {
+            child: None,
+            metrics_port: 0,
+            log: PathBuf::new(),
+            kubeconfig: kubeconfig.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            name: name.into(),
+        };
+        op.spawn()?;
+        Ok(op)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        self.metrics_port = free_port()?;
+        self.log = work_dir().join(format!("operator-{}-{n}.log", self.name));
+        let log = std::fs::File::create(&self.log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_whatsapp-operator"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,whatsapp_operator=debug")
+            .env_remove("WATCH_NAMESPACE")
+            .args(["--metrics-address", &format!("127.0.0.1:{}", self.metrics_port)])
+            .args(["--operator-namespace", OPERATOR_NAMESPACE])
+            .args(["--identity", &self.name])
+            .args(&self.args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the operator")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// SIGKILL: no chance to release the lease or finish a reconcile.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a graceful exit (or kill after 20 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        Ok(reqwest::get(&url).await?.error_for_status()?.text().await?)
+    }
+
+    /// Sum of a counter family over all its label sets.
+    pub async fn counter(&self, name: &str) -> Result<f64> {
+        Ok(metric_sum(&self.metrics().await?, name))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` until it returns true, failing with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}{}", last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> Result<String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}-{}-{}", std::process::id() % 10000, N.fetch_add(1, Ordering::SeqCst));
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    api.create(&PostParams::default(), &ns).await?;
+    Ok(name)
+}
+
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::background()).await;
+}
