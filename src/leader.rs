@@ -20,7 +20,12 @@ pub struct Election {
 
 impl Election {
     /// Starts competing for the lease in the background.
-    pub async fn start(client: Client, namespace: &str, lease: &str, identity: &str) -> kube_lease_manager::Result<Self> {
+    pub async fn start(
+        client: Client,
+        namespace: &str,
+        lease: &str,
+        identity: &str,
+    ) -> kube_lease_manager::Result<Self> {
         let manager = LeaseManagerBuilder::new(client, lease)
             .with_namespace(namespace)
             .with_identity(identity)

@@ -16,7 +16,11 @@ use whatsapp_operator::leader::Election;
 use whatsapp_operator::telemetry::{self, LogFormat, metrics::Metrics, server};
 
 #[derive(Parser, Debug)]
-#[command(name = "whatsapp-operator", version, about = "Runs WhatsApp Business API multiconnect deployments from WhatsAppNumber resources")]
+#[command(
+    name = "whatsapp-operator",
+    version,
+    about = "Runs WhatsApp Business API multiconnect deployments from WhatsAppNumber resources"
+)]
 struct Args {
     /// Watch only this namespace; empty watches all namespaces.
     #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
@@ -123,14 +127,18 @@ async fn main() -> fatal::Result {
 }
 
 fn hostname() -> String {
-    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| format!("whatsapp-operator-{}", std::process::id()))
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("whatsapp-operator-{}", std::process::id()))
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

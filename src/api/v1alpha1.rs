@@ -109,7 +109,12 @@ pub struct ImagesSpec {
 
 impl Default for ImagesSpec {
     fn default() -> Self {
-        Self { coreapp: default_coreapp_image(), webapp: default_webapp_image(), pull_policy: None, pull_secrets: vec![] }
+        Self {
+            coreapp: default_coreapp_image(),
+            webapp: default_webapp_image(),
+            pull_policy: None,
+            pull_secrets: vec![],
+        }
     }
 }
 
@@ -497,7 +502,6 @@ pub struct WhatsAppNumberStatus {
     /// In-cluster address of the webapp API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webapp_endpoint: Option<String>,
-
 }
 
 /// Readiness of one tier, computed from its workload's own status.

@@ -60,7 +60,12 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(client: &'a Client, wan: &WhatsAppNumber, metrics: &'a Metrics, memory: &'a AppliedMemory) -> Result<Self> {
+    pub fn new(
+        client: &'a Client,
+        wan: &WhatsAppNumber,
+        metrics: &'a Metrics,
+        memory: &'a AppliedMemory,
+    ) -> Result<Self> {
         let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
         Ok(Self { client, namespace, metrics, memory })
     }

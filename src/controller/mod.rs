@@ -135,7 +135,10 @@ async fn publish_transitions(
             continue;
         }
         let warning = (type_ == status::DEGRADED && new.status == "True")
-            || (type_ == status::READY && new.status == "False" && new.reason != "RollingOut" && new.reason != "PodsNotReady");
+            || (type_ == status::READY
+                && new.status == "False"
+                && new.reason != "RollingOut"
+                && new.reason != "PodsNotReady");
         // A Degraded=False after nothing (first reconcile) is not news.
         if type_ == status::DEGRADED && new.status == "False" && old.is_none() {
             continue;
@@ -184,7 +187,12 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 /// The WhatsAppNumbers whose reconcile reads the named Secret or claim.
-fn referencing(store: &Store<WhatsAppNumber>, namespace: Option<String>, name: &str, kind: Reference) -> Vec<ObjectRef<WhatsAppNumber>> {
+fn referencing(
+    store: &Store<WhatsAppNumber>,
+    namespace: Option<String>,
+    name: &str,
+    kind: Reference,
+) -> Vec<ObjectRef<WhatsAppNumber>> {
     store
         .state()
         .into_iter()
@@ -237,11 +245,9 @@ pub async fn run(
         .watches(scoped::<Secret>(&client, &namespace), watcher::Config::default(), move |secret| {
             referencing(&store, secret.namespace(), &secret.name_any(), Reference::Secret)
         })
-        .watches(
-            scoped::<PersistentVolumeClaim>(&client, &namespace),
-            watcher::Config::default(),
-            move |claim| referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim),
-        )
+        .watches(scoped::<PersistentVolumeClaim>(&client, &namespace), watcher::Config::default(), move |claim| {
+            referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

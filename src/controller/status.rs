@@ -137,7 +137,15 @@ pub fn compute(
     status.conditions = conditions_for(outcome)
         .into_iter()
         .map(|(type_, ok, reason, message)| {
-            condition(previous.map(|p| p.conditions.as_slice()).unwrap_or_default(), type_, ok, reason, message, generation, now)
+            condition(
+                previous.map(|p| p.conditions.as_slice()).unwrap_or_default(),
+                type_,
+                ok,
+                reason,
+                message,
+                generation,
+                now,
+            )
         })
         .collect();
     if let Outcome::Applied(tiers) = outcome {

@@ -151,7 +151,12 @@ mod tests {
 
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         Secret {
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect::<BTreeMap<_, _>>()),
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
             ..Default::default()
         }
     }
@@ -197,7 +202,8 @@ mod tests {
         assert!(problem.message.contains("tls.key"));
 
         wan.spec.webapp.tls = None;
-        wan.spec.database.tls = Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "ca".into(), key: "ca.crt".into() } });
+        wan.spec.database.tls =
+            Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "ca".into(), key: "ca.crt".into() } });
         assert_eq!(validate(&wan, &observed()).unwrap_err().reason, SECRET_NOT_FOUND);
         let obs = Observed { database_ca: Some(secret(&[("ca.crt", "pem")])), ..observed() };
         assert!(validate(&wan, &obs).unwrap().database_ca_digest.is_some());
@@ -225,7 +231,8 @@ mod tests {
     #[test]
     fn password_change_changes_the_digest() {
         let a = validate(&sample(), &observed()).unwrap().credentials_digest;
-        let obs = Observed { credentials: Some(secret(&[("username", "wa"), ("password", "new")])), ..Default::default() };
+        let obs =
+            Observed { credentials: Some(secret(&[("username", "wa"), ("password", "new")])), ..Default::default() };
         assert_ne!(a, validate(&sample(), &obs).unwrap().credentials_digest);
     }
 }

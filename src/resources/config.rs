@@ -26,10 +26,7 @@ pub fn config_map(wan: &WhatsAppNumber) -> ConfigMap {
     let db = &wan.spec.database;
     let mut data = BTreeMap::from([
         ("WA_APP_MULTICONNECT".to_string(), "1".to_string()),
-        (
-            "COREAPP_EXTERNAL_PORTS".to_string(),
-            COREAPP_PORTS.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
-        ),
+        ("COREAPP_EXTERNAL_PORTS".to_string(), COREAPP_PORTS.iter().map(i32::to_string).collect::<Vec<_>>().join(",")),
         ("WA_DB_ENGINE".to_string(), db.engine.env_value().to_string()),
         ("WA_DB_HOSTNAME".to_string(), db.host.clone()),
         ("WA_DB_PORT".to_string(), db.effective_port().to_string()),

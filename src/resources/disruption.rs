@@ -24,11 +24,7 @@ pub fn max_unavailable(wan: &WhatsAppNumber, tier: Tier) -> i32 {
 
 /// A budget for each tier with more than one pod; a single pod has nothing to keep.
 pub fn budgets(wan: &WhatsAppNumber) -> Vec<PodDisruptionBudget> {
-    Tier::ALL
-        .into_iter()
-        .filter(|tier| replicas(wan, *tier) > 1)
-        .map(|tier| budget(wan, tier))
-        .collect()
+    Tier::ALL.into_iter().filter(|tier| replicas(wan, *tier) > 1).map(|tier| budget(wan, tier)).collect()
 }
 
 fn budget(wan: &WhatsAppNumber, tier: Tier) -> PodDisruptionBudget {

@@ -36,9 +36,7 @@ pub fn media_claim(wan: &WhatsAppNumber, live: Option<&PersistentVolumeClaim>) -
         _ => media.size.clone(),
     };
     let spec = PersistentVolumeClaimSpec {
-        access_modes: live_spec
-            .and_then(|s| s.access_modes.clone())
-            .or_else(|| Some(vec!["ReadWriteMany".into()])),
+        access_modes: live_spec.and_then(|s| s.access_modes.clone()).or_else(|| Some(vec!["ReadWriteMany".into()])),
         storage_class_name: match live_spec {
             Some(s) => s.storage_class_name.clone(),
             None => media.storage_class_name.clone(),

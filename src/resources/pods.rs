@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapEnvSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
-    ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    Affinity, ConfigMapEnvSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, SecretKeySelector,
+    SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};

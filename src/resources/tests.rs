@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
 
@@ -64,7 +66,8 @@ fn config_map_carries_the_multiconnect_environment() {
     let mut wan = sample();
     wan.spec.database.engine = DatabaseEngine::PostgreSQL;
     wan.spec.database.port = None;
-    wan.spec.database.tls = Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "db-ca".into(), key: "root.pem".into() } });
+    wan.spec.database.tls =
+        Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "db-ca".into(), key: "root.pem".into() } });
     let cm = config::config_map(&wan);
     let data = cm.data.unwrap();
     let expect = [
@@ -170,7 +173,9 @@ fn media_and_data_mounts_use_meta_subpaths() {
 
     let web = children.webapps.spec.unwrap().template.spec.unwrap();
     let web_mounts = web.containers[0].volume_mounts.clone().unwrap();
-    assert!(web_mounts.iter().any(|m| m.mount_path == "/usr/local/wamedia" && m.sub_path.as_deref() == Some("waent/media")));
+    assert!(
+        web_mounts.iter().any(|m| m.mount_path == "/usr/local/wamedia" && m.sub_path.as_deref() == Some("waent/media"))
+    );
     assert!(!web_mounts.iter().any(|m| m.mount_path == "/usr/local/waent/data"));
 }
 
@@ -307,7 +312,10 @@ fn default_resources_follow_production_guidance_and_overrides_apply() {
     wan.spec.coreapp.node_selector = BTreeMap::from([("disk".into(), "ssd".into())]);
     let sts = build(&wan, &inputs()).coreapps;
     let pod = sts.spec.unwrap().template.spec.unwrap();
-    assert_eq!(pod.containers[0].resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"], Quantity("500m".into()));
+    assert_eq!(
+        pod.containers[0].resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"],
+        Quantity("500m".into())
+    );
     assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
 }
 
@@ -354,7 +362,12 @@ fn webapp_gets_keys_https_service_and_surge_only_rollout() {
     assert_eq!(from_keys("WA_API_KEY"), ("acme-keys".into(), "WA_API_KEY".into()));
     let server = web.env.as_ref().unwrap().iter().find(|e| e.name == "WA_WEB_SERVERNAME").unwrap();
     assert_eq!(server.value.as_deref(), Some("acme-webapp.team.svc"));
-    assert!(pod.volumes.unwrap().iter().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("acme-tls")));
+    assert!(
+        pod.volumes
+            .unwrap()
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("acme-tls"))
+    );
 }
 
 #[test]
@@ -369,8 +382,11 @@ fn disruption_budgets_only_for_tiers_with_several_pods() {
     assert!(build(&wan, &inputs()).disruption_budgets.is_empty());
 
     wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 2 };
-    let coreapp_budget =
-        build(&wan, &inputs()).disruption_budgets.into_iter().find(|b| b.metadata.name.as_deref() == Some("acme-coreapp")).unwrap();
+    let coreapp_budget = build(&wan, &inputs())
+        .disruption_budgets
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some("acme-coreapp"))
+        .unwrap();
     assert_eq!(
         coreapp_budget.spec.unwrap().max_unavailable,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2)),
@@ -413,7 +429,8 @@ fn applied_hash_changes_with_the_spec() {
 fn pull_settings_reach_every_pod() {
     let mut wan = sample();
     wan.spec.images.pull_policy = Some(PullPolicy::Always);
-    wan.spec.images.pull_secrets = vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "meta-registry".into() }];
+    wan.spec.images.pull_secrets =
+        vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "meta-registry".into() }];
     wan.spec.images.coreapp = "registry.local/wa-emulator-coreapp".into();
     let c = build(&wan, &inputs());
     for pod in [

@@ -5,8 +5,8 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service,
+    ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -114,7 +114,10 @@ pub fn stateful_set(wan: &WhatsAppNumber, tier: Tier, config_hash: &str) -> Stat
             // Nodes are peers coordinated through the database: no ordering needed.
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector { match_labels: Some(selector_labels(wan, tier)), ..Default::default() },
-            update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("RollingUpdate".into()), ..Default::default() }),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
             template: PodTemplateSpec {
                 metadata: Some(pods::template_meta(wan, tier, config_hash)),
                 spec: Some(PodSpec {

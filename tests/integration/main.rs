@@ -39,15 +39,21 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("crd_rejects_invalid_input", false, |e| Box::pin(scenarios::crd_rejects_invalid_input(e))),
     ("ha_example_reconciles", false, |e| Box::pin(scenarios::ha_example_reconciles(e))),
     ("multiconnect_example_reconciles", false, |e| Box::pin(scenarios::multiconnect_example_reconciles(e))),
-    ("spec_change_shows_progressing_then_ready", false, |e| Box::pin(scenarios::spec_change_shows_progressing_then_ready(e))),
+    ("spec_change_shows_progressing_then_ready", false, |e| {
+        Box::pin(scenarios::spec_change_shows_progressing_then_ready(e))
+    }),
     ("obsolete_children_are_removed", false, |e| Box::pin(scenarios::obsolete_children_are_removed(e))),
     ("deleting_keeps_retained_media_only", false, |e| Box::pin(scenarios::deleting_keeps_retained_media_only(e))),
     ("missing_secret_then_ready", false, |e| Box::pin(scenarios::missing_secret_then_ready(e))),
     ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
-    ("operator_killed_mid_reconcile_converges", true, |e| Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))),
+    ("operator_killed_mid_reconcile_converges", true, |e| {
+        Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))
+    }),
     ("only_the_leader_writes", true, |e| Box::pin(scenarios::only_the_leader_writes(e))),
     ("unchanged_reconcile_writes_nothing", true, |e| Box::pin(scenarios::unchanged_reconcile_writes_nothing(e))),
-    ("kubectl_wait_never_passes_on_an_old_generation", true, |e| Box::pin(scenarios::kubectl_wait_never_passes_on_an_old_generation(e))),
+    ("kubectl_wait_never_passes_on_an_old_generation", true, |e| {
+        Box::pin(scenarios::kubectl_wait_never_passes_on_an_old_generation(e))
+    }),
     ("namespace_scoped_rbac_is_enough", true, |e| Box::pin(scenarios::namespace_scoped_rbac_is_enough(e))),
 ];
 

@@ -65,7 +65,10 @@ async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<
     wan_name.ok_or_else(|| anyhow!("{file} has no WhatsAppNumber"))
 }
 
-fn condition<'a>(w: &'a WhatsAppNumber, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn condition<'a>(
+    w: &'a WhatsAppNumber,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     w.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -81,11 +84,22 @@ async fn wait_ready(api: &Api<WhatsAppNumber>, name: &str) -> Result<WhatsAppNum
         Ok(ready_now(&api.get(name).await?))
     })
     .await
-    .with_context(|| format!("last status: {:?}", futures::executor::block_on(api.get_opt(name)).ok().flatten().and_then(|w| w.status)))?;
+    .with_context(|| {
+        format!(
+            "last status: {:?}",
+            futures::executor::block_on(api.get_opt(name)).ok().flatten().and_then(|w| w.status)
+        )
+    })?;
     Ok(api.get(name).await?)
 }
 
-async fn wait_condition(api: &Api<WhatsAppNumber>, name: &str, type_: &str, status: &str, reason: &str) -> Result<WhatsAppNumber> {
+async fn wait_condition(
+    api: &Api<WhatsAppNumber>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Result<WhatsAppNumber> {
     wait_until(READY_TIMEOUT, &format!("{name} {type_}={status} ({reason})"), || async {
         let w = api.get(name).await?;
         Ok(condition(&w, type_).is_some_and(|c| {
@@ -126,16 +140,36 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
         ("phone number too short", json!({"spec": {"phoneNumber": "+12345"}}), "spec.phoneNumber"),
         ("3 shards", json!({"spec": {"multiconnect": {"shards": 3}}}), "spec.multiconnect.shards"),
         ("negative webapp replicas", json!({"spec": {"webapp": {"replicas": -1}}}), "spec.webapp.replicas"),
-        ("negative standby coreapps", json!({"spec": {"multiconnect": {"standbyCoreapps": -1}}}), "spec.multiconnect.standbyCoreapps"),
+        (
+            "negative standby coreapps",
+            json!({"spec": {"multiconnect": {"standbyCoreapps": -1}}}),
+            "spec.multiconnect.standbyCoreapps",
+        ),
         ("no masters", json!({"spec": {"multiconnect": {"masters": 0}}}), "spec.multiconnect.masters"),
         ("missing database engine", json!({"spec": {"database": {"engine": null}}}), "spec.database.engine"),
         ("unknown database engine", json!({"spec": {"database": {"engine": "Oracle"}}}), "spec.database.engine"),
         ("database port out of range", json!({"spec": {"database": {"port": 70000}}}), "spec.database.port"),
         ("version that is not a version", json!({"spec": {"version": "latest"}}), "spec.version"),
-        ("existing claim and storage class together", json!({"spec": {"media": {"existingClaim": "a", "storageClassName": "b"}}}), "spec.media"),
-        ("unknown reclaim policy", json!({"spec": {"media": {"reclaimPolicy": "Recycle"}}}), "spec.media.reclaimPolicy"),
-        ("missing credentials secret", json!({"spec": {"database": {"credentialsSecretRef": null}}}), "spec.database.credentialsSecretRef"),
-        ("name too long for child objects", json!({"metadata": {"name": "a-name-that-is-far-too-long-for-its-children-x"}}), "metadata.name"),
+        (
+            "existing claim and storage class together",
+            json!({"spec": {"media": {"existingClaim": "a", "storageClassName": "b"}}}),
+            "spec.media",
+        ),
+        (
+            "unknown reclaim policy",
+            json!({"spec": {"media": {"reclaimPolicy": "Recycle"}}}),
+            "spec.media.reclaimPolicy",
+        ),
+        (
+            "missing credentials secret",
+            json!({"spec": {"database": {"credentialsSecretRef": null}}}),
+            "spec.database.credentialsSecretRef",
+        ),
+        (
+            "name too long for child objects",
+            json!({"metadata": {"name": "a-name-that-is-far-too-long-for-its-children-x"}}),
+            "metadata.name",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, patch, field)) in cases.iter().enumerate() {
@@ -148,11 +182,8 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
             Ok(w) => w,
             // Some cases cannot even be expressed in the Rust type; send them raw.
             Err(_) => {
-                let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
-                    env.admin.clone(),
-                    &ns,
-                    &kube::api::ApiResource::erase::<WhatsAppNumber>(&()),
-                );
+                let raw: Api<kube::api::DynamicObject> =
+                    Api::namespaced_with(env.admin.clone(), &ns, &kube::api::ApiResource::erase::<WhatsAppNumber>(&()));
                 let dynamic: kube::api::DynamicObject = serde_json::from_value(obj)?;
                 match raw.create(&PostParams::default(), &dynamic).await {
                     Ok(_) => failures.push(format!("{what}: accepted")),
@@ -240,14 +271,25 @@ pub async fn ha_example_reconciles(env: &'static Env) -> Result<()> {
     let pvc = typed::<PersistentVolumeClaim>(c, &ns).get(&format!("{name}-media")).await?;
     ensure!(pvc.metadata.owner_references.is_none(), "a retained claim has no owner");
     wait_until(Duration::from_secs(30), "the media claim to be Bound", || async {
-        Ok(typed::<PersistentVolumeClaim>(c, &ns).get(&format!("{name}-media")).await?.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
+        Ok(typed::<PersistentVolumeClaim>(c, &ns)
+            .get(&format!("{name}-media"))
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Bound"))
     })
     .await?;
 
     let pods = typed::<Pod>(c, &ns).list(&instance(&name)).await?.items;
     let ready = pods
         .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
         .count();
     ensure!(ready == 6, "6 ready pods, found {ready} of {}", pods.len());
     let nodes: std::collections::BTreeSet<_> = pods
@@ -301,21 +343,23 @@ pub async fn spec_change_shows_progressing_then_ready(env: &'static Env) -> Resu
     let watch = tokio::spawn(watch);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    for (patch, webapps, coreapps) in [
-        (json!({"spec": {"webapp": {"replicas": 3}}}), 3, 2),
-        (json!({"spec": {"multiconnect": {"shards": 2}}}), 3, 3),
-    ] {
+    for (patch, webapps, coreapps) in
+        [(json!({"spec": {"webapp": {"replicas": 3}}}), 3, 2), (json!({"spec": {"multiconnect": {"shards": 2}}}), 3, 3)]
+    {
         let generation = merge_patch(&api, &name, patch).await?.metadata.generation;
         let done = wait_ready(&api, &name).await?;
         ensure!(done.metadata.generation == generation);
         let mut saw_progressing = false;
         while let Ok(w) = rx.try_recv() {
             if w.metadata.generation == generation
-                && condition(&w, "Progressing").is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+                && condition(&w, "Progressing")
+                    .is_some_and(|c| c.status == "True" && c.observed_generation == generation)
             {
                 saw_progressing = true;
             }
-            if w.metadata.generation == generation && w.status.as_ref().and_then(|s| s.observed_generation) != generation {
+            if w.metadata.generation == generation
+                && w.status.as_ref().and_then(|s| s.observed_generation) != generation
+            {
                 ensure!(!ready_now(&w), "Ready must not be claimed for an unreconciled generation");
             }
         }
@@ -384,7 +428,10 @@ pub async fn deleting_keeps_retained_media_only(env: &'static Env) -> Result<()>
     })
     .await?;
     let kept = claims.get_opt(&format!("{retained}-media")).await?;
-    ensure!(kept.is_some_and(|k| k.metadata.deletion_timestamp.is_none()), "the Retain claim survives its WhatsAppNumber");
+    ensure!(
+        kept.is_some_and(|k| k.metadata.deletion_timestamp.is_none()),
+        "the Retain claim survives its WhatsAppNumber"
+    );
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
@@ -397,7 +444,10 @@ pub async fn missing_secret_then_ready(env: &'static Env) -> Result<()> {
     let w = wait_condition(&api, &name, "Ready", "False", "SecretNotFound").await?;
     let message = &condition(&w, "Degraded").unwrap().message;
     ensure!(message.contains("ha-mysql-db") && condition(&w, "Degraded").unwrap().status == "True", "{message}");
-    ensure!(typed::<StatefulSet>(c, &ns).list(&instance(&name)).await?.items.is_empty(), "nothing is deployed while blocked");
+    ensure!(
+        typed::<StatefulSet>(c, &ns).list(&instance(&name)).await?.items.is_empty(),
+        "nothing is deployed while blocked"
+    );
 
     // The Secret appears: the watch on Secrets brings the object to Ready well
     // before the blocked-retry interval.
@@ -424,7 +474,13 @@ pub async fn generated_keys_survive_reconciles(env: &'static Env) -> Result<()> 
 
     // Someone removes one key: it is filled in, the other stays.
     secrets
-        .patch(&keys_name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([{"op": "remove", "path": "/data/WA_WEB_JWT_CRYPTO_KEY"}]))?))
+        .patch(
+            &keys_name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(
+                json!([{"op": "remove", "path": "/data/WA_WEB_JWT_CRYPTO_KEY"}]),
+            )?),
+        )
         .await?;
     wait_until(Duration::from_secs(30), "the missing key to be filled in", || async {
         Ok(secrets.get(&keys_name).await?.data.unwrap_or_default().contains_key("WA_WEB_JWT_CRYPTO_KEY"))
@@ -464,7 +520,10 @@ pub async fn operator_killed_mid_reconcile_converges(env: &'static Env) -> Resul
         let deploy = typed::<Deployment>(c, &ns).list(&instance(&name)).await?.items.len();
         let keys = typed::<Secret>(c, &ns).list(&instance(&name)).await?.items.len();
         let claims = typed::<PersistentVolumeClaim>(c, &ns).list(&instance(&name)).await?.items.len();
-        ensure!((sts, deploy, keys, claims) == (2, 1, 1, 1), "after a kill at {delay_ms} ms: {sts} sts, {deploy} deploy, {keys} key secrets, {claims} claims");
+        ensure!(
+            (sts, deploy, keys, claims) == (2, 1, 1, 1),
+            "after a kill at {delay_ms} ms: {sts} sts, {deploy} deploy, {keys} key secrets, {claims} claims"
+        );
     }
     support::delete_namespace(c, &ns).await;
     Ok(())
@@ -474,7 +533,10 @@ pub async fn only_the_leader_writes(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "leader").await?;
     let mut standby = Operator::start("standby", &env.operator_kubeconfig, &[])?;
-    wait_until(Duration::from_secs(20), "the standby's metrics endpoint", || async { Ok(standby.metrics().await.is_ok()) }).await?;
+    wait_until(Duration::from_secs(20), "the standby's metrics endpoint", || async {
+        Ok(standby.metrics().await.is_ok())
+    })
+    .await?;
     let leader_gauge = |text: &str| support::metric_sum(text, "whatsapp_operator_leader");
 
     let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
@@ -482,14 +544,23 @@ pub async fn only_the_leader_writes(env: &'static Env) -> Result<()> {
     wait_ready(&api, &name).await?;
     let standby_metrics = standby.metrics().await?;
     ensure!(leader_gauge(&standby_metrics) == 0.0, "the standby does not lead");
-    ensure!(support::metric_sum(&standby_metrics, "whatsapp_operator_kube_writes_total") == 0.0, "the standby wrote:\n{standby_metrics}");
-    ensure!(support::metric_sum(&standby_metrics, "whatsapp_operator_reconciles_total") == 0.0, "the standby reconciled");
+    ensure!(
+        support::metric_sum(&standby_metrics, "whatsapp_operator_kube_writes_total") == 0.0,
+        "the standby wrote:\n{standby_metrics}"
+    );
+    ensure!(
+        support::metric_sum(&standby_metrics, "whatsapp_operator_reconciles_total") == 0.0,
+        "the standby reconciled"
+    );
     let main_metrics = env.operator.lock().unwrap().metrics().await?;
     ensure!(leader_gauge(&main_metrics) == 1.0, "the first replica leads");
 
     // The leader dies without releasing its lease: the standby takes over once it expires.
     env.operator.lock().unwrap().kill();
-    wait_until(Duration::from_secs(45), "the standby to take the lease", || async { Ok(leader_gauge(&standby.metrics().await?) == 1.0) }).await?;
+    wait_until(Duration::from_secs(45), "the standby to take the lease", || async {
+        Ok(leader_gauge(&standby.metrics().await?) == 1.0)
+    })
+    .await?;
     merge_patch(&api, &name, json!({"spec": {"webapp": {"replicas": 3}}})).await?;
     wait_ready(&api, &name).await?;
     ensure!(support::metric_sum(&standby.metrics().await?, "whatsapp_operator_reconciles_total") > 0.0);
@@ -536,10 +607,15 @@ pub async fn unchanged_reconcile_writes_nothing(env: &'static Env) -> Result<()>
     let (writes, reconciles) = scrape().await?;
     // A metadata-only change triggers a reconcile that finds nothing to do.
     for i in 0..3 {
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": i.to_string()}}})))
-            .await?;
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": i.to_string()}}})),
+        )
+        .await?;
         let target = reconciles + (i + 1) as f64;
-        wait_until(Duration::from_secs(20), "the reconcile to run", || async { Ok(scrape().await?.1 >= target) }).await?;
+        wait_until(Duration::from_secs(20), "the reconcile to run", || async { Ok(scrape().await?.1 >= target) })
+            .await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (writes_after, _) = scrape().await?;
@@ -557,7 +633,14 @@ pub async fn kubectl_wait_never_passes_on_an_old_generation(env: &'static Env) -
     let kubectl_wait = |timeout: &str| {
         env.cluster
             .kubectl()
-            .args(["wait", "--for=condition=Ready", &format!("whatsappnumber/{name}"), "-n", &ns, &format!("--timeout={timeout}")])
+            .args([
+                "wait",
+                "--for=condition=Ready",
+                &format!("whatsappnumber/{name}"),
+                "-n",
+                &ns,
+                &format!("--timeout={timeout}"),
+            ])
             .output()
     };
     ensure!(kubectl_wait("10s")?.status.success(), "kubectl wait passes on a Ready object");
@@ -596,11 +679,15 @@ pub async fn namespace_scoped_rbac_is_enough(env: &'static Env) -> Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
     };
     ensure!(can(&["list", "whatsappnumbers.whatsapp.operators.dev", "-n", &ns])?, "may list in its namespace");
-    ensure!(!can(&["list", "whatsappnumbers.whatsapp.operators.dev", "--all-namespaces"])?, "may not list cluster-wide");
+    ensure!(
+        !can(&["list", "whatsappnumbers.whatsapp.operators.dev", "--all-namespaces"])?,
+        "may not list cluster-wide"
+    );
     ensure!(!can(&["list", "secrets", "-n", "default"])?, "may not read Secrets elsewhere");
 
     env.operator.lock().unwrap().stop();
-    let mut scoped = Operator::start("scoped", &kubeconfig, &["--namespace", &ns, "--lease-name", "whatsapp-operator-scoped"])?;
+    let mut scoped =
+        Operator::start("scoped", &kubeconfig, &["--namespace", &ns, "--lease-name", "whatsapp-operator-scoped"])?;
     let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
     let result = wait_ready(&wans(c, &ns), &name).await;
     let tail = scoped.log_tail();

@@ -61,13 +61,17 @@ impl Cluster {
         let dir = work_dir().join("cluster");
         eprintln!("starting the local control plane in {}", dir.display());
         let out = run(Command::new(repo().join("hack/local-cluster.sh")).arg("up").env("WAO_CLUSTER_DIR", &dir))?;
-        let kubeconfig = PathBuf::from(out.lines().last().ok_or_else(|| anyhow!("local-cluster.sh printed nothing"))?.trim());
+        let kubeconfig =
+            PathBuf::from(out.lines().last().ok_or_else(|| anyhow!("local-cluster.sh printed nothing"))?.trim());
         Ok(Self { kubeconfig, tools, dir, owned: true })
     }
 
     pub fn stop(&self) {
         if self.owned {
-            let _ = Command::new(repo().join("hack/local-cluster.sh")).arg("down").env("WAO_CLUSTER_DIR", &self.dir).status();
+            let _ = Command::new(repo().join("hack/local-cluster.sh"))
+                .arg("down")
+                .env("WAO_CLUSTER_DIR", &self.dir)
+                .status();
         }
     }
 
@@ -136,12 +140,13 @@ pub fn apply_chart_rbac(cluster: &Cluster, release: &str, namespace: &str, value
     ensure!(docs.len() >= 3, "the chart rendered too little RBAC: {docs:?}");
     let file = work_dir().join(format!("rbac-{release}.yaml"));
     std::fs::write(&file, docs.join("---\n"))?;
-    run(cluster.kubectl().args(["create", "namespace", namespace, "--dry-run=client", "-o", "yaml"]))
-        .and_then(|ns| {
+    run(cluster.kubectl().args(["create", "namespace", namespace, "--dry-run=client", "-o", "yaml"])).and_then(
+        |ns| {
             let ns_file = work_dir().join(format!("ns-{namespace}.yaml"));
             std::fs::write(&ns_file, ns)?;
             run(cluster.kubectl().arg("apply").arg("-f").arg(&ns_file))
-        })?;
+        },
+    )?;
     run(cluster.kubectl().arg("apply").arg("-f").arg(&file))?;
     Ok(service_account)
 }
@@ -149,7 +154,12 @@ pub fn apply_chart_rbac(cluster: &Cluster, release: &str, namespace: &str, value
 use serde::Deserialize;
 
 /// A kubeconfig that authenticates as the ServiceAccount with a fresh token.
-pub async fn service_account_kubeconfig(cluster: &Cluster, admin: &Client, namespace: &str, sa: &str) -> Result<PathBuf> {
+pub async fn service_account_kubeconfig(
+    cluster: &Cluster,
+    admin: &Client,
+    namespace: &str,
+    sa: &str,
+) -> Result<PathBuf> {
     let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec { expiration_seconds: Some(6 * 3600), audiences: vec![], ..Default::default() },
@@ -307,7 +317,10 @@ where
             Err(e) => last_error = Some(e),
         }
         if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}{}", last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default());
+            bail!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's test command: everything CI runs, in order.
+#   1. the pinned control-plane tools (built from Go modules once, then cached);
+#   2. private MariaDB and PostgreSQL on loopback for the emulator tests;
+#   3. format and lint checks, the chart (helm lint + template, both scopes);
+#   4. cargo test for the whole workspace: unit tests, the CRD drift check,
+#      the emulator against both databases, and the integration suite on a
+#      real control plane started by the suite itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[test] $*" >&2; }
+
+TOOLS="$(hack/tools.sh ensure)"
+export PATH="$TOOLS:$PATH"
+log "tools in $TOOLS ($(hack/tools.sh versions))"
+
+log "starting the test databases"
+eval "$(hack/databases.sh up >/dev/null && hack/databases.sh env)"
+trap 'hack/databases.sh down >/dev/null 2>&1 || true' EXIT
+
+log "checking formatting and the chart"
+cargo fmt --all -- --check
+helm lint --strict charts/whatsapp-operator
+for values in charts/whatsapp-operator/ci/*.yaml; do
+  helm lint --strict charts/whatsapp-operator -f "$values" >/dev/null
+  helm template wao charts/whatsapp-operator -f "$values" >/dev/null
+done
+helm template wao charts/whatsapp-operator >/dev/null
+
+log "running the test suites"
+cargo test --workspace --locked -- "$@"
