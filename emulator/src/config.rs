@@ -1,0 +1,229 @@
+//! Configuration read from the environment, with the variable names of the
+//! real images. Emulator-only knobs carry the `WA_EMULATOR_` prefix.
+
+use std::env;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use crate::Error;
+
+/// Which image the process pretends to be; baked into the image as
+/// `WA_EMULATOR_IMAGE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Image {
+    Coreapp,
+    Web,
+}
+
+/// The role a process plays, chosen from the image and env like the real images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Coreapp,
+    Master,
+    Upgrade,
+    Webapp,
+    Gateway,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Mysql,
+    Postgresql,
+}
+
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    pub engine: Engine,
+    pub hostname: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub ssl_ca: Option<PathBuf>,
+    /// `WA_DB_CONNECTION_IDLE_TIMEOUT`, milliseconds.
+    pub idle_timeout_ms: Option<u64>,
+    /// Name of the emulator's database (the real client spreads its state over
+    /// several databases; one is enough here).
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub version: String,
+    pub multiconnect: bool,
+    pub coreapp_hostname: String,
+    pub external_ports: [u16; 4],
+    pub db: DbConfig,
+    pub gateway: String,
+    pub web_listen: String,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub web_servername: Option<String>,
+    pub jwt_key: Option<String>,
+    pub api_key: Option<String>,
+    pub release_catalog: Option<PathBuf>,
+    pub now_override: Option<DateTime<Utc>>,
+    pub hostname: String,
+    pub container_id: String,
+    pub registered_number: Option<String>,
+    pub initial_heartbeat_interval: Option<u64>,
+    pub initial_unhealthy_interval: Option<u64>,
+    pub upgrade_seconds: u64,
+}
+
+fn var(name: &str) -> Option<String> {
+    env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn flag(name: &str) -> bool {
+    matches!(var(name).as_deref().map(str::trim), Some("1" | "true" | "TRUE" | "yes"))
+}
+
+fn parse_u64(name: &str) -> Result<Option<u64>, Error> {
+    var(name)
+        .map(|v| v.trim().parse::<u64>().map_err(|_| Error::Config(format!("{name}={v} is not a number"))))
+        .transpose()
+}
+
+pub fn image_from_env() -> Result<Image, Error> {
+    match var("WA_EMULATOR_IMAGE").as_deref().map(str::trim) {
+        None | Some("coreapp") => Ok(Image::Coreapp),
+        Some("web") | Some("webapp") => Ok(Image::Web),
+        Some(other) => Err(Error::Config(format!("WA_EMULATOR_IMAGE={other}: expected coreapp or web"))),
+    }
+}
+
+/// The role as the real images pick it: the web image is always the webapp;
+/// the coreapp image upgrades the schema with `WA_DB_UPGRADE=1`, is a master
+/// with `WA_MASTER_NODE=1`, else a coreapp.
+pub fn role_from_env() -> Result<Role, Error> {
+    Ok(match image_from_env()? {
+        Image::Web => Role::Webapp,
+        Image::Coreapp if flag("WA_DB_UPGRADE") => Role::Upgrade,
+        Image::Coreapp if flag("WA_MASTER_NODE") => Role::Master,
+        Image::Coreapp => Role::Coreapp,
+    })
+}
+
+pub fn parse_ports(value: &str) -> Result<[u16; 4], Error> {
+    let ports: Vec<u16> = value
+        .split(',')
+        .map(|p| p.trim().parse::<u16>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Config(format!("COREAPP_EXTERNAL_PORTS={value}: expected four ports")))?;
+    ports.try_into().map_err(|_| Error::Config(format!("COREAPP_EXTERNAL_PORTS={value}: expected four ports")))
+}
+
+pub fn machine_hostname() -> String {
+    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_string())
+}
+
+fn random_container_id() -> String {
+    let mut rng = rand::rng();
+    (0..12).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, Error> {
+        let engine = match var("WA_DB_ENGINE").map(|e| e.to_ascii_uppercase()).as_deref() {
+            Some("MYSQL") | None => Engine::Mysql,
+            Some("POSTGRESQL") | Some("POSTGRES") => Engine::Postgresql,
+            Some(other) => return Err(Error::Config(format!("WA_DB_ENGINE={other}: expected MYSQL or POSTGRESQL"))),
+        };
+        let default_port = match engine {
+            Engine::Mysql => 3306,
+            Engine::Postgresql => 5432,
+        };
+        let port = match var("WA_DB_PORT") {
+            Some(p) => p.trim().parse().map_err(|_| Error::Config(format!("WA_DB_PORT={p} is not a port")))?,
+            None => default_port,
+        };
+        // Lower case: PostgreSQL folds unquoted identifiers, MySQL may not.
+        let db_name = var("WA_EMULATOR_DB_NAME").unwrap_or_else(|| "waent".to_string()).to_ascii_lowercase();
+        if !db_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || db_name.len() > 60 {
+            return Err(Error::Config(format!("WA_EMULATOR_DB_NAME={db_name}: use letters, digits and _")));
+        }
+        let hostname = machine_hostname();
+        let now_override = var("WA_EMULATOR_NOW")
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v.trim())
+                    .map(|d| d.with_timezone(&Utc))
+                    .map_err(|e| Error::Config(format!("WA_EMULATOR_NOW={v}: {e}")))
+            })
+            .transpose()?;
+        Ok(Config {
+            version: var("WA_EMULATOR_VERSION")
+                .unwrap_or_else(|| "2.53.2".to_string())
+                .trim_start_matches('v')
+                .to_string(),
+            multiconnect: flag("WA_APP_MULTICONNECT"),
+            coreapp_hostname: var("COREAPP_HOSTNAME").unwrap_or_else(|| hostname.clone()),
+            external_ports: parse_ports(
+                &var("COREAPP_EXTERNAL_PORTS").unwrap_or_else(|| "6250,6251,6252,6253".into()),
+            )?,
+            db: DbConfig {
+                engine,
+                hostname: var("WA_DB_HOSTNAME").unwrap_or_else(|| "127.0.0.1".into()),
+                port,
+                username: var("WA_DB_USERNAME").unwrap_or_else(|| "root".into()),
+                password: env::var("WA_DB_PASSWORD").unwrap_or_default(),
+                ssl_ca: var("WA_DB_SSL_CA").map(PathBuf::from),
+                idle_timeout_ms: parse_u64("WA_DB_CONNECTION_IDLE_TIMEOUT")?,
+                name: db_name,
+            },
+            gateway: var("WA_EMULATOR_GATEWAY").unwrap_or_else(|| "127.0.0.1:5222".into()),
+            web_listen: var("WA_EMULATOR_WEB_LISTEN").unwrap_or_else(|| "0.0.0.0:443".into()),
+            tls_cert_file: var("WA_EMULATOR_TLS_CERT_FILE").map(PathBuf::from),
+            tls_key_file: var("WA_EMULATOR_TLS_KEY_FILE").map(PathBuf::from),
+            web_servername: var("WA_WEB_SERVERNAME"),
+            jwt_key: var("WA_WEB_JWT_CRYPTO_KEY"),
+            api_key: env::var("WA_API_KEY").ok().filter(|k| !k.is_empty()),
+            release_catalog: var("WA_EMULATOR_RELEASE_CATALOG").map(PathBuf::from),
+            now_override,
+            container_id: var("WA_EMULATOR_CONTAINER_ID").unwrap_or_else(random_container_id),
+            hostname,
+            registered_number: var("WA_EMULATOR_REGISTERED_NUMBER")
+                .map(|n| n.chars().filter(char::is_ascii_digit).collect::<String>())
+                .filter(|n| !n.is_empty()),
+            initial_heartbeat_interval: parse_u64("WA_EMULATOR_HEARTBEAT_INTERVAL")?,
+            initial_unhealthy_interval: parse_u64("WA_EMULATOR_UNHEALTHY_INTERVAL")?,
+            upgrade_seconds: parse_u64("WA_EMULATOR_UPGRADE_SECONDS")?.unwrap_or(0),
+        })
+    }
+
+    /// `<hostname>:<container_id>`, the key of the node in `/v1/health`.
+    pub fn node_id(&self) -> String {
+        format!("{}:{}", self.hostname, self.container_id)
+    }
+
+    pub fn control_port(&self) -> u16 {
+        self.external_ports[2]
+    }
+
+    /// The clock for build expiry; the only clock `WA_EMULATOR_NOW` moves
+    /// (heartbeats and leases always use the real clock).
+    pub fn release_clock(&self) -> DateTime<Utc> {
+        self.now_override.unwrap_or_else(Utc::now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(parse_ports("6250,6251,6252,6253").unwrap(), [6250, 6251, 6252, 6253]);
+        assert_eq!(parse_ports(" 1, 2,3 ,4").unwrap(), [1, 2, 3, 4]);
+        assert!(parse_ports("1,2,3").is_err());
+        assert!(parse_ports("a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn container_ids_are_twelve_hex_chars() {
+        let id = random_container_id();
+        assert_eq!(id.len(), 12);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

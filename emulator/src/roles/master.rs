@@ -1,0 +1,327 @@
+//! The master: the lease that makes one of them primary, shard assignment,
+//! and the master-only requests (shards, registration) the webapps forward.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+
+use crate::Error;
+use crate::api::{self, ApiError, ApiResult};
+use crate::config::Config;
+use crate::db::{Arg, Settings, now_ms};
+use crate::node::{self, Kind, NodeCtx};
+use crate::roles::gateway::digits;
+
+pub async fn run(cfg: Config) -> Result<(), Error> {
+    node::run(cfg, Kind::Master).await
+}
+
+pub const VALID_SHARDS: [u64; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Takes or renews the master lease, which lasts `unhealthy_interval`; a
+/// master that stops renewing loses it to the next one to try.
+pub async fn hold_lease(ctx: &NodeCtx, settings: &Settings) -> Result<bool, Error> {
+    let now = now_ms();
+    let until = now + settings.unhealthy_interval as i64 * 1000;
+    ctx.db
+        .exec(
+            "UPDATE wa_master_lease SET holder = ?, expires_ms = ? WHERE id = 1 AND (holder = ? OR expires_ms < ?)",
+            &[Arg::S(&ctx.id), Arg::I(until), Arg::S(&ctx.id), Arg::I(now)],
+        )
+        .await?;
+    let rows = ctx.db.rows("SELECT holder, expires_ms FROM wa_master_lease WHERE id = 1", &[]).await?;
+    let Some(r) = rows.first() else { return Ok(false) };
+    let holder: String = r.try_get(0).map_err(Error::db("read lease"))?;
+    let expires: i64 = r.try_get(1).map_err(Error::db("read lease"))?;
+    Ok(holder == ctx.id && expires > now)
+}
+
+/// Shard assignment: healthy coreapps keep the shards they hold; vacant shards
+/// go to healthy standbys in the order given (oldest first); shards beyond the
+/// count are dropped. A shard without a healthy candidate stays vacant.
+pub fn assign(shards: u64, current: &BTreeMap<i64, String>, healthy: &[String]) -> BTreeMap<i64, String> {
+    let healthy_set: HashSet<&String> = healthy.iter().collect();
+    let mut used: HashSet<String> = HashSet::new();
+    let mut out = BTreeMap::new();
+    for (shard, node) in current {
+        if (*shard as u64) < shards && healthy_set.contains(node) && used.insert(node.clone()) {
+            out.insert(*shard, node.clone());
+        }
+    }
+    let mut standby = healthy.iter().filter(|n| !used.contains(*n));
+    for shard in 0..shards as i64 {
+        if out.contains_key(&shard) {
+            continue;
+        }
+        match standby.next() {
+            Some(n) => {
+                out.insert(shard, n.clone());
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// One step of cluster management by the primary master.
+pub async fn manage_cluster(ctx: &NodeCtx, settings: &Settings) -> Result<(), Error> {
+    let now = now_ms();
+    let unhealthy_ms = settings.unhealthy_interval as i64 * 1000;
+    let rows = ctx
+        .db
+        .rows(
+            "SELECT id FROM wa_nodes WHERE role = 'coreapp' AND ready = 1 AND heartbeat_ms > ? ORDER BY started_ms, id",
+            &[Arg::I(now - unhealthy_ms)],
+        )
+        .await?;
+    let healthy: Vec<String> = rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect();
+    let rows = ctx.db.rows("SELECT shard, node_id FROM wa_shard_map", &[]).await?;
+    let mut current = BTreeMap::new();
+    for r in rows {
+        current.insert(
+            r.try_get::<i64, _>(0).map_err(Error::db("read shard map"))?,
+            r.try_get::<String, _>(1).map_err(Error::db("read shard map"))?,
+        );
+    }
+    let next = assign(settings.shards, &current, &healthy);
+    if next != current {
+        for (shard, node) in &next {
+            if current.get(shard) != Some(node) {
+                tracing::info!(shard, node = %node, previous = ?current.get(shard), "assigning shard");
+            }
+        }
+        for shard in current.keys().filter(|s| !next.contains_key(s)) {
+            tracing::warn!(shard, "shard has no healthy coreapp");
+        }
+        let mut tx = ctx.db.pool.begin().await.map_err(Error::db("begin"))?;
+        sqlx::query("DELETE FROM wa_shard_map").execute(&mut *tx).await.map_err(Error::db("write shard map"))?;
+        for (shard, node) in &next {
+            let sql = ctx.db.sql("INSERT INTO wa_shard_map (shard, node_id) VALUES (?, ?)").into_owned();
+            sqlx::query(&sql)
+                .bind(*shard)
+                .bind(node.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("write shard map"))?;
+        }
+        tx.commit().await.map_err(Error::db("commit"))?;
+    }
+    // Forget nodes that have been silent for long: they were not shut down
+    // cleanly and will not come back under the same container id.
+    ctx.db.exec("DELETE FROM wa_nodes WHERE heartbeat_ms < ?", &[Arg::I(now - 10 * unhealthy_ms.max(30_000))]).await?;
+    Ok(())
+}
+
+fn require_master(ctx: &NodeCtx) -> Result<(), ApiError> {
+    if ctx.serves_master_requests() {
+        Ok(())
+    } else {
+        Err(ApiError::not_primary_master(format!("Node {} is not the primary master", ctx.id)))
+    }
+}
+
+fn require<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad(api::MISSING_PARAMETER, format!("{name} is required")))
+}
+
+pub async fn get_shards(State(ctx): State<Arc<NodeCtx>>) -> ApiResult {
+    require_master(&ctx)?;
+    let s = ctx.db.settings().await?;
+    Ok(api::ok(StatusCode::OK, json!({"account": {"shards": s.shards}})))
+}
+
+#[derive(Deserialize)]
+pub struct ShardsRequest {
+    cc: Option<String>,
+    phone_number: Option<String>,
+    shards: Option<serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pin: Option<String>,
+    cert: Option<String>,
+}
+
+pub async fn post_shards(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<ShardsRequest>) -> ApiResult {
+    require_master(&ctx)?;
+    let cc = require(&r.cc, "cc")?;
+    let phone = require(&r.phone_number, "phone_number")?;
+    require(&r.cert, "cert")?;
+    let shards = match &r.shards {
+        None => return Err(ApiError::bad(api::MISSING_PARAMETER, "shards is required")),
+        Some(v) => v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())),
+    };
+    let shards = shards
+        .filter(|n| VALID_SHARDS.contains(n))
+        .ok_or_else(|| ApiError::bad(api::INVALID_PARAMETER, "shards must be one of 1, 2, 4, 8, 16, 32"))?;
+    let Ok(_guard) = ctx.reshard.try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            api::SERVICE_NOT_READY,
+            "Resharding is in progress: temporarily unavailable, retry",
+        ));
+    };
+    let settings = ctx.db.settings().await?;
+    match &settings.registered_number {
+        Some(n) if *n == digits(&format!("{cc}{phone}")) => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                api::INVALID_PARAMETER,
+                "cc and phone_number do not match the registered number",
+            ));
+        }
+        None => return Err(ApiError::bad(api::INVALID_PARAMETER, "The number is not registered")),
+    }
+    // The real client answers 403 "retry" while a reshard is under way; the
+    // emulator considers one under way for two heartbeats after a change.
+    let until: i64 = ctx.db.get_setting("resharding_until_ms").await?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    if until > now_ms() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            api::SERVICE_NOT_READY,
+            "Resharding is in progress: temporarily unavailable, retry",
+        ));
+    }
+    if settings.shards != shards {
+        tracing::info!(from = settings.shards, to = shards, "changing the shard count");
+        let until = now_ms() + 2 * settings.heartbeat_interval as i64 * 1000;
+        ctx.db.set_setting("resharding_until_ms", &until.to_string()).await?;
+        ctx.db.set_setting("shards", &shards.to_string()).await?;
+        let settings = ctx.db.settings().await?;
+        manage_cluster(&ctx, &settings).await?;
+    }
+    Ok(api::ok(StatusCode::CREATED, json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct AccountRequest {
+    cc: Option<String>,
+    phone_number: Option<String>,
+    method: Option<String>,
+    cert: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pin: Option<String>,
+}
+
+pub async fn post_account(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<AccountRequest>) -> ApiResult {
+    require_master(&ctx)?;
+    let cc = require(&r.cc, "cc")?;
+    let phone = require(&r.phone_number, "phone_number")?;
+    let method = require(&r.method, "method")?;
+    require(&r.cert, "cert")?;
+    if method != "sms" && method != "voice" {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "method must be sms or voice"));
+    }
+    let number = digits(&format!("{cc}{phone}"));
+    let settings = ctx.db.settings().await?;
+    if settings.registered_number.as_deref() == Some(number.as_str())
+        && still_registered(&ctx, &number, &settings).await?
+    {
+        return Ok(api::ok(StatusCode::CREATED, json!({})));
+    }
+    let url = format!("http://{}/v1/register/request", ctx.cfg.gateway);
+    let resp = ctx
+        .http
+        .post(url)
+        .json(&json!({"cc": cc, "phone_number": phone, "method": method, "deployment": settings.deployment_id}))
+        .send()
+        .await
+        .map_err(|e| ApiError::not_ready(format!("Cannot reach WhatsApp servers: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(ApiError::internal(format!("WhatsApp servers answered {}", resp.status())));
+    }
+    ctx.db.set_setting("pending_number", &number).await?;
+    Ok(api::ok(StatusCode::ACCEPTED, json!({"account": [{"vname": ""}]})))
+}
+
+/// Asks WhatsApp's servers whether another deployment has taken the number.
+async fn still_registered(ctx: &NodeCtx, number: &str, settings: &Settings) -> Result<bool, ApiError> {
+    let url = format!("http://{}/v1/register/check", ctx.cfg.gateway);
+    let resp = ctx
+        .http
+        .post(url)
+        .json(&json!({"number": number, "deployment": settings.deployment_id}))
+        .send()
+        .await
+        .map_err(|e| ApiError::not_ready(format!("Cannot reach WhatsApp servers: {e}")))?;
+    let v: serde_json::Value = resp.json().await.map_err(ApiError::internal)?;
+    Ok(v["current"].as_bool().unwrap_or(false))
+}
+
+#[derive(Deserialize)]
+pub struct VerifyRequest {
+    code: Option<String>,
+}
+
+pub async fn post_verify(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<VerifyRequest>) -> ApiResult {
+    require_master(&ctx)?;
+    let code = require(&r.code, "code")?;
+    let Some(number) = ctx.db.get_setting("pending_number").await?.filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "No registration is pending: request a code first"));
+    };
+    let settings = ctx.db.settings().await?;
+    let url = format!("http://{}/v1/register/verify", ctx.cfg.gateway);
+    let resp = ctx
+        .http
+        .post(url)
+        .json(&json!({"number": number, "code": code, "deployment": settings.deployment_id}))
+        .send()
+        .await
+        .map_err(|e| ApiError::not_ready(format!("Cannot reach WhatsApp servers: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "Invalid verification code"));
+    }
+    ctx.db.set_setting("registered_number", &number).await?;
+    ctx.db.set_setting("pending_number", "").await?;
+    tracing::info!(number = %number, "number registered");
+    ctx.wake.notify_one();
+    Ok(api::ok(StatusCode::CREATED, json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn fills_shards_from_healthy_in_order() {
+        let m = assign(1, &BTreeMap::new(), &ids(&["a", "b"]));
+        assert_eq!(m, BTreeMap::from([(0, "a".to_string())]));
+        let m = assign(4, &BTreeMap::new(), &ids(&["a", "b", "c"]));
+        assert_eq!(m.len(), 3);
+        assert!(!m.contains_key(&3));
+    }
+
+    #[test]
+    fn keeps_healthy_holders_and_replaces_failed_ones() {
+        let current = BTreeMap::from([(0, "a".to_string()), (1, "b".to_string())]);
+        let m = assign(2, &current, &ids(&["c", "b"]));
+        assert_eq!(m, BTreeMap::from([(0, "c".to_string()), (1, "b".to_string())]));
+    }
+
+    #[test]
+    fn shrinking_drops_high_shards() {
+        let current = BTreeMap::from([(0, "a".to_string()), (1, "b".to_string()), (2, "c".to_string())]);
+        let m = assign(1, &current, &ids(&["a", "b", "c"]));
+        assert_eq!(m, BTreeMap::from([(0, "a".to_string())]));
+    }
+
+    #[test]
+    fn a_node_never_holds_two_shards() {
+        let current = BTreeMap::from([(0, "a".to_string()), (1, "a".to_string())]);
+        let m = assign(2, &current, &ids(&["a", "b"]));
+        assert_eq!(m, BTreeMap::from([(0, "a".to_string()), (1, "b".to_string())]));
+    }
+}

@@ -1,0 +1,407 @@
+//! The webapp: the REST API over HTTPS. Stateless; it reads the cluster from
+//! the database, asks nodes for their state on their control port, and
+//! forwards master-only requests to the primary master.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::api::{self, ApiError, ApiResult};
+use crate::auth;
+use crate::config::Config;
+use crate::db::{Arg, Db, now_ms};
+use crate::health::{self, NodeStatus};
+use crate::schema::{self, Gate};
+use crate::{Error, tls};
+
+pub struct Web {
+    cfg: Config,
+    db: Db,
+    jwt_key: Vec<u8>,
+    http: reqwest::Client,
+    requests: AtomicU64,
+    started: Instant,
+}
+
+type S = State<Arc<Web>>;
+
+struct NodeRow {
+    id: String,
+    role: String,
+    address: String,
+    port: i64,
+}
+
+impl Web {
+    async fn nodes(&self) -> Result<Vec<NodeRow>, Error> {
+        let settings = self.db.settings().await?;
+        // Nodes silent for 5 unhealthy intervals are gone, not just unreachable.
+        let since = now_ms() - 5 * settings.unhealthy_interval as i64 * 1000;
+        let rows = self
+            .db
+            .rows(
+                "SELECT id, role, address, control_port FROM wa_nodes WHERE heartbeat_ms > ? ORDER BY id",
+                &[Arg::I(since)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    id: r.try_get(0).map_err(Error::db("read nodes"))?,
+                    role: r.try_get(1).map_err(Error::db("read nodes"))?,
+                    address: r.try_get(2).map_err(Error::db("read nodes"))?,
+                    port: r.try_get(3).map_err(Error::db("read nodes"))?,
+                })
+            })
+            .collect()
+    }
+
+    fn control_url(n: &NodeRow, path: &str) -> String {
+        let host = if n.address.contains(':') { format!("[{}]", n.address) } else { n.address.clone() };
+        format!("http://{host}:{}{path}", n.port)
+    }
+
+    async fn ask(&self, n: &NodeRow, path: &str) -> Result<Value, String> {
+        let resp = self.http.get(Self::control_url(n, path)).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        resp.json::<Value>().await.map_err(|e| e.to_string())
+    }
+
+    /// Where master-only requests go: the lease holder in multiconnect, the
+    /// coreapp otherwise.
+    async fn primary(&self) -> Result<NodeRow, ApiError> {
+        if self.cfg.multiconnect {
+            let rows = self
+                .db
+                .rows(
+                    "SELECT n.id, n.role, n.address, n.control_port FROM wa_master_lease l JOIN wa_nodes n ON n.id = l.holder WHERE l.id = 1 AND l.expires_ms > ?",
+                    &[Arg::I(now_ms())],
+                )
+                .await?;
+            let r = rows.first().ok_or_else(|| ApiError::not_ready("No primary master is available"))?;
+            Ok(NodeRow {
+                id: r.try_get(0).map_err(ApiError::internal)?,
+                role: r.try_get(1).map_err(ApiError::internal)?,
+                address: r.try_get(2).map_err(ApiError::internal)?,
+                port: r.try_get(3).map_err(ApiError::internal)?,
+            })
+        } else {
+            self.nodes()
+                .await?
+                .into_iter()
+                .find(|n| n.role == "coreapp")
+                .ok_or_else(|| ApiError::not_ready("No coreapp is available"))
+        }
+    }
+
+    async fn forward(&self, method: Method, path: &str, body: Option<Value>) -> ApiResult {
+        let target = self.primary().await?;
+        let mut req = self.http.request(method, Self::control_url(&target, path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ApiError::not_ready(format!("The primary node {} cannot be reached: {e}", target.id)))?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let body: Value =
+            resp.json().await.map_err(|e| ApiError::internal(format!("bad answer from {}: {e}", target.id)))?;
+        Ok(api::ok(status, body))
+    }
+}
+
+// ---- authentication -----------------------------------------------------
+
+async fn require_auth(State(web): S, req: Request, next: Next) -> Response {
+    web.requests.fetch_add(1, Ordering::Relaxed);
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ok = if let Some(token) = header.strip_prefix("Bearer ") {
+        auth::verify_token(&web.jwt_key, token.trim(), chrono::Utc::now().timestamp()).is_some()
+    } else if let Some(key) = header.strip_prefix("Apikey ") {
+        web.cfg.api_key.as_deref().is_some_and(|k| auth::constant_time_eq(k.as_bytes(), key.trim().as_bytes()))
+    } else {
+        false
+    };
+    if !ok {
+        return ApiError::unauthorized("Invalid credentials.").into_response();
+    }
+    next.run(req).await
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let b64 = v.strip_prefix("Basic ")?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (u, p) = raw.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+async fn login(State(web): S, headers: HeaderMap, body: Bytes) -> ApiResult {
+    web.requests.fetch_add(1, Ordering::Relaxed);
+    let (user, password) = basic_credentials(&headers).ok_or_else(|| ApiError::unauthorized("Invalid credentials."))?;
+    let rows = web
+        .db
+        .rows("SELECT salt, password_hash, must_change FROM wa_users WHERE username = ?", &[Arg::S(&user)])
+        .await?;
+    let row = rows.first().ok_or_else(|| ApiError::unauthorized("Invalid credentials."))?;
+    let salt: String = row.try_get(0).map_err(ApiError::internal)?;
+    let hash: String = row.try_get(1).map_err(ApiError::internal)?;
+    let must_change: i64 = row.try_get(2).map_err(ApiError::internal)?;
+    if !auth::constant_time_eq(auth::hash_password(&salt, &password).as_bytes(), hash.as_bytes()) {
+        return Err(ApiError::unauthorized("Invalid credentials."));
+    }
+    let new_password = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(api::INVALID_PARAMETER, format!("Invalid JSON: {e}")))?;
+        v.get("new_password").and_then(Value::as_str).map(str::to_string)
+    };
+    match new_password {
+        None if must_change != 0 => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                api::PASSWORD_CHANGE_REQUIRED,
+                "Password change required. Log in with new_password set.",
+            ));
+        }
+        None => {}
+        Some(p) => {
+            if let Some(problem) = auth::password_problem(&p) {
+                return Err(ApiError::bad(api::INVALID_PARAMETER, problem));
+            }
+            let (salt, hash) = auth::hash_new_password(&p);
+            web.db
+                .exec(
+                    "UPDATE wa_users SET salt = ?, password_hash = ?, must_change = 0 WHERE username = ?",
+                    &[Arg::S(&salt), Arg::S(&hash), Arg::S(&user)],
+                )
+                .await?;
+            tracing::info!(user = %user, "password changed");
+        }
+    }
+    let (token, claims) = auth::issue_token(&web.jwt_key, &user, chrono::Utc::now().timestamp());
+    let expires = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_default();
+    Ok(api::ok(
+        StatusCode::OK,
+        json!({"users": [{"token": token, "expires_after": expires.format("%Y-%m-%d %H:%M:%S+00:00").to_string()}]}),
+    ))
+}
+
+// ---- health and stats ---------------------------------------------------
+
+async fn statuses(web: &Web) -> Result<Vec<(String, Result<NodeStatus, String>)>, ApiError> {
+    let mut nodes = web.nodes().await?;
+    if !web.cfg.multiconnect {
+        nodes.retain(|n| n.role == "coreapp");
+    }
+    let asks = nodes.iter().map(|n| async move {
+        let s = web
+            .ask(n, "/control/status")
+            .await
+            .and_then(|v| serde_json::from_value::<NodeStatus>(v).map_err(|e| e.to_string()));
+        (n.id.clone(), s)
+    });
+    Ok(futures::future::join_all(asks).await)
+}
+
+async fn get_health(State(web): S) -> ApiResult {
+    let st = statuses(&web).await?;
+    let body = if web.cfg.multiconnect { health::multiconnect(&st) } else { health::single(&st) };
+    Ok(api::ok(StatusCode::OK, body))
+}
+
+fn prom_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+async fn stats_app(State(web): S, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+    let nodes = web.nodes().await?;
+    let w: &Web = &web;
+    let asks = nodes.iter().map(|n| async move { (n.id.clone(), w.ask(n, "/control/stats").await) });
+    let results = futures::future::join_all(asks).await;
+    if q.get("format").map(String::as_str) == Some("prometheus") {
+        let mut by_metric: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (id, r) in &results {
+            let Ok(Value::Object(m)) = r else { continue };
+            for (k, v) in m {
+                let Some(num) = v.as_f64() else { continue };
+                let label =
+                    if web.cfg.multiconnect { format!("{{node=\"{}\"}}", prom_escape(id)) } else { String::new() };
+                by_metric.entry(format!("wa_app_{k}")).or_default().push(format!("wa_app_{k}{label} {num}"));
+            }
+        }
+        let mut text = String::new();
+        for (name, samples) in by_metric {
+            text.push_str(&format!("# TYPE {name} gauge\n"));
+            for s in samples {
+                text.push_str(&s);
+                text.push('\n');
+            }
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response());
+    }
+    let app: serde_json::Map<String, Value> = results
+        .into_iter()
+        .map(|(id, r)| (id, r.unwrap_or_else(|e| json!({"errors": [{"code": api::SERVICE_NOT_READY, "title": "Service not ready", "details": e}]}))))
+        .collect();
+    Ok(api::ok(StatusCode::OK, json!({"stats": {"app": app}})))
+}
+
+async fn stats_db(State(web): S) -> ApiResult {
+    // The real endpoint is expensive; here it only counts rows.
+    let mut out = serde_json::Map::new();
+    for table in ["wa_nodes", "wa_shard_map", "wa_settings", "wa_users"] {
+        let rows = web.db.rows(&format!("SELECT COUNT(*) FROM {table}"), &[]).await?;
+        let n: i64 = rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0);
+        out.insert(table.to_string(), json!(n));
+    }
+    Ok(api::ok(StatusCode::OK, json!({"stats": {"db": out}})))
+}
+
+async fn metrics(State(web): S) -> Response {
+    let text = format!(
+        "# TYPE wa_webapp_info gauge\nwa_webapp_info{{version=\"{}\"}} 1\n# TYPE wa_webapp_requests_total counter\nwa_webapp_requests_total {}\n# TYPE wa_webapp_uptime_seconds gauge\nwa_webapp_uptime_seconds {}\n",
+        prom_escape(&web.cfg.version),
+        web.requests.load(Ordering::Relaxed),
+        web.started.elapsed().as_secs()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+// ---- settings and forwarded requests ------------------------------------
+
+async fn get_app_settings(State(web): S) -> ApiResult {
+    let s = web.db.settings().await?;
+    Ok(api::ok(
+        StatusCode::OK,
+        json!({"settings": {"application": {"heartbeat_interval": s.heartbeat_interval, "unhealthy_interval": s.unhealthy_interval}}}),
+    ))
+}
+
+async fn patch_app_settings(State(web): S, Json(body): Json<Value>) -> ApiResult {
+    let Value::Object(m) = body else {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "Expected a JSON object"));
+    };
+    let mut updates = vec![];
+    for key in ["heartbeat_interval", "unhealthy_interval"] {
+        if let Some(v) = m.get(key) {
+            let n = v.as_u64().filter(|n| (1..=86_400).contains(n)).ok_or_else(|| {
+                ApiError::bad(api::INVALID_PARAMETER, format!("{key} must be a positive number of seconds"))
+            })?;
+            updates.push((key, n));
+        }
+    }
+    for (key, n) in updates {
+        web.db.set_setting(key, &n.to_string()).await?;
+    }
+    Ok(api::ok(StatusCode::OK, json!({})))
+}
+
+async fn get_shards(State(web): S) -> ApiResult {
+    web.forward(Method::GET, "/control/shards", None).await
+}
+
+async fn post_shards(State(web): S, Json(body): Json<Value>) -> ApiResult {
+    web.forward(Method::POST, "/control/shards", Some(body)).await
+}
+
+async fn post_account(State(web): S, Json(body): Json<Value>) -> ApiResult {
+    web.forward(Method::POST, "/control/account", Some(body)).await
+}
+
+async fn post_verify(State(web): S, Json(body): Json<Value>) -> ApiResult {
+    web.forward(Method::POST, "/control/account/verify", Some(body)).await
+}
+
+async fn logout() -> ApiResult {
+    Ok(api::ok(StatusCode::OK, json!({})))
+}
+
+pub fn router(web: Arc<Web>) -> Router {
+    let protected = Router::new()
+        .route("/v1/health", get(get_health))
+        .route("/v1/users/logout", post(logout))
+        .route("/v1/account", post(post_account))
+        .route("/v1/account/verify", post(post_verify))
+        .route("/v1/account/shards", get(get_shards).post(post_shards))
+        .route("/v1/settings/application", get(get_app_settings).patch(patch_app_settings))
+        .route("/v1/stats/app", get(stats_app))
+        .route("/v1/stats/db", get(stats_db))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(web.clone(), require_auth));
+    Router::new()
+        .route("/v1/users/login", post(login))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, api::NOT_FOUND, "Unknown path") })
+        .with_state(web)
+}
+
+pub async fn run(cfg: Config) -> Result<(), Error> {
+    if let Some(k) = &cfg.api_key
+        && !auth::api_key_valid(k)
+    {
+        return Err(Error::Config("WA_API_KEY must be 12 to 128 characters long".into()));
+    }
+    let jwt_key = match &cfg.jwt_key {
+        Some(k) => k.as_bytes().to_vec(),
+        None => {
+            tracing::warn!("WA_WEB_JWT_CRYPTO_KEY is not set: tokens from this webapp are valid on this webapp only");
+            let mut rng = rand::rng();
+            (0..32).map(|_| rng.random()).collect()
+        }
+    };
+    let acceptor = tls::acceptor(&cfg)?;
+    let db = schema::ensure(&cfg).await?;
+    schema::wait_until_current(&db, &cfg).await?;
+    let web = Arc::new(Web {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("HTTP client"),
+        cfg,
+        db,
+        jwt_key,
+        requests: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    tokio::spawn(watch_schema(web.clone()));
+    let listener = tokio::net::TcpListener::bind(&web.cfg.web_listen)
+        .await
+        .map_err(|e| Error::Fatal(format!("cannot listen on {}: {e}", web.cfg.web_listen)))?;
+    tracing::info!(listen = %listener.local_addr()?, version = %web.cfg.version, "webapp listening (HTTPS)");
+    tls::serve(listener, acceptor, router(web)).await
+}
+
+/// A webapp outlived by a schema upgrade stops, as old and new versions do
+/// not serve together; restarted, it refuses to start.
+async fn watch_schema(web: Arc<Web>) {
+    let Ok(mine) = schema::schema_number(&web.cfg.version) else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Ok(row) = web.db.schema().await
+            && schema::gate_decision(mine, row.version, &row.state) == Gate::Refuse
+        {
+            tracing::error!("{}", schema::refusal(&web.cfg, &row));
+            std::process::exit(1);
+        }
+    }
+}
