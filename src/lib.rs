@@ -9,6 +9,10 @@
 
 pub mod api;
 pub mod controller;
+pub mod exclusivity;
+pub mod health;
 pub mod leader;
 pub mod resources;
+pub mod sharding;
 pub mod telemetry;
+pub mod webapp;

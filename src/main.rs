@@ -49,6 +49,21 @@ struct Args {
     /// This replica's identity in leader election and events; defaults to the host name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+
+    /// Reach a WhatsAppNumber's webapp at this URL instead of its in-cluster
+    /// Service, as `NAMESPACE/NAME=https://host:port` (repeatable; for running
+    /// the operator outside the cluster).
+    #[arg(long = "webapp-url", env = "WEBAPP_URLS", value_delimiter = ',', value_parser = parse_webapp_url)]
+    webapp_urls: Vec<(String, String)>,
+}
+
+fn parse_webapp_url(s: &str) -> Result<(String, String), String> {
+    let (key, url) = s.split_once('=').ok_or("expected NAMESPACE/NAME=URL")?;
+    let (namespace, name) = key.split_once('/').ok_or("expected NAMESPACE/NAME before '='")?;
+    if namespace.is_empty() || name.is_empty() || !url.starts_with("https://") {
+        return Err("expected NAMESPACE/NAME=https://host:port".into());
+    }
+    Ok((key.to_string(), url.trim_end_matches('/').to_string()))
 }
 
 #[tokio::main]
@@ -81,6 +96,10 @@ async fn main() -> fatal::Result {
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let reporter = Reporter { controller: "whatsapp-operator".into(), instance: Some(identity.clone()) };
     let namespace = (!args.namespace.is_empty()).then(|| args.namespace.clone());
+    let settings = controller::Settings {
+        operator_namespace: args.operator_namespace.clone(),
+        webapp_urls: args.webapp_urls.iter().cloned().collect(),
+    };
     info!(namespace = namespace.as_deref().unwrap_or("<all>"), %identity, "starting");
 
     if args.leader_election {
@@ -103,7 +122,7 @@ async fn main() -> fatal::Result {
                 }
             }
         };
-        let run = controller::run(client.clone(), namespace, metrics.clone(), reporter, stop_controller);
+        let run = controller::run(client.clone(), namespace, settings, metrics.clone(), reporter, stop_controller);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => {}
@@ -119,7 +138,7 @@ async fn main() -> fatal::Result {
         election.release().await;
     } else {
         metrics.leader.set(1);
-        controller::run(client, namespace, metrics.clone(), reporter, stopped()).await;
+        controller::run(client, namespace, settings, metrics.clone(), reporter, stopped()).await;
     }
     let _ = http.await;
     info!("stopped");

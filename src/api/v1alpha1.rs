@@ -80,6 +80,102 @@ pub struct WhatsAppNumberSpec {
     /// The shared ReadWriteMany media volume, mounted at `/usr/local/wamedia`.
     #[serde(default)]
     pub media: MediaSpec,
+
+    /// How the operator polls the webapp's `/v1/health` and judges the gateway.
+    #[serde(default)]
+    pub health: HealthSpec,
+
+    /// The number's registration material, needed by account calls such as a
+    /// shard change (`POST /v1/account/shards`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationSpec>,
+}
+
+/// Gateway health polling.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSpec {
+    /// Poll `/v1/health` and require a healthy gateway for `Ready`. When false,
+    /// `Ready` reflects the workloads only and no health is reported.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Seconds between polls (jittered by up to 10%).
+    #[serde(default = "default_poll_interval")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub poll_interval_seconds: i32,
+
+    /// Timeout of one call to the webapp, in seconds.
+    #[serde(default = "default_probe_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+
+    /// CA that signed the webapp's certificate. Without it the operator uses the
+    /// `ca.crt` key of `webapp.tls.secretName` when present, else the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+
+    /// Skip verification of the webapp's certificate. Only for test setups: the
+    /// API key travels in every request.
+    #[serde(default, rename = "insecureSkipTLSVerify")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval_seconds: default_poll_interval(),
+            timeout_seconds: default_probe_timeout(),
+            ca_secret_ref: None,
+            insecure_skip_tls_verify: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_poll_interval() -> i32 {
+    30
+}
+fn default_probe_timeout() -> i32 {
+    5
+}
+
+/// Where the number's registration material lives.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationSpec {
+    /// Secret with the base64 certificate from WhatsApp Manager and, when
+    /// two-step verification is on, the PIN.
+    pub secret_ref: RegistrationSecretRef,
+}
+
+/// Keys of the registration Secret.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationSecretRef {
+    /// Name of the Secret, in the WhatsAppNumber's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key holding the certificate.
+    #[serde(default = "default_cert_key")]
+    #[schemars(length(min = 1))]
+    pub cert_key: String,
+
+    /// Key holding the two-step verification PIN, if any.
+    #[serde(default = "default_pin_key")]
+    #[schemars(length(min = 1))]
+    pub pin_key: String,
+}
+
+fn default_cert_key() -> String {
+    "cert".into()
+}
+fn default_pin_key() -> String {
+    "pin".into()
 }
 
 /// Image repositories and pull settings.
@@ -502,6 +598,14 @@ pub struct WhatsAppNumberStatus {
     /// In-cluster address of the webapp API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webapp_endpoint: Option<String>,
+
+    /// The gateway as the webapp's `/v1/health` reports it, judged by role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthStatus>,
+
+    /// Progress of a shard change made through the account API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<ShardingStatus>,
 }
 
 /// Readiness of one tier, computed from its workload's own status.
@@ -525,4 +629,76 @@ impl TierStatus {
     pub fn is_ready(&self) -> bool {
         self.observed && self.updated == self.desired && self.ready == self.desired
     }
+}
+
+/// The last health probe that changed something.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthStatus {
+    /// Overall gateway state: `connected`, `disconnected`, `uninitialized`,
+    /// `unregistered`, or `unknown` when the webapp cannot be reached.
+    pub gateway: String,
+
+    /// `<hostname>:<container_id>` of the primary master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_master: Option<String>,
+
+    /// Coreapps connected to WhatsApp's servers (one per shard when healthy).
+    pub connected_coreapps: i32,
+
+    /// Coreapps standing by.
+    pub standby_coreapps: i32,
+
+    /// Shard count the client reports (`GET /v1/account/shards`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i32>,
+
+    /// Every node the webapp lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeHealth>,
+
+    /// When the probe that produced this block ran. Probes that find nothing
+    /// new do not rewrite status; the metric
+    /// `whatsapp_operator_health_probe_timestamp_seconds` has the latest one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// What went wrong in that probe, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One node of the multiconnect cluster.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHealth {
+    /// `<hostname>:<container_id>`; the hostname is the pod IP.
+    pub id: String,
+    /// `primary_master`, `secondary_master` or `coreapp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The node's gateway status; absent when the webapp cannot reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_status: Option<String>,
+    /// The pod whose IP matches the node's hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The node's error, if it reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A shard change in progress, or the last one.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardingStatus {
+    /// `spec.multiconnect.shards`.
+    pub desired: i32,
+    /// What the client reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<i32>,
+    /// `InSync`, `ScalingCoreapps`, `SettingShards`, `Blocked` or `Unknown`.
+    pub phase: String,
+    /// What the operator is doing or waiting for.
+    pub message: String,
 }

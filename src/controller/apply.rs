@@ -122,26 +122,30 @@ impl<'a> Applier<'a> {
     }
 
     /// Creates the key Secret, or fills in keys missing from it; never changes
-    /// a key that exists (`keys_secret` carries existing values over).
-    pub async fn ensure_keys(&self, wan: &WhatsAppNumber, existing: Option<&Secret>) -> Result<()> {
-        let Some(secret) = config::keys_secret(wan, existing) else { return Ok(()) };
+    /// a key that exists (`keys_secret` carries existing values over). Returns
+    /// the Secret it wrote, if it wrote one.
+    pub async fn ensure_keys(&self, wan: &WhatsAppNumber, existing: Option<&Secret>) -> Result<Option<Secret>> {
+        let Some(secret) = config::keys_secret(wan, existing) else { return Ok(None) };
         let api: Api<Secret> = self.api();
         if existing.is_none() {
             self.metrics.record_write("Secret", "create");
-            api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
-                .await?;
+            return Ok(Some(
+                api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
+                    .await?,
+            ));
         } else {
             // The resource version in `secret` makes this fail rather than
             // overwrite a concurrent change; the next reconcile reads again.
             self.metrics.record_write("Secret", "update");
-            api.replace(
-                &secret.name_any(),
-                &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
-                &secret,
-            )
-            .await?;
+            return Ok(Some(
+                api.replace(
+                    &secret.name_any(),
+                    &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                    &secret,
+                )
+                .await?,
+            ));
         }
-        Ok(())
     }
 
     /// Deletes children of kind `K` that this WhatsAppNumber controls but the

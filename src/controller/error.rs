@@ -12,6 +12,12 @@ pub enum Error {
 
     #[error("the WhatsAppNumber has no {0}")]
     MissingMetadata(&'static str),
+
+    #[error("the claim Lease {0} kept changing while it was being claimed")]
+    ClaimContended(String),
+
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -25,6 +31,32 @@ impl Error {
             Error::Kube(_) => "ApiUnreachable",
             Error::Encode(_) => "EncodeFailed",
             Error::MissingMetadata(_) => "MissingMetadata",
+            Error::ClaimContended(_) => "ClaimContended",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "FinalizerUpdate",
+            },
+        }
+    }
+}
+
+impl Error {
+    /// Errors that need no retry: the object is gone, or its namespace is being
+    /// deleted (everything in it goes, so re-creating children is pointless).
+    pub fn is_moot(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => {
+                s.code == 403
+                    && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+            }
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) => s.code == 404,
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.is_moot(),
+                _ => false,
+            },
+            _ => false,
         }
     }
 }

@@ -21,6 +21,10 @@ pub struct Observed {
     pub keys: Option<Secret>,
     /// The media claim the pods will mount (the user's or the operator's), if it exists.
     pub media_claim: Option<PersistentVolumeClaim>,
+    /// The CA Secret named by `spec.health.caSecretRef`, if set and present.
+    pub health_ca: Option<Secret>,
+    /// The registration Secret named by `spec.registration`, if set and present.
+    pub registration: Option<Secret>,
 }
 
 pub async fn observe(client: &Client, wan: &WhatsAppNumber) -> Result<Observed> {
@@ -40,6 +44,14 @@ pub async fn observe(client: &Client, wan: &WhatsAppNumber) -> Result<Observed> 
     };
     let keys = secrets.get_opt(&Names::new(wan).keys()).await?;
     let media_claim = claims.get_opt(&crate::resources::media_claim_name(wan)).await?;
+    let health_ca = match &spec.health.ca_secret_ref {
+        Some(r) if spec.health.enabled => secrets.get_opt(&r.name).await?,
+        _ => None,
+    };
+    let registration = match &spec.registration {
+        Some(r) => secrets.get_opt(&r.secret_ref.name).await?,
+        None => None,
+    };
 
-    Ok(Observed { credentials, database_ca, webapp_tls, keys, media_claim })
+    Ok(Observed { credentials, database_ca, webapp_tls, keys, media_claim, health_ca, registration })
 }

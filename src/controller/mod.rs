@@ -4,21 +4,24 @@
 pub mod apply;
 pub mod error;
 pub mod fetch;
+pub mod gateway;
 pub mod status;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,11 +29,24 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
-use crate::resources::names::{FIELD_MANAGER, Names};
+use crate::exclusivity::{self, Claim};
+use crate::resources::names::{FIELD_MANAGER, Names, instance_selector};
+use crate::sharding;
 use crate::telemetry::metrics::Metrics;
+use crate::webapp::{CallError, Trust};
 use apply::{AppliedMemory, Applier};
 use error::{Error, Result};
-use status::Outcome;
+use status::{Applied, Outcome};
+
+/// Operator-wide settings the reconcile needs.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The operator's namespace: it holds the phone-number claim Leases.
+    pub operator_namespace: String,
+    /// `namespace/name` -> webapp base URL, overriding the in-cluster Service
+    /// (for running the operator outside the cluster, and for tests).
+    pub webapp_urls: BTreeMap<String, String>,
+}
 
 /// Shared state of all reconciles.
 pub struct Context {
@@ -38,18 +54,33 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub applied: AppliedMemory,
+    pub settings: Settings,
     failures: Mutex<HashMap<ObjectRef<WhatsAppNumber>, u32>>,
+    http_clients: Mutex<HashMap<(Trust, Duration), reqwest::Client>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, reporter: Reporter) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, reporter: Reporter, settings: Settings) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             applied: AppliedMemory::default(),
+            settings,
             failures: Mutex::default(),
+            http_clients: Mutex::default(),
         }
+    }
+
+    /// One HTTP client per trust setting, reused across probes (connection pooling).
+    pub fn http_client(&self, trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
+        let mut clients = self.http_clients.lock().expect("client cache lock");
+        if let Some(c) = clients.get(&(trust.clone(), timeout)) {
+            return Ok(c.clone());
+        }
+        let client = crate::webapp::http_client(trust, timeout)?;
+        clients.insert((trust.clone(), timeout), client.clone());
+        Ok(client)
     }
 }
 
@@ -60,11 +91,24 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// and claims usually trigger sooner).
 const BLOCKED_RETRY: Duration = Duration::from_secs(60);
 
+/// Short retry while a shard change is under way.
+const SHARD_CHANGE_RETRY: Duration = Duration::from_secs(5);
+
 #[instrument(skip_all, fields(namespace = wan.namespace().unwrap_or_default(), name = wan.name_any(), generation = wan.metadata.generation))]
 pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&wan, &ctx).await;
+    let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<WhatsAppNumber> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, exclusivity::FINALIZER, wan.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(wan) => apply(&wan, &ctx).await,
+            FinalizerEvent::Cleanup(wan) => cleanup(&wan, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .or_else(|e| if e.is_moot() { Ok(Action::await_change()) } else { Err(e) });
     ctx.metrics.observe_duration(started.elapsed());
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&ObjectRef::from_obj(wan.as_ref()));
@@ -72,25 +116,27 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn reconcile_inner(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
-    if wan.meta().deletion_timestamp.is_some() {
-        // Owner references hand every child but a retained media claim to the
-        // garbage collector.
-        return Ok(Action::await_change());
-    }
+/// The WhatsAppNumber is being deleted: owner references hand every child but
+/// a retained media claim to the garbage collector; the claim on the number is
+/// released so a waiting WhatsAppNumber can take it.
+async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
+    exclusivity::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
+    ctx.metrics.forget(wan);
+    info!("released the number claim");
+    Ok(Action::await_change())
+}
 
+async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     let observed = fetch::observe(&ctx.client, wan).await?;
-    let outcome = match validate::validate(wan, &observed) {
-        Err(problem) => Outcome::Blocked(problem),
-        Ok(inputs) => {
-            let children = crate::resources::build(wan, &inputs);
-            let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
-            let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.applied)?;
-            applier.ensure_keys(wan, observed.keys.as_ref()).await?;
-            let tiers = applier.apply_children(children).await?;
-            applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
-            Outcome::Applied(tiers)
+    let outcome = match exclusivity::claim(&ctx.client, &ctx.settings.operator_namespace, wan).await? {
+        Claim::HeldBy(holder) => {
+            stop_workloads(ctx, wan).await?;
+            Outcome::Conflict { holder }
         }
+        Claim::Held => match validate::validate(wan, &observed) {
+            Err(problem) => Outcome::Blocked(problem),
+            Ok(inputs) => Outcome::Applied(deploy(wan, ctx, &observed, inputs).await?),
+        },
     };
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -105,8 +151,78 @@ async fn reconcile_inner(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> 
             info!(reason = problem.reason, message = %problem.message, "reconcile held");
             Action::requeue(BLOCKED_RETRY)
         }
-        Outcome::Applied(_) => Action::requeue(RESYNC),
+        Outcome::Conflict { holder } => {
+            info!(%holder, "the phone number is held by another WhatsAppNumber");
+            Action::requeue(BLOCKED_RETRY)
+        }
+        Outcome::Applied(applied) => {
+            let changing = applied
+                .sharding
+                .as_ref()
+                .is_some_and(|s| s.phase == sharding::SCALING_COREAPPS || s.phase == sharding::SETTING_SHARDS);
+            if changing {
+                Action::requeue(SHARD_CHANGE_RETRY)
+            } else if wan.spec.health.enabled {
+                Action::requeue(jittered(Duration::from_secs(wan.spec.health.poll_interval_seconds as u64)))
+            } else {
+                Action::requeue(RESYNC)
+            }
+        }
     })
+}
+
+/// Build, apply and prune the children, then look at the gateway.
+async fn deploy(
+    wan: &WhatsAppNumber,
+    ctx: &Context,
+    observed: &fetch::Observed,
+    mut inputs: crate::resources::BuildInputs,
+) -> Result<Applied> {
+    let mc = &wan.spec.multiconnect;
+    // The client's shard count as last probed decides how many coreapps a shard
+    // change in progress needs.
+    let known_shards = wan.spec.health.enabled.then(|| wan.status.as_ref()?.health.as_ref()?.shards).flatten();
+    inputs.coreapp_replicas = Some(sharding::plan(mc.shards, mc.standby_coreapps, known_shards, 0).coreapp_replicas);
+
+    let children = crate::resources::build(wan, &inputs);
+    let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
+    let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.applied)?;
+    let created_keys = applier.ensure_keys(wan, observed.keys.as_ref()).await?;
+    let tiers = applier.apply_children(children).await?;
+    applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
+
+    if !wan.spec.health.enabled {
+        return Ok(Applied { tiers, health: None, sharding: None });
+    }
+    let keys = created_keys.as_ref().or(observed.keys.as_ref());
+    let health = gateway::probe(ctx, wan, observed, keys).await;
+    let sharding = if health.block.shards.is_some() {
+        Some(gateway::reconcile_shards(ctx, wan, observed, &health, keys, tiers.coreapps.ready).await)
+    } else {
+        Some(sharding::status(mc.shards, None, &sharding::Step::Unknown, None))
+    };
+    Ok(Applied { tiers, health: Some(health), sharding })
+}
+
+/// Another WhatsAppNumber holds the number: make sure none of this object's
+/// masters or coreapps run (they would connect as a second instance).
+async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber) -> Result<()> {
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
+    let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
+    for sts in api.list(&ListParams::default().labels(&instance_selector(wan))).await? {
+        if sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid) {
+            warn!(statefulset = %sts.name_any(), "stopping workloads: another WhatsAppNumber holds the number");
+            ctx.metrics.record_write("StatefulSet", "delete");
+            api.delete(&sts.name_any(), &DeleteParams::background()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Up to 10% later, so many numbers polled at once spread out.
+fn jittered(base: Duration) -> Duration {
+    use rand::Rng;
+    base + base.mul_f64(rand::rng().random_range(0.0..0.1))
 }
 
 async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Result<()> {
@@ -129,18 +245,18 @@ async fn publish_transitions(
     before: Option<&WhatsAppNumberStatus>,
     after: &WhatsAppNumberStatus,
 ) {
-    for type_ in [status::READY, status::DEGRADED] {
+    for type_ in [status::READY, status::DEGRADED, status::CONFLICT] {
         let (Some(new), old) = (status::find(Some(after), type_), status::find(before, type_)) else { continue };
         if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
             continue;
         }
-        let warning = (type_ == status::DEGRADED && new.status == "True")
+        let warning = ((type_ == status::DEGRADED || type_ == status::CONFLICT) && new.status == "True")
             || (type_ == status::READY
                 && new.status == "False"
                 && new.reason != "RollingOut"
                 && new.reason != "PodsNotReady");
-        // A Degraded=False after nothing (first reconcile) is not news.
-        if type_ == status::DEGRADED && new.status == "False" && old.is_none() {
+        // A Degraded or Conflict that starts out False is not news.
+        if type_ != status::READY && new.status == "False" && old.is_none_or(|o| o.status == "False") {
             continue;
         }
         let event = Event {
@@ -213,6 +329,17 @@ fn referencing(
         .collect()
 }
 
+/// The WhatsAppNumbers with the phone number a claim Lease is about.
+fn waiting_for(store: &Store<WhatsAppNumber>, lease: &Lease) -> Vec<ObjectRef<WhatsAppNumber>> {
+    let Some(number) = lease.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
+    store
+        .state()
+        .into_iter()
+        .filter(|wan| &wan.spec.phone_number == number)
+        .map(|wan| ObjectRef::from_obj(wan.as_ref()))
+        .collect()
+}
+
 #[derive(Clone, Copy)]
 enum Reference {
     Secret,
@@ -224,18 +351,21 @@ enum Reference {
 pub async fn run(
     client: Client,
     namespace: Option<String>,
+    settings: Settings,
     metrics: Arc<Metrics>,
     reporter: Reporter,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let wans: Api<WhatsAppNumber> = scoped(&client, &namespace);
-    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter));
+    let claims: Api<Lease> = Api::namespaced(client.clone(), &settings.operator_namespace);
+    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings));
     let owned = || watcher::Config::default().labels(crate::resources::names::LABEL_MANAGED_BY_SELECTOR);
 
     let controller = Controller::new(wans, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(4));
     let store = controller.store();
     let claim_store = store.clone();
+    let number_store = store.clone();
     controller
         .owns(scoped::<StatefulSet>(&client, &namespace), owned())
         .owns(scoped::<Deployment>(&client, &namespace), owned())
@@ -248,6 +378,12 @@ pub async fn run(
         .watches(scoped::<PersistentVolumeClaim>(&client, &namespace), watcher::Config::default(), move |claim| {
             referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim)
         })
+        // A released number claim wakes the WhatsAppNumbers waiting for it.
+        .watches(
+            claims,
+            watcher::Config::default().labels(&format!("{}=true", exclusivity::CLAIM_LABEL)),
+            move |lease| waiting_for(&number_store, &lease),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

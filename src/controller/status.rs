@@ -7,19 +7,39 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::validate::Problem;
-use crate::api::{TierStatus, WhatsAppNumber, WhatsAppNumberStatus};
+use crate::api::{ShardingStatus, TierStatus, WhatsAppNumber, WhatsAppNumberStatus};
+use crate::health::Observation;
+use crate::sharding;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const GATEWAY_CONNECTED: &str = "GatewayConnected";
+pub const CONFLICT: &str = "Conflict";
+
+/// Reason of `Conflict` and `Ready` while another WhatsAppNumber holds the number.
+pub const PHONE_NUMBER_IN_USE: &str = "PhoneNumberInUse";
+/// Reason when a shard change needs the registration Secret.
+pub const REGISTRATION_REQUIRED: &str = "RegistrationRequired";
 
 /// What a reconcile ended with, as far as status is concerned.
 #[derive(Clone, Debug)]
 pub enum Outcome {
     /// Validation stopped the reconcile before anything was applied.
     Blocked(Problem),
-    /// The children were applied; these are their observed states.
-    Applied(Tiers),
+    /// Another WhatsAppNumber holds the phone number (its holder identity).
+    Conflict { holder: String },
+    /// The children were applied; this is what was observed.
+    Applied(Applied),
+}
+
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub tiers: Tiers,
+    /// `None` when health polling is off.
+    pub health: Option<Observation>,
+    /// `None` when health polling is off (the client's shard count is unknown).
+    pub sharding: Option<ShardingStatus>,
 }
 
 /// The three workload tiers as their controllers report them.
@@ -86,40 +106,95 @@ pub fn deployment_tier(deploy: &Deployment) -> TierStatus {
     }
 }
 
-/// The condition set for an outcome: (type, status, reason, message).
-fn conditions_for(outcome: &Outcome) -> [(&'static str, bool, String, String); 3] {
+/// One condition before timestamps: (type, status, reason, message).
+type Cond = (&'static str, &'static str, String, String);
+
+fn cond(type_: &'static str, ok: bool, reason: impl Into<String>, message: impl Into<String>) -> Cond {
+    (type_, if ok { "True" } else { "False" }, reason.into(), message.into())
+}
+
+fn not_probed(why: &str) -> Cond {
+    (GATEWAY_CONNECTED, "Unknown", "NotProbed".into(), format!("the gateway is not probed while {why}"))
+}
+
+/// The condition set for an outcome.
+fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
+    let number = &wan.spec.phone_number;
+    let holds = || cond(CONFLICT, false, "NumberClaimed", format!("this WhatsAppNumber holds the claim on {number}"));
     match outcome {
-        Outcome::Blocked(problem) => [
-            (READY, false, problem.reason.into(), problem.message.clone()),
-            (PROGRESSING, false, problem.reason.into(), "the reconcile is held until the problem is fixed".into()),
-            (DEGRADED, true, problem.reason.into(), problem.message.clone()),
+        Outcome::Blocked(problem) => vec![
+            cond(READY, false, problem.reason, problem.message.clone()),
+            cond(PROGRESSING, false, problem.reason, "the reconcile is held until the problem is fixed"),
+            cond(DEGRADED, true, problem.reason, problem.message.clone()),
+            not_probed("the reconcile is held"),
+            holds(),
         ],
-        Outcome::Applied(tiers) => {
-            let rolling = tiers.rolling_out();
-            let summary = tiers.summary();
-            if tiers.all_ready() {
-                [
-                    (READY, true, "Ready".into(), format!("all tiers ready: {summary}")),
-                    (PROGRESSING, false, "Reconciled".into(), "the spec is fully rolled out".into()),
-                    (DEGRADED, false, "AsExpected".into(), "no problem found".into()),
-                ]
-            } else if !rolling.is_empty() {
-                let message = format!("rolling out {}: {summary}", rolling.join(", "));
-                [
-                    (READY, false, "RollingOut".into(), message.clone()),
-                    (PROGRESSING, true, "RollingOut".into(), message),
-                    (DEGRADED, false, "AsExpected".into(), "no problem found".into()),
-                ]
-            } else {
-                let message = format!("waiting for pods: {summary}");
-                [
-                    (READY, false, "PodsNotReady".into(), message.clone()),
-                    (PROGRESSING, true, "WaitingForPods".into(), message),
-                    (DEGRADED, false, "AsExpected".into(), "no problem found".into()),
-                ]
-            }
+        Outcome::Conflict { holder } => {
+            let message = format!(
+                "{number} is held by WhatsAppNumber {holder}; only one instance may run a number, so nothing is deployed until that one is deleted"
+            );
+            vec![
+                cond(READY, false, PHONE_NUMBER_IN_USE, message.clone()),
+                cond(PROGRESSING, false, PHONE_NUMBER_IN_USE, "waiting for the number to be released"),
+                cond(DEGRADED, true, PHONE_NUMBER_IN_USE, message.clone()),
+                not_probed("another WhatsAppNumber holds the number"),
+                cond(CONFLICT, true, PHONE_NUMBER_IN_USE, message),
+            ]
         }
+        Outcome::Applied(applied) => applied_conditions(applied, holds()),
     }
+}
+
+fn applied_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
+    let tiers = &applied.tiers;
+    let rolling = tiers.rolling_out();
+    let summary = tiers.summary();
+    let verdict = applied.health.as_ref().map(|h| &h.verdict);
+    let unhealthy = verdict.filter(|v| !v.healthy);
+    let shard_phase = applied.sharding.as_ref().map(|s| s.phase.as_str());
+    let shard_message = applied.sharding.as_ref().map(|s| s.message.clone()).unwrap_or_default();
+    let shards_changing = matches!(shard_phase, Some(sharding::SCALING_COREAPPS) | Some(sharding::SETTING_SHARDS));
+    let shards_blocked = shard_phase == Some(sharding::BLOCKED);
+
+    // Ready: the first thing that stands in the way names the reason.
+    let ready = if !rolling.is_empty() {
+        cond(READY, false, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
+    } else if !tiers.all_ready() {
+        cond(READY, false, "PodsNotReady", format!("waiting for pods: {summary}"))
+    } else if let Some(v) = unhealthy {
+        cond(READY, false, v.reason, v.message.clone())
+    } else if shards_blocked {
+        cond(READY, false, REGISTRATION_REQUIRED, shard_message.clone())
+    } else if shards_changing {
+        cond(READY, false, shard_phase.unwrap_or_default().to_string(), shard_message.clone())
+    } else {
+        let gateway = verdict.map(|v| format!("; {}", v.message)).unwrap_or_default();
+        cond(READY, true, "Ready", format!("all tiers ready: {summary}{gateway}"))
+    };
+
+    let progressing = if !rolling.is_empty() {
+        cond(PROGRESSING, true, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
+    } else if !tiers.all_ready() {
+        cond(PROGRESSING, true, "WaitingForPods", format!("waiting for pods: {summary}"))
+    } else if shards_changing {
+        cond(PROGRESSING, true, shard_phase.unwrap_or_default().to_string(), shard_message.clone())
+    } else {
+        cond(PROGRESSING, false, "Reconciled", "the spec is fully rolled out")
+    };
+
+    // Degraded: the workloads are in place, yet the client is not serving.
+    let degraded = match unhealthy {
+        Some(v) if tiers.all_ready() => cond(DEGRADED, true, v.reason, v.message.clone()),
+        _ if shards_blocked => cond(DEGRADED, true, REGISTRATION_REQUIRED, shard_message),
+        _ => cond(DEGRADED, false, "AsExpected", "no problem found"),
+    };
+
+    let mut conditions = vec![ready, progressing, degraded];
+    if let Some(v) = verdict {
+        conditions.push(cond(GATEWAY_CONNECTED, v.healthy, v.reason, v.message.clone()));
+    }
+    conditions.push(holds);
+    conditions
 }
 
 /// The full status for this outcome. `previous` supplies the transition times
@@ -134,21 +209,13 @@ pub fn compute(
     let generation = wan.metadata.generation;
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    status.conditions = conditions_for(outcome)
+    let before = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    status.conditions = conditions_for(wan, outcome)
         .into_iter()
-        .map(|(type_, ok, reason, message)| {
-            condition(
-                previous.map(|p| p.conditions.as_slice()).unwrap_or_default(),
-                type_,
-                ok,
-                reason,
-                message,
-                generation,
-                now,
-            )
-        })
+        .map(|(type_, state, reason, message)| condition(before, type_, state, reason, message, generation, now))
         .collect();
-    if let Outcome::Applied(tiers) = outcome {
+    if let Outcome::Applied(applied) = outcome {
+        let tiers = &applied.tiers;
         status.masters = Some(tiers.masters.clone());
         status.coreapps = Some(tiers.coreapps.clone());
         status.webapps = Some(tiers.webapps.clone());
@@ -156,6 +223,8 @@ pub fn compute(
         status.media_claim = Some(crate::resources::media_claim_name(wan));
         status.webapp_endpoint =
             Some(format!("https://{}:{}", crate::resources::webapp::service_host(wan), crate::resources::WEBAPP_PORT));
+        status.health = applied.health.as_ref().map(|h| h.block.clone());
+        status.sharding = applied.sharding.clone();
         if tiers.all_ready() {
             status.current_version = Some(wan.spec.version.clone());
         }
@@ -167,13 +236,12 @@ pub fn compute(
 pub fn condition(
     previous: &[Condition],
     type_: &str,
-    ok: bool,
+    status: &str,
     reason: String,
     message: String,
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -207,8 +275,16 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
     }
 
+    fn applied(tiers: Tiers) -> Outcome {
+        Outcome::Applied(Applied { tiers, health: None, sharding: None })
+    }
+
+    fn ready_tiers() -> Tiers {
+        Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) }
+    }
+
     fn all_ready() -> Outcome {
-        Outcome::Applied(Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) })
+        applied(ready_tiers())
     }
 
     fn cond<'a>(s: &'a WhatsAppNumberStatus, type_: &str) -> &'a Condition {
@@ -233,7 +309,7 @@ mod tests {
         let wan = sample();
         let mut tiers = Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) };
         tiers.webapps = TierStatus { desired: 3, ready: 2, updated: 2, observed: true };
-        let s = compute(&wan, &Outcome::Applied(tiers.clone()), None, &t(100));
+        let s = compute(&wan, &applied(tiers.clone()), None, &t(100));
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "RollingOut"));
         assert_eq!(cond(&s, PROGRESSING).status, "True");
         assert!(cond(&s, PROGRESSING).message.contains("webapps"));
@@ -242,7 +318,7 @@ mod tests {
         // A workload controller that has not seen the newest spec yet is rolling out too,
         // even if its old counts look complete: never Ready for an unobserved generation.
         tiers.webapps = TierStatus { observed: false, ..ready_tier(2) };
-        let s = compute(&wan, &Outcome::Applied(tiers), None, &t(100));
+        let s = compute(&wan, &applied(tiers), None, &t(100));
         assert_eq!(cond(&s, READY).status, "False");
     }
 
@@ -254,7 +330,7 @@ mod tests {
             coreapps: TierStatus { desired: 2, ready: 1, updated: 2, observed: true },
             webapps: ready_tier(2),
         };
-        let s = compute(&wan, &Outcome::Applied(tiers), None, &t(1));
+        let s = compute(&wan, &applied(tiers), None, &t(1));
         assert_eq!(cond(&s, READY).reason, "PodsNotReady");
         assert_eq!(cond(&s, PROGRESSING).reason, "WaitingForPods");
         assert_eq!(s.ready_pods.as_deref(), Some("5/6"));
@@ -280,7 +356,7 @@ mod tests {
         assert_eq!(first, same, "an unchanged outcome gives an identical status: nothing to write");
 
         wan.metadata.generation = Some(4);
-        let rolling = Outcome::Applied(Tiers {
+        let rolling = applied(Tiers {
             masters: ready_tier(2),
             coreapps: TierStatus { observed: false, ..ready_tier(2) },
             webapps: ready_tier(2),
@@ -309,5 +385,109 @@ mod tests {
         assert!(!tier.is_ready());
         assert_eq!(tier.updated, 1);
         assert!(tier.ready <= 1);
+    }
+
+    fn health(body: &str, shards: i32) -> crate::health::Observation {
+        let h = crate::health::report::parse(body.as_bytes()).unwrap();
+        let v = crate::health::report::judge(&h, shards);
+        crate::health::observed(v, &h, Some(shards), &Default::default(), None, &t(1))
+    }
+
+    const HEALTHY: &str = r#"{"health":{"a:1":{"gateway_status":"connected","role":"primary_master"},
+        "b:2":{"gateway_status":"connected","role":"coreapp"},"c:3":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
+
+    fn in_sync() -> Option<ShardingStatus> {
+        Some(crate::sharding::status(1, Some(1), &crate::sharding::Step::InSync, None))
+    }
+
+    #[test]
+    fn ready_needs_a_healthy_gateway_when_polling() {
+        let wan = sample();
+        let ok =
+            Outcome::Applied(Applied { tiers: ready_tiers(), health: Some(health(HEALTHY, 1)), sharding: in_sync() });
+        let s = compute(&wan, &ok, None, &t(1));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(
+            (cond(&s, GATEWAY_CONNECTED).status.as_str(), cond(&s, GATEWAY_CONNECTED).reason.as_str()),
+            ("True", "GatewayConnected")
+        );
+        assert_eq!(s.health.as_ref().unwrap().connected_coreapps, 1);
+
+        let down = HEALTHY.replace(r#""connected","role":"coreapp""#, r#""disconnected","role":"coreapp""#);
+        let bad =
+            Outcome::Applied(Applied { tiers: ready_tiers(), health: Some(health(&down, 1)), sharding: in_sync() });
+        let s = compute(&wan, &bad, Some(&s), &t(2));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "ShardsNotConnected"));
+        assert_eq!(
+            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            ("True", "ShardsNotConnected")
+        );
+        assert_eq!(cond(&s, GATEWAY_CONNECTED).status, "False");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+    }
+
+    #[test]
+    fn unreachable_webapp_during_a_rollout_is_progress_not_degradation() {
+        let wan = sample();
+        let tiers = Tiers { webapps: TierStatus { desired: 2, ready: 0, updated: 2, observed: true }, ..ready_tiers() };
+        let obs = crate::health::unreachable("connection refused".into(), None, &t(1));
+        let s =
+            compute(&wan, &Outcome::Applied(Applied { tiers, health: Some(obs.clone()), sharding: None }), None, &t(1));
+        assert_eq!(cond(&s, READY).reason, "PodsNotReady");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(cond(&s, GATEWAY_CONNECTED).reason, "WebappUnreachable");
+        let s = compute(
+            &wan,
+            &Outcome::Applied(Applied { tiers: ready_tiers(), health: Some(obs), sharding: None }),
+            None,
+            &t(1),
+        );
+        assert_eq!(
+            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            ("True", "WebappUnreachable")
+        );
+    }
+
+    #[test]
+    fn shard_change_progresses_and_a_missing_registration_degrades() {
+        use crate::sharding::{Step, status as shard_status};
+        let wan = sample();
+        let changing = shard_status(2, Some(1), &Step::WaitForCoreapps { ready: 1, needed: 2 }, None);
+        let out = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: Some(health(HEALTHY, 1)),
+            sharding: Some(changing),
+        });
+        let s = compute(&wan, &out, None, &t(1));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "ScalingCoreapps"));
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+
+        let blocked = shard_status(2, Some(1), &Step::SetShards(2), Some("set spec.registration.secretRef"));
+        let out = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: Some(health(HEALTHY, 1)),
+            sharding: Some(blocked),
+        });
+        let s = compute(&wan, &out, None, &t(1));
+        assert_eq!(cond(&s, READY).reason, REGISTRATION_REQUIRED);
+        assert_eq!(
+            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            ("True", REGISTRATION_REQUIRED)
+        );
+        assert!(cond(&s, DEGRADED).message.contains("spec.registration"));
+    }
+
+    #[test]
+    fn conflict_names_the_holder() {
+        let wan = sample();
+        let s = compute(&wan, &Outcome::Conflict { holder: "other/first/uid-1".into() }, None, &t(1));
+        for type_ in [READY, DEGRADED, CONFLICT] {
+            assert_eq!(cond(&s, type_).reason, PHONE_NUMBER_IN_USE, "{type_}");
+            assert!(cond(&s, type_).message.contains("other/first/uid-1"));
+        }
+        assert_eq!(cond(&s, CONFLICT).status, "True");
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, GATEWAY_CONNECTED).status, "Unknown");
+        assert_eq!(cond(&compute(&wan, &all_ready(), None, &t(1)), CONFLICT).status, "False");
     }
 }

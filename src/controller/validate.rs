@@ -95,6 +95,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         credentials_digest: secret_digest(credentials, &[&creds.username_key, &creds.password_key]),
         database_ca_digest,
         webapp_tls_digest,
+        coreapp_replicas: None,
     })
 }
 

@@ -51,6 +51,9 @@ pub struct BuildInputs {
     pub database_ca_digest: Option<String>,
     /// Digest of the webapp TLS certificate, when one is configured.
     pub webapp_tls_digest: Option<String>,
+    /// Coreapp replicas when a shard change is under way (see `sharding`);
+    /// `None` means `shards + standbyCoreapps`.
+    pub coreapp_replicas: Option<i32>,
 }
 
 /// Every object the operator keeps for one WhatsAppNumber (the generated key
@@ -85,8 +88,8 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
         master_service: workloads::headless_service(wan, Tier::Master),
         coreapp_service: workloads::headless_service(wan, Tier::Coreapp),
         webapp_service: webapp::service(wan),
-        masters: workloads::stateful_set(wan, Tier::Master, &core_hash),
-        coreapps: workloads::stateful_set(wan, Tier::Coreapp, &core_hash),
+        masters: workloads::stateful_set(wan, Tier::Master, &core_hash, None),
+        coreapps: workloads::stateful_set(wan, Tier::Coreapp, &core_hash, inputs.coreapp_replicas),
         webapps: webapp::deployment(wan, &web_hash),
         disruption_budgets: disruption::budgets(wan),
         config,

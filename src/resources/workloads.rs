@@ -59,8 +59,14 @@ pub fn headless_service(wan: &WhatsAppNumber, tier: Tier) -> Service {
 }
 
 /// The StatefulSet of masters or coreapps. `config_hash` rolls the pods when the
-/// configuration they read at start-up changes.
-pub fn stateful_set(wan: &WhatsAppNumber, tier: Tier, config_hash: &str) -> StatefulSet {
+/// configuration they read at start-up changes; `replicas` overrides the count
+/// the spec implies (during a shard change).
+pub fn stateful_set(
+    wan: &WhatsAppNumber,
+    tier: Tier,
+    config_hash: &str,
+    replicas_override: Option<i32>,
+) -> StatefulSet {
     assert!(tier != Tier::Webapp, "webapps are a Deployment");
     let names = Names::new(wan);
     let o = pods::overrides(wan, tier);
@@ -109,7 +115,7 @@ pub fn stateful_set(wan: &WhatsAppNumber, tier: Tier, config_hash: &str) -> Stat
     with_applied_hash(StatefulSet {
         metadata: owned_meta(wan, names.tier(tier), component_labels(wan, tier.as_str())),
         spec: Some(StatefulSetSpec {
-            replicas: Some(replicas(wan, tier)),
+            replicas: Some(replicas_override.unwrap_or_else(|| replicas(wan, tier))),
             service_name: Some(names.tier(tier)),
             // Nodes are peers coordinated through the database: no ordering needed.
             pod_management_policy: Some("Parallel".into()),

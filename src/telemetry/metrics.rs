@@ -1,6 +1,6 @@
 //! Prometheus metrics of the operator process.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +14,13 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: String,
+}
+
+/// One WhatsAppNumber.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NumberLabels {
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +39,14 @@ pub struct Metrics {
     /// reconcile that finds everything as it should be adds nothing here.
     pub writes: Family<WriteLabels, Counter>,
     pub leader: Gauge<i64, AtomicI64>,
+    /// Per number: coreapps connected to WhatsApp's servers.
+    pub connected_coreapps: Family<NumberLabels, Gauge<i64, AtomicI64>>,
+    /// Per number: 1 while health is judged good.
+    pub gateway_up: Family<NumberLabels, Gauge<i64, AtomicI64>>,
+    /// Per number: duration of the last `/v1/health` call.
+    pub probe_latency: Family<NumberLabels, Gauge<f64, AtomicU64>>,
+    /// Per number: Unix time of the last probe.
+    pub probe_timestamp: Family<NumberLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -42,6 +57,10 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter());
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::<i64, AtomicI64>::default();
+        let connected_coreapps = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();
+        let gateway_up = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();
+        let probe_latency = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
+        let probe_timestamp = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by reason", reconcile_errors.clone());
         registry.register_with_unit(
@@ -52,7 +71,35 @@ impl Default for Metrics {
         );
         registry.register("kube_writes", "Write requests sent to the Kubernetes API, by kind and verb", writes.clone());
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Self { registry, reconciles, reconcile_errors, reconcile_duration, writes, leader }
+        registry.register(
+            "number_connected_coreapps",
+            "Coreapps connected to WhatsApp's servers, per WhatsAppNumber",
+            connected_coreapps.clone(),
+        );
+        registry.register("number_gateway_up", "1 while a WhatsAppNumber's gateway is healthy", gateway_up.clone());
+        registry.register_with_unit(
+            "health_probe_latency",
+            "Duration of the last /v1/health call, per WhatsAppNumber",
+            prometheus_client::registry::Unit::Seconds,
+            probe_latency.clone(),
+        );
+        registry.register(
+            "health_probe_timestamp_seconds",
+            "Unix time of the last /v1/health probe, per WhatsAppNumber",
+            probe_timestamp.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            writes,
+            leader,
+            connected_coreapps,
+            gateway_up,
+            probe_latency,
+            probe_timestamp,
+        }
     }
 }
 
@@ -67,6 +114,20 @@ impl Metrics {
 
     pub fn observe_duration(&self, elapsed: Duration) {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn number(&self, wan: &crate::api::WhatsAppNumber) -> NumberLabels {
+        use kube::ResourceExt;
+        NumberLabels { namespace: wan.namespace().unwrap_or_default(), name: wan.name_any() }
+    }
+
+    /// Drops a deleted WhatsAppNumber's series.
+    pub fn forget(&self, wan: &crate::api::WhatsAppNumber) {
+        let labels = self.number(wan);
+        self.connected_coreapps.remove(&labels);
+        self.gateway_up.remove(&labels);
+        self.probe_latency.remove(&labels);
+        self.probe_timestamp.remove(&labels);
     }
 
     /// The OpenMetrics text exposition.

@@ -6,6 +6,8 @@
 //! in parallel, each in its own namespace; tests that stop or replace the
 //! operator, or count its writes, run alone.
 
+mod emulated;
+mod gateway;
 mod scenarios;
 mod support;
 
@@ -26,9 +28,23 @@ pub struct Env {
     pub operator: Mutex<Operator>,
     /// Kubeconfig of the chart's ServiceAccount (cluster scope).
     pub operator_kubeconfig: PathBuf,
+    /// Namespace and webapp port per gateway scenario: the operator is told
+    /// where each one's (emulated) webapp listens.
+    pub gateway_slots: Vec<(&'static str, String, u16)>,
     exclusive: RwLock<()>,
     runtime: tokio::runtime::Runtime,
 }
+
+impl Env {
+    /// `(namespace, webapp port)` reserved for a gateway scenario.
+    pub fn slot(&self, scenario: &str) -> (String, u16) {
+        let (_, ns, port) = self.gateway_slots.iter().find(|(s, _, _)| *s == scenario).expect("a reserved slot");
+        (ns.clone(), *port)
+    }
+}
+
+/// The gateway scenarios; each gets a namespace and a webapp port at start-up.
+const GATEWAY_SCENARIOS: [&str; 2] = ["health", "shards"];
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
@@ -45,6 +61,12 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("obsolete_children_are_removed", false, |e| Box::pin(scenarios::obsolete_children_are_removed(e))),
     ("deleting_keeps_retained_media_only", false, |e| Box::pin(scenarios::deleting_keeps_retained_media_only(e))),
     ("missing_secret_then_ready", false, |e| Box::pin(scenarios::missing_secret_then_ready(e))),
+    ("duplicate_number_waits_for_the_holder", false, |e| Box::pin(scenarios::duplicate_number_waits_for_the_holder(e))),
+    ("racing_claims_end_with_one_holder", false, |e| Box::pin(scenarios::racing_claims_end_with_one_holder(e))),
+    ("gateway_health_reaches_ready_and_fails_over", false, |e| {
+        Box::pin(gateway::health_reaches_ready_and_fails_over(e))
+    }),
+    ("gateway_shards_change_through_the_api", false, |e| Box::pin(gateway::shards_change_through_the_api(e))),
     ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
     ("operator_killed_mid_reconcile_converges", true, |e| {
         Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))
@@ -67,8 +89,23 @@ fn setup() -> Result<Env> {
         let kubeconfig = support::service_account_kubeconfig(&cluster, &admin, OPERATOR_NAMESPACE, &sa).await?;
         anyhow::Ok((admin, kubeconfig))
     })?;
-    let operator = Operator::start("main", &operator_kubeconfig, &[])?;
-    Ok(Env { cluster, admin, operator: Mutex::new(operator), operator_kubeconfig, exclusive: RwLock::new(()), runtime })
+    let mut gateway_slots = Vec::new();
+    for scenario in GATEWAY_SCENARIOS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        gateway_slots.push((scenario, format!("gw-{scenario}-{}", std::process::id() % 10000), port));
+    }
+    let urls: Vec<String> =
+        gateway_slots.iter().map(|(_, ns, port)| format!("{ns}/acme=https://127.0.0.1:{port}")).collect();
+    let operator = Operator::start("main", &operator_kubeconfig, &["--webapp-url", &urls.join(",")])?;
+    Ok(Env {
+        cluster,
+        admin,
+        operator: Mutex::new(operator),
+        operator_kubeconfig,
+        gateway_slots,
+        exclusive: RwLock::new(()),
+        runtime,
+    })
 }
 
 fn run(name: &'static str, alone: bool, body: Scenario) -> Result<(), Failed> {

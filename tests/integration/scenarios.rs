@@ -17,13 +17,13 @@ use whatsapp_operator::api::WhatsAppNumber;
 use crate::Env;
 use crate::support::{self, OPERATOR_NAMESPACE, Operator, namespace, wait_until};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn wans(client: &Client, ns: &str) -> Api<WhatsAppNumber> {
+pub fn wans(client: &Client, ns: &str) -> Api<WhatsAppNumber> {
     Api::namespaced(client.clone(), ns)
 }
 
-fn typed<K>(client: &Client, ns: &str) -> Api<K>
+pub fn typed<K>(client: &Client, ns: &str) -> Api<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
@@ -31,7 +31,7 @@ where
 }
 
 /// Creates every object of an example file in `ns`; returns the WhatsAppNumber's name.
-async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<&str>) -> Result<String> {
+pub async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<&str>) -> Result<String> {
     let text = std::fs::read_to_string(support::repo().join("examples").join(file))?;
     let docs = serde_yaml::Deserializer::from_str(&text)
         .map(|doc| <Value as serde::Deserialize>::deserialize(doc))
@@ -43,6 +43,13 @@ async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<
         }
         value["metadata"]["namespace"] = json!(ns);
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        if kind == "WhatsAppNumber" {
+            // Tests run in parallel and the operator lets one object hold a number.
+            value["spec"]["phoneNumber"] = json!(unique_number());
+            // These scenarios are about workloads: pods run on fake nodes and no
+            // client answers health probes (the gateway scenarios run emulators).
+            value["spec"]["health"] = json!({"enabled": false});
+        }
         if only_kind.is_some_and(|k| k != kind) {
             if kind == "WhatsAppNumber" {
                 wan_name = value["metadata"]["name"].as_str().map(String::from);
@@ -65,7 +72,14 @@ async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<
     wan_name.ok_or_else(|| anyhow!("{file} has no WhatsAppNumber"))
 }
 
-fn condition<'a>(
+/// A phone number no other test uses.
+pub fn unique_number() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("+1556{:03}{:04}", std::process::id() % 1000, n)
+}
+
+pub fn condition<'a>(
     w: &'a WhatsAppNumber,
     type_: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
@@ -73,13 +87,13 @@ fn condition<'a>(
 }
 
 /// Ready=True, computed for the object's current generation.
-fn ready_now(w: &WhatsAppNumber) -> bool {
+pub fn ready_now(w: &WhatsAppNumber) -> bool {
     let generation = w.metadata.generation;
     w.status.as_ref().is_some_and(|s| s.observed_generation == generation)
         && condition(w, "Ready").is_some_and(|c| c.status == "True" && c.observed_generation == generation)
 }
 
-async fn wait_ready(api: &Api<WhatsAppNumber>, name: &str) -> Result<WhatsAppNumber> {
+pub async fn wait_ready(api: &Api<WhatsAppNumber>, name: &str) -> Result<WhatsAppNumber> {
     wait_until(READY_TIMEOUT, &format!("{name} to be Ready for its current generation"), || async {
         Ok(ready_now(&api.get(name).await?))
     })
@@ -93,7 +107,7 @@ async fn wait_ready(api: &Api<WhatsAppNumber>, name: &str) -> Result<WhatsAppNum
     Ok(api.get(name).await?)
 }
 
-async fn wait_condition(
+pub async fn wait_condition(
     api: &Api<WhatsAppNumber>,
     name: &str,
     type_: &str,
@@ -110,7 +124,7 @@ async fn wait_condition(
     Ok(api.get(name).await?)
 }
 
-async fn merge_patch(api: &Api<WhatsAppNumber>, name: &str, patch: Value) -> Result<WhatsAppNumber> {
+pub async fn merge_patch(api: &Api<WhatsAppNumber>, name: &str, patch: Value) -> Result<WhatsAppNumber> {
     Ok(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
 }
 
@@ -401,7 +415,7 @@ pub async fn deleting_keeps_retained_media_only(env: &'static Env) -> Result<()>
     // A second number in the same namespace whose claim goes with it.
     let mut deleted: WhatsAppNumber = api.get(&retained).await?;
     deleted.metadata = kube::api::ObjectMeta { name: Some("media-delete".into()), ..Default::default() };
-    deleted.spec.phone_number = "+15550007777".into();
+    deleted.spec.phone_number = unique_number();
     deleted.spec.media.reclaim_policy = whatsapp_operator::api::ReclaimPolicy::Delete;
     deleted.status = None;
     api.create(&PostParams::default(), &deleted).await?;
@@ -507,7 +521,8 @@ pub async fn operator_killed_mid_reconcile_converges(env: &'static Env) -> Resul
         let mut w = template.clone();
         w.metadata.name = Some(name.clone());
         w.metadata.namespace = Some(ns.clone());
-        w.spec.phone_number = format!("+1555000{:04}", 100 + i);
+        w.spec.phone_number = unique_number();
+        w.spec.health.enabled = false;
         api.create(&PostParams::default(), &w).await?;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         {
@@ -619,7 +634,11 @@ pub async fn unchanged_reconcile_writes_nothing(env: &'static Env) -> Result<()>
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (writes_after, _) = scrape().await?;
-    ensure!(writes_after == writes, "an unchanged reconcile wrote {} times", writes_after - writes);
+    if writes_after != writes {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("whatsapp_operator_kube_writes_total")).collect();
+        bail!("an unchanged reconcile wrote {} times; writes by kind:\n{}", writes_after - writes, lines.join("\n"));
+    }
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
@@ -695,5 +714,112 @@ pub async fn namespace_scoped_rbac_is_enough(env: &'static Env) -> Result<()> {
     env.operator.lock().unwrap().restart()?;
     result.with_context(|| format!("namespace-scoped operator log:\n{tail}"))?;
     support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn duplicate_number_waits_for_the_holder(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let first_ns = namespace(c, "holder").await?;
+    let second_ns = namespace(c, "waiter").await?;
+    let first = apply_example(c, &first_ns, "ha-mysql.yaml", None).await?;
+    let number = wans(c, &first_ns).get(&first).await?.spec.phone_number;
+    wait_ready(&wans(c, &first_ns), &first).await?;
+
+    typed::<Secret>(c, &second_ns)
+        .create(&PostParams::default(), &{
+            let mut s = typed::<Secret>(c, &first_ns).get("ha-mysql-db").await?;
+            s.metadata = kube::api::ObjectMeta { name: Some("ha-mysql-db".into()), ..Default::default() };
+            s
+        })
+        .await?;
+    let mut dup: WhatsAppNumber = wans(c, &first_ns).get(&first).await?;
+    dup.metadata = kube::api::ObjectMeta {
+        name: Some("duplicate".into()),
+        namespace: Some(second_ns.clone()),
+        ..Default::default()
+    };
+    dup.status = None;
+    wans(c, &second_ns).create(&PostParams::default(), &dup).await?;
+
+    let waiting = wait_condition(&wans(c, &second_ns), "duplicate", "Conflict", "True", "PhoneNumberInUse").await?;
+    let message = &condition(&waiting, "Conflict").unwrap().message;
+    ensure!(message.contains(&format!("{first_ns}/{first}")), "the holder is named: {message}");
+    ensure!(condition(&waiting, "Ready").is_some_and(|r| r.status == "False" && r.reason == "PhoneNumberInUse"));
+    ensure!(
+        typed::<StatefulSet>(c, &second_ns).list(&ListParams::default()).await?.items.is_empty(),
+        "no workloads for the duplicate"
+    );
+    let events = typed::<k8s_openapi::api::events::v1::Event>(c, &second_ns).list(&ListParams::default()).await?;
+    ensure!(
+        events.items.iter().any(|e| e.reason.as_deref() == Some("PhoneNumberInUse")),
+        "a PhoneNumberInUse event is recorded"
+    );
+
+    // The holder goes; the duplicate takes over by itself.
+    wans(c, &first_ns).delete(&first, &DeleteParams::default()).await?;
+    wait_ready(&wans(c, &second_ns), "duplicate").await?;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE)
+        .get(&whatsapp_operator::exclusivity::lease_name(&number))
+        .await?;
+    let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    ensure!(holder.starts_with(&format!("{second_ns}/duplicate/")), "claim moved to the duplicate: {holder}");
+    support::delete_namespace(c, &first_ns).await;
+    support::delete_namespace(c, &second_ns).await;
+    Ok(())
+}
+
+pub async fn racing_claims_end_with_one_holder(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let template: WhatsAppNumber = {
+        let text = std::fs::read_to_string(support::repo().join("examples/ha-mysql.yaml"))?;
+        serde_yaml::from_str(text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?)?
+    };
+    for round in 0..3 {
+        let number = unique_number();
+        let mut namespaces = Vec::new();
+        for i in 0..5 {
+            namespaces.push(namespace(c, &format!("race{round}-{i}")).await?);
+        }
+        for ns in &namespaces {
+            apply_example(c, ns, "ha-mysql.yaml", Some("Secret")).await?;
+        }
+        let creates = namespaces.iter().map(|ns| {
+            let mut w = template.clone();
+            w.metadata.namespace = Some(ns.clone());
+            w.spec.phone_number = number.clone();
+            w.spec.health.enabled = false;
+            let api = wans(c, ns);
+            async move { api.create(&PostParams::default(), &w).await }
+        });
+        for r in futures::future::join_all(creates).await {
+            r?;
+        }
+        // Every object settles as either the holder (Ready) or a waiter (Conflict).
+        let mut holders = Vec::new();
+        for ns in &namespaces {
+            let api = wans(c, ns);
+            wait_until(READY_TIMEOUT, "each racer to settle", || async {
+                let w = api.get("ha-mysql").await?;
+                Ok(ready_now(&w) || condition(&w, "Conflict").is_some_and(|c| c.status == "True"))
+            })
+            .await?;
+            if ready_now(&api.get("ha-mysql").await?) {
+                holders.push(ns.clone());
+            }
+        }
+        ensure!(holders.len() == 1, "round {round}: {} holders ({holders:?})", holders.len());
+        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE)
+            .get(&whatsapp_operator::exclusivity::lease_name(&number))
+            .await?;
+        let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        ensure!(holder.starts_with(&format!("{}/ha-mysql/", holders[0])), "round {round}: lease {holder}");
+        for ns in &namespaces {
+            let sts = typed::<StatefulSet>(c, ns).list(&ListParams::default()).await?.items.len();
+            ensure!((sts > 0) == (ns == &holders[0]), "round {round}: only the holder has workloads ({ns}: {sts})");
+        }
+        for ns in &namespaces {
+            support::delete_namespace(c, ns).await;
+        }
+    }
     Ok(())
 }

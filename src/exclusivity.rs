@@ -1,0 +1,155 @@
+//! One active instance per phone number, across the whole cluster.
+//!
+//! Before anything is deployed, a WhatsAppNumber claims its number with a Lease
+//! in the operator's namespace, named from the number's digits, whose holder is
+//! `namespace/name/uid`. Creating a Lease is atomic, so of several
+//! WhatsAppNumbers racing for one number exactly one wins. The claim is
+//! released through a finalizer when the holder is deleted; the others are
+//! woken by the watch on claim Leases and take it over.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+
+use crate::api::WhatsAppNumber;
+use crate::controller::error::{Error, Result};
+use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, number_digits};
+
+/// Label on every claim Lease (the operator watches them by it).
+pub const CLAIM_LABEL: &str = "whatsapp.operators.dev/number-claim";
+/// The finalizer that releases the claim when a WhatsAppNumber is deleted.
+pub const FINALIZER: &str = "whatsapp.operators.dev/number-claim";
+/// Annotation with the full E.164 number on the claim Lease.
+pub const NUMBER_ANNOTATION: &str = "whatsapp.operators.dev/phone-number";
+
+pub fn lease_name(phone_number: &str) -> String {
+    format!("whatsapp-number-{}", number_digits(phone_number))
+}
+
+/// `namespace/name/uid`: the uid tells a re-created object from the old one.
+pub fn holder_identity(wan: &WhatsAppNumber) -> String {
+    format!("{}/{}/{}", wan.namespace().unwrap_or_default(), wan.name_any(), wan.uid().unwrap_or_default())
+}
+
+/// Who holds a number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This WhatsAppNumber holds it and may deploy.
+    Held,
+    /// Another WhatsAppNumber holds it (its holder identity).
+    HeldBy(String),
+}
+
+fn claim_lease(wan: &WhatsAppNumber, namespace: &str, resource_version: Option<String>) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(lease_name(&wan.spec.phone_number)),
+            namespace: Some(namespace.into()),
+            resource_version,
+            labels: Some(BTreeMap::from([
+                (CLAIM_LABEL.to_string(), "true".to_string()),
+                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(NUMBER_ANNOTATION.to_string(), wan.spec.phone_number.clone())])),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec { holder_identity: Some(holder_identity(wan)), ..Default::default() }),
+    }
+}
+
+fn holder_of(lease: &Lease) -> Option<String> {
+    lease.spec.as_ref()?.holder_identity.clone().filter(|h| !h.is_empty())
+}
+
+/// Whether the holder still exists. A holder in another namespace that this
+/// operator may not read counts as alive: never take a number on a guess.
+async fn holder_exists(client: &Client, holder: &str) -> Result<bool> {
+    let mut parts = holder.splitn(3, '/');
+    let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(false);
+    };
+    let api: Api<WhatsAppNumber> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found.is_some_and(|w| w.uid().as_deref() == Some(uid))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Claims the number for `wan`, or says who holds it.
+pub async fn claim(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<Claim> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
+    let name = lease_name(&wan.spec.phone_number);
+    let me = holder_identity(wan);
+    let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    // A lost race (409) means someone else wrote first: read again and decide on fresh data.
+    for _ in 0..3 {
+        let result = match api.get_opt(&name).await? {
+            None => api.create(&post, &claim_lease(wan, operator_namespace, None)).await,
+            Some(lease) => match holder_of(&lease) {
+                Some(holder) if holder == me => return Ok(Claim::Held),
+                Some(holder) if holder_exists(client, &holder).await? => return Ok(Claim::HeldBy(holder)),
+                // Abandoned (its holder is gone): take it over, guarded by the resource version.
+                _ => {
+                    tracing::info!(lease = %name, "taking over a number claim whose holder no longer exists");
+                    api.replace(&name, &post, &claim_lease(wan, operator_namespace, lease.resource_version())).await
+                }
+            },
+        };
+        match result {
+            Ok(_) => return Ok(Claim::Held),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::ClaimContended(name))
+}
+
+/// Releases the claim if `wan` holds it; the delete is guarded by the Lease's
+/// uid and resource version so a claim taken over in between is left alone.
+pub async fn release(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<()> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
+    let name = lease_name(&wan.spec.phone_number);
+    let Some(lease) = api.get_opt(&name).await? else { return Ok(()) };
+    if holder_of(&lease).as_deref() != Some(holder_identity(wan).as_str()) {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: lease.uid(), resource_version: lease.resource_version() }),
+        ..Default::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::sample;
+
+    #[test]
+    fn lease_is_named_from_the_digits_and_holds_the_identity() {
+        let wan = sample();
+        assert_eq!(lease_name("+15550001111"), "whatsapp-number-15550001111");
+        assert_eq!(holder_identity(&wan), "team/acme/1234-5678");
+        let lease = claim_lease(&wan, "ops", None);
+        assert_eq!(lease.metadata.namespace.as_deref(), Some("ops"));
+        assert_eq!(holder_of(&lease).as_deref(), Some("team/acme/1234-5678"));
+        assert_eq!(lease.metadata.labels.unwrap()[CLAIM_LABEL], "true");
+        assert_eq!(lease.metadata.annotations.unwrap()[NUMBER_ANNOTATION], "+15550001111");
+        assert!(lease.spec.unwrap().lease_duration_seconds.is_none(), "a claim does not expire on its own");
+    }
+
+    #[test]
+    fn empty_holder_counts_as_free() {
+        let lease = Lease {
+            spec: Some(LeaseSpec { holder_identity: Some(String::new()), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(holder_of(&lease), None);
+    }
+}

@@ -1,0 +1,292 @@
+//! Emulator processes standing in for the pods' containers: a gateway, the
+//! schema upgrade, masters, coreapps and a webapp, on real MariaDB, each node
+//! on its own loopback address with the standard ports.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::support::{repo, work_dir};
+
+/// The database server the emulators use (from `hack/databases.sh env`).
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub host: String,
+    pub port: String,
+    pub user: String,
+    pub password: String,
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// MariaDB from the environment `hack/test.sh` exports, or started here.
+pub fn database() -> Result<Database> {
+    // Parallel scenarios must not start the servers twice.
+    static DB: std::sync::Mutex<Option<Database>> = std::sync::Mutex::new(None);
+    let mut guard = DB.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(db) = guard.as_ref() {
+        return Ok(db.clone());
+    }
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    let reachable = |v: &HashMap<String, String>| match (v.get("WAO_MYSQL_HOST"), v.get("WAO_MYSQL_PORT")) {
+        (Some(h), Some(p)) => std::net::TcpStream::connect(format!("{h}:{p}")).is_ok(),
+        _ => false,
+    };
+    if !reachable(&vars) {
+        run(Command::new(repo().join("hack/databases.sh")).arg("up"))?;
+        let env = run(Command::new(repo().join("hack/databases.sh")).arg("env"))?;
+        for line in env.lines() {
+            if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
+                vars.insert(k.to_string(), v.trim_matches(['\'', '"']).to_string());
+            }
+        }
+    }
+    let get = |k: &str| vars.get(k).cloned().with_context(|| format!("{k} is not set by hack/databases.sh"));
+    let db = Database {
+        host: get("WAO_MYSQL_HOST")?,
+        port: get("WAO_MYSQL_PORT")?,
+        user: get("WAO_MYSQL_USER")?,
+        password: get("WAO_MYSQL_PASSWORD")?,
+    };
+    *guard = Some(db.clone());
+    Ok(db)
+}
+
+/// The emulator binary, built once per run.
+pub fn binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = BUILT.get() {
+        return Ok(p.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(repo()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "whatsapp-emulator",
+        "--bin",
+        "whatsapp-emulator",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    Ok(BUILT.get_or_init(|| target.join("debug/whatsapp-emulator")).clone())
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it (PEM files in `dir`).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn pki(dir: &Path) -> Result<Pki> {
+    std::fs::create_dir_all(dir)?;
+    let p = |f: &str| dir.join(f);
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=emulator test CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.crt")))?;
+    run(Command::new("openssl")
+        .arg("req")
+        .args(ec)
+        .args(["-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(p("tls.key"))
+        .arg("-out")
+        .arg(p("tls.csr")))?;
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(p("tls.csr"))
+        .arg("-CA")
+        .arg(p("ca.crt"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("ext.cnf"))
+        .arg("-out")
+        .arg(p("tls.crt")))?;
+    Ok(Pki { ca: p("ca.crt"), cert: p("tls.crt"), key: p("tls.key") })
+}
+
+struct Node {
+    name: String,
+    address: String,
+    /// The container-id half of the node id `<hostname>:<container_id>`.
+    container_id: String,
+    child: Option<Child>,
+}
+
+/// One emulated multiconnect deployment of one number.
+pub struct Deployment {
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    nodes: Vec<Node>,
+    gateway: Option<Child>,
+}
+
+static NEXT_ADDRESS: AtomicU32 = AtomicU32::new(1);
+
+/// A loopback address no other node of this run uses.
+fn next_address() -> String {
+    let n = NEXT_ADDRESS.fetch_add(1, Ordering::SeqCst);
+    format!("127.77.{}.{}", n / 250, n % 250 + 2)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Deployment {
+    /// Starts a gateway and creates the schema at `version`; nodes come after.
+    /// `timing` is (heartbeat, unhealthy) seconds.
+    pub fn start(name: &str, number: &str, version: &str, timing: (u32, u32)) -> Result<Self> {
+        let db = database()?;
+        let dir = work_dir().join(format!("emulated-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let gateway_port = free_port()?;
+        let gateway = format!("127.0.0.1:{gateway_port}");
+        let db_name = format!("wan_{}_{}", name.replace('-', "_"), std::process::id());
+        let env = vec![
+            ("WA_DB_ENGINE", "MYSQL".to_string()),
+            ("WA_DB_HOSTNAME", db.host),
+            ("WA_DB_PORT", db.port),
+            ("WA_DB_USERNAME", db.user),
+            ("WA_DB_PASSWORD", db.password),
+            ("WA_APP_MULTICONNECT", "1".into()),
+            ("WA_EMULATOR_DB_NAME", db_name),
+            ("WA_EMULATOR_VERSION", version.into()),
+            ("WA_EMULATOR_NOW", "2024-03-01T00:00:00Z".into()),
+            ("WA_EMULATOR_GATEWAY", gateway.clone()),
+            ("WA_EMULATOR_REGISTERED_NUMBER", number.into()),
+            ("WA_EMULATOR_HEARTBEAT_INTERVAL", timing.0.to_string()),
+            ("WA_EMULATOR_UNHEALTHY_INTERVAL", timing.1.to_string()),
+            ("RUST_LOG", "info,sqlx=warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut d = Self { env, dir, nodes: vec![], gateway: None };
+        d.gateway = Some(d.spawn("gateway", &[], &["gateway", "--listen", &gateway])?);
+        let status = d.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
+        ensure!(status.success(), "the schema creation failed: {}", d.log("upgrade"));
+        Ok(d)
+    }
+
+    fn command(&self, name: &str, extra: &[(&str, &str)], args: &[&str]) -> Result<Command> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(binary()?);
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(cmd)
+    }
+
+    fn spawn(&self, name: &str, extra: &[(&str, &str)], args: &[&str]) -> Result<Child> {
+        Ok(self.command(name, extra, args)?.spawn()?)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// A master (`master: true`) or coreapp node; returns its address.
+    pub fn node(&mut self, master: bool) -> Result<String> {
+        let address = next_address();
+        let name = format!("{}-{address}", if master { "master" } else { "coreapp" });
+        let container_id = format!("{:012x}", NEXT_ADDRESS.load(Ordering::SeqCst) as u64 * 7919);
+        let mut extra =
+            vec![("COREAPP_HOSTNAME", address.as_str()), ("WA_EMULATOR_CONTAINER_ID", container_id.as_str())];
+        if master {
+            extra.push(("WA_MASTER_NODE", "1"));
+        }
+        let child = self.spawn(&name, &extra, &[])?;
+        self.nodes.push(Node { name, address: address.clone(), container_id, child: Some(child) });
+        Ok(address)
+    }
+
+    /// The webapp on a free loopback port with the given API key and certificate.
+    pub fn webapp(&mut self, api_key: &str, pki: &Pki, port: u16) -> Result<String> {
+        let listen = format!("127.0.0.1:{port}");
+        let child = self.spawn(
+            "webapp",
+            &[
+                ("WA_EMULATOR_IMAGE", "web"),
+                ("WA_EMULATOR_WEB_LISTEN", &listen),
+                ("WA_API_KEY", api_key),
+                ("WA_EMULATOR_TLS_CERT_FILE", pki.cert.to_str().unwrap_or_default()),
+                ("WA_EMULATOR_TLS_KEY_FILE", pki.key.to_str().unwrap_or_default()),
+            ],
+            &[],
+        )?;
+        self.nodes.push(Node {
+            name: "webapp".into(),
+            address: listen.clone(),
+            container_id: String::new(),
+            child: Some(child),
+        });
+        Ok(format!("https://{listen}"))
+    }
+
+    /// Kills (SIGKILL) the node with this `<hostname>:<container_id>`.
+    pub fn kill_node(&mut self, node_id: &str) -> Result<()> {
+        let container = node_id.rsplit_once(':').map_or(node_id, |(_, c)| c);
+        let Some(node) = self.nodes.iter_mut().find(|n| !n.container_id.is_empty() && n.container_id == container)
+        else {
+            bail!("no emulated node {node_id}");
+        };
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// The tails of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = self.log(&n.name);
+                let lines: Vec<&str> = text.lines().collect();
+                format!("--- {} ---\n{}", n.name, lines[lines.len().saturating_sub(8)..].join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(mut g) = self.gateway.take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
+    }
+}
