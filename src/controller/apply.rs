@@ -115,8 +115,8 @@ impl<'a> Applier<'a> {
         {
             return Ok(live);
         }
-        self.metrics.record_write(&K::kind(&()), "apply");
         let live = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
+        self.metrics.record_write(&K::kind(&()), "apply");
         self.memory.remember(&live);
         Ok(live)
     }
@@ -128,23 +128,23 @@ impl<'a> Applier<'a> {
         let Some(secret) = config::keys_secret(wan, existing) else { return Ok(None) };
         let api: Api<Secret> = self.api();
         if existing.is_none() {
+            let created = api
+                .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
+                .await?;
             self.metrics.record_write("Secret", "create");
-            return Ok(Some(
-                api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
-                    .await?,
-            ));
+            return Ok(Some(created));
         } else {
             // The resource version in `secret` makes this fail rather than
             // overwrite a concurrent change; the next reconcile reads again.
-            self.metrics.record_write("Secret", "update");
-            return Ok(Some(
-                api.replace(
+            let updated = api
+                .replace(
                     &secret.name_any(),
                     &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
                     &secret,
                 )
-                .await?,
-            ));
+                .await?;
+            self.metrics.record_write("Secret", "update");
+            return Ok(Some(updated));
         }
     }
 
@@ -163,8 +163,8 @@ impl<'a> Applier<'a> {
             let name = obj.name_any();
             if controlled && !keep.contains(&name) && obj.meta().deletion_timestamp.is_none() {
                 tracing::info!(kind = %K::kind(&()), %name, "removing a child the spec no longer asks for");
-                self.metrics.record_write(&K::kind(&()), "delete");
                 api.delete(&name, &DeleteParams::background()).await?;
+                self.metrics.record_write(&K::kind(&()), "delete");
             }
         }
         Ok(())

@@ -212,8 +212,8 @@ async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber) -> Result<()> {
     for sts in api.list(&ListParams::default().labels(&instance_selector(wan))).await? {
         if sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid) {
             warn!(statefulset = %sts.name_any(), "stopping workloads: another WhatsAppNumber holds the number");
-            ctx.metrics.record_write("StatefulSet", "delete");
             api.delete(&sts.name_any(), &DeleteParams::background()).await?;
+            ctx.metrics.record_write("StatefulSet", "delete");
         }
     }
     Ok(())
@@ -233,8 +233,8 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
         "kind": WhatsAppNumber::kind(&()),
         "status": status,
     });
-    ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     Ok(())
 }
 
@@ -266,9 +266,9 @@ async fn publish_transitions(
             action: "Reconcile".into(),
             secondary: None,
         };
-        ctx.metrics.record_write("Event", "create");
-        if let Err(e) = ctx.recorder.publish(&event, &wan.object_ref(&())).await {
-            warn!(error = %e, "could not publish an event");
+        match ctx.recorder.publish(&event, &wan.object_ref(&())).await {
+            Ok(()) => ctx.metrics.record_write("Event", "create"),
+            Err(e) => warn!(error = %e, "could not publish an event"),
         }
     }
 }

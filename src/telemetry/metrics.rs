@@ -35,7 +35,7 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
-    /// Requests that change state in the API server, by kind and verb. A
+    /// Successful write requests to the API server, by kind and verb. A
     /// reconcile that finds everything as it should be adds nothing here.
     pub writes: Family<WriteLabels, Counter>,
     pub leader: Gauge<i64, AtomicI64>,

@@ -128,7 +128,6 @@ pub fn pki(dir: &Path) -> Result<Pki> {
 
 struct Node {
     name: String,
-    address: String,
     /// The container-id half of the node id `<hostname>:<container_id>`.
     container_id: String,
     child: Option<Child>,
@@ -221,7 +220,7 @@ impl Deployment {
             extra.push(("WA_MASTER_NODE", "1"));
         }
         let child = self.spawn(&name, &extra, &[])?;
-        self.nodes.push(Node { name, address: address.clone(), container_id, child: Some(child) });
+        self.nodes.push(Node { name, container_id, child: Some(child) });
         Ok(address)
     }
 
@@ -239,12 +238,7 @@ impl Deployment {
             ],
             &[],
         )?;
-        self.nodes.push(Node {
-            name: "webapp".into(),
-            address: listen.clone(),
-            container_id: String::new(),
-            child: Some(child),
-        });
+        self.nodes.push(Node { name: "webapp".into(), container_id: String::new(), child: Some(child) });
         Ok(format!("https://{listen}"))
     }
 
