@@ -15,4 +15,5 @@ pub mod leader;
 pub mod resources;
 pub mod sharding;
 pub mod telemetry;
+pub mod upgrade;
 pub mod webapp;

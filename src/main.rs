@@ -55,6 +55,11 @@ struct Args {
     /// the operator outside the cluster).
     #[arg(long = "webapp-url", env = "WEBAPP_URLS", value_delimiter = ',', value_parser = parse_webapp_url)]
     webapp_urls: Vec<(String, String)>,
+
+    /// ConfigMap in the operator's namespace whose `catalog.yaml` extends the
+    /// built-in release catalog (version, releasedAt, expiresAt).
+    #[arg(long, env = "RELEASE_CATALOG_CONFIGMAP", default_value = "whatsapp-operator-release-catalog")]
+    release_catalog_configmap: String,
 }
 
 fn parse_webapp_url(s: &str) -> Result<(String, String), String> {
@@ -99,6 +104,7 @@ async fn main() -> fatal::Result {
     let settings = controller::Settings {
         operator_namespace: args.operator_namespace.clone(),
         webapp_urls: args.webapp_urls.iter().cloned().collect(),
+        release_catalog: args.release_catalog_configmap.clone(),
     };
     info!(namespace = namespace.as_deref().unwrap_or("<all>"), %identity, "starting");
 

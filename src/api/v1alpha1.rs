@@ -89,6 +89,107 @@ pub struct WhatsAppNumberSpec {
     /// shard change (`POST /v1/account/shards`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<RegistrationSpec>,
+
+    /// Build expiry warnings and how upgrades happen.
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
+}
+
+/// Upgrades: every build expires 6 months after its release.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// `Manual`: warn before expiry; changing `spec.version` upgrades. `Auto`:
+    /// inside the warning window, upgrade to the newest catalog release that is
+    /// not itself expiring. The spec is never rewritten: the chosen version shows
+    /// in `status.targetVersion`.
+    #[serde(default)]
+    pub policy: UpgradePolicy,
+
+    /// How long before expiry the warning window opens: `30d`, `72h`, `90m`.
+    #[serde(default = "default_before")]
+    #[schemars(regex(pattern = r"^[0-9]{1,4}[dhm]$"))]
+    pub before: String,
+
+    /// Start no upgrade while true (one in progress runs to its end: masters and
+    /// coreapps are stopped during it).
+    #[serde(default)]
+    pub paused: bool,
+
+    /// When upgrades may start. Without it, any time. An expired build is
+    /// upgraded at once: it no longer works anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+
+    /// Deadline of the schema upgrade Job, in seconds. Large databases upgrade slowly.
+    #[serde(default = "default_schema_deadline")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub schema_upgrade_deadline_seconds: i32,
+
+    /// Retries of the schema upgrade Job's pod before the upgrade stalls.
+    #[serde(default = "default_schema_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub schema_upgrade_retries: i32,
+
+    /// Deadline of every other upgrade step (stopping nodes, starting them,
+    /// rolling webapps, the gateway reconnecting), in seconds.
+    #[serde(default = "default_step_deadline")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub step_deadline_seconds: i32,
+}
+
+impl Default for UpgradeSpec {
+    fn default() -> Self {
+        Self {
+            policy: UpgradePolicy::default(),
+            before: default_before(),
+            paused: false,
+            maintenance_window: None,
+            schema_upgrade_deadline_seconds: default_schema_deadline(),
+            schema_upgrade_retries: default_schema_retries(),
+            step_deadline_seconds: default_step_deadline(),
+        }
+    }
+}
+
+fn default_before() -> String {
+    "30d".into()
+}
+fn default_schema_deadline() -> i32 {
+    3600
+}
+fn default_schema_retries() -> i32 {
+    3
+}
+fn default_step_deadline() -> i32 {
+    900
+}
+
+/// Upgrade policy.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpgradePolicy {
+    #[default]
+    Manual,
+    Auto,
+}
+
+/// A weekly window in UTC.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// Days the window opens on: `Mon` ... `Sun`. Empty means every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {"type": "string", "enum": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]}))]
+    pub days: Vec<String>,
+
+    /// Opening time, `HH:MM` in UTC.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start_time: String,
+
+    /// How long the window stays open, in minutes. An upgrade started inside it
+    /// runs to its end.
+    #[schemars(range(min = 1, max = 1440))]
+    pub duration_minutes: i32,
 }
 
 /// Gateway health polling.
@@ -606,6 +707,19 @@ pub struct WhatsAppNumberStatus {
     /// Progress of a shard change made through the account API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharding: Option<ShardingStatus>,
+
+    /// The running build and its expiry, from the release catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildStatus>,
+
+    /// The version the operator is moving to: `spec.version`, or what the
+    /// `Auto` policy chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+
+    /// The upgrade in progress, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
 }
 
 /// Readiness of one tier, computed from its workload's own status.
@@ -701,4 +815,35 @@ pub struct ShardingStatus {
     pub phase: String,
     /// What the operator is doing or waiting for.
     pub message: String,
+}
+
+/// A build and its expiry.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatus {
+    pub version: String,
+    /// Release date (`YYYY-MM-DD`), absent when the catalog does not know the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<String>,
+    /// Expiry date (`YYYY-MM-DD`, UTC), absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// One upgrade, step by step.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    pub from: String,
+    pub to: String,
+    /// `StoppingNodes`, `UpgradingSchema`, `StartingMasters`, `StartingCoreapps`,
+    /// `RollingWebapps`, `Verifying`, `Complete`.
+    pub step: String,
+    pub started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    pub step_started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What the step waits for, or what stops it.
+    pub message: String,
+    /// Why the step is stuck (deadline passed, Job failed), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_reason: Option<String>,
 }

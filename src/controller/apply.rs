@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
 use crate::api::WhatsAppNumber;
-use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, instance_selector};
+use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_VERSION, instance_selector};
 use crate::resources::{Children, config};
 use crate::telemetry::metrics::Metrics;
 
@@ -92,10 +92,18 @@ impl<'a> Applier<'a> {
         for budget in &children.disruption_budgets {
             self.apply(budget).await?;
         }
+        let version = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            template.and_then(|t| t.metadata.as_ref()?.labels.as_ref()?.get(LABEL_VERSION).cloned())
+        };
         Ok(Tiers {
             masters: stateful_set_tier(&masters),
             coreapps: stateful_set_tier(&coreapps),
             webapps: deployment_tier(&webapps),
+            versions: [
+                version(masters.spec.as_ref().map(|s| &s.template)),
+                version(coreapps.spec.as_ref().map(|s| &s.template)),
+                version(webapps.spec.as_ref().map(|s| &s.template)),
+            ],
         })
     }
 
@@ -145,6 +153,23 @@ impl<'a> Applier<'a> {
                 .await?;
             self.metrics.record_write("Secret", "update");
             return Ok(Some(updated));
+        }
+    }
+
+    /// Creates a Job unless one of that name exists: a Job's template cannot
+    /// change, and a finished Job is the record of what ran.
+    pub async fn ensure_job(&self, job: &k8s_openapi::api::batch::v1::Job) -> Result<()> {
+        let api: Api<k8s_openapi::api::batch::v1::Job> = self.api();
+        if api.get_opt(&job.name_any()).await?.is_some() {
+            return Ok(());
+        }
+        match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, job).await {
+            Ok(_) => {
+                self.metrics.record_write("Job", "create");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

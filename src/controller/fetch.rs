@@ -1,12 +1,14 @@
 //! Fetch: read what the reconcile depends on besides the WhatsAppNumber itself.
 //! Only reads happen here; validate and build then work on plain values.
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::{Api, Client, ResourceExt};
 
+use super::Settings;
 use super::error::{Error, Result};
 use crate::api::WhatsAppNumber;
 use crate::resources::names::Names;
+use crate::upgrade::catalog::{CONFIGMAP_KEY, Catalog};
 
 /// Everything read from the cluster for one reconcile.
 #[derive(Clone, Debug, Default)]
@@ -25,9 +27,11 @@ pub struct Observed {
     pub health_ca: Option<Secret>,
     /// The registration Secret named by `spec.registration`, if set and present.
     pub registration: Option<Secret>,
+    /// The built-in release catalog with the operator's ConfigMap applied.
+    pub catalog: Catalog,
 }
 
-pub async fn observe(client: &Client, wan: &WhatsAppNumber) -> Result<Observed> {
+pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber) -> Result<Observed> {
     let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
@@ -53,5 +57,14 @@ pub async fn observe(client: &Client, wan: &WhatsAppNumber) -> Result<Observed> 
         None => None,
     };
 
-    Ok(Observed { credentials, database_ca, webapp_tls, keys, media_claim, health_ca, registration })
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.operator_namespace);
+    let catalog_yaml = match configmaps.get_opt(&settings.release_catalog).await {
+        Ok(cm) => cm.and_then(|c| c.data?.get(CONFIGMAP_KEY).cloned()),
+        // Without access to the ConfigMap the built-in catalog still stands.
+        Err(kube::Error::Api(s)) if s.code == 403 => None,
+        Err(e) => return Err(e.into()),
+    };
+    let catalog = Catalog::with_overrides(catalog_yaml.as_deref());
+
+    Ok(Observed { credentials, database_ca, webapp_tls, keys, media_claim, health_ca, registration, catalog })
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -23,16 +24,18 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
 use crate::exclusivity::{self, Claim};
+use crate::resources::names::LABEL_COMPONENT;
 use crate::resources::names::{FIELD_MANAGER, Names, instance_selector};
 use crate::sharding;
 use crate::telemetry::metrics::Metrics;
+use crate::upgrade::{self, procedure};
 use crate::webapp::{CallError, Trust};
 use apply::{AppliedMemory, Applier};
 use error::{Error, Result};
@@ -46,6 +49,8 @@ pub struct Settings {
     /// `namespace/name` -> webapp base URL, overriding the in-cluster Service
     /// (for running the operator outside the cluster, and for tests).
     pub webapp_urls: BTreeMap<String, String>,
+    /// Name of the release catalog ConfigMap in the operator's namespace.
+    pub release_catalog: String,
 }
 
 /// Shared state of all reconciles.
@@ -91,6 +96,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// and claims usually trigger sooner).
 const BLOCKED_RETRY: Duration = Duration::from_secs(60);
 
+/// Short retry while an upgrade is under way: each step is checked promptly.
+const UPGRADE_STEP_RETRY: Duration = Duration::from_secs(3);
 /// Short retry while a shard change is under way.
 const SHARD_CHANGE_RETRY: Duration = Duration::from_secs(5);
 
@@ -127,7 +134,7 @@ async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
 }
 
 async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
-    let observed = fetch::observe(&ctx.client, wan).await?;
+    let observed = fetch::observe(&ctx.client, &ctx.settings, wan).await?;
     let outcome = match exclusivity::claim(&ctx.client, &ctx.settings.operator_namespace, wan).await? {
         Claim::HeldBy(holder) => {
             stop_workloads(ctx, wan).await?;
@@ -155,6 +162,9 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             info!(%holder, "the phone number is held by another WhatsAppNumber");
             Action::requeue(BLOCKED_RETRY)
         }
+        Outcome::Applied(applied) if applied.versions.upgrade.as_ref().is_some_and(|u| !procedure::is_done(u)) => {
+            Action::requeue(UPGRADE_STEP_RETRY)
+        }
         Outcome::Applied(applied) => {
             let changing = applied
                 .sharding
@@ -171,7 +181,8 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     })
 }
 
-/// Build, apply and prune the children, then look at the gateway.
+/// Build, apply and prune the children, then look at the gateway and move an
+/// upgrade one step.
 async fn deploy(
     wan: &WhatsAppNumber,
     ctx: &Context,
@@ -179,10 +190,20 @@ async fn deploy(
     mut inputs: crate::resources::BuildInputs,
 ) -> Result<Applied> {
     let mc = &wan.spec.multiconnect;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, wan.status.as_ref(), &observed.catalog, now);
+    let shape = plan.shape();
+    if plan.began {
+        let u = plan.upgrade.as_ref().expect("began implies an upgrade");
+        info!(from = %u.from, to = %u.to, "starting an upgrade");
+        publish(ctx, wan, EventType::Normal, "UpgradeStarted", format!("upgrading from {} to {}", u.from, u.to)).await;
+    }
+
     // The client's shard count as last probed decides how many coreapps a shard
     // change in progress needs.
     let known_shards = wan.spec.health.enabled.then(|| wan.status.as_ref()?.health.as_ref()?.shards).flatten();
     inputs.coreapp_replicas = Some(sharding::plan(mc.shards, mc.standby_coreapps, known_shards, 0).coreapp_replicas);
+    inputs.shape = Some(shape.clone());
 
     let children = crate::resources::build(wan, &inputs);
     let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
@@ -190,18 +211,144 @@ async fn deploy(
     let created_keys = applier.ensure_keys(wan, observed.keys.as_ref()).await?;
     let tiers = applier.apply_children(children).await?;
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
-
-    if !wan.spec.health.enabled {
-        return Ok(Applied { tiers, health: None, sharding: None });
+    if shape.schema_job {
+        applier
+            .ensure_job(&crate::resources::schema_job::schema_job(
+                wan,
+                &plan.upgrade.as_ref().expect("job implies an upgrade").to,
+            ))
+            .await?;
     }
+
     let keys = created_keys.as_ref().or(observed.keys.as_ref());
-    let health = gateway::probe(ctx, wan, observed, keys).await;
-    let sharding = if health.block.shards.is_some() {
-        Some(gateway::reconcile_shards(ctx, wan, observed, &health, keys, tiers.coreapps.ready).await)
-    } else {
-        Some(sharding::status(mc.shards, None, &sharding::Step::Unknown, None))
+    let health = if wan.spec.health.enabled { Some(gateway::probe(ctx, wan, observed, keys).await) } else { None };
+    // Shards change only between upgrades: during one, nodes come and go on purpose.
+    let sharding = match &health {
+        Some(h) if h.block.shards.is_some() && plan.upgrade.is_none() => {
+            Some(gateway::reconcile_shards(ctx, wan, observed, h, keys, tiers.coreapps.ready).await)
+        }
+        Some(_) => Some(sharding::status(mc.shards, None, &sharding::Step::Unknown, None)),
+        None => None,
     };
-    Ok(Applied { tiers, health: Some(health), sharding })
+
+    let mut current = wan.status.as_ref().and_then(|s| s.current_version.clone());
+    let upgrade_status = match &plan.upgrade {
+        Some(u) => {
+            let facts = upgrade_facts(ctx, wan, u, &tiers, health.as_ref(), now).await?;
+            let deadlines = procedure::Deadlines {
+                step: k8s_openapi::jiff::SignedDuration::from_secs(i64::from(wan.spec.upgrade.step_deadline_seconds)),
+                schema: k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                    wan.spec.upgrade.schema_upgrade_deadline_seconds,
+                )),
+            };
+            let next = procedure::advance(u, &facts, deadlines);
+            if next.step != u.step {
+                info!(from = %u.step, to = %next.step, "upgrade step done");
+            }
+            if procedure::is_done(&next) {
+                current = Some(next.to.clone());
+                let took = now.duration_since(next.started_at.0).as_secs();
+                publish(
+                    ctx,
+                    wan,
+                    EventType::Normal,
+                    "UpgradeCompleted",
+                    format!("upgraded from {} to {} in {took}s", next.from, next.to),
+                )
+                .await;
+            }
+            Some(next)
+        }
+        None => wan.status.as_ref().and_then(|s| s.upgrade.clone()),
+    };
+    // The first deployment records its version at once: from then on every
+    // version change goes through the upgrade procedure.
+    let current = current.or_else(|| Some(plan.steady_version.clone()));
+
+    let labels = ctx.metrics.number(wan);
+    let expiry = plan.build_status().expires_at.and_then(|d| d.parse::<k8s_openapi::jiff::civil::Date>().ok());
+    match expiry.and_then(|d| d.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).ok()) {
+        Some(z) => {
+            ctx.metrics.build_expiry.get_or_create(&labels).set(z.timestamp().as_second() as f64);
+        }
+        None => {
+            ctx.metrics.build_expiry.remove(&labels);
+        }
+    }
+    if !observed.catalog.problems.is_empty() {
+        warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
+    }
+
+    let versions = status::Versions {
+        current,
+        target: Some(plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.target.version.clone())),
+        build: Some(plan.build_status()),
+        build_state: Some(plan.build.clone()),
+        before: wan.spec.upgrade.before.clone(),
+        upgrade: upgrade_status,
+        blocker: plan.blocker.clone(),
+        catalog_problems: observed.catalog.problems.clone(),
+    };
+    Ok(Applied { tiers, health, sharding, versions })
+}
+
+/// What the upgrade procedure needs to decide its next step.
+async fn upgrade_facts(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    u: &crate::api::UpgradeStatus,
+    tiers: &status::Tiers,
+    health: Option<&crate::health::Observation>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<procedure::Observed> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{},{LABEL_COMPONENT} in (master,coreapp)", instance_selector(wan));
+    let node_pods = pods.list_metadata(&ListParams::default().labels(&selector)).await?.items.len();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let job = match jobs.get_opt(&crate::resources::schema_job::name(wan, &u.to)).await? {
+        None => procedure::JobState::Absent,
+        Some(job) => job_state(&job),
+    };
+    let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());
+    let gateway = match health {
+        None => procedure::Gateway::NotPolled,
+        Some(h) if h.verdict.healthy => procedure::Gateway::Healthy,
+        Some(h) => procedure::Gateway::Unhealthy(h.verdict.message.clone()),
+    };
+    Ok(procedure::Observed {
+        now,
+        node_pods,
+        job,
+        masters_ready: at_target(0) && tiers.masters.is_ready() && tiers.masters.desired > 0,
+        coreapps_ready: at_target(1) && tiers.coreapps.is_ready() && tiers.coreapps.desired > 0,
+        webapps_ready: at_target(2) && tiers.webapps.is_ready(),
+        gateway,
+    })
+}
+
+fn job_state(job: &Job) -> procedure::JobState {
+    let status = job.status.clone().unwrap_or_default();
+    let conditions = status.conditions.unwrap_or_default();
+    if status.succeeded.unwrap_or(0) > 0 || conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True") {
+        return procedure::JobState::Succeeded;
+    }
+    match conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True") {
+        Some(c) => procedure::JobState::Failed(
+            format!("{} {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
+                .trim()
+                .to_string(),
+        ),
+        None => procedure::JobState::Running,
+    }
+}
+
+async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Upgrade".into(), secondary: None };
+    match ctx.recorder.publish(&event, &wan.object_ref(&())).await {
+        Ok(()) => ctx.metrics.record_write("Event", "create"),
+        Err(e) => warn!(error = %e, "could not publish an event"),
+    }
 }
 
 /// Another WhatsAppNumber holds the number: make sure none of this object's
@@ -245,12 +392,19 @@ async fn publish_transitions(
     before: Option<&WhatsAppNumberStatus>,
     after: &WhatsAppNumberStatus,
 ) {
-    for type_ in [status::READY, status::DEGRADED, status::CONFLICT] {
+    for type_ in [
+        status::READY,
+        status::DEGRADED,
+        status::CONFLICT,
+        status::BUILD_EXPIRING,
+        status::BUILD_EXPIRED,
+        status::STALLED,
+    ] {
         let (Some(new), old) = (status::find(Some(after), type_), status::find(before, type_)) else { continue };
         if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
             continue;
         }
-        let warning = ((type_ == status::DEGRADED || type_ == status::CONFLICT) && new.status == "True")
+        let warning = (type_ != status::READY && new.status == "True")
             || (type_ == status::READY
                 && new.status == "False"
                 && new.reason != "RollingOut"
@@ -361,8 +515,16 @@ pub async fn run(
     let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings));
     let owned = || watcher::Config::default().labels(crate::resources::names::LABEL_MANAGED_BY_SELECTOR);
 
+    // A change of the release catalog can change every number's expiry and target.
+    let catalog_changes = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.operator_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", ctx.settings.release_catalog)),
+    )
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
     let controller = Controller::new(wans, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(4));
+        .with_config(ControllerConfig::default().concurrency(4))
+        .reconcile_all_on(catalog_changes);
     let store = controller.store();
     let claim_store = store.clone();
     let number_store = store.clone();
@@ -372,6 +534,7 @@ pub async fn run(
         .owns(scoped::<Service>(&client, &namespace), owned())
         .owns(scoped::<ConfigMap>(&client, &namespace), owned())
         .owns(scoped::<PodDisruptionBudget>(&client, &namespace), owned())
+        .owns(scoped::<Job>(&client, &namespace), owned())
         .watches(scoped::<Secret>(&client, &namespace), watcher::Config::default(), move |secret| {
             referencing(&store, secret.namespace(), &secret.name_any(), Reference::Secret)
         })

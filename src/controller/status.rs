@@ -7,15 +7,20 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::validate::Problem;
-use crate::api::{ShardingStatus, TierStatus, WhatsAppNumber, WhatsAppNumberStatus};
+use crate::api::{BuildStatus, ShardingStatus, TierStatus, UpgradeStatus, WhatsAppNumber, WhatsAppNumberStatus};
 use crate::health::Observation;
 use crate::sharding;
+use crate::upgrade::policy::BuildState;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const GATEWAY_CONNECTED: &str = "GatewayConnected";
 pub const CONFLICT: &str = "Conflict";
+pub const BUILD_EXPIRING: &str = "BuildExpiring";
+pub const BUILD_EXPIRED: &str = "BuildExpired";
+pub const STALLED: &str = "Stalled";
+pub const RELEASE_CATALOG: &str = "ReleaseCatalogValid";
 
 /// Reason of `Conflict` and `Ready` while another WhatsAppNumber holds the number.
 pub const PHONE_NUMBER_IN_USE: &str = "PhoneNumberInUse";
@@ -40,6 +45,23 @@ pub struct Applied {
     pub health: Option<Observation>,
     /// `None` when health polling is off (the client's shard count is unknown).
     pub sharding: Option<ShardingStatus>,
+    pub versions: Versions,
+}
+
+/// Versions, expiry and the upgrade, as the reconcile left them.
+#[derive(Clone, Debug, Default)]
+pub struct Versions {
+    pub current: Option<String>,
+    pub target: Option<String>,
+    pub build: Option<BuildStatus>,
+    pub build_state: Option<BuildState>,
+    pub before: String,
+    /// The upgrade after this reconcile's step (kept once complete).
+    pub upgrade: Option<UpgradeStatus>,
+    /// Why the target is not being moved to: (reason, message).
+    pub blocker: Option<(&'static str, String)>,
+    /// Release catalog entries that were skipped.
+    pub catalog_problems: Vec<String>,
 }
 
 /// The three workload tiers as their controllers report them.
@@ -48,6 +70,8 @@ pub struct Tiers {
     pub masters: TierStatus,
     pub coreapps: TierStatus,
     pub webapps: TierStatus,
+    /// Client versions of the pod templates: masters, coreapps, webapps.
+    pub versions: [Option<String>; 3],
 }
 
 impl Tiers {
@@ -141,11 +165,107 @@ fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
                 cond(CONFLICT, true, PHONE_NUMBER_IN_USE, message),
             ]
         }
-        Outcome::Applied(applied) => applied_conditions(applied, holds()),
+        Outcome::Applied(applied) => {
+            let mut conditions = applied_conditions(applied, holds());
+            conditions.extend(version_conditions(&applied.versions));
+            conditions
+        }
     }
 }
 
+/// BuildExpiring, BuildExpired, Stalled and ReleaseCatalogValid.
+fn version_conditions(v: &Versions) -> Vec<Cond> {
+    let version = v.build.as_ref().map(|b| b.version.clone()).unwrap_or_default();
+    let unknown = |type_| {
+        (
+            type_,
+            "Unknown",
+            "UnknownRelease".to_string(),
+            format!(
+                "{version} is not in the release catalog, so its expiry is unknown; add it to the catalog ConfigMap"
+            ),
+        )
+    };
+    let (expiring, expired) = match &v.build_state {
+        Some(BuildState::Valid(r)) => (
+            cond(BUILD_EXPIRING, false, "BuildValid", format!("{version} expires on {}", r.expires_at)),
+            cond(BUILD_EXPIRED, false, "BuildValid", format!("{version} expires on {}", r.expires_at)),
+        ),
+        Some(BuildState::Expiring(r)) => (
+            cond(
+                BUILD_EXPIRING,
+                true,
+                BUILD_EXPIRING,
+                format!("{version} expires on {} (within {}): upgrade before then", r.expires_at, v.before),
+            ),
+            cond(BUILD_EXPIRED, false, BUILD_EXPIRING, format!("{version} expires on {}", r.expires_at)),
+        ),
+        Some(BuildState::Expired(r)) => (
+            cond(BUILD_EXPIRING, true, BUILD_EXPIRED, format!("{version} expired on {}", r.expires_at)),
+            cond(
+                BUILD_EXPIRED,
+                true,
+                BUILD_EXPIRED,
+                format!("{version} expired on {}: the client no longer connects; upgrade now", r.expires_at),
+            ),
+        ),
+        Some(BuildState::Unknown) | None => (unknown(BUILD_EXPIRING), unknown(BUILD_EXPIRED)),
+    };
+    let stalled = match (&v.upgrade, &v.blocker) {
+        (Some(u), _) if u.stalled_reason.is_some() => {
+            cond(STALLED, true, "UpgradeStalled", u.stalled_reason.clone().unwrap_or_default())
+        }
+        (_, Some((reason, message))) if *reason == crate::upgrade::DOWNGRADE_REFUSED => {
+            cond(STALLED, true, *reason, message.clone())
+        }
+        _ => cond(STALLED, false, "NotStalled", "nothing needs a person"),
+    };
+    let catalog = if v.catalog_problems.is_empty() {
+        cond(RELEASE_CATALOG, true, "Valid", "every release catalog entry is valid")
+    } else {
+        cond(RELEASE_CATALOG, false, "InvalidCatalogEntry", format!("skipped: {}", v.catalog_problems.join("; ")))
+    };
+    vec![expiring, expired, stalled, catalog]
+}
+
+fn upgrading(v: &Versions) -> Option<&UpgradeStatus> {
+    v.upgrade.as_ref().filter(|u| !crate::upgrade::procedure::is_done(u))
+}
+
 fn applied_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
+    if let Some(u) = upgrading(&applied.versions) {
+        let progress = format!("upgrading {} -> {}: {}: {}", u.from, u.to, u.step, u.message);
+        let mut conditions = match &u.stalled_reason {
+            Some(why) => vec![
+                cond(READY, false, "UpgradeStalled", why.clone()),
+                cond(PROGRESSING, false, "UpgradeStalled", why.clone()),
+                cond(DEGRADED, true, "UpgradeStalled", why.clone()),
+            ],
+            None => vec![
+                cond(READY, false, "Upgrading", progress.clone()),
+                cond(PROGRESSING, true, "Upgrading", progress),
+                // Nodes are down on purpose during an upgrade.
+                cond(DEGRADED, false, "AsExpected", "no problem found"),
+            ],
+        };
+        if let Some(v) = applied.health.as_ref().map(|h| &h.verdict) {
+            conditions.push(cond(GATEWAY_CONNECTED, v.healthy, v.reason, v.message.clone()));
+        }
+        conditions.push(holds);
+        return conditions;
+    }
+    let mut conditions = steady_conditions(applied, holds);
+    // A version the operator may not move to yet keeps the object from Ready.
+    if let Some((reason, message)) = &applied.versions.blocker
+        && *reason != crate::upgrade::NO_NEWER_RELEASE
+        && conditions[0].1 == "True"
+    {
+        conditions[0] = cond(READY, false, *reason, message.clone());
+    }
+    conditions
+}
+
+fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
     let tiers = &applied.tiers;
     let rolling = tiers.rolling_out();
     let summary = tiers.summary();
@@ -225,9 +345,11 @@ pub fn compute(
             Some(format!("https://{}:{}", crate::resources::webapp::service_host(wan), crate::resources::WEBAPP_PORT));
         status.health = applied.health.as_ref().map(|h| h.block.clone());
         status.sharding = applied.sharding.clone();
-        if tiers.all_ready() {
-            status.current_version = Some(wan.spec.version.clone());
-        }
+        let v = &applied.versions;
+        status.current_version = v.current.clone();
+        status.target_version = v.target.clone();
+        status.build = v.build.clone();
+        status.upgrade = v.upgrade.clone();
     }
     status
 }
@@ -276,11 +398,11 @@ mod tests {
     }
 
     fn applied(tiers: Tiers) -> Outcome {
-        Outcome::Applied(Applied { tiers, health: None, sharding: None })
+        Outcome::Applied(Applied { tiers, health: None, sharding: None, versions: Default::default() })
     }
 
     fn ready_tiers() -> Tiers {
-        Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) }
+        Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2), ..Default::default() }
     }
 
     fn all_ready() -> Outcome {
@@ -301,13 +423,14 @@ mod tests {
         assert_eq!(cond(&s, DEGRADED).status, "False");
         assert!(s.conditions.iter().all(|c| c.observed_generation == Some(3)));
         assert_eq!(s.ready_pods.as_deref(), Some("6/6"));
-        assert_eq!(s.current_version.as_deref(), Some("2.53.2"));
+        assert_eq!(s.current_version, None, "the reconcile, not readiness, records versions");
     }
 
     #[test]
     fn rolling_tier_is_progressing_not_ready() {
         let wan = sample();
-        let mut tiers = Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2) };
+        let mut tiers =
+            Tiers { masters: ready_tier(2), coreapps: ready_tier(2), webapps: ready_tier(2), ..Default::default() };
         tiers.webapps = TierStatus { desired: 3, ready: 2, updated: 2, observed: true };
         let s = compute(&wan, &applied(tiers.clone()), None, &t(100));
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "RollingOut"));
@@ -329,6 +452,7 @@ mod tests {
             masters: ready_tier(2),
             coreapps: TierStatus { desired: 2, ready: 1, updated: 2, observed: true },
             webapps: ready_tier(2),
+            ..Default::default()
         };
         let s = compute(&wan, &applied(tiers), None, &t(1));
         assert_eq!(cond(&s, READY).reason, "PodsNotReady");
@@ -360,6 +484,7 @@ mod tests {
             masters: ready_tier(2),
             coreapps: TierStatus { observed: false, ..ready_tier(2) },
             webapps: ready_tier(2),
+            ..Default::default()
         });
         let next = compute(&wan, &rolling, Some(&first), &t(300));
         assert_eq!(cond(&next, READY).last_transition_time, t(300));
@@ -403,8 +528,12 @@ mod tests {
     #[test]
     fn ready_needs_a_healthy_gateway_when_polling() {
         let wan = sample();
-        let ok =
-            Outcome::Applied(Applied { tiers: ready_tiers(), health: Some(health(HEALTHY, 1)), sharding: in_sync() });
+        let ok = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: Some(health(HEALTHY, 1)),
+            sharding: in_sync(),
+            versions: Default::default(),
+        });
         let s = compute(&wan, &ok, None, &t(1));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(
@@ -414,8 +543,12 @@ mod tests {
         assert_eq!(s.health.as_ref().unwrap().connected_coreapps, 1);
 
         let down = HEALTHY.replace(r#""connected","role":"coreapp""#, r#""disconnected","role":"coreapp""#);
-        let bad =
-            Outcome::Applied(Applied { tiers: ready_tiers(), health: Some(health(&down, 1)), sharding: in_sync() });
+        let bad = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: Some(health(&down, 1)),
+            sharding: in_sync(),
+            versions: Default::default(),
+        });
         let s = compute(&wan, &bad, Some(&s), &t(2));
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "ShardsNotConnected"));
         assert_eq!(
@@ -431,14 +564,28 @@ mod tests {
         let wan = sample();
         let tiers = Tiers { webapps: TierStatus { desired: 2, ready: 0, updated: 2, observed: true }, ..ready_tiers() };
         let obs = crate::health::unreachable("connection refused".into(), None, &t(1));
-        let s =
-            compute(&wan, &Outcome::Applied(Applied { tiers, health: Some(obs.clone()), sharding: None }), None, &t(1));
+        let s = compute(
+            &wan,
+            &Outcome::Applied(Applied {
+                tiers,
+                health: Some(obs.clone()),
+                sharding: None,
+                versions: Default::default(),
+            }),
+            None,
+            &t(1),
+        );
         assert_eq!(cond(&s, READY).reason, "PodsNotReady");
         assert_eq!(cond(&s, DEGRADED).status, "False");
         assert_eq!(cond(&s, GATEWAY_CONNECTED).reason, "WebappUnreachable");
         let s = compute(
             &wan,
-            &Outcome::Applied(Applied { tiers: ready_tiers(), health: Some(obs), sharding: None }),
+            &Outcome::Applied(Applied {
+                tiers: ready_tiers(),
+                health: Some(obs),
+                sharding: None,
+                versions: Default::default(),
+            }),
             None,
             &t(1),
         );
@@ -457,6 +604,7 @@ mod tests {
             tiers: ready_tiers(),
             health: Some(health(HEALTHY, 1)),
             sharding: Some(changing),
+            versions: Default::default(),
         });
         let s = compute(&wan, &out, None, &t(1));
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "ScalingCoreapps"));
@@ -467,6 +615,7 @@ mod tests {
             tiers: ready_tiers(),
             health: Some(health(HEALTHY, 1)),
             sharding: Some(blocked),
+            versions: Default::default(),
         });
         let s = compute(&wan, &out, None, &t(1));
         assert_eq!(cond(&s, READY).reason, REGISTRATION_REQUIRED);
@@ -489,5 +638,119 @@ mod tests {
         assert_eq!(cond(&s, READY).status, "False");
         assert_eq!(cond(&s, GATEWAY_CONNECTED).status, "Unknown");
         assert_eq!(cond(&compute(&wan, &all_ready(), None, &t(1)), CONFLICT).status, "False");
+    }
+
+    fn with_versions(versions: Versions) -> Outcome {
+        Outcome::Applied(Applied { tiers: ready_tiers(), health: None, sharding: None, versions })
+    }
+
+    fn release(expires: &str) -> crate::upgrade::catalog::Release {
+        crate::upgrade::catalog::Catalog::with_overrides(Some(&format!(
+            "- {{version: \"2.53.2\", releasedAt: \"2024-01-10\", expiresAt: \"{expires}\"}}"
+        )))
+        .lookup("2.53.2")
+        .unwrap()
+        .clone()
+    }
+
+    #[test]
+    fn an_upgrade_in_progress_is_progress_and_a_stalled_one_says_why() {
+        let wan = sample();
+        let u =
+            crate::upgrade::procedure::begin("2.53.2", "2.55.1", k8s_openapi::jiff::Timestamp::from_second(1).unwrap());
+        let s = compute(&wan, &with_versions(Versions { upgrade: Some(u.clone()), ..Default::default() }), None, &t(1));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "Upgrading"));
+        assert!(cond(&s, READY).message.contains("StoppingNodes"));
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(cond(&s, STALLED).status, "False");
+        assert_eq!(s.upgrade.as_ref().unwrap().to, "2.55.1");
+
+        let stalled = UpgradeStatus { stalled_reason: Some("the schema upgrade Job failed".into()), ..u };
+        let s = compute(&wan, &with_versions(Versions { upgrade: Some(stalled), ..Default::default() }), None, &t(1));
+        for type_ in [READY, PROGRESSING] {
+            assert_eq!((cond(&s, type_).status.as_str(), cond(&s, type_).reason.as_str()), ("False", "UpgradeStalled"));
+        }
+        assert_eq!((cond(&s, STALLED).status.as_str(), cond(&s, DEGRADED).status.as_str()), ("True", "True"));
+        assert!(cond(&s, STALLED).message.contains("Job failed"));
+    }
+
+    #[test]
+    fn build_expiry_conditions() {
+        let wan = sample();
+        let valid = Versions {
+            build_state: Some(BuildState::Valid(release("2024-07-08"))),
+            before: "30d".into(),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_versions(valid), None, &t(1));
+        assert_eq!(
+            (cond(&s, BUILD_EXPIRING).status.as_str(), cond(&s, BUILD_EXPIRED).status.as_str()),
+            ("False", "False")
+        );
+        assert_eq!(cond(&s, READY).status, "True");
+
+        let expiring = Versions {
+            build_state: Some(BuildState::Expiring(release("2024-07-08"))),
+            before: "30d".into(),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_versions(expiring), None, &t(1));
+        assert_eq!(cond(&s, BUILD_EXPIRING).status, "True");
+        assert!(cond(&s, BUILD_EXPIRING).message.contains("2024-07-08"));
+        assert_eq!(cond(&s, READY).status, "True", "a warning, not an outage");
+
+        let expired = Versions { build_state: Some(BuildState::Expired(release("2024-07-08"))), ..Default::default() };
+        let s = compute(&wan, &with_versions(expired), None, &t(1));
+        assert_eq!(
+            (cond(&s, BUILD_EXPIRING).status.as_str(), cond(&s, BUILD_EXPIRED).status.as_str()),
+            ("True", "True")
+        );
+
+        let unknown = Versions { build_state: Some(BuildState::Unknown), ..Default::default() };
+        let s = compute(&wan, &with_versions(unknown), None, &t(1));
+        assert_eq!(
+            (cond(&s, BUILD_EXPIRED).status.as_str(), cond(&s, BUILD_EXPIRED).reason.as_str()),
+            ("Unknown", "UnknownRelease")
+        );
+    }
+
+    #[test]
+    fn refused_downgrade_stalls_and_pending_upgrades_hold_ready() {
+        let wan = sample();
+        let refused = Versions {
+            blocker: Some((crate::upgrade::DOWNGRADE_REFUSED, "the schema cannot go back".into())),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_versions(refused), None, &t(1));
+        assert_eq!(
+            (cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()),
+            ("True", "DowngradeRefused")
+        );
+        assert_eq!(cond(&s, READY).reason, "DowngradeRefused");
+
+        let window = Versions { blocker: Some((crate::upgrade::OUTSIDE_WINDOW, "waits".into())), ..Default::default() };
+        let s = compute(&wan, &with_versions(window), None, &t(1));
+        assert_eq!(
+            (cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()),
+            ("False", "OutsideMaintenanceWindow")
+        );
+        assert_eq!(cond(&s, STALLED).status, "False");
+    }
+
+    #[test]
+    fn bad_catalog_entries_are_reported() {
+        let wan = sample();
+        let v = Versions {
+            catalog_problems: vec!["entry 2 (x): version \"x\" is not like 2.53.2".into()],
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_versions(v), None, &t(1));
+        assert_eq!(
+            (cond(&s, RELEASE_CATALOG).status.as_str(), cond(&s, RELEASE_CATALOG).reason.as_str()),
+            ("False", "InvalidCatalogEntry")
+        );
+        assert!(cond(&s, RELEASE_CATALOG).message.contains("entry 2"));
+        assert_eq!(cond(&s, READY).status, "True", "a bad entry is skipped, nothing else changes");
     }
 }

@@ -96,6 +96,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         database_ca_digest,
         webapp_tls_digest,
         coreapp_replicas: None,
+        shape: None,
     })
 }
 

@@ -6,6 +6,7 @@ pub mod disruption;
 pub mod media;
 pub mod names;
 pub mod pods;
+pub mod schema_job;
 pub mod webapp;
 pub mod workloads;
 
@@ -54,6 +55,8 @@ pub struct BuildInputs {
     /// Coreapp replicas when a shard change is under way (see `sharding`);
     /// `None` means `shards + standbyCoreapps`.
     pub coreapp_replicas: Option<i32>,
+    /// What an upgrade in progress needs; `None` runs everything at `spec.version`.
+    pub shape: Option<crate::upgrade::procedure::Shape>,
 }
 
 /// Every object the operator keeps for one WhatsAppNumber (the generated key
@@ -83,14 +86,22 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
     let core_hash = pod_config_hash(None);
     let web_hash = pod_config_hash(inputs.webapp_tls_digest.as_ref());
 
+    let spec_version = &wan.spec.version;
+    let (node_version, webapp_version, masters_up, coreapps_up) = match &inputs.shape {
+        Some(s) => (&s.node_version, &s.webapp_version, s.masters_running, s.coreapps_running),
+        None => (spec_version, spec_version, true, true),
+    };
+    let masters = (!masters_up).then_some(0);
+    let coreapps = if coreapps_up { inputs.coreapp_replicas } else { Some(0) };
+
     Children {
         media: media::media_claim(wan, inputs.live_media_claim.as_ref()),
         master_service: workloads::headless_service(wan, Tier::Master),
         coreapp_service: workloads::headless_service(wan, Tier::Coreapp),
         webapp_service: webapp::service(wan),
-        masters: workloads::stateful_set(wan, Tier::Master, &core_hash, None),
-        coreapps: workloads::stateful_set(wan, Tier::Coreapp, &core_hash, inputs.coreapp_replicas),
-        webapps: webapp::deployment(wan, &web_hash),
+        masters: workloads::stateful_set(wan, Tier::Master, node_version, &core_hash, masters),
+        coreapps: workloads::stateful_set(wan, Tier::Coreapp, node_version, &core_hash, coreapps),
+        webapps: webapp::deployment(wan, webapp_version, &web_hash),
         disruption_budgets: disruption::budgets(wan),
         config,
     }

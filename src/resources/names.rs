@@ -60,6 +60,10 @@ impl Names {
         Self { base: wan.name_any() }
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn config(&self) -> String {
         format!("{}-config", self.base)
     }

@@ -29,11 +29,11 @@ pub fn overrides(wan: &WhatsAppNumber, tier: Tier) -> &PodOverrides {
 
 /// Pod template metadata: the operator's labels win over user-supplied ones, so
 /// selectors keep matching whatever the spec says.
-pub fn template_meta(wan: &WhatsAppNumber, tier: Tier, config_hash: &str) -> ObjectMeta {
+pub fn template_meta(wan: &WhatsAppNumber, tier: Tier, version: &str, config_hash: &str) -> ObjectMeta {
     let o = overrides(wan, tier);
     let mut labels = o.pod_labels.clone();
     labels.extend(component_labels(wan, tier.as_str()));
-    labels.insert(LABEL_VERSION.into(), wan.spec.version.clone());
+    labels.insert(LABEL_VERSION.into(), version.to_string());
     let mut annotations = o.pod_annotations.clone();
     annotations.insert(ANNOTATION_CONFIG_HASH.into(), config_hash.into());
     ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }

@@ -45,7 +45,7 @@ pub fn service(wan: &WhatsAppNumber) -> Service {
 }
 
 /// Webapps roll one extra pod at a time and never drop below the desired count.
-pub fn deployment(wan: &WhatsAppNumber, config_hash: &str) -> Deployment {
+pub fn deployment(wan: &WhatsAppNumber, version: &str, config_hash: &str) -> Deployment {
     let names = Names::new(wan);
     let o = pods::overrides(wan, Tier::Webapp);
 
@@ -78,7 +78,7 @@ pub fn deployment(wan: &WhatsAppNumber, config_hash: &str) -> Deployment {
 
     let container = Container {
         name: "webapp".into(),
-        image: Some(pods::image(&wan.spec.images.webapp, &wan.spec.version)),
+        image: Some(pods::image(&wan.spec.images.webapp, version)),
         image_pull_policy: pods::pull_policy(wan),
         env_from: Some(pods::env_from(wan)),
         env: Some(env),
@@ -109,7 +109,7 @@ pub fn deployment(wan: &WhatsAppNumber, config_hash: &str) -> Deployment {
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(pods::template_meta(wan, Tier::Webapp, config_hash)),
+                metadata: Some(pods::template_meta(wan, Tier::Webapp, version, config_hash)),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),

@@ -58,12 +58,13 @@ pub fn headless_service(wan: &WhatsAppNumber, tier: Tier) -> Service {
     })
 }
 
-/// The StatefulSet of masters or coreapps. `config_hash` rolls the pods when the
-/// configuration they read at start-up changes; `replicas` overrides the count
-/// the spec implies (during a shard change).
+/// The StatefulSet of masters or coreapps at `version`. `config_hash` rolls the
+/// pods when the configuration they read at start-up changes; `replicas_override`
+/// replaces the count the spec implies (a shard change, an upgrade).
 pub fn stateful_set(
     wan: &WhatsAppNumber,
     tier: Tier,
+    version: &str,
     config_hash: &str,
     replicas_override: Option<i32>,
 ) -> StatefulSet {
@@ -86,7 +87,7 @@ pub fn stateful_set(
 
     let container = Container {
         name: tier.as_str().into(),
-        image: Some(pods::image(&wan.spec.images.coreapp, &wan.spec.version)),
+        image: Some(pods::image(&wan.spec.images.coreapp, version)),
         image_pull_policy: pods::pull_policy(wan),
         env_from: Some(pods::env_from(wan)),
         env: Some(env),
@@ -125,7 +126,7 @@ pub fn stateful_set(
                 ..Default::default()
             }),
             template: PodTemplateSpec {
-                metadata: Some(pods::template_meta(wan, tier, config_hash)),
+                metadata: Some(pods::template_meta(wan, tier, version, config_hash)),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(pods::volumes(wan, true)),

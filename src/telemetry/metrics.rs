@@ -47,6 +47,8 @@ pub struct Metrics {
     pub probe_latency: Family<NumberLabels, Gauge<f64, AtomicU64>>,
     /// Per number: Unix time of the last probe.
     pub probe_timestamp: Family<NumberLabels, Gauge<f64, AtomicU64>>,
+    /// Per number: Unix time at which the running build expires.
+    pub build_expiry: Family<NumberLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -61,6 +63,7 @@ impl Default for Metrics {
         let gateway_up = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();
         let probe_latency = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         let probe_timestamp = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
+        let build_expiry = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by reason", reconcile_errors.clone());
         registry.register_with_unit(
@@ -88,6 +91,11 @@ impl Default for Metrics {
             "Unix time of the last /v1/health probe, per WhatsAppNumber",
             probe_timestamp.clone(),
         );
+        registry.register(
+            "build_expiry_timestamp_seconds",
+            "Unix time at which the running build expires, per WhatsAppNumber",
+            build_expiry.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -99,6 +107,7 @@ impl Default for Metrics {
             gateway_up,
             probe_latency,
             probe_timestamp,
+            build_expiry,
         }
     }
 }
@@ -128,6 +137,7 @@ impl Metrics {
         self.gateway_up.remove(&labels);
         self.probe_latency.remove(&labels);
         self.probe_timestamp.remove(&labels);
+        self.build_expiry.remove(&labels);
     }
 
     /// The OpenMetrics text exposition.

@@ -1,0 +1,417 @@
+//! The upgrade procedure as a pure state machine. Its whole state lives in
+//! `status.upgrade`, so a restarted operator resumes at the step it left.
+//!
+//! 1. `StoppingNodes`: masters and coreapps of the old version scale to zero;
+//!    the step ends when none of their pods exists, so old and new coreapps of
+//!    a number never run at the same time.
+//! 2. `UpgradingSchema`: a Job runs the new coreapp image with `WA_DB_UPGRADE=1`.
+//! 3. `StartingMasters`, then 4. `StartingCoreapps`, at the new version.
+//! 5. `RollingWebapps`: new webapps surge in before old ones go. (Old webapps
+//!    refuse the upgraded schema, so health is only observable after this.)
+//! 6. `Verifying`: the gateway must show every shard connected and a primary master.
+//! 7. `Complete`: the new version is recorded as current.
+//!
+//! Every step has a deadline; past it, or when the schema Job fails, the
+//! upgrade is stalled with a reason a person can act on. A stalled step keeps
+//! watching: it goes on by itself once its blocker clears.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::UpgradeStatus;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    StoppingNodes,
+    UpgradingSchema,
+    StartingMasters,
+    StartingCoreapps,
+    RollingWebapps,
+    Verifying,
+    Complete,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::StoppingNodes,
+        Step::UpgradingSchema,
+        Step::StartingMasters,
+        Step::StartingCoreapps,
+        Step::RollingWebapps,
+        Step::Verifying,
+        Step::Complete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::StoppingNodes => "StoppingNodes",
+            Step::UpgradingSchema => "UpgradingSchema",
+            Step::StartingMasters => "StartingMasters",
+            Step::StartingCoreapps => "StartingCoreapps",
+            Step::RollingWebapps => "RollingWebapps",
+            Step::Verifying => "Verifying",
+            Step::Complete => "Complete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|step| step.as_str() == s)
+    }
+}
+
+/// The schema upgrade Job as the cluster reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Absent,
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+/// The gateway as the last probe saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gateway {
+    /// Health polling is off: the workloads' readiness stands in for it.
+    NotPolled,
+    Healthy,
+    Unhealthy(String),
+}
+
+/// What the reconcile found, for one step decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub now: Timestamp,
+    /// Master and coreapp pods that still exist, of any version.
+    pub node_pods: usize,
+    pub job: JobState,
+    /// Each at the target version, with every pod ready.
+    pub masters_ready: bool,
+    pub coreapps_ready: bool,
+    pub webapps_ready: bool,
+    pub gateway: Gateway,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    pub step: SignedDuration,
+    pub schema: SignedDuration,
+}
+
+/// The workloads a step needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Image version of masters and coreapps.
+    pub node_version: String,
+    pub masters_running: bool,
+    pub coreapps_running: bool,
+    pub webapp_version: String,
+    /// Whether the schema Job for the target version should exist.
+    pub schema_job: bool,
+}
+
+pub fn shape(upgrade: &UpgradeStatus) -> Shape {
+    let step = Step::parse(&upgrade.step).unwrap_or(Step::StoppingNodes);
+    let (from, to) = (upgrade.from.clone(), upgrade.to.clone());
+    match step {
+        Step::StoppingNodes => Shape {
+            node_version: from.clone(),
+            masters_running: false,
+            coreapps_running: false,
+            webapp_version: from,
+            schema_job: false,
+        },
+        Step::UpgradingSchema => Shape {
+            node_version: from.clone(),
+            masters_running: false,
+            coreapps_running: false,
+            webapp_version: from,
+            schema_job: true,
+        },
+        Step::StartingMasters => Shape {
+            node_version: to,
+            masters_running: true,
+            coreapps_running: false,
+            webapp_version: from,
+            schema_job: false,
+        },
+        Step::StartingCoreapps => Shape {
+            node_version: to,
+            masters_running: true,
+            coreapps_running: true,
+            webapp_version: from,
+            schema_job: false,
+        },
+        Step::RollingWebapps | Step::Verifying | Step::Complete => Shape {
+            node_version: to.clone(),
+            masters_running: true,
+            coreapps_running: true,
+            webapp_version: to,
+            schema_job: false,
+        },
+    }
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+/// A new upgrade, at its first step.
+pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
+    UpgradeStatus {
+        from: from.into(),
+        to: to.into(),
+        step: Step::StoppingNodes.as_str().into(),
+        started_at: time(now),
+        step_started_at: time(now),
+        message: format!("stopping masters and coreapps of {from}"),
+        stalled_reason: None,
+    }
+}
+
+/// Moves the procedure forward as far as the observations allow (one step per
+/// call: the next step's observations come from the next reconcile).
+pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadlines) -> UpgradeStatus {
+    let step = Step::parse(&upgrade.step).unwrap_or(Step::StoppingNodes);
+    let to = &upgrade.to;
+    // (done?, what the step waits for, a failure that stalls it at once)
+    let (done, waiting, failure): (bool, String, Option<String>) = match step {
+        Step::StoppingNodes => (
+            observed.node_pods == 0,
+            format!("waiting for {} master and coreapp pods of {} to stop", observed.node_pods, upgrade.from),
+            None,
+        ),
+        Step::UpgradingSchema => match &observed.job {
+            JobState::Succeeded => (true, String::new(), None),
+            JobState::Failed(why) => (
+                false,
+                String::new(),
+                Some(format!(
+                    "the schema upgrade Job to {to} failed: {why}; check its pod logs, fix the cause, then delete the Job to retry"
+                )),
+            ),
+            JobState::Absent | JobState::Running => {
+                (false, format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"), None)
+            }
+        },
+        Step::StartingMasters => (observed.masters_ready, format!("waiting for the masters at {to} to be ready"), None),
+        Step::StartingCoreapps => {
+            (observed.coreapps_ready, format!("waiting for the coreapps at {to} to be ready"), None)
+        }
+        Step::RollingWebapps => (observed.webapps_ready, format!("rolling the webapps to {to}"), None),
+        Step::Verifying => match &observed.gateway {
+            Gateway::Healthy | Gateway::NotPolled => (true, String::new(), None),
+            Gateway::Unhealthy(why) => {
+                (false, format!("waiting for every shard and a primary master to connect: {why}"), None)
+            }
+        },
+        Step::Complete => return upgrade.clone(),
+    };
+
+    if done {
+        let next = Step::ALL[Step::ALL.iter().position(|s| *s == step).expect("known step") + 1];
+        let message = match next {
+            Step::UpgradingSchema => format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"),
+            Step::StartingMasters => format!("starting the masters at {to}"),
+            Step::StartingCoreapps => format!("starting the coreapps at {to}"),
+            Step::RollingWebapps => format!("rolling the webapps to {to}"),
+            Step::Verifying => "waiting for every shard and a primary master to connect".to_string(),
+            Step::Complete => format!("upgraded from {} to {to}", upgrade.from),
+            Step::StoppingNodes => unreachable!("never a next step"),
+        };
+        return UpgradeStatus {
+            step: next.as_str().into(),
+            step_started_at: time(observed.now),
+            message,
+            stalled_reason: None,
+            ..upgrade.clone()
+        };
+    }
+
+    let deadline = if step == Step::UpgradingSchema {
+        // The Job's own deadline, plus a margin for its pod to be scheduled.
+        deadlines.schema + SignedDuration::from_mins(2)
+    } else {
+        deadlines.step
+    };
+    let elapsed = observed.now.duration_since(upgrade.step_started_at.0);
+    let stalled = failure.or_else(|| {
+        (elapsed > deadline).then(|| {
+            format!(
+                "{} has not finished after {}s (deadline {}s): {waiting}",
+                step.as_str(),
+                elapsed.as_secs(),
+                deadline.as_secs()
+            )
+        })
+    });
+    UpgradeStatus { message: stalled.clone().unwrap_or(waiting), stalled_reason: stalled, ..upgrade.clone() }
+}
+
+pub fn is_done(upgrade: &UpgradeStatus) -> bool {
+    upgrade.step == Step::Complete.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    const DEADLINES: Deadlines =
+        Deadlines { step: SignedDuration::from_secs(600), schema: SignedDuration::from_secs(3600) };
+
+    fn observed(now: i64) -> Observed {
+        Observed {
+            now: at(now),
+            node_pods: 0,
+            job: JobState::Absent,
+            masters_ready: false,
+            coreapps_ready: false,
+            webapps_ready: false,
+            gateway: Gateway::Unhealthy("1 of 1 shards down".into()),
+        }
+    }
+
+    fn step_of(u: &UpgradeStatus) -> Step {
+        Step::parse(&u.step).unwrap()
+    }
+
+    #[test]
+    fn the_full_procedure_in_order() {
+        let mut u = begin("2.53.2", "2.55.1", at(0));
+        assert_eq!(step_of(&u), Step::StoppingNodes);
+
+        let mut o = Observed { node_pods: 3, ..observed(5) };
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::StoppingNodes, "pods still exist");
+        assert!(u.message.contains("3 master and coreapp pods"));
+
+        o.node_pods = 0;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::UpgradingSchema);
+        assert_eq!(u.step_started_at, Time(at(5)));
+
+        o.job = JobState::Running;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::UpgradingSchema);
+        o.job = JobState::Succeeded;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::StartingMasters);
+
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::StartingMasters);
+        o.masters_ready = true;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::StartingCoreapps);
+        o.coreapps_ready = true;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::RollingWebapps);
+        o.webapps_ready = true;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::Verifying);
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::Verifying, "the gateway is not back yet");
+        o.gateway = Gateway::Healthy;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::Complete);
+        assert!(is_done(&u));
+        assert_eq!(u.started_at, Time(at(0)));
+        assert_eq!(advance(&u, &o, DEADLINES), u, "complete is final");
+    }
+
+    #[test]
+    fn shapes_never_run_old_and_new_nodes_together() {
+        let u = begin("2.53.2", "2.55.1", at(0));
+        for step in Step::ALL {
+            let s = shape(&UpgradeStatus { step: step.as_str().into(), ..u.clone() });
+            let nodes_up = s.masters_running || s.coreapps_running;
+            match step {
+                Step::StoppingNodes | Step::UpgradingSchema => {
+                    assert!(!nodes_up, "{step:?}: nodes are down until the schema is upgraded");
+                    assert_eq!(s.node_version, "2.53.2");
+                }
+                _ => {
+                    assert!(nodes_up);
+                    assert_eq!(s.node_version, "2.55.1", "{step:?}: only the new version runs once started");
+                }
+            }
+            assert_eq!(s.schema_job, step == Step::UpgradingSchema);
+            assert_eq!(
+                s.coreapps_running,
+                !matches!(step, Step::StoppingNodes | Step::UpgradingSchema | Step::StartingMasters)
+            );
+            let webapp_new = matches!(step, Step::RollingWebapps | Step::Verifying | Step::Complete);
+            assert_eq!(s.webapp_version, if webapp_new { "2.55.1" } else { "2.53.2" }, "{step:?}");
+        }
+    }
+
+    #[test]
+    fn deadlines_stall_with_the_blocker_and_clear_when_it_goes() {
+        let u = begin("2.53.2", "2.55.1", at(0));
+        let stuck = advance(&u, &Observed { node_pods: 1, ..observed(601) }, DEADLINES);
+        assert_eq!(step_of(&stuck), Step::StoppingNodes);
+        let reason = stuck.stalled_reason.as_deref().unwrap();
+        assert!(reason.contains("StoppingNodes") && reason.contains("1 master and coreapp pods"), "{reason}");
+        let unstuck = advance(&stuck, &observed(700), DEADLINES);
+        assert_eq!(step_of(&unstuck), Step::UpgradingSchema);
+        assert!(unstuck.stalled_reason.is_none());
+
+        // The schema step has the Job's own deadline.
+        let schema = UpgradeStatus { step: "UpgradingSchema".into(), ..u.clone() };
+        let running = Observed { job: JobState::Running, ..observed(3000) };
+        assert!(advance(&schema, &running, DEADLINES).stalled_reason.is_none());
+        let late = Observed { job: JobState::Running, ..observed(3900) };
+        assert!(advance(&schema, &late, DEADLINES).stalled_reason.is_some());
+
+        for step in [Step::StartingMasters, Step::StartingCoreapps, Step::RollingWebapps, Step::Verifying] {
+            let s = UpgradeStatus { step: step.as_str().into(), ..u.clone() };
+            assert!(advance(&s, &observed(599), DEADLINES).stalled_reason.is_none(), "{step:?}");
+            let stalled = advance(&s, &observed(601), DEADLINES);
+            assert!(stalled.stalled_reason.as_deref().unwrap().contains(step.as_str()), "{step:?}");
+            assert_eq!(step_of(&stalled), step, "a stalled step does not move on");
+        }
+    }
+
+    #[test]
+    fn a_failed_schema_job_stalls_at_once_and_says_how_to_retry() {
+        let u = UpgradeStatus { step: "UpgradingSchema".into(), ..begin("2.53.2", "2.55.1", at(0)) };
+        let failed =
+            advance(&u, &Observed { job: JobState::Failed("BackoffLimitExceeded".into()), ..observed(10) }, DEADLINES);
+        assert_eq!(step_of(&failed), Step::UpgradingSchema);
+        let reason = failed.stalled_reason.unwrap();
+        assert!(reason.contains("BackoffLimitExceeded") && reason.contains("delete the Job"), "{reason}");
+    }
+
+    #[test]
+    fn resumes_from_every_step() {
+        // A restarted operator knows only what status says: from each step, the
+        // facts that finish it move it on, and facts that do not leave it as it is
+        // however often the reconcile runs.
+        let satisfied = Observed {
+            node_pods: 0,
+            job: JobState::Succeeded,
+            masters_ready: true,
+            coreapps_ready: true,
+            webapps_ready: true,
+            gateway: Gateway::Healthy,
+            ..observed(10)
+        };
+        let blocked = Observed { node_pods: 2, job: JobState::Running, ..observed(10) };
+        for (i, step) in Step::ALL.into_iter().enumerate().take(Step::ALL.len() - 1) {
+            let u = UpgradeStatus { step: step.as_str().into(), ..begin("2.53.2", "2.55.1", at(0)) };
+            assert_eq!(step_of(&advance(&u, &satisfied, DEADLINES)), Step::ALL[i + 1], "{step:?}");
+            let once = advance(&u, &blocked, DEADLINES);
+            assert_eq!(step_of(&once), step, "{step:?}");
+            assert_eq!(advance(&once, &blocked, DEADLINES), once, "{step:?}: idempotent");
+        }
+    }
+
+    #[test]
+    fn gateway_not_polled_completes_on_workload_readiness() {
+        let u = UpgradeStatus { step: "Verifying".into(), ..begin("2.53.2", "2.55.1", at(0)) };
+        let o = Observed { gateway: Gateway::NotPolled, ..observed(1) };
+        assert!(is_done(&advance(&u, &o, DEADLINES)));
+    }
+}
