@@ -78,6 +78,12 @@ pub fn target(
         }
     }
     let refused_downgrade = match (current.and_then(Version::parse), Version::parse(&wanted)) {
+        // Under Auto the spec's version is a floor the operator may have moved
+        // past: staying on the newer build is the policy, not a refusal.
+        (Some(cur), Some(want)) if want < cur && policy == UpgradePolicy::Auto => {
+            wanted = current.unwrap_or_default().to_string();
+            None
+        }
         (Some(cur), Some(want)) if want < cur => Some(std::mem::replace(&mut wanted, current.unwrap().to_string())),
         _ => None,
     };
@@ -193,6 +199,13 @@ mod tests {
         // An expired build is upgraded too.
         let t = target("2.53.2", Some("2.53.2"), UpgradePolicy::Auto, &c, at("2024-07-20T00:00:00Z"), DAYS30);
         assert_eq!(t.version, "2.57.2");
+    }
+
+    #[test]
+    fn auto_keeps_the_build_it_moved_to() {
+        let c = catalog();
+        let t = target("2.53.2", Some("2.57.2"), UpgradePolicy::Auto, &c, at("2024-07-20T00:00:00Z"), DAYS30);
+        assert_eq!((t.version.as_str(), t.refused_downgrade.as_ref()), ("2.57.2", None));
     }
 
     #[test]

@@ -157,6 +157,18 @@ impl Deployment {
     /// Starts a gateway and creates the schema at `version`; nodes come after.
     /// `timing` is (heartbeat, unhealthy) seconds.
     pub fn start(name: &str, number: &str, version: &str, timing: (u32, u32)) -> Result<Self> {
+        Self::start_with(name, number, version, timing, None)
+    }
+
+    /// Like `start`; with `catalog`, the emulator uses that release catalog
+    /// and the real clock instead of its fixed test date.
+    pub fn start_with(
+        name: &str,
+        number: &str,
+        version: &str,
+        timing: (u32, u32),
+        catalog: Option<&Path>,
+    ) -> Result<Self> {
         let db = database()?;
         let dir = work_dir().join(format!("emulated-{name}"));
         std::fs::create_dir_all(&dir)?;
@@ -181,7 +193,15 @@ impl Deployment {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        .collect::<Vec<_>>();
+        let env = match catalog {
+            Some(path) => env
+                .into_iter()
+                .filter(|(k, _)| k != "WA_EMULATOR_NOW")
+                .chain([("WA_EMULATOR_RELEASE_CATALOG".to_string(), path.display().to_string())])
+                .collect(),
+            None => env,
+        };
         let mut d = Self { env, dir, nodes: vec![], gateway: None };
         d.gateway = Some(d.spawn("gateway", &[], &["gateway", "--listen", &gateway])?);
         let status = d.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
@@ -240,6 +260,32 @@ impl Deployment {
         )?;
         self.nodes.push(Node { name: "webapp".into(), container_id: String::new(), child: Some(child) });
         Ok(format!("https://{listen}"))
+    }
+
+    /// Nodes started from now on run this client version.
+    pub fn set_version(&mut self, version: &str) {
+        for (k, v) in &mut self.env {
+            if k == "WA_EMULATOR_VERSION" {
+                *v = version.to_string();
+            }
+        }
+    }
+
+    /// Runs the schema upgrade at the current version (`WA_DB_UPGRADE=1`) to its end.
+    pub fn upgrade_schema(&self) -> Result<()> {
+        let status = self.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
+        ensure!(status.success(), "the schema upgrade failed: {}", self.log("upgrade"));
+        Ok(())
+    }
+
+    /// Stops every master, coreapp and webapp (the gateway stays: it is WhatsApp's side).
+    pub fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 
     /// Kills (SIGKILL) the node with this `<hostname>:<container_id>`.

@@ -25,7 +25,7 @@ const NAME: &str = "acme";
 
 /// The namespace of a slot, a CA Secret for the webapp certificate, the
 /// database Secret and a WhatsAppNumber with health polling on.
-async fn prepare(c: &Client, ns: &str, pki: &Pki, number: &str, spec: serde_json::Value) -> Result<()> {
+pub async fn prepare(c: &Client, ns: &str, pki: &Pki, number: &str, spec: serde_json::Value) -> Result<()> {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
     let ca = Secret {
@@ -57,7 +57,7 @@ async fn prepare(c: &Client, ns: &str, pki: &Pki, number: &str, spec: serde_json
 }
 
 /// The API key the operator generated, once it exists.
-async fn api_key(c: &Client, ns: &str) -> Result<String> {
+pub async fn api_key(c: &Client, ns: &str) -> Result<String> {
     let secrets = typed::<Secret>(c, ns);
     wait_until(Duration::from_secs(30), "the generated key Secret", || async {
         Ok(secrets.get_opt(&format!("{NAME}-keys")).await?.is_some())

@@ -10,6 +10,7 @@ mod emulated;
 mod gateway;
 mod scenarios;
 mod support;
+mod upgrades;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ impl Env {
 }
 
 /// The gateway scenarios; each gets a namespace and a webapp port at start-up.
-const GATEWAY_SCENARIOS: [&str; 2] = ["health", "shards"];
+const GATEWAY_SCENARIOS: [&str; 4] = ["health", "shards", "upgrade", "auto"];
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
@@ -67,6 +68,18 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
         Box::pin(gateway::health_reaches_ready_and_fails_over(e))
     }),
     ("gateway_shards_change_through_the_api", false, |e| Box::pin(gateway::shards_change_through_the_api(e))),
+    ("upgrade_never_runs_old_and_new_nodes_together", false, |e| {
+        Box::pin(upgrades::upgrade_never_runs_old_and_new_nodes_together(e))
+    }),
+    ("upgrade_resumes_after_the_operator_is_killed", true, |e| {
+        Box::pin(upgrades::upgrade_resumes_after_the_operator_is_killed(e))
+    }),
+    ("gateway_manual_upgrade_reaches_ready_at_the_new_version", false, |e| {
+        Box::pin(upgrades::gateway_manual_upgrade_reaches_ready_at_the_new_version(e))
+    }),
+    ("gateway_auto_upgrades_an_expired_build", false, |e| {
+        Box::pin(upgrades::gateway_auto_upgrades_an_expired_build(e))
+    }),
     ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
     ("operator_killed_mid_reconcile_converges", true, |e| {
         Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))
@@ -86,6 +99,7 @@ fn setup() -> Result<Env> {
         let admin = cluster.admin_client().await?;
         support::install_crd(&admin).await?;
         let sa = support::apply_chart_rbac(&cluster, RELEASE, OPERATOR_NAMESPACE, &["rbac.scope=cluster"])?;
+        upgrades::write_catalog(&admin, upgrades::catalog_yaml(false)).await?;
         let kubeconfig = support::service_account_kubeconfig(&cluster, &admin, OPERATOR_NAMESPACE, &sa).await?;
         anyhow::Ok((admin, kubeconfig))
     })?;

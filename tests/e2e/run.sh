@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# End-to-end tests on kind: the operator image installed with its Helm chart,
+# a WhatsAppNumber running the client emulator's images on MariaDB, and
+# scenarios against it. Needs Docker, kind, kubectl, helm and internet access
+# (base images). See tests/e2e/README.md.
+#
+#   tests/e2e/run.sh [--keep] [--reuse] [SCENARIO...]
+#
+#   --keep     leave the cluster running afterwards (also after a failure)
+#   --reuse    use the existing cluster of that name instead of creating one
+#   SCENARIO   any of: scale-webapp upgrade conflict (default: all, in that
+#              order); the number is always brought to Ready first.
+#
+# Environment: E2E_CLUSTER_NAME (whatsapp-operator-e2e), E2E_TIMEOUT (seconds
+# per wait, 300), E2E_NODE_IMAGE (kind node image, e.g. kindest/node:v1.34.0;
+# empty: kind's default), KIND, KUBECTL, HELM, DOCKER (the binaries).
+set -Eeuo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"
+
+CLUSTER="${E2E_CLUSTER_NAME:-whatsapp-operator-e2e}"
+TIMEOUT="${E2E_TIMEOUT:-300}"
+NODE_IMAGE="${E2E_NODE_IMAGE:-}"
+KIND="${KIND:-kind}"
+KUBECTL_BIN="${KUBECTL:-kubectl}"
+HELM="${HELM:-helm}"
+DOCKER="${DOCKER:-docker}"
+WORK="$REPO/.cache/e2e"
+KUBECONFIG_FILE="$WORK/kubeconfig"
+
+# Two client versions the emulator's catalog knows, for the upgrade. The
+# emulator's clock (WA_EMULATOR_NOW) is a date at which both builds are valid.
+OLD=2.53.2
+NEW=2.55.1
+EMULATOR_NOW=2024-05-01T00:00:00Z
+NUMBER="+15550001234"
+# Image names under a registry that does not exist, so nothing is pulled by
+# mistake: every image is built here and loaded into the kind node.
+OPERATOR_REPO=e2e.local/whatsapp-operator
+OPERATOR_TAG=e2e
+EMULATOR_BASE=e2e.local/wa-emulator-base
+EMULATOR_REPO=e2e.local/wa-emulator
+
+OPERATOR_NS=whatsapp-operator-system
+GATEWAY_NS=wa-emulator
+DB_NS=wa-e2e-db
+NS_A=wa-e2e-a
+NS_B=wa-e2e-b
+NAME=e2e
+DB_ROOT_PASSWORD="e2e-Root-Passw0rd"
+
+# The chart's defaults (two replicas, leader election, cluster-wide RBAC) with
+# the image built here.
+HELM_VALUES=(--set "image.repository=$OPERATOR_REPO" --set "image.tag=$OPERATOR_TAG" --set image.pullPolicy=Never)
+
+KEEP=0
+REUSE=0
+SCENARIOS=()
+for arg in "$@"; do
+  case "$arg" in
+    --keep) KEEP=1 ;;
+    --reuse) REUSE=1 ;;
+    scale-webapp | upgrade | conflict) SCENARIOS+=("$arg") ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=(scale-webapp upgrade conflict)
+
+log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
+k() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# ---------------------------------------------------------------------------
+# Failure reporting and clean-up
+
+CREATED=0
+dump() {
+  set +e
+  echo "===== WhatsAppNumbers"
+  k get wan -A -o yaml
+  echo "===== pods"
+  k get pods -A -o wide
+  echo "===== events (latest 100)"
+  k get events -A --sort-by=.lastTimestamp | tail -n 100
+  echo "===== operator logs"
+  k -n "$OPERATOR_NS" logs -l app.kubernetes.io/name=whatsapp-operator --all-containers --prefix --tail=200
+  local ns pod
+  for ns in "$NS_A" "$NS_B" "$GATEWAY_NS"; do
+    for pod in $(k -n "$ns" get pods -o name 2>/dev/null); do
+      echo "===== $ns/$pod (last 30 lines)"
+      k -n "$ns" logs "$pod" --all-containers --tail=30
+    done
+  done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG_FILE" ]; then
+    log "FAILED; diagnostics follow (also in $WORK/failure.txt)"
+    dump 2>&1 | tee "$WORK/failure.txt" >&2 || true
+  fi
+  if [ "$KEEP" = 1 ]; then
+    log "keeping cluster $CLUSTER: export KUBECONFIG=$KUBECONFIG_FILE"
+  elif [ "$CREATED" = 1 ] || [ "$REUSE" = 1 ]; then
+    log "deleting cluster $CLUSTER"
+    "$KIND" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" >&2 || true
+  fi
+  [ "$rc" -eq 0 ] && log "PASSED: ready ${SCENARIOS[*]}"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() {
+  log "error: $*"
+  exit 1
+}
+
+# wait_until SECONDS WHAT CMD...: runs CMD every 3 s until it succeeds.
+wait_until() {
+  local seconds="$1" what="$2"
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  log "waiting for $what (up to ${seconds}s)"
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$what: not within ${seconds}s"
+    sleep 3
+  done
+}
+
+# jp NS NAME JSONPATH: a field of a WhatsAppNumber.
+jp() { k -n "$1" get wan "$2" -o "jsonpath=$3"; }
+condition() { jp "$1" "$2" "{.status.conditions[?(@.type==\"$3\")].status}/{.status.conditions[?(@.type==\"$3\")].reason}"; }
+
+# Ready for the newest generation (a stale Ready never counts).
+ready_now() {
+  local got gen status observed
+  got="$(jp "$1" "$2" '{.metadata.generation} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].observedGeneration}')"
+  read -r gen status observed <<<"$got"
+  [ "$status" = True ] && [ "$gen" = "$observed" ]
+}
+
+# ---------------------------------------------------------------------------
+# Prerequisites, cluster, images
+
+for tool in "$DOCKER" "$KIND" "$KUBECTL_BIN" "$HELM"; do
+  command -v "$tool" >/dev/null || fail "$tool not found (prerequisites: Docker, kind, kubectl, helm)"
+done
+"$DOCKER" info >/dev/null 2>&1 || fail "the Docker daemon is not reachable ($DOCKER info)"
+mkdir -p "$WORK"
+
+if [ "$REUSE" = 1 ]; then
+  "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER" || fail "--reuse: no kind cluster named $CLUSTER"
+  "$KIND" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_FILE"
+else
+  if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+    fail "a kind cluster named $CLUSTER exists: pass --reuse, or delete it (kind delete cluster --name $CLUSTER)"
+  fi
+  log "creating kind cluster $CLUSTER"
+  CREATED=1
+  "$KIND" create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" --wait 180s \
+    ${NODE_IMAGE:+--image "$NODE_IMAGE"} >&2
+fi
+minor="$(k version -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | tail -n 1)"
+[ "${minor:-0}" -ge 34 ] || fail "the operator needs Kubernetes 1.34 or newer (server minor version: ${minor:-?}); set E2E_NODE_IMAGE=kindest/node:v1.34.0 or newer"
+
+log "building the operator image $OPERATOR_REPO:$OPERATOR_TAG"
+DOCKER_BUILDKIT=1 "$DOCKER" build -q -f Dockerfile -t "$OPERATOR_REPO:$OPERATOR_TAG" . >&2
+IMAGES=("$OPERATOR_REPO:$OPERATOR_TAG")
+for version in "$OLD" "$NEW"; do
+  for image in coreapp web; do
+    log "building the emulator image $EMULATOR_REPO/$image:v$version"
+    # The shared build stage is cached: only the first build compiles.
+    DOCKER_BUILDKIT=1 "$DOCKER" build -q -f emulator/Dockerfile \
+      --build-arg "WA_EMULATOR_IMAGE=$image" --build-arg "WA_EMULATOR_VERSION=$version" \
+      --build-arg "WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222" \
+      --build-arg "WA_EMULATOR_NOW=$EMULATOR_NOW" \
+      -t "$EMULATOR_BASE/$image:v$version" . >&2
+    # A test-only knob baked in a derived image: the number counts as registered.
+    printf 'FROM %s\nENV WA_EMULATOR_REGISTERED_NUMBER=%s\n' "$EMULATOR_BASE/$image:v$version" "$NUMBER" |
+      "$DOCKER" build -q -t "$EMULATOR_REPO/$image:v$version" - >&2
+    IMAGES+=("$EMULATOR_REPO/$image:v$version")
+  done
+done
+log "loading ${#IMAGES[@]} images into the kind node"
+"$KIND" load docker-image --name "$CLUSTER" "${IMAGES[@]}" >&2
+
+# ---------------------------------------------------------------------------
+# MariaDB, the gateway, the operator
+
+if [ "$REUSE" = 1 ]; then
+  log "removing what a previous run left"
+  k delete wan -A --all --wait=true --timeout=120s >&2 || true
+  k delete namespace "$NS_A" "$NS_B" "$DB_NS" "$GATEWAY_NS" --ignore-not-found --wait=true --timeout=180s >&2
+  k delete pv -l e2e.whatsapp.operators.dev/media --ignore-not-found >&2
+fi
+
+log "installing MariaDB (mariadb:11) in $DB_NS"
+k apply -f - >&2 <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: $DB_NS}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: mariadb, namespace: $DB_NS}
+spec:
+  selector: {matchLabels: {app: mariadb}}
+  template:
+    metadata: {labels: {app: mariadb}}
+    spec:
+      containers:
+      - name: mariadb
+        image: mariadb:11
+        env:
+        - {name: MARIADB_ROOT_PASSWORD, value: "$DB_ROOT_PASSWORD"}
+        ports: [{containerPort: 3306}]
+        # The image's initialisation runs without networking: TCP means ready.
+        readinessProbe:
+          tcpSocket: {port: 3306}
+          periodSeconds: 2
+        volumeMounts: [{name: data, mountPath: /var/lib/mysql}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mariadb, namespace: $DB_NS}
+spec:
+  selector: {app: mariadb}
+  ports: [{port: 3306}]
+EOF
+
+log "installing the gateway (the stand-in for WhatsApp's servers) in $GATEWAY_NS"
+k apply -f - >&2 <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: $GATEWAY_NS}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
+spec:
+  selector: {matchLabels: {app: wa-gateway}}
+  template:
+    metadata: {labels: {app: wa-gateway}}
+    spec:
+      containers:
+      - name: gateway
+        image: $EMULATOR_REPO/coreapp:v$OLD
+        imagePullPolicy: Never
+        command: ["/opt/whatsapp/bin/whatsapp-emulator", "gateway"]
+        ports: [{containerPort: 5222}]
+        readinessProbe:
+          tcpSocket: {port: 5222}
+          periodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
+spec:
+  selector: {app: wa-gateway}
+  ports: [{port: 5222}]
+EOF
+
+log "installing the operator with Helm (charts/whatsapp-operator)"
+"$HELM" --kubeconfig "$KUBECONFIG_FILE" upgrade --install whatsapp-operator charts/whatsapp-operator \
+  --namespace "$OPERATOR_NS" --create-namespace "${HELM_VALUES[@]}" --wait --timeout "${TIMEOUT}s" >&2
+
+k -n "$DB_NS" rollout status deployment/mariadb --timeout="${TIMEOUT}s" >&2
+k -n "$GATEWAY_NS" rollout status deployment/wa-gateway --timeout="${TIMEOUT}s" >&2
+
+# ---------------------------------------------------------------------------
+# A WhatsAppNumber on the emulator images
+
+# prepare NS: the namespace, the database Secret and the media claim. kind's
+# storage is ReadWriteOnce only: a hostPath PersistentVolume offered as
+# ReadWriteMany, pre-bound to the claim, stands in for NFS (one node, so
+# every pod sees the same directory).
+prepare() {
+  local ns="$1"
+  k apply -f - >&2 <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: $ns}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: db, namespace: $ns}
+stringData: {username: root, password: "$DB_ROOT_PASSWORD"}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: wa-e2e-media-$ns
+  labels: {e2e.whatsapp.operators.dev/media: "true"}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: /var/local/wa-e2e-media/$ns, type: DirectoryOrCreate}
+  claimRef: {namespace: $ns, name: media}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: media, namespace: $ns}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: wa-e2e-media-$ns
+  resources: {requests: {storage: 1Gi}}
+EOF
+}
+
+# apply_number NS VERSION: the WhatsAppNumber. Small requests and a preferred
+# (not required) anti-affinity, since kind has one node.
+apply_number() {
+  local ns="$1" version="$2" tier overrides=""
+  for tier in master coreapp; do
+    overrides+="
+  $tier:
+    resources: {requests: {cpu: 50m, memory: 64Mi}}
+    affinity:
+      podAntiAffinity:
+        preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 1
+          podAffinityTerm:
+            topologyKey: kubernetes.io/hostname
+            labelSelector: {matchLabels: {app.kubernetes.io/instance: $NAME}}"
+  done
+  k apply -f - >&2 <<EOF
+apiVersion: whatsapp.operators.dev/v1alpha1
+kind: WhatsAppNumber
+metadata: {name: $NAME, namespace: $ns}
+spec:
+  phoneNumber: "$NUMBER"
+  version: "$version"
+  images:
+    coreapp: $EMULATOR_REPO/coreapp
+    webapp: $EMULATOR_REPO/web
+    pullPolicy: Never
+  multiconnect: {shards: 1, standbyCoreapps: 1, masters: 2}
+  database:
+    engine: MySQL
+    host: mariadb.$DB_NS.svc
+    credentialsSecretRef: {name: db}
+  media: {existingClaim: media}
+  health:
+    pollIntervalSeconds: 5
+    # The emulator's webapp serves a self-signed certificate in the cluster.
+    insecureSkipTLSVerify: true
+  webapp:
+    replicas: 2
+    resources: {requests: {cpu: 50m, memory: 64Mi}}
+    affinity:
+      podAntiAffinity:
+        preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 1
+          podAffinityTerm:
+            topologyKey: kubernetes.io/hostname
+            labelSelector: {matchLabels: {app.kubernetes.io/instance: $NAME}}$overrides
+EOF
+}
+
+# health_ok NS: the operator's view of the client is one healthy HA
+# deployment: gateway connected, a primary master, the 1 shard on 1 coreapp,
+# 1 standby, 4 nodes listed (stopped nodes of an earlier rollout are gone).
+health_ok() {
+  local got gateway connected standby shards primary nodes
+  got="$(jp "$1" "$NAME" '{.status.health.gateway} {.status.health.connectedCoreapps} {.status.health.standbyCoreapps} {.status.health.shards} {.status.health.primaryMaster} {.status.health.nodes[*].id}')"
+  read -r gateway connected standby shards primary nodes <<<"$got"
+  [ "$gateway" = connected ] && [ "$connected" = 1 ] && [ "$standby" = 1 ] && [ "$shards" = 1 ] &&
+    [ -n "$primary" ] && [ "$(wc -w <<<"$nodes")" = 4 ]
+}
+
+check_health() {
+  local ns="$1"
+  wait_until 120 "$ns/$NAME health: gateway connected, 1 of 1 shard connected, 1 standby, 4 nodes" health_ok "$ns"
+  log "$ns/$NAME .status.health:"
+  jp "$ns" "$NAME" '  gateway={.status.health.gateway} primaryMaster={.status.health.primaryMaster} shards={.status.health.shards} connected={.status.health.connectedCoreapps} standby={.status.health.standbyCoreapps}{"\n"}{range .status.health.nodes[*]}    {.id} {.role} {.gatewayStatus} {.pod}{"\n"}{end}' >&2
+}
+
+scenario_ready() {
+  log "scenario ready: $NS_A/$NAME on the emulator's $OLD images"
+  prepare "$NS_A"
+  apply_number "$NS_A" "$OLD"
+  wait_until "$TIMEOUT" "$NS_A/$NAME Ready" ready_now "$NS_A" "$NAME"
+  k -n "$NS_A" get wan "$NAME" -o wide >&2
+  check_health "$NS_A"
+  [ "$(condition "$NS_A" "$NAME" GatewayConnected)" = True/GatewayConnected ] || fail "GatewayConnected is not True"
+}
+
+scenario_scale_webapp() {
+  log "scenario scale-webapp: 2 -> 3 -> 2 webapp replicas"
+  local replicas
+  for replicas in 3 2; do
+    k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"webapp\":{\"replicas\":$replicas}}}" >&2
+    wait_until "$TIMEOUT" "$NS_A/$NAME Ready with $replicas webapps" ready_now "$NS_A" "$NAME"
+    local got
+    got="$(k -n "$NS_A" get deployment "$NAME-webapp" -o jsonpath='{.spec.replicas} {.status.readyReplicas}')"
+    [ "$got" = "$replicas $replicas" ] || fail "webapp Deployment replicas/ready = $got, expected $replicas"
+    [ "$(jp "$NS_A" "$NAME" '{.status.webapps.ready}')" = "$replicas" ] || fail "status.webapps.ready is not $replicas"
+  done
+  check_health "$NS_A"
+}
+
+upgraded() {
+  ready_now "$1" "$NAME" && [ "$(jp "$1" "$NAME" '{.status.currentVersion}')" = "$2" ]
+}
+
+scenario_upgrade() {
+  log "scenario upgrade: $OLD -> $NEW (the operator runs the schema upgrade Job)"
+  k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"version\":\"$NEW\"}}" >&2
+  wait_until "$TIMEOUT" "$NS_A/$NAME Ready at $NEW" upgraded "$NS_A" "$NEW"
+  k -n "$NS_A" get jobs >&2
+  local image
+  for sts in master coreapp; do
+    image="$(k -n "$NS_A" get statefulset "$NAME-$sts" -o jsonpath='{.spec.template.spec.containers[0].image}')"
+    [ "$image" = "$EMULATOR_REPO/coreapp:v$NEW" ] || fail "$NAME-$sts runs $image"
+  done
+  image="$(k -n "$NS_A" get deployment "$NAME-webapp" -o jsonpath='{.spec.template.spec.containers[0].image}')"
+  [ "$image" = "$EMULATOR_REPO/web:v$NEW" ] || fail "$NAME-webapp runs $image"
+  check_health "$NS_A"
+}
+
+deleted() { ! k -n "$NS_A" get wan "$NAME" >/dev/null 2>&1; }
+no_workloads() { [ -z "$(k -n "$1" get statefulsets,deployments -o name)" ]; }
+
+scenario_conflict() {
+  local version
+  version="$(jp "$NS_A" "$NAME" '{.spec.version}')"
+  log "scenario conflict: the same number in $NS_B waits while $NS_A holds it"
+  prepare "$NS_B"
+  apply_number "$NS_B" "$version"
+  wait_until 120 "$NS_B/$NAME Conflict=True/PhoneNumberInUse" conflict_now "$NS_B"
+  [ "$(condition "$NS_B" "$NAME" Ready)" = False/PhoneNumberInUse ] || fail "Ready of the duplicate is not False/PhoneNumberInUse"
+  no_workloads "$NS_B" || fail "the duplicate deployed workloads"
+  ready_now "$NS_A" "$NAME" || fail "the holder lost Ready"
+
+  log "scenario conflict: deleting the holder; the duplicate takes the number over"
+  k -n "$NS_A" delete wan "$NAME" --wait=false >&2
+  wait_until 120 "$NS_A/$NAME deleted" deleted
+  wait_until "$TIMEOUT" "$NS_B/$NAME Ready" ready_now "$NS_B" "$NAME"
+  [ "$(condition "$NS_B" "$NAME" Conflict | cut -d/ -f1)" = False ] || fail "Conflict of the new holder is not False"
+  check_health "$NS_B"
+}
+conflict_now() { [ "$(condition "$1" "$NAME" Conflict)" = True/PhoneNumberInUse ]; }
+
+scenario_ready
+for s in "${SCENARIOS[@]}"; do
+  case "$s" in
+    scale-webapp) scenario_scale_webapp ;;
+    upgrade) scenario_upgrade ;;
+    conflict) scenario_conflict ;;
+  esac
+done

@@ -1,0 +1,382 @@
+//! Upgrade scenarios: the procedure on the control plane (every pod watched),
+//! resumed after kills, and with emulator processes at both versions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use futures::StreamExt;
+use jiff::ToSpan;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use whatsapp_operator::api::WhatsAppNumber;
+
+use crate::Env;
+use crate::emulated::{self, Deployment};
+use crate::scenarios::{apply_example, merge_patch, ready_now, typed, unique_number, wait_ready, wans};
+use crate::support::{self, OPERATOR_NAMESPACE, namespace, wait_until, work_dir};
+
+pub const CATALOG_CONFIGMAP: &str = "whatsapp-operator-release-catalog";
+const OLD: &str = "2.53.2";
+const NEW: &str = "2.55.1";
+/// The build the Auto scenario runs first and then sees expire.
+const AUTO_OLD: &str = "2.51.3";
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Release dates relative to today, so the real clock finds every build valid,
+/// except 2.51.3 once `expire_auto_old` marks it expired.
+pub fn catalog_yaml(expire_auto_old: bool) -> String {
+    let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date();
+    let ago = |days: i64| today.checked_sub(days.days()).expect("a date").to_string();
+    let auto_old_expiry = if expire_auto_old { format!(", expiresAt: \"{}\"", ago(1)) } else { String::new() };
+    format!(
+        "- {{version: \"{AUTO_OLD}\", releasedAt: \"{}\"{auto_old_expiry}}}\n- {{version: \"{OLD}\", releasedAt: \"{}\"}}\n- {{version: \"{NEW}\", releasedAt: \"{}\"}}\n",
+        ago(140),
+        ago(100),
+        ago(10)
+    )
+}
+
+/// Writes the release catalog ConfigMap the operator reads.
+pub async fn write_catalog(c: &Client, yaml: String) -> Result<()> {
+    let cm = ConfigMap {
+        metadata: ObjectMeta { name: Some(CATALOG_CONFIGMAP.into()), ..Default::default() },
+        data: Some(BTreeMap::from([("catalog.yaml".to_string(), yaml)])),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(c.clone(), OPERATOR_NAMESPACE)
+        .patch(CATALOG_CONFIGMAP, &PatchParams::apply("integration-tests").force(), &Patch::Apply(&cm))
+        .await?;
+    Ok(())
+}
+
+fn upgrade_step(w: &WhatsAppNumber) -> Option<String> {
+    w.status.as_ref()?.upgrade.as_ref().map(|u| u.step.clone())
+}
+
+async fn wait_upgraded(api: &Api<WhatsAppNumber>, name: &str, to: &str) -> Result<WhatsAppNumber> {
+    wait_until(UPGRADE_TIMEOUT, &format!("{name} to run {to} and be Ready"), || async {
+        let w = api.get(name).await?;
+        Ok(ready_now(&w)
+            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(to)
+            && upgrade_step(&w).as_deref() == Some("Complete"))
+    })
+    .await
+    .with_context(|| {
+        format!("last status: {:?}", futures::executor::block_on(api.get(name)).ok().and_then(|w| w.status))
+    })?;
+    Ok(api.get(name).await?)
+}
+
+#[derive(Debug)]
+enum Seen {
+    Pod {
+        uid: String,
+        component: String,
+        version: String,
+        alive: bool,
+    },
+    /// The pod watch has listed what existed when it started.
+    Listed,
+    Job,
+}
+
+/// Records every pod and Job event in a namespace, in order.
+fn record(c: &Client, ns: &str) -> (tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
+    let pod_tx = tx.clone();
+    let pod_events = watcher(pods, watcher::Config::default()).for_each(move |e| {
+        let seen = |p: &Pod, alive: bool| Seen::Pod {
+            uid: p.uid().unwrap_or_default(),
+            component: p.labels().get("app.kubernetes.io/component").cloned().unwrap_or_default(),
+            version: p.labels().get("app.kubernetes.io/version").cloned().unwrap_or_default(),
+            alive,
+        };
+        match e {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                let _ = pod_tx.send(seen(&p, true));
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                let _ = pod_tx.send(seen(&p, false));
+            }
+            Ok(watcher::Event::InitDone) => {
+                let _ = pod_tx.send(Seen::Listed);
+            }
+            _ => {}
+        }
+        futures::future::ready(())
+    });
+    let job_events = watcher(jobs, watcher::Config::default()).for_each(move |e| {
+        if let Ok(watcher::Event::Apply(_)) = e {
+            let _ = tx.send(Seen::Job);
+        }
+        futures::future::ready(())
+    });
+    (
+        tokio::spawn(async move {
+            futures::join!(pod_events, job_events);
+        }),
+        rx,
+    )
+}
+
+/// Replays the recorded events: old and new masters/coreapps never coexist,
+/// the schema Job appears after the last old node pod went and before the
+/// first new one came, and some webapp pod existed at every moment.
+fn check_history(events: &[Seen], from: &str, to: &str) -> Result<()> {
+    let mut live: HashMap<String, (String, String)> = HashMap::new();
+    let (mut old_gone_at, mut job_at, mut new_at) = (None, None, None);
+    let mut listed = false;
+    for (i, e) in events.iter().enumerate() {
+        match e {
+            Seen::Listed => listed = true,
+            Seen::Job => {
+                job_at.get_or_insert(i);
+            }
+            Seen::Pod { uid, component, version, alive } => {
+                if *alive {
+                    live.insert(uid.clone(), (component.clone(), version.clone()));
+                } else {
+                    live.remove(uid);
+                }
+            }
+        }
+        if !listed {
+            continue;
+        }
+        let nodes: Vec<&(String, String)> = live.values().filter(|(c, _)| c == "master" || c == "coreapp").collect();
+        let old = nodes.iter().filter(|(_, v)| v == from).count();
+        let new = nodes.iter().filter(|(_, v)| v == to).count();
+        ensure!(old == 0 || new == 0, "event {i}: {old} node pods of {from} and {new} of {to} at once");
+        if new > 0 {
+            new_at.get_or_insert(i);
+        }
+        if old == 0 && new == 0 && old_gone_at.is_none() && job_at.is_none() {
+            old_gone_at = Some(i);
+        }
+        let webapps = live.values().filter(|(c, _)| c == "webapp").count();
+        ensure!(webapps > 0, "event {i}: no webapp pod");
+    }
+    let (gone, job, new) = (
+        old_gone_at.ok_or_else(|| anyhow!("the old node pods never all went"))?,
+        job_at.ok_or_else(|| anyhow!("no schema Job ran"))?,
+        new_at.ok_or_else(|| anyhow!("no new node pod came"))?,
+    );
+    ensure!(gone < job && job < new, "order: old pods gone at event {gone}, Job at {job}, new pods at {new}");
+    Ok(())
+}
+
+pub async fn upgrade_never_runs_old_and_new_nodes_together(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "upgrade").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    let w = wait_ready(&api, &name).await?;
+    let build = w.status.as_ref().and_then(|s| s.build.clone()).ok_or_else(|| anyhow!("no build status"))?;
+    ensure!(build.version == OLD && build.expires_at.is_some(), "the catalog ConfigMap dates the build: {build:?}");
+
+    let (recorder, mut rx) = record(c, &ns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
+    let w = wait_upgraded(&api, &name, NEW).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    recorder.abort();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    check_history(&events, OLD, NEW)?;
+    let u = w.status.as_ref().and_then(|s| s.upgrade.clone()).unwrap();
+    ensure!((u.from.as_str(), u.to.as_str()) == (OLD, NEW));
+    ensure!(w.status.as_ref().and_then(|s| s.target_version.as_deref()) == Some(NEW));
+    ensure!(w.spec.version == NEW, "the spec is the user's");
+
+    // Back to the old version: refused, the schema cannot go back.
+    merge_patch(&api, &name, json!({"spec": {"version": OLD}})).await?;
+    wait_until(Duration::from_secs(30), "the downgrade to be refused", || async {
+        let w = api.get(&name).await?;
+        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
+        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
+            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW))
+    })
+    .await?;
+    let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-coreapp")).await?;
+    let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
+    ensure!(image.ends_with(&format!(":v{NEW}")), "coreapps stay at {NEW}: {image}");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn upgrade_resumes_after_the_operator_is_killed(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "resume").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let (recorder, mut rx) = record(c, &ns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
+
+    // Kill the operator (no chance to finish anything) in every step it is seen in.
+    let mut killed_in: Vec<String> = Vec::new();
+    let deadline = Instant::now() + UPGRADE_TIMEOUT;
+    loop {
+        ensure!(Instant::now() < deadline, "the upgrade did not finish; killed in {killed_in:?}");
+        let w = api.get(&name).await?;
+        match upgrade_step(&w) {
+            Some(step) if step == "Complete" => break,
+            Some(step) if !killed_in.contains(&step) => {
+                let mut op = env.operator.lock().unwrap();
+                op.kill();
+                op.restart()?;
+                killed_in.push(step);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    wait_upgraded(&api, &name, NEW).await?;
+    recorder.abort();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    check_history(&events, OLD, NEW)?;
+    eprintln!("upgrade_resumes_after_the_operator_is_killed: killed during {killed_in:?}");
+    ensure!(killed_in.len() >= 3, "the operator was killed in too few steps to prove much: {killed_in:?}");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// Plays the kubelet for the emulated nodes during an upgrade: stops the old
+/// nodes when the operator does, runs the schema upgrade and starts the new
+/// nodes once the procedure gets there. Returns the gateway-down window.
+async fn follow_upgrade(
+    api: &Api<WhatsAppNumber>,
+    deployment: &mut Deployment,
+    to: &str,
+    api_key: &str,
+    pki: &emulated::Pki,
+    port: u16,
+    coreapps: usize,
+) -> Result<Duration> {
+    wait_until(UPGRADE_TIMEOUT, "the upgrade to stop the nodes", || async {
+        let w = api.get("acme").await?;
+        Ok(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_some_and(|u| u.to == to))
+    })
+    .await?;
+    let down_since = Instant::now();
+    deployment.stop_all();
+    wait_until(UPGRADE_TIMEOUT, "the procedure to start the new masters", || async {
+        let step = upgrade_step(&api.get("acme").await?).unwrap_or_default();
+        Ok(!matches!(step.as_str(), "StoppingNodes" | "UpgradingSchema"))
+    })
+    .await?;
+    deployment.set_version(to);
+    deployment.upgrade_schema()?;
+    for _ in 0..2 {
+        deployment.node(true)?;
+    }
+    for _ in 0..coreapps {
+        deployment.node(false)?;
+    }
+    deployment.webapp(api_key, pki, port)?;
+    wait_until(UPGRADE_TIMEOUT, "the gateway to connect at the new version", || async {
+        let w = api.get("acme").await?;
+        Ok(w.status.as_ref().and_then(|s| s.health.as_ref()).is_some_and(|h| h.gateway == "connected")
+            && w.status.as_ref().and_then(|s| s.target_version.as_deref()) == Some(to))
+    })
+    .await
+    .with_context(|| deployment.logs())?;
+    Ok(down_since.elapsed())
+}
+
+fn emulator_catalog(name: &str) -> Result<std::path::PathBuf> {
+    let path = work_dir().join(format!("catalog-{name}.yaml"));
+    std::fs::write(&path, catalog_yaml(false))?;
+    Ok(path)
+}
+
+pub async fn gateway_manual_upgrade_reaches_ready_at_the_new_version(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let (ns, port) = env.slot("upgrade");
+    let pki = emulated::pki(&work_dir().join("pki-upgrade"))?;
+    let number = unique_number();
+    crate::gateway::prepare(c, &ns, &pki, &number, json!({"version": OLD})).await?;
+    let api = wans(c, &ns);
+    let mut deployment = Deployment::start_with("upgrade", &number, OLD, (1, 4), Some(&emulator_catalog("upgrade")?))?;
+    for master in [true, true, false, false] {
+        deployment.node(master)?;
+    }
+    let key = crate::gateway::api_key(c, &ns).await?;
+    deployment.webapp(&key, &pki, port)?;
+    wait_ready(&api, "acme").await.with_context(|| deployment.logs())?;
+
+    merge_patch(&api, "acme", json!({"spec": {"version": NEW}})).await?;
+    let down = follow_upgrade(&api, &mut deployment, NEW, &key, &pki, port, 2).await?;
+    let w = wait_upgraded(&api, "acme", NEW).await.with_context(|| deployment.logs())?;
+    eprintln!(
+        "gateway_manual_upgrade: the gateway was down for {:.1}s during the upgrade {OLD} -> {NEW}",
+        down.as_secs_f64()
+    );
+    let health = w.status.as_ref().and_then(|s| s.health.clone()).unwrap_or_default();
+    ensure!(health.connected_coreapps == 1 && health.primary_master.is_some(), "{health:?}");
+    let events = typed::<k8s_openapi::api::events::v1::Event>(c, &ns).list(&Default::default()).await?;
+    for reason in ["UpgradeStarted", "UpgradeCompleted"] {
+        ensure!(events.items.iter().any(|e| e.reason.as_deref() == Some(reason)), "a {reason} event");
+    }
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn gateway_auto_upgrades_an_expired_build(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let (ns, port) = env.slot("auto");
+    let pki = emulated::pki(&work_dir().join("pki-auto"))?;
+    let number = unique_number();
+    crate::gateway::prepare(c, &ns, &pki, &number, json!({"version": AUTO_OLD, "upgrade": {"policy": "Auto"}})).await?;
+    let api = wans(c, &ns);
+    let mut deployment = Deployment::start_with("auto", &number, AUTO_OLD, (1, 4), Some(&emulator_catalog("auto")?))?;
+    for master in [true, true, false, false] {
+        deployment.node(master)?;
+    }
+    let key = crate::gateway::api_key(c, &ns).await?;
+    deployment.webapp(&key, &pki, port)?;
+    let w = wait_ready(&api, "acme").await.with_context(|| deployment.logs())?;
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(AUTO_OLD));
+
+    // Time passes: the catalog now says the running build has expired.
+    write_catalog(c, catalog_yaml(true)).await?;
+    let result = async {
+        wait_until(Duration::from_secs(60), "BuildExpired and an automatic upgrade", || async {
+            let w = api.get("acme").await?;
+            let expired =
+                w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "BuildExpired").cloned());
+            Ok(expired.is_some_and(|e| e.status == "True")
+                && w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_some_and(|u| u.to == NEW))
+        })
+        .await?;
+        let down = follow_upgrade(&api, &mut deployment, NEW, &key, &pki, port, 2).await?;
+        let w = wait_upgraded(&api, "acme", NEW).await.with_context(|| deployment.logs())?;
+        eprintln!(
+            "gateway_auto_upgrade: an expired {AUTO_OLD} was upgraded to {NEW}; gateway down {:.1}s",
+            down.as_secs_f64()
+        );
+        ensure!(w.spec.version == AUTO_OLD, "Auto never rewrites the spec");
+        ensure!(w.status.as_ref().and_then(|s| s.target_version.as_deref()) == Some(NEW));
+        let expired = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "BuildExpired").cloned());
+        ensure!(expired.is_some_and(|e| e.status == "False"), "the new build is valid");
+        anyhow::Ok(())
+    }
+    .await;
+    write_catalog(c, catalog_yaml(false)).await?;
+    result?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
