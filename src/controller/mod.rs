@@ -263,10 +263,17 @@ async fn deploy(
     };
     // The first deployment records its version at once: from then on every
     // version change goes through the upgrade procedure.
-    let current = current.or_else(|| Some(plan.steady_version.clone()));
+    let current = current.unwrap_or_else(|| plan.steady_version.clone());
+    // An upgrade that completed just now changes the running build.
+    let build_state = if current == plan.build_version {
+        plan.build.clone()
+    } else {
+        upgrade::policy::assess(&observed.catalog, &current, now, upgrade::before(&wan.spec.upgrade))
+    };
+    let build = upgrade::build_status(&current, &build_state);
 
     let labels = ctx.metrics.number(wan);
-    let expiry = plan.build_status().expires_at.and_then(|d| d.parse::<k8s_openapi::jiff::civil::Date>().ok());
+    let expiry = build.expires_at.as_ref().and_then(|d| d.parse::<k8s_openapi::jiff::civil::Date>().ok());
     match expiry.and_then(|d| d.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).ok()) {
         Some(z) => {
             ctx.metrics.build_expiry.get_or_create(&labels).set(z.timestamp().as_second() as f64);
@@ -280,10 +287,10 @@ async fn deploy(
     }
 
     let versions = status::Versions {
-        current,
+        current: Some(current),
         target: Some(plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.target.version.clone())),
-        build: Some(plan.build_status()),
-        build_state: Some(plan.build.clone()),
+        build: Some(build),
+        build_state: Some(build_state),
         before: wan.spec.upgrade.before.clone(),
         upgrade: upgrade_status,
         blocker: plan.blocker.clone(),

@@ -112,15 +112,20 @@ impl Plan {
     }
 
     pub fn build_status(&self) -> BuildStatus {
-        let release = match &self.build {
-            BuildState::Valid(r) | BuildState::Expiring(r) | BuildState::Expired(r) => Some(r),
-            BuildState::Unknown => None,
-        };
-        BuildStatus {
-            version: self.build_version.clone(),
-            released_at: release.map(|r| r.released_at.to_string()),
-            expires_at: release.map(|r| r.expires_at.to_string()),
-        }
+        build_status(&self.build_version, &self.build)
+    }
+}
+
+/// The status block of a build.
+pub fn build_status(version: &str, state: &BuildState) -> BuildStatus {
+    let release = match state {
+        BuildState::Valid(r) | BuildState::Expiring(r) | BuildState::Expired(r) => Some(r),
+        BuildState::Unknown => None,
+    };
+    BuildStatus {
+        version: version.to_string(),
+        released_at: release.map(|r| r.released_at.to_string()),
+        expires_at: release.map(|r| r.expires_at.to_string()),
     }
 }
 

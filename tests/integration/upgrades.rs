@@ -221,6 +221,17 @@ pub async fn upgrade_resumes_after_the_operator_is_killed(env: &'static Env) -> 
     wait_ready(&api, &name).await?;
     let (recorder, mut rx) = record(c, &ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // An extra old coreapp pod (as if one were slow to terminate) holds the
+    // StoppingNodes step until the test deletes it.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    let held: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "slow-coreapp", "labels": {
+            "app.kubernetes.io/name": "whatsapp-business-api", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": "whatsapp-operator", "app.kubernetes.io/component": "coreapp",
+            "app.kubernetes.io/version": OLD}},
+        "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "coreapp", "image": "coreapp"}]}
+    }))?;
+    pods.create(&Default::default(), &held).await?;
     merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
 
     // Kill the operator (no chance to finish anything) in every step it is seen in.
@@ -232,9 +243,18 @@ pub async fn upgrade_resumes_after_the_operator_is_killed(env: &'static Env) -> 
         match upgrade_step(&w) {
             Some(step) if step == "Complete" => break,
             Some(step) if !killed_in.contains(&step) => {
-                let mut op = env.operator.lock().unwrap();
-                op.kill();
-                op.restart()?;
+                {
+                    let mut op = env.operator.lock().unwrap();
+                    op.kill();
+                    op.restart()?;
+                }
+                if step == "StoppingNodes" {
+                    // The restarted operator must still be waiting for the held pod.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let w = api.get(&name).await?;
+                    ensure!(upgrade_step(&w).as_deref() == Some("StoppingNodes"), "moved on with an old pod alive");
+                    pods.delete("slow-coreapp", &Default::default()).await?;
+                }
                 killed_in.push(step);
             }
             _ => {}
@@ -249,7 +269,11 @@ pub async fn upgrade_resumes_after_the_operator_is_killed(env: &'static Env) -> 
     }
     check_history(&events, OLD, NEW)?;
     eprintln!("upgrade_resumes_after_the_operator_is_killed: killed during {killed_in:?}");
-    ensure!(killed_in.len() >= 3, "the operator was killed in too few steps to prove much: {killed_in:?}");
+    ensure!(
+        killed_in.first().map(String::as_str) == Some("StoppingNodes"),
+        "killed while stopping nodes: {killed_in:?}"
+    );
+    ensure!(killed_in.len() >= 4, "the operator was killed in too few steps to prove much: {killed_in:?}");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
