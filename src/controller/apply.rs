@@ -140,7 +140,7 @@ impl<'a> Applier<'a> {
                 .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
                 .await?;
             self.metrics.record_write("Secret", "create");
-            return Ok(Some(created));
+            Ok(Some(created))
         } else {
             // The resource version in `secret` makes this fail rather than
             // overwrite a concurrent change; the next reconcile reads again.
@@ -152,7 +152,7 @@ impl<'a> Applier<'a> {
                 )
                 .await?;
             self.metrics.record_write("Secret", "update");
-            return Ok(Some(updated));
+            Ok(Some(updated))
         }
     }
 

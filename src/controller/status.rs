@@ -27,8 +27,10 @@ pub const PHONE_NUMBER_IN_USE: &str = "PhoneNumberInUse";
 /// Reason when a shard change needs the registration Secret.
 pub const REGISTRATION_REQUIRED: &str = "RegistrationRequired";
 
-/// What a reconcile ended with, as far as status is concerned.
+/// What a reconcile ended with, as far as status is concerned. One lives for
+/// one reconcile, so the size of `Applied` does not matter.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Validation stopped the reconcile before anything was applied.
     Blocked(Problem),

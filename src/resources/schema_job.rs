@@ -1,8 +1,6 @@
 //! The schema upgrade: the new coreapp image with `WA_DB_UPGRADE=1` migrates
 //! the database and exits, as Meta's `dbupgrade-compose.yml` runs it.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -43,11 +41,7 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
             active_deadline_seconds: Some(i64::from(up.schema_upgrade_deadline_seconds)),
             ttl_seconds_after_finished: Some(KEEP_FINISHED_SECONDS),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: None::<BTreeMap<_, _>>,
-                    ..Default::default()
-                }),
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     restart_policy: Some("Never".into()),

@@ -442,3 +442,52 @@ fn pull_settings_reach_every_pod() {
         assert_eq!(pod.containers[0].image_pull_policy.as_deref(), Some("Always"));
     }
 }
+
+#[test]
+fn schema_job_runs_the_new_image_with_the_upgrade_flag() {
+    let mut wan = sample();
+    wan.spec.upgrade.schema_upgrade_retries = 2;
+    wan.spec.upgrade.schema_upgrade_deadline_seconds = 1800;
+    let job = schema_job::schema_job(&wan, "2.55.1");
+    assert_eq!(job.metadata.name.as_deref(), Some("acme-schema-2-55-1"));
+    assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].name, "acme");
+    let spec = job.spec.unwrap();
+    assert_eq!((spec.backoff_limit, spec.active_deadline_seconds), (Some(2), Some(1800)));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("docker.whatsapp.biz/coreapp:v2.55.1"));
+    assert_eq!(env(c, "WA_DB_UPGRADE").and_then(|e| e.value.as_deref()), Some("1"));
+    assert!(env(c, "WA_DB_PASSWORD").is_some() && env(c, "WA_MASTER_NODE").is_none());
+}
+
+#[test]
+fn upgrade_shape_sets_versions_and_stops_nodes() {
+    use crate::upgrade::procedure::Shape;
+    let wan = sample();
+    let stopped = Shape {
+        node_version: "2.53.2".into(),
+        masters_running: false,
+        coreapps_running: false,
+        webapp_version: "2.53.2".into(),
+        schema_job: true,
+    };
+    let c = build(&wan, &BuildInputs { shape: Some(stopped), coreapp_replicas: Some(3), ..inputs() });
+    assert_eq!(c.masters.spec.as_ref().unwrap().replicas, Some(0));
+    assert_eq!(c.coreapps.spec.as_ref().unwrap().replicas, Some(0), "stopped wins over a shard change");
+    assert_eq!(c.webapps.spec.as_ref().unwrap().replicas, Some(2), "webapps keep serving");
+
+    let coreapps_at_new = Shape {
+        node_version: "2.55.1".into(),
+        masters_running: true,
+        coreapps_running: true,
+        webapp_version: "2.53.2".into(),
+        schema_job: false,
+    };
+    let c = build(&wan, &BuildInputs { shape: Some(coreapps_at_new), ..inputs() });
+    assert_eq!(container(&c.coreapps).image.as_deref(), Some("docker.whatsapp.biz/coreapp:v2.55.1"));
+    let labels = c.coreapps.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert_eq!(labels[LABEL_VERSION], "2.55.1");
+    let web = c.webapps.spec.unwrap().template.spec.unwrap();
+    assert_eq!(web.containers[0].image.as_deref(), Some("docker.whatsapp.biz/web:v2.53.2"));
+}

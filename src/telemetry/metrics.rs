@@ -56,7 +56,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("whatsapp_operator");
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter());
+        let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::<i64, AtomicI64>::default();
         let connected_coreapps = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();

@@ -100,7 +100,7 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
     ensure!(health.primary_master.is_some() && health.shards == Some(1), "{health:?}");
     ensure!(health.nodes.len() == 4, "every node listed: {:?}", health.nodes);
     ensure!(condition(&w, "GatewayConnected").is_some_and(|g| g.status == "True"));
-    let metrics = env.operator.lock().unwrap().metrics().await?;
+    let metrics = env.operator_metrics().await?;
     let up = metrics.lines().find(|l| l.starts_with("whatsapp_operator_number_gateway_up{") && l.contains(&ns));
     ensure!(up.is_some_and(|l| l.ends_with(" 1")), "gateway_up metric: {up:?}");
 

@@ -37,6 +37,12 @@ pub struct Env {
 }
 
 impl Env {
+    /// The shared operator's metrics, without holding its lock across the request.
+    pub async fn operator_metrics(&self) -> anyhow::Result<String> {
+        let port = self.operator.lock().unwrap_or_else(|e| e.into_inner()).metrics_port;
+        Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.error_for_status()?.text().await?)
+    }
+
     /// `(namespace, webapp port)` reserved for a gateway scenario.
     pub fn slot(&self, scenario: &str) -> (String, u16) {
         let (_, ns, port) = self.gateway_slots.iter().find(|(s, _, _)| *s == scenario).expect("a reserved slot");

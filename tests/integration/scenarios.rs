@@ -34,7 +34,7 @@ where
 pub async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<&str>) -> Result<String> {
     let text = std::fs::read_to_string(support::repo().join("examples").join(file))?;
     let docs = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| <Value as serde::Deserialize>::deserialize(doc))
+        .map(<Value as serde::Deserialize>::deserialize)
         .collect::<Result<Vec<_>, _>>()?;
     let mut wan_name = None;
     for mut value in docs {
@@ -567,7 +567,7 @@ pub async fn only_the_leader_writes(env: &'static Env) -> Result<()> {
         support::metric_sum(&standby_metrics, "whatsapp_operator_reconciles_total") == 0.0,
         "the standby reconciled"
     );
-    let main_metrics = env.operator.lock().unwrap().metrics().await?;
+    let main_metrics = env.operator_metrics().await?;
     ensure!(leader_gauge(&main_metrics) == 1.0, "the first replica leads");
 
     // The leader dies without releasing its lease: the standby takes over once it expires.

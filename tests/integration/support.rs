@@ -102,7 +102,7 @@ pub async fn install_crd(client: &Client) -> Result<()> {
     let crd = WhatsAppNumber::crd();
     api.patch(&crd.name_any(), &PatchParams::apply("integration-tests").force(), &Patch::Apply(&crd)).await?;
     wait_until(Duration::from_secs(30), "the CRD to be established", || async {
-        let crd = api.get(&WhatsAppNumber::crd_name()).await?;
+        let crd = api.get(WhatsAppNumber::crd_name()).await?;
         Ok(crd
             .status
             .and_then(|s| s.conditions)
