@@ -19,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -60,7 +60,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub applied: AppliedMemory,
     pub settings: Settings,
-    failures: Mutex<HashMap<ObjectRef<WhatsAppNumber>, u32>>,
+    failures: Mutex<HashMap<(String, String), u32>>,
     http_clients: Mutex<HashMap<(Trust, Duration), reqwest::Client>>,
 }
 
@@ -101,6 +101,54 @@ const UPGRADE_STEP_RETRY: Duration = Duration::from_secs(3);
 /// Short retry while a shard change is under way.
 const SHARD_CHANGE_RETRY: Duration = Duration::from_secs(5);
 
+fn key<K: Resource>(obj: &K) -> (String, String) {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The controller watches WhatsAppNumbers untyped, so that one object the
+/// operator cannot read (stored under an older or newer schema) is reported on
+/// its own status and never stops the watch, and with it every other object.
+pub fn typed(obj: &DynamicObject) -> std::result::Result<WhatsAppNumber, serde_json::Error> {
+    serde_json::to_value(obj).and_then(serde_json::from_value)
+}
+
+pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
+    match typed(&obj) {
+        Ok(wan) => reconcile(Arc::new(wan), ctx).await,
+        Err(e) => {
+            ctx.metrics.reconciles.inc();
+            report_unreadable(&obj, &e, &ctx).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Writes `Ready=False/InvalidObject` with the decoding error, leaving every
+/// child as it is.
+async fn report_unreadable(obj: &DynamicObject, error: &serde_json::Error, ctx: &Context) -> Result<()> {
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    warn!(namespace = %namespace, name = %obj.name_any(), %error, "cannot read a WhatsAppNumber; it is left as it is");
+    let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+        obj.data.pointer("/status/conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let generation = obj.metadata.generation;
+    let message =
+        format!("the operator cannot read this object ({error}); fix the spec, nothing else is changed meanwhile");
+    let ready =
+        status::condition(&previous, status::READY, "False", "InvalidObject".into(), message.clone(), generation, &now);
+    let stalled =
+        status::condition(&previous, status::STALLED, "True", "InvalidObject".into(), message, generation, &now);
+    if previous.contains(&ready) && previous.contains(&stalled) {
+        return Ok(());
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<WhatsAppNumber>(&()));
+    let patch = json!({"status": {"observedGeneration": generation, "conditions": [ready, stalled]}});
+    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ctx.metrics.record_write("WhatsAppNumber", "patch-status");
+    Ok(())
+}
+
 #[instrument(skip_all, fields(namespace = wan.namespace().unwrap_or_default(), name = wan.name_any(), generation = wan.metadata.generation))]
 pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -118,7 +166,7 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
     .or_else(|e| if e.is_moot() { Ok(Action::await_change()) } else { Err(e) });
     ctx.metrics.observe_duration(started.elapsed());
     if result.is_ok() {
-        ctx.failures.lock().expect("failures lock").remove(&ObjectRef::from_obj(wan.as_ref()));
+        ctx.failures.lock().expect("failures lock").remove(&key(wan.as_ref()));
     }
     result
 }
@@ -446,11 +494,11 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Exponential backoff per object: 5 s, 10 s, 20 s ... up to 5 minutes.
-pub fn error_policy(wan: Arc<WhatsAppNumber>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(wan: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.record_error(error.reason());
     let attempts = {
         let mut failures = ctx.failures.lock().expect("failures lock");
-        let n = failures.entry(ObjectRef::from_obj(wan.as_ref())).or_insert(0);
+        let n = failures.entry(key(wan.as_ref())).or_insert(0);
         *n += 1;
         *n
     };
@@ -464,41 +512,47 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 /// The WhatsAppNumbers whose reconcile reads the named Secret or claim.
-fn referencing(
-    store: &Store<WhatsAppNumber>,
-    namespace: Option<String>,
-    name: &str,
-    kind: Reference,
-) -> Vec<ObjectRef<WhatsAppNumber>> {
+/// The objects of a store the operator can read, with their references.
+fn readable(store: &Store<DynamicObject>) -> Vec<(WhatsAppNumber, ObjectRef<DynamicObject>)> {
+    let resource = ApiResource::erase::<WhatsAppNumber>(&());
     store
         .state()
         .into_iter()
-        .filter(|wan| wan.namespace() == namespace)
-        .filter(|wan| {
+        .filter_map(|obj| Some((typed(&obj).ok()?, ObjectRef::from_obj_with(obj.as_ref(), resource.clone()))))
+        .collect()
+}
+
+fn referencing(
+    store: &Store<DynamicObject>,
+    namespace: Option<String>,
+    name: &str,
+    kind: Reference,
+) -> Vec<ObjectRef<DynamicObject>> {
+    readable(store)
+        .into_iter()
+        .filter(|(wan, _)| wan.namespace() == namespace)
+        .filter(|(wan, _)| {
             let spec = &wan.spec;
             match kind {
                 Reference::Secret => {
                     spec.database.credentials_secret_ref.name == name
                         || spec.database.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
                         || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
+                        || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
                         || Names::new(wan).keys() == name
                 }
                 Reference::Claim => crate::resources::media_claim_name(wan) == name,
             }
         })
-        .map(|wan| ObjectRef::from_obj(wan.as_ref()))
+        .map(|(_, r)| r)
         .collect()
 }
 
 /// The WhatsAppNumbers with the phone number a claim Lease is about.
-fn waiting_for(store: &Store<WhatsAppNumber>, lease: &Lease) -> Vec<ObjectRef<WhatsAppNumber>> {
+fn waiting_for(store: &Store<DynamicObject>, lease: &Lease) -> Vec<ObjectRef<DynamicObject>> {
     let Some(number) = lease.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
-    store
-        .state()
-        .into_iter()
-        .filter(|wan| &wan.spec.phone_number == number)
-        .map(|wan| ObjectRef::from_obj(wan.as_ref()))
-        .collect()
+    readable(store).into_iter().filter(|(wan, _)| &wan.spec.phone_number == number).map(|(_, r)| r).collect()
 }
 
 #[derive(Clone, Copy)]
@@ -517,7 +571,11 @@ pub async fn run(
     reporter: Reporter,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let wans: Api<WhatsAppNumber> = scoped(&client, &namespace);
+    let resource = ApiResource::erase::<WhatsAppNumber>(&());
+    let wans: Api<DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
     let claims: Api<Lease> = Api::namespaced(client.clone(), &settings.operator_namespace);
     let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings));
     let owned = || watcher::Config::default().labels(crate::resources::names::LABEL_MANAGED_BY_SELECTOR);
@@ -529,7 +587,7 @@ pub async fn run(
     )
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
-    let controller = Controller::new(wans, watcher::Config::default().any_semantic())
+    let controller = Controller::new_with(wans, watcher::Config::default().any_semantic(), resource)
         .with_config(ControllerConfig::default().concurrency(4))
         .reconcile_all_on(catalog_changes);
     let store = controller.store();
@@ -555,7 +613,7 @@ pub async fn run(
             move |lease| waiting_for(&number_store, &lease),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_object, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled"),

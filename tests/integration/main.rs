@@ -95,6 +95,9 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("kubectl_wait_never_passes_on_an_old_generation", true, |e| {
         Box::pin(scenarios::kubectl_wait_never_passes_on_an_old_generation(e))
     }),
+    ("an_unreadable_object_does_not_stop_the_others", true, |e| {
+        Box::pin(scenarios::an_unreadable_object_does_not_stop_the_others(e))
+    }),
     ("namespace_scoped_rbac_is_enough", true, |e| Box::pin(scenarios::namespace_scoped_rbac_is_enough(e))),
 ];
 

@@ -828,3 +828,68 @@ pub async fn racing_claims_end_with_one_holder(env: &'static Env) -> Result<()> 
     }
     Ok(())
 }
+
+pub async fn an_unreadable_object_does_not_stop_the_others(env: &'static Env) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let c = &env.admin;
+    let ns = namespace(c, "unreadable").await?;
+    apply_example(c, &ns, "ha-mysql.yaml", Some("Secret")).await?;
+
+    // An older schema let `version` be anything; an object stored then cannot
+    // be read by this operator.
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let loosen: json_patch::Patch = serde_json::from_value(json!([{
+        "op": "replace",
+        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/version",
+        "value": {"x-kubernetes-preserve-unknown-fields": true}
+    }]))?;
+    crds.patch("whatsappnumbers.whatsapp.operators.dev", &PatchParams::default(), &Patch::Json::<()>(loosen)).await?;
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(c.clone(), &ns, &kube::api::ApiResource::erase::<WhatsAppNumber>(&()));
+    let bad: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "whatsapp.operators.dev/v1alpha1", "kind": "WhatsAppNumber",
+        "metadata": {"name": "unreadable"},
+        "spec": {"phoneNumber": unique_number(), "version": {"major": 2, "minor": 53},
+                 "database": {"engine": "MySQL", "host": "db", "credentialsSecretRef": {"name": "ha-mysql-db"}}}
+    }))?;
+    let created = wait_until(Duration::from_secs(20), "the loosened schema to be served", || async {
+        Ok(raw.create(&PostParams::default(), &bad).await.is_ok())
+    })
+    .await;
+    support::install_crd(c).await?;
+    created?;
+
+    let mut good: WhatsAppNumber = {
+        let text = std::fs::read_to_string(support::repo().join("examples/ha-mysql.yaml"))?;
+        serde_yaml::from_str(text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?)?
+    };
+    good.metadata.namespace = Some(ns.clone());
+    good.spec.health.enabled = false;
+    let api = wans(c, &ns);
+    for (i, restart) in [(0, false), (1, true)] {
+        if restart {
+            // A fresh start lists the unreadable object along with the rest.
+            env.operator.lock().unwrap().restart()?;
+        }
+        let mut w = good.clone();
+        w.metadata.name = Some(format!("readable-{i}"));
+        w.spec.phone_number = unique_number();
+        api.create(&PostParams::default(), &w).await?;
+        wait_ready(&api, &format!("readable-{i}")).await?;
+    }
+    wait_until(Duration::from_secs(30), "the unreadable object to say so", || async {
+        let obj = raw.get("unreadable").await?;
+        let conditions = obj.data.pointer("/status/conditions").cloned().unwrap_or_default();
+        Ok(conditions.as_array().is_some_and(|cs| {
+            cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "InvalidObject")
+        }))
+    })
+    .await?;
+    ensure!(
+        typed::<StatefulSet>(c, &ns).list(&instance("unreadable")).await?.items.is_empty(),
+        "nothing is deployed for an object the operator cannot read"
+    );
+    raw.delete("unreadable", &DeleteParams::default()).await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
