@@ -607,11 +607,18 @@ pub async fn unchanged_reconcile_writes_nothing(env: &'static Env) -> Result<()>
             support::metric_sum(&text, "whatsapp_operator_reconciles_total"),
         ))
     };
-    // Let the rollout's own status updates settle.
+    // The metrics count the whole operator's writes: wait until the namespaces
+    // of earlier scenarios are gone (their objects write while they wind down),
+    // then until nothing has been written for longer than a health poll.
+    wait_until(Duration::from_secs(120), "earlier scenarios' namespaces to be deleted", || async {
+        let all = Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()).list(&ListParams::default()).await?;
+        Ok(all.items.iter().all(|n| n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")))
+    })
+    .await?;
     let mut last = scrape().await?;
-    let settle_deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let settle_deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(7)).await;
         let now = scrape().await?;
         if now.0 == last.0 {
             break;
