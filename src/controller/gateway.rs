@@ -49,22 +49,37 @@ pub fn api_key(keys: Option<&Secret>) -> Option<String> {
     secret_bytes(keys, crate::resources::config::API_KEY).and_then(|k| String::from_utf8(k).ok())
 }
 
+/// What a call to the webapp needs: a client trusting the right CA, the base
+/// URL and the API key; or why one cannot be made.
+struct Connection {
+    client: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Connection {
+    fn open(ctx: &Context, wan: &WhatsAppNumber, observed: &Observed, keys: Option<&Secret>) -> Result<Self, String> {
+        let key = api_key(keys).ok_or("the generated API key Secret is missing its WA_API_KEY")?;
+        let timeout = Duration::from_secs(wan.spec.health.timeout_seconds as u64);
+        let client = ctx.http_client(&trust(wan, observed)?, timeout).map_err(|e| e.to_string())?;
+        Ok(Self { client, url: webapp_url(ctx, wan), key })
+    }
+
+    fn webapp(&self) -> Webapp<'_> {
+        Webapp { client: &self.client, base_url: &self.url, api_key: &self.key }
+    }
+}
+
 /// Polls `/v1/health` (and the shard count) and judges the result by role.
 pub async fn probe(ctx: &Context, wan: &WhatsAppNumber, observed: &Observed, keys: Option<&Secret>) -> Observation {
     let previous = wan.status.as_ref().and_then(|s| s.health.as_ref());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let url = webapp_url(ctx, wan);
     let labels = ctx.metrics.number(wan);
-    let Some(key) = api_key(keys) else {
-        return health::unreachable("the generated API key Secret is missing its WA_API_KEY".into(), previous, &now);
-    };
-    let client = match trust(wan, observed).and_then(|t| {
-        ctx.http_client(&t, Duration::from_secs(wan.spec.health.timeout_seconds as u64)).map_err(|e| e.to_string())
-    }) {
+    let connection = match Connection::open(ctx, wan, observed, keys) {
         Ok(c) => c,
         Err(why) => return health::unreachable(why, previous, &now),
     };
-    let webapp = Webapp { client: &client, base_url: &url, api_key: &key };
+    let webapp = connection.webapp();
     let observation = match webapp.health().await {
         Ok((health, latency)) => {
             ctx.metrics.probe_latency.get_or_create(&labels).set(latency.as_secs_f64());
@@ -122,19 +137,12 @@ pub async fn reconcile_shards(
         Ok(r) => r,
         Err(why) => return sharding::status(mc.shards, current, &plan.step, Some(&why)),
     };
-    let Some(key) = api_key(keys) else {
-        return sharding::status(mc.shards, current, &plan.step, Some("the generated API key is missing"));
-    };
-    let url = webapp_url(ctx, wan);
-    let client = match trust(wan, observed).and_then(|t| {
-        ctx.http_client(&t, Duration::from_secs(wan.spec.health.timeout_seconds as u64)).map_err(|e| e.to_string())
-    }) {
+    let connection = match Connection::open(ctx, wan, observed, keys) {
         Ok(c) => c,
         Err(why) => return sharding::status(mc.shards, current, &plan.step, Some(&why)),
     };
-    let webapp = Webapp { client: &client, base_url: &url, api_key: &key };
     let mut status = sharding::status(mc.shards, current, &plan.step, None);
-    match webapp.set_shards(&request).await {
+    match connection.webapp().set_shards(&request).await {
         Ok(()) => {
             tracing::info!(shards = n, "the client accepted the shard change");
             status.message = format!("requested {n} shards; waiting for the client to report them");
