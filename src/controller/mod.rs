@@ -196,9 +196,11 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(wan, &outcome, wan.status.as_ref(), &now);
-    publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
     if wan.status.as_ref() != Some(&new_status) {
         patch_status(ctx, wan, &new_status).await?;
+        // Only a written status has news: a failed write is retried, and its
+        // events come with the write that succeeds.
+        publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
     }
 
     Ok(match outcome {
@@ -244,7 +246,6 @@ async fn deploy(
     if plan.began {
         let u = plan.upgrade.as_ref().expect("began implies an upgrade");
         info!(from = %u.from, to = %u.to, "starting an upgrade");
-        publish(ctx, wan, EventType::Normal, "UpgradeStarted", format!("upgrading from {} to {}", u.from, u.to)).await;
     }
 
     // The client's shard count as last probed decides how many coreapps a shard
@@ -295,15 +296,6 @@ async fn deploy(
             }
             if procedure::is_done(&next) {
                 current = Some(next.to.clone());
-                let took = now.duration_since(next.started_at.0).as_secs();
-                publish(
-                    ctx,
-                    wan,
-                    EventType::Normal,
-                    "UpgradeCompleted",
-                    format!("upgraded from {} to {} in {took}s", next.from, next.to),
-                )
-                .await;
             }
             Some(next)
         }
@@ -398,8 +390,14 @@ fn job_state(job: &Job) -> procedure::JobState {
     }
 }
 
-async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Upgrade".into(), secondary: None };
+async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     match ctx.recorder.publish(&event, &wan.object_ref(&())).await {
         Ok(()) => ctx.metrics.record_write("Event", "create"),
         Err(e) => warn!(error = %e, "could not publish an event"),
@@ -447,6 +445,11 @@ async fn publish_transitions(
     before: Option<&WhatsAppNumberStatus>,
     after: &WhatsAppNumberStatus,
 ) {
+    // Ready=False is a warning only while something needs a person; during a
+    // rollout, a shard change or an upgrade it is progress.
+    let trouble = [status::DEGRADED, status::STALLED, status::CONFLICT]
+        .iter()
+        .any(|t| status::find(Some(after), t).is_some_and(|c| c.status == "True"));
     for type_ in [
         status::READY,
         status::DEGRADED,
@@ -459,26 +462,26 @@ async fn publish_transitions(
         if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
             continue;
         }
-        let warning = (type_ != status::READY && new.status == "True")
-            || (type_ == status::READY
-                && new.status == "False"
-                && new.reason != "RollingOut"
-                && new.reason != "PodsNotReady");
-        // A Degraded or Conflict that starts out False is not news.
+        // A problem condition that starts out, or stays, False is not news.
         if type_ != status::READY && new.status == "False" && old.is_none_or(|o| o.status == "False") {
             continue;
         }
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: if type_ == status::READY && new.status == "True" { "Ready".into() } else { new.reason.clone() },
-            note: Some(truncate(&new.message, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        match ctx.recorder.publish(&event, &wan.object_ref(&())).await {
-            Ok(()) => ctx.metrics.record_write("Event", "create"),
-            Err(e) => warn!(error = %e, "could not publish an event"),
+        let warning = if type_ == status::READY { new.status == "False" && trouble } else { new.status == "True" };
+        let reason = if type_ == status::READY && new.status == "True" { "Ready" } else { new.reason.as_str() };
+        publish(ctx, wan, if warning { EventType::Warning } else { EventType::Normal }, reason, &new.message).await;
+    }
+
+    match (before.and_then(|s| s.upgrade.as_ref()), after.upgrade.as_ref()) {
+        (prev, Some(u)) if !procedure::is_done(u) && prev.is_none_or(|p| p.to != u.to || procedure::is_done(p)) => {
+            publish(ctx, wan, EventType::Normal, "UpgradeStarted", &format!("upgrading from {} to {}", u.from, u.to))
+                .await;
         }
+        (Some(prev), Some(u)) if procedure::is_done(u) && !procedure::is_done(prev) => {
+            let took = u.step_started_at.0.duration_since(u.started_at.0).as_secs();
+            let note = format!("upgraded from {} to {} in {took}s", u.from, u.to);
+            publish(ctx, wan, EventType::Normal, "UpgradeCompleted", &note).await;
+        }
+        _ => {}
     }
 }
 
