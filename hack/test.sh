@@ -28,5 +28,13 @@ for values in charts/whatsapp-operator/ci/*.yaml; do
 done
 helm template wao charts/whatsapp-operator >/dev/null
 
+# --- GitOps status contract -------------------------------------------------
+# The Argo CD health check over its fixtures (Lua 5.1 and 5.4), then kstatus
+# and the same check in Argo CD's own Lua interpreter over the same fixtures.
+log "checking the GitOps status contract (Argo CD health, kstatus)"
+hack/argocd-health.sh | grep -v '^ok '
+(cd hack/kstatus && go test ./...)
+# ------------------------------------------------------------------------------
+
 log "running the test suites"
 cargo test --workspace --locked -- "$@"
