@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real, local Kubernetes control plane built from local binaries, for the
 # integration tests and the demo: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler and kwok (fake nodes whose pods become Running/Ready at once).
+# kube-scheduler and kwok (fake nodes whose pods become Running/Ready at once),
+# and with WAO_CLUSTER_REAL_NODE=1 a real node (hack/node.sh) whose pods run.
 # Everything listens on 127.0.0.1 on free ports, with TLS and RBAC.
 #
 # Usage: hack/local-cluster.sh up|down|status|kubeconfig|smoke
@@ -34,6 +35,8 @@ read_settings() {
   SERVICE_CIDR="${WAO_CLUSTER_SERVICE_CIDR:-10.96.0.0/16}"
   # Pod IPs are handed out by kwok from this range, starting at its first address.
   POD_CIDR="${WAO_CLUSTER_POD_CIDR:-10.244.0.1/16}"
+  # 1: also a real node (containerd, kubelet, kube-proxy, CoreDNS; needs root).
+  REAL_NODE="${WAO_CLUSTER_REAL_NODE:-0}"
 }
 read_settings
 TIMEOUT="${WAO_CLUSTER_TIMEOUT:-120}"
@@ -139,6 +142,10 @@ stray_pids() {
 
 stop_all() {
   local name pid pids=()
+  # A real node goes first: its pods and mounts live under the cluster dir.
+  if [ -d "$DIR/node" ]; then
+    WAO_CLUSTER_DIR="$DIR" "$REPO/hack/node.sh" down || log "warning: the real node did not come down cleanly"
+  fi
   # The cluster state is thrown away afterwards, so all components are told to
   # stop at once; whatever has not exited after a short grace period is killed.
   for name in "${COMPONENTS[@]}"; do
@@ -193,6 +200,7 @@ save_settings() {
     echo "PV_SIZE=$PV_SIZE"
     echo "SERVICE_CIDR=$SERVICE_CIDR"
     echo "POD_CIDR=$POD_CIDR"
+    echo "REAL_NODE=$REAL_NODE"
   } >>"$PORTS_FILE"
 }
 
@@ -248,6 +256,8 @@ gen_pki() {
   # cannot express; it runs as a cluster admin.
   new_cert ca kwok "/O=system:masters/CN=system:kwok-controller" "serverAuth,clientAuth" "$local_sans"
   new_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" "clientAuth"
+  # How the apiserver authenticates to a real node's kubelet (logs, exec).
+  new_cert ca apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "clientAuth"
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
   openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   chmod 600 "$PKI"/*.key
@@ -404,6 +414,9 @@ start_apiserver() {
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
     --proxy-client-key-file="$PKI/front-proxy-client.key" \
     --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --enable-priority-and-fairness=false \
     --profiling=false \
     --v="$VERBOSITY"
@@ -539,7 +552,10 @@ validate_settings() {
   for v in NODES NODE_PODS PV_COUNT TIMEOUT SMOKE_TIMEOUT VERBOSITY; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a number (got '${!v}')"
   done
-  [ "$NODES" -ge 1 ] && [ "$NODES" -le 250 ] || die "WAO_CLUSTER_NODES must be between 1 and 250"
+  [[ "$REAL_NODE" =~ ^[01]$ ]] || die "WAO_CLUSTER_REAL_NODE must be 0 or 1 (got '$REAL_NODE')"
+  # With a real node the fake ones are optional.
+  [ "$NODES" -ge $((1 - REAL_NODE)) ] && [ "$NODES" -le 250 ] \
+    || die "WAO_CLUSTER_NODES must be between $((1 - REAL_NODE)) and 250"
   [[ "$SERVICE_CIDR" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] \
     || die "WAO_CLUSTER_SERVICE_CIDR must be an IPv4 CIDR such as 10.96.0.0/16 (got '$SERVICE_CIDR')"
   [[ "$POD_CIDR" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] \
@@ -556,6 +572,9 @@ cmd_up() {
       start_pv_recycler
     fi
     local want
+    if [ "$(read_settings; echo "$REAL_NODE")" = 1 ]; then
+      WAO_CLUSTER_DIR="$DIR" "$REPO/hack/node.sh" up || die "could not add the real node"
+    fi
     want="$(read_settings; echo "$NODES $NODE_CPU $NODE_MEMORY $NODE_PODS $PV_COUNT $PV_SIZE $SERVICE_CIDR $POD_CIDR")"
     if [ "$want" != "$NODES $NODE_CPU $NODE_MEMORY $NODE_PODS $PV_COUNT $PV_SIZE $SERVICE_CIDR $POD_CIDR" ]; then
       log "warning: the running cluster was started with other WAO_CLUSTER_* settings; run 'down' first to apply new ones"
@@ -619,6 +638,9 @@ cmd_up() {
   wait_for kube-controller-manager "default ServiceAccount present" default_sa_ok
   wait_for kube-controller-manager "$PV_COUNT volumes Available" pvs_available
   start_pv_recycler
+  if [ "$REAL_NODE" = 1 ]; then
+    WAO_CLUSTER_DIR="$DIR" "$REPO/hack/node.sh" up || fail "" "could not add the real node (logs: $LOGS/node-*.log)"
+  fi
 
   cp "$KUBECONFIG_PATH" "$DIR/kubeconfig.tmp"
   chmod 600 "$DIR/kubeconfig.tmp"
@@ -626,7 +648,7 @@ cmd_up() {
   KUBECONFIG_PATH="$DIR/kubeconfig"
   UP_DONE=1
   trap - EXIT INT TERM
-  log "cluster up in $((SECONDS - t0))s: $NODES nodes, $PV_COUNT volumes; KUBECONFIG=$KUBECONFIG_PATH"
+  log "cluster up in $((SECONDS - t0))s: $NODES fake nodes, $REAL_NODE real, $PV_COUNT volumes; KUBECONFIG=$KUBECONFIG_PATH"
   echo "$KUBECONFIG_PATH"
 }
 
@@ -673,6 +695,7 @@ cmd_status() {
     echo "  apiserver:               not ready"; rc=1
   fi
   [ ! -f "$DIR/kubeconfig" ] || echo "  kubeconfig:              $DIR/kubeconfig"
+  WAO_CLUSTER_DIR="$DIR" "$REPO/hack/node.sh" status || rc=1
   return $rc
 }
 

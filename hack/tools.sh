@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
 # Resolves the pinned control-plane and packaging binaries into one directory and
-# prints that directory. Order of sources:
+# prints that directory (`node`: the binaries of a real node, in a second one).
+# Order of sources:
 #   1. $WAO_TOOLS_DIR, when it already holds every binary;
 #   2. the local cache ($WAO_CACHE_DIR, default ~/.cache/whatsapp-operator);
 #   3. a build from Go modules (the Kubernetes commands through a wrapper module
 #      whose replace lines pin the staging modules to the same release).
-# Usage: hack/tools.sh [ensure|path|versions]
+# Usage: hack/tools.sh [ensure|path|node|versions]
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 
 TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
 CACHE_ROOT="${WAO_CACHE_DIR:-$HOME/.cache/whatsapp-operator}"
 CACHE_BIN="$CACHE_ROOT/bin/k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+# A real node's binaries live apart, so that the control-plane cache (and the
+# test command that needs only it) never waits for them.
+NODE_TOOLS=(kubelet kube-proxy coredns)
+NODE_BIN="$CACHE_ROOT/bin/node-k8s-${KUBERNETES_VERSION}_coredns-${COREDNS_VERSION}"
 
 log() { echo "[tools] $*" >&2; }
 
-have_all() {
-  local dir="$1" t
-  for t in "${TOOLS[@]}"; do [ -x "$dir/$t" ] || return 1; done
+have_all() { # <dir> [tool...] (default: the control-plane tools)
+  local dir="$1" t; shift
+  [ $# -gt 0 ] || set -- "${TOOLS[@]}"
+  for t in "$@"; do [ -x "$dir/$t" ] || return 1; done
 }
 
 # The k8s.io/kubernetes module refers to its staging modules as v0.0.0 with
 # local replace lines; outside its repository they must point at the published
 # v0.X.Y tags of the same release.
-build_kubernetes() {
-  local out="$1" work minor staging
+build_kubernetes() { # <out> <command...>
+  local out="$1" work minor staging; shift
+  local cmds=("$@")
   work="$(mktemp -d)"
   minor="v0.${KUBERNETES_VERSION#v1.}"
   log "building Kubernetes ${KUBERNETES_VERSION} commands (staging modules at ${minor})"
@@ -41,18 +49,11 @@ build_kubernetes() {
       echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
       for m in $staging; do echo "replace $m => $m ${minor}"; done
     } >>go.mod
-    cat >tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for c in "${cmds[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+      printf ')\n'
+    } >tools.go
     go mod tidy -e >/dev/null 2>&1 || true
     go get "k8s.io/kubernetes@${KUBERNETES_VERSION}" >/dev/null
     go mod tidy
@@ -62,7 +63,7 @@ GO
     ldflags+=" -X ${pkg}.gitMinor=$(echo "${KUBERNETES_VERSION}" | cut -d. -f2)"
     ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
     ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION}"
-    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for c in "${cmds[@]}"; do
       log "go build $c"
       CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/$c" "k8s.io/kubernetes/cmd/$c"
     done
@@ -115,8 +116,8 @@ ensure() {
   if have_all "$CACHE_BIN"; then echo "$CACHE_BIN"; return; fi
   command -v go >/dev/null || { log "Go is needed to build the tools and was not found"; exit 1; }
   mkdir -p "$CACHE_BIN"
-  [ -x "$CACHE_BIN/kube-apiserver" ] && [ -x "$CACHE_BIN/kubectl" ] && [ -x "$CACHE_BIN/kube-scheduler" ] \
-    && [ -x "$CACHE_BIN/kube-controller-manager" ] || build_kubernetes "$CACHE_BIN"
+  have_all "$CACHE_BIN" kube-apiserver kube-controller-manager kube-scheduler kubectl \
+    || build_kubernetes "$CACHE_BIN" kube-apiserver kube-controller-manager kube-scheduler kubectl
   [ -x "$CACHE_BIN/etcd" ] || build_etcd "$CACHE_BIN"
   [ -x "$CACHE_BIN/kwok" ] || build_installable "$CACHE_BIN" kwok "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" \
     "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
@@ -126,8 +127,27 @@ ensure() {
   echo "$CACHE_BIN"
 }
 
+# The kubelet, kube-proxy and CoreDNS of a real node (hack/node.sh).
+ensure_node() {
+  if [ -n "${WAO_TOOLS_DIR:-}" ] && have_all "$WAO_TOOLS_DIR" "${NODE_TOOLS[@]}"; then
+    echo "$WAO_TOOLS_DIR"; return
+  fi
+  if have_all "$NODE_BIN" "${NODE_TOOLS[@]}"; then echo "$NODE_BIN"; return; fi
+  command -v go >/dev/null || { log "Go is needed to build the node tools and was not found"; exit 1; }
+  mkdir -p "$NODE_BIN"
+  local missing=() c
+  for c in kubelet kube-proxy; do [ -x "$NODE_BIN/$c" ] || missing+=("$c"); done
+  [ ${#missing[@]} -eq 0 ] || build_kubernetes "$NODE_BIN" "${missing[@]}"
+  # CoreDNS's main package is the module root; its go.mod has no replace lines.
+  [ -x "$NODE_BIN/coredns" ] || build_installable "$NODE_BIN" coredns "github.com/coredns/coredns@${COREDNS_VERSION}" \
+    "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
+  have_all "$NODE_BIN" "${NODE_TOOLS[@]}" || { log "some node tools are still missing in $NODE_BIN"; exit 1; }
+  echo "$NODE_BIN"
+}
+
 case "${1:-ensure}" in
   ensure|path) ensure ;;
-  versions) echo "kubernetes=${KUBERNETES_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION}" ;;
-  *) echo "usage: $0 [ensure|path|versions]" >&2; exit 2 ;;
+  node) ensure_node ;;
+  versions) echo "kubernetes=${KUBERNETES_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION} coredns=${COREDNS_VERSION}" ;;
+  *) echo "usage: $0 [ensure|path|node|versions]" >&2; exit 2 ;;
 esac
