@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates every file derived from the Rust types: the CRD under crds/ and
-# the copy the Helm chart installs.
+# the copy the Helm chart renders (templates/crds.yaml reads it from files/crds/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --quiet --bin crdgen > crds/whatsappnumbers.whatsapp.operators.dev.yaml
-mkdir -p charts/whatsapp-operator/crds
-cp crds/whatsappnumbers.whatsapp.operators.dev.yaml charts/whatsapp-operator/crds/
-echo "regenerated crds/ and charts/whatsapp-operator/crds/"
+mkdir -p charts/whatsapp-operator/files/crds
+cp crds/whatsappnumbers.whatsapp.operators.dev.yaml charts/whatsapp-operator/files/crds/
+echo "regenerated crds/ and charts/whatsapp-operator/files/crds/"

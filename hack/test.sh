@@ -36,5 +36,12 @@ hack/argocd-health.sh | grep -v '^ok '
 (cd hack/kstatus && go test ./...)
 # ------------------------------------------------------------------------------
 
+# --- Chart: CRD template, alerts, dashboard, values table ---------------------
+# promtool and helm-docs are built from Go modules once (hack/check-tools.sh).
+log "checking the chart's CRD, alerts (promtool), dashboard and values table"
+hack/chart-checks.sh
+shellcheck hack/argocd-health.sh hack/check-tools.sh hack/chart-checks.sh hack/helm-docs.sh
+# ------------------------------------------------------------------------------
+
 log "running the test suites"
 cargo test --workspace --locked -- "$@"

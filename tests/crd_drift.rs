@@ -1,6 +1,7 @@
 //! The checked-in CRD manifests must be exactly what `crdgen` prints from the
 //! Rust types. Regenerate with `cargo run --bin crdgen > crds/whatsappnumbers.whatsapp.operators.dev.yaml`
-//! (and copy it to the chart's crds/), or run `hack/generate.sh`.
+//! (and copy it to the chart's files/crds/, which templates/crds.yaml renders),
+//! or run `hack/generate.sh`.
 
 const FILE: &str = "whatsappnumbers.whatsapp.operators.dev.yaml";
 
@@ -22,5 +23,5 @@ fn crds_directory_matches_the_types() {
 
 #[test]
 fn chart_crds_match_the_types() {
-    check("charts/whatsapp-operator/crds");
+    check("charts/whatsapp-operator/files/crds");
 }

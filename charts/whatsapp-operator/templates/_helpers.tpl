@@ -153,3 +153,19 @@ are bracketed.
 {{- printf "%s:%d" .Values.metrics.bindAddress (int .Values.metrics.port) }}
 {{- end }}
 {{- end }}
+
+{{/*
+PromQL label matchers selecting the operator's scrape job: the job label the
+Prometheus Operator gives the chart's ServiceMonitor (the Service name) or
+PodMonitor (namespace/name), unless metrics.prometheusRule.jobSelector is set.
+*/}}
+{{- define "whatsapp-operator.jobSelector" -}}
+{{- $rule := .Values.metrics.prometheusRule }}
+{{- if $rule.jobSelector }}
+{{- $rule.jobSelector }}
+{{- else if .Values.metrics.podMonitor.enabled }}
+{{- printf "job=%q" (printf "%s/%s" (default .Release.Namespace .Values.metrics.podMonitor.namespace) (include "whatsapp-operator.fullname" .)) }}
+{{- else }}
+{{- printf "job=%q" (printf "%s-metrics" (include "whatsapp-operator.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Checks of the Helm chart beyond `helm lint` and `helm template`:
+#   1. the CRD the chart renders is the generated one (files/crds/ and crds/),
+#      plus the release's labels and helm.sh/resource-policy: keep;
+#   2. the PrometheusRule, rendered with every ci/ values file that enables it
+#      and with the defaults, passes `promtool check rules`, and the defaults
+#      pass the unit tests in tests/alerts/ (`promtool test rules`);
+#   3. every query of the Grafana dashboard parses as PromQL;
+#   4. the values table of docs/helm.md is up to date (hack/helm-docs.sh).
+# promtool and helm-docs come from hack/check-tools.sh, helm from hack/tools.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHART=charts/whatsapp-operator
+HELM="${HELM:-$(hack/tools.sh ensure)/helm}"
+PROMTOOL="$(hack/check-tools.sh promtool)"
+log() { echo "[chart-checks] $*" >&2; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+render() { # <output> [helm template args...]
+  local out="$1"; shift
+  "$HELM" template whatsapp-operator "$CHART" --namespace whatsapp-operator "$@" > "$out"
+}
+
+log "the rendered CRD is the generated one"
+render "$work/crds.yaml" --show-only templates/crds.yaml
+python3 - "$work/crds.yaml" crds/*.yaml <<'PY'
+import sys, yaml
+rendered = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+generated = [d for f in sys.argv[2:] for d in yaml.safe_load_all(open(f)) if d]
+by_name = {d["metadata"]["name"]: d for d in generated}
+assert len(rendered) == len(generated), f"{len(rendered)} CRDs rendered, {len(generated)} generated"
+for crd in rendered:
+    meta = crd["metadata"]
+    name = meta["name"]
+    assert meta.get("annotations", {}).get("helm.sh/resource-policy") == "keep", f"{name}: not kept on uninstall"
+    assert meta.get("labels", {}).get("app.kubernetes.io/managed-by") == "Helm", f"{name}: no release labels"
+    meta.pop("annotations"); meta.pop("labels")
+    if crd != by_name[name]:
+        sys.exit(f"{name}: the rendered CRD differs from crds/ (beyond labels and annotations)")
+PY
+render "$work/no-crds.yaml" --set crds.create=false
+if grep -q '^kind: CustomResourceDefinition' "$work/no-crds.yaml"; then
+  log "crds.create=false still renders a CRD"; exit 1
+fi
+
+rules() { # <output> [helm template args...]: the PrometheusRule's spec, as a rules file
+  local out="$1"; shift
+  render "$work/rule.yaml" --show-only templates/prometheusrule.yaml "$@"
+  python3 -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(open(sys.argv[1]))["spec"], open(sys.argv[2], "w"), sort_keys=False)' \
+    "$work/rule.yaml" "$out"
+}
+
+log "alerts: promtool check rules and promtool test rules"
+for values in "$CHART"/ci/*.yaml; do
+  grep -q 'prometheusRule:' "$values" || continue
+  rules "$work/ci.rules.yaml" -f "$values"
+  "$PROMTOOL" check rules "$work/ci.rules.yaml" >/dev/null
+done
+mkdir -p "$work/alerts"
+rules "$work/alerts/whatsapp-operator.rules.yaml" --set metrics.prometheusRule.enabled=true
+"$PROMTOOL" check rules "$work/alerts/whatsapp-operator.rules.yaml" >/dev/null
+cp tests/alerts/*_test.yaml "$work/alerts/"
+(cd "$work/alerts" && "$PROMTOOL" test rules ./*_test.yaml)
+
+log "dashboard: every query parses"
+python3 - "$CHART/files/dashboards/whatsapp-operator.json" "$work/dashboard.rules.yaml" <<'PY'
+import json, sys, yaml
+board = json.load(open(sys.argv[1]))
+exprs = []
+def walk(panels):
+    for p in panels:
+        walk(p.get("panels", []))
+        for t in p.get("targets", []):
+            exprs.append((p["title"], t["expr"]))
+walk(board["panels"])
+assert exprs, "the dashboard has no queries"
+subst = {"$__rate_interval": "5m", "$job": ".*", "$namespace": ".*", "$number": ".*"}
+rules = []
+for i, (title, expr) in enumerate(exprs):
+    for k, v in subst.items():
+        expr = expr.replace(k, v)
+    assert "$" not in expr, f"{title}: unknown variable in {expr}"
+    rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+PY
+"$PROMTOOL" check rules "$work/dashboard.rules.yaml" >/dev/null
+
+log "docs/helm.md values table"
+hack/helm-docs.sh check
