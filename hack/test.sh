@@ -41,6 +41,7 @@ hack/argocd-health.sh | grep -v '^ok '
 log "checking the chart's CRD, alerts (promtool), dashboard and values table"
 hack/chart-checks.sh
 shellcheck hack/argocd-health.sh hack/check-tools.sh hack/chart-checks.sh hack/helm-docs.sh
+"$(hack/check-tools.sh actionlint)" .github/workflows/*.yaml
 # ------------------------------------------------------------------------------
 
 log "running the test suites"
