@@ -6,13 +6,19 @@
 #      and with the defaults, passes `promtool check rules`, and the defaults
 #      pass the unit tests in tests/alerts/ (`promtool test rules`);
 #   3. every query of the Grafana dashboard parses as PromQL;
-#   4. the values table of docs/helm.md is up to date (hack/helm-docs.sh).
-# promtool and helm-docs come from hack/check-tools.sh, helm from hack/tools.sh.
+#   4. the values table of docs/helm.md is up to date (hack/helm-docs.sh);
+#   5. the examples beside the chart: the kustomize overlays build, each
+#      environment has its own phone number, the release catalog's entries
+#      are well formed, the GitOps manifests parse.
+# promtool and helm-docs come from hack/check-tools.sh, helm and kubectl from
+# hack/tools.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CHART=charts/whatsapp-operator
-HELM="${HELM:-$(hack/tools.sh ensure)/helm}"
+TOOLS="$(hack/tools.sh ensure)"
+HELM="${HELM:-$TOOLS/helm}"
+KUBECTL="${KUBECTL:-$TOOLS/kubectl}"
 PROMTOOL="$(hack/check-tools.sh promtool)"
 log() { echo "[chart-checks] $*" >&2; }
 
@@ -90,3 +96,35 @@ PY
 
 log "docs/helm.md values table"
 hack/helm-docs.sh check
+
+log "examples: kustomize overlays, release catalog, GitOps manifests"
+for overlay in examples/kustomize/overlays/*/; do
+  "$KUBECTL" kustomize "$overlay" > "$work/overlay-$(basename "$overlay").yaml"
+done
+python3 - "$work" <<'PY'
+import datetime, glob, os, re, sys, yaml
+work = sys.argv[1]
+numbers = {}
+for f in sorted(glob.glob(os.path.join(work, "overlay-*.yaml"))):
+    docs = [d for d in yaml.safe_load_all(open(f)) if d]
+    wans = [d for d in docs if d["kind"] == "WhatsAppNumber"]
+    assert wans, f"{f}: no WhatsAppNumber"
+    for w in wans:
+        n = w["spec"]["phoneNumber"]
+        assert re.fullmatch(r"\+[1-9][0-9]{6,14}", n), f"{f}: bad phone number {n}"
+        assert n not in numbers, f"{f}: {n} is also used by {numbers[n]}: one number per environment"
+        numbers[n] = f
+        assert w["metadata"].get("namespace"), f"{f}: no namespace"
+cm = yaml.safe_load(open("examples/release-catalog.yaml"))
+assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "whatsapp-operator-release-catalog"
+entries = yaml.safe_load(cm["data"]["catalog.yaml"])
+versions = {e["version"] for e in entries}
+assert {"2.53.2", "2.55.1"} <= versions, versions
+for e in entries:
+    assert isinstance(e["version"], str) and re.fullmatch(r"[0-9]+\.[0-9]+(\.[0-9]+)?", e["version"]), e
+    released = datetime.date.fromisoformat(e["releasedAt"])
+    expires = datetime.date.fromisoformat(e.get("expiresAt") or (released + datetime.timedelta(days=180)).isoformat())
+    assert expires > released, e
+for f in glob.glob("examples/gitops/*.yaml"):
+    assert [d for d in yaml.safe_load_all(open(f)) if d], f
+PY
