@@ -6,12 +6,14 @@
 //! - [`controller`]: the reconcile pipeline (fetch, validate, build, apply, status).
 //! - [`telemetry`]: logs, metrics and the probe endpoints.
 //! - [`leader`]: leader election between operator replicas.
+//! - [`render`]: the objects of a WhatsAppNumber as YAML, without a cluster.
 
 pub mod api;
 pub mod controller;
 pub mod exclusivity;
 pub mod health;
 pub mod leader;
+pub mod render;
 pub mod resources;
 pub mod sharding;
 pub mod telemetry;

@@ -22,6 +22,9 @@ use whatsapp_operator::telemetry::{self, LogFormat, metrics::Metrics, server};
     about = "Runs WhatsApp Business API multiconnect deployments from WhatsAppNumber resources"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Watch only this namespace; empty watches all namespaces.
     #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
     namespace: String,
@@ -62,6 +65,23 @@ struct Args {
     release_catalog_configmap: String,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print, as YAML and without a cluster, every object the operator would
+    /// create for the WhatsAppNumbers in FILE (`-` reads standard input).
+    Render { file: std::path::PathBuf },
+}
+
+fn render(file: &std::path::Path) -> fatal::Result {
+    let yaml = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
+    };
+    print!("{}", whatsapp_operator::render::render(&yaml)?);
+    Ok(())
+}
+
 fn parse_webapp_url(s: &str) -> Result<(String, String), String> {
     let (key, url) = s.split_once('=').ok_or("expected NAMESPACE/NAME=URL")?;
     let (namespace, name) = key.split_once('/').ok_or("expected NAMESPACE/NAME before '='")?;
@@ -74,6 +94,9 @@ fn parse_webapp_url(s: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> fatal::Result {
     let args = Args::parse();
+    if let Some(Command::Render { file }) = &args.command {
+        return render(file);
+    }
     telemetry::init_logging(args.log_format);
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,15 +1,20 @@
 //! Shard changes go through the client's account API, not the StatefulSet:
 //! scaling coreapps alone adds no capacity. The order keeps every shard served:
 //! when growing, more coreapps first and the API call once enough are ready;
-//! when shrinking, the API call first and fewer coreapps after. Pure.
+//! when shrinking, the API call first and fewer coreapps only once the client
+//! reports the new count.
+//!
+//! The call is dangerous (Meta's reference): more than 7 days after the number
+//! was registered it disconnects the number, a wrong certificate logs the
+//! client off, an expired one gets the account banned. So the operator never
+//! makes it on its own initiative for a number that old (or of unknown age)
+//! without `spec.multiconnect.confirmShardChange`, and never repeats a refused
+//! request for the same generation of the spec. Pure.
 
-use crate::api::ShardingStatus;
+use crate::api::{ShardPhase, ShardRequestOutcome, ShardRequestStatus, ShardingStatus};
 
-pub const IN_SYNC: &str = "InSync";
-pub const SCALING_COREAPPS: &str = "ScalingCoreapps";
-pub const SETTING_SHARDS: &str = "SettingShards";
-pub const BLOCKED: &str = "Blocked";
-pub const UNKNOWN: &str = "Unknown";
+/// How long after registration a shard change is still safe (Meta's reference).
+pub const SAFE_AFTER_REGISTRATION: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -21,88 +26,230 @@ pub enum Step {
         ready: i32,
         needed: i32,
     },
+    /// The number is older than 7 days (or of unknown age) and the spec does
+    /// not confirm this change.
+    NeedsConfirmation {
+        registered: Registered,
+    },
+    /// The client refused this very request for this generation; a person must
+    /// change the spec (or the registration Secret and then the spec).
+    Refused {
+        message: String,
+    },
     /// Call `POST /v1/account/shards` with this count now.
     SetShards(i32),
+}
+
+/// What the operator knows of the number's registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// The operator saw it registered this long ago.
+    Since(jiff::SignedDuration),
+    /// Registered before the operator watched it.
+    Unknown,
+}
+
+impl Registered {
+    fn is_recent(self) -> bool {
+        matches!(self, Registered::Since(age) if age < SAFE_AFTER_REGISTRATION)
+    }
+}
+
+/// Everything a shard decision depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts<'a> {
+    pub desired: i32,
+    pub standby: i32,
+    /// What the client reports now (`None`: not probed or not answering).
+    pub current: Option<i32>,
+    /// What the client reported last, from status: holds coreapps while the
+    /// count is not observable.
+    pub last_known: Option<i32>,
+    pub coreapps_ready: i32,
+    pub registered: Registered,
+    /// `spec.multiconnect.confirmShardChange`.
+    pub confirmed: Option<i32>,
+    pub last_request: Option<&'a ShardRequestStatus>,
+    pub generation: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Replicas of the coreapp StatefulSet: enough for whichever of the desired
-    /// and the current shard count is larger, plus the standbys.
+    /// and the client's count is larger, plus the standbys. Coreapps go only
+    /// once the client reports fewer shards.
     pub coreapp_replicas: i32,
     pub step: Step,
 }
 
-/// `current` is what the client last reported, `coreapps_ready` the coreapp
-/// StatefulSet's ready pods.
-pub fn plan(desired: i32, standby: i32, current: Option<i32>, coreapps_ready: i32) -> Plan {
-    let coreapp_replicas = desired.max(current.unwrap_or(desired)) + standby;
-    let step = match current {
+pub fn plan(f: &Facts) -> Plan {
+    let running = f.current.or(f.last_known).unwrap_or(f.desired);
+    let coreapp_replicas = f.desired.max(running) + f.standby;
+    let step = match f.current {
         None => Step::Unknown,
-        Some(c) if c == desired => Step::InSync,
-        Some(c) if desired > c && coreapps_ready < desired => {
-            Step::WaitForCoreapps { ready: coreapps_ready, needed: desired }
+        Some(c) if c == f.desired => Step::InSync,
+        Some(_) if !f.registered.is_recent() && f.confirmed != Some(f.desired) => {
+            Step::NeedsConfirmation { registered: f.registered }
         }
-        Some(_) => Step::SetShards(desired),
+        Some(_)
+            if f.last_request.is_some_and(|r| {
+                r.outcome == ShardRequestOutcome::Refused && r.generation == f.generation && r.shards == f.desired
+            }) =>
+        {
+            Step::Refused { message: f.last_request.map(|r| r.message.clone()).unwrap_or_default() }
+        }
+        Some(c) if f.desired > c && f.coreapps_ready < f.desired => {
+            Step::WaitForCoreapps { ready: f.coreapps_ready, needed: f.desired }
+        }
+        Some(_) => Step::SetShards(f.desired),
     };
     Plan { coreapp_replicas, step }
 }
 
 /// The status block for a plan; `blocked` names what stops the API call.
-pub fn status(desired: i32, current: Option<i32>, step: &Step, blocked: Option<&str>) -> ShardingStatus {
+pub fn status(
+    desired: i32,
+    current: Option<i32>,
+    step: &Step,
+    blocked: Option<&str>,
+    last_request: Option<ShardRequestStatus>,
+) -> ShardingStatus {
     let (phase, message) = match (step, blocked) {
-        (Step::Unknown, _) => (UNKNOWN, "the client's shard count is not known yet".to_string()),
-        (Step::InSync, _) => (IN_SYNC, format!("the client runs {desired} shards")),
-        (Step::SetShards(_), Some(why)) => (BLOCKED, why.to_string()),
+        (Step::Unknown, _) => (ShardPhase::Unknown, "the client's shard count is not known".to_string()),
+        (Step::InSync, _) => (ShardPhase::InSync, format!("the client runs {desired} shards")),
+        (Step::SetShards(_), Some(why)) => (ShardPhase::Blocked, why.to_string()),
         (Step::WaitForCoreapps { ready, needed }, _) => (
-            SCALING_COREAPPS,
+            ShardPhase::ScalingCoreapps,
             format!("growing to {desired} shards: {ready} of {needed} coreapps ready before the shard change"),
         ),
+        (Step::NeedsConfirmation { registered }, _) => {
+            let age = match registered {
+                Registered::Since(age) => format!("was registered {} days ago", age.as_hours() / 24),
+                Registered::Unknown => "was registered before the operator watched it".to_string(),
+            };
+            (
+                ShardPhase::ConfirmationRequired,
+                format!(
+                    "changing from {} to {desired} shards is not done on the operator's own initiative: the number {age}, and more than 7 days after registration the set-shards call disconnects the number (Meta's reference). To accept that, set spec.multiconnect.confirmShardChange to {desired}; or set spec.multiconnect.shards back to {}",
+                    current.unwrap_or_default(),
+                    current.unwrap_or_default()
+                ),
+            )
+        }
+        (Step::Refused { message }, _) => (
+            ShardPhase::Blocked,
+            format!(
+                "the client refused the change to {desired} shards ({message}); it is not sent again until the spec changes: check the certificate in the registration Secret"
+            ),
+        ),
         (Step::SetShards(n), None) => (
-            SETTING_SHARDS,
+            ShardPhase::SettingShards,
             format!("setting {n} shards through POST /v1/account/shards (was {})", current.unwrap_or(0)),
         ),
     };
-    ShardingStatus { desired, current, phase: phase.into(), message }
+    ShardingStatus { desired, current, phase, message, last_request }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const DAY: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+    fn facts(desired: i32, current: Option<i32>, ready: i32) -> Facts<'static> {
+        Facts {
+            desired,
+            standby: 1,
+            current,
+            last_known: None,
+            coreapps_ready: ready,
+            registered: Registered::Since(DAY),
+            confirmed: None,
+            last_request: None,
+            generation: 4,
+        }
+    }
+
+    fn refused(shards: i32, generation: i64) -> ShardRequestStatus {
+        ShardRequestStatus {
+            shards,
+            generation,
+            at: Time(jiff::Timestamp::UNIX_EPOCH),
+            outcome: ShardRequestOutcome::Refused,
+            message: "1009 wrong certificate".into(),
+        }
+    }
 
     #[test]
     fn unknown_count_follows_the_spec() {
-        assert_eq!(plan(2, 1, None, 0), Plan { coreapp_replicas: 3, step: Step::Unknown });
+        assert_eq!(plan(&facts(2, None, 0)), Plan { coreapp_replicas: 3, step: Step::Unknown });
     }
 
     #[test]
     fn in_sync() {
-        assert_eq!(plan(4, 1, Some(4), 5), Plan { coreapp_replicas: 5, step: Step::InSync });
+        assert_eq!(plan(&facts(4, Some(4), 5)), Plan { coreapp_replicas: 5, step: Step::InSync });
     }
 
     #[test]
     fn growing_scales_coreapps_first_then_calls_the_api() {
-        let p = plan(2, 1, Some(1), 1);
+        let p = plan(&facts(2, Some(1), 1));
         assert_eq!(p.coreapp_replicas, 3, "room for 2 shards + 1 standby at once");
         assert_eq!(p.step, Step::WaitForCoreapps { ready: 1, needed: 2 });
-        assert_eq!(plan(2, 1, Some(1), 2).step, Step::SetShards(2));
+        assert_eq!(plan(&facts(2, Some(1), 2)).step, Step::SetShards(2));
     }
 
     #[test]
     fn shrinking_calls_the_api_first_and_keeps_coreapps_until_done() {
-        let p = plan(1, 1, Some(2), 3);
+        let p = plan(&facts(1, Some(2), 3));
         assert_eq!(p.coreapp_replicas, 3, "coreapps stay until the client runs fewer shards");
         assert_eq!(p.step, Step::SetShards(1));
-        assert_eq!(plan(1, 1, Some(1), 3).coreapp_replicas, 2, "then they go");
+        assert_eq!(plan(&facts(1, Some(1), 3)).coreapp_replicas, 2, "then they go");
+    }
+
+    #[test]
+    fn without_a_probe_coreapps_never_shrink_below_the_last_known_count() {
+        let f = Facts { last_known: Some(4), ..facts(2, None, 5) };
+        let p = plan(&f);
+        assert_eq!(p.coreapp_replicas, 5, "4 shards + 1 standby until the client says otherwise");
+        assert_eq!(p.step, Step::Unknown);
+    }
+
+    #[test]
+    fn an_old_or_unknown_registration_needs_a_confirmation_of_this_very_change() {
+        for registered in [Registered::Since(DAY * 8), Registered::Unknown] {
+            let f = Facts { registered, ..facts(2, Some(1), 2) };
+            assert_eq!(plan(&f).step, Step::NeedsConfirmation { registered });
+            let wrong = Facts { confirmed: Some(4), ..f.clone() };
+            assert_eq!(plan(&wrong).step, Step::NeedsConfirmation { registered }, "confirms another count");
+            let confirmed = Facts { confirmed: Some(2), ..f };
+            assert_eq!(plan(&confirmed).step, Step::SetShards(2));
+        }
+        let s = status(2, Some(1), &Step::NeedsConfirmation { registered: Registered::Unknown }, None, None);
+        assert_eq!(s.phase, ShardPhase::ConfirmationRequired);
+        assert!(s.message.contains("confirmShardChange to 2"), "{}", s.message);
+        assert!(s.message.contains("disconnects"), "{}", s.message);
+    }
+
+    #[test]
+    fn a_refused_request_is_not_repeated_for_the_same_generation() {
+        let last = refused(2, 4);
+        let f = Facts { last_request: Some(&last), ..facts(2, Some(1), 2) };
+        assert!(matches!(plan(&f).step, Step::Refused { .. }));
+        let next_generation = Facts { generation: 5, ..f.clone() };
+        assert_eq!(plan(&next_generation).step, Step::SetShards(2), "a new spec may try again");
+        let s = status(2, Some(1), &plan(&f).step, None, Some(last));
+        assert_eq!(s.phase, ShardPhase::Blocked);
+        assert!(s.message.contains("wrong certificate"), "{}", s.message);
     }
 
     #[test]
     fn status_says_what_happens_or_what_blocks() {
-        let s = status(2, Some(1), &Step::SetShards(2), Some("set spec.registration"));
-        assert_eq!((s.phase.as_str(), s.message.as_str()), (BLOCKED, "set spec.registration"));
-        let s = status(2, Some(1), &Step::WaitForCoreapps { ready: 1, needed: 2 }, None);
-        assert_eq!(s.phase, SCALING_COREAPPS);
+        let s = status(2, Some(1), &Step::SetShards(2), Some("set spec.registration"), None);
+        assert_eq!((s.phase, s.message.as_str()), (ShardPhase::Blocked, "set spec.registration"));
+        let s = status(2, Some(1), &Step::WaitForCoreapps { ready: 1, needed: 2 }, None, None);
+        assert_eq!(s.phase, ShardPhase::ScalingCoreapps);
         assert!(s.message.contains("1 of 2"));
-        assert_eq!(status(1, Some(1), &Step::InSync, None).phase, IN_SYNC);
+        assert_eq!(status(1, Some(1), &Step::InSync, None, None).phase, ShardPhase::InSync);
     }
 }

@@ -358,6 +358,15 @@ pub struct MulticonnectSpec {
     #[schemars(range(min = 0, max = 32))]
     pub standby_coreapps: i32,
 
+    /// Confirms a shard change on a number registered more than 7 days ago (or
+    /// whose registration time the operator did not see): Meta warns that the
+    /// set-shards call then disconnects the number. Set it to the value of
+    /// `shards` to accept that risk for this change; any other value confirms
+    /// nothing, and without it such a change is not made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [1, 2, 4, 8, 16, 32]))]
+    pub confirm_shard_change: Option<i32>,
+
     /// Master nodes. They compete for the master lease in the database; the
     /// primary master manages the cluster, the others stand by.
     #[serde(default = "default_masters")]
@@ -367,7 +376,12 @@ pub struct MulticonnectSpec {
 
 impl Default for MulticonnectSpec {
     fn default() -> Self {
-        Self { shards: default_shards(), standby_coreapps: default_standby(), masters: default_masters() }
+        Self {
+            shards: default_shards(),
+            standby_coreapps: default_standby(),
+            confirm_shard_change: None,
+            masters: default_masters(),
+        }
     }
 }
 
@@ -427,6 +441,20 @@ pub struct WebappSpec {
     #[serde(default)]
     pub service: WebappServiceSpec,
 
+    /// Host name clients use for the webapp (`WA_WEB_SERVERNAME`). Defaults to
+    /// the in-cluster Service name, `NAME-webapp.NAMESPACE.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+
+    /// Secret key with the password of the client's `admin` user, which the
+    /// operator needs for admin calls (shards, certificates). Without it the
+    /// operator generates one into `NAME-keys` (key `admin-password`). At the
+    /// first login the operator moves the client off its default password to
+    /// this one; the password is never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password_secret_ref: Option<PasswordSecretRef>,
+
     /// TLS certificate served by the webapps on 443. Without it the webapp serves
     /// its own self-signed certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,7 +467,14 @@ pub struct WebappSpec {
 
 impl Default for WebappSpec {
     fn default() -> Self {
-        Self { replicas: default_webapp_replicas(), service: Default::default(), tls: None, pod: Default::default() }
+        Self {
+            replicas: default_webapp_replicas(),
+            service: Default::default(),
+            server_name: None,
+            admin_password_secret_ref: None,
+            tls: None,
+            pod: Default::default(),
+        }
     }
 }
 
@@ -479,7 +514,24 @@ impl ServiceType {
     }
 }
 
-/// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`.
+/// A key holding a password in a Secret of the WhatsAppNumber's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key` (and `ca.crt`
+/// when a private CA signed it), for example from cert-manager. The operator
+/// uploads it with `POST /v1/certificates/external`, the client's documented
+/// route, then restarts the webapps; a changed Secret is uploaded again.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebappTls {
@@ -502,7 +554,16 @@ impl DatabaseEngine {
     pub fn env_value(self) -> &'static str {
         match self {
             DatabaseEngine::MySQL => "MYSQL",
-            DatabaseEngine::PostgreSQL => "POSTGRESQL",
+            // The client's name for PostgreSQL (Meta's `db.env`), not `POSTGRESQL`.
+            DatabaseEngine::PostgreSQL => "PGSQL",
+        }
+    }
+
+    /// The wait script of Meta's images and compose files for this engine.
+    pub fn wait_script(self) -> &'static str {
+        match self {
+            DatabaseEngine::MySQL => "wait_on_mysql.sh",
+            DatabaseEngine::PostgreSQL => "wait_on_postgres.sh",
         }
     }
 
@@ -538,7 +599,16 @@ pub struct DatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<DatabaseTls>,
 
-    /// `WA_DB_CONNECTION_IDLE_TIMEOUT` in milliseconds.
+    /// Prefix of every database the client creates (`WA_DB_NAME_PREFIX`), so
+    /// several numbers can share one database server. Defaults to `wa` followed
+    /// by the phone number's digits. Two WhatsAppNumbers on the same host, port
+    /// and prefix are refused. Immutable: the databases keep their names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,31}$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("database.namePrefix is immutable: the client's databases keep their names"))]
+    pub name_prefix: Option<String>,
+
+    /// `WA_DB_CONNECTION_IDLE_TIMEOUT` in milliseconds (MySQL only).
     #[serde(default = "default_idle_timeout")]
     #[schemars(range(min = 1000, max = 86400000))]
     pub connection_idle_timeout_ms: i64,
@@ -552,6 +622,15 @@ impl DatabaseSpec {
     pub fn effective_port(&self) -> i32 {
         self.port.unwrap_or_else(|| self.engine.default_port())
     }
+}
+
+/// The database name prefix a number uses: the spec's, else `wa` and the
+/// number's digits (stable, and distinct for distinct numbers).
+pub fn database_name_prefix(spec: &WhatsAppNumberSpec) -> String {
+    spec.database
+        .name_prefix
+        .clone()
+        .unwrap_or_else(|| format!("wa{}", spec.phone_number.chars().filter(char::is_ascii_digit).collect::<String>()))
 }
 
 /// Reference to a Secret holding database credentials.
@@ -720,6 +799,48 @@ pub struct WhatsAppNumberStatus {
     /// The upgrade in progress, or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
+
+    /// The `WA_DB_NAME_PREFIX` the client's databases were created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_name_prefix: Option<String>,
+
+    /// When the operator saw the number become registered. Absent when it was
+    /// registered before the operator watched it: its age is then unknown, and
+    /// a shard change needs `spec.multiconnect.confirmShardChange`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// The certificate of `spec.webapp.tls` the client last accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webapp_certificate: Option<WebappCertificateStatus>,
+
+    /// Another instance of the client, outside this cluster's control, was
+    /// connected with this number: masters and coreapps are stopped until a
+    /// person resolves it (see the `Conflict` condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_conflict: Option<ExternalConflictStatus>,
+}
+
+/// The uploaded webapp certificate.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebappCertificateStatus {
+    /// Digest of the Secret's certificate, key and chain that were uploaded;
+    /// the webapps' pod template carries it, so they restart to serve it.
+    pub uploaded_digest: String,
+    pub uploaded_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+/// A second instance of the number, found through the client's health.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalConflictStatus {
+    /// When it was found. To start the nodes again once the other instance is
+    /// stopped, annotate the WhatsAppNumber with
+    /// `whatsapp.operators.dev/resolve-conflict` set to this value.
+    pub detected_at: String,
+    /// What the client said.
+    pub message: String,
 }
 
 /// Readiness of one tier, computed from its workload's own status.
@@ -811,10 +932,52 @@ pub struct ShardingStatus {
     /// What the client reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<i32>,
-    /// `InSync`, `ScalingCoreapps`, `SettingShards`, `Blocked` or `Unknown`.
-    pub phase: String,
+    pub phase: ShardPhase,
     /// What the operator is doing or waiting for.
     pub message: String,
+    /// The last `POST /v1/account/shards` the operator made. A refused request
+    /// is not repeated until the spec's generation changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<ShardRequestStatus>,
+}
+
+/// Where a shard change stands.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShardPhase {
+    /// The client runs the shard count of the spec.
+    InSync,
+    /// Growing: more coreapps start before the client is asked.
+    ScalingCoreapps,
+    /// The client is being asked to change, or is changing.
+    SettingShards,
+    /// The change needs `spec.multiconnect.confirmShardChange`.
+    ConfirmationRequired,
+    /// Something a person must provide or fix blocks the change.
+    Blocked,
+    /// The client's shard count is not known.
+    #[default]
+    Unknown,
+}
+
+/// One set-shards request and what came of it.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardRequestStatus {
+    pub shards: i32,
+    /// `metadata.generation` the request was made for.
+    pub generation: i64,
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// `Accepted`, `Retrying` (the client said to retry) or `Refused`.
+    pub outcome: ShardRequestOutcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardRequestOutcome {
+    Accepted,
+    Retrying,
+    Refused,
 }
 
 /// A build and its expiry.

@@ -27,8 +27,36 @@ pub struct Observed {
     pub health_ca: Option<Secret>,
     /// The registration Secret named by `spec.registration`, if set and present.
     pub registration: Option<Secret>,
+    /// The Secret named by `spec.webapp.adminPasswordSecretRef`, if set and present.
+    pub admin_password: Option<Secret>,
     /// The built-in release catalog with the operator's ConfigMap applied.
     pub catalog: Catalog,
+    /// Another WhatsAppNumber, older than this one, on the same database host,
+    /// port and name prefix (`namespace/name`).
+    pub database_sharer: Option<String>,
+}
+
+/// The first WhatsAppNumber among `others` that was there before `wan` and
+/// uses the same set of databases.
+pub fn database_sharer<'a>(
+    wan: &WhatsAppNumber,
+    others: impl IntoIterator<Item = &'a WhatsAppNumber>,
+) -> Option<String> {
+    let key = |w: &WhatsAppNumber| {
+        (
+            w.spec.database.host.to_ascii_lowercase(),
+            w.spec.database.effective_port(),
+            crate::api::database_name_prefix(&w.spec),
+        )
+    };
+    let age = |w: &WhatsAppNumber| (w.metadata.creation_timestamp.clone().map(|t| t.0), w.namespace(), w.name_any());
+    let mine = key(wan);
+    others
+        .into_iter()
+        .filter(|o| o.uid() != wan.uid() && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| key(o) == mine && age(o) < age(wan))
+        .min_by_key(|o| age(o))
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
 }
 
 pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber) -> Result<Observed> {
@@ -56,6 +84,10 @@ pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber)
         Some(r) => secrets.get_opt(&r.secret_ref.name).await?,
         None => None,
     };
+    let admin_password = match &spec.webapp.admin_password_secret_ref {
+        Some(r) => secrets.get_opt(&r.name).await?,
+        None => None,
+    };
 
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.operator_namespace);
     let catalog_yaml = match configmaps.get_opt(&settings.release_catalog).await {
@@ -66,5 +98,51 @@ pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber)
     };
     let catalog = Catalog::with_overrides(catalog_yaml.as_deref());
 
-    Ok(Observed { credentials, database_ca, webapp_tls, keys, media_claim, health_ca, registration, catalog })
+    Ok(Observed {
+        credentials,
+        database_ca,
+        webapp_tls,
+        keys,
+        media_claim,
+        health_ca,
+        registration,
+        admin_password,
+        catalog,
+        database_sharer: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::Resource;
+
+    use super::*;
+    use crate::resources::tests::sample;
+
+    fn number(namespace: &str, name: &str, created: i64, uid: &str) -> WhatsAppNumber {
+        let mut wan = sample();
+        wan.meta_mut().namespace = Some(namespace.into());
+        wan.meta_mut().name = Some(name.into());
+        wan.meta_mut().uid = Some(uid.into());
+        wan.meta_mut().creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+        wan
+    }
+
+    #[test]
+    fn the_older_number_keeps_a_shared_set_of_databases() {
+        let first = number("a", "first", 10, "1");
+        let mut second = number("b", "second", 20, "2");
+        second.spec.phone_number = "+15550002222".into();
+        second.spec.database.name_prefix = Some("wa15550001111".into());
+        let all = [first.clone(), second.clone()];
+        assert_eq!(database_sharer(&second, &all), Some("a/first".into()));
+        assert_eq!(database_sharer(&first, &all), None, "the first one keeps running");
+        // Another host or another prefix shares nothing.
+        second.spec.database.host = "other.db".into();
+        assert_eq!(database_sharer(&second, &[first.clone(), second.clone()]), None);
+        second.spec.database.host = first.spec.database.host.clone();
+        second.spec.database.name_prefix = None;
+        assert_eq!(database_sharer(&second, &[first, second.clone()]), None, "default prefixes differ by number");
+    }
 }

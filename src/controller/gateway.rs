@@ -1,21 +1,34 @@
-//! The gateway steps of a reconcile: probe the webapp's health, and carry a
+//! The gateway steps of a reconcile: probe the webapp's health with the API
+//! key, open the admin session, upload the webapp certificate, and carry a
 //! shard change through the account API.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
 
 use super::Context;
 use super::fetch::Observed;
-use crate::api::{ShardingStatus, WhatsAppNumber};
+use crate::api::{
+    ExternalConflictStatus, ShardRequestOutcome, ShardRequestStatus, ShardingStatus, WebappCertificateStatus,
+    WhatsAppNumber,
+};
 use crate::health::{self, Observation, report};
-use crate::resources::names::LABEL_INSTANCE;
-use crate::sharding::{self, Step};
-use crate::webapp::{ShardRequest, Trust, Webapp, phone};
+use crate::resources::config::{ADMIN_PASSWORD, WEBAPP_CA};
+use crate::resources::names::{LABEL_INSTANCE, Names};
+use crate::sharding::{self, Registered, Step};
+use crate::webapp::session::{self, SessionError};
+use crate::webapp::{CallError, ShardRequest, Trust, Webapp, phone};
+
+/// The annotation a person sets to `status.externalConflict.detectedAt` once
+/// the other instance of the number is stopped.
+pub const RESOLVE_CONFLICT_ANNOTATION: &str = "whatsapp.operators.dev/resolve-conflict";
 
 /// The webapp's base URL: an operator flag can map an object to a URL (for
 /// running outside the cluster); otherwise the in-cluster Service.
@@ -30,18 +43,43 @@ fn secret_bytes(secret: Option<&Secret>, key: &str) -> Option<Vec<u8>> {
     secret?.data.as_ref()?.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty())
 }
 
-/// Which certificates to trust for the webapp, or why none can be chosen.
-fn trust(wan: &WhatsAppNumber, observed: &Observed) -> Result<Trust, String> {
+/// How the webapp's certificate is checked in this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustPlan {
+    Use(Trust),
+    /// Nothing to trust yet: the client's own CA is read once over an
+    /// unverified connection and pinned in the key Secret.
+    PinFirst,
+}
+
+/// Which certificates to trust for the webapp, or why none can be chosen. Pure.
+pub fn trust(wan: &WhatsAppNumber, observed: &Observed, keys: Option<&Secret>) -> Result<TrustPlan, String> {
     let spec = &wan.spec.health;
     if spec.insecure_skip_tls_verify {
-        return Ok(Trust::InsecureSkipVerify);
+        return Ok(TrustPlan::Use(Trust::InsecureSkipVerify));
     }
     if let Some(r) = &spec.ca_secret_ref {
-        return secret_bytes(observed.health_ca.as_ref(), &r.key).map(Trust::Ca).ok_or_else(|| {
-            format!("spec.health.caSecretRef: Secret {} has no key {} (or does not exist)", r.name, r.key)
-        });
+        return secret_bytes(observed.health_ca.as_ref(), &r.key).map(|ca| TrustPlan::Use(Trust::Ca(ca))).ok_or_else(
+            || format!("spec.health.caSecretRef: Secret {} has no key {} (or does not exist)", r.name, r.key),
+        );
     }
-    Ok(secret_bytes(observed.webapp_tls.as_ref(), "ca.crt").map(Trust::Ca).unwrap_or(Trust::SystemRoots))
+    let pinned = secret_bytes(keys, WEBAPP_CA);
+    let uploaded = wan.status.as_ref().is_some_and(|s| s.webapp_certificate.is_some());
+    match (&wan.spec.webapp.tls, pinned) {
+        // The uploaded certificate's CA, and the client's own until the
+        // webapps have restarted with the new one.
+        (Some(_), pinned) if pinned.is_some() || uploaded => {
+            let mut pem = secret_bytes(observed.webapp_tls.as_ref(), "ca.crt").unwrap_or_default();
+            let private_ca = !pem.is_empty();
+            if let Some(p) = pinned {
+                pem.push(b'\n');
+                pem.extend(p);
+            }
+            Ok(TrustPlan::Use(if private_ca { Trust::Ca(pem) } else { Trust::CaAndSystemRoots(pem) }))
+        }
+        (None, Some(pinned)) => Ok(TrustPlan::Use(Trust::Ca(pinned))),
+        _ => Ok(TrustPlan::PinFirst),
+    }
 }
 
 /// The API key the operator generated for itself.
@@ -49,8 +87,41 @@ pub fn api_key(keys: Option<&Secret>) -> Option<String> {
     secret_bytes(keys, crate::resources::config::API_KEY).and_then(|k| String::from_utf8(k).ok())
 }
 
-/// What a call to the webapp needs: a client trusting the right CA, the base
-/// URL and the API key; or why one cannot be made.
+/// The admin password: the user's Secret, else the generated one.
+pub fn admin_password(wan: &WhatsAppNumber, observed: &Observed, keys: Option<&Secret>) -> Option<String> {
+    let bytes = match &wan.spec.webapp.admin_password_secret_ref {
+        Some(r) => secret_bytes(observed.admin_password.as_ref(), &r.key),
+        None => secret_bytes(keys, ADMIN_PASSWORD),
+    };
+    bytes.and_then(|b| String::from_utf8(b).ok()).map(|p| p.trim().to_string())
+}
+
+/// The admin side of a probe, for the `AdminAccess` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// An admin session is open; `certificate` says what became of the upload.
+    Open { certificate: Option<Result<(), String>> },
+    /// The session could not be opened: (reason, message).
+    Failed(&'static str, String),
+}
+
+pub const ADMIN_LOGIN_REFUSED: &str = "AdminLoginRefused";
+pub const ADMIN_UNAVAILABLE: &str = "AdminUnavailable";
+pub const CERTIFICATE_REFUSED: &str = "CertificateRefused";
+
+/// What the gateway steps found and changed.
+#[derive(Clone, Debug)]
+pub struct GatewayReport {
+    pub observation: Observation,
+    pub admin: AdminAccess,
+    /// `None` while the client's shard count is unknown to this probe.
+    pub shards: Option<i32>,
+    pub certificate: Option<WebappCertificateStatus>,
+    pub registered_at: Option<Time>,
+    pub external_conflict: Option<ExternalConflictStatus>,
+}
+
+/// What a call to the webapp needs.
 struct Connection {
     client: reqwest::Client,
     url: String,
@@ -58,10 +129,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn open(ctx: &Context, wan: &WhatsAppNumber, observed: &Observed, keys: Option<&Secret>) -> Result<Self, String> {
+    fn open(ctx: &Context, wan: &WhatsAppNumber, trust: &Trust, keys: Option<&Secret>) -> Result<Self, String> {
         let key = api_key(keys).ok_or("the generated API key Secret is missing its WA_API_KEY")?;
         let timeout = Duration::from_secs(wan.spec.health.timeout_seconds as u64);
-        let client = ctx.http_client(&trust(wan, observed)?, timeout).map_err(|e| e.to_string())?;
+        let client = ctx.http_client(trust, timeout).map_err(|e| e.to_string())?;
         Ok(Self { client, url: webapp_url(ctx, wan), key })
     }
 
@@ -70,32 +141,214 @@ impl Connection {
     }
 }
 
-/// Polls `/v1/health` (and the shard count) and judges the result by role.
-pub async fn probe(ctx: &Context, wan: &WhatsAppNumber, observed: &Observed, keys: Option<&Secret>) -> Observation {
-    let previous = wan.status.as_ref().and_then(|s| s.health.as_ref());
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+fn session_key(wan: &WhatsAppNumber) -> (String, String) {
+    (wan.namespace().unwrap_or_default(), wan.name_any())
+}
+
+/// A cached admin session, or a new one.
+async fn admin_session(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    webapp: &Webapp<'_>,
+    password: &str,
+) -> Result<String, SessionError> {
+    let digest = crate::resources::digest(&password);
+    let now = jiff::Timestamp::now();
+    let cached = ctx.sessions.lock().expect("session lock").get(&session_key(wan)).cloned();
+    if let Some(s) = cached.filter(|s| s.usable(&digest, now)) {
+        return Ok(s.token);
+    }
+    let (session, changed) = session::open(webapp, password, &digest, now).await?;
+    if changed {
+        info!("moved the client's admin user off its default password");
+    }
+    let token = session.token.clone();
+    ctx.sessions.lock().expect("session lock").insert(session_key(wan), session);
+    Ok(token)
+}
+
+/// Drops the cached session, after the client refused its token.
+fn forget_session(ctx: &Context, wan: &WhatsAppNumber) {
+    ctx.sessions.lock().expect("session lock").remove(&session_key(wan));
+}
+
+/// Reads the client's own CA over an unverified connection and keeps it in the
+/// key Secret; every later call verifies the webapp against it.
+async fn pin_client_ca(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    keys: Option<&Secret>,
+    password: &str,
+) -> Result<Vec<u8>, String> {
+    let connection = Connection::open(ctx, wan, &Trust::InsecureSkipVerify, keys)?;
+    let webapp = connection.webapp();
+    let token = admin_session(ctx, wan, &webapp, password).await.map_err(|e| e.to_string())?;
+    let ca = webapp.certificate_authority(&token).await.map_err(|e| e.to_string())?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
+    let patch = json!({"data": {WEBAPP_CA: ByteString(ca.clone())}});
+    secrets
+        .patch(&Names::new(wan).keys(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| format!("cannot keep the webapp's CA in Secret {}: {e}", Names::new(wan).keys()))?;
+    ctx.metrics.record_write("Secret", "patch");
+    warn!(
+        "pinned the webapp's own CA, read once without verification; set spec.health.caSecretRef to choose the CA instead"
+    );
+    Ok(ca)
+}
+
+/// Polls `/v1/health`, opens the admin session, reads the shard count, uploads
+/// a new webapp certificate, and judges the result by role and mode.
+pub async fn observe(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    keys: Option<&Secret>,
+    nodes_running: bool,
+) -> GatewayReport {
+    let status = wan.status.as_ref();
+    let previous = status.and_then(|s| s.health.as_ref());
+    let now = Time(jiff::Timestamp::now());
     let labels = ctx.metrics.number(wan);
-    let connection = match Connection::open(ctx, wan, observed, keys) {
+    let mut report = GatewayReport {
+        observation: health::unreachable(String::new(), previous, &now),
+        admin: AdminAccess::Failed(ADMIN_UNAVAILABLE, "the webapp was not reached".into()),
+        shards: None,
+        certificate: status.and_then(|s| s.webapp_certificate.clone()),
+        registered_at: status.and_then(|s| s.registered_at.clone()),
+        external_conflict: status.and_then(|s| s.external_conflict.clone()),
+    };
+    let unreachable = |report: &mut GatewayReport, why: String| {
+        report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
+        report.observation = health::unreachable(why, previous, &now);
+    };
+    let Some(password) = admin_password(wan, observed, keys) else {
+        unreachable(&mut report, "the admin password is not available yet".into());
+        return report;
+    };
+
+    let trust = match trust(wan, observed, keys) {
+        Ok(TrustPlan::Use(t)) => t,
+        Ok(TrustPlan::PinFirst) => match pin_client_ca(ctx, wan, keys, &password).await {
+            Ok(ca) => Trust::Ca(ca),
+            Err(why) => {
+                unreachable(&mut report, format!("cannot read the webapp's CA: {why}"));
+                return report;
+            }
+        },
+        Err(why) => {
+            unreachable(&mut report, why);
+            return report;
+        }
+    };
+    let connection = match Connection::open(ctx, wan, &trust, keys) {
         Ok(c) => c,
-        Err(why) => return health::unreachable(why, previous, &now),
+        Err(why) => {
+            unreachable(&mut report, why);
+            return report;
+        }
     };
     let webapp = connection.webapp();
-    let observation = match webapp.health().await {
+    let health = match webapp.health().await {
         Ok((health, latency)) => {
             ctx.metrics.probe_latency.get_or_create(&labels).set(latency.as_secs_f64());
-            // The shard count is read on the primary master; during a failover it
-            // may be briefly unavailable (1017/1011), which leaves it unknown.
-            let shards = webapp.shards().await.ok();
-            let verdict = report::judge(&health, shards.unwrap_or(wan.spec.multiconnect.shards));
-            let pods = pods_by_host(ctx, wan).await;
-            health::observed(verdict, &health, shards, &pods, previous, &now)
+            health
         }
-        Err(e) => health::unreachable(e.to_string(), previous, &now),
+        Err(e) => {
+            unreachable(&mut report, e.to_string());
+            ctx.metrics.gateway_up.get_or_create(&labels).set(0);
+            return report;
+        }
     };
+
+    // Admin calls: a session every time the webapp answers, so that no number
+    // stays on the default password.
+    let token = match admin_session(ctx, wan, &webapp, &password).await {
+        Ok(token) => {
+            report.admin = AdminAccess::Open { certificate: None };
+            Some(token)
+        }
+        Err(e @ SessionError::PasswordRefused(_)) => {
+            report.admin = AdminAccess::Failed(ADMIN_LOGIN_REFUSED, e.to_string());
+            None
+        }
+        Err(e) => {
+            report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, e.to_string());
+            None
+        }
+    };
+    // The shard count is read on the primary master; during a failover it
+    // may be briefly unavailable (1017/1011), which leaves it unknown.
+    if let Some(token) = &token {
+        match webapp.shards(token).await {
+            Ok(n) => report.shards = Some(n),
+            Err(CallError::Status { status: 401, .. }) => forget_session(ctx, wan),
+            Err(_) => {}
+        }
+        if let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report).await {
+            report.admin = AdminAccess::Open { certificate: Some(outcome) };
+        }
+    }
+
+    let verdict = report::judge(&health, report.shards.unwrap_or(wan.spec.multiconnect.shards));
+    let pods = pods_by_host(ctx, wan).await;
+    report.observation = health::observed(verdict, &health, report.shards, &pods, previous, &now);
+
+    // The operator saw the number get registered: its age is known from now on.
+    let was_unregistered = previous.is_some_and(|p| p.gateway == "unregistered");
+    let gateway = report.observation.verdict.gateway.as_str();
+    if was_unregistered && gateway != "unregistered" && gateway != "unknown" {
+        report.registered_at = Some(now.clone());
+    }
+    // A second instance of the number, connected from elsewhere. Only nodes
+    // this object runs count, so that rows left by stopped nodes are no news.
+    if nodes_running
+        && report.external_conflict.is_none()
+        && report.observation.verdict.reason == report::NUMBER_CONFLICT
+    {
+        warn!("another instance of the client is connected with this number; stopping masters and coreapps");
+        report.external_conflict = Some(ExternalConflictStatus {
+            detected_at: now.0.to_string(),
+            message: report.observation.verdict.message.clone(),
+        });
+    }
+
     ctx.metrics.probe_timestamp.get_or_create(&labels).set(now.0.as_second() as f64);
-    ctx.metrics.gateway_up.get_or_create(&labels).set(i64::from(observation.verdict.healthy));
-    ctx.metrics.connected_coreapps.get_or_create(&labels).set(i64::from(observation.verdict.connected_coreapps));
-    observation
+    ctx.metrics.gateway_up.get_or_create(&labels).set(i64::from(report.observation.verdict.healthy));
+    ctx.metrics.connected_coreapps.get_or_create(&labels).set(i64::from(report.observation.verdict.connected_coreapps));
+    report
+}
+
+/// Uploads `spec.webapp.tls` when it differs from what the client accepted
+/// last. Returns the outcome when an upload was tried.
+async fn upload_certificate(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    webapp: &Webapp<'_>,
+    token: &str,
+    report: &mut GatewayReport,
+) -> Option<Result<(), String>> {
+    wan.spec.webapp.tls.as_ref()?;
+    let bundle = observed.webapp_tls.as_ref().and_then(super::validate::certificate_bundle)?;
+    let digest = super::validate::bundle_digest(&bundle);
+    if report.certificate.as_ref().is_some_and(|c| c.uploaded_digest == digest) {
+        return None;
+    }
+    match webapp.upload_certificate(token, &bundle).await {
+        Ok(()) => {
+            info!("uploaded the webapp certificate; the webapps restart to serve it");
+            report.certificate =
+                Some(WebappCertificateStatus { uploaded_digest: digest, uploaded_at: Time(jiff::Timestamp::now()) });
+            Some(Ok(()))
+        }
+        Err(e) => {
+            if matches!(e, CallError::Status { status: 401, .. }) {
+                forget_session(ctx, wan);
+            }
+            Some(Err(e.to_string()))
+        }
+    }
 }
 
 async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, String> {
@@ -117,43 +370,99 @@ async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, S
     index
 }
 
+/// The registration's age as far as the operator knows it.
+pub fn registered(registered_at: Option<&Time>, now: jiff::Timestamp) -> Registered {
+    match registered_at {
+        Some(t) => Registered::Since(now.duration_since(t.0)),
+        None => Registered::Unknown,
+    }
+}
+
 /// Moves a shard change one step: calls the API when the plan says so and the
 /// registration material is there. Returns the status block to show.
 pub async fn reconcile_shards(
     ctx: &Context,
     wan: &WhatsAppNumber,
     observed: &Observed,
-    health: &Observation,
+    report: &GatewayReport,
     keys: Option<&Secret>,
     coreapps_ready: i32,
 ) -> ShardingStatus {
     let mc = &wan.spec.multiconnect;
-    let current = health.block.shards;
-    let plan = sharding::plan(mc.shards, mc.standby_coreapps, current, coreapps_ready);
-    let Step::SetShards(n) = plan.step else {
-        return sharding::status(mc.shards, current, &plan.step, None);
+    let now = jiff::Timestamp::now();
+    let status = wan.status.as_ref();
+    let previous = status.and_then(|s| s.sharding.as_ref());
+    let last_request = previous.and_then(|s| s.last_request.clone());
+    let current = report.shards;
+    let facts = sharding::Facts {
+        desired: mc.shards,
+        standby: mc.standby_coreapps,
+        current,
+        last_known: previous.and_then(|s| s.current),
+        coreapps_ready,
+        registered: registered(report.registered_at.as_ref(), now),
+        confirmed: mc.confirm_shard_change,
+        last_request: last_request.as_ref(),
+        generation: wan.metadata.generation.unwrap_or_default(),
     };
+    let plan = sharding::plan(&facts);
+    let Step::SetShards(n) = plan.step else {
+        return sharding::status(mc.shards, current, &plan.step, None, last_request);
+    };
+    let blocked = |why: String| sharding::status(mc.shards, current, &plan.step, Some(&why), last_request.clone());
     let request = match shard_request(wan, observed, n) {
         Ok(r) => r,
-        Err(why) => return sharding::status(mc.shards, current, &plan.step, Some(&why)),
+        Err(why) => return blocked(why),
     };
-    let connection = match Connection::open(ctx, wan, observed, keys) {
+    let Some(password) = admin_password(wan, observed, keys) else {
+        return blocked("the admin password is not available yet".into());
+    };
+    let trust = match trust(wan, observed, keys) {
+        Ok(TrustPlan::Use(t)) => t,
+        Ok(TrustPlan::PinFirst) => return blocked("the webapp's CA is not pinned yet".into()),
+        Err(why) => return blocked(why),
+    };
+    let connection = match Connection::open(ctx, wan, &trust, keys) {
         Ok(c) => c,
-        Err(why) => return sharding::status(mc.shards, current, &plan.step, Some(&why)),
+        Err(why) => return blocked(why),
     };
-    let mut status = sharding::status(mc.shards, current, &plan.step, None);
-    match connection.webapp().set_shards(&request).await {
+    let webapp = connection.webapp();
+    let token = match admin_session(ctx, wan, &webapp, &password).await {
+        Ok(t) => t,
+        Err(e) => return blocked(e.to_string()),
+    };
+    let (outcome, message) = match webapp.set_shards(&token, &request).await {
         Ok(()) => {
-            tracing::info!(shards = n, "the client accepted the shard change");
-            status.message = format!("requested {n} shards; waiting for the client to report them");
+            info!(shards = n, "the client accepted the shard change");
+            (ShardRequestOutcome::Accepted, String::new())
         }
-        Err(e) if e.is_retryable() => status.message = format!("shard change to {n} will be retried: {e}"),
+        Err(e) if e.is_retryable() => (ShardRequestOutcome::Retrying, e.to_string()),
         Err(e) => {
-            status.phase = sharding::BLOCKED.into();
-            status.message = format!("the client refused the shard change to {n}: {e}");
+            warn!(shards = n, error = %e, "the client refused the shard change; it is not sent again for this spec");
+            (ShardRequestOutcome::Refused, e.to_string())
+        }
+    };
+    let sent = ShardRequestStatus {
+        shards: n,
+        generation: facts.generation,
+        at: Time(now),
+        outcome,
+        message: message.clone(),
+    };
+    let mut shown = sharding::status(mc.shards, current, &plan.step, None, Some(sent));
+    match outcome {
+        ShardRequestOutcome::Accepted => {
+            shown.message = format!("requested {n} shards; waiting for the client to report them");
+        }
+        ShardRequestOutcome::Retrying => shown.message = format!("shard change to {n} will be retried: {message}"),
+        ShardRequestOutcome::Refused => {
+            shown.phase = crate::api::ShardPhase::Blocked;
+            shown.message = format!(
+                "the client refused the shard change to {n}: {message}; it is not sent again until the spec changes"
+            );
         }
     }
-    status
+    shown
 }
 
 fn shard_request(wan: &WhatsAppNumber, observed: &Observed, shards: i32) -> Result<ShardRequest, String> {
@@ -173,4 +482,82 @@ fn shard_request(wan: &WhatsAppNumber, observed: &Observed, shards: i32) -> Resu
     let (cc, phone_number) = phone::split(&wan.spec.phone_number)
         .ok_or_else(|| format!("{} is not an E.164 number", wan.spec.phone_number))?;
     Ok(ShardRequest { cc, phone_number, shards, cert: cert.trim().to_string(), pin: pin.map(|p| p.trim().to_string()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::api::{SecretKeyRef, WebappTls};
+    use crate::resources::tests::sample;
+
+    fn secret(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trust_pins_the_clients_ca_once_then_verifies_with_it() {
+        let wan = sample();
+        let observed = Observed::default();
+        assert_eq!(trust(&wan, &observed, None), Ok(TrustPlan::PinFirst));
+        let keys = secret(&[(WEBAPP_CA, "PINNED")]);
+        assert_eq!(trust(&wan, &observed, Some(&keys)), Ok(TrustPlan::Use(Trust::Ca(b"PINNED".to_vec()))));
+    }
+
+    #[test]
+    fn a_chosen_ca_or_the_opt_out_wins() {
+        let mut wan = sample();
+        wan.spec.health.ca_secret_ref = Some(SecretKeyRef { name: "ca".into(), key: "ca.crt".into() });
+        let keys = secret(&[(WEBAPP_CA, "PINNED")]);
+        assert!(trust(&wan, &Observed::default(), Some(&keys)).unwrap_err().contains("spec.health.caSecretRef"));
+        let observed = Observed { health_ca: Some(secret(&[("ca.crt", "MINE")])), ..Default::default() };
+        assert_eq!(trust(&wan, &observed, Some(&keys)), Ok(TrustPlan::Use(Trust::Ca(b"MINE".to_vec()))));
+        wan.spec.health.insecure_skip_tls_verify = true;
+        assert_eq!(trust(&wan, &observed, Some(&keys)), Ok(TrustPlan::Use(Trust::InsecureSkipVerify)));
+    }
+
+    #[test]
+    fn an_uploaded_certificate_is_trusted_with_the_clients_own_ca_during_the_restart() {
+        let mut wan = sample();
+        wan.spec.webapp.tls = Some(WebappTls { secret_name: "web-tls".into() });
+        let keys = secret(&[(WEBAPP_CA, "PINNED")]);
+        let private = Observed { webapp_tls: Some(secret(&[("ca.crt", "PRIVATE")])), ..Default::default() };
+        assert_eq!(trust(&wan, &private, Some(&keys)), Ok(TrustPlan::Use(Trust::Ca(b"PRIVATE\nPINNED".to_vec()))));
+        let public = Observed { webapp_tls: Some(secret(&[("tls.crt", "C")])), ..Default::default() };
+        assert_eq!(
+            trust(&wan, &public, Some(&keys)),
+            Ok(TrustPlan::Use(Trust::CaAndSystemRoots(b"\nPINNED".to_vec())))
+        );
+        // Before anything is pinned or uploaded, the client's CA comes first.
+        assert_eq!(trust(&wan, &public, None), Ok(TrustPlan::PinFirst));
+    }
+
+    #[test]
+    fn the_admin_password_comes_from_the_users_secret_or_the_generated_one() {
+        let mut wan = sample();
+        let keys = secret(&[(ADMIN_PASSWORD, "Generated-1\n")]);
+        assert_eq!(admin_password(&wan, &Observed::default(), Some(&keys)).as_deref(), Some("Generated-1"));
+        wan.spec.webapp.admin_password_secret_ref =
+            Some(crate::api::PasswordSecretRef { name: "admin".into(), key: "password".into() });
+        assert_eq!(admin_password(&wan, &Observed::default(), Some(&keys)), None);
+        let observed = Observed { admin_password: Some(secret(&[("password", "Mine-123")])), ..Default::default() };
+        assert_eq!(admin_password(&wan, &observed, Some(&keys)).as_deref(), Some("Mine-123"));
+    }
+
+    #[test]
+    fn registration_age_is_unknown_unless_the_operator_saw_it() {
+        let now: jiff::Timestamp = "2026-01-10T00:00:00Z".parse().unwrap();
+        assert_eq!(registered(None, now), Registered::Unknown);
+        let t = Time("2026-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(registered(Some(&t), now), Registered::Since(jiff::SignedDuration::from_hours(9 * 24)));
+    }
 }

@@ -62,6 +62,10 @@ pub struct Context {
     pub settings: Settings,
     failures: Mutex<HashMap<(String, String), u32>>,
     http_clients: Mutex<HashMap<(Trust, Duration), reqwest::Client>>,
+    /// Admin sessions with the webapps, per WhatsAppNumber.
+    pub sessions: Mutex<HashMap<(String, String), crate::webapp::session::Session>>,
+    /// Every WhatsAppNumber the controller sees, for checks across objects.
+    pub numbers: Option<Store<DynamicObject>>,
 }
 
 impl Context {
@@ -74,6 +78,8 @@ impl Context {
             settings,
             failures: Mutex::default(),
             http_clients: Mutex::default(),
+            sessions: Mutex::default(),
+            numbers: None,
         }
     }
 
@@ -177,12 +183,17 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
 async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     exclusivity::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
     ctx.metrics.forget(wan);
+    ctx.sessions.lock().expect("session lock").remove(&key(wan));
     info!("released the number claim");
     Ok(Action::await_change())
 }
 
 async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
-    let observed = fetch::observe(&ctx.client, &ctx.settings, wan).await?;
+    let mut observed = fetch::observe(&ctx.client, &ctx.settings, wan).await?;
+    if let Some(store) = &ctx.numbers {
+        let others: Vec<WhatsAppNumber> = readable(store).into_iter().map(|(w, _)| w).collect();
+        observed.database_sharer = fetch::database_sharer(wan, &others);
+    }
     let outcome = match exclusivity::claim(&ctx.client, &ctx.settings.operator_namespace, wan).await? {
         Claim::HeldBy(holder) => {
             stop_workloads(ctx, wan).await?;
@@ -215,11 +226,11 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
         Outcome::Applied(applied) if applied.versions.upgrade.as_ref().is_some_and(|u| !procedure::is_done(u)) => {
             Action::requeue(UPGRADE_STEP_RETRY)
         }
+        Outcome::Applied(applied) if applied.client.initializing => Action::requeue(UPGRADE_STEP_RETRY),
         Outcome::Applied(applied) => {
-            let changing = applied
-                .sharding
-                .as_ref()
-                .is_some_and(|s| s.phase == sharding::SCALING_COREAPPS || s.phase == sharding::SETTING_SHARDS);
+            let changing = applied.sharding.as_ref().is_some_and(|s| {
+                matches!(s.phase, crate::api::ShardPhase::ScalingCoreapps | crate::api::ShardPhase::SettingShards)
+            });
             if changing {
                 Action::requeue(SHARD_CHANGE_RETRY)
             } else if wan.spec.health.enabled {
@@ -240,18 +251,49 @@ async fn deploy(
     mut inputs: crate::resources::BuildInputs,
 ) -> Result<Applied> {
     let mc = &wan.spec.multiconnect;
+    let status = wan.status.as_ref();
     let now = k8s_openapi::jiff::Timestamp::now();
-    let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, wan.status.as_ref(), &observed.catalog, now);
-    let shape = plan.shape();
+    let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &observed.catalog, now);
     if plan.began {
         let u = plan.upgrade.as_ref().expect("began implies an upgrade");
         info!(from = %u.from, to = %u.to, "starting an upgrade");
     }
 
-    // The client's shard count as last probed decides how many coreapps a shard
-    // change in progress needs.
-    let known_shards = wan.spec.health.enabled.then(|| wan.status.as_ref()?.health.as_ref()?.shards).flatten();
-    inputs.coreapp_replicas = Some(sharding::plan(mc.shards, mc.standby_coreapps, known_shards, 0).coreapp_replicas);
+    // A first deployment creates the schema before anything else starts.
+    let first_job = match status.and_then(|s| s.current_version.as_ref()) {
+        Some(_) => None,
+        None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
+    };
+    let initializing = first_job.as_ref().is_some_and(|j| *j != procedure::JobState::Succeeded);
+    let mut shape = if initializing { procedure::initializing(&plan.steady_version) } else { plan.shape() };
+
+    // A second instance of the number outside the cluster keeps the nodes
+    // stopped until a person says it is gone.
+    let resolved = |c: &crate::api::ExternalConflictStatus| {
+        wan.annotations().get(gateway::RESOLVE_CONFLICT_ANNOTATION) == Some(&c.detected_at)
+    };
+    let external_conflict = status.and_then(|s| s.external_conflict.clone()).filter(|c| !resolved(c));
+    if external_conflict.is_some() {
+        shape.masters_running = false;
+        shape.coreapps_running = false;
+    }
+
+    // Coreapps for whichever of the spec's and the client's last known shard
+    // count is larger: they go only once the client reports fewer shards.
+    let last_known = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.current);
+    let replicas = sharding::plan(&sharding::Facts {
+        desired: mc.shards,
+        standby: mc.standby_coreapps,
+        current: None,
+        last_known,
+        coreapps_ready: 0,
+        registered: sharding::Registered::Unknown,
+        confirmed: None,
+        last_request: None,
+        generation: 0,
+    })
+    .coreapp_replicas;
+    inputs.coreapp_replicas = Some(replicas);
     inputs.shape = Some(shape.clone());
 
     let children = crate::resources::build(wan, &inputs);
@@ -261,26 +303,29 @@ async fn deploy(
     let tiers = applier.apply_children(children).await?;
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
     if shape.schema_job {
-        applier
-            .ensure_job(&crate::resources::schema_job::schema_job(
-                wan,
-                &plan.upgrade.as_ref().expect("job implies an upgrade").to,
-            ))
-            .await?;
+        let version = plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.steady_version.clone());
+        applier.ensure_job(&crate::resources::schema_job::schema_job(wan, &version)).await?;
     }
 
     let keys = created_keys.as_ref().or(observed.keys.as_ref());
-    let health = if wan.spec.health.enabled { Some(gateway::probe(ctx, wan, observed, keys).await) } else { None };
-    // Shards change only between upgrades: during one, nodes come and go on purpose.
-    let sharding = match &health {
-        Some(h) if h.block.shards.is_some() && plan.upgrade.is_none() => {
-            Some(gateway::reconcile_shards(ctx, wan, observed, h, keys, tiers.coreapps.ready).await)
-        }
-        Some(_) => Some(sharding::status(mc.shards, None, &sharding::Step::Unknown, None)),
-        None => None,
+    let nodes_running = shape.masters_running && shape.coreapps_running && !initializing;
+    let report = if wan.spec.health.enabled && !initializing {
+        Some(gateway::observe(ctx, wan, observed, keys, nodes_running).await)
+    } else {
+        None
     };
+    // Shards change only between upgrades: during one, nodes come and go on purpose.
+    let last_request = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
+    let unknown = || sharding::status(mc.shards, last_known, &sharding::Step::Unknown, None, last_request.clone());
+    let sharding = match &report {
+        Some(r) if r.shards.is_some() && plan.upgrade.is_none() && external_conflict.is_none() => {
+            Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, tiers.coreapps.ready).await)
+        }
+        _ => Some(unknown()),
+    };
+    let health = report.as_ref().map(|r| r.observation.clone());
 
-    let mut current = wan.status.as_ref().and_then(|s| s.current_version.clone());
+    let mut current = status.and_then(|s| s.current_version.clone());
     let upgrade_status = match &plan.upgrade {
         Some(u) => {
             let facts = upgrade_facts(ctx, wan, u, &tiers, health.as_ref(), now).await?;
@@ -299,18 +344,23 @@ async fn deploy(
             }
             Some(next)
         }
-        None => wan.status.as_ref().and_then(|s| s.upgrade.clone()),
+        None => status.and_then(|s| s.upgrade.clone()),
     };
-    // The first deployment records its version at once: from then on every
-    // version change goes through the upgrade procedure.
-    let current = current.unwrap_or_else(|| plan.steady_version.clone());
+    // The first deployment records its version once its schema exists: from
+    // then on every version change goes through the upgrade procedure.
+    let current = match current {
+        Some(c) => Some(c),
+        None if !initializing => Some(plan.steady_version.clone()),
+        None => None,
+    };
+    let running = current.clone().unwrap_or_else(|| plan.steady_version.clone());
     // An upgrade that completed just now changes the running build.
-    let build_state = if current == plan.build_version {
+    let build_state = if running == plan.build_version {
         plan.build.clone()
     } else {
-        upgrade::policy::assess(&observed.catalog, &current, now, upgrade::before(&wan.spec.upgrade))
+        upgrade::policy::assess(&observed.catalog, &running, now, upgrade::before(&wan.spec.upgrade))
     };
-    let build = upgrade::build_status(&current, &build_state);
+    let build = upgrade::build_status(&running, &build_state);
 
     let labels = ctx.metrics.number(wan);
     let expiry = build.expires_at.as_ref().and_then(|d| d.parse::<k8s_openapi::jiff::civil::Date>().ok());
@@ -327,7 +377,7 @@ async fn deploy(
     }
 
     let versions = status::Versions {
-        current: Some(current),
+        current,
         target: Some(plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.target.version.clone())),
         build: Some(build),
         build_state: Some(build_state),
@@ -336,7 +386,29 @@ async fn deploy(
         blocker: plan.blocker.clone(),
         catalog_problems: observed.catalog.problems.clone(),
     };
-    Ok(Applied { tiers, health, sharding, versions })
+    let previous_client = status::ClientState {
+        certificate: status.and_then(|s| s.webapp_certificate.clone()),
+        registered_at: status.and_then(|s| s.registered_at.clone()),
+        ..Default::default()
+    };
+    let client = status::ClientState {
+        initializing,
+        admin: report.as_ref().map(|r| r.admin.clone()),
+        certificate: report.as_ref().map_or(previous_client.certificate, |r| r.certificate.clone()),
+        registered_at: report.as_ref().map_or(previous_client.registered_at, |r| r.registered_at.clone()),
+        external_conflict: report.as_ref().and_then(|r| r.external_conflict.clone()).filter(|c| !resolved(c)),
+        database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
+    };
+    Ok(Applied { tiers, health, sharding, versions, client })
+}
+
+/// The schema Job of `version`, as the cluster reports it.
+async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<procedure::JobState> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
+    Ok(match jobs.get_opt(&crate::resources::schema_job::name(wan, version)).await? {
+        None => procedure::JobState::Absent,
+        Some(job) => job_state(&job),
+    })
 }
 
 /// What the upgrade procedure needs to decide its next step.
@@ -580,7 +652,7 @@ pub async fn run(
         None => Api::all_with(client.clone(), &resource),
     };
     let claims: Api<Lease> = Api::namespaced(client.clone(), &settings.operator_namespace);
-    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings));
+    let mut ctx = Context::new(client.clone(), metrics, reporter, settings);
     let owned = || watcher::Config::default().labels(crate::resources::names::LABEL_MANAGED_BY_SELECTOR);
 
     // A change of the release catalog can change every number's expiry and target.
@@ -594,6 +666,8 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(4))
         .reconcile_all_on(catalog_changes);
     let store = controller.store();
+    ctx.numbers = Some(store.clone());
+    let ctx = Arc::new(ctx);
     let claim_store = store.clone();
     let number_store = store.clone();
     controller

@@ -7,9 +7,12 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::validate::Problem;
-use crate::api::{BuildStatus, ShardingStatus, TierStatus, UpgradeStatus, WhatsAppNumber, WhatsAppNumberStatus};
+use kube::ResourceExt;
+
+use crate::api::{
+    BuildStatus, ShardPhase, ShardingStatus, TierStatus, UpgradeStatus, WhatsAppNumber, WhatsAppNumberStatus,
+};
 use crate::health::Observation;
-use crate::sharding;
 use crate::upgrade::policy::BuildState;
 
 pub const READY: &str = "Ready";
@@ -24,8 +27,16 @@ pub const RELEASE_CATALOG: &str = "ReleaseCatalogValid";
 
 /// Reason of `Conflict` and `Ready` while another WhatsAppNumber holds the number.
 pub const PHONE_NUMBER_IN_USE: &str = "PhoneNumberInUse";
-/// Reason when a shard change needs the registration Secret.
-pub const REGISTRATION_REQUIRED: &str = "RegistrationRequired";
+/// Reason when a shard change cannot be made (registration Secret, refusal).
+pub const SHARD_CHANGE_BLOCKED: &str = "ShardChangeBlocked";
+/// Reason when a shard change waits for `spec.multiconnect.confirmShardChange`.
+pub const SHARD_CHANGE_UNCONFIRMED: &str = "ShardChangeNeedsConfirmation";
+/// Reason of `Conflict` when the client reports a second instance elsewhere.
+pub const EXTERNAL_INSTANCE: &str = "ExternalInstance";
+/// Reason of `Ready` while the first schema is created.
+pub const INITIALIZING_DATABASE: &str = "InitializingDatabase";
+/// The admin session and the uploaded certificate.
+pub const ADMIN_ACCESS: &str = "AdminAccess";
 
 /// What a reconcile ended with, as far as status is concerned. One lives for
 /// one reconcile, so the size of `Applied` does not matter.
@@ -45,9 +56,23 @@ pub struct Applied {
     pub tiers: Tiers,
     /// `None` when health polling is off.
     pub health: Option<Observation>,
-    /// `None` when health polling is off (the client's shard count is unknown).
     pub sharding: Option<ShardingStatus>,
     pub versions: Versions,
+    pub client: ClientState,
+}
+
+/// What the reconcile knows of the client beyond its health.
+#[derive(Clone, Debug, Default)]
+pub struct ClientState {
+    /// The first schema is being created: nothing runs yet.
+    pub initializing: bool,
+    /// The admin session, when the webapp was probed.
+    pub admin: Option<crate::controller::gateway::AdminAccess>,
+    pub certificate: Option<crate::api::WebappCertificateStatus>,
+    pub registered_at: Option<Time>,
+    /// An unresolved second instance outside the cluster: nodes are stopped.
+    pub external_conflict: Option<crate::api::ExternalConflictStatus>,
+    pub database_name_prefix: Option<String>,
 }
 
 /// Versions, expiry and the upgrade, as the reconcile left them.
@@ -168,11 +193,73 @@ fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             ]
         }
         Outcome::Applied(applied) => {
-            let mut conditions = applied_conditions(applied, holds());
+            let mut conditions = match &applied.client.external_conflict {
+                Some(c) => external_conflict_conditions(wan, c),
+                None => applied_conditions(applied, holds()),
+            };
             conditions.extend(version_conditions(&applied.versions));
+            conditions.extend(admin_condition(applied));
+            // Something only a person can unblock, beyond the version's own stalls.
+            let stall = match (&applied.client.external_conflict, applied.sharding.as_ref().map(|s| s.phase)) {
+                (Some(c), _) => Some((EXTERNAL_INSTANCE, c.message.clone())),
+                (None, Some(ShardPhase::ConfirmationRequired)) => Some((
+                    SHARD_CHANGE_UNCONFIRMED,
+                    applied.sharding.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                )),
+                (None, Some(ShardPhase::Blocked)) => Some((
+                    SHARD_CHANGE_BLOCKED,
+                    applied.sharding.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                )),
+                _ => None,
+            };
+            if let Some((reason, message)) = stall
+                && let Some(c) = conditions.iter_mut().find(|c| c.0 == STALLED && c.1 == "False")
+            {
+                *c = cond(STALLED, true, reason, message);
+            }
             conditions
         }
     }
+}
+
+/// Another instance of the number runs outside this cluster: masters and
+/// coreapps are stopped until a person resolves it.
+fn external_conflict_conditions(wan: &WhatsAppNumber, c: &crate::api::ExternalConflictStatus) -> Vec<Cond> {
+    let message = format!(
+        "another instance of the WhatsApp Business API client, outside this cluster's control, is connected with {}; this object's masters and coreapps are stopped so that the number is not banned. Stop the other instance, then run: kubectl annotate whatsappnumber {} -n {} {}={} --overwrite ({})",
+        wan.spec.phone_number,
+        wan.name_any(),
+        wan.namespace().unwrap_or_default(),
+        crate::controller::gateway::RESOLVE_CONFLICT_ANNOTATION,
+        c.detected_at,
+        c.message
+    );
+    vec![
+        cond(READY, false, EXTERNAL_INSTANCE, message.clone()),
+        cond(PROGRESSING, false, EXTERNAL_INSTANCE, "waiting for a person to resolve the conflict"),
+        cond(DEGRADED, true, EXTERNAL_INSTANCE, message.clone()),
+        not_probed_unless_polling(),
+        cond(CONFLICT, true, EXTERNAL_INSTANCE, message),
+    ]
+}
+
+fn not_probed_unless_polling() -> Cond {
+    (GATEWAY_CONNECTED, "False", EXTERNAL_INSTANCE.into(), "masters and coreapps are stopped".into())
+}
+
+/// `AdminAccess`, when the webapp was probed.
+fn admin_condition(applied: &Applied) -> Option<Cond> {
+    use crate::controller::gateway::{AdminAccess, CERTIFICATE_REFUSED};
+    Some(match applied.client.admin.as_ref()? {
+        AdminAccess::Open { certificate: Some(Err(why)) } => {
+            cond(ADMIN_ACCESS, false, CERTIFICATE_REFUSED, format!("the client refused the webapp certificate: {why}"))
+        }
+        AdminAccess::Open { .. } => {
+            let cert = if applied.client.certificate.is_some() { "; the webapp certificate is uploaded" } else { "" };
+            cond(ADMIN_ACCESS, true, "SessionOpen", format!("the operator holds an admin session{cert}"))
+        }
+        AdminAccess::Failed(reason, message) => cond(ADMIN_ACCESS, false, *reason, message.clone()),
+    })
 }
 
 /// BuildExpiring, BuildExpired, Stalled and ReleaseCatalogValid.
@@ -273,33 +360,42 @@ fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
     let summary = tiers.summary();
     let verdict = applied.health.as_ref().map(|h| &h.verdict);
     let unhealthy = verdict.filter(|v| !v.healthy);
-    let shard_phase = applied.sharding.as_ref().map(|s| s.phase.as_str());
+    let shard_phase = applied.sharding.as_ref().map(|s| s.phase);
     let shard_message = applied.sharding.as_ref().map(|s| s.message.clone()).unwrap_or_default();
-    let shards_changing = matches!(shard_phase, Some(sharding::SCALING_COREAPPS) | Some(sharding::SETTING_SHARDS));
-    let shards_blocked = shard_phase == Some(sharding::BLOCKED);
+    let shards_changing = matches!(shard_phase, Some(ShardPhase::ScalingCoreapps) | Some(ShardPhase::SettingShards));
+    let shards_blocked = shard_phase == Some(ShardPhase::Blocked);
+    let shards_unconfirmed = shard_phase == Some(ShardPhase::ConfirmationRequired);
+    let initializing = applied.client.initializing;
+    let init_message = "creating the client's databases with the schema Job before any node or webapp starts";
 
     // Ready: the first thing that stands in the way names the reason.
-    let ready = if !rolling.is_empty() {
+    let ready = if initializing {
+        cond(READY, false, INITIALIZING_DATABASE, init_message)
+    } else if !rolling.is_empty() {
         cond(READY, false, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
     } else if !tiers.all_ready() {
         cond(READY, false, "PodsNotReady", format!("waiting for pods: {summary}"))
     } else if let Some(v) = unhealthy {
         cond(READY, false, v.reason, v.message.clone())
     } else if shards_blocked {
-        cond(READY, false, REGISTRATION_REQUIRED, shard_message.clone())
+        cond(READY, false, SHARD_CHANGE_BLOCKED, shard_message.clone())
+    } else if shards_unconfirmed {
+        cond(READY, false, SHARD_CHANGE_UNCONFIRMED, shard_message.clone())
     } else if shards_changing {
-        cond(READY, false, shard_phase.unwrap_or_default().to_string(), shard_message.clone())
+        cond(READY, false, format!("{:?}", shard_phase.unwrap_or_default()), shard_message.clone())
     } else {
         let gateway = verdict.map(|v| format!("; {}", v.message)).unwrap_or_default();
         cond(READY, true, "Ready", format!("all tiers ready: {summary}{gateway}"))
     };
 
-    let progressing = if !rolling.is_empty() {
+    let progressing = if initializing {
+        cond(PROGRESSING, true, INITIALIZING_DATABASE, init_message)
+    } else if !rolling.is_empty() {
         cond(PROGRESSING, true, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
     } else if !tiers.all_ready() {
         cond(PROGRESSING, true, "WaitingForPods", format!("waiting for pods: {summary}"))
     } else if shards_changing {
-        cond(PROGRESSING, true, shard_phase.unwrap_or_default().to_string(), shard_message.clone())
+        cond(PROGRESSING, true, format!("{:?}", shard_phase.unwrap_or_default()), shard_message.clone())
     } else {
         cond(PROGRESSING, false, "Reconciled", "the spec is fully rolled out")
     };
@@ -307,7 +403,7 @@ fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
     // Degraded: the workloads are in place, yet the client is not serving.
     let degraded = match unhealthy {
         Some(v) if tiers.all_ready() => cond(DEGRADED, true, v.reason, v.message.clone()),
-        _ if shards_blocked => cond(DEGRADED, true, REGISTRATION_REQUIRED, shard_message),
+        _ if shards_blocked => cond(DEGRADED, true, SHARD_CHANGE_BLOCKED, shard_message),
         _ => cond(DEGRADED, false, "AsExpected", "no problem found"),
     };
 
@@ -352,6 +448,11 @@ pub fn compute(
         status.target_version = v.target.clone();
         status.build = v.build.clone();
         status.upgrade = v.upgrade.clone();
+        let c = &applied.client;
+        status.webapp_certificate = c.certificate.clone();
+        status.registered_at = c.registered_at.clone();
+        status.external_conflict = c.external_conflict.clone();
+        status.database_name_prefix = c.database_name_prefix.clone();
     }
     status
 }
@@ -400,7 +501,13 @@ mod tests {
     }
 
     fn applied(tiers: Tiers) -> Outcome {
-        Outcome::Applied(Applied { tiers, health: None, sharding: None, versions: Default::default() })
+        Outcome::Applied(Applied {
+            tiers,
+            health: None,
+            sharding: None,
+            versions: Default::default(),
+            client: Default::default(),
+        })
     }
 
     fn ready_tiers() -> Tiers {
@@ -524,7 +631,7 @@ mod tests {
         "b:2":{"gateway_status":"connected","role":"coreapp"},"c:3":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
 
     fn in_sync() -> Option<ShardingStatus> {
-        Some(crate::sharding::status(1, Some(1), &crate::sharding::Step::InSync, None))
+        Some(crate::sharding::status(1, Some(1), &crate::sharding::Step::InSync, None, None))
     }
 
     #[test]
@@ -535,6 +642,7 @@ mod tests {
             health: Some(health(HEALTHY, 1)),
             sharding: in_sync(),
             versions: Default::default(),
+            client: Default::default(),
         });
         let s = compute(&wan, &ok, None, &t(1));
         assert_eq!(cond(&s, READY).status, "True");
@@ -550,6 +658,7 @@ mod tests {
             health: Some(health(&down, 1)),
             sharding: in_sync(),
             versions: Default::default(),
+            client: Default::default(),
         });
         let s = compute(&wan, &bad, Some(&s), &t(2));
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "ShardsNotConnected"));
@@ -573,6 +682,7 @@ mod tests {
                 health: Some(obs.clone()),
                 sharding: None,
                 versions: Default::default(),
+                client: Default::default(),
             }),
             None,
             &t(1),
@@ -587,6 +697,7 @@ mod tests {
                 health: Some(obs),
                 sharding: None,
                 versions: Default::default(),
+                client: Default::default(),
             }),
             None,
             &t(1),
@@ -601,29 +712,31 @@ mod tests {
     fn shard_change_progresses_and_a_missing_registration_degrades() {
         use crate::sharding::{Step, status as shard_status};
         let wan = sample();
-        let changing = shard_status(2, Some(1), &Step::WaitForCoreapps { ready: 1, needed: 2 }, None);
+        let changing = shard_status(2, Some(1), &Step::WaitForCoreapps { ready: 1, needed: 2 }, None, None);
         let out = Outcome::Applied(Applied {
             tiers: ready_tiers(),
             health: Some(health(HEALTHY, 1)),
             sharding: Some(changing),
             versions: Default::default(),
+            client: Default::default(),
         });
         let s = compute(&wan, &out, None, &t(1));
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "ScalingCoreapps"));
         assert_eq!(cond(&s, PROGRESSING).status, "True");
 
-        let blocked = shard_status(2, Some(1), &Step::SetShards(2), Some("set spec.registration.secretRef"));
+        let blocked = shard_status(2, Some(1), &Step::SetShards(2), Some("set spec.registration.secretRef"), None);
         let out = Outcome::Applied(Applied {
             tiers: ready_tiers(),
             health: Some(health(HEALTHY, 1)),
             sharding: Some(blocked),
             versions: Default::default(),
+            client: Default::default(),
         });
         let s = compute(&wan, &out, None, &t(1));
-        assert_eq!(cond(&s, READY).reason, REGISTRATION_REQUIRED);
+        assert_eq!(cond(&s, READY).reason, SHARD_CHANGE_BLOCKED);
         assert_eq!(
             (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
-            ("True", REGISTRATION_REQUIRED)
+            ("True", SHARD_CHANGE_BLOCKED)
         );
         assert!(cond(&s, DEGRADED).message.contains("spec.registration"));
     }
@@ -642,8 +755,97 @@ mod tests {
         assert_eq!(cond(&compute(&wan, &all_ready(), None, &t(1)), CONFLICT).status, "False");
     }
 
+    fn with_client(client: ClientState, sharding: Option<ShardingStatus>) -> Outcome {
+        Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: Some(health(HEALTHY, 1)),
+            sharding,
+            versions: Default::default(),
+            client,
+        })
+    }
+
+    #[test]
+    fn a_second_instance_outside_the_cluster_stalls_with_what_to_run() {
+        let wan = sample();
+        let conflict = crate::api::ExternalConflictStatus {
+            detected_at: "2026-01-01T00:00:00Z".into(),
+            message: "1000 Conflict: Detected multiple instances that share the same number".into(),
+        };
+        let out =
+            with_client(ClientState { external_conflict: Some(conflict.clone()), ..Default::default() }, in_sync());
+        let s = compute(&wan, &out, None, &t(1));
+        for type_ in [READY, DEGRADED, CONFLICT, STALLED] {
+            assert_eq!(cond(&s, type_).reason, EXTERNAL_INSTANCE, "{type_}");
+        }
+        assert_eq!((cond(&s, CONFLICT).status.as_str(), cond(&s, STALLED).status.as_str()), ("True", "True"));
+        let ready = &cond(&s, READY).message;
+        assert!(ready.contains("outside this cluster"), "{ready}");
+        assert!(ready.contains("whatsapp.operators.dev/resolve-conflict=2026-01-01T00:00:00Z"), "{ready}");
+        assert_eq!(s.external_conflict, Some(conflict), "kept until a person resolves it");
+    }
+
+    #[test]
+    fn a_first_deployment_waits_for_its_databases() {
+        let wan = sample();
+        let out = with_client(ClientState { initializing: true, ..Default::default() }, None);
+        let s = compute(&wan, &out, None, &t(1));
+        assert_eq!(
+            (cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()),
+            ("False", INITIALIZING_DATABASE)
+        );
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        assert_eq!(cond(&s, STALLED).status, "False");
+    }
+
+    #[test]
+    fn an_unconfirmed_shard_change_on_an_old_number_needs_a_person() {
+        use crate::sharding::{Registered, Step, status as shard_status};
+        let wan = sample();
+        let waiting =
+            shard_status(2, Some(1), &Step::NeedsConfirmation { registered: Registered::Unknown }, None, None);
+        let s = compute(&wan, &with_client(ClientState::default(), Some(waiting)), None, &t(1));
+        assert_eq!(cond(&s, READY).reason, SHARD_CHANGE_UNCONFIRMED);
+        assert_eq!(
+            (cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()),
+            ("True", SHARD_CHANGE_UNCONFIRMED)
+        );
+        assert!(cond(&s, STALLED).message.contains("confirmShardChange"));
+        assert_eq!(cond(&s, DEGRADED).status, "False", "the number still serves at its current count");
+    }
+
+    #[test]
+    fn admin_access_reports_the_session_and_the_certificate() {
+        use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, AdminAccess, CERTIFICATE_REFUSED};
+        let wan = sample();
+        let open = ClientState { admin: Some(AdminAccess::Open { certificate: None }), ..Default::default() };
+        let s = compute(&wan, &with_client(open, in_sync()), None, &t(1));
+        assert_eq!((cond(&s, ADMIN_ACCESS).status.as_str(), cond(&s, READY).status.as_str()), ("True", "True"));
+        let refused = ClientState {
+            admin: Some(AdminAccess::Failed(ADMIN_LOGIN_REFUSED, "put the password".into())),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_client(refused, in_sync()), None, &t(1));
+        assert_eq!(cond(&s, ADMIN_ACCESS).reason, ADMIN_LOGIN_REFUSED);
+        let cert = ClientState {
+            admin: Some(AdminAccess::Open { certificate: Some(Err("1009 bad key".into())) }),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_client(cert, in_sync()), None, &t(1));
+        assert_eq!(
+            (cond(&s, ADMIN_ACCESS).status.as_str(), cond(&s, ADMIN_ACCESS).reason.as_str()),
+            ("False", CERTIFICATE_REFUSED)
+        );
+    }
+
     fn with_versions(versions: Versions) -> Outcome {
-        Outcome::Applied(Applied { tiers: ready_tiers(), health: None, sharding: None, versions })
+        Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: None,
+            sharding: None,
+            versions,
+            client: Default::default(),
+        })
     }
 
     fn release(expires: &str) -> crate::upgrade::catalog::Release {

@@ -27,6 +27,26 @@ pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
 pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
 pub const CLAIM_NOT_FOUND: &str = "MediaClaimNotFound";
 pub const INVALID_SPEC: &str = "InvalidSpec";
+pub const INVALID_SECRET_VALUE: &str = "InvalidSecretValue";
+pub const DATABASE_IN_USE: &str = "DatabaseInUse";
+
+/// The PEM bundle `POST /v1/certificates/external` takes: the private key,
+/// then the certificate with its chain (cert-manager's `tls.crt` holds both).
+pub fn certificate_bundle(secret: &Secret) -> Option<Vec<u8>> {
+    let key = secret_value(secret, "tls.key")?;
+    let cert = secret_value(secret, "tls.crt")?;
+    let mut bundle = key.to_vec();
+    if !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(cert);
+    Some(bundle)
+}
+
+/// Digest of a certificate bundle, as recorded in `status.webappCertificate`.
+pub fn bundle_digest(bundle: &[u8]) -> String {
+    digest(&bundle)
+}
 
 /// Returns what the builders need, or the first problem that blocks the reconcile.
 pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs, Problem> {
@@ -65,19 +85,59 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         None => None,
     };
 
-    let webapp_tls_digest = match &spec.webapp.tls {
-        Some(tls) => {
-            let secret = require_secret(
-                observed.webapp_tls.as_ref(),
-                &tls.secret_name,
-                namespace,
-                "spec.webapp.tls.secretName",
-                &["tls.crt", "tls.key"],
-            )?;
-            Some(secret_digest(secret, &["tls.crt", "tls.key"]))
+    // The certificate is uploaded through the API later; it must be complete now.
+    if let Some(tls) = &spec.webapp.tls {
+        require_secret(
+            observed.webapp_tls.as_ref(),
+            &tls.secret_name,
+            namespace,
+            "spec.webapp.tls.secretName",
+            &["tls.crt", "tls.key"],
+        )?;
+    }
+
+    if let Some(r) = &spec.webapp.admin_password_secret_ref {
+        let secret = require_secret(
+            observed.admin_password.as_ref(),
+            &r.name,
+            namespace,
+            "spec.webapp.adminPasswordSecretRef",
+            &[&r.key],
+        )?;
+        let password = secret_value(secret, &r.key).map(String::from_utf8_lossy).unwrap_or_default();
+        if !crate::webapp::session::acceptable_password(password.trim()) {
+            return Err(Problem::new(
+                INVALID_SECRET_VALUE,
+                format!(
+                    "the admin password in Secret {namespace}/{} key {} does not meet the client's rule: 8-64 characters with a digit, an upper and a lower case letter and a special character",
+                    r.name, r.key
+                ),
+            ));
         }
-        None => None,
-    };
+    }
+
+    if let Some(other) = &observed.database_sharer {
+        return Err(Problem::new(
+            DATABASE_IN_USE,
+            format!(
+                "WhatsAppNumber {other} already uses database prefix {} on {}:{}: two numbers sharing one set of databases would mix their registration and keys; set spec.database.namePrefix to another prefix",
+                crate::api::database_name_prefix(spec),
+                spec.database.host,
+                spec.database.effective_port()
+            ),
+        ));
+    }
+    if let Some(recorded) = wan.status.as_ref().and_then(|s| s.database_name_prefix.as_ref())
+        && *recorded != crate::api::database_name_prefix(spec)
+    {
+        return Err(Problem::new(
+            INVALID_SPEC,
+            format!(
+                "the client's databases were created with prefix {recorded}, and spec.database.namePrefix now gives {}: set it back to {recorded} (a new prefix would start an empty deployment)",
+                crate::api::database_name_prefix(spec)
+            ),
+        ));
+    }
 
     if let Some(claim) = &spec.media.existing_claim
         && observed.media_claim.is_none()
@@ -94,7 +154,11 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         live_media_claim: if spec.media.existing_claim.is_none() { observed.media_claim.clone() } else { None },
         credentials_digest: secret_digest(credentials, &[&creds.username_key, &creds.password_key]),
         database_ca_digest,
-        webapp_tls_digest,
+        webapp_certificate_digest: wan
+            .status
+            .as_ref()
+            .and_then(|s| s.webapp_certificate.as_ref())
+            .map(|c| c.uploaded_digest.clone()),
         coreapp_replicas: None,
         shape: None,
     })
@@ -171,7 +235,7 @@ mod tests {
     fn complete_inputs_pass() {
         let inputs = validate(&sample(), &observed()).expect("valid");
         assert!(!inputs.credentials_digest.is_empty());
-        assert!(inputs.database_ca_digest.is_none() && inputs.webapp_tls_digest.is_none());
+        assert!(inputs.database_ca_digest.is_none() && inputs.webapp_certificate_digest.is_none());
     }
 
     #[test]
@@ -228,6 +292,50 @@ mod tests {
         let problem = validate(&wan, &observed()).unwrap_err();
         assert_eq!(problem.reason, INVALID_SPEC);
         assert!(problem.message.contains("spec.multiconnect.shards"));
+    }
+
+    #[test]
+    fn an_admin_password_the_client_would_refuse_is_reported_before_any_login() {
+        let mut wan = sample();
+        wan.spec.webapp.admin_password_secret_ref =
+            Some(crate::api::PasswordSecretRef { name: "admin".into(), key: "password".into() });
+        assert_eq!(validate(&wan, &observed()).unwrap_err().reason, SECRET_NOT_FOUND);
+        let weak = Observed { admin_password: Some(secret(&[("password", "secret")])), ..observed() };
+        let problem = validate(&wan, &weak).unwrap_err();
+        assert_eq!(problem.reason, INVALID_SECRET_VALUE);
+        assert!(problem.message.contains("8-64 characters"), "{}", problem.message);
+        assert!(!problem.message.contains("secret\""), "the value is never shown");
+        let good = Observed { admin_password: Some(secret(&[("password", "Str0ng-enough")])), ..observed() };
+        assert!(validate(&wan, &good).is_ok());
+    }
+
+    #[test]
+    fn two_numbers_on_one_set_of_databases_are_refused() {
+        let obs = Observed { database_sharer: Some("other/first".into()), ..observed() };
+        let problem = validate(&sample(), &obs).unwrap_err();
+        assert_eq!(problem.reason, DATABASE_IN_USE);
+        assert!(problem.message.contains("other/first") && problem.message.contains("wa15550001111"));
+    }
+
+    #[test]
+    fn the_database_prefix_cannot_move_once_the_databases_exist() {
+        let mut wan = sample();
+        wan.status = Some(crate::api::WhatsAppNumberStatus {
+            database_name_prefix: Some("wa15550001111".into()),
+            ..Default::default()
+        });
+        assert!(validate(&wan, &observed()).is_ok(), "the default stays the default");
+        wan.spec.database.name_prefix = Some("other".into());
+        let problem = validate(&wan, &observed()).unwrap_err();
+        assert_eq!(problem.reason, INVALID_SPEC);
+        assert!(problem.message.contains("wa15550001111"), "{}", problem.message);
+    }
+
+    #[test]
+    fn the_certificate_bundle_is_the_key_then_the_chain() {
+        let tls = secret(&[("tls.key", "KEY"), ("tls.crt", "CERT\nCHAIN\n")]);
+        assert_eq!(certificate_bundle(&tls).unwrap(), b"KEY\nCERT\nCHAIN\n".to_vec());
+        assert_eq!(certificate_bundle(&secret(&[("tls.crt", "C")])), None);
     }
 
     #[test]

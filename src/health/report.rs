@@ -188,9 +188,12 @@ pub const GATEWAY_DISCONNECTED: &str = "GatewayDisconnected";
 /// The client's words when a second instance registered the same number.
 const CONFLICT_TEXT: &str = "multiple instances";
 
-/// Judges health by role: the primary master and one coreapp per shard must be
-/// up; standbys and secondary masters being `disconnected` is normal. The most
-/// actionable problem names the verdict.
+/// Judges health by role and mode. One coreapp per shard must be up, and a
+/// node must hold the primary master role. In multiconnect (2 shards or more)
+/// the primary master is connected too; in high availability (1 shard) it
+/// reports `disconnected` like every node but the connected coreapp (Meta's
+/// health reference). Standbys and secondary masters are `disconnected` in
+/// both modes. The most actionable problem names the verdict.
 pub fn judge(health: &Health, shards: i32) -> Verdict {
     match health {
         Health::Single { gateway_status, errors } => judge_single(gateway_status.as_ref(), errors),
@@ -241,7 +244,7 @@ fn judge_multi(nodes: &[Node], shards: i32) -> Verdict {
         (UNINITIALIZED, uninitialized_message())
     } else if primary.is_none() {
         (NO_PRIMARY_MASTER, format!("no node reports the primary_master role ({} nodes listed)", nodes.len()))
-    } else if !primary_up {
+    } else if shards >= 2 && !primary_up {
         let p = primary.expect("checked above");
         (
             PRIMARY_MASTER_DISCONNECTED,
@@ -252,8 +255,10 @@ fn judge_multi(nodes: &[Node], shards: i32) -> Verdict {
     } else if !unreachable.is_empty() {
         let ids: Vec<&str> = unreachable.iter().map(|n| n.id.as_str()).collect();
         (NODE_UNREACHABLE, format!("the webapp cannot reach {}", ids.join(", ")))
-    } else {
+    } else if shards >= 2 {
         (GATEWAY_CONNECTED, format!("primary master and {connected} of {shards} shards connected, {standby} standby"))
+    } else {
+        (GATEWAY_CONNECTED, format!("high availability: {connected} coreapp connected, {standby} standby"))
     };
     let healthy = reason == GATEWAY_CONNECTED;
     let gateway = if any(GatewayStatus::Unregistered) {
@@ -300,8 +305,11 @@ mod tests {
         judge(&parse(json.as_bytes()).expect("parses"), shards)
     }
 
+    /// High availability as the client reports it: only the coreapp holding
+    /// the shard is connected, the primary master included every other node
+    /// is disconnected.
     const HA_OK: &str = r#"{"meta":{"api_status":"stable","version":"2.53.2"},"health":{
-        "10.0.0.5:a1b2c3d4e5f6":{"gateway_status":"connected","role":"primary_master"},
+        "10.0.0.5:a1b2c3d4e5f6":{"gateway_status":"disconnected","role":"primary_master"},
         "10.0.0.6:b1b2c3d4e5f6":{"gateway_status":"disconnected","role":"secondary_master"},
         "10.0.0.7:c1b2c3d4e5f6":{"gateway_status":"connected","role":"coreapp"},
         "10.0.0.8:d1b2c3d4e5f6":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
@@ -329,6 +337,7 @@ mod tests {
         let v = multi(HA_OK, 1);
         assert!(v.healthy, "{v:?}");
         assert_eq!(v.reason, GATEWAY_CONNECTED);
+        assert!(v.message.contains("high availability"), "{}", v.message);
         assert_eq!(v.primary_master.as_deref(), Some("10.0.0.5:a1b2c3d4e5f6"));
         assert_eq!((v.connected_coreapps, v.standby_coreapps), (1, 1));
         assert_eq!(v.gateway, "connected");
@@ -347,23 +356,45 @@ mod tests {
         let v = multi(&body, 1);
         assert_eq!(v.reason, SHARDS_NOT_CONNECTED);
         assert!(v.message.contains("0 of 1 shards"), "{}", v.message);
-        // The same cluster with 4 shards wanted.
-        let v = multi(HA_OK, 4);
+        // A 2-shard cluster when the client runs 4.
+        let v = multi(MULTI_OK, 4);
         assert_eq!(v.reason, SHARDS_NOT_CONNECTED);
-        assert!(v.message.contains("1 of 4"));
+        assert!(v.message.contains("2 of 4"), "{}", v.message);
+    }
+
+    /// Multiconnect with 2 shards as the client reports it: both shard
+    /// holders and the primary master connected.
+    const MULTI_OK: &str = r#"{"meta":{"api_status":"stable","version":"2.53.2"},"health":{
+        "10.0.0.5:a1b2c3d4e5f6":{"gateway_status":"connected","role":"primary_master"},
+        "10.0.0.6:b1b2c3d4e5f6":{"gateway_status":"disconnected","role":"secondary_master"},
+        "10.0.0.7:c1b2c3d4e5f6":{"gateway_status":"connected","role":"coreapp"},
+        "10.0.0.8:d1b2c3d4e5f6":{"gateway_status":"connected","role":"coreapp"},
+        "10.0.0.9:e1b2c3d4e5f6":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
+
+    #[test]
+    fn multiconnect_needs_the_primary_master_connected() {
+        let v = multi(MULTI_OK, 2);
+        assert!(v.healthy, "{v:?}");
+        assert_eq!((v.connected_coreapps, v.standby_coreapps), (2, 1));
+        let body =
+            MULTI_OK.replace(r#""connected","role":"primary_master""#, r#""disconnected","role":"primary_master""#);
+        assert_eq!(multi(&body, 2).reason, PRIMARY_MASTER_DISCONNECTED);
     }
 
     #[test]
-    fn no_or_disconnected_primary_master() {
+    fn ha_needs_a_primary_master_but_not_a_connected_one() {
         let body = HA_OK.replace("primary_master", "secondary_master");
         assert_eq!(multi(&body, 1).reason, NO_PRIMARY_MASTER);
-        let body = HA_OK.replace(r#""connected","role":"primary_master""#, r#""disconnected","role":"primary_master""#);
-        assert_eq!(multi(&body, 1).reason, PRIMARY_MASTER_DISCONNECTED);
+        // A connected primary master in HA is not what the client reports, but
+        // it is no reason to call the number unhealthy either.
+        let body = HA_OK.replace(r#""disconnected","role":"primary_master""#, r#""connected","role":"primary_master""#);
+        assert!(multi(&body, 1).healthy);
     }
 
     #[test]
     fn unregistered_and_uninitialized_win_over_the_rest() {
-        let body = HA_OK.replace("connected\",\"role\":\"primary_master", "unregistered\",\"role\":\"primary_master");
+        let body =
+            HA_OK.replace("disconnected\",\"role\":\"primary_master", "unregistered\",\"role\":\"primary_master");
         let v = multi(&body, 1);
         assert_eq!((v.reason, v.gateway.as_str()), (UNREGISTERED, "unregistered"));
         let body = HA_OK.replace("\"disconnected\",\"role\":\"coreapp\"", "\"uninitialized\",\"role\":\"coreapp\"");

@@ -19,6 +19,10 @@ pub const COREAPP_PORTS: [i32; 4] = [6250, 6251, 6252, 6253];
 pub const JWT_KEY: &str = "WA_WEB_JWT_CRYPTO_KEY";
 /// Key of the API key in the generated Secret; the operator uses it for health probes.
 pub const API_KEY: &str = "WA_API_KEY";
+/// Key of the generated admin password, when the spec names no Secret of its own.
+pub const ADMIN_PASSWORD: &str = "admin-password";
+/// Key of the client's own CA, pinned at the first contact with the webapp.
+pub const WEBAPP_CA: &str = "webapp-ca.crt";
 
 /// The environment of Meta's Kubernetes templates (domain.md), one ConfigMap
 /// consumed by masters, coreapps and webapps through `envFrom`.
@@ -32,8 +36,12 @@ pub fn config_map(wan: &WhatsAppNumber) -> ConfigMap {
         ("WA_DB_PORT".to_string(), db.effective_port().to_string()),
         ("WA_DB_PERSISTENT".to_string(), "1".to_string()),
         ("WA_CONFIG_ON_DB".to_string(), "1".to_string()),
-        ("WA_DB_CONNECTION_IDLE_TIMEOUT".to_string(), db.connection_idle_timeout_ms.to_string()),
+        ("WA_DB_NAME_PREFIX".to_string(), crate::api::database_name_prefix(&wan.spec)),
     ]);
+    // The client reads the idle timeout for MySQL only.
+    if db.engine == crate::api::DatabaseEngine::MySQL {
+        data.insert("WA_DB_CONNECTION_IDLE_TIMEOUT".into(), db.connection_idle_timeout_ms.to_string());
+    }
     if let Some(tls) = &db.tls {
         data.insert("WA_DB_SSL_CA".into(), format!("{DB_CA_DIR}/{}", tls.ca_secret_ref.key));
     }
@@ -45,21 +53,26 @@ pub fn config_map(wan: &WhatsAppNumber) -> ConfigMap {
 }
 
 /// The Secret holding `WA_WEB_JWT_CRYPTO_KEY` (the same on every webapp, so a
-/// token from one webapp is valid on all) and `WA_API_KEY`.
+/// token from one webapp is valid on all), `WA_API_KEY`, the admin password
+/// unless the spec names its own, and later the client's pinned CA.
 ///
 /// Keys are generated once and never rotated: existing values are carried over
 /// and only missing keys are filled in. Returns `None` when the existing Secret
 /// already has every key, so nothing needs writing.
 pub fn keys_secret(wan: &WhatsAppNumber, existing: Option<&Secret>) -> Option<Secret> {
     let current = existing.and_then(|s| s.data.clone()).unwrap_or_default();
-    let missing: Vec<&str> =
-        [JWT_KEY, API_KEY].into_iter().filter(|k| current.get(*k).is_none_or(|v| v.0.is_empty())).collect();
+    let mut wanted = vec![JWT_KEY, API_KEY];
+    if wan.spec.webapp.admin_password_secret_ref.is_none() {
+        wanted.push(ADMIN_PASSWORD);
+    }
+    let missing: Vec<&str> = wanted.into_iter().filter(|k| current.get(*k).is_none_or(|v| v.0.is_empty())).collect();
     if existing.is_some() && missing.is_empty() {
         return None;
     }
     let mut data = current;
     for key in missing {
-        data.insert(key.to_string(), ByteString(random_token(64).into_bytes()));
+        let value = if key == ADMIN_PASSWORD { crate::webapp::session::generate_password() } else { random_token(64) };
+        data.insert(key.to_string(), ByteString(value.into_bytes()));
     }
     let metadata = ObjectMeta {
         resource_version: existing.and_then(|s| s.metadata.resource_version.clone()),

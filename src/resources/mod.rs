@@ -34,8 +34,8 @@ pub const DATA_SUBPATH: &str = "waent/data";
 pub const LOG_MOUNT: &str = "/usr/local/waent/log";
 /// Where the database CA Secret is mounted; `WA_DB_SSL_CA` points into it.
 pub const DB_CA_DIR: &str = "/etc/whatsapp/db-ca";
-/// Where the webapp TLS Secret is mounted.
-pub const WEB_TLS_DIR: &str = "/etc/whatsapp/tls";
+/// Where Meta's images keep their start scripts.
+pub const CLIENT_BIN_DIR: &str = "/opt/whatsapp/bin";
 /// The webapp's HTTPS port.
 pub const WEBAPP_PORT: i32 = 443;
 
@@ -50,8 +50,10 @@ pub struct BuildInputs {
     pub credentials_digest: String,
     /// Digest of the database CA, when one is configured.
     pub database_ca_digest: Option<String>,
-    /// Digest of the webapp TLS certificate, when one is configured.
-    pub webapp_tls_digest: Option<String>,
+    /// Digest of the webapp certificate the client accepted last (see
+    /// `status.webappCertificate`); a new one restarts the webapps, which read
+    /// it at start-up.
+    pub webapp_certificate_digest: Option<String>,
     /// Coreapp replicas when a shard change is under way (see `sharding`);
     /// `None` means `shards + standbyCoreapps`.
     pub coreapp_replicas: Option<i32>,
@@ -84,12 +86,12 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
         digest(&(&config_digest, &inputs.credentials_digest, &inputs.database_ca_digest, extra))
     };
     let core_hash = pod_config_hash(None);
-    let web_hash = pod_config_hash(inputs.webapp_tls_digest.as_ref());
+    let web_hash = pod_config_hash(inputs.webapp_certificate_digest.as_ref());
 
     let spec_version = &wan.spec.version;
-    let (node_version, webapp_version, masters_up, coreapps_up) = match &inputs.shape {
-        Some(s) => (&s.node_version, &s.webapp_version, s.masters_running, s.coreapps_running),
-        None => (spec_version, spec_version, true, true),
+    let (node_version, webapp_version, masters_up, coreapps_up, webapps_up) = match &inputs.shape {
+        Some(s) => (&s.node_version, &s.webapp_version, s.masters_running, s.coreapps_running, s.webapps_running),
+        None => (spec_version, spec_version, true, true, true),
     };
     let masters = (!masters_up).then_some(0);
     let coreapps = if coreapps_up { inputs.coreapp_replicas } else { Some(0) };
@@ -101,7 +103,7 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
         webapp_service: webapp::service(wan),
         masters: workloads::stateful_set(wan, Tier::Master, node_version, &core_hash, masters),
         coreapps: workloads::stateful_set(wan, Tier::Coreapp, node_version, &core_hash, coreapps),
-        webapps: webapp::deployment(wan, webapp_version, &web_hash),
+        webapps: webapp::deployment(wan, webapp_version, &web_hash, (!webapps_up).then_some(0)),
         disruption_budgets: disruption::budgets(wan),
         config,
     }

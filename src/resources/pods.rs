@@ -3,15 +3,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapEnvSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,
-    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, SecretKeySelector,
-    SecretVolumeSource, Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMapEnvSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, ResourceRequirements,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::names::{ANNOTATION_CONFIG_HASH, LABEL_VERSION, Names, Tier, component_labels, selector_labels};
-use super::{DATA_MOUNT, DATA_SUBPATH, DB_CA_DIR, LOG_MOUNT, MEDIA_MOUNT, MEDIA_SUBPATH, media_claim_name};
+use super::{
+    CLIENT_BIN_DIR, DATA_MOUNT, DATA_SUBPATH, DB_CA_DIR, LOG_MOUNT, MEDIA_MOUNT, MEDIA_SUBPATH, media_claim_name,
+};
 use crate::api::{PodOverrides, WhatsAppNumber};
 
 pub const MEDIA_VOLUME: &str = "media";
@@ -37,6 +39,24 @@ pub fn template_meta(wan: &WhatsAppNumber, tier: Tier, version: &str, config_has
     let mut annotations = o.pod_annotations.clone();
     annotations.insert(ANNOTATION_CONFIG_HASH.into(), config_hash.into());
     ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }
+}
+
+/// The explicit command every container gets, as in all of Meta's templates
+/// (an image once shipped a default command that did not start): wait for the
+/// database, then launch the client.
+pub fn command(wan: &WhatsAppNumber) -> Vec<String> {
+    vec![
+        format!("{CLIENT_BIN_DIR}/{}", wan.spec.database.engine.wait_script()),
+        format!("{CLIENT_BIN_DIR}/launch_within_docker.sh"),
+    ]
+}
+
+/// Meta's Kubernetes manifests drop `MKNOD`; nothing in the client needs it.
+pub fn security_context() -> SecurityContext {
+    SecurityContext {
+        capabilities: Some(Capabilities { drop: Some(vec!["MKNOD".into()]), add: None }),
+        ..Default::default()
+    }
 }
 
 /// `image:v<version>`.
@@ -138,22 +158,25 @@ pub fn volumes(wan: &WhatsAppNumber, with_log: bool) -> Vec<Volume> {
 }
 
 /// Mounts with the subPaths of Meta's templates: `waent/media` at
-/// `/usr/local/wamedia` everywhere, `waent/data` at `/usr/local/waent/data` on
-/// masters and coreapps.
-pub fn volume_mounts(wan: &WhatsAppNumber, with_data: bool) -> Vec<VolumeMount> {
-    let mut mounts = vec![VolumeMount {
-        name: MEDIA_VOLUME.into(),
-        mount_path: MEDIA_MOUNT.into(),
-        sub_path: Some(MEDIA_SUBPATH.into()),
-        ..Default::default()
-    }];
-    if with_data {
-        mounts.push(VolumeMount {
+/// `/usr/local/wamedia` and `waent/data` at `/usr/local/waent/data` on every
+/// tier (the GCP and AWS templates mount both on webapps too); the log scratch
+/// space on the coreapp image's tiers only (`with_log`).
+pub fn volume_mounts(wan: &WhatsAppNumber, with_log: bool) -> Vec<VolumeMount> {
+    let mut mounts = vec![
+        VolumeMount {
+            name: MEDIA_VOLUME.into(),
+            mount_path: MEDIA_MOUNT.into(),
+            sub_path: Some(MEDIA_SUBPATH.into()),
+            ..Default::default()
+        },
+        VolumeMount {
             name: MEDIA_VOLUME.into(),
             mount_path: DATA_MOUNT.into(),
             sub_path: Some(DATA_SUBPATH.into()),
             ..Default::default()
-        });
+        },
+    ];
+    if with_log {
         mounts.push(VolumeMount { name: LOG_VOLUME.into(), mount_path: LOG_MOUNT.into(), ..Default::default() });
     }
     if wan.spec.database.tls.is_some() {

@@ -28,6 +28,8 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
         name: COMPONENT.into(),
         image: Some(pods::image(&wan.spec.images.coreapp, version)),
         image_pull_policy: pods::pull_policy(wan),
+        command: Some(pods::command(wan)),
+        security_context: Some(pods::security_context()),
         env_from: Some(pods::env_from(wan)),
         env: Some(env),
         resources: Some(pods::resources(wan, super::names::Tier::Coreapp)),

@@ -49,7 +49,10 @@ fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
 #[test]
 fn defaults_follow_meta_templates() {
     let wan = sample();
-    assert_eq!(wan.spec.multiconnect, MulticonnectSpec { shards: 1, standby_coreapps: 1, masters: 2 });
+    assert_eq!(
+        wan.spec.multiconnect,
+        MulticonnectSpec { shards: 1, standby_coreapps: 1, masters: 2, confirm_shard_change: None }
+    );
     assert_eq!(wan.spec.webapp.replicas, 2);
     assert_eq!(wan.spec.images.coreapp, "docker.whatsapp.biz/coreapp");
     assert_eq!(wan.spec.images.webapp, "docker.whatsapp.biz/web");
@@ -73,17 +76,18 @@ fn config_map_carries_the_multiconnect_environment() {
     let expect = [
         ("WA_APP_MULTICONNECT", "1"),
         ("COREAPP_EXTERNAL_PORTS", "6250,6251,6252,6253"),
-        ("WA_DB_ENGINE", "POSTGRESQL"),
+        ("WA_DB_ENGINE", "PGSQL"),
         ("WA_DB_HOSTNAME", "mysql.db.svc"),
         ("WA_DB_PORT", "5432"),
         ("WA_DB_PERSISTENT", "1"),
         ("WA_CONFIG_ON_DB", "1"),
-        ("WA_DB_CONNECTION_IDLE_TIMEOUT", "180000"),
+        ("WA_DB_NAME_PREFIX", "wa15550001111"),
         ("WA_DB_SSL_CA", "/etc/whatsapp/db-ca/root.pem"),
     ];
     for (k, v) in expect {
         assert_eq!(data.get(k).map(String::as_str), Some(v), "{k}");
     }
+    assert!(!data.contains_key("WA_DB_CONNECTION_IDLE_TIMEOUT"), "the client reads it for MySQL only");
     assert_eq!(cm.metadata.name.as_deref(), Some("acme-config"));
     assert!(!data.contains_key("WA_DB_PASSWORD"), "credentials never go into a ConfigMap");
 }
@@ -93,6 +97,56 @@ fn config_map_without_tls_has_no_ca_path() {
     let data = config::config_map(&sample()).data.unwrap();
     assert!(!data.contains_key("WA_DB_SSL_CA"));
     assert_eq!(data["WA_DB_ENGINE"], "MYSQL");
+    assert_eq!(data["WA_DB_CONNECTION_IDLE_TIMEOUT"], "180000");
+}
+
+#[test]
+fn every_number_gets_its_own_database_prefix() {
+    let mut wan = sample();
+    assert_eq!(config::config_map(&wan).data.unwrap()["WA_DB_NAME_PREFIX"], "wa15550001111");
+    wan.spec.database.name_prefix = Some("acme_prod".into());
+    assert_eq!(config::config_map(&wan).data.unwrap()["WA_DB_NAME_PREFIX"], "acme_prod");
+}
+
+#[test]
+fn every_container_has_the_explicit_command_of_metas_templates() {
+    let mut wan = sample();
+    for (engine, script) in
+        [(DatabaseEngine::MySQL, "wait_on_mysql.sh"), (DatabaseEngine::PostgreSQL, "wait_on_postgres.sh")]
+    {
+        wan.spec.database.engine = engine;
+        let c = build(&wan, &inputs());
+        let job = schema_job::schema_job(&wan, "2.55.1");
+        let containers = [
+            container(&c.masters).clone(),
+            container(&c.coreapps).clone(),
+            c.webapps.spec.unwrap().template.spec.unwrap().containers[0].clone(),
+            job.spec.unwrap().template.spec.unwrap().containers[0].clone(),
+        ];
+        for container in containers {
+            assert_eq!(
+                container.command,
+                Some(vec![format!("/opt/whatsapp/bin/{script}"), "/opt/whatsapp/bin/launch_within_docker.sh".into()]),
+                "{}",
+                container.name
+            );
+            let caps = container.security_context.unwrap().capabilities.unwrap();
+            assert_eq!(caps.drop, Some(vec!["MKNOD".to_string()]), "{}", container.name);
+        }
+    }
+}
+
+#[test]
+fn nodes_listen_on_every_address_and_webapps_carry_their_server_name() {
+    let mut wan = sample();
+    let c = build(&wan, &inputs());
+    for sts in [&c.masters, &c.coreapps] {
+        assert_eq!(env(container(sts), "WA_TCP_LISTEN_ADDRESS").and_then(|e| e.value.as_deref()), Some("any"));
+    }
+    wan.spec.webapp.server_name = Some("wa.example.com".into());
+    let web = build(&wan, &inputs()).webapps.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let server = web.env.unwrap().into_iter().find(|e| e.name == "WA_WEB_SERVERNAME").unwrap();
+    assert_eq!(server.value.as_deref(), Some("wa.example.com"));
 }
 
 #[test]
@@ -126,7 +180,7 @@ fn key_secret_is_generated_once_and_never_rotated() {
 #[test]
 fn replica_counts_per_tier() {
     let mut wan = sample();
-    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 3 };
+    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 3, confirm_shard_change: None };
     wan.spec.webapp.replicas = 5;
     let children = build(&wan, &inputs());
     assert_eq!(children.masters.spec.as_ref().unwrap().replicas, Some(3));
@@ -176,7 +230,13 @@ fn media_and_data_mounts_use_meta_subpaths() {
     assert!(
         web_mounts.iter().any(|m| m.mount_path == "/usr/local/wamedia" && m.sub_path.as_deref() == Some("waent/media"))
     );
-    assert!(!web_mounts.iter().any(|m| m.mount_path == "/usr/local/waent/data"));
+    // Meta's GCP and AWS templates mount waent/data on webapps too.
+    assert!(
+        web_mounts
+            .iter()
+            .any(|m| m.mount_path == "/usr/local/waent/data" && m.sub_path.as_deref() == Some("waent/data"))
+    );
+    assert!(!web_mounts.iter().any(|m| m.mount_path == "/usr/local/waent/log"));
 }
 
 #[test]
@@ -339,7 +399,7 @@ fn webapp_gets_keys_https_service_and_surge_only_rollout() {
     wan.spec.webapp.service.type_ = ServiceType::LoadBalancer;
     wan.spec.webapp.service.annotations = BTreeMap::from([("lb".into(), "internal".into())]);
     wan.spec.webapp.tls = Some(WebappTls { secret_name: "acme-tls".into() });
-    let c = build(&wan, &BuildInputs { webapp_tls_digest: Some("t1".into()), ..inputs() });
+    let c = build(&wan, &BuildInputs { webapp_certificate_digest: Some("t1".into()), ..inputs() });
 
     let svc = c.webapp_service;
     assert_eq!(svc.metadata.annotations.as_ref().unwrap()["lb"], "internal");
@@ -362,12 +422,9 @@ fn webapp_gets_keys_https_service_and_surge_only_rollout() {
     assert_eq!(from_keys("WA_API_KEY"), ("acme-keys".into(), "WA_API_KEY".into()));
     let server = web.env.as_ref().unwrap().iter().find(|e| e.name == "WA_WEB_SERVERNAME").unwrap();
     assert_eq!(server.value.as_deref(), Some("acme-webapp.team.svc"));
-    assert!(
-        pod.volumes
-            .unwrap()
-            .iter()
-            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("acme-tls"))
-    );
+    // The certificate goes through the API; no file or variable names it.
+    assert!(!pod.volumes.unwrap().iter().any(|v| v.secret.is_some()));
+    assert!(!web.env.as_ref().unwrap().iter().any(|e| e.name.starts_with("WA_WEB_TLS")));
 }
 
 #[test]
@@ -377,11 +434,11 @@ fn disruption_budgets_only_for_tiers_with_several_pods() {
         build(&wan, &inputs()).disruption_budgets.iter().map(|b| b.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, vec!["acme-master", "acme-coreapp", "acme-webapp"]);
 
-    wan.spec.multiconnect = MulticonnectSpec { shards: 1, standby_coreapps: 0, masters: 1 };
+    wan.spec.multiconnect = MulticonnectSpec { shards: 1, standby_coreapps: 0, masters: 1, confirm_shard_change: None };
     wan.spec.webapp.replicas = 1;
     assert!(build(&wan, &inputs()).disruption_budgets.is_empty());
 
-    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 2 };
+    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 2, confirm_shard_change: None };
     let coreapp_budget = build(&wan, &inputs())
         .disruption_budgets
         .into_iter()
@@ -409,7 +466,7 @@ fn config_hash_rolls_pods_only_when_their_inputs_change() {
     assert_eq!(hash(&base, "coreapp"), hash(&base, "coreapp"), "stable");
     let rotated = BuildInputs { credentials_digest: "creds-v2".into(), ..inputs() };
     assert_ne!(hash(&base, "coreapp"), hash(&rotated, "coreapp"), "password rotation restarts pods");
-    let new_cert = BuildInputs { webapp_tls_digest: Some("cert-2".into()), ..inputs() };
+    let new_cert = BuildInputs { webapp_certificate_digest: Some("cert-2".into()), ..inputs() };
     assert_eq!(hash(&base, "coreapp"), hash(&new_cert, "coreapp"), "a webapp certificate does not restart coreapps");
     assert_ne!(hash(&base, "webapp"), hash(&new_cert, "webapp"));
 }
@@ -470,6 +527,7 @@ fn upgrade_shape_sets_versions_and_stops_nodes() {
         masters_running: false,
         coreapps_running: false,
         webapp_version: "2.53.2".into(),
+        webapps_running: true,
         schema_job: true,
     };
     let c = build(&wan, &BuildInputs { shape: Some(stopped), coreapp_replicas: Some(3), ..inputs() });
@@ -482,6 +540,7 @@ fn upgrade_shape_sets_versions_and_stops_nodes() {
         masters_running: true,
         coreapps_running: true,
         webapp_version: "2.53.2".into(),
+        webapps_running: true,
         schema_job: false,
     };
     let c = build(&wan, &BuildInputs { shape: Some(coreapps_at_new), ..inputs() });

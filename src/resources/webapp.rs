@@ -2,8 +2,7 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PodSpec, PodTemplateSpec, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -12,14 +11,17 @@ use kube::ResourceExt;
 use super::config::{API_KEY, JWT_KEY};
 use super::names::{Names, Tier, component_labels, selector_labels};
 use super::workloads::tcp_probe;
-use super::{WEB_TLS_DIR, WEBAPP_PORT, owned_meta, pods, with_applied_hash};
+use super::{WEBAPP_PORT, owned_meta, pods, with_applied_hash};
 use crate::api::WhatsAppNumber;
-
-const TLS_VOLUME: &str = "tls";
 
 /// The in-cluster DNS name of the webapp Service.
 pub fn service_host(wan: &WhatsAppNumber) -> String {
     format!("{}.{}.svc", Names::new(wan).tier(Tier::Webapp), wan.namespace().unwrap_or_default())
+}
+
+/// The name clients use for the webapp: the spec's, else the Service's.
+pub fn server_name(wan: &WhatsAppNumber) -> String {
+    wan.spec.webapp.server_name.clone().unwrap_or_else(|| service_host(wan))
 }
 
 pub fn service(wan: &WhatsAppNumber) -> Service {
@@ -45,41 +47,32 @@ pub fn service(wan: &WhatsAppNumber) -> Service {
 }
 
 /// Webapps roll one extra pod at a time and never drop below the desired count.
-pub fn deployment(wan: &WhatsAppNumber, version: &str, config_hash: &str) -> Deployment {
+/// `replicas_override` holds them at zero while the first schema is created.
+pub fn deployment(
+    wan: &WhatsAppNumber,
+    version: &str,
+    config_hash: &str,
+    replicas_override: Option<i32>,
+) -> Deployment {
     let names = Names::new(wan);
     let o = pods::overrides(wan, Tier::Webapp);
 
     let mut env = pods::database_credentials_env(wan);
     env.push(pods::secret_env(JWT_KEY, &names.keys(), JWT_KEY));
     env.push(pods::secret_env(API_KEY, &names.keys(), API_KEY));
-    env.push(pods::plain_env("WA_WEB_SERVERNAME", &service_host(wan)));
+    env.push(pods::plain_env("WA_WEB_SERVERNAME", &server_name(wan)));
 
-    let mut volumes = pods::volumes(wan, false);
-    let mut mounts = pods::volume_mounts(wan, false);
-    if let Some(tls) = &wan.spec.webapp.tls {
-        volumes.push(Volume {
-            name: TLS_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
-                optional: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: TLS_VOLUME.into(),
-            mount_path: WEB_TLS_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        env.push(pods::plain_env("WA_WEB_TLS_CERT_FILE", &format!("{WEB_TLS_DIR}/tls.crt")));
-        env.push(pods::plain_env("WA_WEB_TLS_KEY_FILE", &format!("{WEB_TLS_DIR}/tls.key")));
-    }
+    // The certificate goes through the client's API, never a file: no
+    // environment variable of the client names one.
+    let volumes = pods::volumes(wan, false);
+    let mounts = pods::volume_mounts(wan, false);
 
     let container = Container {
         name: "webapp".into(),
         image: Some(pods::image(&wan.spec.images.webapp, version)),
         image_pull_policy: pods::pull_policy(wan),
+        command: Some(pods::command(wan)),
+        security_context: Some(pods::security_context()),
         env_from: Some(pods::env_from(wan)),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -99,7 +92,7 @@ pub fn deployment(wan: &WhatsAppNumber, version: &str, config_hash: &str) -> Dep
     with_applied_hash(Deployment {
         metadata: owned_meta(wan, names.tier(Tier::Webapp), component_labels(wan, "webapp")),
         spec: Some(DeploymentSpec {
-            replicas: Some(wan.spec.webapp.replicas),
+            replicas: Some(replicas_override.unwrap_or(wan.spec.webapp.replicas)),
             selector: LabelSelector { match_labels: Some(selector_labels(wan, Tier::Webapp)), ..Default::default() },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),

@@ -81,6 +81,9 @@ pub fn stateful_set(
         }),
         ..Default::default()
     });
+    // Meta's Kubernetes manifests: listen on every address, not only the
+    // advertised one, so probes and Services reach the ports.
+    env.push(pods::plain_env("WA_TCP_LISTEN_ADDRESS", "any"));
     if tier == Tier::Master {
         env.push(pods::plain_env("WA_MASTER_NODE", "1"));
     }
@@ -89,6 +92,8 @@ pub fn stateful_set(
         name: tier.as_str().into(),
         image: Some(pods::image(&wan.spec.images.coreapp, version)),
         image_pull_policy: pods::pull_policy(wan),
+        command: Some(pods::command(wan)),
+        security_context: Some(pods::security_context()),
         env_from: Some(pods::env_from(wan)),
         env: Some(env),
         ports: Some(

@@ -106,6 +106,7 @@ impl Plan {
                 masters_running: true,
                 coreapps_running: true,
                 webapp_version: self.steady_version.clone(),
+                webapps_running: true,
                 schema_job: false,
             },
         }

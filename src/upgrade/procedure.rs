@@ -105,8 +105,24 @@ pub struct Shape {
     pub masters_running: bool,
     pub coreapps_running: bool,
     pub webapp_version: String,
+    /// Webapps run in every step but the first deployment's schema creation.
+    pub webapps_running: bool,
     /// Whether the schema Job for the target version should exist.
     pub schema_job: bool,
+}
+
+/// A first deployment: the schema Job creates the client's databases before
+/// any node or webapp starts, since several webapps starting at once on an
+/// empty database race on `CREATE DATABASE` (a known pitfall of the client).
+pub fn initializing(version: &str) -> Shape {
+    Shape {
+        node_version: version.to_string(),
+        masters_running: false,
+        coreapps_running: false,
+        webapp_version: version.to_string(),
+        webapps_running: false,
+        schema_job: true,
+    }
 }
 
 pub fn shape(upgrade: &UpgradeStatus) -> Shape {
@@ -118,6 +134,7 @@ pub fn shape(upgrade: &UpgradeStatus) -> Shape {
             masters_running: false,
             coreapps_running: false,
             webapp_version: from,
+            webapps_running: true,
             schema_job: false,
         },
         Step::UpgradingSchema => Shape {
@@ -125,6 +142,7 @@ pub fn shape(upgrade: &UpgradeStatus) -> Shape {
             masters_running: false,
             coreapps_running: false,
             webapp_version: from,
+            webapps_running: true,
             schema_job: true,
         },
         Step::StartingMasters => Shape {
@@ -132,6 +150,7 @@ pub fn shape(upgrade: &UpgradeStatus) -> Shape {
             masters_running: true,
             coreapps_running: false,
             webapp_version: from,
+            webapps_running: true,
             schema_job: false,
         },
         Step::StartingCoreapps => Shape {
@@ -139,6 +158,7 @@ pub fn shape(upgrade: &UpgradeStatus) -> Shape {
             masters_running: true,
             coreapps_running: true,
             webapp_version: from,
+            webapps_running: true,
             schema_job: false,
         },
         Step::RollingWebapps | Step::Verifying | Step::Complete => Shape {
@@ -146,6 +166,7 @@ pub fn shape(upgrade: &UpgradeStatus) -> Shape {
             masters_running: true,
             coreapps_running: true,
             webapp_version: to,
+            webapps_running: true,
             schema_job: false,
         },
     }

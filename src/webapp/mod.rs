@@ -1,10 +1,14 @@
-//! The operator's client of the webapp's REST API: health and shards.
+//! The operator's client of the webapp's REST API.
 //!
-//! It authenticates with the API key the operator generated
-//! (`Authorization: Apikey <key>`), speaks HTTPS only, trusts the CA it is
-//! given (or skips verification when the spec says so), and bounds every call.
+//! Two credentials, as Meta documents them: the API key the operator generated
+//! (`Authorization: Apikey <key>`) for the monitoring nodes only (`/v1/health`,
+//! stats, metrics), and an admin Bearer token from `POST /v1/users/login` for
+//! every admin call (shards, certificates). It speaks HTTPS only, trusts the
+//! CAs it is given (or skips verification when the spec says so), and bounds
+//! every call.
 
 pub mod phone;
+pub mod session;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,9 @@ use crate::health::report::{self, Health};
 pub enum Trust {
     /// PEM CA certificates (one or more) that signed the webapp's certificate.
     Ca(Vec<u8>),
+    /// The platform's roots and these PEM CA certificates: a publicly signed
+    /// certificate is on its way while the client's own one is still served.
+    CaAndSystemRoots(Vec<u8>),
     /// The platform's roots (a certificate from a public CA).
     SystemRoots,
     /// No verification at all: only when the spec asks for it.
@@ -68,18 +75,52 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, 
                 builder = builder.add_root_certificate(cert);
             }
         }
+        Trust::CaAndSystemRoots(pem) => {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| CallError::Setup(e.to_string()))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
         Trust::SystemRoots => {}
         Trust::InsecureSkipVerify => builder = builder.danger_accept_invalid_certs(true),
     }
     builder.build().map_err(|e| CallError::Setup(e.to_string()))
 }
 
-/// One webapp endpoint with its credentials.
+/// One webapp endpoint with its monitoring credential.
 pub struct Webapp<'a> {
     pub client: &'a reqwest::Client,
     /// `https://host:port`, no trailing slash.
     pub base_url: &'a str,
     pub api_key: &'a str,
+}
+
+/// How one request authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    /// The API key: monitoring nodes only.
+    ApiKey(&'a str),
+    /// An admin session token.
+    Bearer(&'a str),
+    /// `POST /v1/users/login`: Basic with the admin user.
+    Basic { password: &'a str },
+}
+
+impl Auth<'_> {
+    fn apply(self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::ApiKey(key) => request.header(reqwest::header::AUTHORIZATION, format!("Apikey {key}")),
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::Basic { password } => request.basic_auth(session::ADMIN_USER, Some(password)),
+        }
+    }
+}
+
+/// An admin token as `POST /v1/users/login` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub token: String,
+    /// `expires_after`, when the answer carries a readable one.
+    pub expires_after: Option<jiff::Timestamp>,
 }
 
 fn error_details(body: &[u8]) -> (Option<i64>, String) {
@@ -102,10 +143,11 @@ impl Webapp<'_> {
     async fn call(
         &self,
         what: &'static str,
+        auth: Auth<'_>,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Vec<u8>), CallError> {
-        let response = request
-            .header(reqwest::header::AUTHORIZATION, format!("Apikey {}", self.api_key))
+        let response = auth
+            .apply(request)
             .send()
             .await
             .map_err(|e| CallError::Unreachable { url: self.base_url.to_string(), reason: describe(&e) })?;
@@ -125,16 +167,22 @@ impl Webapp<'_> {
     /// `GET /v1/health`, parsed, with how long it took.
     pub async fn health(&self) -> Result<(Health, Duration), CallError> {
         let started = Instant::now();
-        let (_, body) = self.call("GET /v1/health", self.client.get(format!("{}/v1/health", self.base_url))).await?;
+        let (_, body) = self
+            .call("GET /v1/health", Auth::ApiKey(self.api_key), self.client.get(format!("{}/v1/health", self.base_url)))
+            .await?;
         let health =
             report::parse(&body).map_err(|e| CallError::Malformed { what: "GET /v1/health", reason: e.to_string() })?;
         Ok((health, started.elapsed()))
     }
 
-    /// `GET /v1/account/shards` -> `{"account":{"shards":N}}`.
-    pub async fn shards(&self) -> Result<i32, CallError> {
+    /// `GET /v1/account/shards` -> `{"account":{"shards":N}}` (admin).
+    pub async fn shards(&self, token: &str) -> Result<i32, CallError> {
         let (_, body) = self
-            .call("GET /v1/account/shards", self.client.get(format!("{}/v1/account/shards", self.base_url)))
+            .call(
+                "GET /v1/account/shards",
+                Auth::Bearer(token),
+                self.client.get(format!("{}/v1/account/shards", self.base_url)),
+            )
             .await?;
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| CallError::Malformed { what: "GET /v1/account/shards", reason: e.to_string() })?;
@@ -148,15 +196,67 @@ impl Webapp<'_> {
             })
     }
 
-    /// `POST /v1/account/shards`; 201 means done.
-    pub async fn set_shards(&self, request: &ShardRequest) -> Result<(), CallError> {
+    /// `POST /v1/account/shards` (admin); 201 means done.
+    pub async fn set_shards(&self, token: &str, request: &ShardRequest) -> Result<(), CallError> {
         let mut body = json!({"cc": request.cc, "phone_number": request.phone_number, "shards": request.shards, "cert": request.cert});
         if let Some(pin) = &request.pin {
             body["pin"] = json!(pin);
         }
         self.call(
             "POST /v1/account/shards",
+            Auth::Bearer(token),
             self.client.post(format!("{}/v1/account/shards", self.base_url)).json(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /v1/users/login` as admin; with `new_password`, the first login
+    /// that moves the account off its default password.
+    pub async fn login(&self, password: &str, new_password: Option<&str>) -> Result<Login, CallError> {
+        let body = match new_password {
+            Some(p) => json!({ "new_password": p }),
+            None => json!({}),
+        };
+        let (_, body) = self
+            .call(
+                "POST /v1/users/login",
+                Auth::Basic { password },
+                self.client.post(format!("{}/v1/users/login", self.base_url)).json(&body),
+            )
+            .await?;
+        session::parse_login(&body).map_err(|reason| CallError::Malformed { what: "POST /v1/users/login", reason })
+    }
+
+    /// `GET /v1/certificates/external/ca` (admin): the CA that signed the
+    /// webapp's own self-signed certificate, PEM.
+    pub async fn certificate_authority(&self, token: &str) -> Result<Vec<u8>, CallError> {
+        let (_, body) = self
+            .call(
+                "GET /v1/certificates/external/ca",
+                Auth::Bearer(token),
+                self.client.get(format!("{}/v1/certificates/external/ca", self.base_url)),
+            )
+            .await?;
+        if !String::from_utf8_lossy(&body).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(CallError::Malformed {
+                what: "GET /v1/certificates/external/ca",
+                reason: "the answer holds no PEM certificate".into(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// `POST /v1/certificates/external` (admin): the PEM bundle (private key,
+    /// certificate, then the chain) the webapps serve from their next start.
+    pub async fn upload_certificate(&self, token: &str, pem_bundle: &[u8]) -> Result<(), CallError> {
+        self.call(
+            "POST /v1/certificates/external",
+            Auth::Bearer(token),
+            self.client
+                .post(format!("{}/v1/certificates/external", self.base_url))
+                .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                .body(pem_bundle.to_vec()),
         )
         .await
         .map(|_| ())

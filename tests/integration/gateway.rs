@@ -196,7 +196,12 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     merge_patch(&api, NAME, json!({"spec": {"multiconnect": {"shards": 2}}})).await?;
     let w = wait_condition(&api, NAME, "Degraded", "True", "RegistrationRequired").await?;
     ensure!(condition(&w, "Degraded").is_some_and(|d| d.message.contains("spec.registration")));
-    ensure!(w.status.as_ref().and_then(|s| s.sharding.as_ref()).is_some_and(|s| s.phase == "Blocked"));
+    ensure!(
+        w.status
+            .as_ref()
+            .and_then(|s| s.sharding.as_ref())
+            .is_some_and(|s| s.phase == whatsapp_operator::api::ShardPhase::Blocked)
+    );
 
     let registration = Secret {
         metadata: ObjectMeta { name: Some("registration".into()), ..Default::default() },

@@ -1,0 +1,146 @@
+//! The admin session: every admin call needs a Bearer token from
+//! `POST /v1/users/login`. The client starts with `admin:secret` and refuses
+//! any call until the first login sets a new password, so the operator moves
+//! every number off the default at its first login, keeps the token (7 days)
+//! and logs in again a day before it runs out.
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+use super::{CallError, Login, Webapp};
+
+pub const ADMIN_USER: &str = "admin";
+/// The password every new client starts with (Meta's documentation).
+pub const DEFAULT_PASSWORD: &str = "secret";
+/// Tokens last 7 days; one is renewed once less than this is left.
+pub const RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(24);
+/// When the answer carries no readable expiry, the documented lifetime.
+pub const TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(7 * 24);
+
+/// A cached admin token, tied to the password it was obtained with so that a
+/// changed password opens a new session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub token: String,
+    pub expires_at: Timestamp,
+    pub password_digest: String,
+}
+
+impl Session {
+    pub fn usable(&self, password_digest: &str, now: Timestamp) -> bool {
+        self.password_digest == password_digest && now + RENEW_BEFORE < self.expires_at
+    }
+}
+
+/// Why no admin session could be opened, in words a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(
+        "the webapp refused the admin password from the Secret and the default one: put the admin user's current password in the admin password Secret ({0})"
+    )]
+    PasswordRefused(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+impl SessionError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SessionError::Call(e) if e.is_retryable())
+    }
+}
+
+/// Logs in with `password`; a client still on its default password gets
+/// `password` as its new one. Returns the session and whether the password
+/// was changed just now.
+pub async fn open(
+    webapp: &Webapp<'_>,
+    password: &str,
+    password_digest: &str,
+    now: Timestamp,
+) -> Result<(Session, bool), SessionError> {
+    let (login, changed) = match webapp.login(password, None).await {
+        Ok(login) => (login, false),
+        Err(CallError::Status { status: 401, .. }) => match webapp.login(DEFAULT_PASSWORD, Some(password)).await {
+            Ok(login) => (login, true),
+            Err(CallError::Status { status: 401 | 400, details, .. }) => {
+                return Err(SessionError::PasswordRefused(details));
+            }
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let expires_at = login.expires_after.unwrap_or(now + TOKEN_LIFETIME);
+    Ok((Session { token: login.token, expires_at, password_digest: password_digest.to_string() }, changed))
+}
+
+/// `{"users":[{"token":"...","expires_after":"2018-03-01 15:29:26+00:00"}]}`.
+pub fn parse_login(body: &[u8]) -> Result<Login, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let user = v.pointer("/users/0").ok_or("no users[0] in the login answer")?;
+    let token = user.get("token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or("no token")?;
+    let expires_after = user.get("expires_after").and_then(Value::as_str).and_then(parse_expiry);
+    Ok(Login { token: token.to_string(), expires_after })
+}
+
+/// The client writes `YYYY-MM-DD HH:MM:SS+00:00`; RFC 3339 is accepted too.
+fn parse_expiry(s: &str) -> Option<Timestamp> {
+    s.parse::<Timestamp>().ok().or_else(|| s.replacen(' ', "T", 1).parse::<Timestamp>().ok())
+}
+
+/// The client's password rule: 8-64 characters with a digit, an upper and a
+/// lower case letter and a special character.
+pub fn acceptable_password(p: &str) -> bool {
+    (8..=64).contains(&p.chars().count())
+        && p.chars().any(|c| c.is_ascii_digit())
+        && p.chars().any(|c| c.is_ascii_uppercase())
+        && p.chars().any(|c| c.is_ascii_lowercase())
+        && p.chars().any(|c| !c.is_ascii_alphanumeric())
+}
+
+/// A random password that satisfies the client's rule.
+pub fn generate_password() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    let mut rng = rand::rng();
+    let body: String = (&mut rng).sample_iter(&Alphanumeric).take(40).map(char::from).collect();
+    // The fixed classes guarantee the rule whatever the random part holds.
+    format!("{body}-Aa1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_answer_is_read_with_the_clients_date_format() {
+        let login =
+            parse_login(br#"{"users":[{"token":"eyJ","expires_after":"2018-03-01 15:29:26+00:00"}]}"#).expect("parses");
+        assert_eq!(login.token, "eyJ");
+        assert_eq!(login.expires_after, Some("2018-03-01T15:29:26Z".parse().unwrap()));
+        assert!(parse_login(br#"{"users":[{"token":""}]}"#).is_err());
+        assert!(parse_login(br#"{"errors":[]}"#).is_err());
+        let no_date = parse_login(br#"{"users":[{"token":"t"}]}"#).unwrap();
+        assert_eq!(no_date.expires_after, None);
+    }
+
+    #[test]
+    fn generated_passwords_follow_the_clients_rule() {
+        for _ in 0..50 {
+            let p = generate_password();
+            assert!(acceptable_password(&p), "{p}");
+        }
+        assert!(!acceptable_password("secret"));
+        assert!(!acceptable_password("Abcdefg1"), "no special character");
+        assert!(acceptable_password("Abcdef1!"));
+    }
+
+    #[test]
+    fn a_session_is_renewed_a_day_before_it_expires_or_when_the_password_changes() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let s = Session { token: "t".into(), expires_at: now + TOKEN_LIFETIME, password_digest: "p1".into() };
+        assert!(s.usable("p1", now));
+        assert!(!s.usable("p2", now), "another password");
+        assert!(s.usable("p1", now + SignedDuration::from_hours(6 * 24 - 1)));
+        assert!(!s.usable("p1", now + SignedDuration::from_hours(6 * 24 + 1)), "renewed within a day of expiry");
+    }
+}
