@@ -68,6 +68,29 @@ done
 mkdir -p "$work/alerts"
 rules "$work/alerts/whatsapp-operator.rules.yaml" --set metrics.prometheusRule.enabled=true
 "$PROMTOOL" check rules "$work/alerts/whatsapp-operator.rules.yaml" >/dev/null
+# Every runbook link, and every condition reason of the GitOps fixtures, has
+# its section in docs/troubleshooting.md.
+python3 - "$work/alerts/whatsapp-operator.rules.yaml" docs/troubleshooting.md \
+  deploy/argocd/resource_customizations/*/*/testdata/*.yaml <<'PY'
+import re, sys, yaml
+rules, doc, fixtures = sys.argv[1], sys.argv[2], sys.argv[3:]
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+           for h in re.findall(r"^#+ (.+)$", open(doc).read(), re.M)}
+missing = []
+for group in yaml.safe_load(open(rules))["groups"]:
+    for rule in group["rules"]:
+        url = rule["annotations"]["runbook_url"]
+        if url.split("#")[1] not in anchors:
+            missing.append(f"runbook of {rule['alert']}: #{url.split('#')[1]}")
+# Reasons that say all is well need no section.
+fine = {"AsExpected", "Reconciled", "NotStalled", "NumberClaimed", "Valid", "GatewayConnected", "Suspended"}
+for f in fixtures:
+    for c in (yaml.safe_load(open(f)).get("status") or {}).get("conditions") or []:
+        if c["reason"] not in fine and c["reason"].lower() not in anchors:
+            missing.append(f"reason {c['reason']} ({f})")
+if missing:
+    sys.exit("docs/troubleshooting.md has no section for:\n  " + "\n  ".join(sorted(set(missing))))
+PY
 cp tests/alerts/*_test.yaml "$work/alerts/"
 (cd "$work/alerts" && "$PROMTOOL" test rules ./*_test.yaml)
 
