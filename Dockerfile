@@ -1,8 +1,13 @@
 # syntax=docker/dockerfile:1
 
+# Base images as build arguments, for mirrors and private registries
+# (hack/images.sh builds the same image with no registry at all).
+ARG BUILD_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
 # Build stage: the official Rust image. The whole workspace is copied (the
 # root package and the emulator member crate share one Cargo.lock).
-FROM rust:1-bookworm AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -12,7 +17,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D -m 0755 target/release/whatsapp-operator /out/whatsapp-operator
 
 # Runtime stage: distroless with glibc and libgcc, no shell, non-root user.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="whatsapp-operator" \
       org.opencontainers.image.description="Kubernetes operator for the WhatsApp Business API on-premises client" \
       org.opencontainers.image.licenses="Apache-2.0"
