@@ -27,10 +27,20 @@ pub enum Role {
     Gateway,
 }
 
+/// `WA_DB_ENGINE`: the client knows `MYSQL` and `PGSQL` only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
     Mysql,
     Postgresql,
+}
+
+/// Where coreapps and masters bind their four ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `WA_TCP_LISTEN_ADDRESS=any`: every address of the machine (0.0.0.0).
+    Any,
+    /// Anything else, or unset: `COREAPP_HOSTNAME` only (an emulator choice).
+    Hostname,
 }
 
 #[derive(Clone, Debug)]
@@ -43,9 +53,13 @@ pub struct DbConfig {
     pub ssl_ca: Option<PathBuf>,
     /// `WA_DB_CONNECTION_IDLE_TIMEOUT`, milliseconds.
     pub idle_timeout_ms: Option<u64>,
-    /// Name of the emulator's database (the real client spreads its state over
+    /// Name of the emulator's database: `<WA_DB_NAME_PREFIX>_waent`, or
+    /// `waent` without a prefix (the real client spreads its state over
     /// several databases; one is enough here).
     pub name: String,
+    /// Emulator-only: pause between finding no database and creating it, to
+    /// make the client's `CREATE DATABASE` race reproducible.
+    pub create_delay_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -57,8 +71,7 @@ pub struct Config {
     pub db: DbConfig,
     pub gateway: String,
     pub web_listen: String,
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
+    pub tcp_listen: ListenAddress,
     pub web_servername: Option<String>,
     pub jwt_key: Option<String>,
     pub api_key: Option<String>,
@@ -67,6 +80,8 @@ pub struct Config {
     pub hostname: String,
     pub container_id: String,
     pub registered_number: Option<String>,
+    /// When the pre-registered number counts as registered (epoch ms).
+    pub registered_at_ms: Option<i64>,
     pub initial_heartbeat_interval: Option<u64>,
     pub initial_unhealthy_interval: Option<u64>,
     pub upgrade_seconds: u64,
@@ -124,13 +139,54 @@ fn random_container_id() -> String {
     (0..12).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
 }
 
+/// `MYSQL` or `PGSQL`, exactly as the client spells them; anything else is a
+/// configuration the client refuses. Unset means MySQL (an emulator choice).
+pub fn parse_engine(value: Option<&str>) -> Result<Engine, Error> {
+    match value.map(str::trim) {
+        None | Some("MYSQL") => Ok(Engine::Mysql),
+        Some("PGSQL") => Ok(Engine::Postgresql),
+        Some(other) => Err(Error::Config(format!("WA_DB_ENGINE={other} is not supported: use MYSQL or PGSQL"))),
+    }
+}
+
+/// The database the emulator keeps its state in. `WA_DB_NAME_PREFIX` prefixes
+/// it like the client prefixes each of its databases; `WA_EMULATOR_DB_NAME`
+/// (emulator-only, older tests) names it outright and wins.
+pub fn database_name(prefix: Option<&str>, explicit: Option<&str>) -> Result<String, Error> {
+    let (what, name) = match (explicit, prefix) {
+        (Some(n), _) => ("WA_EMULATOR_DB_NAME", n.trim().to_string()),
+        (None, Some(p)) => ("WA_DB_NAME_PREFIX", format!("{}_waent", p.trim())),
+        (None, None) => ("", "waent".to_string()),
+    };
+    // Lower case: PostgreSQL folds unquoted identifiers, MySQL may not.
+    let name = name.to_ascii_lowercase();
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 60 {
+        return Err(Error::Config(format!("{what}: database name {name} must be at most 60 letters, digits and _")));
+    }
+    Ok(name)
+}
+
+/// An RFC 3339 instant, or an age such as `8d`, `36h`, `90m` before `now`.
+pub fn parse_instant_or_age(name: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+    let v = v.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(v) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let bad = || Error::Config(format!("{name}={v}: expected an RFC 3339 instant or an age like 8d, 36h, 90m"));
+    let (num, unit) = v.split_at(v.len().saturating_sub(1));
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let age = match unit {
+        "d" => chrono::Duration::days(n),
+        "h" => chrono::Duration::hours(n),
+        "m" => chrono::Duration::minutes(n),
+        _ => return Err(bad()),
+    };
+    Ok(now - age)
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, Error> {
-        let engine = match var("WA_DB_ENGINE").map(|e| e.to_ascii_uppercase()).as_deref() {
-            Some("MYSQL") | None => Engine::Mysql,
-            Some("POSTGRESQL") | Some("POSTGRES") => Engine::Postgresql,
-            Some(other) => return Err(Error::Config(format!("WA_DB_ENGINE={other}: expected MYSQL or POSTGRESQL"))),
-        };
+        let engine = parse_engine(var("WA_DB_ENGINE").as_deref())?;
         let default_port = match engine {
             Engine::Mysql => 3306,
             Engine::Postgresql => 5432,
@@ -139,11 +195,7 @@ impl Config {
             Some(p) => p.trim().parse().map_err(|_| Error::Config(format!("WA_DB_PORT={p} is not a port")))?,
             None => default_port,
         };
-        // Lower case: PostgreSQL folds unquoted identifiers, MySQL may not.
-        let db_name = var("WA_EMULATOR_DB_NAME").unwrap_or_else(|| "waent".to_string()).to_ascii_lowercase();
-        if !db_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || db_name.len() > 60 {
-            return Err(Error::Config(format!("WA_EMULATOR_DB_NAME={db_name}: use letters, digits and _")));
-        }
+        let db_name = database_name(var("WA_DB_NAME_PREFIX").as_deref(), var("WA_EMULATOR_DB_NAME").as_deref())?;
         let hostname = machine_hostname();
         let now_override = var("WA_EMULATOR_NOW")
             .map(|v| {
@@ -171,11 +223,14 @@ impl Config {
                 ssl_ca: var("WA_DB_SSL_CA").map(PathBuf::from),
                 idle_timeout_ms: parse_u64("WA_DB_CONNECTION_IDLE_TIMEOUT")?,
                 name: db_name,
+                create_delay_ms: parse_u64("WA_EMULATOR_CREATE_DB_DELAY_MS")?.unwrap_or(0),
             },
             gateway: var("WA_EMULATOR_GATEWAY").unwrap_or_else(|| "127.0.0.1:5222".into()),
             web_listen: var("WA_EMULATOR_WEB_LISTEN").unwrap_or_else(|| "0.0.0.0:443".into()),
-            tls_cert_file: var("WA_EMULATOR_TLS_CERT_FILE").map(PathBuf::from),
-            tls_key_file: var("WA_EMULATOR_TLS_KEY_FILE").map(PathBuf::from),
+            tcp_listen: match var("WA_TCP_LISTEN_ADDRESS").as_deref().map(str::trim) {
+                Some(v) if v.eq_ignore_ascii_case("any") => ListenAddress::Any,
+                _ => ListenAddress::Hostname,
+            },
             web_servername: var("WA_WEB_SERVERNAME"),
             jwt_key: var("WA_WEB_JWT_CRYPTO_KEY"),
             api_key: env::var("WA_API_KEY").ok().filter(|k| !k.is_empty()),
@@ -186,6 +241,10 @@ impl Config {
             registered_number: var("WA_EMULATOR_REGISTERED_NUMBER")
                 .map(|n| n.chars().filter(char::is_ascii_digit).collect::<String>())
                 .filter(|n| !n.is_empty()),
+            registered_at_ms: var("WA_EMULATOR_REGISTERED_AT")
+                .map(|v| parse_instant_or_age("WA_EMULATOR_REGISTERED_AT", &v, Utc::now()))
+                .transpose()?
+                .map(|d| d.timestamp_millis()),
             initial_heartbeat_interval: parse_u64("WA_EMULATOR_HEARTBEAT_INTERVAL")?,
             initial_unhealthy_interval: parse_u64("WA_EMULATOR_UNHEALTHY_INTERVAL")?,
             upgrade_seconds: parse_u64("WA_EMULATOR_UPGRADE_SECONDS")?.unwrap_or(0),
@@ -218,6 +277,33 @@ mod tests {
         assert_eq!(parse_ports(" 1, 2,3 ,4").unwrap(), [1, 2, 3, 4]);
         assert!(parse_ports("1,2,3").is_err());
         assert!(parse_ports("a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn engines_are_the_clients_names() {
+        assert_eq!(parse_engine(None).unwrap(), Engine::Mysql);
+        assert_eq!(parse_engine(Some("MYSQL")).unwrap(), Engine::Mysql);
+        assert_eq!(parse_engine(Some("PGSQL")).unwrap(), Engine::Postgresql);
+        assert!(parse_engine(Some("POSTGRESQL")).is_err());
+        assert!(parse_engine(Some("pgsql")).is_err());
+    }
+
+    #[test]
+    fn database_names() {
+        assert_eq!(database_name(None, None).unwrap(), "waent");
+        assert_eq!(database_name(Some("Num1"), None).unwrap(), "num1_waent");
+        assert_eq!(database_name(Some("num1"), Some("other")).unwrap(), "other");
+        assert!(database_name(Some("a-b"), None).is_err());
+    }
+
+    #[test]
+    fn ages_and_instants() {
+        let now = DateTime::parse_from_rfc3339("2024-01-10T00:00:00Z").unwrap().with_timezone(&Utc);
+        let d = parse_instant_or_age("X", "8d", now).unwrap();
+        assert_eq!((now - d).num_days(), 8);
+        let d = parse_instant_or_age("X", "2024-01-01T00:00:00Z", now).unwrap();
+        assert_eq!((now - d).num_days(), 9);
+        assert!(parse_instant_or_age("X", "soon", now).is_err());
     }
 
     #[test]

@@ -79,57 +79,20 @@ async fn connect_one(cfg: &DbConfig, database: Option<&str>) -> Result<AnyConnec
     AnyConnection::connect_with(&opts).await.map_err(Error::db("connect to the database server"))
 }
 
-/// FNV-1a, to turn a lock name into a PostgreSQL advisory lock key.
-fn lock_key(name: &str) -> i64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    (h >> 1) as i64
-}
-
-/// A server-wide lock on its own connection, so that several processes
-/// starting at once on an empty server do not race on `CREATE DATABASE` or on
-/// the schema. Released when dropped with the connection.
-pub struct ServerLock {
+/// A connection to the server's maintenance database, to look up and
+/// create the emulator's database. No lock is taken: the client does not take
+/// one either, so processes starting at once on an empty server can race on
+/// `CREATE DATABASE` as the client's do.
+pub struct ServerConn {
     conn: AnyConnection,
 }
 
-impl ServerLock {
-    pub async fn acquire(cfg: &DbConfig, name: &str) -> Result<ServerLock, Error> {
-        let mut conn = connect_one(cfg, None).await?;
-        // MySQL lock names are limited to 64 characters.
-        let name = format!("wa_emulator_{name}");
-        let name = if name.len() > 64 { format!("wa_emulator_{:016x}", lock_key(&name)) } else { name };
-        match cfg.engine {
-            Engine::Mysql => loop {
-                let got: i64 = sqlx::query("SELECT CAST(COALESCE(GET_LOCK(?, 10), 0) AS SIGNED)")
-                    .bind(&name)
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(Error::db("GET_LOCK"))?
-                    .try_get(0)
-                    .map_err(Error::db("GET_LOCK"))?;
-                if got == 1 {
-                    break;
-                }
-                tracing::info!("waiting for the database initialisation lock {name}");
-            },
-            Engine::Postgresql => {
-                // Advisory locks are scoped to the database connected to: every
-                // process takes it in the maintenance database.
-                sqlx::query("SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_lock($1)) AS l")
-                    .bind(lock_key(&name))
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(Error::db("pg_advisory_lock"))?;
-            }
-        }
-        Ok(ServerLock { conn })
+impl ServerConn {
+    pub async fn open(cfg: &DbConfig) -> Result<ServerConn, Error> {
+        Ok(ServerConn { conn: connect_one(cfg, None).await? })
     }
 
-    pub async fn release(self) {
+    pub async fn close(self) {
         let _ = self.conn.close().await;
     }
 
@@ -165,10 +128,9 @@ impl ServerLock {
 
     pub async fn create_database(&mut self, name: &str) -> Result<(), Error> {
         // `name` is validated to [A-Za-z0-9_] by the config.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut self.conn)
-            .await
-            .map_err(Error::db("CREATE DATABASE"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut self.conn).await.map_err(|e| {
+            Error::Fatal(format!("Unable to initialize config store: CREATE DATABASE {name} failed: {e}"))
+        })?;
         Ok(())
     }
 }
@@ -245,6 +207,9 @@ impl Db {
                 "unhealthy_interval" => s.unhealthy_interval = num.unwrap_or(30).max(1),
                 "deployment_id" => s.deployment_id = value,
                 "registered_number" => s.registered_number = Some(value).filter(|v| !v.is_empty()),
+                "registered_at_ms" => s.registered_at_ms = value.parse().ok(),
+                "banned" => s.banned = Some(value).filter(|v| !v.is_empty()),
+                "registration_lost" => s.registration_lost = Some(value).filter(|v| !v.is_empty()),
                 _ => {}
             }
         }
@@ -274,6 +239,13 @@ pub struct Settings {
     pub unhealthy_interval: u64,
     pub deployment_id: String,
     pub registered_number: Option<String>,
+    /// When the number was registered (epoch ms): set-shards more than 7 days
+    /// later disconnects it.
+    pub registered_at_ms: Option<i64>,
+    /// Why WhatsApp banned the number, while it is banned.
+    pub banned: Option<String>,
+    /// Why the registration was dropped (logged off), until the next one.
+    pub registration_lost: Option<String>,
 }
 
 impl Default for Settings {
@@ -284,6 +256,9 @@ impl Default for Settings {
             unhealthy_interval: 30,
             deployment_id: String::new(),
             registered_number: None,
+            registered_at_ms: None,
+            banned: None,
+            registration_lost: None,
         }
     }
 }
@@ -345,6 +320,7 @@ mod tests {
             ssl_ca: Some("/ca.pem".into()),
             idle_timeout_ms: None,
             name: "waent".into(),
+            create_delay_ms: 0,
         };
         assert_eq!(
             url(&cfg, Some("waent")),

@@ -39,6 +39,15 @@ enum Command {
         #[arg(long, env = "WA_EMULATOR_GATEWAY_LISTEN", default_value = "0.0.0.0:5222")]
         listen: String,
     },
+    /// Prints a certificate for a number, as the gateway's `POST /admin/certs` issues it.
+    Cert {
+        /// The phone number, country code first (`+15550001111`).
+        #[arg(long)]
+        number: String,
+        /// Days of validity from now; negative for an expired certificate.
+        #[arg(long, default_value_t = 365, allow_negative_numbers = true)]
+        valid_days: i64,
+    },
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -58,8 +67,14 @@ pub async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    if let Some(Command::Gateway { listen }) = cli.command {
-        return roles::gateway::run(&listen).await;
+    match cli.command {
+        Some(Command::Gateway { listen }) => return roles::gateway::run(&listen).await,
+        Some(Command::Cert { number, valid_days }) => {
+            let expires = chrono::Utc::now() + chrono::Duration::days(valid_days);
+            println!("{}", roles::gateway::issue_cert(&number, expires));
+            return Ok(());
+        }
+        None => {}
     }
     let role = match cli.role {
         Some(r) => r,

@@ -14,11 +14,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::api::{self, ApiError, ErrorItem};
 use crate::catalog::{self, Catalog, Lifetime};
-use crate::config::Config;
+use crate::config::{Config, ListenAddress};
 use crate::db::{Arg, Db, Settings, now_ms};
 use crate::health::{GatewayStatus, HealthRole, NodeStatus};
 use crate::link::{self, LinkState, Target};
-use crate::schema::{self, Gate};
+use crate::schema;
 use crate::{Error, roles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,10 @@ pub struct NodeState {
     pub shard: Option<i64>,
     pub registered: bool,
     pub expired: bool,
+    /// Why WhatsApp banned the number, while it is banned.
+    pub banned: Option<String>,
+    /// Why the number's registration was dropped, until it is registered again.
+    pub registration_lost: Option<String>,
     pub connects_total: u64,
 }
 
@@ -113,6 +117,12 @@ impl NodeCtx {
             (Kind::Coreapp, _) => HealthRole::Coreapp,
         };
         let mut errors = vec![];
+        if let Some(why) = &s.banned {
+            errors.push(ErrorItem::new(api::ACCESS_DENIED, api::title_of(api::ACCESS_DENIED), why.clone()));
+        }
+        if let Some(why) = s.registration_lost.as_ref().filter(|_| !s.registered) {
+            errors.push(ErrorItem::new(api::GENERIC_ERROR, "Logged off", why.clone()));
+        }
         if s.conflict {
             errors.push(ErrorItem::new(api::GENERIC_ERROR, "Conflict", crate::roles::gateway::CONFLICT));
         }
@@ -206,11 +216,15 @@ fn control_router(ctx: Arc<NodeCtx>) -> Router {
         .with_state(ctx)
 }
 
-/// Binds the four external ports on `COREAPP_HOSTNAME`. The control port
+/// Binds the four external ports on every address with
+/// `WA_TCP_LISTEN_ADDRESS=any`, else on `COREAPP_HOSTNAME`. The control port
 /// serves the webapps; the others only accept and close, since their
 /// node-to-node protocol is not part of what the emulator reproduces.
 async fn bind_ports(ctx: Arc<NodeCtx>) -> Result<(), Error> {
-    let host = ctx.cfg.coreapp_hostname.clone();
+    let host = match ctx.cfg.tcp_listen {
+        ListenAddress::Any => "0.0.0.0".to_string(),
+        ListenAddress::Hostname => ctx.cfg.coreapp_hostname.clone(),
+    };
     for (i, port) in ctx.cfg.external_ports.iter().enumerate() {
         let listener = tokio::net::TcpListener::bind((host.as_str(), *port))
             .await
@@ -243,6 +257,8 @@ pub async fn run(cfg: Config, kind: Kind) -> Result<(), Error> {
         ))
     })?;
     let db = schema::ensure(&cfg).await?;
+    // Gate before binding any port: a node of the wrong version never serves.
+    schema::check_current(&db, &cfg).await?;
     let ctx = Arc::new(NodeCtx {
         id: cfg.node_id(),
         db,
@@ -258,6 +274,8 @@ pub async fn run(cfg: Config, kind: Kind) -> Result<(), Error> {
             shard: None,
             registered: false,
             expired: false,
+            banned: None,
+            registration_lost: None,
             connects_total: 0,
         }),
         wake: Notify::new(),
@@ -284,81 +302,46 @@ pub async fn run(cfg: Config, kind: Kind) -> Result<(), Error> {
     result
 }
 
+/// The client's schema gate, re-checked on every heartbeat: a node that
+/// does not match the schema, or that sees an upgrade running, drops its
+/// session and stops with the UPGRADE line; its orchestrator restarts it.
 async fn gate(ctx: &NodeCtx, link: &watch::Sender<Option<Target>>) -> Result<(), Error> {
-    let mine = schema::schema_number(&ctx.cfg.version)?;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let row = match ctx.db.schema().await {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the schema version; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        match schema::gate_decision(mine, row.version, &row.state) {
-            Gate::Proceed => {
-                ctx.state.lock().expect("node state").ready = true;
-                return Ok(());
-            }
-            Gate::Refuse => return Err(schema::refusal(&ctx.cfg, &row)),
-            Gate::Wait => {
-                {
-                    let mut s = ctx.state.lock().expect("node state");
-                    s.ready = false;
-                    s.primary = false;
-                    s.shard = None;
-                }
-                link.send_replace(None);
-                tracing::error!(
-                    "Cluster is under ClusterState::Type(UPGRADE) state (database schema {} {}, this build {} needs schema {}), exit!",
-                    row.version,
-                    row.state,
-                    ctx.cfg.version,
-                    mine
-                );
-                let _ = ctx.heartbeat(false).await;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(4));
-            }
+    let row = match ctx.db.schema().await {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the schema version");
+            return Ok(());
         }
+    };
+    if let Some(e) = schema::gate_error(&ctx.cfg, &row) {
+        ctx.state.lock().expect("node state").ready = false;
+        link.send_replace(None);
+        return Err(e);
     }
+    ctx.state.lock().expect("node state").ready = true;
+    Ok(())
 }
 
 async fn node_loop(ctx: Arc<NodeCtx>, link: &watch::Sender<Option<Target>>) -> Result<(), Error> {
     let mut logged_expiry = false;
-    'gated: loop {
+    tracing::info!(node = %ctx.id, "schema is current; node is up");
+    loop {
         gate(&ctx, link).await?;
-        tracing::info!(node = %ctx.id, "schema is current; node is up");
-        loop {
-            let settings = match ctx.db.settings().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read settings");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            // Any schema change (an upgrade starting, or done by a newer
-            // build) sends the node back through the gate.
-            match ctx.db.schema().await {
-                Ok(row)
-                    if schema::gate_decision(schema::schema_number(&ctx.cfg.version)?, row.version, &row.state)
-                        != Gate::Proceed =>
-                {
-                    continue 'gated;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the schema version"),
+        let settings = match ctx.db.settings().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read settings");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-            if let Err(e) = tick(&ctx, &settings, link, &mut logged_expiry).await {
-                tracing::warn!(error = %e, "cluster step failed");
-            }
-            let pause = Duration::from_secs(settings.heartbeat_interval);
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = ctx.wake.notified() => {}
-            }
+        };
+        if let Err(e) = tick(&ctx, &settings, link, &mut logged_expiry).await {
+            tracing::warn!(error = %e, "cluster step failed");
+        }
+        let pause = Duration::from_secs(settings.heartbeat_interval);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = ctx.wake.notified() => {}
         }
     }
 }
@@ -397,18 +380,26 @@ async fn tick(
         );
         *logged_expiry = true;
     }
+    if ctx.serves_master_requests() {
+        roles::master::sync_ban(ctx, settings).await;
+    }
     let registered = settings.registered_number.is_some();
     {
         let mut s = ctx.state.lock().expect("node state");
         s.shard = shard;
         s.expired = expired;
         s.registered = registered;
+        s.banned = settings.banned.clone();
+        s.registration_lost = settings.registration_lost.clone();
     }
+    // Who holds a session: a coreapp with a shard (any coreapp outside
+    // multiconnect), and the primary master only with two shards or more; in
+    // high availability (one shard) the primary master stays disconnected.
     let eligible = match ctx.kind {
-        Kind::Master => primary,
+        Kind::Master => primary && settings.shards >= 2,
         Kind::Coreapp => !ctx.cfg.multiconnect || shard.is_some(),
     };
-    let target = match (&settings.registered_number, eligible && !expired) {
+    let target = match (&settings.registered_number, eligible && !expired && settings.banned.is_none()) {
         (Some(number), true) => {
             Some(Target { number: number.clone(), deployment: settings.deployment_id.clone(), shard })
         }

@@ -1,4 +1,4 @@
-//! Schema versions, creation under a lock, the start-up gate and upgrades.
+//! Schema versions, database creation, the start-up gate and upgrades.
 //!
 //! Rule: the schema number of client version `major.minor.patch` is
 //! `major * 1000 + minor`; patch releases share their minor's schema.
@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::Error;
 use crate::config::{Config, Engine};
-use crate::db::{Arg, Db, ServerLock};
+use crate::db::{Arg, Db, SchemaRow, ServerConn, now_ms};
 
 pub const STATE_READY: &str = "ready";
 pub const STATE_UPGRADE: &str = "upgrade";
@@ -27,9 +27,9 @@ pub fn schema_number(version: &str) -> Result<i64, Error> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Gate {
     Proceed,
-    /// Schema upgrade needed or running: log the UPGRADE line and retry.
+    /// Schema upgrade needed or running: log the UPGRADE line and exit.
     Wait,
-    /// The database belongs to a newer build: refuse to start.
+    /// The database belongs to a newer build: log the UPGRADE line and exit.
     Refuse,
 }
 
@@ -52,6 +52,8 @@ fn tables(engine: Engine) -> Vec<&'static str> {
         "CREATE TABLE wa_master_lease (id BIGINT PRIMARY KEY, holder VARCHAR(255) NOT NULL, expires_ms BIGINT NOT NULL)",
         "CREATE TABLE wa_shard_map (shard BIGINT PRIMARY KEY, node_id VARCHAR(255) NOT NULL)",
         "CREATE TABLE wa_users (username VARCHAR(64) PRIMARY KEY, salt VARCHAR(64) NOT NULL, password_hash VARCHAR(128) NOT NULL, must_change BIGINT NOT NULL)",
+        // VARCHAR, not TEXT: through sqlx's Any driver MySQL TEXT decodes as a blob.
+        "CREATE TABLE wa_blobs (name VARCHAR(64) PRIMARY KEY, value VARCHAR(16000) NOT NULL)",
     ]
 }
 
@@ -61,28 +63,38 @@ fn random_hex(n: usize) -> String {
 }
 
 /// Connects to the emulator's database, creating the database and its schema
-/// at this build's version when the server has none. Creation happens under a
-/// server-wide lock so simultaneous first starts do not race.
+/// at this build's version when the server has none. Like the client, no lock
+/// guards this: processes starting at once on an empty server race, and the
+/// losers fail (run the `WA_DB_UPGRADE=1` job first to avoid it).
 pub async fn ensure(cfg: &Config) -> Result<Db, Error> {
     let mine = schema_number(&cfg.version)?;
-    let mut lock = ServerLock::acquire(&cfg.db, &format!("init_{}", cfg.db.name)).await?;
-    let server = lock.server_version(cfg.db.engine).await?;
-    if !crate::db::server_supported(cfg.db.engine, &server) {
-        lock.release().await;
+    let mut server = ServerConn::open(&cfg.db).await?;
+    let version = server.server_version(cfg.db.engine).await?;
+    if !crate::db::server_supported(cfg.db.engine, &version) {
+        server.close().await;
         return Err(Error::Fatal(format!(
-            "Unable to initialize config store: database server version {server} is not supported (MySQL 5.7+, MariaDB 10.2+, PostgreSQL 11+)"
+            "Unable to initialize config store: database server version {version} is not supported (MySQL 5.7+, MariaDB 10.2+, PostgreSQL 11+)"
         )));
     }
-    if !lock.database_exists(cfg.db.engine, &cfg.db.name).await? {
+    if !server.database_exists(cfg.db.engine, &cfg.db.name).await? {
+        if cfg.db.create_delay_ms > 0 {
+            // Emulator-only: widens the window between the check and the
+            // create so that the race is reproducible in tests.
+            tokio::time::sleep(Duration::from_millis(cfg.db.create_delay_ms)).await;
+        }
         tracing::info!(database = %cfg.db.name, "creating database");
-        lock.create_database(&cfg.db.name).await?;
+        let created = server.create_database(&cfg.db.name).await;
+        server.close().await;
+        created?;
+    } else {
+        server.close().await;
     }
     let db = Db::connect(&cfg.db).await?;
     let exists = db.rows("SELECT COUNT(*) FROM wa_schema", &[]).await.is_ok();
     if !exists {
         tracing::info!(schema = mine, version = %cfg.version, "initialising the schema");
         for ddl in tables(cfg.db.engine) {
-            db.exec(ddl, &[]).await?;
+            db.exec(ddl, &[]).await.map_err(|e| Error::Fatal(format!("Unable to initialize config store: {e}")))?;
         }
         db.exec(
             "INSERT INTO wa_schema (id, version, state, app_version) VALUES (1, ?, ?, ?)",
@@ -110,56 +122,49 @@ pub async fn ensure(cfg: &Config) -> Result<Db, Error> {
     if let Some(number) = &cfg.registered_number
         && db.get_setting("registered_number").await?.is_none()
     {
-        tracing::warn!(number = %number, "pre-registering the number (emulator-only WA_EMULATOR_REGISTERED_NUMBER)");
+        let at = cfg.registered_at_ms.unwrap_or_else(now_ms);
+        tracing::warn!(number = %number, registered_at_ms = at, "pre-registering the number (emulator-only WA_EMULATOR_REGISTERED_NUMBER)");
+        db.set_setting("registered_at_ms", &at.to_string()).await?;
         db.set_setting("registered_number", number).await?;
     }
-    lock.release().await;
     Ok(db)
 }
 
-/// Blocks until the schema matches this build. Returns an error for a
-/// database that belongs to a newer build.
-pub async fn wait_until_current(db: &Db, cfg: &Config) -> Result<(), Error> {
-    let mine = schema_number(&cfg.version)?;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let row = db.schema().await?;
-        match gate_decision(mine, row.version, &row.state) {
-            Gate::Proceed => return Ok(()),
-            Gate::Refuse => return Err(refusal(cfg, &row)),
-            Gate::Wait => {
-                tracing::error!(
-                    "Cluster is under ClusterState::Type(UPGRADE) state (database schema {} state {}, this build {} needs schema {}), exit!",
-                    row.version,
-                    row.state,
-                    cfg.version,
-                    mine
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(4));
-            }
-        }
-    }
+/// The client's start-up gate: a build whose schema differs from the
+/// database's, or that finds an upgrade running, logs the UPGRADE line and
+/// exits (a crash loop under an orchestrator) rather than waiting.
+pub async fn check_current(db: &Db, cfg: &Config) -> Result<(), Error> {
+    let row = db.schema().await?;
+    gate_error(cfg, &row).map_or(Ok(()), Err)
 }
 
-pub fn refusal(cfg: &Config, row: &crate::db::SchemaRow) -> Error {
-    Error::Fatal(format!(
-        "database schema {} (written by version {}) is newer than this build {} (schema {}); refusing to start: older builds cannot run on a newer schema",
-        row.version,
-        row.app_version,
-        cfg.version,
-        schema_number(&cfg.version).unwrap_or(0)
-    ))
+/// The error a node of this build stops with for `row`, if any.
+pub fn gate_error(cfg: &Config, row: &SchemaRow) -> Option<Error> {
+    let mine = schema_number(&cfg.version).unwrap_or(0);
+    let why = match gate_decision(mine, row.version, &row.state) {
+        Gate::Proceed => return None,
+        Gate::Wait => format!(
+            "database schema {} {}, written by {}; this build {} needs schema {}",
+            row.version, row.state, row.app_version, cfg.version, mine
+        ),
+        Gate::Refuse => format!(
+            "database schema {} written by {} is newer than this build {} (schema {}): older builds cannot run on a newer schema; refusing to start",
+            row.version, row.app_version, cfg.version, mine
+        ),
+    };
+    Some(Error::Fatal(format!("{UPGRADE_STATE} ({why}), exit!")))
 }
+
+pub const UPGRADE_STATE: &str = "Cluster is under ClusterState::Type(UPGRADE) state";
 
 /// The `WA_DB_UPGRADE=1` job: migrates the schema to this build's version.
+/// On an empty server it creates the databases, which is how an orchestrator
+/// avoids the webapps' `CREATE DATABASE` race: run it before anything else.
 pub async fn upgrade(cfg: &Config) -> Result<(), Error> {
     let mine = schema_number(&cfg.version)?;
     let db = ensure(cfg).await?;
-    let lock = ServerLock::acquire(&cfg.db, &format!("upgrade_{}", cfg.db.name)).await?;
     let row = db.schema().await?;
     if row.version > mine {
-        lock.release().await;
         return Err(Error::Fatal(format!(
             "database schema {} is newer than this build {} (schema {}); refusing to downgrade",
             row.version, cfg.version, mine
@@ -167,7 +172,6 @@ pub async fn upgrade(cfg: &Config) -> Result<(), Error> {
     }
     if row.version == mine && row.state == STATE_READY {
         tracing::info!(schema = mine, "database schema is already current");
-        lock.release().await;
         return Ok(());
     }
     tracing::info!(from = row.version, to = mine, "upgrading the database schema");
@@ -181,7 +185,6 @@ pub async fn upgrade(cfg: &Config) -> Result<(), Error> {
     )
     .await?;
     tracing::info!(schema = mine, "database schema upgrade complete");
-    lock.release().await;
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn shards_body(n: serde_json::Value) -> serde_json::Value {
-    json!({"cc": "1", "phone_number": "5550001111", "shards": n, "cert": "Y2VydA=="})
+async fn shards_body(gateway: &str, n: serde_json::Value) -> serde_json::Value {
+    json!({"cc": "1", "phone_number": "5550001111", "shards": n, "cert": cert_for(gateway, NUMBER, 30).await})
 }
 
 async fn ha(engine: Engine) {
@@ -22,18 +22,23 @@ async fn ha(engine: Engine) {
     c.coreapp("c1");
     c.coreapp("c2");
     let url = c.webapp(&[]);
-    eventually("one primary master and one coreapp connected, the rest disconnected", WAIT, || async {
+    // High availability: only the coreapp holding the shard is connected;
+    // the primary master too reports disconnected.
+    eventually("one coreapp connected, every other node disconnected", WAIT, || async {
         let h = health(&url).await?;
         let t = tally(&h);
         (h.len() == 4
-            && count(&t, "connected", "primary_master") == 1
+            && count(&t, "disconnected", "primary_master") == 1
             && count(&t, "disconnected", "secondary_master") == 1
             && count(&t, "connected", "coreapp") == 1
             && count(&t, "disconnected", "coreapp") == 1)
             .then_some(())
     })
     .await;
-    assert_eq!(gateway_connections(&gw).await.len(), 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = tally(&health(&url).await.unwrap());
+    assert_eq!(count(&t, "connected", "primary_master"), 0, "{t:?}");
+    assert_eq!(gateway_connections(&gw).await.len(), 1);
     let (status, body) = get(&format!("{url}/v1/account/shards")).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["account"]["shards"], json!(1));
@@ -76,14 +81,17 @@ async fn multiconnect(engine: Engine) {
     let url = c.webapp(&[]);
     eventually("the cluster is up with one shard", WAIT, || async {
         let t = tally(&health(&url).await?);
-        (count(&t, "connected", "coreapp") == 1 && count(&t, "disconnected", "coreapp") == 4).then_some(())
+        (count(&t, "connected", "coreapp") == 1
+            && count(&t, "disconnected", "coreapp") == 4
+            && count(&t, "disconnected", "primary_master") == 1)
+            .then_some(())
     })
     .await;
     let shards = format!("{url}/v1/account/shards");
-    let (status, body) = post(&shards, shards_body(json!(4))).await.unwrap();
+    let (status, body) = post(&shards, shards_body(&gw, json!(4)).await).await.unwrap();
     assert_eq!(status, 201, "{body}");
     // Right after a reshard, another one is refused: retry later.
-    let (status, body) = post(&shards, shards_body(json!(8))).await.unwrap();
+    let (status, body) = post(&shards, shards_body(&gw, json!(8)).await).await.unwrap();
     assert_eq!(status, 403, "{body}");
     assert!(body["errors"][0]["details"].as_str().unwrap().contains("retry"), "{body}");
     eventually("4 coreapps connected, 1 standby", WAIT, || async {
@@ -98,7 +106,7 @@ async fn multiconnect(engine: Engine) {
     let (_, body) = get(&shards).await.unwrap();
     assert_eq!(body["account"]["shards"], json!(4));
 
-    let (status, body) = post(&shards, shards_body(json!(3))).await.unwrap();
+    let (status, body) = post(&shards, shards_body(&gw, json!(3)).await).await.unwrap();
     assert_eq!((status, body["errors"][0]["code"].clone()), (400, json!(1009)));
     let (status, body) =
         post(&shards, json!({"cc": "1", "phone_number": "5550009999", "shards": 2, "cert": "x"})).await.unwrap();
@@ -124,14 +132,18 @@ async fn multiconnect(engine: Engine) {
 
     // Back to two shards (once the previous reshard settled): the extra
     // coreapps become standbys.
+    let body = shards_body(&gw, json!("2")).await;
     eventually("the reshard to 2 is accepted", WAIT, || async {
-        let (status, _) = post(&shards, shards_body(json!("2"))).await.ok()?;
+        let (status, _) = post(&shards, body.clone()).await.ok()?;
         (status == 201).then_some(())
     })
     .await;
     eventually("2 coreapps connected, 3 standby", WAIT, || async {
         let t = tally(&health(&url).await?);
-        (count(&t, "connected", "coreapp") == 2 && count(&t, "disconnected", "coreapp") == 3).then_some(())
+        (count(&t, "connected", "coreapp") == 2
+            && count(&t, "disconnected", "coreapp") == 3
+            && count(&t, "connected", "primary_master") == 1)
+            .then_some(())
     })
     .await;
 }
@@ -157,7 +169,7 @@ async fn master_failover(engine: Engine) {
     let (k1, k2) = (node_key("m1"), node_key("m2"));
     eventually("m1 is the primary master", WAIT, || async {
         let h = health(&url).await?;
-        (status_of(&h, &k1)? == ("connected".into(), "primary_master".into())).then_some(())
+        (status_of(&h, &k1)? == ("disconnected".into(), "primary_master".into())).then_some(())
     })
     .await;
     let (_, m2_ip) = c.master("m2");
@@ -182,7 +194,7 @@ async fn master_failover(engine: Engine) {
     eventually("m2 takes over and m1 is unreachable", WAIT, || async {
         let h = health(&url).await?;
         let m1_err = h.get(&k1)?.get("errors")?.get(0)?.get("code")?.as_i64()?;
-        (status_of(&h, &k2)? == ("connected".into(), "primary_master".into()) && m1_err == 1011).then_some(())
+        (status_of(&h, &k2)? == ("disconnected".into(), "primary_master".into()) && m1_err == 1011).then_some(())
     })
     .await;
     assert!(killed.elapsed() < Duration::from_secs(15), "failover took {:?}", killed.elapsed());
@@ -238,8 +250,9 @@ async fn coreapp_failover(engine: Engine) {
     // the kill): the takeover must wait for it, but not much longer.
     let took = killed.elapsed();
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(15), "takeover after {took:?}");
+    // One session: the coreapp holding the shard (in HA the master has none).
     let conns = gateway_connections(&gw).await;
-    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns.len(), 1, "{conns:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,6 +263,10 @@ async fn coreapp_failover_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coreapp_failover_postgresql() {
     coreapp_failover(Engine::Postgres).await;
+}
+
+fn coreapps(h: &serde_json::Map<String, serde_json::Value>) -> impl Iterator<Item = &serde_json::Value> {
+    h.values().filter(|e| e["role"] == json!("coreapp"))
 }
 
 fn conflict_of(entry: &serde_json::Value) -> bool {
@@ -270,7 +287,7 @@ async fn single_instance_conflict() {
     let url_a = a.webapp(&[]);
     eventually("deployment A is connected", WAIT, || async {
         let t = tally(&health(&url_a).await?);
-        (count(&t, "connected", "coreapp") == 1 && count(&t, "connected", "primary_master") == 1).then_some(())
+        (count(&t, "connected", "coreapp") == 1 && count(&t, "disconnected", "primary_master") == 1).then_some(())
     })
     .await;
 
@@ -280,27 +297,26 @@ async fn single_instance_conflict() {
     eventually("deployment B connects with the conflict reported", WAIT, || async {
         let h = health(&url_b).await?;
         let t = tally(&h);
-        (count(&t, "connected", "coreapp") == 1
-            && count(&t, "connected", "primary_master") == 1
-            && h.values().all(conflict_of))
-        .then_some(())
+        (count(&t, "connected", "coreapp") == 1 && coreapps(&h).all(conflict_of)).then_some(())
     })
     .await;
     eventually("deployment A is kicked off and reports the conflict", WAIT, || async {
         let h = health(&url_a).await?;
-        (h.len() == 2 && h.values().all(|e| e["gateway_status"] == json!("disconnected") && conflict_of(e)))
-            .then_some(())
+        (h.len() == 2
+            && h.values().all(|e| e["gateway_status"] == json!("disconnected"))
+            && coreapps(&h).all(conflict_of))
+        .then_some(())
     })
     .await;
     for (cluster, side) in [(&a, "A"), (&b, "B")] {
         assert!(
-            cluster.procs.iter().any(|p| p.logs().contains(CONFLICT)),
-            "deployment {side} did not log the conflict"
+            cluster.procs.iter().any(|p| p.name.ends_with("-c1") && p.logs().contains(CONFLICT)),
+            "the coreapp of deployment {side} did not log the conflict"
         );
     }
     assert!(gw_proc.logs().contains(CONFLICT));
     let conns = gateway_connections(&gw).await;
-    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns.len(), 1, "{conns:?}");
     assert!(conns.iter().all(|c| c["node"].as_str().unwrap().contains(":b-")), "{conns:?}");
 
     // A stays off even when it retries.
@@ -309,13 +325,7 @@ async fn single_instance_conflict() {
     assert_eq!(count(&t, "connected", "coreapp") + count(&t, "connected", "primary_master"), 0);
 
     // Registering the number again on A moves it back: B is kicked.
-    let account = json!({"cc": "1", "phone_number": "5550001111", "method": "sms", "cert": "Y2VydA=="});
-    let (status, body) = post(&format!("{url_a}/v1/account"), account).await.unwrap();
-    assert_eq!(status, 202, "{body}");
-    let code: serde_json::Value =
-        reqwest::get(format!("http://{gw}/admin/codes/15550001111")).await.unwrap().json().await.unwrap();
-    let (status, body) = post(&format!("{url_a}/v1/account/verify"), json!({"code": code["code"]})).await.unwrap();
-    assert_eq!(status, 201, "{body}");
+    register(&url_a, &gw).await;
     eventually("A is back and B is kicked", WAIT, || async {
         let ta = tally(&health(&url_a).await?);
         let tb = tally(&health(&url_b).await?);
@@ -357,7 +367,7 @@ async fn registration() {
     assert_eq!(status, 201, "{body}");
     eventually("registered nodes connect", WAIT, || async {
         let t = tally(&health(&url).await?);
-        (count(&t, "connected", "coreapp") == 1 && count(&t, "connected", "primary_master") == 1).then_some(())
+        (count(&t, "connected", "coreapp") == 1 && count(&t, "disconnected", "primary_master") == 1).then_some(())
     })
     .await;
     let (status, _) = post(&account, req).await.unwrap();

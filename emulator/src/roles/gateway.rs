@@ -1,7 +1,9 @@
 //! Stand-in for WhatsApp's servers. Coreapps and the primary master hold a
 //! long-lived session (`GET /v1/session`, a stream of JSON lines); the server
-//! enforces one client deployment per phone number and "sends" registration
-//! codes, which tests read from `/admin/codes/<number>`.
+//! enforces one client deployment per phone number, "sends" registration
+//! codes, which tests read from `/admin/codes/<number>`, issues and judges the
+//! numbers' certificates, and bans a number on a set-shards request with an
+//! expired certificate.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -44,6 +46,8 @@ struct NumberState {
     /// Two deployments were online at once: every session of the owner is told
     /// about the conflict until the number is registered again.
     contested: bool,
+    /// Why the number is banned, until `DELETE /admin/bans/<number>`.
+    banned: Option<String>,
 }
 
 #[derive(Default)]
@@ -60,15 +64,14 @@ struct Gw(Arc<Mutex<Inner>>);
 impl Inner {
     /// Kicks every live session of `deployment` for `number`; returns how many.
     fn kick(&mut self, number: &str, deployment: &str) -> usize {
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, (c, _))| c.number == number && c.deployment == deployment)
-            .map(|(id, _)| *id)
-            .collect();
+        self.kick_where(|c| c.number == number && c.deployment == deployment, "conflict")
+    }
+
+    fn kick_where(&mut self, f: impl Fn(&Conn) -> bool, reason: &'static str) -> usize {
+        let ids: Vec<u64> = self.conns.iter().filter(|(_, (c, _))| f(c)).map(|(id, _)| *id).collect();
         for id in &ids {
             if let Some((_, tx)) = self.conns.remove(id) {
-                let _ = tx.send("conflict");
+                let _ = tx.send(reason);
             }
         }
         ids.len()
@@ -122,6 +125,10 @@ async fn session(State(gw): State<Gw>, Query(q): Query<SessionQuery>) -> Respons
     let (id, conflict) = {
         let mut inner = gw.0.lock().expect("gateway state");
         let ns = inner.numbers.entry(number.clone()).or_default();
+        if let Some(why) = &ns.banned {
+            tracing::warn!(number = %number, node = %q.node, "refusing a session: the number is banned");
+            return (StatusCode::FORBIDDEN, Json(json!({"error": "banned", "details": why}))).into_response();
+        }
         if ns.revoked.contains(&q.deployment) {
             tracing::warn!(number = %number, deployment = %q.deployment, node = %q.node, "{CONFLICT}: refusing a displaced deployment");
             return (StatusCode::CONFLICT, Json(json!({"error": "conflict", "details": CONFLICT}))).into_response();
@@ -191,6 +198,9 @@ struct CodeRequest {
 
 async fn request_code(State(gw): State<Gw>, Json(r): Json<CodeRequest>) -> Response {
     let number = digits(&format!("{}{}", r.cc, r.phone_number));
+    if gw.0.lock().expect("gateway state").numbers.get(&number).is_some_and(|ns| ns.banned.is_some()) {
+        return (StatusCode::FORBIDDEN, Json(json!({"error": "banned"}))).into_response();
+    }
     let code: String = {
         let mut rng = rand::rng();
         (0..6).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect()
@@ -244,11 +254,12 @@ struct CheckRequest {
 /// another deployment has displaced it.
 async fn check(State(gw): State<Gw>, Json(r): Json<CheckRequest>) -> Response {
     let inner = gw.0.lock().expect("gateway state");
-    let current = match inner.numbers.get(&digits(&r.number)) {
+    let ns = inner.numbers.get(&digits(&r.number));
+    let current = match ns {
         None => true,
         Some(ns) => !ns.revoked.contains(&r.deployment) && ns.owner.as_ref().is_none_or(|o| *o == r.deployment),
     };
-    Json(json!({"current": current})).into_response()
+    Json(json!({"current": current, "banned": ns.and_then(|ns| ns.banned.clone())})).into_response()
 }
 
 async fn admin_code(State(gw): State<Gw>, Path(number): Path<String>) -> Response {
@@ -274,10 +285,141 @@ async fn admin_numbers(State(gw): State<Gw>) -> Response {
         .map(|(n, s)| {
             let mut revoked: Vec<&String> = s.revoked.iter().collect();
             revoked.sort();
-            (n.clone(), json!({"owner": s.owner, "revoked": revoked, "contested": s.contested}))
+            (n.clone(), json!({"owner": s.owner, "revoked": revoked, "contested": s.contested, "banned": s.banned}))
         })
         .collect();
     Json(json!({"numbers": numbers})).into_response()
+}
+
+// ---- certificates --------------------------------------------------------
+//
+// A number's certificate (the `cert` of registration and set-shards) is
+// issued by WhatsApp with an expiry. Here it is base64 of
+// `{"number","expires_at","sig"}`, signed with a fixed key so that any
+// gateway, restarted or not, recognises the certificates of any other.
+
+const CERT_KEY: &[u8] = b"whatsapp-emulator-gateway-certificates";
+
+#[derive(Serialize, Deserialize)]
+struct CertBody {
+    number: String,
+    expires_at: String,
+    sig: String,
+}
+
+fn cert_sig(number: &str, expires_at: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(CERT_KEY).expect("HMAC takes any key length");
+    mac.update(number.as_bytes());
+    mac.update(b"|");
+    mac.update(expires_at.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A certificate for `number` (any format; digits are kept) valid until `expires_at`.
+pub fn issue_cert(number: &str, expires_at: chrono::DateTime<chrono::Utc>) -> String {
+    use base64::Engine as _;
+    let number = digits(number);
+    let expires_at = expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = CertBody { sig: cert_sig(&number, &expires_at), number, expires_at };
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&body).expect("certificate serialises"))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertCheck {
+    Valid,
+    Expired,
+    Wrong,
+}
+
+/// Whether `cert` was issued for `number` and is still valid at `now`.
+pub fn check_cert(number: &str, cert: &str, now: chrono::DateTime<chrono::Utc>) -> CertCheck {
+    use base64::Engine as _;
+    let Some(body) = base64::engine::general_purpose::STANDARD
+        .decode(cert.trim())
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<CertBody>(&raw).ok())
+    else {
+        return CertCheck::Wrong;
+    };
+    if body.number != digits(number) || body.sig != cert_sig(&body.number, &body.expires_at) {
+        return CertCheck::Wrong;
+    }
+    match chrono::DateTime::parse_from_rfc3339(&body.expires_at) {
+        Ok(t) if t > now => CertCheck::Valid,
+        Ok(_) => CertCheck::Expired,
+        Err(_) => CertCheck::Wrong,
+    }
+}
+
+#[derive(Deserialize)]
+struct ShardsCheck {
+    number: String,
+    #[serde(default)]
+    deployment: String,
+    cert: String,
+}
+
+/// Judges the certificate of a set-shards request. An expired certificate
+/// gets the number banned: every session is kicked and refused from now on.
+async fn shards_cert(State(gw): State<Gw>, Json(r): Json<ShardsCheck>) -> Response {
+    let number = digits(&r.number);
+    let result = match check_cert(&number, &r.cert, chrono::Utc::now()) {
+        CertCheck::Valid => "valid",
+        CertCheck::Wrong => {
+            tracing::warn!(number = %number, deployment = %r.deployment, "set shards with a wrong certificate: logging the client off");
+            "wrong"
+        }
+        CertCheck::Expired => {
+            let why =
+                format!("Account banned: set shards was called with an expired certificate; WhatsApp banned +{number}");
+            tracing::error!(number = %number, deployment = %r.deployment, "{why}");
+            let mut inner = gw.0.lock().expect("gateway state");
+            inner.numbers.entry(number.clone()).or_default().banned = Some(why);
+            inner.kick_where(|c| c.number == number, "banned");
+            "banned"
+        }
+    };
+    Json(json!({"result": result})).into_response()
+}
+
+#[derive(Deserialize)]
+struct CertRequest {
+    number: String,
+    /// RFC 3339; wins over `valid_days`.
+    expires_at: Option<String>,
+    /// Days from now; negative for an already expired certificate. Default 365.
+    valid_days: Option<i64>,
+}
+
+/// Emulator-only: issues a certificate for a number, as WhatsApp Manager would.
+async fn admin_certs(Json(r): Json<CertRequest>) -> Response {
+    let expires_at = match &r.expires_at {
+        Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(t) => t.with_timezone(&chrono::Utc),
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("expires_at: {e}")}))).into_response();
+            }
+        },
+        None => chrono::Utc::now() + chrono::Duration::days(r.valid_days.unwrap_or(365)),
+    };
+    let number = digits(&r.number);
+    if number.is_empty() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "number is required"}))).into_response();
+    }
+    let cert = issue_cert(&number, expires_at);
+    Json(json!({"number": number, "expires_at": expires_at.to_rfc3339(), "cert": cert})).into_response()
+}
+
+/// Emulator-only: lifts a ban (WhatsApp accepting an appeal).
+async fn admin_unban(State(gw): State<Gw>, Path(number): Path<String>) -> Response {
+    let number = digits(&number);
+    let mut inner = gw.0.lock().expect("gateway state");
+    let lifted = inner.numbers.get_mut(&number).and_then(|ns| ns.banned.take()).is_some();
+    if lifted {
+        tracing::info!(number = %number, "ban lifted");
+    }
+    Json(json!({"number": number, "lifted": lifted})).into_response()
 }
 
 pub fn router() -> Router {
@@ -286,6 +428,9 @@ pub fn router() -> Router {
         .route("/v1/register/request", post(request_code))
         .route("/v1/register/verify", post(verify_code))
         .route("/v1/register/check", post(check))
+        .route("/v1/account/shards", post(shards_cert))
+        .route("/admin/certs", post(admin_certs))
+        .route("/admin/bans/{number}", axum::routing::delete(admin_unban))
         .route("/admin/codes/{number}", get(admin_code))
         .route("/admin/connections", get(admin_connections))
         .route("/admin/numbers", get(admin_numbers))
@@ -298,4 +443,27 @@ pub async fn run(listen: &str) -> Result<(), Error> {
     tracing::info!(listen = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, router()).with_graceful_shutdown(crate::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates() {
+        let now = chrono::Utc::now();
+        let cert = issue_cert("+1 555 000 1111", now + chrono::Duration::days(1));
+        assert_eq!(check_cert("15550001111", &cert, now), CertCheck::Valid);
+        assert_eq!(check_cert("15550002222", &cert, now), CertCheck::Wrong);
+        assert_eq!(check_cert("15550001111", &cert, now + chrono::Duration::days(2)), CertCheck::Expired);
+        assert_eq!(check_cert("15550001111", "Y2VydA==", now), CertCheck::Wrong);
+        let mut forged = serde_json::from_slice::<CertBody>(
+            &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &cert).unwrap(),
+        )
+        .unwrap();
+        forged.expires_at = "2999-01-01T00:00:00Z".into();
+        let forged =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, serde_json::to_vec(&forged).unwrap());
+        assert_eq!(check_cert("15550001111", &forged, now), CertCheck::Wrong);
+    }
 }

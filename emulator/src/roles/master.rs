@@ -150,11 +150,23 @@ pub struct ShardsRequest {
     cert: Option<String>,
 }
 
+/// Set-shards is dangerous with the real client, and so it is here:
+/// - `cert` is required from v2.45 (400/1008 without it);
+/// - an expired certificate gets the number banned by WhatsApp's servers
+///   (403/1005; every node disconnects, every call but monitoring is refused);
+/// - a wrong certificate logs the client off (400/1009; the registration is
+///   dropped and the number must be registered again);
+/// - more than 7 days after the number was registered the change is applied
+///   but the number is disconnected (201; it must be registered again).
 pub async fn post_shards(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<ShardsRequest>) -> ApiResult {
     require_master(&ctx)?;
     let cc = require(&r.cc, "cc")?;
     let phone = require(&r.phone_number, "phone_number")?;
-    require(&r.cert, "cert")?;
+    let cert = if cert_required(&ctx.cfg.version) {
+        Some(require(&r.cert, "cert")?)
+    } else {
+        r.cert.as_deref().map(str::trim).filter(|c| !c.is_empty())
+    };
     let shards = match &r.shards {
         None => return Err(ApiError::bad(api::MISSING_PARAMETER, "shards is required")),
         Some(v) => v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())),
@@ -170,8 +182,12 @@ pub async fn post_shards(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<ShardsRe
         ));
     };
     let settings = ctx.db.settings().await?;
+    if let Some(why) = &settings.banned {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, api::ACCESS_DENIED, why.clone()));
+    }
+    let number = digits(&format!("{cc}{phone}"));
     match &settings.registered_number {
-        Some(n) if *n == digits(&format!("{cc}{phone}")) => {}
+        Some(n) if *n == number => {}
         Some(_) => {
             return Err(ApiError::bad(
                 api::INVALID_PARAMETER,
@@ -190,15 +206,113 @@ pub async fn post_shards(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<ShardsRe
             "Resharding is in progress: temporarily unavailable, retry",
         ));
     }
+    if let Some(cert) = cert {
+        match check_shards_cert(&ctx, &number, &settings.deployment_id, cert).await? {
+            CertVerdict::Valid => {}
+            CertVerdict::Banned => {
+                let why = format!(
+                    "Account banned: set shards was called with an expired certificate; WhatsApp banned +{number}"
+                );
+                tracing::error!("{why}");
+                ctx.db.set_setting("banned", &why).await?;
+                ctx.wake.notify_one();
+                return Err(ApiError::new(StatusCode::FORBIDDEN, api::ACCESS_DENIED, why));
+            }
+            CertVerdict::Wrong => {
+                let why = "Logged off: set shards was called with a wrong certificate; register the number again";
+                log_off(&ctx, why).await?;
+                return Err(ApiError::bad(api::INVALID_PARAMETER, why));
+            }
+        }
+    }
     if settings.shards != shards {
         tracing::info!(from = settings.shards, to = shards, "changing the shard count");
         let until = now_ms() + 2 * settings.heartbeat_interval as i64 * 1000;
         ctx.db.set_setting("resharding_until_ms", &until.to_string()).await?;
         ctx.db.set_setting("shards", &shards.to_string()).await?;
+    }
+    let registered_at = settings.registered_at_ms.unwrap_or_else(now_ms);
+    if now_ms() - registered_at > SHARDS_SAFE_AFTER_REGISTRATION_MS {
+        log_off(
+            &ctx,
+            "Disconnected: set shards was called more than 7 days after the number was registered; register the number again",
+        )
+        .await?;
+        return Ok(api::ok(StatusCode::CREATED, json!({})));
+    }
+    if settings.shards != shards {
         let settings = ctx.db.settings().await?;
         manage_cluster(&ctx, &settings).await?;
     }
     Ok(api::ok(StatusCode::CREATED, json!({})))
+}
+
+/// Set-shards more than 7 days after registration disconnects the number.
+pub const SHARDS_SAFE_AFTER_REGISTRATION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// `cert` is required by set-shards from v2.45.
+pub fn cert_required(version: &str) -> bool {
+    crate::schema::schema_number(version).is_ok_and(|n| n >= 2045)
+}
+
+/// Drops the registration: every node disconnects and reports `unregistered`
+/// with `why` until the number is registered again.
+async fn log_off(ctx: &NodeCtx, why: &str) -> Result<(), ApiError> {
+    tracing::error!("{why}");
+    ctx.db.set_setting("registration_lost", why).await?;
+    ctx.db.set_setting("registered_number", "").await?;
+    ctx.wake.notify_one();
+    Ok(())
+}
+
+enum CertVerdict {
+    Valid,
+    Banned,
+    Wrong,
+}
+
+/// WhatsApp's servers judge the certificate of a set-shards request; an
+/// expired one gets the number banned there.
+async fn check_shards_cert(ctx: &NodeCtx, number: &str, deployment: &str, cert: &str) -> Result<CertVerdict, ApiError> {
+    let url = format!("http://{}/v1/account/shards", ctx.cfg.gateway);
+    let resp = ctx
+        .http
+        .post(url)
+        .json(&json!({"number": number, "deployment": deployment, "cert": cert}))
+        .send()
+        .await
+        .map_err(|e| ApiError::not_ready(format!("Cannot reach WhatsApp servers: {e}")))?;
+    let v: serde_json::Value = resp.json().await.map_err(ApiError::internal)?;
+    Ok(match v["result"].as_str() {
+        Some("valid") => CertVerdict::Valid,
+        Some("banned") => CertVerdict::Banned,
+        _ => CertVerdict::Wrong,
+    })
+}
+
+/// Mirrors WhatsApp's ban of the number into the database, so that every
+/// node and webapp sees it, and clears it once WhatsApp lifts it.
+pub async fn sync_ban(ctx: &NodeCtx, settings: &Settings) {
+    let Some(number) = &settings.registered_number else { return };
+    let url = format!("http://{}/v1/register/check", ctx.cfg.gateway);
+    let Ok(resp) =
+        ctx.http.post(url).json(&json!({"number": number, "deployment": settings.deployment_id})).send().await
+    else {
+        return;
+    };
+    let Ok(v) = resp.json::<serde_json::Value>().await else { return };
+    let banned = v["banned"].as_str().map(str::to_string);
+    match (&settings.banned, &banned) {
+        (Some(_), None) => {
+            tracing::info!(number = %number, "WhatsApp lifted the ban");
+            let _ = ctx.db.set_setting("banned", "").await;
+        }
+        (None, Some(why)) => {
+            tracing::error!(number = %number, "{why}");
+            let _ = ctx.db.set_setting("banned", why).await;
+        }
+        _ => {}
+    }
 }
 
 #[derive(Deserialize)]
@@ -280,7 +394,9 @@ pub async fn post_verify(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<VerifyRe
     if !resp.status().is_success() {
         return Err(ApiError::bad(api::INVALID_PARAMETER, "Invalid verification code"));
     }
+    ctx.db.set_setting("registered_at_ms", &now_ms().to_string()).await?;
     ctx.db.set_setting("registered_number", &number).await?;
+    ctx.db.set_setting("registration_lost", "").await?;
     ctx.db.set_setting("pending_number", "").await?;
     tracing::info!(number = %number, "number registered");
     ctx.wake.notify_one();
@@ -316,6 +432,13 @@ mod tests {
         let current = BTreeMap::from([(0, "a".to_string()), (1, "b".to_string()), (2, "c".to_string())]);
         let m = assign(1, &current, &ids(&["a", "b", "c"]));
         assert_eq!(m, BTreeMap::from([(0, "a".to_string())]));
+    }
+
+    #[test]
+    fn cert_required_from_2_45() {
+        assert!(!cert_required("2.43.1"));
+        assert!(cert_required("2.45.2"));
+        assert!(cert_required("2.53.2"));
     }
 
     #[test]

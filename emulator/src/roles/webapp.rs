@@ -128,18 +128,66 @@ impl Web {
 
 // ---- authentication -----------------------------------------------------
 
-async fn require_auth(State(web): S, req: Request, next: Next) -> Response {
-    web.requests.fetch_add(1, Ordering::Relaxed);
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let ok = if let Some(token) = header.strip_prefix("Bearer ") {
-        auth::verify_token(&web.jwt_key, token.trim(), chrono::Utc::now().timestamp()).is_some()
+/// Who made a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    ApiKey,
+    Nobody,
+}
+
+fn caller(web: &Web, headers: &HeaderMap) -> Caller {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        // `admin` is the only user the emulator knows.
+        match auth::verify_token(&web.jwt_key, token.trim(), chrono::Utc::now().timestamp()) {
+            Some(c) if c.sub == "admin" => Caller::Admin,
+            _ => Caller::Nobody,
+        }
     } else if let Some(key) = header.strip_prefix("Apikey ") {
-        web.cfg.api_key.as_deref().is_some_and(|k| auth::constant_time_eq(k.as_bytes(), key.trim().as_bytes()))
+        if web.cfg.api_key.as_deref().is_some_and(|k| auth::constant_time_eq(k.as_bytes(), key.trim().as_bytes())) {
+            Caller::ApiKey
+        } else {
+            Caller::Nobody
+        }
     } else {
-        false
-    };
-    if !ok {
+        Caller::Nobody
+    }
+}
+
+/// Health, stats and metrics: an admin token or the API key, which Meta
+/// documents for monitoring only.
+async fn require_monitoring(State(web): S, req: Request, next: Next) -> Response {
+    web.requests.fetch_add(1, Ordering::Relaxed);
+    if caller(&web, req.headers()) == Caller::Nobody {
         return ApiError::unauthorized("Invalid credentials.").into_response();
+    }
+    next.run(req).await
+}
+
+/// Every other endpoint needs an admin session (a Bearer token from
+/// `POST /v1/users/login`); a banned number's client refuses them all.
+async fn require_admin(State(web): S, req: Request, next: Next) -> Response {
+    web.requests.fetch_add(1, Ordering::Relaxed);
+    match caller(&web, req.headers()) {
+        Caller::Admin => {}
+        Caller::ApiKey => {
+            return ApiError::unauthorized(
+                "The API key is accepted on the health, stats and metrics endpoints only: log in as an admin user",
+            )
+            .into_response();
+        }
+        Caller::Nobody => return ApiError::unauthorized("Invalid credentials.").into_response(),
+    }
+    if req.uri().path() != "/v1/users/logout" {
+        match web.db.settings().await {
+            Ok(s) => {
+                if let Some(why) = s.banned {
+                    return ApiError::new(StatusCode::FORBIDDEN, api::ACCESS_DENIED, why).into_response();
+                }
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        }
     }
     next.run(req).await
 }
@@ -331,25 +379,58 @@ async fn post_verify(State(web): S, Json(body): Json<Value>) -> ApiResult {
     web.forward(Method::POST, "/control/account/verify", Some(body)).await
 }
 
+/// `POST /v1/certificates/external`: `text/plain`, the private key, the
+/// certificate and one or more intermediate CA certificates, in that order.
+/// Served from the webapps' next start.
+async fn post_external_certificate(State(web): S, body: Bytes) -> ApiResult {
+    let pem = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad(api::INVALID_PARAMETER, "The certificate file must be PEM text"))?;
+    if pem.len() > 15_000 {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "The certificate file is too large"));
+    }
+    tls::check_upload(&pem).map_err(|e| ApiError::bad(api::INVALID_PARAMETER, format!("Invalid certificate: {e}")))?;
+    tls::store_upload(&web.db, &pem).await?;
+    tracing::info!("certificate uploaded; restart every webapp to serve it");
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "null").into_response())
+}
+
+/// `GET /v1/certificates/external/ca`: the CA of the served certificate, as
+/// `text/plain`: the deployment's own CA, or the chain of the upload.
+async fn get_external_ca(State(web): S) -> ApiResult {
+    let pem = match tls::uploaded(&web.db).await? {
+        Some(upload) => tls::uploaded_chain(&upload),
+        None => tls::ca(&web.db).await?.0,
+    };
+    if pem.trim().is_empty() {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain")], pem).into_response())
+}
+
 async fn logout() -> ApiResult {
     Ok(api::ok(StatusCode::OK, json!({})))
 }
 
 pub fn router(web: Arc<Web>) -> Router {
-    let protected = Router::new()
+    let monitoring = Router::new()
         .route("/v1/health", get(get_health))
+        .route("/v1/stats/app", get(stats_app))
+        .route("/v1/stats/db", get(stats_db))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(web.clone(), require_monitoring));
+    let admin = Router::new()
         .route("/v1/users/logout", post(logout))
         .route("/v1/account", post(post_account))
         .route("/v1/account/verify", post(post_verify))
         .route("/v1/account/shards", get(get_shards).post(post_shards))
         .route("/v1/settings/application", get(get_app_settings).patch(patch_app_settings))
-        .route("/v1/stats/app", get(stats_app))
-        .route("/v1/stats/db", get(stats_db))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(web.clone(), require_auth));
+        .route("/v1/certificates/external", post(post_external_certificate))
+        .route("/v1/certificates/external/ca", get(get_external_ca))
+        .route_layer(middleware::from_fn_with_state(web.clone(), require_admin));
     Router::new()
         .route("/v1/users/login", post(login))
-        .merge(protected)
+        .merge(monitoring)
+        .merge(admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, api::NOT_FOUND, "Unknown path") })
         .with_state(web)
 }
@@ -368,9 +449,9 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             (0..32).map(|_| rng.random()).collect()
         }
     };
-    let acceptor = tls::acceptor(&cfg)?;
     let db = schema::ensure(&cfg).await?;
-    schema::wait_until_current(&db, &cfg).await?;
+    schema::check_current(&db, &cfg).await?;
+    let acceptor = tls::acceptor(&db, &cfg).await?;
     let web = Arc::new(Web {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
@@ -399,8 +480,9 @@ async fn watch_schema(web: Arc<Web>) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         if let Ok(row) = web.db.schema().await
             && schema::gate_decision(mine, row.version, &row.state) == Gate::Refuse
+            && let Some(e) = schema::gate_error(&web.cfg, &row)
         {
-            tracing::error!("{}", schema::refusal(&web.cfg, &row));
+            tracing::error!("{e}");
             std::process::exit(1);
         }
     }

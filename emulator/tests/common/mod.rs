@@ -19,6 +19,8 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_whatsapp-emulator");
 pub const NUMBER: &str = "+15550001111";
 pub const API_KEY: &str = "emulator-test-api-key";
+/// The admin password the harness sets at the first login.
+pub const ADMIN_PASSWORD: &str = "Str0ng!Pass";
 pub const CONFLICT: &str = "Conflict: Detected multiple instances that share the same number";
 pub const UPGRADE_LINE: &str = "Cluster is under ClusterState::Type(UPGRADE) state";
 
@@ -165,6 +167,7 @@ pub struct Cluster {
     pub name: String,
     pub engine: Engine,
     pub server: DbServer,
+    /// `WA_DB_NAME_PREFIX` of the deployment.
     pub db: String,
     pub gateway: String,
     pub dir: PathBuf,
@@ -207,7 +210,7 @@ impl Cluster {
         let (my, pg) = servers();
         let (server, engine_name) = match engine {
             Engine::Mysql => (my, "MYSQL"),
-            Engine::Postgres => (pg, "POSTGRESQL"),
+            Engine::Postgres => (pg, "PGSQL"),
         };
         let db = unique_db(name);
         let catalog = dir.join("catalog.yaml");
@@ -218,7 +221,7 @@ impl Cluster {
             ("WA_DB_PORT", server.port.clone()),
             ("WA_DB_USERNAME", server.user.clone()),
             ("WA_DB_PASSWORD", server.password.clone()),
-            ("WA_EMULATOR_DB_NAME", db.clone()),
+            ("WA_DB_NAME_PREFIX", db.clone()),
             ("WA_APP_MULTICONNECT", "1".to_string()),
             ("WA_EMULATOR_GATEWAY", gateway.to_string()),
             ("WA_EMULATOR_VERSION", "2.53.2".to_string()),
@@ -330,8 +333,63 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(10)).build().unwrap()
 }
 
+/// Whether the client accepts the API key on `url` (monitoring endpoints).
+pub fn monitoring(url: &str) -> bool {
+    ["/v1/health", "/v1/stats/", "/metrics"].iter().any(|p| url.contains(p))
+}
+
+async fn login_once(base: &str, password: &str, new_password: Option<&str>) -> Result<Option<String>, String> {
+    let mut req = client().post(format!("{base}/v1/users/login")).basic_auth("admin", Some(password));
+    if let Some(p) = new_password {
+        req = req.json(&serde_json::json!({"new_password": p}));
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    if resp.status().as_u16() != 200 {
+        return Ok(None);
+    }
+    let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+    Ok(v["users"][0]["token"].as_str().map(str::to_string))
+}
+
+/// An admin Bearer token for the webapp at `base` (the first login sets
+/// `ADMIN_PASSWORD`); cached per webapp.
+pub async fn admin_token(base: &str) -> Result<String, String> {
+    static TOKENS: OnceLock<std::sync::Mutex<HashMap<String, String>>> = OnceLock::new();
+    let cache = TOKENS.get_or_init(Default::default);
+    if let Some(t) = cache.lock().unwrap().get(base) {
+        return Ok(t.clone());
+    }
+    let token = match login_once(base, ADMIN_PASSWORD, None).await? {
+        Some(t) => t,
+        None => login_once(base, "secret", Some(ADMIN_PASSWORD)).await?.ok_or("admin login failed")?,
+    };
+    cache.lock().unwrap().insert(base.to_string(), token.clone());
+    Ok(token)
+}
+
+fn base_of(url: &str) -> &str {
+    let after = url.find("://").map(|i| i + 3).unwrap_or(0);
+    url[after..].find('/').map(|i| &url[..after + i]).unwrap_or(url)
+}
+
+/// A request as the operator would make it: the API key on the monitoring
+/// endpoints, an admin Bearer token everywhere else.
 pub async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<(u16, Value), String> {
-    let mut req = client().request(method, url).header("Authorization", format!("Apikey {API_KEY}"));
+    let auth = if monitoring(url) {
+        format!("Apikey {API_KEY}")
+    } else {
+        format!("Bearer {}", admin_token(base_of(url)).await?)
+    };
+    send(method, url, &auth, body).await
+}
+
+/// A request with the API key, whatever the endpoint.
+pub async fn with_api_key(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    send(method, url, &format!("Apikey {API_KEY}"), body).await
+}
+
+pub async fn send(method: reqwest::Method, url: &str, auth: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    let mut req = client().request(method, url).header("Authorization", auth);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -402,3 +460,30 @@ pub async fn gateway_connections(gateway: &str) -> Vec<Value> {
 }
 
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A certificate for `number` from the gateway, valid for `valid_days`
+/// (negative: already expired).
+pub async fn cert_for(gateway: &str, number: &str, valid_days: i64) -> String {
+    let v: Value = client()
+        .post(format!("http://{gateway}/admin/certs"))
+        .json(&serde_json::json!({"number": number, "valid_days": valid_days}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["cert"].as_str().unwrap().to_string()
+}
+
+/// Registers `NUMBER` again through the API (code read from the gateway).
+pub async fn register(url: &str, gateway: &str) {
+    let account = serde_json::json!({"cc": "1", "phone_number": "5550001111", "method": "sms", "cert": cert_for(gateway, NUMBER, 30).await});
+    let (status, body) = post(&format!("{url}/v1/account"), account).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let code: Value =
+        reqwest::get(format!("http://{gateway}/admin/codes/15550001111")).await.unwrap().json().await.unwrap();
+    let (status, body) =
+        post(&format!("{url}/v1/account/verify"), serde_json::json!({"code": code["code"]})).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+}
