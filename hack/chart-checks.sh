@@ -6,7 +6,8 @@
 #      and with the defaults, passes `promtool check rules`, and the defaults
 #      pass the unit tests in tests/alerts/ (`promtool test rules`);
 #   3. every query of the Grafana dashboard parses as PromQL;
-#   4. the values table of docs/helm.md is up to date (hack/helm-docs.sh);
+#   4. the values table of docs/helm.md (hack/helm-docs.sh) and the API
+#      reference docs/api.md (hack/api-docs.py) are up to date;
 #   5. the examples beside the chart: the kustomize overlays build, each
 #      environment has its own phone number, the release catalog's entries
 #      are well formed, the GitOps manifests parse.
@@ -117,8 +118,12 @@ yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.arg
 PY
 "$PROMTOOL" check rules "$work/dashboard.rules.yaml" >/dev/null
 
-log "docs/helm.md values table"
+log "docs/helm.md values table, docs/api.md"
 hack/helm-docs.sh check
+python3 hack/api-docs.py crds/whatsappnumbers.whatsapp.operators.dev.yaml > "$work/api.md"
+if ! diff -u docs/api.md "$work/api.md"; then
+  log "docs/api.md is out of date with the CRD; run hack/generate.sh"; exit 1
+fi
 
 log "examples: kustomize overlays, release catalog, GitOps manifests"
 for overlay in examples/kustomize/overlays/*/; do
