@@ -295,9 +295,9 @@ async fn check_shards_cert(ctx: &NodeCtx, number: &str, deployment: &str, cert: 
 pub async fn sync_ban(ctx: &NodeCtx, settings: &Settings) {
     let Some(number) = &settings.registered_number else { return };
     let url = format!("http://{}/v1/register/check", ctx.cfg.gateway);
-    let Ok(resp) =
-        ctx.http.post(url).json(&json!({"number": number, "deployment": settings.deployment_id})).send().await
-    else {
+    // Short: this runs on the heartbeat path, which must not stall.
+    let request = ctx.http.post(url).timeout(std::time::Duration::from_secs(1));
+    let Ok(resp) = request.json(&json!({"number": number, "deployment": settings.deployment_id})).send().await else {
         return;
     };
     let Ok(v) = resp.json::<serde_json::Value>().await else { return };
