@@ -54,6 +54,8 @@ pub fn database_sharer<'a>(
     others
         .into_iter()
         .filter(|o| o.uid() != wan.uid() && o.metadata.deletion_timestamp.is_none())
+        // The same number twice is the claim's business: only one of them runs.
+        .filter(|o| o.spec.phone_number != wan.spec.phone_number)
         .filter(|o| key(o) == mine && age(o) < age(wan))
         .min_by_key(|o| age(o))
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
@@ -143,6 +145,13 @@ mod tests {
         assert_eq!(database_sharer(&second, &[first.clone(), second.clone()]), None);
         second.spec.database.host = first.spec.database.host.clone();
         second.spec.database.name_prefix = None;
-        assert_eq!(database_sharer(&second, &[first, second.clone()]), None, "default prefixes differ by number");
+        assert_eq!(
+            database_sharer(&second, &[first.clone(), second.clone()]),
+            None,
+            "default prefixes differ by number"
+        );
+        // A second object of the same number waits for the number claim, not for this.
+        let twin = number("c", "twin", 30, "3");
+        assert_eq!(database_sharer(&twin, &[first, twin.clone()]), None);
     }
 }

@@ -31,15 +31,27 @@ pub const INVALID_SECRET_VALUE: &str = "InvalidSecretValue";
 pub const DATABASE_IN_USE: &str = "DatabaseInUse";
 
 /// The PEM bundle `POST /v1/certificates/external` takes: the private key,
-/// then the certificate with its chain (cert-manager's `tls.crt` holds both).
+/// the certificate, then its CA chain (the client wants at least one CA
+/// certificate after the server's). cert-manager's `tls.crt` usually holds
+/// the chain already; a lone certificate is followed by `ca.crt`.
 pub fn certificate_bundle(secret: &Secret) -> Option<Vec<u8>> {
     let key = secret_value(secret, "tls.key")?;
     let cert = secret_value(secret, "tls.crt")?;
-    let mut bundle = key.to_vec();
-    if !bundle.ends_with(b"\n") {
-        bundle.push(b'\n');
+    let mut bundle = Vec::new();
+    let mut push = |pem: &[u8]| {
+        bundle.extend_from_slice(pem);
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+    };
+    push(key);
+    push(cert);
+    let certificates = String::from_utf8_lossy(cert).matches("-----BEGIN CERTIFICATE-----").count();
+    if certificates < 2
+        && let Some(ca) = secret_value(secret, "ca.crt")
+    {
+        push(ca);
     }
-    bundle.extend_from_slice(cert);
     Some(bundle)
 }
 
@@ -333,8 +345,12 @@ mod tests {
 
     #[test]
     fn the_certificate_bundle_is_the_key_then_the_chain() {
-        let tls = secret(&[("tls.key", "KEY"), ("tls.crt", "CERT\nCHAIN\n")]);
-        assert_eq!(certificate_bundle(&tls).unwrap(), b"KEY\nCERT\nCHAIN\n".to_vec());
+        const C: &str = "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n";
+        let chain = format!("{C}{C}");
+        let tls = secret(&[("tls.key", "KEY"), ("tls.crt", &chain), ("ca.crt", "ROOT")]);
+        assert_eq!(certificate_bundle(&tls).unwrap(), format!("KEY\n{chain}").into_bytes(), "the chain is there");
+        let leaf = secret(&[("tls.key", "KEY"), ("tls.crt", C), ("ca.crt", "ROOT")]);
+        assert_eq!(certificate_bundle(&leaf).unwrap(), format!("KEY\n{C}ROOT\n").into_bytes(), "ca.crt completes it");
         assert_eq!(certificate_bundle(&secret(&[("tls.crt", "C")])), None);
     }
 

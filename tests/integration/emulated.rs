@@ -174,7 +174,7 @@ impl Deployment {
         std::fs::create_dir_all(&dir)?;
         let gateway_port = free_port()?;
         let gateway = format!("127.0.0.1:{gateway_port}");
-        let db_name = format!("wan_{}_{}", name.replace('-', "_"), std::process::id());
+        let db_prefix = format!("it_{}_{}", name.replace('-', "_"), std::process::id());
         let env = vec![
             ("WA_DB_ENGINE", "MYSQL".to_string()),
             ("WA_DB_HOSTNAME", db.host),
@@ -182,7 +182,7 @@ impl Deployment {
             ("WA_DB_USERNAME", db.user),
             ("WA_DB_PASSWORD", db.password),
             ("WA_APP_MULTICONNECT", "1".into()),
-            ("WA_EMULATOR_DB_NAME", db_name),
+            ("WA_DB_NAME_PREFIX", db_prefix),
             ("WA_EMULATOR_VERSION", version.into()),
             ("WA_EMULATOR_NOW", "2024-03-01T00:00:00Z".into()),
             ("WA_EMULATOR_GATEWAY", gateway.clone()),
@@ -204,6 +204,24 @@ impl Deployment {
         };
         let mut d = Self { env, dir, nodes: vec![], gateway: None };
         d.gateway = Some(d.spawn("gateway", &[], &["gateway", "--listen", &gateway])?);
+        let status = d.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
+        ensure!(status.success(), "the schema creation failed: {}", d.log("upgrade"));
+        Ok(d)
+    }
+
+    /// A second deployment of the same number, with its own database but the
+    /// same gateway (WhatsApp's servers): another instance of the client,
+    /// outside the cluster.
+    pub fn another_instance(&self, name: &str) -> Result<Self> {
+        let dir = work_dir().join(format!("emulated-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let prefix = format!("it_{}_{}", name.replace('-', "_"), std::process::id());
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| if k == "WA_DB_NAME_PREFIX" { (k.clone(), prefix.clone()) } else { (k.clone(), v.clone()) })
+            .collect();
+        let d = Self { env, dir, nodes: vec![], gateway: None };
         let status = d.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
         ensure!(status.success(), "the schema creation failed: {}", d.log("upgrade"));
         Ok(d)
@@ -244,22 +262,36 @@ impl Deployment {
         Ok(address)
     }
 
-    /// The webapp on a free loopback port with the given API key and certificate.
-    pub fn webapp(&mut self, api_key: &str, pki: &Pki, port: u16) -> Result<String> {
+    /// The webapp on a free loopback port with the given API key. It serves
+    /// the client's own certificate, or the one uploaded through its API.
+    pub fn webapp(&mut self, api_key: &str, port: u16) -> Result<String> {
         let listen = format!("127.0.0.1:{port}");
         let child = self.spawn(
             "webapp",
-            &[
-                ("WA_EMULATOR_IMAGE", "web"),
-                ("WA_EMULATOR_WEB_LISTEN", &listen),
-                ("WA_API_KEY", api_key),
-                ("WA_EMULATOR_TLS_CERT_FILE", pki.cert.to_str().unwrap_or_default()),
-                ("WA_EMULATOR_TLS_KEY_FILE", pki.key.to_str().unwrap_or_default()),
-            ],
+            &[("WA_EMULATOR_IMAGE", "web"), ("WA_EMULATOR_WEB_LISTEN", &listen), ("WA_API_KEY", api_key)],
             &[],
         )?;
         self.nodes.push(Node { name: "webapp".into(), container_id: String::new(), child: Some(child) });
         Ok(format!("https://{listen}"))
+    }
+
+    /// Stops the webapp (as a pod restart would), to start it again with `webapp`.
+    pub fn stop_webapp(&mut self) {
+        for node in self.nodes.iter_mut().filter(|n| n.name == "webapp") {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.nodes.retain(|n| n.name != "webapp");
+    }
+
+    /// A valid certificate of `number`, as WhatsApp Manager hands it out
+    /// (the emulated gateway issues it).
+    pub fn certificate(&self, number: &str) -> Result<String> {
+        let out = self.command("cert", &[], &["cert", "--number", number])?.stdout(Stdio::piped()).output()?;
+        ensure!(out.status.success(), "whatsapp-emulator cert failed: {}", self.log("cert"));
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
     /// Nodes started from now on run this client version.

@@ -14,7 +14,7 @@ use serde_json::json;
 use whatsapp_operator::api::WhatsAppNumber;
 
 use crate::Env;
-use crate::emulated::{self, Deployment, Pki};
+use crate::emulated::{self, Deployment};
 use crate::scenarios::{
     READY_TIMEOUT, apply_example, condition, merge_patch, ready_now, typed, unique_number, wait_condition, wait_ready,
     wans,
@@ -23,17 +23,11 @@ use crate::support::{self, wait_until, work_dir};
 
 const NAME: &str = "acme";
 
-/// The namespace of a slot, a CA Secret for the webapp certificate, the
-/// database Secret and a WhatsAppNumber with health polling on.
-pub async fn prepare(c: &Client, ns: &str, pki: &Pki, number: &str, spec: serde_json::Value) -> Result<()> {
+/// The namespace of a slot, the database Secret and a WhatsAppNumber with
+/// health polling on. No CA is given: the operator pins the client's own.
+pub async fn prepare(c: &Client, ns: &str, number: &str, spec: serde_json::Value) -> Result<()> {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
-    let ca = Secret {
-        metadata: ObjectMeta { name: Some("webapp-ca".into()), ..Default::default() },
-        data: Some(BTreeMap::from([("ca.crt".to_string(), ByteString(std::fs::read(&pki.ca)?))])),
-        ..Default::default()
-    };
-    typed::<Secret>(c, ns).create(&PostParams::default(), &ca).await?;
     apply_example(c, ns, "ha-mysql.yaml", Some("Secret")).await?;
     let mut wan: serde_json::Value = json!({
         "apiVersion": "whatsapp.operators.dev/v1alpha1",
@@ -43,7 +37,7 @@ pub async fn prepare(c: &Client, ns: &str, pki: &Pki, number: &str, spec: serde_
             "phoneNumber": number,
             "version": "2.53.2",
             "database": {"engine": "MySQL", "host": "db", "credentialsSecretRef": {"name": "ha-mysql-db"}},
-            "health": {"pollIntervalSeconds": 5, "caSecretRef": {"name": "webapp-ca", "key": "ca.crt"}}
+            "health": {"pollIntervalSeconds": 5}
         }
     });
     if let (Some(target), Some(extra)) = (wan["spec"].as_object_mut(), spec.as_object()) {
@@ -58,14 +52,49 @@ pub async fn prepare(c: &Client, ns: &str, pki: &Pki, number: &str, spec: serde_
 
 /// The API key the operator generated, once it exists.
 pub async fn api_key(c: &Client, ns: &str) -> Result<String> {
+    key_value(c, ns, "WA_API_KEY", Duration::from_secs(30)).await
+}
+
+/// A key of the operator's `NAME-keys` Secret, once it is there.
+pub async fn key_value(c: &Client, ns: &str, key: &str, timeout: Duration) -> Result<String> {
     let secrets = typed::<Secret>(c, ns);
-    wait_until(Duration::from_secs(30), "the generated key Secret", || async {
-        Ok(secrets.get_opt(&format!("{NAME}-keys")).await?.is_some())
+    wait_until(timeout, &format!("{key} in the generated key Secret"), || async {
+        let data = secrets.get_opt(&format!("{NAME}-keys")).await?.and_then(|s| s.data).unwrap_or_default();
+        Ok(data.contains_key(key))
     })
     .await?;
     let data = secrets.get(&format!("{NAME}-keys")).await?.data.unwrap_or_default();
-    let key = data.get("WA_API_KEY").ok_or_else(|| anyhow!("no WA_API_KEY"))?;
-    Ok(String::from_utf8(key.0.clone())?)
+    let value = data.get(key).ok_or_else(|| anyhow!("no {key}"))?;
+    Ok(String::from_utf8(value.0.clone())?)
+}
+
+/// An admin session with the webapp as the operator left it: the admin
+/// password it set and the client's CA it pinned.
+async fn admin_client(c: &Client, ns: &str, url: &str) -> Result<(reqwest::Client, String)> {
+    let ca = key_value(c, ns, "webapp-ca.crt", READY_TIMEOUT).await?;
+    let password = key_value(c, ns, "admin-password", READY_TIMEOUT).await?;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
+        .build()?;
+    let login = client
+        .post(format!("{url}/v1/users/login"))
+        .basic_auth("admin", Some(&password))
+        .json(&json!({}))
+        .send()
+        .await?;
+    ensure!(login.status().is_success(), "the operator's admin password logs in: {}", login.status());
+    let body: serde_json::Value = login.json().await?;
+    let token = body.pointer("/users/0/token").and_then(|t| t.as_str()).ok_or_else(|| anyhow!("no token in {body}"))?;
+    // The default password no longer works: the operator moved the client off it.
+    let default = client
+        .post(format!("{url}/v1/users/login"))
+        .basic_auth("admin", Some("secret"))
+        .json(&json!({}))
+        .send()
+        .await?;
+    ensure!(default.status() == reqwest::StatusCode::UNAUTHORIZED, "the default password still logs in");
+    Ok((client, token.to_string()))
 }
 
 fn health_of(w: &WhatsAppNumber) -> whatsapp_operator::api::HealthStatus {
@@ -75,9 +104,8 @@ fn health_of(w: &WhatsAppNumber) -> whatsapp_operator::api::HealthStatus {
 pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let (ns, port) = env.slot("health");
-    let pki = emulated::pki(&work_dir().join("pki-health"))?;
     let number = unique_number();
-    prepare(c, &ns, &pki, &number, json!({})).await?;
+    prepare(c, &ns, &number, json!({})).await?;
     let api = wans(c, &ns);
 
     // Pods are Ready on their fake nodes, but no webapp answers yet.
@@ -91,9 +119,15 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
         deployment.node(master)?;
     }
     let key = api_key(c, &ns).await?;
-    deployment.webapp(&key, &pki, port)?;
+    let url = deployment.webapp(&key, port)?;
 
     let w = wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
+    // High availability as the client reports it: the primary master is
+    // disconnected like every node but the coreapp that holds the shard.
+    let primary = health_of(&w).nodes.into_iter().find(|n| n.role.as_deref() == Some("primary_master"));
+    ensure!(primary.as_ref().is_some_and(|p| p.gateway_status.as_deref() == Some("disconnected")), "{primary:?}");
+    ensure!(condition(&w, "AdminAccess").is_some_and(|a| a.status == "True"), "{:?}", condition(&w, "AdminAccess"));
+    admin_client(c, &ns, &url).await?;
     let health = health_of(&w);
     ensure!(health.gateway == "connected", "{health:?}");
     ensure!((health.connected_coreapps, health.standby_coreapps) == (1, 1), "{health:?}");
@@ -133,6 +167,50 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
         now_connected.is_some() && now_connected.as_deref() != Some(connected.as_str()),
         "the standby took over: {health:?}"
     );
+
+    // A certificate from a kubernetes.io/tls Secret goes through the API; the
+    // webapps restart to serve it and the operator verifies it.
+    let pki = emulated::pki(&work_dir().join("pki-health"))?;
+    let tls = Secret {
+        metadata: ObjectMeta { name: Some("webapp-tls".into()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_string(), ByteString(std::fs::read(&pki.cert)?)),
+            ("tls.key".to_string(), ByteString(std::fs::read(&pki.key)?)),
+            ("ca.crt".to_string(), ByteString(std::fs::read(&pki.ca)?)),
+        ])),
+        ..Default::default()
+    };
+    typed::<Secret>(c, &ns).create(&PostParams::default(), &tls).await?;
+    let deployments = typed::<k8s_openapi::api::apps::v1::Deployment>(c, &ns);
+    let template_hash = || async {
+        let d = deployments.get(&format!("{NAME}-webapp")).await?;
+        let meta = d.spec.and_then(|s| s.template.metadata).unwrap_or_default();
+        anyhow::Ok(meta.annotations.unwrap_or_default().get("whatsapp.operators.dev/config-hash").cloned())
+    };
+    let before = template_hash().await?;
+    merge_patch(&api, NAME, json!({"spec": {"webapp": {"tls": {"secretName": "webapp-tls"}}}})).await?;
+    wait_until(READY_TIMEOUT, "the certificate uploaded and the webapps told to restart", || async {
+        let w = api.get(NAME).await?;
+        let uploaded = w.status.as_ref().is_some_and(|s| s.webapp_certificate.is_some());
+        Ok(uploaded && template_hash().await? != before)
+    })
+    .await
+    .with_context(|| deployment.logs())?;
+    // The pod restart, played by the harness.
+    deployment.stop_webapp();
+    deployment.webapp(&key, port)?;
+    let served = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&pki.ca)?)?)
+        .build()?;
+    wait_until(READY_TIMEOUT, "the webapp serving the uploaded certificate", || async {
+        Ok(served.get(format!("{url}/v1/health")).header("Authorization", format!("Apikey {key}")).send().await.is_ok())
+    })
+    .await
+    .with_context(|| deployment.logs())?;
+    let w = wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
+    ensure!(condition(&w, "GatewayConnected").is_some_and(|g| g.status == "True"));
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
@@ -140,38 +218,30 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
 pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let (ns, port) = env.slot("shards");
-    let pki = emulated::pki(&work_dir().join("pki-shards"))?;
     let number = unique_number();
-    prepare(c, &ns, &pki, &number, json!({"multiconnect": {"shards": 1, "standbyCoreapps": 1}})).await?;
+    prepare(c, &ns, &number, json!({"multiconnect": {"shards": 1, "standbyCoreapps": 1}})).await?;
     let api = wans(c, &ns);
     let mut deployment = Deployment::start("shards", &number, "2.53.2", (1, 6))?;
     for master in [true, true, false, false, false] {
         deployment.node(master)?;
     }
     let key = api_key(c, &ns).await?;
-    let url = deployment.webapp(&key, &pki, port)?;
+    let url = deployment.webapp(&key, port)?;
     wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
 
     // Sample the coreapp StatefulSet and the client's shard count all along:
     // there must always be a coreapp per shard plus the standby.
     let sts = typed::<StatefulSet>(c, &ns);
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&pki.ca)?)?)
-        .build()?;
+    let (client, token) = admin_client(c, &ns, &url).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sampler = {
-        let (sts, client, url, key) = (sts.clone(), client.clone(), url.clone(), key.clone());
+        let (sts, client, url, token) = (sts.clone(), client.clone(), url.clone(), token.clone());
         tokio::spawn(async move {
             let mut violations = Vec::new();
             let mut samples = 0;
             loop {
                 let replicas = sts.get(&format!("{NAME}-coreapp")).await.ok().and_then(|s| s.spec?.replicas);
-                let shards = client
-                    .get(format!("{url}/v1/account/shards"))
-                    .header("Authorization", format!("Apikey {key}"))
-                    .send()
-                    .await
-                    .ok();
+                let shards = client.get(format!("{url}/v1/account/shards")).bearer_auth(&token).send().await.ok();
                 let shards = match shards {
                     Some(r) => {
                         r.json::<serde_json::Value>().await.ok().and_then(|v| v.pointer("/account/shards")?.as_i64())
@@ -192,9 +262,16 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
         })
     };
 
-    // Growing needs the number's certificate: without it the condition says so.
+    // The number was registered before the operator watched it, so its age is
+    // unknown: the operator asks for a confirmation instead of risking it.
     merge_patch(&api, NAME, json!({"spec": {"multiconnect": {"shards": 2}}})).await?;
-    let w = wait_condition(&api, NAME, "Degraded", "True", "RegistrationRequired").await?;
+    let w = wait_condition(&api, NAME, "Stalled", "True", "ShardChangeNeedsConfirmation").await?;
+    ensure!(condition(&w, "Stalled").is_some_and(|d| d.message.contains("confirmShardChange to 2")));
+    ensure!(health_of(&w).shards == Some(1), "nothing was sent");
+
+    // Confirmed, it needs the number's certificate: without it the condition says so.
+    merge_patch(&api, NAME, json!({"spec": {"multiconnect": {"confirmShardChange": 2}}})).await?;
+    let w = wait_condition(&api, NAME, "Degraded", "True", "ShardChangeBlocked").await?;
     ensure!(condition(&w, "Degraded").is_some_and(|d| d.message.contains("spec.registration")));
     ensure!(
         w.status
@@ -205,7 +282,7 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
 
     let registration = Secret {
         metadata: ObjectMeta { name: Some("registration".into()), ..Default::default() },
-        string_data: Some(BTreeMap::from([("cert".to_string(), "Q2VydGlmaWNhdGUgb2YgdGhlIG51bWJlcg==".to_string())])),
+        string_data: Some(BTreeMap::from([("cert".to_string(), deployment.certificate(&number)?)])),
         ..Default::default()
     };
     typed::<Secret>(c, &ns).create(&PostParams::default(), &registration).await?;
@@ -214,7 +291,7 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     ensure!(health_of(&w).connected_coreapps == 2, "{:?}", health_of(&w));
     ensure!(sts.get(&format!("{NAME}-coreapp")).await?.spec.and_then(|s| s.replicas) == Some(3));
 
-    merge_patch(&api, NAME, json!({"spec": {"multiconnect": {"shards": 1}}})).await?;
+    merge_patch(&api, NAME, json!({"spec": {"multiconnect": {"shards": 1, "confirmShardChange": 1}}})).await?;
     wait_until_shards(&api, 1).await.with_context(|| deployment.logs())?;
     wait_until(Duration::from_secs(30), "the coreapps to shrink after the shard change", || async {
         Ok(sts.get(&format!("{NAME}-coreapp")).await?.spec.and_then(|s| s.replicas) == Some(2))
@@ -225,6 +302,70 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     let (samples, violations) = sampler.await?;
     ensure!(samples > 10, "too few samples ({samples})");
     ensure!(violations.is_empty(), "a shard was without a coreapp: {violations:?}");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// Another instance of the number, outside the cluster's control, connects:
+/// the operator stops its own masters and coreapps and says what to do; the
+/// nodes come back only once a person confirms the other one is gone.
+pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let (ns, port) = env.slot("conflict");
+    let number = unique_number();
+    prepare(c, &ns, &number, json!({})).await?;
+    let api = wans(c, &ns);
+    let mut ours = Deployment::start("conflict", &number, "2.53.2", (1, 6))?;
+    for master in [true, true, false, false] {
+        ours.node(master)?;
+    }
+    let key = api_key(c, &ns).await?;
+    ours.webapp(&key, port)?;
+    wait_ready(&api, NAME).await.with_context(|| ours.logs())?;
+    let sts = typed::<StatefulSet>(c, &ns);
+    let replicas = |tier: &'static str| {
+        let sts = sts.clone();
+        async move { anyhow::Ok(sts.get(&format!("{NAME}-{tier}")).await?.spec.and_then(|s| s.replicas)) }
+    };
+
+    // The same number from a second deployment (its own database) on the same
+    // WhatsApp servers.
+    let mut other = ours.another_instance("conflict-other")?;
+    for master in [true, false] {
+        other.node(master)?;
+    }
+    let w = wait_condition(&api, NAME, "Conflict", "True", "ExternalInstance")
+        .await
+        .with_context(|| format!("{}\n{}", ours.logs(), other.logs()))?;
+    let conflict = w.status.as_ref().and_then(|s| s.external_conflict.clone()).ok_or_else(|| anyhow!("no record"))?;
+    ensure!(conflict.message.contains("multiple instances"), "{conflict:?}");
+    ensure!(condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "ExternalInstance"));
+    let message = condition(&w, "Ready").map(|r| r.message.clone()).unwrap_or_default();
+    ensure!(
+        message.contains(&format!("whatsapp.operators.dev/resolve-conflict={}", conflict.detected_at)),
+        "{message}"
+    );
+    wait_until(Duration::from_secs(30), "masters and coreapps scaled to zero", || async {
+        Ok(replicas("master").await? == Some(0) && replicas("coreapp").await? == Some(0))
+    })
+    .await?;
+    // They stay down: the health of stopped nodes is no reason to start them.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    ensure!(replicas("coreapp").await? == Some(0), "the nodes stayed stopped");
+
+    // A person stops the other instance and says so; the nodes come back.
+    other.stop_all();
+    ours.stop_all();
+    let patch = json!({"metadata": {"annotations": {"whatsapp.operators.dev/resolve-conflict": conflict.detected_at}}});
+    merge_patch(&api, NAME, patch).await?;
+    wait_until(READY_TIMEOUT, "masters and coreapps back after the resolution", || async {
+        let w = api.get(NAME).await?;
+        Ok(replicas("master").await? == Some(2)
+            && replicas("coreapp").await? == Some(2)
+            && w.status.as_ref().is_some_and(|s| s.external_conflict.is_none())
+            && condition(&w, "Conflict").is_some_and(|c| c.status == "False"))
+    })
+    .await?;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }

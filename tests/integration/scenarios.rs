@@ -46,6 +46,11 @@ pub async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Opt
         if kind == "WhatsAppNumber" {
             // Tests run in parallel and the operator lets one object hold a number.
             value["spec"]["phoneNumber"] = json!(unique_number());
+            // A fixed database prefix would be shared by every copy; the
+            // default one follows the number.
+            if let Some(db) = value["spec"]["database"].as_object_mut() {
+                db.remove("namePrefix");
+            }
             // These scenarios are about workloads: pods run on fake nodes and no
             // client answers health probes (the gateway scenarios run emulators).
             value["spec"]["health"] = json!({"enabled": false});
@@ -295,7 +300,12 @@ pub async fn ha_example_reconciles(env: &'static Env) -> Result<()> {
     })
     .await?;
 
-    let pods = typed::<Pod>(c, &ns).list(&instance(&name)).await?.items;
+    // The first deployment created the databases with the schema Job first.
+    let job = typed::<k8s_openapi::api::batch::v1::Job>(c, &ns).get(&format!("{name}-schema-2-53-2")).await?;
+    ensure!(job.status.and_then(|s| s.succeeded) == Some(1), "the schema Job ran to its end");
+    let tiers = ListParams::default()
+        .labels(&format!("app.kubernetes.io/instance={name},app.kubernetes.io/component in (master,coreapp,webapp)"));
+    let pods = typed::<Pod>(c, &ns).list(&tiers).await?.items;
     let ready = pods
         .iter()
         .filter(|p| {
@@ -332,7 +342,11 @@ pub async fn multiconnect_example_reconciles(env: &'static Env) -> Result<()> {
     ensure!(pw.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key == "pass", "custom password key");
     ensure!(container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0 == "8Gi");
     let cm = typed::<ConfigMap>(c, &ns).get(&format!("{name}-config")).await?.data.unwrap();
-    ensure!(cm["WA_DB_ENGINE"] == "POSTGRESQL" && cm["WA_DB_PORT"] == "5432");
+    ensure!(cm["WA_DB_ENGINE"] == "PGSQL" && cm["WA_DB_PORT"] == "5432");
+    ensure!(!cm.contains_key("WA_DB_CONNECTION_IDLE_TIMEOUT"), "the client reads it for MySQL only");
+    ensure!(cm["WA_DB_NAME_PREFIX"].starts_with("wa1556"), "a prefix of its own: {}", cm["WA_DB_NAME_PREFIX"]);
+    let command = container.command.clone().unwrap_or_default();
+    ensure!(command.first().is_some_and(|c| c.ends_with("/wait_on_postgres.sh")), "{command:?}");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use whatsapp_operator::api::WhatsAppNumber;
 
 use crate::Env;
-use crate::emulated::{self, Deployment};
+use crate::emulated::Deployment;
 use crate::scenarios::{apply_example, merge_patch, ready_now, typed, unique_number, wait_ready, wans};
 use crate::support::{self, OPERATOR_NAMESPACE, namespace, wait_until, work_dir};
 
@@ -286,7 +286,6 @@ async fn follow_upgrade(
     deployment: &mut Deployment,
     to: &str,
     api_key: &str,
-    pki: &emulated::Pki,
     port: u16,
     coreapps: usize,
 ) -> Result<Duration> {
@@ -310,7 +309,7 @@ async fn follow_upgrade(
     for _ in 0..coreapps {
         deployment.node(false)?;
     }
-    deployment.webapp(api_key, pki, port)?;
+    deployment.webapp(api_key, port)?;
     wait_until(UPGRADE_TIMEOUT, "the gateway to connect at the new version", || async {
         let w = api.get("acme").await?;
         Ok(w.status.as_ref().and_then(|s| s.health.as_ref()).is_some_and(|h| h.gateway == "connected")
@@ -330,20 +329,19 @@ fn emulator_catalog(name: &str) -> Result<std::path::PathBuf> {
 pub async fn gateway_manual_upgrade_reaches_ready_at_the_new_version(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let (ns, port) = env.slot("upgrade");
-    let pki = emulated::pki(&work_dir().join("pki-upgrade"))?;
     let number = unique_number();
-    crate::gateway::prepare(c, &ns, &pki, &number, json!({"version": OLD})).await?;
+    crate::gateway::prepare(c, &ns, &number, json!({"version": OLD})).await?;
     let api = wans(c, &ns);
     let mut deployment = Deployment::start_with("upgrade", &number, OLD, (1, 4), Some(&emulator_catalog("upgrade")?))?;
     for master in [true, true, false, false] {
         deployment.node(master)?;
     }
     let key = crate::gateway::api_key(c, &ns).await?;
-    deployment.webapp(&key, &pki, port)?;
+    deployment.webapp(&key, port)?;
     wait_ready(&api, "acme").await.with_context(|| deployment.logs())?;
 
     merge_patch(&api, "acme", json!({"spec": {"version": NEW}})).await?;
-    let down = follow_upgrade(&api, &mut deployment, NEW, &key, &pki, port, 2).await?;
+    let down = follow_upgrade(&api, &mut deployment, NEW, &key, port, 2).await?;
     let w = wait_upgraded(&api, "acme", NEW).await.with_context(|| deployment.logs())?;
     eprintln!(
         "gateway_manual_upgrade: the gateway was down for {:.1}s during the upgrade {OLD} -> {NEW}",
@@ -362,16 +360,15 @@ pub async fn gateway_manual_upgrade_reaches_ready_at_the_new_version(env: &'stat
 pub async fn gateway_auto_upgrades_an_expired_build(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let (ns, port) = env.slot("auto");
-    let pki = emulated::pki(&work_dir().join("pki-auto"))?;
     let number = unique_number();
-    crate::gateway::prepare(c, &ns, &pki, &number, json!({"version": AUTO_OLD, "upgrade": {"policy": "Auto"}})).await?;
+    crate::gateway::prepare(c, &ns, &number, json!({"version": AUTO_OLD, "upgrade": {"policy": "Auto"}})).await?;
     let api = wans(c, &ns);
     let mut deployment = Deployment::start_with("auto", &number, AUTO_OLD, (1, 4), Some(&emulator_catalog("auto")?))?;
     for master in [true, true, false, false] {
         deployment.node(master)?;
     }
     let key = crate::gateway::api_key(c, &ns).await?;
-    deployment.webapp(&key, &pki, port)?;
+    deployment.webapp(&key, port)?;
     let w = wait_ready(&api, "acme").await.with_context(|| deployment.logs())?;
     ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(AUTO_OLD));
 
@@ -386,7 +383,7 @@ pub async fn gateway_auto_upgrades_an_expired_build(env: &'static Env) -> Result
                 && w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_some_and(|u| u.to == NEW))
         })
         .await?;
-        let down = follow_upgrade(&api, &mut deployment, NEW, &key, &pki, port, 2).await?;
+        let down = follow_upgrade(&api, &mut deployment, NEW, &key, port, 2).await?;
         let w = wait_upgraded(&api, "acme", NEW).await.with_context(|| deployment.logs())?;
         eprintln!(
             "gateway_auto_upgrade: an expired {AUTO_OLD} was upgraded to {NEW}; gateway down {:.1}s",
