@@ -360,11 +360,16 @@ Try this (from $REPO):
   # Start one more coreapp process (a new standby):
   hack/demo.sh coreapp
 
-  # Two shards: the change goes through the client's API and needs the number's
-  # registration certificate (without it: Degraded/RegistrationRequired). Both
-  # shards connect only if two coreapp processes are alive (else ShardsNotConnected).
-  kubectl -n $NAMESPACE create secret generic registration --from-literal=cert=Q2VydGlmaWNhdGU=
-  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{"spec":{"registration":{"secretRef":{"name":"registration"}},"multiconnect":{"shards":2}}}'
+  # Two shards: the change goes through the client's API. The number was
+  # registered before the operator watched it, so the change first waits for a
+  # confirmation (Stalled/ShardChangeNeedsConfirmation: after 7 days the call
+  # disconnects a number), then needs the number's certificate, here from the
+  # emulated WhatsApp. Both shards connect only if two coreapp processes are
+  # alive (else ShardsNotConnected).
+  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{"spec":{"multiconnect":{"shards":2}}}'
+  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{"spec":{"multiconnect":{"confirmShardChange":2}}}'
+  kubectl -n $NAMESPACE create secret generic registration --from-literal=cert="\$($EMULATOR cert --number $NUMBER)"
+  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{"spec":{"registration":{"secretRef":{"name":"registration"}}}}'
 
 Start it afresh with: hack/demo.sh     Stop it all with: hack/demo.sh down
 MSG

@@ -228,6 +228,10 @@ pub async fn observe(
     };
 
     let trust = match trust(wan, observed, keys) {
+        Ok(TrustPlan::Use(Trust::InsecureSkipVerify)) => {
+            warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
+            Trust::InsecureSkipVerify
+        }
         Ok(TrustPlan::Use(t)) => t,
         Ok(TrustPlan::PinFirst) => match pin_client_ca(ctx, wan, keys, &password).await {
             Ok(ca) => Trust::Ca(ca),

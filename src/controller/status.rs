@@ -198,7 +198,7 @@ fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
                 None => applied_conditions(applied, holds()),
             };
             conditions.extend(version_conditions(&applied.versions));
-            conditions.extend(admin_condition(applied));
+            conditions.extend(admin_condition(wan, applied));
             // Something only a person can unblock, beyond the version's own stalls.
             let stall = match (&applied.client.external_conflict, applied.sharding.as_ref().map(|s| s.phase)) {
                 (Some(c), _) => Some((EXTERNAL_INSTANCE, c.message.clone())),
@@ -248,7 +248,7 @@ fn not_probed_unless_polling() -> Cond {
 }
 
 /// `AdminAccess`, when the webapp was probed.
-fn admin_condition(applied: &Applied) -> Option<Cond> {
+fn admin_condition(wan: &WhatsAppNumber, applied: &Applied) -> Option<Cond> {
     use crate::controller::gateway::{AdminAccess, CERTIFICATE_REFUSED};
     Some(match applied.client.admin.as_ref()? {
         AdminAccess::Open { certificate: Some(Err(why)) } => {
@@ -256,7 +256,13 @@ fn admin_condition(applied: &Applied) -> Option<Cond> {
         }
         AdminAccess::Open { .. } => {
             let cert = if applied.client.certificate.is_some() { "; the webapp certificate is uploaded" } else { "" };
-            cond(ADMIN_ACCESS, true, "SessionOpen", format!("the operator holds an admin session{cert}"))
+            // The opt-out stays visible for as long as it is on.
+            let insecure = if wan.spec.health.insecure_skip_tls_verify {
+                "; WARNING: the webapp's certificate is not verified (spec.health.insecureSkipTLSVerify), so the admin token and API key can be intercepted"
+            } else {
+                ""
+            };
+            cond(ADMIN_ACCESS, true, "SessionOpen", format!("the operator holds an admin session{cert}{insecure}"))
         }
         AdminAccess::Failed(reason, message) => cond(ADMIN_ACCESS, false, *reason, message.clone()),
     })
@@ -819,8 +825,13 @@ mod tests {
         use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, AdminAccess, CERTIFICATE_REFUSED};
         let wan = sample();
         let open = ClientState { admin: Some(AdminAccess::Open { certificate: None }), ..Default::default() };
-        let s = compute(&wan, &with_client(open, in_sync()), None, &t(1));
+        let s = compute(&wan, &with_client(open.clone(), in_sync()), None, &t(1));
         assert_eq!((cond(&s, ADMIN_ACCESS).status.as_str(), cond(&s, READY).status.as_str()), ("True", "True"));
+        assert!(!cond(&s, ADMIN_ACCESS).message.contains("WARNING"));
+        let mut insecure = wan.clone();
+        insecure.spec.health.insecure_skip_tls_verify = true;
+        let s = compute(&insecure, &with_client(open, in_sync()), None, &t(1));
+        assert!(cond(&s, ADMIN_ACCESS).message.contains("not verified"), "the opt-out is visible");
         let refused = ClientState {
             admin: Some(AdminAccess::Failed(ADMIN_LOGIN_REFUSED, "put the password".into())),
             ..Default::default()
