@@ -627,7 +627,9 @@ cmd_up() {
 
   write_nodes >"$DIR/manifests/nodes.yaml"
   write_pvs >"$DIR/manifests/pvs.yaml"
-  kubectl apply -f "$DIR/manifests/nodes.yaml" >/dev/null || fail kube-apiserver "could not create the nodes"
+  if [ "$NODES" -gt 0 ]; then
+    kubectl apply -f "$DIR/manifests/nodes.yaml" >/dev/null || fail kube-apiserver "could not create the nodes"
+  fi
   kubectl apply -f "$CONF_DIR/storage.yaml" -f "$DIR/manifests/pvs.yaml" >/dev/null \
     || fail kube-apiserver "could not create the StorageClass and the volumes"
 

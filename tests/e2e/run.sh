@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# End-to-end tests on kind: the operator image installed with its Helm chart,
-# a WhatsAppNumber running the client emulator's images on MariaDB, and
-# scenarios against it. Needs Docker, kind, kubectl, helm and internet access
-# (base images). See tests/e2e/README.md.
+# End-to-end tests on real pods: the operator image installed with its Helm
+# chart, the client emulator's images, and scenarios against them. Two cluster
+# providers: kind (needs Docker, kind, kubectl, helm and internet access for
+# base images) and local (the local control plane with a real node, images
+# built here with no registry; needs root). See tests/e2e/README.md.
 #
-#   tests/e2e/run.sh [--keep] [--reuse] [SCENARIO...]
+#   tests/e2e/run.sh [--provider kind|local] [--keep] [--reuse] [SCENARIO...]
 #
+#   --provider kind (default) or local
 #   --keep     leave the cluster running afterwards (also after a failure)
 #   --reuse    use the existing cluster of that name instead of creating one
-#   SCENARIO   any of: scale-webapp upgrade conflict (default: all, in that
-#              order); the number is always brought to Ready first.
+#   SCENARIO   any of scale-webapp upgrade conflict (default: all, in that
+#              order); the number is always brought to Ready first. local:
+#              smoke runs before them (`smoke` alone: nothing else).
 #
 # Environment: E2E_CLUSTER_NAME (whatsapp-operator-e2e), E2E_TIMEOUT (seconds
 # per wait, 300), E2E_NODE_IMAGE (kind node image, e.g. kindest/node:v1.34.0;
-# empty: kind's default), KIND, KUBECTL, HELM, DOCKER (the binaries).
+# empty: kind's default), KIND, KUBECTL, HELM, DOCKER (the binaries);
+# E2E_LOCAL_DIR (cluster dir of the local provider, .cache/e2e-local),
+# E2E_LOCAL_DB_DIR, E2E_LOCAL_MYSQL_PORT, E2E_LOCAL_POSTGRES_PORT (its MariaDB).
 set -Eeuo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -27,6 +32,13 @@ KUBECTL_BIN="${KUBECTL:-kubectl}"
 HELM="${HELM:-helm}"
 DOCKER="${DOCKER:-docker}"
 WORK="$REPO/.cache/e2e"
+LOCAL_DIR="${E2E_LOCAL_DIR:-$REPO/.cache/e2e-local}"
+# The local provider's MariaDB: its own directory and ports, apart from the
+# test databases of hack/test.sh.
+LOCAL_DB_DIR="${E2E_LOCAL_DB_DIR:-/tmp/wao-e2e-databases}"
+LOCAL_MYSQL_PORT="${E2E_LOCAL_MYSQL_PORT:-23306}"
+LOCAL_POSTGRES_PORT="${E2E_LOCAL_POSTGRES_PORT:-25432}"
+DB_STARTED=0
 KUBECONFIG_FILE="$WORK/kubeconfig"
 
 # Two client versions the emulator's catalog knows, for the upgrade. The
@@ -49,6 +61,12 @@ NS_A=wa-e2e-a
 NS_B=wa-e2e-b
 NAME=e2e
 DB_ROOT_PASSWORD="e2e-Root-Passw0rd"
+# What the numbers use (kind: the MariaDB pod's root; local: see setup_local_db).
+DB_HOST="mariadb.$DB_NS.svc"
+DB_USER=root
+DB_PASSWORD="$DB_ROOT_PASSWORD"
+# Where the media volume's hostPath directories are, on the node.
+MEDIA_ROOT=/var/local/wa-e2e-media
 
 # The chart's defaults (two replicas, leader election, cluster-wide RBAC) with
 # the image built here.
@@ -56,17 +74,34 @@ HELM_VALUES=(--set "image.repository=$OPERATOR_REPO" --set "image.tag=$OPERATOR_
 
 KEEP=0
 REUSE=0
+PROVIDER=kind
 SCENARIOS=()
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --keep) KEEP=1 ;;
     --reuse) REUSE=1 ;;
-    scale-webapp | upgrade | conflict) SCENARIOS+=("$arg") ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+    --provider) PROVIDER="${2:-}"; shift ;;
+    --provider=*) PROVIDER="${1#--provider=}" ;;
+    scale-webapp | upgrade | conflict | smoke) SCENARIOS+=("$1") ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
+  shift
 done
-[ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=(scale-webapp upgrade conflict)
+case "$PROVIDER" in
+  kind)
+    [ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=(scale-webapp upgrade conflict)
+    for s in "${SCENARIOS[@]}"; do
+      [ "$s" != smoke ] || { echo "the smoke scenario is the local provider's (--provider local)" >&2; exit 2; }
+    done ;;
+  local)
+    # smoke always runs first, then the number scenarios (all by default).
+    rest=()
+    for s in "${SCENARIOS[@]}"; do [ "$s" = smoke ] || rest+=("$s"); done
+    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict)
+    SCENARIOS=(smoke "${rest[@]}") ;;
+  *) echo "unknown provider: $PROVIDER (kind or local)" >&2; exit 2 ;;
+esac
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
 k() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
@@ -103,11 +138,24 @@ cleanup() {
   fi
   if [ "$KEEP" = 1 ]; then
     log "keeping cluster $CLUSTER: export KUBECONFIG=$KUBECONFIG_FILE"
+  elif [ "$PROVIDER" = local ]; then
+    if [ "$CREATED" = 1 ] || [ "$REUSE" = 1 ]; then
+      log "removing the local cluster in $LOCAL_DIR"
+      WAO_CLUSTER_DIR="$LOCAL_DIR" hack/local-cluster.sh down >&2 || true
+    fi
+    if [ "$DB_STARTED" = 1 ]; then
+      WAO_DB_DIR="$LOCAL_DB_DIR" WAO_MYSQL_PORT="$LOCAL_MYSQL_PORT" WAO_POSTGRES_PORT="$LOCAL_POSTGRES_PORT" \
+        hack/databases.sh down >&2 || true
+    fi
   elif [ "$CREATED" = 1 ] || [ "$REUSE" = 1 ]; then
     log "deleting cluster $CLUSTER"
     "$KIND" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" >&2 || true
   fi
-  [ "$rc" -eq 0 ] && log "PASSED: ready ${SCENARIOS[*]}"
+  if [ "$rc" -eq 0 ]; then
+    if [ "$PROVIDER" = kind ]; then log "PASSED: ready ${SCENARIOS[*]}"
+    elif [ "${#SCENARIOS[@]}" -gt 1 ]; then log "PASSED: smoke ready ${SCENARIOS[*]:1}"
+    else log "PASSED: smoke"; fi
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -145,60 +193,185 @@ ready_now() {
 # ---------------------------------------------------------------------------
 # Prerequisites, cluster, images
 
-for tool in "$DOCKER" "$KIND" "$KUBECTL_BIN" "$HELM"; do
-  command -v "$tool" >/dev/null || fail "$tool not found (prerequisites: Docker, kind, kubectl, helm)"
-done
-"$DOCKER" info >/dev/null 2>&1 || fail "the Docker daemon is not reachable ($DOCKER info)"
-mkdir -p "$WORK"
+setup_kind() {
 
-if [ "$REUSE" = 1 ]; then
-  "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER" || fail "--reuse: no kind cluster named $CLUSTER"
-  "$KIND" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_FILE"
-else
-  if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-    fail "a kind cluster named $CLUSTER exists: pass --reuse, or delete it (kind delete cluster --name $CLUSTER)"
-  fi
-  log "creating kind cluster $CLUSTER"
-  CREATED=1
-  "$KIND" create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" --wait 180s \
-    ${NODE_IMAGE:+--image "$NODE_IMAGE"} >&2
-fi
-minor="$(k version -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | tail -n 1)"
-[ "${minor:-0}" -ge 34 ] || fail "the operator needs Kubernetes 1.34 or newer (server minor version: ${minor:-?}); set E2E_NODE_IMAGE=kindest/node:v1.34.0 or newer"
-
-log "building the operator image $OPERATOR_REPO:$OPERATOR_TAG"
-DOCKER_BUILDKIT=1 "$DOCKER" build -q -f Dockerfile -t "$OPERATOR_REPO:$OPERATOR_TAG" . >&2
-IMAGES=("$OPERATOR_REPO:$OPERATOR_TAG")
-for version in "$OLD" "$NEW"; do
-  for image in coreapp web; do
-    log "building the emulator image $EMULATOR_REPO/$image:v$version"
-    # The shared build stage is cached: only the first build compiles.
-    DOCKER_BUILDKIT=1 "$DOCKER" build -q -f emulator/Dockerfile \
-      --build-arg "WA_EMULATOR_IMAGE=$image" --build-arg "WA_EMULATOR_VERSION=$version" \
-      --build-arg "WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222" \
-      --build-arg "WA_EMULATOR_NOW=$EMULATOR_NOW" \
-      -t "$EMULATOR_BASE/$image:v$version" . >&2
-    # A test-only knob baked in a derived image: the number counts as registered.
-    printf 'FROM %s\nENV WA_EMULATOR_REGISTERED_NUMBER=%s\n' "$EMULATOR_BASE/$image:v$version" "$NUMBER" |
-      "$DOCKER" build -q -t "$EMULATOR_REPO/$image:v$version" - >&2
-    IMAGES+=("$EMULATOR_REPO/$image:v$version")
+  for tool in "$DOCKER" "$KIND" "$KUBECTL_BIN" "$HELM"; do
+    command -v "$tool" >/dev/null || fail "$tool not found (prerequisites: Docker, kind, kubectl, helm)"
   done
-done
-log "loading ${#IMAGES[@]} images into the kind node"
-"$KIND" load docker-image --name "$CLUSTER" "${IMAGES[@]}" >&2
+  "$DOCKER" info >/dev/null 2>&1 || fail "the Docker daemon is not reachable ($DOCKER info)"
+  mkdir -p "$WORK"
 
-# ---------------------------------------------------------------------------
-# MariaDB, the gateway, the operator
+  if [ "$REUSE" = 1 ]; then
+    "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER" || fail "--reuse: no kind cluster named $CLUSTER"
+    "$KIND" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_FILE"
+  else
+    if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+      fail "a kind cluster named $CLUSTER exists: pass --reuse, or delete it (kind delete cluster --name $CLUSTER)"
+    fi
+    log "creating kind cluster $CLUSTER"
+    CREATED=1
+    "$KIND" create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" --wait 180s \
+      ${NODE_IMAGE:+--image "$NODE_IMAGE"} >&2
+  fi
+  minor="$(k version -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | tail -n 1)"
+  [ "${minor:-0}" -ge 34 ] || fail "the operator needs Kubernetes 1.34 or newer (server minor version: ${minor:-?}); set E2E_NODE_IMAGE=kindest/node:v1.34.0 or newer"
 
-if [ "$REUSE" = 1 ]; then
-  log "removing what a previous run left"
-  k delete wan -A --all --wait=true --timeout=120s >&2 || true
-  k delete namespace "$NS_A" "$NS_B" "$DB_NS" "$GATEWAY_NS" --ignore-not-found --wait=true --timeout=180s >&2
-  k delete pv -l e2e.whatsapp.operators.dev/media --ignore-not-found >&2
-fi
+  log "building the operator image $OPERATOR_REPO:$OPERATOR_TAG"
+  DOCKER_BUILDKIT=1 "$DOCKER" build -q -f Dockerfile -t "$OPERATOR_REPO:$OPERATOR_TAG" . >&2
+  IMAGES=("$OPERATOR_REPO:$OPERATOR_TAG")
+  for version in "$OLD" "$NEW"; do
+    for image in coreapp web; do
+      log "building the emulator image $EMULATOR_REPO/$image:v$version"
+      # The shared build stage is cached: only the first build compiles.
+      DOCKER_BUILDKIT=1 "$DOCKER" build -q -f emulator/Dockerfile \
+        --build-arg "WA_EMULATOR_IMAGE=$image" --build-arg "WA_EMULATOR_VERSION=$version" \
+        --build-arg "WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222" \
+        --build-arg "WA_EMULATOR_NOW=$EMULATOR_NOW" \
+        -t "$EMULATOR_BASE/$image:v$version" . >&2
+      # A test-only knob baked in a derived image: the number counts as registered.
+      printf 'FROM %s\nENV WA_EMULATOR_REGISTERED_NUMBER=%s\n' "$EMULATOR_BASE/$image:v$version" "$NUMBER" |
+        "$DOCKER" build -q -t "$EMULATOR_REPO/$image:v$version" - >&2
+      IMAGES+=("$EMULATOR_REPO/$image:v$version")
+    done
+  done
+  log "loading ${#IMAGES[@]} images into the kind node"
+  "$KIND" load docker-image --name "$CLUSTER" "${IMAGES[@]}" >&2
+}
 
-log "installing MariaDB (mariadb:11) in $DB_NS"
-k apply -f - >&2 <<EOF
+# The local provider: the control plane of hack/local-cluster.sh with one real
+# node and no fake ones, images built by hack/images.sh and imported into the
+# node's containerd.
+setup_local() {
+  [ "$(id -u)" = 0 ] || fail "--provider local needs root (a real node: containerd, mounts, a bridge)"
+  local tools t
+  tools="$(hack/tools.sh ensure)"
+  KUBECTL_BIN="$tools/kubectl"
+  HELM="$tools/helm"
+  mkdir -p "$WORK"
+  export WAO_CLUSTER_DIR="$LOCAL_DIR"
+  if [ "$REUSE" = 1 ]; then
+    [ -f "$LOCAL_DIR/kubeconfig" ] || fail "--reuse: no local cluster in $LOCAL_DIR"
+  else
+    [ ! -e "$LOCAL_DIR" ] || fail "a local cluster exists in $LOCAL_DIR: pass --reuse, or remove it (WAO_CLUSTER_DIR=$LOCAL_DIR hack/local-cluster.sh down)"
+    CREATED=1
+  fi
+  t=$SECONDS
+  KUBECONFIG_FILE="$(WAO_CLUSTER_REAL_NODE=1 WAO_CLUSTER_NODES=0 WAO_CLUSTER_PVS=8 hack/local-cluster.sh up)"
+  log "local cluster with a real node up ($((SECONDS - t))s)"
+  t=$SECONDS
+  # The same names and baked knobs as the kind images, from binaries built here.
+  WAO_IMAGE_PREFIX=e2e.local WAO_OPERATOR_IMAGE="$OPERATOR_REPO:$OPERATOR_TAG" WAO_EMULATOR_REPO="$EMULATOR_REPO" \
+    WAO_EMULATOR_VERSIONS="$OLD $NEW" \
+    WAO_EMULATOR_ENV="WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222 WA_EMULATOR_NOW=$EMULATOR_NOW WA_EMULATOR_REGISTERED_NUMBER=$NUMBER" \
+    WAO_CONTAINERD_ADDRESS="$LOCAL_DIR/node/containerd/containerd.sock" \
+    hack/images.sh load || fail "building or importing the images failed"
+  log "images built and imported ($((SECONDS - t))s)"
+}
+
+install_gateway() {
+  log "installing the gateway (the stand-in for WhatsApp's servers) in $GATEWAY_NS"
+  k apply -f - >&2 <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: $GATEWAY_NS}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
+spec:
+  selector: {matchLabels: {app: wa-gateway}}
+  template:
+    metadata: {labels: {app: wa-gateway}}
+    spec:
+      containers:
+      - name: gateway
+        image: $EMULATOR_REPO/coreapp:v$OLD
+        imagePullPolicy: Never
+        command: ["/opt/whatsapp/bin/whatsapp-emulator", "gateway"]
+        ports: [{containerPort: 5222}]
+        readinessProbe:
+          tcpSocket: {port: 5222}
+          periodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
+spec:
+  selector: {app: wa-gateway}
+  ports: [{port: 5222}]
+EOF
+}
+
+install_operator() {
+  log "installing the operator with Helm (charts/whatsapp-operator)"
+  "$HELM" --kubeconfig "$KUBECONFIG_FILE" upgrade --install whatsapp-operator charts/whatsapp-operator \
+    --namespace "$OPERATOR_NS" --create-namespace "${HELM_VALUES[@]}" --wait --timeout "${TIMEOUT}s" >&2
+}
+
+# smoke (local provider): the operator's chart with its real RBAC and two
+# replicas, running the image built here (probes answered, leader elected
+# through the kubernetes Service), and the emulator's image serving the
+# gateway, reached by a pod through Service DNS.
+scenario_smoke() {
+  log "scenario smoke: the operator and the emulator's image on the real node"
+  install_gateway
+  install_operator
+  k -n "$GATEWAY_NS" rollout status deployment/wa-gateway --timeout="${TIMEOUT}s" >&2
+  k get pods -A -o wide >&2
+
+  local pods nodes leader restarts out
+  pods="$(k -n "$OPERATOR_NS" get pods -l app.kubernetes.io/name=whatsapp-operator -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}')"
+  [ "$(wc -w <<<"$pods")" = 2 ] || fail "expected 2 operator pods, got: $pods"
+  nodes="$(k get pods -A -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | tr '\n' ' ')"
+  [ "$nodes" = "real-node-0 " ] || fail "pods ran on nodes other than the real one: $nodes"
+  wait_until 120 "an operator pod holding the leader Lease" leader_elected
+  leader="$(k -n "$OPERATOR_NS" get lease whatsapp-operator -o jsonpath='{.spec.holderIdentity}')"
+  log "leader: $leader (of $pods)"
+  restarts="$(k -n "$OPERATOR_NS" get pods -l app.kubernetes.io/name=whatsapp-operator -o jsonpath='{range .items[*]}{.status.containerStatuses[0].restartCount}{end}')"
+  [ "$restarts" = 00 ] || fail "operator containers restarted ($restarts)"
+  out="$(k -n "$OPERATOR_NS" logs "${leader%%_*}" --tail=20 2>&1)" || fail "kubectl logs of the operator: $out"
+  log "operator log (last lines):"
+  tail -n 5 <<<"$out" | sed 's/^/    /' >&2
+
+  # shellcheck disable=SC2016 # expanded in the container
+  out="$(k -n "$GATEWAY_NS" exec deploy/wa-gateway -- sh -c 'ls /opt/whatsapp/bin; echo "$WA_EMULATOR_IMAGE $WA_EMULATOR_VERSION $WA_EMULATOR_GATEWAY"')" \
+    || fail "kubectl exec into the gateway failed"
+  if ! grep -q launch_within_docker.sh <<<"$out" || ! grep -q "coreapp $OLD wa-gateway" <<<"$out"; then
+    fail "the emulator image lacks its scripts or baked environment: $out"
+  fi
+  log "emulator image: ${out//$'\n'/ }"
+
+  # A client pod from the web image: DNS of the Service, then the gateway's admin API.
+  k -n "$GATEWAY_NS" delete pod dns-probe --ignore-not-found --wait=true >&2
+  k -n "$GATEWAY_NS" run dns-probe --image="$EMULATOR_REPO/web:v$NEW" --image-pull-policy=Never --restart=Never \
+    --command -- bash -c "getent hosts wa-gateway.$GATEWAY_NS.svc.cluster.local && exec 3<>/dev/tcp/wa-gateway/5222 &&
+      printf 'GET /admin/numbers HTTP/1.0\r\nHost: wa-gateway\r\n\r\n' >&3 && cat <&3" >&2
+  wait_until 120 "the probe pod to finish" probe_done
+  out="$(k -n "$GATEWAY_NS" logs dns-probe)"
+  if [ "$(k -n "$GATEWAY_NS" get pod dns-probe -o jsonpath='{.status.phase}')" != Succeeded ] \
+    || ! grep -q '^HTTP/1.[01] 200' <<<"$out"; then
+    fail "the probe pod could not reach the gateway through its Service: $out"
+  fi
+  log "probe pod: ${out//$'\n'/ | }"
+}
+leader_elected() {
+  local holder
+  holder="$(k -n "$OPERATOR_NS" get lease whatsapp-operator -o jsonpath='{.spec.holderIdentity}')"
+  [ -n "$holder" ] && k -n "$OPERATOR_NS" get pod "${holder%%_*}" >/dev/null
+}
+probe_done() { [[ "$(k -n "$GATEWAY_NS" get pod dns-probe -o jsonpath='{.status.phase}')" =~ ^(Succeeded|Failed)$ ]]; }
+
+# MariaDB in the cluster (kind): the official image.
+setup_kind_db() {
+  if [ "$REUSE" = 1 ]; then
+    log "removing what a previous run left"
+    k delete wan -A --all --wait=true --timeout=120s >&2 || true
+    k delete namespace "$NS_A" "$NS_B" "$DB_NS" "$GATEWAY_NS" --ignore-not-found --wait=true --timeout=180s >&2
+    k delete pv -l e2e.whatsapp.operators.dev/media --ignore-not-found >&2
+  fi
+
+  log "installing MariaDB (mariadb:11) in $DB_NS"
+  k apply -f - >&2 <<EOF
 apiVersion: v1
 kind: Namespace
 metadata: {name: $DB_NS}
@@ -231,45 +404,46 @@ spec:
   selector: {app: mariadb}
   ports: [{port: 3306}]
 EOF
+  k -n "$DB_NS" rollout status deployment/mariadb --timeout="${TIMEOUT}s" >&2
+}
 
-log "installing the gateway (the stand-in for WhatsApp's servers) in $GATEWAY_NS"
-k apply -f - >&2 <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: $GATEWAY_NS}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
-spec:
-  selector: {matchLabels: {app: wa-gateway}}
-  template:
-    metadata: {labels: {app: wa-gateway}}
-    spec:
-      containers:
-      - name: gateway
-        image: $EMULATOR_REPO/coreapp:v$OLD
-        imagePullPolicy: Never
-        command: ["/opt/whatsapp/bin/whatsapp-emulator", "gateway"]
-        ports: [{containerPort: 5222}]
-        readinessProbe:
-          tcpSocket: {port: 5222}
-          periodSeconds: 2
----
-apiVersion: v1
-kind: Service
-metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
-spec:
-  selector: {app: wa-gateway}
-  ports: [{port: 5222}]
-EOF
+# MariaDB on the local provider: a private server of hack/databases.sh on this
+# machine (no database image is built), exposed to pods by the node as
+# mariadb.wao-host.svc:3306.
+setup_local_db() {
+  if [ "$REUSE" = 1 ]; then
+    log "removing what a previous run left"
+    k delete wan -A --all --wait=true --timeout=120s >&2 || true
+    k delete namespace "$NS_A" "$NS_B" --ignore-not-found --wait=true --timeout=180s >&2
+    k delete pv -l e2e.whatsapp.operators.dev/media --ignore-not-found >&2
+  fi
+  log "starting MariaDB on this machine for the pods (hack/databases.sh, $LOCAL_DB_DIR)"
+  # Always empty: a schema or admin password left by an earlier run would not fit.
+  WAO_DB_DIR="$LOCAL_DB_DIR" WAO_MYSQL_PORT="$LOCAL_MYSQL_PORT" WAO_POSTGRES_PORT="$LOCAL_POSTGRES_PORT" \
+    hack/databases.sh down >&2 || true
+  WAO_DB_DIR="$LOCAL_DB_DIR" WAO_MYSQL_PORT="$LOCAL_MYSQL_PORT" WAO_POSTGRES_PORT="$LOCAL_POSTGRES_PORT" \
+    hack/databases.sh up >&2 || fail "hack/databases.sh up failed"
+  DB_STARTED=1
+  WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh expose mariadb 3306 "127.0.0.1:$LOCAL_MYSQL_PORT" \
+    || fail "could not expose MariaDB to the pods"
+  DB_HOST=mariadb.wao-host.svc
+  DB_USER="${WAO_DB_USER:-wao}"
+  DB_PASSWORD="${WAO_DB_PASSWORD:-wao-Passw0rd}"
+  MEDIA_ROOT="$LOCAL_DIR/media"
+}
 
-log "installing the operator with Helm (charts/whatsapp-operator)"
-"$HELM" --kubeconfig "$KUBECONFIG_FILE" upgrade --install whatsapp-operator charts/whatsapp-operator \
-  --namespace "$OPERATOR_NS" --create-namespace "${HELM_VALUES[@]}" --wait --timeout "${TIMEOUT}s" >&2
-
-k -n "$DB_NS" rollout status deployment/mariadb --timeout="${TIMEOUT}s" >&2
-k -n "$GATEWAY_NS" rollout status deployment/wa-gateway --timeout="${TIMEOUT}s" >&2
+if [ "$PROVIDER" = local ]; then
+  setup_local
+  scenario_smoke
+  [ "${#SCENARIOS[@]}" -gt 1 ] || exit 0
+  setup_local_db
+else
+  setup_kind
+  setup_kind_db
+  install_gateway
+  install_operator
+  k -n "$GATEWAY_NS" rollout status deployment/wa-gateway --timeout="${TIMEOUT}s" >&2
+fi
 
 # ---------------------------------------------------------------------------
 # A WhatsAppNumber on the emulator images
@@ -288,7 +462,7 @@ metadata: {name: $ns}
 apiVersion: v1
 kind: Secret
 metadata: {name: db, namespace: $ns}
-stringData: {username: root, password: "$DB_ROOT_PASSWORD"}
+stringData: {username: "$DB_USER", password: "$DB_PASSWORD"}
 ---
 apiVersion: v1
 kind: PersistentVolume
@@ -300,7 +474,7 @@ spec:
   accessModes: [ReadWriteMany]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: ""
-  hostPath: {path: /var/local/wa-e2e-media/$ns, type: DirectoryOrCreate}
+  hostPath: {path: $MEDIA_ROOT/$ns, type: DirectoryOrCreate}
   claimRef: {namespace: $ns, name: media}
 ---
 apiVersion: v1
@@ -344,7 +518,7 @@ spec:
   multiconnect: {shards: 1, standbyCoreapps: 1, masters: 2}
   database:
     engine: MySQL
-    host: mariadb.$DB_NS.svc
+    host: $DB_HOST
     credentialsSecretRef: {name: db}
   media: {existingClaim: media}
   health:
@@ -433,6 +607,7 @@ scenario_conflict() {
   version="$(jp "$NS_A" "$NAME" '{.spec.version}')"
   log "scenario conflict: the same number in $NS_B waits while $NS_A holds it"
   prepare "$NS_B"
+  copy_keys "$NS_A" "$NS_B"
   apply_number "$NS_B" "$version"
   wait_until 120 "$NS_B/$NAME Conflict=True/PhoneNumberInUse" conflict_now "$NS_B"
   [ "$(condition "$NS_B" "$NAME" Ready)" = False/PhoneNumberInUse ] || fail "Ready of the duplicate is not False/PhoneNumberInUse"
@@ -445,6 +620,21 @@ scenario_conflict() {
   wait_until "$TIMEOUT" "$NS_B/$NAME Ready" ready_now "$NS_B" "$NAME"
   [ "$(condition "$NS_B" "$NAME" Conflict | cut -d/ -f1)" = False ] || fail "Conflict of the new holder is not False"
   check_health "$NS_B"
+}
+# copy_keys FROM TO: the number's generated keys (the admin password the
+# holder set in the shared database among them) go along with the deployment,
+# as a real migration takes its Secrets along.
+copy_keys() {
+  local args=() line key data
+  # shellcheck disable=SC2016 # a Go template, not a shell expansion
+  data="$(k -n "$1" get secret "$NAME-keys" -o go-template='{{range $k, $v := .data}}{{$k}}={{$v}}{{"\n"}}{{end}}')"
+  while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    key="${line%%=*}"
+    args+=("--from-literal=$key=$(base64 -d <<<"${line#*=}")")
+  done <<<"$data"
+  [ "${#args[@]}" -gt 0 ] || fail "no $NAME-keys Secret in $1"
+  k -n "$2" create secret generic "$NAME-keys" "${args[@]}" >&2
 }
 conflict_now() { [ "$(condition "$1" "$NAME" Conflict)" = True/PhoneNumberInUse ]; }
 
