@@ -28,6 +28,7 @@ pub const MISSING_PARAMETER: i64 = 1008;
 pub const INVALID_PARAMETER: i64 = 1009;
 pub const SERVICE_NOT_READY: i64 = 1011;
 pub const INTERNAL_ERROR: i64 = 1014;
+pub const TOO_MANY_REQUESTS: i64 = 1015;
 pub const NOT_PRIMARY_MASTER: i64 = 1017;
 pub const NOT_PRIMARY_COREAPP: i64 = 1018;
 pub const PASSWORD_CHANGE_REQUIRED: i64 = 1024;
@@ -41,6 +42,7 @@ pub fn title_of(code: i64) -> &'static str {
         INVALID_PARAMETER => "Parameter value is not valid",
         SERVICE_NOT_READY => "Service not ready",
         INTERNAL_ERROR => "Internal error",
+        TOO_MANY_REQUESTS => "Too many requests",
         NOT_PRIMARY_MASTER => "Not Primary Master",
         NOT_PRIMARY_COREAPP => "Not Primary Coreapp",
         PASSWORD_CHANGE_REQUIRED => "Password change required",

@@ -210,7 +210,7 @@ fn control_router(ctx: Arc<NodeCtx>) -> Router {
         .route("/control/status", get(control_status))
         .route("/control/stats", get(control_stats))
         .route("/control/shards", get(roles::master::get_shards).post(roles::master::post_shards))
-        .route("/control/account", post(roles::master::post_account))
+        .route("/control/account", get(roles::master::get_account).post(roles::master::post_account))
         .route("/control/account/verify", post(roles::master::post_verify))
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, api::NOT_FOUND, "Unknown control path") })
         .with_state(ctx)

@@ -356,7 +356,8 @@ async fn registration() {
     let (status, body) =
         post(&account, json!({"cc": "1", "phone_number": "5550002222", "method": "sms"})).await.unwrap();
     assert_eq!((status, body["errors"][0]["code"].clone()), (400, json!(1008)));
-    let req = json!({"cc": "1", "phone_number": "5550002222", "method": "voice", "cert": "Y2VydA=="});
+    let cert = cert_for(&gw, "+15550002222", 30).await;
+    let req = json!({"cc": "1", "phone_number": "5550002222", "method": "voice", "cert": cert});
     let (status, body) = post(&account, req.clone()).await.unwrap();
     assert_eq!(status, 202, "{body}");
     let (status, _) = post(&format!("{account}/verify"), json!({"code": "not-the-code"})).await.unwrap();

@@ -3,12 +3,14 @@
 //! enforces one client deployment per phone number, "sends" registration
 //! codes, which tests read from `/admin/codes/<number>`, issues and judges the
 //! numbers' certificates, and bans a number on a set-shards request with an
-//! expired certificate.
+//! expired certificate. It also holds what WhatsApp keeps per number for
+//! registration: the two-step PIN, the time of the last code request (rate
+//! limit) and the wrong guesses left on the pending code.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -50,16 +52,38 @@ struct NumberState {
     banned: Option<String>,
 }
 
+/// Wrong codes a pending code survives; the next wrong one voids it.
+pub const CODE_TRIES: u32 = 3;
+
+/// A code "sent" to a number, pending verification.
+struct PendingCode {
+    code: String,
+    deployment: String,
+    method: String,
+    /// Wrong guesses still allowed before the code is voided.
+    tries_left: u32,
+}
+
 #[derive(Default)]
 struct Inner {
     next_id: u64,
     numbers: HashMap<String, NumberState>,
     conns: HashMap<u64, (Conn, oneshot::Sender<&'static str>)>,
-    codes: HashMap<String, (String, String)>,
+    codes: HashMap<String, PendingCode>,
+    /// When a code was last sent to each number, for the rate limit.
+    last_code: HashMap<String, Instant>,
+    /// Two-step verification PINs, per number (set with `/admin/pins`).
+    pins: HashMap<String, String>,
+    /// Minimum time between two code requests for one number.
+    code_retry: Duration,
 }
 
 #[derive(Clone, Default)]
 struct Gw(Arc<Mutex<Inner>>);
+
+/// Default of `WA_EMULATOR_CODE_RETRY_SECONDS`: WhatsApp's real wait is not
+/// documented; a minute is of the order its servers answer with.
+pub const DEFAULT_CODE_RETRY_SECONDS: u64 = 60;
 
 impl Inner {
     /// Kicks every live session of `deployment` for `number`; returns how many.
@@ -194,19 +218,82 @@ struct CodeRequest {
     #[serde(default)]
     method: String,
     deployment: String,
+    #[serde(default)]
+    cert: String,
+    #[serde(default)]
+    pin: Option<String>,
 }
 
+fn refuse(status: StatusCode, error: &str, details: String) -> Response {
+    (status, Json(json!({"error": error, "details": details}))).into_response()
+}
+
+/// Sends a registration code, after judging the certificate, the two-step
+/// PIN and the rate limit of code requests, as WhatsApp's servers do.
 async fn request_code(State(gw): State<Gw>, Json(r): Json<CodeRequest>) -> Response {
     let number = digits(&format!("{}{}", r.cc, r.phone_number));
-    if gw.0.lock().expect("gateway state").numbers.get(&number).is_some_and(|ns| ns.banned.is_some()) {
-        return (StatusCode::FORBIDDEN, Json(json!({"error": "banned"}))).into_response();
+    let mut inner = gw.0.lock().expect("gateway state");
+    if let Some(why) = inner.numbers.get(&number).and_then(|ns| ns.banned.clone()) {
+        return refuse(StatusCode::FORBIDDEN, "banned", why);
+    }
+    match check_cert(&number, &r.cert, chrono::Utc::now()) {
+        CertCheck::Valid => {}
+        CertCheck::Wrong => {
+            tracing::warn!(number = %number, "code request with a certificate not issued for this number");
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "cert_wrong",
+                format!("the certificate was not issued for +{number}"),
+            );
+        }
+        CertCheck::Expired => {
+            tracing::warn!(number = %number, "code request with an expired certificate");
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "cert_expired",
+                format!("the certificate of +{number} has expired"),
+            );
+        }
+    }
+    if let Some(pin) = inner.pins.get(&number) {
+        match r.pin.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            None => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "pin_required",
+                    format!("two-step verification is enabled for +{number}: pin is required"),
+                );
+            }
+            Some(p) if p != pin => {
+                tracing::warn!(number = %number, "code request with a wrong two-step PIN");
+                return refuse(StatusCode::BAD_REQUEST, "pin_mismatch", "two-step verification PIN mismatch".into());
+            }
+            Some(_) => {}
+        }
+    }
+    let retry = inner.code_retry;
+    if let Some(last) = inner.last_code.get(&number)
+        && last.elapsed() < retry
+    {
+        let wait = (retry - last.elapsed()).as_secs() + 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({
+                "error": "too_soon",
+                "details": format!("a code was sent to +{number} less than {}s ago: wait {wait}s before requesting another", retry.as_secs()),
+                "retry_after": wait,
+            })),
+        )
+            .into_response();
     }
     let code: String = {
         let mut rng = rand::rng();
         (0..6).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect()
     };
     tracing::info!(number = %number, method = %r.method, "registration code sent");
-    gw.0.lock().expect("gateway state").codes.insert(number, (code, r.deployment));
+    inner.last_code.insert(number.clone(), Instant::now());
+    let pending = PendingCode { code, deployment: r.deployment, method: r.method, tries_left: CODE_TRIES };
+    inner.codes.insert(number, pending);
     (StatusCode::ACCEPTED, Json(json!({"sent": true}))).into_response()
 }
 
@@ -217,12 +304,22 @@ struct VerifyRequest {
     deployment: String,
 }
 
+/// Checks a code. A wrong one leaves the number as it was and costs one of
+/// the code's tries; when none is left the code is voided.
 async fn verify_code(State(gw): State<Gw>, Json(r): Json<VerifyRequest>) -> Response {
     let number = digits(&r.number);
     let mut inner = gw.0.lock().expect("gateway state");
-    let ok = matches!(inner.codes.get(&number), Some((c, d)) if *c == r.code.trim() && *d == r.deployment);
-    if !ok {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid code"}))).into_response();
+    let Some(pending) = inner.codes.get_mut(&number).filter(|p| p.deployment == r.deployment) else {
+        return refuse(StatusCode::BAD_REQUEST, "no_code", format!("no code is pending for +{number}: request one"));
+    };
+    if pending.code != r.code.trim() {
+        pending.tries_left = pending.tries_left.saturating_sub(1);
+        let left = pending.tries_left;
+        if left == 0 {
+            inner.codes.remove(&number);
+        }
+        tracing::warn!(number = %number, tries_left = left, "wrong registration code");
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_code", "tries_left": left}))).into_response();
     }
     inner.codes.remove(&number);
     // Registering moves the number to this deployment: a previous one is
@@ -265,7 +362,7 @@ async fn check(State(gw): State<Gw>, Json(r): Json<CheckRequest>) -> Response {
 async fn admin_code(State(gw): State<Gw>, Path(number): Path<String>) -> Response {
     let inner = gw.0.lock().expect("gateway state");
     match inner.codes.get(&digits(&number)) {
-        Some((code, _)) => Json(json!({"code": code})).into_response(),
+        Some(p) => Json(json!({"code": p.code, "method": p.method, "tries_left": p.tries_left})).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({"error": "no code sent to this number"}))).into_response(),
     }
 }
@@ -422,7 +519,32 @@ async fn admin_unban(State(gw): State<Gw>, Path(number): Path<String>) -> Respon
     Json(json!({"number": number, "lifted": lifted})).into_response()
 }
 
-pub fn router() -> Router {
+#[derive(Deserialize)]
+struct PinRequest {
+    pin: String,
+}
+
+/// Emulator-only: enables two-step verification for a number with a PIN, as
+/// the number's owner would have done on another client.
+async fn admin_set_pin(State(gw): State<Gw>, Path(number): Path<String>, Json(r): Json<PinRequest>) -> Response {
+    let number = digits(&number);
+    let pin = r.pin.trim().to_string();
+    if number.is_empty() || pin.len() != 6 || !pin.chars().all(|c| c.is_ascii_digit()) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "a number and a 6-digit pin are required"})))
+            .into_response();
+    }
+    gw.0.lock().expect("gateway state").pins.insert(number.clone(), pin);
+    Json(json!({"number": number, "two_step": true})).into_response()
+}
+
+/// Emulator-only: disables two-step verification for a number.
+async fn admin_delete_pin(State(gw): State<Gw>, Path(number): Path<String>) -> Response {
+    let number = digits(&number);
+    gw.0.lock().expect("gateway state").pins.remove(&number);
+    Json(json!({"number": number, "two_step": false})).into_response()
+}
+
+pub fn router(code_retry: Duration) -> Router {
     Router::new()
         .route("/v1/session", get(session))
         .route("/v1/register/request", post(request_code))
@@ -432,16 +554,31 @@ pub fn router() -> Router {
         .route("/admin/certs", post(admin_certs))
         .route("/admin/bans/{number}", axum::routing::delete(admin_unban))
         .route("/admin/codes/{number}", get(admin_code))
+        .route("/admin/pins/{number}", post(admin_set_pin).delete(admin_delete_pin))
         .route("/admin/connections", get(admin_connections))
         .route("/admin/numbers", get(admin_numbers))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Gw::default())
+        .with_state(Gw(Arc::new(Mutex::new(Inner { code_retry, ..Default::default() }))))
+}
+
+/// `WA_EMULATOR_CODE_RETRY_SECONDS`: the wait between two code requests for
+/// one number (emulator-only, so that tests stay fast).
+pub fn code_retry_from_env() -> Result<Duration, Error> {
+    match std::env::var("WA_EMULATOR_CODE_RETRY_SECONDS").ok().filter(|v| !v.trim().is_empty()) {
+        None => Ok(Duration::from_secs(DEFAULT_CODE_RETRY_SECONDS)),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| Error::Config(format!("WA_EMULATOR_CODE_RETRY_SECONDS={v} is not a number of seconds"))),
+    }
 }
 
 pub async fn run(listen: &str) -> Result<(), Error> {
+    let code_retry = code_retry_from_env()?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, router()).with_graceful_shutdown(crate::shutdown_signal()).await?;
+    tracing::info!(listen = %listener.local_addr()?, code_retry_seconds = code_retry.as_secs(), "gateway listening");
+    axum::serve(listener, router(code_retry)).with_graceful_shutdown(crate::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -322,18 +322,24 @@ pub struct AccountRequest {
     method: Option<String>,
     cert: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     pin: Option<String>,
 }
 
+/// `POST /v1/account`: 201 when the number is already registered to this
+/// deployment, else WhatsApp's servers judge the certificate, the two-step
+/// PIN and the rate limit, and send a code (202).
 pub async fn post_account(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<AccountRequest>) -> ApiResult {
     require_master(&ctx)?;
     let cc = require(&r.cc, "cc")?;
     let phone = require(&r.phone_number, "phone_number")?;
     let method = require(&r.method, "method")?;
-    require(&r.cert, "cert")?;
+    let cert = require(&r.cert, "cert")?;
     if method != "sms" && method != "voice" {
         return Err(ApiError::bad(api::INVALID_PARAMETER, "method must be sms or voice"));
+    }
+    let pin = r.pin.as_deref().map(str::trim).filter(|p| !p.is_empty());
+    if pin.is_some_and(|p| p.len() != 6 || !p.chars().all(|c| c.is_ascii_digit())) {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "pin must be 6 digits"));
     }
     let number = digits(&format!("{cc}{phone}"));
     let settings = ctx.db.settings().await?;
@@ -346,14 +352,36 @@ pub async fn post_account(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<Account
     let resp = ctx
         .http
         .post(url)
-        .json(&json!({"cc": cc, "phone_number": phone, "method": method, "deployment": settings.deployment_id}))
+        .json(&json!({"cc": cc, "phone_number": phone, "method": method, "deployment": settings.deployment_id, "cert": cert, "pin": pin}))
         .send()
         .await
         .map_err(|e| ApiError::not_ready(format!("Cannot reach WhatsApp servers: {e}")))?;
     if !resp.status().is_success() {
-        return Err(ApiError::internal(format!("WhatsApp servers answered {}", resp.status())));
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        let details = v["details"].as_str().unwrap_or("").to_string();
+        return Err(match v["error"].as_str().unwrap_or("") {
+            "banned" => ApiError::new(StatusCode::FORBIDDEN, api::ACCESS_DENIED, details),
+            "cert_wrong" => ApiError::bad(
+                api::INVALID_PARAMETER,
+                format!("Invalid certificate: {details}; download this number's certificate from WhatsApp Manager"),
+            ),
+            "cert_expired" => ApiError::bad(
+                api::INVALID_PARAMETER,
+                format!("Certificate expired: {details}; download a new certificate from WhatsApp Manager"),
+            ),
+            "pin_required" => ApiError::bad(api::MISSING_PARAMETER, details),
+            "pin_mismatch" => ApiError::bad(api::INVALID_PARAMETER, "Two-step verification PIN mismatch"),
+            "too_soon" => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                api::TOO_MANY_REQUESTS,
+                format!("Too many requests: {details}"),
+            ),
+            _ => ApiError::internal(format!("WhatsApp servers answered {status}: {v}")),
+        });
     }
     ctx.db.set_setting("pending_number", &number).await?;
+    tracing::info!(number = %number, method = %method, "registration code requested");
     Ok(api::ok(StatusCode::ACCEPTED, json!({"account": [{"vname": ""}]})))
 }
 
@@ -376,6 +404,9 @@ pub struct VerifyRequest {
     code: Option<String>,
 }
 
+/// `POST /v1/account/verify`: a wrong code leaves the number unregistered
+/// (the code stays valid for its remaining tries); the right one registers
+/// it and records when.
 pub async fn post_verify(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<VerifyRequest>) -> ApiResult {
     require_master(&ctx)?;
     let code = require(&r.code, "code")?;
@@ -392,7 +423,17 @@ pub async fn post_verify(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<VerifyRe
         .await
         .map_err(|e| ApiError::not_ready(format!("Cannot reach WhatsApp servers: {e}")))?;
     if !resp.status().is_success() {
-        return Err(ApiError::bad(api::INVALID_PARAMETER, "Invalid verification code"));
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        let details = match (v["error"].as_str(), v["tries_left"].as_u64()) {
+            (Some("invalid_code"), Some(0)) => {
+                // The code is void: the next attempt needs a new code.
+                ctx.db.set_setting("pending_number", "").await?;
+                "Invalid verification code: too many wrong codes, request a new code".to_string()
+            }
+            (Some("invalid_code"), Some(n)) => format!("Invalid verification code: {n} tries left"),
+            _ => "Invalid verification code: no code is pending, request a new code".to_string(),
+        };
+        return Err(ApiError::bad(api::INVALID_PARAMETER, details));
     }
     ctx.db.set_setting("registered_at_ms", &now_ms().to_string()).await?;
     ctx.db.set_setting("registered_number", &number).await?;
@@ -401,6 +442,18 @@ pub async fn post_verify(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<VerifyRe
     tracing::info!(number = %number, "number registered");
     ctx.wake.notify_one();
     Ok(api::ok(StatusCode::CREATED, json!({})))
+}
+
+/// Emulator-only, on the control port: the registration as the database
+/// holds it, so that tests can read when the number was registered.
+pub async fn get_account(State(ctx): State<Arc<NodeCtx>>) -> ApiResult {
+    let s = ctx.db.settings().await?;
+    let pending = ctx.db.get_setting("pending_number").await?.filter(|n| !n.is_empty());
+    let at = s.registered_at_ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339());
+    Ok(api::ok(
+        StatusCode::OK,
+        json!({"account": {"number": s.registered_number, "registered_at": at, "registered_at_ms": s.registered_at_ms, "pending_number": pending, "shards": s.shards}}),
+    ))
 }
 
 #[cfg(test)]

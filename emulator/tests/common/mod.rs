@@ -187,10 +187,16 @@ impl Drop for Cluster {
 }
 
 pub fn start_gateway(dir: &std::path::Path) -> (Proc, String) {
+    start_gateway_with(dir, &[])
+}
+
+/// A gateway with extra environment (`WA_EMULATOR_CODE_RETRY_SECONDS`).
+pub fn start_gateway_with(dir: &std::path::Path, env: &[(&str, &str)]) -> (Proc, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let log = dir.join(format!("gateway-{}.log", next()));
     let child = Command::new(BIN)
         .args(["gateway", "--listen", &addr])
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap().try_clone().unwrap()))
         .spawn()
@@ -486,4 +492,27 @@ pub async fn register(url: &str, gateway: &str) {
     let (status, body) =
         post(&format!("{url}/v1/account/verify"), serde_json::json!({"code": code["code"]})).await.unwrap();
     assert_eq!(status, 201, "{body}");
+}
+
+/// The registration as a node's control port reports it (emulator-only).
+pub async fn account_of(ip: &str) -> Option<Value> {
+    let resp = reqwest::get(format!("http://{ip}:6252/control/account")).await.ok()?;
+    let v: Value = resp.json().await.ok()?;
+    v.get("account").cloned()
+}
+
+/// The code the gateway "sent" to `number` (digits), if any.
+pub async fn code_sent(gateway: &str, number: &str) -> Option<String> {
+    let resp = reqwest::get(format!("http://{gateway}/admin/codes/{number}")).await.ok()?;
+    if resp.status().as_u16() != 200 {
+        return None;
+    }
+    let v: Value = resp.json().await.ok()?;
+    v["code"].as_str().map(str::to_string)
+}
+
+/// `(HTTP status, error code, details)` of an answer.
+pub fn error_of(status: u16, body: &Value) -> (u16, i64, String) {
+    let e = &body["errors"][0];
+    (status, e["code"].as_i64().unwrap_or(0), e["details"].as_str().unwrap_or("").to_string())
 }
