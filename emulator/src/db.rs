@@ -194,6 +194,32 @@ impl Db {
         Ok(())
     }
 
+    /// A document in `wa_blobs` (certificates, application settings).
+    pub async fn get_blob(&self, name: &str) -> Result<Option<String>, Error> {
+        let rows = self.rows("SELECT value FROM wa_blobs WHERE name = ?", &[Arg::S(name)]).await?;
+        rows.first().map(|r| r.try_get::<String, _>(0).map_err(Error::db("read blob"))).transpose()
+    }
+
+    /// Replaces a document in `wa_blobs`, in one transaction so that no
+    /// reader sees it missing.
+    pub async fn put_blob(&self, name: &str, value: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(Error::db("begin"))?;
+        let delete = self.sql("DELETE FROM wa_blobs WHERE name = ?").into_owned();
+        sqlx::query(&delete).bind(name.to_string()).execute(&mut *tx).await.map_err(Error::db("write blob"))?;
+        let insert = self.sql("INSERT INTO wa_blobs (name, value) VALUES (?, ?)").into_owned();
+        sqlx::query(&insert)
+            .bind(name.to_string())
+            .bind(value.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("write blob"))?;
+        tx.commit().await.map_err(Error::db("commit"))
+    }
+
+    pub async fn delete_blob(&self, name: &str) -> Result<bool, Error> {
+        Ok(self.exec("DELETE FROM wa_blobs WHERE name = ?", &[Arg::S(name)]).await? > 0)
+    }
+
     pub async fn settings(&self) -> Result<Settings, Error> {
         let rows = self.rows("SELECT name, value FROM wa_settings", &[]).await?;
         let mut s = Settings::default();

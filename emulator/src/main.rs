@@ -3,7 +3,9 @@
 //! chosen from the environment as the real images choose it.
 
 mod api;
+mod appsettings;
 mod auth;
+mod backup;
 mod catalog;
 mod config;
 mod db;

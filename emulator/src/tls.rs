@@ -57,6 +57,18 @@ pub fn check_upload(pem: &str) -> Result<(), String> {
     }
 }
 
+/// A CA bundle (the webhook CA): one or more certificates and nothing else.
+pub fn check_ca_bundle(pem: &str) -> Result<(), String> {
+    let s = sections(pem)?;
+    if s.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    if s.contains(&Section::Key) {
+        return Err("a CA bundle must not contain a private key".into());
+    }
+    Ok(())
+}
+
 /// The certificates after the server's own: what `GET /v1/certificates/external/ca`
 /// answers once a certificate has been uploaded.
 pub fn uploaded_chain(pem: &str) -> String {

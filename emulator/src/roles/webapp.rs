@@ -20,12 +20,12 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::api::{self, ApiError, ApiResult};
-use crate::auth;
 use crate::config::Config;
 use crate::db::{Arg, Db, now_ms};
 use crate::health::{self, NodeStatus};
 use crate::schema::{self, Gate};
 use crate::{Error, tls};
+use crate::{appsettings, auth, backup};
 
 pub struct Web {
     cfg: Config,
@@ -337,29 +337,164 @@ async fn metrics(State(web): S) -> Response {
 // ---- settings and forwarded requests ------------------------------------
 
 async fn get_app_settings(State(web): S) -> ApiResult {
-    let s = web.db.settings().await?;
-    Ok(api::ok(
-        StatusCode::OK,
-        json!({"settings": {"application": {"heartbeat_interval": s.heartbeat_interval, "unhealthy_interval": s.unhealthy_interval}}}),
-    ))
+    let app = appsettings::current(&web.db).await?;
+    Ok(api::ok(StatusCode::OK, json!({"settings": {"application": app}})))
 }
 
+/// Only the fields present change; one invalid value refuses the whole request.
 async fn patch_app_settings(State(web): S, Json(body): Json<Value>) -> ApiResult {
-    let Value::Object(m) = body else {
-        return Err(ApiError::bad(api::INVALID_PARAMETER, "Expected a JSON object"));
+    let patch = appsettings::validate(&body).map_err(|e| ApiError::bad(api::INVALID_PARAMETER, e))?;
+    appsettings::apply(&web.db, &patch).await?;
+    Ok(api::ok(StatusCode::OK, json!({})))
+}
+
+/// `DELETE /v1/settings/application`: Meta's "reset application settings".
+async fn delete_app_settings(State(web): S) -> ApiResult {
+    appsettings::reset(&web.db, &web.cfg).await?;
+    tracing::info!("application settings reset to their defaults");
+    Ok(api::ok(StatusCode::OK, json!({})))
+}
+
+const WEBHOOK_CA: &str = "webhook_ca";
+
+/// `POST /v1/certificates/webhooks/ca`: a PEM file of one or more CA
+/// certificates, which the client uses to verify the webhook's server.
+async fn post_webhook_ca(State(web): S, body: Bytes) -> ApiResult {
+    let pem = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad(api::INVALID_PARAMETER, "The CA certificate must be PEM text"))?;
+    if pem.len() > 15_000 {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "The CA certificate file is too large"));
+    }
+    tls::check_ca_bundle(&pem)
+        .map_err(|e| ApiError::bad(api::INVALID_PARAMETER, format!("Invalid CA certificate: {e}")))?;
+    web.db.put_blob(WEBHOOK_CA, &pem).await?;
+    tracing::info!("webhook CA certificate uploaded");
+    Ok(api::ok(StatusCode::OK, json!({})))
+}
+
+/// `GET /v1/certificates/webhooks/ca`: the uploaded PEM, 404 without one.
+async fn get_webhook_ca(State(web): S) -> ApiResult {
+    match web.db.get_blob(WEBHOOK_CA).await? {
+        Some(pem) => Ok(([(header::CONTENT_TYPE, "text/plain")], pem).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, api::NOT_FOUND, "No webhook CA certificate is set")),
+    }
+}
+
+/// `DELETE /v1/certificates/webhooks/ca`: removes it (200 whether or not one was set).
+async fn delete_webhook_ca(State(web): S) -> ApiResult {
+    if web.db.delete_blob(WEBHOOK_CA).await? {
+        tracing::info!("webhook CA certificate removed");
+    }
+    Ok(api::ok(StatusCode::OK, json!({})))
+}
+
+// ---- backup and restore -------------------------------------------------
+
+fn password_of(body: &Value) -> Result<&str, ApiError> {
+    match body.get("password") {
+        None | Some(Value::Null) => Err(ApiError::bad(api::MISSING_PARAMETER, "password is required")),
+        Some(v) => v
+            .as_str()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| ApiError::bad(api::INVALID_PARAMETER, "password must be a non-empty string")),
+    }
+}
+
+/// Live masters and coreapps: rows heartbeating within `unhealthy_interval`.
+async fn live_nodes(web: &Web) -> Result<(u64, u64), ApiError> {
+    let settings = web.db.settings().await?;
+    let since = now_ms() - settings.unhealthy_interval as i64 * 1000;
+    let rows = web.db.rows("SELECT role FROM wa_nodes WHERE heartbeat_ms > ?", &[Arg::I(since)]).await?;
+    let roles: Vec<String> = rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect();
+    let masters = roles.iter().filter(|r| *r == "master").count() as u64;
+    let coreapps = roles.iter().filter(|r| *r == "coreapp").count() as u64;
+    Ok((masters, coreapps))
+}
+
+/// `POST /v1/settings/backup {"password"}`: the registration, the
+/// application settings and the shard count, encrypted with the password.
+async fn post_backup(State(web): S, Json(body): Json<Value>) -> ApiResult {
+    let password = password_of(&body)?;
+    let settings = web.db.settings().await?;
+    let (masters, coreapps) = live_nodes(&web).await?;
+    let contents = backup::Contents {
+        format: backup::FORMAT,
+        client_version: web.cfg.version.clone(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        deployment: settings.deployment_id.clone(),
+        registration: settings
+            .registered_number
+            .clone()
+            .map(|number| backup::Registration { number, registered_at_ms: settings.registered_at_ms }),
+        shards: settings.shards,
+        masters,
+        coreapps,
+        application: appsettings::current(&web.db).await?,
     };
-    let mut updates = vec![];
-    for key in ["heartbeat_interval", "unhealthy_interval"] {
-        if let Some(v) = m.get(key) {
-            let n = v.as_u64().filter(|n| (1..=86_400).contains(n)).ok_or_else(|| {
-                ApiError::bad(api::INVALID_PARAMETER, format!("{key} must be a positive number of seconds"))
-            })?;
-            updates.push((key, n));
+    let plain = serde_json::to_vec(&contents).map_err(ApiError::internal)?;
+    let data = backup::seal(password, &plain);
+    tracing::info!(registered = contents.registration.is_some(), shards = contents.shards, "settings backed up");
+    Ok(api::ok(StatusCode::OK, json!({"settings": {"data": data}})))
+}
+
+/// `POST /v1/settings/restore {"password","data"}`: restores a backup, the
+/// documented way to move a number to a new setup. Meta requires the new
+/// setup to have the same number of shards, masters and coreapps; a restore
+/// into another shape is refused and changes nothing.
+async fn post_restore(State(web): S, Json(body): Json<Value>) -> ApiResult {
+    let password = password_of(&body)?;
+    let data = match body.get("data") {
+        None | Some(Value::Null) => return Err(ApiError::bad(api::MISSING_PARAMETER, "data is required")),
+        Some(v) => v.as_str().ok_or_else(|| ApiError::bad(api::INVALID_PARAMETER, "data must be a string"))?,
+    };
+    let plain = backup::open(password, data).map_err(|e| {
+        ApiError::bad(
+            api::INVALID_PARAMETER,
+            match e {
+                backup::OpenError::WrongPassword => "Restore failed: wrong password for this backup",
+                backup::OpenError::Malformed => "Restore failed: data is not a backup from /v1/settings/backup",
+                backup::OpenError::Damaged => "Restore failed: the backup data is damaged",
+            },
+        )
+    })?;
+    let contents: backup::Contents = serde_json::from_slice(&plain)
+        .map_err(|e| ApiError::bad(api::INVALID_PARAMETER, format!("Restore failed: unreadable backup: {e}")))?;
+    if contents.format != backup::FORMAT {
+        return Err(ApiError::bad(api::INVALID_PARAMETER, "Restore failed: unknown backup format"));
+    }
+    let (masters, coreapps) = live_nodes(&web).await?;
+    if (masters, coreapps) != (contents.masters, contents.coreapps) {
+        return Err(ApiError::bad(
+            api::INVALID_PARAMETER,
+            format!(
+                "Restore failed: the backup was made on a setup with {} shard(s), {} master(s) and {} coreapp(s); this setup runs {masters} master(s) and {coreapps} coreapp(s). The new setup must have the same number of shards, masters and coreapps",
+                contents.shards, contents.masters, contents.coreapps
+            ),
+        ));
+    }
+    let patch = appsettings::validate(&contents.application)
+        .map_err(|e| ApiError::bad(api::INVALID_PARAMETER, format!("Restore failed: {e}")))?;
+    appsettings::store(&web.db, &Value::Object(patch.doc.clone())).await?;
+    appsettings::apply(&web.db, &appsettings::Patch { doc: Default::default(), ..patch }).await?;
+    web.db.set_setting("shards", &contents.shards.to_string()).await?;
+    web.db.set_setting("pending_number", "").await?;
+    match &contents.registration {
+        Some(r) => {
+            let at = r.registered_at_ms.unwrap_or_else(now_ms);
+            web.db.set_setting("registered_at_ms", &at.to_string()).await?;
+            web.db.set_setting("registered_number", &r.number).await?;
+            web.db.set_setting("registration_lost", "").await?;
+        }
+        None => {
+            web.db.set_setting("registered_number", "").await?;
         }
     }
-    for (key, n) in updates {
-        web.db.set_setting(key, &n.to_string()).await?;
-    }
+    tracing::info!(
+        from = %contents.deployment,
+        number = ?contents.registration.as_ref().map(|r| &r.number),
+        shards = contents.shards,
+        "settings restored from a backup"
+    );
     Ok(api::ok(StatusCode::OK, json!({})))
 }
 
@@ -423,7 +558,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/v1/account", post(post_account))
         .route("/v1/account/verify", post(post_verify))
         .route("/v1/account/shards", get(get_shards).post(post_shards))
-        .route("/v1/settings/application", get(get_app_settings).patch(patch_app_settings))
+        .route("/v1/settings/application", get(get_app_settings).patch(patch_app_settings).delete(delete_app_settings))
+        .route("/v1/settings/backup", post(post_backup))
+        .route("/v1/settings/restore", post(post_restore))
+        .route("/v1/certificates/webhooks/ca", get(get_webhook_ca).post(post_webhook_ca).delete(delete_webhook_ca))
         .route("/v1/certificates/external", post(post_external_certificate))
         .route("/v1/certificates/external/ca", get(get_external_ca))
         .route_layer(middleware::from_fn_with_state(web.clone(), require_admin));
