@@ -260,6 +260,16 @@ log "installing the CRD"
 wait_for 60 "the CRD established" "" \
   "$KUBECTL" wait --for=condition=Established crd/whatsappnumbers.whatsapp.operators.dev --timeout=5s
 
+# Every build expires 180 days after its release. The demo dates the example's
+# build 165 days back, so its expiry (in 15 days) and the warning show at once;
+# examples/release-catalog.yaml is the same ConfigMap with fixed dates.
+RELEASED="$(date -u -d '165 days ago' +%F)"
+NEWER="$(date -u -d '20 days ago' +%F)"
+log "dating $VERSION in the release catalog: released $RELEASED, so it expires in 15 days"
+"$KUBECTL" -n default create configmap whatsapp-operator-release-catalog --dry-run=client -o yaml \
+  --from-literal=catalog.yaml="$(printf -- '- {version: "%s", releasedAt: "%s"}\n- {version: "2.55.1", releasedAt: "%s"}\n' \
+    "$VERSION" "$RELEASED" "$NEWER")" | "$KUBECTL" apply -f - >/dev/null
+
 WEBAPP_PORT="$(free_port)"
 WEBAPP_URL="https://127.0.0.1:$WEBAPP_PORT"
 METRICS="127.0.0.1:$(free_port)"
@@ -324,6 +334,10 @@ k get wan -o wide
 echo
 echo "Conditions:"
 conditions
+echo
+echo "The build and its expiry (.status.build, from the release catalog):"
+k get wan "$NAME" -o jsonpath='  {.status.build.version}: released {.status.build.releasedAt}, expires {.status.build.expiresAt}
+'
 echo
 echo "Health, as the operator polled it from the webapp (.status.health):"
 k get wan "$NAME" -o jsonpath='  gateway: {.status.health.gateway}

@@ -4,10 +4,30 @@ pub mod v1alpha1;
 
 pub use v1alpha1::*;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};
 use kube::CustomResourceExt;
 
-/// The CRD manifest as checked in under `crds/` and the Helm chart's `crds/`.
+/// The CRD as the types describe it, plus what the derive cannot say: a new
+/// object is served with `status.observedGeneration: 0`, so that kstatus (Flux,
+/// `kubectl wait`) sees it as in progress until the operator has reconciled it,
+/// never as current.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = WhatsAppNumber::crd();
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({"observedGeneration": 0})));
+        }
+    }
+    crd
+}
+
+/// The CRD manifest as checked in under `crds/` and the Helm chart's `files/crds/`.
 pub fn crd_yaml() -> String {
-    let crd = WhatsAppNumber::crd();
-    format!("---\n{}", serde_yaml::to_string(&crd).expect("a CRD serializes to YAML"))
+    format!("---\n{}", serde_yaml::to_string(&crd()).expect("a CRD serializes to YAML"))
 }

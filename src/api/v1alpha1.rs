@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
+    TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -31,10 +34,14 @@ pub const VALID_SHARDS: [i32; 6] = [1, 2, 4, 8, 16, 32];
     validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters: child objects and pods are named after it"),
     printcolumn(name = "Number", type_ = "string", json_path = ".spec.phoneNumber"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Running", type_ = "string", json_path = ".status.currentVersion"),
     printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.multiconnect.shards"),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".status.health.gateway"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Pods", type_ = "string", json_path = ".status.readyPods", priority = 1),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.build.expiresAt", priority = 1),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +100,31 @@ pub struct WhatsAppNumberSpec {
     /// Build expiry warnings and how upgrades happen.
     #[serde(default)]
     pub upgrade: UpgradeSpec,
+
+    /// Scraping of the client's own metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+}
+
+/// The client's own metrics, scraped by a Prometheus Operator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Keep a `monitoring.coreos.com/v1` ServiceMonitor `NAME-client` that
+    /// scrapes every webapp's `/v1/stats/app?format=prometheus` and `/metrics`
+    /// with the API key (which Meta documents for exactly this), verifying TLS
+    /// like the health probe. Needs the Prometheus Operator's CRDs.
+    #[serde(default)]
+    pub service_monitor: bool,
+
+    /// Scrape interval, for example `30s` or `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m)$"))]
+    pub interval: Option<String>,
+
+    /// Labels on the ServiceMonitor, so that a Prometheus selects it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Upgrades: every build expires 6 months after its release.
@@ -425,6 +457,36 @@ pub struct PodOverrides {
     /// Extra annotations on the tier's pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+
+    /// Security context of the tier's pods. Defaults to the `RuntimeDefault`
+    /// seccomp profile; the client runs as root in Meta's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// Security context of the tier's main container. When set it replaces the
+    /// default, which drops the `MKNOD` capability as Meta's manifests do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+
+    /// PriorityClass of the tier's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+
+    /// Topology spread constraints of the tier's pods (for example across zones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// ServiceAccount of the tier's pods. The client calls no Kubernetes API;
+    /// without it the namespace's default account is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// Extra environment of the tier's main container. Variables the operator
+    /// sets itself (database, ports, keys, roles) cannot be overridden here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
 }
 
 /// The webapp tier: the REST API on HTTPS port 443.
@@ -813,6 +875,10 @@ pub struct WhatsAppNumberStatus {
     /// The certificate of `spec.webapp.tls` the client last accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webapp_certificate: Option<WebappCertificateStatus>,
+
+    /// The ServiceMonitor the operator keeps for the client's own metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_service_monitor: Option<String>,
 
     /// Another instance of the client, outside this cluster's control, was
     /// connected with this number: masters and coreapps are stopped until a

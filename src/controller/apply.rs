@@ -156,6 +156,53 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Keeps the client's ServiceMonitor as the spec says. `had` is the name
+    /// status recorded, so a spec without one costs no request. Returns the
+    /// name kept, or why none could be (the Prometheus Operator's CRD missing).
+    pub async fn service_monitor(
+        &self,
+        wan: &WhatsAppNumber,
+        had: Option<&str>,
+    ) -> Result<std::result::Result<Option<String>, String>> {
+        use crate::resources::monitoring;
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &monitoring::resource());
+        let missing_crd = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+        let Some(mut desired) = monitoring::service_monitor(wan) else {
+            if let Some(name) = had {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => self.metrics.record_write("ServiceMonitor", "delete"),
+                    Err(e) if missing_crd(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(Ok(None));
+        };
+        let name = desired.name_any();
+        let hash = crate::resources::digest(&(&desired.metadata.labels, &desired.data));
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
+        match api.get_opt(&name).await {
+            Ok(Some(live)) if live.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash) => {
+                return Ok(Ok(Some(name)));
+            }
+            Ok(_) => {}
+            Err(e) if missing_crd(&e) => {
+                return Ok(Err("spec.monitoring.serviceMonitor needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1), which this cluster does not serve".into()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut patch = serde_json::to_value(&desired)?;
+        patch["apiVersion"] = "monitoring.coreos.com/v1".into();
+        patch["kind"] = "ServiceMonitor".into();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+        self.metrics.record_write("ServiceMonitor", "apply");
+        Ok(Ok(Some(name)))
+    }
+
     /// Creates a Job unless one of that name exists: a Job's template cannot
     /// change, and a finished Job is the record of what ran.
     pub async fn ensure_job(&self, job: &k8s_openapi::api::batch::v1::Job) -> Result<()> {

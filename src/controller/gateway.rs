@@ -255,7 +255,7 @@ pub async fn observe(
     let webapp = connection.webapp();
     let health = match webapp.health().await {
         Ok((health, latency)) => {
-            ctx.metrics.probe_latency.get_or_create(&labels).set(latency.as_secs_f64());
+            ctx.metrics.probe_duration.get_or_create(&labels).observe(latency.as_secs_f64());
             health
         }
         Err(e) => {

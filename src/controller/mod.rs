@@ -209,9 +209,13 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     let new_status = status::compute(wan, &outcome, wan.status.as_ref(), &now);
     if wan.status.as_ref() != Some(&new_status) {
         patch_status(ctx, wan, &new_status).await?;
+        ctx.metrics.record_conditions(wan, &new_status.conditions);
         // Only a written status has news: a failed write is retried, and its
         // events come with the write that succeeds.
         publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
+    } else {
+        // A restarted operator publishes what is already written.
+        ctx.metrics.record_conditions(wan, &new_status.conditions);
     }
 
     Ok(match outcome {
@@ -302,6 +306,11 @@ async fn deploy(
     let created_keys = applier.ensure_keys(wan, observed.keys.as_ref()).await?;
     let tiers = applier.apply_children(children).await?;
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
+    let service_monitor =
+        applier.service_monitor(wan, status.and_then(|s| s.client_service_monitor.as_deref())).await?;
+    if let Err(why) = &service_monitor {
+        warn!(%why, "the client's ServiceMonitor cannot be kept");
+    }
     if shape.schema_job {
         let version = plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.steady_version.clone());
         applier.ensure_job(&crate::resources::schema_job::schema_job(wan, &version)).await?;
@@ -398,6 +407,7 @@ async fn deploy(
         registered_at: report.as_ref().map_or(previous_client.registered_at, |r| r.registered_at.clone()),
         external_conflict: report.as_ref().and_then(|r| r.external_conflict.clone()).filter(|c| !resolved(c)),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
+        service_monitor,
     };
     Ok(Applied { tiers, health, sharding, versions, client })
 }
@@ -536,6 +546,11 @@ async fn publish_transitions(
         }
         // A problem condition that starts out, or stays, False is not news.
         if type_ != status::READY && new.status == "False" && old.is_none_or(|o| o.status == "False") {
+            continue;
+        }
+        // A stall for the very reason Ready gives is the same news once.
+        if type_ == status::STALLED && status::find(Some(after), status::READY).is_some_and(|r| r.reason == new.reason)
+        {
             continue;
         }
         let warning = if type_ == status::READY { new.status == "False" && trouble } else { new.status == "True" };

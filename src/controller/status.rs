@@ -23,6 +23,8 @@ pub const CONFLICT: &str = "Conflict";
 pub const BUILD_EXPIRING: &str = "BuildExpiring";
 pub const BUILD_EXPIRED: &str = "BuildExpired";
 pub const STALLED: &str = "Stalled";
+/// kstatus reads `Reconciling=True` as "in progress"; it mirrors `Progressing`.
+pub const RECONCILING: &str = "Reconciling";
 pub const RELEASE_CATALOG: &str = "ReleaseCatalogValid";
 
 /// Reason of `Conflict` and `Ready` while another WhatsAppNumber holds the number.
@@ -37,6 +39,8 @@ pub const EXTERNAL_INSTANCE: &str = "ExternalInstance";
 pub const INITIALIZING_DATABASE: &str = "InitializingDatabase";
 /// The admin session and the uploaded certificate.
 pub const ADMIN_ACCESS: &str = "AdminAccess";
+/// The ServiceMonitor of the client's own metrics, when asked for.
+pub const MONITORING: &str = "ClientMetricsScraped";
 
 /// What a reconcile ended with, as far as status is concerned. One lives for
 /// one reconcile, so the size of `Applied` does not matter.
@@ -62,7 +66,7 @@ pub struct Applied {
 }
 
 /// What the reconcile knows of the client beyond its health.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClientState {
     /// The first schema is being created: nothing runs yet.
     pub initializing: bool,
@@ -73,6 +77,22 @@ pub struct ClientState {
     /// An unresolved second instance outside the cluster: nodes are stopped.
     pub external_conflict: Option<crate::api::ExternalConflictStatus>,
     pub database_name_prefix: Option<String>,
+    /// The client's ServiceMonitor kept, or why it cannot be.
+    pub service_monitor: Result<Option<String>, String>,
+}
+
+impl Default for ClientState {
+    fn default() -> Self {
+        Self {
+            initializing: false,
+            admin: None,
+            certificate: None,
+            registered_at: None,
+            external_conflict: None,
+            database_name_prefix: None,
+            service_monitor: Ok(None),
+        }
+    }
 }
 
 /// Versions, expiry and the upgrade, as the reconcile left them.
@@ -168,8 +188,17 @@ fn not_probed(why: &str) -> Cond {
     (GATEWAY_CONNECTED, "Unknown", "NotProbed".into(), format!("the gateway is not probed while {why}"))
 }
 
-/// The condition set for an outcome.
+/// The condition set for an outcome, with `Reconciling` beside `Progressing`
+/// (kstatus reads the one, Kubernetes conventions name the other).
 fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
+    let mut conditions = outcome_conditions(wan, outcome);
+    if let Some(p) = conditions.iter().find(|c| c.0 == PROGRESSING).cloned() {
+        conditions.push((RECONCILING, p.1, p.2, p.3));
+    }
+    conditions
+}
+
+fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
     let number = &wan.spec.phone_number;
     let holds = || cond(CONFLICT, false, "NumberClaimed", format!("this WhatsAppNumber holds the claim on {number}"));
     match outcome {
@@ -177,6 +206,8 @@ fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             cond(READY, false, problem.reason, problem.message.clone()),
             cond(PROGRESSING, false, problem.reason, "the reconcile is held until the problem is fixed"),
             cond(DEGRADED, true, problem.reason, problem.message.clone()),
+            // Only a person can fix what validation found.
+            cond(STALLED, true, problem.reason, problem.message.clone()),
             not_probed("the reconcile is held"),
             holds(),
         ],
@@ -188,6 +219,7 @@ fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
                 cond(READY, false, PHONE_NUMBER_IN_USE, message.clone()),
                 cond(PROGRESSING, false, PHONE_NUMBER_IN_USE, "waiting for the number to be released"),
                 cond(DEGRADED, true, PHONE_NUMBER_IN_USE, message.clone()),
+                cond(STALLED, true, PHONE_NUMBER_IN_USE, message.clone()),
                 not_probed("another WhatsAppNumber holds the number"),
                 cond(CONFLICT, true, PHONE_NUMBER_IN_USE, message),
             ]
@@ -199,6 +231,11 @@ fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             };
             conditions.extend(version_conditions(&applied.versions));
             conditions.extend(admin_condition(wan, applied));
+            if let Err(why) = &applied.client.service_monitor {
+                conditions.push(cond(MONITORING, false, "ServiceMonitorUnavailable", why.clone()));
+            } else if wan.spec.monitoring.as_ref().is_some_and(|m| m.service_monitor) {
+                conditions.push(cond(MONITORING, true, "ServiceMonitorApplied", "the client's metrics are scraped"));
+            }
             // Something only a person can unblock, beyond the version's own stalls.
             let stall = match (&applied.client.external_conflict, applied.sharding.as_ref().map(|s| s.phase)) {
                 (Some(c), _) => Some((EXTERNAL_INSTANCE, c.message.clone())),
@@ -459,6 +496,7 @@ pub fn compute(
         status.registered_at = c.registered_at.clone();
         status.external_conflict = c.external_conflict.clone();
         status.database_name_prefix = c.database_name_prefix.clone();
+        status.client_service_monitor = c.service_monitor.clone().ok().flatten();
     }
     status
 }
@@ -745,6 +783,29 @@ mod tests {
             ("True", SHARD_CHANGE_BLOCKED)
         );
         assert!(cond(&s, DEGRADED).message.contains("spec.registration"));
+    }
+
+    #[test]
+    fn reconciling_mirrors_progressing_and_blocked_outcomes_stall() {
+        let wan = sample();
+        let rolling =
+            Tiers { masters: TierStatus { desired: 2, ready: 1, updated: 1, observed: true }, ..ready_tiers() };
+        let s = compute(&wan, &applied(rolling), None, &t(1));
+        assert_eq!(
+            (cond(&s, RECONCILING).status.as_str(), cond(&s, RECONCILING).reason.as_str()),
+            ("True", "RollingOut")
+        );
+        let s = compute(&wan, &all_ready(), None, &t(1));
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        let blocked = Problem { reason: "SecretNotFound", message: "create it".into() };
+        let s = compute(&wan, &Outcome::Blocked(blocked), None, &t(1));
+        assert_eq!((cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()), ("True", "SecretNotFound"));
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        let s = compute(&wan, &Outcome::Conflict { holder: "a/b/c".into() }, None, &t(1));
+        assert_eq!(
+            (cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()),
+            ("True", PHONE_NUMBER_IN_USE)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod disruption;
 pub mod media;
+pub mod monitoring;
 pub mod names;
 pub mod pods;
 pub mod schema_job;

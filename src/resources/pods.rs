@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapEnvSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, ResourceRequirements,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -51,12 +52,48 @@ pub fn command(wan: &WhatsAppNumber) -> Vec<String> {
     ]
 }
 
-/// Meta's Kubernetes manifests drop `MKNOD`; nothing in the client needs it.
-pub fn security_context() -> SecurityContext {
-    SecurityContext {
+/// The tier's container security context: the spec's, else what Meta's
+/// Kubernetes manifests set (`MKNOD` dropped; nothing in the client needs it).
+pub fn security_context(wan: &WhatsAppNumber, tier: Tier) -> SecurityContext {
+    overrides(wan, tier).security_context.clone().unwrap_or_else(|| SecurityContext {
         capabilities: Some(Capabilities { drop: Some(vec!["MKNOD".into()]), add: None }),
         ..Default::default()
-    }
+    })
+}
+
+/// The tier's pod-level settings from the spec, on top of a built pod spec:
+/// security context (default: the runtime's seccomp profile), priority class,
+/// topology spread and service account.
+pub fn with_pod_settings(wan: &WhatsAppNumber, tier: Tier, mut pod: PodSpec) -> PodSpec {
+    let o = overrides(wan, tier);
+    pod.security_context = Some(o.pod_security_context.clone().unwrap_or_else(|| PodSecurityContext {
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..Default::default()
+    }));
+    pod.priority_class_name = o.priority_class_name.clone();
+    pod.topology_spread_constraints =
+        (!o.topology_spread_constraints.is_empty()).then(|| o.topology_spread_constraints.clone());
+    pod.service_account_name = o.service_account_name.clone();
+    pod
+}
+
+/// Variables the shared ConfigMap and the workloads set: the spec's extra
+/// environment cannot shadow them.
+const OPERATOR_ENV_PREFIXES: [&str; 5] =
+    ["WA_DB_", "WA_APP_MULTICONNECT", "COREAPP_", "WA_CONFIG_ON_DB", "WA_MASTER_NODE"];
+
+/// The operator's environment followed by the spec's extra variables, minus
+/// any the operator sets itself (those keep the operator's value).
+pub fn with_extra_env(wan: &WhatsAppNumber, tier: Tier, mut env: Vec<EnvVar>) -> Vec<EnvVar> {
+    let extra: Vec<EnvVar> = overrides(wan, tier)
+        .env
+        .iter()
+        .filter(|e| !env.iter().any(|mine| mine.name == e.name))
+        .filter(|e| !OPERATOR_ENV_PREFIXES.iter().any(|p| e.name.starts_with(p)))
+        .cloned()
+        .collect();
+    env.extend(extra);
+    env
 }
 
 /// `image:v<version>`.

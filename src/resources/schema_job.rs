@@ -29,9 +29,9 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
         image: Some(pods::image(&wan.spec.images.coreapp, version)),
         image_pull_policy: pods::pull_policy(wan),
         command: Some(pods::command(wan)),
-        security_context: Some(pods::security_context()),
+        security_context: Some(pods::security_context(wan, super::names::Tier::Coreapp)),
         env_from: Some(pods::env_from(wan)),
-        env: Some(env),
+        env: Some(pods::with_extra_env(wan, super::names::Tier::Coreapp, env)),
         resources: Some(pods::resources(wan, super::names::Tier::Coreapp)),
         volume_mounts: Some(pods::volume_mounts(wan, true)),
         ..Default::default()
@@ -44,16 +44,20 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
             ttl_seconds_after_finished: Some(KEEP_FINISHED_SECONDS),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    restart_policy: Some("Never".into()),
-                    volumes: Some(pods::volumes(wan, true)),
-                    node_selector: pods::non_empty(&wan.spec.coreapp.node_selector),
-                    tolerations: (!wan.spec.coreapp.tolerations.is_empty())
-                        .then(|| wan.spec.coreapp.tolerations.clone()),
-                    image_pull_secrets: pods::pull_secrets(wan),
-                    ..Default::default()
-                }),
+                spec: Some(pods::with_pod_settings(
+                    wan,
+                    super::names::Tier::Coreapp,
+                    PodSpec {
+                        containers: vec![container],
+                        restart_policy: Some("Never".into()),
+                        volumes: Some(pods::volumes(wan, true)),
+                        node_selector: pods::non_empty(&wan.spec.coreapp.node_selector),
+                        tolerations: (!wan.spec.coreapp.tolerations.is_empty())
+                            .then(|| wan.spec.coreapp.tolerations.clone()),
+                        image_pull_secrets: pods::pull_secrets(wan),
+                        ..Default::default()
+                    },
+                )),
             },
             ..Default::default()
         }),

@@ -550,3 +550,51 @@ fn upgrade_shape_sets_versions_and_stops_nodes() {
     let web = c.webapps.spec.unwrap().template.spec.unwrap();
     assert_eq!(web.containers[0].image.as_deref(), Some("docker.whatsapp.biz/web:v2.53.2"));
 }
+
+#[test]
+fn pod_settings_reach_every_tier_with_hardened_defaults() {
+    let mut wan = sample();
+    let c = build(&wan, &inputs());
+    let pod = c.masters.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let seccomp = pod.security_context.unwrap().seccomp_profile.unwrap();
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+    assert_eq!(pod.service_account_name, None);
+
+    let overrides: PodOverrides = serde_json::from_value(serde_json::json!({
+        "podSecurityContext": {"runAsUser": 1000, "fsGroup": 1000},
+        "securityContext": {"readOnlyRootFilesystem": true},
+        "priorityClassName": "whatsapp-critical",
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}],
+        "serviceAccountName": "wa-nodes",
+        "env": [{"name": "TZ", "value": "UTC"}, {"name": "WA_DB_HOSTNAME", "value": "elsewhere"}, {"name": "COREAPP_HOSTNAME", "value": "x"}]
+    }))
+    .unwrap();
+    wan.spec.coreapp = overrides.clone();
+    wan.spec.webapp.pod = overrides;
+    let c = build(&wan, &inputs());
+    let job = schema_job::schema_job(&wan, "2.55.1");
+    let pods = [
+        c.coreapps.spec.unwrap().template.spec.unwrap(),
+        c.webapps.spec.unwrap().template.spec.unwrap(),
+        job.spec.unwrap().template.spec.unwrap(),
+    ];
+    for pod in pods {
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_user, Some(1000));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("whatsapp-critical"));
+        assert_eq!(pod.topology_spread_constraints.as_ref().map(Vec::len), Some(1));
+        assert_eq!(pod.service_account_name.as_deref(), Some("wa-nodes"));
+        let container = &pod.containers[0];
+        assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+        let env = container.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "TZ"), "extra variables are added");
+        assert!(!env.iter().any(|e| e.name == "WA_DB_HOSTNAME"), "the database comes from the ConfigMap only");
+        assert_eq!(
+            env.iter().filter(|e| e.name == "COREAPP_HOSTNAME").count(),
+            usize::from(container.name != "webapp" && container.name != "schema-upgrade"),
+            "{}",
+            container.name
+        );
+    }
+    // Masters keep their defaults: settings are per tier.
+    assert_eq!(c.masters.spec.unwrap().template.spec.unwrap().priority_class_name, None);
+}

@@ -72,9 +72,9 @@ pub fn deployment(
         image: Some(pods::image(&wan.spec.images.webapp, version)),
         image_pull_policy: pods::pull_policy(wan),
         command: Some(pods::command(wan)),
-        security_context: Some(pods::security_context()),
+        security_context: Some(pods::security_context(wan, Tier::Webapp)),
         env_from: Some(pods::env_from(wan)),
-        env: Some(env),
+        env: Some(pods::with_extra_env(wan, Tier::Webapp, env)),
         ports: Some(vec![ContainerPort {
             name: Some("https".into()),
             container_port: WEBAPP_PORT,
@@ -103,15 +103,19 @@ pub fn deployment(
             }),
             template: PodTemplateSpec {
                 metadata: Some(pods::template_meta(wan, Tier::Webapp, version, config_hash)),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    affinity: Some(pods::affinity(wan, Tier::Webapp)),
-                    node_selector: pods::non_empty(&o.node_selector),
-                    tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
-                    image_pull_secrets: pods::pull_secrets(wan),
-                    ..Default::default()
-                }),
+                spec: Some(pods::with_pod_settings(
+                    wan,
+                    Tier::Webapp,
+                    PodSpec {
+                        containers: vec![container],
+                        volumes: Some(volumes),
+                        affinity: Some(pods::affinity(wan, Tier::Webapp)),
+                        node_selector: pods::non_empty(&o.node_selector),
+                        tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
+                        image_pull_secrets: pods::pull_secrets(wan),
+                        ..Default::default()
+                    },
+                )),
             },
             ..Default::default()
         }),

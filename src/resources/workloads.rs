@@ -93,9 +93,9 @@ pub fn stateful_set(
         image: Some(pods::image(&wan.spec.images.coreapp, version)),
         image_pull_policy: pods::pull_policy(wan),
         command: Some(pods::command(wan)),
-        security_context: Some(pods::security_context()),
+        security_context: Some(pods::security_context(wan, tier)),
         env_from: Some(pods::env_from(wan)),
-        env: Some(env),
+        env: Some(pods::with_extra_env(wan, tier, env)),
         ports: Some(
             COREAPP_PORTS
                 .iter()
@@ -132,16 +132,20 @@ pub fn stateful_set(
             }),
             template: PodTemplateSpec {
                 metadata: Some(pods::template_meta(wan, tier, version, config_hash)),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(pods::volumes(wan, true)),
-                    affinity: Some(pods::affinity(wan, tier)),
-                    node_selector: pods::non_empty(&o.node_selector),
-                    tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
-                    image_pull_secrets: pods::pull_secrets(wan),
-                    termination_grace_period_seconds: Some(60),
-                    ..Default::default()
-                }),
+                spec: Some(pods::with_pod_settings(
+                    wan,
+                    tier,
+                    PodSpec {
+                        containers: vec![container],
+                        volumes: Some(pods::volumes(wan, true)),
+                        affinity: Some(pods::affinity(wan, tier)),
+                        node_selector: pods::non_empty(&o.node_selector),
+                        tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
+                        image_pull_secrets: pods::pull_secrets(wan),
+                        termination_grace_period_seconds: Some(60),
+                        ..Default::default()
+                    },
+                )),
             },
             ..Default::default()
         }),

@@ -23,6 +23,22 @@ pub struct NumberLabels {
     pub name: String,
 }
 
+/// One condition of one number, as last written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub namespace: String,
+    pub name: String,
+    pub r#type: String,
+    pub status: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub revision: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: String,
@@ -43,12 +59,17 @@ pub struct Metrics {
     pub connected_coreapps: Family<NumberLabels, Gauge<i64, AtomicI64>>,
     /// Per number: 1 while health is judged good.
     pub gateway_up: Family<NumberLabels, Gauge<i64, AtomicI64>>,
-    /// Per number: duration of the last `/v1/health` call.
-    pub probe_latency: Family<NumberLabels, Gauge<f64, AtomicU64>>,
+    /// Per number: durations of `/v1/health` calls.
+    pub probe_duration: Family<NumberLabels, Histogram>,
     /// Per number: Unix time of the last probe.
     pub probe_timestamp: Family<NumberLabels, Gauge<f64, AtomicU64>>,
     /// Per number: Unix time at which the running build expires.
     pub build_expiry: Family<NumberLabels, Gauge<f64, AtomicU64>>,
+    /// Per number and condition type: 1 for the status and reason last written.
+    pub conditions: Family<ConditionLabels, Gauge<i64, AtomicI64>>,
+    /// The label set each (namespace, name, type) carries now, so that a
+    /// change replaces the series instead of adding one.
+    condition_series: std::sync::Mutex<std::collections::HashMap<(String, String, String), ConditionLabels>>,
 }
 
 impl Default for Metrics {
@@ -61,7 +82,17 @@ impl Default for Metrics {
         let leader = Gauge::<i64, AtomicI64>::default();
         let connected_coreapps = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();
         let gateway_up = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();
-        let probe_latency = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
+        let probe_duration = Family::<NumberLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        let conditions = Family::<ConditionLabels, Gauge<i64, AtomicI64>>::default();
+        let build_info = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: option_env!("WAO_GIT_REVISION").unwrap_or("unknown").into(),
+            })
+            .set(1);
         let probe_timestamp = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         let build_expiry = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
@@ -81,16 +112,22 @@ impl Default for Metrics {
         );
         registry.register("number_gateway_up", "1 while a WhatsAppNumber's gateway is healthy", gateway_up.clone());
         registry.register_with_unit(
-            "health_probe_latency",
-            "Duration of the last /v1/health call, per WhatsAppNumber",
+            "health_probe_duration",
+            "Duration of /v1/health calls, per WhatsAppNumber",
             prometheus_client::registry::Unit::Seconds,
-            probe_latency.clone(),
+            probe_duration.clone(),
         );
         registry.register(
             "health_probe_timestamp_seconds",
             "Unix time of the last /v1/health probe, per WhatsAppNumber",
             probe_timestamp.clone(),
         );
+        registry.register(
+            "number_condition",
+            "1 for each WhatsAppNumber condition with the status and reason last written",
+            conditions.clone(),
+        );
+        registry.register("build_info", "The operator's version and source revision", build_info);
         registry.register(
             "build_expiry_timestamp_seconds",
             "Unix time at which the running build expires, per WhatsAppNumber",
@@ -105,9 +142,11 @@ impl Default for Metrics {
             leader,
             connected_coreapps,
             gateway_up,
-            probe_latency,
+            probe_duration,
             probe_timestamp,
             build_expiry,
+            conditions,
+            condition_series: Default::default(),
         }
     }
 }
@@ -130,12 +169,49 @@ impl Metrics {
         NumberLabels { namespace: wan.namespace().unwrap_or_default(), name: wan.name_any() }
     }
 
+    /// Publishes the conditions of a status: one series per type, replaced
+    /// when its status or reason changes.
+    pub fn record_conditions(
+        &self,
+        wan: &crate::api::WhatsAppNumber,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        let n = self.number(wan);
+        let mut series = self.condition_series.lock().expect("condition series lock");
+        for c in conditions {
+            let labels = ConditionLabels {
+                namespace: n.namespace.clone(),
+                name: n.name.clone(),
+                r#type: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+            };
+            let key = (n.namespace.clone(), n.name.clone(), c.type_.clone());
+            if let Some(old) = series.insert(key, labels.clone())
+                && old != labels
+            {
+                self.conditions.remove(&old);
+            }
+            self.conditions.get_or_create(&labels).set(1);
+        }
+    }
+
     /// Drops a deleted WhatsAppNumber's series.
     pub fn forget(&self, wan: &crate::api::WhatsAppNumber) {
         let labels = self.number(wan);
+        {
+            let mut series = self.condition_series.lock().expect("condition series lock");
+            series.retain(|(ns, name, _), l| {
+                let keep = !(ns == &labels.namespace && name == &labels.name);
+                if !keep {
+                    self.conditions.remove(l);
+                }
+                keep
+            });
+        }
         self.connected_coreapps.remove(&labels);
         self.gateway_up.remove(&labels);
-        self.probe_latency.remove(&labels);
+        self.probe_duration.remove(&labels);
         self.probe_timestamp.remove(&labels);
         self.build_expiry.remove(&labels);
     }
@@ -145,5 +221,38 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+
+    fn condition(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn a_condition_has_one_series_that_follows_its_status() {
+        let m = Metrics::default();
+        let wan = crate::resources::tests::sample();
+        m.record_conditions(&wan, &[condition("Ready", "False", "RollingOut")]);
+        m.record_conditions(&wan, &[condition("Ready", "True", "Ready")]);
+        let text = m.encode();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("whatsapp_operator_number_condition{")).collect();
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert!(series[0].contains(r#"type="Ready",status="True",reason="Ready""#), "{}", series[0]);
+        assert!(text.contains("whatsapp_operator_build_info{"), "build_info is exported");
+        m.forget(&wan);
+        assert!(!m.encode().contains("whatsapp_operator_number_condition{"));
     }
 }

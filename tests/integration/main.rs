@@ -89,6 +89,9 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("gateway_auto_upgrades_an_expired_build", false, |e| {
         Box::pin(upgrades::gateway_auto_upgrades_an_expired_build(e))
     }),
+    ("client_metrics_service_monitor_follows_the_spec", false, |e| {
+        Box::pin(scenarios::client_metrics_service_monitor_follows_the_spec(e))
+    }),
     ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
     ("operator_killed_mid_reconcile_converges", true, |e| {
         Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))

@@ -914,3 +914,66 @@ pub async fn an_unreadable_object_does_not_stop_the_others(env: &'static Env) ->
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
+
+/// `spec.monitoring.serviceMonitor`: without the Prometheus Operator's CRD the
+/// condition says what is missing; with it the operator keeps a ServiceMonitor
+/// of the client's own metrics, and removes it when the spec stops asking.
+pub async fn client_metrics_service_monitor_follows_the_spec(env: &'static Env) -> Result<()> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let c = &env.admin;
+    let ns = namespace(c, "monitor").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    );
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(c.clone());
+    let installed = crds.get_opt("servicemonitors.monitoring.coreos.com").await?.is_some();
+    merge_patch(&api, &name, json!({"spec": {"monitoring": {"serviceMonitor": true, "labels": {"release": "prom"}}}}))
+        .await?;
+    if !installed {
+        let w = wait_condition(&api, &name, "ClientMetricsScraped", "False", "ServiceMonitorUnavailable").await?;
+        ensure!(condition(&w, "ClientMetricsScraped").is_some_and(|m| m.message.contains("monitoring.coreos.com")));
+        // The Prometheus Operator's CRD, reduced to what the API server needs.
+        let crd = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+        }))?;
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A spec change brings the next attempt at once.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        merge_patch(&api, &name, json!({"spec": {"monitoring": {"interval": "1m"}}})).await?;
+    }
+    let monitors: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns, &resource);
+    let sm_name = format!("{name}-client");
+    wait_until(READY_TIMEOUT, "the client's ServiceMonitor", || async {
+        Ok(monitors.get_opt(&sm_name).await?.is_some())
+    })
+    .await?;
+    let sm = monitors.get(&sm_name).await?;
+    ensure!(sm.labels().get("release").map(String::as_str) == Some("prom"));
+    let endpoints = sm.data["spec"]["endpoints"].as_array().cloned().unwrap_or_default();
+    ensure!(endpoints.len() == 2, "{endpoints:?}");
+    ensure!(endpoints[0]["authorization"]["credentials"]["name"] == json!(format!("{name}-keys")));
+    let w = wait_condition(&api, &name, "ClientMetricsScraped", "True", "ServiceMonitorApplied").await?;
+    ensure!(w.status.as_ref().and_then(|s| s.client_service_monitor.clone()) == Some(sm_name.clone()));
+
+    merge_patch(&api, &name, json!({"spec": {"monitoring": null}})).await?;
+    wait_until(READY_TIMEOUT, "the ServiceMonitor removed", || async {
+        Ok(monitors.get_opt(&sm_name).await?.is_none())
+    })
+    .await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}

@@ -99,7 +99,7 @@ pub async fn client_from(kubeconfig: &Path) -> Result<Client> {
 /// Installs the CRD exactly as `crdgen` generates it and waits until it is served.
 pub async fn install_crd(client: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = WhatsAppNumber::crd();
+    let crd = whatsapp_operator::api::crd();
     api.patch(&crd.name_any(), &PatchParams::apply("integration-tests").force(), &Patch::Apply(&crd)).await?;
     wait_until(Duration::from_secs(30), "the CRD to be established", || async {
         let crd = api.get(WhatsAppNumber::crd_name()).await?;

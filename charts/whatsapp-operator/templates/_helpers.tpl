@@ -110,36 +110,50 @@ Rules for the resources the operator manages in the watched namespace(s).
 Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
 */}}
 {{- define "whatsapp-operator.managedRules" -}}
+# Every verb below is one the operator's code uses; the integration suite runs
+# the operator with exactly these rules.
 - apiGroups: ["whatsapp.operators.dev"]
   resources: ["whatsappnumbers"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  # patch: the claim finalizer.
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["whatsapp.operators.dev"]
   resources: ["whatsappnumbers/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["whatsapp.operators.dev"]
   resources: ["whatsappnumbers/finalizers"]
+  # Children carry blockOwnerDeletion owner references.
   verbs: ["update"]
 - apiGroups: ["apps"]
-  resources: ["statefulsets", "deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["statefulsets"]
+  # delete: a WhatsAppNumber that lost its number claim stops its nodes.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
-  resources: ["services", "configmaps", "persistentvolumeclaims", "secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["services", "configmaps", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  # create/update: the generated key Secret; patch: the pinned webapp CA.
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  # delete: a budget for a tier that no longer has several pods.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  # spec.monitoring.serviceMonitor: the client's own metrics.
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 
 {{/*
