@@ -13,6 +13,7 @@ pub mod controller;
 pub mod exclusivity;
 pub mod health;
 pub mod leader;
+pub mod lifecycle;
 pub mod render;
 pub mod resources;
 pub mod sharding;

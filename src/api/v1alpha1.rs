@@ -104,6 +104,19 @@ pub struct WhatsAppNumberSpec {
     /// Scraping of the client's own metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
+
+    /// Application settings, applied once the number is registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<SettingsSpec>,
+
+    /// Scheduled backups, kept as Secrets in the namespace (a backup holds the
+    /// registration and keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// A backup to restore into this deployment once, before registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreSpec>,
 }
 
 /// The client's own metrics, scraped by a Prometheus Operator.
@@ -281,8 +294,129 @@ fn default_probe_timeout() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct RegistrationSpec {
     /// Secret with the base64 certificate from WhatsApp Manager and, when
-    /// two-step verification is on, the PIN.
+    /// two-step verification is on, the PIN; later the code a person puts in.
     pub secret_ref: RegistrationSecretRef,
+
+    /// Register the number: how WhatsApp sends the code, `sms` or `voice`.
+    /// The operator requests the code once (`POST /v1/account`), waits for a
+    /// person to put it into the Secret's `codeKey`, then verifies it. Without
+    /// it the operator registers nothing (the material serves shard changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<RegistrationMethod>,
+}
+
+/// How the registration code is delivered.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMethod {
+    Sms,
+    Voice,
+}
+
+impl RegistrationMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationMethod::Sms => "sms",
+            RegistrationMethod::Voice => "voice",
+        }
+    }
+}
+
+/// The client's application settings (`/v1/settings/application`). Only the
+/// fields given are managed; the client keeps its own value for the others.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsSpec {
+    /// Where the client delivers messages and statuses (`webhooks.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://.+"), length(max = 2048))]
+    pub webhook_url: Option<String>,
+
+    /// Concurrent webhook requests (`webhooks.max_concurrent_requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [6, 12, 18, 24]))]
+    pub webhook_max_concurrent_requests: Option<i32>,
+
+    /// CA of the webhook endpoint's certificate, uploaded with
+    /// `POST /v1/certificates/webhooks/ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca_secret_ref: Option<SecretKeyRef>,
+
+    /// Keep callbacks in the database until delivered (`callback_persist`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_persist: Option<bool>,
+
+    /// First retry delay of a failed callback (`callback_backoff_delay_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400000))]
+    pub callback_backoff_delay_ms: Option<i64>,
+
+    /// Longest retry delay of a failed callback (`max_callback_backoff_delay_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400000))]
+    pub max_callback_backoff_delay_ms: Option<i64>,
+
+    /// Send a callback when a message is sent (`sent_status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_status: Option<bool>,
+
+    /// `pass_through`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_through: Option<bool>,
+
+    /// Media types downloaded automatically (`media.auto_download`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("items" = {"type": "string", "enum": ["audio", "document", "voice", "video", "image", "sticker"]}))]
+    pub media_auto_download: Option<Vec<String>>,
+
+    /// What happens when the settings were changed through the API by hand:
+    /// `Report` (default) shows the drift in `SettingsApplied`; `Correct`
+    /// writes the spec's values back.
+    #[serde(default)]
+    pub drift_policy: DriftPolicy,
+}
+
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriftPolicy {
+    #[default]
+    Report,
+    Correct,
+}
+
+/// Scheduled backups (`POST /v1/settings/backup`): the registration and keys
+/// of the number, encrypted with a password.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When to back up, a cron expression in UTC (`0 3 * * *`: every day at 03:00).
+    #[schemars(length(min = 9, max = 100))]
+    pub schedule: String,
+
+    /// The password backups are encrypted with; restoring needs it.
+    pub password_secret_ref: PasswordSecretRef,
+
+    /// Backups kept, newest first; older ones are deleted.
+    #[serde(default = "default_backups_kept")]
+    #[schemars(range(min = 1, max = 100))]
+    pub keep: i32,
+}
+
+fn default_backups_kept() -> i32 {
+    7
+}
+
+/// A backup to restore into this (new) deployment, once, before anything else
+/// registers the number (`POST /v1/settings/restore`): the documented way to
+/// move a number to a new setup. The new setup needs the same numbers of
+/// shards, masters and coreapps as the old one.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// Secret holding the backup data, for example one the operator wrote.
+    pub secret_ref: SecretKeyRef,
+
+    /// The password the backup was made with.
+    pub password_secret_ref: PasswordSecretRef,
 }
 
 /// Keys of the registration Secret.
@@ -302,6 +436,15 @@ pub struct RegistrationSecretRef {
     #[serde(default = "default_pin_key")]
     #[schemars(length(min = 1))]
     pub pin_key: String,
+
+    /// Key a person puts the registration code into, once it has arrived.
+    #[serde(default = "default_code_key")]
+    #[schemars(length(min = 1))]
+    pub code_key: String,
+}
+
+fn default_code_key() -> String {
+    "code".into()
 }
 
 fn default_cert_key() -> String {
@@ -876,6 +1019,22 @@ pub struct WhatsAppNumberStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webapp_certificate: Option<WebappCertificateStatus>,
 
+    /// The registration the operator carries out (`spec.registration.method`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationStatus>,
+
+    /// The application settings as last compared with the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<SettingsStatus>,
+
+    /// Backups made and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+
+    /// The restore of `spec.restoreFrom`, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+
     /// The ServiceMonitor the operator keeps for the client's own metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_service_monitor: Option<String>,
@@ -885,6 +1044,88 @@ pub struct WhatsAppNumberStatus {
     /// person resolves it (see the `Conflict` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_conflict: Option<ExternalConflictStatus>,
+}
+
+/// Where a registration stands.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationStatus {
+    pub phase: RegistrationPhase,
+    pub message: String,
+    /// Digest of the request inputs (method, certificate, PIN, the
+    /// `request-code` annotation) of the last code request: a request is never
+    /// repeated with the same inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_requested_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Digest of the last code sent for verification: a code is tried once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_digest: Option<String>,
+}
+
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationPhase {
+    /// The code was requested; a person puts it into the Secret.
+    CodeRequested,
+    /// The client refused the code request (certificate, PIN, rate limit).
+    RequestRefused,
+    /// The client refused the code.
+    CodeRefused,
+    /// The number is registered to this deployment.
+    Registered,
+}
+
+/// The settings as last compared.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsStatus {
+    /// The generation whose settings were last written to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_generation: Option<i64>,
+    /// Settings whose value in the client differs from the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+    /// Digest of the webhook CA the client accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca_digest: Option<String>,
+    /// Why the last write failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Backups.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The Secret of the newest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A restore.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// Not tried again once refused, until `spec.restoreFrom` changes.
+    pub outcome: RestoreOutcome,
+    /// The Secret restored from.
+    pub from: String,
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    Restored,
+    Refused,
 }
 
 /// The uploaded webapp certificate.

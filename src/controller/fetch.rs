@@ -29,11 +29,31 @@ pub struct Observed {
     pub registration: Option<Secret>,
     /// The Secret named by `spec.webapp.adminPasswordSecretRef`, if set and present.
     pub admin_password: Option<Secret>,
+    /// Secrets the number's lifecycle names (webhook CA, backup password,
+    /// the backup to restore and its password), by name, those that exist.
+    pub lifecycle: std::collections::BTreeMap<String, Secret>,
     /// The built-in release catalog with the operator's ConfigMap applied.
     pub catalog: Catalog,
     /// Another WhatsAppNumber, older than this one, on the same database host,
     /// port and name prefix (`namespace/name`).
     pub database_sharer: Option<String>,
+}
+
+/// Secrets named by the settings, backup and restore parts of the spec.
+pub fn lifecycle_secret_names(wan: &WhatsAppNumber) -> Vec<String> {
+    let spec = &wan.spec;
+    let mut names: Vec<String> = [
+        spec.settings.as_ref().and_then(|s| s.webhook_ca_secret_ref.as_ref()).map(|r| r.name.clone()),
+        spec.backup.as_ref().map(|b| b.password_secret_ref.name.clone()),
+        spec.restore_from.as_ref().map(|r| r.secret_ref.name.clone()),
+        spec.restore_from.as_ref().map(|r| r.password_secret_ref.name.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The first WhatsAppNumber among `others` that was there before `wan` and
@@ -90,6 +110,12 @@ pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber)
         Some(r) => secrets.get_opt(&r.name).await?,
         None => None,
     };
+    let mut lifecycle = std::collections::BTreeMap::new();
+    for name in lifecycle_secret_names(wan) {
+        if let Some(secret) = secrets.get_opt(&name).await? {
+            lifecycle.insert(name, secret);
+        }
+    }
 
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.operator_namespace);
     let catalog_yaml = match configmaps.get_opt(&settings.release_catalog).await {
@@ -109,6 +135,7 @@ pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber)
         health_ca,
         registration,
         admin_password,
+        lifecycle,
         catalog,
         database_sharer: None,
     })

@@ -119,6 +119,8 @@ pub struct GatewayReport {
     pub certificate: Option<WebappCertificateStatus>,
     pub registered_at: Option<Time>,
     pub external_conflict: Option<ExternalConflictStatus>,
+    /// Registration, settings, backups and restore.
+    pub lifecycle: super::lifecycle::LifecycleReport,
 }
 
 /// What a call to the webapp needs.
@@ -217,6 +219,12 @@ pub async fn observe(
         certificate: status.and_then(|s| s.webapp_certificate.clone()),
         registered_at: status.and_then(|s| s.registered_at.clone()),
         external_conflict: status.and_then(|s| s.external_conflict.clone()),
+        lifecycle: super::lifecycle::LifecycleReport {
+            registration: status.and_then(|s| s.registration.clone()),
+            settings: status.and_then(|s| s.settings.clone()),
+            backup: status.and_then(|s| s.backup.clone()),
+            restore: status.and_then(|s| s.restore.clone()),
+        },
     };
     let unreachable = |report: &mut GatewayReport, why: String| {
         report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
@@ -297,6 +305,11 @@ pub async fn observe(
     let verdict = report::judge(&health, report.shards.unwrap_or(wan.spec.multiconnect.shards));
     let pods = pods_by_host(ctx, wan).await;
     report.observation = health::observed(verdict, &health, report.shards, &pods, previous, &now);
+    if let Some(token) = &token {
+        let reachable = report.observation.block.nodes.iter().filter(|n| n.gateway_status.is_some()).count();
+        let gateway = report.observation.verdict.gateway.clone();
+        report.lifecycle = super::lifecycle::step(ctx, wan, observed, &webapp, token, &gateway, reachable).await;
+    }
 
     // The operator saw the number get registered: its age is known from now on.
     let was_unregistered = previous.is_some_and(|p| p.gateway == "unregistered");

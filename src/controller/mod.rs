@@ -5,6 +5,7 @@ pub mod apply;
 pub mod error;
 pub mod fetch;
 pub mod gateway;
+pub mod lifecycle;
 pub mod status;
 pub mod validate;
 
@@ -408,6 +409,15 @@ async fn deploy(
         external_conflict: report.as_ref().and_then(|r| r.external_conflict.clone()).filter(|c| !resolved(c)),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
         service_monitor,
+        lifecycle: match report.as_ref() {
+            Some(r) => r.lifecycle.clone(),
+            None => lifecycle::LifecycleReport {
+                registration: status.and_then(|s| s.registration.clone()),
+                settings: status.and_then(|s| s.settings.clone()),
+                backup: status.and_then(|s| s.backup.clone()),
+                restore: status.and_then(|s| s.restore.clone()),
+            },
+        },
     };
     Ok(Applied { tiers, health, sharding, versions, client })
 }
@@ -630,6 +640,7 @@ fn referencing(
                         || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
                         || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
                         || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
+                        || fetch::lifecycle_secret_names(wan).iter().any(|n| n == name)
                         || Names::new(wan).keys() == name
                 }
                 Reference::Claim => crate::resources::media_claim_name(wan) == name,

@@ -39,6 +39,10 @@ pub const EXTERNAL_INSTANCE: &str = "ExternalInstance";
 pub const INITIALIZING_DATABASE: &str = "InitializingDatabase";
 /// The admin session and the uploaded certificate.
 pub const ADMIN_ACCESS: &str = "AdminAccess";
+pub const REGISTERED: &str = "Registered";
+pub const SETTINGS_APPLIED: &str = "SettingsApplied";
+pub const BACKED_UP: &str = "BackedUp";
+pub const RESTORED: &str = "Restored";
 /// The ServiceMonitor of the client's own metrics, when asked for.
 pub const MONITORING: &str = "ClientMetricsScraped";
 
@@ -79,6 +83,8 @@ pub struct ClientState {
     pub database_name_prefix: Option<String>,
     /// The client's ServiceMonitor kept, or why it cannot be.
     pub service_monitor: Result<Option<String>, String>,
+    /// Registration, settings, backups and restore.
+    pub lifecycle: crate::controller::lifecycle::LifecycleReport,
 }
 
 impl Default for ClientState {
@@ -91,6 +97,7 @@ impl Default for ClientState {
             external_conflict: None,
             database_name_prefix: None,
             service_monitor: Ok(None),
+            lifecycle: Default::default(),
         }
     }
 }
@@ -231,6 +238,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             };
             conditions.extend(version_conditions(&applied.versions));
             conditions.extend(admin_condition(wan, applied));
+            conditions.extend(lifecycle_conditions(wan, &applied.client.lifecycle));
             if let Err(why) = &applied.client.service_monitor {
                 conditions.push(cond(MONITORING, false, "ServiceMonitorUnavailable", why.clone()));
             } else if wan.spec.monitoring.as_ref().is_some_and(|m| m.service_monitor) {
@@ -282,6 +290,79 @@ fn external_conflict_conditions(wan: &WhatsAppNumber, c: &crate::api::ExternalCo
 
 fn not_probed_unless_polling() -> Cond {
     (GATEWAY_CONNECTED, "False", EXTERNAL_INSTANCE.into(), "masters and coreapps are stopped".into())
+}
+
+/// `Registered`, `SettingsApplied`, `BackedUp` and `Restored`, each only when
+/// the spec asks for what it reports.
+fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::LifecycleReport) -> Vec<Cond> {
+    use crate::api::{RegistrationPhase, RestoreOutcome};
+    let mut out = vec![];
+    if wan.spec.registration.as_ref().is_some_and(|r| r.method.is_some()) {
+        out.push(match &l.registration {
+            Some(r) if r.phase == RegistrationPhase::Registered => {
+                cond(REGISTERED, true, "Registered", r.message.clone())
+            }
+            Some(r) if r.phase == RegistrationPhase::CodeRequested => {
+                cond(REGISTERED, false, "WaitingForCode", r.message.clone())
+            }
+            Some(r) if r.phase == RegistrationPhase::CodeRefused => {
+                cond(REGISTERED, false, "CodeRefused", r.message.clone())
+            }
+            Some(r) => cond(REGISTERED, false, "CodeRequestRefused", r.message.clone()),
+            None => cond(
+                REGISTERED,
+                false,
+                "NotStarted",
+                "registration starts once the webapp answers with an admin session",
+            ),
+        });
+    }
+    if wan.spec.settings.is_some() {
+        out.push(match &l.settings {
+            Some(s) if s.last_error.is_some() => {
+                cond(SETTINGS_APPLIED, false, "SettingsRefused", s.last_error.clone().unwrap_or_default())
+            }
+            Some(s) if !s.drift.is_empty() => cond(
+                SETTINGS_APPLIED,
+                false,
+                "SettingsDrifted",
+                format!(
+                    "changed through the API, not in the spec: {}; set spec.settings.driftPolicy: Correct to write the spec's values back, or change the spec",
+                    s.drift.join(", ")
+                ),
+            ),
+            Some(s) if s.applied_generation.is_some() => {
+                cond(SETTINGS_APPLIED, true, "InSync", "the client's application settings are the spec's")
+            }
+            _ => cond(SETTINGS_APPLIED, false, "NotApplied", "settings are applied once the number is registered"),
+        });
+    }
+    if wan.spec.backup.is_some() {
+        out.push(match &l.backup {
+            Some(b) if b.last_error.is_some() => {
+                cond(BACKED_UP, false, "BackupFailed", b.last_error.clone().unwrap_or_default())
+            }
+            Some(b) if b.latest.is_some() => cond(
+                BACKED_UP,
+                true,
+                "BackedUp",
+                format!("the newest backup is Secret {}", b.latest.clone().unwrap_or_default()),
+            ),
+            _ => cond(BACKED_UP, false, "NoBackupYet", "the first backup runs at the next scheduled time"),
+        });
+    }
+    if let Some(from) = &wan.spec.restore_from {
+        out.push(match &l.restore {
+            Some(r) if r.outcome == RestoreOutcome::Restored && r.from == from.secret_ref.name => {
+                cond(RESTORED, true, "Restored", format!("restored from Secret {}", r.from))
+            }
+            Some(r) if r.outcome == RestoreOutcome::Refused => {
+                cond(RESTORED, false, "RestoreRefused", r.message.clone())
+            }
+            _ => cond(RESTORED, false, "WaitingForNodes", "the backup is restored once every master and coreapp runs"),
+        });
+    }
+    out
 }
 
 /// `AdminAccess`, when the webapp was probed.
@@ -497,6 +578,10 @@ pub fn compute(
         status.external_conflict = c.external_conflict.clone();
         status.database_name_prefix = c.database_name_prefix.clone();
         status.client_service_monitor = c.service_monitor.clone().ok().flatten();
+        status.registration = c.lifecycle.registration.clone();
+        status.settings = c.lifecycle.settings.clone();
+        status.backup = c.lifecycle.backup.clone();
+        status.restore = c.lifecycle.restore.clone().filter(|r| !r.from.is_empty());
     }
     status
 }

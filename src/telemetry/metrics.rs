@@ -65,6 +65,8 @@ pub struct Metrics {
     pub probe_timestamp: Family<NumberLabels, Gauge<f64, AtomicU64>>,
     /// Per number: Unix time at which the running build expires.
     pub build_expiry: Family<NumberLabels, Gauge<f64, AtomicU64>>,
+    /// Per number: Unix time of the last successful backup.
+    pub backup_success: Family<NumberLabels, Gauge<f64, AtomicU64>>,
     /// Per number and condition type: 1 for the status and reason last written.
     pub conditions: Family<ConditionLabels, Gauge<i64, AtomicI64>>,
     /// The label set each (namespace, name, type) carries now, so that a
@@ -86,6 +88,7 @@ impl Default for Metrics {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         let conditions = Family::<ConditionLabels, Gauge<i64, AtomicI64>>::default();
+        let backup_success = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         let build_info = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -127,6 +130,11 @@ impl Default for Metrics {
             "1 for each WhatsAppNumber condition with the status and reason last written",
             conditions.clone(),
         );
+        registry.register(
+            "number_backup_last_success_timestamp_seconds",
+            "Unix time of the last successful backup, per WhatsAppNumber",
+            backup_success.clone(),
+        );
         registry.register("build_info", "The operator's version and source revision", build_info);
         registry.register(
             "build_expiry_timestamp_seconds",
@@ -146,6 +154,7 @@ impl Default for Metrics {
             probe_timestamp,
             build_expiry,
             conditions,
+            backup_success,
             condition_series: Default::default(),
         }
     }
@@ -210,6 +219,7 @@ impl Metrics {
             });
         }
         self.connected_coreapps.remove(&labels);
+        self.backup_success.remove(&labels);
         self.gateway_up.remove(&labels);
         self.probe_duration.remove(&labels);
         self.probe_timestamp.remove(&labels);

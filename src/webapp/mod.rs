@@ -263,6 +263,75 @@ impl Webapp<'_> {
     }
 }
 
+impl Webapp<'_> {
+    async fn admin_json(
+        &self,
+        what: &'static str,
+        token: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Value), CallError> {
+        let (status, body) = self.call(what, Auth::Bearer(token), request).await?;
+        let value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+        Ok((status, value))
+    }
+
+    /// `POST /v1/account`: 201 means registered already, 202 that a code was sent.
+    pub async fn request_code(&self, token: &str, body: &Value) -> Result<StatusCode, CallError> {
+        let url = format!("{}/v1/account", self.base_url);
+        Ok(self.admin_json("POST /v1/account", token, self.client.post(url).json(body)).await?.0)
+    }
+
+    /// `POST /v1/account/verify {"code"}`.
+    pub async fn verify_code(&self, token: &str, code: &str) -> Result<(), CallError> {
+        let url = format!("{}/v1/account/verify", self.base_url);
+        self.admin_json("POST /v1/account/verify", token, self.client.post(url).json(&json!({"code": code})))
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/settings/application` -> the `application` object.
+    pub async fn settings(&self, token: &str) -> Result<Value, CallError> {
+        let url = format!("{}/v1/settings/application", self.base_url);
+        let (_, v) = self.admin_json("GET /v1/settings/application", token, self.client.get(url)).await?;
+        v.pointer("/settings/application").cloned().ok_or_else(|| CallError::Malformed {
+            what: "GET /v1/settings/application",
+            reason: format!("no settings.application in {v}"),
+        })
+    }
+
+    /// `PATCH /v1/settings/application` with the fields to change.
+    pub async fn patch_settings(&self, token: &str, fields: &Value) -> Result<(), CallError> {
+        let url = format!("{}/v1/settings/application", self.base_url);
+        self.admin_json("PATCH /v1/settings/application", token, self.client.patch(url).json(fields)).await.map(|_| ())
+    }
+
+    /// `POST /v1/certificates/webhooks/ca` (PEM).
+    pub async fn upload_webhook_ca(&self, token: &str, pem: &[u8]) -> Result<(), CallError> {
+        let url = format!("{}/v1/certificates/webhooks/ca", self.base_url);
+        let request = self.client.post(url).header(reqwest::header::CONTENT_TYPE, "text/plain").body(pem.to_vec());
+        self.admin_json("POST /v1/certificates/webhooks/ca", token, request).await.map(|_| ())
+    }
+
+    /// `POST /v1/settings/backup {"password"}` -> the opaque backup data.
+    pub async fn backup(&self, token: &str, password: &str) -> Result<String, CallError> {
+        let url = format!("{}/v1/settings/backup", self.base_url);
+        let (_, v) = self
+            .admin_json("POST /v1/settings/backup", token, self.client.post(url).json(&json!({"password": password})))
+            .await?;
+        v.pointer("/settings/data").and_then(Value::as_str).map(String::from).ok_or_else(|| CallError::Malformed {
+            what: "POST /v1/settings/backup",
+            reason: "no settings.data in the answer".into(),
+        })
+    }
+
+    /// `POST /v1/settings/restore {"password","data"}`.
+    pub async fn restore(&self, token: &str, password: &str, data: &str) -> Result<(), CallError> {
+        let url = format!("{}/v1/settings/restore", self.base_url);
+        let body = json!({"password": password, "data": data});
+        self.admin_json("POST /v1/settings/restore", token, self.client.post(url).json(&body)).await.map(|_| ())
+    }
+}
+
 /// The body of a shard change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardRequest {

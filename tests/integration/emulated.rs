@@ -160,6 +160,12 @@ impl Deployment {
         Self::start_with(name, number, version, timing, None)
     }
 
+    /// Like `start`, for a number nobody registered yet: registration goes
+    /// through the API, with the code the emulated WhatsApp "sends".
+    pub fn start_unregistered(name: &str, number: &str, version: &str, timing: (u32, u32)) -> Result<Self> {
+        Self::start_inner(name, number, version, timing, None, false)
+    }
+
     /// Like `start`; with `catalog`, the emulator uses that release catalog
     /// and the real clock instead of its fixed test date.
     pub fn start_with(
@@ -168,6 +174,17 @@ impl Deployment {
         version: &str,
         timing: (u32, u32),
         catalog: Option<&Path>,
+    ) -> Result<Self> {
+        Self::start_inner(name, number, version, timing, catalog, true)
+    }
+
+    fn start_inner(
+        name: &str,
+        number: &str,
+        version: &str,
+        timing: (u32, u32),
+        catalog: Option<&Path>,
+        registered: bool,
     ) -> Result<Self> {
         let db = database()?;
         let dir = work_dir().join(format!("emulated-{name}"));
@@ -194,6 +211,8 @@ impl Deployment {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect::<Vec<_>>();
+        let env: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| registered || k != "WA_EMULATOR_REGISTERED_NUMBER").collect();
         let env = match catalog {
             Some(path) => env
                 .into_iter()
@@ -207,6 +226,19 @@ impl Deployment {
         let status = d.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
         ensure!(status.success(), "the schema creation failed: {}", d.log("upgrade"));
         Ok(d)
+    }
+
+    /// The code the emulated WhatsApp sent to `number`, if any.
+    pub async fn sent_code(&self, number: &str) -> Result<Option<String>> {
+        let gateway = self.env.iter().find(|(k, _)| k == "WA_EMULATOR_GATEWAY").map(|(_, v)| v.clone());
+        let gateway = gateway.ok_or_else(|| anyhow::anyhow!("no gateway"))?;
+        let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        let response = reqwest::get(format!("http://{gateway}/admin/codes/{digits}")).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let v: serde_json::Value = response.error_for_status()?.json().await?;
+        Ok(v.get("code").and_then(|c| c.as_str()).map(String::from))
     }
 
     /// A second deployment of the same number, with its own database but the

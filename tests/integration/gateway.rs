@@ -370,6 +370,161 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
     Ok(())
 }
 
+/// A number's whole life from the spec: registration with the code a person
+/// puts into the Secret, application settings kept and their drift reported
+/// then corrected, a scheduled backup, and a restore into a new deployment.
+pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let (ns, port) = env.slot("life");
+    let number = unique_number();
+    let mut deployment = Deployment::start_unregistered("life", &number, "2.53.2", (1, 6))?;
+    let secrets = typed::<Secret>(c, &ns);
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
+    for (name, key, value) in [
+        ("registration", "cert", deployment.certificate(&number)?),
+        ("backup-password", "password", "Backup-passw0rd".to_string()),
+    ] {
+        let secret = Secret {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            string_data: Some(BTreeMap::from([(key.to_string(), value)])),
+            ..Default::default()
+        };
+        secrets.create(&PostParams::default(), &secret).await?;
+    }
+    let life = json!({
+        "registration": {"secretRef": {"name": "registration"}, "method": "sms"},
+        "settings": {"webhookUrl": "https://hooks.example.com/wa", "callbackBackoffDelayMs": 3000},
+        "backup": {"schedule": "* * * * *", "passwordSecretRef": {"name": "backup-password"}, "keep": 2}
+    });
+    let mut spec = json!({});
+    if let (Some(target), Some(extra)) = (spec.as_object_mut(), life.as_object()) {
+        target.extend(extra.clone());
+    }
+    prepare_in(c, &ns, &number, spec).await?;
+    let api = wans(c, &ns);
+    for master in [true, true, false, false] {
+        deployment.node(master)?;
+    }
+    let key = api_key(c, &ns).await?;
+    let url = deployment.webapp(&key, port)?;
+
+    // The operator requests the code once; a person puts it into the Secret.
+    let w =
+        wait_condition(&api, NAME, "Registered", "False", "WaitingForCode").await.with_context(|| deployment.logs())?;
+    ensure!(condition(&w, "Ready").is_some_and(|r| r.status == "False"), "never Ready while unregistered");
+    let code = deployment.sent_code(&number).await?.ok_or_else(|| anyhow!("no code was sent"))?;
+    // A wrong code first: refused, and not tried again by itself.
+    merge_secret(&secrets, "registration", "code", "000000").await?;
+    wait_condition(&api, NAME, "Registered", "False", "CodeRefused").await.with_context(|| deployment.logs())?;
+    merge_secret(&secrets, "registration", "code", &code).await?;
+    let w = wait_condition(&api, NAME, "Registered", "True", "Registered").await.with_context(|| deployment.logs())?;
+    ensure!(w.status.as_ref().is_some_and(|s| s.registration.as_ref().is_some_and(|r| r.code_requested_at.is_some())));
+    let w = wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
+    ensure!(w.status.as_ref().is_some_and(|s| s.registered_at.is_some()), "the registration time is recorded");
+
+    // Settings: applied, then changed by hand through the API.
+    wait_condition(&api, NAME, "SettingsApplied", "True", "InSync").await.with_context(|| deployment.logs())?;
+    let (client, token) = admin_client(c, &ns, &url).await?;
+    let settings = |client: reqwest::Client, token: String, url: String| async move {
+        let v: serde_json::Value =
+            client.get(format!("{url}/v1/settings/application")).bearer_auth(&token).send().await?.json().await?;
+        anyhow::Ok(v.pointer("/settings/application/webhooks/url").and_then(|u| u.as_str()).map(String::from))
+    };
+    ensure!(
+        settings(client.clone(), token.clone(), url.clone()).await?.as_deref() == Some("https://hooks.example.com/wa")
+    );
+    let by_hand = json!({"webhooks": {"url": "https://elsewhere.example.com/"}});
+    let r = client.patch(format!("{url}/v1/settings/application")).bearer_auth(&token).json(&by_hand).send().await?;
+    ensure!(r.status().is_success(), "PATCH by hand: {}", r.status());
+    let w = wait_condition(&api, NAME, "SettingsApplied", "False", "SettingsDrifted").await?;
+    ensure!(condition(&w, "SettingsApplied").is_some_and(|s| s.message.contains("webhooks.url")));
+    ensure!(
+        settings(client.clone(), token.clone(), url.clone()).await?.as_deref()
+            == Some("https://elsewhere.example.com/"),
+        "only reported"
+    );
+    merge_patch(&api, NAME, json!({"spec": {"settings": {"driftPolicy": "Correct"}}})).await?;
+    wait_condition(&api, NAME, "SettingsApplied", "True", "InSync").await?;
+    ensure!(settings(client, token, url).await?.as_deref() == Some("https://hooks.example.com/wa"), "corrected");
+
+    // A scheduled backup, kept as a Secret that outlives the object.
+    let w = wait_until(Duration::from_secs(150), "a scheduled backup", || async {
+        let w = api.get(NAME).await?;
+        Ok(condition(&w, "BackedUp").is_some_and(|b| b.status == "True"))
+    })
+    .await
+    .with_context(|| deployment.logs());
+    w?;
+    let w = api.get(NAME).await?;
+    let backup =
+        w.status.as_ref().and_then(|s| s.backup.as_ref()?.latest.clone()).ok_or_else(|| anyhow!("no backup"))?;
+    ensure!(secrets.get(&backup).await?.data.unwrap_or_default().contains_key("backup"));
+    let metrics = env.operator_metrics().await?;
+    ensure!(metrics.contains("whatsapp_operator_number_backup_last_success_timestamp_seconds{"), "backup metric");
+
+    // The number moves to a new setup: the old one goes, a new one restores.
+    api.delete(NAME, &Default::default()).await?;
+    wait_until(READY_TIMEOUT, "the old WhatsAppNumber gone", || async { Ok(api.get_opt(NAME).await?.is_none()) })
+        .await?;
+    deployment.stop_all();
+    ensure!(secrets.get_opt(&backup).await?.is_some(), "backups outlive the WhatsAppNumber");
+    // Its keys go with it (garbage collection), before the new object makes its own.
+    let keys = format!("{NAME}-keys");
+    wait_until(READY_TIMEOUT, "the old key Secret collected", || async { Ok(secrets.get_opt(&keys).await?.is_none()) })
+        .await?;
+    let mut moved = deployment.another_instance("life-moved")?;
+    prepare_in(
+        c,
+        &ns,
+        &number,
+        json!({"restoreFrom": {"secretRef": {"name": backup, "key": "backup"}, "passwordSecretRef": {"name": "backup-password"}}}),
+    )
+    .await?;
+    for master in [true, true, false, false] {
+        moved.node(master)?;
+    }
+    let key = api_key(c, &ns).await?;
+    moved.webapp(&key, port)?;
+    wait_condition(&api, NAME, "Restored", "True", "Restored").await.with_context(|| moved.logs())?;
+    let w = wait_ready(&api, NAME).await.with_context(|| moved.logs())?;
+    ensure!(w.status.as_ref().and_then(|s| s.health.as_ref()).is_some_and(|h| h.gateway == "connected"));
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+async fn merge_secret(secrets: &Api<Secret>, name: &str, key: &str, value: &str) -> Result<()> {
+    let patch = json!({"stringData": {key: value}});
+    secrets.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// The database Secret and a WhatsAppNumber, in an existing namespace.
+async fn prepare_in(c: &Client, ns: &str, number: &str, spec: serde_json::Value) -> Result<()> {
+    if typed::<Secret>(c, ns).get_opt("ha-mysql-db").await?.is_none() {
+        apply_example(c, ns, "ha-mysql.yaml", Some("Secret")).await?;
+    }
+    let mut wan: serde_json::Value = json!({
+        "apiVersion": "whatsapp.operators.dev/v1alpha1",
+        "kind": "WhatsAppNumber",
+        "metadata": {"name": NAME, "namespace": ns},
+        "spec": {
+            "phoneNumber": number,
+            "version": "2.53.2",
+            "database": {"engine": "MySQL", "host": "db", "credentialsSecretRef": {"name": "ha-mysql-db"}},
+            "health": {"pollIntervalSeconds": 5}
+        }
+    });
+    if let (Some(target), Some(extra)) = (wan["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            target.insert(k.clone(), v.clone());
+        }
+    }
+    let wan: WhatsAppNumber = serde_json::from_value(wan)?;
+    wans(c, ns).create(&PostParams::default(), &wan).await?;
+    Ok(())
+}
+
 /// Ready at the current generation with the client reporting `shards`.
 async fn wait_until_shards(api: &Api<WhatsAppNumber>, shards: i32) -> Result<WhatsAppNumber> {
     wait_until(READY_TIMEOUT, &format!("{shards} shards through the API and Ready"), || async {

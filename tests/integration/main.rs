@@ -51,7 +51,7 @@ impl Env {
 }
 
 /// The gateway scenarios; each gets a namespace and a webapp port at start-up.
-const GATEWAY_SCENARIOS: [&str; 5] = ["health", "shards", "upgrade", "auto", "conflict"];
+const GATEWAY_SCENARIOS: [&str; 6] = ["health", "shards", "upgrade", "auto", "conflict", "life"];
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
@@ -74,6 +74,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
         Box::pin(gateway::health_reaches_ready_and_fails_over(e))
     }),
     ("gateway_shards_change_through_the_api", false, |e| Box::pin(gateway::shards_change_through_the_api(e))),
+    ("gateway_a_numbers_life_as_code", false, |e| Box::pin(gateway::a_numbers_life_as_code(e))),
     ("gateway_another_instance_outside_the_cluster_stops_the_nodes", false, |e| {
         Box::pin(gateway::another_instance_outside_the_cluster_stops_the_nodes(e))
     }),

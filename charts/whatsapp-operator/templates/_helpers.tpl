@@ -135,8 +135,9 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # create/update: the generated key Secret; patch: the pinned webapp CA.
-  verbs: ["get", "list", "watch", "create", "update", "patch"]
+  # create/update: the generated key Secret; patch: the pinned webapp CA;
+  # create/delete: backups beyond spec.backup.keep.
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

@@ -1,0 +1,375 @@
+//! The lifecycle step of a reconcile, once an admin session is open: restore
+//! a backup into a new deployment, register the number, keep the application
+//! settings, and make scheduled backups. The decisions are in
+//! `crate::lifecycle`; this step makes the calls and writes backup Secrets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Context;
+use super::fetch::Observed;
+use crate::api::{
+    BackupStatus, RegistrationPhase, RegistrationStatus, RestoreOutcome, RestoreStatus, SettingsStatus, WhatsAppNumber,
+};
+use crate::lifecycle::{self, RegistrationStep};
+use crate::resources::names::{FIELD_MANAGER, LABEL_COMPONENT, Names, component_labels, instance_selector};
+use crate::resources::{digest, owned_meta};
+use crate::webapp::{CallError, Webapp, phone};
+
+/// The annotation a person changes to have a new registration code requested.
+pub const REQUEST_CODE_ANNOTATION: &str = "whatsapp.operators.dev/request-code";
+/// Component label of backup Secrets.
+pub const BACKUP_COMPONENT: &str = "backup";
+/// Key of the backup data in a backup Secret (and the default for restores).
+pub const BACKUP_KEY: &str = "backup";
+
+/// What the lifecycle step found and did, for status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LifecycleReport {
+    pub registration: Option<RegistrationStatus>,
+    pub settings: Option<SettingsStatus>,
+    pub backup: Option<BackupStatus>,
+    pub restore: Option<RestoreStatus>,
+}
+
+fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
+    let bytes = secret?.data.as_ref()?.get(key)?.0.clone();
+    String::from_utf8(bytes).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Runs the lifecycle for one probe. `gateway` is the overall gateway state
+/// the health probe judged; `nodes` the nodes the webapp lists, reachable.
+pub async fn step(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    webapp: &Webapp<'_>,
+    token: &str,
+    gateway: &str,
+    nodes: usize,
+) -> LifecycleReport {
+    let status = wan.status.as_ref();
+    let mut report = LifecycleReport {
+        registration: status.and_then(|s| s.registration.clone()),
+        settings: status.and_then(|s| s.settings.clone()),
+        backup: status.and_then(|s| s.backup.clone()),
+        restore: status.and_then(|s| s.restore.clone()),
+    };
+    let unregistered = gateway == "unregistered";
+
+    // A restore comes first: it brings the registration of the old setup.
+    if let Some(from) = &wan.spec.restore_from {
+        let done = report.restore.as_ref().is_some_and(|r| r.from == from.secret_ref.name);
+        let expected = (wan.spec.multiconnect.masters
+            + wan.spec.multiconnect.shards
+            + wan.spec.multiconnect.standby_coreapps) as usize;
+        if !done && unregistered && nodes >= expected {
+            report.restore = Some(restore(webapp, token, observed, from).await);
+        }
+        if report.restore.as_ref().is_none_or(|r| r.from != from.secret_ref.name) {
+            return report;
+        }
+    }
+
+    if let Some(method) = wan.spec.registration.as_ref().and_then(|r| r.method.map(|m| (r, m))) {
+        report.registration =
+            Some(register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await);
+    }
+
+    if !unregistered && gateway != "unknown" {
+        if let Some(spec) = &wan.spec.settings {
+            report.settings = Some(settings(webapp, token, wan, observed, spec, report.settings.clone()).await);
+        }
+        if let Some(spec) = &wan.spec.backup {
+            report.backup = Some(backup(ctx, webapp, token, wan, observed, spec, report.backup.clone()).await);
+        }
+    }
+    report
+}
+
+async fn restore(
+    webapp: &Webapp<'_>,
+    token: &str,
+    observed: &Observed,
+    from: &crate::api::RestoreSpec,
+) -> RestoreStatus {
+    let data = secret_text(observed.lifecycle.get(&from.secret_ref.name), &from.secret_ref.key);
+    let password = secret_text(observed.lifecycle.get(&from.password_secret_ref.name), &from.password_secret_ref.key);
+    let at = Time(jiff::Timestamp::now());
+    let refused = |message: String| RestoreStatus {
+        outcome: RestoreOutcome::Refused,
+        from: from.secret_ref.name.clone(),
+        at: at.clone(),
+        message,
+    };
+    let (Some(data), Some(password)) = (data, password) else {
+        // Nothing was sent: the Secrets may still come. Not recorded as done.
+        return RestoreStatus {
+            outcome: RestoreOutcome::Refused,
+            from: String::new(),
+            at: at.clone(),
+            message: format!(
+                "spec.restoreFrom: Secret {} key {} or Secret {} key {} is missing",
+                from.secret_ref.name, from.secret_ref.key, from.password_secret_ref.name, from.password_secret_ref.key
+            ),
+        };
+    };
+    match webapp.restore(token, &password, &data).await {
+        Ok(()) => {
+            info!(from = %from.secret_ref.name, "restored the backup into this deployment");
+            RestoreStatus {
+                outcome: RestoreOutcome::Restored,
+                from: from.secret_ref.name.clone(),
+                at,
+                message: String::new(),
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "the client refused the restore; it is not tried again for this backup");
+            refused(e.to_string())
+        }
+    }
+}
+
+async fn register(
+    webapp: &Webapp<'_>,
+    token: &str,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    (spec, method): (&crate::api::RegistrationSpec, crate::api::RegistrationMethod),
+    previous: Option<RegistrationStatus>,
+    unregistered: bool,
+) -> RegistrationStatus {
+    let r = &spec.secret_ref;
+    let secret = observed.registration.as_ref();
+    let cert = secret_text(secret, &r.cert_key);
+    let pin = secret_text(secret, &r.pin_key);
+    let code = secret_text(secret, &r.code_key);
+    let retry = wan.annotations().get(REQUEST_CODE_ANNOTATION).cloned().unwrap_or_default();
+    let inputs = digest(&(method.as_str(), &cert, &pin, &retry));
+    // Registered, as the client says: the phase follows, nothing is sent.
+    if !unregistered {
+        return match previous {
+            Some(p) if p.phase == RegistrationPhase::Registered => p,
+            _ => RegistrationStatus {
+                phase: RegistrationPhase::Registered,
+                message: "the client reports the number registered".into(),
+                request_digest: previous.and_then(|p| p.request_digest).or(Some(inputs)),
+                code_requested_at: None,
+                code_digest: None,
+            },
+        };
+    }
+    match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, code.as_deref(), |c| digest(&c)) {
+        RegistrationStep::Wait(message) => {
+            let mut s =
+                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), jiff::Timestamp::now()));
+            if s.phase == RegistrationPhase::CodeRequested {
+                s.message = message;
+            }
+            s
+        }
+        RegistrationStep::RequestCode => {
+            let Some(cert) = cert else {
+                return RegistrationStatus {
+                    phase: RegistrationPhase::RequestRefused,
+                    message: format!(
+                        "Secret {} has no key {}: the certificate from WhatsApp Manager is needed",
+                        r.name, r.cert_key
+                    ),
+                    request_digest: None,
+                    code_requested_at: None,
+                    code_digest: None,
+                };
+            };
+            let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
+                return lifecycle::after_request(&inputs, Err("not an E.164 number".into()), jiff::Timestamp::now());
+            };
+            let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
+            if let Some(pin) = &pin {
+                body["pin"] = json!(pin);
+            }
+            let outcome = match webapp.request_code(token, &body).await {
+                Ok(status) => Ok(status.as_u16() == 201),
+                Err(e) => Err(e.to_string()),
+            };
+            info!(outcome = ?outcome, "requested the registration code");
+            lifecycle::after_request(&inputs, outcome, jiff::Timestamp::now())
+        }
+        RegistrationStep::Verify(code) => {
+            let mut s =
+                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), jiff::Timestamp::now()));
+            s.code_digest = Some(digest(&code));
+            match webapp.verify_code(token, &code).await {
+                Ok(()) => {
+                    info!("the client accepted the registration code");
+                    s.phase = RegistrationPhase::Registered;
+                    s.message = "registered with the code from the Secret".into();
+                }
+                Err(e) => {
+                    s.phase = RegistrationPhase::CodeRefused;
+                    s.message = format!(
+                        "the client refused the code from the Secret ({e}); put the right code in, or annotate the object with {REQUEST_CODE_ANNOTATION} to request a new one"
+                    );
+                }
+            }
+            s
+        }
+    }
+}
+
+async fn settings(
+    webapp: &Webapp<'_>,
+    token: &str,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    spec: &crate::api::SettingsSpec,
+    previous: Option<SettingsStatus>,
+) -> SettingsStatus {
+    let mut s = previous.unwrap_or_default();
+    let generation = wan.metadata.generation;
+    let desired = lifecycle::desired_settings(spec);
+    match webapp.settings(token).await {
+        Ok(actual) => {
+            let drift = lifecycle::drift(&desired, &actual);
+            let new_spec = s.applied_generation != generation;
+            if !drift.is_empty() && (new_spec || spec.drift_policy == crate::api::DriftPolicy::Correct) {
+                match webapp.patch_settings(token, &desired).await {
+                    Ok(()) => {
+                        if !new_spec {
+                            warn!(?drift, "corrected application settings changed through the API");
+                        }
+                        s.applied_generation = generation;
+                        s.drift.clear();
+                        s.last_error = None;
+                    }
+                    Err(e) => s.last_error = Some(e.to_string()),
+                }
+            } else {
+                if drift.is_empty() {
+                    s.applied_generation = generation;
+                }
+                s.drift = drift;
+                s.last_error = None;
+            }
+        }
+        Err(e) => s.last_error = Some(e.to_string()),
+    }
+    if let Some(r) = &spec.webhook_ca_secret_ref
+        && let Some(pem) =
+            observed.lifecycle.get(&r.name).and_then(|x| x.data.as_ref()?.get(&r.key)).map(|b| b.0.clone())
+    {
+        let d = digest(&pem);
+        if s.webhook_ca_digest.as_deref() != Some(d.as_str()) {
+            match webapp.upload_webhook_ca(token, &pem).await {
+                Ok(()) => s.webhook_ca_digest = Some(d),
+                Err(e) => s.last_error = Some(format!("webhook CA: {e}")),
+            }
+        }
+    }
+    s
+}
+
+async fn backup(
+    ctx: &Context,
+    webapp: &Webapp<'_>,
+    token: &str,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    spec: &crate::api::BackupSpec,
+    previous: Option<BackupStatus>,
+) -> BackupStatus {
+    let mut s = previous.unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let since = s
+        .last_attempt_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| wan.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let due = match lifecycle::next_backup(&spec.schedule, since) {
+        Ok(next) => next <= now,
+        Err(why) => {
+            s.last_error = Some(why);
+            return s;
+        }
+    };
+    if !due {
+        return s;
+    }
+    s.last_attempt_time = Some(Time(now));
+    let r = &spec.password_secret_ref;
+    let Some(password) = secret_text(observed.lifecycle.get(&r.name), &r.key) else {
+        s.last_error = Some(format!("spec.backup.passwordSecretRef: Secret {} has no key {}", r.name, r.key));
+        return s;
+    };
+    let data = match webapp.backup(token, &password).await {
+        Ok(d) => d,
+        Err(e) => {
+            s.last_error = Some(e.to_string());
+            return s;
+        }
+    };
+    match keep_backup(ctx, wan, &data, now, spec.keep as usize).await {
+        Ok(name) => {
+            info!(secret = %name, "backed up the number");
+            s.latest = Some(name);
+            s.last_success_time = Some(Time(now));
+            s.last_error = None;
+            let labels = ctx.metrics.number(wan);
+            ctx.metrics.backup_success.get_or_create(&labels).set(now.as_second() as f64);
+        }
+        Err(e) => s.last_error = Some(format!("cannot keep the backup: {e}")),
+    }
+    s
+}
+
+/// Writes the backup as a Secret `NAME-backup-<unix time>` and deletes the
+/// oldest beyond `keep`.
+async fn keep_backup(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    data: &str,
+    now: jiff::Timestamp,
+    keep: usize,
+) -> Result<String, CallError> {
+    let ns = wan.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = format!("{}-backup-{:012}", Names::new(wan).base(), now.as_second());
+    // Not owned: backups outlive the WhatsAppNumber, like the media.
+    let mut metadata = owned_meta(wan, name.clone(), component_labels(wan, BACKUP_COMPONENT));
+    metadata.owner_references = None;
+    metadata.annotations = Some(BTreeMap::from([
+        ("whatsapp.operators.dev/backup-time".to_string(), now.to_string()),
+        (
+            "whatsapp.operators.dev/client-version".to_string(),
+            wan.status.as_ref().and_then(|s| s.current_version.clone()).unwrap_or_else(|| wan.spec.version.clone()),
+        ),
+    ]));
+    let secret = Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(BACKUP_KEY.to_string(), ByteString(data.as_bytes().to_vec()))])),
+        ..Default::default()
+    };
+    let failed = |e: kube::Error| CallError::Setup(e.to_string());
+    api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
+        .await
+        .map_err(failed)?;
+    ctx.metrics.record_write("Secret", "create");
+    let selector = format!("{},{LABEL_COMPONENT}={BACKUP_COMPONENT}", instance_selector(wan));
+    let listed = api.list_metadata(&ListParams::default().labels(&selector)).await.map_err(failed)?;
+    let names = listed.items.iter().map(|m| m.name_any()).collect();
+    for old in lifecycle::expired_backups(names, keep) {
+        api.delete(&old, &Default::default()).await.map_err(failed)?;
+        ctx.metrics.record_write("Secret", "delete");
+    }
+    Ok(name)
+}

@@ -1,0 +1,254 @@
+//! A number's life after deployment, as the spec declares it: registration,
+//! application settings and backups. Pure decisions; the calls are made by
+//! `controller::lifecycle`.
+//!
+//! Nothing here repeats a request on its own that a person must judge: a code
+//! request or a code is sent once per set of inputs, and a refused request
+//! waits for new inputs (a changed Secret, spec or annotation).
+
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use crate::api::{RegistrationPhase, RegistrationStatus, SettingsSpec};
+
+/// What to do about the registration now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrationStep {
+    /// Nothing to do (not asked for, registered, or waiting for a person).
+    Wait(String),
+    /// `POST /v1/account` with these inputs (digest recorded with the result).
+    RequestCode,
+    /// `POST /v1/account/verify` with the code in the Secret.
+    Verify(String),
+}
+
+/// `unregistered`: whether the client reports the number unregistered now.
+/// `inputs` is the digest of method, certificate, PIN and the request-code
+/// annotation; `code` the code in the Secret, if any.
+pub fn registration_step(
+    previous: Option<&RegistrationStatus>,
+    unregistered: bool,
+    inputs: &str,
+    code: Option<&str>,
+    code_digest: impl Fn(&str) -> String,
+) -> RegistrationStep {
+    if !unregistered {
+        return RegistrationStep::Wait("the number is registered".into());
+    }
+    let same_inputs = previous.is_some_and(|p| p.request_digest.as_deref() == Some(inputs));
+    match previous.map(|p| p.phase) {
+        Some(RegistrationPhase::CodeRequested | RegistrationPhase::CodeRefused) if same_inputs => match code {
+            Some(code) if previous.and_then(|p| p.code_digest.as_deref()) != Some(code_digest(code).as_str()) => {
+                RegistrationStep::Verify(code.to_string())
+            }
+            Some(_) => RegistrationStep::Wait(
+                "the client refused the code in the Secret; put the new code in, or request another code".into(),
+            ),
+            None => RegistrationStep::Wait("waiting for the registration code in the Secret".into()),
+        },
+        Some(RegistrationPhase::RequestRefused) if same_inputs => RegistrationStep::Wait(
+            "the client refused the code request; fix the certificate or PIN, or annotate the object to ask again"
+                .into(),
+        ),
+        // Registered once but unregistered now (logged off), or new inputs.
+        Some(RegistrationPhase::Registered) if same_inputs => RegistrationStep::Wait(
+            "the number was registered and is unregistered now; annotate the object to request a new code".into(),
+        ),
+        _ => RegistrationStep::RequestCode,
+    }
+}
+
+/// The status after a code request's answer.
+pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp) -> RegistrationStatus {
+    let at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+    match outcome {
+        Ok(true) => RegistrationStatus {
+            phase: RegistrationPhase::Registered,
+            message: "the client reports the number registered to this deployment".into(),
+            request_digest: Some(inputs.into()),
+            code_requested_at: None,
+            code_digest: None,
+        },
+        Ok(false) => RegistrationStatus {
+            phase: RegistrationPhase::CodeRequested,
+            message: "a code was requested; put it into the registration Secret's code key".into(),
+            request_digest: Some(inputs.into()),
+            code_requested_at: at,
+            code_digest: None,
+        },
+        Err(why) => RegistrationStatus {
+            phase: RegistrationPhase::RequestRefused,
+            message: format!("the client refused the code request: {why}"),
+            request_digest: Some(inputs.into()),
+            code_requested_at: None,
+            code_digest: None,
+        },
+    }
+}
+
+/// The client's field names for what the spec sets, as a PATCH body.
+pub fn desired_settings(spec: &SettingsSpec) -> Value {
+    let mut out = Map::new();
+    let mut webhooks = Map::new();
+    if let Some(url) = &spec.webhook_url {
+        webhooks.insert("url".into(), json!(url));
+    }
+    if let Some(n) = spec.webhook_max_concurrent_requests {
+        webhooks.insert("max_concurrent_requests".into(), json!(n));
+    }
+    if !webhooks.is_empty() {
+        out.insert("webhooks".into(), Value::Object(webhooks));
+    }
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            out.insert(k.into(), v);
+        }
+    };
+    put("callback_persist", spec.callback_persist.map(Value::from));
+    put("callback_backoff_delay_ms", spec.callback_backoff_delay_ms.map(Value::from));
+    put("max_callback_backoff_delay_ms", spec.max_callback_backoff_delay_ms.map(Value::from));
+    put("sent_status", spec.sent_status.map(Value::from));
+    put("pass_through", spec.pass_through.map(Value::from));
+    put("media", spec.media_auto_download.as_ref().map(|m| json!({"auto_download": m})));
+    Value::Object(out)
+}
+
+/// Dotted names of the desired fields whose value in `actual` differs.
+/// Numbers compare by value (the client may write `3000` as `"3000"`), lists
+/// as sets.
+pub fn drift(desired: &Value, actual: &Value) -> Vec<String> {
+    fn walk(prefix: &str, desired: &Value, actual: &Value, out: &mut Vec<String>) {
+        match desired {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&name, v, actual.get(k).unwrap_or(&Value::Null), out);
+                }
+            }
+            _ if !same(desired, actual) => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    fn same(a: &Value, b: &Value) -> bool {
+        let number = |v: &Value| v.as_f64().or_else(|| v.as_str()?.parse().ok());
+        match (a, b) {
+            (Value::Number(_), _) => number(a) == number(b),
+            (Value::Array(x), Value::Array(y)) => {
+                let mut x: Vec<String> = x.iter().map(Value::to_string).collect();
+                let mut y: Vec<String> = y.iter().map(Value::to_string).collect();
+                x.sort();
+                y.sort();
+                x == y
+            }
+            _ => a == b,
+        }
+    }
+    let mut out = Vec::new();
+    walk("", desired, actual, &mut out);
+    out
+}
+
+/// The next backup time after `since`, by a cron expression in UTC.
+pub fn next_backup(schedule: &str, since: Timestamp) -> Result<Timestamp, String> {
+    let cron = croner::Cron::new(schedule).parse().map_err(|e| format!("spec.backup.schedule: {e}"))?;
+    let since = chrono::DateTime::<chrono::Utc>::from_timestamp(since.as_second(), 0)
+        .ok_or("spec.backup.schedule: time out of range")?;
+    let next = cron.find_next_occurrence(&since, false).map_err(|e| format!("spec.backup.schedule: {e}"))?;
+    Timestamp::from_second(next.timestamp()).map_err(|e| e.to_string())
+}
+
+/// Backup Secrets to delete so that `keep` remain: names sort by time.
+pub fn expired_backups(mut names: Vec<String>, keep: usize) -> Vec<String> {
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    names.into_iter().take(excess).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(s: &str) -> String {
+        format!("d({s})")
+    }
+
+    fn status(phase: RegistrationPhase, inputs: &str, code: Option<&str>) -> RegistrationStatus {
+        RegistrationStatus {
+            phase,
+            message: String::new(),
+            request_digest: Some(inputs.into()),
+            code_requested_at: None,
+            code_digest: code.map(digest),
+        }
+    }
+
+    #[test]
+    fn a_code_is_requested_once_per_set_of_inputs() {
+        assert_eq!(registration_step(None, true, "i1", None, digest), RegistrationStep::RequestCode);
+        let requested = status(RegistrationPhase::CodeRequested, "i1", None);
+        assert!(matches!(registration_step(Some(&requested), true, "i1", None, digest), RegistrationStep::Wait(_)));
+        let refused = status(RegistrationPhase::RequestRefused, "i1", None);
+        let wait = registration_step(Some(&refused), true, "i1", None, digest);
+        assert!(matches!(&wait, RegistrationStep::Wait(m) if m.contains("annotate")), "{wait:?}");
+        assert_eq!(registration_step(Some(&refused), true, "i2", None, digest), RegistrationStep::RequestCode);
+        assert!(matches!(registration_step(None, false, "i1", None, digest), RegistrationStep::Wait(_)));
+    }
+
+    #[test]
+    fn a_code_is_tried_once() {
+        let requested = status(RegistrationPhase::CodeRequested, "i1", None);
+        assert_eq!(
+            registration_step(Some(&requested), true, "i1", Some("123456"), digest),
+            RegistrationStep::Verify("123456".into())
+        );
+        let refused = status(RegistrationPhase::CodeRefused, "i1", Some("123456"));
+        assert!(matches!(
+            registration_step(Some(&refused), true, "i1", Some("123456"), digest),
+            RegistrationStep::Wait(_)
+        ));
+        assert_eq!(
+            registration_step(Some(&refused), true, "i1", Some("654321"), digest),
+            RegistrationStep::Verify("654321".into())
+        );
+    }
+
+    #[test]
+    fn request_outcomes() {
+        let now = Timestamp::UNIX_EPOCH;
+        assert_eq!(after_request("i", Ok(true), now).phase, RegistrationPhase::Registered);
+        let s = after_request("i", Ok(false), now);
+        assert_eq!((s.phase, s.code_requested_at.is_some()), (RegistrationPhase::CodeRequested, true));
+        let s = after_request("i", Err("1009 Certificate expired".into()), now);
+        assert_eq!(s.phase, RegistrationPhase::RequestRefused);
+        assert!(s.message.contains("Certificate expired"));
+    }
+
+    #[test]
+    fn settings_use_the_clients_names_and_drift_is_by_value() {
+        let spec = SettingsSpec {
+            webhook_url: Some("https://hooks.example.com/wa".into()),
+            callback_backoff_delay_ms: Some(3000),
+            media_auto_download: Some(vec!["image".into(), "audio".into()]),
+            ..Default::default()
+        };
+        let desired = desired_settings(&spec);
+        assert_eq!(desired["webhooks"]["url"], "https://hooks.example.com/wa");
+        assert_eq!(desired["media"]["auto_download"], json!(["image", "audio"]));
+        assert!(desired.get("sent_status").is_none(), "only what the spec sets");
+        let actual = json!({"webhooks": {"url": "https://hooks.example.com/wa", "max_concurrent_requests": 6},
+            "callback_backoff_delay_ms": "3000", "media": {"auto_download": ["audio", "image"]}, "sent_status": true});
+        assert!(drift(&desired, &actual).is_empty(), "{:?}", drift(&desired, &actual));
+        let by_hand = json!({"webhooks": {"url": "https://elsewhere"}, "callback_backoff_delay_ms": 5000});
+        assert_eq!(drift(&desired, &by_hand), ["callback_backoff_delay_ms", "media.auto_download", "webhooks.url"]);
+    }
+
+    #[test]
+    fn backups_follow_the_schedule_and_the_oldest_go() {
+        let since: Timestamp = "2026-01-01T03:30:00Z".parse().unwrap();
+        assert_eq!(next_backup("0 3 * * *", since).unwrap(), "2026-01-02T03:00:00Z".parse::<Timestamp>().unwrap());
+        assert!(next_backup("not a schedule", since).unwrap_err().contains("spec.backup.schedule"));
+        let names = vec!["b-0003".to_string(), "b-0001".into(), "b-0002".into()];
+        assert_eq!(expired_backups(names.clone(), 2), ["b-0001"]);
+        assert!(expired_backups(names, 5).is_empty());
+    }
+}
