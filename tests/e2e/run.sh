@@ -10,9 +10,10 @@
 #   --provider kind (default) or local
 #   --keep     leave the cluster running afterwards (also after a failure)
 #   --reuse    use the existing cluster of that name instead of creating one
-#   SCENARIO   any of scale-webapp upgrade conflict (default: all, in that
-#              order); the number is always brought to Ready first. local:
-#              smoke runs before them (`smoke` alone: nothing else).
+#   SCENARIO   any of scale-webapp upgrade conflict failover (kind default:
+#              the first three; local: all four, in that order); the number is
+#              always brought to Ready first. local: smoke runs before them
+#              (`smoke` alone: nothing else).
 #
 # Environment: E2E_CLUSTER_NAME (whatsapp-operator-e2e), E2E_TIMEOUT (seconds
 # per wait, 300), E2E_NODE_IMAGE (kind node image, e.g. kindest/node:v1.34.0;
@@ -82,8 +83,8 @@ while [ $# -gt 0 ]; do
     --reuse) REUSE=1 ;;
     --provider) PROVIDER="${2:-}"; shift ;;
     --provider=*) PROVIDER="${1#--provider=}" ;;
-    scale-webapp | upgrade | conflict | smoke) SCENARIOS+=("$1") ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    scale-webapp | upgrade | conflict | failover | smoke) SCENARIOS+=("$1") ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -98,7 +99,8 @@ case "$PROVIDER" in
     # smoke always runs first, then the number scenarios (all by default).
     rest=()
     for s in "${SCENARIOS[@]}"; do [ "$s" = smoke ] || rest+=("$s"); done
-    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict)
+    # failover last: the killed coreapp's node row lingers in the shared database.
+    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict failover)
     SCENARIOS=(smoke "${rest[@]}") ;;
   *) echo "unknown provider: $PROVIDER (kind or local)" >&2; exit 2 ;;
 esac
@@ -564,6 +566,61 @@ scenario_ready() {
   k -n "$NS_A" get wan "$NAME" -o wide >&2
   check_health "$NS_A"
   [ "$(condition "$NS_A" "$NAME" GatewayConnected)" = True/GatewayConnected ] || fail "GatewayConnected is not True"
+  # What really ran: the coreapp's own log names the role, version and mode
+  # that the operator's environment gave it.
+  local out
+  out="$(k -n "$NS_A" logs "$NAME-coreapp-0" 2>&1)" || fail "kubectl logs $NAME-coreapp-0: $out"
+  grep -q "role=Coreapp version=$OLD multiconnect=true" <<<"$out" \
+    || fail "$NAME-coreapp-0 did not start as a multiconnect coreapp at $OLD: $(head -n 5 <<<"$out")"
+  log "$NAME-coreapp-0 log: $(grep -m1 'role=Coreapp' <<<"$out")"
+}
+
+# failover: the pod of the connected coreapp is deleted; the standby takes the
+# shard over and the StatefulSet's new pod becomes the standby, nothing done
+# by hand.
+scenario_failover() {
+  local ns="$NS_A" before pod deadline seen="" c
+  k -n "$ns" get wan "$NAME" >/dev/null 2>&1 || ns="$NS_B"
+  before="$(connected_coreapp "$ns")"
+  [ -n "$before" ] || fail "no connected coreapp in $ns/$NAME"
+  pod="${before%%:*}"
+  log "scenario failover: deleting $ns/$pod, the connected coreapp ($before)"
+  k -n "$ns" delete pod "$pod" --wait=false >&2
+  deadline=$((SECONDS + TIMEOUT))
+  # The operator's view, every second, until another node holds the shard.
+  until c="$(connected_coreapp "$ns")" && [ -n "$c" ] && [ "$c" != "$before" ] && health_ok "$ns" && ready_now "$ns" "$NAME"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the standby did not take over within ${TIMEOUT}s"
+    case "$(condition "$ns" "$NAME" Degraded)" in True/*) seen="$(condition "$ns" "$NAME" Degraded)" ;; esac
+    sleep 1
+  done
+  log "failover: $c took over from $before${seen:+ (Degraded seen: $seen)}"
+  check_health "$ns"
+  [ "$PROVIDER" = local ] || return 0
+
+  # A crash (local provider: the node is this machine): SIGKILL of the
+  # connected coreapp's process, so that no node row is removed on the way
+  # out. The operator must report it, then the standby takes over.
+  local cid hostpid
+  before="$c"; pod="${before%%:*}"; seen=""
+  cid="$(k -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].containerID}')"
+  hostpid="$(ctr --address "$LOCAL_DIR/node/containerd/containerd.sock" -n k8s.io tasks ls | awk -v id="${cid#containerd://}" '$1 == id { print $2 }')"
+  [ -n "$hostpid" ] || fail "no process found for $ns/$pod ($cid)"
+  log "scenario failover: SIGKILL of $ns/$pod (pid $hostpid on this machine)"
+  kill -KILL "$hostpid"
+  deadline=$((SECONDS + TIMEOUT))
+  # The dead node's row stays listed (unreachable) until it has been silent for
+  # 5 unhealthy intervals, so only the takeover and Ready are awaited here.
+  until c="$(connected_coreapp "$ns")" && [ -n "$c" ] && [ "$c" != "$before" ] && ready_now "$ns" "$NAME"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the standby did not take over from the killed coreapp within ${TIMEOUT}s"
+    case "$(condition "$ns" "$NAME" Degraded)" in True/*) seen="$(condition "$ns" "$NAME" Degraded)" ;; esac
+    sleep 1
+  done
+  [ -n "$seen" ] || fail "the operator never reported Degraded while a shard's coreapp was dead"
+  log "failover: $c took over from the killed $before (Degraded seen: $seen); the node list now:"
+  jp "$ns" "$NAME" '{range .status.health.nodes[*]}    {.id} {.role} {.gatewayStatus}{"\n"}{end}' >&2
+}
+connected_coreapp() {
+  jp "$1" "$NAME" '{range .status.health.nodes[?(@.role=="coreapp")]}{.id}{" "}{.gatewayStatus}{"\n"}{end}' | awk '$2 == "connected" { print $1 }'
 }
 
 scenario_scale_webapp() {
@@ -644,5 +701,6 @@ for s in "${SCENARIOS[@]}"; do
     scale-webapp) scenario_scale_webapp ;;
     upgrade) scenario_upgrade ;;
     conflict) scenario_conflict ;;
+    failover) scenario_failover ;;
   esac
 done
