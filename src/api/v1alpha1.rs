@@ -105,6 +105,14 @@ pub struct WhatsAppNumberSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
 
+    /// Stop the number without deleting anything: masters and coreapps stop
+    /// first, then the webapps; media, databases and the number claim stay.
+    /// `false` starts them again. An upgrade in progress runs to its end first.
+    /// This is the supported way to stop a number: scaling the workloads by
+    /// hand is undone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
     /// Application settings, applied once the number is registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<SettingsSpec>,
@@ -911,6 +919,7 @@ pub struct MediaSpec {
     /// Size of the claim the operator creates. It can grow (when the class allows
     /// expansion), never shrink.
     #[serde(default = "default_media_size")]
+    #[x_kube(validation = Rule::new("type(self) == string ? isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) : int(self) > 0").message("media.size must be a positive quantity such as 50Gi"))]
     pub size: Quantity,
 
     /// What happens to the claim the operator created when the WhatsAppNumber is

@@ -228,10 +228,29 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             info!(%holder, "the phone number is held by another WhatsAppNumber");
             Action::requeue(BLOCKED_RETRY)
         }
+        // A stalled step waits for a person (or its blocker to clear, which
+        // the watches report): no probe every few seconds for days.
+        Outcome::Applied(applied)
+            if applied
+                .versions
+                .upgrade
+                .as_ref()
+                .is_some_and(|u| !procedure::is_done(u) && u.stalled_reason.is_some()) =>
+        {
+            Action::requeue(BLOCKED_RETRY)
+        }
         Outcome::Applied(applied) if applied.versions.upgrade.as_ref().is_some_and(|u| !procedure::is_done(u)) => {
             Action::requeue(UPGRADE_STEP_RETRY)
         }
         Outcome::Applied(applied) if applied.client.initializing => Action::requeue(UPGRADE_STEP_RETRY),
+        // Stopping takes a few steps; stopped, the watches report any change.
+        Outcome::Applied(applied) if applied.client.suspended => {
+            if applied.tiers.webapps.desired == 0 && applied.tiers.webapps.ready == 0 {
+                Action::requeue(RESYNC)
+            } else {
+                Action::requeue(UPGRADE_STEP_RETRY)
+            }
+        }
         Outcome::Applied(applied) => {
             let changing = applied.sharding.as_ref().is_some_and(|s| {
                 matches!(s.phase, crate::api::ShardPhase::ScalingCoreapps | crate::api::ShardPhase::SettingShards)
@@ -272,6 +291,17 @@ async fn deploy(
     let initializing = first_job.as_ref().is_some_and(|j| *j != procedure::JobState::Succeeded);
     let mut shape = if initializing { procedure::initializing(&plan.steady_version) } else { plan.shape() };
 
+    // Suspended: nodes stop first, webapps once no node is left. An upgrade
+    // in progress keeps its own shape until it completes.
+    let suspended = wan.spec.suspend && plan.upgrade.as_ref().is_none_or(procedure::is_done) && !initializing;
+    if suspended {
+        shape.masters_running = false;
+        shape.coreapps_running = false;
+        let stopped = |t: Option<&crate::api::TierStatus>| t.is_some_and(|t| t.desired == 0 && t.ready == 0);
+        shape.webapps_running =
+            !(stopped(status.and_then(|s| s.masters.as_ref())) && stopped(status.and_then(|s| s.coreapps.as_ref())));
+    }
+
     // A second instance of the number outside the cluster keeps the nodes
     // stopped until a person says it is gone.
     let resolved = |c: &crate::api::ExternalConflictStatus| {
@@ -301,10 +331,14 @@ async fn deploy(
     inputs.coreapp_replicas = Some(replicas);
     inputs.shape = Some(shape.clone());
 
-    let children = crate::resources::build(wan, &inputs);
-    let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
+    // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.applied)?;
     let created_keys = applier.ensure_keys(wan, observed.keys.as_ref()).await?;
+    if let Some(keys) = &created_keys {
+        inputs.webapp_keys_digest = Some(validate::keys_digest(keys));
+    }
+    let children = crate::resources::build(wan, &inputs);
+    let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
     let tiers = applier.apply_children(children).await?;
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
     let service_monitor =
@@ -319,7 +353,7 @@ async fn deploy(
 
     let keys = created_keys.as_ref().or(observed.keys.as_ref());
     let nodes_running = shape.masters_running && shape.coreapps_running && !initializing;
-    let report = if wan.spec.health.enabled && !initializing {
+    let report = if wan.spec.health.enabled && !initializing && !suspended {
         Some(gateway::observe(ctx, wan, observed, keys, nodes_running).await)
     } else {
         None
@@ -402,6 +436,7 @@ async fn deploy(
         ..Default::default()
     };
     let client = status::ClientState {
+        suspended,
         initializing,
         admin: report.as_ref().map(|r| r.admin.clone()),
         certificate: report.as_ref().map_or(previous_client.certificate, |r| r.certificate.clone()),
@@ -686,8 +721,18 @@ pub async fn run(
         Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.operator_namespace),
         watcher::Config::default().fields(&format!("metadata.name={}", ctx.settings.release_catalog)),
     )
+    // An outage or a 403 backs off instead of spinning, and says so.
+    .default_backoff()
     .touched_objects()
-    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    .filter_map(|r| {
+        futures::future::ready(match r {
+            Ok(_) => Some(()),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the release catalog ConfigMap; retrying with backoff");
+                None
+            }
+        })
+    });
     let controller = Controller::new_with(wans, watcher::Config::default().any_semantic(), resource)
         .with_config(ControllerConfig::default().concurrency(4))
         .reconcile_all_on(catalog_changes);

@@ -40,6 +40,8 @@ pub const INITIALIZING_DATABASE: &str = "InitializingDatabase";
 /// The admin session and the uploaded certificate.
 pub const ADMIN_ACCESS: &str = "AdminAccess";
 pub const REGISTERED: &str = "Registered";
+/// Reason while `spec.suspend` holds the number stopped.
+pub const SUSPENDED: &str = "Suspended";
 pub const SETTINGS_APPLIED: &str = "SettingsApplied";
 pub const BACKED_UP: &str = "BackedUp";
 pub const RESTORED: &str = "Restored";
@@ -72,6 +74,8 @@ pub struct Applied {
 /// What the reconcile knows of the client beyond its health.
 #[derive(Clone, Debug)]
 pub struct ClientState {
+    /// `spec.suspend`: the workloads are stopped or stopping.
+    pub suspended: bool,
     /// The first schema is being created: nothing runs yet.
     pub initializing: bool,
     /// The admin session, when the webapp was probed.
@@ -90,6 +94,7 @@ pub struct ClientState {
 impl Default for ClientState {
     fn default() -> Self {
         Self {
+            suspended: false,
             initializing: false,
             admin: None,
             certificate: None,
@@ -234,6 +239,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
         Outcome::Applied(applied) => {
             let mut conditions = match &applied.client.external_conflict {
                 Some(c) => external_conflict_conditions(wan, c),
+                None if applied.client.suspended => suspended_conditions(applied, holds()),
                 None => applied_conditions(applied, holds()),
             };
             conditions.extend(version_conditions(&applied.versions));
@@ -285,6 +291,24 @@ fn external_conflict_conditions(wan: &WhatsAppNumber, c: &crate::api::ExternalCo
         cond(DEGRADED, true, EXTERNAL_INSTANCE, message.clone()),
         not_probed_unless_polling(),
         cond(CONFLICT, true, EXTERNAL_INSTANCE, message),
+    ]
+}
+
+/// `spec.suspend`: stopped on purpose, which is neither progress nor trouble.
+fn suspended_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
+    let t = &applied.tiers;
+    let stopped = [&t.masters, &t.coreapps, &t.webapps].iter().all(|t| t.desired == 0 && t.ready == 0);
+    let message = if stopped {
+        "suspended by spec.suspend: every master, coreapp and webapp is stopped; media, databases and the number claim are kept".to_string()
+    } else {
+        format!("suspending: masters and coreapps stop first, then webapps ({})", t.summary())
+    };
+    vec![
+        cond(READY, false, SUSPENDED, message.clone()),
+        cond(PROGRESSING, false, SUSPENDED, message),
+        cond(DEGRADED, false, SUSPENDED, "stopped on purpose"),
+        not_probed("the number is suspended"),
+        holds,
     ]
 }
 
@@ -935,6 +959,31 @@ mod tests {
         assert!(ready.contains("outside this cluster"), "{ready}");
         assert!(ready.contains("whatsapp.operators.dev/resolve-conflict=2026-01-01T00:00:00Z"), "{ready}");
         assert_eq!(s.external_conflict, Some(conflict), "kept until a person resolves it");
+    }
+
+    #[test]
+    fn a_suspended_number_is_neither_ready_nor_in_trouble() {
+        let wan = sample();
+        let stopped = TierStatus { desired: 0, ready: 0, updated: 0, observed: true };
+        let tiers =
+            Tiers { masters: stopped.clone(), coreapps: stopped.clone(), webapps: stopped, ..Default::default() };
+        let out = Outcome::Applied(Applied {
+            tiers,
+            health: None,
+            sharding: None,
+            versions: Default::default(),
+            client: ClientState { suspended: true, ..Default::default() },
+        });
+        let s = compute(&wan, &out, None, &t(1));
+        for (type_, status) in [(READY, "False"), (PROGRESSING, "False"), (RECONCILING, "False"), (DEGRADED, "False")] {
+            assert_eq!(
+                (cond(&s, type_).status.as_str(), cond(&s, type_).reason.as_str()),
+                (status, SUSPENDED),
+                "{type_}"
+            );
+        }
+        assert_eq!(cond(&s, STALLED).status, "False");
+        assert!(cond(&s, READY).message.contains("every master, coreapp and webapp is stopped"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub const CLAIM_NOT_FOUND: &str = "MediaClaimNotFound";
 pub const INVALID_SPEC: &str = "InvalidSpec";
 pub const INVALID_SECRET_VALUE: &str = "InvalidSecretValue";
 pub const DATABASE_IN_USE: &str = "DatabaseInUse";
+pub const SECRET_NOT_OWNED: &str = "SecretNotOwned";
 
 /// The PEM bundle `POST /v1/certificates/external` takes: the private key,
 /// the certificate, then its CA chain (the client wants at least one CA
@@ -128,6 +129,27 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         }
     }
 
+    // The key Secret is the operator's: a Secret of that name made by someone
+    // else is never taken over (nor later garbage-collected with the object).
+    if let Some(keys) = &observed.keys {
+        let uid = wan.metadata.uid.as_deref();
+        let ours = keys
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid);
+        if !ours {
+            return Err(Problem::new(
+                SECRET_NOT_OWNED,
+                format!(
+                    "Secret {namespace}/{} exists and is not this WhatsAppNumber's: the operator keeps its generated keys there and never takes over a Secret it did not create; rename that Secret or this WhatsAppNumber",
+                    keys.metadata.name.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+
     if let Some(other) = &observed.database_sharer {
         return Err(Problem::new(
             DATABASE_IN_USE,
@@ -166,6 +188,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         live_media_claim: if spec.media.existing_claim.is_none() { observed.media_claim.clone() } else { None },
         credentials_digest: secret_digest(credentials, &[&creds.username_key, &creds.password_key]),
         database_ca_digest,
+        webapp_keys_digest: observed.keys.as_ref().map(keys_digest),
         webapp_certificate_digest: wan
             .status
             .as_ref()
@@ -209,6 +232,11 @@ fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
         .map(|v| v.0.as_slice())
         .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).map(|v| v.as_bytes()))
         .filter(|v| !v.is_empty())
+}
+
+/// Digest of the keys every webapp must share.
+pub fn keys_digest(keys: &Secret) -> String {
+    secret_digest(keys, &[crate::resources::config::JWT_KEY, crate::resources::config::API_KEY])
 }
 
 fn secret_digest(secret: &Secret, keys: &[&str]) -> String {
@@ -352,6 +380,27 @@ mod tests {
         let leaf = secret(&[("tls.key", "KEY"), ("tls.crt", C), ("ca.crt", "ROOT")]);
         assert_eq!(certificate_bundle(&leaf).unwrap(), format!("KEY\n{C}ROOT\n").into_bytes(), "ca.crt completes it");
         assert_eq!(certificate_bundle(&secret(&[("tls.crt", "C")])), None);
+    }
+
+    #[test]
+    fn a_key_secret_the_operator_did_not_create_is_never_taken_over() {
+        let wan = sample();
+        let foreign = Observed { keys: Some(secret(&[("WA_API_KEY", "k")])), ..observed() };
+        let problem = validate(&wan, &foreign).unwrap_err();
+        assert_eq!(problem.reason, SECRET_NOT_OWNED);
+        assert!(problem.message.contains("never takes over"), "{}", problem.message);
+        let mut ours = secret(&[("WA_API_KEY", "k")]);
+        ours.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            controller: Some(true),
+            uid: "1234-5678".into(),
+            ..Default::default()
+        }]);
+        let inputs = validate(&wan, &Observed { keys: Some(ours.clone()), ..observed() }).unwrap();
+        assert!(inputs.webapp_keys_digest.is_some());
+        // A refilled key changes the digest, which restarts the webapps.
+        ours.data.as_mut().unwrap().insert("WA_API_KEY".into(), k8s_openapi::ByteString(b"other".to_vec()));
+        let again = validate(&wan, &Observed { keys: Some(ours), ..observed() }).unwrap();
+        assert_ne!(inputs.webapp_keys_digest, again.webapp_keys_digest);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct BuildInputs {
     pub credentials_digest: String,
     /// Digest of the database CA, when one is configured.
     pub database_ca_digest: Option<String>,
+    /// Digest of the webapp keys (JWT signing key and API key): a refilled
+    /// key restarts every webapp, so no two replicas hold different keys.
+    pub webapp_keys_digest: Option<String>,
     /// Digest of the webapp certificate the client accepted last (see
     /// `status.webappCertificate`); a new one restarts the webapps, which read
     /// it at start-up.
@@ -87,7 +90,7 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
         digest(&(&config_digest, &inputs.credentials_digest, &inputs.database_ca_digest, extra))
     };
     let core_hash = pod_config_hash(None);
-    let web_hash = pod_config_hash(inputs.webapp_certificate_digest.as_ref());
+    let web_hash = pod_config_hash(Some(&digest(&(&inputs.webapp_certificate_digest, &inputs.webapp_keys_digest))));
 
     let spec_version = &wan.spec.version;
     let (node_version, webapp_version, masters_up, coreapps_up, webapps_up) = match &inputs.shape {

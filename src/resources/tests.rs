@@ -394,7 +394,7 @@ fn headless_services_publish_every_coreapp_port() {
 }
 
 #[test]
-fn webapp_gets_keys_https_service_and_surge_only_rollout() {
+fn webapp_gets_keys_https_service_and_a_rollout_that_always_finishes() {
     let mut wan = sample();
     wan.spec.webapp.service.type_ = ServiceType::LoadBalancer;
     wan.spec.webapp.service.annotations = BTreeMap::from([("lb".into(), "internal".into())]);
@@ -409,7 +409,11 @@ fn webapp_gets_keys_https_service_and_surge_only_rollout() {
 
     let deploy = c.webapps.spec.unwrap();
     let rolling = deploy.strategy.unwrap().rolling_update.unwrap();
-    assert_eq!(rolling.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
+    // Two webapps: one may go while one comes, so a rollout finishes even
+    // when webapps fill every node their anti-affinity allows.
+    assert_eq!(rolling.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
+    let single = webapp::rollout(1).rolling_update.unwrap();
+    assert_eq!(single.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
     let pod = deploy.template.spec.unwrap();
     let web = &pod.containers[0];
     assert_eq!(web.image.as_deref(), Some("docker.whatsapp.biz/web:v2.53.2"));

@@ -46,7 +46,24 @@ pub fn service(wan: &WhatsAppNumber) -> Service {
     })
 }
 
-/// Webapps roll one extra pod at a time and never drop below the desired count.
+/// How webapps roll. With the required anti-affinity per node, a surge pod
+/// finds no node when webapps fill every schedulable node, and a rollout that
+/// waits for it never ends (an upgrade with it). So with several webapps one
+/// may go while one extra comes, which always finishes and keeps all but one
+/// serving; a single webapp surges first (it needs a spare node) so that it
+/// never stops.
+pub fn rollout(replicas: i32) -> DeploymentStrategy {
+    let max_unavailable = if replicas > 1 { 1 } else { 0 };
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(max_unavailable)),
+            max_surge: Some(IntOrString::Int(1)),
+        }),
+    }
+}
+
+/// The webapp Deployment.
 /// `replicas_override` holds them at zero while the first schema is created.
 pub fn deployment(
     wan: &WhatsAppNumber,
@@ -94,13 +111,7 @@ pub fn deployment(
         spec: Some(DeploymentSpec {
             replicas: Some(replicas_override.unwrap_or(wan.spec.webapp.replicas)),
             selector: LabelSelector { match_labels: Some(selector_labels(wan, Tier::Webapp)), ..Default::default() },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(rollout(wan.spec.webapp.replicas)),
             template: PodTemplateSpec {
                 metadata: Some(pods::template_meta(wan, Tier::Webapp, version, config_hash)),
                 spec: Some(pods::with_pod_settings(

@@ -34,6 +34,15 @@ pub struct Plan {
     pub steady_version: String,
 }
 
+/// Versions compare as numbers everywhere: `2.53` is `2.53.0`, so writing it
+/// either way starts no upgrade.
+pub fn same_version(a: &str, b: &str) -> bool {
+    match (catalog::Version::parse(a), catalog::Version::parse(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 pub fn before(spec: &UpgradeSpec) -> SignedDuration {
     policy::parse_before(&spec.before).unwrap_or(SignedDuration::from_hours(30 * 24))
 }
@@ -72,7 +81,7 @@ pub fn plan(
 
     let (upgrade, began) = match (in_progress, &current) {
         (Some(u), _) => (Some(u), false),
-        (None, Some(cur)) if &target.version != cur => {
+        (None, Some(cur)) if !same_version(&target.version, cur) => {
             if spec.paused {
                 blocker = Some((
                     UPGRADES_PAUSED,
@@ -168,6 +177,13 @@ mod tests {
         let shape = p.shape();
         assert!(!shape.masters_running && !shape.coreapps_running);
         assert_eq!(shape.node_version, "2.53.2");
+    }
+
+    #[test]
+    fn the_same_version_written_another_way_is_no_upgrade() {
+        let p = plan(&UpgradeSpec::default(), "2.53", Some(&status("2.53.0")), &catalog(), at("2024-05-01T00:00:00Z"));
+        assert!(p.upgrade.is_none() && !p.began, "{p:?}");
+        assert!(same_version("v2.53.0", "2.53") && !same_version("2.53.1", "2.53"));
     }
 
     #[test]

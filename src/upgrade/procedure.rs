@@ -6,7 +6,7 @@
 //!    a number never run at the same time.
 //! 2. `UpgradingSchema`: a Job runs the new coreapp image with `WA_DB_UPGRADE=1`.
 //! 3. `StartingMasters`, then 4. `StartingCoreapps`, at the new version.
-//! 5. `RollingWebapps`: new webapps surge in before old ones go. (Old webapps
+//! 5. `RollingWebapps`: new webapps replace the old ones. (Old webapps
 //!    refuse the upgraded schema, so health is only observable after this.)
 //! 6. `Verifying`: the gateway must show every shard connected and a primary master.
 //! 7. `Complete`: the new version is recorded as current.

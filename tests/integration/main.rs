@@ -93,6 +93,9 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("client_metrics_service_monitor_follows_the_spec", false, |e| {
         Box::pin(scenarios::client_metrics_service_monitor_follows_the_spec(e))
     }),
+    ("suspend_stops_in_the_safe_order_and_resumes", false, |e| {
+        Box::pin(scenarios::suspend_stops_in_the_safe_order_and_resumes(e))
+    }),
     ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
     ("operator_killed_mid_reconcile_converges", true, |e| {
         Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))

@@ -169,6 +169,28 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
         ("unknown database engine", json!({"spec": {"database": {"engine": "Oracle"}}}), "spec.database.engine"),
         ("database port out of range", json!({"spec": {"database": {"port": 70000}}}), "spec.database.port"),
         ("version that is not a version", json!({"spec": {"version": "latest"}}), "spec.version"),
+        ("media size that is not a quantity", json!({"spec": {"media": {"size": "lots"}}}), "spec.media.size"),
+        ("media size of zero", json!({"spec": {"media": {"size": "0Gi"}}}), "spec.media.size"),
+        (
+            "database prefix with a dash",
+            json!({"spec": {"database": {"namePrefix": "wa-1"}}}),
+            "spec.database.namePrefix",
+        ),
+        (
+            "shard change confirmed for 3 shards",
+            json!({"spec": {"multiconnect": {"confirmShardChange": 3}}}),
+            "spec.multiconnect.confirmShardChange",
+        ),
+        (
+            "webhook URL that is not http(s)",
+            json!({"spec": {"settings": {"webhookUrl": "ftp://x"}}}),
+            "spec.settings.webhookUrl",
+        ),
+        (
+            "registration by fax",
+            json!({"spec": {"registration": {"secretRef": {"name": "r"}, "method": "fax"}}}),
+            "spec.registration.method",
+        ),
         (
             "existing claim and storage class together",
             json!({"spec": {"media": {"existingClaim": "a", "storageClassName": "b"}}}),
@@ -974,6 +996,80 @@ pub async fn client_metrics_service_monitor_follows_the_spec(env: &'static Env) 
         Ok(monitors.get_opt(&sm_name).await?.is_none())
     })
     .await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// `spec.suspend`: masters and coreapps stop before the webapps, scaling by
+/// hand is undone, media and the number claim stay, and `false` brings every
+/// tier back.
+pub async fn suspend_stops_in_the_safe_order_and_resumes(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "suspend").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let sts = typed::<StatefulSet>(c, &ns);
+    let deployments = typed::<Deployment>(c, &ns);
+
+    // Record every replica count each workload goes through, in order.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, i32)>();
+    let watch = {
+        let (sts, deployments, tx) = (sts.clone(), deployments.clone(), tx.clone());
+        tokio::spawn(async move {
+            let cfg = || watcher::Config::default().labels("app.kubernetes.io/managed-by=whatsapp-operator");
+            let a = watcher(sts, cfg())
+                .applied_objects()
+                .map(|o| o.map(|s| (s.name_any(), s.spec.and_then(|s| s.replicas))));
+            let b = watcher(deployments, cfg())
+                .applied_objects()
+                .map(|o| o.map(|d| (d.name_any(), d.spec.and_then(|s| s.replicas))));
+            let mut both = futures::stream::select(a.boxed(), b.boxed());
+            while let Some(event) = both.next().await {
+                if let Ok((n, Some(r))) = event {
+                    let _ = tx.send((n, r));
+                }
+            }
+        })
+    };
+    merge_patch(&api, &name, json!({"spec": {"suspend": true}})).await?;
+    let w = wait_condition(&api, &name, "Ready", "False", "Suspended").await?;
+    ensure!(condition(&w, "Degraded").is_some_and(|d| d.status == "False"));
+    wait_until(READY_TIMEOUT, "every tier stopped", || async {
+        let w = api.get(&name).await?;
+        Ok(condition(&w, "Ready").is_some_and(|r| r.message.contains("every master, coreapp and webapp is stopped")))
+    })
+    .await?;
+    watch.abort();
+    let mut seen = vec![];
+    while let Ok(event) = rx.try_recv() {
+        seen.push(event);
+    }
+    let first_zero = |n: &str| seen.iter().position(|(name, r)| name == n && *r == 0);
+    let (masters, coreapps, webapps) = (
+        first_zero(&format!("{name}-master")),
+        first_zero(&format!("{name}-coreapp")),
+        first_zero(&format!("{name}-webapp")),
+    );
+    ensure!(
+        matches!((masters, coreapps, webapps), (Some(m), Some(c), Some(w)) if m < w && c < w),
+        "nodes stop before webapps: {seen:?}"
+    );
+
+    // Scaling by hand is undone; media and the number claim are kept.
+    let scale = json!({"spec": {"replicas": 2}});
+    sts.patch(&format!("{name}-coreapp"), &PatchParams::default(), &Patch::Merge(&scale)).await?;
+    wait_until(Duration::from_secs(30), "the hand-made scale undone", || async {
+        Ok(sts.get(&format!("{name}-coreapp")).await?.spec.and_then(|s| s.replicas) == Some(0))
+    })
+    .await?;
+    ensure!(typed::<PersistentVolumeClaim>(c, &ns).get_opt(&format!("{name}-media")).await?.is_some());
+    let w = api.get(&name).await?;
+    ensure!(condition(&w, "Conflict").is_some_and(|c| c.reason == "NumberClaimed"), "the claim is kept");
+
+    merge_patch(&api, &name, json!({"spec": {"suspend": false}})).await?;
+    let w = wait_ready(&api, &name).await?;
+    ensure!(w.status.and_then(|s| s.ready_pods) == Some("6/6".into()));
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
