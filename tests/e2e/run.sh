@@ -643,9 +643,20 @@ upgraded() {
 
 scenario_upgrade() {
   log "scenario upgrade: $OLD -> $NEW (the operator runs the schema upgrade Job)"
+  # A watch on the pods records every container's start and end as the
+  # kubelet reports them (pod, image, container, start, end, separated by |).
+  local watch_log="$WORK/upgrade-pods.watch" watch_pid
+  # A Go template: kubectl's JSONPath printer fails on ranges in watch mode.
+  k -n "$NS_A" get pods --watch -o go-template='{{.metadata.name}}|{{(index .spec.containers 0).image}}|{{range .status.containerStatuses}}{{.containerID}}|{{with .state.running}}{{.startedAt}}{{end}}{{with .state.terminated}}{{.startedAt}}{{end}}|{{with .state.terminated}}{{.finishedAt}}{{end}}{{end}}{{"\n"}}' \
+    >"$watch_log" 2>"$watch_log.err" &
+  watch_pid=$!
+  sleep 1
   k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"version\":\"$NEW\"}}" >&2
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready at $NEW" upgraded "$NS_A" "$NEW"
+  kill "$watch_pid" 2>/dev/null || true
+  wait "$watch_pid" 2>/dev/null || true
   k -n "$NS_A" get jobs >&2
+  check_upgrade_order "$watch_log"
   local image
   for sts in master coreapp; do
     image="$(k -n "$NS_A" get statefulset "$NAME-$sts" -o jsonpath='{.spec.template.spec.containers[0].image}')"
@@ -654,6 +665,59 @@ scenario_upgrade() {
   image="$(k -n "$NS_A" get deployment "$NAME-webapp" -o jsonpath='{.spec.template.spec.containers[0].image}')"
   [ "$image" = "$EMULATOR_REPO/web:v$NEW" ] || fail "$NAME-webapp runs $image"
   check_health "$NS_A"
+}
+
+# check_upgrade_order WATCH_LOG: no old and new master/coreapp container ran at
+# the same time, the schema Job's container ran in between, and the window
+# without a connected coreapp (last old coreapp stopped, first new one
+# connected to the gateway, from its own log) is printed.
+check_upgrade_order() {
+  local old_end new_start job_start job_end connected pod window
+  # Per container: the latest start and end seen (RFC 3339, second precision, UTC).
+  # The upgrade's schema Job is named after the target version (e2e-schema-2-55-1-...).
+  read -r old_end new_start job_start job_end < <(awk -F'|' -v name="$NAME" -v old="v$OLD" -v new="v$NEW" \
+    -v job="^$NAME-schema-${NEW//./-}-" '
+    NF >= 5 && $3 ~ /^containerd:/ {
+      id = $3; pod[id] = $1; img[id] = $2
+      if ($4 != "") start[id] = $4
+      if ($5 != "") end[id] = $5
+    }
+    END {
+      oe = ""; ns = "~"; js = "~"; je = ""
+      for (id in pod) {
+        tier = (pod[id] ~ "^" name "-(master|coreapp)-[0-9]+$")
+        if (pod[id] ~ job) {
+          if (start[id] != "" && start[id] < js) js = start[id]
+          if (end[id] > je) je = end[id]
+        } else if (tier && img[id] ~ ":" old "$") {
+          e = (end[id] == "") ? "~running" : end[id]
+          if (e > oe) oe = e
+        } else if (tier && img[id] ~ ":" new "$" && start[id] != "" && start[id] < ns) ns = start[id]
+      }
+      print (oe == "" ? "-" : oe), ns, js, (je == "" ? "-" : je)
+    }' "$1")
+  log "upgrade: last old master/coreapp container ended $old_end; schema Job ran $job_start .. $job_end; first new one started $new_start"
+  [ "$old_end" != "~running" ] || fail "an old master/coreapp container never stopped (watch: $1)"
+  [ "$new_start" != "~" ] || fail "no new master/coreapp container was seen starting (watch: $1)"
+  [[ "$old_end" < "$new_start" || "$old_end" == "$new_start" ]] \
+    || fail "old and new master/coreapp containers ran at the same time ($old_end > $new_start; watch: $1)"
+  if [ "$job_start" != "~" ]; then
+    if [[ "$job_start" < "$old_end" || "$new_start" < "$job_end" ]]; then
+      fail "the schema Job did not run between the old and the new containers (watch: $1)"
+    fi
+  else
+    fail "no schema Job container was seen (watch: $1)"
+  fi
+  connected="~"
+  for pod in $(k -n "$NS_A" get pods -o name | grep -E "/$NAME-coreapp-[0-9]+$"); do
+    local t
+    t="$(k -n "$NS_A" logs "$pod" 2>/dev/null | grep -m1 'connected to WhatsApp servers' | cut -c1-19)" || true
+    [ -z "$t" ] || [[ ! "${t}Z" < "$connected" ]] || connected="${t}Z"
+  done
+  if [ "$connected" != "~" ] && [ "$old_end" != "-" ]; then
+    window=$(($(date -d "$connected" +%s) - $(date -d "$old_end" +%s)))
+    log "upgrade: gateway-down window about ${window}s (last old container end $old_end, first new coreapp connected $connected)"
+  fi
 }
 
 deleted() { ! k -n "$NS_A" get wan "$NAME" >/dev/null 2>&1; }
