@@ -347,7 +347,7 @@ pub struct SettingsSpec {
 
     /// CA of the webhook endpoint's certificate, uploaded with
     /// `POST /v1/certificates/webhooks/ca`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "webhookCASecretRef", skip_serializing_if = "Option::is_none")]
     pub webhook_ca_secret_ref: Option<SecretKeyRef>,
 
     /// Keep callbacks in the database until delivered (`callback_persist`).

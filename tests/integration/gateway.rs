@@ -381,9 +381,11 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     let secrets = typed::<Secret>(c, &ns);
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
+    let webhook_ca = std::fs::read_to_string(emulated::pki(&work_dir().join("pki-life"))?.ca)?;
     for (name, key, value) in [
         ("registration", "cert", deployment.certificate(&number)?),
         ("backup-password", "password", "Backup-passw0rd".to_string()),
+        ("webhook-ca", "ca.crt", webhook_ca.clone()),
     ] {
         let secret = Secret {
             metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
@@ -394,7 +396,8 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     }
     let life = json!({
         "registration": {"secretRef": {"name": "registration"}, "method": "sms"},
-        "settings": {"webhookUrl": "https://hooks.example.com/wa", "callbackBackoffDelayMs": 3000},
+        "settings": {"webhookUrl": "https://hooks.example.com/wa", "callbackBackoffDelayMs": 3000,
+            "webhookCASecretRef": {"name": "webhook-ca"}},
         "backup": {"schedule": "* * * * *", "passwordSecretRef": {"name": "backup-password"}, "keep": 2}
     });
     let mut spec = json!({});
@@ -434,6 +437,9 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     ensure!(
         settings(client.clone(), token.clone(), url.clone()).await?.as_deref() == Some("https://hooks.example.com/wa")
     );
+    let ca = client.get(format!("{url}/v1/certificates/webhooks/ca")).bearer_auth(&token).send().await?;
+    ensure!(ca.status().is_success(), "the webhook CA was uploaded: {}", ca.status());
+    ensure!(ca.text().await?.trim() == webhook_ca.trim(), "the client holds the webhook CA from the Secret");
     let by_hand = json!({"webhooks": {"url": "https://elsewhere.example.com/"}});
     let r = client.patch(format!("{url}/v1/settings/application")).bearer_auth(&token).json(&by_hand).send().await?;
     ensure!(r.status().is_success(), "PATCH by hand: {}", r.status());
