@@ -728,8 +728,10 @@ scenario_conflict() {
   version="$(jp "$NS_A" "$NAME" '{.spec.version}')"
   log "scenario conflict: the same number in $NS_B waits while $NS_A holds it"
   prepare "$NS_B"
-  copy_keys "$NS_A" "$NS_B"
+  migrate_admin_password "$NS_A" "$NS_B"
   apply_number "$NS_B" "$version"
+  k -n "$NS_B" patch wan "$NAME" --type merge \
+    -p '{"spec":{"webapp":{"adminPasswordSecretRef":{"name":"migrated-admin","key":"password"}}}}' >&2
   wait_until 120 "$NS_B/$NAME Conflict=True/PhoneNumberInUse" conflict_now "$NS_B"
   [ "$(condition "$NS_B" "$NAME" Ready)" = False/PhoneNumberInUse ] || fail "Ready of the duplicate is not False/PhoneNumberInUse"
   no_workloads "$NS_B" || fail "the duplicate deployed workloads"
@@ -742,20 +744,16 @@ scenario_conflict() {
   [ "$(condition "$NS_B" "$NAME" Conflict | cut -d/ -f1)" = False ] || fail "Conflict of the new holder is not False"
   check_health "$NS_B"
 }
-# copy_keys FROM TO: the number's generated keys (the admin password the
-# holder set in the shared database among them) go along with the deployment,
-# as a real migration takes its Secrets along.
-copy_keys() {
-  local args=() line key data
-  # shellcheck disable=SC2016 # a Go template, not a shell expansion
-  data="$(k -n "$1" get secret "$NAME-keys" -o go-template='{{range $k, $v := .data}}{{$k}}={{$v}}{{"\n"}}{{end}}')"
-  while IFS= read -r line; do
-    [ -n "$line" ] || continue
-    key="${line%%=*}"
-    args+=("--from-literal=$key=$(base64 -d <<<"${line#*=}")")
-  done <<<"$data"
-  [ "${#args[@]}" -gt 0 ] || fail "no $NAME-keys Secret in $1"
-  k -n "$2" create secret generic "$NAME-keys" "${args[@]}" >&2
+# migrate_admin_password FROM TO: the admin password the holder set in the
+# shared database goes along with the deployment, as a real migration takes
+# its credentials along: a Secret of the user's in TO, named by the number's
+# spec.webapp.adminPasswordSecretRef (the operator never adopts a NAME-keys
+# Secret it did not create).
+migrate_admin_password() {
+  local pw
+  pw="$(k -n "$1" get secret "$NAME-keys" -o go-template='{{index .data "admin-password" | base64decode}}')"
+  [ -n "$pw" ] || fail "no admin-password in $1/$NAME-keys"
+  k -n "$2" create secret generic migrated-admin --from-literal=password="$pw" >&2
 }
 conflict_now() { [ "$(condition "$1" "$NAME" Conflict)" = True/PhoneNumberInUse ]; }
 
