@@ -558,10 +558,20 @@ check_health() {
   jp "$ns" "$NAME" '  gateway={.status.health.gateway} primaryMaster={.status.health.primaryMaster} shards={.status.health.shards} connected={.status.health.connectedCoreapps} standby={.status.health.standbyCoreapps}{"\n"}{range .status.health.nodes[*]}    {.id} {.role} {.gatewayStatus} {.pod}{"\n"}{end}' >&2
 }
 
+blocked_on_secret() {
+  [ "$(condition "$1" "$NAME" Ready)" = False/SecretNotFound ] && [ "$(condition "$1" "$NAME" Stalled)" = True/SecretNotFound ]
+}
+
 scenario_ready() {
-  log "scenario ready: $NS_A/$NAME on the emulator's $OLD images"
+  log "scenario ready: $NS_A/$NAME on the emulator's $OLD images, its database Secret created late"
   prepare "$NS_A"
+  # The credentials Secret is missing at first: a clear condition, nothing
+  # deployed; once it exists the number becomes Ready without a touch.
+  k -n "$NS_A" delete secret db >&2
   apply_number "$NS_A" "$OLD"
+  wait_until 60 "$NS_A/$NAME Ready=False/SecretNotFound and Stalled" blocked_on_secret "$NS_A"
+  no_workloads "$NS_A" || fail "workloads were created while the database Secret was missing"
+  k -n "$NS_A" create secret generic db --from-literal=username="$DB_USER" --from-literal=password="$DB_PASSWORD" >&2
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready" ready_now "$NS_A" "$NAME"
   k -n "$NS_A" get wan "$NAME" -o wide >&2
   check_health "$NS_A"
@@ -637,6 +647,11 @@ scenario_scale_webapp() {
   check_health "$NS_A"
 }
 
+upgrading() {
+  local step
+  step="$(jp "$1" "$NAME" '{.status.upgrade.step}')"
+  [ -n "$step" ] && [ "$step" != Complete ]
+}
 upgraded() {
   ready_now "$1" "$NAME" && [ "$(jp "$1" "$NAME" '{.status.currentVersion}')" = "$2" ]
 }
@@ -651,8 +666,18 @@ scenario_upgrade() {
     >"$watch_log" 2>"$watch_log.err" &
   watch_pid=$!
   sleep 1
+  local leader new_leader
+  leader="$(k -n "$OPERATOR_NS" get lease whatsapp-operator -o jsonpath='{.spec.holderIdentity}')"
   k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"version\":\"$NEW\"}}" >&2
+  # The leading operator is killed in the middle of the upgrade; the other
+  # replica takes the lease and finishes it from status.upgrade.
+  wait_until 60 "$NS_A/$NAME upgrade under way" upgrading "$NS_A"
+  log "upgrade: killing the leading operator ${leader%%_*} at step $(jp "$NS_A" "$NAME" '{.status.upgrade.step}')"
+  k -n "$OPERATOR_NS" delete pod "${leader%%_*}" --grace-period=0 --force >&2 2>/dev/null || true
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready at $NEW" upgraded "$NS_A" "$NEW"
+  new_leader="$(k -n "$OPERATOR_NS" get lease whatsapp-operator -o jsonpath='{.spec.holderIdentity}')"
+  [ "${new_leader%%_*}" != "${leader%%_*}" ] || fail "the killed operator ${leader%%_*} still holds the lease"
+  log "upgrade: finished by ${new_leader%%_*} after ${leader%%_*} was killed"
   kill "$watch_pid" 2>/dev/null || true
   wait "$watch_pid" 2>/dev/null || true
   k -n "$NS_A" get jobs >&2
