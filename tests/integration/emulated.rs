@@ -150,7 +150,7 @@ fn next_address() -> String {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    crate::support::free_port()
 }
 
 impl Deployment {

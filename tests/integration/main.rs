@@ -124,7 +124,7 @@ fn setup() -> Result<Env> {
     })?;
     let mut gateway_slots = Vec::new();
     for scenario in GATEWAY_SCENARIOS {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = support::free_port()?;
         gateway_slots.push((scenario, format!("gw-{scenario}-{}", std::process::id() % 10000), port));
     }
     let urls: Vec<String> =

@@ -298,8 +298,19 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free port below the ephemeral range (32768 and up on Linux): a port the
+/// kernel hands out can meanwhile become an outgoing connection's local port,
+/// and a webapp started on it minutes later would fail to listen.
+pub fn free_port() -> Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let port = 20_000 + ((std::process::id() * 131 + n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port below the ephemeral range")
 }
 
 /// Polls `check` until it returns true, failing with `what` after `timeout`.

@@ -112,8 +112,18 @@ pub fn next_ip() -> String {
     format!("127.{}.{}.{}", 100 + pid % 100, 1 + n / 250, 2 + n % 250)
 }
 
+/// A free port below the ephemeral range (32768 and up on Linux): a port the
+/// kernel hands out can be taken by an outgoing connection's ephemeral port
+/// before the emulator binds it, and the webapp then fails to start.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let port = 20_000 + ((std::process::id() * 131 + n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn unique_db(prefix: &str) -> String {
