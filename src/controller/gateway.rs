@@ -39,7 +39,8 @@ pub fn webapp_url(ctx: &Context, wan: &WhatsAppNumber) -> String {
     })
 }
 
-fn secret_bytes(secret: Option<&Secret>, key: &str) -> Option<Vec<u8>> {
+/// A non-empty key of a Secret.
+pub(crate) fn secret_bytes(secret: Option<&Secret>, key: &str) -> Option<Vec<u8>> {
     secret?.data.as_ref()?.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty())
 }
 
@@ -219,12 +220,7 @@ pub async fn observe(
         certificate: status.and_then(|s| s.webapp_certificate.clone()),
         registered_at: status.and_then(|s| s.registered_at.clone()),
         external_conflict: status.and_then(|s| s.external_conflict.clone()),
-        lifecycle: super::lifecycle::LifecycleReport {
-            registration: status.and_then(|s| s.registration.clone()),
-            settings: status.and_then(|s| s.settings.clone()),
-            backup: status.and_then(|s| s.backup.clone()),
-            restore: status.and_then(|s| s.restore.clone()),
-        },
+        lifecycle: super::lifecycle::LifecycleReport::from_status(status),
     };
     let unreachable = |report: &mut GatewayReport, why: String| {
         report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());

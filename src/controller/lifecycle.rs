@@ -39,8 +39,21 @@ pub struct LifecycleReport {
     pub restore: Option<RestoreStatus>,
 }
 
+impl LifecycleReport {
+    /// What status recorded last: the starting point of a step, and what
+    /// stands when the webapp is not asked.
+    pub fn from_status(status: Option<&crate::api::WhatsAppNumberStatus>) -> Self {
+        Self {
+            registration: status.and_then(|s| s.registration.clone()),
+            settings: status.and_then(|s| s.settings.clone()),
+            backup: status.and_then(|s| s.backup.clone()),
+            restore: status.and_then(|s| s.restore.clone()),
+        }
+    }
+}
+
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
-    let bytes = secret?.data.as_ref()?.get(key)?.0.clone();
+    let bytes = super::gateway::secret_bytes(secret, key)?;
     String::from_utf8(bytes).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
@@ -55,13 +68,7 @@ pub async fn step(
     gateway: &str,
     nodes: usize,
 ) -> LifecycleReport {
-    let status = wan.status.as_ref();
-    let mut report = LifecycleReport {
-        registration: status.and_then(|s| s.registration.clone()),
-        settings: status.and_then(|s| s.settings.clone()),
-        backup: status.and_then(|s| s.backup.clone()),
-        restore: status.and_then(|s| s.restore.clone()),
-    };
+    let mut report = LifecycleReport::from_status(wan.status.as_ref());
     let unregistered = gateway == "unregistered";
 
     // A restore comes first: it brings the registration of the old setup.

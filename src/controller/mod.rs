@@ -444,15 +444,9 @@ async fn deploy(
         external_conflict: report.as_ref().and_then(|r| r.external_conflict.clone()).filter(|c| !resolved(c)),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
         service_monitor,
-        lifecycle: match report.as_ref() {
-            Some(r) => r.lifecycle.clone(),
-            None => lifecycle::LifecycleReport {
-                registration: status.and_then(|s| s.registration.clone()),
-                settings: status.and_then(|s| s.settings.clone()),
-                backup: status.and_then(|s| s.backup.clone()),
-                restore: status.and_then(|s| s.restore.clone()),
-            },
-        },
+        lifecycle: report
+            .as_ref()
+            .map_or_else(|| lifecycle::LifecycleReport::from_status(status), |r| r.lifecycle.clone()),
     };
     Ok(Applied { tiers, health, sharding, versions, client })
 }

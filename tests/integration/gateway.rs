@@ -28,26 +28,7 @@ const NAME: &str = "acme";
 pub async fn prepare(c: &Client, ns: &str, number: &str, spec: serde_json::Value) -> Result<()> {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
-    apply_example(c, ns, "ha-mysql.yaml", Some("Secret")).await?;
-    let mut wan: serde_json::Value = json!({
-        "apiVersion": "whatsapp.operators.dev/v1alpha1",
-        "kind": "WhatsAppNumber",
-        "metadata": {"name": NAME, "namespace": ns},
-        "spec": {
-            "phoneNumber": number,
-            "version": "2.53.2",
-            "database": {"engine": "MySQL", "host": "db", "credentialsSecretRef": {"name": "ha-mysql-db"}},
-            "health": {"pollIntervalSeconds": 5}
-        }
-    });
-    if let (Some(target), Some(extra)) = (wan["spec"].as_object_mut(), spec.as_object()) {
-        for (k, v) in extra {
-            target.insert(k.clone(), v.clone());
-        }
-    }
-    let wan: WhatsAppNumber = serde_json::from_value(wan)?;
-    wans(c, ns).create(&PostParams::default(), &wan).await?;
-    Ok(())
+    prepare_in(c, ns, number, spec).await
 }
 
 /// The API key the operator generated, once it exists.
