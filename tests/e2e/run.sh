@@ -37,8 +37,10 @@ LOCAL_DIR="${E2E_LOCAL_DIR:-$REPO/.cache/e2e-local}"
 # The local provider's MariaDB: its own directory and ports, apart from the
 # test databases of hack/test.sh.
 LOCAL_DB_DIR="${E2E_LOCAL_DB_DIR:-/tmp/wao-e2e-databases}"
-LOCAL_MYSQL_PORT="${E2E_LOCAL_MYSQL_PORT:-23306}"
-LOCAL_POSTGRES_PORT="${E2E_LOCAL_POSTGRES_PORT:-25432}"
+# Fixed ports below 20000: the cluster scripts and test harnesses pick their
+# random ports from 20000-31999, and the kernel its ephemeral ones above 32767.
+LOCAL_MYSQL_PORT="${E2E_LOCAL_MYSQL_PORT:-14306}"
+LOCAL_POSTGRES_PORT="${E2E_LOCAL_POSTGRES_PORT:-16432}"
 DB_STARTED=0
 KUBECONFIG_FILE="$WORK/kubeconfig"
 
