@@ -39,6 +39,18 @@ pub enum Claim {
     Held,
     /// Another WhatsAppNumber holds it (its holder identity).
     HeldBy(String),
+    /// Nobody holds it (or its holder is gone) and it was only looked at.
+    Free,
+}
+
+/// What [`claim`] may do with a free number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Take it.
+    Take,
+    /// Only look: nodes of another instance of the number still run, and the
+    /// object that runs them is the one to re-claim a lost Lease.
+    Inspect,
 }
 
 fn claim_lease(wan: &WhatsAppNumber, namespace: &str, resource_version: Option<String>) -> Lease {
@@ -77,8 +89,9 @@ async fn holder_exists(client: &Client, holder: &str) -> Result<bool> {
     }
 }
 
-/// Claims the number for `wan`, or says who holds it.
-pub async fn claim(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<Claim> {
+/// Claims the number for `wan` (or, with [`Intent::Inspect`], only looks), or
+/// says who holds it.
+pub async fn claim(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber, intent: Intent) -> Result<Claim> {
     let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
     let name = lease_name(&wan.spec.phone_number);
     let me = holder_identity(wan);
@@ -86,10 +99,12 @@ pub async fn claim(client: &Client, operator_namespace: &str, wan: &WhatsAppNumb
     // A lost race (409) means someone else wrote first: read again and decide on fresh data.
     for _ in 0..3 {
         let result = match api.get_opt(&name).await? {
+            None if intent == Intent::Inspect => return Ok(Claim::Free),
             None => api.create(&post, &claim_lease(wan, operator_namespace, None)).await,
             Some(lease) => match holder_of(&lease) {
                 Some(holder) if holder == me => return Ok(Claim::Held),
                 Some(holder) if holder_exists(client, &holder).await? => return Ok(Claim::HeldBy(holder)),
+                _ if intent == Intent::Inspect => return Ok(Claim::Free),
                 // Abandoned (its holder is gone): take it over, guarded by the resource version.
                 _ => {
                     tracing::info!(lease = %name, "taking over a number claim whose holder no longer exists");

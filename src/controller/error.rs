@@ -16,6 +16,9 @@ pub enum Error {
     #[error("the claim Lease {0} kept changing while it was being claimed")]
     ClaimContended(String),
 
+    #[error("the operator's cache of {0} has not finished its first listing")]
+    CacheNotReady(&'static str),
+
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -32,6 +35,7 @@ impl Error {
             Error::Encode(_) => "EncodeFailed",
             Error::MissingMetadata(_) => "MissingMetadata",
             Error::ClaimContended(_) => "ClaimContended",
+            Error::CacheNotReady(_) => "CacheNotReady",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod error;
+pub mod fencing;
 pub mod fetch;
 pub mod gateway;
 pub mod lifecycle;
@@ -21,17 +22,18 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
-use crate::exclusivity::{self, Claim};
+use crate::exclusivity::{self, Claim, Intent};
 use crate::resources::names::LABEL_COMPONENT;
 use crate::resources::names::{FIELD_MANAGER, Names, instance_selector};
 use crate::sharding;
@@ -67,6 +69,8 @@ pub struct Context {
     pub sessions: Mutex<HashMap<(String, String), crate::webapp::session::Session>>,
     /// Every WhatsAppNumber the controller sees, for checks across objects.
     pub numbers: Option<Store<DynamicObject>>,
+    /// The metadata of every master and coreapp pod the operator sees, for fencing.
+    pub node_pods: Option<Store<PartialObjectMeta<Pod>>>,
 }
 
 impl Context {
@@ -81,6 +85,7 @@ impl Context {
             http_clients: Mutex::default(),
             sessions: Mutex::default(),
             numbers: None,
+            node_pods: None,
         }
     }
 
@@ -102,6 +107,9 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Retry interval while a problem blocks the reconcile (the watches on Secrets
 /// and claims usually trigger sooner).
 const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+
+/// While pods of a number are awaited (their deletion also wakes the reconcile).
+const FENCE_RETRY: Duration = Duration::from_secs(30);
 
 /// Short retry while an upgrade is under way: each step is checked promptly.
 const UPGRADE_STEP_RETRY: Duration = Duration::from_secs(3);
@@ -162,6 +170,17 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.reconciles.inc();
     let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<WhatsAppNumber> = Api::namespaced(ctx.client.clone(), &namespace);
+    if wan.metadata.deletion_timestamp.is_some() && wan.finalizers().iter().any(|f| f == exclusivity::FINALIZER) {
+        match stop_before_release(&wan, &ctx).await {
+            Ok(None) => {}
+            Ok(Some(action)) => {
+                ctx.metrics.observe_duration(started.elapsed());
+                return Ok(action);
+            }
+            Err(e) if e.is_moot() => return Ok(Action::await_change()),
+            Err(e) => return Err(e),
+        }
+    }
     let result = finalizer(&api, exclusivity::FINALIZER, wan.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(wan) => apply(&wan, &ctx).await,
@@ -178,9 +197,28 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-/// The WhatsAppNumber is being deleted: owner references hand every child but
-/// a retained media claim to the garbage collector; the claim on the number is
-/// released so a waiting WhatsAppNumber can take it.
+/// The WhatsAppNumber is being deleted: its masters and coreapps are stopped,
+/// and the number stays claimed until none of their pods exists (`Some` says
+/// when to look again). A pod stuck Terminating on a node that no longer
+/// answers keeps the claim, and the status says what a person can do.
+async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Option<Action>> {
+    stop_workloads(ctx, wan, "the WhatsAppNumber is being deleted").await?;
+    let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
+    let pods = fencing::pods_of_number(&ctx.client, ctx.node_pods.as_ref(), &digits).await?;
+    let fence = fencing::Fence::split(wan, pods);
+    if fence.own.is_empty() {
+        return Ok(None);
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let waiting = fencing::Waiting::new(fence.own, now.0, false);
+    info!(pods = %waiting.message, "waiting for masters and coreapps to stop before releasing the number");
+    publish_status(ctx, wan, &Outcome::Stopping(waiting), &now).await?;
+    Ok(Some(Action::requeue(FENCE_RETRY)))
+}
+
+/// Then owner references hand every child but a retained media claim to the
+/// garbage collector, and the claim on the number is released so a waiting
+/// WhatsAppNumber can take it.
 async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     exclusivity::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
     ctx.metrics.forget(wan);
@@ -190,43 +228,48 @@ async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
 }
 
 async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
-    let mut observed = fetch::observe(&ctx.client, &ctx.settings, wan).await?;
-    if let Some(store) = &ctx.numbers {
-        let others: Vec<WhatsAppNumber> = readable(store).into_iter().map(|(w, _)| w).collect();
-        observed.database_sharer = fetch::database_sharer(wan, &others);
-    }
-    let outcome = match exclusivity::claim(&ctx.client, &ctx.settings.operator_namespace, wan).await? {
+    // Claim and fence first: stopping a loser depends on nothing else.
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
+    let fence =
+        fencing::Fence::split(wan, fencing::pods_of_number(&ctx.client, ctx.node_pods.as_ref(), &digits).await?);
+    // While another instance's nodes exist and none of this one's, a free
+    // claim is left to the object that runs them.
+    let intent = if fence.blocks_start() { Intent::Inspect } else { Intent::Take };
+    let outcome = match exclusivity::claim(&ctx.client, &ctx.settings.operator_namespace, wan, intent).await? {
         Claim::HeldBy(holder) => {
-            stop_workloads(ctx, wan).await?;
-            Outcome::Conflict { holder }
+            stop_workloads(ctx, wan, "another WhatsAppNumber holds the number").await?;
+            let waiting = fencing::Waiting::new(fence.of_holder(&holder), now.0, false);
+            Outcome::Conflict { holder, waiting }
         }
-        Claim::Held => match validate::validate(wan, &observed) {
-            Err(problem) => Outcome::Blocked(problem),
-            Ok(inputs) => Outcome::Applied(deploy(wan, ctx, &observed, inputs).await?),
-        },
+        Claim::Held if intent == Intent::Take => {
+            let mut observed = fetch::observe(&ctx.client, &ctx.settings, wan).await?;
+            if let Some(store) = &ctx.numbers {
+                let others: Vec<WhatsAppNumber> = readable(store).into_iter().map(|(w, _)| w).collect();
+                observed.database_sharer = fetch::database_sharer(wan, &others);
+            }
+            match validate::validate(wan, &observed) {
+                Err(problem) => Outcome::Blocked(problem),
+                Ok(inputs) => Outcome::Applied(deploy(wan, ctx, &observed, inputs).await?),
+            }
+        }
+        Claim::Held | Claim::Free => Outcome::Fenced(fencing::Waiting::new(fence.others, now.0, true)),
     };
 
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::compute(wan, &outcome, wan.status.as_ref(), &now);
-    if wan.status.as_ref() != Some(&new_status) {
-        patch_status(ctx, wan, &new_status).await?;
-        ctx.metrics.record_conditions(wan, &new_status.conditions);
-        // Only a written status has news: a failed write is retried, and its
-        // events come with the write that succeeds.
-        publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
-    } else {
-        // A restarted operator publishes what is already written.
-        ctx.metrics.record_conditions(wan, &new_status.conditions);
-    }
+    publish_status(ctx, wan, &outcome, &now).await?;
 
     Ok(match outcome {
         Outcome::Blocked(problem) => {
             info!(reason = problem.reason, message = %problem.message, "reconcile held");
             Action::requeue(BLOCKED_RETRY)
         }
-        Outcome::Conflict { holder } => {
+        Outcome::Conflict { holder, .. } => {
             info!(%holder, "the phone number is held by another WhatsAppNumber");
             Action::requeue(BLOCKED_RETRY)
+        }
+        Outcome::Fenced(waiting) | Outcome::Stopping(waiting) => {
+            info!(pods = %waiting.message, "masters and coreapps of another instance of the number still exist");
+            Action::requeue(FENCE_RETRY)
         }
         // A stalled step waits for a person (or its blocker to clear, which
         // the watches report): no probe every few seconds for days.
@@ -525,14 +568,15 @@ async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: 
     }
 }
 
-/// Another WhatsAppNumber holds the number: make sure none of this object's
-/// masters or coreapps run (they would connect as a second instance).
-async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber) -> Result<()> {
+/// Makes sure none of this object's masters or coreapps run (they would
+/// connect as a second instance): their StatefulSets go, and with them the pods.
+async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber, why: &str) -> Result<()> {
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
     let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
-    for sts in api.list(&ListParams::default().labels(&instance_selector(wan))).await? {
-        if sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid) {
-            warn!(statefulset = %sts.name_any(), "stopping workloads: another WhatsAppNumber holds the number");
+    for sts in api.list_metadata(&ListParams::default().labels(&instance_selector(wan))).await? {
+        let deleting = sts.metadata.deletion_timestamp.is_some();
+        if !deleting && sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid) {
+            warn!(statefulset = %sts.name_any(), %why, "stopping masters and coreapps");
             api.delete(&sts.name_any(), &DeleteParams::background()).await?;
             ctx.metrics.record_write("StatefulSet", "delete");
         }
@@ -544,6 +588,23 @@ async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber) -> Result<()> {
 fn jittered(base: Duration) -> Duration {
     use rand::Rng;
     base + base.mul_f64(rand::rng().random_range(0.0..0.1))
+}
+
+/// Writes the status for `outcome` if it differs from the stored one, with
+/// the events and metrics of what changed.
+async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, now: &Time) -> Result<()> {
+    let new_status = status::compute(wan, outcome, wan.status.as_ref(), now);
+    if wan.status.as_ref() != Some(&new_status) {
+        patch_status(ctx, wan, &new_status).await?;
+        ctx.metrics.record_conditions(wan, &new_status.conditions);
+        // Only a written status has news: a failed write is retried, and its
+        // events come with the write that succeeds.
+        publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
+    } else {
+        // A restarted operator publishes what is already written.
+        ctx.metrics.record_conditions(wan, &new_status.conditions);
+    }
+    Ok(())
 }
 
 async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Result<()> {
@@ -682,7 +743,19 @@ fn referencing(
 /// The WhatsAppNumbers with the phone number a claim Lease is about.
 fn waiting_for(store: &Store<DynamicObject>, lease: &Lease) -> Vec<ObjectRef<DynamicObject>> {
     let Some(number) = lease.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
-    readable(store).into_iter().filter(|(wan, _)| &wan.spec.phone_number == number).map(|(_, r)| r).collect()
+    with_number(store, &crate::resources::names::number_digits(number))
+}
+
+/// The WhatsAppNumbers of the phone number with these digits.
+fn with_number(store: &Store<DynamicObject>, digits: &str) -> Vec<ObjectRef<DynamicObject>> {
+    if digits.is_empty() {
+        return vec![];
+    }
+    readable(store)
+        .into_iter()
+        .filter(|(wan, _)| crate::resources::names::number_digits(&wan.spec.phone_number) == digits)
+        .map(|(_, r)| r)
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -732,9 +805,36 @@ pub async fn run(
         .reconcile_all_on(catalog_changes);
     let store = controller.store();
     ctx.numbers = Some(store.clone());
+
+    // Every master and coreapp pod, by metadata: fencing reads them from this
+    // cache, and their start, termination and removal wake the objects of
+    // their number.
+    let (pod_cache, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
+    ctx.node_pods = Some(pod_cache);
+    let mut start_stop = fencing::StartStopFilter::default();
+    let node_pod_changes = reflector::reflector(
+        pod_writer,
+        watcher(
+            scoped::<PartialObjectMeta<Pod>>(&client, &namespace),
+            watcher::Config::default().labels(&fencing::node_pod_selector()),
+        )
+        .default_backoff()
+        .modify(|pod| pod.managed_fields_mut().clear()),
+    )
+    .filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => start_stop.relevant(&event).map(Ok),
+            Err(e) => {
+                warn!(error = %e, "cannot watch master and coreapp pods; retrying with backoff");
+                None
+            }
+        })
+    });
+
     let ctx = Arc::new(ctx);
     let claim_store = store.clone();
     let number_store = store.clone();
+    let pod_store = store.clone();
     controller
         .owns(scoped::<StatefulSet>(&client, &namespace), owned())
         .owns(scoped::<Deployment>(&client, &namespace), owned())
@@ -754,6 +854,10 @@ pub async fn run(
             watcher::Config::default().labels(&format!("{}=true", exclusivity::CLAIM_LABEL)),
             move |lease| waiting_for(&number_store, &lease),
         )
+        .watches_stream(node_pod_changes, move |pod: PartialObjectMeta<Pod>| {
+            let digits = pod.labels().get(crate::resources::names::LABEL_NUMBER).cloned().unwrap_or_default();
+            with_number(&pod_store, &digits)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile_object, error_policy, ctx)
         .for_each(|result| async move {

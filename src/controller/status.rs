@@ -6,6 +6,7 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::fencing::Waiting;
 use super::validate::Problem;
 use kube::ResourceExt;
 
@@ -29,6 +30,10 @@ pub const RELEASE_CATALOG: &str = "ReleaseCatalogValid";
 
 /// Reason of `Conflict` and `Ready` while another WhatsAppNumber holds the number.
 pub const PHONE_NUMBER_IN_USE: &str = "PhoneNumberInUse";
+/// Masters or coreapps of another instance of the number still exist.
+pub const PREVIOUS_INSTANCE_RUNNING: &str = "PreviousInstanceRunning";
+/// The WhatsAppNumber is being deleted and its nodes are stopping.
+pub const DELETING: &str = "Deleting";
 /// Reason when a shard change cannot be made (registration Secret, refusal).
 pub const SHARD_CHANGE_BLOCKED: &str = "ShardChangeBlocked";
 /// Reason when a shard change waits for `spec.multiconnect.confirmShardChange`.
@@ -55,8 +60,15 @@ pub const MONITORING: &str = "ClientMetricsScraped";
 pub enum Outcome {
     /// Validation stopped the reconcile before anything was applied.
     Blocked(Problem),
-    /// Another WhatsAppNumber holds the phone number (its holder identity).
-    Conflict { holder: String },
+    /// Another WhatsAppNumber holds the phone number (its holder identity),
+    /// with what is left of its masters and coreapps.
+    Conflict { holder: String, waiting: Waiting },
+    /// Masters or coreapps of another instance of the number still exist, and
+    /// none of this one's: nothing starts until they are gone.
+    Fenced(Waiting),
+    /// The WhatsAppNumber is being deleted and its masters and coreapps are
+    /// stopping; the number is released once they are gone.
+    Stopping(Waiting),
     /// The children were applied; this is what was observed.
     Applied(Applied),
 }
@@ -223,10 +235,13 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             not_probed("the reconcile is held"),
             holds(),
         ],
-        Outcome::Conflict { holder } => {
-            let message = format!(
+        Outcome::Conflict { holder, waiting } => {
+            let mut message = format!(
                 "{number} is held by WhatsAppNumber {holder}; only one instance may run a number, so nothing is deployed until that one is deleted"
             );
+            if !waiting.pods.is_empty() {
+                message.push_str(&format!(" and its masters and coreapps are gone: {}", waiting.message));
+            }
             vec![
                 cond(READY, false, PHONE_NUMBER_IN_USE, message.clone()),
                 cond(PROGRESSING, false, PHONE_NUMBER_IN_USE, "waiting for the number to be released"),
@@ -234,6 +249,39 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
                 cond(STALLED, true, PHONE_NUMBER_IN_USE, message.clone()),
                 not_probed("another WhatsAppNumber holds the number"),
                 cond(CONFLICT, true, PHONE_NUMBER_IN_USE, message),
+            ]
+        }
+        Outcome::Fenced(waiting) => {
+            let message = format!(
+                "masters and coreapps of {number} start once no pod of another instance of the number is left: {}",
+                waiting.message
+            );
+            vec![
+                cond(READY, false, PREVIOUS_INSTANCE_RUNNING, message.clone()),
+                cond(
+                    PROGRESSING,
+                    !waiting.stuck,
+                    PREVIOUS_INSTANCE_RUNNING,
+                    "waiting for another instance's masters and coreapps to stop",
+                ),
+                cond(DEGRADED, waiting.stuck, PREVIOUS_INSTANCE_RUNNING, message.clone()),
+                cond(STALLED, waiting.stuck, PREVIOUS_INSTANCE_RUNNING, message.clone()),
+                not_probed("another instance of the number still has pods"),
+                cond(CONFLICT, true, PREVIOUS_INSTANCE_RUNNING, message),
+            ]
+        }
+        Outcome::Stopping(waiting) => {
+            let message = format!(
+                "being deleted: {number} is released once its masters and coreapps are gone: {}",
+                waiting.message
+            );
+            vec![
+                cond(READY, false, DELETING, message.clone()),
+                cond(PROGRESSING, !waiting.stuck, DELETING, "stopping masters and coreapps"),
+                cond(DEGRADED, false, DELETING, "stopping on purpose"),
+                cond(STALLED, waiting.stuck, DELETING, message),
+                not_probed("the WhatsAppNumber is being deleted"),
+                holds(),
             ]
         }
         Outcome::Applied(applied) => {
@@ -910,7 +958,7 @@ mod tests {
         let s = compute(&wan, &Outcome::Blocked(blocked), None, &t(1));
         assert_eq!((cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()), ("True", "SecretNotFound"));
         assert_eq!(cond(&s, RECONCILING).status, "False");
-        let s = compute(&wan, &Outcome::Conflict { holder: "a/b/c".into() }, None, &t(1));
+        let s = compute(&wan, &Outcome::Conflict { holder: "a/b/c".into(), waiting: Waiting::default() }, None, &t(1));
         assert_eq!(
             (cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()),
             ("True", PHONE_NUMBER_IN_USE)
@@ -920,7 +968,12 @@ mod tests {
     #[test]
     fn conflict_names_the_holder() {
         let wan = sample();
-        let s = compute(&wan, &Outcome::Conflict { holder: "other/first/uid-1".into() }, None, &t(1));
+        let s = compute(
+            &wan,
+            &Outcome::Conflict { holder: "other/first/uid-1".into(), waiting: Waiting::default() },
+            None,
+            &t(1),
+        );
         for type_ in [READY, DEGRADED, CONFLICT] {
             assert_eq!(cond(&s, type_).reason, PHONE_NUMBER_IN_USE, "{type_}");
             assert!(cond(&s, type_).message.contains("other/first/uid-1"));

@@ -7,6 +7,7 @@
 //! operator, or count its writes, run alone.
 
 mod emulated;
+mod fencing;
 mod gateway;
 mod scenarios;
 mod support;
@@ -70,6 +71,13 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("missing_secret_then_ready", false, |e| Box::pin(scenarios::missing_secret_then_ready(e))),
     ("duplicate_number_waits_for_the_holder", false, |e| Box::pin(scenarios::duplicate_number_waits_for_the_holder(e))),
     ("racing_claims_end_with_one_holder", false, |e| Box::pin(scenarios::racing_claims_end_with_one_holder(e))),
+    ("deletion_waits_for_the_holders_pods", false, |e| Box::pin(fencing::deletion_waits_for_the_holders_pods(e))),
+    ("a_stray_node_pod_keeps_a_number_from_starting", false, |e| {
+        Box::pin(fencing::a_stray_node_pod_keeps_a_number_from_starting(e))
+    }),
+    ("a_deleted_claim_stays_with_the_running_instance", false, |e| {
+        Box::pin(fencing::a_deleted_claim_stays_with_the_running_instance(e))
+    }),
     ("gateway_health_reaches_ready_and_fails_over", false, |e| {
         Box::pin(gateway::health_reaches_ready_and_fails_over(e))
     }),

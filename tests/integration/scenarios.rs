@@ -32,6 +32,17 @@ where
 
 /// Creates every object of an example file in `ns`; returns the WhatsAppNumber's name.
 pub async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Option<&str>) -> Result<String> {
+    apply_example_for(client, ns, file, only_kind, &unique_number()).await
+}
+
+/// [`apply_example`] with the phone number given.
+pub async fn apply_example_for(
+    client: &Client,
+    ns: &str,
+    file: &str,
+    only_kind: Option<&str>,
+    phone_number: &str,
+) -> Result<String> {
     let text = std::fs::read_to_string(support::repo().join("examples").join(file))?;
     let docs = serde_yaml::Deserializer::from_str(&text)
         .map(<Value as serde::Deserialize>::deserialize)
@@ -45,7 +56,7 @@ pub async fn apply_example(client: &Client, ns: &str, file: &str, only_kind: Opt
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         if kind == "WhatsAppNumber" {
             // Tests run in parallel and the operator lets one object hold a number.
-            value["spec"]["phoneNumber"] = json!(unique_number());
+            value["spec"]["phoneNumber"] = json!(phone_number);
             // A fixed database prefix would be shared by every copy; the
             // default one follows the number.
             if let Some(db) = value["spec"]["database"].as_object_mut() {
@@ -133,7 +144,23 @@ pub async fn merge_patch(api: &Api<WhatsAppNumber>, name: &str, patch: Value) ->
     Ok(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
 }
 
-fn instance(name: &str) -> ListParams {
+/// Copies the WhatsAppNumber `name` (same phone number) and its database
+/// Secret from `from_ns` into `to_ns` as `new_name`.
+pub async fn duplicate(c: &Client, from_ns: &str, name: &str, to_ns: &str, new_name: &str) -> Result<()> {
+    let original = wans(c, from_ns).get(name).await?;
+    let secret_name = original.spec.database.credentials_secret_ref.name.clone();
+    let mut secret = typed::<Secret>(c, from_ns).get(&secret_name).await?;
+    secret.metadata = kube::api::ObjectMeta { name: Some(secret_name), ..Default::default() };
+    typed::<Secret>(c, to_ns).create(&PostParams::default(), &secret).await?;
+    let mut dup = original;
+    dup.metadata =
+        kube::api::ObjectMeta { name: Some(new_name.into()), namespace: Some(to_ns.into()), ..Default::default() };
+    dup.status = None;
+    wans(c, to_ns).create(&PostParams::default(), &dup).await?;
+    Ok(())
+}
+
+pub fn instance(name: &str) -> ListParams {
     ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))
 }
 
@@ -773,21 +800,7 @@ pub async fn duplicate_number_waits_for_the_holder(env: &'static Env) -> Result<
     let number = wans(c, &first_ns).get(&first).await?.spec.phone_number;
     wait_ready(&wans(c, &first_ns), &first).await?;
 
-    typed::<Secret>(c, &second_ns)
-        .create(&PostParams::default(), &{
-            let mut s = typed::<Secret>(c, &first_ns).get("ha-mysql-db").await?;
-            s.metadata = kube::api::ObjectMeta { name: Some("ha-mysql-db".into()), ..Default::default() };
-            s
-        })
-        .await?;
-    let mut dup: WhatsAppNumber = wans(c, &first_ns).get(&first).await?;
-    dup.metadata = kube::api::ObjectMeta {
-        name: Some("duplicate".into()),
-        namespace: Some(second_ns.clone()),
-        ..Default::default()
-    };
-    dup.status = None;
-    wans(c, &second_ns).create(&PostParams::default(), &dup).await?;
+    duplicate(c, &first_ns, &first, &second_ns, "duplicate").await?;
 
     let waiting = wait_condition(&wans(c, &second_ns), "duplicate", "Conflict", "True", "PhoneNumberInUse").await?;
     let message = &condition(&waiting, "Conflict").unwrap().message;

@@ -140,7 +140,9 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  # list/watch: a cache of master and coreapp pod metadata, so that no node of
+  # a number starts while another instance's pods still exist.
+  verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

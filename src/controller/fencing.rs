@@ -1,0 +1,315 @@
+//! Fencing: no master or coreapp of a phone number starts while a pod of
+//! another instance of that number still exists, anywhere the operator sees.
+//!
+//! The claim Lease says who may run a number; the pods say who still runs it.
+//! A claim is released only once the holder's masters and coreapps are gone,
+//! and a WhatsAppNumber starts its own only when no other object's are left,
+//! so a grace period, a partitioned node or a lost Lease never lets two sets
+//! of nodes of one number run at once.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use super::error::{Error, Result};
+use crate::api::WhatsAppNumber;
+use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER, MANAGED_BY};
+
+/// Selects the masters and coreapps the operator made: the pods that connect.
+const NODE_PODS: &str =
+    "app.kubernetes.io/managed-by=whatsapp-operator,app.kubernetes.io/component in (master,coreapp)";
+
+/// The node pods of every number (for the operator's pod cache).
+pub fn node_pod_selector() -> String {
+    format!("{NODE_PODS},{LABEL_NUMBER}")
+}
+
+/// A pod Terminating longer than this is taken as stuck (its node likely no
+/// longer answers) and a person is asked to act.
+pub const STUCK_AFTER: SignedDuration = SignedDuration::from_mins(5);
+
+/// How long a reconcile waits for the pod cache's first listing.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A master or coreapp pod of some number, as far as fencing cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePod {
+    pub namespace: String,
+    pub name: String,
+    /// The WhatsAppNumber whose pod this is (its instance label).
+    pub instance: String,
+    /// When deletion was asked for, if it was.
+    pub terminating_since: Option<Timestamp>,
+}
+
+impl NodePod {
+    /// The pod, if it is a master or coreapp of the number with these digits.
+    pub fn of_number(meta: &ObjectMeta, digits: &str) -> Option<Self> {
+        let labels = meta.labels.as_ref()?;
+        let node = matches!(labels.get(LABEL_COMPONENT).map(String::as_str), Some("master" | "coreapp"));
+        let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY);
+        if !node || !ours || labels.get(LABEL_NUMBER).map(String::as_str) != Some(digits) {
+            return None;
+        }
+        Some(Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            instance: labels.get(LABEL_INSTANCE).cloned().unwrap_or_default(),
+            terminating_since: meta.deletion_timestamp.as_ref().map(|t| t.0),
+        })
+    }
+
+    fn describe(&self, now: Timestamp) -> String {
+        match self.terminating_since {
+            Some(since) => {
+                let minutes = now.duration_since(since).as_secs().max(0) / 60;
+                format!("{}/{} (Terminating for {minutes}m)", self.namespace, self.name)
+            }
+            None => format!("{}/{}", self.namespace, self.name),
+        }
+    }
+
+    fn stuck(&self, now: Timestamp) -> bool {
+        self.terminating_since.is_some_and(|since| now.duration_since(since) >= STUCK_AFTER)
+    }
+}
+
+/// The node pods of one number, split by whose they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fence {
+    /// This WhatsAppNumber's own masters and coreapps.
+    pub own: Vec<NodePod>,
+    /// Those of any other object (another namespace, another name, or made by hand).
+    pub others: Vec<NodePod>,
+}
+
+impl Fence {
+    /// Own pods are those in the object's namespace with its instance label: a
+    /// re-created object of the same name cannot exist before the old one's
+    /// pods are gone, since its finalizer waits for them.
+    pub fn split(wan: &WhatsAppNumber, pods: Vec<NodePod>) -> Self {
+        let (namespace, name) = (wan.namespace().unwrap_or_default(), wan.name_any());
+        let (own, others) = pods.into_iter().partition(|p| p.namespace == namespace && p.instance == name);
+        Self { own, others }
+    }
+
+    /// Nodes of another instance exist and none of this one's: starting now
+    /// would make two instances of the number.
+    pub fn blocks_start(&self) -> bool {
+        self.own.is_empty() && !self.others.is_empty()
+    }
+
+    /// The other instance's pods of one holder (`namespace/name/uid`).
+    pub fn of_holder(&self, holder: &str) -> Vec<NodePod> {
+        let mut parts = holder.splitn(3, '/');
+        let (ns, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        self.others.iter().filter(|p| p.namespace == ns && p.instance == name).cloned().collect()
+    }
+}
+
+/// Pods a reconcile waits for, described for a condition message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    pub pods: Vec<NodePod>,
+    /// A pod has been Terminating for longer than [`STUCK_AFTER`], or one that
+    /// nobody is stopping belongs to no WhatsAppNumber that would stop it: a
+    /// person has to act.
+    pub stuck: bool,
+    pub message: String,
+}
+
+impl Waiting {
+    /// `orphans_stuck`: pods that are not terminating count as stuck too (they
+    /// belong to something that will not stop them on its own).
+    pub fn new(pods: Vec<NodePod>, now: Timestamp, orphans_stuck: bool) -> Self {
+        const SHOWN: usize = 5;
+        let mut listed: Vec<String> = pods.iter().take(SHOWN).map(|p| p.describe(now)).collect();
+        if pods.len() > SHOWN {
+            listed.push(format!("and {} more", pods.len() - SHOWN));
+        }
+        let stuck_pods: Vec<&NodePod> = pods.iter().filter(|p| p.stuck(now)).collect();
+        let running: Vec<&NodePod> = pods.iter().filter(|p| p.terminating_since.is_none()).collect();
+        let mut message = listed.join(", ");
+        if let Some(p) = stuck_pods.first() {
+            message.push_str(&format!(
+                ". A pod Terminating this long is usually on a node that no longer answers: once you are sure its containers stopped (the node is down or drained), remove it with `kubectl delete pod -n {} {} --grace-period=0 --force`",
+                p.namespace, p.name
+            ));
+        }
+        let orphans = orphans_stuck && !running.is_empty();
+        if orphans {
+            message.push_str(
+                ". Pods that are not terminating belong to another instance of the number (another WhatsAppNumber, another installation of the operator, or made by hand): delete them or what runs them",
+            );
+        }
+        Self { stuck: !stuck_pods.is_empty() || orphans, pods, message }
+    }
+}
+
+/// The master and coreapp pods of the number with these digits, from the
+/// operator's pod cache (or, without one, from the API).
+pub async fn pods_of_number(
+    client: &Client,
+    cache: Option<&kube::runtime::reflector::Store<PartialObjectMeta<Pod>>>,
+    digits: &str,
+) -> Result<Vec<NodePod>> {
+    match cache {
+        Some(store) => {
+            tokio::time::timeout(CACHE_WAIT, store.wait_until_ready())
+                .await
+                .map_err(|_| Error::CacheNotReady("pods"))?
+                .map_err(|_| Error::CacheNotReady("pods"))?;
+            Ok(store.state().iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
+        }
+        None => {
+            let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
+            let selector = format!("{NODE_PODS},{LABEL_NUMBER}={digits}");
+            let list = api.list(&kube::api::ListParams::default().labels(&selector)).await?;
+            Ok(list.items.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
+        }
+    }
+}
+
+/// Which watch events about node pods can change a fencing decision: a pod
+/// appearing, starting to terminate, or going away. Readiness and other status
+/// changes are dropped, so a rolling pod does not wake every object of its
+/// number. Keeps what it saw per pod uid.
+#[derive(Default)]
+pub struct StartStopFilter {
+    terminating: HashMap<String, bool>,
+}
+
+impl StartStopFilter {
+    pub fn relevant<K: kube::Resource + Clone>(&mut self, event: &watcher::Event<K>) -> Option<K> {
+        match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let uid = obj.uid().unwrap_or_default();
+                let deleting = obj.meta().deletion_timestamp.is_some();
+                (self.terminating.insert(uid, deleting) != Some(deleting)).then(|| obj.clone())
+            }
+            watcher::Event::Delete(obj) => {
+                self.terminating.remove(&obj.uid().unwrap_or_default());
+                Some(obj.clone())
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::sample;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::collections::BTreeMap;
+
+    fn pod_meta(namespace: &str, name: &str, instance: &str, component: &str, digits: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            uid: Some(format!("{namespace}-{name}")),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                (LABEL_COMPONENT.to_string(), component.to_string()),
+                (LABEL_INSTANCE.to_string(), instance.to_string()),
+                (LABEL_NUMBER.to_string(), digits.to_string()),
+            ])),
+            ..Default::default()
+        }
+    }
+
+    fn node(namespace: &str, name: &str, instance: &str) -> NodePod {
+        NodePod::of_number(&pod_meta(namespace, name, instance, "coreapp", "15550001111"), "15550001111").unwrap()
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_masters_and_coreapps_of_the_number_count() {
+        let digits = "15550001111";
+        assert!(NodePod::of_number(&pod_meta("a", "x-master-0", "x", "master", digits), digits).is_some());
+        assert!(NodePod::of_number(&pod_meta("a", "x-coreapp-0", "x", "coreapp", digits), digits).is_some());
+        assert!(NodePod::of_number(&pod_meta("a", "x-webapp-1", "x", "webapp", digits), digits).is_none());
+        assert!(NodePod::of_number(&pod_meta("a", "x-coreapp-0", "x", "coreapp", "15550002222"), digits).is_none());
+        let mut foreign = pod_meta("a", "x-coreapp-0", "x", "coreapp", digits);
+        foreign.labels.as_mut().unwrap().insert(LABEL_MANAGED_BY.into(), "someone-else".into());
+        assert!(NodePod::of_number(&foreign, digits).is_none());
+    }
+
+    #[test]
+    fn own_pods_are_the_objects_namespace_and_name() {
+        let wan = sample(); // team/acme
+        let fence = Fence::split(
+            &wan,
+            vec![
+                node("team", "acme-coreapp-0", "acme"),
+                node("other", "acme-coreapp-0", "acme"),
+                node("team", "b-master-0", "b"),
+            ],
+        );
+        assert_eq!(fence.own.len(), 1);
+        assert_eq!(fence.others.len(), 2);
+        assert!(!fence.blocks_start(), "an instance that runs may keep running");
+        assert_eq!(fence.of_holder("other/acme/uid-1"), vec![node("other", "acme-coreapp-0", "acme")]);
+
+        let waiting = Fence::split(&wan, vec![node("other", "acme-coreapp-0", "acme")]);
+        assert!(waiting.blocks_start(), "another instance's pod keeps this one from starting");
+        assert!(!Fence::split(&wan, vec![]).blocks_start());
+    }
+
+    #[test]
+    fn a_pod_terminating_for_long_asks_a_person() {
+        let mut p = node("other", "acme-coreapp-0", "acme");
+        p.terminating_since = Some(ts("2026-01-01T00:00:00Z"));
+        let fresh = Waiting::new(vec![p.clone()], ts("2026-01-01T00:01:00Z"), false);
+        assert!(!fresh.stuck);
+        assert_eq!(fresh.message, "other/acme-coreapp-0 (Terminating for 1m)");
+        let long = Waiting::new(vec![p], ts("2026-01-01T00:07:00Z"), false);
+        assert!(long.stuck);
+        assert!(
+            long.message.contains("kubectl delete pod -n other acme-coreapp-0 --grace-period=0 --force"),
+            "{}",
+            long.message
+        );
+    }
+
+    #[test]
+    fn running_pods_of_another_instance_are_stuck_only_where_nothing_stops_them() {
+        let running = node("other", "acme-coreapp-0", "acme");
+        assert!(!Waiting::new(vec![running.clone()], ts("2026-01-01T00:00:00Z"), false).stuck);
+        let w = Waiting::new(vec![running], ts("2026-01-01T00:00:00Z"), true);
+        assert!(w.stuck);
+        assert!(w.message.contains("delete them or what runs them"), "{}", w.message);
+    }
+
+    #[test]
+    fn long_lists_are_cut() {
+        let pods: Vec<NodePod> = (0..8).map(|i| node("o", &format!("p-{i}"), "p")).collect();
+        let w = Waiting::new(pods, ts("2026-01-01T00:00:00Z"), false);
+        assert!(w.message.ends_with("o/p-4, and 3 more"), "{}", w.message);
+    }
+
+    #[test]
+    fn only_start_terminate_and_delete_wake_anyone() {
+        let mut filter = StartStopFilter::default();
+        let meta = pod_meta("a", "x-coreapp-0", "x", "coreapp", "1");
+        let pod = Pod { metadata: meta.clone(), ..Default::default() };
+        assert!(filter.relevant(&watcher::Event::Apply(pod.clone())).is_some(), "a new pod");
+        assert!(filter.relevant(&watcher::Event::Apply(pod.clone())).is_none(), "a status change");
+        let mut deleting = pod.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(ts("2026-01-01T00:00:00Z")));
+        assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())).is_some(), "terminating");
+        assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())).is_none());
+        assert!(filter.relevant(&watcher::Event::Delete(deleting)).is_some(), "gone");
+        assert!(filter.relevant(&watcher::Event::<Pod>::InitDone).is_none());
+        // After a re-list the pod is new to the filter again.
+        assert!(filter.relevant(&watcher::Event::InitApply(pod)).is_some());
+    }
+}
