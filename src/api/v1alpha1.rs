@@ -1309,15 +1309,58 @@ pub struct BuildStatus {
     pub expires_at: Option<String>,
 }
 
+/// Where an upgrade stands. The procedure goes through them in this order; it
+/// ends `Complete`, or `RolledBack` when it was called off before the schema
+/// upgrade succeeded.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpgradeStep {
+    /// Masters and coreapps of the old version stop.
+    StoppingNodes,
+    /// A Job runs the new image with `WA_DB_UPGRADE=1`.
+    UpgradingSchema,
+    /// Masters start at the new version.
+    StartingMasters,
+    /// Coreapps start at the new version.
+    StartingCoreapps,
+    /// New webapps replace the old ones.
+    RollingWebapps,
+    /// The gateway must show every shard connected and a primary master.
+    Verifying,
+    /// The new version runs and is recorded as current.
+    Complete,
+    /// Called off before the schema upgrade succeeded (`spec.version` set back
+    /// to the running version, or `spec.upgrade.paused`): the old version runs.
+    RolledBack,
+}
+
+impl UpgradeStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeStep::StoppingNodes => "StoppingNodes",
+            UpgradeStep::UpgradingSchema => "UpgradingSchema",
+            UpgradeStep::StartingMasters => "StartingMasters",
+            UpgradeStep::StartingCoreapps => "StartingCoreapps",
+            UpgradeStep::RollingWebapps => "RollingWebapps",
+            UpgradeStep::Verifying => "Verifying",
+            UpgradeStep::Complete => "Complete",
+            UpgradeStep::RolledBack => "RolledBack",
+        }
+    }
+}
+
+impl std::fmt::Display for UpgradeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One upgrade, step by step.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeStatus {
     pub from: String,
     pub to: String,
-    /// `StoppingNodes`, `UpgradingSchema`, `StartingMasters`, `StartingCoreapps`,
-    /// `RollingWebapps`, `Verifying`, `Complete`.
-    pub step: String,
+    pub step: UpgradeStep,
     pub started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     pub step_started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     /// What the step waits for, or what stops it.

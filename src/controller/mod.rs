@@ -71,6 +71,8 @@ pub struct Context {
     pub numbers: Option<Store<DynamicObject>>,
     /// The metadata of every master and coreapp pod the operator sees, for fencing.
     pub node_pods: Option<Store<PartialObjectMeta<Pod>>>,
+    /// The StatefulSets the operator manages: the version that runs.
+    pub statefulsets: Option<Store<StatefulSet>>,
 }
 
 impl Context {
@@ -86,6 +88,7 @@ impl Context {
             sessions: Mutex::default(),
             numbers: None,
             node_pods: None,
+            statefulsets: None,
         }
     }
 
@@ -320,14 +323,29 @@ async fn deploy(
     let mc = &wan.spec.multiconnect;
     let status = wan.status.as_ref();
     let now = k8s_openapi::jiff::Timestamp::now();
-    let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &observed.catalog, now);
+    // What runs: status, the live workloads and the schema Job of an upgrade
+    // under way (whether it can still be called off).
+    let live_version = live_version(ctx, wan).await?;
+    let job = match status.and_then(|s| s.upgrade.as_ref()) {
+        Some(u) if u.step == procedure::Step::UpgradingSchema => schema_job_state(ctx, wan, &u.to).await?,
+        _ => procedure::JobState::Absent,
+    };
+    let running = upgrade::Running { live_version, job };
+    let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
     if plan.began {
         let u = plan.upgrade.as_ref().expect("began implies an upgrade");
         info!(from = %u.from, to = %u.to, "starting an upgrade");
     }
+    if plan.rolled_back {
+        let u = plan.upgrade.as_ref().expect("rolled back implies an upgrade");
+        warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
+        delete_schema_job(ctx, wan, &u.to).await?;
+    }
+    let recorded_or_live =
+        upgrade::running_version(status.and_then(|s| s.current_version.as_deref()), running.live_version.as_deref());
 
     // A first deployment creates the schema before anything else starts.
-    let first_job = match status.and_then(|s| s.current_version.as_ref()) {
+    let first_job = match &recorded_or_live {
         Some(_) => None,
         None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
     };
@@ -412,8 +430,9 @@ async fn deploy(
     };
     let health = report.as_ref().map(|r| r.observation.clone());
 
-    let mut current = status.and_then(|s| s.current_version.clone());
+    let mut current = recorded_or_live;
     let upgrade_status = match &plan.upgrade {
+        Some(u) if procedure::is_done(u) => Some(u.clone()),
         Some(u) => {
             let facts = upgrade_facts(ctx, wan, u, &tiers, health.as_ref(), now).await?;
             let deadlines = procedure::Deadlines {
@@ -426,7 +445,7 @@ async fn deploy(
             if next.step != u.step {
                 info!(from = %u.step, to = %next.step, "upgrade step done");
             }
-            if procedure::is_done(&next) {
+            if next.step == procedure::Step::Complete {
                 current = Some(next.to.clone());
             }
             Some(next)
@@ -465,7 +484,13 @@ async fn deploy(
 
     let versions = status::Versions {
         current,
-        target: Some(plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.target.version.clone())),
+        target: Some(
+            plan.upgrade
+                .as_ref()
+                .filter(|u| !procedure::is_done(u))
+                .map(|u| u.to.clone())
+                .unwrap_or_else(|| plan.target.version.clone()),
+        ),
         build: Some(build),
         build_state: Some(build_state),
         before: wan.spec.upgrade.before.clone(),
@@ -494,13 +519,65 @@ async fn deploy(
     Ok(Applied { tiers, health, sharding, versions, client })
 }
 
-/// The schema Job of `version`, as the cluster reports it.
+/// The schema Job of `version`, as the Job and its pods report it.
 async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<procedure::JobState> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let name = crate::resources::schema_job::name(wan, version);
+    let job = Api::<Job>::namespaced(ctx.client.clone(), &namespace).get_opt(&name).await?;
+    let unfinished = job.as_ref().is_some_and(|j| {
+        !matches!(upgrade::job::state(Some(j), &[]), procedure::JobState::Succeeded | procedure::JobState::Failed(_))
+    });
+    let pods = if unfinished {
+        let selector = format!("batch.kubernetes.io/job-name={name}");
+        Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+    } else {
+        vec![]
+    };
+    Ok(upgrade::job::state(job.as_ref(), &pods))
+}
+
+/// Removes the schema Job of an upgrade that was called off (its pod never
+/// started a container, so the database is as it was).
+async fn delete_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<()> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
-    Ok(match jobs.get_opt(&crate::resources::schema_job::name(wan, version)).await? {
-        None => procedure::JobState::Absent,
-        Some(job) => job_state(&job),
-    })
+    match jobs.delete(&crate::resources::schema_job::name(wan, version), &DeleteParams::background()).await {
+        Ok(_) => {
+            ctx.metrics.record_write("Job", "delete");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The newest version this object's masters and coreapps StatefulSets run (or
+/// ran) at, from the operator's cache of them.
+async fn live_version(ctx: &Context, wan: &WhatsAppNumber) -> Result<Option<String>> {
+    let Some(store) = &ctx.statefulsets else { return Ok(None) };
+    tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready())
+        .await
+        .map_err(|_| Error::CacheNotReady("statefulsets"))?
+        .map_err(|_| Error::CacheNotReady("statefulsets"))?;
+    let (namespace, uid) = (wan.namespace().unwrap_or_default(), wan.uid().unwrap_or_default());
+    let names = Names::new(wan);
+    let versions = [crate::resources::names::Tier::Master, crate::resources::names::Tier::Coreapp]
+        .into_iter()
+        .filter_map(|tier| store.get(&ObjectRef::new(&names.tier(tier)).within(&namespace)))
+        .filter(|sts| sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid))
+        // Scaled to zero from the start (a first deployment waiting for its
+        // schema), a StatefulSet says nothing of what ran.
+        .filter(|sts| {
+            sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0
+                || sts.status.as_ref().is_some_and(|s| s.replicas > 0)
+        })
+        .filter_map(|sts| {
+            let template = sts.spec.as_ref()?.template.metadata.as_ref()?;
+            template.labels.as_ref()?.get(crate::resources::names::LABEL_VERSION).cloned()
+        });
+    Ok(versions.fold(None, |newest, v| upgrade::running_version(newest.as_deref(), Some(&v))))
 }
 
 /// What the upgrade procedure needs to decide its next step.
@@ -519,7 +596,7 @@ async fn upgrade_facts(
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job = match jobs.get_opt(&crate::resources::schema_job::name(wan, &u.to)).await? {
         None => procedure::JobState::Absent,
-        Some(job) => job_state(&job),
+        Some(_) => schema_job_state(ctx, wan, &u.to).await?,
     };
     let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());
     let gateway = match health {
@@ -536,22 +613,6 @@ async fn upgrade_facts(
         webapps_ready: at_target(2) && tiers.webapps.is_ready(),
         gateway,
     })
-}
-
-fn job_state(job: &Job) -> procedure::JobState {
-    let status = job.status.clone().unwrap_or_default();
-    let conditions = status.conditions.unwrap_or_default();
-    if status.succeeded.unwrap_or(0) > 0 || conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True") {
-        return procedure::JobState::Succeeded;
-    }
-    match conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True") {
-        Some(c) => procedure::JobState::Failed(
-            format!("{} {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
-                .trim()
-                .to_string(),
-        ),
-        None => procedure::JobState::Running,
-    }
 }
 
 async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: &str, note: &str) {
@@ -662,6 +723,9 @@ async fn publish_transitions(
         (prev, Some(u)) if !procedure::is_done(u) && prev.is_none_or(|p| p.to != u.to || procedure::is_done(p)) => {
             publish(ctx, wan, EventType::Normal, "UpgradeStarted", &format!("upgrading from {} to {}", u.from, u.to))
                 .await;
+        }
+        (Some(prev), Some(u)) if u.step == procedure::Step::RolledBack && !procedure::is_done(prev) => {
+            publish(ctx, wan, EventType::Warning, "UpgradeRolledBack", &u.message).await;
         }
         (Some(prev), Some(u)) if procedure::is_done(u) && !procedure::is_done(prev) => {
             let took = u.step_started_at.0.duration_since(u.started_at.0).as_secs();
@@ -831,12 +895,23 @@ pub async fn run(
         })
     });
 
+    // The StatefulSets, cached: the reconcile reads the version that runs from them.
+    let (statefulset_cache, statefulset_writer) = reflector::store::<StatefulSet>();
+    ctx.statefulsets = Some(statefulset_cache);
+    let statefulset_changes = reflector::reflector(
+        statefulset_writer,
+        watcher(scoped::<StatefulSet>(&client, &namespace), owned())
+            .default_backoff()
+            .modify(|sts| sts.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+
     let ctx = Arc::new(ctx);
     let claim_store = store.clone();
     let number_store = store.clone();
     let pod_store = store.clone();
     controller
-        .owns(scoped::<StatefulSet>(&client, &namespace), owned())
+        .owns_stream(statefulset_changes)
         .owns(scoped::<Deployment>(&client, &namespace), owned())
         .owns(scoped::<Service>(&client, &namespace), owned())
         .owns(scoped::<ConfigMap>(&client, &namespace), owned())

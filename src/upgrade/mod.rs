@@ -2,12 +2,13 @@
 //! version to run, and the step-by-step upgrade procedure.
 
 pub mod catalog;
+pub mod job;
 pub mod policy;
 pub mod procedure;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::{BuildStatus, UpgradeSpec, UpgradeStatus, WhatsAppNumberStatus};
+use crate::api::{BuildStatus, UpgradePolicy, UpgradeSpec, UpgradeStatus, WhatsAppNumberStatus};
 use catalog::Catalog;
 use policy::{BuildState, Target};
 use procedure::Shape;
@@ -28,6 +29,8 @@ pub struct Plan {
     pub upgrade: Option<UpgradeStatus>,
     /// Whether `upgrade` was begun by this plan.
     pub began: bool,
+    /// Whether this plan called the upgrade in progress off.
+    pub rolled_back: bool,
     /// Why the target is not being moved to: (reason, message).
     pub blocker: Option<(&'static str, String)>,
     /// The version workloads run at when no upgrade is in progress.
@@ -47,15 +50,40 @@ pub fn before(spec: &UpgradeSpec) -> SignedDuration {
     policy::parse_before(&spec.before).unwrap_or(SignedDuration::from_hours(30 * 24))
 }
 
+/// What runs, beside what status records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Running {
+    /// The newest version the number's masters and coreapps are built for,
+    /// read from the live workloads (`None` when there are none).
+    pub live_version: Option<String>,
+    /// The schema Job of the upgrade in progress, if one is.
+    pub job: procedure::JobState,
+}
+
+/// The version that runs: the newer of what status records and what the live
+/// workloads are built for. Status can be lost (a restore without it, an
+/// object re-created over running workloads); the workloads cannot, and a
+/// database a newer build has upgraded never gets an older one.
+pub fn running_version(recorded: Option<&str>, live: Option<&str>) -> Option<String> {
+    match (recorded, live) {
+        (Some(r), Some(l)) => match (catalog::Version::parse(r), catalog::Version::parse(l)) {
+            (Some(rv), Some(lv)) if lv > rv => Some(l.to_string()),
+            _ => Some(r.to_string()),
+        },
+        (r, l) => r.or(l).map(String::from),
+    }
+}
+
 pub fn plan(
     spec: &UpgradeSpec,
     spec_version: &str,
     status: Option<&WhatsAppNumberStatus>,
+    running: &Running,
     catalog: &Catalog,
     now: Timestamp,
 ) -> Plan {
     let before = before(spec);
-    let current = status.and_then(|s| s.current_version.clone());
+    let current = running_version(status.and_then(|s| s.current_version.as_deref()), running.live_version.as_deref());
     let target = policy::target(spec_version, current.as_deref(), spec.policy, catalog, now, before);
     let build_version = current.clone().unwrap_or_else(|| target.version.clone());
     let build = policy::assess(catalog, &build_version, now, before);
@@ -78,6 +106,40 @@ pub fn plan(
             ),
         ));
     }
+
+    // Called off: `spec.version` set back to the running version (under the
+    // Manual policy, where the spec names the version), or paused.
+    let mut rolled_back = false;
+    let in_progress = match in_progress {
+        Some(u) => {
+            let reverted = spec.policy == UpgradePolicy::Manual && same_version(spec_version, &u.from);
+            let why = if reverted {
+                Some(format!("spec.version is {} again", u.from))
+            } else {
+                spec.paused.then(|| "spec.upgrade.paused is true".to_string())
+            };
+            match why {
+                Some(why) if procedure::can_roll_back(&u, &running.job) => {
+                    rolled_back = true;
+                    Some(procedure::roll_back(&u, &why, now))
+                }
+                Some(why) => {
+                    let (reason, what) =
+                        if reverted { (DOWNGRADE_REFUSED, "going back") } else { (UPGRADES_PAUSED, "pausing") };
+                    blocker = Some((
+                        reason,
+                        format!(
+                            "{why}, but the schema upgrade to {} has run or is running, so {what} is not possible: the upgrade finishes and {} runs; set spec.version to {}",
+                            u.to, u.to, u.to
+                        ),
+                    ));
+                    Some(u)
+                }
+                None => Some(u),
+            }
+        }
+        None => None,
+    };
 
     let (upgrade, began) = match (in_progress, &current) {
         (Some(u), _) => (Some(u), false),
@@ -102,7 +164,7 @@ pub fn plan(
         }
         _ => (None, false),
     };
-    Plan { steady_version: build_version.clone(), target, build, build_version, upgrade, began, blocker }
+    Plan { steady_version: build_version.clone(), target, build, build_version, upgrade, began, rolled_back, blocker }
 }
 
 impl Plan {
@@ -142,7 +204,7 @@ pub fn build_status(version: &str, state: &BuildState) -> BuildStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{MaintenanceWindow, UpgradePolicy};
+    use crate::api::MaintenanceWindow;
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -160,7 +222,8 @@ mod tests {
 
     #[test]
     fn fresh_install_runs_the_target_without_a_procedure() {
-        let p = plan(&UpgradeSpec::default(), "2.53.2", None, &catalog(), at("2024-02-01T00:00:00Z"));
+        let p =
+            plan(&UpgradeSpec::default(), "2.53.2", None, &Running::default(), &catalog(), at("2024-02-01T00:00:00Z"));
         assert!(p.upgrade.is_none());
         assert_eq!(p.shape().node_version, "2.53.2");
         assert!(matches!(p.build, BuildState::Valid(_)));
@@ -169,11 +232,17 @@ mod tests {
 
     #[test]
     fn a_version_change_begins_an_upgrade_from_the_running_version() {
-        let p =
-            plan(&UpgradeSpec::default(), "2.55.1", Some(&status("2.53.2")), &catalog(), at("2024-05-01T00:00:00Z"));
+        let p = plan(
+            &UpgradeSpec::default(),
+            "2.55.1",
+            Some(&status("2.53.2")),
+            &Running::default(),
+            &catalog(),
+            at("2024-05-01T00:00:00Z"),
+        );
         let u = p.upgrade.as_ref().unwrap();
         assert!(p.began);
-        assert_eq!((u.from.as_str(), u.to.as_str(), u.step.as_str()), ("2.53.2", "2.55.1", "StoppingNodes"));
+        assert_eq!((u.from.as_str(), u.to.as_str(), u.step), ("2.53.2", "2.55.1", procedure::Step::StoppingNodes));
         let shape = p.shape();
         assert!(!shape.masters_running && !shape.coreapps_running);
         assert_eq!(shape.node_version, "2.53.2");
@@ -181,7 +250,14 @@ mod tests {
 
     #[test]
     fn the_same_version_written_another_way_is_no_upgrade() {
-        let p = plan(&UpgradeSpec::default(), "2.53", Some(&status("2.53.0")), &catalog(), at("2024-05-01T00:00:00Z"));
+        let p = plan(
+            &UpgradeSpec::default(),
+            "2.53",
+            Some(&status("2.53.0")),
+            &Running::default(),
+            &catalog(),
+            at("2024-05-01T00:00:00Z"),
+        );
         assert!(p.upgrade.is_none() && !p.began, "{p:?}");
         assert!(same_version("v2.53.0", "2.53") && !same_version("2.53.1", "2.53"));
     }
@@ -190,20 +266,27 @@ mod tests {
     fn an_upgrade_in_progress_continues_whatever_the_spec_says_now() {
         let mut s = status("2.53.2");
         s.upgrade = Some(UpgradeStatus {
-            step: "StartingMasters".into(),
+            step: procedure::Step::StartingMasters,
             ..procedure::begin("2.53.2", "2.55.1", at("2024-05-01T00:00:00Z"))
         });
         let spec = UpgradeSpec { paused: true, ..Default::default() };
-        let p = plan(&spec, "2.53.2", Some(&s), &catalog(), at("2024-05-01T00:10:00Z"));
+        let p = plan(&spec, "2.53.2", Some(&s), &Running::default(), &catalog(), at("2024-05-01T00:10:00Z"));
         assert!(!p.began);
-        assert_eq!(p.upgrade.as_ref().unwrap().step, "StartingMasters");
+        assert_eq!(p.upgrade.as_ref().unwrap().step, procedure::Step::StartingMasters);
         assert_eq!(p.shape().node_version, "2.55.1");
     }
 
     #[test]
     fn pause_and_window_hold_a_new_upgrade() {
         let paused = UpgradeSpec { paused: true, ..Default::default() };
-        let p = plan(&paused, "2.55.1", Some(&status("2.53.2")), &catalog(), at("2024-05-01T00:00:00Z"));
+        let p = plan(
+            &paused,
+            "2.55.1",
+            Some(&status("2.53.2")),
+            &Running::default(),
+            &catalog(),
+            at("2024-05-01T00:00:00Z"),
+        );
         assert!(p.upgrade.is_none());
         assert_eq!(p.blocker.as_ref().unwrap().0, UPGRADES_PAUSED);
         assert_eq!(p.shape().node_version, "2.53.2", "keeps running the current version");
@@ -217,25 +300,53 @@ mod tests {
             ..Default::default()
         };
         // 2024-05-01 is a Wednesday.
-        let p = plan(&window, "2.55.1", Some(&status("2.53.2")), &catalog(), at("2024-05-01T03:00:00Z"));
+        let p = plan(
+            &window,
+            "2.55.1",
+            Some(&status("2.53.2")),
+            &Running::default(),
+            &catalog(),
+            at("2024-05-01T03:00:00Z"),
+        );
         assert_eq!(p.blocker.as_ref().unwrap().0, OUTSIDE_WINDOW);
-        let p = plan(&window, "2.55.1", Some(&status("2.53.2")), &catalog(), at("2024-05-05T03:00:00Z"));
+        let p = plan(
+            &window,
+            "2.55.1",
+            Some(&status("2.53.2")),
+            &Running::default(),
+            &catalog(),
+            at("2024-05-05T03:00:00Z"),
+        );
         assert!(p.began, "Sunday 03:00 is inside");
         // An expired build does not wait for the window.
-        let p = plan(&window, "2.55.1", Some(&status("2.53.2")), &catalog(), at("2024-07-10T03:00:00Z"));
+        let p = plan(
+            &window,
+            "2.55.1",
+            Some(&status("2.53.2")),
+            &Running::default(),
+            &catalog(),
+            at("2024-07-10T03:00:00Z"),
+        );
         assert!(p.began);
     }
 
     #[test]
     fn auto_upgrades_an_expiring_build_and_reports_a_refused_downgrade() {
         let auto = UpgradeSpec { policy: UpgradePolicy::Auto, ..Default::default() };
-        let p = plan(&auto, "2.53.2", Some(&status("2.53.2")), &catalog(), at("2024-06-20T00:00:00Z"));
+        let p =
+            plan(&auto, "2.53.2", Some(&status("2.53.2")), &Running::default(), &catalog(), at("2024-06-20T00:00:00Z"));
         assert_eq!(p.target.version, "2.55.1");
         assert_eq!(p.upgrade.unwrap().to, "2.55.1");
         assert!(matches!(p.build, BuildState::Expiring(_)));
 
-        let p =
-            plan(&UpgradeSpec::default(), "2.53.2", Some(&status("2.55.1")), &catalog(), at("2024-05-01T00:00:00Z"));
+        let p = plan(
+            &UpgradeSpec::default(),
+            "2.53.2",
+            Some(&status("2.55.1")),
+            &Running::default(),
+            &catalog(),
+            at("2024-05-01T00:00:00Z"),
+        );
         assert!(p.upgrade.is_none());
         let (reason, message) = p.blocker.unwrap();
         assert_eq!(reason, DOWNGRADE_REFUSED);
@@ -244,8 +355,100 @@ mod tests {
 
     #[test]
     fn unknown_versions_are_not_guessed() {
-        let p = plan(&UpgradeSpec::default(), "2.99.1", None, &catalog(), at("2024-05-01T00:00:00Z"));
+        let p =
+            plan(&UpgradeSpec::default(), "2.99.1", None, &Running::default(), &catalog(), at("2024-05-01T00:00:00Z"));
         assert_eq!(p.build, BuildState::Unknown);
         assert_eq!(p.build_status().expires_at, None);
+    }
+
+    fn running(job: procedure::JobState) -> Running {
+        Running { live_version: None, job }
+    }
+
+    #[test]
+    fn the_running_version_is_the_newer_of_status_and_the_workloads() {
+        assert_eq!(running_version(Some("2.53.2"), None).as_deref(), Some("2.53.2"));
+        assert_eq!(running_version(None, Some("2.55.1")).as_deref(), Some("2.55.1"));
+        assert_eq!(running_version(Some("2.53.2"), Some("2.55.1")).as_deref(), Some("2.55.1"));
+        assert_eq!(running_version(Some("2.55.1"), Some("2.53.2")).as_deref(), Some("2.55.1"));
+        assert_eq!(running_version(None, None), None);
+
+        // Status lost: a version change is an upgrade from what runs, never a fresh install.
+        let live = Running { live_version: Some("2.53.2".into()), ..Default::default() };
+        let p = plan(&UpgradeSpec::default(), "2.55.1", None, &live, &catalog(), at("2024-05-01T00:00:00Z"));
+        assert_eq!(p.upgrade.as_ref().map(|u| u.from.as_str()), Some("2.53.2"), "{p:?}");
+        // ... and an older spec.version is refused, not started on the upgraded database.
+        let live = Running { live_version: Some("2.55.1".into()), ..Default::default() };
+        let p = plan(&UpgradeSpec::default(), "2.53.2", None, &live, &catalog(), at("2024-05-01T00:00:00Z"));
+        assert!(p.upgrade.is_none());
+        assert_eq!(p.blocker.as_ref().map(|b| b.0), Some(DOWNGRADE_REFUSED));
+        assert_eq!(p.shape().node_version, "2.55.1");
+    }
+
+    fn in_progress(step: procedure::Step) -> WhatsAppNumberStatus {
+        let mut s = status("2.53.2");
+        s.upgrade = Some(UpgradeStatus { step, ..procedure::begin("2.53.2", "2.55.1", at("2024-05-01T00:00:00Z")) });
+        s
+    }
+
+    #[test]
+    fn reverting_the_version_before_the_schema_upgrade_rolls_back() {
+        use procedure::{JobState, Step};
+        let now = at("2024-05-01T00:05:00Z");
+        let s = in_progress(Step::UpgradingSchema);
+        let unpullable = running(JobState::Unstartable("image coreapp:v2.55.1: ErrImagePull".into()));
+        let p = plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &unpullable, &catalog(), now);
+        assert!(p.rolled_back && p.blocker.is_none(), "{p:?}");
+        let u = p.upgrade.as_ref().unwrap();
+        assert_eq!(u.step, Step::RolledBack);
+        let shape = p.shape();
+        assert!(shape.masters_running && shape.coreapps_running && !shape.schema_job);
+        assert_eq!(shape.node_version, "2.53.2");
+
+        // Paused while the nodes stop: rolled back too.
+        let paused = UpgradeSpec { paused: true, ..Default::default() };
+        let p = plan(&paused, "2.55.1", Some(&in_progress(Step::StoppingNodes)), &Running::default(), &catalog(), now);
+        assert!(p.rolled_back);
+        // Rolled back and still paused: no new upgrade begins.
+        let mut after = status("2.53.2");
+        after.upgrade = p.upgrade.clone();
+        let p = plan(&paused, "2.55.1", Some(&after), &Running::default(), &catalog(), now);
+        assert!(p.upgrade.is_none() && !p.began);
+        assert_eq!(p.blocker.as_ref().map(|b| b.0), Some(UPGRADES_PAUSED));
+    }
+
+    #[test]
+    fn once_the_schema_upgrade_ran_going_back_is_refused_and_the_upgrade_finishes() {
+        use procedure::{JobState, Step};
+        let now = at("2024-05-01T00:05:00Z");
+        let at_work = plan(
+            &UpgradeSpec::default(),
+            "2.53.2",
+            Some(&in_progress(Step::UpgradingSchema)),
+            &running(JobState::Running),
+            &catalog(),
+            now,
+        );
+        assert!(!at_work.rolled_back);
+        assert_eq!(at_work.upgrade.as_ref().unwrap().step, Step::UpgradingSchema);
+        let (reason, message) = at_work.blocker.clone().unwrap();
+        assert_eq!(reason, DOWNGRADE_REFUSED);
+        assert!(message.contains("set spec.version to 2.55.1"), "{message}");
+
+        let started = plan(
+            &UpgradeSpec::default(),
+            "2.53.2",
+            Some(&in_progress(Step::StartingMasters)),
+            &running(JobState::Succeeded),
+            &catalog(),
+            now,
+        );
+        assert_eq!(started.upgrade.as_ref().unwrap().step, Step::StartingMasters);
+        assert_eq!(started.shape().node_version, "2.55.1");
+
+        // Under Auto the spec's version is a floor: it names no rollback.
+        let auto = UpgradeSpec { policy: UpgradePolicy::Auto, ..Default::default() };
+        let p = plan(&auto, "2.53.2", Some(&in_progress(Step::StoppingNodes)), &Running::default(), &catalog(), now);
+        assert!(!p.rolled_back);
     }
 }

@@ -20,52 +20,33 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::UpgradeStatus;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    StoppingNodes,
-    UpgradingSchema,
-    StartingMasters,
-    StartingCoreapps,
-    RollingWebapps,
-    Verifying,
-    Complete,
-}
+pub use crate::api::UpgradeStep as Step;
 
-impl Step {
-    pub const ALL: [Step; 7] = [
-        Step::StoppingNodes,
-        Step::UpgradingSchema,
-        Step::StartingMasters,
-        Step::StartingCoreapps,
-        Step::RollingWebapps,
-        Step::Verifying,
-        Step::Complete,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::StoppingNodes => "StoppingNodes",
-            Step::UpgradingSchema => "UpgradingSchema",
-            Step::StartingMasters => "StartingMasters",
-            Step::StartingCoreapps => "StartingCoreapps",
-            Step::RollingWebapps => "RollingWebapps",
-            Step::Verifying => "Verifying",
-            Step::Complete => "Complete",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|step| step.as_str() == s)
-    }
-}
+/// The steps of an upgrade that goes through, in order.
+pub const ORDER: [Step; 7] = [
+    Step::StoppingNodes,
+    Step::UpgradingSchema,
+    Step::StartingMasters,
+    Step::StartingCoreapps,
+    Step::RollingWebapps,
+    Step::Verifying,
+    Step::Complete,
+];
 
 /// The schema upgrade Job as the cluster reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum JobState {
+    #[default]
     Absent,
+    /// No container of its pods has started yet (the database is untouched).
+    Pending(String),
+    /// A container has started: the schema may be changing.
     Running,
     Succeeded,
     Failed(String),
+    /// Its pod cannot start (the image cannot be pulled, a bad reference): the
+    /// message names the image and the reason. Nothing has run yet.
+    Unstartable(String),
 }
 
 /// The gateway as the last probe saw it.
@@ -126,9 +107,8 @@ pub fn initializing(version: &str) -> Shape {
 }
 
 pub fn shape(upgrade: &UpgradeStatus) -> Shape {
-    let step = Step::parse(&upgrade.step).unwrap_or(Step::StoppingNodes);
     let (from, to) = (upgrade.from.clone(), upgrade.to.clone());
-    match step {
+    match upgrade.step {
         Step::StoppingNodes => Shape {
             node_version: from.clone(),
             masters_running: false,
@@ -161,6 +141,15 @@ pub fn shape(upgrade: &UpgradeStatus) -> Shape {
             webapps_running: true,
             schema_job: false,
         },
+        // Called off before the schema changed: the old version, as before.
+        Step::RolledBack => Shape {
+            node_version: from.clone(),
+            masters_running: true,
+            coreapps_running: true,
+            webapp_version: from,
+            webapps_running: true,
+            schema_job: false,
+        },
         Step::RollingWebapps | Step::Verifying | Step::Complete => Shape {
             node_version: to.clone(),
             masters_running: true,
@@ -181,7 +170,7 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
     UpgradeStatus {
         from: from.into(),
         to: to.into(),
-        step: Step::StoppingNodes.as_str().into(),
+        step: Step::StoppingNodes,
         started_at: time(now),
         step_started_at: time(now),
         message: format!("stopping masters and coreapps of {from}"),
@@ -192,7 +181,7 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
 /// Moves the procedure forward as far as the observations allow (one step per
 /// call: the next step's observations come from the next reconcile).
 pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadlines) -> UpgradeStatus {
-    let step = Step::parse(&upgrade.step).unwrap_or(Step::StoppingNodes);
+    let step = upgrade.step;
     let to = &upgrade.to;
     // (done?, what the step waits for, a failure that stalls it at once)
     let (done, waiting, failure): (bool, String, Option<String>) = match step {
@@ -210,9 +199,18 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
                     "the schema upgrade Job to {to} failed: {why}; check its pod logs, fix the cause, then delete the Job to retry"
                 )),
             ),
+            JobState::Unstartable(why) => (
+                false,
+                String::new(),
+                Some(format!(
+                    "the schema upgrade Job to {to} cannot start: {why}; fix spec.version (or the image settings), or set spec.version back to {} to roll back",
+                    upgrade.from
+                )),
+            ),
             JobState::Absent | JobState::Running => {
                 (false, format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"), None)
             }
+            JobState::Pending(why) => (false, format!("the schema upgrade Job to {to} has not started: {why}"), None),
         },
         Step::StartingMasters => (observed.masters_ready, format!("waiting for the masters at {to} to be ready"), None),
         Step::StartingCoreapps => {
@@ -225,11 +223,11 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
                 (false, format!("waiting for every shard and a primary master to connect: {why}"), None)
             }
         },
-        Step::Complete => return upgrade.clone(),
+        Step::Complete | Step::RolledBack => return upgrade.clone(),
     };
 
     if done {
-        let next = Step::ALL[Step::ALL.iter().position(|s| *s == step).expect("known step") + 1];
+        let next = ORDER[ORDER.iter().position(|s| *s == step).expect("a step of the order") + 1];
         let message = match next {
             Step::UpgradingSchema => format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"),
             Step::StartingMasters => format!("starting the masters at {to}"),
@@ -237,10 +235,10 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
             Step::RollingWebapps => format!("rolling the webapps to {to}"),
             Step::Verifying => "waiting for every shard and a primary master to connect".to_string(),
             Step::Complete => format!("upgraded from {} to {to}", upgrade.from),
-            Step::StoppingNodes => unreachable!("never a next step"),
+            Step::StoppingNodes | Step::RolledBack => unreachable!("never a next step"),
         };
         return UpgradeStatus {
-            step: next.as_str().into(),
+            step: next,
             step_started_at: time(observed.now),
             message,
             stalled_reason: None,
@@ -268,8 +266,33 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
     UpgradeStatus { message: stalled.clone().unwrap_or(waiting), stalled_reason: stalled, ..upgrade.clone() }
 }
 
+/// Complete or rolled back: nothing more to do.
 pub fn is_done(upgrade: &UpgradeStatus) -> bool {
-    upgrade.step == Step::Complete.as_str()
+    matches!(upgrade.step, Step::Complete | Step::RolledBack)
+}
+
+/// Whether the upgrade can still be called off: before the schema upgrade has
+/// run (or while its Job has failed or cannot start), the database is as the
+/// old version left it. A schema Job that is running is never interrupted.
+pub fn can_roll_back(upgrade: &UpgradeStatus, job: &JobState) -> bool {
+    match upgrade.step {
+        Step::StoppingNodes => true,
+        Step::UpgradingSchema => {
+            matches!(job, JobState::Absent | JobState::Pending(_) | JobState::Failed(_) | JobState::Unstartable(_))
+        }
+        _ => false,
+    }
+}
+
+/// Calls the upgrade off: the old version starts again.
+pub fn roll_back(upgrade: &UpgradeStatus, why: &str, now: Timestamp) -> UpgradeStatus {
+    UpgradeStatus {
+        step: Step::RolledBack,
+        step_started_at: time(now),
+        message: format!("rolled back to {} before the schema upgrade to {}: {why}", upgrade.from, upgrade.to),
+        stalled_reason: None,
+        ..upgrade.clone()
+    }
 }
 
 #[cfg(test)]
@@ -296,7 +319,7 @@ mod tests {
     }
 
     fn step_of(u: &UpgradeStatus) -> Step {
-        Step::parse(&u.step).unwrap()
+        u.step
     }
 
     #[test]
@@ -345,8 +368,8 @@ mod tests {
     #[test]
     fn shapes_never_run_old_and_new_nodes_together() {
         let u = begin("2.53.2", "2.55.1", at(0));
-        for step in Step::ALL {
-            let s = shape(&UpgradeStatus { step: step.as_str().into(), ..u.clone() });
+        for step in ORDER {
+            let s = shape(&UpgradeStatus { step, ..u.clone() });
             let nodes_up = s.masters_running || s.coreapps_running;
             match step {
                 Step::StoppingNodes | Step::UpgradingSchema => {
@@ -380,14 +403,14 @@ mod tests {
         assert!(unstuck.stalled_reason.is_none());
 
         // The schema step has the Job's own deadline.
-        let schema = UpgradeStatus { step: "UpgradingSchema".into(), ..u.clone() };
+        let schema = UpgradeStatus { step: Step::UpgradingSchema, ..u.clone() };
         let running = Observed { job: JobState::Running, ..observed(3000) };
         assert!(advance(&schema, &running, DEADLINES).stalled_reason.is_none());
         let late = Observed { job: JobState::Running, ..observed(3900) };
         assert!(advance(&schema, &late, DEADLINES).stalled_reason.is_some());
 
         for step in [Step::StartingMasters, Step::StartingCoreapps, Step::RollingWebapps, Step::Verifying] {
-            let s = UpgradeStatus { step: step.as_str().into(), ..u.clone() };
+            let s = UpgradeStatus { step, ..u.clone() };
             assert!(advance(&s, &observed(599), DEADLINES).stalled_reason.is_none(), "{step:?}");
             let stalled = advance(&s, &observed(601), DEADLINES);
             assert!(stalled.stalled_reason.as_deref().unwrap().contains(step.as_str()), "{step:?}");
@@ -397,7 +420,7 @@ mod tests {
 
     #[test]
     fn a_failed_schema_job_stalls_at_once_and_says_how_to_retry() {
-        let u = UpgradeStatus { step: "UpgradingSchema".into(), ..begin("2.53.2", "2.55.1", at(0)) };
+        let u = UpgradeStatus { step: Step::UpgradingSchema, ..begin("2.53.2", "2.55.1", at(0)) };
         let failed =
             advance(&u, &Observed { job: JobState::Failed("BackoffLimitExceeded".into()), ..observed(10) }, DEADLINES);
         assert_eq!(step_of(&failed), Step::UpgradingSchema);
@@ -420,9 +443,9 @@ mod tests {
             ..observed(10)
         };
         let blocked = Observed { node_pods: 2, job: JobState::Running, ..observed(10) };
-        for (i, step) in Step::ALL.into_iter().enumerate().take(Step::ALL.len() - 1) {
-            let u = UpgradeStatus { step: step.as_str().into(), ..begin("2.53.2", "2.55.1", at(0)) };
-            assert_eq!(step_of(&advance(&u, &satisfied, DEADLINES)), Step::ALL[i + 1], "{step:?}");
+        for (i, step) in ORDER.into_iter().enumerate().take(ORDER.len() - 1) {
+            let u = UpgradeStatus { step, ..begin("2.53.2", "2.55.1", at(0)) };
+            assert_eq!(step_of(&advance(&u, &satisfied, DEADLINES)), ORDER[i + 1], "{step:?}");
             let once = advance(&u, &blocked, DEADLINES);
             assert_eq!(step_of(&once), step, "{step:?}");
             assert_eq!(advance(&once, &blocked, DEADLINES), once, "{step:?}: idempotent");
@@ -431,8 +454,41 @@ mod tests {
 
     #[test]
     fn gateway_not_polled_completes_on_workload_readiness() {
-        let u = UpgradeStatus { step: "Verifying".into(), ..begin("2.53.2", "2.55.1", at(0)) };
+        let u = UpgradeStatus { step: Step::Verifying, ..begin("2.53.2", "2.55.1", at(0)) };
         let o = Observed { gateway: Gateway::NotPolled, ..observed(1) };
         assert!(is_done(&advance(&u, &o, DEADLINES)));
+    }
+
+    #[test]
+    fn an_image_that_cannot_start_stalls_at_once_and_names_it() {
+        let u = UpgradeStatus { step: Step::UpgradingSchema, ..begin("2.53.2", "2.55.9", at(0)) };
+        let why = "image coreapp:v2.55.9: ErrImagePull".to_string();
+        let stalled = advance(&u, &Observed { job: JobState::Unstartable(why), ..observed(30) }, DEADLINES);
+        assert_eq!(step_of(&stalled), Step::UpgradingSchema);
+        let reason = stalled.stalled_reason.unwrap();
+        assert!(reason.contains("coreapp:v2.55.9") && reason.contains("back to 2.53.2"), "{reason}");
+    }
+
+    #[test]
+    fn only_an_upgrade_whose_schema_is_untouched_rolls_back() {
+        let u = begin("2.53.2", "2.55.1", at(0));
+        assert!(can_roll_back(&u, &JobState::Absent));
+        let schema = UpgradeStatus { step: Step::UpgradingSchema, ..u.clone() };
+        assert!(can_roll_back(&schema, &JobState::Unstartable("ErrImagePull".into())));
+        assert!(can_roll_back(&schema, &JobState::Failed("BackoffLimitExceeded".into())));
+        assert!(can_roll_back(&schema, &JobState::Pending("its pod is not scheduled".into())));
+        assert!(!can_roll_back(&schema, &JobState::Running), "a running schema upgrade is never interrupted");
+        assert!(!can_roll_back(&schema, &JobState::Succeeded));
+        for step in [Step::StartingMasters, Step::StartingCoreapps, Step::RollingWebapps, Step::Verifying] {
+            assert!(!can_roll_back(&UpgradeStatus { step, ..u.clone() }, &JobState::Succeeded), "{step:?}");
+        }
+
+        let back = roll_back(&schema, "spec.version is 2.53.2 again", at(50));
+        assert!(is_done(&back));
+        assert!(back.message.contains("rolled back to 2.53.2"), "{}", back.message);
+        let s = shape(&back);
+        assert!(s.masters_running && s.coreapps_running && !s.schema_job);
+        assert_eq!((s.node_version.as_str(), s.webapp_version.as_str()), ("2.53.2", "2.53.2"));
+        assert_eq!(advance(&back, &observed(60), DEADLINES), back, "rolled back is final");
     }
 }

@@ -92,6 +92,12 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("upgrade_resumes_after_the_operator_is_killed", true, |e| {
         Box::pin(upgrades::upgrade_resumes_after_the_operator_is_killed(e))
     }),
+    ("an_upgrade_whose_schema_job_cannot_start_is_rolled_back", false, |e| {
+        Box::pin(upgrades::an_upgrade_whose_schema_job_cannot_start_is_rolled_back(e))
+    }),
+    ("a_lost_status_keeps_the_running_version", true, |e| {
+        Box::pin(upgrades::a_lost_status_keeps_the_running_version(e))
+    }),
     ("gateway_manual_upgrade_reaches_ready_at_the_new_version", false, |e| {
         Box::pin(upgrades::gateway_manual_upgrade_reaches_ready_at_the_new_version(e))
     }),

@@ -55,7 +55,7 @@ pub async fn write_catalog(c: &Client, yaml: String) -> Result<()> {
 }
 
 fn upgrade_step(w: &WhatsAppNumber) -> Option<String> {
-    w.status.as_ref()?.upgrade.as_ref().map(|u| u.step.clone())
+    w.status.as_ref()?.upgrade.as_ref().map(|u| u.step.to_string())
 }
 
 async fn wait_upgraded(api: &Api<WhatsAppNumber>, name: &str, to: &str) -> Result<WhatsAppNumber> {
@@ -164,7 +164,7 @@ fn check_history(events: &[Seen], from: &str, to: &str) -> Result<()> {
         ensure!(webapps > 0, "event {i}: no webapp pod");
     }
     let (gone, job, new) = (
-        old_gone_at.ok_or_else(|| anyhow!("the old node pods never all went"))?,
+        old_gone_at.ok_or_else(|| anyhow!("the old node pods never all went: {events:?}"))?,
         job_at.ok_or_else(|| anyhow!("no schema Job ran"))?,
         new_at.ok_or_else(|| anyhow!("no new node pod came"))?,
     );
@@ -398,6 +398,100 @@ pub async fn gateway_auto_upgrades_an_expired_build(env: &'static Env) -> Result
     .await;
     write_catalog(c, catalog_yaml(false)).await?;
     result?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// Removes the status, as a restore without status or a re-created object
+/// over running workloads leaves it, while the operator is stopped.
+async fn lose_status(env: &'static Env, api: &Api<WhatsAppNumber>, name: &str, spec: serde_json::Value) -> Result<()> {
+    env.operator.lock().unwrap().stop();
+    let wiped = async {
+        let mut w = api.get(name).await?;
+        w.status = Some(Default::default());
+        api.replace_status(name, &Default::default(), &w).await?;
+        let left = api.get(name).await?.status.unwrap_or_default();
+        ensure!(left.current_version.is_none() && left.conditions.is_empty(), "the status is gone: {left:?}");
+        merge_patch(api, name, spec).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    env.operator.lock().unwrap().restart()?;
+    wiped
+}
+
+pub async fn a_lost_status_keeps_the_running_version(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "lost-status").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+
+    // Status lost, then a new version: an upgrade from what runs, never a fresh install.
+    lose_status(env, &api, &name, json!({"spec": {"version": NEW}})).await?;
+    let w = wait_upgraded(&api, &name, NEW).await?;
+    let u = w.status.as_ref().and_then(|s| s.upgrade.clone()).ok_or_else(|| anyhow!("no upgrade recorded"))?;
+    ensure!((u.from.as_str(), u.to.as_str()) == (OLD, NEW), "upgraded through the procedure: {u:?}");
+
+    // Status lost, then an older version: refused, the upgraded database keeps its build.
+    lose_status(env, &api, &name, json!({"spec": {"version": OLD}})).await?;
+    wait_until(Duration::from_secs(60), "the downgrade to be refused", || async {
+        let w = api.get(&name).await?;
+        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
+        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
+            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW))
+    })
+    .await?;
+    for tier in ["master", "coreapp"] {
+        let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-{tier}")).await?;
+        let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
+        ensure!(image.ends_with(&format!(":v{NEW}")), "{tier}s stay at {NEW}: {image}");
+    }
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "rollback").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+
+    // No node matches: the schema Job's pod is never scheduled, so nothing runs.
+    let nowhere = json!({"whatsapp.operators.dev/test-nowhere": "true"});
+    merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": nowhere}}})).await?;
+    let job_name = format!("{name}-schema-{}", NEW.replace('.', "-"));
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    wait_until(UPGRADE_TIMEOUT, "the schema upgrade Job to wait for a node", || async {
+        let w = api.get(&name).await?;
+        let waiting = w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_some_and(|u| {
+            u.step == whatsapp_operator::api::UpgradeStep::UpgradingSchema && u.message.contains("not scheduled")
+        });
+        Ok(waiting && jobs.get_opt(&job_name).await?.is_some())
+    })
+    .await?;
+
+    // Set back: the old version runs again and the Job goes.
+    merge_patch(&api, &name, json!({"spec": {"version": OLD, "coreapp": {"nodeSelector": null}}})).await?;
+    let w = wait_ready(&api, &name).await?;
+    let u = w.status.as_ref().and_then(|s| s.upgrade.clone()).ok_or_else(|| anyhow!("no upgrade recorded"))?;
+    ensure!(u.step == whatsapp_operator::api::UpgradeStep::RolledBack, "rolled back: {u:?}");
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(OLD));
+    wait_until(Duration::from_secs(30), "the schema Job to go", || async {
+        Ok(jobs.get_opt(&job_name).await?.is_none())
+    })
+    .await?;
+    for tier in ["master", "coreapp"] {
+        let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-{tier}")).await?;
+        let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
+        ensure!(image.ends_with(&format!(":v{OLD}")), "{tier}s back at {OLD}: {image}");
+    }
+    let events = typed::<k8s_openapi::api::events::v1::Event>(c, &ns).list(&Default::default()).await?;
+    ensure!(
+        events.items.iter().any(|e| e.reason.as_deref() == Some("UpgradeRolledBack")),
+        "an UpgradeRolledBack event is recorded"
+    );
     support::delete_namespace(c, &ns).await;
     Ok(())
 }

@@ -152,7 +152,8 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create"]
+  # delete: the schema Job of an upgrade that is called off.
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   # spec.monitoring.serviceMonitor: the client's own metrics.
