@@ -84,9 +84,6 @@ SHARDS=1
 # Where the media volume's hostPath directories are, on the node.
 MEDIA_ROOT=/var/local/wa-e2e-media
 
-# The chart's defaults (two replicas, leader election, cluster-wide RBAC) with
-# the image built here.
-HELM_VALUES=(--set "image.repository=$OPERATOR_REPO" --set "image.tag=$OPERATOR_TAG" --set image.pullPolicy=Never)
 
 KEEP=0
 REUSE=0
@@ -123,6 +120,10 @@ case "$PROVIDER" in
 esac
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
+# The local cluster with a real node, images, the gateway and the operator's
+# chart: shared with hack/demo.sh.
+# shellcheck source=hack/lib/real-pods.sh
+. hack/lib/real-pods.sh
 START=$SECONDS
 # Per stage: "NAME SECONDS", printed as it ends and summed up at the end.
 TIMINGS=()
@@ -294,58 +295,25 @@ setup_local() {
     CREATED=1
   fi
   t=$SECONDS
-  KUBECONFIG_FILE="$(WAO_CLUSTER_REAL_NODE=1 WAO_CLUSTER_NODES=0 WAO_CLUSTER_PVS=8 hack/local-cluster.sh up)"
+  KUBECONFIG_FILE="$(rp_cluster_up "$LOCAL_DIR" 8)"
   TIMINGS+=("cluster $((SECONDS - t))")
   log "local cluster with a real node up ($((SECONDS - t))s)"
   t=$SECONDS
   # The same names and baked knobs as the kind images, from binaries built here.
-  WAO_IMAGE_PREFIX=e2e.local WAO_OPERATOR_IMAGE="$OPERATOR_REPO:$OPERATOR_TAG" WAO_EMULATOR_REPO="$EMULATOR_REPO" \
-    WAO_EMULATOR_VERSIONS="$OLD $NEW" \
-    WAO_EMULATOR_ENV="WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222 WA_EMULATOR_NOW=$EMULATOR_NOW WA_EMULATOR_REGISTERED_NUMBER=$NUMBER" \
-    WAO_CONTAINERD_ADDRESS="$LOCAL_DIR/node/containerd/containerd.sock" \
-    hack/images.sh load || fail "building or importing the images failed"
+  rp_images_load "$LOCAL_DIR" e2e.local "$OPERATOR_REPO:$OPERATOR_TAG" "$EMULATOR_REPO" "$OLD $NEW" \
+    "WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222 WA_EMULATOR_NOW=$EMULATOR_NOW WA_EMULATOR_REGISTERED_NUMBER=$NUMBER" \
+    || fail "building or importing the images failed"
   TIMINGS+=("images $((SECONDS - t))")
   log "images built and imported ($((SECONDS - t))s)"
 }
 
+# The gateway and the operator's chart, as hack/lib/real-pods.sh installs them
+# (the kind provider's cluster too).
 install_gateway() {
-  log "installing the gateway (the stand-in for WhatsApp's servers) in $GATEWAY_NS"
-  k apply -f - >&2 <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: $GATEWAY_NS}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
-spec:
-  selector: {matchLabels: {app: wa-gateway}}
-  template:
-    metadata: {labels: {app: wa-gateway}}
-    spec:
-      containers:
-      - name: gateway
-        image: $EMULATOR_REPO/coreapp:v$OLD
-        imagePullPolicy: Never
-        command: ["/opt/whatsapp/bin/whatsapp-emulator", "gateway"]
-        ports: [{containerPort: 5222}]
-        readinessProbe:
-          tcpSocket: {port: 5222}
-          periodSeconds: 2
----
-apiVersion: v1
-kind: Service
-metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
-spec:
-  selector: {app: wa-gateway}
-  ports: [{port: 5222}]
-EOF
+  RP_KUBECTL="$KUBECTL_BIN" RP_KUBECONFIG="$KUBECONFIG_FILE" rp_install_gateway "$GATEWAY_NS" "$EMULATOR_REPO/coreapp:v$OLD"
 }
-
 install_operator() {
-  log "installing the operator with Helm (charts/whatsapp-operator)"
-  "$HELM" --kubeconfig "$KUBECONFIG_FILE" upgrade --install whatsapp-operator charts/whatsapp-operator \
-    --namespace "$OPERATOR_NS" --create-namespace "${HELM_VALUES[@]}" --wait --timeout "${TIMEOUT}s" >&2
+  RP_HELM="$HELM" RP_KUBECONFIG="$KUBECONFIG_FILE" rp_install_operator "$OPERATOR_NS" "$OPERATOR_REPO" "$OPERATOR_TAG" "$TIMEOUT"
 }
 
 # smoke (local provider): the operator's chart with its real RBAC and two
@@ -464,9 +432,8 @@ setup_local_db() {
   WAO_DB_DIR="$LOCAL_DB_DIR" WAO_MYSQL_PORT="$LOCAL_MYSQL_PORT" WAO_POSTGRES_PORT="$LOCAL_POSTGRES_PORT" \
     hack/databases.sh up >&2 || fail "hack/databases.sh up failed"
   DB_STARTED=1
-  WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh expose mariadb 3306 "127.0.0.1:$LOCAL_MYSQL_PORT" \
-    || fail "could not expose MariaDB to the pods"
-  WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh expose postgres 5432 "127.0.0.1:$LOCAL_POSTGRES_PORT" \
+  rp_expose "$LOCAL_DIR" mariadb 3306 "127.0.0.1:$LOCAL_MYSQL_PORT" || fail "could not expose MariaDB to the pods"
+  rp_expose "$LOCAL_DIR" postgres 5432 "127.0.0.1:$LOCAL_POSTGRES_PORT" \
     || fail "could not expose PostgreSQL to the pods"
   DB_HOST=mariadb.wao-host.svc
   PG_HOST=postgres.wao-host.svc
