@@ -168,7 +168,7 @@ dump() {
 }
 
 cleanup() {
-  local rc=$?
+  local rc=$? t=$SECONDS
   trap - EXIT
   if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG_FILE" ]; then
     log "FAILED; diagnostics follow (also in $WORK/failure.txt)"
@@ -189,6 +189,7 @@ cleanup() {
     log "deleting cluster $CLUSTER"
     "$KIND" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" >&2 || true
   fi
+  TIMINGS+=("teardown $((SECONDS - t))")
   print_timings
   if [ "$rc" -eq 0 ]; then
     if [ "$PROVIDER" = kind ]; then log "PASSED: ready ${SCENARIOS[*]}"
