@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# The local demo: a real control plane on this machine (fake nodes, no images
-# pulled), the CRD, the operator, the HA example, and emulated WhatsApp client
-# processes standing in for its pods, so the operator judges a running
-# client's health before it calls the number Ready.
+# The local demo: a real control plane on this machine, the operator, the HA
+# example and the emulated WhatsApp client, so the operator judges a running
+# client's health before it calls the number Ready. Two modes:
 #
-#   hack/demo.sh          bring it all up (afresh if a demo runs already)
+#   real  (where the machine allows it: root, containerd and debootstrap
+#         installed, the machine's one real node free) the example's pods run
+#         on a real node of the local cluster, from images built here; the
+#         operator is installed with its Helm chart, as users run it;
+#   kwok  (the fallback) fake nodes, nothing pulled or built as images; the
+#         operator and emulator processes standing in for the pods run on
+#         this machine.
+#
+#   hack/demo.sh [--real|--kwok]  bring it all up (afresh if a demo runs already)
 #   hack/demo.sh down     stop everything the demo started and delete its directory
-#   hack/demo.sh coreapp  start one more emulated coreapp in the running demo
+#   hack/demo.sh coreapp  start one more emulated coreapp in the running demo (kwok mode)
 #
 # Afterwards: export KUBECONFIG=.cache/demo/cluster/kubeconfig
-# Knobs: WAO_DEMO_DIR (default .cache/demo), WAO_DEMO_NAMESPACE (default demo),
-# WAO_DEMO_TIMEOUT (seconds per wait, default 180).
+# Knobs: WAO_DEMO_MODE (auto, real or kwok; default auto: real where the
+# machine allows it), WAO_DEMO_DIR (default .cache/demo), WAO_DEMO_NAMESPACE
+# (default demo), WAO_DEMO_TIMEOUT (seconds per wait, default 180).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -21,6 +29,12 @@ DEMO_DIR="${DEMO_DIR%/}"
 export WAO_CLUSTER_DIR="$DEMO_DIR/cluster"
 NAMESPACE="${WAO_DEMO_NAMESPACE:-demo}"
 TIMEOUT="${WAO_DEMO_TIMEOUT:-180}"
+MODE="${WAO_DEMO_MODE:-auto}"
+# The real-node mode: the operator in the cluster, the client's pods on the node.
+OPERATOR_NS=whatsapp-operator-system
+GATEWAY_NS=wa-emulator
+# shellcheck source=hack/lib/real-pods.sh
+. hack/lib/real-pods.sh
 
 # The emulated deployment matches this example: 2 masters, 1 shard + 1 standby.
 EXAMPLE=examples/ha-mysql.yaml
@@ -163,7 +177,125 @@ add_coreapp() {
   log "started $(tail -n 1 "$PIDS")"
 }
 
-case "${1:-up}" in
+# ---------------------------------------------------------------------------
+# Real-node mode: the example's pods on a real node (hack/lib/real-pods.sh,
+# shared with the e2e suite's local provider).
+
+up_real() {
+  local t0=$SECONDS images released newer tier tiers="" patch
+  log "starting the local control plane with a real node (containerd, kubelet, kube-proxy, CoreDNS on this machine)"
+  KUBECONFIG="$(rp_cluster_up "$WAO_CLUSTER_DIR" 8 2>"$LOGS/cluster.log")" \
+    || fail "the local cluster with a real node did not start" "$LOGS/cluster.log"
+  export KUBECONFIG
+  RP_KUBECTL="$KUBECTL" RP_HELM="$TOOLS/helm" RP_KUBECONFIG="$KUBECONFIG"
+
+  # The emulator's images (the example's version and 2.55.1, to upgrade to)
+  # bake in the gateway's Service, a clock at which both builds are valid, the
+  # example's number as registered (no SMS step) and a 1 s heartbeat (a
+  # coreapp silent for 8 s loses its shard).
+  images="wao.local/wa-emulator"
+  log "building the images (release binaries on a cached debootstrap base) and importing them into the node (log: $LOGS/images.log)"
+  rp_images_load "$WAO_CLUSTER_DIR" wao.local wao.local/whatsapp-operator:dev "$images" "$VERSION 2.55.1" \
+    "WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222 WA_EMULATOR_NOW=2024-05-01T00:00:00Z WA_EMULATOR_REGISTERED_NUMBER=$NUMBER WA_EMULATOR_HEARTBEAT_INTERVAL=1 WA_EMULATOR_UNHEALTHY_INTERVAL=8" \
+    "$DEMO_DIR/images" >"$LOGS/images.log" 2>&1 || fail "building or importing the images failed" "$LOGS/images.log"
+  log "MariaDB for the pods: mariadb.wao-host.svc:3306 -> 127.0.0.1:$WAO_MYSQL_PORT"
+  rp_expose "$WAO_CLUSTER_DIR" mariadb 3306 "127.0.0.1:$WAO_MYSQL_PORT" || fail "could not expose MariaDB to the pods"
+  rp_install_gateway "$GATEWAY_NS" "$images/coreapp:v$VERSION"
+
+  # The release catalog as the chart renders it: the example's build released
+  # 165 days ago, so it expires in 15 days and BuildExpiring warns at once.
+  released="$(date -u -d '165 days ago' +%F)"
+  newer="$(date -u -d '20 days ago' +%F)"
+  log "dating $VERSION in the release catalog (chart value releaseCatalog.entries): released $released, so it expires in 15 days"
+  printf 'releaseCatalog:\n  entries:\n  - {version: "%s", releasedAt: "%s"}\n  - {version: "2.55.1", releasedAt: "%s"}\n' \
+    "$VERSION" "$released" "$newer" >"$DEMO_DIR/operator-values.yaml"
+  rp_install_operator "$OPERATOR_NS" wao.local/whatsapp-operator dev "$TIMEOUT" -f "$DEMO_DIR/operator-values.yaml" \
+    2>"$LOGS/helm.log" || fail "helm install of the operator failed" "$LOGS/helm.log"
+  "$KUBECTL" -n "$GATEWAY_NS" rollout status deployment/wa-gateway --timeout="${TIMEOUT}s" >/dev/null \
+    || fail "the gateway did not become ready"
+
+  # The example as written, but on the emulator's images, the demo's MariaDB
+  # and this one small node: small requests, and a preferred anti-affinity
+  # instead of the default required one (every pod is on the same node).
+  for tier in master coreapp webapp; do
+    tiers+=",\"$tier\":{\"resources\":{\"requests\":{\"cpu\":\"50m\",\"memory\":\"64Mi\"}},\"affinity\":{\"podAntiAffinity\":{\"preferredDuringSchedulingIgnoredDuringExecution\":[{\"weight\":1,\"podAffinityTerm\":{\"topologyKey\":\"kubernetes.io/hostname\",\"labelSelector\":{\"matchLabels\":{\"app.kubernetes.io/instance\":\"$NAME\"}}}}]}}}"
+  done
+  patch="{\"spec\":{\"images\":{\"coreapp\":\"$images/coreapp\",\"webapp\":\"$images/web\",\"pullPolicy\":\"Never\"},\"database\":{\"host\":\"mariadb.wao-host.svc\"},\"health\":{\"pollIntervalSeconds\":5}$tiers}}"
+  "$KUBECTL" create namespace "$NAMESPACE" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
+  log "applying $EXAMPLE in namespace $NAMESPACE: its Secret with the demo database's user, its WhatsAppNumber with"
+  log "  the emulator's images, host mariadb.wao-host.svc, small requests, a preferred anti-affinity, health every 5 s"
+  k create secret generic "$NAME-db" --from-literal=username="$WAO_MYSQL_USER" --from-literal=password="$WAO_MYSQL_PASSWORD" \
+    --dry-run=client -o yaml | k apply -f - >&2
+  sed -n '/^apiVersion: whatsapp.operators.dev/,$p' "$EXAMPLE" |
+    "$KUBECTL" patch --local -f - --type merge -p "$patch" -o yaml | k apply -f - >&2
+
+  log "waiting for $NAME to be Ready from the health of its pods (up to ${TIMEOUT}s)"
+  if ! k wait --for=condition=Ready "wan/$NAME" --timeout="${TIMEOUT}s" >/dev/null; then
+    k get wan "$NAME" -o jsonpath='{range .status.conditions[*]}  {.type}={.status}  {.reason}: {.message}{"\n"}{end}' >&2 || true
+    k get pods -o wide >&2 || true
+    "$KUBECTL" -n "$OPERATOR_NS" logs -l app.kubernetes.io/name=whatsapp-operator --prefix --tail=30 >"$LOGS/operator.log" 2>&1 || true
+    fail "$NAME did not become Ready" "$LOGS/operator.log"
+  fi
+
+  echo
+  k get wan -o wide
+  echo
+  echo "Conditions:"
+  k get wan "$NAME" -o jsonpath='{range .status.conditions[*]}  {.type}={.status}  {.reason}: {.message}{"\n"}{end}'
+  echo
+  echo "The build and its expiry (.status.build, from the release catalog):"
+  k get wan "$NAME" -o jsonpath='  {.status.build.version}: released {.status.build.releasedAt}, expires {.status.build.expiresAt}
+'
+  echo
+  echo "Health, as the operator polled it from the webapp through its Service (.status.health):"
+  k get wan "$NAME" -o jsonpath='  gateway: {.status.health.gateway}
+  primary master: {.status.health.primaryMaster}
+  shards: {.status.health.shards}, connected coreapps: {.status.health.connectedCoreapps}, standby: {.status.health.standbyCoreapps}
+'
+  printf '  %-32s %-18s %-14s %s\n' NODE ROLE GATEWAY POD
+  k get wan "$NAME" -o jsonpath='{range .status.health.nodes[*]}{.id} {.role} {.gatewayStatus} {.pod}{"\n"}{end}' |
+    while read -r id role status pod; do printf '  %-32s %-18s %-14s %s\n' "$id" "$role" "${status:-unreachable}" "$pod"; done
+  echo
+  echo "Pods (on the real node $(k get pods -o jsonpath='{.items[0].spec.nodeName}'); the operator's in $OPERATOR_NS):"
+  k get pods -o wide
+  "$KUBECTL" -n "$OPERATOR_NS" get pods -o wide
+
+  local rel_dir="${DEMO_DIR#"$REPO"/}"
+  cat <<MSG
+
+The demo runs on a real node (up in $((SECONDS - t0))s after the databases); logs in $rel_dir/logs/.
+Try this (from $REPO):
+  export KUBECONFIG=$KUBECONFIG PATH=$TOOLS:\$PATH
+  kubectl -n $NAMESPACE describe wan $NAME
+  kubectl -n $NAMESPACE logs $NAME-coreapp-0          # the emulated client, started with the operator's environment
+  kubectl -n $OPERATOR_NS logs deploy/whatsapp-operator
+
+  # In another terminal, watch the verdict:
+  kubectl -n $NAMESPACE get wan $NAME -w
+
+  # Delete the pod of the coreapp that holds the shard: the standby takes over
+  # and the StatefulSet's new pod becomes the standby.
+  pod=\$(kubectl -n $NAMESPACE get wan $NAME -o jsonpath='{range .status.health.nodes[?(@.role=="coreapp")]}{.pod} {.gatewayStatus}{"\n"}{end}' | awk '\$2 == "connected" {print \$1; exit}')
+  kubectl -n $NAMESPACE delete pod "\$pod"
+
+  # Scale the webapps, or upgrade to 2.55.1 (its image is on the node): the
+  # operator stops masters and coreapps, runs the schema Job, then starts the new ones.
+  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{"spec":{"webapp":{"replicas":3}}}'
+  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{"spec":{"version":"2.55.1"}}'
+
+Start it afresh with: hack/demo.sh     Stop it all with: hack/demo.sh down
+MSG
+}
+
+CMD=up
+for arg in "$@"; do
+  case "$arg" in
+    --real) MODE=real ;;
+    --kwok) MODE=kwok ;;
+    *) CMD="$arg" ;;
+  esac
+done
+case "$CMD" in
   up) ;;
   down)
     down
@@ -171,11 +303,16 @@ case "${1:-up}" in
     exit 0
     ;;
   coreapp)
+    if [ "$(cat "$DEMO_DIR/mode" 2>/dev/null)" = real ]; then
+      log "the demo runs on a real node: the coreapps are the operator's pods; for one more standby:"
+      log "  kubectl -n $NAMESPACE patch wan $NAME --type merge -p '{\"spec\":{\"multiconnect\":{\"standbyCoreapps\":2}}}'"
+      exit 1
+    fi
     add_coreapp
     exit 0
     ;;
   *)
-    echo "usage: $0 [up|down|coreapp]" >&2
+    echo "usage: $0 [up|down|coreapp] [--real|--kwok]" >&2
     exit 2
     ;;
 esac
@@ -184,12 +321,28 @@ esac
 # Starting
 
 if [ -z "$NUMBER" ] || [ -z "$VERSION" ]; then fail "cannot read phoneNumber and version from $EXAMPLE"; fi
+case "$MODE" in
+  auto)
+    if why="$(rp_unavailable)"; then
+      MODE=kwok
+      log "mode: kwok (fake nodes, emulator processes on this machine): no real node here, $why"
+    else
+      MODE=real
+      log "mode: real (the example's pods on a real node of the local cluster; WAO_DEMO_MODE=kwok for the fallback)"
+    fi ;;
+  real)
+    why="$(rp_unavailable)" && fail "WAO_DEMO_MODE=real: no real node here: $why"
+    log "mode: real (the example's pods on a real node of the local cluster)" ;;
+  kwok) log "mode: kwok (fake nodes, emulator processes on this machine)" ;;
+  *) fail "WAO_DEMO_MODE must be auto, real or kwok (not $MODE)" ;;
+esac
 if [ -d "$DEMO_DIR" ] || [ -d "$DB_DIR" ]; then
   log "a demo exists in $DEMO_DIR: stopping it to start afresh"
 fi
 down
 mkdir -p "$LOGS"
 : >"$PIDS"
+echo "$MODE" >"$DEMO_DIR/mode"
 
 TOOLS="$(hack/tools.sh ensure)"
 KUBECTL="$TOOLS/kubectl"
@@ -202,6 +355,11 @@ export WAO_DB_DIR="$DB_DIR" WAO_MYSQL_PORT WAO_POSTGRES_PORT
 log "starting the demo's MariaDB on 127.0.0.1:$WAO_MYSQL_PORT (hack/databases.sh up, data in $DB_DIR)"
 hack/databases.sh up >"$LOGS/databases.log" 2>&1 || fail "hack/databases.sh up failed" "$LOGS/databases.log"
 eval "$(hack/databases.sh env)"
+
+if [ "$MODE" = real ]; then
+  up_real
+  exit 0
+fi
 
 log "building the operator and the emulator"
 cargo build --quiet -p whatsapp-operator -p whatsapp-emulator --bin whatsapp-operator --bin whatsapp-emulator

@@ -61,7 +61,7 @@ die() { log "error: $*"; exit 1; }
 # ---------------------------------------------------------------------------
 # Processes
 
-pid_of() { [ -f "$RUN/$1.pid" ] && cat "$RUN/$1.pid" 2>/dev/null || true; }
+pid_of() { if [ -f "$RUN/$1.pid" ]; then cat "$RUN/$1.pid" 2>/dev/null || true; fi; }
 
 # A pid belongs to this cluster when one of its arguments is one of the paths
 # this script passes to its components (exact paths, so that a cluster in a
@@ -529,7 +529,9 @@ spec:
   persistentVolumeReclaimPolicy: Retain
   volumeMode: Filesystem
   hostPath:
+    # Created on first use, so pods on a real node can mount it too.
     path: $DIR/volumes/$name
+    type: DirectoryOrCreate
 EOF
   done
 }
@@ -554,7 +556,7 @@ validate_settings() {
   done
   [[ "$REAL_NODE" =~ ^[01]$ ]] || die "WAO_CLUSTER_REAL_NODE must be 0 or 1 (got '$REAL_NODE')"
   # With a real node the fake ones are optional.
-  [ "$NODES" -ge $((1 - REAL_NODE)) ] && [ "$NODES" -le 250 ] \
+  { [ "$NODES" -ge $((1 - REAL_NODE)) ] && [ "$NODES" -le 250 ]; } \
     || die "WAO_CLUSTER_NODES must be between $((1 - REAL_NODE)) and 250"
   [[ "$SERVICE_CIDR" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] \
     || die "WAO_CLUSTER_SERVICE_CIDR must be an IPv4 CIDR such as 10.96.0.0/16 (got '$SERVICE_CIDR')"

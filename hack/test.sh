@@ -63,7 +63,8 @@ cargo test --workspace --locked -- "$@"
 stage_done "cargo test"
 
 # --- Real pods: the e2e suite on a real node of the local cluster ----------
-shellcheck hack/node.sh hack/images.sh hack/tools.sh tests/e2e/run.sh
+shellcheck -x hack/node.sh hack/images.sh hack/tools.sh hack/local-cluster.sh hack/demo.sh \
+  hack/lib/real-pods.sh tests/e2e/run.sh
 # Opt-in (CI turns it on): it needs root and builds images and node binaries.
 if [ "${WAO_TEST_REAL_NODE:-0}" = 1 ]; then
   hack/databases.sh down >/dev/null 2>&1 || true

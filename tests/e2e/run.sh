@@ -10,16 +10,18 @@
 #   --provider kind (default) or local
 #   --keep     leave the cluster running afterwards (also after a failure)
 #   --reuse    use the existing cluster of that name instead of creating one
-#   SCENARIO   any of scale-webapp upgrade conflict failover (kind default:
-#              the first three; local: all four, in that order); the number is
-#              always brought to Ready first. local: smoke runs before them
-#              (`smoke` alone: nothing else).
+#   SCENARIO   any of scale-webapp upgrade conflict failover multiconnect
+#              (kind default: the first three; local: all five, in that order;
+#              multiconnect is local only: it needs PostgreSQL); the HA number
+#              is always brought to Ready first. local: smoke runs before them
+#              (`smoke` alone: nothing else). Each stage's time is printed.
 #
 # Environment: E2E_CLUSTER_NAME (whatsapp-operator-e2e), E2E_TIMEOUT (seconds
 # per wait, 300), E2E_NODE_IMAGE (kind node image, e.g. kindest/node:v1.34.0;
 # empty: kind's default), KIND, KUBECTL, HELM, DOCKER (the binaries);
 # E2E_LOCAL_DIR (cluster dir of the local provider, .cache/e2e-local),
-# E2E_LOCAL_DB_DIR, E2E_LOCAL_MYSQL_PORT, E2E_LOCAL_POSTGRES_PORT (its MariaDB).
+# E2E_LOCAL_DB_DIR, E2E_LOCAL_MYSQL_PORT, E2E_LOCAL_POSTGRES_PORT (its MariaDB
+# and PostgreSQL).
 set -Eeuo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -50,6 +52,10 @@ OLD=2.53.2
 NEW=2.55.1
 EMULATOR_NOW=2024-05-01T00:00:00Z
 NUMBER="+15550001234"
+# The number baked into the images as registered (the HA number's).
+BAKED_NUMBER="$NUMBER"
+# The multiconnect scenario's own number, on PostgreSQL.
+MC_NUMBER="+15550005678"
 # Image names under a registry that does not exist, so nothing is pulled by
 # mistake: every image is built here and loaded into the kind node.
 OPERATOR_REPO=e2e.local/whatsapp-operator
@@ -62,18 +68,22 @@ GATEWAY_NS=wa-emulator
 DB_NS=wa-e2e-db
 NS_A=wa-e2e-a
 NS_B=wa-e2e-b
+NS_MC=wa-e2e-mc
 NAME=e2e
 DB_ROOT_PASSWORD="e2e-Root-Passw0rd"
 # What the numbers use (kind: the MariaDB pod's root; local: see setup_local_db).
 DB_HOST="mariadb.$DB_NS.svc"
 DB_USER=root
 DB_PASSWORD="$DB_ROOT_PASSWORD"
+DB_ENGINE=MySQL
+# PostgreSQL (local provider): see setup_local_db.
+PG_HOST=""
+# The layout of the number apply_number creates (a scenario may override
+# NUMBER, DB_ENGINE, DB_HOST and SHARDS with locals of its own).
+SHARDS=1
 # Where the media volume's hostPath directories are, on the node.
 MEDIA_ROOT=/var/local/wa-e2e-media
 
-# The chart's defaults (two replicas, leader election, cluster-wide RBAC) with
-# the image built here.
-HELM_VALUES=(--set "image.repository=$OPERATOR_REPO" --set "image.tag=$OPERATOR_TAG" --set image.pullPolicy=Never)
 
 KEEP=0
 REUSE=0
@@ -85,8 +95,8 @@ while [ $# -gt 0 ]; do
     --reuse) REUSE=1 ;;
     --provider) PROVIDER="${2:-}"; shift ;;
     --provider=*) PROVIDER="${1#--provider=}" ;;
-    scale-webapp | upgrade | conflict | failover | smoke) SCENARIOS+=("$1") ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    scale-webapp | upgrade | conflict | failover | multiconnect | smoke) SCENARIOS+=("$1") ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -95,19 +105,43 @@ case "$PROVIDER" in
   kind)
     [ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=(scale-webapp upgrade conflict)
     for s in "${SCENARIOS[@]}"; do
-      [ "$s" != smoke ] || { echo "the smoke scenario is the local provider's (--provider local)" >&2; exit 2; }
+      case "$s" in smoke | multiconnect)
+        echo "the $s scenario is the local provider's (--provider local)" >&2; exit 2 ;;
+      esac
     done ;;
   local)
     # smoke always runs first, then the number scenarios (all by default).
     rest=()
     for s in "${SCENARIOS[@]}"; do [ "$s" = smoke ] || rest+=("$s"); done
     # failover last: the killed coreapp's node row lingers in the shared database.
-    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict failover)
+    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict failover multiconnect)
     SCENARIOS=(smoke "${rest[@]}") ;;
   *) echo "unknown provider: $PROVIDER (kind or local)" >&2; exit 2 ;;
 esac
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
+# The local cluster with a real node, images, the gateway and the operator's
+# chart: shared with hack/demo.sh.
+# shellcheck source=hack/lib/real-pods.sh
+. hack/lib/real-pods.sh
+START=$SECONDS
+# Per stage: "NAME SECONDS", printed as it ends and summed up at the end.
+TIMINGS=()
+# timed NAME CMD...: runs CMD and records how long it took.
+timed() {
+  local name="$1" t=$SECONDS
+  shift
+  "$@"
+  TIMINGS+=("$name $((SECONDS - t))")
+  log "$name took $((SECONDS - t))s"
+}
+print_timings() {
+  local line
+  [ "${#TIMINGS[@]}" -gt 0 ] || return 0
+  log "timings (s):"
+  for line in "${TIMINGS[@]}"; do printf '    %-14s %5s\n' "${line% *}" "${line##* }" >&2; done
+  printf '    %-14s %5s\n' total "$((SECONDS - START))" >&2
+}
 k() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
 # ---------------------------------------------------------------------------
@@ -125,7 +159,7 @@ dump() {
   echo "===== operator logs"
   k -n "$OPERATOR_NS" logs -l app.kubernetes.io/name=whatsapp-operator --all-containers --prefix --tail=200
   local ns pod
-  for ns in "$NS_A" "$NS_B" "$GATEWAY_NS"; do
+  for ns in "$NS_A" "$NS_B" "$NS_MC" "$GATEWAY_NS"; do
     for pod in $(k -n "$ns" get pods -o name 2>/dev/null); do
       echo "===== $ns/$pod (last 30 lines)"
       k -n "$ns" logs "$pod" --all-containers --tail=30
@@ -134,7 +168,7 @@ dump() {
 }
 
 cleanup() {
-  local rc=$?
+  local rc=$? t=$SECONDS
   trap - EXIT
   if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG_FILE" ]; then
     log "FAILED; diagnostics follow (also in $WORK/failure.txt)"
@@ -155,6 +189,8 @@ cleanup() {
     log "deleting cluster $CLUSTER"
     "$KIND" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" >&2 || true
   fi
+  TIMINGS+=("teardown $((SECONDS - t))")
+  print_timings
   if [ "$rc" -eq 0 ]; then
     if [ "$PROVIDER" = kind ]; then log "PASSED: ready ${SCENARIOS[*]}"
     elif [ "${#SCENARIOS[@]}" -gt 1 ]; then log "PASSED: smoke ready ${SCENARIOS[*]:1}"
@@ -260,56 +296,25 @@ setup_local() {
     CREATED=1
   fi
   t=$SECONDS
-  KUBECONFIG_FILE="$(WAO_CLUSTER_REAL_NODE=1 WAO_CLUSTER_NODES=0 WAO_CLUSTER_PVS=8 hack/local-cluster.sh up)"
+  KUBECONFIG_FILE="$(rp_cluster_up "$LOCAL_DIR" 8)"
+  TIMINGS+=("cluster $((SECONDS - t))")
   log "local cluster with a real node up ($((SECONDS - t))s)"
   t=$SECONDS
   # The same names and baked knobs as the kind images, from binaries built here.
-  WAO_IMAGE_PREFIX=e2e.local WAO_OPERATOR_IMAGE="$OPERATOR_REPO:$OPERATOR_TAG" WAO_EMULATOR_REPO="$EMULATOR_REPO" \
-    WAO_EMULATOR_VERSIONS="$OLD $NEW" \
-    WAO_EMULATOR_ENV="WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222 WA_EMULATOR_NOW=$EMULATOR_NOW WA_EMULATOR_REGISTERED_NUMBER=$NUMBER" \
-    WAO_CONTAINERD_ADDRESS="$LOCAL_DIR/node/containerd/containerd.sock" \
-    hack/images.sh load || fail "building or importing the images failed"
+  rp_images_load "$LOCAL_DIR" e2e.local "$OPERATOR_REPO:$OPERATOR_TAG" "$EMULATOR_REPO" "$OLD $NEW" \
+    "WA_EMULATOR_GATEWAY=wa-gateway.$GATEWAY_NS.svc:5222 WA_EMULATOR_NOW=$EMULATOR_NOW WA_EMULATOR_REGISTERED_NUMBER=$NUMBER" \
+    || fail "building or importing the images failed"
+  TIMINGS+=("images $((SECONDS - t))")
   log "images built and imported ($((SECONDS - t))s)"
 }
 
+# The gateway and the operator's chart, as hack/lib/real-pods.sh installs them
+# (the kind provider's cluster too).
 install_gateway() {
-  log "installing the gateway (the stand-in for WhatsApp's servers) in $GATEWAY_NS"
-  k apply -f - >&2 <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: $GATEWAY_NS}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
-spec:
-  selector: {matchLabels: {app: wa-gateway}}
-  template:
-    metadata: {labels: {app: wa-gateway}}
-    spec:
-      containers:
-      - name: gateway
-        image: $EMULATOR_REPO/coreapp:v$OLD
-        imagePullPolicy: Never
-        command: ["/opt/whatsapp/bin/whatsapp-emulator", "gateway"]
-        ports: [{containerPort: 5222}]
-        readinessProbe:
-          tcpSocket: {port: 5222}
-          periodSeconds: 2
----
-apiVersion: v1
-kind: Service
-metadata: {name: wa-gateway, namespace: $GATEWAY_NS}
-spec:
-  selector: {app: wa-gateway}
-  ports: [{port: 5222}]
-EOF
+  RP_KUBECTL="$KUBECTL_BIN" RP_KUBECONFIG="$KUBECONFIG_FILE" rp_install_gateway "$GATEWAY_NS" "$EMULATOR_REPO/coreapp:v$OLD"
 }
-
 install_operator() {
-  log "installing the operator with Helm (charts/whatsapp-operator)"
-  "$HELM" --kubeconfig "$KUBECONFIG_FILE" upgrade --install whatsapp-operator charts/whatsapp-operator \
-    --namespace "$OPERATOR_NS" --create-namespace "${HELM_VALUES[@]}" --wait --timeout "${TIMEOUT}s" >&2
+  RP_HELM="$HELM" RP_KUBECONFIG="$KUBECONFIG_FILE" rp_install_operator "$OPERATOR_NS" "$OPERATOR_REPO" "$OPERATOR_TAG" "$TIMEOUT"
 }
 
 # smoke (local provider): the operator's chart with its real RBAC and two
@@ -411,14 +416,14 @@ EOF
   k -n "$DB_NS" rollout status deployment/mariadb --timeout="${TIMEOUT}s" >&2
 }
 
-# MariaDB on the local provider: a private server of hack/databases.sh on this
-# machine (no database image is built), exposed to pods by the node as
-# mariadb.wao-host.svc:3306.
+# MariaDB and PostgreSQL on the local provider: private servers of
+# hack/databases.sh on this machine (no database image is built), exposed to
+# pods by the node as mariadb.wao-host.svc:3306 and postgres.wao-host.svc:5432.
 setup_local_db() {
   if [ "$REUSE" = 1 ]; then
     log "removing what a previous run left"
     k delete wan -A --all --wait=true --timeout=120s >&2 || true
-    k delete namespace "$NS_A" "$NS_B" --ignore-not-found --wait=true --timeout=180s >&2
+    k delete namespace "$NS_A" "$NS_B" "$NS_MC" --ignore-not-found --wait=true --timeout=180s >&2
     k delete pv -l e2e.whatsapp.operators.dev/media --ignore-not-found >&2
   fi
   log "starting MariaDB on this machine for the pods (hack/databases.sh, $LOCAL_DB_DIR)"
@@ -428,9 +433,11 @@ setup_local_db() {
   WAO_DB_DIR="$LOCAL_DB_DIR" WAO_MYSQL_PORT="$LOCAL_MYSQL_PORT" WAO_POSTGRES_PORT="$LOCAL_POSTGRES_PORT" \
     hack/databases.sh up >&2 || fail "hack/databases.sh up failed"
   DB_STARTED=1
-  WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh expose mariadb 3306 "127.0.0.1:$LOCAL_MYSQL_PORT" \
-    || fail "could not expose MariaDB to the pods"
+  rp_expose "$LOCAL_DIR" mariadb 3306 "127.0.0.1:$LOCAL_MYSQL_PORT" || fail "could not expose MariaDB to the pods"
+  rp_expose "$LOCAL_DIR" postgres 5432 "127.0.0.1:$LOCAL_POSTGRES_PORT" \
+    || fail "could not expose PostgreSQL to the pods"
   DB_HOST=mariadb.wao-host.svc
+  PG_HOST=postgres.wao-host.svc
   DB_USER="${WAO_DB_USER:-wao}"
   DB_PASSWORD="${WAO_DB_PASSWORD:-wao-Passw0rd}"
   MEDIA_ROOT="$LOCAL_DIR/media"
@@ -438,12 +445,12 @@ setup_local_db() {
 
 if [ "$PROVIDER" = local ]; then
   setup_local
-  scenario_smoke
+  timed smoke scenario_smoke
   [ "${#SCENARIOS[@]}" -gt 1 ] || exit 0
-  setup_local_db
+  timed databases setup_local_db
 else
-  setup_kind
-  setup_kind_db
+  timed cluster setup_kind
+  timed databases setup_kind_db
   install_gateway
   install_operator
   k -n "$GATEWAY_NS" rollout status deployment/wa-gateway --timeout="${TIMEOUT}s" >&2
@@ -492,13 +499,18 @@ spec:
 EOF
 }
 
-# apply_number NS VERSION: the WhatsAppNumber. Small requests and a preferred
-# (not required) anti-affinity, since kind has one node.
+# apply_number NS VERSION: the WhatsAppNumber NUMBER with SHARDS shards on
+# DB_ENGINE at DB_HOST. Small requests and a preferred (not required)
+# anti-affinity, since kind has one node. A number other than the one baked
+# into the images is pre-registered through the tiers' env (the schema Job,
+# first on the database, records it).
 apply_number() {
-  local ns="$1" version="$2" tier overrides=""
+  local ns="$1" version="$2" tier overrides="" env=""
+  [ "$NUMBER" = "$BAKED_NUMBER" ] || env="
+    env: [{name: WA_EMULATOR_REGISTERED_NUMBER, value: \"$NUMBER\"}]"
   for tier in master coreapp; do
     overrides+="
-  $tier:
+  $tier:$env
     resources: {requests: {cpu: 50m, memory: 64Mi}}
     affinity:
       podAntiAffinity:
@@ -519,9 +531,9 @@ spec:
     coreapp: $EMULATOR_REPO/coreapp
     webapp: $EMULATOR_REPO/web
     pullPolicy: Never
-  multiconnect: {shards: 1, standbyCoreapps: 1, masters: 2}
+  multiconnect: {shards: $SHARDS, standbyCoreapps: 1, masters: 2}
   database:
-    engine: MySQL
+    engine: $DB_ENGINE
     host: $DB_HOST
     credentialsSecretRef: {name: db}
   media: {existingClaim: media}
@@ -542,20 +554,24 @@ spec:
 EOF
 }
 
-# health_ok NS: the operator's view of the client is one healthy HA
-# deployment: gateway connected, a primary master, the 1 shard on 1 coreapp,
-# 1 standby, 4 nodes listed (stopped nodes of an earlier rollout are gone).
+# health_ok NS: the operator's view of the client is one healthy deployment
+# of SHARDS shards: gateway connected, a primary master, every shard on its
+# coreapp, 1 standby, 2 masters + SHARDS + 1 coreapps listed (stopped nodes of
+# an earlier rollout are gone). By the client's rules the primary master is
+# connected in multiconnect and disconnected in HA (1 shard).
 health_ok() {
-  local got gateway connected standby shards primary nodes
+  local got gateway connected standby shards primary nodes primary_status=disconnected
   got="$(jp "$1" "$NAME" '{.status.health.gateway} {.status.health.connectedCoreapps} {.status.health.standbyCoreapps} {.status.health.shards} {.status.health.primaryMaster} {.status.health.nodes[*].id}')"
   read -r gateway connected standby shards primary nodes <<<"$got"
-  [ "$gateway" = connected ] && [ "$connected" = 1 ] && [ "$standby" = 1 ] && [ "$shards" = 1 ] &&
-    [ -n "$primary" ] && [ "$(wc -w <<<"$nodes")" = 4 ]
+  [ "$SHARDS" = 1 ] || primary_status=connected
+  [ "$gateway" = connected ] && [ "$connected" = "$SHARDS" ] && [ "$standby" = 1 ] && [ "$shards" = "$SHARDS" ] &&
+    [ -n "$primary" ] && [ "$(wc -w <<<"$nodes")" = $((SHARDS + 3)) ] &&
+    [ "$(jp "$1" "$NAME" '{.status.health.nodes[?(@.role=="primary_master")].gatewayStatus}')" = "$primary_status" ]
 }
 
 check_health() {
   local ns="$1"
-  wait_until 120 "$ns/$NAME health: gateway connected, 1 of 1 shard connected, 1 standby, 4 nodes" health_ok "$ns"
+  wait_until 120 "$ns/$NAME health: gateway connected, $SHARDS of $SHARDS shards connected, 1 standby, $((SHARDS + 3)) nodes" health_ok "$ns"
   log "$ns/$NAME .status.health:"
   jp "$ns" "$NAME" '  gateway={.status.health.gateway} primaryMaster={.status.health.primaryMaster} shards={.status.health.shards} connected={.status.health.connectedCoreapps} standby={.status.health.standbyCoreapps}{"\n"}{range .status.health.nodes[*]}    {.id} {.role} {.gatewayStatus} {.pod}{"\n"}{end}' >&2
 }
@@ -784,12 +800,71 @@ migrate_admin_password() {
 }
 conflict_now() { [ "$(condition "$1" "$NAME" Conflict)" = True/PhoneNumberInUse ]; }
 
-scenario_ready
+# multiconnect (local provider): a second number, 2 shards on PostgreSQL, in
+# its own namespace. The images pre-register it, so the operator cannot tell
+# how long ago it was registered: the change from the client's initial 1 shard
+# first waits for a person's confirmation, then goes through the client's API
+# with the number's certificate. Ready then comes from the health of the real
+# pods (both shards' coreapps and the primary master connected), and what ran
+# is checked in the pods and in PostgreSQL.
+scenario_multiconnect() {
+  local ns="$NS_MC" NUMBER="$MC_NUMBER" DB_ENGINE=PostgreSQL DB_HOST="$PG_HOST" SHARDS=2
+  [ -n "$DB_HOST" ] || fail "the multiconnect scenario needs the local provider's PostgreSQL"
+  log "scenario multiconnect: $ns/$NAME ($NUMBER) with $SHARDS shards on PostgreSQL ($DB_HOST)"
+  prepare "$ns"
+  apply_number "$ns" "$OLD"
+  wait_until "$TIMEOUT" "$ns/$NAME Stalled=True/ShardChangeNeedsConfirmation (the client starts with 1 shard)" \
+    shard_change_unconfirmed "$ns"
+  [ "$(jp "$ns" "$NAME" '{.status.health.shards}')" = 1 ] || fail "the shard count changed before the confirmation"
+
+  log "multiconnect: confirming $SHARDS shards and giving the number's certificate"
+  local cert
+  cert="$(k -n "$GATEWAY_NS" exec deploy/wa-gateway -- whatsapp-emulator cert --number "$NUMBER")" \
+    || fail "no certificate from the gateway's emulator"
+  k -n "$ns" create secret generic registration --from-literal=cert="$cert" >&2
+  k -n "$ns" patch wan "$NAME" --type merge -p \
+    "{\"spec\":{\"multiconnect\":{\"confirmShardChange\":$SHARDS},\"registration\":{\"secretRef\":{\"name\":\"registration\"}}}}" >&2
+  wait_until "$TIMEOUT" "$ns/$NAME Ready with $SHARDS shards" ready_now "$ns" "$NAME"
+  k -n "$ns" get wan "$NAME" -o wide >&2
+  check_health "$ns"
+  local got
+  got="$(jp "$ns" "$NAME" '{.status.sharding.phase} {.status.sharding.current} {.status.sharding.lastRequest.outcome}')"
+  [[ "$got" == "InSync $SHARDS "* ]] || fail "status.sharding is not in sync at $SHARDS shards: $got"
+  log "multiconnect: status.sharding: $got"
+  got="$(k -n "$ns" get statefulset "$NAME-coreapp" -o jsonpath='{.spec.replicas} {.status.readyReplicas}')"
+  [ "$got" = "$((SHARDS + 1)) $((SHARDS + 1))" ] || fail "coreapp StatefulSet replicas/ready = $got, expected $((SHARDS + 1))"
+
+  # What really ran: each connected coreapp has the operator's PostgreSQL
+  # environment and its own log says which shard it connected for.
+  local pod env served="" shard
+  for pod in $(jp "$ns" "$NAME" '{range .status.health.nodes[?(@.role=="coreapp")]}{.pod} {.gatewayStatus}{"\n"}{end}' |
+    awk '$2 == "connected" { print $1 }'); do
+    # shellcheck disable=SC2016 # expanded in the container
+    env="$(k -n "$ns" exec "$pod" -- sh -c 'echo "$WA_DB_ENGINE $WA_DB_HOSTNAME $WA_DB_PORT $WA_DB_NAME_PREFIX $WA_APP_MULTICONNECT"')" \
+      || fail "kubectl exec into $ns/$pod failed"
+    [ "$env" = "PGSQL $DB_HOST 5432 wa${NUMBER//[!0-9]/} 1" ] || fail "$ns/$pod runs with $env, not the operator's PostgreSQL environment"
+    shard="$(k -n "$ns" logs "$pod" | grep 'connected to WhatsApp servers' | tail -n 1 | grep -o 'shard=[^ ]*' | tr -dc '0-9')" || true
+    [ -n "$shard" ] || fail "$ns/$pod is reported connected but its log shows no connected shard"
+    log "multiconnect: $pod: env $env; its log: connected to WhatsApp servers for shard $shard"
+    served+="$shard"$'\n'
+  done
+  got="$(sort -n <<<"${served%$'\n'}" | tr '\n' ' ')"
+  [ "$got" = "0 1 " ] || fail "the connected coreapps serve shards '$got', not 0 and 1"
+  # The client's node table in PostgreSQL lists the pods (their IPs).
+  got="$(PGPASSWORD="$DB_PASSWORD" psql -h 127.0.0.1 -p "$LOCAL_POSTGRES_PORT" -U "$DB_USER" -d "wa${NUMBER//[!0-9]/}_waent" \
+    -Atc "SELECT role || ' ' || address FROM wa_nodes ORDER BY role, address")" || fail "cannot read the client's nodes from PostgreSQL"
+  log "multiconnect: nodes in PostgreSQL (wa${NUMBER//[!0-9]/}_waent.wa_nodes): ${got//$'\n'/, }"
+  [ "$(grep -c . <<<"$got")" = $((SHARDS + 3)) ] || fail "expected $((SHARDS + 3)) nodes in PostgreSQL, got: $got"
+}
+shard_change_unconfirmed() { [ "$(condition "$1" "$NAME" Stalled)" = True/ShardChangeNeedsConfirmation ]; }
+
+timed ready scenario_ready
 for s in "${SCENARIOS[@]}"; do
   case "$s" in
-    scale-webapp) scenario_scale_webapp ;;
-    upgrade) scenario_upgrade ;;
-    conflict) scenario_conflict ;;
-    failover) scenario_failover ;;
+    scale-webapp) timed "$s" scenario_scale_webapp ;;
+    upgrade) timed "$s" scenario_upgrade ;;
+    conflict) timed "$s" scenario_conflict ;;
+    failover) timed "$s" scenario_failover ;;
+    multiconnect) timed "$s" scenario_multiconnect ;;
   esac
 done
