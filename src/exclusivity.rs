@@ -81,8 +81,9 @@ async fn holder_exists(client: &Client, holder: &str) -> Result<bool> {
     let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(false);
     };
+    // Metadata only: a holder the operator cannot decode still holds the number.
     let api: Api<WhatsAppNumber> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(name).await {
+    match api.get_metadata_opt(name).await {
         Ok(found) => Ok(found.is_some_and(|w| w.uid().as_deref() == Some(uid))),
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
         Err(e) => Err(e.into()),
@@ -125,9 +126,23 @@ pub async fn claim(client: &Client, operator_namespace: &str, wan: &WhatsAppNumb
 /// uid and resource version so a claim taken over in between is left alone.
 pub async fn release(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<()> {
     let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    let name = lease_name(&wan.spec.phone_number);
-    let Some(lease) = api.get_opt(&name).await? else { return Ok(()) };
-    if holder_of(&lease).as_deref() != Some(holder_identity(wan).as_str()) {
+    let Some(lease) = api.get_opt(&lease_name(&wan.spec.phone_number)).await? else { return Ok(()) };
+    release_lease(client, operator_namespace, &lease, &holder_identity(wan)).await
+}
+
+/// The claim Lease `identity` holds, found by its holder (for an object whose
+/// spec cannot be read).
+pub async fn held_by(client: &Client, operator_namespace: &str, identity: &str) -> Result<Option<Lease>> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
+    let claims = api.list(&kube::api::ListParams::default().labels(&format!("{CLAIM_LABEL}=true"))).await?;
+    Ok(claims.items.into_iter().find(|l| holder_of(l).as_deref() == Some(identity)))
+}
+
+/// Deletes `lease` if `identity` holds it, guarded like [`release`].
+pub async fn release_lease(client: &Client, operator_namespace: &str, lease: &Lease, identity: &str) -> Result<()> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
+    let name = lease.name_any();
+    if holder_of(lease).as_deref() != Some(identity) {
         return Ok(());
     }
     let params = DeleteParams {

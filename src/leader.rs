@@ -1,7 +1,12 @@
 //! Leader election through a coordination.k8s.io Lease, so several operator
 //! replicas can run and exactly one reconciles.
 
-use kube::Client;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -12,6 +17,10 @@ use tracing::info;
 pub const LEASE_DURATION_SECONDS: u64 = 15;
 /// The holder renews this many seconds before expiry.
 pub const LEASE_GRACE_SECONDS: u64 = 5;
+/// A leader that has not seen its own renewal stops this long before the
+/// lease it last renewed expires, so no other replica leads while it still
+/// writes.
+pub const STOP_MARGIN: Duration = Duration::from_secs(3);
 
 pub struct Election {
     state: watch::Receiver<bool>,
@@ -71,5 +80,96 @@ impl Election {
             Ok(Err(e)) => tracing::warn!(error = %e, "leader election ended with an error"),
             Err(e) => tracing::warn!(error = %e, "leader election task failed"),
         }
+    }
+}
+
+/// Until when the lease is this replica's, as the lease says: its last
+/// renewal plus its duration. `None` when another identity holds it.
+pub fn valid_until(lease: &Lease, identity: &str) -> Option<SystemTime> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
+    let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECONDS as i32)).ok()?;
+    let renewed = SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(renewed.0.as_microsecond()).ok()?);
+    Some(renewed + Duration::from_secs(duration))
+}
+
+/// Whether a leader whose lease is valid until `until` must stop now.
+pub fn must_stop(until: SystemTime, now: SystemTime) -> bool {
+    now + STOP_MARGIN >= until
+}
+
+/// Resolves when this replica can no longer show that it holds the lease a
+/// little longer: the lease election cannot report a renewal that fails (an
+/// unreachable API server), while another replica takes the lease over once
+/// it expires. The lease is watched, so this costs no polling.
+pub async fn unconfirmed(client: Client, namespace: &str, name: &str, identity: &str) {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let (tx, rx) = watch::channel(SystemTime::now() + Duration::from_secs(LEASE_DURATION_SECONDS));
+    let identity_owned = identity.to_string();
+    let renewals = watcher(api, watcher::Config::default().fields(&format!("metadata.name={name}")))
+        .default_backoff()
+        .applied_objects()
+        .for_each(move |lease| {
+            if let Some(until) = lease.ok().and_then(|l| valid_until(&l, &identity_owned)) {
+                tx.send_if_modified(|known| {
+                    let newer = until > *known;
+                    if newer {
+                        *known = until;
+                    }
+                    newer
+                });
+            }
+            futures::future::ready(())
+        });
+    let deadline = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if must_stop(*rx.borrow(), SystemTime::now()) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = renewals => {}
+        _ = deadline => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn lease(holder: &str, renewed_secs: i64) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::from_second(renewed_secs).unwrap())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_is_ours_until_its_renewal_plus_its_duration() {
+        let until = valid_until(&lease("me", 1_000), "me").unwrap();
+        assert_eq!(until, SystemTime::UNIX_EPOCH + Duration::from_secs(1_015));
+        assert_eq!(valid_until(&lease("other", 1_000), "me"), None);
+    }
+
+    #[test]
+    fn the_leader_stops_before_the_lease_can_pass() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_015);
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        assert!(!must_stop(until, at(1_010)));
+        assert!(must_stop(until, at(1_012)), "three seconds before expiry at the latest");
+        assert!(must_stop(until, at(1_020)));
     }
 }

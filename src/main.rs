@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use whatsapp_operator::controller;
-use whatsapp_operator::leader::Election;
+use whatsapp_operator::leader::{self, Election};
 use whatsapp_operator::telemetry::{self, LogFormat, metrics::Metrics, server};
 
 #[derive(Parser, Debug)]
@@ -153,14 +153,22 @@ async fn main() -> fatal::Result {
         };
         let run = controller::run(client.clone(), namespace, settings, metrics.clone(), reporter, stop_controller);
         tokio::pin!(run);
+        let unconfirmed = leader::unconfirmed(client.clone(), &args.operator_namespace, &args.lease_name, &identity);
         tokio::select! {
             _ = &mut run => {}
+            // No reconcile is let finish: another replica may lead already,
+            // or will once the lease expires.
             _ = election.lost() => {
                 error!("lost the leader lease; stopping so that a restart re-joins the election");
                 let _ = lost_tx.send(true);
-                run.await;
                 metrics.leader.set(0);
                 return Err("lost the leader lease".into());
+            }
+            _ = unconfirmed => {
+                error!("cannot see the leader lease renewed before it expires; stopping before another replica takes over");
+                let _ = lost_tx.send(true);
+                metrics.leader.set(0);
+                return Err("the leader lease could not be renewed".into());
             }
         }
         metrics.leader.set(0);

@@ -16,6 +16,9 @@ pub enum Error {
     #[error("the claim Lease {0} kept changing while it was being claimed")]
     ClaimContended(String),
 
+    #[error("the WhatsAppNumber changed since it was read; its status was not written")]
+    StaleObject,
+
     #[error("the operator's cache of {0} has not finished its first listing")]
     CacheNotReady(&'static str),
 
@@ -36,6 +39,7 @@ impl Error {
             Error::MissingMetadata(_) => "MissingMetadata",
             Error::ClaimContended(_) => "ClaimContended",
             Error::CacheNotReady(_) => "CacheNotReady",
+            Error::StaleObject => "StaleObject",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
@@ -46,6 +50,19 @@ impl Error {
 }
 
 impl Error {
+    /// A write refused because the object changed since it was read.
+    pub fn is_stale(&self) -> bool {
+        match self {
+            Error::StaleObject => true,
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.is_stale(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Errors that need no retry: the object is gone, or its namespace is being
     /// deleted (everything in it goes, so re-creating children is pointless).
     pub fn is_moot(&self) -> bool {
@@ -66,3 +83,17 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_write_is_known_through_the_finalizer() {
+        assert!(Error::StaleObject.is_stale());
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(Error::StaleObject)));
+        assert!(wrapped.is_stale());
+        assert_eq!(wrapped.reason(), "StaleObject");
+        assert!(!Error::MissingMetadata("uid").is_stale());
+    }
+}

@@ -111,6 +111,9 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// and claims usually trigger sooner).
 const BLOCKED_RETRY: Duration = Duration::from_secs(60);
 
+/// After a status write refused because the object changed meanwhile.
+const STALE_RETRY: Duration = Duration::from_millis(500);
+
 /// While pods of a number are awaited (their deletion also wakes the reconcile).
 const FENCE_RETRY: Duration = Duration::from_secs(30);
 
@@ -133,12 +136,62 @@ pub fn typed(obj: &DynamicObject) -> std::result::Result<WhatsAppNumber, serde_j
 pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
     match typed(&obj) {
         Ok(wan) => reconcile(Arc::new(wan), ctx).await,
+        Err(_)
+            if obj.metadata.deletion_timestamp.is_some()
+                && obj.finalizers().iter().any(|f| f == exclusivity::FINALIZER) =>
+        {
+            ctx.metrics.reconciles.inc();
+            delete_unreadable(&obj, &ctx).await
+        }
         Err(e) => {
             ctx.metrics.reconciles.inc();
             report_unreadable(&obj, &e, &ctx).await?;
             Ok(Action::await_change())
         }
     }
+}
+
+/// An object the operator cannot decode is being deleted: what deletion needs
+/// comes from its metadata alone. Its masters and coreapps stop, the claim it
+/// holds is released once their pods are gone, and its finalizer goes.
+async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let (name, uid) = (obj.name_any(), obj.uid().ok_or(Error::MissingMetadata("uid"))?);
+    let identity = format!("{namespace}/{name}/{uid}");
+    stop_statefulsets(ctx, &namespace, &name, &uid, "the WhatsAppNumber is being deleted").await?;
+
+    // Its own masters and coreapps, found by name: the number may be unreadable too.
+    let selector = format!(
+        "{},{}={name},{LABEL_COMPONENT} in (master,coreapp)",
+        crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
+        crate::resources::names::LABEL_INSTANCE
+    );
+    let pods = Api::<PartialObjectMeta<Pod>>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    if !pods.items.is_empty() {
+        info!(%identity, pods = pods.items.len(), "waiting for masters and coreapps to stop before releasing the number");
+        return Ok(Action::requeue(FENCE_RETRY));
+    }
+    let operator_namespace = &ctx.settings.operator_namespace;
+    if let Some(lease) = exclusivity::held_by(&ctx.client, operator_namespace, &identity).await? {
+        exclusivity::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
+        info!(%identity, "released the number claim of an unreadable WhatsAppNumber");
+    }
+    let index = obj.finalizers().iter().position(|f| f == exclusivity::FINALIZER).expect("checked by the caller");
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": exclusivity::FINALIZER},
+        {"op": "remove", "path": path},
+    ]))?;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<WhatsAppNumber>(&()));
+    match api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
+        Ok(_) => ctx.metrics.record_write("WhatsAppNumber", "patch"),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
 }
 
 /// Writes `Ready=False/InvalidObject` with the decoding error, leaving every
@@ -632,9 +685,19 @@ async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: 
 /// Makes sure none of this object's masters or coreapps run (they would
 /// connect as a second instance): their StatefulSets go, and with them the pods.
 async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber, why: &str) -> Result<()> {
-    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
     let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
-    for sts in api.list_metadata(&ListParams::default().labels(&instance_selector(wan))).await? {
+    stop_statefulsets(ctx, &wan.namespace().unwrap_or_default(), &wan.name_any(), &uid, why).await
+}
+
+/// Deletes the StatefulSets that the WhatsAppNumber `name` with `uid` controls.
+async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str, why: &str) -> Result<()> {
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!(
+        "{},{}={name}",
+        crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
+        crate::resources::names::LABEL_INSTANCE
+    );
+    for sts in api.list_metadata(&ListParams::default().labels(&selector)).await? {
         let deleting = sts.metadata.deletion_timestamp.is_some();
         if !deleting && sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid) {
             warn!(statefulset = %sts.name_any(), %why, "stopping masters and coreapps");
@@ -671,12 +734,20 @@ async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, 
 async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Result<()> {
     let api: Api<WhatsAppNumber> =
         Api::namespaced(ctx.client.clone(), &wan.namespace().ok_or(Error::MissingMetadata("namespace"))?);
+    // The resource version makes the write conditional: status computed from
+    // a stale copy (a cache behind a newer write, a replica that lost the
+    // lead) is refused instead of moving an upgrade or a claim backwards.
     let patch = json!({
         "apiVersion": WhatsAppNumber::api_version(&()),
         "kind": WhatsAppNumber::kind(&()),
+        "metadata": {"resourceVersion": wan.resource_version()},
         "status": status,
     });
-    api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    match api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::StaleObject),
+        Err(e) => return Err(e.into()),
+    }
     ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     Ok(())
 }
@@ -749,6 +820,11 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Exponential backoff per object: 5 s, 10 s, 20 s ... up to 5 minutes.
 pub fn error_policy(wan: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale() {
+        // The newer object is on its way through the watch: look again soon.
+        tracing::debug!(name = %wan.name_any(), namespace = ?wan.namespace(), "status not written: the object changed meanwhile");
+        return Action::requeue(STALE_RETRY);
+    }
     ctx.metrics.record_error(error.reason());
     let attempts = {
         let mut failures = ctx.failures.lock().expect("failures lock");

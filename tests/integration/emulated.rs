@@ -28,6 +28,16 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// MariaDB from the environment `hack/test.sh` exports, or started here.
+/// Unique to one run of the suite, so that databases an earlier run left on a
+/// reused server are never picked up (process ids repeat across runs).
+fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        format!("{}_{}", std::process::id(), secs % 1_000_000)
+    })
+}
+
 pub fn database() -> Result<Database> {
     // Parallel scenarios must not start the servers twice.
     static DB: std::sync::Mutex<Option<Database>> = std::sync::Mutex::new(None);
@@ -191,7 +201,7 @@ impl Deployment {
         std::fs::create_dir_all(&dir)?;
         let gateway_port = free_port()?;
         let gateway = format!("127.0.0.1:{gateway_port}");
-        let db_prefix = format!("it_{}_{}", name.replace('-', "_"), std::process::id());
+        let db_prefix = format!("it_{}_{}", name.replace('-', "_"), run_id());
         let env = vec![
             ("WA_DB_ENGINE", "MYSQL".to_string()),
             ("WA_DB_HOSTNAME", db.host),
@@ -247,7 +257,7 @@ impl Deployment {
     pub fn another_instance(&self, name: &str) -> Result<Self> {
         let dir = work_dir().join(format!("emulated-{name}"));
         std::fs::create_dir_all(&dir)?;
-        let prefix = format!("it_{}_{}", name.replace('-', "_"), std::process::id());
+        let prefix = format!("it_{}_{}", name.replace('-', "_"), run_id());
         let env = self
             .env
             .iter()

@@ -899,7 +899,8 @@ pub async fn an_unreadable_object_does_not_stop_the_others(env: &'static Env) ->
         "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/version",
         "value": {"x-kubernetes-preserve-unknown-fields": true}
     }]))?;
-    crds.patch("whatsappnumbers.whatsapp.operators.dev", &PatchParams::default(), &Patch::Json::<()>(loosen)).await?;
+    crds.patch("whatsappnumbers.whatsapp.operators.dev", &PatchParams::default(), &Patch::Json::<()>(loosen.clone()))
+        .await?;
     let raw: Api<kube::api::DynamicObject> =
         Api::namespaced_with(c.clone(), &ns, &kube::api::ApiResource::erase::<WhatsAppNumber>(&()));
     let bad: kube::api::DynamicObject = serde_json::from_value(json!({
@@ -946,6 +947,39 @@ pub async fn an_unreadable_object_does_not_stop_the_others(env: &'static Env) ->
         "nothing is deployed for an object the operator cannot read"
     );
     raw.delete("unreadable", &DeleteParams::default()).await?;
+
+    // A running holder that becomes unreadable (edited under a looser schema)
+    // still holds its number, and can still be deleted.
+    let holder = "readable-0";
+    let number = api.get(holder).await?.spec.phone_number;
+    ensure!(!typed::<StatefulSet>(c, &ns).list(&instance(holder)).await?.items.is_empty(), "the holder runs");
+    crds.patch("whatsappnumbers.whatsapp.operators.dev", &PatchParams::default(), &Patch::Json::<()>(loosen)).await?;
+    let broken = wait_until(Duration::from_secs(20), "the loosened schema to be served", || async {
+        let patch = json!({"spec": {"version": {"major": 2, "minor": 53}}});
+        Ok(raw.patch(holder, &PatchParams::default(), &Patch::Merge(&patch)).await.is_ok())
+    })
+    .await;
+    support::install_crd(c).await?;
+    broken?;
+    let waiter_ns = namespace(c, "unreadable-waiter").await?;
+    apply_example(c, &waiter_ns, "ha-mysql.yaml", Some("Secret")).await?;
+    let mut waiter = good.clone();
+    waiter.metadata.namespace = Some(waiter_ns.clone());
+    waiter.metadata.name = Some("waiter".into());
+    waiter.spec.phone_number = number.clone();
+    wans(c, &waiter_ns).create(&PostParams::default(), &waiter).await?;
+    let waiting = wait_condition(&wans(c, &waiter_ns), "waiter", "Conflict", "True", "PhoneNumberInUse").await?;
+    let message = &condition(&waiting, "Conflict").unwrap().message;
+    ensure!(message.contains(&format!("{ns}/{holder}")), "the unreadable holder is named: {message}");
+
+    raw.delete(holder, &DeleteParams::default()).await?;
+    wait_until(Duration::from_secs(60), "the unreadable holder to be deleted", || async {
+        Ok(raw.get_opt(holder).await?.is_none())
+    })
+    .await?;
+    ensure!(typed::<StatefulSet>(c, &ns).list(&instance(holder)).await?.items.is_empty(), "its nodes went first");
+    wait_ready(&wans(c, &waiter_ns), "waiter").await?;
+    support::delete_namespace(c, &waiter_ns).await;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
