@@ -254,7 +254,7 @@ setup_kind() {
       ${NODE_IMAGE:+--image "$NODE_IMAGE"} >&2
   fi
   minor="$(k version -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | tail -n 1)"
-  [ "${minor:-0}" -ge 34 ] || fail "the operator needs Kubernetes 1.34 or newer (server minor version: ${minor:-?}); set E2E_NODE_IMAGE=kindest/node:v1.34.0 or newer"
+  [ "${minor:-0}" -ge 33 ] || fail "the operator needs Kubernetes 1.33 or newer (server minor version: ${minor:-?}); set E2E_NODE_IMAGE=kindest/node:v1.34.0 or newer"
 
   log "building the operator image $OPERATOR_REPO:$OPERATOR_TAG"
   DOCKER_BUILDKIT=1 "$DOCKER" build -q -f Dockerfile -t "$OPERATOR_REPO:$OPERATOR_TAG" . >&2
