@@ -6,10 +6,16 @@
 #   2. the local cache ($WAO_CACHE_DIR, default ~/.cache/whatsapp-operator);
 #   3. a build from Go modules (the Kubernetes commands through a wrapper module
 #      whose replace lines pin the staging modules to the same release).
-# Usage: hack/tools.sh [ensure|path|node|versions]
+# `floor`: the same set with the control plane (kube-apiserver,
+# kube-controller-manager, kube-scheduler) of the lowest supported Kubernetes
+# release, for running the integration suite against it.
+# Usage: hack/tools.sh [ensure|path|node|floor|versions]
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
+# The lowest Kubernetes release the operator supports (README, "Supported
+# Kubernetes"); keep the k8s-openapi feature and the chart's kubeVersion with it.
+KUBERNETES_FLOOR_VERSION="${KUBERNETES_FLOOR_VERSION:-v1.33.13}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
@@ -37,6 +43,7 @@ have_all() { # <dir> [tool...] (default: the control-plane tools)
 build_kubernetes() { # <out> <command...>
   local out="$1" work minor staging; shift
   local cmds=("$@")
+  local KUBERNETES_VERSION="${BUILD_KUBERNETES_VERSION:-$KUBERNETES_VERSION}"
   work="$(mktemp -d)"
   minor="v0.${KUBERNETES_VERSION#v1.}"
   log "building Kubernetes ${KUBERNETES_VERSION} commands (staging modules at ${minor})"
@@ -145,9 +152,28 @@ ensure_node() {
   echo "$NODE_BIN"
 }
 
+# The control plane of KUBERNETES_FLOOR_VERSION in a cache directory of its own
+# (keyed by that version, so both releases stay cached); etcd, kwok, helm and
+# kubectl are links to the ensure set (kubectl is within the supported skew).
+ensure_floor() {
+  local main dir t
+  main="$(ensure)"
+  dir="$CACHE_ROOT/bin/control-plane-k8s-${KUBERNETES_FLOOR_VERSION}"
+  mkdir -p "$dir"
+  if ! have_all "$dir" kube-apiserver kube-controller-manager kube-scheduler; then
+    command -v go >/dev/null || { log "Go is needed to build the tools and was not found"; exit 1; }
+    BUILD_KUBERNETES_VERSION="$KUBERNETES_FLOOR_VERSION" \
+      build_kubernetes "$dir" kube-apiserver kube-controller-manager kube-scheduler
+  fi
+  for t in etcd kwok helm kubectl; do ln -sfn "$main/$t" "$dir/$t"; done
+  have_all "$dir" || { log "some tools are still missing in $dir"; exit 1; }
+  echo "$dir"
+}
+
 case "${1:-ensure}" in
   ensure|path) ensure ;;
   node) ensure_node ;;
-  versions) echo "kubernetes=${KUBERNETES_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION} coredns=${COREDNS_VERSION}" ;;
-  *) echo "usage: $0 [ensure|path|node|versions]" >&2; exit 2 ;;
+  floor) ensure_floor ;;
+  versions) echo "kubernetes=${KUBERNETES_VERSION} kubernetes-floor=${KUBERNETES_FLOOR_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION} coredns=${COREDNS_VERSION}" ;;
+  *) echo "usage: $0 [ensure|path|node|floor|versions]" >&2; exit 2 ;;
 esac
