@@ -111,7 +111,8 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
 */}}
 {{- define "whatsapp-operator.managedRules" -}}
 # Every verb below is one the operator's code uses; the integration suite runs
-# the operator with exactly these rules.
+# the operator with exactly these rules, and hack/rbac-audit.py fails CI when
+# one of them is never used in the suite's audit log (or a request is refused).
 - apiGroups: ["whatsapp.operators.dev"]
   resources: ["whatsappnumbers"]
   # patch: the claim finalizer.
@@ -135,6 +136,12 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
+  # get: every Secret the spec names is read by name, never from a cache.
+  # list/watch: the controller's watch on Secrets reconciles a WhatsAppNumber
+  # as soon as a Secret it names appears or changes (credentials created after
+  # it, a renewed TLS certificate, a registration code arriving); without it
+  # such a change would wait for the next periodic reconcile. list is also
+  # how a number's backup Secrets are found (by label) to prune beyond keep.
   # create/update: the generated key Secret; patch: the pinned webapp CA;
   # create/delete: backups beyond spec.backup.keep.
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
