@@ -379,7 +379,7 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
         "registration": {"secretRef": {"name": "registration"}, "method": "sms"},
         "settings": {"webhookUrl": "https://hooks.example.com/wa", "callbackBackoffDelayMs": 3000,
             "webhookCASecretRef": {"name": "webhook-ca"}},
-        "backup": {"schedule": "* * * * *", "passwordSecretRef": {"name": "backup-password"}, "keep": 2}
+        "backup": {"schedule": "* * * * *", "passwordSecretRef": {"name": "backup-password"}, "keep": 1}
     });
     let mut spec = json!({});
     if let (Some(target), Some(extra)) = (spec.as_object_mut(), life.as_object()) {
@@ -443,9 +443,18 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     .await
     .with_context(|| deployment.logs());
     w?;
-    let w = api.get(NAME).await?;
-    let backup =
-        w.status.as_ref().and_then(|s| s.backup.as_ref()?.latest.clone()).ok_or_else(|| anyhow!("no backup"))?;
+    let latest = || async {
+        let w = api.get(NAME).await?;
+        w.status.as_ref().and_then(|s| s.backup.as_ref()?.latest.clone()).ok_or_else(|| anyhow!("no backup"))
+    };
+    let first_backup = latest().await?;
+    ensure!(secrets.get(&first_backup).await?.data.unwrap_or_default().contains_key("backup"));
+    // The next one replaces it (keep: 1).
+    wait_until(Duration::from_secs(150), "the next backup, the first one deleted", || async {
+        Ok(latest().await? != first_backup && secrets.get_opt(&first_backup).await?.is_none())
+    })
+    .await?;
+    let backup = latest().await?;
     ensure!(secrets.get(&backup).await?.data.unwrap_or_default().contains_key("backup"));
     let metrics = env.operator_metrics().await?;
     ensure!(metrics.contains("whatsapp_operator_number_backup_last_success_timestamp_seconds{"), "backup metric");

@@ -829,6 +829,63 @@ pub async fn duplicate_number_waits_for_the_holder(env: &'static Env) -> Result<
     Ok(())
 }
 
+/// A claim whose holder no longer exists is taken over by the running
+/// WhatsAppNumber; one whose claim passes to another while it runs deletes its
+/// StatefulSets, so the number never runs twice.
+pub async fn claims_taken_over_and_lost(env: &'static Env) -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use whatsapp_operator::exclusivity::{holder_identity, lease_name};
+    let c = &env.admin;
+    let first_ns = namespace(c, "lost").await?;
+    let second_ns = namespace(c, "taker").await?;
+    let first = apply_example(c, &first_ns, "ha-mysql.yaml", None).await?;
+    let a = wait_ready(&wans(c, &first_ns), &first).await?;
+    let leases: Api<Lease> = Api::namespaced(c.clone(), OPERATOR_NAMESPACE);
+    let lease = lease_name(&a.spec.phone_number);
+    let set_holder = |holder: String| {
+        let leases = leases.clone();
+        let lease = lease.clone();
+        async move {
+            let patch = json!({"spec": {"holderIdentity": holder}});
+            leases.patch(&lease, &PatchParams::default(), &Patch::Merge(&patch)).await
+        }
+    };
+    let holder = || async { Ok::<_, anyhow::Error>(leases.get(&lease).await?.spec.and_then(|s| s.holder_identity)) };
+
+    // Abandoned: its holder does not exist; the running WhatsAppNumber takes it back.
+    set_holder(format!("{first_ns}/ghost/00000000-0000-0000-0000-000000000000")).await?;
+    let me = holder_identity(&a);
+    wait_until(READY_TIMEOUT, "the abandoned claim taken over", || async {
+        Ok(holder().await?.as_deref() == Some(me.as_str()))
+    })
+    .await?;
+
+    // Lost: the claim passes to another existing WhatsAppNumber.
+    typed::<Secret>(c, &second_ns)
+        .create(&PostParams::default(), &{
+            let mut s = typed::<Secret>(c, &first_ns).get("ha-mysql-db").await?;
+            s.metadata = kube::api::ObjectMeta { name: Some("ha-mysql-db".into()), ..Default::default() };
+            s
+        })
+        .await?;
+    let mut dup = a.clone();
+    dup.metadata =
+        kube::api::ObjectMeta { name: Some("taker".into()), namespace: Some(second_ns.clone()), ..Default::default() };
+    dup.status = None;
+    let b = wans(c, &second_ns).create(&PostParams::default(), &dup).await?;
+    wait_condition(&wans(c, &second_ns), "taker", "Conflict", "True", "PhoneNumberInUse").await?;
+    set_holder(holder_identity(&b)).await?;
+    wait_condition(&wans(c, &first_ns), &first, "Conflict", "True", "PhoneNumberInUse").await?;
+    wait_until(READY_TIMEOUT, "the first object's StatefulSets deleted", || async {
+        Ok(typed::<StatefulSet>(c, &first_ns).list(&ListParams::default()).await?.items.is_empty())
+    })
+    .await?;
+    wait_ready(&wans(c, &second_ns), "taker").await?;
+    support::delete_namespace(c, &first_ns).await;
+    support::delete_namespace(c, &second_ns).await;
+    Ok(())
+}
+
 pub async fn racing_claims_end_with_one_holder(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let template: WhatsAppNumber = {
