@@ -5,8 +5,10 @@
 #   3. format and lint checks, the chart (helm lint + template, both scopes);
 #   4. cargo test for the whole workspace: unit tests, the CRD drift check,
 #      the emulator against both databases, and the integration suite on a
-#      real control plane started by the suite itself;
-#   5. with WAO_TEST_REAL_NODE=1 (root): the e2e suite on a real node
+#      real control plane started by the suite itself (with an audit log);
+#   5. the chart's RBAC against the operator's requests in that audit log;
+#   6. the integration suite again on the lowest supported Kubernetes release;
+#   7. with WAO_TEST_REAL_NODE=1 (root): the e2e suite on a real node
 #      (tests/e2e/run.sh --provider local).
 # Each stage prints how long it took.
 set -euo pipefail
@@ -59,8 +61,42 @@ hack/chart-install-test.sh
 stage_done "GitOps and chart checks"
 
 log "running the test suites"
-cargo test --workspace --locked -- "$@"
+# The integration suite's control plane keeps an audit log of the operator's
+# ServiceAccounts for the RBAC check below.
+AUDIT_LOG="$PWD/target/rbac-audit/audit.log"
+rm -f "$AUDIT_LOG"; mkdir -p "$(dirname "$AUDIT_LOG")"
+WAO_CLUSTER_AUDIT_LOG="$AUDIT_LOG" cargo test --workspace --locked -- "$@"
 stage_done "cargo test"
+
+# --- RBAC as small as the code needs -----------------------------------------
+# Every (group, resource, subresource, verb) the chart grants the operator was
+# used by it during the integration suite, and nothing it did was refused.
+# Only meaningful after the whole suite on the suite's own cluster.
+if [ $# -eq 0 ] && [ -z "${WAO_IT_KUBECONFIG:-}" ]; then
+  log "checking the chart's RBAC against the operator's requests (audit log)"
+  helm template wao charts/whatsapp-operator --namespace whatsapp-operator-system \
+    --set rbac.scope=cluster >"$PWD/target/rbac-audit/chart.yaml"
+  hack/rbac-audit.py "$AUDIT_LOG" "$PWD/target/rbac-audit/chart.yaml" whatsapp-operator-system
+  stage_done "RBAC audit"
+else
+  log "skipping the RBAC audit (it needs the whole integration suite on its own cluster)"
+fi
+# ------------------------------------------------------------------------------
+
+# --- The lowest supported Kubernetes release ----------------------------------
+# The integration suite again, on the control plane of KUBERNETES_FLOOR_VERSION
+# (hack/tools.sh floor: three binaries built from Go modules once, ~16 min from
+# empty Go caches on a busy 2-core machine, then cached): the CRD's CEL rules,
+# server-side apply and the chart's RBAC there.
+FLOOR_TOOLS="$(hack/tools.sh floor)"
+FLOOR_VERSION="$("$FLOOR_TOOLS/kube-apiserver" --version | awk '{print $2}')"
+stage_done "tools of Kubernetes $FLOOR_VERSION (floor)"
+if [ -z "${WAO_IT_KUBECONFIG:-}" ]; then
+  log "integration suite on Kubernetes $FLOOR_VERSION"
+  WAO_TOOLS_DIR="$FLOOR_TOOLS" cargo test --locked --test integration -- "$@"
+  stage_done "integration suite on Kubernetes $FLOOR_VERSION"
+fi
+# ------------------------------------------------------------------------------
 
 # --- Real pods: the e2e suite on a real node of the local cluster ----------
 shellcheck -x hack/node.sh hack/images.sh hack/tools.sh hack/local-cluster.sh hack/demo.sh \
