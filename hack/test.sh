@@ -93,7 +93,8 @@ FLOOR_VERSION="$("$FLOOR_TOOLS/kube-apiserver" --version | awk '{print $2}')"
 stage_done "tools of Kubernetes $FLOOR_VERSION (floor)"
 if [ -z "${WAO_IT_KUBECONFIG:-}" ]; then
   log "integration suite on Kubernetes $FLOOR_VERSION"
-  WAO_TOOLS_DIR="$FLOOR_TOOLS" cargo test --locked --test integration -- "$@"
+  # --workspace: the same feature set as above, so nothing is rebuilt.
+  WAO_TOOLS_DIR="$FLOOR_TOOLS" cargo test --workspace --locked --test integration -- "$@"
   stage_done "integration suite on Kubernetes $FLOOR_VERSION"
 fi
 # ------------------------------------------------------------------------------
