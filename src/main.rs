@@ -115,7 +115,15 @@ async fn main() -> fatal::Result {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let probes = server::Probes { metrics: metrics.clone(), ready: ready.clone() };
-    let http = tokio::spawn(server::serve(args.metrics_address, probes, stopped()));
+    let listener = server::bind(args.metrics_address)
+        .await
+        .map_err(|e| format!("cannot listen on {} for metrics and probes: {e}", args.metrics_address))?;
+    let serving = server::serve(listener, probes, stopped());
+    let http = tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            error!(error = %e, "the metrics and probe server stopped");
+        }
+    });
 
     let client = Client::try_default().await.map_err(|e| format!("cannot configure the Kubernetes client: {e}"))?;
     client.apiserver_version().await.map_err(|e| format!("cannot reach the Kubernetes API server: {e}"))?;

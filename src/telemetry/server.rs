@@ -40,13 +40,20 @@ async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
     }
 }
 
+/// Binds the metrics and probe address. Done before anything else starts, so
+/// that a port in use stops the operator with a message instead of leaving it
+/// running without probes (and restarted by its liveness probe, unexplained).
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     probes: Probes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let address = listener.local_addr()?;
     tracing::info!(%address, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, router(probes)).with_graceful_shutdown(shutdown).await
 }
