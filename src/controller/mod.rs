@@ -646,11 +646,8 @@ async fn upgrade_facts(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let selector = format!("{},{LABEL_COMPONENT} in (master,coreapp)", instance_selector(wan));
     let node_pods = pods.list_metadata(&ListParams::default().labels(&selector)).await?.items.len();
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let job = match jobs.get_opt(&crate::resources::schema_job::name(wan, &u.to)).await? {
-        None => procedure::JobState::Absent,
-        Some(_) => schema_job_state(ctx, wan, &u.to).await?,
-    };
+    // Read again after apply: this reconcile may just have created the Job.
+    let job = schema_job_state(ctx, wan, &u.to).await?;
     let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());
     let gateway = match health {
         None => procedure::Gateway::NotPolled,
