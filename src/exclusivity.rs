@@ -8,11 +8,13 @@
 //! woken by the watch on claim Leases and take it over.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
 use crate::api::WhatsAppNumber;
+use crate::controller::cache::Cache;
 use crate::controller::error::{Error, Result};
 use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, number_digits};
 
@@ -74,52 +76,76 @@ fn holder_of(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone().filter(|h| !h.is_empty())
 }
 
-/// Whether the holder still exists. A holder in another namespace that this
-/// operator may not read counts as alive: never take a number on a guess.
-async fn holder_exists(client: &Client, holder: &str) -> Result<bool> {
-    let mut parts = holder.splitn(3, '/');
-    let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
-        return Ok(false);
-    };
-    // Metadata only: a holder the operator cannot decode still holds the number.
-    let api: Api<WhatsAppNumber> = Api::namespaced(client.clone(), ns);
-    match api.get_metadata_opt(name).await {
-        Ok(found) => Ok(found.is_some_and(|w| w.uid().as_deref() == Some(uid))),
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
-        Err(e) => Err(e.into()),
-    }
+/// Where claims are kept and read.
+pub struct Claims<'a> {
+    pub client: &'a Client,
+    /// The claim Leases, cached.
+    pub cache: &'a Cache<Lease>,
+    /// Every WhatsAppNumber the operator watches.
+    pub numbers: &'a Store<DynamicObject>,
+    /// The operator's namespace, which holds the Leases.
+    pub namespace: &'a str,
 }
 
-/// Claims the number for `wan` (or, with [`Intent::Inspect`], only looks), or
-/// says who holds it.
-pub async fn claim(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber, intent: Intent) -> Result<Claim> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    let name = lease_name(&wan.spec.phone_number);
-    let me = holder_identity(wan);
-    let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    // A lost race (409) means someone else wrote first: read again and decide on fresh data.
-    for _ in 0..3 {
-        let result = match api.get_opt(&name).await? {
-            None if intent == Intent::Inspect => return Ok(Claim::Free),
-            None => api.create(&post, &claim_lease(wan, operator_namespace, None)).await,
-            Some(lease) => match holder_of(&lease) {
-                Some(holder) if holder == me => return Ok(Claim::Held),
-                Some(holder) if holder_exists(client, &holder).await? => return Ok(Claim::HeldBy(holder)),
-                _ if intent == Intent::Inspect => return Ok(Claim::Free),
-                // Abandoned (its holder is gone): take it over, guarded by the resource version.
-                _ => {
-                    tracing::info!(lease = %name, "taking over a number claim whose holder no longer exists");
-                    api.replace(&name, &post, &claim_lease(wan, operator_namespace, lease.resource_version())).await
-                }
-            },
+impl Claims<'_> {
+    /// Claims the number for `wan` (or, with [`Intent::Inspect`], only looks),
+    /// or says who holds it. Decides from the cache; after a lost race it reads
+    /// the API, since the cache may not have seen the winner yet.
+    pub async fn claim(&self, wan: &WhatsAppNumber, intent: Intent) -> Result<Claim> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), self.namespace);
+        let name = lease_name(&wan.spec.phone_number);
+        let me = holder_identity(wan);
+        let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        // A lost race (409) means someone else wrote first: read again and decide on fresh data.
+        for attempt in 0..3 {
+            let current = match attempt {
+                0 => self.cache.get(self.namespace, &name).await?.map(|l| (*l).clone()),
+                _ => api.get_opt(&name).await?,
+            };
+            let result = match current {
+                None if intent == Intent::Inspect => return Ok(Claim::Free),
+                None => api.create(&post, &claim_lease(wan, self.namespace, None)).await,
+                Some(lease) => match holder_of(&lease) {
+                    Some(holder) if holder == me => return Ok(Claim::Held),
+                    Some(holder) if self.holder_exists(&holder).await? => return Ok(Claim::HeldBy(holder)),
+                    _ if intent == Intent::Inspect => return Ok(Claim::Free),
+                    // Abandoned (its holder is gone): take it over, guarded by the resource version.
+                    _ => {
+                        tracing::info!(lease = %name, "taking over a number claim whose holder no longer exists");
+                        api.replace(&name, &post, &claim_lease(wan, self.namespace, lease.resource_version())).await
+                    }
+                },
+            };
+            match result {
+                Ok(_) => return Ok(Claim::Held),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::ClaimContended(name))
+    }
+
+    /// Whether the holder still exists. A holder the cache shows is; one it
+    /// does not show is looked up, and a holder in a namespace this operator
+    /// may not read counts as alive: never take a number on a guess.
+    async fn holder_exists(&self, holder: &str) -> Result<bool> {
+        let mut parts = holder.splitn(3, '/');
+        let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(false);
         };
-        match result {
-            Ok(_) => return Ok(Claim::Held),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(e.into()),
+        let resource = ApiResource::erase::<WhatsAppNumber>(&());
+        let cached = self.numbers.get(&ObjectRef::new_with(name, resource).within(ns));
+        if cached.is_some_and(|w| w.uid().as_deref() == Some(uid)) {
+            return Ok(true);
+        }
+        // Metadata only: a holder the operator cannot decode still holds the number.
+        let api: Api<WhatsAppNumber> = Api::namespaced(self.client.clone(), ns);
+        match api.get_metadata_opt(name).await {
+            Ok(found) => Ok(found.is_some_and(|w| w.uid().as_deref() == Some(uid))),
+            Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
+            Err(e) => Err(e.into()),
         }
     }
-    Err(Error::ClaimContended(name))
 }
 
 /// Releases the claim if `wan` holds it; the delete is guarded by the Lease's
@@ -132,10 +158,9 @@ pub async fn release(client: &Client, operator_namespace: &str, wan: &WhatsAppNu
 
 /// The claim Lease `identity` holds, found by its holder (for an object whose
 /// spec cannot be read).
-pub async fn held_by(client: &Client, operator_namespace: &str, identity: &str) -> Result<Option<Lease>> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    let claims = api.list(&kube::api::ListParams::default().labels(&format!("{CLAIM_LABEL}=true"))).await?;
-    Ok(claims.items.into_iter().find(|l| holder_of(l).as_deref() == Some(identity)))
+pub async fn held_by(claims: &Cache<Lease>, identity: &str) -> Result<Option<Lease>> {
+    let held = claims.filter(|l| holder_of(l).as_deref() == Some(identity)).await?;
+    Ok(held.first().map(|l| (**l).clone()))
 }
 
 /// Deletes `lease` if `identity` holds it, guarded like [`release`].

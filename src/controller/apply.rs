@@ -1,73 +1,41 @@
 //! Apply: server-side apply of the built children with one field manager,
 //! writing only what differs, and removal of children the spec no longer wants.
+//!
+//! Whether a child needs a write is decided from the live object alone, so
+//! the first reconcile after a restart or a change of leader writes nothing
+//! when nothing changed: the applied-hash annotation says whether the desired
+//! form changed since the last write, and a comparison of every field the
+//! operator sets says whether someone else changed one of them since.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Mutex;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+use super::cache::{Cached, Caches};
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
 use crate::api::WhatsAppNumber;
-use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_VERSION, instance_selector};
+use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_INSTANCE, LABEL_VERSION};
 use crate::resources::{Children, config};
 use crate::telemetry::metrics::Metrics;
-
-/// What the operator last wrote for each child: the object's generation (or
-/// resource version, for kinds without one) right after the write.
-///
-/// A child is re-applied when its desired form changed (the applied-hash
-/// annotation differs) or when someone else changed it since (the marker moved);
-/// otherwise the reconcile writes nothing. After a restart the memory is empty,
-/// so the first reconcile re-applies every child once and corrects any drift.
-#[derive(Default)]
-pub struct AppliedMemory(Mutex<HashMap<(String, String, String), String>>);
-
-impl AppliedMemory {
-    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> (String, String, String) {
-        (K::kind(&()).into_owned(), obj.namespace().unwrap_or_default(), obj.name_any())
-    }
-
-    fn remember<K: Resource<DynamicType = ()>>(&self, obj: &K) {
-        if let Some(m) = marker(obj) {
-            self.0.lock().expect("memory lock").insert(Self::key(obj), m);
-        }
-    }
-
-    fn matches<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
-        let remembered = self.0.lock().expect("memory lock").get(&Self::key(obj)).cloned();
-        remembered.is_some() && remembered == marker(obj)
-    }
-}
-
-/// Generation for kinds whose spec changes bump it, else the resource version.
-fn marker<K: Resource>(obj: &K) -> Option<String> {
-    let meta = obj.meta();
-    meta.generation.map(|g| format!("g{g}")).or_else(|| meta.resource_version.as_ref().map(|rv| format!("rv{rv}")))
-}
 
 pub struct Applier<'a> {
     client: &'a Client,
     namespace: String,
     metrics: &'a Metrics,
-    memory: &'a AppliedMemory,
+    caches: &'a Caches,
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(
-        client: &'a Client,
-        wan: &WhatsAppNumber,
-        metrics: &'a Metrics,
-        memory: &'a AppliedMemory,
-    ) -> Result<Self> {
+    pub fn new(client: &'a Client, wan: &WhatsAppNumber, metrics: &'a Metrics, caches: &'a Caches) -> Result<Self> {
         let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-        Ok(Self { client, namespace, metrics, memory })
+        Ok(Self { client, namespace, metrics, caches })
     }
 
     fn api<K>(&self) -> Api<K>
@@ -107,25 +75,22 @@ impl<'a> Applier<'a> {
         })
     }
 
-    /// Server-side apply of one object, unless the live object already is what
-    /// this reconcile would write. Returns the live object either way.
+    /// Server-side apply of one object, unless the cached live object already
+    /// is what this reconcile would write. Returns the live object either way.
     pub async fn apply<K>(&self, desired: &K) -> Result<K>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned,
+        K: Cached + Debug + Serialize + DeserializeOwned,
     {
-        let api: Api<K> = self.api();
         let name = desired.name_any();
-        let want = desired.annotations().get(ANNOTATION_APPLIED_HASH);
-        if let Some(live) = api.get_opt(&name).await?
-            && want.is_some()
-            && live.annotations().get(ANNOTATION_APPLIED_HASH) == want
-            && self.memory.matches(&live)
-        {
-            return Ok(live);
+        if let Some(live) = K::cache(self.caches).get(&self.namespace, &name).await? {
+            match needs_apply(&serde_json::to_value(desired)?, &serde_json::to_value(live.as_ref())?) {
+                None => return Ok((*live).clone()),
+                Some(why) => tracing::debug!(kind = %K::kind(&()), %name, %why, "applying"),
+            }
         }
+        let api: Api<K> = self.api();
         let live = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
         self.metrics.record_write(&K::kind(&()), "apply");
-        self.memory.remember(&live);
         Ok(live)
     }
 
@@ -136,10 +101,17 @@ impl<'a> Applier<'a> {
         let Some(secret) = config::keys_secret(wan, existing) else { return Ok(None) };
         let api: Api<Secret> = self.api();
         if existing.is_none() {
-            let created = api
+            let created = match api
                 .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
-                .await?;
+                .await
+            {
+                Ok(created) => created,
+                // Made by an earlier reconcile that the cache has not seen yet: read again.
+                Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::StaleObject),
+                Err(e) => return Err(e.into()),
+            };
             self.metrics.record_write("Secret", "create");
+            self.caches.remember_secret(Some(&created));
             Ok(Some(created))
         } else {
             // The resource version in `secret` makes this fail rather than
@@ -152,6 +124,7 @@ impl<'a> Applier<'a> {
                 )
                 .await?;
             self.metrics.record_write("Secret", "update");
+            self.caches.remember_secret(Some(&updated));
             Ok(Some(updated))
         }
     }
@@ -206,10 +179,10 @@ impl<'a> Applier<'a> {
     /// Creates a Job unless one of that name exists: a Job's template cannot
     /// change, and a finished Job is the record of what ran.
     pub async fn ensure_job(&self, job: &k8s_openapi::api::batch::v1::Job) -> Result<()> {
-        let api: Api<k8s_openapi::api::batch::v1::Job> = self.api();
-        if api.get_opt(&job.name_any()).await?.is_some() {
+        if self.caches.jobs.get(&self.namespace, &job.name_any()).await?.is_some() {
             return Ok(());
         }
+        let api: Api<k8s_openapi::api::batch::v1::Job> = self.api();
         match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, job).await {
             Ok(_) => {
                 self.metrics.record_write("Job", "create");
@@ -225,20 +198,205 @@ impl<'a> Applier<'a> {
     /// never a PersistentVolumeClaim: media is user data.
     pub async fn prune<K>(&self, wan: &WhatsAppNumber, keep: &[String]) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+        K: Cached + Debug + DeserializeOwned,
     {
-        let api: Api<K> = self.api();
         let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
-        let listed = api.list(&ListParams::default().labels(&instance_selector(wan))).await?;
-        for obj in listed.items {
-            let controlled = obj.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid);
+        let instance = wan.name_any();
+        let unwanted = |obj: &K| {
+            obj.namespace().as_deref() == Some(self.namespace.as_str())
+                && obj.labels().get(LABEL_INSTANCE) == Some(&instance)
+                && obj.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+                && !keep.contains(&obj.name_any())
+                && obj.meta().deletion_timestamp.is_none()
+        };
+        let api: Api<K> = self.api();
+        for obj in K::cache(self.caches).filter(unwanted).await? {
             let name = obj.name_any();
-            if controlled && !keep.contains(&name) && obj.meta().deletion_timestamp.is_none() {
-                tracing::info!(kind = %K::kind(&()), %name, "removing a child the spec no longer asks for");
-                api.delete(&name, &DeleteParams::background()).await?;
-                self.metrics.record_write(&K::kind(&()), "delete");
+            tracing::info!(kind = %K::kind(&()), %name, "removing a child the spec no longer asks for");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => self.metrics.record_write(&K::kind(&()), "delete"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+}
+
+/// Why `live` lacks what `desired` would write, if it does: another desired
+/// form (the applied hash differs) or a field someone else changed.
+pub fn needs_apply(desired: &Value, live: &Value) -> Option<String> {
+    let hash = |v: &Value| v.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).cloned();
+    if hash(desired).is_none() || hash(desired) != hash(live) {
+        return Some("the desired form changed".into());
+    }
+    difference(desired, live).map(|path| format!("{path} differs from what the operator sets"))
+}
+
+/// Whether every field set in `desired` has the same value in `live`.
+pub fn covers(desired: &Value, live: &Value) -> bool {
+    difference(desired, live).is_none()
+}
+
+/// The first field set in `desired` whose value `live` does not have, as a
+/// path. The server adds defaults and other writers' fields, so only what
+/// `desired` says is compared; lists match element by element in order,
+/// skipping live elements that others added; quantities compare by value
+/// ("1Gi" is "1073741824"); an empty object or list matches an absent one.
+fn difference(desired: &Value, live: &Value) -> Option<String> {
+    match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => want.iter().find_map(|(k, v)| match have.get(k) {
+            Some(h) => difference(v, h).map(|p| format!(".{k}{p}")),
+            None if is_empty(v) => None,
+            None => Some(format!(".{k}")),
+        }),
+        (Value::Object(_) | Value::Array(_), Value::Null) if is_empty(desired) => None,
+        (Value::Array(want), Value::Array(have)) => {
+            let mut rest = have.iter();
+            let i = want.iter().position(|w| !rest.any(|h| covers(w, h)))?;
+            // Say where the element at the same place differs, when there is one.
+            let inner = have.get(i).and_then(|h| difference(&want[i], h)).unwrap_or_default();
+            Some(format!("[{i}]{inner}"))
+        }
+        (Value::String(a), Value::String(b)) if a == b || same_quantity(a, b) => None,
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        (Value::Number(a), Value::String(b)) | (Value::String(b), Value::Number(a))
+            if quantity(b).is_some_and(|q| Some(q) == a.as_f64()) =>
+        {
+            None
+        }
+        (a, b) if a == b => None,
+        _ => Some(String::new()),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(o) => o.values().all(is_empty),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Two spellings of one quantity. Only where one has a unit suffix: "10"
+/// and "10.0" stay different strings.
+fn same_quantity(a: &str, b: &str) -> bool {
+    let suffixed = |s: &str| s.ends_with(|c: char| c.is_ascii_alphabetic());
+    (suffixed(a) || suffixed(b))
+        && matches!((quantity(a), quantity(b)), (Some(x), Some(y)) if (x - y).abs() <= f64::EPSILON * x.abs().max(1.0))
+}
+
+/// The value of a Kubernetes quantity ("500m", "1Gi", "2e3"), or `None` for
+/// any other string.
+fn quantity(s: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let s = s.trim();
+    let starts_numeric = s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-');
+    if !starts_numeric {
+        return None;
+    }
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| s.strip_suffix(suffix).map(|n| (n, *scale)))
+        .or_else(|| s.strip_suffix('P').map(|n| (n, 1e15)))
+        .or_else(|| s.strip_suffix('E').filter(|n| !n.is_empty()).map(|n| (n, 1e18)))
+        .unwrap_or((s, 1.0));
+    if number.chars().any(|c| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e' | 'E'))) {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn with_hash(hash: &str, spec: Value) -> Value {
+        json!({"metadata": {"name": "x", "annotations": {ANNOTATION_APPLIED_HASH: hash}}, "spec": spec})
+    }
+
+    #[test]
+    fn an_unchanged_child_with_server_defaults_needs_no_write() {
+        let desired = with_hash(
+            "h1",
+            json!({"replicas": 2, "template": {"spec": {"containers": [
+            {"name": "coreapp", "ports": [{"containerPort": 6250}], "resources": {"requests": {"memory": "1Gi", "cpu": "0.5"}}}
+        ], "volumes": [{"name": "media", "emptyDir": {}}]}}}),
+        );
+        let mut live = with_hash(
+            "h1",
+            json!({"replicas": 2, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [
+            {"name": "coreapp", "ports": [{"containerPort": 6250, "protocol": "TCP"}],
+             "resources": {"requests": {"memory": "1073741824", "cpu": "500m"}}, "terminationMessagePath": "/dev/termination-log"}
+        ], "volumes": [{"name": "media", "emptyDir": {}}], "dnsPolicy": "ClusterFirst"}}}),
+        );
+        live["metadata"]["resourceVersion"] = json!("42");
+        live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+        assert_eq!(needs_apply(&desired, &live), None);
+    }
+
+    #[test]
+    fn a_changed_desired_form_or_a_field_changed_by_someone_else_is_written() {
+        let desired = with_hash("h2", json!({"replicas": 2}));
+        assert!(needs_apply(&desired, &with_hash("h1", json!({"replicas": 2}))).is_some(), "new desired form");
+        assert_eq!(
+            needs_apply(&desired, &with_hash("h2", json!({"replicas": 0}))).as_deref(),
+            Some(".spec.replicas differs from what the operator sets"),
+            "scaled by hand"
+        );
+        assert!(needs_apply(&desired, &json!({"metadata": {"name": "x"}, "spec": {"replicas": 2}})).is_some());
+        let env = |v: &str| with_hash("h", json!({"containers": [{"name": "c", "env": [{"name": "A", "value": v}]}]}));
+        assert_eq!(
+            needs_apply(&env("1"), &env("2")).as_deref(),
+            Some(".spec.containers[0].env[0].value differs from what the operator sets"),
+            "an edited variable"
+        );
+        assert_eq!(needs_apply(&env("1"), &env("1")), None);
+    }
+
+    #[test]
+    fn lists_match_in_order_and_tolerate_elements_others_added() {
+        let want = json!([{"name": "a"}, {"name": "b"}]);
+        assert!(covers(&want, &json!([{"name": "a"}, {"name": "sidecar"}, {"name": "b"}])));
+        assert!(!covers(&want, &json!([{"name": "b"}, {"name": "a"}])), "order matters");
+        assert!(!covers(&want, &json!([{"name": "a"}])), "one missing");
+        assert!(covers(&json!({"items": []}), &json!({})), "an empty list matches an absent one");
+        assert!(covers(&json!({"labels": {}}), &json!({})), "so does an empty map");
+        assert!(!covers(&json!({"labels": {"a": "b"}}), &json!({})));
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        assert_eq!(quantity("500m"), Some(0.5));
+        assert_eq!(quantity("1Gi"), Some(1073741824.0));
+        assert_eq!(quantity("2k"), Some(2000.0));
+        assert_eq!(quantity("1e3"), Some(1000.0));
+        assert_eq!(quantity("1E"), Some(1e18));
+        assert_eq!(quantity("master"), None);
+        assert_eq!(quantity("2.53.2"), None);
+        assert_eq!(quantity("10.0.0.1"), None);
+        assert!(covers(&json!("0.5"), &json!("500m")));
+        assert!(covers(&json!("1024Mi"), &json!("1Gi")));
+        assert!(!covers(&json!("1Gi"), &json!("1G")));
+        assert!(covers(&json!(2), &json!(2.0)));
+        assert!(!covers(&json!("10"), &json!("10.0")), "plain strings are compared as strings");
+        assert!(!covers(&json!("a"), &json!("b")));
     }
 }

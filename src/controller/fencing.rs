@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::core::PartialObjectMeta;
+use kube::ResourceExt;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
 
-use super::error::{Error, Result};
+use super::cache::Cache;
+use super::error::Result;
 use crate::api::WhatsAppNumber;
 use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER, MANAGED_BY};
 
@@ -24,17 +24,16 @@ use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY,
 const NODE_PODS: &str =
     "app.kubernetes.io/managed-by=whatsapp-operator,app.kubernetes.io/component in (master,coreapp)";
 
-/// The node pods of every number (for the operator's pod cache).
+/// The node pods of every number (for the operator's pod cache). Pods
+/// without the number label are cached too: their own WhatsAppNumber still
+/// counts them (by instance) before it moves an upgrade on.
 pub fn node_pod_selector() -> String {
-    format!("{NODE_PODS},{LABEL_NUMBER}")
+    NODE_PODS.to_string()
 }
 
 /// A pod Terminating longer than this is taken as stuck (its node likely no
 /// longer answers) and a person is asked to act.
 pub const STUCK_AFTER: SignedDuration = SignedDuration::from_mins(5);
-
-/// How long a reconcile waits for the pod cache's first listing.
-const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A master or coreapp pod of some number, as far as fencing cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,27 +151,20 @@ impl Waiting {
 }
 
 /// The master and coreapp pods of the number with these digits, from the
-/// operator's pod cache (or, without one, from the API).
-pub async fn pods_of_number(
-    client: &Client,
-    cache: Option<&kube::runtime::reflector::Store<PartialObjectMeta<Pod>>>,
-    digits: &str,
-) -> Result<Vec<NodePod>> {
-    match cache {
-        Some(store) => {
-            tokio::time::timeout(CACHE_WAIT, store.wait_until_ready())
-                .await
-                .map_err(|_| Error::CacheNotReady("pods"))?
-                .map_err(|_| Error::CacheNotReady("pods"))?;
-            Ok(store.state().iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
-        }
-        None => {
-            let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
-            let selector = format!("{NODE_PODS},{LABEL_NUMBER}={digits}");
-            let list = api.list(&kube::api::ListParams::default().labels(&selector)).await?;
-            Ok(list.items.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
-        }
-    }
+/// operator's pod cache.
+pub async fn pods_of_number(cache: &Cache<Pod>, digits: &str) -> Result<Vec<NodePod>> {
+    let pods = cache.filter(|p| NodePod::of_number(&p.metadata, digits).is_some()).await?;
+    Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
+}
+
+/// The masters and coreapps in `namespace` of the WhatsAppNumber `instance`.
+pub async fn own_node_pods(cache: &Cache<Pod>, namespace: &str, instance: &str) -> Result<Vec<std::sync::Arc<Pod>>> {
+    cache
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.labels().get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
+        })
+        .await
 }
 
 /// Which watch events about node pods can change a fencing decision: a pod

@@ -1,10 +1,11 @@
 //! Fetch: read what the reconcile depends on besides the WhatsAppNumber itself.
 //! Only reads happen here; validate and build then work on plain values.
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::ResourceExt;
 
 use super::Settings;
+use super::cache::Caches;
 use super::error::{Error, Result};
 use crate::api::WhatsAppNumber;
 use crate::resources::names::Names;
@@ -81,49 +82,52 @@ pub fn database_sharer<'a>(
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
 }
 
-pub async fn observe(client: &Client, settings: &Settings, wan: &WhatsAppNumber) -> Result<Observed> {
+/// Reads from the caches alone, except the data of a Secret whose version
+/// was not read before.
+pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber) -> Result<Observed> {
     let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let secret = |name: String| {
+        let namespace = namespace.clone();
+        async move { caches.secret(&namespace, &name).await }
+    };
     let spec = &wan.spec;
 
-    let credentials = secrets.get_opt(&spec.database.credentials_secret_ref.name).await?;
+    let credentials = secret(spec.database.credentials_secret_ref.name.clone()).await?;
     let database_ca = match &spec.database.tls {
-        Some(tls) => secrets.get_opt(&tls.ca_secret_ref.name).await?,
+        Some(tls) => secret(tls.ca_secret_ref.name.clone()).await?,
         None => None,
     };
     let webapp_tls = match &spec.webapp.tls {
-        Some(tls) => secrets.get_opt(&tls.secret_name).await?,
+        Some(tls) => secret(tls.secret_name.clone()).await?,
         None => None,
     };
-    let keys = secrets.get_opt(&Names::new(wan).keys()).await?;
-    let media_claim = claims.get_opt(&crate::resources::media_claim_name(wan)).await?;
+    let keys = secret(Names::new(wan).keys()).await?;
+    let media_claim =
+        caches.volume_claims.get(&namespace, &crate::resources::media_claim_name(wan)).await?.map(|c| (*c).clone());
     let health_ca = match &spec.health.ca_secret_ref {
-        Some(r) if spec.health.enabled => secrets.get_opt(&r.name).await?,
+        Some(r) if spec.health.enabled => secret(r.name.clone()).await?,
         _ => None,
     };
     let registration = match &spec.registration {
-        Some(r) => secrets.get_opt(&r.secret_ref.name).await?,
+        Some(r) => secret(r.secret_ref.name.clone()).await?,
         None => None,
     };
     let admin_password = match &spec.webapp.admin_password_secret_ref {
-        Some(r) => secrets.get_opt(&r.name).await?,
+        Some(r) => secret(r.name.clone()).await?,
         None => None,
     };
     let mut lifecycle = std::collections::BTreeMap::new();
     for name in lifecycle_secret_names(wan) {
-        if let Some(secret) = secrets.get_opt(&name).await? {
-            lifecycle.insert(name, secret);
+        if let Some(found) = secret(name.clone()).await? {
+            lifecycle.insert(name, found);
         }
     }
 
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.operator_namespace);
-    let catalog_yaml = match configmaps.get_opt(&settings.release_catalog).await {
-        Ok(cm) => cm.and_then(|c| c.data?.get(CONFIGMAP_KEY).cloned()),
-        // Without access to the ConfigMap the built-in catalog still stands.
-        Err(kube::Error::Api(s)) if s.code == 403 => None,
-        Err(e) => return Err(e.into()),
-    };
+    let catalog_yaml = caches
+        .catalog
+        .get(&settings.operator_namespace, &settings.release_catalog)
+        .await?
+        .and_then(|c| c.data.as_ref()?.get(CONFIGMAP_KEY).cloned());
     let catalog = Catalog::with_overrides(catalog_yaml.as_deref());
 
     Ok(Observed {

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -21,7 +21,7 @@ use crate::api::{
 };
 use crate::health::{self, Observation, report};
 use crate::resources::config::{ADMIN_PASSWORD, WEBAPP_CA};
-use crate::resources::names::{LABEL_INSTANCE, Names};
+use crate::resources::names::Names;
 use crate::sharding::{self, Registered, Step};
 use crate::webapp::session::{self, SessionError};
 use crate::webapp::{CallError, ShardRequest, Trust, Webapp, phone};
@@ -365,15 +365,16 @@ async fn upload_certificate(
 }
 
 async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, String> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
-    let Ok(pods) = api.list(&ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", wan.name_any()))).await
+    let Ok(pods) =
+        super::fencing::own_node_pods(&ctx.caches.node_pods, &wan.namespace().unwrap_or_default(), &wan.name_any())
+            .await
     else {
         return BTreeMap::new();
     };
     // A node's hostname is its pod's name (the container hostname) or its pod
     // IP (`COREAPP_HOSTNAME`); index both.
     let mut index = BTreeMap::new();
-    for pod in pods.items {
+    for pod in pods {
         let name = pod.name_any();
         if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             index.insert(ip, name.clone());

@@ -2,6 +2,7 @@
 //! fetch -> validate -> build (pure) -> apply (server-side apply) -> status.
 
 pub mod apply;
+pub mod cache;
 pub mod error;
 pub mod fencing;
 pub mod fetch;
@@ -15,32 +16,30 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
 use crate::exclusivity::{self, Claim, Intent};
-use crate::resources::names::LABEL_COMPONENT;
-use crate::resources::names::{FIELD_MANAGER, Names, instance_selector};
+use crate::resources::names::{FIELD_MANAGER, Names};
 use crate::sharding;
 use crate::telemetry::metrics::Metrics;
 use crate::upgrade::{self, procedure};
 use crate::webapp::{CallError, Trust};
-use apply::{AppliedMemory, Applier};
+use apply::Applier;
 use error::{Error, Result};
 use status::{Applied, Outcome};
 
@@ -61,34 +60,32 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    pub applied: AppliedMemory,
     pub settings: Settings,
+    /// Everything reconciles read, kept current by watches.
+    pub caches: cache::Caches,
     failures: Mutex<HashMap<(String, String), u32>>,
     http_clients: Mutex<HashMap<(Trust, Duration), reqwest::Client>>,
     /// Admin sessions with the webapps, per WhatsAppNumber.
     pub sessions: Mutex<HashMap<(String, String), crate::webapp::session::Session>>,
-    /// Every WhatsAppNumber the controller sees, for checks across objects.
-    pub numbers: Option<Store<DynamicObject>>,
-    /// The metadata of every master and coreapp pod the operator sees, for fencing.
-    pub node_pods: Option<Store<PartialObjectMeta<Pod>>>,
-    /// The StatefulSets the operator manages: the version that runs.
-    pub statefulsets: Option<Store<StatefulSet>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, reporter: Reporter, settings: Settings) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+        settings: Settings,
+        caches: cache::Caches,
+    ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            applied: AppliedMemory::default(),
             settings,
+            caches,
             failures: Mutex::default(),
             http_clients: Mutex::default(),
             sessions: Mutex::default(),
-            numbers: None,
-            node_pods: None,
-            statefulsets: None,
         }
     }
 
@@ -119,6 +116,9 @@ const FENCE_RETRY: Duration = Duration::from_secs(30);
 
 /// Short retry while an upgrade is under way: each step is checked promptly.
 const UPGRADE_STEP_RETRY: Duration = Duration::from_secs(3);
+/// Child events of one number within this time make one reconcile.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// Short retry while a shard change is under way.
 const SHARD_CHANGE_RETRY: Duration = Duration::from_secs(5);
 
@@ -161,20 +161,13 @@ async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action>
     stop_statefulsets(ctx, &namespace, &name, &uid, "the WhatsAppNumber is being deleted").await?;
 
     // Its own masters and coreapps, found by name: the number may be unreadable too.
-    let selector = format!(
-        "{},{}={name},{LABEL_COMPONENT} in (master,coreapp)",
-        crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
-        crate::resources::names::LABEL_INSTANCE
-    );
-    let pods = Api::<PartialObjectMeta<Pod>>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await?;
-    if !pods.items.is_empty() {
-        info!(%identity, pods = pods.items.len(), "waiting for masters and coreapps to stop before releasing the number");
+    let pods = fencing::own_node_pods(&ctx.caches.node_pods, &namespace, &name).await?;
+    if !pods.is_empty() {
+        info!(%identity, pods = pods.len(), "waiting for masters and coreapps to stop before releasing the number");
         return Ok(Action::requeue(FENCE_RETRY));
     }
     let operator_namespace = &ctx.settings.operator_namespace;
-    if let Some(lease) = exclusivity::held_by(&ctx.client, operator_namespace, &identity).await? {
+    if let Some(lease) = exclusivity::held_by(&ctx.caches.claims, &identity).await? {
         exclusivity::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
         info!(%identity, "released the number claim of an unreadable WhatsAppNumber");
     }
@@ -260,7 +253,7 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
 async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Option<Action>> {
     stop_workloads(ctx, wan, "the WhatsAppNumber is being deleted").await?;
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
-    let pods = fencing::pods_of_number(&ctx.client, ctx.node_pods.as_ref(), &digits).await?;
+    let pods = fencing::pods_of_number(&ctx.caches.node_pods, &digits).await?;
     let fence = fencing::Fence::split(wan, pods);
     if fence.own.is_empty() {
         return Ok(None);
@@ -287,23 +280,26 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     // Claim and fence first: stopping a loser depends on nothing else.
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
-    let fence =
-        fencing::Fence::split(wan, fencing::pods_of_number(&ctx.client, ctx.node_pods.as_ref(), &digits).await?);
+    let fence = fencing::Fence::split(wan, fencing::pods_of_number(&ctx.caches.node_pods, &digits).await?);
     // While another instance's nodes exist and none of this one's, a free
     // claim is left to the object that runs them.
     let intent = if fence.blocks_start() { Intent::Inspect } else { Intent::Take };
-    let outcome = match exclusivity::claim(&ctx.client, &ctx.settings.operator_namespace, wan, intent).await? {
+    let claims = exclusivity::Claims {
+        client: &ctx.client,
+        cache: &ctx.caches.claims,
+        numbers: &ctx.caches.numbers,
+        namespace: &ctx.settings.operator_namespace,
+    };
+    let outcome = match claims.claim(wan, intent).await? {
         Claim::HeldBy(holder) => {
             stop_workloads(ctx, wan, "another WhatsAppNumber holds the number").await?;
             let waiting = fencing::Waiting::new(fence.of_holder(&holder), now.0, false);
             Outcome::Conflict { holder, waiting }
         }
         Claim::Held if intent == Intent::Take => {
-            let mut observed = fetch::observe(&ctx.client, &ctx.settings, wan).await?;
-            if let Some(store) = &ctx.numbers {
-                let others: Vec<WhatsAppNumber> = readable(store).into_iter().map(|(w, _)| w).collect();
-                observed.database_sharer = fetch::database_sharer(wan, &others);
-            }
+            let mut observed = fetch::observe(&ctx.caches, &ctx.settings, wan).await?;
+            let others: Vec<WhatsAppNumber> = readable(&ctx.caches.numbers).into_iter().map(|(w, _)| w).collect();
+            observed.database_sharer = fetch::database_sharer(wan, &others);
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
                 Ok(inputs) => Outcome::Applied(deploy(wan, ctx, &observed, inputs).await?),
@@ -446,7 +442,7 @@ async fn deploy(
     inputs.shape = Some(shape.clone());
 
     // The keys first: the webapps' template carries their digest.
-    let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.applied)?;
+    let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;
     let created_keys = applier.ensure_keys(wan, observed.keys.as_ref()).await?;
     if let Some(keys) = &created_keys {
         inputs.webapp_keys_digest = Some(validate::keys_digest(keys));
@@ -576,10 +572,11 @@ async fn deploy(
 async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<procedure::JobState> {
     let namespace = wan.namespace().unwrap_or_default();
     let name = crate::resources::schema_job::name(wan, version);
-    let job = Api::<Job>::namespaced(ctx.client.clone(), &namespace).get_opt(&name).await?;
+    let job = ctx.caches.jobs.get(&namespace, &name).await?;
     let unfinished = job.as_ref().is_some_and(|j| {
         !matches!(upgrade::job::state(Some(j), &[]), procedure::JobState::Succeeded | procedure::JobState::Failed(_))
     });
+    // Only while the Job runs: whether its pod can start at all.
     let pods = if unfinished {
         let selector = format!("batch.kubernetes.io/job-name={name}");
         Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
@@ -589,7 +586,7 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     } else {
         vec![]
     };
-    Ok(upgrade::job::state(job.as_ref(), &pods))
+    Ok(upgrade::job::state(job.as_deref(), &pods))
 }
 
 /// Removes the schema Job of an upgrade that was called off (its pod never
@@ -609,16 +606,14 @@ async fn delete_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -
 /// The newest version this object's masters and coreapps StatefulSets run (or
 /// ran) at, from the operator's cache of them.
 async fn live_version(ctx: &Context, wan: &WhatsAppNumber) -> Result<Option<String>> {
-    let Some(store) = &ctx.statefulsets else { return Ok(None) };
-    tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready())
-        .await
-        .map_err(|_| Error::CacheNotReady("statefulsets"))?
-        .map_err(|_| Error::CacheNotReady("statefulsets"))?;
     let (namespace, uid) = (wan.namespace().unwrap_or_default(), wan.uid().unwrap_or_default());
     let names = Names::new(wan);
-    let versions = [crate::resources::names::Tier::Master, crate::resources::names::Tier::Coreapp]
+    let mut found = Vec::new();
+    for tier in [crate::resources::names::Tier::Master, crate::resources::names::Tier::Coreapp] {
+        found.extend(ctx.caches.statefulsets.get(&namespace, &names.tier(tier)).await?);
+    }
+    let versions = found
         .into_iter()
-        .filter_map(|tier| store.get(&ObjectRef::new(&names.tier(tier)).within(&namespace)))
         .filter(|sts| sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid))
         // Scaled to zero from the start (a first deployment waiting for its
         // schema), a StatefulSet says nothing of what ran.
@@ -642,10 +637,10 @@ async fn upgrade_facts(
     health: Option<&crate::health::Observation>,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Result<procedure::Observed> {
-    let namespace = wan.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = format!("{},{LABEL_COMPONENT} in (master,coreapp)", instance_selector(wan));
-    let node_pods = pods.list_metadata(&ListParams::default().labels(&selector)).await?.items.len();
+    let node_pods =
+        fencing::own_node_pods(&ctx.caches.node_pods, &wan.namespace().unwrap_or_default(), &wan.name_any())
+            .await?
+            .len();
     // Read again after apply: this reconcile may just have created the Job.
     let job = schema_job_state(ctx, wan, &u.to).await?;
     let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());
@@ -689,17 +684,19 @@ async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber, why: &str) -> Resul
 /// Deletes the StatefulSets that the WhatsAppNumber `name` with `uid` controls.
 async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str, why: &str) -> Result<()> {
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!(
-        "{},{}={name}",
-        crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
-        crate::resources::names::LABEL_INSTANCE
-    );
-    for sts in api.list_metadata(&ListParams::default().labels(&selector)).await? {
-        let deleting = sts.metadata.deletion_timestamp.is_some();
-        if !deleting && sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid) {
-            warn!(statefulset = %sts.name_any(), %why, "stopping masters and coreapps");
-            api.delete(&sts.name_any(), &DeleteParams::background()).await?;
-            ctx.metrics.record_write("StatefulSet", "delete");
+    let controlled = |sts: &StatefulSet| {
+        sts.namespace().as_deref() == Some(namespace)
+            && sts.labels().get(crate::resources::names::LABEL_INSTANCE).map(String::as_str) == Some(name)
+            && sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+            && sts.metadata.deletion_timestamp.is_none()
+    };
+    for sts in ctx.caches.statefulsets.filter(controlled).await? {
+        warn!(statefulset = %sts.name_any(), %why, "stopping masters and coreapps");
+        match api.delete(&sts.name_any(), &DeleteParams::background()).await {
+            Ok(_) => ctx.metrics.record_write("StatefulSet", "delete"),
+            // The cache had not seen an earlier deletion yet.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -916,114 +913,81 @@ pub async fn run(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
     };
-    let claims: Api<Lease> = Api::namespaced(client.clone(), &settings.operator_namespace);
-    let mut ctx = Context::new(client.clone(), metrics, reporter, settings);
-    let owned = || watcher::Config::default().labels(crate::resources::names::LABEL_MANAGED_BY_SELECTOR);
+    let controller = Controller::new_with(wans, watcher::Config::default().any_semantic(), resource).with_config(
+        ControllerConfig::default()
+            .concurrency(4)
+            // The events of one number's children arrive together: one
+            // reconcile for them, and the caches have caught up by then.
+            .debounce(DEBOUNCE),
+    );
+    let store = controller.store();
+    let (caches, feeds) = cache::build(
+        &client,
+        &namespace,
+        &settings.operator_namespace,
+        &settings.release_catalog,
+        store.clone(),
+        &fencing::node_pod_selector(),
+        crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
+    );
 
     // A change of the release catalog can change every number's expiry and target.
-    let catalog_changes = watcher(
-        Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.operator_namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", ctx.settings.release_catalog)),
-    )
-    // An outage or a 403 backs off instead of spinning, and says so.
-    .default_backoff()
-    .touched_objects()
-    .filter_map(|r| {
+    let catalog_changes = feeds.catalog.filter_map(|r| {
         futures::future::ready(match r {
             Ok(_) => Some(()),
+            // An outage or a 403 backs off (in the watch) instead of spinning, and says so.
             Err(e) => {
                 warn!(error = %e, "cannot watch the release catalog ConfigMap; retrying with backoff");
                 None
             }
         })
     });
-    let controller = Controller::new_with(wans, watcher::Config::default().any_semantic(), resource)
-        .with_config(ControllerConfig::default().concurrency(4))
-        .reconcile_all_on(catalog_changes);
-    let store = controller.store();
-    ctx.numbers = Some(store.clone());
-
-    // Every master and coreapp pod, by metadata: fencing reads them from this
-    // cache, and their start, termination and removal wake the objects of
-    // their number.
-    let (pod_cache, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
-    ctx.node_pods = Some(pod_cache);
-    let mut start_stop = fencing::StartStopFilter::default();
-    let node_pod_changes = reflector::reflector(
-        pod_writer,
-        watcher(
-            scoped::<PartialObjectMeta<Pod>>(&client, &namespace),
-            watcher::Config::default().labels(&fencing::node_pod_selector()),
-        )
-        .default_backoff()
-        .modify(|pod| pod.managed_fields_mut().clear()),
-    )
-    .filter_map(move |event| {
-        futures::future::ready(match event {
-            Ok(event) => start_stop.relevant(&event).map(Ok),
-            Err(e) => {
-                warn!(error = %e, "cannot watch master and coreapp pods; retrying with backoff");
-                None
-            }
-        })
-    });
-
-    // The StatefulSets, cached: the reconcile reads the version that runs from them.
-    let (statefulset_cache, statefulset_writer) = reflector::store::<StatefulSet>();
-    ctx.statefulsets = Some(statefulset_cache);
-    let statefulset_changes = reflector::reflector(
-        statefulset_writer,
-        watcher(scoped::<StatefulSet>(&client, &namespace), owned())
-            .default_backoff()
-            .modify(|sts| sts.managed_fields_mut().clear()),
-    )
-    .touched_objects();
-
-    let ctx = Arc::new(ctx);
-    let claim_store = store.clone();
-    let number_store = store.clone();
-    let pod_store = store.clone();
+    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches));
+    let (secret_store, claim_store, lease_store, pod_store) = (store.clone(), store.clone(), store.clone(), store);
     controller
-        .owns_stream(statefulset_changes)
-        .owns(scoped::<Deployment>(&client, &namespace), owned())
-        .owns(scoped::<Service>(&client, &namespace), owned())
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned())
-        .owns(scoped::<PodDisruptionBudget>(&client, &namespace), owned())
-        .owns(scoped::<Job>(&client, &namespace), owned())
-        .watches(scoped::<Secret>(&client, &namespace), watcher::Config::default(), move |secret| {
-            referencing(&store, secret.namespace(), &secret.name_any(), Reference::Secret)
+        .reconcile_all_on(catalog_changes)
+        .owns_stream(feeds.statefulsets)
+        .owns_stream(feeds.deployments)
+        .owns_stream(feeds.services)
+        .owns_stream(feeds.configmaps)
+        .owns_stream(feeds.budgets)
+        .owns_stream(feeds.jobs)
+        .watches_stream(feeds.secrets, move |secret| {
+            referencing(&secret_store, secret.namespace(), &secret.name_any(), Reference::Secret)
         })
-        .watches(scoped::<PersistentVolumeClaim>(&client, &namespace), watcher::Config::default(), move |claim| {
+        .watches_stream(feeds.volume_claims, move |claim| {
             referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim)
         })
         // A released number claim wakes the WhatsAppNumbers waiting for it.
-        .watches(
-            claims,
-            watcher::Config::default().labels(&format!("{}=true", exclusivity::CLAIM_LABEL)),
-            move |lease| waiting_for(&number_store, &lease),
-        )
-        .watches_stream(node_pod_changes, move |pod: PartialObjectMeta<Pod>| {
-            let digits = pod.labels().get(crate::resources::names::LABEL_NUMBER).cloned().unwrap_or_default();
-            with_number(&pod_store, &digits)
+        .watches_stream(feeds.claims, move |lease| waiting_for(&lease_store, &lease))
+        // Master and coreapp pods starting, terminating or going wake the
+        // objects of their number (fencing).
+        .watches_stream(feeds.node_pods, move |pod| {
+            let labels = pod.labels();
+            match labels.get(crate::resources::names::LABEL_NUMBER) {
+                Some(digits) => with_number(&pod_store, digits),
+                // Its own WhatsAppNumber still waits for it.
+                None => labels
+                    .get(crate::resources::names::LABEL_INSTANCE)
+                    .zip(pod.namespace())
+                    .map(|(instance, ns)| {
+                        ObjectRef::new_with(instance, ApiResource::erase::<WhatsAppNumber>(&())).within(&ns)
+                    })
+                    .into_iter()
+                    .collect(),
+            }
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile_object, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    warn!(error = %e, "a watch failed; retrying with backoff")
+                }
                 Err(e) => tracing::debug!(error = %e, "reconcile trigger failed"),
             }
         })
         .await;
     info!("controller stopped");
-}
-
-fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }

@@ -169,7 +169,7 @@ pub fn volumes(wan: &WhatsAppNumber, with_log: bool) -> Vec<Volume> {
         name: MEDIA_VOLUME.into(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
             claim_name: media_claim_name(wan),
-            read_only: Some(false),
+            read_only: None,
         }),
         ..Default::default()
     }];

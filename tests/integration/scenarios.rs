@@ -714,6 +714,38 @@ pub async fn unchanged_reconcile_writes_nothing(env: &'static Env) -> Result<()>
         let changed: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
         bail!("an unchanged reconcile wrote {} times; counters that moved: {changed:?}", writes_after - writes);
     }
+
+    // A restart (or a new leader) starts with empty memory: whether a child
+    // needs a write is decided from the live objects, so it writes nothing.
+    env.operator.lock().unwrap().restart()?;
+    let port = env.operator.lock().unwrap().metrics_port;
+    let metrics =
+        || async move { anyhow::Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?) };
+    wait_until(Duration::from_secs(60), "the restarted operator to reconcile", || async {
+        Ok(metrics().await.is_ok_and(|t| support::metric_sum(&t, "whatsapp_operator_reconciles_total") >= 1.0))
+    })
+    .await?;
+    // Past the debounce and the status of this first reconcile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let text = metrics().await?;
+    ensure!(
+        support::metric_sum(&text, "whatsapp_operator_kube_writes_total") == 0.0,
+        "the restarted operator wrote: {:?}",
+        by_kind(&text)
+    );
+
+    // Still, a field changed by hand while the operator is down is put back
+    // by the first reconcile after the start.
+    env.operator.lock().unwrap().stop();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(c.clone(), &ns);
+    let webapp = format!("{name}-webapp");
+    let wanted = deployments.get(&webapp).await?.spec.and_then(|s| s.replicas);
+    deployments.patch(&webapp, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await?;
+    env.operator.lock().unwrap().restart()?;
+    wait_until(Duration::from_secs(60), "the hand-made scale of the webapps undone", || async {
+        Ok(deployments.get(&webapp).await?.spec.and_then(|s| s.replicas) == wanted)
+    })
+    .await?;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }

@@ -124,31 +124,34 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   resources: ["whatsappnumbers/finalizers"]
   # Children carry blockOwnerDeletion owner references.
   verbs: ["update"]
+# Children are read from the operator's watch caches (list/watch), never by
+# a get; server-side apply writes them (patch, which creates too).
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   # delete: a WhatsAppNumber that lost its number claim stops its nodes.
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # get: every Secret the spec names is read by name, never from a cache.
-  # list/watch: the controller's watch on Secrets reconciles a WhatsAppNumber
-  # as soon as a Secret it names appears or changes (credentials created after
-  # it, a renewed TLS certificate, a registration code arriving); without it
-  # such a change would wait for the next periodic reconcile. list is also
-  # how a number's backup Secrets are found (by label) to prune beyond keep.
+  # list/watch: a cache of every Secret's metadata. It says which Secrets the
+  # spec names exist and at which version, and a change reconciles the
+  # WhatsAppNumbers that name it at once (credentials created after it, a
+  # renewed certificate, a registration code arriving). list also finds a
+  # number's backup Secrets (by label) to prune beyond keep.
+  # get: a named Secret's data, read again only when its version changed.
   # create/update: the generated key Secret; patch: the pinned webapp CA;
   # create/delete: backups beyond spec.backup.keep.
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  # list/watch: a cache of master and coreapp pod metadata, so that no node of
-  # a number starts while another instance's pods still exist.
+  # list/watch: a cache of master and coreapp pods (metadata and address), so
+  # that no node of a number starts while another instance's pods still
+  # exist; list also finds a schema Job's pod while the Job runs.
   verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
@@ -156,11 +159,11 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   # delete: a budget for a tier that no longer has several pods.
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   # delete: the schema Job of an upgrade that is called off.
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   # spec.monitoring.serviceMonitor: the client's own metrics.

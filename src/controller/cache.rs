@@ -1,0 +1,332 @@
+//! Shared caches: every object a reconcile reads comes from a watch-fed store,
+//! so a reconcile of a number whose objects did not change makes no read of
+//! the API server at all.
+//!
+//! The stores keep what the operator reads and drop the rest (managed fields,
+//! the last-applied annotation, pod specs). Secrets are watched by metadata
+//! only: their data is read by name when a reconcile needs it and kept until
+//! their resource version changes.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::DynamicObject;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::error::{Error, Result};
+
+/// How long a reconcile waits for a cache's first listing.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Annotation `kubectl apply` leaves on objects: a full copy nobody here reads.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// One watch-fed store of objects of kind `K`.
+#[derive(Clone)]
+pub struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    what: &'static str,
+}
+
+impl<K> Cache<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// Waits for the first complete listing: before it, "absent" means nothing.
+    pub async fn ready(&self) -> Result<()> {
+        tokio::time::timeout(WAIT, self.store.wait_until_ready())
+            .await
+            .map_err(|_| Error::CacheNotReady(self.what))?
+            .map_err(|_| Error::CacheNotReady(self.what))
+    }
+
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>> {
+        self.ready().await?;
+        Ok(self.store.get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// Every cached object that `keep` accepts.
+    pub async fn filter(&self, keep: impl Fn(&K) -> bool) -> Result<Vec<Arc<K>>> {
+        self.ready().await?;
+        Ok(self.store.state_filter(|o| keep(o)))
+    }
+}
+
+/// The children a reconcile applies, each with its cache.
+pub trait Cached: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static {
+    fn cache(caches: &Caches) -> &Cache<Self>;
+}
+
+macro_rules! cached {
+    ($($kind:ty => $field:ident),* $(,)?) => {
+        $(impl Cached for $kind {
+            fn cache(caches: &Caches) -> &Cache<Self> {
+                &caches.$field
+            }
+        })*
+    };
+}
+
+cached! {
+    StatefulSet => statefulsets,
+    Deployment => deployments,
+    Service => services,
+    ConfigMap => configmaps,
+    PodDisruptionBudget => budgets,
+    Job => jobs,
+    PersistentVolumeClaim => volume_claims,
+}
+
+/// Every store the reconcile reads from.
+pub struct Caches {
+    client: Client,
+    /// Every WhatsAppNumber, untyped (the controller's own store).
+    pub numbers: Store<DynamicObject>,
+    /// Masters and coreapps of every number, metadata and pod IP only: fencing
+    /// and the matching of gateway nodes to pods read them.
+    pub node_pods: Cache<Pod>,
+    pub statefulsets: Cache<StatefulSet>,
+    pub deployments: Cache<Deployment>,
+    pub services: Cache<Service>,
+    /// The ConfigMaps the operator made (the release catalog has its own).
+    pub configmaps: Cache<ConfigMap>,
+    pub budgets: Cache<PodDisruptionBudget>,
+    pub jobs: Cache<Job>,
+    /// Every claim, the users' own media claims included.
+    pub volume_claims: Cache<PersistentVolumeClaim>,
+    /// Every Secret's metadata.
+    pub secrets: Cache<PartialObjectMeta<Secret>>,
+    /// The phone-number claim Leases.
+    pub claims: Cache<Lease>,
+    /// The release catalog ConfigMap, alone.
+    pub catalog: Cache<ConfigMap>,
+    /// Data of the Secrets reconciles asked for, by namespace and name.
+    secret_data: Mutex<HashMap<(String, String), Secret>>,
+}
+
+impl Caches {
+    /// A Secret with its data. The metadata cache says whether it exists and
+    /// at which version; the data is read from the API only when that version
+    /// was not read before.
+    pub async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>> {
+        let key = (namespace.to_string(), name.to_string());
+        let Some(meta) = self.secrets.get(namespace, name).await? else {
+            self.secret_data.lock().expect("secret cache lock").remove(&key);
+            return Ok(None);
+        };
+        if let Some(known) = self.secret_data.lock().expect("secret cache lock").get(&key)
+            && known.resource_version() == meta.resource_version()
+        {
+            return Ok(Some(known.clone()));
+        }
+        let read = Api::<Secret>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
+        self.remember_secret(read.as_ref());
+        Ok(read)
+    }
+
+    /// Keeps a Secret the operator just wrote, so the next read needs no request
+    /// once the metadata cache has caught up with it.
+    pub fn remember_secret(&self, secret: Option<&Secret>) {
+        if let Some(s) = secret {
+            let mut s = s.clone();
+            s.managed_fields_mut().clear();
+            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            self.secret_data.lock().expect("secret cache lock").insert(key, s);
+        }
+    }
+}
+
+pub type Touched<K> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<K, watcher::Error>> + Send>>;
+
+/// The watch streams that feed [`Caches`]; the controller polls them, which
+/// keeps the stores current and turns their changes into reconciles.
+pub struct Feeds {
+    pub node_pods: Touched<Pod>,
+    pub statefulsets: Touched<StatefulSet>,
+    pub deployments: Touched<Deployment>,
+    pub services: Touched<Service>,
+    pub configmaps: Touched<ConfigMap>,
+    pub budgets: Touched<PodDisruptionBudget>,
+    pub jobs: Touched<Job>,
+    pub volume_claims: Touched<PersistentVolumeClaim>,
+    pub secrets: Touched<PartialObjectMeta<Secret>>,
+    pub claims: Touched<Lease>,
+    pub catalog: Touched<ConfigMap>,
+}
+
+fn strip<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// A store of `K` and the stream of objects that changed, which feeds it.
+fn feed<K>(api: Api<K>, config: watcher::Config, what: &'static str, trim: fn(&mut K)) -> (Cache<K>, Touched<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config).default_backoff().modify(move |o| {
+            strip(o);
+            trim(o);
+        }),
+    )
+    .touched_objects()
+    .boxed();
+    (Cache { store, what }, stream)
+}
+
+/// The node pods' store, and a stream of only the pods that appeared, began
+/// to terminate or went away: readiness changes of a rolling pod wake no one.
+fn node_pods_feed(api: Api<Pod>, selector: &str) -> (Cache<Pod>, Touched<Pod>) {
+    let (store, writer) = reflector::store();
+    let mut start_stop = super::fencing::StartStopFilter::default();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(selector)).default_backoff().modify(|pod| {
+            strip(pod);
+            pod_identity(pod);
+        }),
+    )
+    .filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => start_stop.relevant(&event).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    })
+    .boxed();
+    (Cache { store, what: "pods" }, stream)
+}
+
+fn keep_all<K>(_: &mut K) {}
+
+/// Fencing needs a pod's metadata, gateway matching its IP; nothing else is kept.
+fn pod_identity(pod: &mut Pod) {
+    pod.spec = None;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+    pod.status = ip.map(|ip| PodStatus { pod_ip: Some(ip), ..Default::default() });
+}
+
+/// Builds the caches and their feeds. `namespace` limits the watches of
+/// children and Secrets to one namespace, as the operator's RBAC does.
+pub fn build(
+    client: &Client,
+    namespace: &Option<String>,
+    operator_namespace: &str,
+    release_catalog: &str,
+    numbers: Store<DynamicObject>,
+    node_pod_selector: &str,
+    owned_selector: &str,
+) -> (Caches, Feeds) {
+    let owned = || watcher::Config::default().labels(owned_selector);
+    let (node_pods, pods_feed) = node_pods_feed(scoped(client, namespace), node_pod_selector);
+    let (statefulsets, sts_feed) = feed(scoped(client, namespace), owned(), "statefulsets", keep_all);
+    let (deployments, deploy_feed) = feed(scoped(client, namespace), owned(), "deployments", keep_all);
+    let (services, svc_feed) = feed(scoped(client, namespace), owned(), "services", keep_all);
+    let (configmaps, cm_feed) = feed(scoped(client, namespace), owned(), "configmaps", keep_all);
+    let (budgets, pdb_feed) = feed(scoped(client, namespace), owned(), "poddisruptionbudgets", keep_all);
+    let (jobs, job_feed) = feed(scoped(client, namespace), owned(), "jobs", keep_all);
+    let (volume_claims, pvc_feed) =
+        feed(scoped(client, namespace), watcher::Config::default(), "persistentvolumeclaims", keep_all);
+    let (claims, lease_feed) = feed(
+        Api::namespaced(client.clone(), operator_namespace),
+        watcher::Config::default().labels(&format!("{}=true", crate::exclusivity::CLAIM_LABEL)),
+        "number claims",
+        keep_all,
+    );
+    let (catalog, catalog_feed) = feed(
+        Api::namespaced(client.clone(), operator_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={release_catalog}")),
+        "the release catalog",
+        keep_all,
+    );
+
+    // Metadata only: Secrets are many and large; data is read when needed.
+    let (secrets, secrets_feed) =
+        feed(scoped::<PartialObjectMeta<Secret>>(client, namespace), watcher::Config::default(), "secrets", keep_all);
+
+    let caches = Caches {
+        client: client.clone(),
+        numbers,
+        node_pods,
+        statefulsets,
+        deployments,
+        services,
+        configmaps,
+        budgets,
+        jobs,
+        volume_claims,
+        secrets,
+        claims,
+        catalog,
+        secret_data: Mutex::default(),
+    };
+    let feeds = Feeds {
+        node_pods: pods_feed,
+        statefulsets: sts_feed,
+        deployments: deploy_feed,
+        services: svc_feed,
+        configmaps: cm_feed,
+        budgets: pdb_feed,
+        jobs: job_feed,
+        volume_claims: pvc_feed,
+        secrets: secrets_feed,
+        claims: lease_feed,
+        catalog: catalog_feed,
+    };
+    (caches, feeds)
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_pod_keeps_its_identity_and_address_only() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "acme-coreapp-0", "namespace": "team", "labels": {"a": "b"},
+                "annotations": {LAST_APPLIED: "{}", "kept": "yes"},
+                "managedFields": [{"manager": "kubelet"}]
+            },
+            "spec": {"containers": [{"name": "coreapp", "image": "x"}]},
+            "status": {"podIP": "10.0.0.7", "phase": "Running"}
+        }))
+        .unwrap();
+        strip(&mut pod);
+        pod_identity(&mut pod);
+        assert!(pod.spec.is_none());
+        assert_eq!(pod.status.unwrap(), PodStatus { pod_ip: Some("10.0.0.7".into()), ..Default::default() });
+        assert_eq!(pod.metadata.managed_fields, None);
+        let annotations = pod.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(annotations["kept"], "yes");
+        assert_eq!(pod.metadata.labels.unwrap()["a"], "b");
+    }
+}
