@@ -48,7 +48,18 @@ pub fn media_claim(wan: &WhatsAppNumber, live: Option<&PersistentVolumeClaim>) -
         }),
         ..Default::default()
     };
-    Some(with_applied_hash(PersistentVolumeClaim { metadata, spec: Some(spec), ..Default::default() }))
+    // The hash leaves out the class a cluster default filled in: copying it
+    // back from the live claim is no new desired form, and costs no write.
+    let mut hashed = PersistentVolumeClaim { metadata, spec: Some(spec), ..Default::default() };
+    let filled_in = hashed
+        .spec
+        .as_mut()
+        .and_then(|s| if media.storage_class_name.is_none() { s.storage_class_name.take() } else { None });
+    let mut claim = with_applied_hash(hashed);
+    if let Some(spec) = claim.spec.as_mut() {
+        spec.storage_class_name = spec.storage_class_name.take().or(filled_in);
+    }
+    Some(claim)
 }
 
 /// Bytes in a storage quantity (`50Gi`, `100G`, `1Ti`, plain bytes). Quantities

@@ -293,6 +293,19 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
 }
 
 #[test]
+fn a_class_the_cluster_filled_in_is_kept_without_a_new_desired_form() {
+    let mut wan = sample();
+    wan.spec.media.storage_class_name = None;
+    let created = media::media_claim(&wan, None).unwrap();
+    let mut live = created.clone();
+    live.spec.as_mut().unwrap().storage_class_name = Some("standard".into());
+    let again = media::media_claim(&wan, Some(&live)).unwrap();
+    assert_eq!(again.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("standard"), "never unset");
+    let hash = |c: &PersistentVolumeClaim| c.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH].clone();
+    assert_eq!(hash(&again), hash(&created), "the default class is no change of the desired form");
+}
+
+#[test]
 fn quantities_compare_by_bytes() {
     assert_eq!(media::quantity_bytes(&Quantity("1Gi".into())), 1 << 30);
     assert!(media::quantity_bytes(&Quantity("100G".into())) > media::quantity_bytes(&Quantity("50Gi".into())));
