@@ -15,8 +15,10 @@ use tracing::info;
 /// Lease validity in seconds; a new leader takes over at most this long after
 /// the old one stopped renewing.
 pub const LEASE_DURATION_SECONDS: u64 = 15;
-/// The holder renews this many seconds before expiry.
-pub const LEASE_GRACE_SECONDS: u64 = 5;
+/// The holder renews this many seconds before expiry: every 5 s, so a
+/// renewal has 7 s to be written and seen before the leader stops (see
+/// [`STOP_MARGIN`]); a busy machine or API server does not make it stop.
+pub const LEASE_GRACE_SECONDS: u64 = 10;
 /// A leader that has not seen its own renewal stops this long before the
 /// lease it last renewed expires, so no other replica leads while it still
 /// writes.
