@@ -106,12 +106,13 @@ pub fn must_stop(until: SystemTime, now: SystemTime) -> bool {
 /// Resolves when this replica can no longer show that it holds the lease a
 /// little longer: the lease election cannot report a renewal that fails (an
 /// unreachable API server), while another replica takes the lease over once
-/// it expires. The lease is watched, so this costs no polling.
-pub async fn unconfirmed(client: Client, namespace: &str, name: &str, identity: &str) {
-    let api: Api<Lease> = Api::namespaced(client, namespace);
+/// it expires. The lease is watched, so this costs no polling; only when the
+/// watch shows no renewal in time is the Lease read once before giving up.
+pub async fn unconfirmed(client: Client, namespace: String, name: String, identity: String) {
+    let api: Api<Lease> = Api::namespaced(client, &namespace);
     let (tx, rx) = watch::channel(SystemTime::now() + Duration::from_secs(LEASE_DURATION_SECONDS));
-    let identity_owned = identity.to_string();
-    let renewals = watcher(api, watcher::Config::default().fields(&format!("metadata.name={name}")))
+    let identity_owned = identity.clone();
+    let renewals = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
         .default_backoff()
         .applied_objects()
         .for_each(move |lease| {
@@ -128,10 +129,19 @@ pub async fn unconfirmed(client: Client, namespace: &str, name: &str, identity: 
         });
     let deadline = async {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut confirmed = SystemTime::UNIX_EPOCH;
         loop {
             tick.tick().await;
-            if must_stop(*rx.borrow(), SystemTime::now()) {
-                return;
+            let until = (*rx.borrow()).max(confirmed);
+            if !must_stop(until, SystemTime::now()) {
+                continue;
+            }
+            // The watch may only be late (a busy process or API server): ask
+            // once directly before stopping.
+            let read = tokio::time::timeout(STOP_MARGIN / 2, api.get_opt(&name)).await;
+            match read.ok().and_then(|r| r.ok()).flatten().and_then(|l| valid_until(&l, &identity)) {
+                Some(until) if !must_stop(until, SystemTime::now()) => confirmed = until,
+                _ => return,
             }
         }
     };

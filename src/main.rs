@@ -159,11 +159,24 @@ async fn main() -> fatal::Result {
                 }
             }
         };
-        let run = controller::run(client.clone(), namespace, settings, metrics.clone(), reporter, stop_controller);
-        tokio::pin!(run);
-        let unconfirmed = leader::unconfirmed(client.clone(), &args.operator_namespace, &args.lease_name, &identity);
+        // Tasks of their own: however busy the controller is, the lease is
+        // watched (and renewed) on time.
+        let mut run = tokio::spawn(controller::run(
+            client.clone(),
+            namespace,
+            settings,
+            metrics.clone(),
+            reporter,
+            stop_controller,
+        ));
+        let mut unconfirmed = tokio::spawn(leader::unconfirmed(
+            client.clone(),
+            args.operator_namespace.clone(),
+            args.lease_name.clone(),
+            identity.clone(),
+        ));
         tokio::select! {
-            _ = &mut run => {}
+            _ = &mut run => { unconfirmed.abort(); }
             // No reconcile is let finish: another replica may lead already,
             // or will once the lease expires.
             _ = election.lost() => {
@@ -172,7 +185,7 @@ async fn main() -> fatal::Result {
                 metrics.leader.set(0);
                 return Err("lost the leader lease".into());
             }
-            _ = unconfirmed => {
+            _ = &mut unconfirmed => {
                 error!("cannot see the leader lease renewed before it expires; stopping before another replica takes over");
                 let _ = lost_tx.send(true);
                 metrics.leader.set(0);

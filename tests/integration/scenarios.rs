@@ -610,6 +610,12 @@ pub async fn operator_killed_mid_reconcile_converges(env: &'static Env) -> Resul
 pub async fn only_the_leader_writes(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "leader").await?;
+    // The first replica leads before the second starts (run alone, the suite
+    // may only just have started it).
+    wait_until(Duration::from_secs(30), "the first replica to lead", || async {
+        Ok(support::metric_sum(&env.operator_metrics().await?, "whatsapp_operator_leader") == 1.0)
+    })
+    .await?;
     let mut standby = Operator::start("standby", &env.operator_kubeconfig, &[])?;
     wait_until(Duration::from_secs(20), "the standby's metrics endpoint", || async {
         Ok(standby.metrics().await.is_ok())
