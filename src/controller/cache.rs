@@ -19,7 +19,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodStatus, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,6 +27,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::{Error, Result};
+use crate::api::WhatsAppNumber;
 
 /// How long a reconcile waits for a cache's first listing.
 const WAIT: Duration = Duration::from_secs(30);
@@ -65,6 +66,46 @@ where
     }
 }
 
+/// Every WhatsAppNumber the controller sees (its own store), each decoded
+/// once per version: the watch mappers look at all of them for every event.
+#[derive(Clone)]
+pub struct Numbers {
+    pub store: Store<DynamicObject>,
+    decoded: Arc<Mutex<HashMap<String, Decoded>>>,
+}
+
+/// A decoded object by uid: its resource version and the object, if readable.
+type Decoded = (Option<String>, Option<Arc<WhatsAppNumber>>);
+
+impl Numbers {
+    pub fn new(store: Store<DynamicObject>) -> Self {
+        Self { store, decoded: Arc::default() }
+    }
+
+    /// The objects the operator can read, with their references.
+    pub fn readable(&self) -> Vec<(Arc<WhatsAppNumber>, ObjectRef<DynamicObject>)> {
+        let resource = ApiResource::erase::<WhatsAppNumber>(&());
+        let state = self.store.state();
+        let mut memo = self.decoded.lock().expect("decoded numbers lock");
+        let mut next = HashMap::with_capacity(state.len());
+        let mut readable = Vec::with_capacity(state.len());
+        for obj in state {
+            let uid = obj.uid().unwrap_or_default();
+            let version = obj.resource_version();
+            let wan = match memo.remove(&uid) {
+                Some((known, wan)) if known == version => wan,
+                _ => super::typed(&obj).ok().map(Arc::new),
+            };
+            if let Some(w) = &wan {
+                readable.push((w.clone(), ObjectRef::from_obj_with(obj.as_ref(), resource.clone())));
+            }
+            next.insert(uid, (version, wan));
+        }
+        *memo = next;
+        readable
+    }
+}
+
 /// The children a reconcile applies, each with its cache.
 pub trait Cached: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static {
     fn cache(caches: &Caches) -> &Cache<Self>;
@@ -94,7 +135,7 @@ cached! {
 pub struct Caches {
     client: Client,
     /// Every WhatsAppNumber, untyped (the controller's own store).
-    pub numbers: Store<DynamicObject>,
+    pub numbers: Numbers,
     /// Masters and coreapps of every number, metadata and pod IP only: fencing
     /// and the matching of gateway nodes to pods read them.
     pub node_pods: Cache<Pod>,
@@ -230,7 +271,7 @@ pub fn build(
     namespace: &Option<String>,
     operator_namespace: &str,
     release_catalog: &str,
-    numbers: Store<DynamicObject>,
+    numbers: Numbers,
     node_pod_selector: &str,
     owned_selector: &str,
 ) -> (Caches, Feeds) {
@@ -306,6 +347,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn number(uid: &str, version: &str, phone: serde_json::Value) -> DynamicObject {
+        let mut v = serde_json::to_value(crate::resources::tests::sample()).unwrap();
+        v["apiVersion"] = "whatsapp.operators.dev/v1alpha1".into();
+        v["kind"] = "WhatsAppNumber".into();
+        v["metadata"] = serde_json::json!({"name": uid, "namespace": "team", "uid": uid, "resourceVersion": version});
+        v["spec"]["phoneNumber"] = phone;
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_decoded_once_per_version_and_unreadable_ones_left_out() {
+        let mut writer = reflector::store::Writer::<DynamicObject>::new(ApiResource::erase::<WhatsAppNumber>(&()));
+        let store = writer.as_reader();
+        let numbers = Numbers::new(store);
+        writer.apply_watcher_event(&watcher::Event::Apply(number("a", "1", "+15550001111".into())));
+        writer.apply_watcher_event(&watcher::Event::Apply(number("b", "1", 42.into())));
+        let first = numbers.readable();
+        assert_eq!(first.len(), 1, "the unreadable object is left out");
+        assert_eq!(first[0].0.spec.phone_number, "+15550001111");
+        let again = numbers.readable();
+        assert!(Arc::ptr_eq(&first[0].0, &again[0].0), "an unchanged version is not decoded again");
+
+        writer.apply_watcher_event(&watcher::Event::Apply(number("a", "2", "+15550002222".into())));
+        writer.apply_watcher_event(&watcher::Event::Apply(number("b", "2", "+15550003333".into())));
+        let mut phones: Vec<String> = numbers.readable().iter().map(|(w, _)| w.spec.phone_number.clone()).collect();
+        phones.sort();
+        assert_eq!(phones, ["+15550002222", "+15550003333"], "new versions are decoded again");
+        writer.apply_watcher_event(&watcher::Event::Delete(number("a", "2", "+15550002222".into())));
+        assert_eq!(numbers.readable().len(), 1);
+        assert_eq!(numbers.decoded.lock().unwrap().len(), 1, "a deleted object is forgotten");
+    }
 
     #[test]
     fn a_cached_pod_keeps_its_identity_and_address_only() {

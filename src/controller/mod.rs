@@ -26,7 +26,7 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, Pat
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -287,7 +287,7 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     let claims = exclusivity::Claims {
         client: &ctx.client,
         cache: &ctx.caches.claims,
-        numbers: &ctx.caches.numbers,
+        numbers: &ctx.caches.numbers.store,
         namespace: &ctx.settings.operator_namespace,
     };
     let outcome = match claims.claim(wan, intent).await? {
@@ -298,8 +298,8 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
         }
         Claim::Held if intent == Intent::Take => {
             let mut observed = fetch::observe(&ctx.caches, &ctx.settings, wan).await?;
-            let others: Vec<WhatsAppNumber> = readable(&ctx.caches.numbers).into_iter().map(|(w, _)| w).collect();
-            observed.database_sharer = fetch::database_sharer(wan, &others);
+            let others = ctx.caches.numbers.readable();
+            observed.database_sharer = fetch::database_sharer(wan, others.iter().map(|(w, _)| w.as_ref()));
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
                 Ok(inputs) => Outcome::Applied(deploy(wan, ctx, &observed, inputs).await?),
@@ -836,23 +836,14 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 /// The WhatsAppNumbers whose reconcile reads the named Secret or claim.
-/// The objects of a store the operator can read, with their references.
-fn readable(store: &Store<DynamicObject>) -> Vec<(WhatsAppNumber, ObjectRef<DynamicObject>)> {
-    let resource = ApiResource::erase::<WhatsAppNumber>(&());
-    store
-        .state()
-        .into_iter()
-        .filter_map(|obj| Some((typed(&obj).ok()?, ObjectRef::from_obj_with(obj.as_ref(), resource.clone()))))
-        .collect()
-}
-
 fn referencing(
-    store: &Store<DynamicObject>,
+    numbers: &cache::Numbers,
     namespace: Option<String>,
     name: &str,
     kind: Reference,
 ) -> Vec<ObjectRef<DynamicObject>> {
-    readable(store)
+    numbers
+        .readable()
         .into_iter()
         .filter(|(wan, _)| wan.namespace() == namespace)
         .filter(|(wan, _)| {
@@ -875,17 +866,18 @@ fn referencing(
 }
 
 /// The WhatsAppNumbers with the phone number a claim Lease is about.
-fn waiting_for(store: &Store<DynamicObject>, lease: &Lease) -> Vec<ObjectRef<DynamicObject>> {
+fn waiting_for(numbers: &cache::Numbers, lease: &Lease) -> Vec<ObjectRef<DynamicObject>> {
     let Some(number) = lease.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
-    with_number(store, &crate::resources::names::number_digits(number))
+    with_number(numbers, &crate::resources::names::number_digits(number))
 }
 
 /// The WhatsAppNumbers of the phone number with these digits.
-fn with_number(store: &Store<DynamicObject>, digits: &str) -> Vec<ObjectRef<DynamicObject>> {
+fn with_number(numbers: &cache::Numbers, digits: &str) -> Vec<ObjectRef<DynamicObject>> {
     if digits.is_empty() {
         return vec![];
     }
-    readable(store)
+    numbers
+        .readable()
         .into_iter()
         .filter(|(wan, _)| crate::resources::names::number_digits(&wan.spec.phone_number) == digits)
         .map(|(_, r)| r)
@@ -920,7 +912,7 @@ pub async fn run(
             // reconcile for them, and the caches have caught up by then.
             .debounce(DEBOUNCE),
     );
-    let store = controller.store();
+    let store = cache::Numbers::new(controller.store());
     let (caches, feeds) = cache::build(
         &client,
         &namespace,
