@@ -4,6 +4,7 @@
 //! - [`api`]: the custom resource types (the CRD is generated from them).
 //! - [`resources`]: pure builders from a WhatsAppNumber to Kubernetes objects.
 //! - [`controller`]: the reconcile pipeline (fetch, validate, build, apply, status).
+//! - [`probes`]: the health probe scheduler, off the reconcile path.
 //! - [`telemetry`]: logs, metrics and the probe endpoints.
 //! - [`leader`]: leader election between operator replicas.
 //! - [`render`]: the objects of a WhatsAppNumber as YAML, without a cluster.
@@ -14,6 +15,7 @@ pub mod exclusivity;
 pub mod health;
 pub mod leader;
 pub mod lifecycle;
+pub mod probes;
 pub mod render;
 pub mod resources;
 pub mod sharding;

@@ -63,6 +63,12 @@ struct Args {
     /// built-in release catalog (version, releasedAt, expiresAt).
     #[arg(long, env = "RELEASE_CATALOG_CONFIGMAP", default_value = "whatsapp-operator-release-catalog")]
     release_catalog_configmap: String,
+
+    /// Webapp health probes running at once, across all WhatsAppNumbers. A
+    /// slow or dead webapp holds one of them for at most four times its
+    /// `spec.health.timeoutSeconds`.
+    #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    probe_concurrency: u16,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -136,6 +142,7 @@ async fn main() -> fatal::Result {
         operator_namespace: args.operator_namespace.clone(),
         webapp_urls: args.webapp_urls.iter().cloned().collect(),
         release_catalog: args.release_catalog_configmap.clone(),
+        probe_concurrency: usize::from(args.probe_concurrency),
     };
     info!(namespace = namespace.as_deref().unwrap_or("<all>"), %identity, "starting");
 

@@ -254,7 +254,8 @@ pub struct HealthSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
 
-    /// Seconds between polls (jittered by up to 10%).
+    /// Seconds between probes (jittered by up to 10%). Probes run beside the
+    /// reconcile; only one that finds something new triggers a reconcile.
     #[serde(default = "default_poll_interval")]
     #[schemars(range(min = 5, max = 3600))]
     pub poll_interval_seconds: i32,

@@ -20,10 +20,11 @@ use crate::api::{
     WhatsAppNumber,
 };
 use crate::health::{self, Observation, report};
+use crate::probes;
 use crate::resources::config::{ADMIN_PASSWORD, WEBAPP_CA};
 use crate::resources::names::Names;
 use crate::sharding::{self, Registered, Step};
-use crate::webapp::session::{self, SessionError};
+use crate::webapp::session::SessionError;
 use crate::webapp::{CallError, ShardRequest, Trust, Webapp, phone};
 
 /// The annotation a person sets to `status.externalConflict.detectedAt` once
@@ -135,7 +136,7 @@ impl Connection {
     fn open(ctx: &Context, wan: &WhatsAppNumber, trust: &Trust, keys: Option<&Secret>) -> Result<Self, String> {
         let key = api_key(keys).ok_or("the generated API key Secret is missing its WA_API_KEY")?;
         let timeout = Duration::from_secs(wan.spec.health.timeout_seconds as u64);
-        let client = ctx.http_client(trust, timeout).map_err(|e| e.to_string())?;
+        let client = ctx.probes.clients().get(trust, timeout).map_err(|e| e.to_string())?;
         Ok(Self { client, url: webapp_url(ctx, wan), key })
     }
 
@@ -144,7 +145,8 @@ impl Connection {
     }
 }
 
-fn session_key(wan: &WhatsAppNumber) -> (String, String) {
+/// The number's key for sessions and probes.
+pub fn number_key(wan: &WhatsAppNumber) -> probes::Key {
     (wan.namespace().unwrap_or_default(), wan.name_any())
 }
 
@@ -155,66 +157,52 @@ async fn admin_session(
     webapp: &Webapp<'_>,
     password: &str,
 ) -> Result<String, SessionError> {
-    let digest = crate::resources::digest(&password);
-    let now = jiff::Timestamp::now();
-    let cached = ctx.sessions.lock().expect("session lock").get(&session_key(wan)).cloned();
-    if let Some(s) = cached.filter(|s| s.usable(&digest, now)) {
-        return Ok(s.token);
-    }
-    let (session, changed) = session::open(webapp, password, &digest, now).await?;
+    let (token, changed) = ctx.probes.sessions().token(&number_key(wan), webapp, password).await?;
     if changed {
         info!("moved the client's admin user off its default password");
     }
-    let token = session.token.clone();
-    ctx.sessions.lock().expect("session lock").insert(session_key(wan), session);
     Ok(token)
 }
 
 /// Drops the cached session, after the client refused its token.
 fn forget_session(ctx: &Context, wan: &WhatsAppNumber) {
-    ctx.sessions.lock().expect("session lock").remove(&session_key(wan));
+    ctx.probes.sessions().forget(&number_key(wan));
 }
 
-/// Reads the client's own CA over an unverified connection and keeps it in the
+/// Keeps the client's own CA, read once over an unverified connection, in the
 /// key Secret; every later call verifies the webapp against it.
-async fn pin_client_ca(
-    ctx: &Context,
-    wan: &WhatsAppNumber,
-    keys: Option<&Secret>,
-    password: &str,
-) -> Result<Vec<u8>, String> {
-    let connection = Connection::open(ctx, wan, &Trust::InsecureSkipVerify, keys)?;
-    let webapp = connection.webapp();
-    let token = admin_session(ctx, wan, &webapp, password).await.map_err(|e| e.to_string())?;
-    let ca = webapp.certificate_authority(&token).await.map_err(|e| e.to_string())?;
+async fn pin_client_ca(ctx: &Context, wan: &WhatsAppNumber, ca: &[u8]) -> Result<(), kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
-    let patch = json!({"data": {WEBAPP_CA: ByteString(ca.clone())}});
-    secrets
-        .patch(&Names::new(wan).keys(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| format!("cannot keep the webapp's CA in Secret {}: {e}", Names::new(wan).keys()))?;
+    let patch = json!({"data": {WEBAPP_CA: ByteString(ca.to_vec())}});
+    secrets.patch(&Names::new(wan).keys(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     ctx.metrics.record_write("Secret", "patch");
     warn!(
         "pinned the webapp's own CA, read once without verification; set spec.health.caSecretRef to choose the CA instead"
     );
-    Ok(ca)
+    Ok(())
 }
 
-/// Polls `/v1/health`, opens the admin session, reads the shard count, uploads
-/// a new webapp certificate, and judges the result by role and mode.
+/// Stops probing a number: deleted, suspended, or not yet initialised.
+pub fn stop_probing(ctx: &Context, wan: &WhatsAppNumber) {
+    ctx.probes.forget(&number_key(wan));
+}
+
+/// Judges the latest probe of the webapp by role and mode, and makes the calls
+/// that change the client when they are due: the certificate upload and the
+/// lifecycle step. The probe itself runs on the scheduler; `None` means its
+/// first result for the current settings is still awaited, and what status
+/// shows stands until it comes.
 pub async fn observe(
     ctx: &Context,
     wan: &WhatsAppNumber,
     observed: &Observed,
     keys: Option<&Secret>,
     nodes_running: bool,
-) -> GatewayReport {
+) -> super::Result<Option<GatewayReport>> {
     let status = wan.status.as_ref();
     let previous = status.and_then(|s| s.health.as_ref());
-    let now = Time(jiff::Timestamp::now());
-    let labels = ctx.metrics.number(wan);
     let mut report = GatewayReport {
-        observation: health::unreachable(String::new(), previous, &now),
+        observation: health::unreachable(String::new(), previous, &Time(jiff::Timestamp::now())),
         admin: AdminAccess::Failed(ADMIN_UNAVAILABLE, "the webapp was not reached".into()),
         shards: None,
         certificate: status.and_then(|s| s.webapp_certificate.clone()),
@@ -222,89 +210,106 @@ pub async fn observe(
         external_conflict: status.and_then(|s| s.external_conflict.clone()),
         lifecycle: super::lifecycle::LifecycleReport::from_status(status),
     };
-    let unreachable = |report: &mut GatewayReport, why: String| {
+    // What keeps the webapp from being probed at all is known without asking it.
+    let cannot_probe = |mut report: GatewayReport, why: String| {
+        stop_probing(ctx, wan);
+        ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
         report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
-        report.observation = health::unreachable(why, previous, &now);
+        report.observation = health::unreachable(why, previous, &Time(jiff::Timestamp::now()));
+        Some(report)
     };
     let Some(password) = admin_password(wan, observed, keys) else {
-        unreachable(&mut report, "the admin password is not available yet".into());
-        return report;
+        return Ok(cannot_probe(report, "the admin password is not available yet".into()));
     };
-
-    let trust = match trust(wan, observed, keys) {
-        Ok(TrustPlan::Use(Trust::InsecureSkipVerify)) => {
-            warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
-            Trust::InsecureSkipVerify
-        }
-        Ok(TrustPlan::Use(t)) => t,
-        Ok(TrustPlan::PinFirst) => match pin_client_ca(ctx, wan, keys, &password).await {
-            Ok(ca) => Trust::Ca(ca),
-            Err(why) => {
-                unreachable(&mut report, format!("cannot read the webapp's CA: {why}"));
-                return report;
-            }
-        },
-        Err(why) => {
-            unreachable(&mut report, why);
-            return report;
-        }
+    let (trust, pin_ca) = match trust(wan, observed, keys) {
+        Ok(TrustPlan::Use(t)) => (t, false),
+        Ok(TrustPlan::PinFirst) => (Trust::InsecureSkipVerify, true),
+        Err(why) => return Ok(cannot_probe(report, why)),
     };
     let connection = match Connection::open(ctx, wan, &trust, keys) {
         Ok(c) => c,
+        Err(why) => return Ok(cannot_probe(report, why)),
+    };
+    let key = number_key(wan);
+    let target = |trust: Trust, pin_ca: bool| probes::Target {
+        url: connection.url.clone(),
+        trust,
+        api_key: connection.key.clone(),
+        admin_password: Some(password.clone()),
+        read_settings: wan.spec.settings.is_some(),
+        pin_ca,
+        timeout: Duration::from_secs(wan.spec.health.timeout_seconds as u64),
+        interval: Duration::from_secs(wan.spec.health.poll_interval_seconds as u64),
+        shards: wan.spec.multiconnect.shards,
+        labels: ctx.metrics.number(wan),
+    };
+    ctx.probes.watch(&key, target(trust.clone(), pin_ca));
+    let Some(latest) = ctx.probes.latest(&key) else { return Ok(None) };
+    if let Some(ca) = &latest.probe.ca {
+        pin_client_ca(ctx, wan, ca).await?;
+        // Verified from now on; the Secret's change brings the next reconcile.
+        ctx.probes.watch(&key, target(Trust::Ca(ca.clone()), false));
+        return Ok(None);
+    }
+    let now = Time(latest.at);
+    let probe = latest.probe;
+    let health = match &probe.health {
+        Ok(health) => health,
         Err(why) => {
-            unreachable(&mut report, why);
-            return report;
+            report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
+            report.observation = health::unreachable(why.clone(), previous, &now);
+            return Ok(Some(report));
         }
     };
+    if trust == Trust::InsecureSkipVerify {
+        warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
+    }
     let webapp = connection.webapp();
-    let health = match webapp.health().await {
-        Ok((health, latency)) => {
-            ctx.metrics.probe_duration.get_or_create(&labels).observe(latency.as_secs_f64());
-            health
-        }
-        Err(e) => {
-            unreachable(&mut report, e.to_string());
-            ctx.metrics.gateway_up.get_or_create(&labels).set(0);
-            return report;
-        }
-    };
-
-    // Admin calls: a session every time the webapp answers, so that no number
-    // stays on the default password.
-    let token = match admin_session(ctx, wan, &webapp, &password).await {
-        Ok(token) => {
-            report.admin = AdminAccess::Open { certificate: None };
-            Some(token)
-        }
-        Err(e @ SessionError::PasswordRefused(_)) => {
-            report.admin = AdminAccess::Failed(ADMIN_LOGIN_REFUSED, e.to_string());
+    // The probe opened the session; its token is cached unless it just ran out.
+    let token = match &probe.admin {
+        probes::Admin::Open => match admin_session(ctx, wan, &webapp, &password).await {
+            Ok(token) => {
+                report.admin = AdminAccess::Open { certificate: None };
+                Some(token)
+            }
+            Err(e) => {
+                report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, e.to_string());
+                None
+            }
+        },
+        probes::Admin::Refused(why) => {
+            report.admin = AdminAccess::Failed(ADMIN_LOGIN_REFUSED, why.clone());
             None
         }
-        Err(e) => {
-            report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, e.to_string());
+        probes::Admin::Unavailable(why) => {
+            report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
             None
         }
+        probes::Admin::NotTried => None,
     };
-    // The shard count is read on the primary master; during a failover it
-    // may be briefly unavailable (1017/1011), which leaves it unknown.
-    if let Some(token) = &token {
-        match webapp.shards(token).await {
-            Ok(n) => report.shards = Some(n),
-            Err(CallError::Status { status: 401, .. }) => forget_session(ctx, wan),
-            Err(_) => {}
-        }
-        if let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report).await {
-            report.admin = AdminAccess::Open { certificate: Some(outcome) };
-        }
+    report.shards = probe.shards;
+    let mut changed_client = false;
+    if let Some(token) = &token
+        && let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report).await
+    {
+        changed_client = true;
+        report.admin = AdminAccess::Open { certificate: Some(outcome) };
     }
 
-    let verdict = report::judge(&health, report.shards.unwrap_or(wan.spec.multiconnect.shards));
+    let verdict = report::judge(health, report.shards.unwrap_or(wan.spec.multiconnect.shards));
     let pods = pods_by_host(ctx, wan).await;
-    report.observation = health::observed(verdict, &health, report.shards, &pods, previous, &now);
+    report.observation = health::observed(verdict, health, report.shards, &pods, previous, &now);
     if let Some(token) = &token {
         let reachable = report.observation.block.nodes.iter().filter(|n| n.gateway_status.is_some()).count();
         let gateway = report.observation.verdict.gateway.clone();
-        report.lifecycle = super::lifecycle::step(ctx, wan, observed, &webapp, token, &gateway, reachable).await;
+        let before = report.lifecycle.clone();
+        let seen = super::lifecycle::Seen { gateway: &gateway, nodes: reachable, settings: probe.settings.as_ref() };
+        report.lifecycle = super::lifecycle::step(ctx, wan, observed, &webapp, token, seen).await;
+        changed_client |= report.lifecycle != before;
+    }
+    // What the client holds now is for the next probe to say.
+    if changed_client {
+        ctx.probes.refresh(&key);
     }
 
     // The operator saw the number get registered: its age is known from now on.
@@ -325,11 +330,7 @@ pub async fn observe(
             message: report.observation.verdict.message.clone(),
         });
     }
-
-    ctx.metrics.probe_timestamp.get_or_create(&labels).set(now.0.as_second() as f64);
-    ctx.metrics.gateway_up.get_or_create(&labels).set(i64::from(report.observation.verdict.healthy));
-    ctx.metrics.connected_coreapps.get_or_create(&labels).set(i64::from(report.observation.verdict.connected_coreapps));
-    report
+    Ok(Some(report))
 }
 
 /// Uploads `spec.webapp.tls` when it differs from what the client accepted
@@ -448,6 +449,7 @@ pub async fn reconcile_shards(
     let (outcome, message) = match webapp.set_shards(&token, &request).await {
         Ok(()) => {
             info!(shards = n, "the client accepted the shard change");
+            ctx.probes.refresh(&number_key(wan));
             (ShardRequestOutcome::Accepted, String::new())
         }
         Err(e) if e.is_retryable() => (ShardRequestOutcome::Retrying, e.to_string()),

@@ -52,22 +52,45 @@ impl LifecycleReport {
     }
 }
 
+/// How long until the next scheduled backup is due, when the spec asks for
+/// backups (at least a second: a backup due now is taken by this reconcile).
+pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
+    let spec = wan.spec.backup.as_ref()?;
+    let status = wan.status.as_ref().and_then(|s| s.backup.as_ref());
+    let since = status
+        .and_then(|s| s.last_attempt_time.as_ref())
+        .or(wan.metadata.creation_timestamp.as_ref())
+        .map_or(now, |t| t.0);
+    let next = lifecycle::next_backup(&spec.schedule, since).ok()?;
+    let wait = next.duration_since(now).as_secs().max(1);
+    Some(std::time::Duration::from_secs(wait as u64))
+}
+
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
     let bytes = super::gateway::secret_bytes(secret, key)?;
     String::from_utf8(bytes).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// Runs the lifecycle for one probe. `gateway` is the overall gateway state
-/// the health probe judged; `nodes` the nodes the webapp lists, reachable.
+/// What the latest probe says of the client, as the lifecycle step needs it.
+pub struct Seen<'a> {
+    /// The overall gateway state the probe judged.
+    pub gateway: &'a str,
+    /// The nodes the webapp lists, reachable.
+    pub nodes: usize,
+    /// The application settings the probe read.
+    pub settings: Option<&'a Result<serde_json::Value, String>>,
+}
+
+/// Runs the lifecycle for one probe result.
 pub async fn step(
     ctx: &Context,
     wan: &WhatsAppNumber,
     observed: &Observed,
     webapp: &Webapp<'_>,
     token: &str,
-    gateway: &str,
-    nodes: usize,
+    seen: Seen<'_>,
 ) -> LifecycleReport {
+    let (gateway, nodes) = (seen.gateway, seen.nodes);
     let mut report = LifecycleReport::from_status(wan.status.as_ref());
     let unregistered = gateway == "unregistered";
 
@@ -92,7 +115,8 @@ pub async fn step(
 
     if !unregistered && gateway != "unknown" {
         if let Some(spec) = &wan.spec.settings {
-            report.settings = Some(settings(webapp, token, wan, observed, spec, report.settings.clone()).await);
+            report.settings =
+                Some(settings(webapp, token, wan, observed, spec, seen.settings, report.settings.clone()).await);
         }
         if let Some(spec) = &wan.spec.backup {
             report.backup = Some(backup(ctx, webapp, token, wan, observed, spec, report.backup.clone()).await);
@@ -238,14 +262,17 @@ async fn settings(
     wan: &WhatsAppNumber,
     observed: &Observed,
     spec: &crate::api::SettingsSpec,
+    probed: Option<&Result<serde_json::Value, String>>,
     previous: Option<SettingsStatus>,
 ) -> SettingsStatus {
     let mut s = previous.unwrap_or_default();
     let generation = wan.metadata.generation;
     let desired = lifecycle::desired_settings(spec);
-    match webapp.settings(token).await {
-        Ok(actual) => {
-            let drift = lifecycle::drift(&desired, &actual);
+    // What the client holds comes from the latest probe; none yet, nothing to compare.
+    match probed {
+        None => {}
+        Some(Ok(actual)) => {
+            let drift = lifecycle::drift(&desired, actual);
             let new_spec = s.applied_generation != generation;
             if !drift.is_empty() && (new_spec || spec.drift_policy == crate::api::DriftPolicy::Correct) {
                 match webapp.patch_settings(token, &desired).await {
@@ -267,7 +294,7 @@ async fn settings(
                 s.last_error = None;
             }
         }
-        Err(e) => s.last_error = Some(e.to_string()),
+        Some(Err(e)) => s.last_error = Some(e.clone()),
     }
     if let Some(r) = &spec.webhook_ca_secret_ref
         && let Some(pem) =

@@ -34,11 +34,11 @@ use tracing::{info, instrument, warn};
 
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
 use crate::exclusivity::{self, Claim, Intent};
+use crate::probes::Probes;
 use crate::resources::names::{FIELD_MANAGER, Names};
 use crate::sharding;
 use crate::telemetry::metrics::Metrics;
 use crate::upgrade::{self, procedure};
-use crate::webapp::{CallError, Trust};
 use apply::Applier;
 use error::{Error, Result};
 use status::{Applied, Outcome};
@@ -53,6 +53,8 @@ pub struct Settings {
     pub webapp_urls: BTreeMap<String, String>,
     /// Name of the release catalog ConfigMap in the operator's namespace.
     pub release_catalog: String,
+    /// Health probes running at once, across all numbers.
+    pub probe_concurrency: usize,
 }
 
 /// Shared state of all reconciles.
@@ -63,10 +65,10 @@ pub struct Context {
     pub settings: Settings,
     /// Everything reconciles read, kept current by watches.
     pub caches: cache::Caches,
+    /// The webapps' health, probed off the reconcile path, with the admin
+    /// sessions and HTTP clients the reconciles share with the probes.
+    pub probes: Probes,
     failures: Mutex<HashMap<(String, String), u32>>,
-    http_clients: Mutex<HashMap<(Trust, Duration), reqwest::Client>>,
-    /// Admin sessions with the webapps, per WhatsAppNumber.
-    pub sessions: Mutex<HashMap<(String, String), crate::webapp::session::Session>>,
 }
 
 impl Context {
@@ -76,6 +78,7 @@ impl Context {
         reporter: Reporter,
         settings: Settings,
         caches: cache::Caches,
+        probes: Probes,
     ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -83,21 +86,9 @@ impl Context {
             metrics,
             settings,
             caches,
+            probes,
             failures: Mutex::default(),
-            http_clients: Mutex::default(),
-            sessions: Mutex::default(),
         }
-    }
-
-    /// One HTTP client per trust setting, reused across probes (connection pooling).
-    pub fn http_client(&self, trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
-        let mut clients = self.http_clients.lock().expect("client cache lock");
-        if let Some(c) = clients.get(&(trust.clone(), timeout)) {
-            return Ok(c.clone());
-        }
-        let client = crate::webapp::http_client(trust, timeout)?;
-        clients.insert((trust.clone(), timeout), client.clone());
-        Ok(client)
     }
 }
 
@@ -270,8 +261,9 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
 /// WhatsAppNumber can take it.
 async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     exclusivity::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
+    gateway::stop_probing(ctx, wan);
+    ctx.probes.sessions().forget(&key(wan));
     ctx.metrics.forget(wan);
-    ctx.sessions.lock().expect("session lock").remove(&key(wan));
     info!("released the number claim");
     Ok(Action::await_change())
 }
@@ -352,10 +344,11 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             });
             if changing {
                 Action::requeue(SHARD_CHANGE_RETRY)
-            } else if wan.spec.health.enabled {
-                Action::requeue(jittered(Duration::from_secs(wan.spec.health.poll_interval_seconds as u64)))
             } else {
-                Action::requeue(RESYNC)
+                // Probe results that change something wake the reconcile on
+                // their own; a scheduled backup needs its time.
+                let backup = lifecycle::next_backup_in(wan, k8s_openapi::jiff::Timestamp::now());
+                Action::requeue(jittered(backup.map_or(RESYNC, |due| due.min(RESYNC))))
             }
         }
     })
@@ -463,11 +456,15 @@ async fn deploy(
 
     let keys = created_keys.as_ref().or(observed.keys.as_ref());
     let nodes_running = shape.masters_running && shape.coreapps_running && !initializing;
-    let report = if wan.spec.health.enabled && !initializing && !suspended {
-        Some(gateway::observe(ctx, wan, observed, keys, nodes_running).await)
+    let probing = wan.spec.health.enabled && !initializing && !suspended;
+    let report = if probing {
+        gateway::observe(ctx, wan, observed, keys, nodes_running).await?
     } else {
+        gateway::stop_probing(ctx, wan);
         None
     };
+    // Probing, without a result yet: what status shows of the client stands.
+    let awaiting = probing && report.is_none();
     // Shards change only between upgrades: during one, nodes come and go on purpose.
     let last_request = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
     let unknown = || sharding::status(mc.shards, last_known, &sharding::Step::Unknown, None, last_request.clone());
@@ -475,15 +472,20 @@ async fn deploy(
         Some(r) if r.shards.is_some() && plan.upgrade.is_none() && external_conflict.is_none() => {
             Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, tiers.coreapps.ready).await)
         }
+        None if awaiting => status.and_then(|s| s.sharding.clone()).or_else(|| Some(unknown())),
         _ => Some(unknown()),
     };
-    let health = report.as_ref().map(|r| r.observation.clone());
+    let health = match &report {
+        Some(r) => status::GatewayHealth::Probed(Box::new(r.observation.clone())),
+        None if awaiting => status::GatewayHealth::Awaiting,
+        None => status::GatewayHealth::NotProbed,
+    };
 
     let mut current = recorded_or_live;
     let upgrade_status = match &plan.upgrade {
         Some(u) if procedure::is_done(u) => Some(u.clone()),
         Some(u) => {
-            let facts = upgrade_facts(ctx, wan, u, &tiers, health.as_ref(), now).await?;
+            let facts = upgrade_facts(ctx, wan, u, &tiers, health.observation(), now).await?;
             let deadlines = procedure::Deadlines {
                 step: k8s_openapi::jiff::SignedDuration::from_secs(i64::from(wan.spec.upgrade.step_deadline_seconds)),
                 schema: k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
@@ -558,7 +560,12 @@ async fn deploy(
         admin: report.as_ref().map(|r| r.admin.clone()),
         certificate: report.as_ref().map_or(previous_client.certificate, |r| r.certificate.clone()),
         registered_at: report.as_ref().map_or(previous_client.registered_at, |r| r.registered_at.clone()),
-        external_conflict: report.as_ref().and_then(|r| r.external_conflict.clone()).filter(|c| !resolved(c)),
+        external_conflict: match &report {
+            Some(r) => r.external_conflict.clone(),
+            None if awaiting => status.and_then(|s| s.external_conflict.clone()),
+            None => None,
+        }
+        .filter(|c| !resolved(c)),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
         service_monitor,
         lifecycle: report
@@ -934,10 +941,17 @@ pub async fn run(
             }
         })
     });
-    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches));
+    let (probes, probed) = Probes::new(settings.probe_concurrency, Arc::default(), Arc::default(), metrics.clone());
+    let prober = tokio::spawn(probes.clone().run());
+    // A probe whose result differs from the one before wakes its number.
+    let probe_changes = probed.map(|(namespace, name)| {
+        ObjectRef::new_with(&name, ApiResource::erase::<WhatsAppNumber>(&())).within(&namespace)
+    });
+    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches, probes));
     let (secret_store, claim_store, lease_store, pod_store) = (store.clone(), store.clone(), store.clone(), store);
     controller
         .reconcile_all_on(catalog_changes)
+        .reconcile_on(probe_changes)
         .owns_stream(feeds.statefulsets)
         .owns_stream(feeds.deployments)
         .owns_stream(feeds.services)
@@ -981,5 +995,6 @@ pub async fn run(
             }
         })
         .await;
+    prober.abort();
     info!("controller stopped");
 }

@@ -76,11 +76,75 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct Applied {
     pub tiers: Tiers,
-    /// `None` when health polling is off.
-    pub health: Option<Observation>,
+    pub health: GatewayHealth,
     pub sharding: Option<ShardingStatus>,
     pub versions: Versions,
     pub client: ClientState,
+}
+
+/// The gateway's health as this reconcile knows it.
+#[derive(Clone, Debug, Default)]
+pub enum GatewayHealth {
+    /// Health polling is off, or nothing runs that could be probed.
+    #[default]
+    NotProbed,
+    /// The first probe of the current probe settings is awaited (after a
+    /// start, or a change the probe must see): what status shows stands.
+    Awaiting,
+    Probed(Box<Observation>),
+}
+
+impl GatewayHealth {
+    pub fn observation(&self) -> Option<&Observation> {
+        match self {
+            GatewayHealth::Probed(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+/// Reason of `GatewayConnected` before the first probe.
+pub const AWAITING_PROBE: &str = "AwaitingProbe";
+
+/// The gateway's part in the conditions.
+struct Gate {
+    healthy: bool,
+    status: &'static str,
+    reason: String,
+    message: String,
+}
+
+impl Gate {
+    fn condition(&self) -> Cond {
+        (GATEWAY_CONNECTED, self.status, self.reason.clone(), self.message.clone())
+    }
+}
+
+/// From the probe; while the next one is awaited, what status said last.
+fn gate(wan: &WhatsAppNumber, health: &GatewayHealth) -> Option<Gate> {
+    match health {
+        GatewayHealth::NotProbed => None,
+        GatewayHealth::Probed(o) => Some(Gate {
+            healthy: o.verdict.healthy,
+            status: if o.verdict.healthy { "True" } else { "False" },
+            reason: o.verdict.reason.to_string(),
+            message: o.verdict.message.clone(),
+        }),
+        GatewayHealth::Awaiting => Some(match find(wan.status.as_ref(), GATEWAY_CONNECTED) {
+            Some(c) if c.status == "True" || c.status == "False" => Gate {
+                healthy: c.status == "True",
+                status: if c.status == "True" { "True" } else { "False" },
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            },
+            _ => Gate {
+                healthy: false,
+                status: "Unknown",
+                reason: AWAITING_PROBE.into(),
+                message: "waiting for the first health probe of the webapp".into(),
+            },
+        }),
+    }
 }
 
 /// What the reconcile knows of the client beyond its health.
@@ -288,7 +352,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             let mut conditions = match &applied.client.external_conflict {
                 Some(c) => external_conflict_conditions(wan, c),
                 None if applied.client.suspended => suspended_conditions(applied, holds()),
-                None => applied_conditions(applied, holds()),
+                None => applied_conditions(wan, applied, holds()),
             };
             conditions.extend(version_conditions(&applied.versions));
             conditions.extend(admin_condition(wan, applied));
@@ -440,7 +504,18 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
 /// `AdminAccess`, when the webapp was probed.
 fn admin_condition(wan: &WhatsAppNumber, applied: &Applied) -> Option<Cond> {
     use crate::controller::gateway::{AdminAccess, CERTIFICATE_REFUSED};
-    Some(match applied.client.admin.as_ref()? {
+    let Some(admin) = applied.client.admin.as_ref() else {
+        // What the last probe found stands until the next one.
+        let previous =
+            find(wan.status.as_ref(), ADMIN_ACCESS).filter(|_| matches!(applied.health, GatewayHealth::Awaiting))?;
+        let status = match previous.status.as_str() {
+            "True" => "True",
+            "False" => "False",
+            _ => "Unknown",
+        };
+        return Some((ADMIN_ACCESS, status, previous.reason.clone(), previous.message.clone()));
+    };
+    Some(match admin {
         AdminAccess::Open { certificate: Some(Err(why)) } => {
             cond(ADMIN_ACCESS, false, CERTIFICATE_REFUSED, format!("the client refused the webapp certificate: {why}"))
         }
@@ -517,7 +592,8 @@ fn upgrading(v: &Versions) -> Option<&UpgradeStatus> {
     v.upgrade.as_ref().filter(|u| !crate::upgrade::procedure::is_done(u))
 }
 
-fn applied_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
+fn applied_conditions(wan: &WhatsAppNumber, applied: &Applied, holds: Cond) -> Vec<Cond> {
+    let gate = gate(wan, &applied.health);
     if let Some(u) = upgrading(&applied.versions) {
         let progress = format!("upgrading {} -> {}: {}: {}", u.from, u.to, u.step, u.message);
         let mut conditions = match &u.stalled_reason {
@@ -533,13 +609,11 @@ fn applied_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
                 cond(DEGRADED, false, "AsExpected", "no problem found"),
             ],
         };
-        if let Some(v) = applied.health.as_ref().map(|h| &h.verdict) {
-            conditions.push(cond(GATEWAY_CONNECTED, v.healthy, v.reason, v.message.clone()));
-        }
+        conditions.extend(gate.map(|g| g.condition()));
         conditions.push(holds);
         return conditions;
     }
-    let mut conditions = steady_conditions(applied, holds);
+    let mut conditions = steady_conditions(applied, gate, holds);
     // A version the operator may not move to yet keeps the object from Ready.
     if let Some((reason, message)) = &applied.versions.blocker
         && *reason != crate::upgrade::NO_NEWER_RELEASE
@@ -550,12 +624,11 @@ fn applied_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
     conditions
 }
 
-fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
+fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<Cond> {
     let tiers = &applied.tiers;
     let rolling = tiers.rolling_out();
     let summary = tiers.summary();
-    let verdict = applied.health.as_ref().map(|h| &h.verdict);
-    let unhealthy = verdict.filter(|v| !v.healthy);
+    let unhealthy = gate.as_ref().filter(|g| !g.healthy);
     let shard_phase = applied.sharding.as_ref().map(|s| s.phase);
     let shard_message = applied.sharding.as_ref().map(|s| s.message.clone()).unwrap_or_default();
     let shards_changing = matches!(shard_phase, Some(ShardPhase::ScalingCoreapps) | Some(ShardPhase::SettingShards));
@@ -571,8 +644,8 @@ fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
         cond(READY, false, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
     } else if !tiers.all_ready() {
         cond(READY, false, "PodsNotReady", format!("waiting for pods: {summary}"))
-    } else if let Some(v) = unhealthy {
-        cond(READY, false, v.reason, v.message.clone())
+    } else if let Some(g) = unhealthy {
+        cond(READY, false, g.reason.clone(), g.message.clone())
     } else if shards_blocked {
         cond(READY, false, SHARD_CHANGE_BLOCKED, shard_message.clone())
     } else if shards_unconfirmed {
@@ -580,7 +653,7 @@ fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
     } else if shards_changing {
         cond(READY, false, format!("{:?}", shard_phase.unwrap_or_default()), shard_message.clone())
     } else {
-        let gateway = verdict.map(|v| format!("; {}", v.message)).unwrap_or_default();
+        let gateway = gate.as_ref().map(|g| format!("; {}", g.message)).unwrap_or_default();
         cond(READY, true, "Ready", format!("all tiers ready: {summary}{gateway}"))
     };
 
@@ -598,15 +671,13 @@ fn steady_conditions(applied: &Applied, holds: Cond) -> Vec<Cond> {
 
     // Degraded: the workloads are in place, yet the client is not serving.
     let degraded = match unhealthy {
-        Some(v) if tiers.all_ready() => cond(DEGRADED, true, v.reason, v.message.clone()),
+        Some(g) if tiers.all_ready() => cond(DEGRADED, true, g.reason.clone(), g.message.clone()),
         _ if shards_blocked => cond(DEGRADED, true, SHARD_CHANGE_BLOCKED, shard_message),
         _ => cond(DEGRADED, false, "AsExpected", "no problem found"),
     };
 
     let mut conditions = vec![ready, progressing, degraded];
-    if let Some(v) = verdict {
-        conditions.push(cond(GATEWAY_CONNECTED, v.healthy, v.reason, v.message.clone()));
-    }
+    conditions.extend(gate.map(|g| g.condition()));
     conditions.push(holds);
     conditions
 }
@@ -637,7 +708,12 @@ pub fn compute(
         status.media_claim = Some(crate::resources::media_claim_name(wan));
         status.webapp_endpoint =
             Some(format!("https://{}:{}", crate::resources::webapp::service_host(wan), crate::resources::WEBAPP_PORT));
-        status.health = applied.health.as_ref().map(|h| h.block.clone());
+        match &applied.health {
+            GatewayHealth::NotProbed => status.health = None,
+            // What the last probe found stands.
+            GatewayHealth::Awaiting => {}
+            GatewayHealth::Probed(o) => status.health = Some(o.block.clone()),
+        }
         status.sharding = applied.sharding.clone();
         let v = &applied.versions;
         status.current_version = v.current.clone();
@@ -704,7 +780,7 @@ mod tests {
     fn applied(tiers: Tiers) -> Outcome {
         Outcome::Applied(Applied {
             tiers,
-            health: None,
+            health: GatewayHealth::NotProbed,
             sharding: None,
             versions: Default::default(),
             client: Default::default(),
@@ -840,7 +916,7 @@ mod tests {
         let wan = sample();
         let ok = Outcome::Applied(Applied {
             tiers: ready_tiers(),
-            health: Some(health(HEALTHY, 1)),
+            health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
             sharding: in_sync(),
             versions: Default::default(),
             client: Default::default(),
@@ -856,7 +932,7 @@ mod tests {
         let down = HEALTHY.replace(r#""connected","role":"coreapp""#, r#""disconnected","role":"coreapp""#);
         let bad = Outcome::Applied(Applied {
             tiers: ready_tiers(),
-            health: Some(health(&down, 1)),
+            health: GatewayHealth::Probed(Box::new(health(&down, 1))),
             sharding: in_sync(),
             versions: Default::default(),
             client: Default::default(),
@@ -872,6 +948,60 @@ mod tests {
     }
 
     #[test]
+    fn awaiting_the_first_probe_is_not_ready_and_then_keeps_what_status_shows() {
+        use crate::controller::gateway::AdminAccess;
+        let mut wan = sample();
+        let awaiting = || {
+            Outcome::Applied(Applied {
+                tiers: ready_tiers(),
+                health: GatewayHealth::Awaiting,
+                sharding: in_sync(),
+                versions: Default::default(),
+                client: Default::default(),
+            })
+        };
+        // Never probed: not Ready, and the condition says why.
+        let first = compute(&wan, &awaiting(), None, &t(1));
+        assert_eq!(
+            (cond(&first, READY).status.as_str(), cond(&first, READY).reason.as_str()),
+            ("False", AWAITING_PROBE)
+        );
+        assert_eq!(cond(&first, GATEWAY_CONNECTED).status, "Unknown");
+        assert!(first.health.is_none());
+
+        // Probed healthy, then (a restart, a refreshed probe) awaited again:
+        // the same status, so nothing is written.
+        let probed = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
+            sharding: in_sync(),
+            versions: Default::default(),
+            client: ClientState { admin: Some(AdminAccess::Open { certificate: None }), ..Default::default() },
+        });
+        let healthy = compute(&wan, &probed, Some(&first), &t(2));
+        assert_eq!(cond(&healthy, READY).status, "True");
+        wan.status = Some(healthy.clone());
+        let again = compute(&wan, &awaiting(), Some(&healthy), &t(3));
+        assert_eq!(again, healthy, "what the last probe found stands, AdminAccess included");
+
+        // An unhealthy gateway stays unhealthy while the next probe is awaited.
+        let down = HEALTHY.replace(r#""connected","role":"coreapp""#, r#""disconnected","role":"coreapp""#);
+        let bad = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: GatewayHealth::Probed(Box::new(health(&down, 1))),
+            sharding: in_sync(),
+            versions: Default::default(),
+            client: Default::default(),
+        });
+        let unhealthy = compute(&wan, &bad, Some(&healthy), &t(4));
+        wan.status = Some(unhealthy.clone());
+        let still = compute(&wan, &awaiting(), Some(&unhealthy), &t(5));
+        assert_eq!(cond(&still, READY).reason, "ShardsNotConnected");
+        assert_eq!(cond(&still, DEGRADED).status, "True");
+        assert_eq!(still.health, unhealthy.health);
+    }
+
+    #[test]
     fn unreachable_webapp_during_a_rollout_is_progress_not_degradation() {
         let wan = sample();
         let tiers = Tiers { webapps: TierStatus { desired: 2, ready: 0, updated: 2, observed: true }, ..ready_tiers() };
@@ -880,7 +1010,7 @@ mod tests {
             &wan,
             &Outcome::Applied(Applied {
                 tiers,
-                health: Some(obs.clone()),
+                health: GatewayHealth::Probed(Box::new(obs.clone())),
                 sharding: None,
                 versions: Default::default(),
                 client: Default::default(),
@@ -895,7 +1025,7 @@ mod tests {
             &wan,
             &Outcome::Applied(Applied {
                 tiers: ready_tiers(),
-                health: Some(obs),
+                health: GatewayHealth::Probed(Box::new(obs)),
                 sharding: None,
                 versions: Default::default(),
                 client: Default::default(),
@@ -916,7 +1046,7 @@ mod tests {
         let changing = shard_status(2, Some(1), &Step::WaitForCoreapps { ready: 1, needed: 2 }, None, None);
         let out = Outcome::Applied(Applied {
             tiers: ready_tiers(),
-            health: Some(health(HEALTHY, 1)),
+            health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
             sharding: Some(changing),
             versions: Default::default(),
             client: Default::default(),
@@ -928,7 +1058,7 @@ mod tests {
         let blocked = shard_status(2, Some(1), &Step::SetShards(2), Some("set spec.registration.secretRef"), None);
         let out = Outcome::Applied(Applied {
             tiers: ready_tiers(),
-            health: Some(health(HEALTHY, 1)),
+            health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
             sharding: Some(blocked),
             versions: Default::default(),
             client: Default::default(),
@@ -987,7 +1117,7 @@ mod tests {
     fn with_client(client: ClientState, sharding: Option<ShardingStatus>) -> Outcome {
         Outcome::Applied(Applied {
             tiers: ready_tiers(),
-            health: Some(health(HEALTHY, 1)),
+            health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
             sharding,
             versions: Default::default(),
             client,
@@ -1022,7 +1152,7 @@ mod tests {
             Tiers { masters: stopped.clone(), coreapps: stopped.clone(), webapps: stopped, ..Default::default() };
         let out = Outcome::Applied(Applied {
             tiers,
-            health: None,
+            health: GatewayHealth::NotProbed,
             sharding: None,
             versions: Default::default(),
             client: ClientState { suspended: true, ..Default::default() },
@@ -1100,7 +1230,7 @@ mod tests {
     fn with_versions(versions: Versions) -> Outcome {
         Outcome::Applied(Applied {
             tiers: ready_tiers(),
-            health: None,
+            health: GatewayHealth::NotProbed,
             sharding: None,
             versions,
             client: Default::default(),

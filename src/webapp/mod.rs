@@ -59,6 +59,23 @@ impl CallError {
     }
 }
 
+/// HTTP clients, one per trust setting and timeout, shared by the probes and
+/// the reconciles so that connections are pooled.
+#[derive(Default)]
+pub struct Clients(std::sync::Mutex<std::collections::HashMap<(Trust, Duration), reqwest::Client>>);
+
+impl Clients {
+    pub fn get(&self, trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
+        let mut clients = self.0.lock().expect("client pool lock");
+        if let Some(c) = clients.get(&(trust.clone(), timeout)) {
+            return Ok(c.clone());
+        }
+        let client = http_client(trust, timeout)?;
+        clients.insert((trust.clone(), timeout), client.clone());
+        Ok(client)
+    }
+}
+
 /// Builds a client for one trust setting; cheap enough to keep one per number.
 pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
     let mut builder = reqwest::Client::builder()

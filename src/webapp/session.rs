@@ -32,6 +32,59 @@ impl Session {
     }
 }
 
+/// Which WhatsAppNumber a session belongs to: (namespace, name).
+pub type SessionKey = (String, String);
+
+/// The admin sessions of every number, shared by the probes and the
+/// reconciles. Logins are serialised, so that two callers never race to move
+/// one client off its default password.
+#[derive(Default)]
+pub struct Sessions {
+    open: std::sync::Mutex<std::collections::HashMap<SessionKey, Session>>,
+    login: tokio::sync::Mutex<()>,
+}
+
+impl Sessions {
+    /// The token of a usable session, opening one when there is none.
+    /// Returns whether the client's password was changed to `password` just now.
+    pub async fn token(
+        &self,
+        key: &SessionKey,
+        webapp: &Webapp<'_>,
+        password: &str,
+    ) -> Result<(String, bool), SessionError> {
+        let digest = password_digest(password);
+        if let Some(token) = self.cached(key, &digest) {
+            return Ok((token, false));
+        }
+        let _login = self.login.lock().await;
+        // Another caller may have logged in while this one waited.
+        if let Some(token) = self.cached(key, &digest) {
+            return Ok((token, false));
+        }
+        let (session, changed) = open(webapp, password, &digest, Timestamp::now()).await?;
+        let token = session.token.clone();
+        self.open.lock().expect("session lock").insert(key.clone(), session);
+        Ok((token, changed))
+    }
+
+    fn cached(&self, key: &SessionKey, password_digest: &str) -> Option<String> {
+        let sessions = self.open.lock().expect("session lock");
+        sessions.get(key).filter(|s| s.usable(password_digest, Timestamp::now())).map(|s| s.token.clone())
+    }
+
+    /// Drops a session the client refused, or one of a deleted number.
+    pub fn forget(&self, key: &SessionKey) {
+        self.open.lock().expect("session lock").remove(key);
+    }
+}
+
+/// Ties a session to the password it was opened with, without keeping the password.
+fn password_digest(password: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(password.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Why no admin session could be opened, in words a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

@@ -9,7 +9,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use whatsapp_operator::api::WhatsAppNumber;
 
@@ -118,6 +118,7 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
     let metrics = env.operator_metrics().await?;
     let up = metrics.lines().find(|l| l.starts_with("whatsapp_operator_number_gateway_up{") && l.contains(&ns));
     ensure!(up.is_some_and(|l| l.ends_with(" 1")), "gateway_up metric: {up:?}");
+    quiet_while_probed(env, &api, &ns).await?;
 
     // The connected coreapp dies: one shard is down until the standby takes over.
     let connected = health
@@ -487,6 +488,34 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     ensure!(w.status.as_ref().and_then(|s| s.health.as_ref()).is_some_and(|h| h.gateway == "connected"));
     support::delete_namespace(c, &ns).await;
     Ok(())
+}
+
+/// At rest the probes go on, every 5 s here, and find nothing new: the
+/// number is neither reconciled nor written. A spell of two probe intervals
+/// must pass with probes and without either (other causes, such as the
+/// periodic resync, may fall into one spell, so a few are tried).
+async fn quiet_while_probed(env: &'static Env, api: &Api<WhatsAppNumber>, ns: &str) -> Result<()> {
+    let reconciled = |log: &str| log.matches(&format!("reconciled name={NAME} namespace=Some(\"{ns}\")")).count();
+    let probed_at = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("whatsapp_operator_health_probe_timestamp_seconds{") && l.contains(ns))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let mut spells = Vec::new();
+    for _ in 0..5 {
+        let before = (api.get(NAME).await?.resource_version(), reconciled(&env.operator_log()));
+        let probed_before = probed_at(&env.operator_metrics().await?);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let after = (api.get(NAME).await?.resource_version(), reconciled(&env.operator_log()));
+        let probed_after = probed_at(&env.operator_metrics().await?);
+        let probes_ran = probed_before.zip(probed_after).is_some_and(|(b, a)| a > b);
+        if before == after && probes_ran {
+            return Ok(());
+        }
+        spells.push(format!("{before:?} -> {after:?}, probed {probed_before:?} -> {probed_after:?}"));
+    }
+    anyhow::bail!("no quiet spell at rest (resource version, reconciles): {spells:#?}")
 }
 
 async fn merge_secret(secrets: &Api<Secret>, name: &str, key: &str, value: &str) -> Result<()> {

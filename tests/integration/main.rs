@@ -44,6 +44,12 @@ impl Env {
         Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.error_for_status()?.text().await?)
     }
 
+    /// Everything the running operator process has logged.
+    pub fn operator_log(&self) -> String {
+        let path = self.operator.lock().unwrap_or_else(|e| e.into_inner()).log.clone();
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// `(namespace, webapp port)` reserved for a gateway scenario.
     pub fn slot(&self, scenario: &str) -> (String, u16) {
         let (_, ns, port) = self.gateway_slots.iter().find(|(s, _, _)| *s == scenario).expect("a reserved slot");

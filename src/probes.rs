@@ -1,0 +1,534 @@
+//! Health probes off the reconcile path. One task probes every number's
+//! webapp on the number's own interval, with bounded concurrency, jitter and
+//! a deadline per probe, and keeps the latest result. A reconcile reads that
+//! result and never waits on a webapp to learn its health; a result that
+//! differs from the one before wakes the number's reconcile, one that changes
+//! nothing wakes nothing.
+//!
+//! A probe only reads: `/v1/health` with the API key, then, with an admin
+//! session, the shard count and (when the spec manages them) the application
+//! settings. Everything that changes the client stays in the reconcile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::stream::FuturesUnordered;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::health::report::{self, Health};
+use crate::telemetry::metrics::{Metrics, NumberLabels};
+use crate::webapp::session::{SessionError, SessionKey, Sessions};
+use crate::webapp::{CallError, Clients, Trust, Webapp};
+
+/// A number: (namespace, name).
+pub type Key = SessionKey;
+
+/// How to probe one number's webapp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub url: String,
+    pub trust: Trust,
+    pub api_key: String,
+    /// No admin calls while the password is not known.
+    pub admin_password: Option<String>,
+    /// Read `/v1/settings/application` too.
+    pub read_settings: bool,
+    /// Nothing to verify the webapp against yet: read only the client's own
+    /// CA, over this unverified connection, for the reconcile to pin.
+    pub pin_ca: bool,
+    /// Per request.
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// The spec's shard count, for judging the gauges while the client's own
+    /// count is unknown.
+    pub shards: i32,
+    pub labels: NumberLabels,
+}
+
+/// The admin side of a probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// The webapp did not answer, or no password is known.
+    NotTried,
+    Open,
+    /// Neither the Secret's password nor the default one was accepted.
+    Refused(String),
+    Unavailable(String),
+}
+
+/// What one probe found. Compared whole to the one before: only a difference
+/// wakes the reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub health: Result<Health, String>,
+    pub admin: Admin,
+    /// `None` while the client's shard count could not be read.
+    pub shards: Option<i32>,
+    pub settings: Option<Result<Value, String>>,
+    /// The client's own CA, when the target asked for it.
+    pub ca: Option<Vec<u8>>,
+}
+
+impl Probe {
+    fn unreachable(why: String) -> Self {
+        Probe { health: Err(why), admin: Admin::NotTried, shards: None, settings: None, ca: None }
+    }
+}
+
+/// The latest probe of a number's current target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latest {
+    pub probe: Probe,
+    pub at: jiff::Timestamp,
+}
+
+struct Entry {
+    target: Target,
+    /// Bumped whenever the target changes, so that a probe of an older
+    /// target is not taken for one of the current.
+    version: u64,
+    next: Instant,
+    in_flight: bool,
+    latest: Option<Latest>,
+}
+
+/// The schedule, without I/O: which numbers are due, and what a finished
+/// probe changes.
+#[derive(Default)]
+pub struct Schedule {
+    entries: HashMap<Key, Entry>,
+    versions: u64,
+}
+
+/// A probe to start.
+#[derive(Debug)]
+pub struct Due {
+    pub key: Key,
+    pub version: u64,
+    pub target: Target,
+}
+
+impl Schedule {
+    /// Sets a number's target. A new or changed target is probed at once and
+    /// its old result is dropped; the same target changes nothing.
+    pub fn watch(&mut self, key: &Key, target: Target, now: Instant) -> bool {
+        if self.entries.get(key).is_some_and(|e| e.target == target) {
+            return false;
+        }
+        self.versions += 1;
+        let entry = Entry { target, version: self.versions, next: now, in_flight: false, latest: None };
+        self.entries.insert(key.clone(), entry);
+        true
+    }
+
+    pub fn forget(&mut self, key: &Key) {
+        self.entries.remove(key);
+    }
+
+    /// Drops the result and probes at once: the reconcile changed the client.
+    pub fn refresh(&mut self, key: &Key, now: Instant) -> bool {
+        let Some(entry) = self.entries.get_mut(key) else { return false };
+        self.versions += 1;
+        entry.version = self.versions;
+        entry.latest = None;
+        entry.next = now;
+        true
+    }
+
+    pub fn latest(&self, key: &Key) -> Option<Latest> {
+        self.entries.get(key)?.latest.clone()
+    }
+
+    /// Up to `free` due probes, earliest first, marked in flight, and when to
+    /// look again: `None` while due probes wait for a free slot (a finished
+    /// probe frees one) or nothing is scheduled.
+    pub fn take_due(&mut self, now: Instant, free: usize) -> (Vec<Due>, Option<Instant>) {
+        let mut due: Vec<(&Key, &mut Entry)> =
+            self.entries.iter_mut().filter(|(_, e)| !e.in_flight && e.next <= now).collect();
+        due.sort_by_key(|(_, e)| e.next);
+        let waiting = due.len() > free;
+        let started: Vec<Due> = due
+            .into_iter()
+            .take(free)
+            .map(|(key, e)| {
+                e.in_flight = true;
+                Due { key: key.clone(), version: e.version, target: e.target.clone() }
+            })
+            .collect();
+        let next = if waiting { None } else { self.entries.values().filter(|e| !e.in_flight).map(|e| e.next).min() };
+        (started, next)
+    }
+
+    /// Records a finished probe and schedules the next one `delay` later.
+    /// Returns whether the number's reconcile should look: the result differs
+    /// from the one before. A probe of a forgotten or changed target is dropped.
+    pub fn record(&mut self, key: &Key, version: u64, latest: Latest, now: Instant, delay: Duration) -> Recorded {
+        let Some(entry) = self.entries.get_mut(key) else { return Recorded::Dropped };
+        if entry.version != version {
+            // The changed target's own probe is due already.
+            entry.in_flight = false;
+            return Recorded::Dropped;
+        }
+        entry.in_flight = false;
+        entry.next = now + delay;
+        let changed = entry.latest.as_ref().is_none_or(|l| l.probe != latest.probe);
+        entry.latest = Some(latest);
+        if changed { Recorded::Changed } else { Recorded::Unchanged }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Changed,
+    Unchanged,
+    Dropped,
+}
+
+/// The interval plus up to 10%, so that numbers created together spread out.
+pub fn jittered(interval: Duration) -> Duration {
+    use rand::Rng;
+    interval + interval.mul_f64(rand::rng().random_range(0.0..0.1))
+}
+
+struct Shared {
+    schedule: Mutex<Schedule>,
+    wake: Notify,
+    changes: mpsc::UnboundedSender<Key>,
+    sessions: Arc<Sessions>,
+    clients: Arc<Clients>,
+    metrics: Arc<Metrics>,
+    concurrency: usize,
+}
+
+/// The probe scheduler's handle, shared by the reconciles.
+#[derive(Clone)]
+pub struct Probes(Arc<Shared>);
+
+impl Probes {
+    /// The scheduler and the stream of numbers whose probe result changed.
+    /// Nothing is probed until [`Probes::run`] runs.
+    pub fn new(
+        concurrency: usize,
+        sessions: Arc<Sessions>,
+        clients: Arc<Clients>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, mpsc::UnboundedReceiver<Key>) {
+        let (changes, receiver) = mpsc::unbounded();
+        let shared = Shared {
+            schedule: Mutex::default(),
+            wake: Notify::new(),
+            changes,
+            sessions,
+            clients,
+            metrics,
+            concurrency: concurrency.max(1),
+        };
+        (Self(Arc::new(shared)), receiver)
+    }
+
+    /// The admin sessions the probes open, for the reconciles' own calls.
+    pub fn sessions(&self) -> &Sessions {
+        &self.0.sessions
+    }
+
+    /// The HTTP clients the probes use, for the reconciles' own calls.
+    pub fn clients(&self) -> &Clients {
+        &self.0.clients
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.0.schedule.lock().expect("probe schedule lock")
+    }
+
+    /// Probes `key` as `target` says from now on.
+    pub fn watch(&self, key: &Key, target: Target) {
+        if self.schedule().watch(key, target, Instant::now()) {
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// Stops probing `key`.
+    pub fn forget(&self, key: &Key) {
+        self.schedule().forget(key);
+    }
+
+    /// Probes `key` again at once, its last result no longer current.
+    pub fn refresh(&self, key: &Key) {
+        if self.schedule().refresh(key, Instant::now()) {
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// The latest result for `key`'s current target; `None` until its first probe.
+    pub fn latest(&self, key: &Key) -> Option<Latest> {
+        self.schedule().latest(key)
+    }
+
+    /// Probes until dropped.
+    pub async fn run(self) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            let now = Instant::now();
+            let free = self.0.concurrency.saturating_sub(running.len());
+            let (due, next) = self.schedule().take_due(now, free);
+            for d in due {
+                running.push(probe(self.0.clone(), d));
+            }
+            // Nothing scheduled: sleep until a number is watched.
+            let sleep = tokio::time::sleep_until(next.unwrap_or(now + Duration::from_secs(3600)));
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.0.wake.notified() => {}
+                Some((due, latest, latency)) = running.next(), if !running.is_empty() => {
+                    self.finished(due, latest, latency);
+                }
+            }
+        }
+    }
+
+    fn finished(&self, due: Due, latest: Latest, latency: Option<Duration>) {
+        let recorded = self.schedule().record(
+            &due.key,
+            due.version,
+            latest.clone(),
+            Instant::now(),
+            jittered(due.target.interval),
+        );
+        if recorded == Recorded::Dropped {
+            return;
+        }
+        let (m, labels) = (&self.0.metrics, &due.target.labels);
+        if let Some(latency) = latency {
+            m.probe_duration.get_or_create(labels).observe(latency.as_secs_f64());
+        }
+        m.probe_timestamp.get_or_create(labels).set(latest.at.as_second() as f64);
+        let verdict = match &latest.probe.health {
+            Ok(health) => Some(report::judge(health, latest.probe.shards.unwrap_or(due.target.shards))),
+            Err(_) => None,
+        };
+        m.gateway_up.get_or_create(labels).set(i64::from(verdict.as_ref().is_some_and(|v| v.healthy)));
+        m.connected_coreapps.get_or_create(labels).set(verdict.map_or(0, |v| i64::from(v.connected_coreapps)));
+        if recorded == Recorded::Changed {
+            // The receiver is gone only when the controller stopped.
+            let _ = self.0.changes.unbounded_send(due.key);
+        }
+    }
+}
+
+/// One probe, within a deadline of its own: a webapp that never answers
+/// holds one slot for that long and nothing else.
+async fn probe(shared: Arc<Shared>, due: Due) -> (Due, Latest, Option<Duration>) {
+    let t = &due.target;
+    // Health, login, shards and settings each have the per-request timeout.
+    let deadline = t.timeout * 4;
+    let (probe, latency) = match tokio::time::timeout(deadline, read(&shared, &due.key, t)).await {
+        Ok(found) => found,
+        Err(_) => (Probe::unreachable(format!("the webapp at {} did not answer within {deadline:?}", t.url)), None),
+    };
+    (due, Latest { probe, at: jiff::Timestamp::now() }, latency)
+}
+
+async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration>) {
+    let client = match shared.clients.get(&t.trust, t.timeout) {
+        Ok(c) => c,
+        Err(e) => return (Probe::unreachable(e.to_string()), None),
+    };
+    let webapp = Webapp { client: &client, base_url: &t.url, api_key: &t.api_key };
+    if t.pin_ca {
+        return (pin(shared, key, t, &webapp).await, None);
+    }
+    let (health, latency) = match webapp.health().await {
+        Ok(found) => found,
+        Err(e) => return (Probe::unreachable(e.to_string()), None),
+    };
+    let mut probe = Probe { health: Ok(health), admin: Admin::NotTried, shards: None, settings: None, ca: None };
+    let Some(password) = &t.admin_password else { return (probe, Some(latency)) };
+    let token = match shared.sessions.token(key, &webapp, password).await {
+        Ok((token, changed)) => {
+            if changed {
+                tracing::info!(namespace = %key.0, name = %key.1, "moved the client's admin user off its default password");
+            }
+            token
+        }
+        Err(e @ SessionError::PasswordRefused(_)) => {
+            probe.admin = Admin::Refused(e.to_string());
+            return (probe, Some(latency));
+        }
+        Err(e) => {
+            probe.admin = Admin::Unavailable(e.to_string());
+            return (probe, Some(latency));
+        }
+    };
+    probe.admin = Admin::Open;
+    // The shard count is read on the primary master; during a failover it
+    // may be briefly unavailable (1017/1011), which leaves it unknown.
+    match webapp.shards(&token).await {
+        Ok(n) => probe.shards = Some(n),
+        Err(CallError::Status { status: 401, .. }) => shared.sessions.forget(key),
+        Err(_) => {}
+    }
+    if t.read_settings {
+        let settings = webapp.settings(&token).await;
+        if matches!(settings, Err(CallError::Status { status: 401, .. })) {
+            shared.sessions.forget(key);
+        }
+        probe.settings = Some(settings.map_err(|e| e.to_string()));
+    }
+    (probe, Some(latency))
+}
+
+/// Reads the client's CA with an admin session and nothing else: the
+/// connection is not verified yet, so not even the API key goes over it.
+async fn pin(shared: &Shared, key: &Key, t: &Target, webapp: &Webapp<'_>) -> Probe {
+    let unreachable = |e: &dyn std::fmt::Display| Probe::unreachable(format!("cannot read the webapp's CA: {e}"));
+    let Some(password) = &t.admin_password else {
+        return unreachable(&"the admin password is not available yet");
+    };
+    let token = match shared.sessions.token(key, webapp, password).await {
+        Ok((token, _)) => token,
+        Err(e) => return unreachable(&e),
+    };
+    match webapp.certificate_authority(&token).await {
+        Ok(ca) => Probe { ca: Some(ca), ..Probe::unreachable("the webapp's CA is being pinned".into()) },
+        Err(e) => unreachable(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(interval: u64) -> Target {
+        Target {
+            url: "https://acme-webapp:443".into(),
+            trust: Trust::SystemRoots,
+            api_key: "k".into(),
+            admin_password: Some("p".into()),
+            read_settings: false,
+            pin_ca: false,
+            timeout: Duration::from_secs(5),
+            interval: Duration::from_secs(interval),
+            shards: 1,
+            labels: NumberLabels { namespace: "ns".into(), name: "acme".into() },
+        }
+    }
+
+    fn key(name: &str) -> Key {
+        ("ns".into(), name.into())
+    }
+
+    fn latest(health: Result<&str, &str>) -> Latest {
+        let health =
+            health.map(|body| report::parse(body.as_bytes()).expect("health JSON")).map_err(|why| why.to_string());
+        Latest {
+            probe: Probe { health, admin: Admin::Open, shards: Some(1), settings: None, ca: None },
+            at: jiff::Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    const CONNECTED: &str = r#"{"health":{"gateway_status":"connected"}}"#;
+
+    #[test]
+    fn a_new_number_is_probed_at_once_and_then_on_its_interval() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        assert!(s.watch(&key("a"), target(30), t0));
+        let (due, _) = s.take_due(t0, 8);
+        assert_eq!(due.len(), 1);
+        let (again, next) = s.take_due(t0, 8);
+        assert!(again.is_empty(), "a probe in flight is not started twice");
+        assert_eq!(next, None);
+        let done = s.record(&due[0].key, due[0].version, latest(Ok(CONNECTED)), t0, Duration::from_secs(31));
+        assert_eq!(done, Recorded::Changed);
+        let (none, next) = s.take_due(t0 + Duration::from_secs(30), 8);
+        assert!(none.is_empty());
+        assert_eq!(next, Some(t0 + Duration::from_secs(31)));
+        assert_eq!(s.take_due(t0 + Duration::from_secs(31), 8).0.len(), 1);
+    }
+
+    #[test]
+    fn a_result_that_changes_nothing_wakes_nothing() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        s.watch(&key("a"), target(30), t0);
+        let d = s.take_due(t0, 1).0.remove(0);
+        assert_eq!(s.record(&d.key, d.version, latest(Ok(CONNECTED)), t0, Duration::ZERO), Recorded::Changed);
+        let d = s.take_due(t0, 1).0.remove(0);
+        let mut later = latest(Ok(CONNECTED));
+        later.at = jiff::Timestamp::from_second(60).unwrap();
+        assert_eq!(s.record(&d.key, d.version, later.clone(), t0, Duration::ZERO), Recorded::Unchanged);
+        assert_eq!(s.latest(&key("a")), Some(later), "the time of the latest probe is kept");
+        let d = s.take_due(t0, 1).0.remove(0);
+        assert_eq!(s.record(&d.key, d.version, latest(Err("refused")), t0, Duration::ZERO), Recorded::Changed);
+    }
+
+    #[test]
+    fn the_same_target_changes_nothing_and_a_changed_one_drops_the_old_result() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        s.watch(&key("a"), target(30), t0);
+        let old = s.take_due(t0, 1).0.remove(0);
+        assert!(!s.watch(&key("a"), target(30), t0), "unchanged");
+        let mut trusted = target(30);
+        trusted.trust = Trust::Ca(b"pem".to_vec());
+        assert!(s.watch(&key("a"), trusted.clone(), t0));
+        // The probe of the old target finishes after the change: not current.
+        assert_eq!(s.record(&old.key, old.version, latest(Err("untrusted")), t0, Duration::ZERO), Recorded::Dropped);
+        assert_eq!(s.latest(&key("a")), None);
+        let new = s.take_due(t0, 1).0.remove(0);
+        assert_eq!(new.target, trusted);
+        assert_eq!(s.record(&new.key, new.version, latest(Ok(CONNECTED)), t0, Duration::ZERO), Recorded::Changed);
+    }
+
+    #[test]
+    fn concurrency_is_bounded_and_the_longest_waiting_go_first() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            s.watch(&key(name), target(30), t0 + Duration::from_secs(i as u64));
+        }
+        let later = t0 + Duration::from_secs(5);
+        let (due, next) = s.take_due(later, 2);
+        assert_eq!(due.iter().map(|d| d.key.1.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(next, None, "c waits for a free slot, not for a time");
+        let (due, _) = s.take_due(later, 1);
+        assert_eq!(due[0].key.1, "c");
+    }
+
+    #[test]
+    fn forgotten_and_refreshed_numbers() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        s.watch(&key("a"), target(30), t0);
+        let d = s.take_due(t0, 1).0.remove(0);
+        s.record(&d.key, d.version, latest(Ok(CONNECTED)), t0, Duration::from_secs(30));
+        assert!(s.refresh(&key("a"), t0));
+        assert_eq!(s.latest(&key("a")), None, "a refreshed number waits for its next probe");
+        assert_eq!(s.take_due(t0, 1).0.len(), 1, "probed at once");
+        s.forget(&key("a"));
+        assert!(s.is_empty());
+        assert!(!s.refresh(&key("a"), t0));
+        assert_eq!(s.record(&d.key, d.version, latest(Ok(CONNECTED)), t0, Duration::ZERO), Recorded::Dropped);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth_of_the_interval() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(30));
+            assert!(d >= Duration::from_secs(30) && d < Duration::from_secs(33), "{d:?}");
+        }
+    }
+}
