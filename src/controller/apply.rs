@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::cache::{Cached, Caches};
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
-use crate::api::WhatsAppNumber;
+use crate::api::{TierStatus, WhatsAppNumber};
 use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_INSTANCE, LABEL_VERSION};
 use crate::resources::{Children, config};
 use crate::telemetry::metrics::Metrics;
@@ -46,7 +46,11 @@ impl<'a> Applier<'a> {
     }
 
     /// Applies every child and returns the tiers' observed states.
-    pub async fn apply_children(&self, children: Children) -> Result<Tiers> {
+    /// Applies every child. With `create_workloads` false (a first deployment
+    /// whose schema Job has not finished), StatefulSets and the Deployment
+    /// that do not exist yet are left for later: created once, running, they
+    /// cost one write each instead of a stopped create and a start.
+    pub async fn apply_children(&self, children: Children, create_workloads: bool) -> Result<Tiers> {
         self.apply(&children.config).await?;
         if let Some(claim) = &children.media {
             self.apply(claim).await?;
@@ -54,25 +58,37 @@ impl<'a> Applier<'a> {
         self.apply(&children.master_service).await?;
         self.apply(&children.coreapp_service).await?;
         self.apply(&children.webapp_service).await?;
-        let masters = self.apply(&children.masters).await?;
-        let coreapps = self.apply(&children.coreapps).await?;
-        let webapps = self.apply(&children.webapps).await?;
+        let masters = self.apply_workload(&children.masters, create_workloads).await?;
+        let coreapps = self.apply_workload(&children.coreapps, create_workloads).await?;
+        let webapps = self.apply_workload(&children.webapps, create_workloads).await?;
         for budget in &children.disruption_budgets {
             self.apply(budget).await?;
         }
         let version = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
             template.and_then(|t| t.metadata.as_ref()?.labels.as_ref()?.get(LABEL_VERSION).cloned())
         };
+        let absent = TierStatus { desired: 0, ready: 0, updated: 0, observed: true };
         Ok(Tiers {
-            masters: stateful_set_tier(&masters),
-            coreapps: stateful_set_tier(&coreapps),
-            webapps: deployment_tier(&webapps),
+            masters: masters.as_ref().map_or(absent.clone(), stateful_set_tier),
+            coreapps: coreapps.as_ref().map_or(absent.clone(), stateful_set_tier),
+            webapps: webapps.as_ref().map_or(absent, deployment_tier),
             versions: [
-                version(masters.spec.as_ref().map(|s| &s.template)),
-                version(coreapps.spec.as_ref().map(|s| &s.template)),
-                version(webapps.spec.as_ref().map(|s| &s.template)),
+                version(masters.as_ref().and_then(|m| m.spec.as_ref()).map(|s| &s.template)),
+                version(coreapps.as_ref().and_then(|c| c.spec.as_ref()).map(|s| &s.template)),
+                version(webapps.as_ref().and_then(|w| w.spec.as_ref()).map(|s| &s.template)),
             ],
         })
+    }
+
+    /// Applies a workload that exists, or creates it when `create` says so.
+    async fn apply_workload<K>(&self, desired: &K, create: bool) -> Result<Option<K>>
+    where
+        K: Cached + Debug + Serialize + DeserializeOwned,
+    {
+        if !create && K::cache(self.caches).get(&self.namespace, &desired.name_any()).await?.is_none() {
+            return Ok(None);
+        }
+        self.apply(desired).await.map(Some)
     }
 
     /// Server-side apply of one object, unless the cached live object already

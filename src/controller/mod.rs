@@ -69,9 +69,30 @@ pub struct Context {
     /// sessions and HTTP clients the reconciles share with the probes.
     pub probes: Probes,
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// Retries in a row that changed no status, per number.
+    quiet: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl Context {
+    /// How long until a number is retried: `base` after a status change,
+    /// longer and longer while nothing changes (see [`backed_off`]).
+    fn patience(&self, wan: &WhatsAppNumber, base: Duration, changed: bool) -> Duration {
+        let mut quiet = self.quiet.lock().expect("quiet lock");
+        if changed {
+            quiet.remove(&key(wan));
+            return base;
+        }
+        let n = quiet.entry(key(wan)).or_default();
+        let wait = backed_off(base, *n);
+        *n = n.saturating_add(1);
+        wait
+    }
+
+    fn forget(&self, wan: &WhatsAppNumber) {
+        self.quiet.lock().expect("quiet lock").remove(&key(wan));
+        self.failures.lock().expect("failures lock").remove(&key(wan));
+    }
+
     pub fn new(
         client: Client,
         metrics: Arc<Metrics>,
@@ -88,6 +109,7 @@ impl Context {
             caches,
             probes,
             failures: Mutex::default(),
+            quiet: Mutex::default(),
         }
     }
 }
@@ -264,6 +286,7 @@ async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     gateway::stop_probing(ctx, wan);
     ctx.probes.sessions().forget(&key(wan));
     ctx.metrics.forget(wan);
+    ctx.forget(wan);
     info!("released the number claim");
     Ok(Action::await_change())
 }
@@ -300,20 +323,21 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
         Claim::Held | Claim::Free => Outcome::Fenced(fencing::Waiting::new(fence.others, now.0, true)),
     };
 
-    publish_status(ctx, wan, &outcome, &now).await?;
+    let written = publish_status(ctx, wan, &outcome, &now).await?;
 
+    let retry = |base: Duration| Action::requeue(ctx.patience(wan, base, written));
     Ok(match outcome {
         Outcome::Blocked(problem) => {
             info!(reason = problem.reason, message = %problem.message, "reconcile held");
-            Action::requeue(BLOCKED_RETRY)
+            retry(BLOCKED_RETRY)
         }
         Outcome::Conflict { holder, .. } => {
             info!(%holder, "the phone number is held by another WhatsAppNumber");
-            Action::requeue(BLOCKED_RETRY)
+            retry(BLOCKED_RETRY)
         }
         Outcome::Fenced(waiting) | Outcome::Stopping(waiting) => {
             info!(pods = %waiting.message, "masters and coreapps of another instance of the number still exist");
-            Action::requeue(FENCE_RETRY)
+            retry(FENCE_RETRY)
         }
         // A stalled step waits for a person (or its blocker to clear, which
         // the watches report): no probe every few seconds for days.
@@ -324,18 +348,18 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
                 .as_ref()
                 .is_some_and(|u| !procedure::is_done(u) && u.stalled_reason.is_some()) =>
         {
-            Action::requeue(BLOCKED_RETRY)
+            retry(BLOCKED_RETRY)
         }
         Outcome::Applied(applied) if applied.versions.upgrade.as_ref().is_some_and(|u| !procedure::is_done(u)) => {
-            Action::requeue(UPGRADE_STEP_RETRY)
+            retry(UPGRADE_STEP_RETRY)
         }
-        Outcome::Applied(applied) if applied.client.initializing => Action::requeue(UPGRADE_STEP_RETRY),
+        Outcome::Applied(applied) if applied.client.initializing => retry(UPGRADE_STEP_RETRY),
         // Stopping takes a few steps; stopped, the watches report any change.
         Outcome::Applied(applied) if applied.client.suspended => {
             if applied.tiers.webapps.desired == 0 && applied.tiers.webapps.ready == 0 {
                 Action::requeue(RESYNC)
             } else {
-                Action::requeue(UPGRADE_STEP_RETRY)
+                retry(UPGRADE_STEP_RETRY)
             }
         }
         Outcome::Applied(applied) => {
@@ -343,8 +367,9 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
                 matches!(s.phase, crate::api::ShardPhase::ScalingCoreapps | crate::api::ShardPhase::SettingShards)
             });
             if changing {
-                Action::requeue(SHARD_CHANGE_RETRY)
+                retry(SHARD_CHANGE_RETRY)
             } else {
+                ctx.patience(wan, RESYNC, true);
                 // Probe results that change something wake the reconcile on
                 // their own; a scheduled backup needs its time.
                 let backup = lifecycle::next_backup_in(wan, k8s_openapi::jiff::Timestamp::now());
@@ -352,6 +377,15 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             }
         }
     })
+}
+
+/// A retry `quiet` times in a row without a status change waits this long:
+/// twice as long each time, up to twenty times `base` and never beyond the
+/// resync. Whatever the watches see still wakes the number at once; this
+/// bounds how often a number stuck on something they do not see is looked at.
+pub fn backed_off(base: Duration, quiet: u32) -> Duration {
+    let cap = base.saturating_mul(20).min(RESYNC).max(base);
+    base.saturating_mul(2u32.saturating_pow(quiet.min(16))).min(cap)
 }
 
 /// Build, apply and prune the children, then look at the gateway and move an
@@ -442,7 +476,7 @@ async fn deploy(
     }
     let children = crate::resources::build(wan, &inputs);
     let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
-    let tiers = applier.apply_children(children).await?;
+    let tiers = applier.apply_children(children, !initializing).await?;
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
     let service_monitor =
         applier.service_monitor(wan, status.and_then(|s| s.client_service_monitor.as_deref())).await?;
@@ -717,7 +751,8 @@ fn jittered(base: Duration) -> Duration {
 
 /// Writes the status for `outcome` if it differs from the stored one, with
 /// the events and metrics of what changed.
-async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, now: &Time) -> Result<()> {
+/// Returns whether the status changed.
+async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, now: &Time) -> Result<bool> {
     let new_status = status::compute(wan, outcome, wan.status.as_ref(), now);
     if wan.status.as_ref() != Some(&new_status) {
         patch_status(ctx, wan, &new_status).await?;
@@ -725,11 +760,12 @@ async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, 
         // Only a written status has news: a failed write is retried, and its
         // events come with the write that succeeds.
         publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
+        Ok(true)
     } else {
         // A restarted operator publishes what is already written.
         ctx.metrics.record_conditions(wan, &new_status.conditions);
+        Ok(false)
     }
-    Ok(())
 }
 
 async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Result<()> {
@@ -997,4 +1033,20 @@ pub async fn run(
         .await;
     prober.abort();
     info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_without_news_back_off_to_a_bound() {
+        let three = Duration::from_secs(3);
+        let waits: Vec<u64> = (0..8).map(|n| backed_off(three, n).as_secs()).collect();
+        assert_eq!(waits, [3, 6, 12, 24, 48, 60, 60, 60], "twenty times the base at most");
+        assert_eq!(backed_off(BLOCKED_RETRY, 0), BLOCKED_RETRY);
+        assert_eq!(backed_off(BLOCKED_RETRY, 3), RESYNC, "never beyond the resync");
+        assert_eq!(backed_off(BLOCKED_RETRY, u32::MAX), RESYNC, "no overflow");
+        assert_eq!(backed_off(RESYNC, 5), RESYNC);
+    }
 }

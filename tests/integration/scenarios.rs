@@ -352,6 +352,14 @@ pub async fn ha_example_reconciles(env: &'static Env) -> Result<()> {
     // The first deployment created the databases with the schema Job first.
     let job = typed::<k8s_openapi::api::batch::v1::Job>(c, &ns).get(&format!("{name}-schema-2-53-2")).await?;
     ensure!(job.status.and_then(|s| s.succeeded) == Some(1), "the schema Job ran to its end");
+    // Each workload was written once, after the schema Job: created running,
+    // never created stopped and started.
+    for tier in ["master", "coreapp"] {
+        let generation = typed::<StatefulSet>(c, &ns).get(&format!("{name}-{tier}")).await?.metadata.generation;
+        ensure!(generation == Some(1), "{tier}s written once, generation {generation:?}");
+    }
+    let generation = typed::<Deployment>(c, &ns).get(&format!("{name}-webapp")).await?.metadata.generation;
+    ensure!(generation == Some(1), "webapps written once, generation {generation:?}");
     let tiers = ListParams::default()
         .labels(&format!("app.kubernetes.io/instance={name},app.kubernetes.io/component in (master,coreapp,webapp)"));
     let pods = typed::<Pod>(c, &ns).list(&tiers).await?.items;
