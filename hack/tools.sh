@@ -9,7 +9,9 @@
 # `floor`: the same set with the control plane (kube-apiserver,
 # kube-controller-manager, kube-scheduler) of the lowest supported Kubernetes
 # release, for running the integration suite against it.
-# Usage: hack/tools.sh [ensure|path|node|floor|versions]
+# `object-store`: the S3-compatible store the tests keep backups in, built from
+# hack/object-store and cached by a digest of its sources.
+# Usage: hack/tools.sh [ensure|path|node|floor|object-store|versions]
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
@@ -170,10 +172,25 @@ ensure_floor() {
   echo "$dir"
 }
 
+ensure_object_store() {
+  local src dir digest
+  src="$(cd "$(dirname "$0")/object-store" && pwd)"
+  digest="$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-16)"
+  dir="$CACHE_ROOT/bin/object-store-$digest"
+  if [ ! -x "$dir/wao-object-store" ]; then
+    command -v go >/dev/null || { log "Go is needed to build the object store and was not found"; exit 1; }
+    log "building the test object store from $src"
+    mkdir -p "$dir"
+    (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/wao-object-store" .)
+  fi
+  echo "$dir"
+}
+
 case "${1:-ensure}" in
   ensure|path) ensure ;;
   node) ensure_node ;;
   floor) ensure_floor ;;
+  object-store) ensure_object_store ;;
   versions) echo "kubernetes=${KUBERNETES_VERSION} kubernetes-floor=${KUBERNETES_FLOOR_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION} coredns=${COREDNS_VERSION}" ;;
-  *) echo "usage: $0 [ensure|path|node|floor|versions]" >&2; exit 2 ;;
+  *) echo "usage: $0 [ensure|path|node|floor|object-store|versions]" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@
 //! - [`render`]: the objects of a WhatsAppNumber as YAML, without a cluster.
 
 pub mod api;
+pub mod backups;
 pub mod controller;
 pub mod exclusivity;
 pub mod health;

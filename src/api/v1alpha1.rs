@@ -118,7 +118,7 @@ pub struct WhatsAppNumberSpec {
     pub settings: Option<SettingsSpec>,
 
     /// Scheduled backups, kept as Secrets in the namespace (a backup holds the
-    /// registration and keys).
+    /// registration and keys) or in object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
@@ -408,6 +408,98 @@ pub struct BackupSpec {
     #[serde(default = "default_backups_kept")]
     #[schemars(range(min = 1, max = 100))]
     pub keep: i32,
+
+    /// Keep backups in an S3-compatible object store instead of Secrets in
+    /// the namespace. Each backup is one object `PREFIX<name>-backup-<unix
+    /// time>`; the operator deletes its own objects beyond `keep` and no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<BackupObjectStore>,
+}
+
+/// An S3-compatible object store and the credentials to use it.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStore {
+    /// The bucket, which must exist.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    pub bucket: String,
+
+    /// The store's URL, for example `https://minio.storage.svc:9000`; path-style
+    /// requests are sent to it. Without it, Amazon S3 in `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"))]
+    pub endpoint: Option<String>,
+
+    /// The region requests are signed for.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+
+    /// Secret with the access key ID and secret access key.
+    pub credentials_secret_ref: ObjectStoreCredentials,
+
+    /// Secret with the CA certificate (PEM) that signed the store's
+    /// certificate, when it is not publicly trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// Keys of the object store credentials Secret (in the WhatsAppNumber's namespace).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStoreCredentials {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key holding the access key ID.
+    #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1))]
+    pub access_key_id_key: String,
+
+    /// Key holding the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1))]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "accessKeyId".into()
+}
+
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".into()
+}
+
+/// Where in an object store backups go.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupObjectStore {
+    #[serde(flatten)]
+    pub store: ObjectStore,
+
+    /// Prefix of the backups' object keys. Default `NAMESPACE/NAME/`; it
+    /// should end with `/` and be used by this WhatsAppNumber alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^/].*$"))]
+    pub prefix: Option<String>,
+}
+
+/// A backup in an object store.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreObject {
+    #[serde(flatten)]
+    pub store: ObjectStore,
+
+    /// The backup's object key, as `status.backup.latest` of the old
+    /// WhatsAppNumber shows it after the bucket (`s3://BUCKET/KEY`).
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^/].*$"))]
+    pub key: String,
 }
 
 fn default_backups_kept() -> i32 {
@@ -420,12 +512,35 @@ fn default_backups_kept() -> i32 {
 /// shards, masters and coreapps as the old one.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.objectStore)").message("restoreFrom needs exactly one of secretRef and objectStore"))]
 pub struct RestoreSpec {
     /// Secret holding the backup data, for example one the operator wrote.
-    pub secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+
+    /// A backup in an object store, for example one the operator wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<RestoreObject>,
 
     /// The password the backup was made with.
     pub password_secret_ref: PasswordSecretRef,
+}
+
+impl RestoreSpec {
+    /// The backup as status names it: the Secret's name, or `s3://BUCKET/KEY`.
+    pub fn source(&self) -> String {
+        match (&self.secret_ref, &self.object_store) {
+            (_, Some(o)) => o.url(),
+            (Some(r), None) => r.name.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+impl RestoreObject {
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.store.bucket, self.key)
+    }
 }
 
 /// Keys of the registration Secret.
@@ -1112,7 +1227,7 @@ pub struct BackupStatus {
     pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    /// The Secret of the newest backup.
+    /// The newest backup: a Secret's name, or `s3://BUCKET/KEY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1125,7 +1240,7 @@ pub struct BackupStatus {
 pub struct RestoreStatus {
     /// Not tried again once refused, until `spec.restoreFrom` changes.
     pub outcome: RestoreOutcome,
-    /// The Secret restored from.
+    /// The backup restored from: a Secret's name, or `s3://BUCKET/KEY`.
     pub from: String,
     pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     #[serde(default, skip_serializing_if = "String::is_empty")]

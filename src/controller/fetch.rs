@@ -31,7 +31,8 @@ pub struct Observed {
     /// The Secret named by `spec.webapp.adminPasswordSecretRef`, if set and present.
     pub admin_password: Option<Secret>,
     /// Secrets the number's lifecycle names (webhook CA, backup password,
-    /// the backup to restore and its password), by name, those that exist.
+    /// the backup to restore and its password, object store credentials and
+    /// CAs), by name, those that exist.
     pub lifecycle: std::collections::BTreeMap<String, Secret>,
     /// The built-in release catalog with the operator's ConfigMap applied.
     pub catalog: Catalog,
@@ -46,12 +47,20 @@ pub fn lifecycle_secret_names(wan: &WhatsAppNumber) -> Vec<String> {
     let mut names: Vec<String> = [
         spec.settings.as_ref().and_then(|s| s.webhook_ca_secret_ref.as_ref()).map(|r| r.name.clone()),
         spec.backup.as_ref().map(|b| b.password_secret_ref.name.clone()),
-        spec.restore_from.as_ref().map(|r| r.secret_ref.name.clone()),
+        spec.restore_from.as_ref().and_then(|r| r.secret_ref.as_ref()).map(|r| r.name.clone()),
         spec.restore_from.as_ref().map(|r| r.password_secret_ref.name.clone()),
     ]
     .into_iter()
     .flatten()
     .collect();
+    let stores = [
+        spec.backup.as_ref().and_then(|b| b.object_store.as_ref()).map(|o| &o.store),
+        spec.restore_from.as_ref().and_then(|r| r.object_store.as_ref()).map(|o| &o.store),
+    ];
+    for store in stores.into_iter().flatten() {
+        names.push(store.credentials_secret_ref.name.clone());
+        names.extend(store.ca_secret_ref.as_ref().map(|r| r.name.clone()));
+    }
     names.sort();
     names.dedup();
     names
@@ -160,6 +169,32 @@ mod tests {
         wan.meta_mut().uid = Some(uid.into());
         wan.meta_mut().creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
         wan
+    }
+
+    #[test]
+    fn lifecycle_secrets_include_the_object_stores() {
+        let mut wan = sample();
+        let store = |credentials: &str, ca: Option<&str>| {
+            serde_json::json!({"bucket": "backups", "credentialsSecretRef": {"name": credentials},
+                "caSecretRef": ca.map(|n| serde_json::json!({"name": n}))})
+        };
+        let mut backup = store("s3", Some("s3-ca"));
+        backup["prefix"] = "prod/".into();
+        wan.spec.backup = Some(
+            serde_json::from_value(serde_json::json!({"schedule": "0 3 * * *",
+                "passwordSecretRef": {"name": "backup-password"}, "objectStore": backup}))
+            .unwrap(),
+        );
+        let mut from = store("old-s3", None);
+        from["key"] = "old/acme-backup-000000000001".into();
+        wan.spec.restore_from = Some(
+            serde_json::from_value(serde_json::json!({"objectStore": from,
+                "passwordSecretRef": {"name": "backup-password"}}))
+            .unwrap(),
+        );
+        assert_eq!(lifecycle_secret_names(&wan), ["backup-password", "old-s3", "s3", "s3-ca"]);
+        let restore = wan.spec.restore_from.as_ref().unwrap();
+        assert_eq!(restore.source(), "s3://backups/old/acme-backup-000000000001");
     }
 
     #[test]

@@ -16,7 +16,12 @@ use tracing::{info, warn};
 use super::Context;
 use super::fetch::Observed;
 use crate::api::{
-    BackupStatus, RegistrationPhase, RegistrationStatus, RestoreOutcome, RestoreStatus, SettingsStatus, WhatsAppNumber,
+    BackupObjectStore, BackupStatus, ObjectStore, RegistrationPhase, RegistrationStatus, RestoreOutcome, RestoreStatus,
+    SettingsStatus, WhatsAppNumber,
+};
+use crate::backups::{
+    self,
+    object_store::{Access, Store},
 };
 use crate::lifecycle::{self, RegistrationStep};
 use crate::resources::names::{FIELD_MANAGER, LABEL_COMPONENT, Names, component_labels, instance_selector};
@@ -96,14 +101,15 @@ pub async fn step(
 
     // A restore comes first: it brings the registration of the old setup.
     if let Some(from) = &wan.spec.restore_from {
-        let done = report.restore.as_ref().is_some_and(|r| r.from == from.secret_ref.name);
+        let source = from.source();
+        let done = report.restore.as_ref().is_some_and(|r| r.from == source);
         let expected = (wan.spec.multiconnect.masters
             + wan.spec.multiconnect.shards
             + wan.spec.multiconnect.standby_coreapps) as usize;
         if !done && unregistered && nodes >= expected {
             report.restore = Some(restore(webapp, token, observed, from).await);
         }
-        if report.restore.as_ref().is_none_or(|r| r.from != from.secret_ref.name) {
+        if report.restore.as_ref().is_none_or(|r| r.from != source) {
             return report;
         }
     }
@@ -131,42 +137,70 @@ async fn restore(
     observed: &Observed,
     from: &crate::api::RestoreSpec,
 ) -> RestoreStatus {
-    let data = secret_text(observed.lifecycle.get(&from.secret_ref.name), &from.secret_ref.key);
-    let password = secret_text(observed.lifecycle.get(&from.password_secret_ref.name), &from.password_secret_ref.key);
+    let source = from.source();
     let at = Time(jiff::Timestamp::now());
-    let refused = |message: String| RestoreStatus {
+    let p = &from.password_secret_ref;
+    let password = secret_text(observed.lifecycle.get(&p.name), &p.key);
+    // Without its inputs nothing is sent: the Secrets may still come, and
+    // the store may answer next time. Not recorded as done.
+    let waiting = |message: String| RestoreStatus {
         outcome: RestoreOutcome::Refused,
-        from: from.secret_ref.name.clone(),
+        from: String::new(),
         at: at.clone(),
         message,
     };
-    let (Some(data), Some(password)) = (data, password) else {
-        // Nothing was sent: the Secrets may still come. Not recorded as done.
-        return RestoreStatus {
-            outcome: RestoreOutcome::Refused,
-            from: String::new(),
-            at: at.clone(),
-            message: format!(
-                "spec.restoreFrom: Secret {} key {} or Secret {} key {} is missing",
-                from.secret_ref.name, from.secret_ref.key, from.password_secret_ref.name, from.password_secret_ref.key
-            ),
-        };
+    let Some(password) = password else {
+        return waiting(format!("spec.restoreFrom.passwordSecretRef: Secret {} has no key {}", p.name, p.key));
     };
-    match webapp.restore(token, &password, &data).await {
-        Ok(()) => {
-            info!(from = %from.secret_ref.name, "restored the backup into this deployment");
-            RestoreStatus {
-                outcome: RestoreOutcome::Restored,
-                from: from.secret_ref.name.clone(),
-                at,
-                message: String::new(),
+    let data = match (&from.secret_ref, &from.object_store) {
+        (_, Some(object)) => {
+            let fetched = match store_access(observed, &object.store, "spec.restoreFrom.objectStore") {
+                Ok(access) => match Store::connect(&object.store, &access) {
+                    Ok(store) => store.get(&object.key).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match fetched.map(String::from_utf8) {
+                Ok(Ok(data)) => data,
+                Ok(Err(_)) => return waiting(format!("{source} is not a backup of this client (not text)")),
+                Err(e) => return waiting(format!("cannot read {source}: {e}")),
             }
+        }
+        (Some(r), None) => match secret_text(observed.lifecycle.get(&r.name), &r.key) {
+            Some(data) => data,
+            None => return waiting(format!("spec.restoreFrom.secretRef: Secret {} has no key {}", r.name, r.key)),
+        },
+        (None, None) => return waiting("spec.restoreFrom names no backup".into()),
+    };
+    match webapp.restore(token, &password, data.trim()).await {
+        Ok(()) => {
+            info!(from = %source, "restored the backup into this deployment");
+            RestoreStatus { outcome: RestoreOutcome::Restored, from: source, at, message: String::new() }
         }
         Err(e) => {
             warn!(error = %e, "the client refused the restore; it is not tried again for this backup");
-            refused(e.to_string())
+            RestoreStatus { outcome: RestoreOutcome::Refused, from: source, at, message: e.to_string() }
         }
     }
+}
+
+/// The credentials (and CA) of an object store, from the Secrets the spec names.
+fn store_access(observed: &Observed, spec: &ObjectStore, field: &str) -> Result<Access, String> {
+    let c = &spec.credentials_secret_ref;
+    let credentials = observed.lifecycle.get(&c.name);
+    let missing = |key: &str| format!("{field}.credentialsSecretRef: Secret {} has no key {key}", c.name);
+    let access_key_id = secret_text(credentials, &c.access_key_id_key).ok_or_else(|| missing(&c.access_key_id_key))?;
+    let secret_access_key =
+        secret_text(credentials, &c.secret_access_key_key).ok_or_else(|| missing(&c.secret_access_key_key))?;
+    let ca = match &spec.ca_secret_ref {
+        Some(r) => Some(
+            super::gateway::secret_bytes(observed.lifecycle.get(&r.name), &r.key)
+                .ok_or_else(|| format!("{field}.caSecretRef: Secret {} has no key {}", r.name, r.key))?,
+        ),
+        None => None,
+    };
+    Ok(Access { access_key_id, secret_access_key, ca })
 }
 
 async fn register(
@@ -351,16 +385,23 @@ async fn backup(
             return s;
         }
     };
-    match keep_backup(ctx, wan, &data, now, spec.keep as usize).await {
+    let kept = match &spec.object_store {
+        Some(store) => keep_in_store(observed, wan, store, &data, now, spec.keep as usize).await,
+        None => keep_backup(ctx, wan, &data, now, spec.keep as usize).await.map_err(|e| e.to_string()),
+    };
+    match kept {
         Ok(name) => {
-            info!(secret = %name, "backed up the number");
+            info!(backup = %name, "backed up the number");
             s.latest = Some(name);
             s.last_success_time = Some(Time(now));
             s.last_error = None;
             let labels = ctx.metrics.number(wan);
             ctx.metrics.backup_success.get_or_create(&labels).set(now.as_second() as f64);
         }
-        Err(e) => s.last_error = Some(format!("cannot keep the backup: {e}")),
+        Err(e) => {
+            warn!(error = %e, "cannot keep the backup");
+            s.last_error = Some(format!("cannot keep the backup: {e}"));
+        }
     }
     s
 }
@@ -376,16 +417,13 @@ async fn keep_backup(
 ) -> Result<String, CallError> {
     let ns = wan.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = format!("{}-backup-{:012}", Names::new(wan).base(), now.as_second());
+    let name = backups::backup_name(Names::new(wan).base(), now);
     // Not owned: backups outlive the WhatsAppNumber, like the media.
     let mut metadata = owned_meta(wan, name.clone(), component_labels(wan, BACKUP_COMPONENT));
     metadata.owner_references = None;
     metadata.annotations = Some(BTreeMap::from([
         ("whatsapp.operators.dev/backup-time".to_string(), now.to_string()),
-        (
-            "whatsapp.operators.dev/client-version".to_string(),
-            wan.status.as_ref().and_then(|s| s.current_version.clone()).unwrap_or_else(|| wan.spec.version.clone()),
-        ),
+        ("whatsapp.operators.dev/client-version".to_string(), client_version(wan)),
     ]));
     let secret = Secret {
         metadata,
@@ -406,4 +444,43 @@ async fn keep_backup(
         ctx.metrics.record_write("Secret", "delete");
     }
     Ok(name)
+}
+
+/// The version the backup was taken from.
+fn client_version(wan: &WhatsAppNumber) -> String {
+    wan.status.as_ref().and_then(|s| s.current_version.clone()).unwrap_or_else(|| wan.spec.version.clone())
+}
+
+/// Writes the backup as the object `PREFIX NAME-backup-<unix time>` and
+/// deletes this WhatsAppNumber's oldest objects beyond `keep`. Returns the
+/// object's `s3://` URL.
+async fn keep_in_store(
+    observed: &Observed,
+    wan: &WhatsAppNumber,
+    spec: &BackupObjectStore,
+    data: &str,
+    now: jiff::Timestamp,
+    keep: usize,
+) -> Result<String, String> {
+    let access = store_access(observed, &spec.store, "spec.backup.objectStore")?;
+    let store = Store::connect(&spec.store, &access)?;
+    let base = Names::new(wan).base().to_string();
+    let prefix = spec
+        .prefix
+        .clone()
+        .unwrap_or_else(|| backups::default_prefix(&wan.namespace().unwrap_or_default(), &wan.name_any()));
+    let key = backups::object_key(&prefix, &backups::backup_name(&base, now));
+    let metadata = [
+        ("backup-time", now.to_string()),
+        ("client-version", client_version(wan)),
+        ("phone-number", wan.spec.phone_number.clone()),
+    ];
+    store.put(&key, data.as_bytes().to_vec(), &metadata).await.map_err(|e| format!("cannot write {key}: {e}"))?;
+    let url = backups::object_url(&spec.store.bucket, &key);
+    let listed = store.list(&prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
+    let own = listed.into_iter().filter(|k| backups::is_own_backup(&prefix, &base, k)).collect();
+    for old in lifecycle::expired_backups(own, keep) {
+        store.delete(&old).await.map_err(|e| format!("cannot delete {old}: {e}"))?;
+    }
+    Ok(url)
 }

@@ -478,19 +478,19 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
             Some(b) if b.last_error.is_some() => {
                 cond(BACKED_UP, false, "BackupFailed", b.last_error.clone().unwrap_or_default())
             }
-            Some(b) if b.latest.is_some() => cond(
-                BACKED_UP,
-                true,
-                "BackedUp",
-                format!("the newest backup is Secret {}", b.latest.clone().unwrap_or_default()),
-            ),
+            Some(b) if b.latest.is_some() => {
+                let latest = b.latest.clone().unwrap_or_default();
+                let what = if latest.starts_with("s3://") { latest } else { format!("Secret {latest}") };
+                cond(BACKED_UP, true, "BackedUp", format!("the newest backup is {what}"))
+            }
             _ => cond(BACKED_UP, false, "NoBackupYet", "the first backup runs at the next scheduled time"),
         });
     }
     if let Some(from) = &wan.spec.restore_from {
         out.push(match &l.restore {
-            Some(r) if r.outcome == RestoreOutcome::Restored && r.from == from.secret_ref.name => {
-                cond(RESTORED, true, "Restored", format!("restored from Secret {}", r.from))
+            Some(r) if r.outcome == RestoreOutcome::Restored && r.from == from.source() => {
+                let what = if from.object_store.is_some() { r.from.clone() } else { format!("Secret {}", r.from) };
+                cond(RESTORED, true, "Restored", format!("restored from {what}"))
             }
             Some(r) if r.outcome == RestoreOutcome::Refused => {
                 cond(RESTORED, false, "RestoreRefused", r.message.clone())

@@ -255,12 +255,23 @@ impl Deployment {
     /// same gateway (WhatsApp's servers): another instance of the client,
     /// outside the cluster.
     pub fn another_instance(&self, name: &str) -> Result<Self> {
+        self.instance(name, true)
+    }
+
+    /// Like `another_instance`, with a database in which the number was never
+    /// registered: a new setup for the number to move to.
+    pub fn new_setup(&self, name: &str) -> Result<Self> {
+        self.instance(name, false)
+    }
+
+    fn instance(&self, name: &str, registered: bool) -> Result<Self> {
         let dir = work_dir().join(format!("emulated-{name}"));
         std::fs::create_dir_all(&dir)?;
         let prefix = format!("it_{}_{}", name.replace('-', "_"), run_id());
         let env = self
             .env
             .iter()
+            .filter(|(k, _)| registered || k != "WA_EMULATOR_REGISTERED_NUMBER")
             .map(|(k, v)| if k == "WA_DB_NAME_PREFIX" { (k.clone(), prefix.clone()) } else { (k.clone(), v.clone()) })
             .collect();
         let d = Self { env, dir, nodes: vec![], gateway: None };
@@ -402,5 +413,78 @@ impl Drop for Deployment {
             let _ = g.kill();
             let _ = g.wait();
         }
+    }
+}
+
+/// An S3-compatible object store (`hack/object-store`) over HTTPS on
+/// loopback, which accepts one access key and checks every signature.
+pub struct ObjectStore {
+    pub endpoint: String,
+    pub ca: PathBuf,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    child: Child,
+}
+
+impl ObjectStore {
+    pub fn start(name: &str, bucket: &str) -> Result<Self> {
+        let dir = work_dir().join(format!("object-store-{name}"));
+        let tls = pki(&dir)?;
+        let tools = run(Command::new(repo().join("hack/tools.sh")).arg("object-store"))?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let (access_key_id, secret_access_key) = (format!("AK{name}"), format!("secret-of-{name}"));
+        let log = std::fs::File::create(dir.join("store.log"))?;
+        let child = Command::new(PathBuf::from(tools.trim()).join("wao-object-store"))
+            .args(["-listen", &listen, "-bucket", bucket, "-access-key", &access_key_id])
+            .args(["-secret-key", &secret_access_key])
+            .arg("-tls-cert")
+            .arg(&tls.cert)
+            .arg("-tls-key")
+            .arg(&tls.key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let store = Self {
+            endpoint: format!("https://{listen}"),
+            ca: tls.ca,
+            bucket: bucket.into(),
+            access_key_id,
+            secret_access_key,
+            child,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&listen).is_ok() {
+                return Ok(store);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("the object store did not listen on {listen}: {}", store.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.ca.with_file_name("store.log")).unwrap_or_default()
+    }
+
+    /// A client of the store as the operator builds one.
+    pub fn client(&self) -> Result<whatsapp_operator::backups::object_store::Store> {
+        let spec: whatsapp_operator::api::ObjectStore = serde_json::from_value(serde_json::json!({
+            "bucket": self.bucket, "endpoint": self.endpoint, "credentialsSecretRef": {"name": "unused"}
+        }))?;
+        let access = whatsapp_operator::backups::object_store::Access {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            ca: Some(std::fs::read(&self.ca)?),
+        };
+        whatsapp_operator::backups::object_store::Store::connect(&spec, &access).map_err(anyhow::Error::msg)
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -490,6 +490,130 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     Ok(())
 }
 
+/// Backups in an S3-compatible store over HTTPS with a private CA: refused
+/// credentials are reported, then each scheduled backup is one object, only
+/// this number's oldest objects beyond `keep` are deleted, and a new setup
+/// restores from the store.
+pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let (ns, port) = env.slot("objects");
+    let number = unique_number();
+    let store = emulated::ObjectStore::start("objects", "backups")?;
+    let objects = store.client()?;
+    let mut deployment = Deployment::start("objects", &number, "2.53.2", (1, 6))?;
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
+    let secrets = typed::<Secret>(c, &ns);
+    let credentials = BTreeMap::from([
+        ("accessKeyId".to_string(), store.access_key_id.clone()),
+        ("secretAccessKey".to_string(), "not-the-secret".to_string()),
+    ]);
+    for (name, data) in [
+        ("backup-password", BTreeMap::from([("password".to_string(), "Backup-passw0rd".to_string())])),
+        ("store-credentials", credentials),
+        ("store-ca", BTreeMap::from([("ca.crt".to_string(), std::fs::read_to_string(&store.ca)?)])),
+    ] {
+        let secret = Secret {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            string_data: Some(data),
+            ..Default::default()
+        };
+        secrets.create(&PostParams::default(), &secret).await?;
+    }
+    // Something else under the number's prefix: never taken for a backup.
+    let prefix = format!("{ns}/{NAME}/");
+    let notes = format!("{prefix}notes.txt");
+    objects.put(&notes, b"not a backup".to_vec(), &[]).await.map_err(anyhow::Error::msg)?;
+    let location = json!({"bucket": "backups", "endpoint": store.endpoint,
+        "credentialsSecretRef": {"name": "store-credentials"}, "caSecretRef": {"name": "store-ca"}});
+    let backup = json!({"backup": {"schedule": "* * * * *", "keep": 1,
+        "passwordSecretRef": {"name": "backup-password"}, "objectStore": location}});
+    prepare_in(c, &ns, &number, backup).await?;
+    let api = wans(c, &ns);
+    for master in [true, true, false, false] {
+        deployment.node(master)?;
+    }
+    let key = api_key(c, &ns).await?;
+    deployment.webapp(&key, port)?;
+    wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
+
+    // A wrong secret access key: the store refuses the signature, status says so.
+    let backed_up = |status: &'static str, reason: &'static str| {
+        let api = api.clone();
+        async move {
+            let found = |w: WhatsAppNumber| {
+                condition(&w, "BackedUp")
+                    .filter(|b| b.status == status && b.reason == reason)
+                    .map(|b| b.message.clone())
+            };
+            wait_until(Duration::from_secs(150), &format!("BackedUp={status} {reason}"), || async {
+                Ok(found(api.get(NAME).await?).is_some())
+            })
+            .await?;
+            found(api.get(NAME).await?).ok_or_else(|| anyhow!("BackedUp={status} {reason}"))
+        }
+    };
+    let message = backed_up("False", "BackupFailed").await.with_context(|| store.log())?;
+    ensure!(message.contains("SignatureDoesNotMatch"), "the store's refusal is shown: {message}");
+    merge_secret(&secrets, "store-credentials", "secretAccessKey", &store.secret_access_key).await?;
+    let message = backed_up("True", "BackedUp").await.with_context(|| store.log())?;
+    let latest = || async {
+        let w = api.get(NAME).await?;
+        w.status.as_ref().and_then(|s| s.backup.as_ref()?.latest.clone()).ok_or_else(|| anyhow!("no backup"))
+    };
+    let first = latest().await?;
+    ensure!(message.contains(&first), "the condition names the object: {message}");
+    let first_key = first
+        .strip_prefix("s3://backups/")
+        .filter(|k| k.starts_with(&format!("{prefix}{NAME}-backup-")))
+        .ok_or_else(|| anyhow!("an object under {prefix}: {first}"))?
+        .to_string();
+    ensure!(!objects.get(&first_key).await.map_err(anyhow::Error::msg)?.is_empty(), "the backup holds data");
+
+    // The next one replaces it (keep: 1); the other object stays.
+    let list = || async { objects.list(&prefix).await.map_err(anyhow::Error::msg) };
+    wait_until(Duration::from_secs(150), "the next backup, the first one deleted", || async {
+        Ok(latest().await? != first && !list().await?.contains(&first_key))
+    })
+    .await?;
+    let second = latest().await?;
+    let second_key = second.trim_start_matches("s3://backups/").to_string();
+    let mut listed = list().await?;
+    listed.sort();
+    ensure!(listed == [second_key.clone(), notes.clone()], "only the newest backup and the other object: {listed:?}");
+
+    // The number moves to a new setup that restores from the store.
+    api.delete(NAME, &Default::default()).await?;
+    wait_until(READY_TIMEOUT, "the old WhatsAppNumber gone", || async { Ok(api.get_opt(NAME).await?.is_none()) })
+        .await?;
+    deployment.stop_all();
+    let keys = format!("{NAME}-keys");
+    wait_until(READY_TIMEOUT, "the old key Secret collected", || async { Ok(secrets.get_opt(&keys).await?.is_none()) })
+        .await?;
+    let mut moved = deployment.new_setup("objects-moved")?;
+    let mut from = location.clone();
+    from["key"] = json!(second_key);
+    prepare_in(
+        c,
+        &ns,
+        &number,
+        json!({"restoreFrom": {"objectStore": from, "passwordSecretRef": {"name": "backup-password"}}}),
+    )
+    .await?;
+    for master in [true, true, false, false] {
+        moved.node(master)?;
+    }
+    let key = api_key(c, &ns).await?;
+    moved.webapp(&key, port)?;
+    let w = wait_condition(&api, NAME, "Restored", "True", "Restored").await.with_context(|| moved.logs())?;
+    ensure!(condition(&w, "Restored").is_some_and(|r| r.message.contains(&second)), "names the object restored");
+    let w = wait_ready(&api, NAME).await.with_context(|| moved.logs())?;
+    ensure!(w.status.as_ref().and_then(|s| s.health.as_ref()).is_some_and(|h| h.gateway == "connected"));
+    ensure!(objects.get(&second_key).await.is_ok(), "a restore deletes nothing");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
 /// At rest the probes go on, every 5 s here, and find nothing new: the
 /// number is neither reconciled nor written. A spell of two probe intervals
 /// must pass with probes and without either (other causes, such as the

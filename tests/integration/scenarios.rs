@@ -234,6 +234,35 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
             "spec.database.credentialsSecretRef",
         ),
         (
+            "backup bucket with capitals",
+            json!({"spec": {"backup": {"schedule": "0 3 * * *", "passwordSecretRef": {"name": "p"},
+                "objectStore": {"bucket": "Backups", "credentialsSecretRef": {"name": "s3"}}}}}),
+            "spec.backup.objectStore.bucket",
+        ),
+        (
+            "backup endpoint that is not http(s)",
+            json!({"spec": {"backup": {"schedule": "0 3 * * *", "passwordSecretRef": {"name": "p"},
+                "objectStore": {"bucket": "backups", "endpoint": "s3.example.com", "credentialsSecretRef": {"name": "s3"}}}}}),
+            "spec.backup.objectStore.endpoint",
+        ),
+        (
+            "restore from both a Secret and an object store",
+            json!({"spec": {"restoreFrom": {"secretRef": {"name": "b"}, "passwordSecretRef": {"name": "p"},
+                "objectStore": {"bucket": "backups", "key": "k", "credentialsSecretRef": {"name": "s3"}}}}}),
+            "exactly one of secretRef and objectStore",
+        ),
+        (
+            "restore from nothing",
+            json!({"spec": {"restoreFrom": {"passwordSecretRef": {"name": "p"}}}}),
+            "exactly one of secretRef and objectStore",
+        ),
+        (
+            "restore from an object store without a key",
+            json!({"spec": {"restoreFrom": {"passwordSecretRef": {"name": "p"},
+                "objectStore": {"bucket": "backups", "credentialsSecretRef": {"name": "s3"}}}}}),
+            "spec.restoreFrom.objectStore.key",
+        ),
+        (
             "name too long for child objects",
             json!({"metadata": {"name": "a-name-that-is-far-too-long-for-its-children-x"}}),
             "metadata.name",
