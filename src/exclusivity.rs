@@ -1,33 +1,34 @@
 //! One active instance per phone number, across the whole cluster.
 //!
-//! Before anything is deployed, a WhatsAppNumber claims its number with a Lease
-//! in the operator's namespace, named from the number's digits, whose holder is
-//! `namespace/name/uid`. Creating a Lease is atomic, so of several
-//! WhatsAppNumbers racing for one number exactly one wins. The claim is
-//! released through a finalizer when the holder is deleted; the others are
-//! woken by the watch on claim Leases and take it over.
+//! Before anything is deployed, a WhatsAppNumber claims its number with a
+//! cluster-scoped `WhatsAppNumberClaim` named from the number's digits, whose
+//! holder is `namespace/name/uid`. Creating it is atomic, so of several
+//! WhatsAppNumbers racing for one number exactly one wins, whichever
+//! installation of the operator (namespace or cluster scope, any namespace)
+//! reconciles them. The claim is released through a finalizer when the holder
+//! is deleted; the others are woken by the watch on claims and take it over.
+//!
+//! Earlier releases kept claims as Leases in the operator's namespace. Such a
+//! Lease still counts while no claim object exists, and goes once its holder
+//! holds the claim object.
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
-use crate::api::WhatsAppNumber;
+use crate::api::{WhatsAppNumber, WhatsAppNumberClaim, WhatsAppNumberClaimSpec, claim_name};
 use crate::controller::cache::Cache;
 use crate::controller::error::{Error, Result};
-use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, number_digits};
+use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY};
 
-/// Label on every claim Lease (the operator watches them by it).
-pub const CLAIM_LABEL: &str = "whatsapp.operators.dev/number-claim";
+/// Label on the claim Leases of earlier releases (the operator watches them by it).
+pub const LEGACY_CLAIM_LABEL: &str = "whatsapp.operators.dev/number-claim";
 /// The finalizer that releases the claim when a WhatsAppNumber is deleted.
 pub const FINALIZER: &str = "whatsapp.operators.dev/number-claim";
-/// Annotation with the full E.164 number on the claim Lease.
+/// Annotation with the full E.164 number on claims and legacy claim Leases.
 pub const NUMBER_ANNOTATION: &str = "whatsapp.operators.dev/phone-number";
-
-pub fn lease_name(phone_number: &str) -> String {
-    format!("whatsapp-number-{}", number_digits(phone_number))
-}
 
 /// `namespace/name/uid`: the uid tells a re-created object from the old one.
 pub fn holder_identity(wan: &WhatsAppNumber) -> String {
@@ -43,86 +44,141 @@ pub enum Claim {
     HeldBy(String),
     /// Nobody holds it (or its holder is gone) and it was only looked at.
     Free,
+    /// This WhatsAppNumber holds it through another installation of the
+    /// operator (its namespace): two installations watch the object, and the
+    /// one that claimed the number first manages it.
+    ManagedElsewhere(String),
 }
 
-/// What [`claim`] may do with a free number.
+/// What [`Claims::claim`] may do with a free number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// Take it.
     Take,
     /// Only look: nodes of another instance of the number still run, and the
-    /// object that runs them is the one to re-claim a lost Lease.
+    /// object that runs them is the one to re-claim a lost claim.
     Inspect,
 }
 
-fn claim_lease(wan: &WhatsAppNumber, namespace: &str, resource_version: Option<String>) -> Lease {
-    Lease {
-        metadata: ObjectMeta {
-            name: Some(lease_name(&wan.spec.phone_number)),
-            namespace: Some(namespace.into()),
-            resource_version,
-            labels: Some(BTreeMap::from([
-                (CLAIM_LABEL.to_string(), "true".to_string()),
-                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-            ])),
-            annotations: Some(BTreeMap::from([(NUMBER_ANNOTATION.to_string(), wan.spec.phone_number.clone())])),
-            ..Default::default()
-        },
-        spec: Some(LeaseSpec { holder_identity: Some(holder_identity(wan)), ..Default::default() }),
-    }
+/// The claim object granting `wan` its number through `installation`.
+pub fn claim_object(wan: &WhatsAppNumber, installation: &str, resource_version: Option<String>) -> WhatsAppNumberClaim {
+    let spec = WhatsAppNumberClaimSpec {
+        phone_number: wan.spec.phone_number.clone(),
+        holder: holder_identity(wan),
+        installation: installation.into(),
+    };
+    let mut claim = WhatsAppNumberClaim::new(&claim_name(&wan.spec.phone_number), spec);
+    claim.metadata = ObjectMeta {
+        resource_version,
+        labels: Some(BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())])),
+        annotations: Some(BTreeMap::from([(NUMBER_ANNOTATION.to_string(), wan.spec.phone_number.clone())])),
+        ..claim.metadata
+    };
+    claim
 }
 
-fn holder_of(lease: &Lease) -> Option<String> {
+fn lease_holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone().filter(|h| !h.is_empty())
+}
+
+fn claim_holder(claim: &WhatsAppNumberClaim) -> Option<String> {
+    Some(claim.spec.holder.clone()).filter(|h| !h.is_empty())
+}
+
+/// What a claim object says to `me`, before any holder is looked up.
+#[derive(Debug, PartialEq, Eq)]
+enum Reading {
+    Mine,
+    MineElsewhere(String),
+    Other(String),
+    Abandoned,
+}
+
+fn read(claim: &WhatsAppNumberClaim, me: &str, installation: &str) -> Reading {
+    match claim_holder(claim) {
+        Some(h) if h == me && claim.spec.installation == installation => Reading::Mine,
+        Some(h) if h == me => Reading::MineElsewhere(claim.spec.installation.clone()),
+        Some(h) => Reading::Other(h),
+        None => Reading::Abandoned,
+    }
 }
 
 /// Where claims are kept and read.
 pub struct Claims<'a> {
     pub client: &'a Client,
-    /// The claim Leases, cached.
-    pub cache: &'a Cache<Lease>,
+    /// The claim objects, cached.
+    pub cache: &'a Cache<WhatsAppNumberClaim>,
+    /// The claim Leases of earlier releases in the operator's namespace, cached.
+    pub legacy: &'a Cache<Lease>,
     /// Every WhatsAppNumber the operator watches.
     pub numbers: &'a Store<DynamicObject>,
-    /// The operator's namespace, which holds the Leases.
-    pub namespace: &'a str,
+    /// This installation: the operator's namespace.
+    pub installation: &'a str,
 }
 
 impl Claims<'_> {
     /// Claims the number for `wan` (or, with [`Intent::Inspect`], only looks),
-    /// or says who holds it. Decides from the cache; after a lost race it reads
-    /// the API, since the cache may not have seen the winner yet.
+    /// or says who holds it. Decides from the caches; after a lost race it
+    /// reads the API, since the cache may not have seen the winner yet.
     pub async fn claim(&self, wan: &WhatsAppNumber, intent: Intent) -> Result<Claim> {
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), self.namespace);
-        let name = lease_name(&wan.spec.phone_number);
+        let api: Api<WhatsAppNumberClaim> = Api::all(self.client.clone());
+        let name = claim_name(&wan.spec.phone_number);
         let me = holder_identity(wan);
         let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         // A lost race (409) means someone else wrote first: read again and decide on fresh data.
         for attempt in 0..3 {
             let current = match attempt {
-                0 => self.cache.get(self.namespace, &name).await?.map(|l| (*l).clone()),
+                0 => self.cache.get_cluster(&name).await?.map(|c| (*c).clone()),
                 _ => api.get_opt(&name).await?,
             };
             let result = match current {
-                None if intent == Intent::Inspect => return Ok(Claim::Free),
-                None => api.create(&post, &claim_lease(wan, self.namespace, None)).await,
-                Some(lease) => match holder_of(&lease) {
-                    Some(holder) if holder == me => return Ok(Claim::Held),
-                    Some(holder) if self.holder_exists(&holder).await? => return Ok(Claim::HeldBy(holder)),
+                None => {
+                    // A Lease an earlier release granted still holds the number.
+                    let legacy = self.legacy.get(self.installation, &name).await?;
+                    if let Some(holder) = legacy.as_deref().and_then(lease_holder).filter(|h| *h != me)
+                        && self.holder_exists(&holder).await?
+                    {
+                        return Ok(Claim::HeldBy(holder));
+                    }
+                    if intent == Intent::Inspect {
+                        return Ok(Claim::Free);
+                    }
+                    api.create(&post, &claim_object(wan, self.installation, None)).await
+                }
+                Some(claim) => match read(&claim, &me, self.installation) {
+                    Reading::Mine => {
+                        self.drop_legacy(&name, &me).await?;
+                        return Ok(Claim::Held);
+                    }
+                    Reading::MineElsewhere(installation) => return Ok(Claim::ManagedElsewhere(installation)),
+                    Reading::Other(holder) if self.holder_exists(&holder).await? => return Ok(Claim::HeldBy(holder)),
                     _ if intent == Intent::Inspect => return Ok(Claim::Free),
                     // Abandoned (its holder is gone): take it over, guarded by the resource version.
                     _ => {
-                        tracing::info!(lease = %name, "taking over a number claim whose holder no longer exists");
-                        api.replace(&name, &post, &claim_lease(wan, self.namespace, lease.resource_version())).await
+                        tracing::info!(claim = %name, "taking over a number claim whose holder no longer exists");
+                        let taken = claim_object(wan, self.installation, claim.resource_version());
+                        api.replace(&name, &post, &taken).await
                     }
                 },
             };
             match result {
-                Ok(_) => return Ok(Claim::Held),
+                Ok(_) => {
+                    self.drop_legacy(&name, &me).await?;
+                    return Ok(Claim::Held);
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(Error::ClaimContended(name))
+    }
+
+    /// Deletes the legacy Lease `me` holds, now that the claim object says the same.
+    async fn drop_legacy(&self, name: &str, me: &str) -> Result<()> {
+        match self.legacy.get(self.installation, name).await? {
+            Some(lease) => release_lease(self.client, self.installation, &lease, me).await,
+            None => Ok(()),
+        }
     }
 
     /// Whether the holder still exists. A holder the cache shows is; one it
@@ -148,63 +204,107 @@ impl Claims<'_> {
     }
 }
 
-/// Releases the claim if `wan` holds it; the delete is guarded by the Lease's
-/// uid and resource version so a claim taken over in between is left alone.
+/// Releases the claim (and a legacy claim Lease) if `wan` holds it; deletes
+/// are guarded by uid and resource version, so a claim taken over in between
+/// is left alone.
 pub async fn release(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<()> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    let Some(lease) = api.get_opt(&lease_name(&wan.spec.phone_number)).await? else { return Ok(()) };
-    release_lease(client, operator_namespace, &lease, &holder_identity(wan)).await
-}
-
-/// The claim Lease `identity` holds, found by its holder (for an object whose
-/// spec cannot be read).
-pub async fn held_by(claims: &Cache<Lease>, identity: &str) -> Result<Option<Lease>> {
-    let held = claims.filter(|l| holder_of(l).as_deref() == Some(identity)).await?;
-    Ok(held.first().map(|l| (**l).clone()))
-}
-
-/// Deletes `lease` if `identity` holds it, guarded like [`release`].
-pub async fn release_lease(client: &Client, operator_namespace: &str, lease: &Lease, identity: &str) -> Result<()> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    let name = lease.name_any();
-    if holder_of(lease).as_deref() != Some(identity) {
-        return Ok(());
+    let name = claim_name(&wan.spec.phone_number);
+    let me = holder_identity(wan);
+    if let Some(claim) = Api::<WhatsAppNumberClaim>::all(client.clone()).get_opt(&name).await? {
+        release_claim(client, &claim, &me).await?;
     }
-    let params = DeleteParams {
-        preconditions: Some(Preconditions { uid: lease.uid(), resource_version: lease.resource_version() }),
+    let leases: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
+    match leases.get_opt(&name).await? {
+        Some(lease) => release_lease(client, operator_namespace, &lease, &me).await,
+        None => Ok(()),
+    }
+}
+
+/// The claims `identity` holds, found by holder (for an object whose spec
+/// cannot be read): the claim object and a legacy Lease.
+pub async fn held_by(
+    claims: &Cache<WhatsAppNumberClaim>,
+    legacy: &Cache<Lease>,
+    identity: &str,
+) -> Result<(Option<WhatsAppNumberClaim>, Option<Lease>)> {
+    let claim = claims.filter(|c| claim_holder(c).as_deref() == Some(identity)).await?;
+    let lease = legacy.filter(|l| lease_holder(l).as_deref() == Some(identity)).await?;
+    Ok((claim.first().map(|c| (**c).clone()), lease.first().map(|l| (**l).clone())))
+}
+
+fn guarded(meta: &ObjectMeta) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions { uid: meta.uid.clone(), resource_version: meta.resource_version.clone() }),
         ..Default::default()
-    };
-    match api.delete(&name, &params).await {
+    }
+}
+
+fn gone_or_changed(result: kube::Result<impl Sized>) -> Result<()> {
+    match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
+/// Deletes `claim` if `identity` holds it.
+pub async fn release_claim(client: &Client, claim: &WhatsAppNumberClaim, identity: &str) -> Result<()> {
+    if claim_holder(claim).as_deref() != Some(identity) {
+        return Ok(());
+    }
+    let api: Api<WhatsAppNumberClaim> = Api::all(client.clone());
+    gone_or_changed(api.delete(&claim.name_any(), &guarded(&claim.metadata)).await.map(|_| ()))
+}
+
+/// Deletes the legacy claim `lease` if `identity` holds it.
+pub async fn release_lease(client: &Client, operator_namespace: &str, lease: &Lease, identity: &str) -> Result<()> {
+    if lease_holder(lease).as_deref() != Some(identity) {
+        return Ok(());
+    }
+    let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
+    gone_or_changed(api.delete(&lease.name_any(), &guarded(&lease.metadata)).await.map(|_| ()))
+}
+
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+
     use super::*;
     use crate::resources::tests::sample;
 
     #[test]
-    fn lease_is_named_from_the_digits_and_holds_the_identity() {
+    fn a_claim_is_named_from_the_digits_and_holds_the_identity() {
         let wan = sample();
-        assert_eq!(lease_name("+15550001111"), "whatsapp-number-15550001111");
+        assert_eq!(claim_name("+15550001111"), "whatsapp-number-15550001111");
         assert_eq!(holder_identity(&wan), "team/acme/1234-5678");
-        let lease = claim_lease(&wan, "ops", None);
-        assert_eq!(lease.metadata.namespace.as_deref(), Some("ops"));
-        assert_eq!(holder_of(&lease).as_deref(), Some("team/acme/1234-5678"));
-        assert_eq!(lease.metadata.labels.unwrap()[CLAIM_LABEL], "true");
-        assert_eq!(lease.metadata.annotations.unwrap()[NUMBER_ANNOTATION], "+15550001111");
-        assert!(lease.spec.unwrap().lease_duration_seconds.is_none(), "a claim does not expire on its own");
+        let claim = claim_object(&wan, "ops", Some("7".into()));
+        assert_eq!(claim.metadata.name.as_deref(), Some("whatsapp-number-15550001111"));
+        assert_eq!(claim.metadata.namespace, None, "cluster-scoped");
+        assert_eq!(claim.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(claim.spec.holder, "team/acme/1234-5678");
+        assert_eq!(claim.spec.installation, "ops");
+        assert_eq!(claim.metadata.annotations.unwrap()[NUMBER_ANNOTATION], "+15550001111");
     }
 
     #[test]
-    fn empty_holder_counts_as_free() {
+    fn a_claim_reads_differently_to_its_holder_other_installations_and_others() {
+        let wan = sample();
+        let me = holder_identity(&wan);
+        let claim = claim_object(&wan, "ops", None);
+        assert_eq!(read(&claim, &me, "ops"), Reading::Mine);
+        assert_eq!(read(&claim, &me, "ops-2"), Reading::MineElsewhere("ops".into()));
+        assert_eq!(read(&claim, "team/other/9", "ops"), Reading::Other(me.clone()));
+        let mut empty = claim.clone();
+        empty.spec.holder = String::new();
+        assert_eq!(read(&empty, &me, "ops"), Reading::Abandoned);
+    }
+
+    #[test]
+    fn an_empty_lease_holder_counts_as_free() {
         let lease = Lease {
             spec: Some(LeaseSpec { holder_identity: Some(String::new()), ..Default::default() }),
             ..Default::default()
         };
-        assert_eq!(holder_of(&lease), None);
+        assert_eq!(lease_holder(&lease), None);
     }
 }

@@ -45,7 +45,8 @@ struct Args {
     #[arg(long, env = "LEASE_NAME", default_value = "whatsapp-operator")]
     lease_name: String,
 
-    /// The operator's own namespace: it holds the leader Lease.
+    /// The operator's own namespace: it holds the leader Lease and names this
+    /// installation in the number claims it grants.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     operator_namespace: String,
 

@@ -1,7 +1,9 @@
 //! The operator's custom resource types.
 
+pub mod claim;
 pub mod v1alpha1;
 
+pub use claim::*;
 pub use v1alpha1::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};
@@ -27,7 +29,20 @@ pub fn crd() -> CustomResourceDefinition {
     crd
 }
 
-/// The CRD manifest as checked in under `crds/` and the Helm chart's `files/crds/`.
-pub fn crd_yaml() -> String {
-    format!("---\n{}", serde_yaml::to_string(&crd()).expect("a CRD serializes to YAML"))
+/// The CRD of the cluster-wide phone-number claims.
+pub fn claim_crd() -> CustomResourceDefinition {
+    WhatsAppNumberClaim::crd()
+}
+
+fn yaml(crd: &CustomResourceDefinition) -> String {
+    format!("---\n{}", serde_yaml::to_string(crd).expect("a CRD serializes to YAML"))
+}
+
+/// The CRD manifests as checked in under `crds/` and the Helm chart's
+/// `files/crds/`: `(file name, YAML)`.
+pub fn crd_files() -> Vec<(String, String)> {
+    [crd(), claim_crd()]
+        .iter()
+        .map(|c| (format!("{}.yaml", c.metadata.name.clone().unwrap_or_default()), yaml(c)))
+        .collect()
 }

@@ -27,7 +27,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::{Error, Result};
-use crate::api::WhatsAppNumber;
+use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
 
 /// How long a reconcile waits for a cache's first listing.
 const WAIT: Duration = Duration::from_secs(30);
@@ -57,6 +57,12 @@ where
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>> {
         self.ready().await?;
         Ok(self.store.get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// A cluster-scoped object by name.
+    pub async fn get_cluster(&self, name: &str) -> Result<Option<Arc<K>>> {
+        self.ready().await?;
+        Ok(self.store.get(&ObjectRef::new(name)))
     }
 
     /// Every cached object that `keep` accepts.
@@ -150,8 +156,10 @@ pub struct Caches {
     pub volume_claims: Cache<PersistentVolumeClaim>,
     /// Every Secret's metadata.
     pub secrets: Cache<PartialObjectMeta<Secret>>,
-    /// The phone-number claim Leases.
-    pub claims: Cache<Lease>,
+    /// The phone-number claims, cluster-wide.
+    pub claims: Cache<WhatsAppNumberClaim>,
+    /// The claim Leases of earlier releases, in the operator's namespace.
+    pub legacy_claims: Cache<Lease>,
     /// The release catalog ConfigMap, alone.
     pub catalog: Cache<ConfigMap>,
     /// Data of the Secrets reconciles asked for, by namespace and name.
@@ -204,7 +212,8 @@ pub struct Feeds {
     pub jobs: Touched<Job>,
     pub volume_claims: Touched<PersistentVolumeClaim>,
     pub secrets: Touched<PartialObjectMeta<Secret>>,
-    pub claims: Touched<Lease>,
+    pub claims: Touched<WhatsAppNumberClaim>,
+    pub legacy_claims: Touched<Lease>,
     pub catalog: Touched<ConfigMap>,
 }
 
@@ -285,10 +294,16 @@ pub fn build(
     let (jobs, job_feed) = feed(scoped(client, namespace), owned(), "jobs", keep_all);
     let (volume_claims, pvc_feed) =
         feed(scoped(client, namespace), watcher::Config::default(), "persistentvolumeclaims", keep_all);
-    let (claims, lease_feed) = feed(
+    let (claims, claim_feed) = feed(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        "number claims (is the WhatsAppNumberClaim CRD installed?)",
+        keep_all,
+    );
+    let (legacy_claims, lease_feed) = feed(
         Api::namespaced(client.clone(), operator_namespace),
-        watcher::Config::default().labels(&format!("{}=true", crate::exclusivity::CLAIM_LABEL)),
-        "number claims",
+        watcher::Config::default().labels(&format!("{}=true", crate::exclusivity::LEGACY_CLAIM_LABEL)),
+        "legacy number claim Leases",
         keep_all,
     );
     let (catalog, catalog_feed) = feed(
@@ -315,6 +330,7 @@ pub fn build(
         volume_claims,
         secrets,
         claims,
+        legacy_claims,
         catalog,
         secret_data: Mutex::default(),
     };
@@ -328,7 +344,8 @@ pub fn build(
         jobs: job_feed,
         volume_claims: pvc_feed,
         secrets: secrets_feed,
-        claims: lease_feed,
+        claims: claim_feed,
+        legacy_claims: lease_feed,
         catalog: catalog_feed,
     };
     (caches, feeds)

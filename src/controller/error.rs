@@ -13,7 +13,7 @@ pub enum Error {
     #[error("the WhatsAppNumber has no {0}")]
     MissingMetadata(&'static str),
 
-    #[error("the claim Lease {0} kept changing while it was being claimed")]
+    #[error("the number claim {0} kept changing while it was being claimed")]
     ClaimContended(String),
 
     #[error("the WhatsAppNumber changed since it was read; its status was not written")]

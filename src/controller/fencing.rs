@@ -1,10 +1,10 @@
 //! Fencing: no master or coreapp of a phone number starts while a pod of
 //! another instance of that number still exists, anywhere the operator sees.
 //!
-//! The claim Lease says who may run a number; the pods say who still runs it.
+//! The number claim says who may run a number; the pods say who still runs it.
 //! A claim is released only once the holder's masters and coreapps are gone,
 //! and a WhatsAppNumber starts its own only when no other object's are left,
-//! so a grace period, a partitioned node or a lost Lease never lets two sets
+//! so a grace period, a partitioned node or a lost claim never lets two sets
 //! of nodes of one number run at once.
 
 use std::collections::HashMap;

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -46,7 +45,7 @@ use status::{Applied, Outcome};
 /// Operator-wide settings the reconcile needs.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
-    /// The operator's namespace: it holds the phone-number claim Leases.
+    /// The operator's namespace: this installation, named in the number claims it grants.
     pub operator_namespace: String,
     /// `namespace/name` -> webapp base URL, overriding the in-cluster Service
     /// (for running the operator outside the cluster, and for tests).
@@ -180,9 +179,13 @@ async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action>
         return Ok(Action::requeue(FENCE_RETRY));
     }
     let operator_namespace = &ctx.settings.operator_namespace;
-    if let Some(lease) = exclusivity::held_by(&ctx.caches.claims, &identity).await? {
-        exclusivity::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
+    let (claim, lease) = exclusivity::held_by(&ctx.caches.claims, &ctx.caches.legacy_claims, &identity).await?;
+    if let Some(claim) = claim {
+        exclusivity::release_claim(&ctx.client, &claim, &identity).await?;
         info!(%identity, "released the number claim of an unreadable WhatsAppNumber");
+    }
+    if let Some(lease) = lease {
+        exclusivity::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
     }
     let index = obj.finalizers().iter().position(|f| f == exclusivity::FINALIZER).expect("checked by the caller");
     let path = format!("/metadata/finalizers/{index}");
@@ -302,10 +305,25 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     let claims = exclusivity::Claims {
         client: &ctx.client,
         cache: &ctx.caches.claims,
+        legacy: &ctx.caches.legacy_claims,
         numbers: &ctx.caches.numbers.store,
-        namespace: &ctx.settings.operator_namespace,
+        installation: &ctx.settings.operator_namespace,
     };
-    let outcome = match claims.claim(wan, intent).await? {
+    let claim = claims.claim(wan, intent).await?;
+    if !matches!(claim, Claim::ManagedElsewhere(_)) {
+        ctx.metrics.managed_elsewhere.remove(&ctx.metrics.number(wan));
+    }
+    let outcome = match claim {
+        Claim::ManagedElsewhere(installation) => {
+            // Two installations watch this object: the one that claimed the
+            // number manages it, and this one writes nothing, status included.
+            warn!(
+                %installation,
+                "another installation of the operator (namespace {installation}) claimed this number for this object; this one leaves it alone: run one installation per namespace"
+            );
+            ctx.metrics.managed_elsewhere.get_or_create(&ctx.metrics.number(wan)).set(1);
+            return Ok(Action::requeue(RESYNC));
+        }
         Claim::HeldBy(holder) => {
             stop_workloads(ctx, wan, "another WhatsAppNumber holds the number").await?;
             let waiting = fencing::Waiting::new(fence.of_holder(&holder), now.0, false);
@@ -908,9 +926,9 @@ fn referencing(
         .collect()
 }
 
-/// The WhatsAppNumbers with the phone number a claim Lease is about.
-fn waiting_for(numbers: &cache::Numbers, lease: &Lease) -> Vec<ObjectRef<DynamicObject>> {
-    let Some(number) = lease.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
+/// The WhatsAppNumbers with the phone number a claim (or legacy claim Lease) is about.
+fn waiting_for(numbers: &cache::Numbers, claim: &impl ResourceExt) -> Vec<ObjectRef<DynamicObject>> {
+    let Some(number) = claim.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
     with_number(numbers, &crate::resources::names::number_digits(number))
 }
 
@@ -984,7 +1002,8 @@ pub async fn run(
         ObjectRef::new_with(&name, ApiResource::erase::<WhatsAppNumber>(&())).within(&namespace)
     });
     let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches, probes));
-    let (secret_store, claim_store, lease_store, pod_store) = (store.clone(), store.clone(), store.clone(), store);
+    let (secret_store, claim_store, pod_store) = (store.clone(), store.clone(), store.clone());
+    let (number_claim_store, lease_store) = (store.clone(), store);
     controller
         .reconcile_all_on(catalog_changes)
         .reconcile_on(probe_changes)
@@ -1001,7 +1020,8 @@ pub async fn run(
             referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim)
         })
         // A released number claim wakes the WhatsAppNumbers waiting for it.
-        .watches_stream(feeds.claims, move |lease| waiting_for(&lease_store, &lease))
+        .watches_stream(feeds.claims, move |claim| waiting_for(&number_claim_store, &claim))
+        .watches_stream(feeds.legacy_claims, move |lease| waiting_for(&lease_store, &lease))
         // Master and coreapp pods starting, terminating or going wake the
         // objects of their number (fencing).
         .watches_stream(feeds.node_pods, move |pod| {

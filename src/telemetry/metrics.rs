@@ -67,6 +67,9 @@ pub struct Metrics {
     pub build_expiry: Family<NumberLabels, Gauge<f64, AtomicU64>>,
     /// Per number: Unix time of the last successful backup.
     pub backup_success: Family<NumberLabels, Gauge<f64, AtomicU64>>,
+    /// Per number: 1 while another installation of the operator manages it
+    /// (two installations watch its namespace).
+    pub managed_elsewhere: Family<NumberLabels, Gauge<i64, AtomicI64>>,
     /// Per number and condition type: 1 for the status and reason last written.
     pub conditions: Family<ConditionLabels, Gauge<i64, AtomicI64>>,
     /// The label set each (namespace, name, type) carries now, so that a
@@ -135,6 +138,12 @@ impl Default for Metrics {
             "Unix time of the last successful backup, per WhatsAppNumber",
             backup_success.clone(),
         );
+        let managed_elsewhere = Family::<NumberLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "number_managed_elsewhere",
+            "1 while another installation of the operator manages a WhatsAppNumber this one also watches",
+            managed_elsewhere.clone(),
+        );
         registry.register("build_info", "The operator's version and source revision", build_info);
         registry.register(
             "build_expiry_timestamp_seconds",
@@ -155,6 +164,7 @@ impl Default for Metrics {
             build_expiry,
             conditions,
             backup_success,
+            managed_elsewhere,
             condition_series: Default::default(),
         }
     }
@@ -220,6 +230,7 @@ impl Metrics {
         }
         self.connected_coreapps.remove(&labels);
         self.backup_success.remove(&labels);
+        self.managed_elsewhere.remove(&labels);
         self.gateway_up.remove(&labels);
         self.probe_duration.remove(&labels);
         self.probe_timestamp.remove(&labels);

@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use whatsapp_operator::exclusivity::lease_name;
+use whatsapp_operator::api::claim_name;
 use whatsapp_operator::resources::names::number_digits;
 
 use crate::Env;
@@ -24,7 +24,7 @@ use crate::scenarios::{
     apply_example, apply_example_for, condition, duplicate, ready_now, typed, unique_number, wait_condition,
     wait_ready, wans,
 };
-use crate::support::{self, OPERATOR_NAMESPACE, namespace, wait_until};
+use crate::support::{self, OPERATOR_NAMESPACE, Operator, namespace, wait_until};
 
 const HOLD: &str = "e2e.whatsapp.operators.dev/hold";
 
@@ -110,10 +110,8 @@ pub async fn deletion_waits_for_the_holders_pods(env: &'static Env) -> Result<()
     })
     .await?;
     holds_throughout(Duration::from_secs(8), "the waiter starts nothing while the holder's pod exists", || async {
-        let lease = Api::<Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE).get_opt(&lease_name(&number)).await?;
-        let held_by_holder = lease
-            .and_then(|l| l.spec?.holder_identity)
-            .is_some_and(|h| h.starts_with(&format!("{holder_ns}/{holder}/")));
+        let held_by_holder =
+            support::claim_holder(c, &number).await?.is_some_and(|h| h.starts_with(&format!("{holder_ns}/{holder}/")));
         Ok(held_by_holder && statefulsets(c, &waiter_ns).await? == 0)
     })
     .await?;
@@ -131,8 +129,7 @@ pub async fn deletion_waits_for_the_holders_pods(env: &'static Env) -> Result<()
     release_pod(c, &holder_ns, "stuck-coreapp").await?;
     wait_ready(&wans(c, &waiter_ns), "waiter").await?;
     ensure!(wans(c, &holder_ns).get_opt(&holder).await?.is_none(), "the holder is gone");
-    let lease = Api::<Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE).get(&lease_name(&number)).await?;
-    let identity = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    let identity = support::claim_holder(c, &number).await?.unwrap_or_default();
     ensure!(identity.starts_with(&format!("{waiter_ns}/waiter/")), "the claim moved to the waiter: {identity}");
     support::delete_namespace(c, &holder_ns).await;
     support::delete_namespace(c, &waiter_ns).await;
@@ -177,14 +174,10 @@ pub async fn a_deleted_claim_stays_with_the_running_instance(env: &'static Env) 
     duplicate(c, &holder_ns, &holder, &waiter_ns, "waiter").await?;
     wait_condition(&wans(c, &waiter_ns), "waiter", "Conflict", "True", "PhoneNumberInUse").await?;
 
-    // A person deletes the claim Lease: both objects are woken by it.
-    let leases = Api::<Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE);
-    leases.delete(&lease_name(&number), &DeleteParams::default()).await?;
+    // A person deletes the claim: both objects are woken by it.
+    support::number_claims(c).delete(&claim_name(&number), &DeleteParams::default()).await?;
     let held_by_holder = || async {
-        let lease = leases.get_opt(&lease_name(&number)).await?;
-        Ok(lease
-            .and_then(|l| l.spec?.holder_identity)
-            .is_some_and(|h| h.starts_with(&format!("{holder_ns}/{holder}/"))))
+        Ok(support::claim_holder(c, &number).await?.is_some_and(|h| h.starts_with(&format!("{holder_ns}/{holder}/"))))
     };
     wait_until(Duration::from_secs(30), "the running instance to claim the number again", held_by_holder).await?;
     holds_throughout(Duration::from_secs(8), "the running instance keeps the number", || async {
@@ -196,5 +189,104 @@ pub async fn a_deleted_claim_stays_with_the_running_instance(env: &'static Env) 
     ensure!(condition(&waiter, "Conflict").is_some_and(|c| c.status == "True"), "the waiter still waits");
     support::delete_namespace(c, &holder_ns).await;
     support::delete_namespace(c, &waiter_ns).await;
+    Ok(())
+}
+
+/// Claims hold across installations. A second, cluster-scoped installation
+/// in a namespace of its own honours the claim the first one granted, and
+/// leaves alone the objects the first one manages (it writes nothing for
+/// them and says so in a metric). A claim Lease an earlier release left
+/// counts until its holder holds the claim object, and then goes.
+pub async fn claims_hold_across_installations(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let holder_ns = namespace(c, "install-a").await?;
+    let other_ns = namespace(c, "install-b").await?;
+    let second_ns = namespace(c, "wao-second").await?;
+    let holder = apply_example(c, &holder_ns, "ha-mysql.yaml", None).await?;
+    let number = wans(c, &holder_ns).get(&holder).await?.spec.phone_number;
+    wait_ready(&wans(c, &holder_ns), &holder).await?;
+    let claim = support::number_claims(c).get(&claim_name(&number)).await?;
+    ensure!(claim.spec.installation == OPERATOR_NAMESPACE, "granted by the main installation: {:?}", claim.spec);
+
+    // Only the second installation acts while it runs.
+    let sa = support::apply_chart_rbac(&env.cluster, "wao-second", &second_ns, &["rbac.scope=cluster"])?;
+    let kubeconfig = support::service_account_kubeconfig(&env.cluster, c, &second_ns, &sa).await?;
+    env.operator.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    let mut second = Operator::start(
+        "second",
+        &kubeconfig,
+        &["--operator-namespace", &second_ns, "--lease-name", "whatsapp-operator-second"],
+    )?;
+    let result = async {
+        let before = wans(c, &holder_ns).get(&holder).await?.metadata.resource_version;
+        duplicate(c, &holder_ns, &holder, &other_ns, "other").await?;
+        let w = wait_condition(&wans(c, &other_ns), "other", "Conflict", "True", "PhoneNumberInUse").await?;
+        let message = condition(&w, "Conflict").map(|c| c.message.clone()).unwrap_or_default();
+        ensure!(message.contains(&format!("{holder_ns}/{holder}")), "the holder is named: {message}");
+        holds_throughout(Duration::from_secs(6), "the second installation starts nothing", || async {
+            let held =
+                support::claim_holder(c, &number).await?.is_some_and(|h| h.starts_with(&format!("{holder_ns}/")));
+            Ok(held && statefulsets(c, &other_ns).await? == 0)
+        })
+        .await?;
+        // The holder is the first installation's: the second one writes nothing for it.
+        let metrics = format!("http://127.0.0.1:{}/metrics", second.metrics_port);
+        wait_until(Duration::from_secs(30), "the second installation to report the number managed elsewhere", || {
+            let metrics = metrics.clone();
+            let (ns, name) = (holder_ns.clone(), holder.clone());
+            async move {
+                let text = reqwest::get(metrics).await?.text().await?;
+                Ok(text.lines().any(|l| {
+                    l.starts_with("whatsapp_operator_number_managed_elsewhere{")
+                        && l.contains(&format!("namespace=\"{ns}\""))
+                        && l.contains(&format!("name=\"{name}\""))
+                        && l.ends_with(" 1")
+                }))
+            }
+        })
+        .await?;
+        let after = wans(c, &holder_ns).get(&holder).await?.metadata.resource_version;
+        ensure!(before == after, "the second installation wrote the first one's object");
+        let log = std::fs::read_to_string(&second.log).unwrap_or_default();
+        ensure!(log.contains("another installation of the operator"), "the log says why");
+        Ok(())
+    }
+    .await;
+    let tail = second.log_tail();
+    second.stop();
+    env.operator.lock().unwrap_or_else(|e| e.into_inner()).restart()?;
+    result.with_context(|| format!("second installation's log:\n{tail}"))?;
+
+    // A claim Lease of an earlier release, held by an existing object.
+    let legacy_ns = namespace(c, "install-legacy").await?;
+    let legacy_number = unique_number();
+    let legacy_name = claim_name(&legacy_number);
+    let holder_uid = wans(c, &holder_ns).get(&holder).await?.metadata.uid.unwrap_or_default();
+    let leases = Api::<Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE);
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": legacy_name, "labels": {whatsapp_operator::exclusivity::LEGACY_CLAIM_LABEL: "true"},
+            "annotations": {whatsapp_operator::exclusivity::NUMBER_ANNOTATION: legacy_number}},
+        "spec": {"holderIdentity": format!("{holder_ns}/{holder}/{holder_uid}")}
+    }))?;
+    leases.create(&PostParams::default(), &lease).await?;
+    let late = apply_example_for(c, &legacy_ns, "ha-mysql.yaml", None, &legacy_number).await?;
+    let w = wait_condition(&wans(c, &legacy_ns), &late, "Conflict", "True", "PhoneNumberInUse").await?;
+    ensure!(condition(&w, "Conflict").is_some_and(|c| c.message.contains(&format!("{holder_ns}/{holder}"))));
+    ensure!(support::claim_holder(c, &legacy_number).await?.is_none(), "no claim object beside the Lease");
+    ensure!(statefulsets(c, &legacy_ns).await? == 0, "nothing starts while the Lease holds the number");
+    // Handed to the waiting object (as a release of the old holder would).
+    let late_uid = wans(c, &legacy_ns).get(&late).await?.metadata.uid.unwrap_or_default();
+    let patch = json!({"spec": {"holderIdentity": format!("{legacy_ns}/{late}/{late_uid}")}});
+    leases.patch(&legacy_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    wait_ready(&wans(c, &legacy_ns), &late).await?;
+    let moved = support::claim_holder(c, &legacy_number).await?.unwrap_or_default();
+    ensure!(moved.starts_with(&format!("{legacy_ns}/{late}/")), "the claim object names the new holder: {moved}");
+    wait_until(Duration::from_secs(30), "the legacy Lease removed", || async {
+        Ok(leases.get_opt(&legacy_name).await?.is_none())
+    })
+    .await?;
+    for ns in [&holder_ns, &other_ns, &legacy_ns, &second_ns] {
+        support::delete_namespace(c, ns).await;
+    }
     Ok(())
 }

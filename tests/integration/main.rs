@@ -84,6 +84,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("a_deleted_claim_stays_with_the_running_instance", false, |e| {
         Box::pin(fencing::a_deleted_claim_stays_with_the_running_instance(e))
     }),
+    ("claims_hold_across_installations", true, |e| Box::pin(fencing::claims_hold_across_installations(e))),
     ("claims_taken_over_and_lost", false, |e| Box::pin(scenarios::claims_taken_over_and_lost(e))),
     ("gateway_health_reaches_ready_and_fails_over", false, |e| {
         Box::pin(gateway::health_reaches_ready_and_fails_over(e))

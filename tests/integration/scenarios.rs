@@ -894,10 +894,7 @@ pub async fn duplicate_number_waits_for_the_holder(env: &'static Env) -> Result<
     // The holder goes; the duplicate takes over by itself.
     wans(c, &first_ns).delete(&first, &DeleteParams::default()).await?;
     wait_ready(&wans(c, &second_ns), "duplicate").await?;
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE)
-        .get(&whatsapp_operator::exclusivity::lease_name(&number))
-        .await?;
-    let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    let holder = support::claim_holder(c, &number).await?.unwrap_or_default();
     ensure!(holder.starts_with(&format!("{second_ns}/duplicate/")), "claim moved to the duplicate: {holder}");
     support::delete_namespace(c, &first_ns).await;
     support::delete_namespace(c, &second_ns).await;
@@ -908,24 +905,24 @@ pub async fn duplicate_number_waits_for_the_holder(env: &'static Env) -> Result<
 /// WhatsAppNumber; one whose claim passes to another while it runs deletes its
 /// StatefulSets, so the number never runs twice.
 pub async fn claims_taken_over_and_lost(env: &'static Env) -> Result<()> {
-    use k8s_openapi::api::coordination::v1::Lease;
-    use whatsapp_operator::exclusivity::{holder_identity, lease_name};
+    use whatsapp_operator::exclusivity::holder_identity;
     let c = &env.admin;
     let first_ns = namespace(c, "lost").await?;
     let second_ns = namespace(c, "taker").await?;
     let first = apply_example(c, &first_ns, "ha-mysql.yaml", None).await?;
     let a = wait_ready(&wans(c, &first_ns), &first).await?;
-    let leases: Api<Lease> = Api::namespaced(c.clone(), OPERATOR_NAMESPACE);
-    let lease = lease_name(&a.spec.phone_number);
+    let claims = support::number_claims(c);
+    let claim = whatsapp_operator::api::claim_name(&a.spec.phone_number);
     let set_holder = |holder: String| {
-        let leases = leases.clone();
-        let lease = lease.clone();
+        let claims = claims.clone();
+        let claim = claim.clone();
         async move {
-            let patch = json!({"spec": {"holderIdentity": holder}});
-            leases.patch(&lease, &PatchParams::default(), &Patch::Merge(&patch)).await
+            let patch = json!({"spec": {"holder": holder}});
+            claims.patch(&claim, &PatchParams::default(), &Patch::Merge(&patch)).await
         }
     };
-    let holder = || async { Ok::<_, anyhow::Error>(leases.get(&lease).await?.spec.and_then(|s| s.holder_identity)) };
+    let number = a.spec.phone_number.clone();
+    let holder = || async { support::claim_holder(c, &number).await };
 
     // Abandoned: its holder does not exist; the running WhatsAppNumber takes it back.
     set_holder(format!("{first_ns}/ghost/00000000-0000-0000-0000-000000000000")).await?;
@@ -1001,11 +998,8 @@ pub async fn racing_claims_end_with_one_holder(env: &'static Env) -> Result<()> 
             }
         }
         ensure!(holders.len() == 1, "round {round}: {} holders ({holders:?})", holders.len());
-        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE)
-            .get(&whatsapp_operator::exclusivity::lease_name(&number))
-            .await?;
-        let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
-        ensure!(holder.starts_with(&format!("{}/ha-mysql/", holders[0])), "round {round}: lease {holder}");
+        let holder = support::claim_holder(c, &number).await?.unwrap_or_default();
+        ensure!(holder.starts_with(&format!("{}/ha-mysql/", holders[0])), "round {round}: claim {holder}");
         for ns in &namespaces {
             let sts = typed::<StatefulSet>(c, ns).list(&ListParams::default()).await?.items.len();
             ensure!((sts > 0) == (ns == &holders[0]), "round {round}: only the holder has workloads ({ns}: {sts})");

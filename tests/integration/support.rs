@@ -13,8 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
-use whatsapp_operator::api::WhatsAppNumber;
+use kube::{Api, Client, Config, ResourceExt};
 
 pub const OPERATOR_NAMESPACE: &str = "whatsapp-operator-system";
 pub const RELEASE: &str = "wao";
@@ -99,18 +98,21 @@ pub async fn client_from(kubeconfig: &Path) -> Result<Client> {
 /// Installs the CRD exactly as `crdgen` generates it and waits until it is served.
 pub async fn install_crd(client: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = whatsapp_operator::api::crd();
-    api.patch(&crd.name_any(), &PatchParams::apply("integration-tests").force(), &Patch::Apply(&crd)).await?;
-    wait_until(Duration::from_secs(30), "the CRD to be established", || async {
-        let crd = api.get(WhatsAppNumber::crd_name()).await?;
-        Ok(crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True"))
-    })
-    .await
+    for crd in [whatsapp_operator::api::crd(), whatsapp_operator::api::claim_crd()] {
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("integration-tests").force(), &Patch::Apply(&crd)).await?;
+        wait_until(Duration::from_secs(30), &format!("the CRD {name} to be established"), || async {
+            let crd = api.get(&name).await?;
+            Ok(crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"))
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// Renders the Helm chart and applies only its ServiceAccount and RBAC, so the
@@ -217,12 +219,18 @@ impl Operator {
         self.metrics_port = free_port()?;
         self.log = work_dir().join(format!("operator-{}-{n}.log", self.name));
         let log = std::fs::File::create(&self.log)?;
+        // Another installation passes its own namespace.
+        let installation = if self.args.iter().any(|a| a == "--operator-namespace") {
+            vec![]
+        } else {
+            vec!["--operator-namespace", OPERATOR_NAMESPACE]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_whatsapp-operator"))
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,whatsapp_operator=debug")
             .env_remove("WATCH_NAMESPACE")
             .args(["--metrics-address", &format!("127.0.0.1:{}", self.metrics_port)])
-            .args(["--operator-namespace", OPERATOR_NAMESPACE])
+            .args(installation)
             .args(["--identity", &self.name])
             .args(&self.args)
             .stdout(log.try_clone()?)
@@ -350,4 +358,15 @@ pub async fn namespace(client: &Client, prefix: &str) -> Result<String> {
 pub async fn delete_namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let _ = api.delete(name, &DeleteParams::background()).await;
+}
+
+/// The cluster's phone-number claims.
+pub fn number_claims(c: &Client) -> Api<whatsapp_operator::api::WhatsAppNumberClaim> {
+    Api::all(c.clone())
+}
+
+/// Who holds `number`'s claim (`namespace/name/uid`), if anyone.
+pub async fn claim_holder(c: &Client, number: &str) -> Result<Option<String>> {
+    let claim = number_claims(c).get_opt(&whatsapp_operator::api::claim_name(number)).await?;
+    Ok(claim.map(|c| c.spec.holder))
 }
