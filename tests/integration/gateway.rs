@@ -683,3 +683,99 @@ async fn wait_until_shards(api: &Api<WhatsAppNumber>, shards: i32) -> Result<Wha
     .await?;
     Ok(api.get(NAME).await?)
 }
+
+/// A webapp that accepts connections and never answers holds its probe for
+/// the whole timeout, and nothing else: while a probe's connection is still
+/// open, a spec change of the same number is reconciled and its deletion
+/// completes. The result, once the timeout passes, says the webapp timed out.
+pub async fn a_hanging_webapp_delays_nothing(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let (ns, port) = env.slot("hanging");
+    let listener = SilentListener::bind(port).await?;
+    // The longest timeout the schema allows: each probe call hangs for 60 s.
+    prepare(c, &ns, &unique_number(), json!({"health": {"pollIntervalSeconds": 5, "timeoutSeconds": 60}})).await?;
+    let api = wans(c, &ns);
+
+    let first = listener.next_held(READY_TIMEOUT).await?;
+    let w = merge_patch(&api, NAME, json!({"spec": {"webapp": {"replicas": 3}}})).await?;
+    let generation = w.metadata.generation;
+    wait_until(READY_TIMEOUT, "the spec change observed", || async {
+        let w = api.get(NAME).await?;
+        Ok(w.status.as_ref().and_then(|s| s.observed_generation) == generation)
+    })
+    .await?;
+    ensure!(listener.is_open(first), "the spec change waited for the hanging probe to give up");
+    let w = api.get(NAME).await?;
+    ensure!(!ready_now(&w), "never Ready without an answer from the webapp");
+
+    wait_until(READY_TIMEOUT, "the probe's timeout reported", || async {
+        let w = api.get(NAME).await?;
+        Ok(condition(&w, "GatewayConnected")
+            .is_some_and(|g| g.reason == "WebappUnreachable" && g.message.contains("timed out")))
+    })
+    .await?;
+    let w = api.get(NAME).await?;
+    let ready = condition(&w, "Ready").ok_or_else(|| anyhow!("no Ready condition"))?;
+    ensure!(ready.status == "False" && ready.reason == "WebappUnreachable", "{ready:?}");
+
+    let held = listener.next_held(READY_TIMEOUT).await?;
+    api.delete(NAME, &Default::default()).await?;
+    wait_until(READY_TIMEOUT, "the number deleted", || async { Ok(api.get_opt(NAME).await?.is_none()) }).await?;
+    ensure!(listener.is_open(held), "the deletion waited for the hanging probe to give up");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// Accepts TCP connections and never writes a byte; remembers which ones the
+/// other side has closed.
+struct SilentListener {
+    connections: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentListener {
+    async fn bind(port: u16) -> Result<Self> {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bool>::new()));
+        let shared = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let id = {
+                    let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    all.push(true);
+                    all.len() - 1
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                    shared.lock().unwrap_or_else(|e| e.into_inner())[id] = false;
+                });
+            }
+        });
+        Ok(Self { connections, task })
+    }
+
+    fn is_open(&self, id: usize) -> bool {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied().unwrap_or(false)
+    }
+
+    /// A connection opened from now on that is still held open.
+    async fn next_held(&self, timeout: Duration) -> Result<usize> {
+        let from = self.connections.lock().unwrap_or_else(|e| e.into_inner()).len();
+        wait_until(timeout, "a probe connecting to the silent webapp", || async {
+            let all = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(all.iter().skip(from).any(|open| *open))
+        })
+        .await?;
+        let all = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(all.iter().enumerate().skip(from).find(|(_, open)| **open).map(|(id, _)| id).expect("found above"))
+    }
+}
+
+impl Drop for SilentListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -58,7 +58,7 @@ impl Env {
 }
 
 /// The gateway scenarios; each gets a namespace and a webapp port at start-up.
-const GATEWAY_SCENARIOS: [&str; 7] = ["health", "shards", "upgrade", "auto", "conflict", "life", "objects"];
+const GATEWAY_SCENARIOS: [&str; 8] = ["health", "shards", "upgrade", "auto", "conflict", "life", "objects", "hanging"];
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
@@ -92,6 +92,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     ("gateway_shards_change_through_the_api", false, |e| Box::pin(gateway::shards_change_through_the_api(e))),
     ("gateway_a_numbers_life_as_code", false, |e| Box::pin(gateway::a_numbers_life_as_code(e))),
     ("gateway_backups_in_object_storage", false, |e| Box::pin(gateway::backups_in_object_storage(e))),
+    ("gateway_a_hanging_webapp_delays_nothing", false, |e| Box::pin(gateway::a_hanging_webapp_delays_nothing(e))),
     ("gateway_another_instance_outside_the_cluster_stops_the_nodes", false, |e| {
         Box::pin(gateway::another_instance_outside_the_cluster_stops_the_nodes(e))
     }),
