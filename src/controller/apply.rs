@@ -174,15 +174,22 @@ impl<'a> Applier<'a> {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
-        match api.get_opt(&name).await {
-            Ok(Some(live)) if live.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash) => {
-                return Ok(Ok(Some(name)));
-            }
-            Ok(_) => {}
-            Err(e) if missing_crd(&e) => {
-                return Ok(Err("spec.monitoring.serviceMonitor needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1), which this cluster does not serve".into()));
-            }
-            Err(e) => return Err(e.into()),
+        let monitors = &self.caches.service_monitors;
+        let live_hash = match monitors.applied_hash(&self.namespace, &name, ANNOTATION_APPLIED_HASH) {
+            Some(cached) => cached,
+            None => match api.get_opt(&name).await {
+                Ok(live) => {
+                    monitors.watch();
+                    live.map(|l| l.annotations().get(ANNOTATION_APPLIED_HASH).cloned().unwrap_or_default())
+                }
+                Err(e) if missing_crd(&e) => {
+                    return Ok(Err("spec.monitoring.serviceMonitor needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1), which this cluster does not serve".into()));
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if live_hash.as_ref() == Some(&hash) {
+            return Ok(Ok(Some(name)));
         }
         let mut patch = serde_json::to_value(&desired)?;
         patch["apiVersion"] = "monitoring.coreos.com/v1".into();

@@ -12,7 +12,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -164,6 +164,8 @@ pub struct Caches {
     pub catalog: Cache<ConfigMap>,
     /// Data of the Secrets reconciles asked for, by namespace and name.
     secret_data: Mutex<HashMap<(String, String), Secret>>,
+    /// The clients' ServiceMonitors, once the cluster is known to serve them.
+    pub service_monitors: ServiceMonitors,
 }
 
 impl Caches {
@@ -195,6 +197,67 @@ impl Caches {
             let key = (s.namespace().unwrap_or_default(), s.name_any());
             self.secret_data.lock().expect("secret cache lock").insert(key, s);
         }
+    }
+}
+
+/// The metadata of the ServiceMonitors the operator made. The Prometheus
+/// Operator's CRD is optional, so nothing is watched until a reconcile has
+/// read one ServiceMonitor from the API (which shows the CRD is served); from
+/// then on the watch answers. A ServiceMonitor changed by hand is set right at
+/// the number's next reconcile.
+pub struct ServiceMonitors {
+    api: Api<PartialObjectMeta<DynamicObject>>,
+    selector: String,
+    resource: ApiResource,
+    watch: Mutex<Option<(Store<PartialObjectMeta<DynamicObject>>, AbortOnDrop)>>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ServiceMonitors {
+    fn new(client: &Client, namespace: &Option<String>, selector: &str) -> Self {
+        let resource = crate::resources::monitoring::resource();
+        let api = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        Self { api, selector: selector.to_string(), resource, watch: Mutex::default() }
+    }
+
+    /// The applied-hash annotation of a ServiceMonitor as the watch last saw
+    /// it: `Some(None)` when it does not exist, `None` when the watch has not
+    /// started or not listed yet, and the caller must ask the API.
+    pub fn applied_hash(&self, namespace: &str, name: &str, annotation: &str) -> Option<Option<String>> {
+        let watch = self.watch.lock().expect("service monitor watch lock");
+        let (store, _) = watch.as_ref()?;
+        store.wait_until_ready().now_or_never()?.ok()?;
+        let key = ObjectRef::new_with(name, self.resource.clone()).within(namespace);
+        Some(store.get(&key).map(|m| m.annotations().get(annotation).cloned().unwrap_or_default()))
+    }
+
+    /// Starts the watch, once: the caller has just seen the CRD served.
+    pub fn watch(&self) {
+        let mut watch = self.watch.lock().expect("service monitor watch lock");
+        if watch.is_some() {
+            return;
+        }
+        let writer = reflector::store::Writer::new(self.resource.clone());
+        let store = writer.as_reader();
+        let config = watcher::Config::default().labels(&self.selector);
+        let stream = reflector::reflector(writer, watcher(self.api.clone(), config).default_backoff());
+        let task = tokio::spawn(stream.for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "cannot watch the clients' ServiceMonitors; retrying with backoff");
+            }
+            futures::future::ready(())
+        }));
+        *watch = Some((store, AbortOnDrop(task)));
     }
 }
 
@@ -333,6 +396,7 @@ pub fn build(
         legacy_claims,
         catalog,
         secret_data: Mutex::default(),
+        service_monitors: ServiceMonitors::new(client, namespace, owned_selector),
     };
     let feeds = Feeds {
         node_pods: pods_feed,

@@ -1164,6 +1164,19 @@ pub async fn client_metrics_service_monitor_follows_the_spec(env: &'static Env) 
     let w = wait_condition(&api, &name, "ClientMetricsScraped", "True", "ServiceMonitorApplied").await?;
     ensure!(w.status.as_ref().and_then(|s| s.client_service_monitor.clone()) == Some(sm_name.clone()));
 
+    // Deleted by hand: the number's next reconcile (here for a spec change
+    // that leaves the ServiceMonitor as it was) puts it back.
+    monitors.delete(&sm_name, &Default::default()).await?;
+    wait_until(READY_TIMEOUT, "the ServiceMonitor deleted", || async {
+        Ok(monitors.get_opt(&sm_name).await?.is_none())
+    })
+    .await?;
+    merge_patch(&api, &name, json!({"spec": {"webapp": {"replicas": 3}}})).await?;
+    wait_until(READY_TIMEOUT, "the ServiceMonitor put back", || async {
+        Ok(monitors.get_opt(&sm_name).await?.is_some())
+    })
+    .await?;
+
     merge_patch(&api, &name, json!({"spec": {"monitoring": null}})).await?;
     wait_until(READY_TIMEOUT, "the ServiceMonitor removed", || async {
         Ok(monitors.get_opt(&sm_name).await?.is_none())

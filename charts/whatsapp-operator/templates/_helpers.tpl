@@ -166,8 +166,9 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   verbs: ["list", "watch", "create", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  # spec.monitoring.serviceMonitor: the client's own metrics.
-  verbs: ["get", "create", "patch", "delete"]
+  # spec.monitoring.serviceMonitor: the client's own metrics. get: the first
+  # read shows the CRD is served; list/watch (metadata) from then on.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 
 {{/*
