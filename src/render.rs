@@ -9,7 +9,6 @@
 //! read `<generated>`, and the configuration hash on pod templates differs
 //! from a cluster's, which also hashes the credentials.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::WhatsAppNumber;
@@ -19,8 +18,8 @@ use crate::resources::{self, BuildInputs, config, schema_job};
 pub fn render(yaml: &str) -> Result<String, String> {
     let mut out = Vec::new();
     let mut found = 0;
-    for (i, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value = Value::deserialize(document).map_err(|e| format!("document {}: {e}", i + 1))?;
+    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| format!("not valid YAML: {e}"))?;
+    for (i, value) in documents.into_iter().enumerate() {
         if value.is_null() || value.get("kind").and_then(Value::as_str) != Some("WhatsAppNumber") {
             continue;
         }
@@ -31,7 +30,7 @@ pub fn render(yaml: &str) -> Result<String, String> {
         }
         found += 1;
         for object in objects(&wan)? {
-            out.push(serde_yaml::to_string(&object).map_err(|e| e.to_string())?);
+            out.push(serde_saphyr::to_string(&object).map_err(|e| e.to_string())?);
         }
     }
     if found == 0 {
@@ -109,7 +108,7 @@ metadata: {name: acme-db}
 "#;
 
     fn docs(out: &str) -> Vec<Value> {
-        serde_yaml::Deserializer::from_str(out).map(|d| Value::deserialize(d).unwrap()).collect()
+        serde_saphyr::from_multiple(out).unwrap()
     }
 
     #[test]

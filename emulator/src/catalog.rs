@@ -59,7 +59,7 @@ fn normalise(version: &str) -> &str {
 impl Catalog {
     pub fn parse(text: &str) -> Result<Catalog, Error> {
         let file: CatalogFile =
-            serde_yaml::from_str(text).map_err(|e| Error::Config(format!("release catalog: {e}")))?;
+            serde_saphyr::from_str(text).map_err(|e| Error::Config(format!("release catalog: {e}")))?;
         let releases = match file {
             CatalogFile::List(r) | CatalogFile::Wrapped { releases: r } => r,
         };

@@ -9,6 +9,7 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::{self, PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
@@ -28,14 +29,21 @@ enum Section {
     Cert,
 }
 
+/// Any PEM section, by kind: the client reads every section of an upload.
+struct AnySection(SectionKind);
+
+impl PemObject for AnySection {
+    fn from_pem(kind: SectionKind, _der: Vec<u8>) -> Option<Self> {
+        Some(Self(kind))
+    }
+}
+
 fn sections(pem: &str) -> Result<Vec<Section>, String> {
     let mut out = vec![];
-    for item in rustls_pemfile::read_all(&mut pem.as_bytes()) {
-        match item.map_err(|e| format!("unreadable PEM: {e}"))? {
-            rustls_pemfile::Item::X509Certificate(_) => out.push(Section::Cert),
-            rustls_pemfile::Item::Pkcs1Key(_)
-            | rustls_pemfile::Item::Pkcs8Key(_)
-            | rustls_pemfile::Item::Sec1Key(_) => out.push(Section::Key),
+    for item in AnySection::pem_slice_iter(pem.as_bytes()) {
+        match item.map_err(|e| format!("unreadable PEM: {e}"))?.0 {
+            SectionKind::Certificate => out.push(Section::Cert),
+            SectionKind::RsaPrivateKey | SectionKind::PrivateKey | SectionKind::EcPrivateKey => out.push(Section::Key),
             _ => return Err("unexpected PEM section".into()),
         }
     }
@@ -89,13 +97,24 @@ pub fn uploaded_chain(pem: &str) -> String {
 }
 
 fn parse(pem: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut pem.as_bytes())?
-        .ok_or_else(|| Error::Fatal("the certificate file has no private key".into()))?;
+    let certs = certificates(pem)?;
+    let key = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => {
+            return Err(Error::Fatal("the certificate file has no private key".into()));
+        }
+        Err(e) => return Err(Error::Fatal(format!("unreadable PEM: {e}"))),
+    };
     if certs.is_empty() {
         return Err(Error::Fatal("the certificate file has no certificate".into()));
     }
     Ok((certs, key))
+}
+
+fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Fatal(format!("unreadable PEM: {e}")))
 }
 
 async fn blob(db: &Db, name: &str) -> Result<Option<String>, Error> {
@@ -172,7 +191,7 @@ async fn self_signed(db: &Db, cfg: &Config) -> Result<(Vec<CertificateDer<'stati
         .push(DnType::CommonName, cfg.web_servername.clone().unwrap_or_else(|| "localhost".into()));
     let key = KeyPair::generate().map_err(|e| Error::Fatal(format!("key: {e}")))?;
     let cert = params.signed_by(&key, &issuer, &ca_key).map_err(|e| Error::Fatal(format!("certificate: {e}")))?;
-    let ca_der = rustls_pemfile::certs(&mut ca_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let ca_der = certificates(&ca_pem)?;
     let mut chain = vec![cert.der().clone()];
     chain.extend(ca_der);
     Ok((chain, PrivateKeyDer::Pkcs8(key.serialize_der().into())))

@@ -35,7 +35,13 @@ pub fn claim_crd() -> CustomResourceDefinition {
 }
 
 fn yaml(crd: &CustomResourceDefinition) -> String {
-    format!("---\n{}", serde_yaml::to_string(crd).expect("a CRD serializes to YAML"))
+    // Long descriptions on one line, multi-line ones as literal blocks, as
+    // `controller-gen` writes them.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: 1 << 20 };
+    let text = serde_saphyr::to_string_with_options(crd, options).expect("a CRD serializes to YAML");
+    // Blank lines inside literal blocks come indented; they read the same empty.
+    let lines: Vec<&str> = text.lines().map(|l| if l.trim().is_empty() { "" } else { l }).collect();
+    format!("---\n{}\n", lines.join("\n"))
 }
 
 /// The CRD manifests as checked in under `crds/` and the Helm chart's

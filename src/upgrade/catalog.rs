@@ -129,8 +129,8 @@ impl Catalog {
     pub fn with_overrides(yaml: Option<&str>) -> Self {
         let mut c = Self::built_in();
         let Some(yaml) = yaml.filter(|y| !y.trim().is_empty()) else { return c };
-        let entries: Vec<serde_yaml::Value> = match serde_yaml::from_str(yaml) {
-            Ok(serde_yaml::Value::Sequence(items)) => items,
+        let entries: Vec<serde_json::Value> = match serde_saphyr::from_str(yaml) {
+            Ok(serde_json::Value::Array(items)) => items,
             Ok(_) => {
                 c.problems.push(format!("{CONFIGMAP_KEY} must be a list of {{version, releasedAt, expiresAt}}"));
                 return c;
@@ -142,8 +142,8 @@ impl Catalog {
         };
         for (i, entry) in entries.iter().enumerate() {
             let field = |k: &str| match entry.get(k) {
-                Some(serde_yaml::Value::String(s)) => Some(s.clone()),
-                Some(serde_yaml::Value::Number(n)) => Some(n.to_string()),
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
                 _ => None,
             };
             let parsed = match (field("version"), field("releasedAt")) {

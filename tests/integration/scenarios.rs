@@ -44,9 +44,7 @@ pub async fn apply_example_for(
     phone_number: &str,
 ) -> Result<String> {
     let text = std::fs::read_to_string(support::repo().join("examples").join(file))?;
-    let docs = serde_yaml::Deserializer::from_str(&text)
-        .map(<Value as serde::Deserialize>::deserialize)
-        .collect::<Result<Vec<_>, _>>()?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
     let mut wan_name = None;
     for mut value in docs {
         if value.is_null() {
@@ -614,7 +612,7 @@ pub async fn operator_killed_mid_reconcile_converges(env: &'static Env) -> Resul
     let template: WhatsAppNumber = {
         let text = std::fs::read_to_string(support::repo().join("examples/ha-mysql.yaml"))?;
         let doc = text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?;
-        serde_yaml::from_str(doc)?
+        serde_saphyr::from_str(doc)?
     };
     for (i, delay_ms) in [0u64, 150, 400, 900].into_iter().enumerate() {
         let name = format!("restart-{i}");
@@ -962,7 +960,7 @@ pub async fn racing_claims_end_with_one_holder(env: &'static Env) -> Result<()> 
     let c = &env.admin;
     let template: WhatsAppNumber = {
         let text = std::fs::read_to_string(support::repo().join("examples/ha-mysql.yaml"))?;
-        serde_yaml::from_str(text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?)?
+        serde_saphyr::from_str(text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?)?
     };
     for round in 0..3 {
         let number = unique_number();
@@ -1044,7 +1042,7 @@ pub async fn an_unreadable_object_does_not_stop_the_others(env: &'static Env) ->
 
     let mut good: WhatsAppNumber = {
         let text = std::fs::read_to_string(support::repo().join("examples/ha-mysql.yaml"))?;
-        serde_yaml::from_str(text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?)?
+        serde_saphyr::from_str(text.split("\n---\n").nth(1).ok_or_else(|| anyhow!("example layout"))?)?
     };
     good.metadata.namespace = Some(ns.clone());
     good.spec.health.enabled = false;

@@ -128,14 +128,13 @@ pub fn apply_chart_rbac(cluster: &Cluster, release: &str, namespace: &str, value
     let keep = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
     let mut docs = Vec::new();
     let mut service_account = None;
-    for doc in serde_yaml::Deserializer::from_str(&rendered) {
-        let value = serde_yaml::Value::deserialize(doc)?;
+    for value in serde_saphyr::from_multiple::<serde_json::Value>(&rendered)? {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         if keep.contains(&kind.as_str()) {
             if kind == "ServiceAccount" {
                 service_account = value["metadata"]["name"].as_str().map(String::from);
             }
-            docs.push(serde_yaml::to_string(&value)?);
+            docs.push(serde_saphyr::to_string(&value)?);
         }
     }
     let service_account = service_account.ok_or_else(|| anyhow!("the chart rendered no ServiceAccount"))?;
@@ -152,8 +151,6 @@ pub fn apply_chart_rbac(cluster: &Cluster, release: &str, namespace: &str, value
     run(cluster.kubectl().arg("apply").arg("-f").arg(&file))?;
     Ok(service_account)
 }
-
-use serde::Deserialize;
 
 /// A kubeconfig that authenticates as the ServiceAccount with a fresh token.
 pub async fn service_account_kubeconfig(
@@ -184,7 +181,7 @@ pub async fn service_account_kubeconfig(
         }
     }
     let path = work_dir().join(format!("kubeconfig-{namespace}-{sa}"));
-    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    std::fs::write(&path, serde_saphyr::to_string(&kc)?)?;
     Ok(path)
 }
 
