@@ -180,14 +180,6 @@ impl Schedule {
         entry.latest = Some(latest);
         if changed { Recorded::Changed } else { Recorded::Unchanged }
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,10 +246,14 @@ impl Probes {
     }
 
     /// Probes `key` as `target` says from now on.
-    pub fn watch(&self, key: &Key, target: Target) {
-        if self.schedule().watch(key, target, Instant::now()) {
+    /// Probes `key` with `target` from now on; true when that is new (a first
+    /// target, or other settings than before).
+    pub fn watch(&self, key: &Key, target: Target) -> bool {
+        let new = self.schedule().watch(key, target, Instant::now());
+        if new {
             self.0.wake.notify_one();
         }
+        new
     }
 
     /// Stops probing `key`.
@@ -519,7 +515,8 @@ mod tests {
         assert_eq!(s.latest(&key("a")), None, "a refreshed number waits for its next probe");
         assert_eq!(s.take_due(t0, 1).0.len(), 1, "probed at once");
         s.forget(&key("a"));
-        assert!(s.is_empty());
+        assert_eq!(s.latest(&key("a")), None);
+        assert!(s.take_due(t0 + Duration::from_secs(3600), 1).0.is_empty(), "a forgotten number is never due");
         assert!(!s.refresh(&key("a"), t0));
         assert_eq!(s.record(&d.key, d.version, latest(Ok(CONNECTED)), t0, Duration::ZERO), Recorded::Dropped);
     }

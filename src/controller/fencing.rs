@@ -153,7 +153,7 @@ impl Waiting {
 /// The master and coreapp pods of the number with these digits, from the
 /// operator's pod cache.
 pub async fn pods_of_number(cache: &Cache<Pod>, digits: &str) -> Result<Vec<NodePod>> {
-    let pods = cache.filter(|p| NodePod::of_number(&p.metadata, digits).is_some()).await?;
+    let pods = cache.filter(|p| p.labels().get(LABEL_NUMBER).map(String::as_str) == Some(digits)).await?;
     Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
 }
 

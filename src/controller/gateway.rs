@@ -182,9 +182,11 @@ async fn pin_client_ca(ctx: &Context, wan: &WhatsAppNumber, ca: &[u8]) -> Result
     Ok(())
 }
 
-/// Stops probing a number: deleted, suspended, or not yet initialised.
+/// Stops probing a number: deleted, suspended, or not yet initialised. The
+/// probes keep its gateway gauge while they run; from now on it reads down.
 pub fn stop_probing(ctx: &Context, wan: &WhatsAppNumber) {
     ctx.probes.forget(&number_key(wan));
+    ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
 }
 
 /// Judges the latest probe of the webapp by role and mode, and makes the calls
@@ -201,34 +203,34 @@ pub async fn observe(
 ) -> super::Result<Option<GatewayReport>> {
     let status = wan.status.as_ref();
     let previous = status.and_then(|s| s.health.as_ref());
-    let mut report = GatewayReport {
-        observation: health::unreachable(String::new(), previous, &Time(jiff::Timestamp::now())),
-        admin: AdminAccess::Failed(ADMIN_UNAVAILABLE, "the webapp was not reached".into()),
+    let report = |observation: Observation, admin: AdminAccess| GatewayReport {
+        observation,
+        admin,
         shards: None,
         certificate: status.and_then(|s| s.webapp_certificate.clone()),
         registered_at: status.and_then(|s| s.registered_at.clone()),
         external_conflict: status.and_then(|s| s.external_conflict.clone()),
         lifecycle: super::lifecycle::LifecycleReport::from_status(status),
     };
+    let unreachable = |why: String, at: &Time| {
+        report(health::unreachable(why.clone(), previous, at), AdminAccess::Failed(ADMIN_UNAVAILABLE, why))
+    };
     // What keeps the webapp from being probed at all is known without asking it.
-    let cannot_probe = |mut report: GatewayReport, why: String| {
+    let cannot_probe = |why: String| {
         stop_probing(ctx, wan);
-        ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
-        report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
-        report.observation = health::unreachable(why, previous, &Time(jiff::Timestamp::now()));
-        Some(report)
+        Some(unreachable(why, &Time(jiff::Timestamp::now())))
     };
     let Some(password) = admin_password(wan, observed, keys) else {
-        return Ok(cannot_probe(report, "the admin password is not available yet".into()));
+        return Ok(cannot_probe("the admin password is not available yet".into()));
     };
     let (trust, pin_ca) = match trust(wan, observed, keys) {
         Ok(TrustPlan::Use(t)) => (t, false),
         Ok(TrustPlan::PinFirst) => (Trust::InsecureSkipVerify, true),
-        Err(why) => return Ok(cannot_probe(report, why)),
+        Err(why) => return Ok(cannot_probe(why)),
     };
     let connection = match Connection::open(ctx, wan, &trust, keys) {
         Ok(c) => c,
-        Err(why) => return Ok(cannot_probe(report, why)),
+        Err(why) => return Ok(cannot_probe(why)),
     };
     let key = number_key(wan);
     let target = |trust: Trust, pin_ca: bool| probes::Target {
@@ -243,7 +245,11 @@ pub async fn observe(
         shards: wan.spec.multiconnect.shards,
         labels: ctx.metrics.number(wan),
     };
-    ctx.probes.watch(&key, target(trust.clone(), pin_ca));
+    let new_target = ctx.probes.watch(&key, target(trust.clone(), pin_ca));
+    if new_target && trust == Trust::InsecureSkipVerify && !pin_ca {
+        // Once per setting, not per reconcile; AdminAccess says so all along.
+        warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
+    }
     let Some(latest) = ctx.probes.latest(&key) else { return Ok(None) };
     if let Some(ca) = &latest.probe.ca {
         pin_client_ca(ctx, wan, ca).await?;
@@ -255,38 +261,25 @@ pub async fn observe(
     let probe = latest.probe;
     let health = match &probe.health {
         Ok(health) => health,
-        Err(why) => {
-            report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
-            report.observation = health::unreachable(why.clone(), previous, &now);
-            return Ok(Some(report));
-        }
+        Err(why) => return Ok(Some(unreachable(why.clone(), &now))),
     };
-    if trust == Trust::InsecureSkipVerify {
-        warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
-    }
+    let verdict = report::judge(health, probe.shards.unwrap_or(wan.spec.multiconnect.shards));
+    let pods = pods_by_host(ctx, wan).await;
+    let observation = health::observed(verdict, health, probe.shards, &pods, previous, &now);
     let webapp = connection.webapp();
     // The probe opened the session; its token is cached unless it just ran out.
-    let token = match &probe.admin {
+    let (admin, token) = match &probe.admin {
         probes::Admin::Open => match admin_session(ctx, wan, &webapp, &password).await {
-            Ok(token) => {
-                report.admin = AdminAccess::Open { certificate: None };
-                Some(token)
-            }
-            Err(e) => {
-                report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, e.to_string());
-                None
-            }
+            Ok(token) => (AdminAccess::Open { certificate: None }, Some(token)),
+            Err(e) => (AdminAccess::Failed(ADMIN_UNAVAILABLE, e.to_string()), None),
         },
-        probes::Admin::Refused(why) => {
-            report.admin = AdminAccess::Failed(ADMIN_LOGIN_REFUSED, why.clone());
-            None
+        probes::Admin::Refused(why) => (AdminAccess::Failed(ADMIN_LOGIN_REFUSED, why.clone()), None),
+        probes::Admin::Unavailable(why) => (AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone()), None),
+        probes::Admin::NotTried => {
+            (AdminAccess::Failed(ADMIN_UNAVAILABLE, "the probe did not log in as the admin user".into()), None)
         }
-        probes::Admin::Unavailable(why) => {
-            report.admin = AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone());
-            None
-        }
-        probes::Admin::NotTried => None,
     };
+    let mut report = report(observation, admin);
     report.shards = probe.shards;
     let mut changed_client = false;
     if let Some(token) = &token
@@ -296,9 +289,6 @@ pub async fn observe(
         report.admin = AdminAccess::Open { certificate: Some(outcome) };
     }
 
-    let verdict = report::judge(health, report.shards.unwrap_or(wan.spec.multiconnect.shards));
-    let pods = pods_by_host(ctx, wan).await;
-    report.observation = health::observed(verdict, health, report.shards, &pods, previous, &now);
     if let Some(token) = &token {
         let reachable = report.observation.block.nodes.iter().filter(|n| n.gateway_status.is_some()).count();
         let gateway = report.observation.verdict.gateway.clone();
