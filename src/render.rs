@@ -18,7 +18,10 @@ use crate::resources::{self, BuildInputs, config, schema_job};
 pub fn render(yaml: &str) -> Result<String, String> {
     let mut out = Vec::new();
     let mut found = 0;
-    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| format!("not valid YAML: {e}"))?;
+    // The user's own file, read by a command of theirs: as many documents as it has.
+    let options = serde_saphyr::options! { budget: None };
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(yaml, options).map_err(|e| format!("not valid YAML: {e}"))?;
     for (i, value) in documents.into_iter().enumerate() {
         if value.is_null() || value.get("kind").and_then(Value::as_str) != Some("WhatsAppNumber") {
             continue;
@@ -108,7 +111,14 @@ metadata: {name: acme-db}
 "#;
 
     fn docs(out: &str) -> Vec<Value> {
-        serde_saphyr::from_multiple(out).unwrap()
+        serde_saphyr::from_multiple_with_options(out, serde_saphyr::options! { budget: None }).unwrap()
+    }
+
+    #[test]
+    fn renders_files_of_thousands_of_documents() {
+        let many = vec![EXAMPLE; 520].join("---\n");
+        let out = render(&many).expect("renders");
+        assert_eq!(docs(&out).len(), 520 * docs(&render(EXAMPLE).unwrap()).len());
     }
 
     #[test]
