@@ -70,6 +70,13 @@ struct Args {
     /// `spec.health.timeoutSeconds`.
     #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     probe_concurrency: u16,
+
+    /// WhatsAppNumbers reconciled at once. Reconciles mostly wait on the API
+    /// server; while every slot is busy, the next number is picked from those
+    /// waiting in no particular order, so enough slots keep a new number from
+    /// waiting behind the rollouts of others.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    reconcile_concurrency: u16,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -144,6 +151,7 @@ async fn main() -> fatal::Result {
         webapp_urls: args.webapp_urls.iter().cloned().collect(),
         release_catalog: args.release_catalog_configmap.clone(),
         probe_concurrency: usize::from(args.probe_concurrency),
+        reconcile_concurrency: args.reconcile_concurrency,
     };
     info!(namespace = namespace.as_deref().unwrap_or("<all>"), %identity, "starting");
 

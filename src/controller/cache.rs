@@ -164,6 +164,10 @@ pub struct Caches {
     pub catalog: Cache<ConfigMap>,
     /// Data of the Secrets reconciles asked for, by namespace and name.
     secret_data: Mutex<HashMap<(String, String), Secret>>,
+    /// The key Secrets the operator made, with their data: every reconcile
+    /// needs them, also the first ones after a start.
+    key_secrets: Store<Secret>,
+    _key_secrets_watch: AbortOnDrop,
     /// The clients' ServiceMonitors, once the cluster is known to serve them.
     pub service_monitors: ServiceMonitors,
 }
@@ -182,6 +186,11 @@ impl Caches {
             && known.resource_version() == meta.resource_version()
         {
             return Ok(Some(known.clone()));
+        }
+        if let Some(watched) = self.key_secrets.get(&ObjectRef::new(name).within(namespace))
+            && watched.resource_version() == meta.resource_version()
+        {
+            return Ok(Some((*watched).clone()));
         }
         let read = Api::<Secret>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
         self.remember_secret(read.as_ref());
@@ -305,6 +314,18 @@ where
     (Cache { store, what }, stream)
 }
 
+/// The WhatsAppNumbers' store and the stream of those that changed, which
+/// drives the controller. What nobody reads (managed fields, a copy of the
+/// last applied object) is not kept.
+pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Store<DynamicObject>, Touched<DynamicObject>) {
+    let writer = reflector::store::Writer::new(resource);
+    let store = writer.as_reader();
+    let config = watcher::Config::default().any_semantic();
+    let stream =
+        reflector::reflector(writer, watcher(api, config).default_backoff().modify(strip)).applied_objects().boxed();
+    (store, stream)
+}
+
 /// The node pods' store, and a stream of only the pods that appeared, began
 /// to terminate or went away: readiness changes of a rolling pod wake no one.
 fn node_pods_feed(api: Api<Pod>, selector: &str) -> (Cache<Pod>, Touched<Pod>) {
@@ -328,6 +349,12 @@ fn node_pods_feed(api: Api<Pod>, selector: &str) -> (Cache<Pod>, Touched<Pod>) {
 }
 
 fn keep_all<K>(_: &mut K) {}
+
+/// A schema Job is created once and never changed: its existence and its
+/// status are all that is read, so its pod template is not kept.
+fn job_outcome(job: &mut Job) {
+    job.spec = None;
+}
 
 /// Fencing needs a pod's metadata, gateway matching its IP; nothing else is kept.
 fn pod_identity(pod: &mut Pod) {
@@ -354,7 +381,7 @@ pub fn build(
     let (services, svc_feed) = feed(scoped(client, namespace), owned(), "services", keep_all);
     let (configmaps, cm_feed) = feed(scoped(client, namespace), owned(), "configmaps", keep_all);
     let (budgets, pdb_feed) = feed(scoped(client, namespace), owned(), "poddisruptionbudgets", keep_all);
-    let (jobs, job_feed) = feed(scoped(client, namespace), owned(), "jobs", keep_all);
+    let (jobs, job_feed) = feed(scoped(client, namespace), owned(), "jobs", job_outcome);
     let (volume_claims, pvc_feed) =
         feed(scoped(client, namespace), watcher::Config::default(), "persistentvolumeclaims", keep_all);
     let (claims, claim_feed) = feed(
@@ -376,6 +403,22 @@ pub fn build(
         keep_all,
     );
 
+    // The operator's own key Secrets with their data, kept current by a task
+    // of their own (the metadata watch below wakes the reconciles).
+    let (key_secrets, key_secrets_watch) = {
+        let (store, writer) = reflector::store();
+        let selector = format!("{owned_selector},{}=keys", crate::resources::names::LABEL_COMPONENT);
+        let watch = watcher(scoped::<Secret>(client, namespace), watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .modify(strip);
+        let task = tokio::spawn(reflector::reflector(writer, watch).for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "cannot watch the operator's key Secrets; retrying with backoff");
+            }
+            futures::future::ready(())
+        }));
+        (store, AbortOnDrop(task))
+    };
     // Metadata only: Secrets are many and large; data is read when needed.
     let (secrets, secrets_feed) =
         feed(scoped::<PartialObjectMeta<Secret>>(client, namespace), watcher::Config::default(), "secrets", keep_all);
@@ -396,6 +439,8 @@ pub fn build(
         legacy_claims,
         catalog,
         secret_data: Mutex::default(),
+        key_secrets,
+        _key_secrets_watch: key_secrets_watch,
         service_monitors: ServiceMonitors::new(client, namespace, owned_selector),
     };
     let feeds = Feeds {
@@ -459,6 +504,21 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Delete(number("a", "2", "+15550002222".into())));
         assert_eq!(numbers.readable().len(), 1);
         assert_eq!(numbers.decoded.lock().unwrap().len(), 1, "a deleted object is forgotten");
+    }
+
+    #[test]
+    fn a_cached_job_keeps_its_metadata_and_status() {
+        let mut job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "acme-schema-2-53-2", "namespace": "team", "labels": {"a": "b"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "schema", "image": "x"}]}}},
+            "status": {"succeeded": 1}
+        }))
+        .unwrap();
+        strip(&mut job);
+        job_outcome(&mut job);
+        assert!(job.spec.is_none());
+        assert_eq!(job.status.unwrap().succeeded, Some(1));
+        assert_eq!(job.metadata.labels.unwrap()["a"], "b");
     }
 
     #[test]

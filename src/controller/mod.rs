@@ -26,7 +26,6 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -54,6 +53,8 @@ pub struct Settings {
     pub release_catalog: String,
     /// Health probes running at once, across all numbers.
     pub probe_concurrency: usize,
+    /// WhatsAppNumbers reconciled at once.
+    pub reconcile_concurrency: u16,
 }
 
 /// Shared state of all reconciles.
@@ -966,9 +967,10 @@ pub async fn run(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
     };
-    let controller = Controller::new_with(wans, watcher::Config::default().any_semantic(), resource).with_config(
+    let (numbers, changed) = cache::numbers_feed(wans, resource.clone());
+    let controller = Controller::for_stream_with(changed, numbers, resource).with_config(
         ControllerConfig::default()
-            .concurrency(4)
+            .concurrency(settings.reconcile_concurrency)
             // The events of one number's children arrive together: one
             // reconcile for them, and the caches have caught up by then.
             .debounce(DEBOUNCE),
