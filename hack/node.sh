@@ -5,7 +5,8 @@
 # work; pods reach the apiserver through the `kubernetes` Service and resolve
 # cluster.local names (and nothing else).
 #
-# Usage: hack/node.sh up|down|status|smoke|expose   (WAO_CLUSTER_DIR as for local-cluster.sh)
+# Usage: hack/node.sh up|down|status|smoke|expose|freeze|thaw
+#        (WAO_CLUSTER_DIR as for local-cluster.sh)
 #   up      add the node to the running cluster (idempotent); needs root
 #   down    stop it and remove every process, mount, interface and rule it made
 #   status  which node processes run
@@ -13,6 +14,10 @@
 #   expose NAME PORT HOST:HOSTPORT
 #           a service of this machine (e.g. a database on loopback) for pods,
 #           as the Service NAME.wao-host.svc on PORT
+#   freeze  stop the kubelet with SIGSTOP: the node stops answering the
+#           control plane while its containers go on running, as behind a
+#           network partition (fault tests)
+#   thaw    let the kubelet go on (SIGCONT)
 #
 # One real node per machine: the bridge, its addresses and the iptables rules
 # are machine-wide. See hack/README.md.
@@ -73,7 +78,8 @@ start() { # <name> <command...>
 stop() { # <grace-seconds> <pid...>: SIGTERM, then SIGKILL after the grace period
   local grace="$1" pid deadline left; shift
   [ $# -gt 0 ] || return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # A frozen process (freeze) handles SIGTERM only once it runs again.
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; kill -CONT "$pid" 2>/dev/null || true; done
   deadline=$((SECONDS + grace))
   while :; do
     left=()
@@ -707,11 +713,20 @@ EOF
   log "$target is $name.wao-host.svc:$port for pods"
 }
 
+cmd_signal_kubelet() { # <STOP|CONT> <what it means>
+  load_cluster
+  alive kubelet || die "the kubelet of the node does not run"
+  kill -"$1" "$(pid_of kubelet)"
+  log "kubelet: $2"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  freeze) cmd_signal_kubelet STOP "frozen; its containers go on running (thaw lets it go on)" ;;
+  thaw) cmd_signal_kubelet CONT "running again" ;;
   expose) shift; cmd_expose "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   smoke) cmd_smoke ;;
-  *) echo "usage: $0 up|down|status|smoke|expose" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|smoke|expose|freeze|thaw" >&2; exit 2 ;;
 esac

@@ -10,9 +10,11 @@
 #   --provider kind (default) or local
 #   --keep     leave the cluster running afterwards (also after a failure)
 #   --reuse    use the existing cluster of that name instead of creating one
-#   SCENARIO   any of scale-webapp upgrade conflict failover multiconnect
-#              (kind default: the first three; local: all five, in that order;
-#              multiconnect is local only: it needs PostgreSQL); the HA number
+#   SCENARIO   any of scale-webapp upgrade conflict partition failover
+#              multiconnect (kind default: scale-webapp upgrade conflict;
+#              local: all six, in that order; partition and multiconnect are
+#              local only: they freeze the node's kubelet and need
+#              PostgreSQL); the HA number
 #              is always brought to Ready first. local: smoke runs before them
 #              (`smoke` alone: nothing else). Each stage's time is printed.
 #
@@ -68,6 +70,7 @@ GATEWAY_NS=wa-emulator
 DB_NS=wa-e2e-db
 NS_A=wa-e2e-a
 NS_B=wa-e2e-b
+NS_C=wa-e2e-c
 NS_MC=wa-e2e-mc
 NAME=e2e
 DB_ROOT_PASSWORD="e2e-Root-Passw0rd"
@@ -95,7 +98,7 @@ while [ $# -gt 0 ]; do
     --reuse) REUSE=1 ;;
     --provider) PROVIDER="${2:-}"; shift ;;
     --provider=*) PROVIDER="${1#--provider=}" ;;
-    scale-webapp | upgrade | conflict | failover | multiconnect | smoke) SCENARIOS+=("$1") ;;
+    scale-webapp | upgrade | conflict | partition | failover | multiconnect | smoke) SCENARIOS+=("$1") ;;
     -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -105,7 +108,7 @@ case "$PROVIDER" in
   kind)
     [ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=(scale-webapp upgrade conflict)
     for s in "${SCENARIOS[@]}"; do
-      case "$s" in smoke | multiconnect)
+      case "$s" in smoke | partition | multiconnect)
         echo "the $s scenario is the local provider's (--provider local)" >&2; exit 2 ;;
       esac
     done ;;
@@ -114,12 +117,14 @@ case "$PROVIDER" in
     rest=()
     for s in "${SCENARIOS[@]}"; do [ "$s" = smoke ] || rest+=("$s"); done
     # failover last: the killed coreapp's node row lingers in the shared database.
-    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict failover multiconnect)
+    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict partition failover multiconnect)
     SCENARIOS=(smoke "${rest[@]}") ;;
   *) echo "unknown provider: $PROVIDER (kind or local)" >&2; exit 2 ;;
 esac
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
+# 1 while the partition scenario has the node's kubelet frozen.
+FROZEN=0
 # The local cluster with a real node, images, the gateway and the operator's
 # chart: shared with hack/demo.sh.
 # shellcheck source=hack/lib/real-pods.sh
@@ -170,6 +175,7 @@ dump() {
 cleanup() {
   local rc=$? t=$SECONDS
   trap - EXIT
+  [ "$FROZEN" = 0 ] || WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh thaw >&2 || true
   if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG_FILE" ]; then
     log "FAILED; diagnostics follow (also in $WORK/failure.txt)"
     dump 2>&1 | tee "$WORK/failure.txt" >&2 || true
@@ -607,8 +613,8 @@ scenario_ready() {
 # shard over and the StatefulSet's new pod becomes the standby, nothing done
 # by hand.
 scenario_failover() {
-  local ns="$NS_A" before pod deadline seen="" c
-  k -n "$ns" get wan "$NAME" >/dev/null 2>&1 || ns="$NS_B"
+  local ns before pod deadline seen="" c
+  ns="$(holder_namespace)"
   before="$(connected_coreapp "$ns")"
   [ -n "$before" ] || fail "no connected coreapp in $ns/$NAME"
   pod="${before%%:*}"
@@ -799,6 +805,65 @@ migrate_admin_password() {
   k -n "$2" create secret generic migrated-admin --from-literal=password="$pw" >&2
 }
 conflict_now() { [ "$(condition "$1" "$NAME" Conflict)" = True/PhoneNumberInUse ]; }
+# The namespace whose WhatsAppNumber NAME holds the number after the scenarios so far.
+holder_namespace() {
+  local ns
+  for ns in "$NS_A" "$NS_B" "$NS_C"; do
+    k -n "$ns" get wan "$NAME" >/dev/null 2>&1 && ready_now "$ns" "$NAME" && { echo "$ns"; return 0; }
+  done
+  fail "no namespace holds $NAME Ready"
+}
+
+# partition (local provider): the holder is deleted while its node does not
+# answer. The kubelet is frozen (SIGSTOP), so the holder's containers go on
+# running and nothing can confirm its pods gone: the number stays held, the
+# duplicate waiting in NS_C starts nothing and names the pods it waits for.
+# Once the node answers again its pods go, the number is released, and the
+# duplicate takes it over and becomes Ready.
+scenario_partition() {
+  local holder version i message
+  holder="$(holder_namespace)"
+  version="$(jp "$holder" "$NAME" '{.spec.version}')"
+  log "scenario partition: the same number in $NS_C waits while $holder holds it"
+  prepare "$NS_C"
+  migrate_admin_password "$holder" "$NS_C"
+  apply_number "$NS_C" "$version"
+  k -n "$NS_C" patch wan "$NAME" --type merge \
+    -p '{"spec":{"webapp":{"adminPasswordSecretRef":{"name":"migrated-admin","key":"password"}}}}' >&2
+  wait_until 120 "$NS_C/$NAME Conflict=True/PhoneNumberInUse" conflict_now "$NS_C"
+
+  log "scenario partition: freezing the node's kubelet, then deleting $holder/$NAME"
+  FROZEN=1
+  WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh freeze >&2
+  k -n "$holder" delete wan "$NAME" --wait=false >&2
+  wait_until 120 "$holder/$NAME's masters and coreapps Terminating" holder_pods_terminating "$holder"
+  # While the node does not answer, the duplicate deploys nothing, the holder
+  # keeps the number, and the duplicate says which pods it waits for.
+  for i in $(seq 1 30); do
+    no_workloads "$NS_C" || fail "the duplicate deployed workloads while the holder's pods may still run"
+    conflict_now "$NS_C" || fail "the duplicate left Conflict while the holder's pods may still run: $(condition "$NS_C" "$NAME" Conflict)"
+    k -n "$holder" get wan "$NAME" >/dev/null 2>&1 || fail "the holder was released while its pods may still run"
+    sleep 1
+  done
+  message="$(jp "$NS_C" "$NAME" '{.status.conditions[?(@.type=="Conflict")].message}')"
+  grep -q "Terminating" <<<"$message" || fail "the duplicate does not name the pods it waits for: $message"
+  log "partition: $NS_C/$NAME waits: $message"
+
+  log "scenario partition: the kubelet answers again"
+  WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh thaw >&2
+  FROZEN=0
+  wait_until "$TIMEOUT" "$holder/$NAME deleted" holder_deleted "$holder"
+  wait_until "$TIMEOUT" "$NS_C/$NAME Ready" ready_now "$NS_C" "$NAME"
+  check_health "$NS_C"
+}
+holder_deleted() { ! k -n "$1" get wan "$NAME" >/dev/null 2>&1; }
+# Every master and coreapp pod of NAME in NS has a deletion timestamp.
+holder_pods_terminating() {
+  local pods
+  pods="$(k -n "$1" get pods -l "app.kubernetes.io/instance=$NAME,app.kubernetes.io/component in (master,coreapp)" \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.deletionTimestamp}{"\n"}{end}')"
+  [ -n "$pods" ] && ! grep -q '=$' <<<"$pods"
+}
 
 # multiconnect (local provider): a second number, 2 shards on PostgreSQL, in
 # its own namespace. The images pre-register it, so the operator cannot tell
@@ -864,6 +929,7 @@ for s in "${SCENARIOS[@]}"; do
     scale-webapp) timed "$s" scenario_scale_webapp ;;
     upgrade) timed "$s" scenario_upgrade ;;
     conflict) timed "$s" scenario_conflict ;;
+    partition) timed "$s" scenario_partition ;;
     failover) timed "$s" scenario_failover ;;
     multiconnect) timed "$s" scenario_multiconnect ;;
   esac
