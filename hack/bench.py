@@ -6,6 +6,7 @@
   bench.py service-account                     stdin: that RBAC; prints the ServiceAccount's name
   bench.py ready N GENERATION_MIN < wans.json  how many numbers are Ready for their generation
   bench.py latency T0 < wans.json              "p50 p99 last": create->Ready seconds
+  bench.py first-status LOG USER < wans.json   "p50 p99 max missing": create->first status write seconds
   bench.py workloads < list.json               "ready total": StatefulSets, Deployments, Jobs done
   bench.py audit LOG USER START END            JSON: the user's requests in [START, END) (epoch seconds)
   bench.py split FILE PARTS PREFIX             splits a multi-document YAML file into PARTS files
@@ -132,6 +133,28 @@ def audit(path, user, start, end):
     return out
 
 
+def first_status(path, user, items):
+    """Per number, seconds from its creation to the operator's first write of
+    its status (its first reconcile's end), from the audit log: how promptly a
+    new number is reconciled however many others are rolling out."""
+    created = {(w["metadata"]["namespace"], w["metadata"]["name"]): ts(w["metadata"]["creationTimestamp"])
+               for w in items}
+    first = {}
+    with open(path) as f:
+        for line in f:
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if (event.get("user", {}).get("username") != user or ref.get("resource") != "whatsappnumbers"
+                    or ref.get("subresource") != "status" or event["verb"] not in WRITE_VERBS):
+                continue
+            key = (ref.get("namespace"), ref.get("name"))
+            t = ts(event["requestReceivedTimestamp"])
+            if key in created and t < first.get(key, math.inf):
+                first[key] = t
+    waits = [max(0.0, first[k] - created[k]) for k in first]
+    return waits, len(created) - len(first)
+
+
 def split(path, parts, prefix):
     with open(path) as f:
         docs = [d for d in f.read().split("\n---\n") if d.strip() and d.strip() != "---"]
@@ -168,6 +191,11 @@ def main():
         if not waits:
             sys.exit("no Ready number")
         print(f"{percentile(waits, 50):.0f} {percentile(waits, 99):.0f} {last - t0:.1f}")
+    elif cmd == "first-status":
+        waits, missing = first_status(args[0], args[1], json.load(sys.stdin)["items"])
+        if not waits:
+            sys.exit("no status written")
+        print(f"{percentile(waits, 50):.1f} {percentile(waits, 99):.1f} {max(waits):.1f} {missing}")
     elif cmd == "workloads":
         items = json.load(sys.stdin)["items"]
         print(sum(1 for o in items if workload_done(o)), len(items))
