@@ -799,9 +799,16 @@ scenario_conflict() {
 # spec.webapp.adminPasswordSecretRef (the operator never adopts a NAME-keys
 # Secret it did not create).
 migrate_admin_password() {
-  local pw
-  pw="$(k -n "$1" get secret "$NAME-keys" -o go-template='{{index .data "admin-password" | base64decode}}')"
-  [ -n "$pw" ] || fail "no admin-password in $1/$NAME-keys"
+  local pw ref
+  # The holder's own source: its spec.webapp.adminPasswordSecretRef (a number
+  # that was migrated before), else the password the operator generated.
+  ref="$(jp "$1" "$NAME" '{.spec.webapp.adminPasswordSecretRef.name}/{.spec.webapp.adminPasswordSecretRef.key}')"
+  if [ "$ref" != / ]; then
+    pw="$(k -n "$1" get secret "${ref%/*}" -o go-template="{{index .data \"${ref#*/}\" | base64decode}}")"
+  else
+    pw="$(k -n "$1" get secret "$NAME-keys" -o go-template='{{index .data "admin-password" | base64decode}}')"
+  fi
+  [ -n "$pw" ] || fail "no admin password found for $1/$NAME"
   k -n "$2" create secret generic migrated-admin --from-literal=password="$pw" >&2
 }
 conflict_now() { [ "$(condition "$1" "$NAME" Conflict)" = True/PhoneNumberInUse ]; }
