@@ -128,7 +128,7 @@ log() { echo "[bench] $(date +%T) $*" >&2; }
 now() { date +%s.%N; }
 # seconds between two `now` values, one decimal
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-div() { awk -v a="$1" -v b="$2" -v p="${3:-2}" 'BEGIN { if (b == 0) print "nan"; else printf "%.*f", p, a / b }'; }
+div() { awk -v a="$1" -v b="$2" -v p="${3:-2}" 'BEGIN { if (b + 0 == 0) print "nan"; else printf "%.*f", p, a / b }'; }
 
 fail() {
   log "error: $1"
