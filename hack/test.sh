@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 
 log() { echo "[test] $*" >&2; }
 STAGE_T=$SECONDS
-stage_done() { log "$1 took $((SECONDS - STAGE_T))s"; STAGE_T=$SECONDS; }
+# Free space with each stage: a full disk stops etcd and fails everything after.
+free_disk() { df -h --output=avail . | tail -1 | tr -d ' '; }
+stage_done() { log "$1 took $((SECONDS - STAGE_T))s ($(free_disk) free)"; STAGE_T=$SECONDS; }
 
 TOOLS="$(hack/tools.sh ensure)"
 export PATH="$TOOLS:$PATH"

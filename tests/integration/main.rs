@@ -17,6 +17,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use anyhow::Result;
 use kube::Client;
@@ -165,6 +166,10 @@ fn setup() -> Result<Env> {
     })
 }
 
+/// No scenario takes this long unless it hangs: a hang fails that scenario,
+/// with what was running, instead of the whole run's time budget.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
 fn run(name: &'static str, alone: bool, body: Scenario) -> Result<(), Failed> {
     let env = ENV.get().expect("environment set up");
     let _guard = if alone {
@@ -172,17 +177,40 @@ fn run(name: &'static str, alone: bool, body: Scenario) -> Result<(), Failed> {
     } else {
         (Some(env.exclusive.read().unwrap_or_else(|e| e.into_inner())), None)
     };
-    // A scenario that stopped the shared operator must leave it running again.
+    // A scenario that stopped the shared operator must leave it running again;
+    // one that ended by itself is reported, since that is a failure of its own.
     {
         let mut op = env.operator.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = op.exited_by_itself() {
+            eprintln!(
+                "=== before {name}: the shared operator had exited by itself ({status}) ===\n{}\n{}",
+                op.log_tail(),
+                env.cluster.report()
+            );
+        }
         if !op.is_running() {
             op.restart().map_err(|e| Failed::from(format!("{name}: restarting the operator: {e:#}")))?;
         }
     }
-    env.runtime.block_on(body(env)).map_err(|e| {
-        let tail = env.operator.lock().map(|op| op.log_tail()).unwrap_or_default();
-        Failed::from(format!("{e:#}\n--- operator log (tail) ---\n{tail}"))
-    })
+    let outcome = env.runtime.block_on(async { tokio::time::timeout(SCENARIO_DEADLINE, body(env)).await });
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(_) => format!("did not finish within {SCENARIO_DEADLINE:?}"),
+    };
+    let mut op = env.operator.lock().unwrap_or_else(|e| e.into_inner());
+    let exited = op.exited_by_itself();
+    let mut report = format!(
+        "{error}\n--- operator log (tail){} ---\n{}",
+        exited.map(|s| format!(", exited by itself: {s}")).unwrap_or_default(),
+        op.log_tail()
+    );
+    if exited.is_some() || !env.cluster.is_ready() {
+        report = format!("{report}\n{}", env.cluster.report());
+    }
+    // Printed at once as well: a run cut short never reaches the summary.
+    eprintln!("=== {name} FAILED ===\n{report}");
+    Err(Failed::from(report))
 }
 
 fn main() {

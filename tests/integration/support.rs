@@ -74,6 +74,41 @@ impl Cluster {
         }
     }
 
+    /// The API server's own readiness report and the end of every component's
+    /// log: what a failure needs when the control plane itself is the cause.
+    pub fn report(&self) -> String {
+        let ready = self
+            .kubectl()
+            .args(["get", "--raw", "/readyz?verbose", "--request-timeout=10s"])
+            .output()
+            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .unwrap_or_else(|e| format!("kubectl failed: {e}"));
+        // A full disk stops etcd and with it everything else.
+        let disk = Command::new("df")
+            .arg("-h")
+            .arg(&self.dir)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut out = format!("--- /readyz ---\n{}\n--- disk ---\n{}", ready.trim_end(), disk);
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) {
+            let mut logs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            logs.sort();
+            for log in logs {
+                out += &format!("--- {} (tail) ---\n{}\n", log.display(), tail(&log, 15));
+            }
+        }
+        out
+    }
+
+    /// Whether the API server answers `/readyz` within a few seconds.
+    pub fn is_ready(&self) -> bool {
+        self.kubectl()
+            .args(["get", "--raw", "/readyz", "--request-timeout=5s"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(self.tools.join("kubectl"));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
@@ -272,6 +307,11 @@ impl Operator {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// How the process ended, if it ended by itself (not through `kill` or `stop`).
+    pub fn exited_by_itself(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
         Ok(reqwest::get(&url).await?.error_for_status()?.text().await?)
@@ -283,9 +323,7 @@ impl Operator {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.log, 40)
     }
 }
 
@@ -293,6 +331,13 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The last `lines` lines of a file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 pub fn metric_sum(text: &str, name: &str) -> f64 {
