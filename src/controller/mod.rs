@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cache;
 pub mod error;
+pub mod events;
 pub mod fencing;
 pub mod fetch;
 pub mod gateway;
@@ -23,7 +24,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -720,11 +721,11 @@ async fn upgrade_facts(
     })
 }
 
-async fn publish(ctx: &Context, wan: &WhatsAppNumber, type_: EventType, reason: &str, note: &str) {
+async fn publish(ctx: &Context, wan: &WhatsAppNumber, notice: events::Notice) {
     let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note, 1000)),
+        type_: notice.type_,
+        reason: notice.reason,
+        note: Some(notice.note),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -778,7 +779,9 @@ async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, 
         ctx.metrics.record_conditions(wan, &new_status.conditions);
         // Only a written status has news: a failed write is retried, and its
         // events come with the write that succeeds.
-        publish_transitions(ctx, wan, wan.status.as_ref(), &new_status).await;
+        for notice in events::transitions(wan.status.as_ref(), &new_status) {
+            publish(ctx, wan, notice).await;
+        }
         Ok(true)
     } else {
         // A restarted operator publishes what is already written.
@@ -806,72 +809,6 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     }
     ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     Ok(())
-}
-
-/// One event per change of the Ready or Degraded condition, never per reconcile.
-async fn publish_transitions(
-    ctx: &Context,
-    wan: &WhatsAppNumber,
-    before: Option<&WhatsAppNumberStatus>,
-    after: &WhatsAppNumberStatus,
-) {
-    // Ready=False is a warning only while something needs a person; during a
-    // rollout, a shard change or an upgrade it is progress.
-    let trouble = [status::DEGRADED, status::STALLED, status::CONFLICT]
-        .iter()
-        .any(|t| status::find(Some(after), t).is_some_and(|c| c.status == "True"));
-    for type_ in [
-        status::READY,
-        status::DEGRADED,
-        status::CONFLICT,
-        status::BUILD_EXPIRING,
-        status::BUILD_EXPIRED,
-        status::STALLED,
-    ] {
-        let (Some(new), old) = (status::find(Some(after), type_), status::find(before, type_)) else { continue };
-        if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
-            continue;
-        }
-        // A problem condition that starts out, or stays, False is not news.
-        if type_ != status::READY && new.status == "False" && old.is_none_or(|o| o.status == "False") {
-            continue;
-        }
-        // A stall for the very reason Ready gives is the same news once.
-        if type_ == status::STALLED && status::find(Some(after), status::READY).is_some_and(|r| r.reason == new.reason)
-        {
-            continue;
-        }
-        let warning = if type_ == status::READY { new.status == "False" && trouble } else { new.status == "True" };
-        let reason = if type_ == status::READY && new.status == "True" { "Ready" } else { new.reason.as_str() };
-        publish(ctx, wan, if warning { EventType::Warning } else { EventType::Normal }, reason, &new.message).await;
-    }
-
-    match (before.and_then(|s| s.upgrade.as_ref()), after.upgrade.as_ref()) {
-        (prev, Some(u)) if !procedure::is_done(u) && prev.is_none_or(|p| p.to != u.to || procedure::is_done(p)) => {
-            publish(ctx, wan, EventType::Normal, "UpgradeStarted", &format!("upgrading from {} to {}", u.from, u.to))
-                .await;
-        }
-        (Some(prev), Some(u)) if u.step == procedure::Step::RolledBack && !procedure::is_done(prev) => {
-            publish(ctx, wan, EventType::Warning, "UpgradeRolledBack", &u.message).await;
-        }
-        (Some(prev), Some(u)) if procedure::is_done(u) && !procedure::is_done(prev) => {
-            let took = u.step_started_at.0.duration_since(u.started_at.0).as_secs();
-            let note = format!("upgraded from {} to {} in {took}s", u.from, u.to);
-            publish(ctx, wan, EventType::Normal, "UpgradeCompleted", &note).await;
-        }
-        _ => {}
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// Exponential backoff per object: 5 s, 10 s, 20 s ... up to 5 minutes.
