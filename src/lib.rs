@@ -12,7 +12,6 @@
 pub mod api;
 pub mod backups;
 pub mod controller;
-pub mod exclusivity;
 pub mod health;
 pub mod leader;
 pub mod lifecycle;

@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::error::{Error, Result};
+use super::error::Result;
 use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
 
 /// How long a reconcile waits for a cache's first listing.
@@ -37,6 +37,12 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// One watch-fed store of objects of kind `K`.
 #[derive(Clone)]
+/// A cache that has not finished its first listing, where "absent" would
+/// mean nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the operator's cache of {0} has not finished its first listing")]
+pub struct NotReady(pub &'static str);
+
 pub struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     what: &'static str,
@@ -47,26 +53,26 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     /// Waits for the first complete listing: before it, "absent" means nothing.
-    pub async fn ready(&self) -> Result<()> {
+    pub async fn ready(&self) -> Result<(), NotReady> {
         tokio::time::timeout(WAIT, self.store.wait_until_ready())
             .await
-            .map_err(|_| Error::CacheNotReady(self.what))?
-            .map_err(|_| Error::CacheNotReady(self.what))
+            .map_err(|_| NotReady(self.what))?
+            .map_err(|_| NotReady(self.what))
     }
 
-    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>> {
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, NotReady> {
         self.ready().await?;
         Ok(self.store.get(&ObjectRef::new(name).within(namespace)))
     }
 
     /// A cluster-scoped object by name.
-    pub async fn get_cluster(&self, name: &str) -> Result<Option<Arc<K>>> {
+    pub async fn get_cluster(&self, name: &str) -> Result<Option<Arc<K>>, NotReady> {
         self.ready().await?;
         Ok(self.store.get(&ObjectRef::new(name)))
     }
 
     /// Every cached object that `keep` accepts.
-    pub async fn filter(&self, keep: impl Fn(&K) -> bool) -> Result<Vec<Arc<K>>> {
+    pub async fn filter(&self, keep: impl Fn(&K) -> bool) -> Result<Vec<Arc<K>>, NotReady> {
         self.ready().await?;
         Ok(self.store.state_filter(|o| keep(o)))
     }
@@ -392,7 +398,7 @@ pub fn build(
     );
     let (legacy_claims, lease_feed) = feed(
         Api::namespaced(client.clone(), operator_namespace),
-        watcher::Config::default().labels(&format!("{}=true", crate::exclusivity::LEGACY_CLAIM_LABEL)),
+        watcher::Config::default().labels(&format!("{}=true", super::claim::LEGACY_CLAIM_LABEL)),
         "legacy number claim Leases",
         keep_all,
     );

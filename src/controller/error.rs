@@ -13,14 +13,14 @@ pub enum Error {
     #[error("the WhatsAppNumber has no {0}")]
     MissingMetadata(&'static str),
 
-    #[error("the number claim {0} kept changing while it was being claimed")]
-    ClaimContended(String),
+    #[error("claiming the number: {0}")]
+    Claim(#[from] super::claim::ClaimError),
 
     #[error("the WhatsAppNumber changed since it was read; its status was not written")]
     StaleObject,
 
-    #[error("the operator's cache of {0} has not finished its first listing")]
-    CacheNotReady(&'static str),
+    #[error(transparent)]
+    CacheNotReady(#[from] super::cache::NotReady),
 
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -37,7 +37,7 @@ impl Error {
             Error::Kube(_) => "ApiUnreachable",
             Error::Encode(_) => "EncodeFailed",
             Error::MissingMetadata(_) => "MissingMetadata",
-            Error::ClaimContended(_) => "ClaimContended",
+            Error::Claim(e) => e.reason(),
             Error::CacheNotReady(_) => "CacheNotReady",
             Error::StaleObject => "StaleObject",
             Error::Finalizer(e) => match e.as_ref() {

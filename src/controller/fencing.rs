@@ -159,12 +159,11 @@ pub async fn pods_of_number(cache: &Cache<Pod>, digits: &str) -> Result<Vec<Node
 
 /// The masters and coreapps in `namespace` of the WhatsAppNumber `instance`.
 pub async fn own_node_pods(cache: &Cache<Pod>, namespace: &str, instance: &str) -> Result<Vec<std::sync::Arc<Pod>>> {
-    cache
-        .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace)
-                && p.labels().get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
-        })
-        .await
+    let own = |p: &Pod| {
+        p.metadata.namespace.as_deref() == Some(namespace)
+            && p.labels().get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
+    };
+    Ok(cache.filter(own).await?)
 }
 
 /// Which watch events about node pods can change a fencing decision: a pod

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod cache;
+pub mod claim;
 pub mod error;
 pub mod events;
 pub mod fencing;
@@ -32,13 +33,13 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
-use crate::exclusivity::{self, Claim, Intent};
 use crate::probes::Probes;
 use crate::resources::names::{FIELD_MANAGER, Names};
 use crate::sharding;
 use crate::telemetry::metrics::Metrics;
 use crate::upgrade::{self, procedure};
 use apply::Applier;
+use claim::{Claim, Intent};
 use error::{Error, Result};
 use status::{Applied, Outcome};
 
@@ -151,8 +152,7 @@ pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
     match typed(&obj) {
         Ok(wan) => reconcile(Arc::new(wan), ctx).await,
         Err(_)
-            if obj.metadata.deletion_timestamp.is_some()
-                && obj.finalizers().iter().any(|f| f == exclusivity::FINALIZER) =>
+            if obj.metadata.deletion_timestamp.is_some() && obj.finalizers().iter().any(|f| f == claim::FINALIZER) =>
         {
             ctx.metrics.reconciles.inc();
             delete_unreadable(&obj, &ctx).await
@@ -181,18 +181,18 @@ async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action>
         return Ok(Action::requeue(FENCE_RETRY));
     }
     let operator_namespace = &ctx.settings.operator_namespace;
-    let (claim, lease) = exclusivity::held_by(&ctx.caches.claims, &ctx.caches.legacy_claims, &identity).await?;
+    let (claim, lease) = claim::held_by(&ctx.caches.claims, &ctx.caches.legacy_claims, &identity).await?;
     if let Some(claim) = claim {
-        exclusivity::release_claim(&ctx.client, &claim, &identity).await?;
+        claim::release_claim(&ctx.client, &claim, &identity).await?;
         info!(%identity, "released the number claim of an unreadable WhatsAppNumber");
     }
     if let Some(lease) = lease {
-        exclusivity::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
+        claim::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
     }
-    let index = obj.finalizers().iter().position(|f| f == exclusivity::FINALIZER).expect("checked by the caller");
+    let index = obj.finalizers().iter().position(|f| f == claim::FINALIZER).expect("checked by the caller");
     let path = format!("/metadata/finalizers/{index}");
     let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": exclusivity::FINALIZER},
+        {"op": "test", "path": path, "value": claim::FINALIZER},
         {"op": "remove", "path": path},
     ]))?;
     let api: Api<DynamicObject> =
@@ -237,7 +237,7 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.reconciles.inc();
     let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<WhatsAppNumber> = Api::namespaced(ctx.client.clone(), &namespace);
-    if wan.metadata.deletion_timestamp.is_some() && wan.finalizers().iter().any(|f| f == exclusivity::FINALIZER) {
+    if wan.metadata.deletion_timestamp.is_some() && wan.finalizers().iter().any(|f| f == claim::FINALIZER) {
         match stop_before_release(&wan, &ctx).await {
             Ok(None) => {}
             Ok(Some(action)) => {
@@ -248,7 +248,7 @@ pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Ac
             Err(e) => return Err(e),
         }
     }
-    let result = finalizer(&api, exclusivity::FINALIZER, wan.clone(), |event| async {
+    let result = finalizer(&api, claim::FINALIZER, wan.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(wan) => apply(&wan, &ctx).await,
             FinalizerEvent::Cleanup(wan) => cleanup(&wan, &ctx).await,
@@ -287,7 +287,7 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
 /// garbage collector, and the claim on the number is released so a waiting
 /// WhatsAppNumber can take it.
 async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
-    exclusivity::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
+    claim::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
     gateway::stop_probing(ctx, wan);
     ctx.probes.sessions().forget(&key(wan));
     ctx.metrics.forget(wan);
@@ -304,7 +304,7 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     // While another instance's nodes exist and none of this one's, a free
     // claim is left to the object that runs them.
     let intent = if fence.blocks_start() { Intent::Inspect } else { Intent::Take };
-    let claims = exclusivity::Claims {
+    let claims = claim::Claims {
         client: &ctx.client,
         cache: &ctx.caches.claims,
         legacy: &ctx.caches.legacy_claims,
@@ -866,7 +866,7 @@ fn referencing(
 
 /// The WhatsAppNumbers with the phone number a claim (or legacy claim Lease) is about.
 fn waiting_for(numbers: &cache::Numbers, claim: &impl ResourceExt) -> Vec<ObjectRef<DynamicObject>> {
-    let Some(number) = claim.annotations().get(exclusivity::NUMBER_ANNOTATION) else { return vec![] };
+    let Some(number) = claim.annotations().get(claim::NUMBER_ANNOTATION) else { return vec![] };
     with_number(numbers, &crate::resources::names::number_digits(number))
 }
 

@@ -264,8 +264,8 @@ pub async fn claims_hold_across_installations(env: &'static Env) -> Result<()> {
     let holder_uid = wans(c, &holder_ns).get(&holder).await?.metadata.uid.unwrap_or_default();
     let leases = Api::<Lease>::namespaced(c.clone(), OPERATOR_NAMESPACE);
     let lease: Lease = serde_json::from_value(json!({
-        "metadata": {"name": legacy_name, "labels": {whatsapp_operator::exclusivity::LEGACY_CLAIM_LABEL: "true"},
-            "annotations": {whatsapp_operator::exclusivity::NUMBER_ANNOTATION: legacy_number}},
+        "metadata": {"name": legacy_name, "labels": {whatsapp_operator::controller::claim::LEGACY_CLAIM_LABEL: "true"},
+            "annotations": {whatsapp_operator::controller::claim::NUMBER_ANNOTATION: legacy_number}},
         "spec": {"holderIdentity": format!("{holder_ns}/{holder}/{holder_uid}")}
     }))?;
     leases.create(&PostParams::default(), &lease).await?;

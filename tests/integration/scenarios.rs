@@ -903,7 +903,7 @@ pub async fn duplicate_number_waits_for_the_holder(env: &'static Env) -> Result<
 /// WhatsAppNumber; one whose claim passes to another while it runs deletes its
 /// StatefulSets, so the number never runs twice.
 pub async fn claims_taken_over_and_lost(env: &'static Env) -> Result<()> {
-    use whatsapp_operator::exclusivity::holder_identity;
+    use whatsapp_operator::controller::claim::holder_identity;
     let c = &env.admin;
     let first_ns = namespace(c, "lost").await?;
     let second_ns = namespace(c, "taker").await?;

@@ -1,4 +1,5 @@
-//! One active instance per phone number, across the whole cluster.
+//! The claim step: one active instance per phone number, across the whole
+//! cluster.
 //!
 //! Before anything is deployed, a WhatsAppNumber claims its number with a
 //! cluster-scoped `WhatsAppNumberClaim` named from the number's digits, whose
@@ -18,10 +19,45 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
+use super::cache::{Cache, NotReady};
 use crate::api::{WhatsAppNumber, WhatsAppNumberClaim, WhatsAppNumberClaimSpec, claim_name};
-use crate::controller::cache::Cache;
-use crate::controller::error::{Error, Result};
 use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY};
+
+/// What can keep the claim step from an answer, with the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the number claim {0} kept changing while it was being claimed")]
+    Contended(String),
+    #[error(transparent)]
+    CacheNotReady(#[from] NotReady),
+}
+
+impl ClaimError {
+    /// A short label for metrics, by cause (as the reconcile's own errors).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClaimError::Api { source: kube::Error::Api(s), .. } if s.code == 409 => "Conflict",
+            ClaimError::Api { source: kube::Error::Api(s), .. } if s.code == 403 => "Forbidden",
+            ClaimError::Api { source: kube::Error::Api(_), .. } => "ApiError",
+            ClaimError::Api { .. } => "ApiUnreachable",
+            ClaimError::Contended(_) => "ClaimContended",
+            ClaimError::CacheNotReady(_) => "CacheNotReady",
+        }
+    }
+}
+
+/// Names the request that failed.
+fn failed(action: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> ClaimError {
+    move |source| ClaimError::Api { action: action.to_string(), source }
+}
+
+pub type Result<T, E = ClaimError> = std::result::Result<T, E>;
 
 /// Label on the claim Leases of earlier releases (the operator watches them by it).
 pub const LEGACY_CLAIM_LABEL: &str = "whatsapp.operators.dev/number-claim";
@@ -129,7 +165,7 @@ impl Claims<'_> {
         for attempt in 0..3 {
             let current = match attempt {
                 0 => self.cache.get_cluster(&name).await?.map(|c| (*c).clone()),
-                _ => api.get_opt(&name).await?,
+                _ => api.get_opt(&name).await.map_err(failed(format!("reading the number claim {name}")))?,
             };
             let result = match current {
                 None => {
@@ -167,10 +203,10 @@ impl Claims<'_> {
                     return Ok(Claim::Held);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(failed(format!("writing the number claim {name}"))(e)),
             }
         }
-        Err(Error::ClaimContended(name))
+        Err(ClaimError::Contended(name))
     }
 
     /// Deletes the legacy Lease `me` holds, now that the claim object says the same.
@@ -199,7 +235,7 @@ impl Claims<'_> {
         match api.get_metadata_opt(name).await {
             Ok(found) => Ok(found.is_some_and(|w| w.uid().as_deref() == Some(uid))),
             Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(failed(format!("looking up the claim holder {holder}"))(e)),
         }
     }
 }
@@ -210,11 +246,14 @@ impl Claims<'_> {
 pub async fn release(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<()> {
     let name = claim_name(&wan.spec.phone_number);
     let me = holder_identity(wan);
-    if let Some(claim) = Api::<WhatsAppNumberClaim>::all(client.clone()).get_opt(&name).await? {
+    let claims = Api::<WhatsAppNumberClaim>::all(client.clone());
+    if let Some(claim) = claims.get_opt(&name).await.map_err(failed(format!("reading the number claim {name}")))? {
         release_claim(client, &claim, &me).await?;
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    match leases.get_opt(&name).await? {
+    let lease =
+        leases.get_opt(&name).await.map_err(failed(format!("reading the claim Lease {operator_namespace}/{name}")))?;
+    match lease {
         Some(lease) => release_lease(client, operator_namespace, &lease, &me).await,
         None => Ok(()),
     }
@@ -239,11 +278,11 @@ fn guarded(meta: &ObjectMeta) -> DeleteParams {
     }
 }
 
-fn gone_or_changed(result: kube::Result<impl Sized>) -> Result<()> {
+fn gone_or_changed(result: kube::Result<impl Sized>, what: &str) -> Result<()> {
     match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(failed(format!("releasing {what}"))(e)),
     }
 }
 
@@ -253,7 +292,8 @@ pub async fn release_claim(client: &Client, claim: &WhatsAppNumberClaim, identit
         return Ok(());
     }
     let api: Api<WhatsAppNumberClaim> = Api::all(client.clone());
-    gone_or_changed(api.delete(&claim.name_any(), &guarded(&claim.metadata)).await.map(|_| ()))
+    let what = format!("the number claim {}", claim.name_any());
+    gone_or_changed(api.delete(&claim.name_any(), &guarded(&claim.metadata)).await.map(|_| ()), &what)
 }
 
 /// Deletes the legacy claim `lease` if `identity` holds it.
@@ -262,7 +302,8 @@ pub async fn release_lease(client: &Client, operator_namespace: &str, lease: &Le
         return Ok(());
     }
     let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
-    gone_or_changed(api.delete(&lease.name_any(), &guarded(&lease.metadata)).await.map(|_| ()))
+    let what = format!("the claim Lease {operator_namespace}/{}", lease.name_any());
+    gone_or_changed(api.delete(&lease.name_any(), &guarded(&lease.metadata)).await.map(|_| ()), &what)
 }
 
 #[cfg(test)]
@@ -306,5 +347,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(lease_holder(&lease), None);
+    }
+
+    #[test]
+    fn errors_name_the_request_and_keep_the_cause() {
+        let forbidden =
+            kube::Error::Api(Box::new(kube::core::Status::failure("claims are forbidden", "Forbidden").with_code(403)));
+        let e = failed("writing the number claim wa-15550001111")(forbidden);
+        assert_eq!(e.reason(), "Forbidden");
+        assert!(e.to_string().starts_with("writing the number claim wa-15550001111: "), "{e}");
+        let wrapped = crate::controller::error::Error::from(e);
+        assert_eq!(wrapped.reason(), "Forbidden");
+        assert!(wrapped.to_string().contains("wa-15550001111"), "{wrapped}");
+        assert_eq!(ClaimError::Contended("wa-1".into()).reason(), "ClaimContended");
+        assert_eq!(ClaimError::from(NotReady("claims")).reason(), "CacheNotReady");
     }
 }
