@@ -57,7 +57,12 @@ pub fn transitions(before: Option<&WhatsAppNumberStatus>, after: &WhatsAppNumber
         }
         let warning = if type_ == status::READY { new.status == "False" && trouble } else { new.status == "True" };
         let reason = if type_ == status::READY && new.status == "True" { "Ready" } else { new.reason.as_str() };
-        out.push(Notice::new(if warning { EventType::Warning } else { EventType::Normal }, reason, &new.message));
+        let notice = Notice::new(if warning { EventType::Warning } else { EventType::Normal }, reason, &new.message);
+        // Two conditions with one cause (an unknown release leaves both build
+        // conditions Unknown) are one piece of news.
+        if !out.contains(&notice) {
+            out.push(notice);
+        }
     }
 
     match (before.and_then(|s| s.upgrade.as_ref()), after.upgrade.as_ref()) {
@@ -154,10 +159,8 @@ mod tests {
             cond(status::READY, "False", "GatewayUnhealthy", "2 of 3 coreapps connected"),
             cond(status::DEGRADED, "True", "GatewayUnhealthy", "2 of 3 coreapps connected"),
         ]);
-        assert_eq!(
-            reasons(&transitions(Some(&ready), &degraded)),
-            vec![(EventType::Warning, "GatewayUnhealthy"), (EventType::Warning, "GatewayUnhealthy")]
-        );
+        // Ready and Degraded say the same: one warning.
+        assert_eq!(reasons(&transitions(Some(&ready), &degraded)), vec![(EventType::Warning, "GatewayUnhealthy")]);
     }
 
     #[test]
@@ -188,6 +191,16 @@ mod tests {
             reasons(&transitions(None, &other)),
             vec![(EventType::Warning, "UpgradeInProgress"), (EventType::Warning, "SchemaUpgradeFailed")]
         );
+    }
+
+    #[test]
+    fn one_cause_behind_two_conditions_is_told_once() {
+        let message = "2.53.2 is not in the release catalog, so its expiry is unknown";
+        let unknown = with(vec![
+            cond(status::BUILD_EXPIRING, "Unknown", "UnknownRelease", message),
+            cond(status::BUILD_EXPIRED, "Unknown", "UnknownRelease", message),
+        ]);
+        assert_eq!(reasons(&transitions(None, &unknown)), vec![(EventType::Normal, "UnknownRelease")]);
     }
 
     #[test]

@@ -125,8 +125,11 @@ pub struct Waiting {
 impl Waiting {
     /// `orphans_stuck`: pods that are not terminating count as stuck too (they
     /// belong to something that will not stop them on its own).
-    pub fn new(pods: Vec<NodePod>, now: Timestamp, orphans_stuck: bool) -> Self {
+    pub fn new(mut pods: Vec<NodePod>, now: Timestamp, orphans_stuck: bool) -> Self {
         const SHOWN: usize = 5;
+        // In a stable order: caches list in no particular one, and a message
+        // that only reorders would be a status write every reconcile.
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut listed: Vec<String> = pods.iter().take(SHOWN).map(|p| p.describe(now)).collect();
         if pods.len() > SHOWN {
             listed.push(format!("and {} more", pods.len() - SHOWN));
@@ -285,6 +288,17 @@ mod tests {
         let pods: Vec<NodePod> = (0..8).map(|i| node("o", &format!("p-{i}"), "p")).collect();
         let w = Waiting::new(pods, ts("2026-01-01T00:00:00Z"), false);
         assert!(w.message.ends_with("o/p-4, and 3 more"), "{}", w.message);
+    }
+
+    #[test]
+    fn the_message_does_not_depend_on_the_order_pods_are_listed_in() {
+        let now = ts("2026-01-01T00:00:00Z");
+        let pods: Vec<NodePod> =
+            ["b-master-1", "a-coreapp-0", "b-master-0"].iter().map(|n| node("o", n, "p")).collect();
+        let reversed: Vec<NodePod> = pods.iter().rev().cloned().collect();
+        let (w, v) = (Waiting::new(pods, now, false), Waiting::new(reversed, now, false));
+        assert_eq!(w, v);
+        assert_eq!(w.message, "o/a-coreapp-0, o/b-master-0, o/b-master-1");
     }
 
     #[test]

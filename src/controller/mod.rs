@@ -751,7 +751,10 @@ async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str
             && sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
             && sts.metadata.deletion_timestamp.is_none()
     };
-    for sts in ctx.caches.statefulsets.filter(controlled).await? {
+    let mut found = ctx.caches.statefulsets.filter(controlled).await?;
+    // In a stable order, whatever order the cache lists them in.
+    found.sort_by_key(|sts| sts.name_any());
+    for sts in found {
         warn!(statefulset = %sts.name_any(), %why, "stopping masters and coreapps");
         match api.delete(&sts.name_any(), &DeleteParams::background()).await {
             Ok(_) => ctx.metrics.record_write("StatefulSet", "delete"),
