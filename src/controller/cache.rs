@@ -476,6 +476,134 @@ where
     }
 }
 
+/// Caches filled by hand, for tests of whole reconciles: what the watches
+/// would deliver is put in with [`Seeds::put`].
+#[cfg(test)]
+pub struct Seeds {
+    numbers: reflector::store::Writer<DynamicObject>,
+    node_pods: reflector::store::Writer<Pod>,
+    statefulsets: reflector::store::Writer<StatefulSet>,
+    deployments: reflector::store::Writer<Deployment>,
+    services: reflector::store::Writer<Service>,
+    configmaps: reflector::store::Writer<ConfigMap>,
+    budgets: reflector::store::Writer<PodDisruptionBudget>,
+    jobs: reflector::store::Writer<Job>,
+    volume_claims: reflector::store::Writer<PersistentVolumeClaim>,
+    secrets: reflector::store::Writer<PartialObjectMeta<Secret>>,
+    key_secrets: reflector::store::Writer<Secret>,
+    claims: reflector::store::Writer<WhatsAppNumberClaim>,
+}
+
+#[cfg(test)]
+impl Seeds {
+    /// Empty caches, every one listed (ready), and the handle that fills them.
+    pub fn caches(client: &Client, owned_selector: &str) -> (Caches, Self) {
+        fn ready<K: Resource + Clone>(
+            mut writer: reflector::store::Writer<K>,
+        ) -> (reflector::store::Writer<K>, Store<K>)
+        where
+            K::DynamicType: Clone + Eq + std::hash::Hash,
+        {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            let store = writer.as_reader();
+            (writer, store)
+        }
+        fn typed<K: Resource<DynamicType = ()> + Clone>() -> (reflector::store::Writer<K>, Store<K>) {
+            ready(reflector::store::Writer::default())
+        }
+        let (numbers, numbers_store) = ready(reflector::store::Writer::new(ApiResource::erase::<WhatsAppNumber>(&())));
+        let (node_pods, node_pods_store) = typed();
+        let (statefulsets, sts) = typed();
+        let (deployments, deploy) = typed();
+        let (services, svc) = typed();
+        let (configmaps, cm) = typed();
+        let (budgets, pdb) = typed();
+        let (jobs, job) = typed();
+        let (volume_claims, pvc) = typed();
+        let (secrets, secret_meta) = typed();
+        let (key_secrets, key_store) = typed();
+        let (claims, claim_store) = typed();
+        let (_, lease_store) = typed::<Lease>();
+        let (_, catalog_store) = typed::<ConfigMap>();
+        let caches = Caches {
+            client: client.clone(),
+            numbers: Numbers::new(numbers_store),
+            node_pods: Cache { store: node_pods_store, what: "pods" },
+            statefulsets: Cache { store: sts, what: "statefulsets" },
+            deployments: Cache { store: deploy, what: "deployments" },
+            services: Cache { store: svc, what: "services" },
+            configmaps: Cache { store: cm, what: "configmaps" },
+            budgets: Cache { store: pdb, what: "poddisruptionbudgets" },
+            jobs: Cache { store: job, what: "jobs" },
+            volume_claims: Cache { store: pvc, what: "persistentvolumeclaims" },
+            secrets: Cache { store: secret_meta, what: "secrets" },
+            claims: Cache { store: claim_store, what: "number claims" },
+            legacy_claims: Cache { store: lease_store, what: "legacy number claim Leases" },
+            catalog: Cache { store: catalog_store, what: "the release catalog" },
+            secret_data: Mutex::default(),
+            key_secrets: key_store,
+            _key_secrets_watch: AbortOnDrop(tokio::spawn(async {})),
+            service_monitors: ServiceMonitors::new(client, &None, owned_selector),
+        };
+        let seeds = Self {
+            numbers,
+            node_pods,
+            statefulsets,
+            deployments,
+            services,
+            configmaps,
+            budgets,
+            jobs,
+            volume_claims,
+            secrets,
+            key_secrets,
+            claims,
+        };
+        (caches, seeds)
+    }
+
+    /// Replaces what every cache holds with `objects`, as a fresh listing
+    /// of each watch would (so objects that went are gone from the caches).
+    pub fn relist(&mut self, objects: &[serde_json::Value]) {
+        fn list<K: Resource + Clone + DeserializeOwned>(
+            writer: &mut reflector::store::Writer<K>,
+            objects: &[serde_json::Value],
+            kind: &str,
+        ) where
+            K::DynamicType: Clone + Eq + std::hash::Hash,
+        {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for obj in objects.iter().filter(|o| o["kind"] == kind) {
+                let mut k: K = serde_json::from_value(obj.clone()).expect("an object of its kind");
+                strip(&mut k);
+                writer.apply_watcher_event(&watcher::Event::InitApply(k));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        list(&mut self.numbers, objects, "WhatsAppNumber");
+        list(&mut self.node_pods, objects, "Pod");
+        list(&mut self.statefulsets, objects, "StatefulSet");
+        list(&mut self.deployments, objects, "Deployment");
+        list(&mut self.services, objects, "Service");
+        list(&mut self.configmaps, objects, "ConfigMap");
+        list(&mut self.budgets, objects, "PodDisruptionBudget");
+        list(&mut self.jobs, objects, "Job");
+        list(&mut self.volume_claims, objects, "PersistentVolumeClaim");
+        list(&mut self.claims, objects, "WhatsAppNumberClaim");
+        let secrets: Vec<serde_json::Value> = objects.iter().filter(|o| o["kind"] == "Secret").cloned().collect();
+        let metadata: Vec<serde_json::Value> = secrets
+            .iter()
+            .map(|o| serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": o["metadata"]}))
+            .collect();
+        list(&mut self.secrets, &metadata, "Secret");
+        let component = crate::resources::names::LABEL_COMPONENT;
+        let keys: Vec<serde_json::Value> =
+            secrets.into_iter().filter(|o| o["metadata"]["labels"][component] == "keys").collect();
+        list(&mut self.key_secrets, &keys, "Secret");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

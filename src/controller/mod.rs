@@ -10,6 +10,8 @@ pub mod fencing;
 pub mod fetch;
 pub mod gateway;
 pub mod lifecycle;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod status;
 pub mod validate;
 

@@ -1,0 +1,431 @@
+//! Whole reconciles against an API server held in memory: every request the
+//! operator makes is recorded, so a test states the exact sequence (and that
+//! a reconcile of a number that did not change makes none).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use kube::Client;
+use kube::api::DynamicObject;
+use kube::client::Body;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+
+use super::cache::Seeds;
+use super::{Context, Settings, reconcile_object};
+use crate::probes::Probes;
+use crate::resources::names::LABEL_MANAGED_BY_SELECTOR;
+use crate::telemetry::metrics::Metrics;
+
+/// Objects by path, and every request in order as `METHOD path`. Enough of
+/// the API server for one field manager: server-side apply stores what was
+/// applied (keeping uid, finalizers and status, refusing a stale
+/// `resourceVersion`), JSON and merge patches apply as the server applies
+/// them, creates and deletes are by name.
+#[derive(Default)]
+struct FakeApi {
+    objects: Mutex<BTreeMap<String, Value>>,
+    requests: Mutex<Vec<String>>,
+    version: AtomicU64,
+}
+
+fn status(code: u16, reason: &str) -> (u16, Value) {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code,
+        "message": format!("{reason} (from the test's API server)")});
+    (code, body)
+}
+
+impl FakeApi {
+    fn client(self: &Arc<Self>) -> Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let api = api.clone();
+            async move {
+                let (code, body) = api.handle(req).await;
+                let response = Response::builder()
+                    .status(StatusCode::from_u16(code).expect("a status code"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+                    .expect("a response");
+                Ok::<_, Infallible>(response)
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn stamp(&self, obj: &mut Value) {
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        obj["metadata"]["resourceVersion"] = json!(version.to_string());
+    }
+
+    async fn handle(&self, req: Request<Body>) -> (u16, Value) {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let kind = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let body = req.into_body().collect_bytes().await.expect("a request body");
+        let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("JSON") };
+        self.requests.lock().unwrap().push(format!("{method} {path}"));
+        let (key, subresource) = match path.strip_suffix("/status") {
+            Some(key) => (key.to_string(), true),
+            None => (path.clone(), false),
+        };
+        let mut objects = self.objects.lock().unwrap();
+        match method.as_str() {
+            "GET" => match objects.get(&key) {
+                Some(obj) => (200, obj.clone()),
+                None => status(404, "NotFound"),
+            },
+            "POST" => {
+                let mut obj = body;
+                let name = match obj["metadata"]["name"].as_str() {
+                    Some(name) => name.to_string(),
+                    None => {
+                        let name =
+                            format!("{}{}", obj["metadata"]["generateName"].as_str().unwrap_or("x-"), objects.len());
+                        obj["metadata"]["name"] = json!(name);
+                        name
+                    }
+                };
+                let key = format!("{key}/{name}");
+                if objects.contains_key(&key) {
+                    return status(409, "AlreadyExists");
+                }
+                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+                obj["metadata"]["generation"] = json!(1);
+                self.stamp(&mut obj);
+                objects.insert(key, obj.clone());
+                (201, obj)
+            }
+            "PATCH" => {
+                let current = objects.get(&key).cloned();
+                let stored = if kind.starts_with("application/apply-patch") {
+                    let wanted = body["metadata"]["resourceVersion"].as_str();
+                    if wanted.is_some()
+                        && wanted != current.as_ref().and_then(|c| c["metadata"]["resourceVersion"].as_str())
+                    {
+                        return status(409, "Conflict");
+                    }
+                    match (current, subresource) {
+                        (Some(mut obj), true) => {
+                            obj["status"] = body["status"].clone();
+                            obj
+                        }
+                        (None, true) => return status(404, "NotFound"),
+                        (current, false) => {
+                            let mut obj = body.clone();
+                            let name = path.rsplit('/').next().unwrap_or_default();
+                            let old = current.unwrap_or_else(
+                                || json!({"metadata": {"uid": format!("uid-{name}"), "generation": 0}}),
+                            );
+                            for field in ["uid", "finalizers", "creationTimestamp"] {
+                                if !old["metadata"][field].is_null() {
+                                    obj["metadata"][field] = old["metadata"][field].clone();
+                                }
+                            }
+                            let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
+                            let changed = old.get("spec") != obj.get("spec") || generation == 0;
+                            obj["metadata"]["generation"] = json!(generation + i64::from(changed));
+                            if !old["status"].is_null() {
+                                obj["status"] = old["status"].clone();
+                            }
+                            obj
+                        }
+                    }
+                } else {
+                    let Some(mut obj) = current else { return status(404, "NotFound") };
+                    if kind.starts_with("application/json-patch") {
+                        let mut patch: json_patch::Patch = serde_json::from_value(body).expect("a JSON patch");
+                        // As the API server, a missing field tests equal to null.
+                        patch.0.retain(|op| match op {
+                            json_patch::PatchOperation::Test(t) => {
+                                !(t.value.is_null() && obj.pointer(t.path.as_str()).is_none())
+                            }
+                            _ => true,
+                        });
+                        if json_patch::patch(&mut obj, &patch).is_err() {
+                            return status(422, "Invalid");
+                        }
+                    } else {
+                        json_patch::merge(&mut obj, &body);
+                    }
+                    obj
+                };
+                let mut stored = stored;
+                self.stamp(&mut stored);
+                objects.insert(key, stored.clone());
+                (200, stored)
+            }
+            "DELETE" => match objects.remove(&key) {
+                Some(obj) => (200, obj),
+                None => status(404, "NotFound"),
+            },
+            other => panic!("unexpected {other} {path}"),
+        }
+    }
+
+    /// The requests since the last call.
+    fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+
+    fn edit(&self, path: &str, change: impl FnOnce(&mut Value)) {
+        let mut objects = self.objects.lock().unwrap();
+        let obj = objects.get_mut(path).unwrap_or_else(|| panic!("{path} exists"));
+        change(obj);
+        self.stamp(obj);
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.objects.lock().unwrap().get(path).cloned().unwrap_or_else(|| panic!("{path} exists"))
+    }
+
+    /// What the cluster's controllers would do meanwhile: every workload's
+    /// pods run and are ready, every claim is bound.
+    fn settle(&self) {
+        let mut objects = self.objects.lock().unwrap();
+        // The StatefulSets' pods (their controller and the kubelet), and none
+        // of a StatefulSet that went.
+        let mut pods = BTreeMap::new();
+        for sts in objects.values().filter(|o| o["kind"] == "StatefulSet") {
+            let (namespace, name) = (
+                sts["metadata"]["namespace"].as_str().unwrap_or_default(),
+                sts["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            for i in 0..sts["spec"]["replicas"].as_i64().unwrap_or(0) {
+                let pod = format!("{name}-{i}");
+                let mut obj = json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": namespace, "uid": format!("uid-{pod}"),
+                        "labels": sts["spec"]["template"]["metadata"]["labels"]},
+                    "status": {"phase": "Running", "podIP": format!("10.244.0.{}", 10 + i)}});
+                self.stamp(&mut obj);
+                pods.insert(format!("/api/v1/namespaces/{namespace}/pods/{pod}"), obj);
+            }
+        }
+        objects.retain(|_, o| o["kind"] != "Pod");
+        objects.extend(pods);
+        for obj in objects.values_mut() {
+            let generation = obj["metadata"]["generation"].clone();
+            let replicas = obj["spec"]["replicas"].clone();
+            match obj["kind"].as_str().unwrap_or_default() {
+                "StatefulSet" => {
+                    obj["status"] = json!({"observedGeneration": generation, "replicas": replicas,
+                        "readyReplicas": replicas, "currentReplicas": replicas, "updatedReplicas": replicas,
+                        "availableReplicas": replicas, "currentRevision": "r1", "updateRevision": "r1"});
+                }
+                "Deployment" => {
+                    obj["status"] = json!({"observedGeneration": generation, "replicas": replicas,
+                        "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas});
+                }
+                "PersistentVolumeClaim" => obj["status"] = json!({"phase": "Bound"}),
+                "Job" => {
+                    obj["status"] = json!({"succeeded": 1, "startTime": "2026-01-01T00:00:00Z",
+                        "completionTime": "2026-01-01T00:01:00Z",
+                        "conditions": [{"type": "Complete", "status": "True"}]});
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every stored object but events, for the caches.
+    fn objects(&self) -> Vec<Value> {
+        self.objects.lock().unwrap().values().filter(|o| o["kind"] != "Event").cloned().collect()
+    }
+}
+
+const WAN: &str = "/apis/whatsapp.operators.dev/v1alpha1/namespaces/team/whatsappnumbers/acme";
+
+/// One operator (its context and caches) against `api`.
+struct Operator {
+    ctx: Arc<Context>,
+    seeds: Seeds,
+}
+
+impl Operator {
+    fn start(api: &Arc<FakeApi>) -> Self {
+        let client = api.client();
+        let metrics = Arc::new(Metrics::default());
+        let (caches, seeds) = Seeds::caches(&client, LABEL_MANAGED_BY_SELECTOR);
+        let (probes, _) = Probes::new(1, Arc::default(), Arc::default(), metrics.clone());
+        let settings = Settings { operator_namespace: "whatsapp-operator".into(), ..Default::default() };
+        let reporter = Reporter { controller: "whatsapp-operator".into(), instance: None };
+        let ctx = Context::new(client, metrics, reporter, settings, caches, probes);
+        let mut operator = Self { ctx: Arc::new(ctx), seeds };
+        operator.sync(api);
+        operator
+    }
+
+    /// The watches catch up with everything stored.
+    fn sync(&mut self, api: &FakeApi) {
+        self.seeds.relist(&api.objects());
+    }
+
+    /// One reconcile of the stored WhatsAppNumber, after the watches caught up;
+    /// the requests it made.
+    async fn reconcile(&mut self, api: &FakeApi) -> Vec<String> {
+        self.sync(api);
+        api.take_requests();
+        let obj: DynamicObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+        // On the heap, as the controller runs it: the future is large.
+        Box::pin(reconcile_object(Arc::new(obj), self.ctx.clone())).await.expect("the reconcile succeeds");
+        api.take_requests()
+    }
+}
+
+/// A new number (health polling off) with its database credentials.
+fn seeded() -> Arc<FakeApi> {
+    let api = Arc::new(FakeApi::default());
+    let mut wan = serde_json::to_value(crate::resources::tests::sample()).expect("JSON");
+    wan["spec"]["health"] = json!({"enabled": false});
+    wan["metadata"]["generation"] = json!(1);
+    api.stamp(&mut wan);
+    let mut secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "acme-db", "namespace": "team", "uid": "uid-acme-db"},
+        "data": {"username": "d2hhdHNhcHA=", "password": "Y2hhbmdlLW1lLVNlY3JldDEh"}});
+    api.stamp(&mut secret);
+    let mut objects = api.objects.lock().unwrap();
+    objects.insert(WAN.into(), wan);
+    objects.insert("/api/v1/namespaces/team/secrets/acme-db".into(), secret);
+    drop(objects);
+    api
+}
+
+const EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/team/events";
+
+fn status_write() -> String {
+    format!("PATCH {WAN}/status")
+}
+
+fn condition(api: &FakeApi, type_: &str) -> (String, String) {
+    let wan = api.get(WAN);
+    let found = wan["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_).cloned());
+    let found = found.unwrap_or_else(|| panic!("a {type_} condition in {}", wan["status"]));
+    (found["status"].as_str().unwrap_or_default().into(), found["reason"].as_str().unwrap_or_default().into())
+}
+
+/// A new number, reconciled as its watches would wake it, with the cluster's
+/// controllers making every workload ready in between.
+async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
+    // The finalizer first, alone: nothing is claimed or built before it is stored.
+    assert_eq!(operator.reconcile(api).await, vec![format!("PATCH {WAN}")]);
+
+    // Claim, credentials, keys and every child the database needs first; the
+    // schema Job creates the client's databases before any node starts.
+    let children = [
+        "POST /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims",
+        "GET /api/v1/namespaces/team/secrets/acme-db",
+        "POST /api/v1/namespaces/team/secrets",
+        "PATCH /api/v1/namespaces/team/configmaps/acme-config",
+        "PATCH /api/v1/namespaces/team/persistentvolumeclaims/acme-media",
+        "PATCH /api/v1/namespaces/team/services/acme-master",
+        "PATCH /api/v1/namespaces/team/services/acme-coreapp",
+        "PATCH /api/v1/namespaces/team/services/acme-webapp",
+        "PATCH /apis/policy/v1/namespaces/team/poddisruptionbudgets/acme-master",
+        "PATCH /apis/policy/v1/namespaces/team/poddisruptionbudgets/acme-coreapp",
+        "PATCH /apis/policy/v1/namespaces/team/poddisruptionbudgets/acme-webapp",
+        "POST /apis/batch/v1/namespaces/team/jobs",
+        &status_write(),
+        // InitializingDatabase, and the unknown release (one event for both build conditions).
+        EVENT,
+        EVENT,
+    ];
+    assert_eq!(operator.reconcile(api).await, children);
+    assert_eq!(condition(api, "Ready"), ("False".into(), "InitializingDatabase".into()));
+
+    // The Job succeeded: masters, coreapps and webapps start.
+    api.settle();
+    let workloads = [
+        "PATCH /apis/apps/v1/namespaces/team/statefulsets/acme-master",
+        "PATCH /apis/apps/v1/namespaces/team/statefulsets/acme-coreapp",
+        "PATCH /apis/apps/v1/namespaces/team/deployments/acme-webapp",
+        &status_write(),
+        EVENT,
+    ];
+    assert_eq!(operator.reconcile(api).await, workloads);
+    assert_eq!(condition(api, "Ready").0, "False");
+
+    // Their pods are ready: the number is.
+    api.settle();
+    assert_eq!(operator.reconcile(api).await, vec![status_write(), EVENT.into()]);
+    assert_eq!(condition(api, "Ready"), ("True".into(), "Ready".into()));
+}
+
+#[tokio::test]
+async fn a_number_from_nothing_to_ready_then_no_request_at_all() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    bring_up(&api, &mut operator).await;
+
+    // Nothing changed: no request at all, neither read nor write.
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
+
+    // A restarted operator knows only what its caches show: it reads the
+    // credentials once, and writes nothing.
+    let mut restarted = Operator::start(&api);
+    assert_eq!(restarted.reconcile(&api).await, vec!["GET /api/v1/namespaces/team/secrets/acme-db"]);
+    assert_eq!(restarted.reconcile(&api).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_spec_change_writes_what_it_changes_and_deletion_releases_the_number() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    bring_up(&api, &mut operator).await;
+    let series = |r: &str| r.starts_with("PATCH /apis/events.k8s.io/v1/namespaces/team/events/");
+
+    // One more webapp: its Deployment and the status (Progressing, then Ready).
+    api.edit(WAN, |wan| {
+        wan["spec"]["webapp"]["replicas"] = json!(3);
+        wan["metadata"]["generation"] = json!(2);
+    });
+    let scaled = operator.reconcile(&api).await;
+    assert_eq!(scaled[..2], ["PATCH /apis/apps/v1/namespaces/team/deployments/acme-webapp", &status_write()]);
+    assert!(scaled.len() == 3 && series(&scaled[2]), "one event, a repeat of an earlier one: {scaled:?}");
+    assert_eq!(condition(&api, "Ready").0, "False");
+    api.settle();
+    let ready = operator.reconcile(&api).await;
+    assert!(ready.len() == 2 && ready[0] == status_write() && series(&ready[1]), "{ready:?}");
+    assert_eq!(condition(&api, "Ready").0, "True");
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
+
+    // Deleted: masters and coreapps stop, and the number stays claimed while
+    // any of their pods exists.
+    api.edit(WAN, |wan| wan["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z"));
+    let stopping = operator.reconcile(&api).await;
+    assert_eq!(
+        stopping,
+        [
+            "DELETE /apis/apps/v1/namespaces/team/statefulsets/acme-coreapp",
+            "DELETE /apis/apps/v1/namespaces/team/statefulsets/acme-master",
+            &status_write(),
+            EVENT,
+        ]
+    );
+    assert_eq!(condition(&api, "Ready"), ("False".into(), "Deleting".into()));
+    let message = &api.get(WAN)["status"]["conditions"][0]["message"];
+    assert_eq!(
+        message,
+        "being deleted: +15550001111 is released once its masters and coreapps are gone: \
+         team/acme-coreapp-0, team/acme-coreapp-1, team/acme-master-0, team/acme-master-1"
+    );
+    // Still there: nothing new to write.
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
+
+    // The pods are gone: the claim is released, then the finalizer.
+    api.settle();
+    let claim = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
+    assert_eq!(
+        operator.reconcile(&api).await,
+        [
+            format!("GET {claim}"),
+            format!("DELETE {claim}"),
+            "GET /apis/coordination.k8s.io/v1/namespaces/whatsapp-operator/leases/whatsapp-number-15550001111".into(),
+            format!("PATCH {WAN}"),
+        ]
+    );
+    assert!(api.get(WAN)["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()));
+}
