@@ -1,5 +1,8 @@
-//! The WhatsAppNumber controller. One reconcile is a pipeline:
-//! fetch -> validate -> build (pure) -> apply (server-side apply) -> status.
+//! The WhatsAppNumber controller. One reconcile is a pipeline: claim
+//! (`claim`, `fencing`) -> fetch -> validate -> build (pure, `resources`) ->
+//! apply (server-side apply) -> observe the gateway (`gateway`) -> advance
+//! (pure, `upgrade`, `sharding`) -> status (pure, `status`) -> publish
+//! (`publish`, `events`). `run` holds the watches and the mappers that wake it.
 
 pub mod apply;
 pub mod cache;
@@ -10,8 +13,10 @@ pub mod fencing;
 pub mod fetch;
 pub mod gateway;
 pub mod lifecycle;
+mod publish;
 #[cfg(test)]
 mod reconcile_tests;
+mod run;
 pub mod status;
 pub mod validate;
 
@@ -19,30 +24,30 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
+use crate::api::WhatsAppNumber;
 use crate::probes::Probes;
-use crate::resources::names::{FIELD_MANAGER, Names};
+use crate::resources::names::Names;
 use crate::sharding;
 use crate::telemetry::metrics::Metrics;
 use crate::upgrade::{self, procedure};
 use apply::Applier;
 use claim::{Claim, Intent};
 use error::{Error, Result};
+use publish::publish_status;
+pub use run::{backoff, error_policy, run};
 use status::{Applied, Outcome};
 
 /// Operator-wide settings the reconcile needs.
@@ -723,20 +728,6 @@ async fn upgrade_facts(
     })
 }
 
-async fn publish(ctx: &Context, wan: &WhatsAppNumber, notice: events::Notice) {
-    let event = Event {
-        type_: notice.type_,
-        reason: notice.reason,
-        note: Some(notice.note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    match ctx.recorder.publish(&event, &wan.object_ref(&())).await {
-        Ok(()) => ctx.metrics.record_write("Event", "create"),
-        Err(e) => warn!(error = %e, "could not publish an event"),
-    }
-}
-
 /// Makes sure none of this object's masters or coreapps run (they would
 /// connect as a second instance): their StatefulSets go, and with them the pods.
 async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber, why: &str) -> Result<()> {
@@ -772,231 +763,6 @@ async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str
 fn jittered(base: Duration) -> Duration {
     use rand::Rng;
     base + base.mul_f64(rand::rng().random_range(0.0..0.1))
-}
-
-/// Writes the status for `outcome` if it differs from the stored one, with
-/// the events and metrics of what changed.
-/// Returns whether the status changed.
-async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, now: &Time) -> Result<bool> {
-    let new_status = status::compute(wan, outcome, wan.status.as_ref(), now);
-    if wan.status.as_ref() != Some(&new_status) {
-        patch_status(ctx, wan, &new_status).await?;
-        ctx.metrics.record_conditions(wan, &new_status.conditions);
-        // Only a written status has news: a failed write is retried, and its
-        // events come with the write that succeeds.
-        for notice in events::transitions(wan.status.as_ref(), &new_status) {
-            publish(ctx, wan, notice).await;
-        }
-        Ok(true)
-    } else {
-        // A restarted operator publishes what is already written.
-        ctx.metrics.record_conditions(wan, &new_status.conditions);
-        Ok(false)
-    }
-}
-
-async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Result<()> {
-    let api: Api<WhatsAppNumber> =
-        Api::namespaced(ctx.client.clone(), &wan.namespace().ok_or(Error::MissingMetadata("namespace"))?);
-    // The resource version makes the write conditional: status computed from
-    // a stale copy (a cache behind a newer write, a replica that lost the
-    // lead) is refused instead of moving an upgrade or a claim backwards.
-    let patch = json!({
-        "apiVersion": WhatsAppNumber::api_version(&()),
-        "kind": WhatsAppNumber::kind(&()),
-        "metadata": {"resourceVersion": wan.resource_version()},
-        "status": status,
-    });
-    match api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::StaleObject),
-        Err(e) => return Err(e.into()),
-    }
-    ctx.metrics.record_write("WhatsAppNumber", "apply-status");
-    Ok(())
-}
-
-/// Exponential backoff per object: 5 s, 10 s, 20 s ... up to 5 minutes.
-pub fn error_policy(wan: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_stale() {
-        // The newer object is on its way through the watch: look again soon.
-        tracing::debug!(name = %wan.name_any(), namespace = ?wan.namespace(), "status not written: the object changed meanwhile");
-        return Action::requeue(STALE_RETRY);
-    }
-    ctx.metrics.record_error(error.reason());
-    let attempts = {
-        let mut failures = ctx.failures.lock().expect("failures lock");
-        let n = failures.entry(key(wan.as_ref())).or_insert(0);
-        *n += 1;
-        *n
-    };
-    let delay = backoff(attempts);
-    warn!(name = %wan.name_any(), namespace = ?wan.namespace(), reason = error.reason(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
-pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(6))).min(Duration::from_secs(300))
-}
-
-/// The WhatsAppNumbers whose reconcile reads the named Secret or claim.
-fn referencing(
-    numbers: &cache::Numbers,
-    namespace: Option<String>,
-    name: &str,
-    kind: Reference,
-) -> Vec<ObjectRef<DynamicObject>> {
-    numbers
-        .readable()
-        .into_iter()
-        .filter(|(wan, _)| wan.namespace() == namespace)
-        .filter(|(wan, _)| {
-            let spec = &wan.spec;
-            match kind {
-                Reference::Secret => {
-                    spec.database.credentials_secret_ref.name == name
-                        || spec.database.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
-                        || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
-                        || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                        || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
-                        || fetch::lifecycle_secret_names(wan).iter().any(|n| n == name)
-                        || Names::new(wan).keys() == name
-                }
-                Reference::Claim => crate::resources::media_claim_name(wan) == name,
-            }
-        })
-        .map(|(_, r)| r)
-        .collect()
-}
-
-/// The WhatsAppNumbers with the phone number a claim (or legacy claim Lease) is about.
-fn waiting_for(numbers: &cache::Numbers, claim: &impl ResourceExt) -> Vec<ObjectRef<DynamicObject>> {
-    let Some(number) = claim.annotations().get(claim::NUMBER_ANNOTATION) else { return vec![] };
-    with_number(numbers, &crate::resources::names::number_digits(number))
-}
-
-/// The WhatsAppNumbers of the phone number with these digits.
-fn with_number(numbers: &cache::Numbers, digits: &str) -> Vec<ObjectRef<DynamicObject>> {
-    if digits.is_empty() {
-        return vec![];
-    }
-    numbers
-        .readable()
-        .into_iter()
-        .filter(|(wan, _)| crate::resources::names::number_digits(&wan.spec.phone_number) == digits)
-        .map(|(_, r)| r)
-        .collect()
-}
-
-#[derive(Clone, Copy)]
-enum Reference {
-    Secret,
-    Claim,
-}
-
-/// Runs the controller until `shutdown` resolves. `namespace` limits it to one
-/// namespace; `None` watches all.
-pub async fn run(
-    client: Client,
-    namespace: Option<String>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    reporter: Reporter,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let resource = ApiResource::erase::<WhatsAppNumber>(&());
-    let wans: Api<DynamicObject> = match &namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    let (numbers, changed) = cache::numbers_feed(wans, resource.clone());
-    let controller = Controller::for_stream_with(changed, numbers, resource).with_config(
-        ControllerConfig::default()
-            .concurrency(settings.reconcile_concurrency)
-            // The events of one number's children arrive together: one
-            // reconcile for them, and the caches have caught up by then.
-            .debounce(DEBOUNCE),
-    );
-    let store = cache::Numbers::new(controller.store());
-    let (caches, feeds) = cache::build(
-        &client,
-        &namespace,
-        &settings.operator_namespace,
-        &settings.release_catalog,
-        store.clone(),
-        &fencing::node_pod_selector(),
-        crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
-    );
-
-    // A change of the release catalog can change every number's expiry and target.
-    let catalog_changes = feeds.catalog.filter_map(|r| {
-        futures::future::ready(match r {
-            Ok(_) => Some(()),
-            // An outage or a 403 backs off (in the watch) instead of spinning, and says so.
-            Err(e) => {
-                warn!(error = %e, "cannot watch the release catalog ConfigMap; retrying with backoff");
-                None
-            }
-        })
-    });
-    let (probes, probed) = Probes::new(settings.probe_concurrency, Arc::default(), Arc::default(), metrics.clone());
-    let prober = tokio::spawn(probes.clone().run());
-    // A probe whose result differs from the one before wakes its number.
-    let probe_changes = probed.map(|(namespace, name)| {
-        ObjectRef::new_with(&name, ApiResource::erase::<WhatsAppNumber>(&())).within(&namespace)
-    });
-    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches, probes));
-    let (secret_store, claim_store, pod_store) = (store.clone(), store.clone(), store.clone());
-    let (number_claim_store, lease_store) = (store.clone(), store);
-    controller
-        .reconcile_all_on(catalog_changes)
-        .reconcile_on(probe_changes)
-        .owns_stream(feeds.statefulsets)
-        .owns_stream(feeds.deployments)
-        .owns_stream(feeds.services)
-        .owns_stream(feeds.configmaps)
-        .owns_stream(feeds.budgets)
-        .owns_stream(feeds.jobs)
-        .watches_stream(feeds.secrets, move |secret| {
-            referencing(&secret_store, secret.namespace(), &secret.name_any(), Reference::Secret)
-        })
-        .watches_stream(feeds.volume_claims, move |claim| {
-            referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim)
-        })
-        // A released number claim wakes the WhatsAppNumbers waiting for it.
-        .watches_stream(feeds.claims, move |claim| waiting_for(&number_claim_store, &claim))
-        .watches_stream(feeds.legacy_claims, move |lease| waiting_for(&lease_store, &lease))
-        // Master and coreapp pods starting, terminating or going wake the
-        // objects of their number (fencing).
-        .watches_stream(feeds.node_pods, move |pod| {
-            let labels = pod.labels();
-            match labels.get(crate::resources::names::LABEL_NUMBER) {
-                Some(digits) => with_number(&pod_store, digits),
-                // Its own WhatsAppNumber still waits for it.
-                None => labels
-                    .get(crate::resources::names::LABEL_INSTANCE)
-                    .zip(pod.namespace())
-                    .map(|(instance, ns)| {
-                        ObjectRef::new_with(instance, ApiResource::erase::<WhatsAppNumber>(&())).within(&ns)
-                    })
-                    .into_iter()
-                    .collect(),
-            }
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile_object, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled"),
-                Err(kube::runtime::controller::Error::QueueError(e)) => {
-                    warn!(error = %e, "a watch failed; retrying with backoff")
-                }
-                Err(e) => tracing::debug!(error = %e, "reconcile trigger failed"),
-            }
-        })
-        .await;
-    prober.abort();
-    info!("controller stopped");
 }
 
 #[cfg(test)]
