@@ -105,7 +105,10 @@ impl<'a> Applier<'a> {
             }
         }
         let api: Api<K> = self.api();
-        let live = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
+        let live = api
+            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired))
+            .await
+            .map_err(Error::request(format!("applying {} {}/{name}", K::kind(&()), self.namespace)))?;
         self.metrics.record_write(&K::kind(&()), "apply");
         Ok(live)
     }
@@ -124,7 +127,10 @@ impl<'a> Applier<'a> {
                 Ok(created) => created,
                 // Made by an earlier reconcile that the cache has not seen yet: read again.
                 Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::StaleObject),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let name = secret.name_any();
+                    return Err(Error::request(format!("creating Secret {}/{name}", self.namespace))(e));
+                }
             };
             self.metrics.record_write("Secret", "create");
             self.caches.remember_secret(Some(&created));
@@ -138,7 +144,8 @@ impl<'a> Applier<'a> {
                     &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
                     &secret,
                 )
-                .await?;
+                .await
+                .map_err(Error::request(format!("updating Secret {}/{}", self.namespace, secret.name_any())))?;
             self.metrics.record_write("Secret", "update");
             self.caches.remember_secret(Some(&updated));
             Ok(Some(updated))
@@ -162,7 +169,9 @@ impl<'a> Applier<'a> {
                 match api.delete(name, &DeleteParams::background()).await {
                     Ok(_) => self.metrics.record_write("ServiceMonitor", "delete"),
                     Err(e) if missing_crd(&e) => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        return Err(Error::request(format!("deleting ServiceMonitor {}/{name}", self.namespace))(e));
+                    }
                 }
             }
             return Ok(Ok(None));
@@ -185,7 +194,9 @@ impl<'a> Applier<'a> {
                 Err(e) if missing_crd(&e) => {
                     return Ok(Err("spec.monitoring.serviceMonitor needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1), which this cluster does not serve".into()));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(Error::request(format!("reading ServiceMonitor {}/{name}", self.namespace))(e));
+                }
             },
         };
         if live_hash.as_ref() == Some(&hash) {
@@ -194,7 +205,9 @@ impl<'a> Applier<'a> {
         let mut patch = serde_json::to_value(&desired)?;
         patch["apiVersion"] = "monitoring.coreos.com/v1".into();
         patch["kind"] = "ServiceMonitor".into();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+            .await
+            .map_err(Error::request(format!("applying ServiceMonitor {}/{name}", self.namespace)))?;
         self.metrics.record_write("ServiceMonitor", "apply");
         Ok(Ok(Some(name)))
     }
@@ -212,7 +225,7 @@ impl<'a> Applier<'a> {
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(Error::request(format!("creating Job {}/{}", self.namespace, job.name_any()))(e)),
         }
     }
 
@@ -239,7 +252,10 @@ impl<'a> Applier<'a> {
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => self.metrics.record_write(&K::kind(&()), "delete"),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let what = format!("deleting {} {}/{name}", K::kind(&()), self.namespace);
+                    return Err(Error::request(what)(e));
+                }
             }
         }
         Ok(())

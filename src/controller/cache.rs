@@ -198,7 +198,10 @@ impl Caches {
         {
             return Ok(Some((*watched).clone()));
         }
-        let read = Api::<Secret>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
+        let read = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(super::error::Error::request(format!("reading Secret {namespace}/{name}")))?;
         self.remember_secret(read.as_ref());
         Ok(read)
     }

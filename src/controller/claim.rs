@@ -42,10 +42,7 @@ impl ClaimError {
     /// A short label for metrics, by cause (as the reconcile's own errors).
     pub fn reason(&self) -> &'static str {
         match self {
-            ClaimError::Api { source: kube::Error::Api(s), .. } if s.code == 409 => "Conflict",
-            ClaimError::Api { source: kube::Error::Api(s), .. } if s.code == 403 => "Forbidden",
-            ClaimError::Api { source: kube::Error::Api(_), .. } => "ApiError",
-            ClaimError::Api { .. } => "ApiUnreachable",
+            ClaimError::Api { source, .. } => super::error::api_reason(source),
             ClaimError::Contended(_) => "ClaimContended",
             ClaimError::CacheNotReady(_) => "CacheNotReady",
         }

@@ -7,6 +7,14 @@ pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
 
+    /// A request that failed, named with the object it was about.
+    #[error("{action}: {source}")]
+    Request {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("could not encode an object: {0}")]
     Encode(#[from] serde_json::Error),
 
@@ -27,14 +35,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Names the request that failed: `.map_err(Error::request("deleting StatefulSet team/acme-master"))`.
+    pub fn request(action: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Request { action: action.to_string(), source }
+    }
+
     /// A short label for metrics and events; it groups errors by cause, never by object.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "Conflict",
-            Error::Kube(kube::Error::Api(status)) if status.code == 403 => "Forbidden",
-            Error::Kube(kube::Error::Api(status)) if status.code == 422 => "Invalid",
-            Error::Kube(kube::Error::Api(_)) => "ApiError",
-            Error::Kube(_) => "ApiUnreachable",
+            Error::Kube(e) | Error::Request { source: e, .. } => api_reason(e),
             Error::Encode(_) => "EncodeFailed",
             Error::MissingMetadata(_) => "MissingMetadata",
             Error::Claim(e) => e.reason(),
@@ -67,7 +76,7 @@ impl Error {
     /// deleted (everything in it goes, so re-creating children is pointless).
     pub fn is_moot(&self) -> bool {
         match self {
-            Error::Kube(kube::Error::Api(s)) => {
+            Error::Kube(kube::Error::Api(s)) | Error::Request { source: kube::Error::Api(s), .. } => {
                 s.code == 403
                     && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
             }
@@ -82,11 +91,50 @@ impl Error {
     }
 }
 
+/// The metrics category of a failed API request.
+pub(super) fn api_reason(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(status) if status.code == 409 => "Conflict",
+        kube::Error::Api(status) if status.code == 403 => "Forbidden",
+        kube::Error::Api(status) if status.code == 422 => "Invalid",
+        kube::Error::Api(_) => "ApiError",
+        _ => "ApiUnreachable",
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status::failure("refused", reason).with_code(code)))
+    }
+
+    #[test]
+    fn a_failed_request_names_its_object_and_keeps_its_category() {
+        let e = Error::request("applying StatefulSet team/acme-master")(api(422, "Invalid"));
+        assert!(e.to_string().starts_with("applying StatefulSet team/acme-master: "), "{e}");
+        assert_eq!(e.reason(), "Invalid");
+        assert_eq!(Error::request("x")(api(403, "Forbidden")).reason(), "Forbidden");
+        assert_eq!(Error::request("x")(api(409, "Conflict")).reason(), "Conflict");
+        assert_eq!(Error::request("x")(api(500, "InternalError")).reason(), "ApiError");
+        assert_eq!(Error::from(api(409, "Conflict")).reason(), "Conflict", "unnamed ones too");
+    }
+
+    #[test]
+    fn a_terminating_namespace_makes_a_named_request_moot() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "namespace team is being terminated",
+            "details": {"causes": [{"reason": "NamespaceTerminating", "message": "namespace team is being terminated"}]}
+        }))
+        .expect("a Status");
+        let e = Error::request("applying Service team/acme-webapp")(kube::Error::Api(Box::new(status)));
+        assert!(e.is_moot());
+        assert!(!Error::request("x")(api(403, "Forbidden")).is_moot());
+    }
 
     #[test]
     fn a_stale_write_is_known_through_the_finalizer() {

@@ -207,7 +207,7 @@ async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action>
     match api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
         Ok(_) => ctx.metrics.record_write("WhatsAppNumber", "patch"),
         Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::request(format!("removing the finalizer of {namespace}/{name}"))(e)),
     }
     Ok(Action::await_change())
 }
@@ -233,7 +233,9 @@ async fn report_unreadable(obj: &DynamicObject, error: &serde_json::Error, ctx: 
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<WhatsAppNumber>(&()));
     let patch = json!({"status": {"observedGeneration": generation, "conditions": [ready, stalled]}});
-    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::request(format!("writing the status of {namespace}/{}", obj.name_any())))?;
     ctx.metrics.record_write("WhatsAppNumber", "patch-status");
     Ok(())
 }
@@ -667,7 +669,7 @@ async fn delete_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(Error::request(format!("deleting the schema Job of {version} of {}", wan.name_any()))(e)),
     }
 }
 
@@ -753,7 +755,7 @@ async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str
             Ok(_) => ctx.metrics.record_write("StatefulSet", "delete"),
             // The cache had not seen an earlier deletion yet.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::request(format!("deleting StatefulSet {namespace}/{}", sts.name_any()))(e)),
         }
     }
     Ok(())

@@ -64,7 +64,10 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     match api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::StaleObject),
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            let what = format!("writing the status of {}/{}", wan.namespace().unwrap_or_default(), wan.name_any());
+            return Err(Error::request(what)(e));
+        }
     }
     ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     Ok(())
