@@ -12,6 +12,8 @@
 pub mod api;
 pub mod backups;
 pub mod controller;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod lifecycle;

@@ -612,7 +612,7 @@ mod tests {
     use super::*;
 
     fn number(uid: &str, version: &str, phone: serde_json::Value) -> DynamicObject {
-        let mut v = serde_json::to_value(crate::resources::tests::sample()).unwrap();
+        let mut v = serde_json::to_value(crate::fixtures::sample()).unwrap();
         v["apiVersion"] = "whatsapp.operators.dev/v1alpha1".into();
         v["kind"] = "WhatsAppNumber".into();
         v["metadata"] = serde_json::json!({"name": uid, "namespace": "team", "uid": uid, "resourceVersion": version});

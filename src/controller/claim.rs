@@ -308,7 +308,7 @@ mod tests {
     use k8s_openapi::api::coordination::v1::LeaseSpec;
 
     use super::*;
-    use crate::resources::tests::sample;
+    use crate::fixtures::sample;
 
     #[test]
     fn a_claim_is_named_from_the_digits_and_holds_the_identity() {

@@ -198,7 +198,7 @@ impl StartStopFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::tests::sample;
+    use crate::fixtures::{at as ts, sample};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use std::collections::BTreeMap;
 
@@ -219,10 +219,6 @@ mod tests {
 
     fn node(namespace: &str, name: &str, instance: &str) -> NodePod {
         NodePod::of_number(&pod_meta(namespace, name, instance, "coreapp", "15550001111"), "15550001111").unwrap()
-    }
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
     }
 
     #[test]

@@ -160,7 +160,7 @@ mod tests {
     use kube::Resource;
 
     use super::*;
-    use crate::resources::tests::sample;
+    use crate::fixtures::sample;
 
     fn number(namespace: &str, name: &str, created: i64, uid: &str) -> WhatsAppNumber {
         let mut wan = sample();

@@ -496,7 +496,7 @@ mod tests {
 
     use super::*;
     use crate::api::{SecretKeyRef, WebappTls};
-    use crate::resources::tests::sample;
+    use crate::fixtures::sample;
 
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         Secret {

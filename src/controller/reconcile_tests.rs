@@ -278,7 +278,7 @@ impl Operator {
 /// A new number (health polling off) with its database credentials.
 fn seeded() -> Arc<FakeApi> {
     let api = Arc::new(FakeApi::default());
-    let mut wan = serde_json::to_value(crate::resources::tests::sample()).expect("JSON");
+    let mut wan = serde_json::to_value(crate::fixtures::sample()).expect("JSON");
     wan["spec"]["health"] = json!({"enabled": false});
     wan["metadata"]["generation"] = json!(1);
     api.stamp(&mut wan);

@@ -767,7 +767,7 @@ pub fn find<'a>(status: Option<&'a WhatsAppNumberStatus>, type_: &str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::tests::sample;
+    use crate::fixtures::sample;
 
     fn ready_tier(n: i32) -> TierStatus {
         TierStatus { desired: n, ready: n, updated: n, observed: true }

@@ -253,7 +253,7 @@ mod tests {
 
     use super::*;
     use crate::api::{DatabaseTls, SecretKeyRef, WebappTls};
-    use crate::resources::tests::sample;
+    use crate::fixtures::sample;
 
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         Secret {

@@ -12,7 +12,7 @@ pub mod webapp;
 pub mod workloads;
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use std::collections::BTreeMap;
 

@@ -77,7 +77,7 @@ pub fn service_monitor(wan: &WhatsAppNumber) -> Option<DynamicObject> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::tests::sample;
+    use crate::fixtures::sample;
 
     #[test]
     fn none_unless_asked_for() {

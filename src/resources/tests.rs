@@ -7,32 +7,12 @@ use k8s_openapi::api::core::v1::{
     Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::Resource;
 
 use super::config::{API_KEY, JWT_KEY};
 use super::names::*;
 use super::*;
 use crate::api::*;
-
-pub fn sample() -> WhatsAppNumber {
-    let mut wan: WhatsAppNumber = serde_json::from_value(serde_json::json!({
-        "apiVersion": "whatsapp.operators.dev/v1alpha1",
-        "kind": "WhatsAppNumber",
-        "metadata": {"name": "acme", "namespace": "team", "uid": "1234-5678", "generation": 3},
-        "spec": {
-            "phoneNumber": "+15550001111",
-            "version": "2.53.2",
-            "database": {
-                "engine": "MySQL",
-                "host": "mysql.db.svc",
-                "credentialsSecretRef": {"name": "acme-db"}
-            }
-        }
-    }))
-    .expect("sample parses");
-    wan.meta_mut().uid = Some("1234-5678".into());
-    wan
-}
+use crate::fixtures::sample;
 
 fn inputs() -> BuildInputs {
     BuildInputs { credentials_digest: "creds-v1".into(), ..Default::default() }

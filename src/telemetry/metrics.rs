@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn a_condition_has_one_series_that_follows_its_status() {
         let m = Metrics::default();
-        let wan = crate::resources::tests::sample();
+        let wan = crate::fixtures::sample();
         m.record_conditions(&wan, &[condition("Ready", "False", "RollingOut")]);
         m.record_conditions(&wan, &[condition("Ready", "True", "Ready")]);
         let text = m.encode();

@@ -206,15 +206,7 @@ mod tests {
     use super::*;
     use crate::api::MaintenanceWindow;
 
-    fn at(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    fn catalog() -> Catalog {
-        Catalog::with_overrides(Some(
-            "- {version: \"2.53.2\", releasedAt: \"2024-01-10\"}\n- {version: \"2.55.1\", releasedAt: \"2024-04-10\"}\n",
-        ))
-    }
+    use crate::fixtures::{at, catalog};
 
     fn status(current: &str) -> WhatsAppNumberStatus {
         WhatsAppNumberStatus { current_version: Some(current.into()), ..Default::default() }

@@ -144,19 +144,12 @@ pub fn parse_before(s: &str) -> Option<SignedDuration> {
 mod tests {
     use super::*;
 
-    fn at(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::fixtures::at;
 
     fn catalog() -> Catalog {
-        Catalog::with_overrides(Some(
-            r#"
-- {version: "2.53.2", releasedAt: "2024-01-10"}
-- {version: "2.55.1", releasedAt: "2024-04-10"}
-- {version: "2.57.2", releasedAt: "2024-07-10"}
-- {version: "2.57", releasedAt: "2024-08-01"}
-"#,
-        ))
+        crate::fixtures::catalog_with(
+            "- {version: \"2.57.2\", releasedAt: \"2024-07-10\"}\n- {version: \"2.57\", releasedAt: \"2024-08-01\"}\n",
+        )
     }
 
     const DAYS30: SignedDuration = SignedDuration::from_hours(30 * 24);
