@@ -13,6 +13,7 @@ pub mod fencing;
 pub mod fetch;
 pub mod gateway;
 pub mod lifecycle;
+mod plan;
 mod publish;
 #[cfg(test)]
 mod reconcile_tests;
@@ -446,38 +447,14 @@ async fn deploy(
         warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
         delete_schema_job(ctx, wan, &u.to).await?;
     }
-    let recorded_or_live =
-        upgrade::running_version(status.and_then(|s| s.current_version.as_deref()), running.live_version.as_deref());
-
+    let recorded_or_live = plan::running_version(wan, running.live_version.as_deref());
     // A first deployment creates the schema before anything else starts.
     let first_job = match &recorded_or_live {
         Some(_) => None,
         None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
     };
-    let initializing = first_job.as_ref().is_some_and(|j| *j != procedure::JobState::Succeeded);
-    let mut shape = if initializing { procedure::initializing(&plan.steady_version) } else { plan.shape() };
-
-    // Suspended: nodes stop first, webapps once no node is left. An upgrade
-    // in progress keeps its own shape until it completes.
-    let suspended = wan.spec.suspend && plan.upgrade.as_ref().is_none_or(procedure::is_done) && !initializing;
-    if suspended {
-        shape.masters_running = false;
-        shape.coreapps_running = false;
-        let stopped = |t: Option<&crate::api::TierStatus>| t.is_some_and(|t| t.desired == 0 && t.ready == 0);
-        shape.webapps_running =
-            !(stopped(status.and_then(|s| s.masters.as_ref())) && stopped(status.and_then(|s| s.coreapps.as_ref())));
-    }
-
-    // A second instance of the number outside the cluster keeps the nodes
-    // stopped until a person says it is gone.
-    let resolved = |c: &crate::api::ExternalConflictStatus| {
-        wan.annotations().get(gateway::RESOLVE_CONFLICT_ANNOTATION) == Some(&c.detected_at)
-    };
-    let external_conflict = status.and_then(|s| s.external_conflict.clone()).filter(|c| !resolved(c));
-    if external_conflict.is_some() {
-        shape.masters_running = false;
-        shape.coreapps_running = false;
-    }
+    let plan::Workloads { shape, initializing, suspended, external_conflict } =
+        plan::workloads(wan, &plan, first_job.as_ref());
 
     // Coreapps for whichever of the spec's and the client's last known shard
     // count is larger: they go only once the client reports fewer shards.
@@ -628,7 +605,7 @@ async fn deploy(
             None if awaiting => status.and_then(|s| s.external_conflict.clone()),
             None => None,
         }
-        .filter(|c| !resolved(c)),
+        .filter(|c| !plan::resolved(wan, c)),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
         service_monitor,
         lifecycle: report

@@ -1,0 +1,137 @@
+//! The plan step's pure part: from the upgrade plan and what status records,
+//! the shape the workloads take in this reconcile.
+
+use kube::ResourceExt;
+
+use super::gateway::RESOLVE_CONFLICT_ANNOTATION;
+use crate::api::{ExternalConflictStatus, TierStatus, WhatsAppNumber};
+use crate::upgrade::procedure::{self, JobState, Shape};
+use crate::upgrade::{self, Plan};
+
+/// The workloads' shape and why it is what it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workloads {
+    pub shape: Shape,
+    /// A first deployment whose schema Job has not succeeded: nothing starts yet.
+    pub initializing: bool,
+    /// `spec.suspend` in effect (an upgrade in progress finishes first).
+    pub suspended: bool,
+    /// Another instance of the number outside the cluster, not yet declared
+    /// gone by a person: nodes stay stopped.
+    pub external_conflict: Option<ExternalConflictStatus>,
+}
+
+/// `first_job` is the state of the first deployment's schema Job, when no
+/// version runs yet.
+pub fn workloads(wan: &WhatsAppNumber, plan: &Plan, first_job: Option<&JobState>) -> Workloads {
+    let status = wan.status.as_ref();
+    let initializing = first_job.is_some_and(|j| *j != JobState::Succeeded);
+    let mut shape = if initializing { procedure::initializing(&plan.steady_version) } else { plan.shape() };
+
+    // Suspended: nodes stop first, webapps once no node is left. An upgrade
+    // in progress keeps its own shape until it completes.
+    let suspended = wan.spec.suspend && plan.upgrade.as_ref().is_none_or(procedure::is_done) && !initializing;
+    if suspended {
+        shape.masters_running = false;
+        shape.coreapps_running = false;
+        let stopped = |t: Option<&TierStatus>| t.is_some_and(|t| t.desired == 0 && t.ready == 0);
+        shape.webapps_running =
+            !(stopped(status.and_then(|s| s.masters.as_ref())) && stopped(status.and_then(|s| s.coreapps.as_ref())));
+    }
+
+    // A second instance of the number outside the cluster keeps the nodes
+    // stopped until a person says it is gone.
+    let external_conflict = status.and_then(|s| s.external_conflict.clone()).filter(|c| !resolved(wan, c));
+    if external_conflict.is_some() {
+        shape.masters_running = false;
+        shape.coreapps_running = false;
+    }
+    Workloads { shape, initializing, suspended, external_conflict }
+}
+
+/// A person declared this conflict over by annotating its detection time.
+pub fn resolved(wan: &WhatsAppNumber, conflict: &ExternalConflictStatus) -> bool {
+    wan.annotations().get(RESOLVE_CONFLICT_ANNOTATION) == Some(&conflict.detected_at)
+}
+
+/// The version that runs: the one status records, else the live workloads'.
+pub fn running_version(wan: &WhatsAppNumber, live: Option<&str>) -> Option<String> {
+    upgrade::running_version(wan.status.as_ref().and_then(|s| s.current_version.as_deref()), live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{UpgradeSpec, WhatsAppNumberStatus};
+    use crate::fixtures::{at, catalog, sample};
+
+    fn steady(wan: &WhatsAppNumber) -> Plan {
+        let running = upgrade::Running { live_version: Some("2.53.2".into()), ..Default::default() };
+        upgrade::plan(
+            &UpgradeSpec::default(),
+            &wan.spec.version,
+            wan.status.as_ref(),
+            &running,
+            &catalog(),
+            at("2024-02-01T00:00:00Z"),
+        )
+    }
+
+    fn tier(desired: i32, ready: i32) -> Option<TierStatus> {
+        Some(TierStatus { desired, ready, updated: ready, observed: true })
+    }
+
+    #[test]
+    fn a_first_deployment_runs_only_its_schema_job_until_it_succeeds() {
+        let wan = sample();
+        let plan = steady(&wan);
+        let waiting = workloads(&wan, &plan, Some(&JobState::Running));
+        assert!(waiting.initializing);
+        assert_eq!(waiting.shape, procedure::initializing("2.53.2"));
+        let done = workloads(&wan, &plan, Some(&JobState::Succeeded));
+        assert!(!done.initializing);
+        assert_eq!(done.shape, plan.shape());
+        assert_eq!(workloads(&wan, &plan, None), done, "a version already runs");
+    }
+
+    #[test]
+    fn suspending_stops_the_nodes_first_and_the_webapps_once_no_node_is_left() {
+        let mut wan = sample();
+        wan.spec.suspend = true;
+        wan.status = Some(WhatsAppNumberStatus { masters: tier(2, 2), coreapps: tier(2, 1), ..Default::default() });
+        let plan = steady(&wan);
+        let stopping = workloads(&wan, &plan, None);
+        assert!(stopping.suspended);
+        assert!(!stopping.shape.masters_running && !stopping.shape.coreapps_running);
+        assert!(stopping.shape.webapps_running, "webapps serve until the nodes are gone");
+
+        wan.status = Some(WhatsAppNumberStatus { masters: tier(0, 0), coreapps: tier(0, 0), ..Default::default() });
+        assert!(!workloads(&wan, &plan, None).shape.webapps_running);
+
+        // During a first deployment there is nothing to suspend yet.
+        assert!(!workloads(&wan, &plan, Some(&JobState::Running)).suspended);
+    }
+
+    #[test]
+    fn another_instance_outside_the_cluster_stops_the_nodes_until_a_person_resolves_it() {
+        let mut wan = sample();
+        let conflict = ExternalConflictStatus {
+            detected_at: "2026-12-01T10:00:00Z".into(),
+            message: "another instance connected with this number".into(),
+        };
+        wan.status = Some(WhatsAppNumberStatus { external_conflict: Some(conflict.clone()), ..Default::default() });
+        let plan = steady(&wan);
+        let held = workloads(&wan, &plan, None);
+        assert_eq!(held.external_conflict, Some(conflict.clone()));
+        assert!(!held.shape.masters_running && !held.shape.coreapps_running);
+        assert!(held.shape.webapps_running);
+
+        // Another detection time does not resolve it; this one does.
+        wan.annotations_mut().insert(RESOLVE_CONFLICT_ANNOTATION.into(), "2026-11-30T00:00:00Z".into());
+        assert!(workloads(&wan, &plan, None).external_conflict.is_some());
+        wan.annotations_mut().insert(RESOLVE_CONFLICT_ANNOTATION.into(), conflict.detected_at.clone());
+        let resumed = workloads(&wan, &plan, None);
+        assert_eq!(resumed.external_conflict, None);
+        assert!(resumed.shape.masters_running && resumed.shape.coreapps_running);
+    }
+}
