@@ -828,7 +828,7 @@ holder_namespace() {
 # Once the node answers again its pods go, the number is released, and the
 # duplicate takes it over and becomes Ready.
 scenario_partition() {
-  local holder version i message
+  local holder version message
   holder="$(holder_namespace)"
   version="$(jp "$holder" "$NAME" '{.spec.version}')"
   log "scenario partition: the same number in $NS_C waits while $holder holds it"
@@ -846,7 +846,7 @@ scenario_partition() {
   wait_until 120 "$holder/$NAME's masters and coreapps Terminating" holder_pods_terminating "$holder"
   # While the node does not answer, the duplicate deploys nothing, the holder
   # keeps the number, and the duplicate says which pods it waits for.
-  for i in $(seq 1 30); do
+  for _ in $(seq 1 30); do
     no_workloads "$NS_C" || fail "the duplicate deployed workloads while the holder's pods may still run"
     conflict_now "$NS_C" || fail "the duplicate left Conflict while the holder's pods may still run: $(condition "$NS_C" "$NAME" Conflict)"
     k -n "$holder" get wan "$NAME" >/dev/null 2>&1 || fail "the holder was released while its pods may still run"
