@@ -245,6 +245,8 @@ async fn report_unreadable(obj: &DynamicObject, error: &serde_json::Error, ctx: 
 pub async fn reconcile(wan: Arc<WhatsAppNumber>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
+    // Within the controller's span, which says what woke this reconcile.
+    tracing::debug!(resource_version = wan.metadata.resource_version.as_deref(), "reconciling");
     let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<WhatsAppNumber> = Api::namespaced(ctx.client.clone(), &namespace);
     if wan.metadata.deletion_timestamp.is_some() && wan.finalizers().iter().any(|f| f == claim::FINALIZER) {

@@ -125,6 +125,9 @@ esac
 log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
 # 1 while the partition scenario has the node's kubelet frozen.
 FROZEN=0
+# The faults the scenarios inject; a run that ends passed them all.
+FAULTS=()
+fault() { FAULTS+=("$1"); }
 # The local cluster with a real node, images, the gateway and the operator's
 # chart: shared with hack/demo.sh.
 # shellcheck source=hack/lib/real-pods.sh
@@ -641,6 +644,7 @@ scenario_failover() {
   [ -n "$hostpid" ] || fail "no process found for $ns/$pod ($cid)"
   log "scenario failover: SIGKILL of $ns/$pod (pid $hostpid on this machine)"
   kill -KILL "$hostpid"
+  fault "the connected coreapp killed (SIGKILL)"
   deadline=$((SECONDS + TIMEOUT))
   # The dead node's row stays listed (unreachable) until it has been silent for
   # 5 unhealthy intervals, so only the takeover and Ready are awaited here.
@@ -698,6 +702,7 @@ scenario_upgrade() {
   wait_until 60 "$NS_A/$NAME upgrade under way" upgrading "$NS_A"
   log "upgrade: killing the leading operator ${leader%%_*} at step $(jp "$NS_A" "$NAME" '{.status.upgrade.step}')"
   k -n "$OPERATOR_NS" delete pod "${leader%%_*}" --grace-period=0 --force >&2 2>/dev/null || true
+  fault "the leading operator killed during an upgrade"
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready at $NEW" upgraded "$NS_A" "$NEW"
   new_leader="$(k -n "$OPERATOR_NS" get lease whatsapp-operator -o jsonpath='{.spec.holderIdentity}')"
   [ "${new_leader%%_*}" != "${leader%%_*}" ] || fail "the killed operator ${leader%%_*} still holds the lease"
@@ -842,6 +847,7 @@ scenario_partition() {
   log "scenario partition: freezing the node's kubelet, then deleting $holder/$NAME"
   FROZEN=1
   WAO_CLUSTER_DIR="$LOCAL_DIR" hack/node.sh freeze >&2
+  fault "the node partitioned (kubelet frozen) while the holder is deleted"
   k -n "$holder" delete wan "$NAME" --wait=false >&2
   wait_until 120 "$holder/$NAME's masters and coreapps Terminating" holder_pods_terminating "$holder"
   # While the node does not answer, the duplicate deploys nothing, the holder
@@ -941,3 +947,5 @@ for s in "${SCENARIOS[@]}"; do
     multiconnect) timed "$s" scenario_multiconnect ;;
   esac
 done
+log "faults injected and survived: ${#FAULTS[@]}"
+for f in "${FAULTS[@]}"; do log "  $f"; done

@@ -93,6 +93,7 @@ pub async fn deletion_waits_for_the_holders_pods(env: &'static Env) -> Result<()
     wait_ready(&wans(c, &holder_ns), &holder).await?;
     // A coreapp of the holder that will not go away on its own.
     node_pod(c, &holder_ns, "stuck-coreapp", &holder, &number, true).await?;
+    support::fault("a coreapp pod stuck Terminating");
     duplicate(c, &holder_ns, &holder, &waiter_ns, "waiter").await?;
     wait_condition(&wans(c, &waiter_ns), "waiter", "Conflict", "True", "PhoneNumberInUse").await?;
 
@@ -144,6 +145,7 @@ pub async fn a_stray_node_pod_keeps_a_number_from_starting(env: &'static Env) ->
     // A coreapp of the number that no WhatsAppNumber here runs (another
     // installation, or one made by hand).
     node_pod(c, &stray_ns, "elsewhere-coreapp-0", "elsewhere", &number, false).await?;
+    support::fault("a coreapp pod of the number that no WhatsAppNumber runs");
     let name = apply_example_for(c, &ns, "ha-mysql.yaml", None, &number).await?;
 
     let fenced = wait_condition(&wans(c, &ns), &name, "Ready", "False", "PreviousInstanceRunning").await?;
@@ -176,6 +178,7 @@ pub async fn a_deleted_claim_stays_with_the_running_instance(env: &'static Env) 
 
     // A person deletes the claim: both objects are woken by it.
     support::number_claims(c).delete(&claim_name(&number), &DeleteParams::default()).await?;
+    support::fault("the number claim deleted by hand");
     let held_by_holder = || async {
         Ok(support::claim_holder(c, &number).await?.is_some_and(|h| h.starts_with(&format!("{holder_ns}/{holder}/"))))
     };

@@ -128,6 +128,7 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
         .map(|n| n.id.clone())
         .ok_or_else(|| anyhow!("no connected coreapp in {:?}", health.nodes))?;
     deployment.kill_node(&connected)?;
+    support::fault("the connected coreapp killed");
     let w = wait_condition(&api, NAME, "Degraded", "True", "ShardsNotConnected")
         .await
         .with_context(|| deployment.logs())?;
@@ -313,6 +314,7 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
     // The same number from a second deployment (its own database) on the same
     // WhatsApp servers.
     let mut other = ours.another_instance("conflict-other")?;
+    support::fault("a second instance of the number outside the cluster");
     for master in [true, false] {
         other.node(master)?;
     }
@@ -692,6 +694,7 @@ pub async fn a_hanging_webapp_delays_nothing(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let (ns, port) = env.slot("hanging");
     let listener = SilentListener::bind(port).await?;
+    support::fault("a webapp that accepts connections and never answers");
     // The longest timeout the schema allows: each probe call hangs for 60 s.
     prepare(c, &ns, &unique_number(), json!({"health": {"pollIntervalSeconds": 5, "timeoutSeconds": 60}})).await?;
     let api = wans(c, &ns);

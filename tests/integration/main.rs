@@ -63,77 +63,85 @@ const GATEWAY_SCENARIOS: [&str; 8] = ["health", "shards", "upgrade", "auto", "co
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
+/// The faults each scenario injected (see `support::fault`), and whether the
+/// operator came through them (the scenario passed).
+static INJECTED: Mutex<Vec<(&str, Vec<&str>, bool)>> = Mutex::new(Vec::new());
+
+/// One line per scenario that injected faults, then the totals.
+fn fault_report() -> String {
+    let injected = INJECTED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = String::from("faults injected:\n");
+    let (mut total, mut survived) = (0, 0);
+    for (scenario, faults, passed) in injected.iter() {
+        let mut kinds: Vec<&str> = faults.clone();
+        kinds.dedup();
+        let verdict = if *passed { "survived" } else { "FAILED" };
+        out += &format!("  {scenario}: {} ({verdict}): {}\n", faults.len(), kinds.join("; "));
+        total += faults.len();
+        survived += if *passed { faults.len() } else { 0 };
+    }
+    out += &format!("  {total} faults in {} scenarios, {survived} survived", injected.len());
+    out
+}
+
 type Scenario = fn(&'static Env) -> Pin<Box<dyn Future<Output = Result<()>>>>;
+
+/// `scenario!(module::function)`, or `scenario!(module::function, alone)` for
+/// one that stops or replaces the operator or counts its writes: a trial
+/// named after the function (the gateway ones prefixed with `gateway_`).
+macro_rules! scenario {
+    ($module:ident :: $f:ident) => {
+        scenario!(@ $module::$f, false)
+    };
+    ($module:ident :: $f:ident, alone) => {
+        scenario!(@ $module::$f, true)
+    };
+    (@ gateway :: $f:ident, $alone:expr) => {
+        (concat!("gateway_", stringify!($f)), $alone, (|e| Box::pin(gateway::$f(e))) as Scenario)
+    };
+    (@ $module:ident :: $f:ident, $alone:expr) => {
+        (stringify!($f), $alone, (|e| Box::pin($module::$f(e))) as Scenario)
+    };
+}
 
 /// `(name, runs alone, body)`.
 const SCENARIOS: &[(&str, bool, Scenario)] = &[
-    ("crd_rejects_invalid_input", false, |e| Box::pin(scenarios::crd_rejects_invalid_input(e))),
-    ("ha_example_reconciles", false, |e| Box::pin(scenarios::ha_example_reconciles(e))),
-    ("multiconnect_example_reconciles", false, |e| Box::pin(scenarios::multiconnect_example_reconciles(e))),
-    ("spec_change_shows_progressing_then_ready", false, |e| {
-        Box::pin(scenarios::spec_change_shows_progressing_then_ready(e))
-    }),
-    ("obsolete_children_are_removed", false, |e| Box::pin(scenarios::obsolete_children_are_removed(e))),
-    ("deleting_keeps_retained_media_only", false, |e| Box::pin(scenarios::deleting_keeps_retained_media_only(e))),
-    ("missing_secret_then_ready", false, |e| Box::pin(scenarios::missing_secret_then_ready(e))),
-    ("duplicate_number_waits_for_the_holder", false, |e| Box::pin(scenarios::duplicate_number_waits_for_the_holder(e))),
-    ("racing_claims_end_with_one_holder", false, |e| Box::pin(scenarios::racing_claims_end_with_one_holder(e))),
-    ("deletion_waits_for_the_holders_pods", false, |e| Box::pin(fencing::deletion_waits_for_the_holders_pods(e))),
-    ("a_stray_node_pod_keeps_a_number_from_starting", false, |e| {
-        Box::pin(fencing::a_stray_node_pod_keeps_a_number_from_starting(e))
-    }),
-    ("a_deleted_claim_stays_with_the_running_instance", false, |e| {
-        Box::pin(fencing::a_deleted_claim_stays_with_the_running_instance(e))
-    }),
-    ("claims_hold_across_installations", true, |e| Box::pin(fencing::claims_hold_across_installations(e))),
-    ("claims_taken_over_and_lost", false, |e| Box::pin(scenarios::claims_taken_over_and_lost(e))),
-    ("gateway_health_reaches_ready_and_fails_over", false, |e| {
-        Box::pin(gateway::health_reaches_ready_and_fails_over(e))
-    }),
-    ("gateway_shards_change_through_the_api", false, |e| Box::pin(gateway::shards_change_through_the_api(e))),
-    ("gateway_a_numbers_life_as_code", false, |e| Box::pin(gateway::a_numbers_life_as_code(e))),
-    ("gateway_backups_in_object_storage", false, |e| Box::pin(gateway::backups_in_object_storage(e))),
-    ("gateway_a_hanging_webapp_delays_nothing", false, |e| Box::pin(gateway::a_hanging_webapp_delays_nothing(e))),
-    ("gateway_another_instance_outside_the_cluster_stops_the_nodes", false, |e| {
-        Box::pin(gateway::another_instance_outside_the_cluster_stops_the_nodes(e))
-    }),
-    ("upgrade_never_runs_old_and_new_nodes_together", false, |e| {
-        Box::pin(upgrades::upgrade_never_runs_old_and_new_nodes_together(e))
-    }),
-    ("upgrade_resumes_after_the_operator_is_killed", true, |e| {
-        Box::pin(upgrades::upgrade_resumes_after_the_operator_is_killed(e))
-    }),
-    ("an_upgrade_whose_schema_job_cannot_start_is_rolled_back", false, |e| {
-        Box::pin(upgrades::an_upgrade_whose_schema_job_cannot_start_is_rolled_back(e))
-    }),
-    ("a_lost_status_keeps_the_running_version", true, |e| {
-        Box::pin(upgrades::a_lost_status_keeps_the_running_version(e))
-    }),
-    ("gateway_manual_upgrade_reaches_ready_at_the_new_version", false, |e| {
-        Box::pin(upgrades::gateway_manual_upgrade_reaches_ready_at_the_new_version(e))
-    }),
-    ("gateway_auto_upgrades_an_expired_build", false, |e| {
-        Box::pin(upgrades::gateway_auto_upgrades_an_expired_build(e))
-    }),
-    ("client_metrics_service_monitor_follows_the_spec", false, |e| {
-        Box::pin(scenarios::client_metrics_service_monitor_follows_the_spec(e))
-    }),
-    ("suspend_stops_in_the_safe_order_and_resumes", false, |e| {
-        Box::pin(scenarios::suspend_stops_in_the_safe_order_and_resumes(e))
-    }),
-    ("generated_keys_survive_reconciles", false, |e| Box::pin(scenarios::generated_keys_survive_reconciles(e))),
-    ("operator_killed_mid_reconcile_converges", true, |e| {
-        Box::pin(scenarios::operator_killed_mid_reconcile_converges(e))
-    }),
-    ("only_the_leader_writes", true, |e| Box::pin(scenarios::only_the_leader_writes(e))),
-    ("unchanged_reconcile_writes_nothing", true, |e| Box::pin(scenarios::unchanged_reconcile_writes_nothing(e))),
-    ("kubectl_wait_never_passes_on_an_old_generation", true, |e| {
-        Box::pin(scenarios::kubectl_wait_never_passes_on_an_old_generation(e))
-    }),
-    ("an_unreadable_object_does_not_stop_the_others", true, |e| {
-        Box::pin(scenarios::an_unreadable_object_does_not_stop_the_others(e))
-    }),
-    ("namespace_scoped_rbac_is_enough", true, |e| Box::pin(scenarios::namespace_scoped_rbac_is_enough(e))),
+    scenario!(scenarios::crd_rejects_invalid_input),
+    scenario!(scenarios::ha_example_reconciles),
+    scenario!(scenarios::multiconnect_example_reconciles),
+    scenario!(scenarios::spec_change_shows_progressing_then_ready),
+    scenario!(scenarios::obsolete_children_are_removed),
+    scenario!(scenarios::deleting_keeps_retained_media_only),
+    scenario!(scenarios::missing_secret_then_ready),
+    scenario!(scenarios::duplicate_number_waits_for_the_holder),
+    scenario!(scenarios::racing_claims_end_with_one_holder),
+    scenario!(fencing::deletion_waits_for_the_holders_pods),
+    scenario!(fencing::a_stray_node_pod_keeps_a_number_from_starting),
+    scenario!(fencing::a_deleted_claim_stays_with_the_running_instance),
+    scenario!(fencing::claims_hold_across_installations, alone),
+    scenario!(scenarios::claims_taken_over_and_lost),
+    scenario!(gateway::health_reaches_ready_and_fails_over),
+    scenario!(gateway::shards_change_through_the_api),
+    scenario!(gateway::a_numbers_life_as_code),
+    scenario!(gateway::backups_in_object_storage),
+    scenario!(gateway::a_hanging_webapp_delays_nothing),
+    scenario!(gateway::another_instance_outside_the_cluster_stops_the_nodes),
+    scenario!(upgrades::upgrade_never_runs_old_and_new_nodes_together),
+    scenario!(upgrades::upgrade_resumes_after_the_operator_is_killed, alone),
+    scenario!(upgrades::an_upgrade_whose_schema_job_cannot_start_is_rolled_back),
+    scenario!(upgrades::a_lost_status_keeps_the_running_version, alone),
+    scenario!(upgrades::gateway_manual_upgrade_reaches_ready_at_the_new_version),
+    scenario!(upgrades::gateway_auto_upgrades_an_expired_build),
+    scenario!(scenarios::client_metrics_service_monitor_follows_the_spec),
+    scenario!(scenarios::suspend_stops_in_the_safe_order_and_resumes),
+    scenario!(scenarios::generated_keys_survive_reconciles),
+    scenario!(scenarios::operator_killed_mid_reconcile_converges, alone),
+    scenario!(scenarios::only_the_leader_writes, alone),
+    scenario!(scenarios::a_leader_cut_off_from_the_api_stops_before_its_lease_can_pass, alone),
+    scenario!(scenarios::unchanged_reconcile_writes_nothing, alone),
+    scenario!(scenarios::kubectl_wait_never_passes_on_an_old_generation, alone),
+    scenario!(scenarios::an_unreadable_object_does_not_stop_the_others, alone),
+    scenario!(scenarios::namespace_scoped_rbac_is_enough, alone),
 ];
 
 fn setup() -> Result<Env> {
@@ -192,7 +200,24 @@ fn run(name: &'static str, alone: bool, body: Scenario) -> Result<(), Failed> {
             op.restart().map_err(|e| Failed::from(format!("{name}: restarting the operator: {e:#}")))?;
         }
     }
+    support::take_created_namespaces();
+    support::take_faults();
     let outcome = env.runtime.block_on(async { tokio::time::timeout(SCENARIO_DEADLINE, body(env)).await });
+    let faults = support::take_faults();
+    if !faults.is_empty() {
+        let survived = matches!(outcome, Ok(Ok(())));
+        INJECTED.lock().unwrap_or_else(|e| e.into_inner()).push((name, faults, survived));
+    }
+    // Passed or failed, what the scenario created goes (unless the cluster is
+    // kept for a look), so that a failure leaves nothing for the next ones.
+    let created = support::take_created_namespaces();
+    if std::env::var_os("WAO_IT_KEEP_CLUSTER").is_none() {
+        env.runtime.block_on(async {
+            for ns in &created {
+                support::delete_namespace(&env.admin, ns).await;
+            }
+        });
+    }
     let error = match outcome {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(e)) => format!("{e:#}"),
@@ -236,6 +261,7 @@ fn main() {
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
+    eprintln!("{}", fault_report());
     let env = ENV.get().expect("environment");
     env.operator.lock().unwrap_or_else(|e| e.into_inner()).stop();
     if std::env::var_os("WAO_IT_KEEP_CLUSTER").is_none() {

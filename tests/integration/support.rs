@@ -394,7 +394,36 @@ pub async fn namespace(client: &Client, prefix: &str) -> Result<String> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
     api.create(&PostParams::default(), &ns).await?;
+    CREATED_HERE.with(|created| created.borrow_mut().push(name.clone()));
     Ok(name)
+}
+
+thread_local! {
+    /// The faults a scenario injected, in order.
+    static FAULTS_HERE: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records that the running scenario injects `what` (a process killed, an
+/// object deleted behind the operator's back, a peer that stops answering):
+/// the suite reports how many faults it injected and how many the operator
+/// survived.
+pub fn fault(what: &'static str) {
+    FAULTS_HERE.with(|f| f.borrow_mut().push(what));
+}
+
+/// The faults recorded on this thread since the last call.
+pub fn take_faults() -> Vec<&'static str> {
+    FAULTS_HERE.with(|f| std::mem::take(&mut *f.borrow_mut()))
+}
+
+thread_local! {
+    /// The namespaces a scenario created: its body runs on its test's thread.
+    static CREATED_HERE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The namespaces created on this thread since the last call.
+pub fn take_created_namespaces() -> Vec<String> {
+    CREATED_HERE.with(|created| std::mem::take(&mut *created.borrow_mut()))
 }
 
 pub async fn delete_namespace(client: &Client, name: &str) {
@@ -411,4 +440,84 @@ pub fn number_claims(c: &Client) -> Api<whatsapp_operator::api::WhatsAppNumberCl
 pub async fn claim_holder(c: &Client, number: &str) -> Result<Option<String>> {
     let claim = number_claims(c).get_opt(&whatsapp_operator::api::claim_name(number)).await?;
     Ok(claim.map(|c| c.spec.holder))
+}
+
+/// A TCP proxy to the API server whose traffic can be held: `cut` is a
+/// network partition between one process and the API server (connections
+/// stay open, nothing gets through, new ones connect and hang), `heal` lets
+/// everything held through. TLS passes through untouched.
+pub struct Proxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()?)).await?;
+        let port = listener.local_addr()?.port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (upstream, cut) = (upstream.clone(), cut_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
+                    tokio::join!(pipe(from_client, to_server, cut.clone()), pipe(from_server, to_client, cut));
+                });
+            }
+        });
+        Ok(Self { port, cut, accept })
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.heal();
+        self.accept.abort();
+    }
+}
+
+/// Copies bytes one way, holding them while the link is cut.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if cut.wait_for(|cut| !*cut).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A copy of `kubeconfig` that reaches the API server through the proxy on `proxy_port`.
+pub fn kubeconfig_through(kubeconfig: &Path, proxy_port: u16, name: &str) -> Result<PathBuf> {
+    let mut kc: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    kc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{proxy_port}").into();
+    let path = work_dir().join(format!("kubeconfig-through-proxy-{name}"));
+    std::fs::write(&path, serde_saphyr::to_string(&kc)?)?;
+    Ok(path)
+}
+
+/// The API server's address in `kubeconfig`.
+pub fn api_server(kubeconfig: &Path) -> Result<String> {
+    let kc: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    let server = kc["clusters"][0]["cluster"]["server"].as_str().ok_or_else(|| anyhow!("no server"))?;
+    Ok(server.trim_start_matches("https://").trim_end_matches('/').to_string())
 }

@@ -246,6 +246,7 @@ pub async fn upgrade_resumes_after_the_operator_is_killed(env: &'static Env) -> 
                 {
                     let mut op = env.operator.lock().unwrap();
                     op.kill();
+                    support::fault("the operator killed during an upgrade step");
                     op.restart()?;
                 }
                 if step == "StoppingNodes" {
@@ -410,6 +411,7 @@ async fn lose_status(env: &'static Env, api: &Api<WhatsAppNumber>, name: &str, s
         let mut w = api.get(name).await?;
         w.status = Some(Default::default());
         api.replace_status(name, &Default::default(), &w).await?;
+        support::fault("the WhatsAppNumber's status wiped");
         let left = api.get(name).await?.status.unwrap_or_default();
         ensure!(left.current_version.is_none() && left.conditions.is_empty(), "the status is gone: {left:?}");
         merge_patch(api, name, spec).await?;
@@ -461,6 +463,7 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
     // No node matches: the schema Job's pod is never scheduled, so nothing runs.
     let nowhere = json!({"whatsapp.operators.dev/test-nowhere": "true"});
     merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": nowhere}}})).await?;
+    support::fault("a schema upgrade Job whose pod cannot start");
     let job_name = format!("{name}-schema-{}", NEW.replace('.', "-"));
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     wait_until(UPGRADE_TIMEOUT, "the schema upgrade Job to wait for a node", || async {
