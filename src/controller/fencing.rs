@@ -1,5 +1,6 @@
 //! Fencing: no master or coreapp of a phone number starts while a pod of
-//! another instance of that number still exists, anywhere the operator sees.
+//! another instance of that number still exists, or a StatefulSet of another
+//! instance asks for pods it has not made yet, anywhere the operator sees.
 //!
 //! The number claim says who may run a number; the pods say who still runs it.
 //! A claim is released only once the holder's masters and coreapps are gone,
@@ -9,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -44,6 +46,8 @@ pub struct NodePod {
     pub instance: String,
     /// When deletion was asked for, if it was.
     pub terminating_since: Option<Timestamp>,
+    /// A StatefulSet that asks for pods and has none yet, standing in for them.
+    pub workload: bool,
 }
 
 impl NodePod {
@@ -60,10 +64,24 @@ impl NodePod {
             name: meta.name.clone().unwrap_or_default(),
             instance: labels.get(LABEL_INSTANCE).cloned().unwrap_or_default(),
             terminating_since: meta.deletion_timestamp.as_ref().map(|t| t.0),
+            workload: false,
         })
     }
 
+    /// The StatefulSet, if it runs masters or coreapps of the number with these
+    /// digits and asks for pods (its controller may make them at any moment).
+    pub fn of_statefulset(sts: &StatefulSet, digits: &str) -> Option<Self> {
+        let wants_pods = sts.spec.as_ref().is_some_and(|s| s.replicas.unwrap_or(1) > 0);
+        if !wants_pods || sts.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        Some(Self { workload: true, ..Self::of_number(&sts.metadata, digits)? })
+    }
+
     fn describe(&self, now: Timestamp) -> String {
+        if self.workload {
+            return format!("{}/{} (a StatefulSet whose pods are about to start)", self.namespace, self.name);
+        }
         match self.terminating_since {
             Some(since) => {
                 let minutes = now.duration_since(since).as_secs().max(0) / 60;
@@ -158,6 +176,30 @@ impl Waiting {
 pub async fn pods_of_number(cache: &Cache<Pod>, digits: &str) -> Result<Vec<NodePod>> {
     let pods = cache.filter(|p| p.labels().get(LABEL_NUMBER).map(String::as_str) == Some(digits)).await?;
     Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
+}
+
+/// The masters and coreapps of the number with these digits that exist or
+/// are about to: every pod, and for an instance that has none, each of its
+/// StatefulSets that asks for pods. A number whose claim was lost between its
+/// StatefulSets' creation and their first pods is still seen as running.
+pub async fn nodes_of_number(
+    pods: &Cache<Pod>,
+    statefulsets: &Cache<StatefulSet>,
+    digits: &str,
+) -> Result<Vec<NodePod>> {
+    let running = pods_of_number(pods, digits).await?;
+    let workloads = statefulsets.filter(|s| NodePod::of_statefulset(s, digits).is_some()).await?;
+    Ok(with_workloads(running, workloads.iter().filter_map(|s| NodePod::of_statefulset(s, digits))))
+}
+
+/// `pods`, and the workloads of instances that have no pod among them.
+fn with_workloads(mut pods: Vec<NodePod>, workloads: impl IntoIterator<Item = NodePod>) -> Vec<NodePod> {
+    let without_pods: Vec<NodePod> = workloads
+        .into_iter()
+        .filter(|w| !pods.iter().any(|p| p.namespace == w.namespace && p.instance == w.instance))
+        .collect();
+    pods.extend(without_pods);
+    pods
 }
 
 /// The masters and coreapps in `namespace` of the WhatsAppNumber `instance`.
@@ -284,6 +326,41 @@ mod tests {
         let pods: Vec<NodePod> = (0..8).map(|i| node("o", &format!("p-{i}"), "p")).collect();
         let w = Waiting::new(pods, ts("2026-01-01T00:00:00Z"), false);
         assert!(w.message.ends_with("o/p-4, and 3 more"), "{}", w.message);
+    }
+
+    fn statefulset(namespace: &str, name: &str, instance: &str, replicas: i32) -> StatefulSet {
+        StatefulSet {
+            metadata: pod_meta(namespace, name, instance, "coreapp", "15550001111"),
+            spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec { replicas: Some(replicas), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_statefulset_that_asks_for_pods_stands_in_for_them_until_they_exist() {
+        let digits = "15550001111";
+        let holder = NodePod::of_statefulset(&statefulset("a", "h-coreapp", "h", 2), digits).expect("asks for pods");
+        assert!(holder.workload);
+        assert!(NodePod::of_statefulset(&statefulset("a", "h-coreapp", "h", 0), digits).is_none(), "scaled to zero");
+        let mut deleted = statefulset("a", "h-coreapp", "h", 2);
+        deleted.metadata.deletion_timestamp = Some(Time(ts("2026-01-01T00:00:00Z")));
+        assert!(NodePod::of_statefulset(&deleted, digits).is_none(), "being deleted");
+
+        // No pod of the holder yet: its StatefulSet keeps a waiter from starting.
+        let waiter = {
+            let mut w = sample();
+            w.metadata.namespace = Some("b".into());
+            w
+        };
+        let fence = Fence::split(&waiter, with_workloads(vec![], [holder.clone()]));
+        assert!(fence.blocks_start());
+        assert!(
+            Waiting::new(fence.others, ts("2026-01-01T00:00:00Z"), true).message.contains("a/h-coreapp (a StatefulSet")
+        );
+
+        // Once the holder has pods, they are what is listed.
+        let pods = vec![node("a", "h-coreapp-0", "h")];
+        assert_eq!(with_workloads(pods.clone(), [holder]), pods);
     }
 
     #[test]

@@ -312,7 +312,8 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     // Claim and fence first: stopping a loser depends on nothing else.
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
-    let fence = fencing::Fence::split(wan, fencing::pods_of_number(&ctx.caches.node_pods, &digits).await?);
+    let nodes = fencing::nodes_of_number(&ctx.caches.node_pods, &ctx.caches.statefulsets, &digits).await?;
+    let fence = fencing::Fence::split(wan, nodes);
     // While another instance's nodes exist and none of this one's, a free
     // claim is left to the object that runs them.
     let intent = if fence.blocks_start() { Intent::Inspect } else { Intent::Take };

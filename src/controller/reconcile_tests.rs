@@ -429,3 +429,34 @@ async fn a_spec_change_writes_what_it_changes_and_deletion_releases_the_number()
     );
     assert!(api.get(WAN)["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()));
 }
+
+#[tokio::test]
+async fn no_claim_is_taken_while_another_instance_has_statefulsets_about_to_start_pods() {
+    let api = seeded();
+    // Another WhatsAppNumber of the number (its claim lost) has a coreapp
+    // StatefulSet that asks for pods and has made none yet.
+    let mut other = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "held-coreapp", "namespace": "elsewhere", "uid": "uid-held-coreapp", "generation": 1,
+            "labels": {"app.kubernetes.io/managed-by": "whatsapp-operator", "app.kubernetes.io/component": "coreapp",
+                "app.kubernetes.io/instance": "held", "whatsapp.operators.dev/number": "15550001111"}},
+        "spec": {"replicas": 2, "serviceName": "held-coreapp", "selector": {"matchLabels": {"app": "held"}},
+            "template": {"metadata": {"labels": {"app": "held"}}, "spec": {"containers": []}}}});
+    api.stamp(&mut other);
+    let other_path = "/apis/apps/v1/namespaces/elsewhere/statefulsets/held-coreapp";
+    api.objects.lock().unwrap().insert(other_path.into(), other);
+    let mut operator = Operator::start(&api);
+
+    assert_eq!(operator.reconcile(&api).await, vec![format!("PATCH {WAN}")]);
+    // Nothing is claimed or built: the number waits, and says for what.
+    assert_eq!(operator.reconcile(&api).await, vec![status_write(), EVENT.into()]);
+    assert_eq!(condition(&api, "Ready"), ("False".into(), "PreviousInstanceRunning".into()));
+    let message = api.get(WAN)["status"]["conditions"][0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("elsewhere/held-coreapp (a StatefulSet whose pods are about to start)"), "{message}");
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new(), "waiting writes nothing new");
+
+    // The other instance is stopped: the number is claimed and built.
+    api.objects.lock().unwrap().remove(other_path);
+    let claimed = operator.reconcile(&api).await;
+    assert_eq!(claimed[0], "POST /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims", "{claimed:?}");
+    assert!(claimed.iter().any(|r| r.ends_with("/jobs")), "{claimed:?}");
+}
