@@ -8,6 +8,11 @@
 //! A probe only reads: `/v1/health` with the API key, then, with an admin
 //! session, the shard count and (when the spec manages them) the application
 //! settings. Everything that changes the client stays in the reconcile.
+//!
+//! With health polling off a number is still watched, to hold an admin
+//! session: opening it moves the admin user off the client's default
+//! password. Such a probe calls nothing but the login, and once the session
+//! is open it looks again only every [`ADMIN_RECHECK`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,9 +33,16 @@ use crate::webapp::{CallError, Clients, Trust, Webapp};
 /// A number: (namespace, name).
 pub type Key = SessionKey;
 
+/// How often a number whose health is not polled has its admin session
+/// looked at once it is open: the cached session needs no call until it is
+/// renewed, so this only bounds how late a renewal happens.
+pub const ADMIN_RECHECK: Duration = Duration::from_secs(3600);
+
 /// How to probe one number's webapp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// Poll `/v1/health`; false: only hold the admin session.
+    pub health: bool,
     pub url: String,
     pub trust: Trust,
     pub api_key: String,
@@ -65,7 +77,8 @@ pub enum Admin {
 /// wakes the reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Probe {
-    pub health: Result<Health, String>,
+    /// `None` when health is not polled.
+    pub health: Option<Result<Health, String>>,
     pub admin: Admin,
     /// `None` while the client's shard count could not be read.
     pub shards: Option<i32>,
@@ -76,7 +89,7 @@ pub struct Probe {
 
 impl Probe {
     fn unreachable(why: String) -> Self {
-        Probe { health: Err(why), admin: Admin::NotTried, shards: None, settings: None, ca: None }
+        Probe { health: Some(Err(why)), admin: Admin::NotTried, shards: None, settings: None, ca: None }
     }
 }
 
@@ -301,9 +314,16 @@ impl Probes {
             due.version,
             latest.clone(),
             Instant::now(),
-            jittered(due.target.interval),
+            jittered(next_interval(&due.target, &latest.probe)),
         );
         if recorded == Recorded::Dropped {
+            return;
+        }
+        if recorded == Recorded::Changed {
+            // The receiver is gone only when the controller stopped.
+            let _ = self.0.changes.unbounded_send(due.key.clone());
+        }
+        if !due.target.health {
             return;
         }
         let (m, labels) = (&self.0.metrics, &due.target.labels);
@@ -312,16 +332,18 @@ impl Probes {
         }
         m.probe_timestamp.get_or_create(labels).set(latest.at.as_second() as f64);
         let verdict = match &latest.probe.health {
-            Ok(health) => Some(report::judge(health, latest.probe.shards.unwrap_or(due.target.shards))),
-            Err(_) => None,
+            Some(Ok(health)) => Some(report::judge(health, latest.probe.shards.unwrap_or(due.target.shards))),
+            _ => None,
         };
         m.gateway_up.get_or_create(labels).set(i64::from(verdict.as_ref().is_some_and(|v| v.healthy)));
         m.connected_coreapps.get_or_create(labels).set(verdict.map_or(0, |v| i64::from(v.connected_coreapps)));
-        if recorded == Recorded::Changed {
-            // The receiver is gone only when the controller stopped.
-            let _ = self.0.changes.unbounded_send(due.key);
-        }
     }
+}
+
+/// When to probe again after `probe`: a number whose health is not polled
+/// and whose session is open waits [`ADMIN_RECHECK`]; all else its interval.
+pub fn next_interval(target: &Target, probe: &Probe) -> Duration {
+    if !target.health && probe.admin == Admin::Open { ADMIN_RECHECK } else { target.interval }
 }
 
 /// One probe, within a deadline of its own: a webapp that never answers
@@ -346,12 +368,16 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
     if t.pin_ca {
         return (pin(shared, key, t, &webapp).await, None);
     }
-    let (health, latency) = match webapp.health().await {
-        Ok(found) => found,
-        Err(e) => return (Probe::unreachable(e.to_string()), None),
+    let (health, latency) = if t.health {
+        match webapp.health().await {
+            Ok((health, latency)) => (Some(Ok(health)), Some(latency)),
+            Err(e) => return (Probe::unreachable(e.to_string()), None),
+        }
+    } else {
+        (None, None)
     };
-    let mut probe = Probe { health: Ok(health), admin: Admin::NotTried, shards: None, settings: None, ca: None };
-    let Some(password) = &t.admin_password else { return (probe, Some(latency)) };
+    let mut probe = Probe { health, admin: Admin::NotTried, shards: None, settings: None, ca: None };
+    let Some(password) = &t.admin_password else { return (probe, latency) };
     let token = match shared.sessions.token(key, &webapp, password).await {
         Ok((token, changed)) => {
             if changed {
@@ -361,14 +387,17 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
         }
         Err(e @ SessionError::PasswordRefused(_)) => {
             probe.admin = Admin::Refused(e.to_string());
-            return (probe, Some(latency));
+            return (probe, latency);
         }
         Err(e) => {
             probe.admin = Admin::Unavailable(e.to_string());
-            return (probe, Some(latency));
+            return (probe, latency);
         }
     };
     probe.admin = Admin::Open;
+    if !t.health {
+        return (probe, latency);
+    }
     // The shard count is read on the primary master; during a failover it
     // may be briefly unavailable (1017/1011), which leaves it unknown.
     match webapp.shards(&token).await {
@@ -383,7 +412,7 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
         }
         probe.settings = Some(settings.map_err(|e| e.to_string()));
     }
-    (probe, Some(latency))
+    (probe, latency)
 }
 
 /// Reads the client's CA with an admin session and nothing else: the
@@ -409,6 +438,7 @@ mod tests {
 
     fn target(interval: u64) -> Target {
         Target {
+            health: true,
             url: "https://acme-webapp:443".into(),
             trust: Trust::SystemRoots,
             api_key: "k".into(),
@@ -430,7 +460,7 @@ mod tests {
         let health =
             health.map(|body| report::parse(body.as_bytes()).expect("health JSON")).map_err(|why| why.to_string());
         Latest {
-            probe: Probe { health, admin: Admin::Open, shards: Some(1), settings: None, ca: None },
+            probe: Probe { health: Some(health), admin: Admin::Open, shards: Some(1), settings: None, ca: None },
             at: jiff::Timestamp::UNIX_EPOCH,
         }
     }
@@ -519,6 +549,21 @@ mod tests {
         assert!(s.take_due(t0 + Duration::from_secs(3600), 1).0.is_empty(), "a forgotten number is never due");
         assert!(!s.refresh(&key("a"), t0));
         assert_eq!(s.record(&d.key, d.version, latest(Ok(CONNECTED)), t0, Duration::ZERO), Recorded::Dropped);
+    }
+
+    #[test]
+    fn without_health_polling_an_open_session_is_looked_at_hourly() {
+        let polled = target(30);
+        let admin_only = Target { health: false, ..target(30) };
+        let open = latest(Ok(CONNECTED)).probe;
+        let refused = Probe { health: None, admin: Admin::Unavailable("connection refused".into()), ..open.clone() };
+        assert_eq!(next_interval(&polled, &open), Duration::from_secs(30));
+        assert_eq!(next_interval(&admin_only, &open), ADMIN_RECHECK);
+        assert_eq!(
+            next_interval(&admin_only, &refused),
+            Duration::from_secs(30),
+            "until the session opens, on the interval"
+        );
     }
 
     #[test]

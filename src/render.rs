@@ -7,12 +7,14 @@
 //! Job that creates the databases, then the workloads at their running size
 //! (on a cluster they start once the Job succeeded). Generated secret values
 //! read `<generated>`, and the configuration hash on pod templates differs
-//! from a cluster's, which also hashes the credentials.
+//! from a cluster's, which also hashes the credentials. The ServiceMonitor
+//! `spec.monitoring` asks for comes last; a cluster without the Prometheus
+//! Operator's CRDs gets none, and the status says so.
 
 use serde_json::Value;
 
 use crate::api::WhatsAppNumber;
-use crate::resources::{self, BuildInputs, config, schema_job};
+use crate::resources::{self, BuildInputs, config, monitoring, schema_job};
 
 /// Renders every WhatsAppNumber document of `yaml`; other kinds are skipped.
 pub fn render(yaml: &str) -> Result<String, String> {
@@ -66,6 +68,9 @@ fn objects(wan: &WhatsAppNumber) -> Result<Vec<Value>, String> {
     for budget in &c.disruption_budgets {
         objects.push(to_value(budget)?);
     }
+    if let Some(monitor) = monitoring::service_monitor(wan) {
+        objects.push(ordered(serde_json::to_value(&monitor).map_err(|e| e.to_string())?)?);
+    }
     Ok(objects)
 }
 
@@ -78,7 +83,12 @@ where
     let map = v.as_object_mut().ok_or("objects serialize to maps")?;
     map.insert("apiVersion".into(), K::api_version(&()).into());
     map.insert("kind".into(), K::kind(&()).into());
-    // Keys first, as kubectl prints them.
+    ordered(v)
+}
+
+/// `apiVersion`, `kind` and `metadata` first, as kubectl prints them.
+fn ordered(mut v: Value) -> Result<Value, String> {
+    let map = v.as_object_mut().ok_or("objects serialize to maps")?;
     let mut ordered = serde_json::Map::new();
     for key in ["apiVersion", "kind", "metadata"] {
         if let Some(value) = map.remove(key) {
@@ -159,6 +169,22 @@ metadata: {name: acme-db}
         let keys = docs[0]["stringData"].as_object().unwrap();
         assert_eq!(keys.len(), 3, "JWT key, API key, admin password");
         assert!(keys.values().all(|v| v == "<generated>"), "{keys:?}");
+    }
+
+    #[test]
+    fn a_service_monitor_the_spec_asks_for_is_rendered_last() {
+        let monitored = EXAMPLE.replacen("spec:\n", "spec:\n  monitoring: {serviceMonitor: true}\n", 1);
+        let monitored = docs(&render(&monitored).expect("renders"));
+        let last = monitored.last().unwrap();
+        assert_eq!(
+            (last["apiVersion"].as_str(), last["kind"].as_str()),
+            (Some("monitoring.coreos.com/v1"), Some("ServiceMonitor"))
+        );
+        assert_eq!(last["metadata"]["name"], "acme-client");
+        assert_eq!(last["spec"]["endpoints"][0]["path"], "/v1/stats/app");
+        let plain = docs(&render(EXAMPLE).unwrap());
+        assert!(plain.iter().all(|d| d["kind"] != "ServiceMonitor"), "none unless asked for");
+        assert_eq!(monitored.len(), plain.len() + 1);
     }
 
     #[test]

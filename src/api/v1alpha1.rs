@@ -250,7 +250,10 @@ pub struct MaintenanceWindow {
 #[serde(rename_all = "camelCase")]
 pub struct HealthSpec {
     /// Poll `/v1/health` and require a healthy gateway for `Ready`. When false,
-    /// `Ready` reflects the workloads only and no health is reported.
+    /// `Ready` reflects the workloads only and no health is reported; the
+    /// operator still opens an admin session once a webapp runs (moving the
+    /// admin user off its default password) and uploads `webapp.tls`, while
+    /// registration, settings, backups and shard changes wait for polling.
     #[serde(default = "default_true")]
     pub enabled: bool,
 

@@ -143,6 +143,8 @@ struct Gateway {
     awaiting: bool,
     sharding: Option<ShardingStatus>,
     health: status::GatewayHealth,
+    /// Health polling off: the admin session alone.
+    admin_only: Option<gateway::AdminOnly>,
 }
 
 async fn observe_step(
@@ -156,13 +158,20 @@ async fn observe_step(
     let plan::Workloads { shape, initializing, suspended, external_conflict } = &planned.workloads;
     let keys = written.keys.as_ref();
     let nodes_running = shape.masters_running && shape.coreapps_running && !initializing;
-    let probing = wan.spec.health.enabled && !initializing && !suspended;
+    let reachable = !initializing && !suspended;
+    let probing = wan.spec.health.enabled && reachable;
+    // Without polling, a session still moves the admin user off its default
+    // password once a webapp runs.
+    let admin_only = !wan.spec.health.enabled && reachable && written.tiers.webapps.ready > 0;
     let report = if probing {
         gateway::observe(ctx, wan, observed, keys, nodes_running).await?
     } else {
-        gateway::stop_probing(ctx, wan);
+        if !admin_only {
+            gateway::stop_probing(ctx, wan);
+        }
         None
     };
+    let admin_only = if admin_only { Some(gateway::admin_only(ctx, wan, observed, keys).await?) } else { None };
     let awaiting = probing && report.is_none();
     // Shards change only between upgrades: during one, nodes come and go on purpose.
     let last_known = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.current);
@@ -180,7 +189,7 @@ async fn observe_step(
         None if awaiting => status::GatewayHealth::Awaiting,
         None => status::GatewayHealth::NotProbed,
     };
-    Ok(Gateway { report, awaiting, sharding, health })
+    Ok(Gateway { report, awaiting, sharding, health, admin_only })
 }
 
 /// The upgrade's next step and the running build against its expiry.
@@ -269,9 +278,18 @@ fn client_state(wan: &WhatsAppNumber, planned: &Planned, written: &Written, gate
     status::ClientState {
         suspended: planned.workloads.suspended,
         initializing: planned.workloads.initializing,
-        admin: report.map(|r| r.admin.clone()),
-        certificate: report
-            .map_or_else(|| status.and_then(|s| s.webapp_certificate.clone()), |r| r.certificate.clone()),
+        admin: match (report, &gateway.admin_only) {
+            (Some(r), _) => status::AdminState::Seen(r.admin.clone()),
+            (None, Some(gateway::AdminOnly::Seen { admin, .. })) => status::AdminState::Seen(admin.clone()),
+            (None, Some(gateway::AdminOnly::Awaiting)) => status::AdminState::Awaiting,
+            (None, None) if gateway.awaiting => status::AdminState::Awaiting,
+            (None, None) => status::AdminState::NotContacted,
+        },
+        certificate: match (report, &gateway.admin_only) {
+            (Some(r), _) => r.certificate.clone(),
+            (None, Some(gateway::AdminOnly::Seen { certificate, .. })) => certificate.clone(),
+            _ => status.and_then(|s| s.webapp_certificate.clone()),
+        },
         registered_at: report.map_or_else(|| status.and_then(|s| s.registered_at.clone()), |r| r.registered_at.clone()),
         external_conflict: match report {
             Some(r) => r.external_conflict.clone(),

@@ -189,6 +189,123 @@ pub fn stop_probing(ctx: &Context, wan: &WhatsAppNumber) {
     ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
 }
 
+/// What the probe scheduler has for a number, once it is told what to probe.
+enum Watched {
+    /// Known without asking the webapp: why it cannot be called.
+    CannotProbe(String),
+    /// The first result for the current settings is still awaited.
+    Awaiting,
+    Latest {
+        latest: probes::Latest,
+        connection: Connection,
+        password: String,
+    },
+}
+
+/// Points the probe scheduler at the number's webapp (its health too, or only
+/// its admin session) and returns what it found last. A CA read by the probe
+/// is pinned here.
+async fn watch(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    keys: Option<&Secret>,
+    poll_health: bool,
+) -> super::Result<Watched> {
+    let Some(password) = admin_password(wan, observed, keys) else {
+        return Ok(Watched::CannotProbe("the admin password is not available yet".into()));
+    };
+    let (trust, pin_ca) = match trust(wan, observed, keys) {
+        Ok(TrustPlan::Use(t)) => (t, false),
+        Ok(TrustPlan::PinFirst) => (Trust::InsecureSkipVerify, true),
+        Err(why) => return Ok(Watched::CannotProbe(why)),
+    };
+    let connection = match Connection::open(ctx, wan, &trust, keys) {
+        Ok(c) => c,
+        Err(why) => return Ok(Watched::CannotProbe(why)),
+    };
+    let key = number_key(wan);
+    let target = |trust: Trust, pin_ca: bool| probes::Target {
+        health: poll_health,
+        url: connection.url.clone(),
+        trust,
+        api_key: connection.key.clone(),
+        admin_password: Some(password.clone()),
+        read_settings: poll_health && wan.spec.settings.is_some(),
+        pin_ca,
+        timeout: Duration::from_secs(wan.spec.health.timeout_seconds as u64),
+        interval: Duration::from_secs(wan.spec.health.poll_interval_seconds as u64),
+        shards: wan.spec.multiconnect.shards,
+        labels: ctx.metrics.number(wan),
+    };
+    let new_target = ctx.probes.watch(&key, target(trust.clone(), pin_ca));
+    if new_target && trust == Trust::InsecureSkipVerify && !pin_ca {
+        // Once per setting, not per reconcile; AdminAccess says so all along.
+        warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
+    }
+    let Some(latest) = ctx.probes.latest(&key) else { return Ok(Watched::Awaiting) };
+    if let Some(ca) = &latest.probe.ca {
+        pin_client_ca(ctx, wan, ca).await?;
+        // Verified from now on; the Secret's change brings the next reconcile.
+        ctx.probes.watch(&key, target(Trust::Ca(ca.clone()), false));
+        return Ok(Watched::Awaiting);
+    }
+    Ok(Watched::Latest { latest, connection, password })
+}
+
+/// The admin side of the client while its health is not polled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminOnly {
+    /// The first login is awaited: what status shows stands.
+    Awaiting,
+    Seen {
+        admin: AdminAccess,
+        certificate: Option<WebappCertificateStatus>,
+    },
+}
+
+/// With health polling off the operator still holds an admin session, so
+/// that the client's admin user never keeps its default password, and
+/// uploads `spec.webapp.tls`; registration, settings, backups and shard
+/// changes go by what health reports, so they wait for polling.
+pub async fn admin_only(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    keys: Option<&Secret>,
+) -> super::Result<AdminOnly> {
+    // Health is not judged: the gateway reads down, as with polling off.
+    ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
+    let certificate = wan.status.as_ref().and_then(|s| s.webapp_certificate.clone());
+    let failed =
+        |reason, why| AdminOnly::Seen { admin: AdminAccess::Failed(reason, why), certificate: certificate.clone() };
+    let (latest, connection, password) = match watch(ctx, wan, observed, keys, false).await? {
+        Watched::Latest { latest, connection, password } => (latest, connection, password),
+        Watched::Awaiting => return Ok(AdminOnly::Awaiting),
+        Watched::CannotProbe(why) => {
+            ctx.probes.forget(&number_key(wan));
+            return Ok(failed(ADMIN_UNAVAILABLE, why));
+        }
+    };
+    let token = match latest.probe.admin {
+        probes::Admin::Open => match admin_session(ctx, wan, &connection.webapp(), &password).await {
+            Ok(token) => token,
+            Err(e) => return Ok(failed(ADMIN_UNAVAILABLE, e.to_string())),
+        },
+        probes::Admin::Refused(why) => return Ok(failed(ADMIN_LOGIN_REFUSED, why)),
+        probes::Admin::Unavailable(why) => return Ok(failed(ADMIN_UNAVAILABLE, why)),
+        probes::Admin::NotTried => {
+            return Ok(failed(ADMIN_UNAVAILABLE, "the probe did not log in as the admin user".into()));
+        }
+    };
+    let mut certificate = certificate;
+    let upload = upload_certificate(ctx, wan, observed, &connection.webapp(), &token, &mut certificate).await;
+    if upload.is_some() {
+        ctx.probes.refresh(&number_key(wan));
+    }
+    Ok(AdminOnly::Seen { admin: AdminAccess::Open { certificate: upload }, certificate })
+}
+
 /// Judges the latest probe of the webapp by role and mode, and makes the calls
 /// that change the client when they are due: the certificate upload and the
 /// lifecycle step. The probe itself runs on the scheduler; `None` means its
@@ -215,53 +332,20 @@ pub async fn observe(
     let unreachable = |why: String, at: &Time| {
         report(health::unreachable(why.clone(), previous, at), AdminAccess::Failed(ADMIN_UNAVAILABLE, why))
     };
-    // What keeps the webapp from being probed at all is known without asking it.
-    let cannot_probe = |why: String| {
-        stop_probing(ctx, wan);
-        Some(unreachable(why, &Time(jiff::Timestamp::now())))
+    let (latest, connection, password) = match watch(ctx, wan, observed, keys, true).await? {
+        Watched::Latest { latest, connection, password } => (latest, connection, password),
+        Watched::Awaiting => return Ok(None),
+        Watched::CannotProbe(why) => {
+            stop_probing(ctx, wan);
+            return Ok(Some(unreachable(why, &Time(jiff::Timestamp::now()))));
+        }
     };
-    let Some(password) = admin_password(wan, observed, keys) else {
-        return Ok(cannot_probe("the admin password is not available yet".into()));
-    };
-    let (trust, pin_ca) = match trust(wan, observed, keys) {
-        Ok(TrustPlan::Use(t)) => (t, false),
-        Ok(TrustPlan::PinFirst) => (Trust::InsecureSkipVerify, true),
-        Err(why) => return Ok(cannot_probe(why)),
-    };
-    let connection = match Connection::open(ctx, wan, &trust, keys) {
-        Ok(c) => c,
-        Err(why) => return Ok(cannot_probe(why)),
-    };
-    let key = number_key(wan);
-    let target = |trust: Trust, pin_ca: bool| probes::Target {
-        url: connection.url.clone(),
-        trust,
-        api_key: connection.key.clone(),
-        admin_password: Some(password.clone()),
-        read_settings: wan.spec.settings.is_some(),
-        pin_ca,
-        timeout: Duration::from_secs(wan.spec.health.timeout_seconds as u64),
-        interval: Duration::from_secs(wan.spec.health.poll_interval_seconds as u64),
-        shards: wan.spec.multiconnect.shards,
-        labels: ctx.metrics.number(wan),
-    };
-    let new_target = ctx.probes.watch(&key, target(trust.clone(), pin_ca));
-    if new_target && trust == Trust::InsecureSkipVerify && !pin_ca {
-        // Once per setting, not per reconcile; AdminAccess says so all along.
-        warn!("the webapp's certificate is not verified: spec.health.insecureSkipTLSVerify is true");
-    }
-    let Some(latest) = ctx.probes.latest(&key) else { return Ok(None) };
-    if let Some(ca) = &latest.probe.ca {
-        pin_client_ca(ctx, wan, ca).await?;
-        // Verified from now on; the Secret's change brings the next reconcile.
-        ctx.probes.watch(&key, target(Trust::Ca(ca.clone()), false));
-        return Ok(None);
-    }
     let now = Time(latest.at);
     let probe = latest.probe;
     let health = match &probe.health {
-        Ok(health) => health,
-        Err(why) => return Ok(Some(unreachable(why.clone(), &now))),
+        Some(Ok(health)) => health,
+        Some(Err(why)) => return Ok(Some(unreachable(why.clone(), &now))),
+        None => return Ok(None),
     };
     let verdict = report::judge(health, probe.shards.unwrap_or(wan.spec.multiconnect.shards));
     let pods = pods_by_host(ctx, wan).await;
@@ -283,7 +367,7 @@ pub async fn observe(
     report.shards = probe.shards;
     let mut changed_client = false;
     if let Some(token) = &token
-        && let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report).await
+        && let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report.certificate).await
     {
         changed_client = true;
         report.admin = AdminAccess::Open { certificate: Some(outcome) };
@@ -299,7 +383,7 @@ pub async fn observe(
     }
     // What the client holds now is for the next probe to say.
     if changed_client {
-        ctx.probes.refresh(&key);
+        ctx.probes.refresh(&number_key(wan));
     }
 
     // The operator saw the number get registered: its age is known from now on.
@@ -331,18 +415,13 @@ async fn upload_certificate(
     observed: &Observed,
     webapp: &Webapp<'_>,
     token: &str,
-    report: &mut GatewayReport,
+    uploaded: &mut Option<WebappCertificateStatus>,
 ) -> Option<Result<(), String>> {
-    wan.spec.webapp.tls.as_ref()?;
-    let bundle = observed.webapp_tls.as_ref().and_then(super::validate::certificate_bundle)?;
-    let digest = super::validate::bundle_digest(&bundle);
-    if report.certificate.as_ref().is_some_and(|c| c.uploaded_digest == digest) {
-        return None;
-    }
+    let (bundle, digest) = certificate_to_upload(wan, observed, uploaded.as_ref())?;
     match webapp.upload_certificate(token, &bundle).await {
         Ok(()) => {
             info!("uploaded the webapp certificate; the webapps restart to serve it");
-            report.certificate =
+            *uploaded =
                 Some(WebappCertificateStatus { uploaded_digest: digest, uploaded_at: Time(jiff::Timestamp::now()) });
             Some(Ok(()))
         }
@@ -353,6 +432,23 @@ async fn upload_certificate(
             Some(Err(e.to_string()))
         }
     }
+}
+
+/// The certificate bundle of `spec.webapp.tls` and its digest, when the
+/// client does not hold it yet: never uploaded, or the Secret changed since
+/// (a renewal by cert-manager, say). Pure.
+pub fn certificate_to_upload(
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    uploaded: Option<&WebappCertificateStatus>,
+) -> Option<(Vec<u8>, String)> {
+    wan.spec.webapp.tls.as_ref()?;
+    let bundle = observed.webapp_tls.as_ref().and_then(super::validate::certificate_bundle)?;
+    let digest = super::validate::bundle_digest(&bundle);
+    if uploaded.is_some_and(|c| c.uploaded_digest == digest) {
+        return None;
+    }
+    Some((bundle, digest))
 }
 
 async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, String> {
@@ -508,6 +604,28 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_certificate_is_uploaded_once_and_again_when_its_secret_changes() {
+        let mut wan = sample();
+        let first = secret(&[("tls.crt", "CERT-1"), ("tls.key", "KEY-1")]);
+        let mut observed = Observed { webapp_tls: Some(first), ..Default::default() };
+        assert_eq!(certificate_to_upload(&wan, &observed, None), None, "no spec.webapp.tls, nothing to upload");
+        wan.spec.webapp.tls = Some(WebappTls { secret_name: "acme-tls".into() });
+        let (bundle, digest) = certificate_to_upload(&wan, &observed, None).expect("a first upload");
+        assert_eq!(bundle, b"KEY-1\nCERT-1\n");
+        let uploaded =
+            WebappCertificateStatus { uploaded_digest: digest.clone(), uploaded_at: Time(jiff::Timestamp::UNIX_EPOCH) };
+        assert_eq!(certificate_to_upload(&wan, &observed, Some(&uploaded)), None, "the client holds it");
+        // Renewed: the Secret holds another certificate.
+        observed.webapp_tls = Some(secret(&[("tls.crt", "CERT-2"), ("tls.key", "KEY-2")]));
+        let (bundle, renewed) = certificate_to_upload(&wan, &observed, Some(&uploaded)).expect("uploaded again");
+        assert_eq!(bundle, b"KEY-2\nCERT-2\n");
+        assert_ne!(renewed, digest);
+        // Half-written (no key yet): nothing is uploaded until it is whole.
+        observed.webapp_tls = Some(secret(&[("tls.crt", "CERT-3")]));
+        assert_eq!(certificate_to_upload(&wan, &observed, Some(&uploaded)), None);
     }
 
     #[test]

@@ -460,3 +460,48 @@ async fn no_claim_is_taken_while_another_instance_has_statefulsets_about_to_star
     assert_eq!(claimed[0], "POST /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims", "{claimed:?}");
     assert!(claimed.iter().any(|r| r.ends_with("/jobs")), "{claimed:?}");
 }
+
+/// Everything logged while `f` runs on this thread, at every level.
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_generated_credentials_are_never_logged() {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || Captured(writer.clone()))
+        .finish();
+    let api = seeded();
+    {
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let mut operator = Operator::start(&api);
+        bring_up(&api, &mut operator).await;
+        let mut restarted = Operator::start(&api);
+        restarted.reconcile(&api).await;
+    }
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).expect("UTF-8 logs");
+    assert!(logs.contains("reconciling"), "the operator's debug and trace output was captured");
+    let keys = api.get("/api/v1/namespaces/team/secrets/acme-keys");
+    let secrets = [crate::resources::config::ADMIN_PASSWORD, crate::resources::config::API_KEY].map(|key| {
+        let encoded = keys["data"][key].as_str().unwrap_or_else(|| panic!("{key} in {keys}")).to_string();
+        use base64::Engine as _;
+        let plain = base64::engine::general_purpose::STANDARD.decode(&encoded).expect("base64");
+        (key, encoded, String::from_utf8(plain).expect("UTF-8"))
+    });
+    for (key, encoded, plain) in secrets {
+        assert!(plain.len() >= 8, "{key} was generated");
+        assert!(!logs.contains(&plain) && !logs.contains(&encoded), "{key} appears in the logs");
+    }
+}

@@ -154,8 +154,8 @@ pub struct ClientState {
     pub suspended: bool,
     /// The first schema is being created: nothing runs yet.
     pub initializing: bool,
-    /// The admin session, when the webapp was probed.
-    pub admin: Option<crate::controller::gateway::AdminAccess>,
+    /// The admin session.
+    pub admin: AdminState,
     pub certificate: Option<crate::api::WebappCertificateStatus>,
     pub registered_at: Option<Time>,
     /// An unresolved second instance outside the cluster: nodes are stopped.
@@ -172,7 +172,7 @@ impl Default for ClientState {
         Self {
             suspended: false,
             initializing: false,
-            admin: None,
+            admin: AdminState::NotContacted,
             certificate: None,
             registered_at: None,
             external_conflict: None,
@@ -181,6 +181,17 @@ impl Default for ClientState {
             lifecycle: Default::default(),
         }
     }
+}
+
+/// The admin session as this reconcile knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AdminState {
+    /// Nothing runs that could be called (initializing, suspended, stopped).
+    #[default]
+    NotContacted,
+    /// The first result of the current settings is awaited: what status shows stands.
+    Awaiting,
+    Seen(crate::controller::gateway::AdminAccess),
 }
 
 /// Versions, expiry and the upgrade, as the reconcile left them.
@@ -501,19 +512,22 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
     out
 }
 
-/// `AdminAccess`, when the webapp was probed.
+/// `AdminAccess`, once the webapp was called.
 fn admin_condition(wan: &WhatsAppNumber, applied: &Applied) -> Option<Cond> {
     use crate::controller::gateway::{AdminAccess, CERTIFICATE_REFUSED};
-    let Some(admin) = applied.client.admin.as_ref() else {
-        // What the last probe found stands until the next one.
-        let previous =
-            find(wan.status.as_ref(), ADMIN_ACCESS).filter(|_| matches!(applied.health, GatewayHealth::Awaiting))?;
-        let status = match previous.status.as_str() {
-            "True" => "True",
-            "False" => "False",
-            _ => "Unknown",
-        };
-        return Some((ADMIN_ACCESS, status, previous.reason.clone(), previous.message.clone()));
+    let admin = match &applied.client.admin {
+        AdminState::NotContacted => return None,
+        AdminState::Seen(admin) => admin,
+        AdminState::Awaiting => {
+            // What the last probe found stands until the next one.
+            let previous = find(wan.status.as_ref(), ADMIN_ACCESS)?;
+            let status = match previous.status.as_str() {
+                "True" => "True",
+                "False" => "False",
+                _ => "Unknown",
+            };
+            return Some((ADMIN_ACCESS, status, previous.reason.clone(), previous.message.clone()));
+        }
     };
     Some(match admin {
         AdminAccess::Open { certificate: Some(Err(why)) } => {
@@ -957,7 +971,7 @@ mod tests {
                 health: GatewayHealth::Awaiting,
                 sharding: in_sync(),
                 versions: Default::default(),
-                client: Default::default(),
+                client: ClientState { admin: AdminState::Awaiting, ..Default::default() },
             })
         };
         // Never probed: not Ready, and the condition says why.
@@ -976,7 +990,10 @@ mod tests {
             health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
             sharding: in_sync(),
             versions: Default::default(),
-            client: ClientState { admin: Some(AdminAccess::Open { certificate: None }), ..Default::default() },
+            client: ClientState {
+                admin: AdminState::Seen(AdminAccess::Open { certificate: None }),
+                ..Default::default()
+            },
         });
         let healthy = compute(&wan, &probed, Some(&first), &t(2));
         assert_eq!(cond(&healthy, READY).status, "True");
@@ -1202,7 +1219,8 @@ mod tests {
     fn admin_access_reports_the_session_and_the_certificate() {
         use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, AdminAccess, CERTIFICATE_REFUSED};
         let wan = sample();
-        let open = ClientState { admin: Some(AdminAccess::Open { certificate: None }), ..Default::default() };
+        let open =
+            ClientState { admin: AdminState::Seen(AdminAccess::Open { certificate: None }), ..Default::default() };
         let s = compute(&wan, &with_client(open.clone(), in_sync()), None, &t(1));
         assert_eq!((cond(&s, ADMIN_ACCESS).status.as_str(), cond(&s, READY).status.as_str()), ("True", "True"));
         assert!(!cond(&s, ADMIN_ACCESS).message.contains("WARNING"));
@@ -1211,13 +1229,13 @@ mod tests {
         let s = compute(&insecure, &with_client(open, in_sync()), None, &t(1));
         assert!(cond(&s, ADMIN_ACCESS).message.contains("not verified"), "the opt-out is visible");
         let refused = ClientState {
-            admin: Some(AdminAccess::Failed(ADMIN_LOGIN_REFUSED, "put the password".into())),
+            admin: AdminState::Seen(AdminAccess::Failed(ADMIN_LOGIN_REFUSED, "put the password".into())),
             ..Default::default()
         };
         let s = compute(&wan, &with_client(refused, in_sync()), None, &t(1));
         assert_eq!(cond(&s, ADMIN_ACCESS).reason, ADMIN_LOGIN_REFUSED);
         let cert = ClientState {
-            admin: Some(AdminAccess::Open { certificate: Some(Err("1009 bad key".into())) }),
+            admin: AdminState::Seen(AdminAccess::Open { certificate: Some(Err("1009 bad key".into())) }),
             ..Default::default()
         };
         let s = compute(&wan, &with_client(cert, in_sync()), None, &t(1));

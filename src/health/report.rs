@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn conflict_is_named() {
         let body = r#"{"health":{
-            "10.0.0.5:a":{"gateway_status":"disconnected","role":"primary_master","errors":[{"code":1013,"title":"Conflict","details":"Conflict: Detected multiple instances that share the same number"}]},
+            "10.0.0.5:a":{"gateway_status":"disconnected","role":"primary_master","errors":[{"code":1000,"title":"Conflict","details":"Conflict: Detected multiple instances that share the same number"}]},
             "10.0.0.7:c":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
         let v = multi(body, 1);
         assert_eq!(v.reason, NUMBER_CONFLICT);

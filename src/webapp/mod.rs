@@ -31,6 +31,9 @@ pub enum Trust {
     InsecureSkipVerify,
 }
 
+/// The client's error code for a refused call.
+pub const ACCESS_DENIED: i64 = 1005;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No answer: connection refused, TLS failure, timeout, DNS.
@@ -48,10 +51,12 @@ pub enum CallError {
 impl CallError {
     /// Failures the client itself says to retry: 403 "temporarily unavailable",
     /// 1011 "Service not ready", 1017 "Not Primary Master", 1018 "Not Primary Coreapp".
+    /// A 403 with 1005 "Access denied" is a refusal (a banned number answers
+    /// so), never retried.
     pub fn is_retryable(&self) -> bool {
         match self {
             CallError::Status { status, code, .. } => {
-                *status == 403 || matches!(code, Some(1011) | Some(1017) | Some(1018))
+                (*status == 403 && *code != Some(ACCESS_DENIED)) || matches!(code, Some(1011) | Some(1017) | Some(1018))
             }
             CallError::Unreachable { .. } => true,
             _ => false,
@@ -369,4 +374,24 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, code: Option<i64>) -> CallError {
+        CallError::Status { what: "set-shards", status, code, details: String::new() }
+    }
+
+    #[test]
+    fn only_what_the_client_says_to_retry_is_retried() {
+        assert!(answered(403, Some(1011)).is_retryable(), "resharding under way: temporarily unavailable");
+        assert!(answered(403, None).is_retryable());
+        assert!(answered(500, Some(1017)).is_retryable(), "not the primary master (a failover)");
+        assert!(CallError::Unreachable { url: "https://w".into(), reason: "refused".into() }.is_retryable());
+        assert!(!answered(403, Some(ACCESS_DENIED)).is_retryable(), "a banned number is not asked again");
+        assert!(!answered(400, Some(1009)).is_retryable(), "a wrong certificate is not sent again");
+        assert!(!answered(401, None).is_retryable());
+    }
 }

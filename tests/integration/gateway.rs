@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, anyhow, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use whatsapp_operator::api::WhatsAppNumber;
@@ -296,14 +296,20 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
     let c = &env.admin;
     let (ns, port) = env.slot("conflict");
     let number = unique_number();
-    prepare(c, &ns, &number, json!({})).await?;
+    // Health polling off at first: the admin user still leaves its default password.
+    prepare(c, &ns, &number, json!({"health": {"enabled": false, "pollIntervalSeconds": 5}})).await?;
     let api = wans(c, &ns);
     let mut ours = Deployment::start("conflict", &number, "2.53.2", (1, 6))?;
     for master in [true, true, false, false] {
         ours.node(master)?;
     }
     let key = api_key(c, &ns).await?;
-    ours.webapp(&key, port)?;
+    let url = ours.webapp(&key, port)?;
+    let w = wait_condition(&api, NAME, "AdminAccess", "True", "SessionOpen").await.with_context(|| ours.logs())?;
+    ensure!(w.status.as_ref().is_some_and(|s| s.health.is_none()), "no health is reported while polling is off");
+    admin_client(c, &ns, &url).await?;
+    let health_on = json!({"spec": {"health": {"enabled": true}}});
+    api.patch(NAME, &PatchParams::default(), &Patch::Merge(&health_on)).await?;
     wait_ready(&api, NAME).await.with_context(|| ours.logs())?;
     let sts = typed::<StatefulSet>(c, &ns);
     let replicas = |tier: &'static str| {
