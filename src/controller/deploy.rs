@@ -55,7 +55,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     let now = Timestamp::now();
     // What runs: status, the live workloads and the schema Job of an upgrade
     // under way (whether it can still be called off).
-    let live_version = live_version(ctx, wan).await?;
+    // Only a claim the operator manages carries its record.
+    let managed_claim = observed.media_claim.as_ref().filter(|_| wan.spec.media.existing_claim.is_none());
+    let live_version = plan::live_evidence(live_version(ctx, wan).await?.as_deref(), managed_claim);
     let job = match status.and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.step == procedure::Step::UpgradingSchema => schema_job_state(ctx, wan, &u.to).await?,
         _ => procedure::JobState::Absent,
@@ -113,6 +115,7 @@ async fn apply_step(
     .coreapp_replicas;
     inputs.coreapp_replicas = Some(replicas);
     inputs.shape = Some(shape.clone());
+    inputs.schema_version = plan::schema_version(plan, &planned.workloads, planned.recorded_or_live.as_deref());
 
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;

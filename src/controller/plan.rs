@@ -4,7 +4,9 @@
 use kube::ResourceExt;
 
 use super::gateway::RESOLVE_CONFLICT_ANNOTATION;
-use crate::api::{ExternalConflictStatus, TierStatus, WhatsAppNumber};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+use crate::api::{ExternalConflictStatus, TierStatus, UpgradeStep, WhatsAppNumber};
 use crate::upgrade::procedure::{self, JobState, Shape};
 use crate::upgrade::{self, Plan};
 
@@ -52,6 +54,29 @@ pub fn workloads(wan: &WhatsAppNumber, plan: &Plan, first_job: Option<&JobState>
 /// A person declared this conflict over by annotating its detection time.
 pub fn resolved(wan: &WhatsAppNumber, conflict: &ExternalConflictStatus) -> bool {
     wan.annotations().get(RESOLVE_CONFLICT_ANNOTATION) == Some(&conflict.detected_at)
+}
+
+/// What the cluster shows of the version that ran: the newer of the live
+/// workloads' version and the schema version recorded on the media claim,
+/// which outlives a deleted WhatsAppNumber.
+pub fn live_evidence(workloads: Option<&str>, media_claim: Option<&PersistentVolumeClaim>) -> Option<String> {
+    let recorded = media_claim.and_then(crate::resources::media::schema_version_of);
+    upgrade::running_version(recorded.as_deref(), workloads)
+}
+
+/// The schema version the media claim is to record: a first deployment's
+/// version once its schema Job succeeded, an upgrade's target once its
+/// schema Job did, else what runs.
+pub fn schema_version(plan: &Plan, workloads: &Workloads, running: Option<&str>) -> Option<String> {
+    let upgraded = plan.upgrade.as_ref().filter(|u| {
+        !matches!(u.step, UpgradeStep::StoppingNodes | UpgradeStep::UpgradingSchema | UpgradeStep::RolledBack)
+    });
+    match (upgraded, running) {
+        (Some(u), _) => Some(u.to.clone()),
+        (None, Some(running)) => Some(running.to_string()),
+        (None, None) if !workloads.initializing => Some(plan.steady_version.clone()),
+        (None, None) => None,
+    }
 }
 
 /// The version that runs: the one status records, else the live workloads'.
@@ -133,5 +158,48 @@ mod tests {
         let resumed = workloads(&wan, &plan, None);
         assert_eq!(resumed.external_conflict, None);
         assert!(resumed.shape.masters_running && resumed.shape.coreapps_running);
+    }
+
+    #[test]
+    fn the_media_claim_records_a_schema_once_a_job_created_or_upgraded_it() {
+        let wan = sample();
+        let mut plan = steady(&wan);
+        let initializing = workloads(&wan, &plan, Some(&JobState::Running));
+        assert_eq!(schema_version(&plan, &initializing, None), None, "no schema yet");
+        let created = workloads(&wan, &plan, Some(&JobState::Succeeded));
+        assert_eq!(schema_version(&plan, &created, None).as_deref(), Some("2.53.2"));
+        assert_eq!(schema_version(&plan, &created, Some("2.53.2")).as_deref(), Some("2.53.2"));
+
+        let upgrade = |step| crate::api::UpgradeStatus {
+            from: "2.53.2".into(),
+            to: "2.55.1".into(),
+            step,
+            started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2024-02-01T00:00:00Z")),
+            step_started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2024-02-01T00:00:00Z")),
+            message: String::new(),
+            stalled_reason: None,
+        };
+        for (step, recorded) in [
+            (UpgradeStep::StoppingNodes, "2.53.2"),
+            (UpgradeStep::UpgradingSchema, "2.53.2"),
+            (UpgradeStep::RolledBack, "2.53.2"),
+            (UpgradeStep::StartingMasters, "2.55.1"),
+            (UpgradeStep::Complete, "2.55.1"),
+        ] {
+            plan.upgrade = Some(upgrade(step));
+            assert_eq!(schema_version(&plan, &created, Some("2.53.2")).as_deref(), Some(recorded), "{step:?}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_schema_counts_as_what_ran() {
+        let mut claim = PersistentVolumeClaim::default();
+        assert_eq!(live_evidence(None, Some(&claim)), None);
+        assert_eq!(live_evidence(Some("2.53.2"), None).as_deref(), Some("2.53.2"));
+        claim.metadata.annotations =
+            Some([(crate::resources::names::ANNOTATION_SCHEMA_VERSION.to_string(), "2.55.1".to_string())].into());
+        assert_eq!(live_evidence(None, Some(&claim)).as_deref(), Some("2.55.1"), "a re-created number");
+        assert_eq!(live_evidence(Some("2.53.2"), Some(&claim)).as_deref(), Some("2.55.1"), "the newer wins");
+        assert_eq!(live_evidence(Some("2.57.2"), Some(&claim)).as_deref(), Some("2.57.2"));
     }
 }

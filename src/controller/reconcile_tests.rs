@@ -335,9 +335,11 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
     assert_eq!(operator.reconcile(api).await, children);
     assert_eq!(condition(api, "Ready"), ("False".into(), "InitializingDatabase".into()));
 
-    // The Job succeeded: masters, coreapps and webapps start.
+    // The Job succeeded: the media claim records the schema (it outlives the
+    // object), and masters, coreapps and webapps start.
     api.settle();
     let workloads = [
+        "PATCH /api/v1/namespaces/team/persistentvolumeclaims/acme-media",
         "PATCH /apis/apps/v1/namespaces/team/statefulsets/acme-master",
         "PATCH /apis/apps/v1/namespaces/team/statefulsets/acme-coreapp",
         "PATCH /apis/apps/v1/namespaces/team/deployments/acme-webapp",

@@ -194,8 +194,10 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
             .as_ref()
             .and_then(|s| s.webapp_certificate.as_ref())
             .map(|c| c.uploaded_digest.clone()),
+        // Set by the plan step.
         coreapp_replicas: None,
         shape: None,
+        schema_version: None,
     })
 }
 

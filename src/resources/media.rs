@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::names::{Names, component_labels};
+use super::names::{ANNOTATION_SCHEMA_VERSION, Names, component_labels};
 use super::{owned_meta, with_applied_hash};
 use crate::api::{ReclaimPolicy, WhatsAppNumber};
 
@@ -16,12 +16,22 @@ use crate::api::{ReclaimPolicy, WhatsAppNumber};
 /// deleted. Fields that are immutable once the claim exists (access modes,
 /// storage class, volume mode) are copied from the live claim so an apply never
 /// tries to change them; the size only ever grows.
-pub fn media_claim(wan: &WhatsAppNumber, live: Option<&PersistentVolumeClaim>) -> Option<PersistentVolumeClaim> {
+/// `schema_version` is recorded on it (see [`ANNOTATION_SCHEMA_VERSION`]); a
+/// version recorded earlier stays until a newer one replaces it.
+pub fn media_claim(
+    wan: &WhatsAppNumber,
+    live: Option<&PersistentVolumeClaim>,
+    schema_version: Option<&str>,
+) -> Option<PersistentVolumeClaim> {
     let media = &wan.spec.media;
     if media.existing_claim.is_some() {
         return None;
     }
     let mut metadata = owned_meta(wan, Names::new(wan).media(), component_labels(wan, "media"));
+    let recorded = live.and_then(schema_version_of);
+    if let Some(version) = crate::upgrade::running_version(recorded.as_deref(), schema_version) {
+        metadata.annotations.get_or_insert_with(Default::default).insert(ANNOTATION_SCHEMA_VERSION.into(), version);
+    }
     if media.reclaim_policy == ReclaimPolicy::Retain {
         metadata.owner_references = None;
     }
@@ -60,6 +70,11 @@ pub fn media_claim(wan: &WhatsAppNumber, live: Option<&PersistentVolumeClaim>) -
         spec.storage_class_name = spec.storage_class_name.take().or(filled_in);
     }
     Some(claim)
+}
+
+/// The schema version recorded on a media claim.
+pub fn schema_version_of(claim: &PersistentVolumeClaim) -> Option<String> {
+    claim.metadata.annotations.as_ref()?.get(ANNOTATION_SCHEMA_VERSION).filter(|v| !v.is_empty()).cloned()
 }
 
 /// Bytes in a storage quantity (`50Gi`, `100G`, `1Ti`, plain bytes). Quantities

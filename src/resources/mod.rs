@@ -63,6 +63,9 @@ pub struct BuildInputs {
     pub coreapp_replicas: Option<i32>,
     /// What an upgrade in progress needs; `None` runs everything at `spec.version`.
     pub shape: Option<crate::upgrade::procedure::Shape>,
+    /// The newest version whose schema the databases hold, recorded on the
+    /// media claim; `None` until the first schema exists.
+    pub schema_version: Option<String>,
 }
 
 /// Every object the operator keeps for one WhatsAppNumber (the generated key
@@ -101,7 +104,7 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
     let coreapps = if coreapps_up { inputs.coreapp_replicas } else { Some(0) };
 
     Children {
-        media: media::media_claim(wan, inputs.live_media_claim.as_ref()),
+        media: media::media_claim(wan, inputs.live_media_claim.as_ref(), inputs.schema_version.as_deref()),
         master_service: workloads::headless_service(wan, Tier::Master),
         coreapp_service: workloads::headless_service(wan, Tier::Coreapp),
         webapp_service: webapp::service(wan),

@@ -25,6 +25,11 @@ pub const LABEL_NUMBER: &str = "whatsapp.operators.dev/number";
 
 /// Hash of the desired object, to skip writes that would change nothing.
 pub const ANNOTATION_APPLIED_HASH: &str = "whatsapp.operators.dev/applied-hash";
+/// On the media claim the operator manages: the newest client version whose
+/// schema the number's databases hold. The claim outlives the WhatsAppNumber
+/// (`reclaimPolicy: Retain`), so a number re-created over the same databases
+/// knows it even without status or workloads, and never starts an older build.
+pub const ANNOTATION_SCHEMA_VERSION: &str = "whatsapp.operators.dev/schema-version";
 /// Hash of the configuration a pod template consumes (ConfigMap, credentials,
 /// certificates), so a change rolls the pods that read it at start-up.
 pub const ANNOTATION_CONFIG_HASH: &str = "whatsapp.operators.dev/config-hash";

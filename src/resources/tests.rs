@@ -232,14 +232,14 @@ fn existing_claim_is_mounted_and_no_claim_is_built() {
 #[test]
 fn retained_media_claim_has_no_owner_and_deleted_one_has() {
     let mut wan = sample();
-    let retained = media::media_claim(&wan, None).unwrap();
+    let retained = media::media_claim(&wan, None, None).unwrap();
     assert!(retained.metadata.owner_references.is_none(), "Retain survives the WhatsAppNumber");
     let spec = retained.spec.unwrap();
     assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
     assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"], Quantity("50Gi".into()));
 
     wan.spec.media.reclaim_policy = ReclaimPolicy::Delete;
-    let deleted = media::media_claim(&wan, None).unwrap();
+    let deleted = media::media_claim(&wan, None, None).unwrap();
     let owners = deleted.metadata.owner_references.unwrap();
     assert_eq!(owners[0].uid, "1234-5678");
     assert_eq!(owners[0].controller, Some(true));
@@ -263,12 +263,12 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
         }),
         ..Default::default()
     };
-    let spec = media::media_claim(&wan, Some(&live)).unwrap().spec.unwrap();
+    let spec = media::media_claim(&wan, Some(&live), None).unwrap().spec.unwrap();
     assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"), "class is fixed once the claim exists");
     assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"], Quantity("50Gi".into()));
 
     wan.spec.media.size = Quantity("100Gi".into());
-    let grown = media::media_claim(&wan, Some(&live)).unwrap().spec.unwrap();
+    let grown = media::media_claim(&wan, Some(&live), None).unwrap().spec.unwrap();
     assert_eq!(grown.resources.unwrap().requests.unwrap()["storage"], Quantity("100Gi".into()));
 }
 
@@ -276,13 +276,36 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
 fn a_class_the_cluster_filled_in_is_kept_without_a_new_desired_form() {
     let mut wan = sample();
     wan.spec.media.storage_class_name = None;
-    let created = media::media_claim(&wan, None).unwrap();
+    let created = media::media_claim(&wan, None, None).unwrap();
     let mut live = created.clone();
     live.spec.as_mut().unwrap().storage_class_name = Some("standard".into());
-    let again = media::media_claim(&wan, Some(&live)).unwrap();
+    let again = media::media_claim(&wan, Some(&live), None).unwrap();
     assert_eq!(again.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("standard"), "never unset");
     let hash = |c: &PersistentVolumeClaim| c.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH].clone();
     assert_eq!(hash(&again), hash(&created), "the default class is no change of the desired form");
+}
+
+#[test]
+fn the_media_claim_records_the_newest_schema_and_never_an_older_one() {
+    let wan = sample();
+    let recorded = |c: &PersistentVolumeClaim| media::schema_version_of(c);
+    let first = media::media_claim(&wan, None, None).unwrap();
+    assert_eq!(recorded(&first), None, "no schema yet");
+    let created = media::media_claim(&wan, None, Some("2.53.2")).unwrap();
+    assert_eq!(recorded(&created).as_deref(), Some("2.53.2"));
+    assert_ne!(
+        created.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH],
+        first.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH],
+        "a new record is a write"
+    );
+    let upgraded = media::media_claim(&wan, Some(&created), Some("2.55.1")).unwrap();
+    assert_eq!(recorded(&upgraded).as_deref(), Some("2.55.1"));
+    // A re-created object that knows nothing yet, or an older version: the record stands.
+    assert_eq!(recorded(&media::media_claim(&wan, Some(&upgraded), None).unwrap()).as_deref(), Some("2.55.1"));
+    assert_eq!(
+        recorded(&media::media_claim(&wan, Some(&upgraded), Some("2.53.2")).unwrap()).as_deref(),
+        Some("2.55.1")
+    );
 }
 
 #[test]

@@ -453,6 +453,59 @@ pub async fn a_lost_status_keeps_the_running_version(env: &'static Env) -> Resul
     Ok(())
 }
 
+/// The media claim outlives a deleted WhatsAppNumber and records the schema
+/// its databases hold: the same number re-created with an older version
+/// (no status, no workloads) never starts that build on them.
+pub async fn a_re_created_number_never_starts_an_older_build(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "re-created").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let claims = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, &ns);
+    let recorded = |claim: &k8s_openapi::api::core::v1::PersistentVolumeClaim| {
+        claim.annotations().get("whatsapp.operators.dev/schema-version").cloned()
+    };
+    let claim = claims.get(&format!("{name}-media")).await?;
+    ensure!(recorded(&claim).as_deref() == Some(OLD), "the first schema is recorded: {:?}", claim.annotations());
+    merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
+    let upgraded = wait_upgraded(&api, &name, NEW).await?;
+    wait_until(Duration::from_secs(30), "the claim to record the upgraded schema", || async {
+        Ok(recorded(&claims.get(&format!("{name}-media")).await?).as_deref() == Some(NEW))
+    })
+    .await?;
+
+    // Deleted (the media claim is retained), then re-created at the old version.
+    api.delete(&name, &Default::default()).await?;
+    support::fault("a WhatsAppNumber deleted and re-created over upgraded databases");
+    wait_until(Duration::from_secs(120), "the WhatsAppNumber to be gone", || async {
+        Ok(api.get_opt(&name).await?.is_none())
+    })
+    .await?;
+    ensure!(claims.get_opt(&format!("{name}-media")).await?.is_some(), "the media claim is retained");
+    let mut again = WhatsAppNumber::new(&name, upgraded.spec.clone());
+    again.metadata.namespace = Some(ns.clone());
+    again.spec.version = OLD.into();
+    api.create(&Default::default(), &again).await?;
+    wait_until(Duration::from_secs(90), "the older build to be refused", || async {
+        let w = api.get(&name).await?;
+        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
+        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
+            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW))
+    })
+    .await?;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let old_job = format!("{name}-schema-{}", OLD.replace('.', "-"));
+    ensure!(jobs.get_opt(&old_job).await?.is_none(), "no schema Job of the older build");
+    for tier in ["master", "coreapp"] {
+        let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-{tier}")).await?;
+        let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
+        ensure!(image.ends_with(&format!(":v{NEW}")), "{tier}s run the recorded {NEW}, never {OLD}: {image}");
+    }
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
 pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "rollback").await?;
