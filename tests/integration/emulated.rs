@@ -153,10 +153,19 @@ pub struct Deployment {
 
 static NEXT_ADDRESS: AtomicU32 = AtomicU32::new(1);
 
-/// A loopback address no other node of this run uses.
+/// A loopback address no other node uses: each run takes its own block of
+/// 127.0.0.0/8 (two suites may run on one machine at once), and an address
+/// whose node ports another process holds is skipped.
 fn next_address() -> String {
-    let n = NEXT_ADDRESS.fetch_add(1, Ordering::SeqCst);
-    format!("127.77.{}.{}", n / 250, n % 250 + 2)
+    let block = 64 + std::process::id() % 128;
+    loop {
+        let n = NEXT_ADDRESS.fetch_add(1, Ordering::SeqCst);
+        let address = format!("127.{block}.{}.{}", n / 250 % 250, n % 250 + 2);
+        let free = (6250..=6253).all(|port| std::net::TcpListener::bind((address.as_str(), port)).is_ok());
+        if free {
+            return address;
+        }
+    }
 }
 
 fn free_port() -> Result<u16> {
