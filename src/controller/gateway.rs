@@ -274,12 +274,14 @@ pub async fn admin_only(
     observed: &Observed,
     keys: Option<&Secret>,
 ) -> super::Result<AdminOnly> {
-    // Health is not judged: the gateway reads down, as with polling off.
-    ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
     let certificate = wan.status.as_ref().and_then(|s| s.webapp_certificate.clone());
     let failed =
         |reason, why| AdminOnly::Seen { admin: AdminAccess::Failed(reason, why), certificate: certificate.clone() };
-    let (latest, connection, password) = match watch(ctx, wan, observed, keys, false).await? {
+    let watched = watch(ctx, wan, observed, keys, false).await?;
+    // Health is not judged: the gateway reads down, as with polling off (set
+    // once the health probe, if one ran, is no longer the target).
+    ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
+    let (latest, connection, password) = match watched {
         Watched::Latest { latest, connection, password } => (latest, connection, password),
         Watched::Awaiting => return Ok(AdminOnly::Awaiting),
         Watched::CannotProbe(why) => {
@@ -290,17 +292,28 @@ pub async fn admin_only(
     let token = match latest.probe.admin {
         probes::Admin::Open => match admin_session(ctx, wan, &connection.webapp(), &password).await {
             Ok(token) => token,
-            Err(e) => return Ok(failed(ADMIN_UNAVAILABLE, e.to_string())),
+            Err(e) => {
+                // The probe looks hourly once a session is open: look again now.
+                ctx.probes.refresh(&number_key(wan));
+                return Ok(failed(ADMIN_UNAVAILABLE, e.to_string()));
+            }
         },
         probes::Admin::Refused(why) => return Ok(failed(ADMIN_LOGIN_REFUSED, why)),
         probes::Admin::Unavailable(why) => return Ok(failed(ADMIN_UNAVAILABLE, why)),
+        // The probe gave up before the login (a deadline): its reason says why.
         probes::Admin::NotTried => {
-            return Ok(failed(ADMIN_UNAVAILABLE, "the probe did not log in as the admin user".into()));
+            let why = match &latest.probe.health {
+                Some(Err(why)) => why.clone(),
+                _ => "the probe did not log in as the admin user".into(),
+            };
+            return Ok(failed(ADMIN_UNAVAILABLE, why));
         }
     };
     let mut certificate = certificate;
     let upload = upload_certificate(ctx, wan, observed, &connection.webapp(), &token, &mut certificate).await;
-    if upload.is_some() {
+    // The webapps restart to serve the upload; a refused one waits for the
+    // Secret's next change (or the next resync).
+    if matches!(upload, Some(Ok(()))) {
         ctx.probes.refresh(&number_key(wan));
     }
     Ok(AdminOnly::Seen { admin: AdminAccess::Open { certificate: upload }, certificate })
@@ -369,7 +382,9 @@ pub async fn observe(
     if let Some(token) = &token
         && let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report.certificate).await
     {
-        changed_client = true;
+        // A refused upload is not retried at once: the Secret's next change
+        // (or the next resync) brings it again.
+        changed_client = outcome.is_ok();
         report.admin = AdminAccess::Open { certificate: Some(outcome) };
     }
 
