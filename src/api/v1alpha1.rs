@@ -965,6 +965,16 @@ pub fn database_name_prefix(spec: &WhatsAppNumberSpec) -> String {
         .unwrap_or_else(|| format!("wa{}", spec.phone_number.chars().filter(char::is_ascii_digit).collect::<String>()))
 }
 
+/// The set of databases a number's client uses: `host:port/prefix`.
+pub fn database_identity(spec: &WhatsAppNumberSpec) -> String {
+    format!(
+        "{}:{}/{}",
+        spec.database.host.to_ascii_lowercase(),
+        spec.database.effective_port(),
+        database_name_prefix(spec)
+    )
+}
+
 /// Reference to a Secret holding database credentials.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

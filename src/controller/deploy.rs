@@ -48,6 +48,8 @@ struct Planned {
     workloads: plan::Workloads,
     /// The running version, from status or else the live workloads.
     recorded_or_live: Option<String>,
+    /// The schema Job of the upgrade in progress, as it was at the start.
+    upgrade_job: procedure::JobState,
 }
 
 async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observed) -> Result<Planned> {
@@ -57,7 +59,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     // under way (whether it can still be called off).
     // Only a claim the operator manages carries its record.
     let managed_claim = observed.media_claim.as_ref().filter(|_| wan.spec.media.existing_claim.is_none());
-    let live_version = plan::live_evidence(live_version(ctx, wan).await?.as_deref(), managed_claim);
+    let live_version = plan::live_evidence(wan, live_version(ctx, wan).await?.as_deref(), managed_claim);
     let job = match status.and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.step == procedure::Step::UpgradingSchema => schema_job_state(ctx, wan, &u.to).await?,
         _ => procedure::JobState::Absent,
@@ -78,7 +80,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
     };
     let workloads = plan::workloads(wan, &plan, first_job.as_ref());
-    Ok(Planned { now, plan, workloads, recorded_or_live })
+    Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job })
 }
 
 /// What the apply step wrote and found.
@@ -115,7 +117,8 @@ async fn apply_step(
     .coreapp_replicas;
     inputs.coreapp_replicas = Some(replicas);
     inputs.shape = Some(shape.clone());
-    inputs.schema_version = plan::schema_version(plan, &planned.workloads, planned.recorded_or_live.as_deref());
+    inputs.schema_version =
+        plan::schema_version(plan, &planned.workloads, planned.recorded_or_live.as_deref(), &planned.upgrade_job);
 
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;

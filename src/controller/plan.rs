@@ -59,17 +59,31 @@ pub fn resolved(wan: &WhatsAppNumber, conflict: &ExternalConflictStatus) -> bool
 /// What the cluster shows of the version that ran: the newer of the live
 /// workloads' version and the schema version recorded on the media claim,
 /// which outlives a deleted WhatsAppNumber.
-pub fn live_evidence(workloads: Option<&str>, media_claim: Option<&PersistentVolumeClaim>) -> Option<String> {
-    let recorded = media_claim.and_then(crate::resources::media::schema_version_of);
+/// A record of other databases than the spec's says nothing.
+pub fn live_evidence(
+    wan: &WhatsAppNumber,
+    workloads: Option<&str>,
+    media_claim: Option<&PersistentVolumeClaim>,
+) -> Option<String> {
+    let databases = crate::api::database_identity(&wan.spec);
+    let recorded = media_claim.and_then(|c| crate::resources::media::schema_version_of(c, &databases));
     upgrade::running_version(recorded.as_deref(), workloads)
 }
 
 /// The schema version the media claim is to record: a first deployment's
 /// version once its schema Job succeeded, an upgrade's target once its
-/// schema Job did, else what runs.
-pub fn schema_version(plan: &Plan, workloads: &Workloads, running: Option<&str>) -> Option<String> {
-    let upgraded = plan.upgrade.as_ref().filter(|u| {
-        !matches!(u.step, UpgradeStep::StoppingNodes | UpgradeStep::UpgradingSchema | UpgradeStep::RolledBack)
+/// schema Job did (`upgrade_job`, the Job of the upgrade in progress), else
+/// what runs.
+pub fn schema_version(
+    plan: &Plan,
+    workloads: &Workloads,
+    running: Option<&str>,
+    upgrade_job: &JobState,
+) -> Option<String> {
+    let upgraded = plan.upgrade.as_ref().filter(|u| match u.step {
+        UpgradeStep::StoppingNodes | UpgradeStep::RolledBack => false,
+        UpgradeStep::UpgradingSchema => *upgrade_job == JobState::Succeeded,
+        _ => true,
     });
     match (upgraded, running) {
         (Some(u), _) => Some(u.to.clone()),
@@ -165,10 +179,11 @@ mod tests {
         let wan = sample();
         let mut plan = steady(&wan);
         let initializing = workloads(&wan, &plan, Some(&JobState::Running));
-        assert_eq!(schema_version(&plan, &initializing, None), None, "no schema yet");
+        let absent = JobState::Absent;
+        assert_eq!(schema_version(&plan, &initializing, None, &absent), None, "no schema yet");
         let created = workloads(&wan, &plan, Some(&JobState::Succeeded));
-        assert_eq!(schema_version(&plan, &created, None).as_deref(), Some("2.53.2"));
-        assert_eq!(schema_version(&plan, &created, Some("2.53.2")).as_deref(), Some("2.53.2"));
+        assert_eq!(schema_version(&plan, &created, None, &absent).as_deref(), Some("2.53.2"));
+        assert_eq!(schema_version(&plan, &created, Some("2.53.2"), &absent).as_deref(), Some("2.53.2"));
 
         let upgrade = |step| crate::api::UpgradeStatus {
             from: "2.53.2".into(),
@@ -179,27 +194,48 @@ mod tests {
             message: String::new(),
             stalled_reason: None,
         };
-        for (step, recorded) in [
-            (UpgradeStep::StoppingNodes, "2.53.2"),
-            (UpgradeStep::UpgradingSchema, "2.53.2"),
-            (UpgradeStep::RolledBack, "2.53.2"),
-            (UpgradeStep::StartingMasters, "2.55.1"),
-            (UpgradeStep::Complete, "2.55.1"),
+        let running = JobState::Running;
+        for (step, job, recorded) in [
+            (UpgradeStep::StoppingNodes, &absent, "2.53.2"),
+            (UpgradeStep::UpgradingSchema, &running, "2.53.2"),
+            // Succeeded, before the step advances: the databases hold the new schema.
+            (UpgradeStep::UpgradingSchema, &JobState::Succeeded, "2.55.1"),
+            (UpgradeStep::RolledBack, &absent, "2.53.2"),
+            (UpgradeStep::StartingMasters, &absent, "2.55.1"),
+            (UpgradeStep::Complete, &absent, "2.55.1"),
         ] {
             plan.upgrade = Some(upgrade(step));
-            assert_eq!(schema_version(&plan, &created, Some("2.53.2")).as_deref(), Some(recorded), "{step:?}");
+            assert_eq!(schema_version(&plan, &created, Some("2.53.2"), job).as_deref(), Some(recorded), "{step:?}");
         }
     }
 
     #[test]
-    fn a_recorded_schema_counts_as_what_ran() {
-        let mut claim = PersistentVolumeClaim::default();
-        assert_eq!(live_evidence(None, Some(&claim)), None);
-        assert_eq!(live_evidence(Some("2.53.2"), None).as_deref(), Some("2.53.2"));
-        claim.metadata.annotations =
-            Some([(crate::resources::names::ANNOTATION_SCHEMA_VERSION.to_string(), "2.55.1".to_string())].into());
-        assert_eq!(live_evidence(None, Some(&claim)).as_deref(), Some("2.55.1"), "a re-created number");
-        assert_eq!(live_evidence(Some("2.53.2"), Some(&claim)).as_deref(), Some("2.55.1"), "the newer wins");
-        assert_eq!(live_evidence(Some("2.57.2"), Some(&claim)).as_deref(), Some("2.57.2"));
+    fn a_recorded_schema_of_the_same_databases_counts_as_what_ran() {
+        use crate::resources::names::{ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION};
+        let wan = sample();
+        let claim = |version: &str, databases: &str| PersistentVolumeClaim {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                annotations: Some(
+                    [
+                        (ANNOTATION_SCHEMA_VERSION.to_string(), version.to_string()),
+                        (ANNOTATION_SCHEMA_DATABASES.to_string(), databases.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ours = crate::api::database_identity(&wan.spec);
+        assert_eq!(live_evidence(&wan, None, Some(&PersistentVolumeClaim::default())), None);
+        assert_eq!(live_evidence(&wan, Some("2.53.2"), None).as_deref(), Some("2.53.2"));
+        let recorded = claim("2.55.1", &ours);
+        assert_eq!(live_evidence(&wan, None, Some(&recorded)).as_deref(), Some("2.55.1"), "a re-created number");
+        assert_eq!(live_evidence(&wan, Some("2.53.2"), Some(&recorded)).as_deref(), Some("2.55.1"), "the newer wins");
+        assert_eq!(live_evidence(&wan, Some("2.57.2"), Some(&recorded)).as_deref(), Some("2.57.2"));
+        // Another number under the same name, on other databases: no record.
+        let other = claim("2.55.1", "other-db:3306/wa15550009999");
+        assert_eq!(live_evidence(&wan, None, Some(&other)), None);
+        assert_eq!(live_evidence(&wan, None, Some(&claim("not-a-version", &ours))), None, "unreadable: ignored");
     }
 }

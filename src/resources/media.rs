@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::names::{ANNOTATION_SCHEMA_VERSION, Names, component_labels};
+use super::names::{ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION, Names, component_labels};
 use super::{owned_meta, with_applied_hash};
 use crate::api::{ReclaimPolicy, WhatsAppNumber};
 
@@ -28,9 +28,12 @@ pub fn media_claim(
         return None;
     }
     let mut metadata = owned_meta(wan, Names::new(wan).media(), component_labels(wan, "media"));
-    let recorded = live.and_then(schema_version_of);
+    let databases = crate::api::database_identity(&wan.spec);
+    let recorded = live.and_then(|c| schema_version_of(c, &databases));
     if let Some(version) = crate::upgrade::running_version(recorded.as_deref(), schema_version) {
-        metadata.annotations.get_or_insert_with(Default::default).insert(ANNOTATION_SCHEMA_VERSION.into(), version);
+        let annotations = metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert(ANNOTATION_SCHEMA_VERSION.into(), version);
+        annotations.insert(ANNOTATION_SCHEMA_DATABASES.into(), databases);
     }
     if media.reclaim_policy == ReclaimPolicy::Retain {
         metadata.owner_references = None;
@@ -72,9 +75,16 @@ pub fn media_claim(
     Some(claim)
 }
 
-/// The schema version recorded on a media claim.
-pub fn schema_version_of(claim: &PersistentVolumeClaim) -> Option<String> {
-    claim.metadata.annotations.as_ref()?.get(ANNOTATION_SCHEMA_VERSION).filter(|v| !v.is_empty()).cloned()
+/// The schema version a media claim records for `databases`
+/// (`host:port/prefix`); nothing for other databases or a version that does
+/// not read as one.
+pub fn schema_version_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<String> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
+        return None;
+    }
+    let version = annotations.get(ANNOTATION_SCHEMA_VERSION)?;
+    crate::upgrade::catalog::Version::parse(version).map(|_| version.clone())
 }
 
 /// Bytes in a storage quantity (`50Gi`, `100G`, `1Ti`, plain bytes). Quantities

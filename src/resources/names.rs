@@ -30,6 +30,10 @@ pub const ANNOTATION_APPLIED_HASH: &str = "whatsapp.operators.dev/applied-hash";
 /// (`reclaimPolicy: Retain`), so a number re-created over the same databases
 /// knows it even without status or workloads, and never starts an older build.
 pub const ANNOTATION_SCHEMA_VERSION: &str = "whatsapp.operators.dev/schema-version";
+/// Beside it: the databases (`host:port/prefix`) that version is about. A
+/// record of other databases (a new number under an old name, another
+/// database host or prefix) says nothing and is replaced.
+pub const ANNOTATION_SCHEMA_DATABASES: &str = "whatsapp.operators.dev/schema-databases";
 /// Hash of the configuration a pod template consumes (ConfigMap, credentials,
 /// certificates), so a change rolls the pods that read it at start-up.
 pub const ANNOTATION_CONFIG_HASH: &str = "whatsapp.operators.dev/config-hash";

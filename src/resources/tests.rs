@@ -287,8 +287,9 @@ fn a_class_the_cluster_filled_in_is_kept_without_a_new_desired_form() {
 
 #[test]
 fn the_media_claim_records_the_newest_schema_and_never_an_older_one() {
-    let wan = sample();
-    let recorded = |c: &PersistentVolumeClaim| media::schema_version_of(c);
+    let mut wan = sample();
+    let databases = crate::api::database_identity(&wan.spec);
+    let recorded = |c: &PersistentVolumeClaim| media::schema_version_of(c, &databases);
     let first = media::media_claim(&wan, None, None).unwrap();
     assert_eq!(recorded(&first), None, "no schema yet");
     let created = media::media_claim(&wan, None, Some("2.53.2")).unwrap();
@@ -306,6 +307,12 @@ fn the_media_claim_records_the_newest_schema_and_never_an_older_one() {
         recorded(&media::media_claim(&wan, Some(&upgraded), Some("2.53.2")).unwrap()).as_deref(),
         Some("2.55.1")
     );
+    // The same claim name for other databases: their record replaces the old one.
+    wan.spec.database.host = "other-db".into();
+    let moved = media::media_claim(&wan, Some(&upgraded), Some("2.53.2")).unwrap();
+    let other = crate::api::database_identity(&wan.spec);
+    assert_eq!(media::schema_version_of(&moved, &other).as_deref(), Some("2.53.2"));
+    assert_eq!(recorded(&moved), None);
 }
 
 #[test]

@@ -468,6 +468,8 @@ pub async fn a_re_created_number_never_starts_an_older_build(env: &'static Env) 
     };
     let claim = claims.get(&format!("{name}-media")).await?;
     ensure!(recorded(&claim).as_deref() == Some(OLD), "the first schema is recorded: {:?}", claim.annotations());
+    let databases = claim.annotations().get("whatsapp.operators.dev/schema-databases").cloned().unwrap_or_default();
+    ensure!(databases.starts_with("mysql.databases.svc:3306/wa"), "the record names its databases: {databases}");
     merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
     let upgraded = wait_upgraded(&api, &name, NEW).await?;
     wait_until(Duration::from_secs(30), "the claim to record the upgraded schema", || async {
