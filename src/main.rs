@@ -71,10 +71,9 @@ struct Args {
     #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     probe_concurrency: u16,
 
-    /// WhatsAppNumbers reconciled at once. Reconciles mostly wait on the API
-    /// server; while every slot is busy, the next number is picked from those
-    /// waiting in no particular order, so enough slots keep a new number from
-    /// waiting behind the rollouts of others.
+    /// WhatsAppNumbers reconciled at once. While every slot is busy, numbers
+    /// take their turns in the order their reconciles were asked for, so a new
+    /// number never waits behind the rollouts of others for long.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     reconcile_concurrency: u16,
 }

@@ -77,6 +77,11 @@ pub struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// Retries in a row that changed no status, per number.
     quiet: Mutex<HashMap<(String, String), u32>>,
+    /// Reconciles running at once, handed out first come, first served. The
+    /// controller's own limit would pick the next number from those waiting
+    /// in hash order, so that some numbers were picked again and again while
+    /// others, new ones among them, waited for minutes. Closed on shutdown.
+    turns: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -107,6 +112,7 @@ impl Context {
         caches: cache::Caches,
         probes: Probes,
     ) -> Self {
+        let settings_concurrency = settings.reconcile_concurrency;
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -116,7 +122,17 @@ impl Context {
             probes,
             failures: Mutex::default(),
             quiet: Mutex::default(),
+            turns: tokio::sync::Semaphore::new(match settings_concurrency {
+                0 => tokio::sync::Semaphore::MAX_PERMITS,
+                n => usize::from(n),
+            }),
         }
+    }
+
+    /// Reconciles waiting for a turn return at once from now on: a new
+    /// leader picks their numbers up.
+    pub fn stop_turns(&self) {
+        self.turns.close();
     }
 }
 
@@ -153,6 +169,14 @@ pub fn typed(obj: &DynamicObject) -> std::result::Result<WhatsAppNumber, serde_j
 }
 
 pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
+    let turns = ctx.clone();
+    let Ok(_turn) = turns.turns.acquire().await else {
+        return Ok(Action::await_change());
+    };
+    // The newest copy: the object may have changed while it waited its turn.
+    let reference =
+        kube::runtime::reflector::ObjectRef::from_obj_with(obj.as_ref(), ApiResource::erase::<WhatsAppNumber>(&()));
+    let obj = ctx.caches.numbers.store.get(&reference).unwrap_or(obj);
     match typed(&obj) {
         Ok(wan) => reconcile(Arc::new(wan), ctx).await,
         Err(_)

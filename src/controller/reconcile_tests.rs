@@ -507,3 +507,12 @@ async fn the_generated_credentials_are_never_logged() {
         assert!(!logs.contains(&plain) && !logs.contains(&encoded), "{key} appears in the logs");
     }
 }
+
+#[tokio::test]
+async fn after_shutdown_a_reconcile_waiting_for_its_turn_does_nothing() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    operator.ctx.stop_turns();
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new(), "no request: the next leader reconciles it");
+    assert!(api.get(WAN)["metadata"]["finalizers"].is_null(), "nothing was written");
+}

@@ -116,7 +116,10 @@ pub async fn run(
     let (numbers, changed) = cache::numbers_feed(wans, resource.clone());
     let controller = Controller::for_stream_with(changed, numbers, resource).with_config(
         ControllerConfig::default()
-            .concurrency(settings.reconcile_concurrency)
+            // Unbounded here: the reconciles take turns, first come first
+            // served, for `settings.reconcile_concurrency` at once (see
+            // `Context::turns`).
+            .concurrency(0)
             // The events of one number's children arrive together: one
             // reconcile for them, and the caches have caught up by then.
             .debounce(DEBOUNCE),
@@ -187,7 +190,14 @@ pub async fn run(
                     .collect(),
             }
         })
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on({
+            let ctx = ctx.clone();
+            async move {
+                shutdown.await;
+                // What still waits for a turn ends now; what runs finishes.
+                ctx.stop_turns();
+            }
+        })
         .run(reconcile_object, error_policy, ctx)
         .for_each(|result| async move {
             match result {
