@@ -10,9 +10,10 @@
 #   --provider kind (default) or local
 #   --keep     leave the cluster running afterwards (also after a failure)
 #   --reuse    use the existing cluster of that name instead of creating one
-#   SCENARIO   any of scale-webapp upgrade conflict partition failover
-#              multiconnect (kind default: scale-webapp upgrade conflict;
-#              local: all six, in that order; partition and multiconnect are
+#   SCENARIO   any of scale-webapp upgrade unpullable conflict partition
+#              failover multiconnect (kind default: scale-webapp upgrade
+#              conflict; local: all seven, in that order; unpullable needs
+#              upgrade before it; partition and multiconnect are
 #              local only: they freeze the node's kubelet and need
 #              PostgreSQL); the HA number
 #              is always brought to Ready first. local: smoke runs before them
@@ -52,6 +53,8 @@ KUBECONFIG_FILE="$WORK/kubeconfig"
 # emulator's clock (WA_EMULATOR_NOW) is a date at which both builds are valid.
 OLD=2.53.2
 NEW=2.55.1
+# A released version whose images exist nowhere: pulling them fails.
+MISSING=2.57.2
 EMULATOR_NOW=2024-05-01T00:00:00Z
 NUMBER="+15550001234"
 # The number baked into the images as registered (the HA number's).
@@ -98,7 +101,7 @@ while [ $# -gt 0 ]; do
     --reuse) REUSE=1 ;;
     --provider) PROVIDER="${2:-}"; shift ;;
     --provider=*) PROVIDER="${1#--provider=}" ;;
-    scale-webapp | upgrade | conflict | partition | failover | multiconnect | smoke) SCENARIOS+=("$1") ;;
+    scale-webapp | upgrade | unpullable | conflict | partition | failover | multiconnect | smoke) SCENARIOS+=("$1") ;;
     -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -117,7 +120,7 @@ case "$PROVIDER" in
     rest=()
     for s in "${SCENARIOS[@]}"; do [ "$s" = smoke ] || rest+=("$s"); done
     # failover last: the killed coreapp's node row lingers in the shared database.
-    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade conflict partition failover multiconnect)
+    [ "${#SCENARIOS[@]}" -gt 0 ] || rest=(scale-webapp upgrade unpullable conflict partition failover multiconnect)
     SCENARIOS=(smoke "${rest[@]}") ;;
   *) echo "unknown provider: $PROVIDER (kind or local)" >&2; exit 2 ;;
 esac
@@ -721,6 +724,41 @@ scenario_upgrade() {
   check_health "$NS_A"
 }
 
+unpullable_stalled() {
+  [ "$(condition "$NS_A" "$NAME" Stalled)" = True/UpgradeStalled ] &&
+    jp "$NS_A" "$NAME" '{.status.conditions[?(@.type=="Stalled")].message}' | grep -q "coreapp:v$MISSING"
+}
+job_gone() { ! k -n "$1" get job "$2" >/dev/null 2>&1; }
+rolled_back() {
+  upgraded "$NS_A" "$NEW" && [ "$(jp "$NS_A" "$NAME" '{.status.upgrade.step}')" = RolledBack ]
+}
+
+# A version whose image cannot be had, on a real kubelet: the schema Job's
+# pod cannot get it (ErrImageNeverPull with the local provider's pull policy,
+# ErrImagePull elsewhere), the upgrade stalls naming the image (masters and
+# coreapps stopped, since the procedure stops them first), and setting the
+# version back brings the running version up again with nothing by hand.
+scenario_unpullable() {
+  log "scenario unpullable: $NEW -> $MISSING (no image anywhere), then set back"
+  k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"version\":\"$MISSING\"}}" >&2
+  fault "a client version whose image cannot be pulled"
+  wait_until "$TIMEOUT" "$NS_A/$NAME stalled on the image coreapp:v$MISSING" unpullable_stalled
+  log "unpullable: $(jp "$NS_A" "$NAME" '{.status.conditions[?(@.type=="Stalled")].message}')"
+  local job="$NAME-schema-${MISSING//./-}"
+  k -n "$NS_A" get job "$job" >/dev/null || fail "no schema Job $job"
+  k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"version\":\"$NEW\"}}" >&2
+  wait_until "$TIMEOUT" "$NS_A/$NAME back at $NEW" rolled_back
+  wait_until 60 "the schema Job $job to go" job_gone "$NS_A" "$job"
+  local image
+  for sts in master coreapp; do
+    image="$(k -n "$NS_A" get statefulset "$NAME-$sts" -o jsonpath='{.spec.template.spec.containers[0].image}')"
+    [ "$image" = "$EMULATOR_REPO/coreapp:v$NEW" ] || fail "$NAME-$sts runs $image after the rollback"
+  done
+  k -n "$NS_A" get events --field-selector reason=UpgradeRolledBack -o name | grep -q . ||
+    fail "no UpgradeRolledBack event"
+  check_health "$NS_A"
+}
+
 # check_upgrade_order WATCH_LOG: no old and new master/coreapp container ran at
 # the same time, the schema Job's container ran in between, and the window
 # without a connected coreapp (last old coreapp stopped, first new one
@@ -941,6 +979,7 @@ for s in "${SCENARIOS[@]}"; do
   case "$s" in
     scale-webapp) timed "$s" scenario_scale_webapp ;;
     upgrade) timed "$s" scenario_upgrade ;;
+    unpullable) timed "$s" scenario_unpullable ;;
     conflict) timed "$s" scenario_conflict ;;
     partition) timed "$s" scenario_partition ;;
     failover) timed "$s" scenario_failover ;;
