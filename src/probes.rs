@@ -390,7 +390,7 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
             return (probe, latency);
         }
         Err(e) => {
-            probe.admin = Admin::Unavailable(e.to_string());
+            probe.admin = Admin::Unavailable(e.summary());
             return (probe, latency);
         }
     };

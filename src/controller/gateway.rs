@@ -295,7 +295,7 @@ pub async fn admin_only(
             Err(e) => {
                 // The probe looks hourly once a session is open: look again now.
                 ctx.probes.refresh(&number_key(wan));
-                return Ok(failed(ADMIN_UNAVAILABLE, e.to_string()));
+                return Ok(failed(ADMIN_UNAVAILABLE, e.summary()));
             }
         },
         probes::Admin::Refused(why) => return Ok(failed(ADMIN_LOGIN_REFUSED, why)),
@@ -368,7 +368,7 @@ pub async fn observe(
     let (admin, token) = match &probe.admin {
         probes::Admin::Open => match admin_session(ctx, wan, &webapp, &password).await {
             Ok(token) => (AdminAccess::Open { certificate: None }, Some(token)),
-            Err(e) => (AdminAccess::Failed(ADMIN_UNAVAILABLE, e.to_string()), None),
+            Err(e) => (AdminAccess::Failed(ADMIN_UNAVAILABLE, e.summary()), None),
         },
         probes::Admin::Refused(why) => (AdminAccess::Failed(ADMIN_LOGIN_REFUSED, why.clone()), None),
         probes::Admin::Unavailable(why) => (AdminAccess::Failed(ADMIN_UNAVAILABLE, why.clone()), None),

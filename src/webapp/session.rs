@@ -100,6 +100,19 @@ impl SessionError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, SessionError::Call(e) if e.is_retryable())
     }
+
+    /// The same words for the same trouble, for a condition: an unreachable
+    /// webapp's low-level reason (a refused connection, a name that did not
+    /// resolve this time and timed out the next) changes from try to try, and
+    /// each change would be a status write.
+    pub fn summary(&self) -> String {
+        match self {
+            SessionError::Call(CallError::Unreachable { url, .. }) => {
+                format!("the webapp at {url} cannot be reached for an admin session")
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Logs in with `password`; a client still on its default password gets
@@ -195,5 +208,17 @@ mod tests {
         assert!(!s.usable("p2", now), "another password");
         assert!(s.usable("p1", now + SignedDuration::from_hours(6 * 24 - 1)));
         assert!(!s.usable("p1", now + SignedDuration::from_hours(6 * 24 + 1)), "renewed within a day of expiry");
+    }
+
+    #[test]
+    fn an_unreachable_webapp_is_summed_up_the_same_way_each_time() {
+        let unreachable = |reason: &str| {
+            SessionError::Call(CallError::Unreachable { url: "https://acme-webapp:443".into(), reason: reason.into() })
+        };
+        let first = unreachable("dns error: Name or service not known").summary();
+        assert_eq!(first, unreachable("dns error: Temporary failure in name resolution").summary());
+        assert!(first.contains("https://acme-webapp:443"), "{first}");
+        let refused = SessionError::PasswordRefused("1005".into());
+        assert_eq!(refused.summary(), refused.to_string(), "what a person must act on keeps its words");
     }
 }
