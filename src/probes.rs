@@ -424,7 +424,8 @@ async fn pin(shared: &Shared, key: &Key, t: &Target, webapp: &Webapp<'_>) -> Pro
     };
     let token = match shared.sessions.token(key, webapp, password).await {
         Ok((token, _)) => token,
-        Err(e) => return unreachable(&e),
+        // Summed up: the low-level reason changes from try to try.
+        Err(e) => return unreachable(&e.summary()),
     };
     match webapp.certificate_authority(&token).await {
         Ok(ca) => Probe { ca: Some(ca), ..Probe::unreachable("the webapp's CA is being pinned".into()) },
