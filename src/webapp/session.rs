@@ -107,11 +107,28 @@ impl SessionError {
     /// each change would be a status write.
     pub fn summary(&self) -> String {
         match self {
-            SessionError::Call(CallError::Unreachable { url, .. }) => {
-                format!("the webapp at {url} cannot be reached for an admin session")
+            SessionError::Call(CallError::Unreachable { url, reason }) => {
+                format!("the webapp at {url} cannot be reached for an admin session: {}", unreachable_kind(reason))
             }
             other => other.to_string(),
         }
+    }
+}
+
+/// What kind of trouble an unreachable webapp's reason names, in words that
+/// stay the same for the same kind.
+fn unreachable_kind(reason: &str) -> &'static str {
+    let reason = reason.to_ascii_lowercase();
+    if ["dns", "resolve", "lookup", "name or service"].iter().any(|k| reason.contains(k)) {
+        "its name does not resolve"
+    } else if reason.contains("timed out") || reason.contains("timeout") {
+        "it timed out"
+    } else if reason.contains("refused") {
+        "the connection was refused"
+    } else if ["certificate", "tls", "handshake"].iter().any(|k| reason.contains(k)) {
+        "TLS failed"
+    } else {
+        "no answer"
     }
 }
 
@@ -217,7 +234,9 @@ mod tests {
         };
         let first = unreachable("dns error: Name or service not known").summary();
         assert_eq!(first, unreachable("dns error: Temporary failure in name resolution").summary());
-        assert!(first.contains("https://acme-webapp:443"), "{first}");
+        assert!(first.contains("https://acme-webapp:443") && first.contains("does not resolve"), "{first}");
+        assert!(unreachable("timed out").summary().ends_with("it timed out"), "a hanging webapp says so");
+        assert!(unreachable("tcp connect error: Connection refused (os error 111)").summary().ends_with("refused"));
         let refused = SessionError::PasswordRefused("1005".into());
         assert_eq!(refused.summary(), refused.to_string(), "what a person must act on keeps its words");
     }
