@@ -58,6 +58,23 @@ fn upgrade_step(w: &WhatsAppNumber) -> Option<String> {
     w.status.as_ref()?.upgrade.as_ref().map(|u| u.step.to_string())
 }
 
+/// `Stalled=True/DowngradeRefused` with `running` still the current version.
+async fn wait_downgrade_refused(
+    api: &Api<WhatsAppNumber>,
+    name: &str,
+    running: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    wait_until(timeout, what, || async {
+        let w = api.get(name).await?;
+        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
+        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
+            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(running))
+    })
+    .await
+}
+
 async fn wait_upgraded(api: &Api<WhatsAppNumber>, name: &str, to: &str) -> Result<WhatsAppNumber> {
     wait_until(UPGRADE_TIMEOUT, &format!("{name} to run {to} and be Ready"), || async {
         let w = api.get(name).await?;
@@ -199,13 +216,7 @@ pub async fn upgrade_never_runs_old_and_new_nodes_together(env: &'static Env) ->
 
     // Back to the old version: refused, the schema cannot go back.
     merge_patch(&api, &name, json!({"spec": {"version": OLD}})).await?;
-    wait_until(Duration::from_secs(30), "the downgrade to be refused", || async {
-        let w = api.get(&name).await?;
-        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
-        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
-            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW))
-    })
-    .await?;
+    wait_downgrade_refused(&api, &name, NEW, Duration::from_secs(30), "the downgrade to be refused").await?;
     let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-coreapp")).await?;
     let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
     ensure!(image.ends_with(&format!(":v{NEW}")), "coreapps stay at {NEW}: {image}");
@@ -437,13 +448,7 @@ pub async fn a_lost_status_keeps_the_running_version(env: &'static Env) -> Resul
 
     // Status lost, then an older version: refused, the upgraded database keeps its build.
     lose_status(env, &api, &name, json!({"spec": {"version": OLD}})).await?;
-    wait_until(Duration::from_secs(60), "the downgrade to be refused", || async {
-        let w = api.get(&name).await?;
-        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
-        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
-            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW))
-    })
-    .await?;
+    wait_downgrade_refused(&api, &name, NEW, Duration::from_secs(60), "the downgrade to be refused").await?;
     for tier in ["master", "coreapp"] {
         let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-{tier}")).await?;
         let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
@@ -489,13 +494,7 @@ pub async fn a_re_created_number_never_starts_an_older_build(env: &'static Env) 
     again.metadata.namespace = Some(ns.clone());
     again.spec.version = OLD.into();
     api.create(&Default::default(), &again).await?;
-    wait_until(Duration::from_secs(90), "the older build to be refused", || async {
-        let w = api.get(&name).await?;
-        let stalled = w.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
-        Ok(stalled.is_some_and(|s| s.status == "True" && s.reason == "DowngradeRefused")
-            && w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW))
-    })
-    .await?;
+    wait_downgrade_refused(&api, &name, NEW, Duration::from_secs(90), "the older build to be refused").await?;
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     let old_job = format!("{name}-schema-{}", OLD.replace('.', "-"));
     ensure!(jobs.get_opt(&old_job).await?.is_none(), "no schema Job of the older build");
