@@ -291,7 +291,7 @@ install_operator_prerequisites() {
 start_operator() {
   METRICS="127.0.0.1:$(free_port)"
   STARTS=$((${STARTS:-0} + 1))
-  env -u WATCH_NAMESPACE KUBECONFIG="$OPERATOR_KUBECONFIG" RUST_LOG=info nohup "$OPERATOR_BIN" \
+  env -u WATCH_NAMESPACE KUBECONFIG="$OPERATOR_KUBECONFIG" RUST_LOG="${WAO_BENCH_LOG:-info}" nohup "$OPERATOR_BIN" \
     --metrics-address "$METRICS" --operator-namespace "$OPERATOR_NS" --identity bench-operator \
     </dev/null >"$LOGS/operator-$STARTS.log" 2>&1 &
   OPERATOR_PID=$!

@@ -174,6 +174,10 @@ pub struct Caches {
     /// needs them, also the first ones after a start.
     key_secrets: Store<Secret>,
     _key_secrets_watch: AbortOnDrop,
+    /// The pods of schema Jobs, status only: whether a schema upgrade's pod
+    /// can start at all. They exist only while a schema is made.
+    pub schema_pods: Cache<Pod>,
+    _schema_pods_watch: AbortOnDrop,
     /// The clients' ServiceMonitors, once the cluster is known to serve them.
     pub service_monitors: ServiceMonitors,
 }
@@ -365,6 +369,12 @@ fn job_outcome(job: &mut Job) {
     job.spec = None;
 }
 
+/// Whether a schema Job's pod started, or why it cannot: its status is
+/// read, its spec never.
+fn pod_progress(pod: &mut Pod) {
+    pod.spec = None;
+}
+
 /// Fencing needs a pod's metadata, gateway matching its IP; nothing else is kept.
 fn pod_identity(pod: &mut Pod) {
     pod.spec = None;
@@ -428,6 +438,28 @@ pub fn build(
         }));
         (store, AbortOnDrop(task))
     };
+    let (schema_pods, schema_pods_watch) = {
+        let (store, writer) = reflector::store();
+        let selector = format!(
+            "{},{}={}",
+            crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
+            crate::resources::names::LABEL_COMPONENT,
+            crate::resources::schema_job::COMPONENT
+        );
+        let watch = watcher(scoped::<Pod>(client, namespace), watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .modify(|pod| {
+                strip(pod);
+                pod_progress(pod);
+            });
+        let task = tokio::spawn(reflector::reflector(writer, watch).for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "cannot watch the schema Jobs' pods; retrying with backoff");
+            }
+            futures::future::ready(())
+        }));
+        (Cache { store, what: "schema Job pods" }, AbortOnDrop(task))
+    };
     // Metadata only: Secrets are many and large; data is read when needed.
     let (secrets, secrets_feed) =
         feed(scoped::<PartialObjectMeta<Secret>>(client, namespace), watcher::Config::default(), "secrets", keep_all);
@@ -450,6 +482,8 @@ pub fn build(
         secret_data: Mutex::default(),
         key_secrets,
         _key_secrets_watch: key_secrets_watch,
+        schema_pods,
+        _schema_pods_watch: schema_pods_watch,
         service_monitors: ServiceMonitors::new(client, namespace, owned_selector),
     };
     let feeds = Feeds {
@@ -495,6 +529,7 @@ pub struct Seeds {
     secrets: reflector::store::Writer<PartialObjectMeta<Secret>>,
     key_secrets: reflector::store::Writer<Secret>,
     claims: reflector::store::Writer<WhatsAppNumberClaim>,
+    schema_pods: reflector::store::Writer<Pod>,
 }
 
 #[cfg(test)]
@@ -527,6 +562,7 @@ impl Seeds {
         let (secrets, secret_meta) = typed();
         let (key_secrets, key_store) = typed();
         let (claims, claim_store) = typed();
+        let (schema_pods, schema_pods_store) = typed();
         let (_, lease_store) = typed::<Lease>();
         let (_, catalog_store) = typed::<ConfigMap>();
         let caches = Caches {
@@ -547,6 +583,8 @@ impl Seeds {
             secret_data: Mutex::default(),
             key_secrets: key_store,
             _key_secrets_watch: AbortOnDrop(tokio::spawn(async {})),
+            schema_pods: Cache { store: schema_pods_store, what: "schema Job pods" },
+            _schema_pods_watch: AbortOnDrop(tokio::spawn(async {})),
             service_monitors: ServiceMonitors::new(client, &None, owned_selector),
         };
         let seeds = Self {
@@ -562,6 +600,7 @@ impl Seeds {
             secrets,
             key_secrets,
             claims,
+            schema_pods,
         };
         (caches, seeds)
     }
@@ -594,13 +633,17 @@ impl Seeds {
         list(&mut self.jobs, objects, "Job");
         list(&mut self.volume_claims, objects, "PersistentVolumeClaim");
         list(&mut self.claims, objects, "WhatsAppNumberClaim");
+        let component = crate::resources::names::LABEL_COMPONENT;
+        let schema = crate::resources::schema_job::COMPONENT;
+        let schema_pods: Vec<serde_json::Value> =
+            objects.iter().filter(|o| o["metadata"]["labels"][component] == schema).cloned().collect();
+        list(&mut self.schema_pods, &schema_pods, "Pod");
         let secrets: Vec<serde_json::Value> = objects.iter().filter(|o| o["kind"] == "Secret").cloned().collect();
         let metadata: Vec<serde_json::Value> = secrets
             .iter()
             .map(|o| serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": o["metadata"]}))
             .collect();
         list(&mut self.secrets, &metadata, "Secret");
-        let component = crate::resources::names::LABEL_COMPONENT;
         let keys: Vec<serde_json::Value> =
             secrets.into_iter().filter(|o| o["metadata"]["labels"][component] == "keys").collect();
         list(&mut self.key_secrets, &keys, "Secret");

@@ -1,14 +1,16 @@
-//! A claimed, valid number is deployed in four steps, each reading what the
-//! one before produced: plan (what runs, the upgrade plan, the workloads'
+//! A claimed, valid number is deployed in steps, each reading what the one
+//! before produced: plan (what runs, the upgrade plan, the workloads'
 //! shape), apply (keys, children, the schema Job), observe (the gateway's
-//! health and shards) and advance (the upgrade's next step, the build's
-//! expiry); their results make the status.
+//! health; the upgrade's pods and Job, from the caches), advance (pure: the
+//! upgrade's next step, the build's expiry) and the shards (the one write to
+//! the client, when the shard plan asks for it); their results make the
+//! status.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -31,12 +33,15 @@ pub(super) async fn deploy(
     let planned = plan_step(wan, ctx, observed).await?;
     let written = apply_step(wan, ctx, observed, inputs, &planned).await?;
     let gateway = observe_step(wan, ctx, observed, &planned, &written).await?;
-    let versions = advance_step(wan, ctx, observed, &planned, &written, &gateway).await?;
+    let progress = observe_upgrade(wan, ctx, &planned, &written, &gateway).await?;
+    let versions = advance(wan, &observed.catalog, &planned, progress.as_ref());
+    log_advance(planned.plan.upgrade.as_ref(), versions.upgrade.as_ref());
+    let sharding = shards_step(wan, ctx, observed, &planned, &written, &gateway).await;
     Ok(Applied {
         client: client_state(wan, &planned, &written, &gateway),
         tiers: written.tiers,
         health: gateway.health,
-        sharding: gateway.sharding,
+        sharding,
         versions,
     })
 }
@@ -65,6 +70,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         _ => procedure::JobState::Absent,
     };
     let running = upgrade::Running { live_version, job };
+    if !observed.catalog.problems.is_empty() {
+        warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
+    }
     let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.began) {
         info!(from = %u.from, to = %u.to, "starting an upgrade");
@@ -147,7 +155,6 @@ struct Gateway {
     report: Option<gateway::GatewayReport>,
     /// Probing, without a result yet: what status shows of the client stands.
     awaiting: bool,
-    sharding: Option<ShardingStatus>,
     health: status::GatewayHealth,
     /// Health polling off: the admin session alone.
     admin_only: Option<gateway::AdminOnly>,
@@ -160,8 +167,7 @@ async fn observe_step(
     planned: &Planned,
     written: &Written,
 ) -> Result<Gateway> {
-    let (mc, status) = (&wan.spec.multiconnect, wan.status.as_ref());
-    let plan::Workloads { shape, initializing, suspended, external_conflict } = &planned.workloads;
+    let plan::Workloads { shape, initializing, suspended, .. } = &planned.workloads;
     let keys = written.keys.as_ref();
     let nodes_running = shape.masters_running && shape.coreapps_running && !initializing;
     let reachable = !initializing && !suspended;
@@ -179,54 +185,81 @@ async fn observe_step(
     };
     let admin_only = if admin_only { Some(gateway::admin_only(ctx, wan, observed, keys).await?) } else { None };
     let awaiting = probing && report.is_none();
-    // Shards change only between upgrades: during one, nodes come and go on purpose.
-    let last_known = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.current);
-    let last_request = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
-    let unknown = || sharding::status(mc.shards, last_known, &sharding::Step::Unknown, None, last_request.clone());
-    let sharding = match &report {
-        Some(r) if r.shards.is_some() && planned.plan.upgrade.is_none() && external_conflict.is_none() => {
-            Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, written.tiers.coreapps.ready).await)
-        }
-        None if awaiting => status.and_then(|s| s.sharding.clone()).or_else(|| Some(unknown())),
-        _ => Some(unknown()),
-    };
     let health = match &report {
         Some(r) => status::GatewayHealth::Probed(Box::new(r.observation.clone())),
         None if awaiting => status::GatewayHealth::Awaiting,
         None => status::GatewayHealth::NotProbed,
     };
-    Ok(Gateway { report, awaiting, sharding, health, admin_only })
+    Ok(Gateway { report, awaiting, health, admin_only })
 }
 
-/// The upgrade's next step and the running build against its expiry.
-async fn advance_step(
+/// The shards the client runs, and the one write to the client a reconcile
+/// makes: a shard change, when `sharding::plan` asks for one.
+async fn shards_step(
     wan: &WhatsAppNumber,
     ctx: &Context,
     observed: &fetch::Observed,
     planned: &Planned,
     written: &Written,
     gateway: &Gateway,
-) -> Result<status::Versions> {
+) -> Option<ShardingStatus> {
+    let (mc, status) = (&wan.spec.multiconnect, wan.status.as_ref());
+    let keys = written.keys.as_ref();
+    // Shards change only between upgrades: during one, nodes come and go on purpose.
+    let last_known = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.current);
+    let last_request = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
+    let unknown = || sharding::status(mc.shards, last_known, &sharding::Step::Unknown, None, last_request.clone());
+    let quiet = planned.plan.upgrade.is_none() && planned.workloads.external_conflict.is_none();
+    match &gateway.report {
+        Some(r) if r.shards.is_some() && quiet => {
+            Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, written.tiers.coreapps.ready).await)
+        }
+        None if gateway.awaiting => status.and_then(|s| s.sharding.clone()).or_else(|| Some(unknown())),
+        _ => Some(unknown()),
+    }
+}
+
+/// What the upgrade in progress needs to take its next step: its node pods,
+/// its schema Job, the tiers and the gateway. `None` with no upgrade under way.
+async fn observe_upgrade(
+    wan: &WhatsAppNumber,
+    ctx: &Context,
+    planned: &Planned,
+    written: &Written,
+    gateway: &Gateway,
+) -> Result<Option<procedure::Observed>> {
+    match &planned.plan.upgrade {
+        Some(u) if !procedure::is_done(u) => {
+            upgrade_facts(ctx, wan, u, &written.tiers, gateway.health.observation(), planned.now).await.map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The upgrade's next step and the running build against its expiry: pure,
+/// from the plan and what `observe_upgrade` found.
+fn advance(
+    wan: &WhatsAppNumber,
+    catalog: &upgrade::catalog::Catalog,
+    planned: &Planned,
+    progress: Option<&procedure::Observed>,
+) -> status::Versions {
     let (status, plan, now) = (wan.status.as_ref(), &planned.plan, planned.now);
     let mut current = planned.recorded_or_live.clone();
-    let upgrade_status = match &plan.upgrade {
-        Some(u) if procedure::is_done(u) => Some(u.clone()),
-        Some(u) => {
-            let facts = upgrade_facts(ctx, wan, u, &written.tiers, gateway.health.observation(), now).await?;
+    let upgrade_status = match (&plan.upgrade, progress) {
+        (Some(u), Some(facts)) if !procedure::is_done(u) => {
             let deadlines = procedure::Deadlines {
                 step: SignedDuration::from_secs(i64::from(wan.spec.upgrade.step_deadline_seconds)),
                 schema: SignedDuration::from_secs(i64::from(wan.spec.upgrade.schema_upgrade_deadline_seconds)),
             };
-            let next = procedure::advance(u, &facts, deadlines);
-            if next.step != u.step {
-                info!(from = %u.step, to = %next.step, "upgrade step done");
-            }
+            let next = procedure::advance(u, facts, deadlines);
             if next.step == procedure::Step::Complete {
                 current = Some(next.to.clone());
             }
             Some(next)
         }
-        None => status.and_then(|s| s.upgrade.clone()),
+        (Some(u), _) => Some(u.clone()),
+        (None, _) => status.and_then(|s| s.upgrade.clone()),
     };
     // The first deployment records its version once its schema exists: from
     // then on every version change goes through the upgrade procedure.
@@ -240,25 +273,10 @@ async fn advance_step(
     let build_state = if running == plan.build_version {
         plan.build.clone()
     } else {
-        upgrade::policy::assess(&observed.catalog, &running, now, upgrade::before(&wan.spec.upgrade))
+        upgrade::policy::assess(catalog, &running, now, upgrade::before(&wan.spec.upgrade))
     };
     let build = upgrade::build_status(&running, &build_state);
-
-    let labels = ctx.metrics.number(wan);
-    let expiry = build.expires_at.as_ref().and_then(|d| d.parse::<k8s_openapi::jiff::civil::Date>().ok());
-    match expiry.and_then(|d| d.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).ok()) {
-        Some(z) => {
-            ctx.metrics.build_expiry.get_or_create(&labels).set(z.timestamp().as_second() as f64);
-        }
-        None => {
-            ctx.metrics.build_expiry.remove(&labels);
-        }
-    }
-    if !observed.catalog.problems.is_empty() {
-        warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
-    }
-
-    Ok(status::Versions {
+    status::Versions {
         current,
         target: Some(
             plan.upgrade
@@ -272,8 +290,16 @@ async fn advance_step(
         before: wan.spec.upgrade.before.clone(),
         upgrade: upgrade_status,
         blocker: plan.blocker.clone(),
-        catalog_problems: observed.catalog.problems.clone(),
-    })
+        catalog_problems: catalog.problems.clone(),
+    }
+}
+
+fn log_advance(before: Option<&crate::api::UpgradeStatus>, after: Option<&crate::api::UpgradeStatus>) {
+    if let (Some(b), Some(a)) = (before, after)
+        && a.step != b.step
+    {
+        info!(from = %b.step, to = %a.step, "upgrade step done");
+    }
 }
 
 /// What status shows of the client: the probe's findings, or what status
@@ -319,14 +345,12 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     });
     // Only while the Job runs: whether its pod can start at all.
     let pods = if unfinished {
-        let selector = format!("batch.kubernetes.io/job-name={name}");
-        Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
+        let of_job = |p: &Pod| p.labels().get("batch.kubernetes.io/job-name") == Some(&name);
+        ctx.caches.schema_pods.filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && of_job(p)).await?
     } else {
         vec![]
     };
+    let pods: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
     Ok(upgrade::job::state(job.as_deref(), &pods))
 }
 
@@ -399,4 +423,93 @@ async fn upgrade_facts(
         webapps_ready: at_target(2) && tiers.webapps.is_ready(),
         gateway,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::WhatsAppNumberStatus;
+    use crate::fixtures::{at, catalog, sample};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn planned(wan: &WhatsAppNumber, live: Option<&str>, first_job: Option<procedure::JobState>) -> Planned {
+        let now = at("2024-05-01T00:00:00Z");
+        let running = upgrade::Running { live_version: live.map(String::from), job: procedure::JobState::Absent };
+        let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, wan.status.as_ref(), &running, &catalog(), now);
+        let workloads = plan::workloads(wan, &plan, first_job.as_ref());
+        let recorded_or_live = plan::running_version(wan, live);
+        Planned { now, plan, workloads, recorded_or_live, upgrade_job: procedure::JobState::Absent }
+    }
+
+    fn progress(planned: &Planned, node_pods: usize) -> procedure::Observed {
+        procedure::Observed {
+            now: planned.now,
+            node_pods,
+            job: procedure::JobState::Absent,
+            masters_ready: false,
+            coreapps_ready: false,
+            webapps_ready: false,
+            gateway: procedure::Gateway::NotPolled,
+        }
+    }
+
+    #[test]
+    fn a_first_deployment_records_its_version_once_its_schema_exists() {
+        let wan = sample();
+        let waiting = planned(&wan, None, Some(procedure::JobState::Running));
+        let versions = advance(&wan, &catalog(), &waiting, None);
+        assert_eq!(versions.current, None, "no version runs before its schema exists");
+        assert_eq!(versions.target.as_deref(), Some("2.53.2"));
+
+        let made = planned(&wan, None, Some(procedure::JobState::Succeeded));
+        let versions = advance(&wan, &catalog(), &made, None);
+        assert_eq!(versions.current.as_deref(), Some("2.53.2"));
+        assert_eq!(versions.build.and_then(|b| b.expires_at).as_deref(), Some("2024-07-08"));
+    }
+
+    #[test]
+    fn an_upgrade_moves_one_step_on_what_was_observed() {
+        let mut wan = sample();
+        wan.status = Some(WhatsAppNumberStatus { current_version: Some("2.53.2".into()), ..Default::default() });
+        wan.spec.version = "2.55.1".into();
+        let planned = planned(&wan, Some("2.53.2"), None);
+        assert!(planned.plan.began);
+
+        let still_running = advance(&wan, &catalog(), &planned, Some(&progress(&planned, 2)));
+        let u = still_running.upgrade.expect("an upgrade");
+        assert_eq!(u.step, procedure::Step::StoppingNodes, "two node pods still run");
+        assert_eq!(still_running.current.as_deref(), Some("2.53.2"));
+        assert_eq!(still_running.target.as_deref(), Some("2.55.1"));
+
+        let stopped = advance(&wan, &catalog(), &planned, Some(&progress(&planned, 0)));
+        assert_eq!(stopped.upgrade.expect("an upgrade").step, procedure::Step::UpgradingSchema);
+        assert_eq!(stopped.current.as_deref(), Some("2.53.2"), "the old version runs until the upgrade completes");
+    }
+
+    #[test]
+    fn a_completed_upgrade_changes_the_running_build() {
+        let mut wan = sample();
+        wan.spec.version = "2.55.1".into();
+        let upgrade = crate::api::UpgradeStatus {
+            from: "2.53.2".into(),
+            to: "2.55.1".into(),
+            step: procedure::Step::Verifying,
+            started_at: Time(at("2024-04-30T23:00:00Z")),
+            step_started_at: Time(at("2024-04-30T23:50:00Z")),
+            message: "waiting for every shard and a primary master to connect".into(),
+            stalled_reason: None,
+        };
+        wan.status = Some(WhatsAppNumberStatus {
+            current_version: Some("2.53.2".into()),
+            upgrade: Some(upgrade),
+            ..Default::default()
+        });
+        let planned = planned(&wan, Some("2.55.1"), None);
+        let versions = advance(&wan, &catalog(), &planned, Some(&progress(&planned, 4)));
+        assert_eq!(versions.upgrade.expect("the upgrade").step, procedure::Step::Complete);
+        assert_eq!(versions.current.as_deref(), Some("2.55.1"));
+        let build = versions.build.expect("a build");
+        assert_eq!(build.version, "2.55.1");
+        assert_eq!(build.expires_at.as_deref(), Some("2024-10-07"), "2.55.1's expiry, not 2.53.2's");
+    }
 }

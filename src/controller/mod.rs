@@ -43,7 +43,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::upgrade::procedure;
 use claim::{Claim, Intent};
 use error::{Error, Result};
-use publish::publish_status;
+use publish::{Published, publish_status};
 pub use run::{backoff, error_policy, run};
 use status::Outcome;
 
@@ -77,6 +77,8 @@ pub struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// Retries in a row that changed no status, per number.
     quiet: Mutex<HashMap<(String, String), u32>>,
+    /// When this operator last wrote each number's status.
+    status_writes: Mutex<HashMap<(String, String), Instant>>,
     /// Reconciles running at once, handed out first come, first served. The
     /// controller's own limit would pick the next number from those waiting
     /// in hash order, so that some numbers were picked again and again while
@@ -99,8 +101,18 @@ impl Context {
         wait
     }
 
+    fn status_written(&self, wan: &WhatsAppNumber) {
+        self.status_writes.lock().expect("status writes lock").insert(key(wan), Instant::now());
+    }
+
+    /// How long ago this operator last wrote the number's status, if it did.
+    fn since_status_write(&self, wan: &WhatsAppNumber) -> Option<Duration> {
+        self.status_writes.lock().expect("status writes lock").get(&key(wan)).map(Instant::elapsed)
+    }
+
     fn forget(&self, wan: &WhatsAppNumber) {
         self.quiet.lock().expect("quiet lock").remove(&key(wan));
+        self.status_writes.lock().expect("status writes lock").remove(&key(wan));
         self.failures.lock().expect("failures lock").remove(&key(wan));
     }
 
@@ -122,6 +134,7 @@ impl Context {
             probes,
             failures: Mutex::default(),
             quiet: Mutex::default(),
+            status_writes: Mutex::default(),
             turns: tokio::sync::Semaphore::new(match settings_concurrency {
                 0 => tokio::sync::Semaphore::MAX_PERMITS,
                 n => usize::from(n),
@@ -370,13 +383,17 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             observed.database_sharer = fetch::database_sharer(wan, others.iter().map(|(w, _)| w.as_ref()));
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
-                Ok(inputs) => Outcome::Applied(deploy::deploy(wan, ctx, &observed, inputs).await?),
+                // On the heap: its many steps make a large future.
+                Ok(inputs) => Outcome::Applied(Box::pin(deploy::deploy(wan, ctx, &observed, inputs)).await?),
             }
         }
         Claim::Held | Claim::Free => Outcome::Fenced(fencing::Waiting::new(fence.others, now.0, true)),
     };
 
-    let written = publish_status(ctx, wan, &outcome, &now).await?;
+    let written = match publish_status(ctx, wan, &outcome, &now).await? {
+        Published::Held(wait) => return Ok(Action::requeue(wait)),
+        published => published == Published::Written,
+    };
 
     let retry = |base: Duration| Action::requeue(ctx.patience(wan, base, written));
     Ok(match outcome {

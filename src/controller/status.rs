@@ -696,6 +696,22 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     conditions
 }
 
+/// Whether `new` differs from `old` only in how far the workloads got: pod
+/// counts, and the messages of conditions whose status and reason stand.
+/// Such a change can wait a moment for the next (see `publish`); any other
+/// change, a condition turning among them, is news at once.
+pub fn progress_only(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> bool {
+    let settled = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
+        masters: None,
+        coreapps: None,
+        webapps: None,
+        ready_pods: None,
+        conditions: s.conditions.iter().map(|c| Condition { message: String::new(), ..c.clone() }).collect(),
+        ..s.clone()
+    };
+    old != new && settled(old) == settled(new)
+}
+
 /// The full status for this outcome. `previous` supplies the transition times
 /// of conditions whose status did not change, and fields this outcome says
 /// nothing about (tier counts while blocked).
@@ -843,6 +859,31 @@ mod tests {
         tiers.webapps = TierStatus { observed: false, ..ready_tier(2) };
         let s = compute(&wan, &applied(tiers), None, &t(100));
         assert_eq!(cond(&s, READY).status, "False");
+    }
+
+    #[test]
+    fn only_moving_pod_counts_are_progress() {
+        let wan = sample();
+        let tiers = |coreapps_ready: i32, webapps_ready: i32| Tiers {
+            masters: ready_tier(2),
+            coreapps: TierStatus { desired: 2, ready: coreapps_ready, updated: 2, observed: true },
+            webapps: TierStatus { desired: 2, ready: webapps_ready, updated: 2, observed: true },
+            ..Default::default()
+        };
+        let one = compute(&wan, &applied(tiers(0, 0)), None, &t(1));
+        let two = compute(&wan, &applied(tiers(1, 0)), Some(&one), &t(2));
+        assert_ne!(cond(&one, READY).message, cond(&two, READY).message, "the message counts pods");
+        assert!(progress_only(&one, &two), "one more pod ready, nothing else");
+        assert!(!progress_only(&one, &one), "no change is no progress");
+
+        let ready = compute(&wan, &applied(tiers(2, 2)), Some(&two), &t(3));
+        assert!(!progress_only(&two, &ready), "Ready turning True is news at once");
+        let mut recorded = two.clone();
+        recorded.current_version = Some("2.53.2".into());
+        assert!(!progress_only(&two, &recorded), "a version is recorded at once");
+        let mut next_generation = two.clone();
+        next_generation.observed_generation = Some(4);
+        assert!(!progress_only(&two, &next_generation));
     }
 
     #[test]

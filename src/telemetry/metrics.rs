@@ -237,6 +237,23 @@ impl Metrics {
         self.build_expiry.remove(&labels);
     }
 
+    /// The running build's expiry as status shows it; none known, no series.
+    pub fn record_build(&self, wan: &crate::api::WhatsAppNumber, build: Option<&crate::api::BuildStatus>) {
+        let labels = self.number(wan);
+        let expiry = build
+            .and_then(|b| b.expires_at.as_deref())
+            .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok());
+        match expiry {
+            Some(z) => {
+                self.build_expiry.get_or_create(&labels).set(z.timestamp().as_second() as f64);
+            }
+            None => {
+                self.build_expiry.remove(&labels);
+            }
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
