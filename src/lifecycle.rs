@@ -150,11 +150,15 @@ pub fn drift(desired: &Value, actual: &Value) -> Vec<String> {
 
 /// The next backup time after `since`, by a cron expression in UTC.
 pub fn next_backup(schedule: &str, since: Timestamp) -> Result<Timestamp, String> {
-    let cron = croner::Cron::new(schedule).parse().map_err(|e| format!("spec.backup.schedule: {e}"))?;
-    let since = chrono::DateTime::<chrono::Utc>::from_timestamp(since.as_second(), 0)
-        .ok_or("spec.backup.schedule: time out of range")?;
+    use croner::parser::{CronParser, Seconds, Year};
+    // Five fields, no seconds or year. Steps from a number (`5/15`) and `?`
+    // for `*` in any field are taken too: objects may already carry them.
+    let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).sloppy_ranges(true).build();
+    let cron = parser.parse(&schedule.replace('?', "*")).map_err(|e| format!("spec.backup.schedule: {e}"))?;
+    // The search runs on whole seconds, so a fraction of `since` is dropped.
+    let since = since.to_zoned(jiff::tz::TimeZone::UTC);
     let next = cron.find_next_occurrence(&since, false).map_err(|e| format!("spec.backup.schedule: {e}"))?;
-    Timestamp::from_second(next.timestamp()).map_err(|e| e.to_string())
+    Ok(next.timestamp())
 }
 
 /// Backup Secrets to delete so that `keep` remain: names sort by time.
@@ -250,5 +254,21 @@ mod tests {
         let names = vec!["b-0003".to_string(), "b-0001".into(), "b-0002".into()];
         assert_eq!(expired_backups(names.clone(), 2), ["b-0001"]);
         assert!(expired_backups(names, 5).is_empty());
+    }
+
+    #[test]
+    fn schedules_have_five_fields_and_the_next_time_is_strictly_later() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let since = at("2026-01-01T03:00:00.250Z");
+        assert_eq!(next_backup("0 3 * * *", since).unwrap(), at("2026-01-02T03:00:00Z"));
+        assert_eq!(next_backup("*/15 * * * *", since).unwrap(), at("2026-01-01T03:15:00Z"));
+        assert_eq!(next_backup("5/15 * * * *", since).unwrap(), at("2026-01-01T03:05:00Z"));
+        assert_eq!(next_backup("@hourly", since).unwrap(), at("2026-01-01T04:00:00Z"));
+        assert_eq!(next_backup("0 0 * * MON", since).unwrap(), at("2026-01-05T00:00:00Z"));
+        assert_eq!(next_backup("30 ? ? * ?", since).unwrap(), at("2026-01-01T03:30:00Z"));
+        for no in ["0 0 3 * * *", "0 0 3 * * * 2026", "0 3 * *", ""] {
+            let e = next_backup(no, since).unwrap_err();
+            assert!(e.starts_with("spec.backup.schedule: "), "{no:?}: {e}");
+        }
     }
 }

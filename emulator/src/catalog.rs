@@ -4,10 +4,11 @@
 //! (v2.37.2 released 2022-03-26, expiring 2022-09-22) shows that "6 months"
 //! means 180 days, so that is the rule unless an entry gives `expiresAt`.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use jiff::Timestamp;
+use jiff::civil::{Date, Time};
 use serde::Deserialize;
 
-use crate::Error;
+use crate::{Error, instant};
 
 pub const LIFETIME_DAYS: i64 = 180;
 
@@ -38,17 +39,18 @@ pub struct Catalog {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lifetime {
-    pub released_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    pub released_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
-fn parse_instant(s: &str) -> Result<DateTime<Utc>, Error> {
+fn parse_instant(s: &str) -> Result<Timestamp, Error> {
     let s = s.trim();
-    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
-        return Ok(d.with_timezone(&Utc));
+    if let Ok(t) = instant::parse_rfc3339(s) {
+        return Ok(t);
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+    // strptime, not `Date::from_str`: one-digit months and days (`2024-1-5`) are dates too.
+    Date::strptime("%Y-%m-%d", s)
+        .map(|d| instant::from_utc(d.to_datetime(Time::midnight())))
         .map_err(|_| Error::Config(format!("release catalog: {s:?} is neither a date nor RFC 3339")))
 }
 
@@ -86,7 +88,7 @@ impl Catalog {
         let released_at = parse_instant(&r.released_at)?;
         let expires_at = match &r.expires_at {
             Some(e) => parse_instant(e)?,
-            None => released_at + Duration::days(LIFETIME_DAYS),
+            None => instant::days_after(released_at, LIFETIME_DAYS),
         };
         Ok(Lifetime { released_at, expires_at })
     }
@@ -110,7 +112,7 @@ impl Catalog {
 }
 
 /// Whether a build is past its expiry at `now`.
-pub fn is_expired(lifetime: &Lifetime, now: DateTime<Utc>) -> bool {
+pub fn is_expired(lifetime: &Lifetime, now: Timestamp) -> bool {
     now >= lifetime.expires_at
 }
 
@@ -118,7 +120,7 @@ pub fn is_expired(lifetime: &Lifetime, now: DateTime<Utc>) -> bool {
 mod tests {
     use super::*;
 
-    fn at(s: &str) -> DateTime<Utc> {
+    fn at(s: &str) -> Timestamp {
         parse_instant(s).unwrap()
     }
 
@@ -150,6 +152,11 @@ mod tests {
         assert!(!is_expired(&a, at("2024-06-28T23:59:59Z")));
         assert!(is_expired(&a, at("2024-06-29T00:00:00Z")));
         assert_eq!(c.lookup("2.99.2").unwrap().expires_at, at("2024-02-01"));
+        assert_eq!(c.lookup("2.99.2").unwrap().released_at, at("2024-01-01T12:00:00+00:00"));
+        assert_eq!(at("2024-1-5"), at("2024-01-05T00:00:00Z"));
+        assert_eq!(at("9999-12-31"), Timestamp::MAX, "a date meant as never");
+        let far = Catalog::parse(r#"[{"version":"2.1","releasedAt":"9999-12-01"}]"#).unwrap();
+        assert_eq!(far.lookup("2.1").unwrap().expires_at, Timestamp::MAX);
     }
 
     #[test]
@@ -165,5 +172,6 @@ mod tests {
     #[test]
     fn bad_dates_are_rejected() {
         assert!(Catalog::parse(r#"[{"version":"2.1","releasedAt":"yesterday"}]"#).is_err());
+        assert!(Catalog::parse(r#"[{"version":"2.1","releasedAt":"2024-02-30"}]"#).is_err());
     }
 }

@@ -4,10 +4,10 @@
 use std::env;
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
+use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
 
-use crate::Error;
+use crate::{Error, instant};
 
 /// Which image the process pretends to be; baked into the image as
 /// `WA_EMULATOR_IMAGE`.
@@ -76,7 +76,7 @@ pub struct Config {
     pub jwt_key: Option<String>,
     pub api_key: Option<String>,
     pub release_catalog: Option<PathBuf>,
-    pub now_override: Option<DateTime<Utc>>,
+    pub now_override: Option<Timestamp>,
     pub hostname: String,
     pub container_id: String,
     pub registered_number: Option<String>,
@@ -167,21 +167,23 @@ pub fn database_name(prefix: Option<&str>, explicit: Option<&str>) -> Result<Str
 }
 
 /// An RFC 3339 instant, or an age such as `8d`, `36h`, `90m` before `now`.
-pub fn parse_instant_or_age(name: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+pub fn parse_instant_or_age(name: &str, v: &str, now: Timestamp) -> Result<Timestamp, Error> {
     let v = v.trim();
-    if let Ok(d) = DateTime::parse_from_rfc3339(v) {
-        return Ok(d.with_timezone(&Utc));
+    if let Ok(t) = instant::parse_rfc3339(v) {
+        return Ok(t);
     }
     let bad = || Error::Config(format!("{name}={v}: expected an RFC 3339 instant or an age like 8d, 36h, 90m"));
     let (num, unit) = v.split_at(v.len().saturating_sub(1));
     let n: i64 = num.parse().map_err(|_| bad())?;
-    let age = match unit {
-        "d" => chrono::Duration::days(n),
-        "h" => chrono::Duration::hours(n),
-        "m" => chrono::Duration::minutes(n),
+    let unit_secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
         _ => return Err(bad()),
     };
-    Ok(now - age)
+    // An age beyond the years jiff represents is refused like a malformed one.
+    let age = n.checked_mul(unit_secs).map(SignedDuration::from_secs).ok_or_else(bad)?;
+    now.checked_sub(age).map_err(|_| bad())
 }
 
 impl Config {
@@ -198,11 +200,7 @@ impl Config {
         let db_name = database_name(var("WA_DB_NAME_PREFIX").as_deref(), var("WA_EMULATOR_DB_NAME").as_deref())?;
         let hostname = machine_hostname();
         let now_override = var("WA_EMULATOR_NOW")
-            .map(|v| {
-                DateTime::parse_from_rfc3339(v.trim())
-                    .map(|d| d.with_timezone(&Utc))
-                    .map_err(|e| Error::Config(format!("WA_EMULATOR_NOW={v}: {e}")))
-            })
+            .map(|v| instant::parse_rfc3339(v.trim()).map_err(|e| Error::Config(format!("WA_EMULATOR_NOW={v}: {e}"))))
             .transpose()?;
         Ok(Config {
             version: var("WA_EMULATOR_VERSION")
@@ -242,9 +240,9 @@ impl Config {
                 .map(|n| n.chars().filter(char::is_ascii_digit).collect::<String>())
                 .filter(|n| !n.is_empty()),
             registered_at_ms: var("WA_EMULATOR_REGISTERED_AT")
-                .map(|v| parse_instant_or_age("WA_EMULATOR_REGISTERED_AT", &v, Utc::now()))
+                .map(|v| parse_instant_or_age("WA_EMULATOR_REGISTERED_AT", &v, Timestamp::now()))
                 .transpose()?
-                .map(|d| d.timestamp_millis()),
+                .map(|t| t.as_millisecond()),
             initial_heartbeat_interval: parse_u64("WA_EMULATOR_HEARTBEAT_INTERVAL")?,
             initial_unhealthy_interval: parse_u64("WA_EMULATOR_UNHEALTHY_INTERVAL")?,
             upgrade_seconds: parse_u64("WA_EMULATOR_UPGRADE_SECONDS")?.unwrap_or(0),
@@ -262,8 +260,8 @@ impl Config {
 
     /// The clock for build expiry; the only clock `WA_EMULATOR_NOW` moves
     /// (heartbeats and leases always use the real clock).
-    pub fn release_clock(&self) -> DateTime<Utc> {
-        self.now_override.unwrap_or_else(Utc::now)
+    pub fn release_clock(&self) -> Timestamp {
+        self.now_override.unwrap_or_else(Timestamp::now)
     }
 }
 
@@ -298,12 +296,16 @@ mod tests {
 
     #[test]
     fn ages_and_instants() {
-        let now = DateTime::parse_from_rfc3339("2024-01-10T00:00:00Z").unwrap().with_timezone(&Utc);
-        let d = parse_instant_or_age("X", "8d", now).unwrap();
-        assert_eq!((now - d).num_days(), 8);
-        let d = parse_instant_or_age("X", "2024-01-01T00:00:00Z", now).unwrap();
-        assert_eq!((now - d).num_days(), 9);
+        let now: Timestamp = "2024-01-10T00:00:00Z".parse().unwrap();
+        let at = |v: &str| parse_instant_or_age("X", v, now).unwrap().to_string();
+        assert_eq!(at("8d"), "2024-01-02T00:00:00Z");
+        assert_eq!(at("36h"), "2024-01-08T12:00:00Z");
+        assert_eq!(at("90m"), "2024-01-09T22:30:00Z");
+        assert_eq!(at("-1d"), "2024-01-11T00:00:00Z");
+        assert_eq!(at("2024-01-01T00:00:00Z"), "2024-01-01T00:00:00Z");
+        assert_eq!(at("2024-01-01T02:00:00+02:00"), "2024-01-01T00:00:00Z");
         assert!(parse_instant_or_age("X", "soon", now).is_err());
+        assert!(parse_instant_or_age("X", "9999999d", now).is_err());
     }
 
     #[test]

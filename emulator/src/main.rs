@@ -11,6 +11,7 @@ mod config;
 mod db;
 mod error;
 mod health;
+mod instant;
 mod link;
 mod node;
 mod roles;
@@ -72,7 +73,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Some(Command::Gateway { listen }) => return roles::gateway::run(&listen).await,
         Some(Command::Cert { number, valid_days }) => {
-            let expires = chrono::Utc::now() + chrono::Duration::days(valid_days);
+            let expires = instant::days_after(jiff::Timestamp::now(), valid_days);
             println!("{}", roles::gateway::issue_cert(&number, expires));
             return Ok(());
         }

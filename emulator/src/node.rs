@@ -133,7 +133,7 @@ impl NodeCtx {
                 format!(
                     "App Expired: a version upgrade is required (version {} expired on {})",
                     self.cfg.version,
-                    self.lifetime.expires_at.format("%Y-%m-%d")
+                    self.lifetime.expires_at.strftime("%Y-%m-%d")
                 ),
             ));
         }
@@ -375,7 +375,7 @@ async fn tick(
     if expired && !*logged_expiry {
         tracing::error!(
             version = %ctx.cfg.version,
-            expired_on = %ctx.lifetime.expires_at.format("%Y-%m-%d"),
+            expired_on = %ctx.lifetime.expires_at.strftime("%Y-%m-%d"),
             "This build has expired: refusing to connect to WhatsApp servers; upgrade to a newer version"
         );
         *logged_expiry = true;

@@ -108,13 +108,13 @@ async fn registration_refusals() {
         code_sent(&gw, OTHER_DIGITS).await
     })
     .await;
-    let before = chrono::Utc::now().timestamp_millis();
+    let before = jiff::Timestamp::now().as_millisecond();
     let (status, v) = post(&verify, json!({"code": new_code})).await.unwrap();
     assert_eq!(status, 201, "{v}");
     let acc = account_of(&master_ip).await.unwrap();
     assert_eq!(acc["number"], json!(OTHER_DIGITS));
     let at = acc["registered_at_ms"].as_i64().unwrap();
-    assert!((before - 5_000..=chrono::Utc::now().timestamp_millis()).contains(&at), "{acc}");
+    assert!((before - 5_000..=jiff::Timestamp::now().as_millisecond()).contains(&at), "{acc}");
     eventually("the registered number connects", WAIT, || async {
         let t = tally(&health(&url).await?);
         (count(&t, "connected", "coreapp") == 1).then_some(())

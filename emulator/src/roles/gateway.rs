@@ -18,12 +18,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use jiff::Timestamp;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::Error;
+use crate::{Error, instant};
 
 pub const CONFLICT: &str = "Conflict: Detected multiple instances that share the same number";
 /// Interval of keep-alive lines on a session; clients treat three missed
@@ -176,7 +177,7 @@ async fn session(State(gw): State<Gw>, Query(q): Query<SessionQuery>) -> Respons
             deployment: q.deployment.clone(),
             node: q.node.clone(),
             version: q.version.clone(),
-            since: chrono::Utc::now().to_rfc3339(),
+            since: instant::rfc3339(Timestamp::now()),
         };
         inner.conns.insert(id, (conn, tx));
         (id, conflict)
@@ -236,7 +237,7 @@ async fn request_code(State(gw): State<Gw>, Json(r): Json<CodeRequest>) -> Respo
     if let Some(why) = inner.numbers.get(&number).and_then(|ns| ns.banned.clone()) {
         return refuse(StatusCode::FORBIDDEN, "banned", why);
     }
-    match check_cert(&number, &r.cert, chrono::Utc::now()) {
+    match check_cert(&number, &r.cert, Timestamp::now()) {
         CertCheck::Valid => {}
         CertCheck::Wrong => {
             tracing::warn!(number = %number, "code request with a certificate not issued for this number");
@@ -414,10 +415,11 @@ fn cert_sig(number: &str, expires_at: &str) -> String {
 }
 
 /// A certificate for `number` (any format; digits are kept) valid until `expires_at`.
-pub fn issue_cert(number: &str, expires_at: chrono::DateTime<chrono::Utc>) -> String {
+pub fn issue_cert(number: &str, expires_at: Timestamp) -> String {
     use base64::Engine as _;
     let number = digits(number);
-    let expires_at = expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Whole seconds (a fraction is cut, not rounded) and `Z`.
+    let expires_at = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let body = CertBody { sig: cert_sig(&number, &expires_at), number, expires_at };
     base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&body).expect("certificate serialises"))
 }
@@ -430,7 +432,7 @@ pub enum CertCheck {
 }
 
 /// Whether `cert` was issued for `number` and is still valid at `now`.
-pub fn check_cert(number: &str, cert: &str, now: chrono::DateTime<chrono::Utc>) -> CertCheck {
+pub fn check_cert(number: &str, cert: &str, now: Timestamp) -> CertCheck {
     use base64::Engine as _;
     let Some(body) = base64::engine::general_purpose::STANDARD
         .decode(cert.trim())
@@ -442,7 +444,7 @@ pub fn check_cert(number: &str, cert: &str, now: chrono::DateTime<chrono::Utc>) 
     if body.number != digits(number) || body.sig != cert_sig(&body.number, &body.expires_at) {
         return CertCheck::Wrong;
     }
-    match chrono::DateTime::parse_from_rfc3339(&body.expires_at) {
+    match instant::parse_rfc3339(&body.expires_at) {
         Ok(t) if t > now => CertCheck::Valid,
         Ok(_) => CertCheck::Expired,
         Err(_) => CertCheck::Wrong,
@@ -461,7 +463,7 @@ struct ShardsCheck {
 /// gets the number banned: every session is kicked and refused from now on.
 async fn shards_cert(State(gw): State<Gw>, Json(r): Json<ShardsCheck>) -> Response {
     let number = digits(&r.number);
-    let result = match check_cert(&number, &r.cert, chrono::Utc::now()) {
+    let result = match check_cert(&number, &r.cert, Timestamp::now()) {
         CertCheck::Valid => "valid",
         CertCheck::Wrong => {
             tracing::warn!(number = %number, deployment = %r.deployment, "set shards with a wrong certificate: logging the client off");
@@ -492,20 +494,20 @@ struct CertRequest {
 /// Emulator-only: issues a certificate for a number, as WhatsApp Manager would.
 async fn admin_certs(Json(r): Json<CertRequest>) -> Response {
     let expires_at = match &r.expires_at {
-        Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
-            Ok(t) => t.with_timezone(&chrono::Utc),
+        Some(t) => match instant::parse_rfc3339(t) {
+            Ok(t) => t,
             Err(e) => {
                 return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("expires_at: {e}")}))).into_response();
             }
         },
-        None => chrono::Utc::now() + chrono::Duration::days(r.valid_days.unwrap_or(365)),
+        None => instant::days_after(Timestamp::now(), r.valid_days.unwrap_or(365)),
     };
     let number = digits(&r.number);
     if number.is_empty() {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "number is required"}))).into_response();
     }
     let cert = issue_cert(&number, expires_at);
-    Json(json!({"number": number, "expires_at": expires_at.to_rfc3339(), "cert": cert})).into_response()
+    Json(json!({"number": number, "expires_at": instant::rfc3339(expires_at), "cert": cert})).into_response()
 }
 
 /// Emulator-only: lifts a ban (WhatsApp accepting an appeal).
@@ -588,11 +590,12 @@ mod tests {
 
     #[test]
     fn certificates() {
-        let now = chrono::Utc::now();
-        let cert = issue_cert("+1 555 000 1111", now + chrono::Duration::days(1));
+        let now = Timestamp::now();
+        let days = |n| instant::days_after(now, n);
+        let cert = issue_cert("+1 555 000 1111", days(1));
         assert_eq!(check_cert("15550001111", &cert, now), CertCheck::Valid);
         assert_eq!(check_cert("15550002222", &cert, now), CertCheck::Wrong);
-        assert_eq!(check_cert("15550001111", &cert, now + chrono::Duration::days(2)), CertCheck::Expired);
+        assert_eq!(check_cert("15550001111", &cert, days(2)), CertCheck::Expired);
         assert_eq!(check_cert("15550001111", "Y2VydA==", now), CertCheck::Wrong);
         let mut forged = serde_json::from_slice::<CertBody>(
             &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &cert).unwrap(),

@@ -449,7 +449,7 @@ pub async fn post_verify(State(ctx): State<Arc<NodeCtx>>, Json(r): Json<VerifyRe
 pub async fn get_account(State(ctx): State<Arc<NodeCtx>>) -> ApiResult {
     let s = ctx.db.settings().await?;
     let pending = ctx.db.get_setting("pending_number").await?.filter(|n| !n.is_empty());
-    let at = s.registered_at_ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339());
+    let at = s.registered_at_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map(crate::instant::rfc3339);
     Ok(api::ok(
         StatusCode::OK,
         json!({"account": {"number": s.registered_number, "registered_at": at, "registered_at_ms": s.registered_at_ms, "pending_number": pending, "shards": s.shards}}),

@@ -140,7 +140,7 @@ fn caller(web: &Web, headers: &HeaderMap) -> Caller {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     if let Some(token) = header.strip_prefix("Bearer ") {
         // `admin` is the only user the emulator knows.
-        match auth::verify_token(&web.jwt_key, token.trim(), chrono::Utc::now().timestamp()) {
+        match auth::verify_token(&web.jwt_key, token.trim(), jiff::Timestamp::now().as_second()) {
             Some(c) if c.sub == "admin" => Caller::Admin,
             _ => Caller::Nobody,
         }
@@ -245,11 +245,11 @@ async fn login(State(web): S, headers: HeaderMap, body: Bytes) -> ApiResult {
             tracing::info!(user = %user, "password changed");
         }
     }
-    let (token, claims) = auth::issue_token(&web.jwt_key, &user, chrono::Utc::now().timestamp());
-    let expires = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_default();
+    let (token, claims) = auth::issue_token(&web.jwt_key, &user, jiff::Timestamp::now().as_second());
+    let expires = jiff::Timestamp::from_second(claims.exp).unwrap_or_default();
     Ok(api::ok(
         StatusCode::OK,
-        json!({"users": [{"token": token, "expires_after": expires.format("%Y-%m-%d %H:%M:%S+00:00").to_string()}]}),
+        json!({"users": [{"token": token, "expires_after": expires.strftime("%Y-%m-%d %H:%M:%S+00:00").to_string()}]}),
     ))
 }
 
@@ -420,7 +420,7 @@ async fn post_backup(State(web): S, Json(body): Json<Value>) -> ApiResult {
     let contents = backup::Contents {
         format: backup::FORMAT,
         client_version: web.cfg.version.clone(),
-        created_at: chrono::Utc::now().to_rfc3339(),
+        created_at: crate::instant::rfc3339(jiff::Timestamp::now()),
         deployment: settings.deployment_id.clone(),
         registration: settings
             .registered_number
