@@ -715,7 +715,8 @@ pub struct PodOverrides {
     pub tolerations: Vec<Toleration>,
 
     /// Affinity for the tier's pods. When set it replaces the default, which is a
-    /// required pod anti-affinity on `kubernetes.io/hostname` within the tier.
+    /// required pod anti-affinity on `kubernetes.io/hostname` within the tier
+    /// (none for a single webapp, so that its rollout can surge on its node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 

@@ -368,6 +368,30 @@ fn user_pod_labels_cannot_break_selectors() {
 }
 
 #[test]
+fn a_single_webapp_can_roll_on_its_own_node() {
+    let mut wan = sample();
+    wan.spec.webapp.replicas = 1;
+    let pod = |wan: &WhatsAppNumber| build(wan, &inputs()).webapps.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod(&wan).affinity, None, "no other webapp to keep apart from: the surge pod may share the node");
+    let strategy = webapp::rollout(1).rolling_update.unwrap();
+    assert_eq!(strategy.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
+    assert_eq!(strategy.max_surge, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
+
+    wan.spec.webapp.replicas = 2;
+    assert!(pod(&wan).affinity.unwrap().pod_anti_affinity.is_some(), "several webapps keep apart");
+
+    wan.spec.webapp.replicas = 1;
+    let own: k8s_openapi::api::core::v1::Affinity = serde_json::from_value(serde_json::json!({
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"a": "b"}}}
+        ]}
+    }))
+    .unwrap();
+    wan.spec.webapp.pod.affinity = Some(own.clone());
+    assert_eq!(pod(&wan).affinity, Some(own), "the spec's own affinity is kept");
+}
+
+#[test]
 fn default_anti_affinity_is_required_per_tier_and_override_replaces_it() {
     let mut wan = sample();
     let sts = build(&wan, &inputs()).masters;

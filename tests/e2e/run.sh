@@ -697,6 +697,14 @@ scenario_upgrade() {
     >"$watch_log" 2>"$watch_log.err" &
   watch_pid=$!
   sleep 1
+  # As many webapps as nodes they may run on, with the default anti-affinity:
+  # the webapps' rollout in the upgrade must finish without a spare node.
+  local nodes
+  nodes="$(schedulable_nodes)"
+  k -n "$NS_A" patch wan "$NAME" --type merge \
+    -p "{\"spec\":{\"webapp\":{\"replicas\":$nodes,\"affinity\":null}}}" >&2
+  wait_until "$TIMEOUT" "$NS_A/$NAME Ready with $nodes webapps on $nodes nodes" webapps_ready "$NS_A" "$nodes"
+  log "upgrade: $nodes webapps on $nodes schedulable nodes, default affinity"
   local leader new_leader
   leader="$(k -n "$OPERATOR_NS" get lease whatsapp-operator -o jsonpath='{.spec.holderIdentity}')"
   k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"version\":\"$NEW\"}}" >&2
@@ -721,7 +729,28 @@ scenario_upgrade() {
   done
   image="$(k -n "$NS_A" get deployment "$NAME-webapp" -o jsonpath='{.spec.template.spec.containers[0].image}')"
   [ "$image" = "$EMULATOR_REPO/web:v$NEW" ] || fail "$NAME-webapp runs $image"
+  [ "$(k -n "$NS_A" get deployment "$NAME-webapp" -o jsonpath='{.status.updatedReplicas}')" = "$nodes" ] \
+    || fail "$NAME-webapp did not roll all $nodes webapps"
   check_health "$NS_A"
+  # Back to two webapps, kept apart where they can be, as the number started.
+  k -n "$NS_A" patch wan "$NAME" --type merge -p "{\"spec\":{\"webapp\":{\"replicas\":2,\"affinity\":$(preferred_apart)}}}" >&2
+  wait_until "$TIMEOUT" "$NS_A/$NAME Ready with 2 webapps" webapps_ready "$NS_A" 2
+}
+
+# schedulable_nodes: nodes that take ordinary pods (not cordoned, no NoSchedule taint).
+schedulable_nodes() {
+  k get nodes -o jsonpath='{range .items[*]}{.spec.unschedulable} {.spec.taints[*].effect}{"\n"}{end}' |
+    grep -vc -e true -e NoSchedule
+}
+
+# preferred_apart: the webapps' affinity of the e2e numbers, as JSON.
+preferred_apart() {
+  printf '{"podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"podAffinityTerm":{"topologyKey":"kubernetes.io/hostname","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"%s"}}}}]}}' "$NAME"
+}
+
+# webapps_ready NS N: Ready for the newest generation with N webapps ready.
+webapps_ready() {
+  ready_now "$1" "$NAME" && [ "$(jp "$1" "$NAME" '{.status.webapps.ready}')" = "$2" ]
 }
 
 unpullable_stalled() {
