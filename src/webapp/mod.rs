@@ -85,6 +85,7 @@ impl Clients {
 pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        .dns_resolver(std::sync::Arc::new(BoundedResolver { timeout: timeout / 2 }))
         .timeout(timeout)
         .connect_timeout(timeout)
         .https_only(true)
@@ -106,6 +107,28 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, 
         Trust::InsecureSkipVerify => builder = builder.danger_accept_invalid_certs(true),
     }
     builder.build().map_err(|e| CallError::Setup(e.to_string()))
+}
+
+/// Name lookups that give up within half the request's time and say so: a
+/// lookup slowed by a busy resolver then fails as a lookup, the same way
+/// each time, rather than as a request that timed out, and the condition
+/// that reports it does not change from one try to the next.
+struct BoundedResolver {
+    timeout: Duration,
+}
+
+impl reqwest::dns::Resolve for BoundedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await {
+                Ok(Ok(addrs)) => Ok(Box::new(addrs.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs),
+                Ok(Err(e)) => Err(format!("dns lookup of {host} failed: {e}").into()),
+                Err(_) => Err(format!("dns lookup of {host} timed out").into()),
+            }
+        })
+    }
 }
 
 /// One webapp endpoint with its monitoring credential.
@@ -378,6 +401,17 @@ fn describe(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_name_lookup_that_fails_or_gives_up_says_it_was_a_lookup() {
+        use reqwest::dns::Resolve as _;
+        let name = |s: &str| s.parse::<reqwest::dns::Name>().expect("a name");
+        let gave_up = BoundedResolver { timeout: Duration::ZERO }.resolve(name("acme-webapp.team.svc")).await;
+        let e = gave_up.err().expect("no time to look up").to_string();
+        assert_eq!(e, "dns lookup of acme-webapp.team.svc timed out");
+        let found = BoundedResolver { timeout: Duration::from_secs(5) }.resolve(name("localhost")).await;
+        assert!(found.expect("localhost resolves").any(|a| a.ip().is_loopback()));
+    }
     use super::*;
 
     fn answered(status: u16, code: Option<i64>) -> CallError {
