@@ -77,8 +77,8 @@ async fn write(ctx: &Context, wan: &WhatsAppNumber, new_status: WhatsAppNumberSt
     Ok(Published::Written)
 }
 
-/// The top-level status fields that differ, and the types of the conditions
-/// that do: what a status write was for, in the debug log.
+/// The top-level status fields that differ, and the conditions that do (as
+/// they are now): what a status write was for, in the debug log.
 fn changed_fields(old: Option<&WhatsAppNumberStatus>, new: &WhatsAppNumberStatus) -> Vec<String> {
     let (old, new) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
     let Some(fields) = new.as_object() else { return vec![] };
@@ -92,7 +92,14 @@ fn changed_fields(old: Option<&WhatsAppNumberStatus>, new: &WhatsAppNumberStatus
     let before = conditions(&old);
     for c in conditions(&new) {
         if !before.contains(&c) {
-            changed.push(format!("conditions/{}", c["type"].as_str().unwrap_or_default()));
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            changed.push(format!(
+                "conditions/{}={}/{}: {}",
+                text("type"),
+                text("status"),
+                text("reason"),
+                text("message")
+            ));
         }
     }
     changed
