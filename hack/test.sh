@@ -2,7 +2,8 @@
 # The project's test command: everything CI runs, in order.
 #   1. the pinned control-plane tools (built from Go modules once, then cached);
 #   2. private MariaDB and PostgreSQL on loopback for the emulator tests;
-#   3. format and lint checks, the chart (helm lint + template, both scopes);
+#   3. format and lint checks (rustfmt, clippy), the chart (helm lint +
+#      template, both scopes);
 #   4. cargo test for the whole workspace: unit tests, the CRD drift check,
 #      the emulator against both databases, and the integration suite on a
 #      real control plane started by the suite itself (with an audit log);
@@ -30,8 +31,9 @@ eval "$(hack/databases.sh up >/dev/null && hack/databases.sh env)"
 trap 'hack/databases.sh down >/dev/null 2>&1 || true' EXIT
 stage_done "test databases"
 
-log "checking formatting and the chart"
+log "checking formatting, lints and the chart"
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 helm lint --strict charts/whatsapp-operator
 for values in charts/whatsapp-operator/ci/*.yaml; do
   helm lint --strict charts/whatsapp-operator -f "$values" >/dev/null

@@ -195,11 +195,14 @@ enum Watched {
     CannotProbe(String),
     /// The first result for the current settings is still awaited.
     Awaiting,
-    Latest {
-        latest: probes::Latest,
-        connection: Connection,
-        password: String,
-    },
+    /// Boxed: the other answers are small.
+    Latest(Box<Found>),
+}
+
+struct Found {
+    latest: probes::Latest,
+    connection: Connection,
+    password: String,
 }
 
 /// Points the probe scheduler at the number's webapp (its health too, or only
@@ -250,7 +253,7 @@ async fn watch(
         ctx.probes.watch(&key, target(Trust::Ca(ca.clone()), false));
         return Ok(Watched::Awaiting);
     }
-    Ok(Watched::Latest { latest, connection, password })
+    Ok(Watched::Latest(Box::new(Found { latest, connection, password })))
 }
 
 /// The admin side of the client while its health is not polled.
@@ -282,7 +285,10 @@ pub async fn admin_only(
     // once the health probe, if one ran, is no longer the target).
     ctx.metrics.gateway_up.get_or_create(&ctx.metrics.number(wan)).set(0);
     let (latest, connection, password) = match watched {
-        Watched::Latest { latest, connection, password } => (latest, connection, password),
+        Watched::Latest(found) => {
+            let Found { latest, connection, password } = *found;
+            (latest, connection, password)
+        }
         Watched::Awaiting => return Ok(AdminOnly::Awaiting),
         Watched::CannotProbe(why) => {
             ctx.probes.forget(&number_key(wan));
@@ -346,7 +352,10 @@ pub async fn observe(
         report(health::unreachable(why.clone(), previous, at), AdminAccess::Failed(ADMIN_UNAVAILABLE, why))
     };
     let (latest, connection, password) = match watch(ctx, wan, observed, keys, true).await? {
-        Watched::Latest { latest, connection, password } => (latest, connection, password),
+        Watched::Latest(found) => {
+            let Found { latest, connection, password } = *found;
+            (latest, connection, password)
+        }
         Watched::Awaiting => return Ok(None),
         Watched::CannotProbe(why) => {
             stop_probing(ctx, wan);
