@@ -1,6 +1,7 @@
 //! A claimed, valid number is deployed in steps, each reading what the one
-//! before produced: plan (what runs, the upgrade plan, the workloads'
-//! shape), apply (keys, children, the schema Job), observe (the gateway's
+//! before produced: plan (pure but for cache reads: what runs, the upgrade
+//! plan, the workloads' shape), apply (keys, children, the schema Job, or
+//! its removal when an upgrade is called off), observe (the gateway's
 //! health; the upgrade's pods and Job, from the caches), advance (pure: the
 //! upgrade's next step, the build's expiry) and the shards (the one write to
 //! the client, when the shard plan asks for it); their results make the
@@ -77,10 +78,6 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.began) {
         info!(from = %u.from, to = %u.to, "starting an upgrade");
     }
-    if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
-        warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
-        delete_schema_job(ctx, wan, &u.to).await?;
-    }
     let recorded_or_live = plan::running_version(wan, running.live_version.as_deref());
     // A first deployment creates the schema before anything else starts.
     let first_job = match &recorded_or_live {
@@ -128,6 +125,10 @@ async fn apply_step(
     inputs.schema_version =
         plan::schema_version(plan, &planned.workloads, planned.recorded_or_live.as_deref(), &planned.upgrade_job);
 
+    if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
+        warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
+        delete_schema_job(ctx, wan, &u.to).await?;
+    }
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;
     let created_keys = applier.ensure_keys(wan, observed.keys.as_ref()).await?;
