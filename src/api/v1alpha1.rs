@@ -716,7 +716,8 @@ pub struct PodOverrides {
 
     /// Affinity for the tier's pods. When set it replaces the default, which is a
     /// required pod anti-affinity on `kubernetes.io/hostname` within the tier
-    /// (none for a single webapp, so that its rollout can surge on its node).
+    /// (for webapps, within their ReplicaSet: a rollout's new pod may share a
+    /// node with an old one, so the rollout finishes without a spare node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 

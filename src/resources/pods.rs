@@ -113,7 +113,10 @@ pub fn resources(wan: &WhatsAppNumber, tier: Tier) -> ResourceRequirements {
 }
 
 /// Required anti-affinity on `kubernetes.io/hostname` within the tier, as Meta's
-/// templates do, unless the spec brings its own affinity.
+/// templates do, unless the spec brings its own affinity. Webapps keep apart
+/// from the webapps of their own ReplicaSet only (`pod-template-hash`): a
+/// rollout's surge pod may then share a node with a pod it replaces, so the
+/// rollout finishes also when webapps fill every node they may run on.
 pub fn affinity(wan: &WhatsAppNumber, tier: Tier) -> Affinity {
     overrides(wan, tier).affinity.clone().unwrap_or_else(|| Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
@@ -122,6 +125,7 @@ pub fn affinity(wan: &WhatsAppNumber, tier: Tier) -> Affinity {
                     match_labels: Some(selector_labels(wan, tier)),
                     ..Default::default()
                 }),
+                match_label_keys: (tier == Tier::Webapp).then(|| vec!["pod-template-hash".to_string()]),
                 topology_key: "kubernetes.io/hostname".into(),
                 ..Default::default()
             }]),

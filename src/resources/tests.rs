@@ -368,27 +368,27 @@ fn user_pod_labels_cannot_break_selectors() {
 }
 
 #[test]
-fn a_single_webapp_can_roll_on_its_own_node() {
+fn webapps_keep_apart_within_their_replica_set_so_a_rollout_needs_no_spare_node() {
     let mut wan = sample();
-    wan.spec.webapp.replicas = 1;
     let pod = |wan: &WhatsAppNumber| build(wan, &inputs()).webapps.spec.unwrap().template.spec.unwrap();
-    assert_eq!(pod(&wan).affinity, None, "no other webapp to keep apart from: the surge pod may share the node");
+    let term = |wan: &WhatsAppNumber| {
+        let anti = pod(wan).affinity.unwrap().pod_anti_affinity.unwrap();
+        anti.required_during_scheduling_ignored_during_execution.unwrap().remove(0)
+    };
+    assert_eq!(term(&wan).match_label_keys, Some(vec!["pod-template-hash".to_string()]));
+    assert_eq!(term(&wan).topology_key, "kubernetes.io/hostname");
+    wan.spec.webapp.replicas = 1;
+    let single = pod(&wan);
+    wan.spec.webapp.replicas = 3;
+    assert_eq!(single, pod(&wan), "scaling the webapps changes no pod template");
     let strategy = webapp::rollout(1).rolling_update.unwrap();
     assert_eq!(strategy.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
     assert_eq!(strategy.max_surge, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
 
-    wan.spec.webapp.replicas = 2;
-    assert!(pod(&wan).affinity.unwrap().pod_anti_affinity.is_some(), "several webapps keep apart");
-
-    wan.spec.webapp.replicas = 1;
-    let own: k8s_openapi::api::core::v1::Affinity = serde_json::from_value(serde_json::json!({
-        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-            {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"a": "b"}}}
-        ]}
-    }))
-    .unwrap();
-    wan.spec.webapp.pod.affinity = Some(own.clone());
-    assert_eq!(pod(&wan).affinity, Some(own), "the spec's own affinity is kept");
+    // Masters and coreapps are StatefulSets: no surge pod, no ReplicaSet.
+    let sts = build(&wan, &inputs()).coreapps.spec.unwrap().template.spec.unwrap();
+    let anti = sts.affinity.unwrap().pod_anti_affinity.unwrap();
+    assert_eq!(anti.required_during_scheduling_ignored_during_execution.unwrap()[0].match_label_keys, None);
 }
 
 #[test]

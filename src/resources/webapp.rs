@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -50,8 +50,8 @@ pub fn service(wan: &WhatsAppNumber) -> Service {
 /// finds no node when webapps fill every schedulable node, and a rollout that
 /// waits for it never ends (an upgrade with it). So with several webapps one
 /// may go while one extra comes, which always finishes and keeps all but one
-/// serving; a single webapp surges first so that it never stops, which
-/// [`affinity`] lets it do on any node, its own included.
+/// serving; a single webapp surges first so that it never stops (its surge
+/// pod may share its node: see [`pods::affinity`]).
 pub fn rollout(replicas: i32) -> DeploymentStrategy {
     let max_unavailable = if replicas > 1 { 1 } else { 0 };
     DeploymentStrategy {
@@ -61,15 +61,6 @@ pub fn rollout(replicas: i32) -> DeploymentStrategy {
             max_surge: Some(IntOrString::Int(1)),
         }),
     }
-}
-
-/// The webapps' affinity: the spec's, or the default anti-affinity per node
-/// when there are several. A single webapp has no other to keep apart from,
-/// and without the anti-affinity its surge pod fits beside it, so that its
-/// rollout finishes on a cluster of one node too.
-pub fn affinity(wan: &WhatsAppNumber) -> Option<Affinity> {
-    let own = pods::overrides(wan, Tier::Webapp).affinity.is_some();
-    (own || wan.spec.webapp.replicas > 1).then(|| pods::affinity(wan, Tier::Webapp))
 }
 
 /// The webapp Deployment.
@@ -129,7 +120,7 @@ pub fn deployment(
                     PodSpec {
                         containers: vec![container],
                         volumes: Some(volumes),
-                        affinity: affinity(wan),
+                        affinity: Some(pods::affinity(wan, Tier::Webapp)),
                         node_selector: pods::non_empty(&o.node_selector),
                         tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
                         image_pull_secrets: pods::pull_secrets(wan),

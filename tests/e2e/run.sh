@@ -701,6 +701,7 @@ scenario_upgrade() {
   # the webapps' rollout in the upgrade must finish without a spare node.
   local nodes
   nodes="$(schedulable_nodes)"
+  [ "$nodes" -ge 1 ] || fail "no schedulable node for the webapps"
   k -n "$NS_A" patch wan "$NAME" --type merge \
     -p "{\"spec\":{\"webapp\":{\"replicas\":$nodes,\"affinity\":null}}}" >&2
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready with $nodes webapps on $nodes nodes" webapps_ready "$NS_A" "$nodes"
@@ -737,10 +738,11 @@ scenario_upgrade() {
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready with 2 webapps" webapps_ready "$NS_A" 2
 }
 
-# schedulable_nodes: nodes that take ordinary pods (not cordoned, no NoSchedule taint).
+# schedulable_nodes: Ready nodes that take ordinary pods (not cordoned, no
+# NoSchedule or NoExecute taint).
 schedulable_nodes() {
-  k get nodes -o jsonpath='{range .items[*]}{.spec.unschedulable} {.spec.taints[*].effect}{"\n"}{end}' |
-    grep -vc -e true -e NoSchedule
+  k get nodes -o jsonpath='{range .items[*]}{.spec.unschedulable}|{.spec.taints[*].effect}|{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    awk -F'|' '$1 != "true" && $2 !~ /(^| )(NoSchedule|NoExecute)( |$)/ && $3 == "True"' | wc -l
 }
 
 # preferred_apart: the webapps' affinity of the e2e numbers, as JSON.
