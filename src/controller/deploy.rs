@@ -70,11 +70,18 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         Some(u) if u.step == procedure::Step::UpgradingSchema => schema_job_state(ctx, wan, &u.to).await?,
         _ => procedure::JobState::Absent,
     };
-    let running = upgrade::Running { live_version, job };
+    let mut running = upgrade::Running { live_version, job };
     if !observed.catalog.problems.is_empty() {
         warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
     }
-    let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
+    let mut plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
+    if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
+        // Calling off deletes the schema Job, which is safe only if it never
+        // started: decided on the Job and its pods as the API server has them
+        // now, not as the caches had them a moment ago.
+        running.job = schema_job_state_now(ctx, wan, &u.to).await?;
+        plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
+    }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.began) {
         info!(from = %u.from, to = %u.to, "starting an upgrade");
     }
@@ -259,6 +266,8 @@ fn advance(
             }
             Some(next)
         }
+        // Done, or (never, since `observe_upgrade` gathers facts for every
+        // upgrade under way) without facts: it stays where it is.
         (Some(u), _) => Some(u.clone()),
         (None, _) => status.and_then(|s| s.upgrade.clone()),
     };
@@ -353,6 +362,24 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     };
     let pods: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
     Ok(upgrade::job::state(job.as_deref(), &pods))
+}
+
+/// The schema Job of `version` read from the API server, with its pods.
+async fn schema_job_state_now(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<procedure::JobState> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let name = crate::resources::schema_job::name(wan, version);
+    let what = || format!("reading the schema Job {namespace}/{name} and its pods");
+    // A list by name: the operator reads Jobs by list and watch only.
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+        .list(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+        .map_err(Error::request(what()))?;
+    let selector = format!("batch.kubernetes.io/job-name={name}");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::request(what()))?;
+    Ok(upgrade::job::state(jobs.items.first(), &pods.items))
 }
 
 /// Removes the schema Job of an upgrade that was called off (its pod never

@@ -151,7 +151,8 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   resources: ["pods"]
   # list/watch: a cache of master and coreapp pods (metadata and address), so
   # that no node of a number starts while another instance's pods still
-  # exist; list also finds a schema Job's pod while the Job runs.
+  # exist, and one of schema Job pods (status); list reads a schema Job's
+  # pods again before an upgrade is called off.
   verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
@@ -162,7 +163,8 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  # delete: the schema Job of an upgrade that is called off.
+  # delete: the schema Job of an upgrade that is called off (list reads it
+  # again by name first).
   verbs: ["list", "watch", "create", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
