@@ -324,8 +324,11 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let waiting = fencing::Waiting::new(fence.own, now.0, false);
     info!(pods = %waiting.message, "waiting for masters and coreapps to stop before releasing the number");
-    publish_status(ctx, wan, &Outcome::Stopping(waiting), &now).await?;
-    Ok(Some(Action::requeue(FENCE_RETRY)))
+    let wait = match publish_status(ctx, wan, &Outcome::Stopping(waiting), &now).await? {
+        Published::Held(wait) => wait.min(FENCE_RETRY),
+        Published::Written | Published::Unchanged => FENCE_RETRY,
+    };
+    Ok(Some(Action::requeue(wait)))
 }
 
 /// Then owner references hand every child but a retained media claim to the

@@ -36,12 +36,14 @@ pub enum Published {
     /// The status was as computed: nothing written.
     Unchanged,
     Written,
-    /// Only pod counts moved, right after a write: held back for this long,
-    /// so that pods becoming ready one after another cost one write.
+    /// Only pod counts or messages moved, right after a write: held back for
+    /// this long, so that pods becoming ready one after another cost one
+    /// write.
     Held(Duration),
 }
 
-/// How long pod counts alone wait after a status write for more of them.
+/// How long a change of pod counts or messages alone waits after a status
+/// write for more of them.
 pub const PROGRESS_SETTLE: Duration = Duration::from_secs(5);
 
 /// Writes the status for `outcome` if it differs from the stored one, with

@@ -696,10 +696,11 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     conditions
 }
 
-/// Whether `new` differs from `old` only in how far the workloads got: pod
-/// counts, and the messages of conditions whose status and reason stand.
-/// Such a change can wait a moment for the next (see `publish`); any other
-/// change, a condition turning among them, is news at once.
+/// Whether `new` differs from `old` only in detail: pod counts, and the
+/// messages of conditions whose status and reason stand (pods counted, pods
+/// still running). Such a change can wait a moment for the next (see
+/// `publish`); any other change, a condition turning among them, is news at
+/// once.
 pub fn progress_only(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> bool {
     let settled = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
         masters: None,

@@ -401,6 +401,7 @@ fn describe(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[tokio::test]
     async fn a_name_lookup_that_fails_or_gives_up_says_it_was_a_lookup() {
@@ -412,7 +413,6 @@ mod tests {
         let found = BoundedResolver { timeout: Duration::from_secs(5) }.resolve(name("localhost")).await;
         assert!(found.expect("localhost resolves").any(|a| a.ip().is_loopback()));
     }
-    use super::*;
 
     fn answered(status: u16, code: Option<i64>) -> CallError {
         CallError::Status { what: "set-shards", status, code, details: String::new() }

@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(first, unreachable("dns error: Temporary failure in name resolution").summary());
         assert!(first.contains("https://acme-webapp:443") && first.contains("does not resolve"), "{first}");
         assert!(unreachable("timed out").summary().ends_with("it timed out"), "a hanging webapp says so");
-        let slow_lookup = "timed out: client error (Connect): dns lookup of acme-webapp timed out";
+        let slow_lookup = "client error (Connect): dns lookup of acme-webapp timed out";
         assert_eq!(unreachable(slow_lookup).summary(), first, "a lookup that gave up is a lookup that failed");
         assert!(unreachable("tcp connect error: Connection refused (os error 111)").summary().ends_with("refused"));
         let refused = SessionError::PasswordRefused("1005".into());
