@@ -4,13 +4,15 @@
 //! Whether a child needs a write is decided from the live object alone, so
 //! the first reconcile after a restart or a change of leader writes nothing
 //! when nothing changed: the applied-hash annotation says whether the desired
-//! form changed since the last write, and a comparison of every field the
-//! operator sets says whether someone else changed one of them since.
+//! form changed since the last write, and the digest of the fields the
+//! operator owns ([`super::drift`]) says whether someone else changed one of
+//! them since.
 
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -18,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::cache::{Cached, Caches};
+use super::drift;
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
 use crate::api::{TierStatus, WhatsAppNumber};
@@ -98,8 +101,9 @@ impl<'a> Applier<'a> {
         K: Cached + Debug + Serialize + DeserializeOwned,
     {
         let name = desired.name_any();
+        let wanted = serde_json::to_value(desired)?;
         if let Some(live) = K::cache(self.caches).get(&self.namespace, &name).await? {
-            match needs_apply(&serde_json::to_value(desired)?, &serde_json::to_value(live.as_ref())?) {
+            match needs_apply(&wanted, live.meta()) {
                 None => return Ok((*live).clone()),
                 Some(why) => tracing::debug!(kind = %K::kind(&()), %name, %why, "applying"),
             }
@@ -110,6 +114,10 @@ impl<'a> Applier<'a> {
             .await
             .map_err(Error::request(format!("applying {} {}/{name}", K::kind(&()), self.namespace)))?;
         self.metrics.record_write(&K::kind(&()), "apply");
+        let read_back = serde_json::to_value(&live).ok().and_then(|l| drift::owned_digest(&l, FIELD_MANAGER));
+        if read_back.is_some_and(|d| d != drift::desired_digest(&wanted)) {
+            tracing::warn!(kind = %K::kind(&()), namespace = %self.namespace, %name, "{}", drift::READ_BACK_DIFFERS);
+        }
         Ok(live)
     }
 
@@ -263,179 +271,62 @@ impl<'a> Applier<'a> {
 }
 
 /// Why `live` lacks what `desired` would write, if it does: another desired
-/// form (the applied hash differs) or a field someone else changed.
-pub fn needs_apply(desired: &Value, live: &Value) -> Option<String> {
-    let hash = |v: &Value| v.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).cloned();
-    if hash(desired).is_none() || hash(desired) != hash(live) {
+/// form (the applied hash differs), or a field the operator sets that someone
+/// else changed (the owned-field digest the cache keeps differs).
+pub fn needs_apply(desired: &Value, live: &ObjectMeta) -> Option<String> {
+    let annotation = |key: &str| live.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
+    let desired_hash = desired.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_APPLIED_HASH));
+    let desired_hash = desired_hash.and_then(Value::as_str);
+    if desired_hash.is_none() || desired_hash != annotation(ANNOTATION_APPLIED_HASH) {
         return Some("the desired form changed".into());
     }
-    difference(desired, live).map(|path| format!("{path} differs from what the operator sets"))
-}
-
-/// Whether every field set in `desired` has the same value in `live`.
-pub fn covers(desired: &Value, live: &Value) -> bool {
-    difference(desired, live).is_none()
-}
-
-/// The first field set in `desired` whose value `live` does not have, as a
-/// path. The server adds defaults and other writers' fields, so only what
-/// `desired` says is compared; lists match element by element in order,
-/// skipping live elements that others added; quantities compare by value
-/// ("1Gi" is "1073741824"); an empty object or list matches an absent one.
-fn difference(desired: &Value, live: &Value) -> Option<String> {
-    match (desired, live) {
-        (Value::Object(want), Value::Object(have)) => want.iter().find_map(|(k, v)| match have.get(k) {
-            Some(h) => difference(v, h).map(|p| format!(".{k}{p}")),
-            None if is_empty(v) => None,
-            None => Some(format!(".{k}")),
-        }),
-        (Value::Object(_) | Value::Array(_), Value::Null) if is_empty(desired) => None,
-        (Value::Array(want), Value::Array(have)) => {
-            let mut rest = have.iter();
-            let i = want.iter().position(|w| !rest.any(|h| covers(w, h)))?;
-            // Say where the element at the same place differs, when there is one.
-            let inner = have.get(i).and_then(|h| difference(&want[i], h)).unwrap_or_default();
-            Some(format!("[{i}]{inner}"))
+    match annotation(drift::OWNED_DIGEST) {
+        None => Some("no field of it is recorded as applied by the operator".into()),
+        Some(live) if live != drift::desired_digest(desired) => {
+            Some("a field the operator sets was changed by someone else".into())
         }
-        (Value::String(a), Value::String(b)) if a == b || same_quantity(a, b) => None,
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
-        (Value::Number(a), Value::String(b)) | (Value::String(b), Value::Number(a))
-            if quantity(b).is_some_and(|q| Some(q) == a.as_f64()) =>
-        {
-            None
-        }
-        (a, b) if a == b => None,
-        _ => Some(String::new()),
+        Some(_) => None,
     }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(o) => o.values().all(is_empty),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
-/// Two spellings of one quantity. Only where one has a unit suffix: "10"
-/// and "10.0" stay different strings.
-fn same_quantity(a: &str, b: &str) -> bool {
-    let suffixed = |s: &str| s.ends_with(|c: char| c.is_ascii_alphabetic());
-    (suffixed(a) || suffixed(b))
-        && matches!((quantity(a), quantity(b)), (Some(x), Some(y)) if (x - y).abs() <= f64::EPSILON * x.abs().max(1.0))
-}
-
-/// The value of a Kubernetes quantity ("500m", "1Gi", "2e3"), or `None` for
-/// any other string.
-fn quantity(s: &str) -> Option<f64> {
-    const SUFFIXES: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-    ];
-    let s = s.trim();
-    let starts_numeric = s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-');
-    if !starts_numeric {
-        return None;
-    }
-    let (number, scale) = SUFFIXES
-        .iter()
-        .find_map(|(suffix, scale)| s.strip_suffix(suffix).map(|n| (n, *scale)))
-        .or_else(|| s.strip_suffix('P').map(|n| (n, 1e15)))
-        .or_else(|| s.strip_suffix('E').filter(|n| !n.is_empty()).map(|n| (n, 1e18)))
-        .unwrap_or((s, 1.0));
-    if number.chars().any(|c| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e' | 'E'))) {
-        return None;
-    }
-    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use serde_json::json;
 
     use super::*;
 
-    fn with_hash(hash: &str, spec: Value) -> Value {
-        json!({"metadata": {"name": "x", "annotations": {ANNOTATION_APPLIED_HASH: hash}}, "spec": spec})
+    fn desired(hash: &str, replicas: u32) -> Value {
+        json!({"metadata": {"name": "x", "annotations": {ANNOTATION_APPLIED_HASH: hash}}, "spec": {"replicas": replicas}})
+    }
+
+    /// A cached child: its applied hash and the digest of what it owns.
+    fn live(hash: &str, owned: Option<&Value>) -> ObjectMeta {
+        let mut annotations = BTreeMap::from([(ANNOTATION_APPLIED_HASH.to_string(), hash.to_string())]);
+        if let Some(o) = owned {
+            annotations.insert(drift::OWNED_DIGEST.into(), drift::desired_digest(o));
+        }
+        ObjectMeta { name: Some("x".into()), annotations: Some(annotations), ..Default::default() }
     }
 
     #[test]
-    fn an_unchanged_child_with_server_defaults_needs_no_write() {
-        let desired = with_hash(
-            "h1",
-            json!({"replicas": 2, "template": {"spec": {"containers": [
-            {"name": "coreapp", "ports": [{"containerPort": 6250}], "resources": {"requests": {"memory": "1Gi", "cpu": "0.5"}}}
-        ], "volumes": [{"name": "media", "emptyDir": {}}]}}}),
-        );
-        let mut live = with_hash(
-            "h1",
-            json!({"replicas": 2, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [
-            {"name": "coreapp", "ports": [{"containerPort": 6250, "protocol": "TCP"}],
-             "resources": {"requests": {"memory": "1073741824", "cpu": "500m"}}, "terminationMessagePath": "/dev/termination-log"}
-        ], "volumes": [{"name": "media", "emptyDir": {}}], "dnsPolicy": "ClusterFirst"}}}),
-        );
-        live["metadata"]["resourceVersion"] = json!("42");
-        live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
-        assert_eq!(needs_apply(&desired, &live), None);
+    fn an_unchanged_child_needs_no_write() {
+        assert_eq!(needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 2)))), None);
     }
 
     #[test]
     fn a_changed_desired_form_or_a_field_changed_by_someone_else_is_written() {
-        let desired = with_hash("h2", json!({"replicas": 2}));
-        assert!(needs_apply(&desired, &with_hash("h1", json!({"replicas": 2}))).is_some(), "new desired form");
         assert_eq!(
-            needs_apply(&desired, &with_hash("h2", json!({"replicas": 0}))).as_deref(),
-            Some(".spec.replicas differs from what the operator sets"),
+            needs_apply(&desired("h2", 2), &live("h1", Some(&desired("h1", 2)))).as_deref(),
+            Some("the desired form changed")
+        );
+        assert_eq!(
+            needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 5)))).as_deref(),
+            Some("a field the operator sets was changed by someone else"),
             "scaled by hand"
         );
-        assert!(needs_apply(&desired, &json!({"metadata": {"name": "x"}, "spec": {"replicas": 2}})).is_some());
-        let env = |v: &str| with_hash("h", json!({"containers": [{"name": "c", "env": [{"name": "A", "value": v}]}]}));
-        assert_eq!(
-            needs_apply(&env("1"), &env("2")).as_deref(),
-            Some(".spec.containers[0].env[0].value differs from what the operator sets"),
-            "an edited variable"
-        );
-        assert_eq!(needs_apply(&env("1"), &env("1")), None);
-    }
-
-    #[test]
-    fn lists_match_in_order_and_tolerate_elements_others_added() {
-        let want = json!([{"name": "a"}, {"name": "b"}]);
-        assert!(covers(&want, &json!([{"name": "a"}, {"name": "sidecar"}, {"name": "b"}])));
-        assert!(!covers(&want, &json!([{"name": "b"}, {"name": "a"}])), "order matters");
-        assert!(!covers(&want, &json!([{"name": "a"}])), "one missing");
-        assert!(covers(&json!({"items": []}), &json!({})), "an empty list matches an absent one");
-        assert!(covers(&json!({"labels": {}}), &json!({})), "so does an empty map");
-        assert!(!covers(&json!({"labels": {"a": "b"}}), &json!({})));
-    }
-
-    #[test]
-    fn quantities_compare_by_value() {
-        assert_eq!(quantity("500m"), Some(0.5));
-        assert_eq!(quantity("1Gi"), Some(1073741824.0));
-        assert_eq!(quantity("2k"), Some(2000.0));
-        assert_eq!(quantity("1e3"), Some(1000.0));
-        assert_eq!(quantity("1E"), Some(1e18));
-        assert_eq!(quantity("master"), None);
-        assert_eq!(quantity("2.53.2"), None);
-        assert_eq!(quantity("10.0.0.1"), None);
-        assert!(covers(&json!("0.5"), &json!("500m")));
-        assert!(covers(&json!("1024Mi"), &json!("1Gi")));
-        assert!(!covers(&json!("1Gi"), &json!("1G")));
-        assert!(covers(&json!(2), &json!(2.0)));
-        assert!(!covers(&json!("10"), &json!("10.0")), "plain strings are compared as strings");
-        assert!(!covers(&json!("a"), &json!("b")));
+        assert!(needs_apply(&desired("h1", 2), &live("h1", None)).is_some(), "never applied by the operator");
+        assert!(needs_apply(&json!({"metadata": {"name": "x"}}), &live("h1", None)).is_some(), "no hash at all");
     }
 }

@@ -3,7 +3,10 @@
 //! the API server at all.
 //!
 //! The stores keep what the operator reads and drop the rest (managed fields,
-//! the last-applied annotation, pod specs). Secrets are watched by metadata
+//! the last-applied annotation, pod specs). Of the children the operator
+//! applies they keep a digest of the fields it owns instead of the spec
+//! ([`super::drift`]), and of the workloads only their replica count and pod
+//! template labels. Secrets are watched by metadata
 //! only: their data is read by name when a reconcile needs it and kept until
 //! their resource version changes.
 
@@ -14,10 +17,10 @@ use std::time::Duration;
 
 use futures::{FutureExt as _, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodStatus, PodTemplateSpec, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -318,8 +321,8 @@ where
     let stream = reflector::reflector(
         writer,
         watcher(api, config).default_backoff().modify(move |o| {
-            strip(o);
             trim(o);
+            strip(o);
         }),
     )
     .touched_objects()
@@ -363,6 +366,63 @@ fn node_pods_feed(api: Api<Pod>, selector: &str) -> (Cache<Pod>, Touched<Pod>) {
 
 fn keep_all<K>(_: &mut K) {}
 
+/// Records the digest of the fields the operator owns (see [`super::drift`])
+/// while the managed fields are still there.
+fn record_owned<K: Resource + serde::Serialize>(obj: &mut K) {
+    let digest = serde_json::to_value(&*obj)
+        .ok()
+        .and_then(|live| super::drift::owned_digest(&live, crate::resources::names::FIELD_MANAGER));
+    let annotations = obj.meta_mut().annotations.get_or_insert_with(Default::default);
+    match digest {
+        Some(d) => annotations.insert(super::drift::OWNED_DIGEST.into(), d),
+        None => annotations.remove(super::drift::OWNED_DIGEST),
+    };
+}
+
+/// A StatefulSet as the operator reads it: its owned-field digest, replica
+/// count, pod template labels and status.
+fn statefulset_outline(sts: &mut StatefulSet) {
+    record_owned(sts);
+    if let Some(spec) = sts.spec.take() {
+        sts.spec = Some(StatefulSetSpec {
+            replicas: spec.replicas,
+            template: PodTemplateSpec { metadata: spec.template.metadata, spec: None },
+            ..Default::default()
+        });
+    }
+}
+
+/// A Deployment as the operator reads it, as [`statefulset_outline`].
+fn deployment_outline(deploy: &mut Deployment) {
+    record_owned(deploy);
+    if let Some(spec) = deploy.spec.take() {
+        deploy.spec = Some(DeploymentSpec {
+            replicas: spec.replicas,
+            template: PodTemplateSpec { metadata: spec.template.metadata, spec: None },
+            ..Default::default()
+        });
+    }
+}
+
+/// A Service: nothing of its spec is read.
+fn service_outline(service: &mut Service) {
+    record_owned(service);
+    service.spec = None;
+}
+
+/// A ConfigMap the operator made: nothing of its data is read.
+fn configmap_outline(map: &mut ConfigMap) {
+    record_owned(map);
+    map.data = None;
+    map.binary_data = None;
+}
+
+/// A PodDisruptionBudget: nothing of its spec is read.
+fn budget_outline(budget: &mut PodDisruptionBudget) {
+    record_owned(budget);
+    budget.spec = None;
+}
+
 /// A schema Job is created once and never changed: its existence and its
 /// status are all that is read, so its pod template is not kept.
 fn job_outcome(job: &mut Job) {
@@ -395,14 +455,16 @@ pub fn build(
 ) -> (Caches, Feeds) {
     let owned = || watcher::Config::default().labels(owned_selector);
     let (node_pods, pods_feed) = node_pods_feed(scoped(client, namespace), node_pod_selector);
-    let (statefulsets, sts_feed) = feed(scoped(client, namespace), owned(), "statefulsets", keep_all);
-    let (deployments, deploy_feed) = feed(scoped(client, namespace), owned(), "deployments", keep_all);
-    let (services, svc_feed) = feed(scoped(client, namespace), owned(), "services", keep_all);
-    let (configmaps, cm_feed) = feed(scoped(client, namespace), owned(), "configmaps", keep_all);
-    let (budgets, pdb_feed) = feed(scoped(client, namespace), owned(), "poddisruptionbudgets", keep_all);
+    let (statefulsets, sts_feed) = feed(scoped(client, namespace), owned(), "statefulsets", statefulset_outline);
+    let (deployments, deploy_feed) = feed(scoped(client, namespace), owned(), "deployments", deployment_outline);
+    let (services, svc_feed) = feed(scoped(client, namespace), owned(), "services", service_outline);
+    let (configmaps, cm_feed) = feed(scoped(client, namespace), owned(), "configmaps", configmap_outline);
+    let (budgets, pdb_feed) = feed(scoped(client, namespace), owned(), "poddisruptionbudgets", budget_outline);
     let (jobs, job_feed) = feed(scoped(client, namespace), owned(), "jobs", job_outcome);
+    // The media claim's spec is read (its access modes); users' claims are
+    // few and small.
     let (volume_claims, pvc_feed) =
-        feed(scoped(client, namespace), watcher::Config::default(), "persistentvolumeclaims", keep_all);
+        feed(scoped(client, namespace), watcher::Config::default(), "persistentvolumeclaims", record_owned);
     let (claims, claim_feed) = feed(
         Api::all(client.clone()),
         watcher::Config::default(),
@@ -615,9 +677,21 @@ impl Seeds {
         ) where
             K::DynamicType: Clone + Eq + std::hash::Hash,
         {
+            list_kept(writer, objects, kind, |_| {});
+        }
+        /// As the watch with its `trim` delivers them.
+        fn list_kept<K: Resource + Clone + DeserializeOwned>(
+            writer: &mut reflector::store::Writer<K>,
+            objects: &[serde_json::Value],
+            kind: &str,
+            trim: fn(&mut K),
+        ) where
+            K::DynamicType: Clone + Eq + std::hash::Hash,
+        {
             writer.apply_watcher_event(&watcher::Event::Init);
             for obj in objects.iter().filter(|o| o["kind"] == kind) {
                 let mut k: K = serde_json::from_value(obj.clone()).expect("an object of its kind");
+                trim(&mut k);
                 strip(&mut k);
                 writer.apply_watcher_event(&watcher::Event::InitApply(k));
             }
@@ -625,13 +699,13 @@ impl Seeds {
         }
         list(&mut self.numbers, objects, "WhatsAppNumber");
         list(&mut self.node_pods, objects, "Pod");
-        list(&mut self.statefulsets, objects, "StatefulSet");
-        list(&mut self.deployments, objects, "Deployment");
-        list(&mut self.services, objects, "Service");
-        list(&mut self.configmaps, objects, "ConfigMap");
-        list(&mut self.budgets, objects, "PodDisruptionBudget");
-        list(&mut self.jobs, objects, "Job");
-        list(&mut self.volume_claims, objects, "PersistentVolumeClaim");
+        list_kept(&mut self.statefulsets, objects, "StatefulSet", statefulset_outline);
+        list_kept(&mut self.deployments, objects, "Deployment", deployment_outline);
+        list_kept(&mut self.services, objects, "Service", service_outline);
+        list_kept(&mut self.configmaps, objects, "ConfigMap", configmap_outline);
+        list_kept(&mut self.budgets, objects, "PodDisruptionBudget", budget_outline);
+        list_kept(&mut self.jobs, objects, "Job", job_outcome);
+        list_kept(&mut self.volume_claims, objects, "PersistentVolumeClaim", record_owned);
         list(&mut self.claims, objects, "WhatsAppNumberClaim");
         let component = crate::resources::names::LABEL_COMPONENT;
         let schema = crate::resources::schema_job::COMPONENT;
@@ -699,6 +773,45 @@ mod tests {
         assert!(job.spec.is_none());
         assert_eq!(job.status.unwrap().succeeded, Some(1));
         assert_eq!(job.metadata.labels.unwrap()["a"], "b");
+    }
+
+    #[test]
+    fn a_cached_workload_keeps_its_owned_digest_replicas_template_labels_and_status() {
+        let applied = serde_json::json!({"metadata": {"labels": {"a": "b"}}, "spec": {"replicas": 2}});
+        let mut sts: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "acme-master", "namespace": "team", "labels": {"a": "b"},
+                "managedFields": [{"manager": crate::resources::names::FIELD_MANAGER, "operation": "Apply",
+                    "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:replicas": {}}}}]
+            },
+            "spec": {
+                "replicas": 2, "serviceName": "acme-master", "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"version": "2.53.2"}},
+                    "spec": {"containers": [{"name": "master", "image": "x"}]}}
+            },
+            "status": {"replicas": 2, "readyReplicas": 1}
+        }))
+        .unwrap();
+        statefulset_outline(&mut sts);
+        strip(&mut sts);
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()["version"], "2.53.2");
+        assert!(spec.template.spec.is_none(), "the pod template's spec is not kept");
+        assert_eq!(sts.status.as_ref().unwrap().ready_replicas, Some(1));
+        assert_eq!(sts.metadata.managed_fields, None);
+        let digest = &sts.metadata.annotations.as_ref().unwrap()[super::super::drift::OWNED_DIGEST];
+        assert_eq!(*digest, super::super::drift::desired_digest(&applied));
+
+        // Not applied by the operator: no digest, so the apply step writes.
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s", "annotations": {super::super::drift::OWNED_DIGEST: "stale"}},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        service_outline(&mut service);
+        assert!(service.spec.is_none());
+        assert!(!service.metadata.annotations.unwrap().contains_key(super::super::drift::OWNED_DIGEST));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cache;
 pub mod claim;
 mod deploy;
+pub mod drift;
 pub mod error;
 pub mod events;
 pub mod fencing;

@@ -64,6 +64,7 @@ impl FakeApi {
     async fn handle(&self, req: Request<Body>) -> (u16, Value) {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let req_query = req.uri().query().map(String::from);
         let kind = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let body = req.into_body().collect_bytes().await.expect("a request body");
         let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("JSON") };
@@ -131,6 +132,9 @@ impl FakeApi {
                             if !old["status"].is_null() {
                                 obj["status"] = old["status"].clone();
                             }
+                            let manager = query(req_query.as_deref(), "fieldManager").unwrap_or_default();
+                            obj["metadata"]["managedFields"] = json!([{"manager": manager, "operation": "Apply",
+                                "fieldsType": "FieldsV1", "fieldsV1": applied_fields(&body)}]);
                             obj
                         }
                     }
@@ -234,6 +238,35 @@ impl FakeApi {
     fn objects(&self) -> Vec<Value> {
         self.objects.lock().unwrap().values().filter(|o| o["kind"] != "Event").cloned().collect()
     }
+}
+
+/// A query parameter's value (the few this API server reads need no decoding).
+fn query(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(String::from)
+}
+
+/// The field set a server-side apply of `body` leaves to its manager, with
+/// every list atomic: enough for a server with one field manager.
+fn applied_fields(body: &Value) -> Value {
+    fn fields(v: &Value) -> Value {
+        match v {
+            Value::Object(o) if !o.is_empty() => {
+                Value::Object(o.iter().map(|(k, v)| (format!("f:{k}"), fields(v))).collect())
+            }
+            _ => json!({}),
+        }
+    }
+    let mut applied = body.clone();
+    if let Some(obj) = applied.as_object_mut() {
+        for field in ["apiVersion", "kind", "status"] {
+            obj.remove(field);
+        }
+    }
+    if let Some(meta) = applied["metadata"].as_object_mut() {
+        meta.remove("name");
+        meta.remove("namespace");
+    }
+    fields(&applied)
 }
 
 const WAN: &str = "/apis/whatsapp.operators.dev/v1alpha1/namespaces/team/whatsappnumbers/acme";

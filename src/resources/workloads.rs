@@ -76,7 +76,9 @@ pub fn stateful_set(
     env.push(EnvVar {
         name: "COREAPP_HOSTNAME".into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: None }),
+            // The API server's default, spelled out: the selector is stored
+            // as one value, so it must equal the live one to show no drift.
+            field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: Some("v1".into()) }),
             ..Default::default()
         }),
         ..Default::default()

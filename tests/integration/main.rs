@@ -146,6 +146,14 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
 ];
 
 fn setup() -> Result<Env> {
+    // Operator logs of an earlier run would be read as this run's.
+    for entry in std::fs::read_dir(support::work_dir())?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("operator-") && name.ends_with(".log") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let cluster = Cluster::start()?;
     let (admin, operator_kubeconfig) = runtime.block_on(async {
@@ -239,6 +247,23 @@ fn run(name: &'static str, alone: bool, body: Scenario) -> Result<(), Failed> {
     Err(Failed::from(report))
 }
 
+/// The operators' log lines, in every scenario, that name a child the API
+/// server does not return as the operator applied it.
+fn children_written_at_every_reconcile() -> Vec<String> {
+    let marker = whatsapp_operator::controller::drift::READ_BACK_DIFFERS;
+    let Ok(entries) = std::fs::read_dir(support::work_dir()) else { return Vec::new() };
+    let mut lines = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("operator-") && name.ends_with(".log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            lines.extend(text.lines().filter(|l| l.contains(marker)).map(|l| format!("{name}: {l}")));
+        }
+    }
+    lines
+}
+
 fn main() {
     let args = Arguments::from_args();
     let trials: Vec<Trial> = SCENARIOS
@@ -261,8 +286,15 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let conclusion = libtest_mimic::run(&args, trials);
+    let mut conclusion = libtest_mimic::run(&args, trials);
     eprintln!("{}", fault_report());
+    // A child that does not read back as applied is written at every
+    // reconcile, in whichever scenario's shape it has: any one fails the run.
+    let rewritten = children_written_at_every_reconcile();
+    if !rewritten.is_empty() {
+        eprintln!("=== children that do not read back as applied ===\n{}", rewritten.join("\n"));
+        conclusion.num_failed += 1;
+    }
     let env = ENV.get().expect("environment");
     env.operator.lock().unwrap_or_else(|e| e.into_inner()).stop();
     if std::env::var_os("WAO_IT_KEEP_CLUSTER").is_none() {
