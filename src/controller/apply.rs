@@ -103,7 +103,7 @@ impl<'a> Applier<'a> {
         let name = desired.name_any();
         let wanted = serde_json::to_value(desired)?;
         if let Some(live) = K::cache(self.caches).get(&self.namespace, &name).await? {
-            match needs_apply(&wanted, live.meta()) {
+            match needs_apply(&wanted, live.meta(), K::UNCOMPARED) {
                 None => return Ok((*live).clone()),
                 Some(why) => tracing::debug!(kind = %K::kind(&()), %name, %why, "applying"),
             }
@@ -114,8 +114,9 @@ impl<'a> Applier<'a> {
             .await
             .map_err(Error::request(format!("applying {} {}/{name}", K::kind(&()), self.namespace)))?;
         self.metrics.record_write(&K::kind(&()), "apply");
-        let read_back = serde_json::to_value(&live).ok().and_then(|l| drift::owned_digest(&l, FIELD_MANAGER));
-        if read_back.is_some_and(|d| d != drift::desired_digest(&wanted)) {
+        let read_back =
+            serde_json::to_value(&live).ok().and_then(|l| drift::owned_digest(&l, FIELD_MANAGER, K::UNCOMPARED));
+        if read_back.is_some_and(|d| d != drift::desired_digest(&wanted, K::UNCOMPARED)) {
             tracing::warn!(kind = %K::kind(&()), namespace = %self.namespace, %name, "{}", drift::READ_BACK_DIFFERS);
         }
         Ok(live)
@@ -273,7 +274,7 @@ impl<'a> Applier<'a> {
 /// Why `live` lacks what `desired` would write, if it does: another desired
 /// form (the applied hash differs), or a field the operator sets that someone
 /// else changed (the owned-field digest the cache keeps differs).
-pub fn needs_apply(desired: &Value, live: &ObjectMeta) -> Option<String> {
+pub fn needs_apply(desired: &Value, live: &ObjectMeta, uncompared: &[&str]) -> Option<String> {
     let annotation = |key: &str| live.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
     let desired_hash = desired.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_APPLIED_HASH));
     let desired_hash = desired_hash.and_then(Value::as_str);
@@ -282,7 +283,7 @@ pub fn needs_apply(desired: &Value, live: &ObjectMeta) -> Option<String> {
     }
     match annotation(drift::OWNED_DIGEST) {
         None => Some("no field of it is recorded as applied by the operator".into()),
-        Some(live) if live != drift::desired_digest(desired) => {
+        Some(live) if live != drift::desired_digest(desired, uncompared) => {
             Some("a field the operator sets was changed by someone else".into())
         }
         Some(_) => None,
@@ -305,28 +306,28 @@ mod tests {
     fn live(hash: &str, owned: Option<&Value>) -> ObjectMeta {
         let mut annotations = BTreeMap::from([(ANNOTATION_APPLIED_HASH.to_string(), hash.to_string())]);
         if let Some(o) = owned {
-            annotations.insert(drift::OWNED_DIGEST.into(), drift::desired_digest(o));
+            annotations.insert(drift::OWNED_DIGEST.into(), drift::desired_digest(o, &[]));
         }
         ObjectMeta { name: Some("x".into()), annotations: Some(annotations), ..Default::default() }
     }
 
     #[test]
     fn an_unchanged_child_needs_no_write() {
-        assert_eq!(needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 2)))), None);
+        assert_eq!(needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 2))), &[]), None);
     }
 
     #[test]
     fn a_changed_desired_form_or_a_field_changed_by_someone_else_is_written() {
         assert_eq!(
-            needs_apply(&desired("h2", 2), &live("h1", Some(&desired("h1", 2)))).as_deref(),
+            needs_apply(&desired("h2", 2), &live("h1", Some(&desired("h1", 2))), &[]).as_deref(),
             Some("the desired form changed")
         );
         assert_eq!(
-            needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 5)))).as_deref(),
+            needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 5))), &[]).as_deref(),
             Some("a field the operator sets was changed by someone else"),
             "scaled by hand"
         );
-        assert!(needs_apply(&desired("h1", 2), &live("h1", None)).is_some(), "never applied by the operator");
-        assert!(needs_apply(&json!({"metadata": {"name": "x"}}), &live("h1", None)).is_some(), "no hash at all");
+        assert!(needs_apply(&desired("h1", 2), &live("h1", None), &[]).is_some(), "never applied by the operator");
+        assert!(needs_apply(&json!({"metadata": {"name": "x"}}), &live("h1", None), &[]).is_some(), "no hash at all");
     }
 }

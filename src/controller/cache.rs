@@ -123,6 +123,11 @@ impl Numbers {
 
 /// The children a reconcile applies, each with its cache.
 pub trait Cached: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static {
+    /// Fields (JSON pointers) that never count as drift: immutable ones the
+    /// builder copies from the live object, which may or may not be the
+    /// operator's (see [`super::drift`]).
+    const UNCOMPARED: &'static [&'static str] = &[];
+
     fn cache(caches: &Caches) -> &Cache<Self>;
 }
 
@@ -143,7 +148,17 @@ cached! {
     ConfigMap => configmaps,
     PodDisruptionBudget => budgets,
     Job => jobs,
-    PersistentVolumeClaim => volume_claims,
+}
+
+impl Cached for PersistentVolumeClaim {
+    /// A cluster's default class is filled in on creation, owned by no one,
+    /// and copied back by the builder: the claim's first apply must not be
+    /// followed by another one only to own it. A class cannot change anyway.
+    const UNCOMPARED: &'static [&'static str] = &["/spec/storageClassName"];
+
+    fn cache(caches: &Caches) -> &Cache<Self> {
+        &caches.volume_claims
+    }
 }
 
 /// Every store the reconcile reads from.
@@ -368,10 +383,10 @@ fn keep_all<K>(_: &mut K) {}
 
 /// Records the digest of the fields the operator owns (see [`super::drift`])
 /// while the managed fields are still there.
-fn record_owned<K: Resource + serde::Serialize>(obj: &mut K) {
+fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
     let digest = serde_json::to_value(&*obj)
         .ok()
-        .and_then(|live| super::drift::owned_digest(&live, crate::resources::names::FIELD_MANAGER));
+        .and_then(|live| super::drift::owned_digest(&live, crate::resources::names::FIELD_MANAGER, K::UNCOMPARED));
     let annotations = obj.meta_mut().annotations.get_or_insert_with(Default::default);
     match digest {
         Some(d) => annotations.insert(super::drift::OWNED_DIGEST.into(), d),
@@ -801,7 +816,7 @@ mod tests {
         assert_eq!(sts.status.as_ref().unwrap().ready_replicas, Some(1));
         assert_eq!(sts.metadata.managed_fields, None);
         let digest = &sts.metadata.annotations.as_ref().unwrap()[super::super::drift::OWNED_DIGEST];
-        assert_eq!(*digest, super::super::drift::desired_digest(&applied));
+        assert_eq!(*digest, super::super::drift::desired_digest(&applied, &[]));
 
         // Not applied by the operator: no digest, so the apply step writes.
         let mut service: Service = serde_json::from_value(serde_json::json!({

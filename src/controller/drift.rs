@@ -24,8 +24,9 @@ pub const OWNED_DIGEST: &str = "whatsapp.operators.dev/owned-digest";
 pub const READ_BACK_DIFFERS: &str = "an applied child does not read back as applied";
 
 /// The digest of the fields `manager` owns by server-side apply in `live`,
-/// with their live values; `None` when `manager` has applied none.
-pub fn owned_digest(live: &Value, manager: &str) -> Option<String> {
+/// with their live values, but those at the JSON pointers `left_out`;
+/// `None` when `manager` has applied none.
+pub fn owned_digest(live: &Value, manager: &str, left_out: &[&str]) -> Option<String> {
     let entries = live.pointer("/metadata/managedFields")?.as_array()?;
     let mut owned = Map::new();
     let mut found = false;
@@ -38,14 +39,19 @@ pub fn owned_digest(live: &Value, manager: &str) -> Option<String> {
             found = true;
         }
     }
-    found.then(|| digest(&project(live, &owned)))
+    found.then(|| {
+        let mut projected = project(live, &owned);
+        leave_out(&mut projected, left_out);
+        digest(&projected)
+    })
 }
 
 /// The digest of a desired object, comparable with [`owned_digest`] of the
-/// live object it was applied to: a managed field set never holds the
-/// object's kind, API version, name or namespace.
-pub fn desired_digest(desired: &Value) -> String {
+/// live object it was applied to with the same `left_out`: a managed field
+/// set never holds the object's kind, API version, name or namespace.
+pub fn desired_digest(desired: &Value, left_out: &[&str]) -> String {
     let mut desired = desired.clone();
+    leave_out(&mut desired, left_out);
     if let Some(obj) = desired.as_object_mut() {
         obj.remove("apiVersion");
         obj.remove("kind");
@@ -56,6 +62,17 @@ pub fn desired_digest(desired: &Value) -> String {
         }
     }
     digest(&desired)
+}
+
+/// Removes the members at the JSON pointers `paths`.
+fn leave_out(value: &mut Value, paths: &[&str]) {
+    for path in paths {
+        if let Some((parent, member)) = path.rsplit_once('/')
+            && let Some(Value::Object(obj)) = value.pointer_mut(parent)
+        {
+            obj.remove(member);
+        }
+    }
 }
 
 /// Two managed field sets as one.
@@ -316,19 +333,19 @@ mod tests {
 
     #[test]
     fn the_owned_fields_of_the_live_object_match_what_was_applied() {
-        let live = owned_digest(&live(2, owned()), ME);
-        assert_eq!(live, Some(desired_digest(&desired())));
+        let live = owned_digest(&live(2, owned()), ME, &[]);
+        assert_eq!(live, Some(desired_digest(&desired(), &[])));
     }
 
     #[test]
     fn a_field_changed_by_the_operator_or_taken_by_another_writer_differs() {
-        assert_ne!(owned_digest(&live(3, owned()), ME), Some(desired_digest(&desired())), "a changed value");
+        assert_ne!(owned_digest(&live(3, owned()), ME, &[]), Some(desired_digest(&desired(), &[])), "a changed value");
         let mut taken = owned();
         taken["f:spec"].as_object_mut().unwrap().remove("f:replicas");
-        assert_ne!(owned_digest(&live(2, taken), ME), Some(desired_digest(&desired())), "a field taken over");
+        assert_ne!(owned_digest(&live(2, taken), ME, &[]), Some(desired_digest(&desired(), &[])), "a field taken over");
         let mut more = desired();
         more["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = json!("3");
-        assert_ne!(owned_digest(&live(2, owned()), ME), Some(desired_digest(&more)), "a new desired value");
+        assert_ne!(owned_digest(&live(2, owned()), ME, &[]), Some(desired_digest(&more, &[])), "a new desired value");
     }
 
     #[test]
@@ -337,15 +354,24 @@ mod tests {
         busy["spec"]["template"]["spec"]["containers"][1]["env"].as_array_mut().unwrap().push(json!({"name": "C"}));
         busy["metadata"]["labels"]["extra"] = json!("x");
         busy["spec"]["paused"] = json!(false);
-        assert_eq!(owned_digest(&busy, ME), Some(desired_digest(&desired())));
+        assert_eq!(owned_digest(&busy, ME, &[]), Some(desired_digest(&desired(), &[])));
     }
 
     #[test]
     fn an_object_without_the_operators_applied_fields_has_no_digest() {
         let mut other = live(2, owned());
         other["metadata"]["managedFields"][0]["manager"] = json!("someone");
-        assert_eq!(owned_digest(&other, ME), None);
-        assert_eq!(owned_digest(&json!({"metadata": {}}), ME), None);
+        assert_eq!(owned_digest(&other, ME, &[]), None);
+        assert_eq!(owned_digest(&json!({"metadata": {}}), ME, &[]), None);
+    }
+
+    #[test]
+    fn fields_left_out_count_on_neither_side() {
+        let mut copied = desired();
+        copied["spec"]["template"]["spec"]["containers"][0]["image"] = json!("copied");
+        let at = ["/spec/template/spec/containers/0/image"];
+        assert_ne!(owned_digest(&live(2, owned()), ME, &[]), Some(desired_digest(&copied, &[])));
+        assert_eq!(owned_digest(&live(2, owned()), ME, &at), Some(desired_digest(&copied, &at)));
     }
 
     #[test]
@@ -353,7 +379,7 @@ mod tests {
         let mut swapped = desired();
         let env = swapped["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut().unwrap();
         env.swap(0, 1);
-        assert_ne!(owned_digest(&live(2, owned()), ME), Some(desired_digest(&swapped)));
+        assert_ne!(owned_digest(&live(2, owned()), ME, &[]), Some(desired_digest(&swapped, &[])));
     }
 
     #[test]
