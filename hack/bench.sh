@@ -69,7 +69,9 @@
 # default 300 + N), WAO_BENCH_KEEP (1: keep logs on success),
 # WAO_BENCH_POLLING (emulated|unreachable|skip, default emulated),
 # WAO_BENCH_FLOOR (run|skip, default run: skip leaves the floor and the ratio
-# out, to measure the operator alone in less time).
+# out, to measure the operator alone in less time), WAO_BENCH_OPERATOR (the
+# command run as the operator, default the release binary: a wrapper that
+# runs it under a heap profiler, for example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -112,7 +114,7 @@ export WAO_CLUSTER_NODE_PODS=$((PODS_PER_NODE > 110 ? PODS_PER_NODE : 110))
 export WAO_CLUSTER_NODE_CPU=$((2 * WAO_CLUSTER_NODE_PODS + 8))
 export WAO_CLUSTER_NODE_MEMORY="$((4 * WAO_CLUSTER_NODE_PODS + 16))Gi"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-OPERATOR_BIN="$CARGO_TARGET_DIR/release/whatsapp-operator"
+OPERATOR_BIN="${WAO_BENCH_OPERATOR:-$CARGO_TARGET_DIR/release/whatsapp-operator}"
 EMULATOR_BIN="$CARGO_TARGET_DIR/release/whatsapp-emulator"
 # The bench's own MariaDB for the emulated client (outside the bench dir: the
 # servers run as unprivileged users when started as root).

@@ -1019,3 +1019,9 @@ for s in "${SCENARIOS[@]}"; do
 done
 log "faults injected and survived: ${#FAULTS[@]}"
 for f in "${FAULTS[@]}"; do log "  $f"; done
+# A child the API server does not return as the operator applied it would be
+# written at every reconcile (src/controller/drift.rs says why).
+rewritten="$(k -n "$OPERATOR_NS" logs -l app.kubernetes.io/name=whatsapp-operator --all-containers --prefix --tail=-1 \
+  | grep 'does not read back as applied' || true)"
+[ -z "$rewritten" ] || fail "children that do not read back as applied: $rewritten"
+log "no child failed to read back as applied"
