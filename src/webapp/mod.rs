@@ -122,12 +122,22 @@ impl reqwest::dns::Resolve for BoundedResolver {
         let timeout = self.timeout;
         Box::pin(async move {
             let host = name.as_str().to_string();
-            match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await {
-                Ok(Ok(addrs)) => Ok(Box::new(addrs.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs),
-                Ok(Err(e)) => Err(format!("dns lookup of {host} failed: {e}").into()),
-                Err(_) => Err(format!("dns lookup of {host} timed out").into()),
-            }
+            let addrs = bounded_lookup(&host, timeout, tokio::net::lookup_host((host.as_str(), 0))).await?;
+            Ok(Box::new(addrs.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// `lookup` of `host`, given up after `timeout`; either failure says it was a lookup.
+async fn bounded_lookup<T>(
+    host: &str,
+    timeout: Duration,
+    lookup: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err(format!("dns lookup of {host} failed: {e}").into()),
+        Err(_) => Err(format!("dns lookup of {host} timed out").into()),
     }
 }
 
@@ -407,9 +417,16 @@ mod tests {
     async fn a_name_lookup_that_fails_or_gives_up_says_it_was_a_lookup() {
         use reqwest::dns::Resolve as _;
         let name = |s: &str| s.parse::<reqwest::dns::Name>().expect("a name");
-        let gave_up = BoundedResolver { timeout: Duration::ZERO }.resolve(name("acme-webapp.team.svc")).await;
-        let e = gave_up.err().expect("no time to look up").to_string();
-        assert_eq!(e, "dns lookup of acme-webapp.team.svc timed out");
+        let host = "acme-webapp.team.svc";
+        let never = std::future::pending::<std::io::Result<()>>();
+        let gave_up = bounded_lookup(host, Duration::from_millis(10), never).await;
+        assert_eq!(gave_up.expect_err("no answer in time").to_string(), "dns lookup of acme-webapp.team.svc timed out");
+        let refused = std::future::ready(Err::<(), _>(std::io::Error::other("Name or service not known")));
+        let failed = bounded_lookup(host, Duration::from_secs(5), refused).await;
+        assert_eq!(
+            failed.expect_err("no such name").to_string(),
+            "dns lookup of acme-webapp.team.svc failed: Name or service not known"
+        );
         let found = BoundedResolver { timeout: Duration::from_secs(5) }.resolve(name("localhost")).await;
         assert!(found.expect("localhost resolves").any(|a| a.ip().is_loopback()));
     }
