@@ -8,14 +8,18 @@ use super::Settings;
 use super::cache::Caches;
 use super::error::{Error, Result};
 use crate::api::WhatsAppNumber;
-use crate::resources::names::Names;
+use crate::resources::config::CredentialsRecord;
+use crate::resources::names::{ANNOTATION_CREDENTIALS_READ, Names};
 use crate::upgrade::catalog::{CONFIGMAP_KEY, Catalog};
 
 /// Everything read from the cluster for one reconcile.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
-    /// The database credentials Secret, if it exists.
+    /// The database credentials Secret, if it exists and its data was read.
     pub credentials: Option<Secret>,
+    /// What the ConfigMap records of the credentials, when the Secret is
+    /// still at the version recorded: then its data is not read.
+    pub credentials_recorded: Option<CredentialsRecord>,
     /// The database CA Secret, when the spec asks for one and it exists.
     pub database_ca: Option<Secret>,
     /// The webapp TLS Secret, when the spec asks for one and it exists.
@@ -101,7 +105,22 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
     };
     let spec = &wan.spec;
 
-    let credentials = secret(spec.database.credentials_secret_ref.name.clone()).await?;
+    let credentials_name = &spec.database.credentials_secret_ref.name;
+    let credentials_recorded = match caches.secrets.get(&namespace, credentials_name).await? {
+        Some(meta) => caches
+            .configmaps
+            .get(&namespace, &Names::new(wan).config())
+            .await?
+            .and_then(|map| {
+                map.annotations().get(ANNOTATION_CREDENTIALS_READ).and_then(|a| CredentialsRecord::parse(a))
+            })
+            .and_then(|record| record.current(wan, meta.resource_version().as_deref())),
+        None => None,
+    };
+    let credentials = match credentials_recorded {
+        Some(_) => None,
+        None => secret(credentials_name.clone()).await?,
+    };
     let database_ca = match &spec.database.tls {
         Some(tls) => secret(tls.ca_secret_ref.name.clone()).await?,
         None => None,
@@ -141,6 +160,7 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
 
     Ok(Observed {
         credentials,
+        credentials_recorded,
         database_ca,
         webapp_tls,
         keys,

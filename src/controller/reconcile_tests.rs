@@ -398,11 +398,24 @@ async fn a_number_from_nothing_to_ready_then_no_request_at_all() {
     assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
     assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
 
-    // A restarted operator knows only what its caches show: it reads the
-    // credentials once, and writes nothing.
+    // A restarted operator knows only what its caches show: the credentials'
+    // digest is recorded on the ConfigMap for the Secret's version, so it
+    // reads nothing and writes nothing.
     let mut restarted = Operator::start(&api);
-    assert_eq!(restarted.reconcile(&api).await, vec!["GET /api/v1/namespaces/team/secrets/acme-db"]);
     assert_eq!(restarted.reconcile(&api).await, Vec::<String>::new());
+    assert_eq!(restarted.reconcile(&api).await, Vec::<String>::new());
+
+    // New credentials: read once, and every pod rolls.
+    api.edit("/api/v1/namespaces/team/secrets/acme-db", |secret| {
+        secret["data"]["password"] = json!("bmV3LXBhc3N3b3JkLTEh");
+    });
+    let rolled = restarted.reconcile(&api).await;
+    assert_eq!(rolled.first().map(String::as_str), Some("GET /api/v1/namespaces/team/secrets/acme-db"), "{rolled:?}");
+    for child in
+        ["configmaps/acme-config", "statefulsets/acme-master", "statefulsets/acme-coreapp", "deployments/acme-webapp"]
+    {
+        assert!(rolled.iter().any(|r| r.starts_with("PATCH") && r.ends_with(child)), "{child} in {rolled:?}");
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! until it is fixed, and the status says what to fix.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 
 use super::fetch::Observed;
 use crate::api::{VALID_SHARDS, WhatsAppNumber};
@@ -76,13 +77,20 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
     }
 
     let creds = &spec.database.credentials_secret_ref;
-    let credentials = require_secret(
-        observed.credentials.as_ref(),
-        &creds.name,
-        namespace,
-        "spec.database.credentialsSecretRef",
-        &[&creds.username_key, &creds.password_key],
-    )?;
+    // A Secret still at the version recorded was checked when it was read.
+    let (credentials_digest, credentials_version) = match &observed.credentials_recorded {
+        Some(record) => (record.digest.clone(), Some(record.version.clone())),
+        None => {
+            let credentials = require_secret(
+                observed.credentials.as_ref(),
+                &creds.name,
+                namespace,
+                "spec.database.credentialsSecretRef",
+                &[&creds.username_key, &creds.password_key],
+            )?;
+            (secret_digest(credentials, &[&creds.username_key, &creds.password_key]), credentials.resource_version())
+        }
+    };
 
     let database_ca_digest = match &spec.database.tls {
         Some(tls) => {
@@ -186,7 +194,8 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         // Only a claim the operator manages is handed to the builder; a user's
         // claim is mounted as it is.
         live_media_claim: if spec.media.existing_claim.is_none() { observed.media_claim.clone() } else { None },
-        credentials_digest: secret_digest(credentials, &[&creds.username_key, &creds.password_key]),
+        credentials_digest,
+        credentials_version,
         database_ca_digest,
         webapp_keys_digest: observed.keys.as_ref().map(keys_digest),
         webapp_certificate_digest: wan

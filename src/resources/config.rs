@@ -8,7 +8,7 @@ use kube::api::ObjectMeta;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::names::{Names, component_labels};
+use super::names::{ANNOTATION_CREDENTIALS_READ, Names, component_labels};
 use super::{DB_CA_DIR, owned_meta};
 use crate::api::WhatsAppNumber;
 
@@ -24,9 +24,55 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 /// Key of the client's own CA, pinned at the first contact with the webapp.
 pub const WEBAPP_CA: &str = "webapp-ca.crt";
 
+/// What was read of the database credentials Secret: its resource version,
+/// which keys, and the digest of their values that rolls the pods. Recorded
+/// on the ConfigMap as `<version> <keys> <digest>`; a Secret still at that
+/// version holds the same data, so its digest needs no read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsRecord {
+    pub version: String,
+    /// Digest of the key names the spec reads, so a spec naming other keys
+    /// does not take the digest of the old ones.
+    pub keys: String,
+    pub digest: String,
+}
+
+impl CredentialsRecord {
+    pub fn new(wan: &WhatsAppNumber, version: &str, digest: &str) -> Self {
+        Self { version: version.into(), keys: credentials_keys(wan), digest: digest.into() }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split(' ');
+        let (version, keys, digest) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || [version, keys, digest].iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        Some(Self { version: version.into(), keys: keys.into(), digest: digest.into() })
+    }
+
+    /// The record, if it is about the keys `wan` reads and the Secret is still
+    /// at the version it records.
+    pub fn current(self, wan: &WhatsAppNumber, secret_version: Option<&str>) -> Option<Self> {
+        (secret_version == Some(self.version.as_str()) && self.keys == credentials_keys(wan)).then_some(self)
+    }
+}
+
+impl std::fmt::Display for CredentialsRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.version, self.keys, self.digest)
+    }
+}
+
+fn credentials_keys(wan: &WhatsAppNumber) -> String {
+    let r = &wan.spec.database.credentials_secret_ref;
+    super::digest(&(&r.username_key, &r.password_key))
+}
+
 /// The environment of Meta's Kubernetes templates (domain.md), one ConfigMap
 /// consumed by masters, coreapps and webapps through `envFrom`.
-pub fn config_map(wan: &WhatsAppNumber) -> ConfigMap {
+/// `credentials`, when the Secret's version is known, is recorded on it.
+pub fn config_map(wan: &WhatsAppNumber, credentials: Option<&CredentialsRecord>) -> ConfigMap {
     let db = &wan.spec.database;
     let mut data = BTreeMap::from([
         ("WA_APP_MULTICONNECT".to_string(), "1".to_string()),
@@ -45,11 +91,11 @@ pub fn config_map(wan: &WhatsAppNumber) -> ConfigMap {
     if let Some(tls) = &db.tls {
         data.insert("WA_DB_SSL_CA".into(), format!("{DB_CA_DIR}/{}", tls.ca_secret_ref.key));
     }
-    ConfigMap {
-        metadata: owned_meta(wan, Names::new(wan).config(), component_labels(wan, "config")),
-        data: Some(data),
-        ..Default::default()
+    let mut metadata = owned_meta(wan, Names::new(wan).config(), component_labels(wan, "config"));
+    if let Some(record) = credentials {
+        metadata.annotations = Some(BTreeMap::from([(ANNOTATION_CREDENTIALS_READ.to_string(), record.to_string())]));
     }
+    ConfigMap { metadata, data: Some(data), ..Default::default() }
 }
 
 /// The Secret holding `WA_WEB_JWT_CRYPTO_KEY` (the same on every webapp, so a

@@ -49,6 +49,9 @@ pub struct BuildInputs {
     pub live_media_claim: Option<PersistentVolumeClaim>,
     /// Digest of the database credentials; a change rolls every pod.
     pub credentials_digest: String,
+    /// The credentials Secret's resource version the digest is of, recorded
+    /// with it on the ConfigMap.
+    pub credentials_version: Option<String>,
     /// Digest of the database CA, when one is configured.
     pub database_ca_digest: Option<String>,
     /// Digest of the webapp keys (JWT signing key and API key): a refilled
@@ -87,7 +90,11 @@ pub struct Children {
 
 /// Builds every child object of a WhatsAppNumber.
 pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
-    let config = with_applied_hash(config::config_map(wan));
+    let credentials = inputs
+        .credentials_version
+        .as_deref()
+        .map(|version| config::CredentialsRecord::new(wan, version, &inputs.credentials_digest));
+    let config = with_applied_hash(config::config_map(wan, credentials.as_ref()));
     let config_digest = digest(&config.data);
     let pod_config_hash = |extra: Option<&String>| {
         digest(&(&config_digest, &inputs.credentials_digest, &inputs.database_ca_digest, extra))

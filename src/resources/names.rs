@@ -34,6 +34,12 @@ pub const ANNOTATION_SCHEMA_VERSION: &str = "whatsapp.operators.dev/schema-versi
 /// record of other databases (a new number under an old name, another
 /// database host or prefix) says nothing and is replaced.
 pub const ANNOTATION_SCHEMA_DATABASES: &str = "whatsapp.operators.dev/schema-databases";
+/// On the ConfigMap: the database credentials Secret's resource version when
+/// it was last read, and the digest of its values then (see
+/// [`super::config::CredentialsRecord`]). While the Secret stays at that
+/// version, a restarted operator takes the digest from here instead of
+/// reading the Secret again.
+pub const ANNOTATION_CREDENTIALS_READ: &str = "whatsapp.operators.dev/credentials-read";
 /// Hash of the configuration a pod template consumes (ConfigMap, credentials,
 /// certificates), so a change rolls the pods that read it at start-up.
 pub const ANNOTATION_CONFIG_HASH: &str = "whatsapp.operators.dev/config-hash";

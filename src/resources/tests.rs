@@ -45,13 +45,42 @@ fn defaults_follow_meta_templates() {
 }
 
 #[test]
+fn the_credentials_read_are_recorded_on_the_config_map_without_rolling_pods() {
+    let wan = sample();
+    let unrecorded = build(&wan, &inputs());
+    assert!(unrecorded.config.annotations().get(ANNOTATION_CREDENTIALS_READ).is_none());
+    let recorded = build(&wan, &BuildInputs { credentials_version: Some("4711".into()), ..inputs() });
+    let value = recorded.config.annotations()[ANNOTATION_CREDENTIALS_READ].clone();
+    let record = config::CredentialsRecord::parse(&value).expect("the record reads back");
+    assert_eq!(record, config::CredentialsRecord::new(&wan, "4711", "creds-v1"));
+    let hash = |c: &Children| container_hash(&c.masters);
+    assert_eq!(hash(&unrecorded), hash(&recorded), "the record alone rolls no pod");
+
+    // It stands for the Secret only at that version and for the same keys.
+    assert_eq!(record.clone().current(&wan, Some("4711")), Some(record.clone()));
+    assert_eq!(record.clone().current(&wan, Some("4712")), None, "the Secret changed since");
+    assert_eq!(record.clone().current(&wan, None), None, "the Secret is gone");
+    let mut other_keys = wan.clone();
+    other_keys.spec.database.credentials_secret_ref.password_key = "pass".into();
+    assert_eq!(record.current(&other_keys, Some("4711")), None, "the spec reads other keys now");
+    for bad in ["", "4711", "4711 keys", "4711 keys digest more", "4711  digest"] {
+        assert_eq!(config::CredentialsRecord::parse(bad), None, "{bad:?}");
+    }
+}
+
+fn container_hash(sts: &StatefulSet) -> String {
+    sts.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[ANNOTATION_CONFIG_HASH]
+        .clone()
+}
+
+#[test]
 fn config_map_carries_the_multiconnect_environment() {
     let mut wan = sample();
     wan.spec.database.engine = DatabaseEngine::PostgreSQL;
     wan.spec.database.port = None;
     wan.spec.database.tls =
         Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "db-ca".into(), key: "root.pem".into() } });
-    let cm = config::config_map(&wan);
+    let cm = config::config_map(&wan, None);
     let data = cm.data.unwrap();
     let expect = [
         ("WA_APP_MULTICONNECT", "1"),
@@ -74,7 +103,7 @@ fn config_map_carries_the_multiconnect_environment() {
 
 #[test]
 fn config_map_without_tls_has_no_ca_path() {
-    let data = config::config_map(&sample()).data.unwrap();
+    let data = config::config_map(&sample(), None).data.unwrap();
     assert!(!data.contains_key("WA_DB_SSL_CA"));
     assert_eq!(data["WA_DB_ENGINE"], "MYSQL");
     assert_eq!(data["WA_DB_CONNECTION_IDLE_TIMEOUT"], "180000");
@@ -83,9 +112,9 @@ fn config_map_without_tls_has_no_ca_path() {
 #[test]
 fn every_number_gets_its_own_database_prefix() {
     let mut wan = sample();
-    assert_eq!(config::config_map(&wan).data.unwrap()["WA_DB_NAME_PREFIX"], "wa15550001111");
+    assert_eq!(config::config_map(&wan, None).data.unwrap()["WA_DB_NAME_PREFIX"], "wa15550001111");
     wan.spec.database.name_prefix = Some("acme_prod".into());
-    assert_eq!(config::config_map(&wan).data.unwrap()["WA_DB_NAME_PREFIX"], "acme_prod");
+    assert_eq!(config::config_map(&wan, None).data.unwrap()["WA_DB_NAME_PREFIX"], "acme_prod");
 }
 
 #[test]
