@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt as _, Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt, TryStreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::Job;
@@ -81,43 +81,93 @@ where
     }
 }
 
-/// Every WhatsAppNumber the controller sees (its own store), each decoded
-/// once per version: the watch mappers look at all of them for every event.
+/// Every WhatsAppNumber the controller sees: its store of the untyped
+/// objects, and each one decoded once, as the watch delivers it. The store
+/// keeps a decoded object's metadata alone (its data is the decoded copy's),
+/// and an unreadable object whole, for the status that reports it.
 #[derive(Clone)]
 pub struct Numbers {
     pub store: Store<DynamicObject>,
-    decoded: Arc<Mutex<HashMap<String, Decoded>>>,
+    decoded: Arc<Mutex<Decoded>>,
 }
 
-/// A decoded object by uid: its resource version and the object, if readable.
-type Decoded = (Option<String>, Option<Arc<WhatsAppNumber>>);
+#[derive(Default)]
+struct Decoded {
+    /// The readable objects by uid, as last delivered.
+    by_uid: HashMap<String, Arc<WhatsAppNumber>>,
+    /// The uids seen while a listing (a watch's start or restart) is under
+    /// way: what it did not list is gone once it is done.
+    listing: Option<std::collections::HashSet<String>>,
+}
 
 impl Numbers {
     pub fn new(store: Store<DynamicObject>) -> Self {
         Self { store, decoded: Arc::default() }
     }
 
+    /// Decodes what a watch event delivers, before the store takes it.
+    pub fn absorb(&self, event: watcher::Event<DynamicObject>) -> watcher::Event<DynamicObject> {
+        let mut decoded = self.decoded.lock().expect("decoded numbers lock");
+        match event {
+            watcher::Event::Apply(obj) => watcher::Event::Apply(decoded.decode(obj)),
+            watcher::Event::InitApply(obj) => {
+                let uid = obj.uid().unwrap_or_default();
+                decoded.listing.get_or_insert_with(Default::default).insert(uid);
+                watcher::Event::InitApply(decoded.decode(obj))
+            }
+            watcher::Event::Delete(obj) => {
+                decoded.by_uid.remove(&obj.uid().unwrap_or_default());
+                watcher::Event::Delete(obj)
+            }
+            watcher::Event::Init => {
+                decoded.listing = Some(Default::default());
+                watcher::Event::Init
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = decoded.listing.take() {
+                    decoded.by_uid.retain(|uid, _| listed.contains(uid));
+                }
+                watcher::Event::InitDone
+            }
+        }
+    }
+
+    /// The decoded form of a stored object, `None` if it could not be read.
+    pub fn decoded(&self, obj: &DynamicObject) -> Option<Arc<WhatsAppNumber>> {
+        let uid = obj.uid()?;
+        self.decoded.lock().expect("decoded numbers lock").by_uid.get(&uid).cloned()
+    }
+
     /// The objects the operator can read, with their references.
     pub fn readable(&self) -> Vec<(Arc<WhatsAppNumber>, ObjectRef<DynamicObject>)> {
         let resource = ApiResource::erase::<WhatsAppNumber>(&());
-        let state = self.store.state();
-        let mut memo = self.decoded.lock().expect("decoded numbers lock");
-        let mut next = HashMap::with_capacity(state.len());
-        let mut readable = Vec::with_capacity(state.len());
-        for obj in state {
-            let uid = obj.uid().unwrap_or_default();
-            let version = obj.resource_version();
-            let wan = match memo.remove(&uid) {
-                Some((known, wan)) if known == version => wan,
-                _ => super::typed(&obj).ok().map(Arc::new),
-            };
-            if let Some(w) = &wan {
-                readable.push((w.clone(), ObjectRef::from_obj_with(obj.as_ref(), resource.clone())));
+        let decoded = self.decoded.lock().expect("decoded numbers lock");
+        decoded
+            .by_uid
+            .values()
+            .map(|wan| {
+                let mut reference = ObjectRef::new_with(&wan.name_any(), resource.clone());
+                reference.namespace = wan.namespace();
+                (wan.clone(), reference)
+            })
+            .collect()
+    }
+}
+
+impl Decoded {
+    /// `obj` as the store keeps it: without its data once decoded.
+    fn decode(&mut self, mut obj: DynamicObject) -> DynamicObject {
+        let uid = obj.uid().unwrap_or_default();
+        match super::typed(&obj) {
+            Ok(wan) => {
+                self.by_uid.insert(uid, Arc::new(wan));
+                obj.data = serde_json::Value::Null;
             }
-            next.insert(uid, (version, wan));
+            Err(_) => {
+                self.by_uid.remove(&uid);
+            }
         }
-        *memo = next;
-        readable
+        obj
     }
 }
 
@@ -348,13 +398,14 @@ where
 /// The WhatsAppNumbers' store and the stream of those that changed, which
 /// drives the controller. What nobody reads (managed fields, a copy of the
 /// last applied object) is not kept.
-pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Store<DynamicObject>, Touched<DynamicObject>) {
+pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Numbers, Touched<DynamicObject>) {
     let writer = reflector::store::Writer::new(resource);
-    let store = writer.as_reader();
+    let numbers = Numbers::new(writer.as_reader());
+    let decode = numbers.clone();
     let config = watcher::Config::default().any_semantic();
-    let stream =
-        reflector::reflector(writer, watcher(api, config).default_backoff().modify(strip)).applied_objects().boxed();
-    (store, stream)
+    let events = watcher(api, config).default_backoff().modify(strip).map_ok(move |event| decode.absorb(event));
+    let stream = reflector::reflector(writer, events).applied_objects().boxed();
+    (numbers, stream)
 }
 
 /// The node pods' store, and a stream of only the pods that appeared, began
@@ -595,6 +646,7 @@ where
 #[cfg(test)]
 pub struct Seeds {
     numbers: reflector::store::Writer<DynamicObject>,
+    decode: Numbers,
     node_pods: reflector::store::Writer<Pod>,
     statefulsets: reflector::store::Writer<StatefulSet>,
     deployments: reflector::store::Writer<Deployment>,
@@ -642,9 +694,10 @@ impl Seeds {
         let (schema_pods, schema_pods_store) = typed();
         let (_, lease_store) = typed::<Lease>();
         let (_, catalog_store) = typed::<ConfigMap>();
+        let decode = Numbers::new(numbers_store);
         let caches = Caches {
             client: client.clone(),
-            numbers: Numbers::new(numbers_store),
+            numbers: decode.clone(),
             node_pods: Cache { store: node_pods_store, what: "pods" },
             statefulsets: Cache { store: sts, what: "statefulsets" },
             deployments: Cache { store: deploy, what: "deployments" },
@@ -666,6 +719,7 @@ impl Seeds {
         };
         let seeds = Self {
             numbers,
+            decode,
             node_pods,
             statefulsets,
             deployments,
@@ -712,7 +766,16 @@ impl Seeds {
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
         }
-        list(&mut self.numbers, objects, "WhatsAppNumber");
+        let mut events = vec![watcher::Event::Init];
+        for obj in objects.iter().filter(|o| o["kind"] == "WhatsAppNumber") {
+            let mut number: DynamicObject = serde_json::from_value(obj.clone()).expect("a WhatsAppNumber");
+            strip(&mut number);
+            events.push(watcher::Event::InitApply(number));
+        }
+        events.push(watcher::Event::InitDone);
+        for event in events {
+            self.numbers.apply_watcher_event(&self.decode.absorb(event));
+        }
         list(&mut self.node_pods, objects, "Pod");
         list_kept(&mut self.statefulsets, objects, "StatefulSet", statefulset_outline);
         list_kept(&mut self.deployments, objects, "Deployment", deployment_outline);
@@ -753,26 +816,47 @@ mod tests {
     }
 
     #[test]
-    fn numbers_are_decoded_once_per_version_and_unreadable_ones_left_out() {
+    fn numbers_are_decoded_once_as_they_arrive_and_kept_decoded_alone() {
         let mut writer = reflector::store::Writer::<DynamicObject>::new(ApiResource::erase::<WhatsAppNumber>(&()));
-        let store = writer.as_reader();
-        let numbers = Numbers::new(store);
-        writer.apply_watcher_event(&watcher::Event::Apply(number("a", "1", "+15550001111".into())));
-        writer.apply_watcher_event(&watcher::Event::Apply(number("b", "1", 42.into())));
+        let numbers = Numbers::new(writer.as_reader());
+        let mut deliver = |event| writer.apply_watcher_event(&numbers.absorb(event));
+        deliver(watcher::Event::Apply(number("a", "1", "+15550001111".into())));
+        deliver(watcher::Event::Apply(number("b", "1", 42.into())));
         let first = numbers.readable();
         assert_eq!(first.len(), 1, "the unreadable object is left out");
         assert_eq!(first[0].0.spec.phone_number, "+15550001111");
+        assert_eq!((first[0].1.name.as_str(), first[0].1.namespace.as_deref()), ("a", Some("team")));
         let again = numbers.readable();
-        assert!(Arc::ptr_eq(&first[0].0, &again[0].0), "an unchanged version is not decoded again");
+        assert!(Arc::ptr_eq(&first[0].0, &again[0].0), "an unchanged object is not decoded again");
 
-        writer.apply_watcher_event(&watcher::Event::Apply(number("a", "2", "+15550002222".into())));
-        writer.apply_watcher_event(&watcher::Event::Apply(number("b", "2", "+15550003333".into())));
+        // The store keeps the metadata of a decoded object, and all of an unreadable one.
+        let stored = |uid: &str| {
+            numbers.store.get(&ObjectRef::new_with(uid, ApiResource::erase::<WhatsAppNumber>(&())).within("team"))
+        };
+        let a = stored("a").expect("stored");
+        assert!(a.data.is_null(), "no second copy of a decoded object");
+        assert_eq!(a.uid().as_deref(), Some("a"));
+        assert_eq!(numbers.decoded(&a).expect("decoded").spec.phone_number, "+15550001111");
+        let b = stored("b").expect("stored");
+        assert_eq!(b.data["spec"]["phoneNumber"], 42, "an unreadable object is kept whole");
+        assert!(numbers.decoded(&b).is_none());
+
+        deliver(watcher::Event::Apply(number("a", "2", "+15550002222".into())));
+        deliver(watcher::Event::Apply(number("b", "2", "+15550003333".into())));
         let mut phones: Vec<String> = numbers.readable().iter().map(|(w, _)| w.spec.phone_number.clone()).collect();
         phones.sort();
         assert_eq!(phones, ["+15550002222", "+15550003333"], "new versions are decoded again");
-        writer.apply_watcher_event(&watcher::Event::Delete(number("a", "2", "+15550002222".into())));
-        assert_eq!(numbers.readable().len(), 1);
-        assert_eq!(numbers.decoded.lock().unwrap().len(), 1, "a deleted object is forgotten");
+        deliver(watcher::Event::Delete(number("a", "2", "+15550002222".into())));
+        assert_eq!(numbers.readable().len(), 1, "a deleted object is forgotten");
+
+        // A new listing: what it does not list is gone.
+        deliver(watcher::Event::Init);
+        deliver(watcher::Event::InitApply(number("c", "3", "+15550004444".into())));
+        assert_eq!(numbers.readable().len(), 2, "the old listing stands until the new one is done");
+        deliver(watcher::Event::InitDone);
+        let listed: Vec<String> = numbers.readable().iter().map(|(w, _)| w.name_any()).collect();
+        assert_eq!(listed, ["c"]);
+        assert!(stored("b").is_none() && stored("c").is_some());
     }
 
     #[test]

@@ -190,9 +190,18 @@ pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
     // The newest copy: the object may have changed while it waited its turn.
     let reference =
         kube::runtime::reflector::ObjectRef::from_obj_with(obj.as_ref(), ApiResource::erase::<WhatsAppNumber>(&()));
-    let obj = ctx.caches.numbers.store.get(&reference).unwrap_or(obj);
-    match typed(&obj) {
-        Ok(wan) => reconcile(Arc::new(wan), ctx).await,
+    // Gone since: its finalizer was removed, nothing is left to do.
+    let Some(obj) = ctx.caches.numbers.store.get(&reference) else {
+        return Ok(Action::await_change());
+    };
+    let decoded = match ctx.caches.numbers.decoded(&obj) {
+        Some(wan) => Ok(wan),
+        // Decoded once and forgotten since: it is leaving the store too.
+        None if obj.data.is_null() => return Ok(Action::await_change()),
+        None => typed(&obj).map(Arc::new),
+    };
+    match decoded {
+        Ok(wan) => reconcile(wan, ctx).await,
         Err(_)
             if obj.metadata.deletion_timestamp.is_some() && obj.finalizers().iter().any(|f| f == claim::FINALIZER) =>
         {

@@ -114,7 +114,7 @@ pub async fn run(
         None => Api::all_with(client.clone(), &resource),
     };
     let (numbers, changed) = cache::numbers_feed(wans, resource.clone());
-    let controller = Controller::for_stream_with(changed, numbers, resource).with_config(
+    let controller = Controller::for_stream_with(changed, numbers.store.clone(), resource).with_config(
         ControllerConfig::default()
             // Unbounded here: the reconciles take turns, first come first
             // served, for `settings.reconcile_concurrency` at once (see
@@ -124,7 +124,7 @@ pub async fn run(
             // reconcile for them, and the caches have caught up by then.
             .debounce(DEBOUNCE),
     );
-    let store = cache::Numbers::new(controller.store());
+    let store = numbers;
     let (caches, feeds) = cache::build(
         &client,
         &namespace,
