@@ -11,13 +11,12 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use super::cache::Cache;
+use super::cache::{Cache, PodOutline};
 use super::error::Result;
 use crate::api::WhatsAppNumber;
 use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER, MANAGED_BY};
@@ -173,7 +172,7 @@ impl Waiting {
 
 /// The master and coreapp pods of the number with these digits, from the
 /// operator's pod cache.
-pub async fn pods_of_number(cache: &Cache<Pod>, digits: &str) -> Result<Vec<NodePod>> {
+pub async fn pods_of_number(cache: &Cache<PodOutline>, digits: &str) -> Result<Vec<NodePod>> {
     let pods = cache.filter(|p| p.labels().get(LABEL_NUMBER).map(String::as_str) == Some(digits)).await?;
     Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
 }
@@ -183,7 +182,7 @@ pub async fn pods_of_number(cache: &Cache<Pod>, digits: &str) -> Result<Vec<Node
 /// StatefulSets that asks for pods. A number whose claim was lost between its
 /// StatefulSets' creation and their first pods is still seen as running.
 pub async fn nodes_of_number(
-    pods: &Cache<Pod>,
+    pods: &Cache<PodOutline>,
     statefulsets: &Cache<StatefulSet>,
     digits: &str,
 ) -> Result<Vec<NodePod>> {
@@ -203,8 +202,12 @@ fn with_workloads(mut pods: Vec<NodePod>, workloads: impl IntoIterator<Item = No
 }
 
 /// The masters and coreapps in `namespace` of the WhatsAppNumber `instance`.
-pub async fn own_node_pods(cache: &Cache<Pod>, namespace: &str, instance: &str) -> Result<Vec<std::sync::Arc<Pod>>> {
-    let own = |p: &Pod| {
+pub async fn own_node_pods(
+    cache: &Cache<PodOutline>,
+    namespace: &str,
+    instance: &str,
+) -> Result<Vec<std::sync::Arc<PodOutline>>> {
+    let own = |p: &PodOutline| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && p.labels().get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
     };
@@ -378,7 +381,7 @@ mod tests {
     fn only_start_terminate_and_delete_wake_anyone() {
         let mut filter = StartStopFilter::default();
         let meta = pod_meta("a", "x-coreapp-0", "x", "coreapp", "1");
-        let pod = Pod { metadata: meta.clone(), ..Default::default() };
+        let pod = PodOutline { metadata: meta.clone(), ..Default::default() };
         assert!(filter.relevant(&watcher::Event::Apply(pod.clone())).is_some(), "a new pod");
         assert!(filter.relevant(&watcher::Event::Apply(pod.clone())).is_none(), "a status change");
         let mut deleting = pod.clone();
@@ -386,7 +389,7 @@ mod tests {
         assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())).is_some(), "terminating");
         assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())).is_none());
         assert!(filter.relevant(&watcher::Event::Delete(deleting)).is_some(), "gone");
-        assert!(filter.relevant(&watcher::Event::<Pod>::InitDone).is_none());
+        assert!(filter.relevant(&watcher::Event::<PodOutline>::InitDone).is_none());
         // After a re-list the pod is new to the filter again.
         assert!(filter.relevant(&watcher::Event::InitApply(pod)).is_some());
     }
