@@ -95,7 +95,7 @@ def audit(path, user, start, end):
     ResponseStarted and, when they end, a ResponseComplete stage)."""
     seen = set()
     out = {"requests": 0, "writes": 0, "lease_requests": 0, "lease_writes": 0, "event_writes": 0,
-           "watches": 0, "lists": 0, "gets": 0, "by_verb_resource": {}}
+           "watches": 0, "lists": 0, "list_pages": 0, "gets": 0, "by_verb_resource": {}}
     watched = set()
     with open(path) as f:
         for line in f:
@@ -115,6 +115,8 @@ def audit(path, user, start, end):
             out["by_verb_resource"][key] = out["by_verb_resource"].get(key, 0) + 1
             out["requests"] += 1
             out["watches"] += verb == "watch"
+            # A list of more than one page (500 objects a page) is one list.
+            out["list_pages"] += verb == "list" and "continue=" in event.get("requestURI", "")
             if verb == "watch":
                 watched.add(resource)
             if not (ref.get("resource") == "leases" and ref.get("name") == LEADER_LEASE):
