@@ -278,6 +278,17 @@ impl Caches {
         Ok(read)
     }
 
+    /// Drops the data kept of a Secret: nothing needs it any more.
+    pub fn forget_secret(&self, namespace: &str, name: &str) {
+        self.secret_data.lock().expect("secret cache lock").remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Whether the data of a Secret is kept.
+    #[cfg(test)]
+    pub fn keeps_secret(&self, namespace: &str, name: &str) -> bool {
+        self.secret_data.lock().expect("secret cache lock").contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
     /// Keeps a Secret the operator just wrote, so the next read needs no request
     /// once the metadata cache has caught up with it.
     pub fn remember_secret(&self, secret: Option<&Secret>) {

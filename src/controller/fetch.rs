@@ -70,6 +70,24 @@ pub fn lifecycle_secret_names(wan: &WhatsAppNumber) -> Vec<String> {
     names
 }
 
+/// The Secrets besides the credentials whose data a reconcile of `wan` reads.
+fn other_secrets_read(wan: &WhatsAppNumber) -> Vec<String> {
+    let spec = &wan.spec;
+    let mut names: Vec<String> = [
+        spec.database.tls.as_ref().map(|t| t.ca_secret_ref.name.clone()),
+        spec.webapp.tls.as_ref().map(|t| t.secret_name.clone()),
+        Some(Names::new(wan).keys()),
+        spec.health.ca_secret_ref.as_ref().filter(|_| spec.health.enabled).map(|r| r.name.clone()),
+        spec.registration.as_ref().map(|r| r.secret_ref.name.clone()),
+        spec.webapp.admin_password_secret_ref.as_ref().map(|r| r.name.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    names.extend(lifecycle_secret_names(wan));
+    names
+}
+
 /// The first WhatsAppNumber among `others` that was there before `wan` and
 /// uses the same set of databases.
 pub fn database_sharer<'a>(
@@ -151,6 +169,13 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
         }
     }
 
+    // The record stands for the credentials' data from now on: keeping the
+    // data too would only cost memory. A Secret the spec also reads for
+    // something else keeps it.
+    if credentials_recorded.is_some() && !other_secrets_read(wan).contains(credentials_name) {
+        caches.forget_secret(&namespace, credentials_name);
+    }
+
     let catalog_yaml = caches
         .catalog
         .get(&settings.operator_namespace, &settings.release_catalog)
@@ -215,6 +240,20 @@ mod tests {
         assert_eq!(lifecycle_secret_names(&wan), ["backup-password", "old-s3", "s3", "s3-ca"]);
         let restore = wan.spec.restore_from.as_ref().unwrap();
         assert_eq!(restore.source(), "s3://backups/old/acme-backup-000000000001");
+    }
+
+    #[test]
+    fn the_other_secrets_read_name_every_secret_whose_data_a_reconcile_reads() {
+        let mut wan = sample();
+        assert_eq!(other_secrets_read(&wan), [Names::new(&wan).keys()], "only the key Secret by default");
+        wan.spec.webapp.admin_password_secret_ref =
+            Some(serde_json::from_value(serde_json::json!({"name": "acme-db", "key": "admin"})).unwrap());
+        wan.spec.database.tls = Some(
+            serde_json::from_value(serde_json::json!({"caSecretRef": {"name": "db-ca", "key": "ca.crt"}})).unwrap(),
+        );
+        let names = other_secrets_read(&wan);
+        assert!(names.contains(&"acme-db".to_string()), "the credentials Secret read as the admin password: {names:?}");
+        assert!(names.contains(&"db-ca".to_string()), "{names:?}");
     }
 
     #[test]

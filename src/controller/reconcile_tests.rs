@@ -398,6 +398,9 @@ async fn a_number_from_nothing_to_ready_then_no_request_at_all() {
     assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
     assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
 
+    // The ConfigMap's record stands for the credentials: their data is not kept.
+    assert!(!operator.ctx.caches.keeps_secret("team", "acme-db"));
+
     // A restarted operator knows only what its caches show: the credentials'
     // digest is recorded on the ConfigMap for the Secret's version, so it
     // reads nothing and writes nothing.
