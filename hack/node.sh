@@ -5,7 +5,7 @@
 # work; pods reach the apiserver through the `kubernetes` Service and resolve
 # cluster.local names (and nothing else).
 #
-# Usage: hack/node.sh up|down|status|smoke|expose|freeze|thaw
+# Usage: hack/node.sh up|down|status|smoke|expose|freeze|thaw|holder
 #        (WAO_CLUSTER_DIR as for local-cluster.sh)
 #   up      add the node to the running cluster (idempotent); needs root
 #   down    stop it and remove every process, mount, interface and rule it made
@@ -18,6 +18,8 @@
 #           control plane while its containers go on running, as behind a
 #           network partition (fault tests)
 #   thaw    let the kubelet go on (SIGCONT)
+#   holder  print the cluster dir of another cluster whose running real node
+#           holds this machine; fail (printing nothing) when the node is free
 #
 # One real node per machine: the bridge, its addresses and the iptables rules
 # are machine-wide. See hack/README.md.
@@ -458,11 +460,37 @@ healthy() {
   node_ready
 }
 
+# Whether a process of the real node in cluster dir $1 runs: its command line
+# names a path under that node dir (as `owned` tells for this one).
+node_runs_in() {
+  local p
+  for p in /proc/[0-9]*; do
+    tr '\0' '\n' 2>/dev/null <"$p/cmdline" | grep -qF -- "$1/node/" && return 0
+  done
+  return 1
+}
+
+# The cluster dir of another cluster whose real node holds this machine, if
+# any. A node whose processes are all gone (its machine restarted, its
+# cluster dir copied elsewhere) holds nothing: `up` removes what it left.
+other_holder() {
+  local owner
+  owner="$(cat "$OWNER_FILE" 2>/dev/null || true)"
+  [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -d "$owner/node" ] || return 1
+  node_runs_in "$owner" || return 1
+  echo "$owner"
+}
+
 claim_machine() {
   local owner
   owner="$(cat "$OWNER_FILE" 2>/dev/null || true)"
   if [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -d "$owner/node" ]; then
-    die "the real node of this machine belongs to the cluster in $owner (hack/local-cluster.sh down there first)"
+    if node_runs_in "$owner"; then
+      die "the real node of this machine belongs to the cluster in $owner (hack/local-cluster.sh down there first)"
+    fi
+    log "the real node of the cluster in $owner runs no process: removing what it left"
+    WAO_CLUSTER_DIR="$owner" "$REPO/hack/node.sh" down \
+      || die "could not remove the stale real node of $owner (WAO_CLUSTER_DIR=$owner hack/node.sh down)"
   fi
   echo "$DIR" >"$OWNER_FILE"
 }
@@ -728,5 +756,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   smoke) cmd_smoke ;;
-  *) echo "usage: $0 up|down|status|smoke|expose|freeze|thaw" >&2; exit 2 ;;
+  holder) other_holder || exit 1 ;;
+  *) echo "usage: $0 up|down|status|smoke|expose|freeze|thaw|holder" >&2; exit 2 ;;
 esac

@@ -20,8 +20,7 @@ rp_unavailable() {
     command -v "$c" >/dev/null || { echo "$c is not installed"; return 0; }
   done
   [ -x /usr/lib/cni/bridge ] || { echo "the CNI plugins (containernetworking-plugins) are not installed"; return 0; }
-  owner="$(cat /run/wao-real-node.owner 2>/dev/null || true)"
-  if [ -n "$owner" ] && [ "$owner" != "${WAO_CLUSTER_DIR:-}" ]; then
+  if owner="$(WAO_CLUSTER_DIR="${WAO_CLUSTER_DIR:-$RP_REPO/.cache/cluster}" "$RP_REPO/hack/node.sh" holder)"; then
     echo "the machine's real node belongs to the cluster in $owner"
     return 0
   fi
