@@ -59,12 +59,14 @@ die() { log "error: $*"; exit 1; }
 
 pid_of() { if [ -f "$RUN/node-$1.pid" ]; then cat "$RUN/node-$1.pid" 2>/dev/null || true; fi; }
 
-# A pid is this node's when its command line names a path under the node dir.
-owned() {
+# Whether pid $1's command line names a path under the node dir $2.
+names_node() {
   local pid="$1"
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$N/"
+  tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$2/"
 }
+# A pid is this node's when its command line names a path under the node dir.
+owned() { names_node "$1" "$N"; }
 alive() { owned "$(pid_of "$1")"; }
 
 start() { # <name> <command...>
@@ -460,14 +462,22 @@ healthy() {
   node_ready
 }
 
-# Whether a process of the real node in cluster dir $1 runs: its command line
-# names a path under that node dir (as `owned` tells for this one).
+# Whether a process of the real node in cluster dir $1 runs.
 node_runs_in() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' '\n' 2>/dev/null <"$p/cmdline" | grep -qF -- "$1/node/" && return 0
+    names_node "${p#/proc/}" "$1/node" && return 0
   done
   return 1
+}
+
+# Another cluster dir recorded as having the real node, whose node dir is
+# still there.
+recorded_other() {
+  local owner
+  owner="$(cat "$OWNER_FILE" 2>/dev/null || true)"
+  [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -d "$owner/node" ] || return 1
+  echo "$owner"
 }
 
 # The cluster dir of another cluster whose real node holds this machine, if
@@ -475,16 +485,14 @@ node_runs_in() {
 # cluster dir copied elsewhere) holds nothing: `up` removes what it left.
 other_holder() {
   local owner
-  owner="$(cat "$OWNER_FILE" 2>/dev/null || true)"
-  [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -d "$owner/node" ] || return 1
+  owner="$(recorded_other)" || return 1
   node_runs_in "$owner" || return 1
   echo "$owner"
 }
 
 claim_machine() {
   local owner
-  owner="$(cat "$OWNER_FILE" 2>/dev/null || true)"
-  if [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -d "$owner/node" ]; then
+  if owner="$(recorded_other)"; then
     if node_runs_in "$owner"; then
       die "the real node of this machine belongs to the cluster in $owner (hack/local-cluster.sh down there first)"
     fi

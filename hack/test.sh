@@ -109,7 +109,26 @@ shellcheck -x hack/node.sh hack/images.sh hack/tools.sh hack/local-cluster.sh ha
 # Opt-in (CI turns it on): it needs root and builds images and node binaries.
 if [ "${WAO_TEST_REAL_NODE:-0}" = 1 ]; then
   hack/databases.sh down >/dev/null 2>&1 || true
+  # A real node left by a cluster whose processes are gone (a restarted
+  # machine) must not hold the machine: one is planted, `node.sh holder`
+  # must tell it from a running one, and the suite's `up` must take over.
+  stale=""
+  if [ ! -e /run/wao-real-node.owner ]; then
+    stale="$(mktemp -d)"
+    mkdir "$stale/node"
+    echo "$stale" >/run/wao-real-node.owner
+    ! hack/node.sh holder >/dev/null || { log "FAILED: a node that runs nothing holds the machine"; exit 1; }
+    bash -c 'sleep 30; :' "$stale/node/kubelet" &
+    sleeper=$!
+    sleep 1
+    [ "$(hack/node.sh holder || true)" = "$stale" ] || { log "FAILED: a running node does not hold the machine"; exit 1; }
+    kill "$sleeper"; wait "$sleeper" 2>/dev/null || true
+  fi
   log "e2e suite on a real node (tests/e2e/run.sh --provider local)"
   tests/e2e/run.sh --provider local
+  if [ -n "$stale" ]; then
+    [ ! -e "$stale/node" ] || { log "FAILED: the stale real node in $stale was not removed"; exit 1; }
+    rm -rf "$stale"
+  fi
   stage_done "e2e on a real node"
 fi
