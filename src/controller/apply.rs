@@ -8,15 +8,11 @@
 //! operator owns ([`super::drift`]) says whether someone else changed one of
 //! them since.
 
-use std::fmt::Debug;
-
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::cache::{Cached, Caches};
@@ -24,7 +20,7 @@ use super::drift;
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
 use crate::api::{TierStatus, WhatsAppNumber};
-use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_INSTANCE, LABEL_VERSION};
+use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER};
 use crate::resources::{Children, config};
 use crate::telemetry::metrics::Metrics;
 
@@ -67,26 +63,23 @@ impl<'a> Applier<'a> {
         for budget in &children.disruption_budgets {
             self.apply(budget).await?;
         }
-        let version = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
-            template.and_then(|t| t.metadata.as_ref()?.labels.as_ref()?.get(LABEL_VERSION).cloned())
-        };
         let absent = TierStatus { desired: 0, ready: 0, updated: 0, observed: true };
         Ok(Tiers {
             masters: masters.as_ref().map_or(absent.clone(), stateful_set_tier),
             coreapps: coreapps.as_ref().map_or(absent.clone(), stateful_set_tier),
             webapps: webapps.as_ref().map_or(absent, deployment_tier),
             versions: [
-                version(masters.as_ref().and_then(|m| m.spec.as_ref()).map(|s| &s.template)),
-                version(coreapps.as_ref().and_then(|c| c.spec.as_ref()).map(|s| &s.template)),
-                version(webapps.as_ref().and_then(|w| w.spec.as_ref()).map(|s| &s.template)),
+                masters.and_then(|m| m.state.version),
+                coreapps.and_then(|c| c.state.version),
+                webapps.and_then(|w| w.state.version),
             ],
         })
     }
 
     /// Applies a workload that exists, or creates it when `create` says so.
-    async fn apply_workload<K>(&self, desired: &K, create: bool) -> Result<Option<K>>
+    async fn apply_workload<K>(&self, desired: &K, create: bool) -> Result<Option<K::Kept>>
     where
-        K: Cached + Debug + Serialize + DeserializeOwned,
+        K: Cached + Serialize,
     {
         if !create && K::cache(self.caches).get(&self.namespace, &desired.name_any()).await?.is_none() {
             return Ok(None);
@@ -95,15 +88,16 @@ impl<'a> Applier<'a> {
     }
 
     /// Server-side apply of one object, unless the cached live object already
-    /// is what this reconcile would write. Returns the live object either way.
-    pub async fn apply<K>(&self, desired: &K) -> Result<K>
+    /// is what this reconcile would write. Returns what the cache keeps of
+    /// the live object either way.
+    pub async fn apply<K>(&self, desired: &K) -> Result<K::Kept>
     where
-        K: Cached + Debug + Serialize + DeserializeOwned,
+        K: Cached + Serialize,
     {
         let name = desired.name_any();
         let wanted = serde_json::to_value(desired)?;
         if let Some(live) = K::cache(self.caches).get(&self.namespace, &name).await? {
-            match needs_apply(&wanted, live.meta(), K::UNCOMPARED) {
+            match needs_apply(&wanted, K::digests(&live), K::UNCOMPARED) {
                 None => return Ok((*live).clone()),
                 Some(why) => tracing::debug!(kind = %K::kind(&()), %name, %why, "applying"),
             }
@@ -119,7 +113,7 @@ impl<'a> Applier<'a> {
         if read_back.is_some_and(|d| d != drift::desired_digest(&wanted, K::UNCOMPARED)) {
             tracing::warn!(kind = %K::kind(&()), namespace = %self.namespace, %name, "{}", drift::READ_BACK_DIFFERS);
         }
-        Ok(live)
+        Ok(K::keep(live))
     }
 
     /// Creates the key Secret, or fills in keys missing from it; never changes
@@ -243,13 +237,11 @@ impl<'a> Applier<'a> {
     /// never a PersistentVolumeClaim: media is user data.
     pub async fn prune<K>(&self, wan: &WhatsAppNumber, keep: &[String]) -> Result<()>
     where
-        K: Cached + Debug + DeserializeOwned,
+        K: Cached,
     {
         let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
-        let instance = wan.name_any();
-        let unwanted = |obj: &K| {
+        let unwanted = |obj: &K::Kept| {
             obj.namespace().as_deref() == Some(self.namespace.as_str())
-                && obj.labels().get(LABEL_INSTANCE) == Some(&instance)
                 && obj.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
                 && !keep.contains(&obj.name_any())
                 && obj.meta().deletion_timestamp.is_none()
@@ -271,17 +263,18 @@ impl<'a> Applier<'a> {
     }
 }
 
-/// Why `live` lacks what `desired` would write, if it does: another desired
-/// form (the applied hash differs), or a field the operator sets that someone
-/// else changed (the owned-field digest the cache keeps differs).
-pub fn needs_apply(desired: &Value, live: &ObjectMeta, uncompared: &[&str]) -> Option<String> {
-    let annotation = |key: &str| live.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
+/// Why the live object lacks what `desired` would write, if it does: another
+/// desired form (the applied hash differs), or a field the operator sets that
+/// someone else changed (the owned-field digest the cache keeps differs).
+/// `live` holds the live object's applied hash and owned-field digest.
+pub fn needs_apply(desired: &Value, live: (Option<&str>, Option<&str>), uncompared: &[&str]) -> Option<String> {
+    let (applied_hash, owned_digest) = live;
     let desired_hash = desired.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_APPLIED_HASH));
     let desired_hash = desired_hash.and_then(Value::as_str);
-    if desired_hash.is_none() || desired_hash != annotation(ANNOTATION_APPLIED_HASH) {
+    if desired_hash.is_none() || desired_hash != applied_hash {
         return Some("the desired form changed".into());
     }
-    match annotation(drift::OWNED_DIGEST) {
+    match owned_digest {
         None => Some("no field of it is recorded as applied by the operator".into()),
         Some(live) if live != drift::desired_digest(desired, uncompared) => {
             Some("a field the operator sets was changed by someone else".into())
@@ -292,8 +285,6 @@ pub fn needs_apply(desired: &Value, live: &ObjectMeta, uncompared: &[&str]) -> O
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use serde_json::json;
 
     use super::*;
@@ -303,31 +294,37 @@ mod tests {
     }
 
     /// A cached child: its applied hash and the digest of what it owns.
-    fn live(hash: &str, owned: Option<&Value>) -> ObjectMeta {
-        let mut annotations = BTreeMap::from([(ANNOTATION_APPLIED_HASH.to_string(), hash.to_string())]);
-        if let Some(o) = owned {
-            annotations.insert(drift::OWNED_DIGEST.into(), drift::desired_digest(o, &[]));
-        }
-        ObjectMeta { name: Some("x".into()), annotations: Some(annotations), ..Default::default() }
+    fn live(hash: &str, owned: Option<&Value>) -> (String, Option<String>) {
+        (hash.to_string(), owned.map(|o| drift::desired_digest(o, &[])))
+    }
+
+    fn digests(live: &(String, Option<String>)) -> (Option<&str>, Option<&str>) {
+        (Some(live.0.as_str()), live.1.as_deref())
     }
 
     #[test]
     fn an_unchanged_child_needs_no_write() {
-        assert_eq!(needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 2))), &[]), None);
+        assert_eq!(needs_apply(&desired("h1", 2), digests(&live("h1", Some(&desired("h1", 2)))), &[]), None);
     }
 
     #[test]
     fn a_changed_desired_form_or_a_field_changed_by_someone_else_is_written() {
         assert_eq!(
-            needs_apply(&desired("h2", 2), &live("h1", Some(&desired("h1", 2))), &[]).as_deref(),
+            needs_apply(&desired("h2", 2), digests(&live("h1", Some(&desired("h1", 2)))), &[]).as_deref(),
             Some("the desired form changed")
         );
         assert_eq!(
-            needs_apply(&desired("h1", 2), &live("h1", Some(&desired("h1", 5))), &[]).as_deref(),
+            needs_apply(&desired("h1", 2), digests(&live("h1", Some(&desired("h1", 5)))), &[]).as_deref(),
             Some("a field the operator sets was changed by someone else"),
             "scaled by hand"
         );
-        assert!(needs_apply(&desired("h1", 2), &live("h1", None), &[]).is_some(), "never applied by the operator");
-        assert!(needs_apply(&json!({"metadata": {"name": "x"}}), &live("h1", None), &[]).is_some(), "no hash at all");
+        assert!(
+            needs_apply(&desired("h1", 2), digests(&live("h1", None)), &[]).is_some(),
+            "never applied by the operator"
+        );
+        assert!(
+            needs_apply(&json!({"metadata": {"name": "x"}}), digests(&live("h1", None)), &[]).is_some(),
+            "no hash at all"
+        );
     }
 }

@@ -4,11 +4,10 @@
 //!
 //! The stores keep what the operator reads and drop the rest (managed fields,
 //! the last-applied annotation, pod specs). Of the children the operator
-//! applies they keep a digest of the fields it owns instead of the spec
-//! ([`super::drift`]), and of the workloads only their replica count and pod
-//! template labels. Secrets are watched by metadata
-//! only: their data is read by name when a reconcile needs it and kept until
-//! their resource version changes.
+//! applies they keep an outline ([`super::outline`]): identity, the digests
+//! that decide a write, and of workloads and Jobs the counts and status read.
+//! Secrets are watched by metadata only: their data is read by name when a
+//! reconcile needs it and kept until their resource version changes.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -17,10 +16,10 @@ use std::time::Duration;
 
 use futures::{FutureExt as _, Stream, StreamExt, TryStreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DynamicObject, ObjectMeta};
 use kube::core::PartialObjectMeta;
@@ -30,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::Result;
+use super::outline::{Outline, keep_read_labels};
 use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
 
 /// How long a reconcile waits for a cache's first listing.
@@ -171,27 +171,51 @@ impl Decoded {
     }
 }
 
-/// The children a reconcile applies, each with its cache.
-pub trait Cached: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static {
+/// The children a reconcile applies, each with its cache and what the cache
+/// keeps of one.
+pub trait Cached:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
     /// Fields (JSON pointers) that never count as drift: immutable ones the
     /// builder copies from the live object, which may or may not be the
     /// operator's (see [`super::drift`]).
     const UNCOMPARED: &'static [&'static str] = &[];
+    /// What the cache keeps of an object.
+    type Kept: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
 
-    fn cache(caches: &Caches) -> &Cache<Self>;
+    fn cache(caches: &Caches) -> &Cache<Self::Kept>;
+    /// What the cache keeps of a live object as a watch or a write returns
+    /// it, its managed fields still there.
+    fn keep(live: Self) -> Self::Kept;
+    /// The applied hash and the owned-field digest of a kept object.
+    fn digests(kept: &Self::Kept) -> (Option<&str>, Option<&str>);
 }
 
-macro_rules! cached {
+macro_rules! outlined {
     ($($kind:ty => $field:ident),* $(,)?) => {
         $(impl Cached for $kind {
-            fn cache(caches: &Caches) -> &Cache<Self> {
+            type Kept = Outline<$kind>;
+
+            fn cache(caches: &Caches) -> &Cache<Outline<$kind>> {
                 &caches.$field
+            }
+            fn keep(live: Self) -> Outline<$kind> {
+                Outline::of(live)
+            }
+            fn digests(kept: &Outline<$kind>) -> (Option<&str>, Option<&str>) {
+                (kept.applied_hash.as_deref(), kept.owned_digest.as_deref())
             }
         })*
     };
 }
 
-cached! {
+outlined! {
     StatefulSet => statefulsets,
     Deployment => deployments,
     Service => services,
@@ -200,14 +224,26 @@ cached! {
     Job => jobs,
 }
 
+/// Claims are kept whole (users' media claims too, which are few): the media
+/// claim's spec and annotations are read.
 impl Cached for PersistentVolumeClaim {
     /// A cluster's default class is filled in on creation, owned by no one,
     /// and copied back by the builder: the claim's first apply must not be
     /// followed by another one only to own it. A class cannot change anyway.
     const UNCOMPARED: &'static [&'static str] = &["/spec/storageClassName"];
+    type Kept = PersistentVolumeClaim;
 
     fn cache(caches: &Caches) -> &Cache<Self> {
         &caches.volume_claims
+    }
+    fn keep(mut live: Self) -> Self {
+        record_owned(&mut live);
+        strip(&mut live);
+        live
+    }
+    fn digests(kept: &Self) -> (Option<&str>, Option<&str>) {
+        let annotation = |key: &str| kept.metadata.annotations.as_ref()?.get(key).map(String::as_str);
+        (annotation(crate::resources::names::ANNOTATION_APPLIED_HASH), annotation(super::drift::OWNED_DIGEST))
     }
 }
 
@@ -219,13 +255,13 @@ pub struct Caches {
     /// Masters and coreapps of every number, metadata and pod IP only: fencing
     /// and the matching of gateway nodes to pods read them.
     pub node_pods: Cache<PodOutline>,
-    pub statefulsets: Cache<StatefulSet>,
-    pub deployments: Cache<Deployment>,
-    pub services: Cache<Service>,
+    pub statefulsets: Cache<Outline<StatefulSet>>,
+    pub deployments: Cache<Outline<Deployment>>,
+    pub services: Cache<Outline<Service>>,
     /// The ConfigMaps the operator made (the release catalog has its own).
-    pub configmaps: Cache<ConfigMap>,
-    pub budgets: Cache<PodDisruptionBudget>,
-    pub jobs: Cache<Job>,
+    pub configmaps: Cache<Outline<ConfigMap>>,
+    pub budgets: Cache<Outline<PodDisruptionBudget>>,
+    pub jobs: Cache<Outline<Job>>,
     /// Every claim, the users' own media claims included.
     pub volume_claims: Cache<PersistentVolumeClaim>,
     /// Every Secret's metadata.
@@ -368,12 +404,12 @@ pub type Touched<K> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<K,
 /// keeps the stores current and turns their changes into reconciles.
 pub struct Feeds {
     pub node_pods: Touched<PodOutline>,
-    pub statefulsets: Touched<StatefulSet>,
-    pub deployments: Touched<Deployment>,
-    pub services: Touched<Service>,
-    pub configmaps: Touched<ConfigMap>,
-    pub budgets: Touched<PodDisruptionBudget>,
-    pub jobs: Touched<Job>,
+    pub statefulsets: Touched<Outline<StatefulSet>>,
+    pub deployments: Touched<Outline<Deployment>>,
+    pub services: Touched<Outline<Service>>,
+    pub configmaps: Touched<Outline<ConfigMap>>,
+    pub budgets: Touched<Outline<PodDisruptionBudget>>,
+    pub jobs: Touched<Outline<Job>>,
     pub volume_claims: Touched<PersistentVolumeClaim>,
     pub secrets: Touched<PartialObjectMeta<Secret>>,
     pub claims: Touched<WhatsAppNumberClaim>,
@@ -426,7 +462,10 @@ fn node_pods_feed(api: Api<PodOutline>, selector: &str) -> (Cache<PodOutline>, T
     let mut start_stop = super::fencing::StartStopFilter::default();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().labels(selector)).default_backoff().modify(strip),
+        watcher(api, watcher::Config::default().labels(selector)).default_backoff().modify(|pod| {
+            strip(pod);
+            node_pod_outline(pod);
+        }),
     )
     .filter_map(move |event| {
         futures::future::ready(match event {
@@ -439,6 +478,30 @@ fn node_pods_feed(api: Api<PodOutline>, selector: &str) -> (Cache<PodOutline>, T
 }
 
 fn keep_all<K>(_: &mut K) {}
+
+/// A store of what is kept of the children of kind `K`, and the stream of
+/// those that changed, which feeds it.
+fn children_feed<K: Cached>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+) -> (Cache<K::Kept>, Touched<K::Kept>) {
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config).default_backoff().map_ok(|event| kept(event, K::keep));
+    let stream = reflector::reflector(writer, events).touched_objects().boxed();
+    (Cache { store, what }, stream)
+}
+
+/// A watch event with `keep` applied to its object.
+fn kept<K, T>(event: watcher::Event<K>, keep: fn(K) -> T) -> watcher::Event<T> {
+    match event {
+        watcher::Event::Apply(obj) => watcher::Event::Apply(keep(obj)),
+        watcher::Event::InitApply(obj) => watcher::Event::InitApply(keep(obj)),
+        watcher::Event::Delete(obj) => watcher::Event::Delete(keep(obj)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
 
 /// Records the digest of the fields the operator owns (see [`super::drift`])
 /// while the managed fields are still there.
@@ -453,54 +516,15 @@ fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
     };
 }
 
-/// A StatefulSet as the operator reads it: its owned-field digest, replica
-/// count, pod template labels and status.
-fn statefulset_outline(sts: &mut StatefulSet) {
-    record_owned(sts);
-    if let Some(spec) = sts.spec.take() {
-        sts.spec = Some(StatefulSetSpec {
-            replicas: spec.replicas,
-            template: PodTemplateSpec { metadata: spec.template.metadata, spec: None },
-            ..Default::default()
-        });
-    }
-}
-
-/// A Deployment as the operator reads it, as [`statefulset_outline`].
-fn deployment_outline(deploy: &mut Deployment) {
-    record_owned(deploy);
-    if let Some(spec) = deploy.spec.take() {
-        deploy.spec = Some(DeploymentSpec {
-            replicas: spec.replicas,
-            template: PodTemplateSpec { metadata: spec.template.metadata, spec: None },
-            ..Default::default()
-        });
-    }
-}
-
-/// A Service: nothing of its spec is read.
-fn service_outline(service: &mut Service) {
-    record_owned(service);
-    service.spec = None;
-}
-
-/// A ConfigMap the operator made: nothing of its data is read.
-fn configmap_outline(map: &mut ConfigMap) {
-    record_owned(map);
-    map.data = None;
-    map.binary_data = None;
-}
-
-/// A PodDisruptionBudget: nothing of its spec is read.
-fn budget_outline(budget: &mut PodDisruptionBudget) {
-    record_owned(budget);
-    budget.spec = None;
-}
-
-/// A schema Job is created once and never changed: its existence and its
-/// status are all that is read, so its pod template is not kept.
-fn job_outcome(job: &mut Job) {
-    job.spec = None;
+/// A node pod as fencing and gateway matching read it: name, namespace, uid,
+/// deletion time, the labels that tell its number, instance and role, and
+/// its IP. Its annotations, owner and other labels are not kept.
+fn node_pod_outline(pod: &mut PodOutline) {
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    keep_read_labels(&mut meta.labels);
 }
 
 /// Whether a schema Job's pod started, or why it cannot: its status is
@@ -562,16 +586,20 @@ pub fn build(
 ) -> (Caches, Feeds) {
     let owned = || watcher::Config::default().labels(owned_selector);
     let (node_pods, pods_feed) = node_pods_feed(scoped(client, namespace), node_pod_selector);
-    let (statefulsets, sts_feed) = feed(scoped(client, namespace), owned(), "statefulsets", statefulset_outline);
-    let (deployments, deploy_feed) = feed(scoped(client, namespace), owned(), "deployments", deployment_outline);
-    let (services, svc_feed) = feed(scoped(client, namespace), owned(), "services", service_outline);
-    let (configmaps, cm_feed) = feed(scoped(client, namespace), owned(), "configmaps", configmap_outline);
-    let (budgets, pdb_feed) = feed(scoped(client, namespace), owned(), "poddisruptionbudgets", budget_outline);
-    let (jobs, job_feed) = feed(scoped(client, namespace), owned(), "jobs", job_outcome);
+    let (statefulsets, sts_feed) = children_feed::<StatefulSet>(scoped(client, namespace), owned(), "statefulsets");
+    let (deployments, deploy_feed) = children_feed::<Deployment>(scoped(client, namespace), owned(), "deployments");
+    let (services, svc_feed) = children_feed::<Service>(scoped(client, namespace), owned(), "services");
+    let (configmaps, cm_feed) = children_feed::<ConfigMap>(scoped(client, namespace), owned(), "configmaps");
+    let (budgets, pdb_feed) =
+        children_feed::<PodDisruptionBudget>(scoped(client, namespace), owned(), "poddisruptionbudgets");
+    let (jobs, job_feed) = children_feed::<Job>(scoped(client, namespace), owned(), "jobs");
     // The media claim's spec is read (its access modes); users' claims are
     // few and small.
-    let (volume_claims, pvc_feed) =
-        feed(scoped(client, namespace), watcher::Config::default(), "persistentvolumeclaims", record_owned);
+    let (volume_claims, pvc_feed) = children_feed::<PersistentVolumeClaim>(
+        scoped(client, namespace),
+        watcher::Config::default(),
+        "persistentvolumeclaims",
+    );
     let (claims, claim_feed) = feed(
         Api::all(client.clone()),
         watcher::Config::default(),
@@ -689,12 +717,12 @@ pub struct Seeds {
     numbers: reflector::store::Writer<DynamicObject>,
     decode: Numbers,
     node_pods: reflector::store::Writer<PodOutline>,
-    statefulsets: reflector::store::Writer<StatefulSet>,
-    deployments: reflector::store::Writer<Deployment>,
-    services: reflector::store::Writer<Service>,
-    configmaps: reflector::store::Writer<ConfigMap>,
-    budgets: reflector::store::Writer<PodDisruptionBudget>,
-    jobs: reflector::store::Writer<Job>,
+    statefulsets: reflector::store::Writer<Outline<StatefulSet>>,
+    deployments: reflector::store::Writer<Outline<Deployment>>,
+    services: reflector::store::Writer<Outline<Service>>,
+    configmaps: reflector::store::Writer<Outline<ConfigMap>>,
+    budgets: reflector::store::Writer<Outline<PodDisruptionBudget>>,
+    jobs: reflector::store::Writer<Outline<Job>>,
     volume_claims: reflector::store::Writer<PersistentVolumeClaim>,
     secrets: reflector::store::Writer<PartialObjectMeta<Secret>>,
     key_secrets: reflector::store::Writer<Secret>,
@@ -787,23 +815,24 @@ impl Seeds {
         ) where
             K::DynamicType: Clone + Eq + std::hash::Hash,
         {
-            list_kept(writer, objects, kind, |_| {});
+            list_kept(writer, objects, kind, |mut k: K| {
+                strip(&mut k);
+                k
+            });
         }
-        /// As the watch with its `trim` delivers them.
-        fn list_kept<K: Resource + Clone + DeserializeOwned>(
-            writer: &mut reflector::store::Writer<K>,
+        /// As the watch delivers them to the store.
+        fn list_kept<K: DeserializeOwned, T: Resource + Clone>(
+            writer: &mut reflector::store::Writer<T>,
             objects: &[serde_json::Value],
             kind: &str,
-            trim: fn(&mut K),
+            keep: fn(K) -> T,
         ) where
-            K::DynamicType: Clone + Eq + std::hash::Hash,
+            T::DynamicType: Clone + Eq + std::hash::Hash,
         {
             writer.apply_watcher_event(&watcher::Event::Init);
             for obj in objects.iter().filter(|o| o["kind"] == kind) {
-                let mut k: K = serde_json::from_value(obj.clone()).expect("an object of its kind");
-                trim(&mut k);
-                strip(&mut k);
-                writer.apply_watcher_event(&watcher::Event::InitApply(k));
+                let k: K = serde_json::from_value(obj.clone()).expect("an object of its kind");
+                writer.apply_watcher_event(&watcher::Event::InitApply(keep(k)));
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
         }
@@ -817,14 +846,18 @@ impl Seeds {
         for event in events {
             self.numbers.apply_watcher_event(&self.decode.absorb(event));
         }
-        list(&mut self.node_pods, objects, "Pod");
-        list_kept(&mut self.statefulsets, objects, "StatefulSet", statefulset_outline);
-        list_kept(&mut self.deployments, objects, "Deployment", deployment_outline);
-        list_kept(&mut self.services, objects, "Service", service_outline);
-        list_kept(&mut self.configmaps, objects, "ConfigMap", configmap_outline);
-        list_kept(&mut self.budgets, objects, "PodDisruptionBudget", budget_outline);
-        list_kept(&mut self.jobs, objects, "Job", job_outcome);
-        list_kept(&mut self.volume_claims, objects, "PersistentVolumeClaim", record_owned);
+        list_kept(&mut self.node_pods, objects, "Pod", |mut pod: PodOutline| {
+            strip(&mut pod);
+            node_pod_outline(&mut pod);
+            pod
+        });
+        list_kept(&mut self.statefulsets, objects, "StatefulSet", StatefulSet::keep);
+        list_kept(&mut self.deployments, objects, "Deployment", Deployment::keep);
+        list_kept(&mut self.services, objects, "Service", Service::keep);
+        list_kept(&mut self.configmaps, objects, "ConfigMap", ConfigMap::keep);
+        list_kept(&mut self.budgets, objects, "PodDisruptionBudget", PodDisruptionBudget::keep);
+        list_kept(&mut self.jobs, objects, "Job", Job::keep);
+        list_kept(&mut self.volume_claims, objects, "PersistentVolumeClaim", PersistentVolumeClaim::keep);
         list(&mut self.claims, objects, "WhatsAppNumberClaim");
         let component = crate::resources::names::LABEL_COMPONENT;
         let schema = crate::resources::schema_job::COMPONENT;
@@ -846,6 +879,7 @@ impl Seeds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER};
 
     fn number(uid: &str, version: &str, phone: serde_json::Value) -> DynamicObject {
         let mut v = serde_json::to_value(crate::fixtures::sample()).unwrap();
@@ -901,66 +935,18 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_job_keeps_its_metadata_and_status() {
-        let mut job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "acme-schema-2-53-2", "namespace": "team", "labels": {"a": "b"}},
-            "spec": {"template": {"spec": {"containers": [{"name": "schema", "image": "x"}]}}},
-            "status": {"succeeded": 1}
-        }))
-        .unwrap();
-        strip(&mut job);
-        job_outcome(&mut job);
-        assert!(job.spec.is_none());
-        assert_eq!(job.status.unwrap().succeeded, Some(1));
-        assert_eq!(job.metadata.labels.unwrap()["a"], "b");
-    }
-
-    #[test]
-    fn a_cached_workload_keeps_its_owned_digest_replicas_template_labels_and_status() {
-        let applied = serde_json::json!({"metadata": {"labels": {"a": "b"}}, "spec": {"replicas": 2}});
-        let mut sts: StatefulSet = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "acme-master", "namespace": "team", "labels": {"a": "b"},
-                "managedFields": [{"manager": crate::resources::names::FIELD_MANAGER, "operation": "Apply",
-                    "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:replicas": {}}}}]
-            },
-            "spec": {
-                "replicas": 2, "serviceName": "acme-master", "selector": {"matchLabels": {"a": "b"}},
-                "template": {"metadata": {"labels": {"version": "2.53.2"}},
-                    "spec": {"containers": [{"name": "master", "image": "x"}]}}
-            },
-            "status": {"replicas": 2, "readyReplicas": 1}
-        }))
-        .unwrap();
-        statefulset_outline(&mut sts);
-        strip(&mut sts);
-        let spec = sts.spec.as_ref().unwrap();
-        assert_eq!(spec.replicas, Some(2));
-        assert_eq!(spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()["version"], "2.53.2");
-        assert!(spec.template.spec.is_none(), "the pod template's spec is not kept");
-        assert_eq!(sts.status.as_ref().unwrap().ready_replicas, Some(1));
-        assert_eq!(sts.metadata.managed_fields, None);
-        let digest = &sts.metadata.annotations.as_ref().unwrap()[super::super::drift::OWNED_DIGEST];
-        assert_eq!(*digest, super::super::drift::desired_digest(&applied, &[]));
-
-        // Not applied by the operator: no digest, so the apply step writes.
-        let mut service: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "s", "annotations": {super::super::drift::OWNED_DIGEST: "stale"}},
-            "spec": {"ports": [{"port": 80}]}
-        }))
-        .unwrap();
-        service_outline(&mut service);
-        assert!(service.spec.is_none());
-        assert!(!service.metadata.annotations.unwrap().contains_key(super::super::drift::OWNED_DIGEST));
-    }
-
-    #[test]
     fn a_cached_pod_keeps_its_identity_and_address_only() {
         let pod = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": "acme-coreapp-0", "namespace": "team", "labels": {"a": "b"},
-                "annotations": {LAST_APPLIED: "{}", "kept": "yes"},
+                "name": "acme-coreapp-0", "generateName": "acme-coreapp-", "namespace": "team", "uid": "u1",
+                "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {
+                    LABEL_INSTANCE: "acme", LABEL_COMPONENT: "coreapp", LABEL_MANAGED_BY: "whatsapp-operator",
+                    LABEL_NUMBER: "15550001111", "controller-revision-hash": "acme-coreapp-5d8f", "a": "b"
+                },
+                "annotations": {LAST_APPLIED: "{}", "other": "yes"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "acme-coreapp", "uid": "s1"}],
                 "managedFields": [{"manager": "kubelet"}]
             },
             "spec": {"containers": [{"name": "coreapp", "image": "x"}]},
@@ -968,12 +954,19 @@ mod tests {
         });
         let mut pod: PodOutline = serde_json::from_value(pod).unwrap();
         strip(&mut pod);
+        node_pod_outline(&mut pod);
         assert_eq!(pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.0.0.7"));
         assert_eq!(pod.metadata.managed_fields, None);
-        let annotations = pod.metadata.annotations.as_ref().unwrap();
-        assert!(!annotations.contains_key(LAST_APPLIED));
-        assert_eq!(annotations["kept"], "yes");
-        assert_eq!(pod.metadata.labels.as_ref().unwrap()["a"], "b");
+        assert_eq!(pod.metadata.annotations, None);
+        assert_eq!(pod.metadata.owner_references, None);
+        assert_eq!(pod.metadata.generate_name, None);
+        assert_eq!((pod.metadata.uid.as_deref(), pod.metadata.name.as_deref()), (Some("u1"), Some("acme-coreapp-0")));
+        assert!(pod.metadata.deletion_timestamp.is_some(), "fencing reads when it began to terminate");
+        let labels: Vec<&str> = pod.metadata.labels.as_ref().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(labels, [LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER]);
+        let fenced =
+            super::super::fencing::NodePod::of_number(&pod.metadata, "15550001111").expect("still its number's");
+        assert_eq!(fenced.instance, "acme");
         assert_eq!(serde_json::to_value(&pod).unwrap()["status"], serde_json::json!({"podIP": "10.0.0.7"}));
         assert_eq!(PodOutline::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
         let pending: PodOutline = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();

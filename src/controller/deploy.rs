@@ -351,7 +351,10 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     let name = crate::resources::schema_job::name(wan, version);
     let job = ctx.caches.jobs.get(&namespace, &name).await?;
     let unfinished = job.as_ref().is_some_and(|j| {
-        !matches!(upgrade::job::state(Some(j), &[]), procedure::JobState::Succeeded | procedure::JobState::Failed(_))
+        !matches!(
+            upgrade::job::state(Some(&j.job()), &[]),
+            procedure::JobState::Succeeded | procedure::JobState::Failed(_)
+        )
     });
     // Only while the Job runs: whether its pod can start at all.
     let pods = if unfinished {
@@ -361,7 +364,7 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
         vec![]
     };
     let pods: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
-    Ok(upgrade::job::state(job.as_deref(), &pods))
+    Ok(upgrade::job::state(job.map(|j| j.job()).as_ref(), &pods))
 }
 
 /// The schema Job of `version` read from the API server, with its pods.
@@ -407,17 +410,11 @@ async fn live_version(ctx: &Context, wan: &WhatsAppNumber) -> Result<Option<Stri
     }
     let versions = found
         .into_iter()
-        .filter(|sts| sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid))
+        .filter(|sts| sts.controlled_by(&uid))
         // Scaled to zero from the start (a first deployment waiting for its
         // schema), a StatefulSet says nothing of what ran.
-        .filter(|sts| {
-            sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0
-                || sts.status.as_ref().is_some_and(|s| s.replicas > 0)
-        })
-        .filter_map(|sts| {
-            let template = sts.spec.as_ref()?.template.metadata.as_ref()?;
-            template.labels.as_ref()?.get(crate::resources::names::LABEL_VERSION).cloned()
-        });
+        .filter(|sts| sts.state.replicas.unwrap_or(1) > 0 || sts.state.status.as_ref().is_some_and(|s| s.replicas > 0))
+        .filter_map(|sts| sts.state.version.clone());
     Ok(versions.fold(None, |newest, v| upgrade::running_version(newest.as_deref(), Some(&v))))
 }
 

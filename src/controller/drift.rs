@@ -2,7 +2,8 @@
 //!
 //! When a watch delivers a child, its cache keeps a digest of the fields the
 //! operator's field manager owns, with their live values (read through the
-//! object's managed fields), and drops the spec itself. The apply step
+//! object's managed fields), and drops the spec itself (see
+//! [`super::outline`]). The apply step
 //! compares that digest with the same digest of the desired object.
 //!
 //! The API server moves a field's ownership to whoever changes it, so a field
@@ -13,8 +14,9 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-/// Annotation under which a cache keeps a child's owned-field digest. It is
-/// added by the cache alone and never sent to the API server.
+/// Annotation under which the cache of claims, which keeps them whole, keeps
+/// a claim's owned-field digest. It is added by the cache alone and never
+/// sent to the API server.
 pub const OWNED_DIGEST: &str = "whatsapp.operators.dev/owned-digest";
 
 /// Logged when a child the operator just applied does not show the applied

@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 
 use super::cache::{Cache, PodOutline};
 use super::error::Result;
+use super::outline::Outline;
 use crate::api::WhatsAppNumber;
 use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER, MANAGED_BY};
 
@@ -69,8 +70,8 @@ impl NodePod {
 
     /// The StatefulSet, if it runs masters or coreapps of the number with these
     /// digits and asks for pods (its controller may make them at any moment).
-    pub fn of_statefulset(sts: &StatefulSet, digits: &str) -> Option<Self> {
-        let wants_pods = sts.spec.as_ref().is_some_and(|s| s.replicas.unwrap_or(1) > 0);
+    pub fn of_statefulset(sts: &Outline<StatefulSet>, digits: &str) -> Option<Self> {
+        let wants_pods = sts.state.replicas.unwrap_or(1) > 0;
         if !wants_pods || sts.metadata.deletion_timestamp.is_some() {
             return None;
         }
@@ -183,7 +184,7 @@ pub async fn pods_of_number(cache: &Cache<PodOutline>, digits: &str) -> Result<V
 /// StatefulSets' creation and their first pods is still seen as running.
 pub async fn nodes_of_number(
     pods: &Cache<PodOutline>,
-    statefulsets: &Cache<StatefulSet>,
+    statefulsets: &Cache<Outline<StatefulSet>>,
     digits: &str,
 ) -> Result<Vec<NodePod>> {
     let running = pods_of_number(pods, digits).await?;
@@ -331,12 +332,13 @@ mod tests {
         assert!(w.message.ends_with("o/p-4, and 3 more"), "{}", w.message);
     }
 
-    fn statefulset(namespace: &str, name: &str, instance: &str, replicas: i32) -> StatefulSet {
-        StatefulSet {
+    /// A StatefulSet as its cache keeps it.
+    fn statefulset(namespace: &str, name: &str, instance: &str, replicas: i32) -> Outline<StatefulSet> {
+        Outline::of(StatefulSet {
             metadata: pod_meta(namespace, name, instance, "coreapp", "15550001111"),
             spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec { replicas: Some(replicas), ..Default::default() }),
             ..Default::default()
-        }
+        })
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::cache::Caches;
 use super::error::{Error, Result};
 use crate::api::WhatsAppNumber;
 use crate::resources::config::CredentialsRecord;
-use crate::resources::names::{ANNOTATION_CREDENTIALS_READ, Names};
+use crate::resources::names::Names;
 use crate::upgrade::catalog::{CONFIGMAP_KEY, Catalog};
 
 /// Everything read from the cluster for one reconcile.
@@ -129,9 +129,7 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
             .configmaps
             .get(&namespace, &Names::new(wan).config())
             .await?
-            .and_then(|map| {
-                map.annotations().get(ANNOTATION_CREDENTIALS_READ).and_then(|a| CredentialsRecord::parse(a))
-            })
+            .and_then(|map| map.credentials_record().and_then(CredentialsRecord::parse))
             .and_then(|record| record.current(wan, meta.resource_version().as_deref())),
         None => None,
     };

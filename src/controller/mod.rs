@@ -16,6 +16,7 @@ pub mod fencing;
 pub mod fetch;
 pub mod gateway;
 pub mod lifecycle;
+pub mod outline;
 mod plan;
 mod publish;
 #[cfg(test)]
@@ -481,10 +482,10 @@ async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber, why: &str) -> Resul
 /// Deletes the StatefulSets that the WhatsAppNumber `name` with `uid` controls.
 async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str, why: &str) -> Result<()> {
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let controlled = |sts: &StatefulSet| {
+    let controlled = |sts: &outline::Outline<StatefulSet>| {
         sts.namespace().as_deref() == Some(namespace)
             && sts.labels().get(crate::resources::names::LABEL_INSTANCE).map(String::as_str) == Some(name)
-            && sts.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+            && sts.controlled_by(uid)
             && sts.metadata.deletion_timestamp.is_none()
     };
     let mut found = ctx.caches.statefulsets.filter(controlled).await?;

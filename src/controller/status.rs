@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::fencing::Waiting;
+use super::outline::Outline;
 use super::validate::Problem;
 use kube::ResourceExt;
 
@@ -251,10 +252,10 @@ impl Tiers {
 }
 
 /// Tier readiness from a StatefulSet's own status.
-pub fn stateful_set_tier(sts: &StatefulSet) -> TierStatus {
-    let status = sts.status.clone().unwrap_or_default();
+pub fn stateful_set_tier(sts: &Outline<StatefulSet>) -> TierStatus {
+    let status = sts.state.status.clone().unwrap_or_default();
     TierStatus {
-        desired: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        desired: sts.state.replicas.unwrap_or(1),
         ready: status.ready_replicas.unwrap_or(0),
         updated: status.updated_replicas.unwrap_or(0),
         observed: status.observed_generation.is_some() && status.observed_generation == sts.metadata.generation,
@@ -262,9 +263,9 @@ pub fn stateful_set_tier(sts: &StatefulSet) -> TierStatus {
 }
 
 /// Tier readiness from a Deployment's own status.
-pub fn deployment_tier(deploy: &Deployment) -> TierStatus {
-    let status = deploy.status.clone().unwrap_or_default();
-    let desired = deploy.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+pub fn deployment_tier(deploy: &Outline<Deployment>) -> TierStatus {
+    let status = deploy.state.status.clone().unwrap_or_default();
+    let desired = deploy.state.replicas.unwrap_or(1);
     // During a surge the total exceeds the desired count; old pods are not "updated".
     TierStatus {
         desired,
@@ -272,7 +273,7 @@ pub fn deployment_tier(deploy: &Deployment) -> TierStatus {
         updated: status.updated_replicas.unwrap_or(0).min(desired),
         observed: status.observed_generation.is_some()
             && status.observed_generation == deploy.metadata.generation
-            && status.replicas.unwrap_or(0) == desired,
+            && status.replicas == desired,
     }
 }
 
@@ -937,17 +938,19 @@ mod tests {
 
     #[test]
     fn deployment_surge_does_not_count_old_pods() {
-        use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
-        let mut d = Deployment::default();
+        use crate::controller::outline::{Workload, WorkloadStatus};
+        let mut d = Outline::<Deployment>::default();
         d.metadata.generation = Some(2);
-        d.spec = Some(DeploymentSpec { replicas: Some(2), ..Default::default() });
-        d.status = Some(DeploymentStatus {
-            observed_generation: Some(2),
-            replicas: Some(3),
-            ready_replicas: Some(3),
-            updated_replicas: Some(1),
-            ..Default::default()
-        });
+        d.state = Workload {
+            replicas: Some(2),
+            version: None,
+            status: Some(WorkloadStatus {
+                observed_generation: Some(2),
+                replicas: 3,
+                ready_replicas: Some(3),
+                updated_replicas: Some(1),
+            }),
+        };
         let tier = deployment_tier(&d);
         assert!(!tier.is_ready());
         assert_eq!(tier.updated, 1);

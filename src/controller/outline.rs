@@ -1,0 +1,350 @@
+//! What the caches keep of the children the operator applies: an outline of
+//! each, not the object.
+//!
+//! A child's outline holds its identity, its controller's reference, the two
+//! digests the apply step compares (the applied hash and the digest of the
+//! fields the operator owns, see [`super::drift`]) and, by kind, the little
+//! the reconcile reads: a workload's replica count, pod template version and
+//! status, a Job's status. The typed objects cost 2.5 to 5 KB each in a store
+//! even with their specs emptied (their fixed size and a map node per label
+//! or annotation set); an outline costs a few hundred bytes.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::resources::names::{
+    ANNOTATION_APPLIED_HASH, ANNOTATION_CREDENTIALS_READ, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE,
+    LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION,
+};
+
+/// The labels the operator reads on workloads and node pods (fencing tells a
+/// number, instance and role by them). A map with any entry costs a node of
+/// eleven slots, so only workloads keep theirs, and only these.
+pub const READ_LABELS: [&str; 5] = [LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION];
+
+/// Keeps of `labels` the ones in [`READ_LABELS`]; a map left empty is dropped.
+pub fn keep_read_labels(labels: &mut Option<BTreeMap<String, String>>) {
+    if let Some(map) = labels.as_mut() {
+        map.retain(|k, _| READ_LABELS.contains(&k.as_str()));
+    }
+    if labels.as_ref().is_some_and(BTreeMap::is_empty) {
+        *labels = None;
+    }
+}
+
+/// A kind whose objects the caches keep as [`Outline`]s.
+pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Serialize + Clone + Debug {
+    /// What is read of an object of this kind besides its identity.
+    type State: Clone + Debug + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Whether its labels are read (those in [`READ_LABELS`]).
+    const LABELS: bool = false;
+    /// Fields (JSON pointers) that never count as drift: immutable ones the
+    /// builder copies from the live object, which may or may not be the
+    /// operator's (see [`super::drift`]).
+    const UNCOMPARED: &'static [&'static str] = &[];
+
+    /// Takes what is read of `live` besides its identity.
+    fn state(live: &mut Self) -> Self::State;
+}
+
+/// A child as its cache keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(bound(serialize = "", deserialize = ""))]
+pub struct Outline<K: Outlined> {
+    /// Name, namespace, uid, resource version, generation, deletion time
+    /// and the controller's reference; the read labels of a workload.
+    pub metadata: ObjectMeta,
+    /// The applied-hash annotation: which desired form was last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<Box<str>>,
+    /// The digest of the fields the operator's field manager owns, with
+    /// their live values; `None` when it owns none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_digest: Option<Box<str>>,
+    #[serde(default)]
+    pub state: K::State,
+}
+
+impl<K: Outlined> Outline<K> {
+    /// The outline of a live object as a watch or a write returns it, its
+    /// managed fields still there.
+    pub fn of(live: K) -> Self {
+        let owned_digest = serde_json::to_value(&live)
+            .ok()
+            .and_then(|value| super::drift::owned_digest(&value, FIELD_MANAGER, K::UNCOMPARED))
+            .map(Into::into);
+        let mut live = live;
+        let state = K::state(&mut live);
+        let meta = std::mem::take(live.meta_mut());
+        let applied_hash =
+            meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).map(|h| h.as_str().into());
+        let mut labels = if K::LABELS { meta.labels } else { None };
+        keep_read_labels(&mut labels);
+        let owner_references = meta
+            .owner_references
+            .map(|refs| refs.into_iter().filter(|r| r.controller == Some(true)).collect::<Vec<_>>());
+        let metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            resource_version: meta.resource_version,
+            generation: meta.generation,
+            deletion_timestamp: meta.deletion_timestamp,
+            owner_references: owner_references.filter(|r| !r.is_empty()),
+            labels,
+            ..Default::default()
+        };
+        Self { metadata, applied_hash, owned_digest, state }
+    }
+
+    /// Whether the object with this uid controls it.
+    pub fn controlled_by(&self, uid: &str) -> bool {
+        self.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+    }
+}
+
+impl<K: Outlined> Resource for Outline<K> {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        K::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        K::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        K::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        K::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What is read of a StatefulSet or Deployment: its replica count, the
+/// version its pod template runs, and its status counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// `spec.replicas`.
+    pub replicas: Option<i32>,
+    /// The version label of its pod template.
+    pub version: Option<String>,
+    /// `None` before its controller wrote any status.
+    pub status: Option<WorkloadStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub replicas: i32,
+    pub ready_replicas: Option<i32>,
+    pub updated_replicas: Option<i32>,
+    pub observed_generation: Option<i64>,
+}
+
+fn template_version(template: &PodTemplateSpec) -> Option<String> {
+    template.metadata.as_ref()?.labels.as_ref()?.get(LABEL_VERSION).cloned()
+}
+
+impl Outlined for StatefulSet {
+    type State = Workload;
+    const LABELS: bool = true;
+
+    fn state(live: &mut Self) -> Workload {
+        Workload {
+            replicas: live.spec.as_ref().and_then(|s| s.replicas),
+            version: live.spec.as_ref().and_then(|s| template_version(&s.template)),
+            status: live.status.take().map(|s| WorkloadStatus {
+                replicas: s.replicas,
+                ready_replicas: s.ready_replicas,
+                updated_replicas: s.updated_replicas,
+                observed_generation: s.observed_generation,
+            }),
+        }
+    }
+}
+
+impl Outlined for Deployment {
+    type State = Workload;
+    const LABELS: bool = true;
+
+    fn state(live: &mut Self) -> Workload {
+        Workload {
+            replicas: live.spec.as_ref().and_then(|s| s.replicas),
+            version: live.spec.as_ref().and_then(|s| template_version(&s.template)),
+            status: live.status.take().map(|s| WorkloadStatus {
+                replicas: s.replicas.unwrap_or(0),
+                ready_replicas: s.ready_replicas,
+                updated_replicas: s.updated_replicas,
+                observed_generation: s.observed_generation,
+            }),
+        }
+    }
+}
+
+/// A schema Job is created once and never changed: its existence and its
+/// status are all that is read.
+impl Outlined for Job {
+    type State = Option<JobStatus>;
+
+    fn state(live: &mut Self) -> Option<JobStatus> {
+        live.status.take()
+    }
+}
+
+impl Outline<Job> {
+    /// The Job as [`crate::upgrade::job::state`] reads it: its status.
+    pub fn job(&self) -> Job {
+        Job {
+            metadata: ObjectMeta { name: self.metadata.name.clone(), ..Default::default() },
+            spec: None,
+            status: self.state.clone(),
+        }
+    }
+}
+
+/// The operator's ConfigMap: the record of the credentials it was made from
+/// (see [`crate::resources::config::CredentialsRecord`]); nothing of its data.
+impl Outlined for ConfigMap {
+    type State = Option<String>;
+
+    fn state(live: &mut Self) -> Option<String> {
+        live.metadata.annotations.as_mut()?.remove(ANNOTATION_CREDENTIALS_READ)
+    }
+}
+
+impl Outline<ConfigMap> {
+    /// The credentials record annotation, as the live ConfigMap has it.
+    pub fn credentials_record(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
+}
+
+macro_rules! identity_only {
+    ($($kind:ty),*) => {
+        $(impl Outlined for $kind {
+            type State = ();
+
+            fn state(_: &mut Self) {}
+        })*
+    };
+}
+
+// Nothing of their specs is read.
+identity_only!(Service, PodDisruptionBudget);
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::drift::{self, OWNED_DIGEST};
+
+    #[test]
+    fn a_workload_is_kept_as_its_identity_digests_replicas_version_and_status() {
+        let applied = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"replicas": 2}});
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "metadata": {
+                "name": "acme-master", "namespace": "team", "uid": "s1", "generation": 3,
+                "labels": {"a": "b", LABEL_INSTANCE: "acme", LABEL_NUMBER: "15550001111"},
+                "annotations": {ANNOTATION_APPLIED_HASH: "h1", "other": "x"},
+                "ownerReferences": [
+                    {"apiVersion": "whatsapp.operators.dev/v1alpha1", "kind": "WhatsAppNumber", "name": "acme",
+                     "uid": "w1", "controller": true},
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "c1"}
+                ],
+                "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
+                    "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:replicas": {}}}}]
+            },
+            "spec": {
+                "replicas": 2, "serviceName": "acme-master", "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {
+                        "labels": {LABEL_VERSION: "2.53.2", "team": "payments"},
+                        "annotations": {"whatsapp.operators.dev/config-hash": "abc"}},
+                    "spec": {"containers": [{"name": "master", "image": "x"}]}}
+            },
+            "status": {"replicas": 2, "readyReplicas": 1, "observedGeneration": 3}
+        }))
+        .unwrap();
+        let kept = Outline::of(sts);
+        assert_eq!(kept.applied_hash.as_deref(), Some("h1"));
+        assert_eq!(kept.owned_digest.as_deref(), Some(drift::desired_digest(&applied, &[]).as_str()));
+        assert_eq!(
+            kept.state,
+            Workload {
+                replicas: Some(2),
+                version: Some("2.53.2".into()),
+                status: Some(WorkloadStatus {
+                    replicas: 2,
+                    ready_replicas: Some(1),
+                    updated_replicas: None,
+                    observed_generation: Some(3)
+                }),
+            }
+        );
+        let labels: Vec<&str> = kept.labels().keys().map(String::as_str).collect();
+        assert_eq!(labels, [LABEL_INSTANCE, LABEL_NUMBER], "only the labels the operator reads");
+        assert_eq!(kept.metadata.annotations, None);
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(kept.owner_references().len(), 1, "the controller's reference alone");
+        assert!(kept.controlled_by("w1") && !kept.controlled_by("c1"));
+        assert_eq!((kept.metadata.generation, kept.uid().as_deref()), (Some(3), Some("s1")));
+        assert_eq!(Outline::<StatefulSet>::url_path(&(), Some("team")), "/apis/apps/v1/namespaces/team/statefulsets");
+    }
+
+    #[test]
+    fn a_child_not_applied_by_the_operator_has_no_owned_digest() {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "s", "labels": {LABEL_INSTANCE: "acme"},
+                "annotations": {OWNED_DIGEST: "stale", ANNOTATION_APPLIED_HASH: "h"}},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        let kept = Outline::of(service);
+        assert_eq!(kept.owned_digest, None, "written by someone else: the apply step writes it");
+        assert_eq!(kept.applied_hash.as_deref(), Some("h"));
+        assert_eq!(kept.metadata.labels, None, "nothing reads a Service's labels");
+    }
+
+    #[test]
+    fn the_configmap_is_kept_as_its_credentials_record() {
+        let map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "acme-config", "annotations": {ANNOTATION_CREDENTIALS_READ: "12 a,b digest", "x": "y"}},
+            "data": {"config": "a long rendered file"}
+        }))
+        .unwrap();
+        let kept = Outline::of(map);
+        assert_eq!(kept.credentials_record(), Some("12 a,b digest"));
+        assert_eq!(kept.metadata.annotations, None);
+    }
+
+    #[test]
+    fn a_job_is_kept_as_its_status() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "acme-schema-2-53-2", "namespace": "team", "labels": {"a": "b"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "schema", "image": "x"}]}}},
+            "status": {"succeeded": 1}
+        }))
+        .unwrap();
+        let kept = Outline::of(job);
+        assert_eq!(kept.job().status.and_then(|s| s.succeeded), Some(1));
+        assert_eq!(kept.job().name_any(), "acme-schema-2-53-2");
+        assert!(kept.job().spec.is_none());
+    }
+}
