@@ -108,12 +108,13 @@ impl<'a> Applier<'a> {
             .await
             .map_err(Error::request(format!("applying {} {}/{name}", K::kind(&()), self.namespace)))?;
         self.metrics.record_write(&K::kind(&()), "apply");
-        let read_back =
-            serde_json::to_value(&live).ok().and_then(|l| drift::owned_digest(&l, FIELD_MANAGER, K::UNCOMPARED));
-        if read_back.is_some_and(|d| d != drift::desired_digest(&wanted, K::UNCOMPARED)) {
+        // What the cache will keep of it, whose owned-field digest is what
+        // the next reconcile compares.
+        let kept = K::keep(live);
+        if K::digests(&kept).1.is_some_and(|d| d != drift::desired_digest(&wanted, K::UNCOMPARED)) {
             tracing::warn!(kind = %K::kind(&()), namespace = %self.namespace, %name, "{}", drift::READ_BACK_DIFFERS);
         }
-        Ok(K::keep(live))
+        Ok(kept)
     }
 
     /// Creates the key Secret, or fills in keys missing from it; never changes

@@ -206,7 +206,7 @@ macro_rules! outlined {
                 &caches.$field
             }
             fn keep(live: Self) -> Outline<$kind> {
-                Outline::of(live)
+                Outline::of(live, Self::UNCOMPARED)
             }
             fn digests(kept: &Outline<$kind>) -> (Option<&str>, Option<&str>) {
                 (kept.applied_hash.as_deref(), kept.owned_digest.as_deref())

@@ -334,11 +334,17 @@ mod tests {
 
     /// A StatefulSet as its cache keeps it.
     fn statefulset(namespace: &str, name: &str, instance: &str, replicas: i32) -> Outline<StatefulSet> {
-        Outline::of(StatefulSet {
-            metadata: pod_meta(namespace, name, instance, "coreapp", "15550001111"),
-            spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec { replicas: Some(replicas), ..Default::default() }),
-            ..Default::default()
-        })
+        Outline::of(
+            StatefulSet {
+                metadata: pod_meta(namespace, name, instance, "coreapp", "15550001111"),
+                spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec {
+                    replicas: Some(replicas),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &[],
+        )
     }
 
     #[test]

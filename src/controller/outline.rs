@@ -49,10 +49,6 @@ pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> +
     type State: Clone + Debug + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
     /// Whether its labels are read (those in [`READ_LABELS`]).
     const LABELS: bool = false;
-    /// Fields (JSON pointers) that never count as drift: immutable ones the
-    /// builder copies from the live object, which may or may not be the
-    /// operator's (see [`super::drift`]).
-    const UNCOMPARED: &'static [&'static str] = &[];
 
     /// Takes what is read of `live` besides its identity.
     fn state(live: &mut Self) -> Self::State;
@@ -78,11 +74,12 @@ pub struct Outline<K: Outlined> {
 
 impl<K: Outlined> Outline<K> {
     /// The outline of a live object as a watch or a write returns it, its
-    /// managed fields still there.
-    pub fn of(live: K) -> Self {
+    /// managed fields still there; `uncompared` as in
+    /// [`super::drift::owned_digest`].
+    pub fn of(live: K, uncompared: &[&str]) -> Self {
         let owned_digest = serde_json::to_value(&live)
             .ok()
-            .and_then(|value| super::drift::owned_digest(&value, FIELD_MANAGER, K::UNCOMPARED))
+            .and_then(|value| super::drift::owned_digest(&value, FIELD_MANAGER, uncompared))
             .map(Into::into);
         let mut live = live;
         let state = K::state(&mut live);
@@ -162,21 +159,25 @@ fn template_version(template: &PodTemplateSpec) -> Option<String> {
     template.metadata.as_ref()?.labels.as_ref()?.get(LABEL_VERSION).cloned()
 }
 
+impl Workload {
+    fn of(replicas: Option<i32>, template: Option<&PodTemplateSpec>, status: Option<WorkloadStatus>) -> Self {
+        Self { replicas, version: template.and_then(template_version), status }
+    }
+}
+
 impl Outlined for StatefulSet {
     type State = Workload;
     const LABELS: bool = true;
 
     fn state(live: &mut Self) -> Workload {
-        Workload {
-            replicas: live.spec.as_ref().and_then(|s| s.replicas),
-            version: live.spec.as_ref().and_then(|s| template_version(&s.template)),
-            status: live.status.take().map(|s| WorkloadStatus {
-                replicas: s.replicas,
-                ready_replicas: s.ready_replicas,
-                updated_replicas: s.updated_replicas,
-                observed_generation: s.observed_generation,
-            }),
-        }
+        let spec = live.spec.as_ref();
+        let status = live.status.take().map(|s| WorkloadStatus {
+            replicas: s.replicas,
+            ready_replicas: s.ready_replicas,
+            updated_replicas: s.updated_replicas,
+            observed_generation: s.observed_generation,
+        });
+        Workload::of(spec.and_then(|s| s.replicas), spec.map(|s| &s.template), status)
     }
 }
 
@@ -185,16 +186,14 @@ impl Outlined for Deployment {
     const LABELS: bool = true;
 
     fn state(live: &mut Self) -> Workload {
-        Workload {
-            replicas: live.spec.as_ref().and_then(|s| s.replicas),
-            version: live.spec.as_ref().and_then(|s| template_version(&s.template)),
-            status: live.status.take().map(|s| WorkloadStatus {
-                replicas: s.replicas.unwrap_or(0),
-                ready_replicas: s.ready_replicas,
-                updated_replicas: s.updated_replicas,
-                observed_generation: s.observed_generation,
-            }),
-        }
+        let spec = live.spec.as_ref();
+        let status = live.status.take().map(|s| WorkloadStatus {
+            replicas: s.replicas.unwrap_or(0),
+            ready_replicas: s.ready_replicas,
+            updated_replicas: s.updated_replicas,
+            observed_generation: s.observed_generation,
+        });
+        Workload::of(spec.and_then(|s| s.replicas), spec.map(|s| &s.template), status)
     }
 }
 
@@ -282,7 +281,7 @@ mod tests {
             "status": {"replicas": 2, "readyReplicas": 1, "observedGeneration": 3}
         }))
         .unwrap();
-        let kept = Outline::of(sts);
+        let kept = Outline::of(sts, &[]);
         assert_eq!(kept.applied_hash.as_deref(), Some("h1"));
         assert_eq!(kept.owned_digest.as_deref(), Some(drift::desired_digest(&applied, &[]).as_str()));
         assert_eq!(
@@ -316,7 +315,7 @@ mod tests {
             "spec": {"ports": [{"port": 80}]}
         }))
         .unwrap();
-        let kept = Outline::of(service);
+        let kept = Outline::of(service, &[]);
         assert_eq!(kept.owned_digest, None, "written by someone else: the apply step writes it");
         assert_eq!(kept.applied_hash.as_deref(), Some("h"));
         assert_eq!(kept.metadata.labels, None, "nothing reads a Service's labels");
@@ -329,7 +328,7 @@ mod tests {
             "data": {"config": "a long rendered file"}
         }))
         .unwrap();
-        let kept = Outline::of(map);
+        let kept = Outline::of(map, &[]);
         assert_eq!(kept.credentials_record(), Some("12 a,b digest"));
         assert_eq!(kept.metadata.annotations, None);
     }
@@ -342,7 +341,7 @@ mod tests {
             "status": {"succeeded": 1}
         }))
         .unwrap();
-        let kept = Outline::of(job);
+        let kept = Outline::of(job, &[]);
         assert_eq!(kept.job().status.and_then(|s| s.succeeded), Some(1));
         assert_eq!(kept.job().name_any(), "acme-schema-2-53-2");
         assert!(kept.job().spec.is_none());
