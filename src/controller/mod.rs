@@ -33,7 +33,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -69,7 +69,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub events: publish::Events,
     pub settings: Settings,
     /// Everything reconciles read, kept current by watches.
     pub caches: cache::Caches,
@@ -128,7 +128,7 @@ impl Context {
     ) -> Self {
         let settings_concurrency = settings.reconcile_concurrency;
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: publish::Events::new(client.clone(), reporter),
             client,
             metrics,
             settings,

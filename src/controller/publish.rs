@@ -1,12 +1,13 @@
 //! The last step of a reconcile: the status, when it changed, with the
 //! events and metrics of what changed.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::Event;
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
@@ -16,6 +17,67 @@ use super::{Context, events};
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
 use crate::resources::names::FIELD_MANAGER;
 
+/// How long the event recorder folds a repeated event into a series of the
+/// one before it: kube-runtime's window of six minutes, and a minute more.
+const SERIES_WINDOW: Duration = Duration::from_secs(7 * 60);
+
+/// The operator's events, published through kube-runtime's [`Recorder`].
+///
+/// The recorder keeps every event it published for its series window, in a
+/// table that never gives back the room it once grew to: after a rollout of
+/// many numbers the operator kept that room for as long as it ran. Once no
+/// event was published for longer than the window, the recorder holds nothing
+/// it could still use, and [`Events::renew`] replaces it with an empty one.
+pub struct Events {
+    client: Client,
+    reporter: Reporter,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    recorder: Recorder,
+    /// When an event was last published through `recorder`; `None` while it
+    /// has published nothing.
+    last: Option<Instant>,
+}
+
+impl Events {
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        Self { client, reporter, current: Mutex::new(Current { recorder, last: None }) }
+    }
+
+    pub async fn publish(
+        &self,
+        event: &Event,
+        regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    ) -> kube::Result<()> {
+        let recorder = {
+            let mut current = self.current.lock().expect("events lock");
+            current.last = Some(Instant::now());
+            current.recorder.clone()
+        };
+        recorder.publish(event, regarding).await
+    }
+
+    /// Replaces the recorder with an empty one if its series have all expired.
+    /// Returns whether it did.
+    pub fn renew(&self, now: Instant) -> bool {
+        let mut current = self.current.lock().expect("events lock");
+        if !expired(current.last, now) {
+            return false;
+        }
+        *current = Current { recorder: Recorder::new(self.client.clone(), self.reporter.clone()), last: None };
+        true
+    }
+}
+
+/// Whether a recorder that last published at `last` can no longer extend any
+/// series at `now`.
+fn expired(last: Option<Instant>, now: Instant) -> bool {
+    last.is_some_and(|last| now.saturating_duration_since(last) >= SERIES_WINDOW)
+}
+
 pub async fn publish(ctx: &Context, wan: &WhatsAppNumber, notice: events::Notice) {
     let event = Event {
         type_: notice.type_,
@@ -24,7 +86,7 @@ pub async fn publish(ctx: &Context, wan: &WhatsAppNumber, notice: events::Notice
         action: "Reconcile".into(),
         secondary: None,
     };
-    match ctx.recorder.publish(&event, &wan.object_ref(&())).await {
+    match ctx.events.publish(&event, &wan.object_ref(&())).await {
         Ok(()) => ctx.metrics.record_write("Event", "create"),
         Err(e) => warn!(error = %e, "could not publish an event"),
     }
@@ -129,4 +191,20 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     }
     ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorder_is_renewed_only_once_its_last_series_can_no_longer_grow() {
+        let start = Instant::now();
+        assert!(!expired(None, start + SERIES_WINDOW * 2), "a recorder that published nothing holds nothing");
+        assert!(!expired(Some(start), start), "an event just published may still repeat");
+        assert!(!expired(Some(start), start + Duration::from_secs(6 * 60)), "kube-runtime's own window");
+        assert!(expired(Some(start), start + SERIES_WINDOW));
+        assert!(expired(Some(start), start + SERIES_WINDOW * 3));
+        assert!(!expired(Some(start + SERIES_WINDOW), start), "a clock read before the publish");
+    }
 }

@@ -153,6 +153,7 @@ pub async fn run(
         ObjectRef::new_with(&name, ApiResource::erase::<WhatsAppNumber>(&())).within(&namespace)
     });
     let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches, probes));
+    let renewer = tokio::spawn(renew_events(ctx.clone()));
     let (secret_store, claim_store, pod_store) = (store.clone(), store.clone(), store.clone());
     let (number_claim_store, lease_store) = (store.clone(), store);
     controller
@@ -210,7 +211,21 @@ pub async fn run(
         })
         .await;
     prober.abort();
+    renewer.abort();
     info!("controller stopped");
+}
+
+/// Gives back the event recorder's memory once its series expired (see
+/// [`super::publish::Events`]).
+async fn renew_events(ctx: Arc<Context>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if ctx.events.renew(std::time::Instant::now()) {
+            tracing::debug!("renewed the event recorder: no event series left to extend");
+        }
+    }
 }
 
 #[cfg(test)]
