@@ -115,16 +115,16 @@ pub struct WhatsAppNumberSpec {
 
     /// Application settings, applied once the number is registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<SettingsSpec>,
+    pub settings: Option<Box<SettingsSpec>>,
 
     /// Scheduled backups, kept as Secrets in the namespace (a backup holds the
     /// registration and keys) or in object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<BackupSpec>,
+    pub backup: Option<Box<BackupSpec>>,
 
     /// A backup to restore into this deployment once, before registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_from: Option<RestoreSpec>,
+    pub restore_from: Option<Box<RestoreSpec>>,
 }
 
 /// The client's own metrics, scraped by a Prometheus Operator.
@@ -697,14 +697,16 @@ fn default_masters() -> i32 {
     2
 }
 
-/// Scheduling and metadata settings for the pods of one tier.
+/// Scheduling and metadata settings for the pods of one tier. The large
+/// optional settings are boxed: every decoded WhatsAppNumber holds three of
+/// these, and an unset box costs a pointer instead of the type's full size.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOverrides {
     /// Compute resources of the tier's main container. Defaults to Meta's production
     /// guidance for multiconnect: 2 CPU and 4Gi memory requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
 
     /// Node selector for the tier's pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -719,7 +721,7 @@ pub struct PodOverrides {
     /// (for webapps, within their ReplicaSet: a rollout's new pod may share a
     /// node with an old one, so the rollout finishes without a spare node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Affinity>,
+    pub affinity: Option<Box<Affinity>>,
 
     /// Extra labels on the tier's pods. Keys the operator uses for selection
     /// (`app.kubernetes.io/*`) cannot be overridden.
@@ -733,12 +735,12 @@ pub struct PodOverrides {
     /// Security context of the tier's pods. Defaults to the `RuntimeDefault`
     /// seccomp profile; the client runs as root in Meta's images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_security_context: Option<PodSecurityContext>,
+    pub pod_security_context: Option<Box<PodSecurityContext>>,
 
     /// Security context of the tier's main container. When set it replaces the
     /// default, which drops the `MKNOD` capability as Meta's manifests do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<SecurityContext>,
+    pub security_context: Option<Box<SecurityContext>>,
 
     /// PriorityClass of the tier's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -55,7 +55,7 @@ pub fn command(wan: &WhatsAppNumber) -> Vec<String> {
 /// The tier's container security context: the spec's, else what Meta's
 /// Kubernetes manifests set (`MKNOD` dropped; nothing in the client needs it).
 pub fn security_context(wan: &WhatsAppNumber, tier: Tier) -> SecurityContext {
-    overrides(wan, tier).security_context.clone().unwrap_or_else(|| SecurityContext {
+    overrides(wan, tier).security_context.as_deref().cloned().unwrap_or_else(|| SecurityContext {
         capabilities: Some(Capabilities { drop: Some(vec!["MKNOD".into()]), add: None }),
         ..Default::default()
     })
@@ -66,7 +66,7 @@ pub fn security_context(wan: &WhatsAppNumber, tier: Tier) -> SecurityContext {
 /// topology spread and service account.
 pub fn with_pod_settings(wan: &WhatsAppNumber, tier: Tier, mut pod: PodSpec) -> PodSpec {
     let o = overrides(wan, tier);
-    pod.security_context = Some(o.pod_security_context.clone().unwrap_or_else(|| PodSecurityContext {
+    pod.security_context = Some(o.pod_security_context.as_deref().cloned().unwrap_or_else(|| PodSecurityContext {
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
         ..Default::default()
     }));
@@ -103,7 +103,7 @@ pub fn image(repository: &str, version: &str) -> String {
 
 /// Meta's production guidance for multiconnect: at least 2 CPU and 4 GB per container.
 pub fn resources(wan: &WhatsAppNumber, tier: Tier) -> ResourceRequirements {
-    overrides(wan, tier).resources.clone().unwrap_or_else(|| ResourceRequirements {
+    overrides(wan, tier).resources.as_deref().cloned().unwrap_or_else(|| ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("2".into())),
             ("memory".to_string(), Quantity("4Gi".into())),
@@ -118,7 +118,7 @@ pub fn resources(wan: &WhatsAppNumber, tier: Tier) -> ResourceRequirements {
 /// rollout's surge pod may then share a node with a pod it replaces, so the
 /// rollout finishes also when webapps fill every node they may run on.
 pub fn affinity(wan: &WhatsAppNumber, tier: Tier) -> Affinity {
-    overrides(wan, tier).affinity.clone().unwrap_or_else(|| Affinity {
+    overrides(wan, tier).affinity.as_deref().cloned().unwrap_or_else(|| Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
             required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
                 label_selector: Some(LabelSelector {

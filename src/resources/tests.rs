@@ -429,7 +429,7 @@ fn default_anti_affinity_is_required_per_tier_and_override_replaces_it() {
     assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
     assert_eq!(terms[0].label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_COMPONENT], "master");
 
-    wan.spec.master.affinity = Some(Default::default());
+    wan.spec.master.affinity = Some(Box::default());
     let sts = build(&wan, &inputs()).masters;
     assert_eq!(sts.spec.unwrap().template.spec.unwrap().affinity, Some(Default::default()));
 }
@@ -441,10 +441,10 @@ fn default_resources_follow_production_guidance_and_overrides_apply() {
     let requests = c.resources.unwrap().requests.unwrap();
     assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("2", "4Gi"));
 
-    wan.spec.coreapp.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+    wan.spec.coreapp.resources = Some(Box::new(k8s_openapi::api::core::v1::ResourceRequirements {
         requests: Some(BTreeMap::from([("cpu".into(), Quantity("500m".into()))])),
         ..Default::default()
-    });
+    }));
     wan.spec.coreapp.node_selector = BTreeMap::from([("disk".into(), "ssd".into())]);
     let sts = build(&wan, &inputs()).coreapps;
     let pod = sts.spec.unwrap().template.spec.unwrap();
