@@ -1,6 +1,8 @@
 //! Prometheus metrics of the operator process.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,18 +21,20 @@ pub struct ErrorLabels {
 /// One WhatsAppNumber.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NumberLabels {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
-/// One condition of one number, as last written.
+/// One condition of one number, as last written. Its values are shared: the
+/// number's with its other conditions, the type, status and reason with
+/// every number's (see [`Metrics::record_conditions`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
-    pub namespace: String,
-    pub name: String,
-    pub r#type: String,
-    pub status: String,
-    pub reason: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub r#type: Arc<str>,
+    pub status: Arc<str>,
+    pub reason: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,9 +76,12 @@ pub struct Metrics {
     pub managed_elsewhere: Family<NumberLabels, Gauge<i64, AtomicI64>>,
     /// Per number and condition type: 1 for the status and reason last written.
     pub conditions: Family<ConditionLabels, Gauge<i64, AtomicI64>>,
-    /// The label set each (namespace, name, type) carries now, so that a
-    /// change replaces the series instead of adding one.
-    condition_series: std::sync::Mutex<std::collections::HashMap<(String, String, String), ConditionLabels>>,
+    /// The label sets of each number's conditions now, so that a change
+    /// replaces a series instead of adding one.
+    condition_series: Mutex<HashMap<NumberLabels, Vec<ConditionLabels>>>,
+    /// Condition types, statuses and reasons: a few dozen words that every
+    /// number's series share.
+    words: Mutex<HashSet<Arc<str>>>,
 }
 
 impl Default for Metrics {
@@ -165,7 +172,8 @@ impl Default for Metrics {
             conditions,
             backup_success,
             managed_elsewhere,
-            condition_series: Default::default(),
+            condition_series: Mutex::default(),
+            words: Mutex::default(),
         }
     }
 }
@@ -185,48 +193,63 @@ impl Metrics {
 
     pub fn number(&self, wan: &crate::api::WhatsAppNumber) -> NumberLabels {
         use kube::ResourceExt;
-        NumberLabels { namespace: wan.namespace().unwrap_or_default(), name: wan.name_any() }
+        NumberLabels { namespace: wan.namespace().unwrap_or_default().into(), name: wan.name_any().into() }
+    }
+
+    /// The shared copy of a condition's type, status or reason.
+    fn word(words: &mut HashSet<Arc<str>>, word: &str) -> Arc<str> {
+        if let Some(shared) = words.get(word) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = word.into();
+        words.insert(shared.clone());
+        shared
     }
 
     /// Publishes the conditions of a status: one series per type, replaced
-    /// when its status or reason changes.
+    /// when its status or reason changes, gone with the condition.
     pub fn record_conditions(
         &self,
         wan: &crate::api::WhatsAppNumber,
         conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     ) {
-        let n = self.number(wan);
         let mut series = self.condition_series.lock().expect("condition series lock");
+        let mut words = self.words.lock().expect("condition words lock");
+        let key = self.number(wan);
+        let (number, mut before) = match series.remove_entry(&key) {
+            Some(entry) => entry,
+            None => (key, Vec::new()),
+        };
+        let mut now = Vec::with_capacity(conditions.len());
         for c in conditions {
             let labels = ConditionLabels {
-                namespace: n.namespace.clone(),
-                name: n.name.clone(),
-                r#type: c.type_.clone(),
-                status: c.status.clone(),
-                reason: c.reason.clone(),
+                namespace: number.namespace.clone(),
+                name: number.name.clone(),
+                r#type: Self::word(&mut words, &c.type_),
+                status: Self::word(&mut words, &c.status),
+                reason: Self::word(&mut words, &c.reason),
             };
-            let key = (n.namespace.clone(), n.name.clone(), c.type_.clone());
-            if let Some(old) = series.insert(key, labels.clone())
-                && old != labels
-            {
-                self.conditions.remove(&old);
+            if let Some(i) = before.iter().position(|old| old.r#type == labels.r#type) {
+                let old = before.swap_remove(i);
+                if old != labels {
+                    self.conditions.remove(&old);
+                }
             }
             self.conditions.get_or_create(&labels).set(1);
+            now.push(labels);
         }
+        for gone in before {
+            self.conditions.remove(&gone);
+        }
+        series.insert(number, now);
     }
 
     /// Drops a deleted WhatsAppNumber's series.
     pub fn forget(&self, wan: &crate::api::WhatsAppNumber) {
         let labels = self.number(wan);
-        {
-            let mut series = self.condition_series.lock().expect("condition series lock");
-            series.retain(|(ns, name, _), l| {
-                let keep = !(ns == &labels.namespace && name == &labels.name);
-                if !keep {
-                    self.conditions.remove(l);
-                }
-                keep
-            });
+        let conditions = self.condition_series.lock().expect("condition series lock").remove(&labels);
+        for gone in conditions.into_iter().flatten() {
+            self.conditions.remove(&gone);
         }
         self.connected_coreapps.remove(&labels);
         self.backup_success.remove(&labels);
@@ -292,5 +315,37 @@ mod tests {
         assert!(text.contains("whatsapp_operator_build_info{"), "build_info is exported");
         m.forget(&wan);
         assert!(!m.encode().contains("whatsapp_operator_number_condition{"));
+    }
+
+    #[test]
+    fn a_condition_that_goes_away_takes_its_series_along() {
+        let m = Metrics::default();
+        let wan = crate::fixtures::sample();
+        m.record_conditions(
+            &wan,
+            &[condition("Ready", "False", "RollingOut"), condition("Deleting", "True", "Deleting")],
+        );
+        m.record_conditions(&wan, &[condition("Ready", "False", "RollingOut")]);
+        let text = m.encode();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("whatsapp_operator_number_condition{")).collect();
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert!(series[0].contains(r#"type="Ready""#), "{}", series[0]);
+    }
+
+    #[test]
+    fn numbers_share_the_words_of_their_conditions() {
+        let m = Metrics::default();
+        let (a, mut b) = (crate::fixtures::sample(), crate::fixtures::sample());
+        b.metadata.name = Some("other".into());
+        for wan in [&a, &b] {
+            m.record_conditions(wan, &[condition("Ready", "True", "Ready"), condition("Stalled", "False", "Ready")]);
+        }
+        let series = m.condition_series.lock().unwrap();
+        let (ready_a, ready_b) = (&series[&m.number(&a)][0], &series[&m.number(&b)][0]);
+        assert!(Arc::ptr_eq(&ready_a.r#type, &ready_b.r#type) && Arc::ptr_eq(&ready_a.reason, &ready_b.reason));
+        let stalled_a = &series[&m.number(&a)][1];
+        assert!(Arc::ptr_eq(&ready_a.name, &stalled_a.name), "one copy of the number's name");
+        assert!(Arc::ptr_eq(&ready_a.reason, &stalled_a.reason));
+        assert_eq!(m.words.lock().unwrap().len(), 4, "Ready, True, Stalled and False");
     }
 }
