@@ -46,8 +46,15 @@
 #              bytes_per_number = (loaded - idle) / N.
 #   rest       10 s after all are Ready, every request of the operator in the
 #              next 60 s (its Lease included): idle_requests_per_min_polling_off.
+#   settled    RSS_SETTLE_S (510) s after all were Ready, when no Event was
+#              published for longer than the event recorder's series window
+#              (7 minutes) and the operator renewed its recorder:
+#              rss_settled_mib, the memory of N Ready numbers once the
+#              rollout's leftovers are given back (WAO_BENCH_SETTLED=skip
+#              leaves it out).
 #   restart    SIGTERM, then the same operator again: its writes (Lease and
-#              Events apart) and all its requests in the 60 s after the start.
+#              Events apart) and all its requests in the 60 s after the start;
+#              rss_restarted_mib at the end of those 60 s.
 #   polling    health polling on against emulated webapps: one emulated client
 #              (gateway, schema, 2 masters, 2 coreapps, one webapp, on MariaDB
 #              from hack/databases.sh) serves every number: each number's key
@@ -68,7 +75,8 @@
 # Knobs: WAO_BENCH_DIR (.cache/bench), WAO_BENCH_TIMEOUT (seconds per wait,
 # default 300 + N), WAO_BENCH_KEEP (1: keep logs on success),
 # WAO_BENCH_POLLING (emulated|unreachable|skip, default emulated),
-# WAO_BENCH_FLOOR (run|skip, default run: skip leaves the floor and the ratio
+# WAO_BENCH_SETTLED (run|skip, default run: skip saves the wait of the
+# settled phase), WAO_BENCH_FLOOR (run|skip, default run: skip leaves the floor and the ratio
 # out, to measure the operator alone in less time), WAO_BENCH_OPERATOR (the
 # command run as the operator, default the release binary: a wrapper that
 # runs it under a heap profiler, for example).
@@ -89,6 +97,10 @@ RESULTS="$BENCH_DIR/bench-$N.txt"
 TIMEOUT="${WAO_BENCH_TIMEOUT:-$((300 + N))}"
 POLLING_MODE="${WAO_BENCH_POLLING:-emulated}"
 FLOOR_MODE="${WAO_BENCH_FLOOR:-run}"
+SETTLED_MODE="${WAO_BENCH_SETTLED:-run}"
+# The event recorder's series window (7 minutes, src/controller/publish.rs),
+# the minute between its renewals, and half a minute more.
+RSS_SETTLE_S=510
 
 OPERATOR_NS=whatsapp-operator-system
 NS=bench
@@ -434,6 +446,20 @@ rest() { # polling-off rest: 10 s to settle, then 60 s
   log "rest: $IDLE_OFF requests in 60 s ($(field "$REST_AUDIT" lease_requests) on the Lease, $(field "$REST_AUDIT" writes) writes)"
 }
 
+settled() {
+  if [ "$SETTLED_MODE" = skip ]; then
+    RSS_SETTLED_KIB=""
+    log "settled: skipped (WAO_BENCH_SETTLED=skip)"
+    return 0
+  fi
+  local wait
+  wait="$(awk -v a="$T_READY" -v b="$(now)" -v s="$RSS_SETTLE_S" 'BEGIN { w = s - (b - a); printf "%.0f", w < 0 ? 0 : w }')"
+  log "settled: ${wait} s more, until ${RSS_SETTLE_S} s after all were Ready"
+  sleep "$wait"
+  RSS_SETTLED_KIB="$(rss_kib)"
+  log "settled: VmRSS $(mib "$RSS_SETTLED_KIB") MiB"
+}
+
 restart() {
   log "restart: SIGTERM, then the operator again; its requests over the next 60 s"
   stop_operator
@@ -443,9 +469,10 @@ restart() {
   sleep "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { s = 60 - (b - a); printf "%.1f", s < 0 ? 0 : s }')"
   RESTART_AUDIT="$(audit "$t0" "$(now)")"
   echo "$RESTART_AUDIT" >"$LOGS/audit-restart.json"
+  RSS_RESTARTED_KIB="$(rss_kib)"
   RESTART_WRITES="$(field "$RESTART_AUDIT" writes)"
   RESTART_REQUESTS="$(field "$RESTART_AUDIT" requests)"
-  log "restart: $RESTART_WRITES writes (Lease $(field "$RESTART_AUDIT" lease_writes), Events $(field "$RESTART_AUDIT" event_writes) apart), $RESTART_REQUESTS requests"
+  log "restart: $RESTART_WRITES writes (Lease $(field "$RESTART_AUDIT" lease_writes), Events $(field "$RESTART_AUDIT" event_writes) apart), $RESTART_REQUESTS requests, VmRSS $(mib "$RSS_RESTARTED_KIB") MiB"
 }
 
 # One emulated client on MariaDB, serving every number's health probes.
@@ -570,10 +597,12 @@ print(", ".join(f"{k}: {v}" for k, v in keep[:10]))' "$1" "${2:-.}"
 }
 
 summary() {
-  local ratio bytes_per writes_per reconciles_per restart_limit children
+  local ratio bytes_per writes_per reconciles_per restart_limit children settled
   children=$((FLOOR_OBJECTS / N))
   ratio="$(div "$READY_S" "$FLOOR_S")"
   bytes_per="$(div $(((RSS_LOADED_KIB - RSS_IDLE_KIB) * 1024)) "$N" 0)"
+  settled=nan
+  [ -z "$RSS_SETTLED_KIB" ] || settled="$(mib "$RSS_SETTLED_KIB")"
   writes_per="$(div "$WRITES" "$N")"
   reconciles_per="$(div "$RECONCILES" "$N")"
   # A list and a watch for each watch the operator keeps (some kinds have two,
@@ -606,6 +635,7 @@ summary() {
     echo "bench: n=$N ready_s=$READY_S floor_s=$FLOOR_S ratio=$ratio p50_s=$P50 p99_s=$P99" \
       "first_status_p50_s=$FIRST_P50 first_status_p99_s=$FIRST_P99 first_status_max_s=$FIRST_MAX" \
       "rss_idle_mib=$(mib "$RSS_IDLE_KIB") rss_loaded_mib=$(mib "$RSS_LOADED_KIB") bytes_per_number=$bytes_per" \
+      "rss_settled_mib=$settled rss_restarted_mib=$(mib "$RSS_RESTARTED_KIB")" \
       "writes_per_number=$writes_per reconciles_per_number=$reconciles_per" \
       "idle_requests_per_min_polling_off=$IDLE_OFF idle_requests_per_min_polling_on=$IDLE_ON" \
       "restart_writes_60s=$RESTART_WRITES restart_requests_60s=$RESTART_REQUESTS cpu_s_per_reconcile=$CPU_PER_RECONCILE"
@@ -628,6 +658,7 @@ main() {
   idle
   create
   rest
+  settled
   restart
   if [ "$POLLING_MODE" = skip ]; then
     POLLING_TARGET=skipped IDLE_ON=nan
