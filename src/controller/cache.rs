@@ -224,8 +224,9 @@ outlined! {
     Job => jobs,
 }
 
-/// Claims are kept whole (users' media claims too, which are few): the media
-/// claim's spec and annotations are read.
+/// Claims are kept as typed objects (users' media claims too), trimmed to
+/// what is read: the spec the builder copies back and the operator's own
+/// annotations (see [`trim_claim`]).
 impl Cached for PersistentVolumeClaim {
     /// A cluster's default class is filled in on creation, owned by no one,
     /// and copied back by the builder: the claim's first apply must not be
@@ -239,6 +240,7 @@ impl Cached for PersistentVolumeClaim {
     fn keep(mut live: Self) -> Self {
         record_owned(&mut live);
         strip(&mut live);
+        trim_claim(&mut live);
         live
     }
     fn digests(kept: &Self) -> (Option<&str>, Option<&str>) {
@@ -514,6 +516,34 @@ fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
         Some(d) => annotations.insert(super::drift::OWNED_DIGEST.into(), d),
         None => annotations.remove(super::drift::OWNED_DIGEST),
     };
+}
+
+/// The operator's own annotations: the digests that decide a write and
+/// the schema record.
+const OPERATOR_ANNOTATIONS: &str = "whatsapp.operators.dev/";
+
+/// A claim as the reconcile reads it: identity, owner, the operator's
+/// annotations and the spec the builder copies from the live claim (access
+/// modes, class, volume mode, size). The binder's annotations, the
+/// protection finalizer, labels, status and the bound volume's name are not
+/// kept (the owned-field digest was taken before, from the whole claim).
+fn trim_claim(claim: &mut PersistentVolumeClaim) {
+    let meta = &mut claim.metadata;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with(OPERATOR_ANNOTATIONS));
+    }
+    if meta.annotations.as_ref().is_some_and(std::collections::BTreeMap::is_empty) {
+        meta.annotations = None;
+    }
+    meta.labels = None;
+    meta.finalizers = None;
+    claim.status = None;
+    if let Some(spec) = claim.spec.as_mut() {
+        spec.volume_name = None;
+        spec.selector = None;
+        spec.data_source = None;
+        spec.data_source_ref = None;
+    }
 }
 
 /// A node pod as fencing and gateway matching read it: name, namespace, uid,
@@ -971,5 +1001,43 @@ mod tests {
         assert_eq!(PodOutline::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
         let pending: PodOutline = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
         assert!(pending.status.is_none(), "a pod without an address yet");
+    }
+
+    #[test]
+    fn a_cached_claim_keeps_what_the_builder_copies_and_the_operators_annotations() {
+        use crate::resources::names::{ANNOTATION_APPLIED_HASH, ANNOTATION_SCHEMA_VERSION, FIELD_MANAGER};
+        let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "acme-media", "namespace": "team", "uid": "c1",
+                "labels": {LABEL_INSTANCE: "acme"},
+                "annotations": {ANNOTATION_APPLIED_HASH: "h1", ANNOTATION_SCHEMA_VERSION: "2.53.2",
+                    "pv.kubernetes.io/bind-completed": "yes", "volume.kubernetes.io/selected-node": "n1"},
+                "finalizers": ["kubernetes.io/pvc-protection"],
+                "ownerReferences": [{"apiVersion": "whatsapp.operators.dev/v1alpha1", "kind": "WhatsAppNumber",
+                    "name": "acme", "uid": "w1", "controller": true}],
+                "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
+                    "fieldsV1": {"f:spec": {"f:resources": {"f:requests": {"f:storage": {}}}}}}]
+            },
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs", "volumeMode": "Filesystem",
+                "volumeName": "pvc-123", "resources": {"requests": {"storage": "50Gi"}}},
+            "status": {"phase": "Bound", "capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteMany"]}
+        }))
+        .unwrap();
+        let kept = PersistentVolumeClaim::keep(claim);
+        let annotations: Vec<&str> = kept.annotations().keys().map(String::as_str).collect();
+        assert_eq!(
+            annotations,
+            [ANNOTATION_APPLIED_HASH, super::super::drift::OWNED_DIGEST, ANNOTATION_SCHEMA_VERSION]
+        );
+        assert_eq!(PersistentVolumeClaim::digests(&kept).0, Some("h1"));
+        assert!(PersistentVolumeClaim::digests(&kept).1.is_some(), "taken before the trim");
+        assert_eq!((kept.metadata.labels.as_ref(), kept.metadata.finalizers.as_ref()), (None, None));
+        assert_eq!(kept.owner_references().len(), 1);
+        assert!(kept.status.is_none());
+        let spec = kept.spec.as_ref().unwrap();
+        assert_eq!(spec.volume_name, None);
+        assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
+        assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
+        assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "50Gi");
     }
 }
