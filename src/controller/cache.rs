@@ -518,6 +518,20 @@ fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
     };
 }
 
+/// A Secret's metadata as the reconcile reads it: whether it exists, and at
+/// which resource version (to know when its data changed). Every Secret of
+/// the watched namespaces is kept, most of them nobody's here, so its
+/// labels, annotations, owners and finalizers are not.
+fn secret_identity(secret: &mut PartialObjectMeta<Secret>) {
+    secret.types = None;
+    let meta = &mut secret.metadata;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+}
+
 /// The operator's own annotations: the digests that decide a write and
 /// the schema record.
 const OPERATOR_ANNOTATIONS: &str = "whatsapp.operators.dev/";
@@ -688,8 +702,12 @@ pub fn build(
         (Cache { store, what: "schema Job pods" }, AbortOnDrop(task))
     };
     // Metadata only: Secrets are many and large; data is read when needed.
-    let (secrets, secrets_feed) =
-        feed(scoped::<PartialObjectMeta<Secret>>(client, namespace), watcher::Config::default(), "secrets", keep_all);
+    let (secrets, secrets_feed) = feed(
+        scoped::<PartialObjectMeta<Secret>>(client, namespace),
+        watcher::Config::default(),
+        "secrets",
+        secret_identity,
+    );
 
     let caches = Caches {
         client: client.clone(),
@@ -1001,6 +1019,28 @@ mod tests {
         assert_eq!(PodOutline::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
         let pending: PodOutline = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
         assert!(pending.status.is_none(), "a pod without an address yet");
+    }
+
+    #[test]
+    fn a_cached_secret_is_its_identity_and_version() {
+        let mut secret: PartialObjectMeta<Secret> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {
+                "name": "sh.helm.release.v1.x.v1", "namespace": "team", "uid": "s1", "resourceVersion": "42",
+                "labels": {"owner": "helm", "status": "deployed"},
+                "annotations": {"meta.helm.sh/release-name": "x"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "c1"}],
+                "finalizers": ["example.com/keep"]
+            }
+        }))
+        .unwrap();
+        secret_identity(&mut secret);
+        let kept = serde_json::to_value(&secret.metadata).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({"name": "sh.helm.release.v1.x.v1", "namespace": "team", "uid": "s1", "resourceVersion": "42"})
+        );
+        assert!(secret.types.is_none());
     }
 
     #[test]
