@@ -155,13 +155,28 @@ impl Numbers {
 }
 
 impl Decoded {
-    /// `obj` as the store keeps it: without its data once decoded.
+    /// `obj` as the store keeps it: once decoded, its identity alone (the
+    /// store finds the decoded copy by uid; the controller and the claim
+    /// checks read nothing else of it).
     fn decode(&mut self, mut obj: DynamicObject) -> DynamicObject {
         let uid = obj.uid().unwrap_or_default();
         match super::typed(&obj) {
             Ok(wan) => {
                 self.by_uid.insert(uid, Arc::new(wan));
-                obj.data = serde_json::Value::Null;
+                let meta = std::mem::take(&mut obj.metadata);
+                return DynamicObject {
+                    types: None,
+                    metadata: ObjectMeta {
+                        name: meta.name,
+                        namespace: meta.namespace,
+                        uid: meta.uid,
+                        resource_version: meta.resource_version,
+                        generation: meta.generation,
+                        deletion_timestamp: meta.deletion_timestamp,
+                        ..Default::default()
+                    },
+                    data: serde_json::Value::Null,
+                };
             }
             Err(_) => {
                 self.by_uid.remove(&uid);
@@ -637,8 +652,8 @@ pub fn build(
     let (budgets, pdb_feed) =
         children_feed::<PodDisruptionBudget>(scoped(client, namespace), owned(), "poddisruptionbudgets");
     let (jobs, job_feed) = children_feed::<Job>(scoped(client, namespace), owned(), "jobs");
-    // The media claim's spec is read (its access modes); users' claims are
-    // few and small.
+    // The media claim's spec is read (access modes, class, size): claims are
+    // kept trimmed (`trim_claim`), users' claims too.
     let (volume_claims, pvc_feed) = children_feed::<PersistentVolumeClaim>(
         scoped(client, namespace),
         watcher::Config::default(),
@@ -933,7 +948,8 @@ mod tests {
         let mut v = serde_json::to_value(crate::fixtures::sample()).unwrap();
         v["apiVersion"] = "whatsapp.operators.dev/v1alpha1".into();
         v["kind"] = "WhatsAppNumber".into();
-        v["metadata"] = serde_json::json!({"name": uid, "namespace": "team", "uid": uid, "resourceVersion": version});
+        v["metadata"] = serde_json::json!({"name": uid, "namespace": "team", "uid": uid, "resourceVersion": version,
+            "labels": {"team": "payments"}, "finalizers": [super::super::claim::FINALIZER]});
         v["spec"]["phoneNumber"] = phone;
         serde_json::from_value(v).unwrap()
     }
@@ -958,10 +974,12 @@ mod tests {
         };
         let a = stored("a").expect("stored");
         assert!(a.data.is_null(), "no second copy of a decoded object");
-        assert_eq!(a.uid().as_deref(), Some("a"));
+        assert_eq!((a.uid().as_deref(), a.resource_version().as_deref()), (Some("a"), Some("1")));
+        assert!(a.labels().is_empty() && a.finalizers().is_empty() && a.types.is_none(), "its identity alone");
         assert_eq!(numbers.decoded(&a).expect("decoded").spec.phone_number, "+15550001111");
         let b = stored("b").expect("stored");
         assert_eq!(b.data["spec"]["phoneNumber"], 42, "an unreadable object is kept whole");
+        assert_eq!(b.finalizers(), [super::super::claim::FINALIZER], "its deletion reads its finalizer");
         assert!(numbers.decoded(&b).is_none());
 
         deliver(watcher::Event::Apply(number("a", "2", "+15550002222".into())));
