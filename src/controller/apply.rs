@@ -243,7 +243,7 @@ impl<'a> Applier<'a> {
         let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
         let unwanted = |obj: &K::Kept| {
             obj.namespace().as_deref() == Some(self.namespace.as_str())
-                && obj.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+                && K::controlled_by(obj, &uid)
                 && !keep.contains(&obj.name_any())
                 && obj.meta().deletion_timestamp.is_none()
         };

@@ -210,6 +210,8 @@ pub trait Cached:
     fn keep(live: Self) -> Self::Kept;
     /// The applied hash and the owned-field digest of a kept object.
     fn digests(kept: &Self::Kept) -> (Option<&str>, Option<&str>);
+    /// Whether the WhatsAppNumber with this uid controls a kept object.
+    fn controlled_by(kept: &Self::Kept, uid: &str) -> bool;
 }
 
 macro_rules! outlined {
@@ -225,6 +227,9 @@ macro_rules! outlined {
             }
             fn digests(kept: &Outline<$kind>) -> (Option<&str>, Option<&str>) {
                 (kept.applied_hash.as_deref(), kept.owned_digest.as_deref())
+            }
+            fn controlled_by(kept: &Outline<$kind>, uid: &str) -> bool {
+                kept.controlled_by(uid)
             }
         })*
     };
@@ -261,6 +266,9 @@ impl Cached for PersistentVolumeClaim {
     fn digests(kept: &Self) -> (Option<&str>, Option<&str>) {
         let annotation = |key: &str| kept.metadata.annotations.as_ref()?.get(key).map(String::as_str);
         (annotation(crate::resources::names::ANNOTATION_APPLIED_HASH), annotation(super::drift::OWNED_DIGEST))
+    }
+    fn controlled_by(kept: &Self, uid: &str) -> bool {
+        kept.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
     }
 }
 

@@ -18,11 +18,12 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Resource;
 use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::api::WhatsAppNumber;
 use crate::resources::names::{
     ANNOTATION_APPLIED_HASH, ANNOTATION_CREDENTIALS_READ, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE,
     LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION,
@@ -58,8 +59,8 @@ pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> +
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(bound(serialize = "", deserialize = ""))]
 pub struct Outline<K: Outlined> {
-    /// Name, namespace, uid, resource version, generation, deletion time
-    /// and the controller's reference; the read labels of a workload.
+    /// Name, namespace, uid, resource version, generation and deletion
+    /// time; the read labels of a workload.
     pub metadata: ObjectMeta,
     /// The applied-hash annotation: which desired form was last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +71,30 @@ pub struct Outline<K: Outlined> {
     pub owned_digest: Option<Box<str>>,
     #[serde(default)]
     pub state: K::State,
+    /// The WhatsAppNumber that controls it, if one does: its owner
+    /// reference's other fields are the same for every child, and not kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<Controller>,
+}
+
+/// The WhatsAppNumber that controls a child.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Controller {
+    pub name: Box<str>,
+    pub uid: Box<str>,
+}
+
+impl Controller {
+    /// The controller reference of `meta`, if a WhatsAppNumber is its controller.
+    pub fn of(meta: &ObjectMeta) -> Option<Self> {
+        let group = format!("{}/", WhatsAppNumber::group(&()));
+        meta.owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .filter(|r| r.kind == WhatsAppNumber::kind(&()) && r.api_version.starts_with(&group))
+            .map(|r| Self { name: r.name.as_str().into(), uid: r.uid.as_str().into() })
+    }
 }
 
 impl<K: Outlined> Outline<K> {
@@ -84,13 +109,11 @@ impl<K: Outlined> Outline<K> {
         let mut live = live;
         let state = K::state(&mut live);
         let meta = std::mem::take(live.meta_mut());
+        let controller = Controller::of(&meta);
         let applied_hash =
             meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).map(|h| h.as_str().into());
         let mut labels = if K::LABELS { meta.labels } else { None };
         keep_read_labels(&mut labels);
-        let owner_references = meta
-            .owner_references
-            .map(|refs| refs.into_iter().filter(|r| r.controller == Some(true)).collect::<Vec<_>>());
         let metadata = ObjectMeta {
             name: meta.name,
             namespace: meta.namespace,
@@ -98,16 +121,15 @@ impl<K: Outlined> Outline<K> {
             resource_version: meta.resource_version,
             generation: meta.generation,
             deletion_timestamp: meta.deletion_timestamp,
-            owner_references: owner_references.filter(|r| !r.is_empty()),
             labels,
             ..Default::default()
         };
-        Self { metadata, applied_hash, owned_digest, state }
+        Self { metadata, applied_hash, owned_digest, state, controller }
     }
 
-    /// Whether the object with this uid controls it.
+    /// Whether the WhatsAppNumber with this uid controls it.
     pub fn controlled_by(&self, uid: &str) -> bool {
-        self.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+        self.controller.as_ref().is_some_and(|c| &*c.uid == uid)
     }
 }
 
@@ -250,6 +272,7 @@ identity_only!(Service, PodDisruptionBudget);
 
 #[cfg(test)]
 mod tests {
+    use kube::ResourceExt;
     use serde_json::json;
 
     use super::*;
@@ -301,10 +324,27 @@ mod tests {
         assert_eq!(labels, [LABEL_INSTANCE, LABEL_NUMBER], "only the labels the operator reads");
         assert_eq!(kept.metadata.annotations, None);
         assert_eq!(kept.metadata.managed_fields, None);
-        assert_eq!(kept.owner_references().len(), 1, "the controller's reference alone");
+        assert_eq!(kept.metadata.owner_references, None);
+        assert_eq!(kept.controller, Some(Controller { name: "acme".into(), uid: "w1".into() }));
         assert!(kept.controlled_by("w1") && !kept.controlled_by("c1"));
         assert_eq!((kept.metadata.generation, kept.uid().as_deref()), (Some(3), Some("s1")));
         assert_eq!(Outline::<StatefulSet>::url_path(&(), Some("team")), "/apis/apps/v1/namespaces/team/statefulsets");
+    }
+
+    #[test]
+    fn only_a_whatsappnumber_counts_as_a_childs_controller() {
+        let with_owner = |api_version: &str, kind: &str, controller: bool| {
+            let service: Service = serde_json::from_value(json!({"metadata": {"name": "s", "ownerReferences": [
+                {"apiVersion": api_version, "kind": kind, "name": "acme", "uid": "w1", "controller": controller}]}}))
+            .unwrap();
+            Outline::of(service, &[]).controller
+        };
+        let acme = Some(Controller { name: "acme".into(), uid: "w1".into() });
+        assert_eq!(with_owner("whatsapp.operators.dev/v1alpha1", "WhatsAppNumber", true), acme);
+        assert_eq!(with_owner("whatsapp.operators.dev/v1", "WhatsAppNumber", true), acme, "another version");
+        assert_eq!(with_owner("whatsapp.operators.dev/v1alpha1", "WhatsAppNumber", false), None, "an owner alone");
+        assert_eq!(with_owner("apps/v1", "WhatsAppNumber", true), None, "another group's kind");
+        assert_eq!(with_owner("whatsapp.operators.dev/v1alpha1", "WhatsAppNumberClaim", true), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::error::Error;
+use super::outline::{Outline, Outlined};
 use super::{Context, DEBOUNCE, STALE_RETRY, Settings, cache, claim, fencing, fetch, key, reconcile_object};
 use crate::api::WhatsAppNumber;
 use crate::probes::Probes;
@@ -159,12 +160,14 @@ pub async fn run(
     controller
         .reconcile_all_on(catalog_changes)
         .reconcile_on(probe_changes)
-        .owns_stream(feeds.statefulsets)
-        .owns_stream(feeds.deployments)
-        .owns_stream(feeds.services)
-        .owns_stream(feeds.configmaps)
-        .owns_stream(feeds.budgets)
-        .owns_stream(feeds.jobs)
+        // A child wakes the WhatsAppNumber that controls it (as `owns` would,
+        // from the outline's controller: its owner references are not kept).
+        .watches_stream(feeds.statefulsets, controller_of)
+        .watches_stream(feeds.deployments, controller_of)
+        .watches_stream(feeds.services, controller_of)
+        .watches_stream(feeds.configmaps, controller_of)
+        .watches_stream(feeds.budgets, controller_of)
+        .watches_stream(feeds.jobs, controller_of)
         .watches_stream(feeds.secrets, move |secret| {
             referencing(&secret_store, secret.namespace(), &secret.name_any(), Reference::Secret)
         })
@@ -215,6 +218,13 @@ pub async fn run(
     info!("controller stopped");
 }
 
+/// The WhatsAppNumber that controls a child, if one does.
+fn controller_of<K: Outlined>(child: Outline<K>) -> Option<ObjectRef<DynamicObject>> {
+    let controller = child.controller.as_ref()?;
+    let reference = ObjectRef::new_with(&controller.name, ApiResource::erase::<WhatsAppNumber>(&()));
+    Some(reference.within(&child.namespace()?))
+}
+
 /// Gives back the event recorder's memory once its series expired (see
 /// [`super::publish::Events`]).
 async fn renew_events(ctx: Arc<Context>) {
@@ -238,5 +248,23 @@ mod tests {
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(0), Duration::from_secs(5), "a first failure counted from zero");
         assert_eq!(backoff(u32::MAX), Duration::from_secs(300), "no overflow");
+    }
+
+    #[test]
+    fn a_child_wakes_the_whatsappnumber_that_controls_it() {
+        use k8s_openapi::api::core::v1::Service;
+        let service = |owners: serde_json::Value| {
+            let service: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "acme-webapp", "namespace": "team", "ownerReferences": owners}
+            }))
+            .unwrap();
+            controller_of(Outline::of(service, &[]))
+        };
+        let woken = service(serde_json::json!([{"apiVersion": "whatsapp.operators.dev/v1alpha1",
+            "kind": "WhatsAppNumber", "name": "acme", "uid": "w1", "controller": true}]))
+        .expect("its controller");
+        assert_eq!((woken.name.as_str(), woken.namespace.as_deref()), ("acme", Some("team")));
+        assert_eq!(woken.dyntype.kind, "WhatsAppNumber");
+        assert!(service(serde_json::json!([])).is_none(), "nobody's child wakes no one");
     }
 }
