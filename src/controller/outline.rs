@@ -31,7 +31,8 @@ use crate::resources::names::{
 
 /// The labels the operator reads on workloads and node pods (fencing tells a
 /// number, instance and role by them). A map with any entry costs a node of
-/// eleven slots, so only workloads keep theirs, and only these.
+/// eleven slots, so only StatefulSets (which fencing reads) keep theirs, and
+/// only these.
 pub const READ_LABELS: [&str; 5] = [LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION];
 
 /// Keeps of `labels` the ones in [`READ_LABELS`]; a map left empty is dropped.
@@ -60,7 +61,7 @@ pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> +
 #[serde(bound(serialize = "", deserialize = ""))]
 pub struct Outline<K: Outlined> {
     /// Name, namespace, uid, resource version, generation and deletion
-    /// time; the read labels of a workload.
+    /// time; the read labels of a StatefulSet.
     pub metadata: ObjectMeta,
     /// The applied-hash annotation: which desired form was last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,7 +206,6 @@ impl Outlined for StatefulSet {
 
 impl Outlined for Deployment {
     type State = Workload;
-    const LABELS: bool = true;
 
     fn state(live: &mut Self) -> Workload {
         let spec = live.spec.as_ref();
