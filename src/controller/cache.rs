@@ -595,9 +595,25 @@ fn node_pod_outline(pod: &mut PodOutline) {
 }
 
 /// Whether a schema Job's pod started, or why it cannot: its status is
-/// read, its spec never.
+/// read, its spec never, and of its metadata the Job's name. A finished
+/// Job's pod stays for as long as the Job (a day): once a container ran, its
+/// phase alone is kept.
 fn pod_progress(pod: &mut Pod) {
+    use crate::upgrade::job::{JOB_NAME_LABEL, STARTED_PHASES};
     pod.spec = None;
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == JOB_NAME_LABEL);
+    }
+    if let Some(status) = pod.status.as_mut()
+        && status.phase.as_deref().is_some_and(|phase| STARTED_PHASES.contains(&phase))
+    {
+        *status = k8s_openapi::api::core::v1::PodStatus { phase: status.phase.take(), ..Default::default() };
+    }
 }
 
 /// A master or coreapp pod as the operator reads it: fencing needs its
@@ -1045,6 +1061,44 @@ mod tests {
         assert_eq!(PodOutline::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
         let pending: PodOutline = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
         assert!(pending.status.is_none(), "a pod without an address yet");
+    }
+
+    #[test]
+    fn a_cached_schema_pod_keeps_what_tells_whether_it_started() {
+        use crate::upgrade::job::{JOB_NAME_LABEL, state};
+        use crate::upgrade::procedure::JobState;
+        let pod = |phase: &str, waiting: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "acme-schema-x", "namespace": "team",
+                    "labels": {JOB_NAME_LABEL: "acme-schema", "controller-uid": "j1"},
+                    "annotations": {"a": "b"}, "finalizers": ["batch.kubernetes.io/job-tracking"],
+                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "acme-schema", "uid": "j1"}]},
+                "spec": {"containers": [{"name": "schema", "image": "x"}]},
+                "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"name": "schema", "image": "wa:v2", "imageID": "", "ready": false,
+                        "restartCount": 0,
+                        "state": waiting.map_or(serde_json::json!({"terminated": {"exitCode": 0}}),
+                            |reason| serde_json::json!({"waiting": {"reason": reason}}))}]}
+            }))
+            .unwrap()
+        };
+        let job: Job =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "acme-schema"}, "status": {}})).unwrap();
+        for (phase, waiting, expected) in [
+            ("Succeeded", None, JobState::Running),
+            ("Running", None, JobState::Running),
+            ("Pending", Some("ImagePullBackOff"), JobState::Unstartable("image wa:v2: ImagePullBackOff".into())),
+        ] {
+            let mut kept = pod(phase, waiting);
+            pod_progress(&mut kept);
+            assert_eq!(state(Some(&job), &[kept.clone()]), expected, "{phase}");
+            assert_eq!(state(Some(&job), &[pod(phase, waiting)]), expected, "{phase}: as the whole pod says");
+            assert!(kept.spec.is_none() && kept.metadata.annotations.is_none() && kept.metadata.finalizers.is_none());
+            let labels: Vec<&str> = kept.labels().keys().map(String::as_str).collect();
+            assert_eq!(labels, [JOB_NAME_LABEL]);
+            let status = kept.status.unwrap();
+            assert_eq!(status.container_statuses.is_none(), waiting.is_none(), "{phase}: the phase alone once started");
+        }
     }
 
     #[test]

@@ -358,7 +358,7 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     });
     // Only while the Job runs: whether its pod can start at all.
     let pods = if unfinished {
-        let of_job = |p: &Pod| p.labels().get("batch.kubernetes.io/job-name") == Some(&name);
+        let of_job = |p: &Pod| p.labels().get(crate::upgrade::job::JOB_NAME_LABEL) == Some(&name);
         ctx.caches.schema_pods.filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && of_job(p)).await?
     } else {
         vec![]
@@ -377,7 +377,7 @@ async fn schema_job_state_now(ctx: &Context, wan: &WhatsAppNumber, version: &str
         .list(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
         .await
         .map_err(Error::request(what()))?;
-    let selector = format!("batch.kubernetes.io/job-name={name}");
+    let selector = format!("{}={name}", crate::upgrade::job::JOB_NAME_LABEL);
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .list(&kube::api::ListParams::default().labels(&selector))
         .await

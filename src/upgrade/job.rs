@@ -5,6 +5,13 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::procedure::JobState;
 
+/// The label the Job controller puts on a Job's pods: the Job's name.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// Pod phases once a container ran: from then on the phase says all that
+/// [`state`] reads of the pod.
+pub const STARTED_PHASES: [&str; 3] = ["Running", "Succeeded", "Failed"];
+
 /// Waiting reasons of a container that will not start without a change:
 /// the image cannot be pulled, or the container cannot be created.
 const UNSTARTABLE: [&str; 6] = [
@@ -57,7 +64,7 @@ pub fn state(job: Option<&Job>, pods: &[Pod]) -> JobState {
 /// may have changed.
 fn started(pod: &Pod) -> bool {
     let Some(status) = &pod.status else { return false };
-    if matches!(status.phase.as_deref(), Some("Running" | "Succeeded" | "Failed")) {
+    if status.phase.as_deref().is_some_and(|phase| STARTED_PHASES.contains(&phase)) {
         return true;
     }
     status.container_statuses.iter().flatten().any(|c| {
