@@ -163,20 +163,8 @@ impl Decoded {
         match super::typed(&obj) {
             Ok(wan) => {
                 self.by_uid.insert(uid, Arc::new(wan));
-                let meta = std::mem::take(&mut obj.metadata);
-                return DynamicObject {
-                    types: None,
-                    metadata: ObjectMeta {
-                        name: meta.name,
-                        namespace: meta.namespace,
-                        uid: meta.uid,
-                        resource_version: meta.resource_version,
-                        generation: meta.generation,
-                        deletion_timestamp: meta.deletion_timestamp,
-                        ..Default::default()
-                    },
-                    data: serde_json::Value::Null,
-                };
+                let metadata = super::outline::identity(std::mem::take(&mut obj.metadata));
+                return DynamicObject { types: None, metadata, data: serde_json::Value::Null };
             }
             Err(_) => {
                 self.by_uid.remove(&uid);
@@ -547,8 +535,13 @@ fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
 /// labels, annotations, owners and finalizers are not.
 fn secret_identity(secret: &mut PartialObjectMeta<Secret>) {
     secret.types = None;
-    let meta = &mut secret.metadata;
-    meta.labels = None;
+    secret.metadata.labels = None;
+    drop_unread(&mut secret.metadata);
+}
+
+/// Drops what no reconcile reads of a cached object's metadata: its
+/// annotations, owners, finalizers and generated-name prefix.
+fn drop_unread(meta: &mut ObjectMeta) {
     meta.annotations = None;
     meta.owner_references = None;
     meta.finalizers = None;
@@ -585,13 +578,10 @@ fn trim_claim(claim: &mut PersistentVolumeClaim) {
 
 /// A node pod as fencing and gateway matching read it: name, namespace, uid,
 /// deletion time, the labels that tell its number, instance and role, and
-/// its IP. Its annotations, owner and other labels are not kept.
+/// its IP. Its annotations, owner, finalizers and other labels are not kept.
 fn node_pod_outline(pod: &mut PodOutline) {
-    let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    keep_read_labels(&mut meta.labels);
+    drop_unread(&mut pod.metadata);
+    keep_read_labels(&mut pod.metadata.labels);
 }
 
 /// Whether a schema Job's pod started, or why it cannot: its status is
@@ -602,10 +592,7 @@ fn pod_progress(pod: &mut Pod) {
     use crate::upgrade::job::{JOB_NAME_LABEL, STARTED_PHASES};
     pod.spec = None;
     let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
+    drop_unread(meta);
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| k == JOB_NAME_LABEL);
     }

@@ -45,6 +45,20 @@ pub fn keep_read_labels(labels: &mut Option<BTreeMap<String, String>>) {
     }
 }
 
+/// Of `meta`, what tells the object and its version: name, namespace, uid,
+/// resource version, generation and deletion time.
+pub fn identity(meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..Default::default()
+    }
+}
+
 /// A kind whose objects the caches keep as [`Outline`]s.
 pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Serialize + Clone + Debug {
     /// What is read of an object of this kind besides its identity.
@@ -88,12 +102,13 @@ pub struct Controller {
 impl Controller {
     /// The controller reference of `meta`, if a WhatsAppNumber is its controller.
     pub fn of(meta: &ObjectMeta) -> Option<Self> {
-        let group = format!("{}/", WhatsAppNumber::group(&()));
+        let group = WhatsAppNumber::group(&());
         meta.owner_references
             .iter()
             .flatten()
             .find(|r| r.controller == Some(true))
-            .filter(|r| r.kind == WhatsAppNumber::kind(&()) && r.api_version.starts_with(&group))
+            .filter(|r| r.kind == WhatsAppNumber::kind(&()))
+            .filter(|r| r.api_version.split_once('/').is_some_and(|(g, _)| g == group))
             .map(|r| Self { name: r.name.as_str().into(), uid: r.uid.as_str().into() })
     }
 }
@@ -109,22 +124,13 @@ impl<K: Outlined> Outline<K> {
             .map(Into::into);
         let mut live = live;
         let state = K::state(&mut live);
-        let meta = std::mem::take(live.meta_mut());
+        let mut meta = std::mem::take(live.meta_mut());
         let controller = Controller::of(&meta);
         let applied_hash =
             meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).map(|h| h.as_str().into());
-        let mut labels = if K::LABELS { meta.labels } else { None };
+        let mut labels = if K::LABELS { meta.labels.take() } else { None };
         keep_read_labels(&mut labels);
-        let metadata = ObjectMeta {
-            name: meta.name,
-            namespace: meta.namespace,
-            uid: meta.uid,
-            resource_version: meta.resource_version,
-            generation: meta.generation,
-            deletion_timestamp: meta.deletion_timestamp,
-            labels,
-            ..Default::default()
-        };
+        let metadata = ObjectMeta { labels, ..identity(meta) };
         Self { metadata, applied_hash, owned_digest, state, controller }
     }
 
