@@ -512,12 +512,17 @@ async fn no_claim_is_taken_while_another_instance_has_statefulsets_about_to_star
     assert!(claimed.iter().any(|r| r.ends_with("/jobs")), "{claimed:?}");
 }
 
-/// Everything logged while `f` runs on this thread, at every level.
-struct Captured(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// The log lines of this thread, while a test captures them.
+    static CAPTURED: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes a log line to the capturing thread's buffer.
+struct Captured;
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with_borrow(|c| c.as_ref().map(|c| c.lock().unwrap().extend_from_slice(buf)));
         Ok(buf.len())
     }
 
@@ -526,22 +531,44 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Every log line, down to trace, of the calling thread until the guard
+/// drops. One process-wide subscriber decides per event whether its thread
+/// captures: a subscriber set for one thread can miss events, because a
+/// callsite's interest is cached for the whole process, and a callsite
+/// registered by another test at the same moment may be cached as of no
+/// interest to anyone.
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, impl Drop) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let capturing = tracing_subscriber::filter::filter_fn(|_| CAPTURED.with_borrow(Option::is_some));
+        let layer = tracing_subscriber::fmt::layer().with_writer(|| Captured).with_filter(capturing);
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("no other global subscriber in the unit tests");
+    });
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    CAPTURED.set(Some(logs.clone()));
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            CAPTURED.set(None);
+        }
+    }
+    (logs, Stop)
+}
+
 #[tokio::test]
 async fn the_generated_credentials_are_never_logged() {
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || Captured(writer.clone()))
-        .finish();
     let api = seeded();
+    let (logs, capturing) = capture_logs();
     {
-        let _logging = tracing::subscriber::set_default(subscriber);
         let mut operator = Operator::start(&api);
         bring_up(&api, &mut operator).await;
         let mut restarted = Operator::start(&api);
         restarted.reconcile(&api).await;
     }
+    drop(capturing);
     let logs = String::from_utf8(logs.lock().unwrap().clone()).expect("UTF-8 logs");
     assert!(logs.contains("reconciling"), "the operator's debug and trace output was captured");
     let keys = api.get("/api/v1/namespaces/team/secrets/acme-keys");
