@@ -115,7 +115,7 @@ def audit(path, user, start, end):
             out["by_verb_resource"][key] = out["by_verb_resource"].get(key, 0) + 1
             out["requests"] += 1
             out["watches"] += verb == "watch"
-            # A list of more than one page (500 objects a page) is one list.
+            # A list of more than one page (50 objects a page) is one list.
             out["list_pages"] += verb == "list" and "continue=" in event.get("requestURI", "")
             if verb == "watch":
                 watched.add(resource)
