@@ -7,6 +7,7 @@
 //! - [`probes`]: the health probe scheduler, off the reconcile path.
 //! - [`telemetry`]: logs, metrics and the probe endpoints.
 //! - [`leader`]: leader election between operator replicas.
+//! - [`heap`]: gives the heap's freed memory back to the system.
 //! - [`render`]: the objects of a WhatsAppNumber as YAML, without a cluster.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod controller;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod health;
+pub mod heap;
 pub mod leader;
 pub mod lifecycle;
 pub mod probes;

@@ -11,9 +11,9 @@ use kube::runtime::events::Reporter;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use whatsapp_operator::controller;
 use whatsapp_operator::leader::{self, Election};
 use whatsapp_operator::telemetry::{self, LogFormat, metrics::Metrics, server};
+use whatsapp_operator::{controller, heap};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -111,6 +111,8 @@ async fn main() -> fatal::Result {
         return render(file);
     }
     telemetry::init_logging(args.log_format);
+    // Resident memory follows what the operator keeps, not its busiest moment.
+    tokio::spawn(heap::trim_periodically());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
