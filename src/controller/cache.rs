@@ -153,17 +153,27 @@ impl Numbers {
         self.decoded.lock().expect("decoded numbers lock").by_uid.get(&uid).cloned()
     }
 
-    /// The objects the operator can read, with their references.
-    pub fn readable(&self) -> Vec<(Arc<WhatsAppNumber>, ObjectRef<DynamicObject>)> {
-        let resource = ApiResource::erase::<WhatsAppNumber>(&());
+    /// The objects the operator can read.
+    pub fn readable(&self) -> Vec<Arc<WhatsAppNumber>> {
+        self.decoded.lock().expect("decoded numbers lock").by_uid.values().cloned().collect()
+    }
+
+    /// The references of the readable objects `wanted` picks. A watch
+    /// mapper calls it for every event of its kind: only the objects picked
+    /// get a reference made.
+    pub fn references(&self, wanted: impl Fn(&WhatsAppNumber) -> bool) -> Vec<ObjectRef<DynamicObject>> {
         let decoded = self.decoded.lock().expect("decoded numbers lock");
-        decoded
-            .by_uid
-            .values()
+        let picked: Vec<&Arc<WhatsAppNumber>> = decoded.by_uid.values().filter(|wan| wanted(wan)).collect();
+        if picked.is_empty() {
+            return Vec::new();
+        }
+        let resource = ApiResource::erase::<WhatsAppNumber>(&());
+        picked
+            .into_iter()
             .map(|wan| {
                 let mut reference = ObjectRef::new_with(&wan.name_any(), resource.clone());
                 reference.namespace = wan.namespace();
-                (wan.clone(), reference)
+                reference
             })
             .collect()
     }
@@ -980,10 +990,13 @@ mod tests {
         deliver(watcher::Event::Apply(number("b", "1", 42.into())));
         let first = numbers.readable();
         assert_eq!(first.len(), 1, "the unreadable object is left out");
-        assert_eq!(first[0].0.spec.phone_number, "+15550001111");
-        assert_eq!((first[0].1.name.as_str(), first[0].1.namespace.as_deref()), ("a", Some("team")));
+        assert_eq!(first[0].spec.phone_number, "+15550001111");
+        let references = numbers.references(|_| true);
+        assert_eq!(references.len(), 1);
+        assert_eq!((references[0].name.as_str(), references[0].namespace.as_deref()), ("a", Some("team")));
+        assert!(numbers.references(|wan| wan.spec.phone_number.ends_with("2222")).is_empty(), "only those picked");
         let again = numbers.readable();
-        assert!(Arc::ptr_eq(&first[0].0, &again[0].0), "an unchanged object is not decoded again");
+        assert!(Arc::ptr_eq(&first[0], &again[0]), "an unchanged object is not decoded again");
 
         // The store keeps the metadata of a decoded object, and all of an unreadable one.
         let stored = |uid: &str| {
@@ -1001,7 +1014,7 @@ mod tests {
 
         deliver(watcher::Event::Apply(number("a", "2", "+15550002222".into())));
         deliver(watcher::Event::Apply(number("b", "2", "+15550003333".into())));
-        let mut phones: Vec<String> = numbers.readable().iter().map(|(w, _)| w.spec.phone_number.clone()).collect();
+        let mut phones: Vec<String> = numbers.readable().iter().map(|w| w.spec.phone_number.clone()).collect();
         phones.sort();
         assert_eq!(phones, ["+15550002222", "+15550003333"], "new versions are decoded again");
         deliver(watcher::Event::Delete(number("a", "2", "+15550002222".into())));
@@ -1012,7 +1025,7 @@ mod tests {
         deliver(watcher::Event::InitApply(number("c", "3", "+15550004444".into())));
         assert_eq!(numbers.readable().len(), 2, "the old listing stands until the new one is done");
         deliver(watcher::Event::InitDone);
-        let listed: Vec<String> = numbers.readable().iter().map(|(w, _)| w.name_any()).collect();
+        let listed: Vec<String> = numbers.readable().iter().map(|w| w.name_any()).collect();
         assert_eq!(listed, ["c"]);
         assert!(stored("b").is_none() && stored("c").is_some());
     }

@@ -394,7 +394,7 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
         Claim::Held if intent == Intent::Take => {
             let mut observed = fetch::observe(&ctx.caches, &ctx.settings, wan).await?;
             let others = ctx.caches.numbers.readable();
-            observed.database_sharer = fetch::database_sharer(wan, others.iter().map(|(w, _)| w.as_ref()));
+            observed.database_sharer = fetch::database_sharer(wan, others.iter().map(AsRef::as_ref));
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
                 // On the heap: its many steps make a large future.

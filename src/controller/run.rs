@@ -51,27 +51,24 @@ fn referencing(
     name: &str,
     kind: Reference,
 ) -> Vec<ObjectRef<DynamicObject>> {
-    numbers
-        .readable()
-        .into_iter()
-        .filter(|(wan, _)| wan.namespace() == namespace)
-        .filter(|(wan, _)| {
-            let spec = &wan.spec;
-            match kind {
-                Reference::Secret => {
-                    spec.database.credentials_secret_ref.name == name
-                        || spec.database.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
-                        || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
-                        || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                        || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
-                        || fetch::lifecycle_secret_names(wan).iter().any(|n| n == name)
-                        || Names::new(wan).keys() == name
-                }
-                Reference::Claim => crate::resources::media_claim_name(wan) == name,
+    numbers.references(|wan| {
+        if wan.metadata.namespace != namespace {
+            return false;
+        }
+        let spec = &wan.spec;
+        match kind {
+            Reference::Secret => {
+                spec.database.credentials_secret_ref.name == name
+                    || spec.database.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
+                    || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
+                    || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
+                    || fetch::lifecycle_secret_names(wan).iter().any(|n| n == name)
+                    || Names::new(wan).keys() == name
             }
-        })
-        .map(|(_, r)| r)
-        .collect()
+            Reference::Claim => crate::resources::media_claim_name(wan) == name,
+        }
+    })
 }
 
 /// The WhatsAppNumbers with the phone number a claim (or legacy claim Lease) is about.
@@ -85,12 +82,13 @@ fn with_number(numbers: &cache::Numbers, digits: &str) -> Vec<ObjectRef<DynamicO
     if digits.is_empty() {
         return vec![];
     }
-    numbers
-        .readable()
-        .into_iter()
-        .filter(|(wan, _)| crate::resources::names::number_digits(&wan.spec.phone_number) == digits)
-        .map(|(_, r)| r)
-        .collect()
+    numbers.references(|wan| has_digits(&wan.spec.phone_number, digits))
+}
+
+/// Whether the digits of `phone_number` are `digits`, compared one by one:
+/// no string is made for each number a watch event is checked against.
+fn has_digits(phone_number: &str, digits: &str) -> bool {
+    phone_number.chars().filter(char::is_ascii_digit).eq(digits.chars())
 }
 
 #[derive(Clone, Copy)]
@@ -248,6 +246,15 @@ mod tests {
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(0), Duration::from_secs(5), "a first failure counted from zero");
         assert_eq!(backoff(u32::MAX), Duration::from_secs(300), "no overflow");
+    }
+
+    #[test]
+    fn phone_numbers_match_by_their_digits_alone() {
+        assert!(has_digits("+1 555-000-1111", "15550001111"));
+        assert!(has_digits("+15550001111", &crate::resources::names::number_digits("+1 (555) 000 1111")));
+        assert!(!has_digits("+15550001111", "1555000111"), "a prefix is another number");
+        assert!(!has_digits("+1555000111", "15550001111"));
+        assert!(!has_digits("+15550001112", "15550001111"));
     }
 
     #[test]
