@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-/// How often the heap is trimmed. A minute after a start the first listings
-/// are done, and at rest a minute is long against a trim's cost.
-pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// How often the heap is trimmed: the first listings after a start are done
+/// within seconds, and 30 s is long against a trim's cost.
+pub const TRIM_EVERY: Duration = Duration::from_secs(30);
 
 /// Releases the free pages of every arena to the system; whether any were.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
