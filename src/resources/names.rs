@@ -129,5 +129,30 @@ pub fn instance_selector(wan: &WhatsAppNumber) -> String {
 
 /// `+15550001111` -> `15550001111`.
 pub fn number_digits(phone_number: &str) -> String {
-    phone_number.chars().filter(char::is_ascii_digit).collect()
+    digits_of(phone_number).collect()
+}
+
+/// Whether [`number_digits`] of `phone_number` are `digits`, compared one by
+/// one: no string is made (watch mappers check every number against an event).
+pub fn has_number_digits(phone_number: &str, digits: &str) -> bool {
+    digits_of(phone_number).eq(digits.chars())
+}
+
+fn digits_of(phone_number: &str) -> impl Iterator<Item = char> + '_ {
+    phone_number.chars().filter(char::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_match_by_their_digits_alone() {
+        assert_eq!(number_digits("+1 (555) 000-1111"), "15550001111");
+        assert!(has_number_digits("+1 555-000-1111", "15550001111"));
+        assert!(has_number_digits("+15550001111", &number_digits("+1 (555) 000 1111")));
+        assert!(!has_number_digits("+15550001111", "1555000111"), "a prefix is another number");
+        assert!(!has_number_digits("+1555000111", "15550001111"));
+        assert!(!has_number_digits("+15550001112", "15550001111"));
+    }
 }
