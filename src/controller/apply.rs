@@ -19,6 +19,7 @@ use super::cache::{Cached, Caches};
 use super::drift;
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
+use super::store::Keyed;
 use crate::api::{TierStatus, WhatsAppNumber};
 use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER};
 use crate::resources::{Children, config};
@@ -242,16 +243,16 @@ impl<'a> Applier<'a> {
     {
         let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
         let unwanted = |obj: &K::Kept| {
-            obj.namespace().as_deref() == Some(self.namespace.as_str())
+            obj.key_namespace() == self.namespace
                 && K::controlled_by(obj, &uid)
-                && !keep.contains(&obj.name_any())
-                && obj.meta().deletion_timestamp.is_none()
+                && !keep.iter().any(|k| k == obj.key_name())
+                && !K::deleting(obj)
         };
         let api: Api<K> = self.api();
         for obj in K::cache(self.caches).filter(unwanted).await? {
-            let name = obj.name_any();
+            let name = obj.key_name();
             tracing::info!(kind = %K::kind(&()), %name, "removing a child the spec no longer asks for");
-            match api.delete(&name, &DeleteParams::background()).await {
+            match api.delete(name, &DeleteParams::background()).await {
                 Ok(_) => self.metrics.record_write(&K::kind(&()), "delete"),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {

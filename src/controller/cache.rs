@@ -6,8 +6,12 @@
 //! the last-applied annotation, pod specs). Of the children the operator
 //! applies they keep an outline ([`super::outline`]): identity, the digests
 //! that decide a write, and of workloads and Jobs the counts and status read.
-//! Secrets are watched by metadata only: their data is read by name when a
-//! reconcile needs it and kept until their resource version changes.
+//! Of node pods they keep identity, read labels and IP ([`PodOutline`]), of
+//! every Secret its name and version ([`SecretVersion`]): Secrets are watched
+//! by metadata only, their data read by name when a reconcile needs it and
+//! kept until their resource version changes. The stores are the caches' own
+//! ([`super::store`]), keyed by namespace and name alone; the children's
+//! watches wake their numbers through the controller's `reconcile_on`.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -19,17 +23,18 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodStatus, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DynamicObject, ObjectMeta};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::Result;
-use super::outline::{Outline, keep_read_labels};
+use super::outline::{Identity, Outline, ReadLabels};
+use super::store::{Keyed, Store, intern};
 use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
 
 /// How long a reconcile waits for a cache's first listing.
@@ -53,48 +58,56 @@ fn listing() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
-/// One watch-fed store of objects of kind `K`.
-#[derive(Clone)]
 /// A cache that has not finished its first listing, where "absent" would
 /// mean nothing.
 #[derive(Debug, thiserror::Error)]
 #[error("the operator's cache of {0} has not finished its first listing")]
 pub struct NotReady(pub &'static str);
 
-pub struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<K>,
+/// One watch-fed store of what is kept of objects of one kind.
+pub struct Cache<T> {
+    store: Store<T>,
     what: &'static str,
 }
 
-impl<K> Cache<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
+impl<T: Keyed> Cache<T> {
     /// Waits for the first complete listing: before it, "absent" means nothing.
     pub async fn ready(&self) -> Result<(), NotReady> {
-        tokio::time::timeout(WAIT, self.store.wait_until_ready())
-            .await
-            .map_err(|_| NotReady(self.what))?
-            .map_err(|_| NotReady(self.what))
+        tokio::time::timeout(WAIT, self.store.wait_until_ready()).await.map_err(|_| NotReady(self.what))
     }
 
-    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, NotReady> {
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Arc<T>>, NotReady> {
         self.ready().await?;
-        Ok(self.store.get(&ObjectRef::new(name).within(namespace)))
+        Ok(self.store.get(namespace, name))
     }
 
     /// A cluster-scoped object by name.
-    pub async fn get_cluster(&self, name: &str) -> Result<Option<Arc<K>>, NotReady> {
-        self.ready().await?;
-        Ok(self.store.get(&ObjectRef::new(name)))
+    pub async fn get_cluster(&self, name: &str) -> Result<Option<Arc<T>>, NotReady> {
+        self.get("", name).await
     }
 
     /// Every cached object that `keep` accepts.
-    pub async fn filter(&self, keep: impl Fn(&K) -> bool) -> Result<Vec<Arc<K>>, NotReady> {
+    pub async fn filter(&self, keep: impl Fn(&T) -> bool) -> Result<Vec<Arc<T>>, NotReady> {
         self.ready().await?;
-        Ok(self.store.state_filter(|o| keep(o)))
+        Ok(self.store.filter(keep))
     }
 }
+
+/// The typed objects kept whole (trimmed of what is never read).
+macro_rules! keyed_by_metadata {
+    ($($kind:ty),* $(,)?) => {
+        $(impl Keyed for $kind {
+            fn key_namespace(&self) -> &str {
+                self.metadata.namespace.as_deref().unwrap_or_default()
+            }
+            fn key_name(&self) -> &str {
+                self.metadata.name.as_deref().unwrap_or_default()
+            }
+        })*
+    };
+}
+
+keyed_by_metadata!(PersistentVolumeClaim, WhatsAppNumberClaim, Lease, ConfigMap, Secret);
 
 /// Every WhatsAppNumber the controller sees: its store of the untyped
 /// objects, and each one decoded once, as the watch delivers it. The store
@@ -102,7 +115,7 @@ where
 /// and an unreadable object whole, for the status that reports it.
 #[derive(Clone)]
 pub struct Numbers {
-    pub store: Store<DynamicObject>,
+    pub store: reflector::Store<DynamicObject>,
     decoded: Arc<Mutex<Decoded>>,
 }
 
@@ -116,7 +129,7 @@ struct Decoded {
 }
 
 impl Numbers {
-    pub fn new(store: Store<DynamicObject>) -> Self {
+    pub fn new(store: reflector::Store<DynamicObject>) -> Self {
         Self { store, decoded: Arc::default() }
     }
 
@@ -179,6 +192,20 @@ impl Numbers {
     }
 }
 
+/// Of `meta`, what tells the object and its version: name, namespace, uid,
+/// resource version, generation and deletion time.
+fn identity(meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..Default::default()
+    }
+}
+
 impl Decoded {
     /// `obj` as the store keeps it: once decoded, its identity alone (the
     /// store finds the decoded copy by uid; the controller and the claim
@@ -188,7 +215,7 @@ impl Decoded {
         match super::typed(&obj) {
             Ok(wan) => {
                 self.by_uid.insert(uid, Arc::new(wan));
-                let metadata = super::outline::identity(std::mem::take(&mut obj.metadata));
+                let metadata = identity(std::mem::take(&mut obj.metadata));
                 return DynamicObject { types: None, metadata, data: serde_json::Value::Null };
             }
             Err(_) => {
@@ -209,13 +236,7 @@ pub trait Cached:
     /// operator's (see [`super::drift`]).
     const UNCOMPARED: &'static [&'static str] = &[];
     /// What the cache keeps of an object.
-    type Kept: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static;
+    type Kept: Keyed + Clone + Debug;
 
     fn cache(caches: &Caches) -> &Cache<Self::Kept>;
     /// What the cache keeps of a live object as a watch or a write returns
@@ -225,6 +246,8 @@ pub trait Cached:
     fn digests(kept: &Self::Kept) -> (Option<&str>, Option<&str>);
     /// Whether the WhatsAppNumber with this uid controls a kept object.
     fn controlled_by(kept: &Self::Kept, uid: &str) -> bool;
+    /// Whether its deletion was asked for.
+    fn deleting(kept: &Self::Kept) -> bool;
 }
 
 macro_rules! outlined {
@@ -243,6 +266,9 @@ macro_rules! outlined {
             }
             fn controlled_by(kept: &Outline<$kind>, uid: &str) -> bool {
                 kept.controlled_by(uid)
+            }
+            fn deleting(kept: &Outline<$kind>) -> bool {
+                kept.identity.deleting()
             }
         })*
     };
@@ -283,6 +309,9 @@ impl Cached for PersistentVolumeClaim {
     fn controlled_by(kept: &Self, uid: &str) -> bool {
         kept.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
     }
+    fn deleting(kept: &Self) -> bool {
+        kept.metadata.deletion_timestamp.is_some()
+    }
 }
 
 /// Every store the reconcile reads from.
@@ -290,8 +319,8 @@ pub struct Caches {
     client: Client,
     /// Every WhatsAppNumber, untyped (the controller's own store).
     pub numbers: Numbers,
-    /// Masters and coreapps of every number, metadata and pod IP only: fencing
-    /// and the matching of gateway nodes to pods read them.
+    /// Masters and coreapps of every number, as fencing and the matching of
+    /// gateway nodes to pods read them ([`PodOutline`]).
     pub node_pods: Cache<PodOutline>,
     pub statefulsets: Cache<Outline<StatefulSet>>,
     pub deployments: Cache<Outline<Deployment>>,
@@ -302,8 +331,8 @@ pub struct Caches {
     pub jobs: Cache<Outline<Job>>,
     /// Every claim, the users' own media claims included.
     pub volume_claims: Cache<PersistentVolumeClaim>,
-    /// Every Secret's metadata.
-    pub secrets: Cache<PartialObjectMeta<Secret>>,
+    /// Every Secret's name and version ([`SecretVersion`]).
+    pub secrets: Cache<SecretVersion>,
     /// The phone-number claims, cluster-wide.
     pub claims: Cache<WhatsAppNumberClaim>,
     /// The claim Leases of earlier releases, in the operator's namespace.
@@ -318,7 +347,7 @@ pub struct Caches {
     _key_secrets_watch: AbortOnDrop,
     /// The pods of schema Jobs, status only: whether a schema upgrade's pod
     /// can start at all. They exist only while a schema is made.
-    pub schema_pods: Cache<Pod>,
+    pub schema_pods: Cache<SchemaPod>,
     _schema_pods_watch: AbortOnDrop,
     /// The clients' ServiceMonitors, once the cluster is known to serve them.
     pub service_monitors: ServiceMonitors,
@@ -334,13 +363,14 @@ impl Caches {
             self.secret_data.lock().expect("secret cache lock").remove(&key);
             return Ok(None);
         };
+        let current = |secret: &Secret| secret.metadata.resource_version.as_deref() == meta.resource_version();
         if let Some(known) = self.secret_data.lock().expect("secret cache lock").get(&key)
-            && known.resource_version() == meta.resource_version()
+            && current(known)
         {
             return Ok(Some(known.clone()));
         }
-        if let Some(watched) = self.key_secrets.get(&ObjectRef::new(name).within(namespace))
-            && watched.resource_version() == meta.resource_version()
+        if let Some(watched) = self.key_secrets.get(namespace, name)
+            && current(&watched)
         {
             return Ok(Some((*watched).clone()));
         }
@@ -384,7 +414,7 @@ pub struct ServiceMonitors {
     api: Api<PartialObjectMeta<DynamicObject>>,
     selector: String,
     resource: ApiResource,
-    watch: Mutex<Option<(Store<PartialObjectMeta<DynamicObject>>, AbortOnDrop)>>,
+    watch: Mutex<Option<(reflector::Store<PartialObjectMeta<DynamicObject>>, AbortOnDrop)>>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -436,7 +466,9 @@ impl ServiceMonitors {
     }
 }
 
-pub type Touched<K> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<K, watcher::Error>> + Send>>;
+/// The objects a watch applied or deleted, as its cache keeps them, once
+/// the cache has taken them in.
+pub type Touched<T> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Arc<T>, watcher::Error>> + Send>>;
 
 /// The watch streams that feed [`Caches`]; the controller polls them, which
 /// keeps the stores current and turns their changes into reconciles.
@@ -449,7 +481,7 @@ pub struct Feeds {
     pub budgets: Touched<Outline<PodDisruptionBudget>>,
     pub jobs: Touched<Outline<Job>>,
     pub volume_claims: Touched<PersistentVolumeClaim>,
-    pub secrets: Touched<PartialObjectMeta<Secret>>,
+    pub secrets: Touched<SecretVersion>,
     pub claims: Touched<WhatsAppNumberClaim>,
     pub legacy_claims: Touched<Lease>,
     pub catalog: Touched<ConfigMap>,
@@ -462,28 +494,56 @@ fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-/// A store of `K` and the stream of objects that changed, which feeds it.
-fn feed<K>(api: Api<K>, config: watcher::Config, what: &'static str, trim: fn(&mut K)) -> (Cache<K>, Touched<K>)
+/// A cache of what `keep` makes of the objects of a watch, and the stream
+/// of those it took in, which feeds it.
+fn feed<K, T>(
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    what: &'static str,
+    keep: impl Fn(K) -> T + Send + 'static,
+) -> (Cache<T>, Touched<T>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Send + 'static,
+    T: Keyed,
 {
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config).default_backoff().modify(move |o| {
-            trim(o);
-            strip(o);
-        }),
-    )
-    .touched_objects()
-    .boxed();
+    let store = Store::default();
+    let writer = store.clone();
+    let stream = events
+        .map_ok(move |event| futures::stream::iter(writer.apply(kept(event, &keep)).map(Ok)))
+        .try_flatten()
+        .boxed();
     (Cache { store, what }, stream)
 }
+
+fn keep_all<K>(_: &mut K) {}
+
+/// A typed object kept as it is, but for what nobody reads (managed fields,
+/// a copy of the last applied object) and what `trim` drops.
+fn trimmed<K: Resource>(trim: fn(&mut K)) -> impl Fn(K) -> K {
+    move |mut obj| {
+        strip(&mut obj);
+        trim(&mut obj);
+        obj
+    }
+}
+
+/// Keeps a watch's store current, for a cache that wakes no reconcile.
+fn keep_current<T: Keyed>(touched: Touched<T>, what: &'static str) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(touched.for_each(move |event| {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "cannot watch {what}; retrying with backoff");
+        }
+        futures::future::ready(())
+    })))
+}
+
+/// The WhatsAppNumbers that changed, as the controller's own store keeps them.
+pub type NumberChanges =
+    std::pin::Pin<Box<dyn Stream<Item = std::result::Result<DynamicObject, watcher::Error>> + Send>>;
 
 /// The WhatsAppNumbers' store and the stream of those that changed, which
 /// drives the controller. What nobody reads (managed fields, a copy of the
 /// last applied object) is not kept.
-pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Numbers, Touched<DynamicObject>) {
+pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Numbers, NumberChanges) {
     let writer = reflector::store::Writer::new(resource);
     let numbers = Numbers::new(writer.as_reader());
     let decode = numbers.clone();
@@ -493,45 +553,8 @@ pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Numbers,
     (numbers, stream)
 }
 
-/// The node pods' store, and a stream of only the pods that appeared, began
-/// to terminate or went away: readiness changes of a rolling pod wake no one.
-fn node_pods_feed(api: Api<PodOutline>, selector: &str) -> (Cache<PodOutline>, Touched<PodOutline>) {
-    let (store, writer) = reflector::store();
-    let mut start_stop = super::fencing::StartStopFilter::default();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, listing().labels(selector)).default_backoff().modify(|pod| {
-            strip(pod);
-            node_pod_outline(pod);
-        }),
-    )
-    .filter_map(move |event| {
-        futures::future::ready(match event {
-            Ok(event) => start_stop.relevant(&event).map(Ok),
-            Err(e) => Some(Err(e)),
-        })
-    })
-    .boxed();
-    (Cache { store, what: "pods" }, stream)
-}
-
-fn keep_all<K>(_: &mut K) {}
-
-/// A store of what is kept of the children of kind `K`, and the stream of
-/// those that changed, which feeds it.
-fn children_feed<K: Cached>(
-    api: Api<K>,
-    config: watcher::Config,
-    what: &'static str,
-) -> (Cache<K::Kept>, Touched<K::Kept>) {
-    let (store, writer) = reflector::store();
-    let events = watcher(api, config).default_backoff().map_ok(|event| kept(event, K::keep));
-    let stream = reflector::reflector(writer, events).touched_objects().boxed();
-    (Cache { store, what }, stream)
-}
-
 /// A watch event with `keep` applied to its object.
-fn kept<K, T>(event: watcher::Event<K>, keep: fn(K) -> T) -> watcher::Event<T> {
+fn kept<K, T>(event: watcher::Event<K>, keep: impl Fn(K) -> T) -> watcher::Event<T> {
     match event {
         watcher::Event::Apply(obj) => watcher::Event::Apply(keep(obj)),
         watcher::Event::InitApply(obj) => watcher::Event::InitApply(keep(obj)),
@@ -539,6 +562,37 @@ fn kept<K, T>(event: watcher::Event<K>, keep: fn(K) -> T) -> watcher::Event<T> {
         watcher::Event::Init => watcher::Event::Init,
         watcher::Event::InitDone => watcher::Event::InitDone,
     }
+}
+
+/// The node pods' cache, and a stream of only the pods that appeared, began
+/// to terminate or went away: readiness changes of a rolling pod wake no one.
+fn node_pods_feed(api: Api<ListedPod>, selector: &str) -> (Cache<PodOutline>, Touched<PodOutline>) {
+    let mut start_stop = super::fencing::StartStopFilter::default();
+    let events = watcher(api, listing().labels(selector)).default_backoff().map_ok(move |event| {
+        let event = kept(event, PodOutline::of);
+        let relevant = start_stop.relevant(&event);
+        (event, relevant)
+    });
+    let store = Store::default();
+    let writer = store.clone();
+    let stream = events
+        .map_ok(move |(event, relevant)| {
+            let applied = writer.apply(event);
+            futures::stream::iter(applied.filter(|_| relevant).map(Ok))
+        })
+        .try_flatten()
+        .boxed();
+    (Cache { store, what: "pods" }, stream)
+}
+
+/// A cache of what is kept of the children of kind `K`, and the stream of
+/// those that changed, which feeds it.
+fn children_feed<K: Cached>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+) -> (Cache<K::Kept>, Touched<K::Kept>) {
+    feed(watcher(api, config).default_backoff(), what, K::keep)
 }
 
 /// Records the digest of the fields the operator owns (see [`super::drift`])
@@ -554,23 +608,39 @@ fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
     };
 }
 
-/// A Secret's metadata as the reconcile reads it: whether it exists, and at
-/// which resource version (to know when its data changed). Every Secret of
-/// the watched namespaces is kept, most of them nobody's here, so its
-/// labels, annotations, owners and finalizers are not.
-fn secret_identity(secret: &mut PartialObjectMeta<Secret>) {
-    secret.types = None;
-    secret.metadata.labels = None;
-    drop_unread(&mut secret.metadata);
+/// A Secret as the reconcile's cache of every Secret keeps it: whether it
+/// exists, and at which resource version (to know when its data changed).
+/// Every Secret of the watched namespaces is kept, most of them nobody's
+/// here, so nothing else of it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretVersion {
+    pub namespace: Arc<str>,
+    pub name: Box<str>,
+    pub resource_version: Option<Box<str>>,
 }
 
-/// Drops what no reconcile reads of a cached object's metadata: its
-/// annotations, owners, finalizers and generated-name prefix.
-fn drop_unread(meta: &mut ObjectMeta) {
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
+impl SecretVersion {
+    pub fn of(secret: PartialObjectMeta<Secret>) -> Self {
+        let meta = secret.metadata;
+        Self {
+            namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            resource_version: meta.resource_version.as_deref().map(Into::into),
+        }
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+}
+
+impl Keyed for SecretVersion {
+    fn key_namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn key_name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// The operator's own annotations: the digests that decide a write and
@@ -601,50 +671,101 @@ fn trim_claim(claim: &mut PersistentVolumeClaim) {
     }
 }
 
-/// A node pod as fencing and gateway matching read it: name, namespace, uid,
-/// deletion time, the labels that tell its number, instance and role, and
-/// its IP. Its annotations, owner, finalizers and other labels are not kept.
-fn node_pod_outline(pod: &mut PodOutline) {
-    drop_unread(&mut pod.metadata);
-    keep_read_labels(&mut pod.metadata.labels);
+/// A schema Job's pod as its cache keeps it: whether it started, or why it
+/// cannot. Its status is read, its spec never, and of its metadata the
+/// Job's name. A finished Job's pod stays for as long as the Job (a day):
+/// once a container ran, its phase alone is kept.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchemaPod {
+    pub namespace: Arc<str>,
+    pub name: Box<str>,
+    /// The name of its Job.
+    pub job: Option<Box<str>>,
+    pub status: Option<Box<PodStatus>>,
 }
 
-/// Whether a schema Job's pod started, or why it cannot: its status is
-/// read, its spec never, and of its metadata the Job's name. A finished
-/// Job's pod stays for as long as the Job (a day): once a container ran, its
-/// phase alone is kept.
-fn pod_progress(pod: &mut Pod) {
-    use crate::upgrade::job::{JOB_NAME_LABEL, STARTED_PHASES};
-    pod.spec = None;
-    let meta = &mut pod.metadata;
-    drop_unread(meta);
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == JOB_NAME_LABEL);
+impl SchemaPod {
+    pub fn of(pod: Pod) -> Self {
+        use crate::upgrade::job::{JOB_NAME_LABEL, STARTED_PHASES};
+        let meta = pod.metadata;
+        let status = pod.status.map(|mut status| {
+            if status.phase.as_deref().is_some_and(|phase| STARTED_PHASES.contains(&phase)) {
+                status = PodStatus { phase: status.phase.take(), ..Default::default() };
+            }
+            Box::new(status)
+        });
+        Self {
+            namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            job: meta.labels.as_ref().and_then(|l| l.get(JOB_NAME_LABEL)).map(|j| j.as_str().into()),
+            status,
+        }
     }
-    if let Some(status) = pod.status.as_mut()
-        && status.phase.as_deref().is_some_and(|phase| STARTED_PHASES.contains(&phase))
-    {
-        *status = k8s_openapi::api::core::v1::PodStatus { phase: status.phase.take(), ..Default::default() };
+
+    /// The pod as [`crate::upgrade::job::state`] reads it: its status.
+    pub fn pod(&self) -> Pod {
+        Pod { status: self.status.as_deref().cloned(), ..Default::default() }
     }
 }
 
-/// A master or coreapp pod as the operator reads it: fencing needs its
-/// metadata, gateway matching its IP. The watch decodes nothing else, and a
-/// cached pod is a fifth of the size of a [`Pod`] even without its spec.
-#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+impl Keyed for SchemaPod {
+    fn key_namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn key_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A master or coreapp pod as fencing and the matching of gateway nodes to
+/// pods read it: its identity (with when it began to terminate), the labels
+/// that tell its number, instance and role, and its IP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodOutline {
+    pub identity: Identity,
+    pub labels: ReadLabels,
+    pub ip: Option<Box<str>>,
+}
+
+impl PodOutline {
+    pub fn of(pod: ListedPod) -> Self {
+        Self {
+            identity: Identity::of(&pod.metadata),
+            labels: ReadLabels::of(pod.metadata.labels.as_ref()),
+            ip: pod.status.and_then(|s| s.pod_ip).map(Into::into),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+}
+
+impl Keyed for PodOutline {
+    fn key_namespace(&self) -> &str {
+        &self.identity.namespace
+    }
+    fn key_name(&self) -> &str {
+        &self.identity.name
+    }
+}
+
+/// A master or coreapp pod as its watch decodes it: metadata and pod IP; its
+/// spec and the rest of its status are never decoded.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct ListedPod {
     pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub status: Option<PodAddress>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct PodAddress {
-    #[serde(rename = "podIP", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "podIP", default)]
     pub pod_ip: Option<String>,
 }
 
-impl Resource for PodOutline {
+impl Resource for ListedPod {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
 
@@ -693,63 +814,57 @@ pub fn build(
     let (volume_claims, pvc_feed) =
         children_feed::<PersistentVolumeClaim>(scoped(client, namespace), listing(), "persistentvolumeclaims");
     let (claims, claim_feed) = feed(
-        Api::all(client.clone()),
-        listing(),
+        watcher(Api::all(client.clone()), listing()).default_backoff(),
         "number claims (is the WhatsAppNumberClaim CRD installed?)",
-        keep_all,
+        trimmed(keep_all),
     );
     let (legacy_claims, lease_feed) = feed(
-        Api::namespaced(client.clone(), operator_namespace),
-        listing().labels(&format!("{}=true", super::claim::LEGACY_CLAIM_LABEL)),
+        watcher(
+            Api::namespaced(client.clone(), operator_namespace),
+            listing().labels(&format!("{}=true", super::claim::LEGACY_CLAIM_LABEL)),
+        )
+        .default_backoff(),
         "legacy number claim Leases",
-        keep_all,
+        trimmed(keep_all),
     );
     let (catalog, catalog_feed) = feed(
-        Api::namespaced(client.clone(), operator_namespace),
-        listing().fields(&format!("metadata.name={release_catalog}")),
+        watcher(
+            Api::namespaced(client.clone(), operator_namespace),
+            listing().fields(&format!("metadata.name={release_catalog}")),
+        )
+        .default_backoff(),
         "the release catalog",
-        keep_all,
+        trimmed(keep_all),
     );
 
     // The operator's own key Secrets with their data, kept current by a task
     // of their own (the metadata watch below wakes the reconciles).
     let (key_secrets, key_secrets_watch) = {
-        let (store, writer) = reflector::store();
         let selector = format!("{owned_selector},{}=keys", crate::resources::names::LABEL_COMPONENT);
-        let watch =
-            watcher(scoped::<Secret>(client, namespace), listing().labels(&selector)).default_backoff().modify(strip);
-        let task = tokio::spawn(reflector::reflector(writer, watch).for_each(|event| {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "cannot watch the operator's key Secrets; retrying with backoff");
-            }
-            futures::future::ready(())
-        }));
-        (store, AbortOnDrop(task))
+        let what = "the operator's key Secrets";
+        let events = watcher(scoped::<Secret>(client, namespace), listing().labels(&selector)).default_backoff();
+        let (cache, touched) = feed(events, what, trimmed(keep_all));
+        (cache.store, keep_current(touched, what))
     };
     let (schema_pods, schema_pods_watch) = {
-        let (store, writer) = reflector::store();
         let selector = format!(
             "{},{}={}",
             crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
             crate::resources::names::LABEL_COMPONENT,
             crate::resources::schema_job::COMPONENT
         );
-        let watch =
-            watcher(scoped::<Pod>(client, namespace), listing().labels(&selector)).default_backoff().modify(|pod| {
-                strip(pod);
-                pod_progress(pod);
-            });
-        let task = tokio::spawn(reflector::reflector(writer, watch).for_each(|event| {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "cannot watch the schema Jobs' pods; retrying with backoff");
-            }
-            futures::future::ready(())
-        }));
-        (Cache { store, what: "schema Job pods" }, AbortOnDrop(task))
+        let what = "schema Job pods";
+        let events = watcher(scoped::<Pod>(client, namespace), listing().labels(&selector)).default_backoff();
+        let (cache, touched) = feed(events, what, SchemaPod::of);
+        let watch = keep_current(touched, what);
+        (cache, watch)
     };
     // Metadata only: Secrets are many and large; data is read when needed.
-    let (secrets, secrets_feed) =
-        feed(scoped::<PartialObjectMeta<Secret>>(client, namespace), listing(), "secrets", secret_identity);
+    let (secrets, secrets_feed) = feed(
+        watcher(scoped::<PartialObjectMeta<Secret>>(client, namespace), listing()).default_backoff(),
+        "secrets",
+        SecretVersion::of,
+    );
 
     let caches = Caches {
         client: client.clone(),
@@ -801,96 +916,79 @@ where
 }
 
 /// Caches filled by hand, for tests of whole reconciles: what the watches
-/// would deliver is put in with [`Seeds::put`].
+/// would deliver is put in with [`Seeds::relist`].
 #[cfg(test)]
 pub struct Seeds {
     numbers: reflector::store::Writer<DynamicObject>,
     decode: Numbers,
-    node_pods: reflector::store::Writer<PodOutline>,
-    statefulsets: reflector::store::Writer<Outline<StatefulSet>>,
-    deployments: reflector::store::Writer<Outline<Deployment>>,
-    services: reflector::store::Writer<Outline<Service>>,
-    configmaps: reflector::store::Writer<Outline<ConfigMap>>,
-    budgets: reflector::store::Writer<Outline<PodDisruptionBudget>>,
-    jobs: reflector::store::Writer<Outline<Job>>,
-    volume_claims: reflector::store::Writer<PersistentVolumeClaim>,
-    secrets: reflector::store::Writer<PartialObjectMeta<Secret>>,
-    key_secrets: reflector::store::Writer<Secret>,
-    claims: reflector::store::Writer<WhatsAppNumberClaim>,
-    schema_pods: reflector::store::Writer<Pod>,
+    node_pods: Store<PodOutline>,
+    statefulsets: Store<Outline<StatefulSet>>,
+    deployments: Store<Outline<Deployment>>,
+    services: Store<Outline<Service>>,
+    configmaps: Store<Outline<ConfigMap>>,
+    budgets: Store<Outline<PodDisruptionBudget>>,
+    jobs: Store<Outline<Job>>,
+    volume_claims: Store<PersistentVolumeClaim>,
+    secrets: Store<SecretVersion>,
+    key_secrets: Store<Secret>,
+    claims: Store<WhatsAppNumberClaim>,
+    schema_pods: Store<SchemaPod>,
 }
 
 #[cfg(test)]
 impl Seeds {
     /// Empty caches, every one listed (ready), and the handle that fills them.
     pub fn caches(client: &Client, owned_selector: &str) -> (Caches, Self) {
-        fn ready<K: Resource + Clone>(
-            mut writer: reflector::store::Writer<K>,
-        ) -> (reflector::store::Writer<K>, Store<K>)
-        where
-            K::DynamicType: Clone + Eq + std::hash::Hash,
-        {
-            writer.apply_watcher_event(&watcher::Event::Init);
-            writer.apply_watcher_event(&watcher::Event::InitDone);
-            let store = writer.as_reader();
-            (writer, store)
+        fn listed<T: Keyed>() -> Store<T> {
+            let store = Store::default();
+            store.apply(watcher::Event::Init);
+            store.apply(watcher::Event::InitDone);
+            store
         }
-        fn typed<K: Resource<DynamicType = ()> + Clone>() -> (reflector::store::Writer<K>, Store<K>) {
-            ready(reflector::store::Writer::default())
+        fn cache<T: Keyed>(store: &Store<T>, what: &'static str) -> Cache<T> {
+            Cache { store: store.clone(), what }
         }
-        let (numbers, numbers_store) = ready(reflector::store::Writer::new(ApiResource::erase::<WhatsAppNumber>(&())));
-        let (node_pods, node_pods_store) = typed();
-        let (statefulsets, sts) = typed();
-        let (deployments, deploy) = typed();
-        let (services, svc) = typed();
-        let (configmaps, cm) = typed();
-        let (budgets, pdb) = typed();
-        let (jobs, job) = typed();
-        let (volume_claims, pvc) = typed();
-        let (secrets, secret_meta) = typed();
-        let (key_secrets, key_store) = typed();
-        let (claims, claim_store) = typed();
-        let (schema_pods, schema_pods_store) = typed();
-        let (_, lease_store) = typed::<Lease>();
-        let (_, catalog_store) = typed::<ConfigMap>();
-        let decode = Numbers::new(numbers_store);
-        let caches = Caches {
-            client: client.clone(),
-            numbers: decode.clone(),
-            node_pods: Cache { store: node_pods_store, what: "pods" },
-            statefulsets: Cache { store: sts, what: "statefulsets" },
-            deployments: Cache { store: deploy, what: "deployments" },
-            services: Cache { store: svc, what: "services" },
-            configmaps: Cache { store: cm, what: "configmaps" },
-            budgets: Cache { store: pdb, what: "poddisruptionbudgets" },
-            jobs: Cache { store: job, what: "jobs" },
-            volume_claims: Cache { store: pvc, what: "persistentvolumeclaims" },
-            secrets: Cache { store: secret_meta, what: "secrets" },
-            claims: Cache { store: claim_store, what: "number claims" },
-            legacy_claims: Cache { store: lease_store, what: "legacy number claim Leases" },
-            catalog: Cache { store: catalog_store, what: "the release catalog" },
-            secret_data: Mutex::default(),
-            key_secrets: key_store,
-            _key_secrets_watch: AbortOnDrop(tokio::spawn(async {})),
-            schema_pods: Cache { store: schema_pods_store, what: "schema Job pods" },
-            _schema_pods_watch: AbortOnDrop(tokio::spawn(async {})),
-            service_monitors: ServiceMonitors::new(client, &None, owned_selector),
-        };
+        let mut numbers = reflector::store::Writer::new(ApiResource::erase::<WhatsAppNumber>(&()));
+        numbers.apply_watcher_event(&watcher::Event::Init);
+        numbers.apply_watcher_event(&watcher::Event::InitDone);
+        let decode = Numbers::new(numbers.as_reader());
         let seeds = Self {
             numbers,
-            decode,
-            node_pods,
-            statefulsets,
-            deployments,
-            services,
-            configmaps,
-            budgets,
-            jobs,
-            volume_claims,
-            secrets,
-            key_secrets,
-            claims,
-            schema_pods,
+            decode: decode.clone(),
+            node_pods: listed(),
+            statefulsets: listed(),
+            deployments: listed(),
+            services: listed(),
+            configmaps: listed(),
+            budgets: listed(),
+            jobs: listed(),
+            volume_claims: listed(),
+            secrets: listed(),
+            key_secrets: listed(),
+            claims: listed(),
+            schema_pods: listed(),
+        };
+        let caches = Caches {
+            client: client.clone(),
+            numbers: decode,
+            node_pods: cache(&seeds.node_pods, "pods"),
+            statefulsets: cache(&seeds.statefulsets, "statefulsets"),
+            deployments: cache(&seeds.deployments, "deployments"),
+            services: cache(&seeds.services, "services"),
+            configmaps: cache(&seeds.configmaps, "configmaps"),
+            budgets: cache(&seeds.budgets, "poddisruptionbudgets"),
+            jobs: cache(&seeds.jobs, "jobs"),
+            volume_claims: cache(&seeds.volume_claims, "persistentvolumeclaims"),
+            secrets: cache(&seeds.secrets, "secrets"),
+            claims: cache(&seeds.claims, "number claims"),
+            legacy_claims: cache(&listed(), "legacy number claim Leases"),
+            catalog: cache(&listed(), "the release catalog"),
+            secret_data: Mutex::default(),
+            key_secrets: seeds.key_secrets.clone(),
+            _key_secrets_watch: AbortOnDrop(tokio::spawn(async {})),
+            schema_pods: cache(&seeds.schema_pods, "schema Job pods"),
+            _schema_pods_watch: AbortOnDrop(tokio::spawn(async {})),
+            service_monitors: ServiceMonitors::new(client, &None, owned_selector),
         };
         (caches, seeds)
     }
@@ -898,33 +996,19 @@ impl Seeds {
     /// Replaces what every cache holds with `objects`, as a fresh listing
     /// of each watch would (so objects that went are gone from the caches).
     pub fn relist(&mut self, objects: &[serde_json::Value]) {
-        fn list<K: Resource + Clone + DeserializeOwned>(
-            writer: &mut reflector::store::Writer<K>,
-            objects: &[serde_json::Value],
-            kind: &str,
-        ) where
-            K::DynamicType: Clone + Eq + std::hash::Hash,
-        {
-            list_kept(writer, objects, kind, |mut k: K| {
-                strip(&mut k);
-                k
-            });
-        }
         /// As the watch delivers them to the store.
-        fn list_kept<K: DeserializeOwned, T: Resource + Clone>(
-            writer: &mut reflector::store::Writer<T>,
+        fn list<K: DeserializeOwned, T: Keyed>(
+            store: &Store<T>,
             objects: &[serde_json::Value],
             kind: &str,
-            keep: fn(K) -> T,
-        ) where
-            T::DynamicType: Clone + Eq + std::hash::Hash,
-        {
-            writer.apply_watcher_event(&watcher::Event::Init);
+            keep: impl Fn(K) -> T,
+        ) {
+            store.apply(watcher::Event::Init);
             for obj in objects.iter().filter(|o| o["kind"] == kind) {
                 let k: K = serde_json::from_value(obj.clone()).expect("an object of its kind");
-                writer.apply_watcher_event(&watcher::Event::InitApply(keep(k)));
+                store.apply(watcher::Event::InitApply(keep(k)));
             }
-            writer.apply_watcher_event(&watcher::Event::InitDone);
+            store.apply(watcher::Event::InitDone);
         }
         let mut events = vec![watcher::Event::Init];
         for obj in objects.iter().filter(|o| o["kind"] == "WhatsAppNumber") {
@@ -936,33 +1020,29 @@ impl Seeds {
         for event in events {
             self.numbers.apply_watcher_event(&self.decode.absorb(event));
         }
-        list_kept(&mut self.node_pods, objects, "Pod", |mut pod: PodOutline| {
-            strip(&mut pod);
-            node_pod_outline(&mut pod);
-            pod
-        });
-        list_kept(&mut self.statefulsets, objects, "StatefulSet", StatefulSet::keep);
-        list_kept(&mut self.deployments, objects, "Deployment", Deployment::keep);
-        list_kept(&mut self.services, objects, "Service", Service::keep);
-        list_kept(&mut self.configmaps, objects, "ConfigMap", ConfigMap::keep);
-        list_kept(&mut self.budgets, objects, "PodDisruptionBudget", PodDisruptionBudget::keep);
-        list_kept(&mut self.jobs, objects, "Job", Job::keep);
-        list_kept(&mut self.volume_claims, objects, "PersistentVolumeClaim", PersistentVolumeClaim::keep);
-        list(&mut self.claims, objects, "WhatsAppNumberClaim");
+        list(&self.node_pods, objects, "Pod", PodOutline::of);
+        list(&self.statefulsets, objects, "StatefulSet", StatefulSet::keep);
+        list(&self.deployments, objects, "Deployment", Deployment::keep);
+        list(&self.services, objects, "Service", Service::keep);
+        list(&self.configmaps, objects, "ConfigMap", ConfigMap::keep);
+        list(&self.budgets, objects, "PodDisruptionBudget", PodDisruptionBudget::keep);
+        list(&self.jobs, objects, "Job", Job::keep);
+        list(&self.volume_claims, objects, "PersistentVolumeClaim", PersistentVolumeClaim::keep);
+        list(&self.claims, objects, "WhatsAppNumberClaim", trimmed(keep_all));
         let component = crate::resources::names::LABEL_COMPONENT;
         let schema = crate::resources::schema_job::COMPONENT;
         let schema_pods: Vec<serde_json::Value> =
             objects.iter().filter(|o| o["metadata"]["labels"][component] == schema).cloned().collect();
-        list(&mut self.schema_pods, &schema_pods, "Pod");
+        list(&self.schema_pods, &schema_pods, "Pod", SchemaPod::of);
         let secrets: Vec<serde_json::Value> = objects.iter().filter(|o| o["kind"] == "Secret").cloned().collect();
         let metadata: Vec<serde_json::Value> = secrets
             .iter()
             .map(|o| serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": o["metadata"]}))
             .collect();
-        list(&mut self.secrets, &metadata, "Secret");
+        list(&self.secrets, &metadata, "Secret", SecretVersion::of);
         let keys: Vec<serde_json::Value> =
             secrets.into_iter().filter(|o| o["metadata"]["labels"][component] == "keys").collect();
-        list(&mut self.key_secrets, &keys, "Secret");
+        list(&self.key_secrets, &keys, "Secret", trimmed(keep_all));
     }
 }
 
@@ -1048,25 +1128,36 @@ mod tests {
             "spec": {"containers": [{"name": "coreapp", "image": "x"}]},
             "status": {"podIP": "10.0.0.7", "phase": "Running"}
         });
-        let mut pod: PodOutline = serde_json::from_value(pod).unwrap();
-        strip(&mut pod);
-        node_pod_outline(&mut pod);
-        assert_eq!(pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.0.0.7"));
-        assert_eq!(pod.metadata.managed_fields, None);
-        assert_eq!(pod.metadata.annotations, None);
-        assert_eq!(pod.metadata.owner_references, None);
-        assert_eq!(pod.metadata.generate_name, None);
-        assert_eq!((pod.metadata.uid.as_deref(), pod.metadata.name.as_deref()), (Some("u1"), Some("acme-coreapp-0")));
-        assert!(pod.metadata.deletion_timestamp.is_some(), "fencing reads when it began to terminate");
-        let labels: Vec<&str> = pod.metadata.labels.as_ref().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(labels, [LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER]);
-        let fenced =
-            super::super::fencing::NodePod::of_number(&pod.metadata, "15550001111").expect("still its number's");
+        let listed: ListedPod = serde_json::from_value(pod).unwrap();
+        assert_eq!(ListedPod::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
+        let pod = PodOutline::of(listed);
+        assert_eq!(pod.ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(
+            pod.identity,
+            Identity {
+                namespace: "team".into(),
+                name: "acme-coreapp-0".into(),
+                uid: "u1".into(),
+                generation: None,
+                deletion: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+            },
+            "fencing reads when it began to terminate"
+        );
+        assert_eq!(
+            pod.labels,
+            ReadLabels {
+                instance: Some("acme".into()),
+                component: Some("coreapp".into()),
+                managed_by: Some("whatsapp-operator".into()),
+                number: Some("15550001111".into()),
+            }
+        );
+        assert_eq!((pod.key_namespace(), pod.key_name()), ("team", "acme-coreapp-0"));
+        let fenced = super::super::fencing::NodePod::of_number(&pod.identity, &pod.labels, "15550001111")
+            .expect("still its number's");
         assert_eq!(fenced.instance, "acme");
-        assert_eq!(serde_json::to_value(&pod).unwrap()["status"], serde_json::json!({"podIP": "10.0.0.7"}));
-        assert_eq!(PodOutline::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
-        let pending: PodOutline = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
-        assert!(pending.status.is_none(), "a pod without an address yet");
+        let pending: ListedPod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
+        assert!(PodOutline::of(pending).ip.is_none(), "a pod without an address yet");
     }
 
     #[test]
@@ -1095,21 +1186,21 @@ mod tests {
             ("Running", None, JobState::Running),
             ("Pending", Some("ImagePullBackOff"), JobState::Unstartable("image wa:v2: ImagePullBackOff".into())),
         ] {
-            let mut kept = pod(phase, waiting);
-            pod_progress(&mut kept);
-            assert_eq!(state(Some(&job), &[kept.clone()]), expected, "{phase}");
+            let kept = SchemaPod::of(pod(phase, waiting));
+            assert_eq!(state(Some(&job), &[kept.pod()]), expected, "{phase}");
             assert_eq!(state(Some(&job), &[pod(phase, waiting)]), expected, "{phase}: as the whole pod says");
-            assert!(kept.spec.is_none() && kept.metadata.annotations.is_none() && kept.metadata.finalizers.is_none());
-            let labels: Vec<&str> = kept.labels().keys().map(String::as_str).collect();
-            assert_eq!(labels, [JOB_NAME_LABEL]);
-            let status = kept.status.unwrap();
+            assert_eq!(
+                (kept.key_namespace(), kept.key_name(), kept.job.as_deref()),
+                ("team", "acme-schema-x", Some("acme-schema"))
+            );
+            let status = kept.status.expect("its status");
             assert_eq!(status.container_statuses.is_none(), waiting.is_none(), "{phase}: the phase alone once started");
         }
     }
 
     #[test]
     fn a_cached_secret_is_its_identity_and_version() {
-        let mut secret: PartialObjectMeta<Secret> = serde_json::from_value(serde_json::json!({
+        let secret: PartialObjectMeta<Secret> = serde_json::from_value(serde_json::json!({
             "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
             "metadata": {
                 "name": "sh.helm.release.v1.x.v1", "namespace": "team", "uid": "s1", "resourceVersion": "42",
@@ -1120,13 +1211,19 @@ mod tests {
             }
         }))
         .unwrap();
-        secret_identity(&mut secret);
-        let kept = serde_json::to_value(&secret.metadata).unwrap();
+        let kept = SecretVersion::of(secret);
         assert_eq!(
             kept,
-            serde_json::json!({"name": "sh.helm.release.v1.x.v1", "namespace": "team", "uid": "s1", "resourceVersion": "42"})
+            SecretVersion {
+                namespace: "team".into(),
+                name: "sh.helm.release.v1.x.v1".into(),
+                resource_version: Some("42".into())
+            }
         );
-        assert!(secret.types.is_none());
+        assert_eq!(
+            (kept.key_namespace(), kept.key_name(), kept.resource_version()),
+            ("team", "sh.helm.release.v1.x.v1", Some("42"))
+        );
     }
 
     #[test]

@@ -358,12 +358,11 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     });
     // Only while the Job runs: whether its pod can start at all.
     let pods = if unfinished {
-        let of_job = |p: &Pod| p.labels().get(crate::upgrade::job::JOB_NAME_LABEL) == Some(&name);
-        ctx.caches.schema_pods.filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && of_job(p)).await?
+        ctx.caches.schema_pods.filter(|p| *p.namespace == *namespace && p.job.as_deref() == Some(&name)).await?
     } else {
         vec![]
     };
-    let pods: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
+    let pods: Vec<Pod> = pods.iter().map(|p| p.pod()).collect();
     Ok(upgrade::job::state(job.map(|j| j.job()).as_ref(), &pods))
 }
 

@@ -11,14 +11,13 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
 use super::cache::{Cache, PodOutline};
 use super::error::Result;
-use super::outline::Outline;
+use super::outline::{Identity, Outline, ReadLabels};
 use crate::api::WhatsAppNumber;
 use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER, MANAGED_BY};
 
@@ -52,18 +51,17 @@ pub struct NodePod {
 
 impl NodePod {
     /// The pod, if it is a master or coreapp of the number with these digits.
-    pub fn of_number(meta: &ObjectMeta, digits: &str) -> Option<Self> {
-        let labels = meta.labels.as_ref()?;
-        let node = matches!(labels.get(LABEL_COMPONENT).map(String::as_str), Some("master" | "coreapp"));
-        let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY);
-        if !node || !ours || labels.get(LABEL_NUMBER).map(String::as_str) != Some(digits) {
+    pub fn of_number(identity: &Identity, labels: &ReadLabels, digits: &str) -> Option<Self> {
+        let node = matches!(labels.get(LABEL_COMPONENT), Some("master" | "coreapp"));
+        let ours = labels.get(LABEL_MANAGED_BY) == Some(MANAGED_BY);
+        if !node || !ours || labels.get(LABEL_NUMBER) != Some(digits) {
             return None;
         }
         Some(Self {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-            instance: labels.get(LABEL_INSTANCE).cloned().unwrap_or_default(),
-            terminating_since: meta.deletion_timestamp.as_ref().map(|t| t.0),
+            namespace: identity.namespace.to_string(),
+            name: identity.name.to_string(),
+            instance: labels.get(LABEL_INSTANCE).unwrap_or_default().to_string(),
+            terminating_since: identity.deletion,
             workload: false,
         })
     }
@@ -72,10 +70,10 @@ impl NodePod {
     /// digits and asks for pods (its controller may make them at any moment).
     pub fn of_statefulset(sts: &Outline<StatefulSet>, digits: &str) -> Option<Self> {
         let wants_pods = sts.state.replicas.unwrap_or(1) > 0;
-        if !wants_pods || sts.metadata.deletion_timestamp.is_some() {
+        if !wants_pods || sts.identity.deleting() {
             return None;
         }
-        Some(Self { workload: true, ..Self::of_number(&sts.metadata, digits)? })
+        Some(Self { workload: true, ..Self::of_number(&sts.identity, sts.labels.as_deref()?, digits)? })
     }
 
     fn describe(&self, now: Timestamp) -> String {
@@ -174,8 +172,8 @@ impl Waiting {
 /// The master and coreapp pods of the number with these digits, from the
 /// operator's pod cache.
 pub async fn pods_of_number(cache: &Cache<PodOutline>, digits: &str) -> Result<Vec<NodePod>> {
-    let pods = cache.filter(|p| p.labels().get(LABEL_NUMBER).map(String::as_str) == Some(digits)).await?;
-    Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.metadata, digits)).collect())
+    let pods = cache.filter(|p| p.labels.get(LABEL_NUMBER) == Some(digits)).await?;
+    Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.identity, &p.labels, digits)).collect())
 }
 
 /// The masters and coreapps of the number with these digits that exist or
@@ -208,10 +206,7 @@ pub async fn own_node_pods(
     namespace: &str,
     instance: &str,
 ) -> Result<Vec<std::sync::Arc<PodOutline>>> {
-    let own = |p: &PodOutline| {
-        p.metadata.namespace.as_deref() == Some(namespace)
-            && p.labels().get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
-    };
+    let own = |p: &PodOutline| &*p.identity.namespace == namespace && p.labels.get(LABEL_INSTANCE) == Some(instance);
     Ok(cache.filter(own).await?)
 }
 
@@ -221,22 +216,21 @@ pub async fn own_node_pods(
 /// number. Keeps what it saw per pod uid.
 #[derive(Default)]
 pub struct StartStopFilter {
-    terminating: HashMap<String, bool>,
+    terminating: HashMap<Box<str>, bool>,
 }
 
 impl StartStopFilter {
-    pub fn relevant<K: kube::Resource + Clone>(&mut self, event: &watcher::Event<K>) -> Option<K> {
+    pub fn relevant(&mut self, event: &watcher::Event<PodOutline>) -> bool {
         match event {
-            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
-                let uid = obj.uid().unwrap_or_default();
-                let deleting = obj.meta().deletion_timestamp.is_some();
-                (self.terminating.insert(uid, deleting) != Some(deleting)).then(|| obj.clone())
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let deleting = pod.identity.deleting();
+                self.terminating.insert(pod.identity.uid.clone(), deleting) != Some(deleting)
             }
-            watcher::Event::Delete(obj) => {
-                self.terminating.remove(&obj.uid().unwrap_or_default());
-                Some(obj.clone())
+            watcher::Event::Delete(pod) => {
+                self.terminating.remove(&pod.identity.uid);
+                true
             }
-            watcher::Event::Init | watcher::Event::InitDone => None,
+            watcher::Event::Init | watcher::Event::InitDone => false,
         }
     }
 }
@@ -245,7 +239,7 @@ impl StartStopFilter {
 mod tests {
     use super::*;
     use crate::fixtures::{at as ts, sample};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use std::collections::BTreeMap;
 
     fn pod_meta(namespace: &str, name: &str, instance: &str, component: &str, digits: &str) -> ObjectMeta {
@@ -263,20 +257,35 @@ mod tests {
         }
     }
 
+    /// A pod as its cache keeps it.
+    fn outline(meta: ObjectMeta) -> PodOutline {
+        PodOutline::of(crate::controller::cache::ListedPod { metadata: meta, status: None })
+    }
+
+    fn of_number(meta: ObjectMeta, digits: &str) -> Option<NodePod> {
+        let pod = outline(meta);
+        NodePod::of_number(&pod.identity, &pod.labels, digits)
+    }
+
     fn node(namespace: &str, name: &str, instance: &str) -> NodePod {
-        NodePod::of_number(&pod_meta(namespace, name, instance, "coreapp", "15550001111"), "15550001111").unwrap()
+        of_number(pod_meta(namespace, name, instance, "coreapp", "15550001111"), "15550001111").unwrap()
     }
 
     #[test]
     fn only_masters_and_coreapps_of_the_number_count() {
         let digits = "15550001111";
-        assert!(NodePod::of_number(&pod_meta("a", "x-master-0", "x", "master", digits), digits).is_some());
-        assert!(NodePod::of_number(&pod_meta("a", "x-coreapp-0", "x", "coreapp", digits), digits).is_some());
-        assert!(NodePod::of_number(&pod_meta("a", "x-webapp-1", "x", "webapp", digits), digits).is_none());
-        assert!(NodePod::of_number(&pod_meta("a", "x-coreapp-0", "x", "coreapp", "15550002222"), digits).is_none());
+        assert!(of_number(pod_meta("a", "x-master-0", "x", "master", digits), digits).is_some());
+        assert!(of_number(pod_meta("a", "x-coreapp-0", "x", "coreapp", digits), digits).is_some());
+        assert!(of_number(pod_meta("a", "x-webapp-1", "x", "webapp", digits), digits).is_none());
+        assert!(of_number(pod_meta("a", "x-coreapp-0", "x", "coreapp", "15550002222"), digits).is_none());
         let mut foreign = pod_meta("a", "x-coreapp-0", "x", "coreapp", digits);
         foreign.labels.as_mut().unwrap().insert(LABEL_MANAGED_BY.into(), "someone-else".into());
-        assert!(NodePod::of_number(&foreign, digits).is_none());
+        assert!(of_number(foreign, digits).is_none());
+        let mut terminating = pod_meta("a", "x-coreapp-0", "x", "coreapp", digits);
+        terminating.deletion_timestamp = Some(Time(ts("2026-01-01T00:00:00Z")));
+        let node = of_number(terminating, digits).expect("a terminating pod still counts");
+        assert_eq!(node.terminating_since, Some(ts("2026-01-01T00:00:00Z")));
+        assert_eq!((node.namespace.as_str(), node.name.as_str(), node.instance.as_str()), ("a", "x-coreapp-0", "x"));
     }
 
     #[test]
@@ -354,7 +363,7 @@ mod tests {
         assert!(holder.workload);
         assert!(NodePod::of_statefulset(&statefulset("a", "h-coreapp", "h", 0), digits).is_none(), "scaled to zero");
         let mut deleted = statefulset("a", "h-coreapp", "h", 2);
-        deleted.metadata.deletion_timestamp = Some(Time(ts("2026-01-01T00:00:00Z")));
+        deleted.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
         assert!(NodePod::of_statefulset(&deleted, digits).is_none(), "being deleted");
 
         // No pod of the holder yet: its StatefulSet keeps a waiter from starting.
@@ -388,17 +397,18 @@ mod tests {
     #[test]
     fn only_start_terminate_and_delete_wake_anyone() {
         let mut filter = StartStopFilter::default();
-        let meta = pod_meta("a", "x-coreapp-0", "x", "coreapp", "1");
-        let pod = PodOutline { metadata: meta.clone(), ..Default::default() };
-        assert!(filter.relevant(&watcher::Event::Apply(pod.clone())).is_some(), "a new pod");
-        assert!(filter.relevant(&watcher::Event::Apply(pod.clone())).is_none(), "a status change");
+        let pod = outline(pod_meta("a", "x-coreapp-0", "x", "coreapp", "1"));
+        assert!(filter.relevant(&watcher::Event::Apply(pod.clone())), "a new pod");
+        let mut addressed = pod.clone();
+        addressed.ip = Some("10.0.0.7".into());
+        assert!(!filter.relevant(&watcher::Event::Apply(addressed)), "a status change");
         let mut deleting = pod.clone();
-        deleting.metadata.deletion_timestamp = Some(Time(ts("2026-01-01T00:00:00Z")));
-        assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())).is_some(), "terminating");
-        assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())).is_none());
-        assert!(filter.relevant(&watcher::Event::Delete(deleting)).is_some(), "gone");
-        assert!(filter.relevant(&watcher::Event::<PodOutline>::InitDone).is_none());
+        deleting.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
+        assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())), "terminating");
+        assert!(!filter.relevant(&watcher::Event::Apply(deleting.clone())));
+        assert!(filter.relevant(&watcher::Event::Delete(deleting)), "gone");
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::InitDone));
         // After a re-list the pod is new to the filter again.
-        assert!(filter.relevant(&watcher::Event::InitApply(pod)).is_some());
+        assert!(filter.relevant(&watcher::Event::InitApply(pod)));
     }
 }

@@ -130,7 +130,7 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
             .get(&namespace, &Names::new(wan).config())
             .await?
             .and_then(|map| map.credentials_record().and_then(CredentialsRecord::parse))
-            .and_then(|record| record.current(wan, meta.resource_version().as_deref())),
+            .and_then(|record| record.current(wan, meta.resource_version())),
         None => None,
     };
     let credentials = match credentials_recorded {

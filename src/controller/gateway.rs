@@ -486,9 +486,9 @@ async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, S
     // IP (`COREAPP_HOSTNAME`); index both.
     let mut index = BTreeMap::new();
     for pod in pods {
-        let name = pod.name_any();
-        if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
-            index.insert(ip, name.clone());
+        let name = pod.name().to_string();
+        if let Some(ip) = pod.ip.as_deref() {
+            index.insert(ip.to_string(), name.clone());
         }
         index.insert(name.clone(), name);
     }

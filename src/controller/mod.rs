@@ -23,6 +23,7 @@ mod publish;
 mod reconcile_tests;
 mod run;
 pub mod status;
+pub mod store;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -483,21 +484,21 @@ async fn stop_workloads(ctx: &Context, wan: &WhatsAppNumber, why: &str) -> Resul
 async fn stop_statefulsets(ctx: &Context, namespace: &str, name: &str, uid: &str, why: &str) -> Result<()> {
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let controlled = |sts: &outline::Outline<StatefulSet>| {
-        sts.namespace().as_deref() == Some(namespace)
-            && sts.labels().get(crate::resources::names::LABEL_INSTANCE).map(String::as_str) == Some(name)
+        sts.namespace() == namespace
+            && sts.label(crate::resources::names::LABEL_INSTANCE) == Some(name)
             && sts.controlled_by(uid)
-            && sts.metadata.deletion_timestamp.is_none()
+            && !sts.identity.deleting()
     };
     let mut found = ctx.caches.statefulsets.filter(controlled).await?;
     // In a stable order, whatever order the cache lists them in.
-    found.sort_by_key(|sts| sts.name_any());
+    found.sort_by(|a, b| a.name().cmp(b.name()));
     for sts in found {
-        warn!(statefulset = %sts.name_any(), %why, "stopping masters and coreapps");
-        match api.delete(&sts.name_any(), &DeleteParams::background()).await {
+        warn!(statefulset = %sts.name(), %why, "stopping masters and coreapps");
+        match api.delete(sts.name(), &DeleteParams::background()).await {
             Ok(_) => ctx.metrics.record_write("StatefulSet", "delete"),
             // The cache had not seen an earlier deletion yet.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::request(format!("deleting StatefulSet {namespace}/{}", sts.name_any()))(e)),
+            Err(e) => return Err(Error::request(format!("deleting StatefulSet {namespace}/{}", sts.name()))(e)),
         }
     }
     Ok(())

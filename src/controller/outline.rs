@@ -7,63 +7,101 @@
 //! the reconcile reads: a workload's replica count, pod template version and
 //! status, a Job's status. The typed objects cost 2.5 to 5 KB each in a store
 //! even with their specs emptied (their fixed size and a map node per label
-//! or annotation set); an outline costs a few hundred bytes.
+//! or annotation set); an outline holds no `ObjectMeta` and no map, only the
+//! fields read, and costs a few hundred bytes with its strings.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::api::ObjectMeta;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::store::{Keyed, intern};
 use crate::api::WhatsAppNumber;
 use crate::resources::names::{
     ANNOTATION_APPLIED_HASH, ANNOTATION_CREDENTIALS_READ, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE,
     LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION,
 };
 
-/// The labels the operator reads on workloads and node pods (fencing tells a
-/// number, instance and role by them). A map with any entry costs a node of
-/// eleven slots, so only StatefulSets (which fencing reads) keep theirs, and
-/// only these.
-pub const READ_LABELS: [&str; 5] = [LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION];
+/// What tells a kept object and its state of life: namespace (shared, see
+/// [`intern`]), name, uid, generation and when its deletion was asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Empty for a cluster-scoped object.
+    pub namespace: Arc<str>,
+    pub name: Box<str>,
+    pub uid: Box<str>,
+    pub generation: Option<i64>,
+    pub deletion: Option<Timestamp>,
+}
 
-/// Keeps of `labels` the ones in [`READ_LABELS`]; a map left empty is dropped.
-pub fn keep_read_labels(labels: &mut Option<BTreeMap<String, String>>) {
-    if let Some(map) = labels.as_mut() {
-        map.retain(|k, _| READ_LABELS.contains(&k.as_str()));
+impl Identity {
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            uid: meta.uid.as_deref().unwrap_or_default().into(),
+            generation: meta.generation,
+            deletion: meta.deletion_timestamp.as_ref().map(|t| t.0),
+        }
     }
-    if labels.as_ref().is_some_and(BTreeMap::is_empty) {
-        *labels = None;
+
+    /// Whether its deletion was asked for.
+    pub fn deleting(&self) -> bool {
+        self.deletion.is_some()
     }
 }
 
-/// Of `meta`, what tells the object and its version: name, namespace, uid,
-/// resource version, generation and deletion time.
-pub fn identity(meta: ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        generation: meta.generation,
-        deletion_timestamp: meta.deletion_timestamp,
-        ..Default::default()
+/// The labels the operator reads on StatefulSets and node pods (fencing tells
+/// a number, instance and role by them), as fields: a map with any entry
+/// costs a node of eleven slots. The values many objects share are kept once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadLabels {
+    pub instance: Option<Box<str>>,
+    pub component: Option<Arc<str>>,
+    pub managed_by: Option<Arc<str>>,
+    /// The phone number's digits.
+    pub number: Option<Box<str>>,
+}
+
+impl ReadLabels {
+    pub fn of(labels: Option<&BTreeMap<String, String>>) -> Self {
+        let Some(labels) = labels else { return Self::default() };
+        let own = |key: &str| labels.get(key).map(|v| Box::<str>::from(v.as_str()));
+        let shared = |key: &str| labels.get(key).map(|v| intern(v));
+        Self {
+            instance: own(LABEL_INSTANCE),
+            component: shared(LABEL_COMPONENT),
+            managed_by: shared(LABEL_MANAGED_BY),
+            number: own(LABEL_NUMBER),
+        }
+    }
+
+    /// The value of a read label; `None` for any other key.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            LABEL_INSTANCE => self.instance.as_deref(),
+            LABEL_COMPONENT => self.component.as_deref(),
+            LABEL_MANAGED_BY => self.managed_by.as_deref(),
+            LABEL_NUMBER => self.number.as_deref(),
+            _ => None,
+        }
     }
 }
 
 /// A kind whose objects the caches keep as [`Outline`]s.
 pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Serialize + Clone + Debug {
     /// What is read of an object of this kind besides its identity.
-    type State: Clone + Debug + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
-    /// Whether its labels are read (those in [`READ_LABELS`]).
+    type State: Clone + Debug + Default + PartialEq + Send + Sync + 'static;
+    /// Whether its labels are read (those of [`ReadLabels`]).
     const LABELS: bool = false;
 
     /// Takes what is read of `live` besides its identity.
@@ -71,29 +109,24 @@ pub trait Outlined: Resource<DynamicType = (), Scope = NamespaceResourceScope> +
 }
 
 /// A child as its cache keeps it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(bound(serialize = "", deserialize = ""))]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outline<K: Outlined> {
-    /// Name, namespace, uid, resource version, generation and deletion
-    /// time; the read labels of a StatefulSet.
-    pub metadata: ObjectMeta,
+    pub identity: Identity,
+    /// The read labels of a StatefulSet; `None` for other kinds.
+    pub labels: Option<Box<ReadLabels>>,
     /// The applied-hash annotation: which desired form was last written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_hash: Option<Box<str>>,
     /// The digest of the fields the operator's field manager owns, with
     /// their live values; `None` when it owns none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned_digest: Option<Box<str>>,
-    #[serde(default)]
     pub state: K::State,
     /// The WhatsAppNumber that controls it, if one does: its owner
     /// reference's other fields are the same for every child, and not kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<Controller>,
 }
 
 /// The WhatsAppNumber that controls a child.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Controller {
     pub name: Box<str>,
     pub uid: Box<str>,
@@ -124,49 +157,51 @@ impl<K: Outlined> Outline<K> {
             .map(Into::into);
         let mut live = live;
         let state = K::state(&mut live);
-        let mut meta = std::mem::take(live.meta_mut());
-        let controller = Controller::of(&meta);
+        let meta = live.meta();
         let applied_hash =
             meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).map(|h| h.as_str().into());
-        let mut labels = if K::LABELS { meta.labels.take() } else { None };
-        keep_read_labels(&mut labels);
-        let metadata = ObjectMeta { labels, ..identity(meta) };
-        Self { metadata, applied_hash, owned_digest, state, controller }
+        let labels = K::LABELS.then(|| Box::new(ReadLabels::of(meta.labels.as_ref())));
+        Self {
+            identity: Identity::of(meta),
+            labels,
+            applied_hash,
+            owned_digest,
+            state,
+            controller: Controller::of(meta),
+        }
     }
 
     /// Whether the WhatsAppNumber with this uid controls it.
     pub fn controlled_by(&self, uid: &str) -> bool {
         self.controller.as_ref().is_some_and(|c| &*c.uid == uid)
     }
+
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.identity.namespace
+    }
+
+    /// The value of a read label (see [`ReadLabels`]).
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.as_ref()?.get(key)
+    }
 }
 
-impl<K: Outlined> Resource for Outline<K> {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        K::kind(&())
+impl<K: Outlined + Send + Sync + 'static> Keyed for Outline<K> {
+    fn key_namespace(&self) -> &str {
+        &self.identity.namespace
     }
-    fn group(_: &()) -> Cow<'_, str> {
-        K::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        K::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        K::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+    fn key_name(&self) -> &str {
+        &self.identity.name
     }
 }
 
 /// What is read of a StatefulSet or Deployment: its replica count, the
 /// version its pod template runs, and its status counts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workload {
     /// `spec.replicas`.
     pub replicas: Option<i32>,
@@ -176,7 +211,7 @@ pub struct Workload {
     pub status: Option<WorkloadStatus>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadStatus {
     pub replicas: i32,
     pub ready_replicas: Option<i32>,
@@ -239,7 +274,7 @@ impl Outline<Job> {
     /// The Job as [`crate::upgrade::job::state`] reads it: its status.
     pub fn job(&self) -> Job {
         Job {
-            metadata: ObjectMeta { name: self.metadata.name.clone(), ..Default::default() },
+            metadata: ObjectMeta { name: Some(self.name().to_string()), ..Default::default() },
             spec: None,
             status: self.state.clone(),
         }
@@ -280,6 +315,8 @@ identity_only!(Service, PodDisruptionBudget);
 mod tests {
     use kube::ResourceExt;
     use serde_json::json;
+
+    use super::super::store::Keyed;
 
     use super::*;
     use crate::controller::drift::{self, OWNED_DIGEST};
@@ -326,15 +363,29 @@ mod tests {
                 }),
             }
         );
-        let labels: Vec<&str> = kept.labels().keys().map(String::as_str).collect();
-        assert_eq!(labels, [LABEL_INSTANCE, LABEL_NUMBER], "only the labels the operator reads");
-        assert_eq!(kept.metadata.annotations, None);
-        assert_eq!(kept.metadata.managed_fields, None);
-        assert_eq!(kept.metadata.owner_references, None);
+        assert_eq!(
+            kept.labels.as_deref(),
+            Some(&ReadLabels {
+                instance: Some("acme".into()),
+                number: Some("15550001111".into()),
+                ..Default::default()
+            }),
+            "only the labels the operator reads"
+        );
+        assert_eq!((kept.label(LABEL_INSTANCE), kept.label("a")), (Some("acme"), None));
         assert_eq!(kept.controller, Some(Controller { name: "acme".into(), uid: "w1".into() }));
         assert!(kept.controlled_by("w1") && !kept.controlled_by("c1"));
-        assert_eq!((kept.metadata.generation, kept.uid().as_deref()), (Some(3), Some("s1")));
-        assert_eq!(Outline::<StatefulSet>::url_path(&(), Some("team")), "/apis/apps/v1/namespaces/team/statefulsets");
+        assert_eq!(
+            kept.identity,
+            Identity {
+                namespace: "team".into(),
+                name: "acme-master".into(),
+                uid: "s1".into(),
+                generation: Some(3),
+                deletion: None
+            }
+        );
+        assert_eq!((kept.key_namespace(), kept.key_name()), ("team", "acme-master"));
     }
 
     #[test]
@@ -364,7 +415,7 @@ mod tests {
         let kept = Outline::of(service, &[]);
         assert_eq!(kept.owned_digest, None, "written by someone else: the apply step writes it");
         assert_eq!(kept.applied_hash.as_deref(), Some("h"));
-        assert_eq!(kept.metadata.labels, None, "nothing reads a Service's labels");
+        assert_eq!(kept.labels, None, "nothing reads a Service's labels");
     }
 
     #[test]
@@ -376,7 +427,6 @@ mod tests {
         .unwrap();
         let kept = Outline::of(map, &[]);
         assert_eq!(kept.credentials_record(), Some("12 a,b digest"));
-        assert_eq!(kept.metadata.annotations, None);
     }
 
     #[test]

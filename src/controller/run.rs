@@ -5,18 +5,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::api::{ApiResource, DynamicObject};
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+use futures::{Stream, StreamExt, TryStreamExt as _};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ApiResource, DynamicObject, ObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::error::Error;
 use super::outline::{Outline, Outlined};
+use super::store::Keyed;
 use super::{Context, DEBOUNCE, STALE_RETRY, Settings, cache, claim, fencing, fetch, key, reconcile_object};
-use crate::api::WhatsAppNumber;
+use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
 use crate::probes::Probes;
 use crate::resources::names::Names;
 use crate::telemetry::metrics::Metrics;
@@ -47,12 +57,12 @@ pub fn backoff(attempts: u32) -> Duration {
 /// The WhatsAppNumbers whose reconcile reads the named Secret or claim.
 fn referencing(
     numbers: &cache::Numbers,
-    namespace: Option<String>,
+    namespace: &str,
     name: &str,
     kind: Reference,
 ) -> Vec<ObjectRef<DynamicObject>> {
     numbers.references(|wan| {
-        if wan.metadata.namespace != namespace {
+        if wan.metadata.namespace.as_deref() != Some(namespace) {
             return false;
         }
         let spec = &wan.spec;
@@ -154,38 +164,51 @@ pub async fn run(
         .reconcile_on(probe_changes)
         // A child wakes the WhatsAppNumber that controls it (as `owns` would,
         // from the outline's controller: its owner references are not kept).
-        .watches_stream(feeds.statefulsets, controller_of)
-        .watches_stream(feeds.deployments, controller_of)
-        .watches_stream(feeds.services, controller_of)
-        .watches_stream(feeds.configmaps, controller_of)
-        .watches_stream(feeds.budgets, controller_of)
-        .watches_stream(feeds.jobs, controller_of)
-        .watches_stream(feeds.secrets, move |secret| {
-            referencing(&secret_store, secret.namespace(), &secret.name_any(), Reference::Secret)
-        })
-        .watches_stream(feeds.volume_claims, move |claim| {
-            referencing(&claim_store, claim.namespace(), &claim.name_any(), Reference::Claim)
-        })
+        .watches_stream(changes::<StatefulSet, _>(feeds.statefulsets), on(controller_of))
+        .watches_stream(changes::<Deployment, _>(feeds.deployments), on(controller_of))
+        .watches_stream(changes::<Service, _>(feeds.services), on(controller_of))
+        .watches_stream(changes::<ConfigMap, _>(feeds.configmaps), on(controller_of))
+        .watches_stream(changes::<PodDisruptionBudget, _>(feeds.budgets), on(controller_of))
+        .watches_stream(changes::<Job, _>(feeds.jobs), on(controller_of))
+        .watches_stream(
+            changes::<Secret, _>(feeds.secrets),
+            on(move |secret: &cache::SecretVersion| {
+                referencing(&secret_store, &secret.namespace, &secret.name, Reference::Secret)
+            }),
+        )
+        .watches_stream(
+            changes::<PersistentVolumeClaim, _>(feeds.volume_claims),
+            on(move |claim: &PersistentVolumeClaim| {
+                referencing(&claim_store, &claim.namespace().unwrap_or_default(), &claim.name_any(), Reference::Claim)
+            }),
+        )
         // A released number claim wakes the WhatsAppNumbers waiting for it.
-        .watches_stream(feeds.claims, move |claim| waiting_for(&number_claim_store, &claim))
-        .watches_stream(feeds.legacy_claims, move |lease| waiting_for(&lease_store, &lease))
+        .watches_stream(
+            changes::<WhatsAppNumberClaim, _>(feeds.claims),
+            on(move |claim: &WhatsAppNumberClaim| waiting_for(&number_claim_store, claim)),
+        )
+        .watches_stream(
+            changes::<Lease, _>(feeds.legacy_claims),
+            on(move |lease: &Lease| waiting_for(&lease_store, lease)),
+        )
         // Master and coreapp pods starting, terminating or going wake the
         // objects of their number (fencing).
-        .watches_stream(feeds.node_pods, move |pod| {
-            let labels = pod.labels();
-            match labels.get(crate::resources::names::LABEL_NUMBER) {
+        .watches_stream(
+            changes::<Pod, _>(feeds.node_pods),
+            on(move |pod: &cache::PodOutline| match pod.labels.get(crate::resources::names::LABEL_NUMBER) {
                 Some(digits) => with_number(&pod_store, digits),
                 // Its own WhatsAppNumber still waits for it.
-                None => labels
+                None => pod
+                    .labels
                     .get(crate::resources::names::LABEL_INSTANCE)
-                    .zip(pod.namespace())
-                    .map(|(instance, ns)| {
-                        ObjectRef::new_with(instance, ApiResource::erase::<WhatsAppNumber>(&())).within(&ns)
+                    .map(|instance| {
+                        ObjectRef::new_with(instance, ApiResource::erase::<WhatsAppNumber>(&()))
+                            .within(&pod.identity.namespace)
                     })
                     .into_iter()
                     .collect(),
-            }
-        })
+            }),
+        )
         .graceful_shutdown_on({
             let ctx = ctx.clone();
             async move {
@@ -211,10 +234,79 @@ pub async fn run(
 }
 
 /// The WhatsAppNumber that controls a child, if one does.
-fn controller_of<K: Outlined>(child: Outline<K>) -> Option<ObjectRef<DynamicObject>> {
+fn controller_of<K: Outlined>(child: &Outline<K>) -> Option<ObjectRef<DynamicObject>> {
     let controller = child.controller.as_ref()?;
     let reference = ObjectRef::new_with(&controller.name, ApiResource::erase::<WhatsAppNumber>(&()));
-    Some(reference.within(&child.namespace()?))
+    Some(reference.within(child.namespace()))
+}
+
+/// An object a watch took in, as the controller's trigger takes it: the
+/// kind, namespace and name of `K`, which the reconcile it wakes names as its
+/// reason ("related object updated: Secret.v1./name.namespace"), and what the
+/// cache keeps of it, which the mappers read. Made for each change and
+/// dropped once mapped; never decoded.
+#[derive(Debug, serde::Deserialize)]
+#[serde(bound = "")]
+struct Changed<K, T> {
+    metadata: ObjectMeta,
+    #[serde(skip)]
+    kept: Option<Arc<T>>,
+    #[serde(skip)]
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K, T> Clone for Changed<K, T> {
+    fn clone(&self) -> Self {
+        Self { metadata: self.metadata.clone(), kept: self.kept.clone(), kind: PhantomData }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>, T> Resource for Changed<K, T> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        K::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        K::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        K::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        K::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The changes a cache's watch took in, as objects of kind `K`.
+fn changes<K, T: Keyed>(
+    touched: cache::Touched<T>,
+) -> impl Stream<Item = Result<Changed<K, T>, watcher::Error>> + Send + 'static
+where
+    K: 'static,
+{
+    touched.map_ok(|kept| {
+        let namespace = Some(kept.key_namespace()).filter(|ns| !ns.is_empty()).map(str::to_string);
+        let metadata = ObjectMeta { name: Some(kept.key_name().to_string()), namespace, ..Default::default() };
+        Changed { metadata, kept: Some(kept), kind: PhantomData }
+    })
+}
+
+/// A mapper of what a cache keeps, as a mapper of its changes.
+fn on<K, T, I>(
+    mapper: impl Fn(&T) -> I + Send + Sync + 'static,
+) -> impl Fn(Changed<K, T>) -> Vec<ObjectRef<DynamicObject>> + Send + Sync + 'static
+where
+    I: IntoIterator<Item = ObjectRef<DynamicObject>>,
+{
+    move |changed| changed.kept.as_deref().map(|kept| mapper(kept).into_iter().collect()).unwrap_or_default()
 }
 
 /// Gives back the event recorder's memory once its series expired (see
@@ -243,6 +335,29 @@ mod tests {
     }
 
     #[test]
+    fn a_change_names_its_object_as_the_reason_and_maps_what_the_cache_keeps() {
+        let secret: kube::core::PartialObjectMeta<Secret> = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "acme-db", "namespace": "team", "resourceVersion": "7"}
+        }))
+        .unwrap();
+        let kept = Arc::new(cache::SecretVersion::of(secret));
+        let changed = futures::executor::block_on(
+            changes::<Secret, _>(futures::stream::iter([Ok(kept)]).boxed()).try_collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .remove(0);
+        let reason = ObjectRef::from_obj(&changed).erase();
+        assert_eq!(reason.to_string(), "Secret.v1./acme-db.team", "as the reconcile's log names its reason");
+        let mapper = on(|secret: &cache::SecretVersion| {
+            let reference = ObjectRef::new_with(&secret.name, ApiResource::erase::<WhatsAppNumber>(&()));
+            [reference.within(&secret.namespace)]
+        });
+        let woken = mapper(changed);
+        assert_eq!(woken.len(), 1);
+        assert_eq!((woken[0].name.as_str(), woken[0].namespace.as_deref()), ("acme-db", Some("team")));
+    }
+
+    #[test]
     fn a_child_wakes_the_whatsappnumber_that_controls_it() {
         use k8s_openapi::api::core::v1::Service;
         let service = |owners: serde_json::Value| {
@@ -250,7 +365,7 @@ mod tests {
                 "metadata": {"name": "acme-webapp", "namespace": "team", "ownerReferences": owners}
             }))
             .unwrap();
-            controller_of(Outline::of(service, &[]))
+            controller_of(&Outline::of(service, &[]))
         };
         let woken = service(serde_json::json!([{"apiVersion": "whatsapp.operators.dev/v1alpha1",
             "kind": "WhatsAppNumber", "name": "acme", "uid": "w1", "controller": true}]))

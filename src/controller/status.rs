@@ -258,7 +258,7 @@ pub fn stateful_set_tier(sts: &Outline<StatefulSet>) -> TierStatus {
         desired: sts.state.replicas.unwrap_or(1),
         ready: status.ready_replicas.unwrap_or(0),
         updated: status.updated_replicas.unwrap_or(0),
-        observed: status.observed_generation.is_some() && status.observed_generation == sts.metadata.generation,
+        observed: status.observed_generation.is_some() && status.observed_generation == sts.identity.generation,
     }
 }
 
@@ -272,7 +272,7 @@ pub fn deployment_tier(deploy: &Outline<Deployment>) -> TierStatus {
         ready: status.ready_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0).max(0)).min(desired),
         updated: status.updated_replicas.unwrap_or(0).min(desired),
         observed: status.observed_generation.is_some()
-            && status.observed_generation == deploy.metadata.generation
+            && status.observed_generation == deploy.identity.generation
             && status.replicas == desired,
     }
 }
@@ -940,7 +940,7 @@ mod tests {
     fn deployment_surge_does_not_count_old_pods() {
         use crate::controller::outline::{Workload, WorkloadStatus};
         let mut d = Outline::<Deployment>::default();
-        d.metadata.generation = Some(2);
+        d.identity.generation = Some(2);
         d.state = Workload {
             replicas: Some(2),
             version: None,
