@@ -45,7 +45,12 @@
 #              reconciles in it). rss_loaded_mib once all are Ready;
 #              bytes_per_number = (loaded - idle) / N.
 #   rest       10 s after all are Ready, every request of the operator in the
-#              next 60 s (its Lease included): idle_requests_per_min_polling_off.
+#              next 60 s (its Lease included): idle_requests_per_min_polling_off;
+#              at its end rss_rest_mib, and the heap's bytes in use and freed
+#              but kept by the allocator after the operator's last trim
+#              (heap_rest_in_use_mib, heap_rest_free_mib; the
+#              whatsapp_operator_heap_* metrics): what the numbers keep, and
+#              what the allocator holds beside it.
 #   settled    RSS_SETTLE_S (510) s after all were Ready, when no Event was
 #              published for longer than the event recorder's series window
 #              (7 minutes) and the operator renewed its recorder:
@@ -54,7 +59,9 @@
 #              leaves it out).
 #   restart    SIGTERM, then the same operator again: its writes (Lease and
 #              Events apart) and all its requests in the 60 s after the start;
-#              rss_restarted_mib at the end of those 60 s.
+#              rss_restarted_mib and the heap's figures
+#              (heap_restarted_in_use_mib, heap_restarted_free_mib) at the end
+#              of those 60 s.
 #   polling    health polling on against emulated webapps: one emulated client
 #              (gateway, schema, 2 masters, 2 coreapps, one webapp, on MariaDB
 #              from hack/databases.sh) serves every number: each number's key
@@ -237,6 +244,12 @@ metric() { # NAME: sum of a metric family of the running operator
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$OPERATOR_PID/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$OPERATOR_PID/stat"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+mib_b() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+# heap_now: resident KiB, and the heap's bytes in use and free after the
+# operator's last trim (it trims and reports every 30 s).
+heap_now() {
+  echo "$(rss_kib) $(metric whatsapp_operator_heap_in_use_bytes) $(metric whatsapp_operator_heap_free_bytes)"
+}
 
 # apply_chunks DIR NAME...: `kubectl apply --server-side` of DIR/NAME*.yaml, in parallel.
 apply_chunks() {
@@ -444,6 +457,8 @@ rest() { # polling-off rest: 10 s to settle, then 60 s
   echo "$REST_AUDIT" >"$LOGS/audit-rest-polling-off.json"
   IDLE_OFF="$(field "$REST_AUDIT" requests)"
   log "rest: $IDLE_OFF requests in 60 s ($(field "$REST_AUDIT" lease_requests) on the Lease, $(field "$REST_AUDIT" writes) writes)"
+  read -r RSS_REST_KIB HEAP_REST_IN_USE HEAP_REST_FREE <<<"$(heap_now)"
+  log "rest: VmRSS $(mib "$RSS_REST_KIB") MiB; heap after the last trim: $(mib_b "$HEAP_REST_IN_USE") MiB in use, $(mib_b "$HEAP_REST_FREE") MiB free"
 }
 
 settled() {
@@ -469,10 +484,11 @@ restart() {
   sleep "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { s = 60 - (b - a); printf "%.1f", s < 0 ? 0 : s }')"
   RESTART_AUDIT="$(audit "$t0" "$(now)")"
   echo "$RESTART_AUDIT" >"$LOGS/audit-restart.json"
-  RSS_RESTARTED_KIB="$(rss_kib)"
+  read -r RSS_RESTARTED_KIB HEAP_RESTARTED_IN_USE HEAP_RESTARTED_FREE <<<"$(heap_now)"
   RESTART_WRITES="$(field "$RESTART_AUDIT" writes)"
   RESTART_REQUESTS="$(field "$RESTART_AUDIT" requests)"
   log "restart: $RESTART_WRITES writes (Lease $(field "$RESTART_AUDIT" lease_writes), Events $(field "$RESTART_AUDIT" event_writes) apart), $RESTART_REQUESTS requests, VmRSS $(mib "$RSS_RESTARTED_KIB") MiB"
+  log "restart: heap after the last trim: $(mib_b "$HEAP_RESTARTED_IN_USE") MiB in use, $(mib_b "$HEAP_RESTARTED_FREE") MiB free"
 }
 
 # One emulated client on MariaDB, serving every number's health probes.
@@ -636,6 +652,8 @@ summary() {
       "first_status_p50_s=$FIRST_P50 first_status_p99_s=$FIRST_P99 first_status_max_s=$FIRST_MAX" \
       "rss_idle_mib=$(mib "$RSS_IDLE_KIB") rss_loaded_mib=$(mib "$RSS_LOADED_KIB") bytes_per_number=$bytes_per" \
       "rss_settled_mib=$settled rss_restarted_mib=$(mib "$RSS_RESTARTED_KIB")" \
+      "rss_rest_mib=$(mib "$RSS_REST_KIB") heap_rest_in_use_mib=$(mib_b "$HEAP_REST_IN_USE") heap_rest_free_mib=$(mib_b "$HEAP_REST_FREE")" \
+      "heap_restarted_in_use_mib=$(mib_b "$HEAP_RESTARTED_IN_USE") heap_restarted_free_mib=$(mib_b "$HEAP_RESTARTED_FREE")" \
       "writes_per_number=$writes_per reconciles_per_number=$reconciles_per" \
       "idle_requests_per_min_polling_off=$IDLE_OFF idle_requests_per_min_polling_on=$IDLE_ON" \
       "restart_writes_60s=$RESTART_WRITES restart_requests_60s=$RESTART_REQUESTS cpu_s_per_reconcile=$CPU_PER_RECONCILE"

@@ -111,8 +111,6 @@ async fn main() -> fatal::Result {
         return render(file);
     }
     telemetry::init_logging(args.log_format);
-    // Resident memory follows what the operator keeps, not its busiest moment.
-    tokio::spawn(heap::trim_periodically());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -128,6 +126,11 @@ async fn main() -> fatal::Result {
     };
 
     let metrics = Arc::new(Metrics::default());
+    // Resident memory follows what the operator keeps, not its busiest moment.
+    tokio::spawn(heap::trim_periodically({
+        let metrics = metrics.clone();
+        move |usage| metrics.record_heap(usage)
+    }));
     let ready = Arc::new(AtomicBool::new(false));
     let probes = server::Probes { metrics: metrics.clone(), ready: ready.clone() };
     let listener = server::bind(args.metrics_address)

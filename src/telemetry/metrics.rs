@@ -59,6 +59,10 @@ pub struct Metrics {
     /// reconcile that finds everything as it should be adds nothing here.
     pub writes: Family<WriteLabels, Counter>,
     pub leader: Gauge<i64, AtomicI64>,
+    /// Bytes of heap in use, and freed but kept by the allocator, after the
+    /// last trim (see [`crate::heap`]).
+    pub heap_in_use: Gauge<i64, AtomicI64>,
+    pub heap_free: Gauge<i64, AtomicI64>,
     /// Per number: coreapps connected to WhatsApp's servers.
     pub connected_coreapps: Family<NumberLabels, Gauge<i64, AtomicI64>>,
     /// Per number: 1 while health is judged good.
@@ -118,6 +122,20 @@ impl Default for Metrics {
         );
         registry.register("kube_writes", "Write requests sent to the Kubernetes API, by kind and verb", writes.clone());
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        let heap_in_use = Gauge::<i64, AtomicI64>::default();
+        let heap_free = Gauge::<i64, AtomicI64>::default();
+        registry.register_with_unit(
+            "heap_in_use",
+            "Heap bytes in use after the last trim, where the allocator tells it",
+            prometheus_client::registry::Unit::Bytes,
+            heap_in_use.clone(),
+        );
+        registry.register_with_unit(
+            "heap_free",
+            "Heap bytes freed but kept by the allocator after the last trim, where it tells it",
+            prometheus_client::registry::Unit::Bytes,
+            heap_free.clone(),
+        );
         registry.register(
             "number_connected_coreapps",
             "Coreapps connected to WhatsApp's servers, per WhatsAppNumber",
@@ -164,6 +182,8 @@ impl Default for Metrics {
             reconcile_duration,
             writes,
             leader,
+            heap_in_use,
+            heap_free,
             connected_coreapps,
             gateway_up,
             probe_duration,
@@ -179,6 +199,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// What the heap holds after a trim.
+    pub fn record_heap(&self, usage: crate::heap::Usage) {
+        self.heap_in_use.set(i64::try_from(usage.in_use).unwrap_or(i64::MAX));
+        self.heap_free.set(i64::try_from(usage.free).unwrap_or(i64::MAX));
+    }
+
     pub fn record_error(&self, reason: &str) {
         self.reconcile_errors.get_or_create(&ErrorLabels { reason: reason.into() }).inc();
     }
