@@ -25,6 +25,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodStatus, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{ApiResource, DynamicObject, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -107,7 +108,7 @@ macro_rules! keyed_by_metadata {
     };
 }
 
-keyed_by_metadata!(PersistentVolumeClaim, WhatsAppNumberClaim, Lease, ConfigMap, Secret);
+keyed_by_metadata!(WhatsAppNumberClaim, Lease, ConfigMap, Secret);
 
 /// Every WhatsAppNumber the controller sees: its store of the untyped
 /// objects, and each one decoded once, as the watch delivers it. The store
@@ -283,34 +284,129 @@ outlined! {
     Job => jobs,
 }
 
-/// Claims are kept as typed objects (users' media claims too), trimmed to
-/// what is read: the spec the builder copies back and the operator's own
-/// annotations (see [`trim_claim`]).
+/// Claims are kept as [`ClaimOutline`]s (users' claims too).
 impl Cached for PersistentVolumeClaim {
     /// A cluster's default class is filled in on creation, owned by no one,
     /// and copied back by the builder: the claim's first apply must not be
     /// followed by another one only to own it. A class cannot change anyway.
     const UNCOMPARED: &'static [&'static str] = &["/spec/storageClassName"];
-    type Kept = PersistentVolumeClaim;
+    type Kept = ClaimOutline;
 
-    fn cache(caches: &Caches) -> &Cache<Self> {
+    fn cache(caches: &Caches) -> &Cache<ClaimOutline> {
         &caches.volume_claims
     }
-    fn keep(mut live: Self) -> Self {
-        record_owned(&mut live);
-        strip(&mut live);
-        trim_claim(&mut live);
-        live
+    fn keep(live: Self) -> ClaimOutline {
+        ClaimOutline::of(live)
     }
-    fn digests(kept: &Self) -> (Option<&str>, Option<&str>) {
-        let annotation = |key: &str| kept.metadata.annotations.as_ref()?.get(key).map(String::as_str);
-        (annotation(crate::resources::names::ANNOTATION_APPLIED_HASH), annotation(super::drift::OWNED_DIGEST))
+    fn digests(kept: &ClaimOutline) -> (Option<&str>, Option<&str>) {
+        (kept.annotation(crate::resources::names::ANNOTATION_APPLIED_HASH), kept.owned_digest.as_deref())
     }
-    fn controlled_by(kept: &Self, uid: &str) -> bool {
-        kept.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+    fn controlled_by(kept: &ClaimOutline, uid: &str) -> bool {
+        kept.controller.as_ref().is_some_and(|c| &*c.uid == uid)
     }
-    fn deleting(kept: &Self) -> bool {
-        kept.metadata.deletion_timestamp.is_some()
+    fn deleting(kept: &ClaimOutline) -> bool {
+        kept.identity.deleting()
+    }
+}
+
+/// A claim as the reconcile reads it: identity, controller, the digest of
+/// the fields the operator owns (taken from the whole claim), the
+/// operator's own annotations (the applied hash and the schema record) and
+/// the spec the builder copies from the live claim (access modes, class,
+/// volume mode, requested size). The binder's annotations, finalizers,
+/// labels, status and the bound volume are not kept.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimOutline {
+    pub identity: Identity,
+    pub controller: Option<super::outline::Controller>,
+    pub owned_digest: Option<Box<str>>,
+    /// The annotations under the operator's prefix, by key.
+    pub annotations: Box<[(Box<str>, Box<str>)]>,
+    pub access_modes: Option<Box<[String]>>,
+    pub storage_class_name: Option<Box<str>>,
+    pub volume_mode: Option<Box<str>>,
+    /// `spec.resources.requests.storage`.
+    pub storage: Option<Quantity>,
+}
+
+impl ClaimOutline {
+    pub fn of(live: PersistentVolumeClaim) -> Self {
+        let owned_digest = serde_json::to_value(&live)
+            .ok()
+            .and_then(|value| {
+                super::drift::owned_digest(
+                    &value,
+                    crate::resources::names::FIELD_MANAGER,
+                    PersistentVolumeClaim::UNCOMPARED,
+                )
+            })
+            .map(Into::into);
+        let meta = &live.metadata;
+        let annotations = meta
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(OPERATOR_ANNOTATIONS))
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .collect();
+        let spec = live.spec.as_ref();
+        Self {
+            identity: Identity::of(meta),
+            controller: super::outline::Controller::of(meta),
+            owned_digest,
+            annotations,
+            access_modes: spec.and_then(|s| s.access_modes.clone()).map(Into::into),
+            storage_class_name: spec.and_then(|s| s.storage_class_name.as_deref()).map(Into::into),
+            volume_mode: spec.and_then(|s| s.volume_mode.as_deref()).map(Into::into),
+            storage: spec
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .cloned(),
+        }
+    }
+
+    /// One of the operator's annotations.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+    }
+
+    /// The claim as the builder and the upgrade plan read it: identity,
+    /// the operator's annotations and the spec kept.
+    pub fn claim(&self) -> PersistentVolumeClaim {
+        let annotations: std::collections::BTreeMap<String, String> =
+            self.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let requests =
+            self.storage.clone().map(|size| std::collections::BTreeMap::from([("storage".to_string(), size)]));
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(self.identity.name.to_string()),
+                namespace: Some(self.identity.namespace.to_string()),
+                uid: Some(self.identity.uid.to_string()).filter(|u| !u.is_empty()),
+                annotations: Some(annotations).filter(|a| !a.is_empty()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                access_modes: self.access_modes.as_deref().map(<[String]>::to_vec),
+                storage_class_name: self.storage_class_name.as_deref().map(str::to_string),
+                volume_mode: self.volume_mode.as_deref().map(str::to_string),
+                resources: requests.map(|requests| k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                    requests: Some(requests),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+impl Keyed for ClaimOutline {
+    fn key_namespace(&self) -> &str {
+        &self.identity.namespace
+    }
+    fn key_name(&self) -> &str {
+        &self.identity.name
     }
 }
 
@@ -330,7 +426,7 @@ pub struct Caches {
     pub budgets: Cache<Outline<PodDisruptionBudget>>,
     pub jobs: Cache<Outline<Job>>,
     /// Every claim, the users' own media claims included.
-    pub volume_claims: Cache<PersistentVolumeClaim>,
+    pub volume_claims: Cache<ClaimOutline>,
     /// Every Secret's name and version ([`SecretVersion`]).
     pub secrets: Cache<SecretVersion>,
     /// The phone-number claims, cluster-wide.
@@ -364,15 +460,17 @@ impl Caches {
             return Ok(None);
         };
         let current = |secret: &Secret| secret.metadata.resource_version.as_deref() == meta.resource_version();
+        if let Some(watched) = self.key_secrets.get(namespace, name)
+            && current(&watched)
+        {
+            // The watch's copy stands for what a write of the operator kept.
+            self.secret_data.lock().expect("secret cache lock").remove(&key);
+            return Ok(Some((*watched).clone()));
+        }
         if let Some(known) = self.secret_data.lock().expect("secret cache lock").get(&key)
             && current(known)
         {
             return Ok(Some(known.clone()));
-        }
-        if let Some(watched) = self.key_secrets.get(namespace, name)
-            && current(&watched)
-        {
-            return Ok(Some((*watched).clone()));
         }
         let read = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
@@ -480,7 +578,7 @@ pub struct Feeds {
     pub configmaps: Touched<Outline<ConfigMap>>,
     pub budgets: Touched<Outline<PodDisruptionBudget>>,
     pub jobs: Touched<Outline<Job>>,
-    pub volume_claims: Touched<PersistentVolumeClaim>,
+    pub volume_claims: Touched<ClaimOutline>,
     pub secrets: Touched<SecretVersion>,
     pub claims: Touched<WhatsAppNumberClaim>,
     pub legacy_claims: Touched<Lease>,
@@ -595,19 +693,6 @@ fn children_feed<K: Cached>(
     feed(watcher(api, config).default_backoff(), what, K::keep)
 }
 
-/// Records the digest of the fields the operator owns (see [`super::drift`])
-/// while the managed fields are still there.
-fn record_owned<K: Cached + serde::Serialize>(obj: &mut K) {
-    let digest = serde_json::to_value(&*obj)
-        .ok()
-        .and_then(|live| super::drift::owned_digest(&live, crate::resources::names::FIELD_MANAGER, K::UNCOMPARED));
-    let annotations = obj.meta_mut().annotations.get_or_insert_with(Default::default);
-    match digest {
-        Some(d) => annotations.insert(super::drift::OWNED_DIGEST.into(), d),
-        None => annotations.remove(super::drift::OWNED_DIGEST),
-    };
-}
-
 /// A Secret as the reconcile's cache of every Secret keeps it: whether it
 /// exists, and at which resource version (to know when its data changed).
 /// Every Secret of the watched namespaces is kept, most of them nobody's
@@ -646,30 +731,6 @@ impl Keyed for SecretVersion {
 /// The operator's own annotations: the digests that decide a write and
 /// the schema record.
 const OPERATOR_ANNOTATIONS: &str = "whatsapp.operators.dev/";
-
-/// A claim as the reconcile reads it: identity, owner, the operator's
-/// annotations and the spec the builder copies from the live claim (access
-/// modes, class, volume mode, size). The binder's annotations, the
-/// protection finalizer, labels, status and the bound volume's name are not
-/// kept (the owned-field digest was taken before, from the whole claim).
-fn trim_claim(claim: &mut PersistentVolumeClaim) {
-    let meta = &mut claim.metadata;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with(OPERATOR_ANNOTATIONS));
-    }
-    if meta.annotations.as_ref().is_some_and(std::collections::BTreeMap::is_empty) {
-        meta.annotations = None;
-    }
-    meta.labels = None;
-    meta.finalizers = None;
-    claim.status = None;
-    if let Some(spec) = claim.spec.as_mut() {
-        spec.volume_name = None;
-        spec.selector = None;
-        spec.data_source = None;
-        spec.data_source_ref = None;
-    }
-}
 
 /// A schema Job's pod as its cache keeps it: whether it started, or why it
 /// cannot. Its status is read, its spec never, and of its metadata the
@@ -810,7 +871,7 @@ pub fn build(
         children_feed::<PodDisruptionBudget>(scoped(client, namespace), owned(), "poddisruptionbudgets");
     let (jobs, job_feed) = children_feed::<Job>(scoped(client, namespace), owned(), "jobs");
     // The media claim's spec is read (access modes, class, size): claims are
-    // kept trimmed (`trim_claim`), users' claims too.
+    // kept as outlines (`ClaimOutline`), users' claims too.
     let (volume_claims, pvc_feed) =
         children_feed::<PersistentVolumeClaim>(scoped(client, namespace), listing(), "persistentvolumeclaims");
     let (claims, claim_feed) = feed(
@@ -928,7 +989,7 @@ pub struct Seeds {
     configmaps: Store<Outline<ConfigMap>>,
     budgets: Store<Outline<PodDisruptionBudget>>,
     jobs: Store<Outline<Job>>,
-    volume_claims: Store<PersistentVolumeClaim>,
+    volume_claims: Store<ClaimOutline>,
     secrets: Store<SecretVersion>,
     key_secrets: Store<Secret>,
     claims: Store<WhatsAppNumberClaim>,
@@ -1247,20 +1308,37 @@ mod tests {
         }))
         .unwrap();
         let kept = PersistentVolumeClaim::keep(claim);
-        let annotations: Vec<&str> = kept.annotations().keys().map(String::as_str).collect();
-        assert_eq!(
-            annotations,
-            [ANNOTATION_APPLIED_HASH, super::super::drift::OWNED_DIGEST, ANNOTATION_SCHEMA_VERSION]
-        );
+        let annotations: Vec<&str> = kept.annotations.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(annotations, [ANNOTATION_APPLIED_HASH, ANNOTATION_SCHEMA_VERSION], "the operator's alone");
         assert_eq!(PersistentVolumeClaim::digests(&kept).0, Some("h1"));
-        assert!(PersistentVolumeClaim::digests(&kept).1.is_some(), "taken before the trim");
-        assert_eq!((kept.metadata.labels.as_ref(), kept.metadata.finalizers.as_ref()), (None, None));
-        assert_eq!(kept.owner_references().len(), 1);
-        assert!(kept.status.is_none());
-        let spec = kept.spec.as_ref().unwrap();
+        assert!(PersistentVolumeClaim::digests(&kept).1.is_some(), "taken from the whole claim");
+        assert!(PersistentVolumeClaim::controlled_by(&kept, "w1") && !PersistentVolumeClaim::controlled_by(&kept, "x"));
+        assert!(!PersistentVolumeClaim::deleting(&kept));
+        assert_eq!((kept.key_namespace(), kept.key_name()), ("team", "acme-media"));
+        let read = kept.claim();
+        assert_eq!(read.metadata.name.as_deref(), Some("acme-media"));
+        assert_eq!(read.metadata.uid.as_deref(), Some("c1"));
+        let annotations = read.metadata.annotations.as_ref().expect("the operator's annotations");
+        assert_eq!(annotations[ANNOTATION_SCHEMA_VERSION], "2.53.2");
+        assert_eq!(annotations.len(), 2);
+        assert_eq!((read.metadata.labels.as_ref(), read.metadata.finalizers.as_ref()), (None, None));
+        assert!(read.status.is_none());
+        let spec = read.spec.as_ref().unwrap();
         assert_eq!(spec.volume_name, None);
         assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
+        assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
         assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
         assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "50Gi");
+        let version = crate::resources::media::schema_version_of;
+        let databases = "db:3306/wa";
+        let recorded: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({"metadata": {"name": "c",
+            "annotations": {ANNOTATION_SCHEMA_VERSION: "2.53.2",
+                crate::resources::names::ANNOTATION_SCHEMA_DATABASES: databases}}}))
+        .unwrap();
+        assert_eq!(
+            version(&ClaimOutline::of(recorded).claim(), databases).as_deref(),
+            Some("2.53.2"),
+            "the schema record reads back"
+        );
     }
 }

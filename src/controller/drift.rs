@@ -14,11 +14,6 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-/// Annotation under which the cache of claims, which keeps them whole, keeps
-/// a claim's owned-field digest. It is added by the cache alone and never
-/// sent to the API server.
-pub const OWNED_DIGEST: &str = "whatsapp.operators.dev/owned-digest";
-
 /// Logged when a child the operator just applied does not show the applied
 /// values in the fields it owns: it would be written again at every
 /// reconcile. The usual cause is a server default inside a field the operator

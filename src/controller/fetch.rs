@@ -147,7 +147,7 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
     };
     let keys = secret(Names::new(wan).keys()).await?;
     let media_claim =
-        caches.volume_claims.get(&namespace, &crate::resources::media_claim_name(wan)).await?.map(|c| (*c).clone());
+        caches.volume_claims.get(&namespace, &crate::resources::media_claim_name(wan)).await?.map(|c| c.claim());
     let health_ca = match &spec.health.ca_secret_ref {
         Some(r) if spec.health.enabled => secret(r.name.clone()).await?,
         _ => None,

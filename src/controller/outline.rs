@@ -319,7 +319,7 @@ mod tests {
     use super::super::store::Keyed;
 
     use super::*;
-    use crate::controller::drift::{self, OWNED_DIGEST};
+    use crate::controller::drift;
 
     #[test]
     fn a_workload_is_kept_as_its_identity_digests_replicas_version_and_status() {
@@ -408,7 +408,7 @@ mod tests {
     fn a_child_not_applied_by_the_operator_has_no_owned_digest() {
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": "s", "labels": {LABEL_INSTANCE: "acme"},
-                "annotations": {OWNED_DIGEST: "stale", ANNOTATION_APPLIED_HASH: "h"}},
+                "annotations": {ANNOTATION_APPLIED_HASH: "h"}},
             "spec": {"ports": [{"port": 80}]}
         }))
         .unwrap();

@@ -400,6 +400,9 @@ async fn a_number_from_nothing_to_ready_then_no_request_at_all() {
 
     // The ConfigMap's record stands for the credentials: their data is not kept.
     assert!(!operator.ctx.caches.keeps_secret("team", "acme-db"));
+    // The key Secret the operator made is kept once, by its watch, not also
+    // as the operator wrote it.
+    assert!(!operator.ctx.caches.keeps_secret("team", "acme-keys"));
 
     // A restarted operator knows only what its caches show: the credentials'
     // digest is recorded on the ConfigMap for the Secret's version, so it

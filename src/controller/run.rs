@@ -178,8 +178,8 @@ pub async fn run(
         )
         .watches_stream(
             changes::<PersistentVolumeClaim, _>(feeds.volume_claims),
-            on(move |claim: &PersistentVolumeClaim| {
-                referencing(&claim_store, &claim.namespace().unwrap_or_default(), &claim.name_any(), Reference::Claim)
+            on(move |claim: &cache::ClaimOutline| {
+                referencing(&claim_store, &claim.identity.namespace, &claim.identity.name, Reference::Claim)
             }),
         )
         // A released number claim wakes the WhatsAppNumbers waiting for it.
