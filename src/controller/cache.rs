@@ -110,13 +110,49 @@ macro_rules! keyed_by_metadata {
 
 keyed_by_metadata!(WhatsAppNumberClaim, Lease, ConfigMap, Secret);
 
+/// A WhatsAppNumber as the controller's watch delivers it, readable or not:
+/// its metadata, and the rest of it untyped (see [`super::typed`]). A type
+/// of its own rather than kube's `DynamicObject`, so that the references the
+/// controller keeps of every number (its store's keys, its queue) carry no
+/// copy of the API resource's five names.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct NumberObject {
+    pub metadata: ObjectMeta,
+    #[serde(flatten)]
+    pub data: serde_json::Value,
+}
+
+impl Resource for NumberObject {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        WhatsAppNumber::kind(&())
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        WhatsAppNumber::group(&())
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        WhatsAppNumber::version(&())
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        WhatsAppNumber::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// Every WhatsAppNumber the controller sees: its store of the untyped
 /// objects, and each one decoded once, as the watch delivers it. The store
 /// keeps a decoded object's metadata alone (its data is the decoded copy's),
 /// and an unreadable object whole, for the status that reports it.
 #[derive(Clone)]
 pub struct Numbers {
-    pub store: reflector::Store<DynamicObject>,
+    pub store: reflector::Store<NumberObject>,
     decoded: Arc<Mutex<Decoded>>,
 }
 
@@ -130,12 +166,12 @@ struct Decoded {
 }
 
 impl Numbers {
-    pub fn new(store: reflector::Store<DynamicObject>) -> Self {
+    pub fn new(store: reflector::Store<NumberObject>) -> Self {
         Self { store, decoded: Arc::default() }
     }
 
     /// Decodes what a watch event delivers, before the store takes it.
-    pub fn absorb(&self, event: watcher::Event<DynamicObject>) -> watcher::Event<DynamicObject> {
+    pub fn absorb(&self, event: watcher::Event<NumberObject>) -> watcher::Event<NumberObject> {
         let mut decoded = self.decoded.lock().expect("decoded numbers lock");
         match event {
             watcher::Event::Apply(obj) => watcher::Event::Apply(decoded.decode(obj)),
@@ -162,7 +198,7 @@ impl Numbers {
     }
 
     /// The decoded form of a stored object, `None` if it could not be read.
-    pub fn decoded(&self, obj: &DynamicObject) -> Option<Arc<WhatsAppNumber>> {
+    pub fn decoded(&self, obj: &NumberObject) -> Option<Arc<WhatsAppNumber>> {
         let uid = obj.uid()?;
         self.decoded.lock().expect("decoded numbers lock").by_uid.get(&uid).cloned()
     }
@@ -175,17 +211,16 @@ impl Numbers {
     /// The references of the readable objects `wanted` picks. A watch
     /// mapper calls it for every event of its kind: only the objects picked
     /// get a reference made.
-    pub fn references(&self, wanted: impl Fn(&WhatsAppNumber) -> bool) -> Vec<ObjectRef<DynamicObject>> {
+    pub fn references(&self, wanted: impl Fn(&WhatsAppNumber) -> bool) -> Vec<ObjectRef<NumberObject>> {
         let decoded = self.decoded.lock().expect("decoded numbers lock");
         let picked: Vec<&Arc<WhatsAppNumber>> = decoded.by_uid.values().filter(|wan| wanted(wan)).collect();
         if picked.is_empty() {
             return Vec::new();
         }
-        let resource = ApiResource::erase::<WhatsAppNumber>(&());
         picked
             .into_iter()
             .map(|wan| {
-                let mut reference = ObjectRef::new_with(&wan.name_any(), resource.clone());
+                let mut reference = ObjectRef::new(&wan.name_any());
                 reference.namespace = wan.namespace();
                 reference
             })
@@ -211,13 +246,13 @@ impl Decoded {
     /// `obj` as the store keeps it: once decoded, its identity alone (the
     /// store finds the decoded copy by uid; the controller and the claim
     /// checks read nothing else of it).
-    fn decode(&mut self, mut obj: DynamicObject) -> DynamicObject {
+    fn decode(&mut self, mut obj: NumberObject) -> NumberObject {
         let uid = obj.uid().unwrap_or_default();
         match super::typed(&obj) {
             Ok(wan) => {
                 self.by_uid.insert(uid, Arc::new(wan));
                 let metadata = identity(std::mem::take(&mut obj.metadata));
-                return DynamicObject { types: None, metadata, data: serde_json::Value::Null };
+                return NumberObject { metadata, data: serde_json::Value::Null };
             }
             Err(_) => {
                 self.by_uid.remove(&uid);
@@ -636,13 +671,13 @@ fn keep_current<T: Keyed>(touched: Touched<T>, what: &'static str) -> AbortOnDro
 
 /// The WhatsAppNumbers that changed, as the controller's own store keeps them.
 pub type NumberChanges =
-    std::pin::Pin<Box<dyn Stream<Item = std::result::Result<DynamicObject, watcher::Error>> + Send>>;
+    std::pin::Pin<Box<dyn Stream<Item = std::result::Result<NumberObject, watcher::Error>> + Send>>;
 
 /// The WhatsAppNumbers' store and the stream of those that changed, which
 /// drives the controller. What nobody reads (managed fields, a copy of the
 /// last applied object) is not kept.
-pub fn numbers_feed(api: Api<DynamicObject>, resource: ApiResource) -> (Numbers, NumberChanges) {
-    let writer = reflector::store::Writer::new(resource);
+pub fn numbers_feed(api: Api<NumberObject>) -> (Numbers, NumberChanges) {
+    let writer = reflector::store::Writer::default();
     let numbers = Numbers::new(writer.as_reader());
     let decode = numbers.clone();
     let config = listing().any_semantic();
@@ -980,7 +1015,7 @@ where
 /// would deliver is put in with [`Seeds::relist`].
 #[cfg(test)]
 pub struct Seeds {
-    numbers: reflector::store::Writer<DynamicObject>,
+    numbers: reflector::store::Writer<NumberObject>,
     decode: Numbers,
     node_pods: Store<PodOutline>,
     statefulsets: Store<Outline<StatefulSet>>,
@@ -1009,7 +1044,7 @@ impl Seeds {
         fn cache<T: Keyed>(store: &Store<T>, what: &'static str) -> Cache<T> {
             Cache { store: store.clone(), what }
         }
-        let mut numbers = reflector::store::Writer::new(ApiResource::erase::<WhatsAppNumber>(&()));
+        let mut numbers = reflector::store::Writer::default();
         numbers.apply_watcher_event(&watcher::Event::Init);
         numbers.apply_watcher_event(&watcher::Event::InitDone);
         let decode = Numbers::new(numbers.as_reader());
@@ -1073,7 +1108,7 @@ impl Seeds {
         }
         let mut events = vec![watcher::Event::Init];
         for obj in objects.iter().filter(|o| o["kind"] == "WhatsAppNumber") {
-            let mut number: DynamicObject = serde_json::from_value(obj.clone()).expect("a WhatsAppNumber");
+            let mut number: NumberObject = serde_json::from_value(obj.clone()).expect("a WhatsAppNumber");
             strip(&mut number);
             events.push(watcher::Event::InitApply(number));
         }
@@ -1112,7 +1147,7 @@ mod tests {
     use super::*;
     use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER};
 
-    fn number(uid: &str, version: &str, phone: serde_json::Value) -> DynamicObject {
+    fn number(uid: &str, version: &str, phone: serde_json::Value) -> NumberObject {
         let mut v = serde_json::to_value(crate::fixtures::sample()).unwrap();
         v["apiVersion"] = "whatsapp.operators.dev/v1alpha1".into();
         v["kind"] = "WhatsAppNumber".into();
@@ -1124,7 +1159,7 @@ mod tests {
 
     #[test]
     fn numbers_are_decoded_once_as_they_arrive_and_kept_decoded_alone() {
-        let mut writer = reflector::store::Writer::<DynamicObject>::new(ApiResource::erase::<WhatsAppNumber>(&()));
+        let mut writer = reflector::store::Writer::<NumberObject>::default();
         let numbers = Numbers::new(writer.as_reader());
         let mut deliver = |event| writer.apply_watcher_event(&numbers.absorb(event));
         deliver(watcher::Event::Apply(number("a", "1", "+15550001111".into())));
@@ -1140,13 +1175,11 @@ mod tests {
         assert!(Arc::ptr_eq(&first[0], &again[0]), "an unchanged object is not decoded again");
 
         // The store keeps the metadata of a decoded object, and all of an unreadable one.
-        let stored = |uid: &str| {
-            numbers.store.get(&ObjectRef::new_with(uid, ApiResource::erase::<WhatsAppNumber>(&())).within("team"))
-        };
+        let stored = |uid: &str| numbers.store.get(&ObjectRef::new(uid).within("team"));
         let a = stored("a").expect("stored");
         assert!(a.data.is_null(), "no second copy of a decoded object");
         assert_eq!((a.uid().as_deref(), a.resource_version().as_deref()), (Some("a"), Some("1")));
-        assert!(a.labels().is_empty() && a.finalizers().is_empty() && a.types.is_none(), "its identity alone");
+        assert!(a.labels().is_empty() && a.finalizers().is_empty(), "its identity alone");
         assert_eq!(numbers.decoded(&a).expect("decoded").spec.phone_number, "+15550001111");
         let b = stored("b").expect("stored");
         assert_eq!(b.data["spec"]["phoneNumber"], 42, "an unreadable object is kept whole");

@@ -14,7 +14,7 @@
 //! holds the claim object.
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams, Preconditions};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
@@ -144,7 +144,7 @@ pub struct Claims<'a> {
     /// The claim Leases of earlier releases in the operator's namespace, cached.
     pub legacy: &'a Cache<Lease>,
     /// Every WhatsAppNumber the operator watches.
-    pub numbers: &'a Store<DynamicObject>,
+    pub numbers: &'a Store<super::cache::NumberObject>,
     /// This installation: the operator's namespace.
     pub installation: &'a str,
 }
@@ -222,8 +222,7 @@ impl Claims<'_> {
         let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
             return Ok(false);
         };
-        let resource = ApiResource::erase::<WhatsAppNumber>(&());
-        let cached = self.numbers.get(&ObjectRef::new_with(name, resource).within(ns));
+        let cached = self.numbers.get(&ObjectRef::new(name).within(ns));
         if cached.is_some_and(|w| w.uid().as_deref() == Some(uid)) {
             return Ok(true);
         }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -180,18 +180,17 @@ fn key<K: Resource>(obj: &K) -> (String, String) {
 /// The controller watches WhatsAppNumbers untyped, so that one object the
 /// operator cannot read (stored under an older or newer schema) is reported on
 /// its own status and never stops the watch, and with it every other object.
-pub fn typed(obj: &DynamicObject) -> std::result::Result<WhatsAppNumber, serde_json::Error> {
+pub fn typed(obj: &cache::NumberObject) -> std::result::Result<WhatsAppNumber, serde_json::Error> {
     serde_json::to_value(obj).and_then(serde_json::from_value)
 }
 
-pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile_object(obj: Arc<cache::NumberObject>, ctx: Arc<Context>) -> Result<Action> {
     let turns = ctx.clone();
     let Ok(_turn) = turns.turns.acquire().await else {
         return Ok(Action::await_change());
     };
     // The newest copy: the object may have changed while it waited its turn.
-    let reference =
-        kube::runtime::reflector::ObjectRef::from_obj_with(obj.as_ref(), ApiResource::erase::<WhatsAppNumber>(&()));
+    let reference = kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref());
     // Gone since: its finalizer was removed, nothing is left to do.
     let Some(obj) = ctx.caches.numbers.store.get(&reference) else {
         return Ok(Action::await_change());
@@ -221,7 +220,7 @@ pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
 /// An object the operator cannot decode is being deleted: what deletion needs
 /// comes from its metadata alone. Its masters and coreapps stop, the claim it
 /// holds is released once their pods are gone, and its finalizer goes.
-async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
+async fn delete_unreadable(obj: &cache::NumberObject, ctx: &Context) -> Result<Action> {
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let (name, uid) = (obj.name_any(), obj.uid().ok_or(Error::MissingMetadata("uid"))?);
     let identity = format!("{namespace}/{name}/{uid}");
@@ -248,8 +247,7 @@ async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action>
         {"op": "test", "path": path, "value": claim::FINALIZER},
         {"op": "remove", "path": path},
     ]))?;
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<WhatsAppNumber>(&()));
+    let api: Api<cache::NumberObject> = Api::namespaced(ctx.client.clone(), &namespace);
     match api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
         Ok(_) => ctx.metrics.record_write("WhatsAppNumber", "patch"),
         Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -260,7 +258,7 @@ async fn delete_unreadable(obj: &DynamicObject, ctx: &Context) -> Result<Action>
 
 /// Writes `Ready=False/InvalidObject` with the decoding error, leaving every
 /// child as it is.
-async fn report_unreadable(obj: &DynamicObject, error: &serde_json::Error, ctx: &Context) -> Result<()> {
+async fn report_unreadable(obj: &cache::NumberObject, error: &serde_json::Error, ctx: &Context) -> Result<()> {
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     warn!(namespace = %namespace, name = %obj.name_any(), %error, "cannot read a WhatsAppNumber; it is left as it is");
     let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
@@ -276,8 +274,7 @@ async fn report_unreadable(obj: &DynamicObject, error: &serde_json::Error, ctx: 
     if previous.contains(&ready) && previous.contains(&stalled) {
         return Ok(());
     }
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<WhatsAppNumber>(&()));
+    let api: Api<cache::NumberObject> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = json!({"status": {"observedGeneration": generation, "conditions": [ready, stalled]}});
     api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await

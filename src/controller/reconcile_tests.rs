@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use kube::Client;
-use kube::api::DynamicObject;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
@@ -301,7 +300,7 @@ impl Operator {
     async fn reconcile(&mut self, api: &FakeApi) -> Vec<String> {
         self.sync(api);
         api.take_requests();
-        let obj: DynamicObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+        let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
         // On the heap, as the controller runs it: the future is large.
         Box::pin(reconcile_object(Arc::new(obj), self.ctx.clone())).await.expect("the reconcile succeeds");
         api.take_requests()

@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ApiResource, DynamicObject, ObjectMeta};
+use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
@@ -22,17 +22,18 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::cache::NumberObject;
 use super::error::Error;
 use super::outline::{Outline, Outlined};
 use super::store::Keyed;
 use super::{Context, DEBOUNCE, STALE_RETRY, Settings, cache, claim, fencing, fetch, key, reconcile_object};
-use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
+use crate::api::WhatsAppNumberClaim;
 use crate::probes::Probes;
 use crate::resources::names::Names;
 use crate::telemetry::metrics::Metrics;
 
 /// Exponential backoff per object: 5 s, 10 s, 20 s ... up to 5 minutes.
-pub fn error_policy(wan: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(wan: Arc<NumberObject>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_stale() {
         // The newer object is on its way through the watch: look again soon.
         tracing::debug!(name = %wan.name_any(), namespace = ?wan.namespace(), "status not written: the object changed meanwhile");
@@ -55,12 +56,7 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 /// The WhatsAppNumbers whose reconcile reads the named Secret or claim.
-fn referencing(
-    numbers: &cache::Numbers,
-    namespace: &str,
-    name: &str,
-    kind: Reference,
-) -> Vec<ObjectRef<DynamicObject>> {
+fn referencing(numbers: &cache::Numbers, namespace: &str, name: &str, kind: Reference) -> Vec<ObjectRef<NumberObject>> {
     numbers.references(|wan| {
         if wan.metadata.namespace.as_deref() != Some(namespace) {
             return false;
@@ -82,13 +78,13 @@ fn referencing(
 }
 
 /// The WhatsAppNumbers with the phone number a claim (or legacy claim Lease) is about.
-fn waiting_for(numbers: &cache::Numbers, claim: &impl ResourceExt) -> Vec<ObjectRef<DynamicObject>> {
+fn waiting_for(numbers: &cache::Numbers, claim: &impl ResourceExt) -> Vec<ObjectRef<NumberObject>> {
     let Some(number) = claim.annotations().get(claim::NUMBER_ANNOTATION) else { return vec![] };
     with_number(numbers, &crate::resources::names::number_digits(number))
 }
 
 /// The WhatsAppNumbers of the phone number with these digits.
-fn with_number(numbers: &cache::Numbers, digits: &str) -> Vec<ObjectRef<DynamicObject>> {
+fn with_number(numbers: &cache::Numbers, digits: &str) -> Vec<ObjectRef<NumberObject>> {
     if digits.is_empty() {
         return vec![];
     }
@@ -111,13 +107,12 @@ pub async fn run(
     reporter: Reporter,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let resource = ApiResource::erase::<WhatsAppNumber>(&());
-    let wans: Api<DynamicObject> = match &namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
+    let wans: Api<NumberObject> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
-    let (numbers, changed) = cache::numbers_feed(wans, resource.clone());
-    let controller = Controller::for_stream_with(changed, numbers.store.clone(), resource).with_config(
+    let (numbers, changed) = cache::numbers_feed(wans);
+    let controller = Controller::for_stream(changed, numbers.store.clone()).with_config(
         ControllerConfig::default()
             // Unbounded here: the reconciles take turns, first come first
             // served, for `settings.reconcile_concurrency` at once (see
@@ -152,9 +147,7 @@ pub async fn run(
     let (probes, probed) = Probes::new(settings.probe_concurrency, Arc::default(), Arc::default(), metrics.clone());
     let prober = tokio::spawn(probes.clone().run());
     // A probe whose result differs from the one before wakes its number.
-    let probe_changes = probed.map(|(namespace, name)| {
-        ObjectRef::new_with(&name, ApiResource::erase::<WhatsAppNumber>(&())).within(&namespace)
-    });
+    let probe_changes = probed.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
     let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches, probes));
     let renewer = tokio::spawn(renew_events(ctx.clone()));
     let (secret_store, claim_store, pod_store) = (store.clone(), store.clone(), store.clone());
@@ -201,10 +194,7 @@ pub async fn run(
                 None => pod
                     .labels
                     .get(crate::resources::names::LABEL_INSTANCE)
-                    .map(|instance| {
-                        ObjectRef::new_with(instance, ApiResource::erase::<WhatsAppNumber>(&()))
-                            .within(&pod.identity.namespace)
-                    })
+                    .map(|instance| ObjectRef::new(instance).within(&pod.identity.namespace))
                     .into_iter()
                     .collect(),
             }),
@@ -234,9 +224,9 @@ pub async fn run(
 }
 
 /// The WhatsAppNumber that controls a child, if one does.
-fn controller_of<K: Outlined>(child: &Outline<K>) -> Option<ObjectRef<DynamicObject>> {
+fn controller_of<K: Outlined>(child: &Outline<K>) -> Option<ObjectRef<NumberObject>> {
     let controller = child.controller.as_ref()?;
-    let reference = ObjectRef::new_with(&controller.name, ApiResource::erase::<WhatsAppNumber>(&()));
+    let reference = ObjectRef::new(&controller.name);
     Some(reference.within(child.namespace()))
 }
 
@@ -302,9 +292,9 @@ where
 /// A mapper of what a cache keeps, as a mapper of its changes.
 fn on<K, T, I>(
     mapper: impl Fn(&T) -> I + Send + Sync + 'static,
-) -> impl Fn(Changed<K, T>) -> Vec<ObjectRef<DynamicObject>> + Send + Sync + 'static
+) -> impl Fn(Changed<K, T>) -> Vec<ObjectRef<NumberObject>> + Send + Sync + 'static
 where
-    I: IntoIterator<Item = ObjectRef<DynamicObject>>,
+    I: IntoIterator<Item = ObjectRef<NumberObject>>,
 {
     move |changed| changed.kept.as_deref().map(|kept| mapper(kept).into_iter().collect()).unwrap_or_default()
 }
@@ -349,7 +339,7 @@ mod tests {
         let reason = ObjectRef::from_obj(&changed).erase();
         assert_eq!(reason.to_string(), "Secret.v1./acme-db.team", "as the reconcile's log names its reason");
         let mapper = on(|secret: &cache::SecretVersion| {
-            let reference = ObjectRef::new_with(&secret.name, ApiResource::erase::<WhatsAppNumber>(&()));
+            let reference = ObjectRef::new(&secret.name);
             [reference.within(&secret.namespace)]
         });
         let woken = mapper(changed);
@@ -371,7 +361,7 @@ mod tests {
             "kind": "WhatsAppNumber", "name": "acme", "uid": "w1", "controller": true}]))
         .expect("its controller");
         assert_eq!((woken.name.as_str(), woken.namespace.as_deref()), ("acme", Some("team")));
-        assert_eq!(woken.dyntype.kind, "WhatsAppNumber");
+        assert_eq!(woken.to_string(), "WhatsAppNumber.v1alpha1.whatsapp.operators.dev/acme.team");
         assert!(service(serde_json::json!([])).is_none(), "nobody's child wakes no one");
     }
 }
