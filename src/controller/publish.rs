@@ -1,12 +1,15 @@
 //! The last step of a reconcile: the status, when it changed, with the
 //! events and metrics of what changed.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, Recorder, Reporter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -17,65 +20,154 @@ use super::{Context, events};
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
 use crate::resources::names::FIELD_MANAGER;
 
-/// How long the event recorder folds a repeated event into a series of the
-/// one before it: kube-runtime's window of six minutes, and a minute more.
-const SERIES_WINDOW: Duration = Duration::from_secs(7 * 60);
+/// How long a repeated event joins the series of the one before it, after
+/// that series was last observed: kube-runtime's recorder's window.
+const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 
-/// The operator's events, published through kube-runtime's [`Recorder`].
+/// The operator's events (`events.k8s.io/v1`), published as kube-runtime's
+/// [`kube::runtime::events::Recorder`] publishes them: a repeat of an event
+/// (the same number, type, action and reason) within [`SERIES_WINDOW`]
+/// extends the series of the first one (its count and last observed time)
+/// instead of making another event.
 ///
-/// The recorder keeps every event it published for its series window, in a
-/// table that never gives back the room it once grew to: after a rollout of
-/// many numbers the operator kept that room for as long as it ran. Once no
-/// event was published for longer than the window, the recorder holds nothing
-/// it could still use, and [`Events::renew`] replaces it with an empty one.
+/// That recorder keeps every event it published whole for the window, about
+/// 2.9 KB each: some 8.7 KB for each number created, a quarter of the
+/// operator's heap right after a thousand numbers were created at once.
+/// What a series needs is the first event's name and the count, which is
+/// all this keeps; series that can no longer grow are dropped at each
+/// publish and by [`Events::renew`].
 pub struct Events {
     client: Client,
     reporter: Reporter,
-    current: Mutex<Current>,
+    series: Mutex<HashMap<SeriesKey, Series>>,
 }
 
-struct Current {
-    recorder: Recorder,
-    /// When an event was last published through `recorder`; `None` while it
-    /// has published nothing.
-    last: Option<Instant>,
+/// What makes a repeat of an event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    /// The uid of the object the event is about (its namespace and name
+    /// when it has none).
+    regarding: Box<str>,
+    type_: EventType,
+    action: Arc<str>,
+    reason: Arc<str>,
+}
+
+/// A series: the event that began it, and how often it was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Series {
+    namespace: Arc<str>,
+    name: Box<str>,
+    count: i32,
+    last: Instant,
+}
+
+impl SeriesKey {
+    fn of(event: &Event, regarding: &ObjectReference) -> Self {
+        let regarding = match &regarding.uid {
+            Some(uid) => uid.as_str().into(),
+            None => format!(
+                "{}/{}",
+                regarding.namespace.as_deref().unwrap_or_default(),
+                regarding.name.as_deref().unwrap_or_default()
+            )
+            .into(),
+        };
+        Self { regarding, type_: event.type_, action: intern(&event.action), reason: intern(&event.reason) }
+    }
 }
 
 impl Events {
     pub fn new(client: Client, reporter: Reporter) -> Self {
-        let recorder = Recorder::new(client.clone(), reporter.clone());
-        Self { client, reporter, current: Mutex::new(Current { recorder, last: None }) }
+        Self { client, reporter, series: Mutex::default() }
     }
 
-    pub async fn publish(
-        &self,
-        event: &Event,
-        regarding: &k8s_openapi::api::core::v1::ObjectReference,
-    ) -> kube::Result<()> {
-        let recorder = {
-            let mut current = self.current.lock().expect("events lock");
-            current.last = Some(Instant::now());
-            current.recorder.clone()
+    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> kube::Result<()> {
+        let now = Instant::now();
+        let key = SeriesKey::of(event, regarding);
+        let known = {
+            let mut series = self.series.lock().expect("event series lock");
+            series.retain(|_, s| !expired(s.last, now));
+            series.get(&key).cloned()
         };
-        recorder.publish(event, regarding).await
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
+        if let Some(known) = known {
+            let count = known.count.saturating_add(1);
+            let observed = MicroTime(k8s_openapi::jiff::Timestamp::now());
+            let patch = json!({"series": {"count": count, "lastObservedTime": observed}});
+            match api.patch(&known.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    let series = Series { count, last: now, ..known };
+                    self.series.lock().expect("event series lock").insert(key, series);
+                    return Ok(());
+                }
+                // Gone meanwhile (the API server keeps events an hour): a new series.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let created = api.create(&PostParams::default(), &self.event(event, regarding)).await?;
+        let series = Series { namespace: intern(namespace), name: created.name_any().into(), count: 1, last: now };
+        self.series.lock().expect("event series lock").insert(key, series);
+        Ok(())
     }
 
-    /// Replaces the recorder with an empty one if its series have all expired.
-    /// Returns whether it did.
+    /// A new event, as kube-runtime's recorder makes it.
+    fn event(&self, event: &Event, regarding: &ObjectReference) -> K8sEvent {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let controller = &self.reporter.controller;
+        K8sEvent {
+            metadata: ObjectMeta {
+                namespace: regarding.namespace.clone(),
+                name: Some(format!("{}.{:x}", regarding.name.as_deref().unwrap_or(controller), now.as_nanosecond())),
+                ..Default::default()
+            },
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            related: event.secondary.clone(),
+            reporting_controller: Some(controller.clone()),
+            reporting_instance: Some(self.reporter.instance.clone().unwrap_or_else(|| controller.clone())),
+            type_: Some(match event.type_ {
+                EventType::Normal => "Normal".into(),
+                EventType::Warning => "Warning".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Drops the series that can no longer grow, and once none is left
+    /// gives back the room the table grew to. Returns whether it did that.
     pub fn renew(&self, now: Instant) -> bool {
-        let mut current = self.current.lock().expect("events lock");
-        if !expired(current.last, now) {
+        let mut series = self.series.lock().expect("event series lock");
+        series.retain(|_, s| !expired(s.last, now));
+        if !series.is_empty() || series.capacity() == 0 {
             return false;
         }
-        *current = Current { recorder: Recorder::new(self.client.clone(), self.reporter.clone()), last: None };
+        *series = HashMap::new();
         true
+    }
+
+    /// The series kept now: each one's event name and count.
+    #[cfg(test)]
+    pub(super) fn series(&self) -> Vec<(String, i32)> {
+        let series = self.series.lock().expect("event series lock");
+        series.values().map(|s| (format!("{}/{}", s.namespace, s.name), s.count)).collect()
     }
 }
 
-/// Whether a recorder that last published at `last` can no longer extend any
-/// series at `now`.
-fn expired(last: Option<Instant>, now: Instant) -> bool {
-    last.is_some_and(|last| now.saturating_duration_since(last) >= SERIES_WINDOW)
+/// Whether a series last observed at `last` can no longer grow at `now`.
+fn expired(last: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(last) >= SERIES_WINDOW
+}
+
+/// The one copy of an action or reason: a few dozen words that every
+/// number's events share.
+fn intern(word: &str) -> Arc<str> {
+    super::store::intern(word)
 }
 
 pub async fn publish(ctx: &Context, wan: &WhatsAppNumber, notice: events::Notice) {
@@ -198,13 +290,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_recorder_is_renewed_only_once_its_last_series_can_no_longer_grow() {
+    fn a_series_can_grow_for_six_minutes_after_it_was_last_observed() {
         let start = Instant::now();
-        assert!(!expired(None, start + SERIES_WINDOW * 2), "a recorder that published nothing holds nothing");
-        assert!(!expired(Some(start), start), "an event just published may still repeat");
-        assert!(!expired(Some(start), start + Duration::from_secs(6 * 60)), "kube-runtime's own window");
-        assert!(expired(Some(start), start + SERIES_WINDOW));
-        assert!(expired(Some(start), start + SERIES_WINDOW * 3));
-        assert!(!expired(Some(start + SERIES_WINDOW), start), "a clock read before the publish");
+        assert!(!expired(start, start), "an event just published may still repeat");
+        assert!(!expired(start, start + Duration::from_secs(6 * 60 - 1)));
+        assert!(expired(start, start + SERIES_WINDOW), "kube-runtime's own window");
+        assert!(expired(start, start + SERIES_WINDOW * 3));
+        assert!(!expired(start + SERIES_WINDOW, start), "a clock read before the publish");
+    }
+
+    #[test]
+    fn repeats_of_an_event_are_told_by_object_type_action_and_reason() {
+        let event = |reason: &str, note: &str| Event {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let acme = ObjectReference {
+            namespace: Some("team".into()),
+            name: Some("acme".into()),
+            uid: Some("u1".into()),
+            ..Default::default()
+        };
+        let key = SeriesKey::of(&event("Ready", "all ready"), &acme);
+        assert_eq!(key, SeriesKey::of(&event("Ready", "another note"), &acme), "the note is no part of it");
+        assert_ne!(key, SeriesKey::of(&event("RollingOut", "all ready"), &acme));
+        let recreated = ObjectReference { uid: Some("u2".into()), ..acme.clone() };
+        assert_ne!(key, SeriesKey::of(&event("Ready", "all ready"), &recreated), "another object of that name");
+        let warning = Event { type_: EventType::Warning, ..event("Ready", "all ready") };
+        assert_ne!(key, SeriesKey::of(&warning, &acme));
+        let (a, b) = (SeriesKey::of(&event("Ready", "x"), &acme), SeriesKey::of(&event("Ready", "y"), &recreated));
+        assert!(Arc::ptr_eq(&a.reason, &b.reason), "a reason is kept once for every number");
     }
 }

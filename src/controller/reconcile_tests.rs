@@ -594,3 +594,57 @@ async fn after_shutdown_a_reconcile_waiting_for_its_turn_does_nothing() {
     assert_eq!(operator.reconcile(&api).await, Vec::<String>::new(), "no request: the next leader reconciles it");
     assert!(api.get(WAN)["metadata"]["finalizers"].is_null(), "nothing was written");
 }
+
+#[tokio::test]
+async fn a_repeated_event_extends_its_series_and_the_series_are_forgotten_once_they_cannot_grow() {
+    use kube::runtime::events::{Event, EventType};
+    let api = seeded();
+    let reporter = Reporter { controller: "whatsapp-operator".into(), instance: Some("whatsapp-operator-0".into()) };
+    let events = super::publish::Events::new(api.client(), reporter);
+    let regarding = kube::Resource::object_ref(&crate::fixtures::sample(), &());
+    let ready = |note: &str| Event {
+        type_: EventType::Normal,
+        reason: "Ready".into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    api.take_requests();
+    events.publish(&ready("all tiers ready"), &regarding).await.expect("published");
+    assert_eq!(api.take_requests(), [EVENT]);
+    let series = events.series();
+    assert!(series.len() == 1 && series[0].1 == 1, "one series, seen once: {series:?}");
+    let name = series[0].0.clone();
+    let (namespace, event) = name.split_once('/').expect("namespace/name");
+    let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events/{event}");
+    let stored = api.get(&path);
+    assert_eq!((stored["reason"].as_str(), stored["note"].as_str()), (Some("Ready"), Some("all tiers ready")));
+    assert_eq!(stored["reportingController"], "whatsapp-operator");
+    assert_eq!(stored["reportingInstance"], "whatsapp-operator-0");
+    assert_eq!(stored["regarding"]["name"], "acme");
+    assert_eq!(stored["type"], "Normal");
+
+    events.publish(&ready("all tiers ready again"), &regarding).await.expect("published");
+    assert_eq!(api.take_requests(), [format!("PATCH {path}")]);
+    assert_eq!(api.get(&path)["series"]["count"], 2);
+    assert!(api.get(&path)["series"]["lastObservedTime"].is_string());
+    assert_eq!(events.series(), [(name.clone(), 2)]);
+
+    // Another reason is another series.
+    let rolling = Event { reason: "RollingOut".into(), ..ready("rolling out") };
+    events.publish(&rolling, &regarding).await.expect("published");
+    assert_eq!(api.take_requests(), [EVENT]);
+    assert_eq!(events.series().len(), 2);
+
+    // The API server dropped the event (it keeps them an hour): a new series.
+    api.objects.lock().unwrap().remove(&path);
+    events.publish(&ready("all tiers ready"), &regarding).await.expect("published");
+    assert_eq!(api.take_requests(), [format!("PATCH {path}"), EVENT.to_string()]);
+    assert!(events.series().iter().all(|(n, count)| n != &name && *count == 1), "{:?}", events.series());
+
+    // Once no series can grow, none is kept.
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(6 * 60);
+    assert!(events.renew(later), "the table's room is given back");
+    assert!(events.series().is_empty());
+    assert!(!events.renew(later), "nothing left to give back");
+}

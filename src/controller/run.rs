@@ -299,15 +299,15 @@ where
     move |changed| changed.kept.as_deref().map(|kept| mapper(kept).into_iter().collect()).unwrap_or_default()
 }
 
-/// Gives back the event recorder's memory once its series expired (see
-/// [`super::publish::Events`]).
+/// Drops the event series that can no longer grow, every minute, and gives
+/// back their table's room once none is left (see [`super::publish::Events`]).
 async fn renew_events(ctx: Arc<Context>) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         if ctx.events.renew(std::time::Instant::now()) {
-            tracing::debug!("renewed the event recorder: no event series left to extend");
+            tracing::debug!("no event series left to extend: their table is given back");
         }
     }
 }
