@@ -52,8 +52,8 @@
 #              whatsapp_operator_heap_* metrics): what the numbers keep, and
 #              what the allocator holds beside it.
 #   settled    RSS_SETTLE_S (510) s after all were Ready, when no Event was
-#              published for longer than the event recorder's series window
-#              (7 minutes) and the operator renewed its recorder:
+#              published for longer than the event series window (6 minutes)
+#              and the operator dropped its last series (checked every minute):
 #              rss_settled_mib, the memory of N Ready numbers once the
 #              rollout's leftovers are given back (WAO_BENCH_SETTLED=skip
 #              leaves it out).
@@ -105,8 +105,8 @@ TIMEOUT="${WAO_BENCH_TIMEOUT:-$((300 + N))}"
 POLLING_MODE="${WAO_BENCH_POLLING:-emulated}"
 FLOOR_MODE="${WAO_BENCH_FLOOR:-run}"
 SETTLED_MODE="${WAO_BENCH_SETTLED:-run}"
-# The event recorder's series window (7 minutes, src/controller/publish.rs),
-# the minute between its renewals, and half a minute more.
+# The event series window (6 minutes, src/controller/publish.rs), the minute
+# between the operator's looks at its series, and a minute and a half more.
 RSS_SETTLE_S=510
 
 OPERATOR_NS=whatsapp-operator-system
