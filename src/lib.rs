@@ -17,6 +17,7 @@ pub mod controller;
 pub(crate) mod fixtures;
 pub mod health;
 pub mod heap;
+pub mod interned;
 pub mod leader;
 pub mod lifecycle;
 pub mod probes;

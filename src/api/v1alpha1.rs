@@ -11,8 +11,10 @@ use k8s_openapi::api::core::v1::{
     TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
+
+pub use crate::interned::Word;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -1096,6 +1098,7 @@ pub struct WhatsAppNumberStatus {
     /// `Ready`, `Progressing` and `Degraded`, each with a reason, a message, the
     /// generation it was computed for and the time it last changed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>")]
     pub conditions: Vec<Condition>,
 
     /// Master StatefulSet.
@@ -1290,6 +1293,23 @@ pub struct ExternalConflictStatus {
     pub detected_at: String,
     /// What the client said.
     pub message: String,
+}
+
+/// A condition of the status: Kubernetes' `metav1.Condition`, whose schema
+/// it has, with its type, status and reason shared by every number's
+/// conditions ([`Word`]): a few dozen words, read again on every change of
+/// every number.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: Word,
+    pub status: Word,
+    pub reason: Word,
+    pub message: String,
+    pub last_transition_time: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// Readiness of one tier, computed from its workload's own status.

@@ -35,8 +35,9 @@ use serde::de::DeserializeOwned;
 
 use super::error::Result;
 use super::outline::{Identity, Outline, ReadLabels};
-use super::store::{Keyed, Store, intern};
+use super::store::{Keyed, Store};
 use crate::api::{WhatsAppNumber, WhatsAppNumberClaim};
+use crate::interned::intern;
 
 /// How long a reconcile waits for a cache's first listing.
 const WAIT: Duration = Duration::from_secs(30);

@@ -261,7 +261,7 @@ async fn delete_unreadable(obj: &cache::NumberObject, ctx: &Context) -> Result<A
 async fn report_unreadable(obj: &cache::NumberObject, error: &serde_json::Error, ctx: &Context) -> Result<()> {
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     warn!(namespace = %namespace, name = %obj.name_any(), %error, "cannot read a WhatsAppNumber; it is left as it is");
-    let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+    let previous: Vec<crate::api::Condition> =
         obj.data.pointer("/status/conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = obj.metadata.generation;

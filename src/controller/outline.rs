@@ -24,8 +24,9 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use serde::Serialize;
 
-use super::store::{Keyed, intern};
+use super::store::Keyed;
 use crate::api::WhatsAppNumber;
+use crate::interned::intern;
 use crate::resources::names::{
     ANNOTATION_APPLIED_HASH, ANNOTATION_CREDENTIALS_READ, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE,
     LABEL_MANAGED_BY, LABEL_NUMBER, LABEL_VERSION,

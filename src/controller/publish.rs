@@ -18,6 +18,7 @@ use super::error::{Error, Result};
 use super::status::{self, Outcome};
 use super::{Context, events};
 use crate::api::{WhatsAppNumber, WhatsAppNumberStatus};
+use crate::interned::intern;
 use crate::resources::names::FIELD_MANAGER;
 
 /// How long a repeated event joins the series of the one before it, after
@@ -162,12 +163,6 @@ impl Events {
 /// Whether a series last observed at `last` can no longer grow at `now`.
 fn expired(last: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last) >= SERIES_WINDOW
-}
-
-/// The one copy of an action or reason: a few dozen words that every
-/// number's events share.
-fn intern(word: &str) -> Arc<str> {
-    super::store::intern(word)
 }
 
 pub async fn publish(ctx: &Context, wan: &WhatsAppNumber, notice: events::Notice) {

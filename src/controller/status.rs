@@ -4,7 +4,7 @@
 //! status does.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::fencing::Waiting;
 use super::outline::Outline;
@@ -12,7 +12,7 @@ use super::validate::Problem;
 use kube::ResourceExt;
 
 use crate::api::{
-    BuildStatus, ShardPhase, ShardingStatus, TierStatus, UpgradeStatus, WhatsAppNumber, WhatsAppNumberStatus,
+    BuildStatus, Condition, ShardPhase, ShardingStatus, TierStatus, UpgradeStatus, WhatsAppNumber, WhatsAppNumberStatus,
 };
 use crate::health::Observation;
 use crate::upgrade::policy::BuildState;
@@ -135,7 +135,7 @@ fn gate(wan: &WhatsAppNumber, health: &GatewayHealth) -> Option<Gate> {
             Some(c) if c.status == "True" || c.status == "False" => Gate {
                 healthy: c.status == "True",
                 status: if c.status == "True" { "True" } else { "False" },
-                reason: c.reason.clone(),
+                reason: c.reason.to_string(),
                 message: c.message.clone(),
             },
             _ => Gate {
@@ -527,7 +527,7 @@ fn admin_condition(wan: &WhatsAppNumber, applied: &Applied) -> Option<Cond> {
                 "False" => "False",
                 _ => "Unknown",
             };
-            return Some((ADMIN_ACCESS, status, previous.reason.clone(), previous.message.clone()));
+            return Some((ADMIN_ACCESS, status, previous.reason.to_string(), previous.message.clone()));
         }
     };
     Some(match admin {
@@ -784,7 +784,7 @@ pub fn condition(
     Condition {
         type_: type_.into(),
         status: status.into(),
-        reason,
+        reason: reason.into(),
         message,
         observed_generation: generation,
         last_transition_time,

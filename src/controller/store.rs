@@ -5,11 +5,10 @@
 //! that carry a whole `ObjectMeta` (360 bytes before any of its strings). A
 //! store here keys an object by itself: what a cache keeps of one can be as
 //! small as what the operator reads of it, and its namespace is shared with
-//! every other object of that namespace ([`intern`]).
+//! every other object of that namespace ([`crate::interned::intern`]).
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use hashbrown::HashTable;
 use kube::runtime::watcher;
@@ -19,19 +18,6 @@ pub trait Keyed: Send + Sync + 'static {
     /// Empty for a cluster-scoped object.
     fn key_namespace(&self) -> &str;
     fn key_name(&self) -> &str;
-}
-
-/// The one copy of a string that many kept objects share (a namespace, a
-/// label value such as a component). The values are few and stay.
-pub fn intern(value: &str) -> Arc<str> {
-    static VALUES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
-    let mut values = VALUES.lock().expect("interned strings lock");
-    if let Some(known) = values.get(value) {
-        return known.clone();
-    }
-    let new: Arc<str> = Arc::from(value);
-    values.insert(new.clone());
-    new
 }
 
 /// Objects of one kind by namespace and name, fed by one watch.
@@ -164,6 +150,7 @@ fn insert<T: Keyed>(table: &mut HashTable<Arc<T>>, hash: u64, obj: Arc<T>, hash_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::interned::intern;
 
     #[derive(Debug, PartialEq)]
     struct Named(Arc<str>, &'static str, u32);
@@ -229,12 +216,5 @@ mod tests {
         assert_eq!(store.get("team", "a"), None, "deleted while the watch was down");
         assert_eq!(store.get("team", "b").map(|o| o.2), Some(2));
         assert!(store.is_ready());
-    }
-
-    #[test]
-    fn a_namespace_is_kept_once() {
-        let (a, b) = (intern("team-interned"), intern(&String::from("team-interned")));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &intern("other-interned")));
     }
 }

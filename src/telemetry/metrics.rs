@@ -1,6 +1,6 @@
 //! Prometheus metrics of the operator process.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub struct NumberLabels {
 
 /// One condition of one number, as last written. Its values are shared: the
 /// number's with its other conditions, the type, status and reason with
-/// every number's (see [`Metrics::record_conditions`]).
+/// every number's and with the conditions themselves ([`crate::api::Word`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
     pub namespace: Arc<str>,
@@ -83,9 +83,6 @@ pub struct Metrics {
     /// The label sets of each number's conditions now, so that a change
     /// replaces a series instead of adding one.
     condition_series: Mutex<HashMap<NumberLabels, Vec<ConditionLabels>>>,
-    /// Condition types, statuses and reasons: a few dozen words that every
-    /// number's series share.
-    words: Mutex<HashSet<Arc<str>>>,
 }
 
 impl Default for Metrics {
@@ -193,7 +190,6 @@ impl Default for Metrics {
             backup_success,
             managed_elsewhere,
             condition_series: Mutex::default(),
-            words: Mutex::default(),
         }
     }
 }
@@ -222,25 +218,10 @@ impl Metrics {
         NumberLabels { namespace: wan.namespace().unwrap_or_default().into(), name: wan.name_any().into() }
     }
 
-    /// The shared copy of a condition's type, status or reason.
-    fn word(words: &mut HashSet<Arc<str>>, word: &str) -> Arc<str> {
-        if let Some(shared) = words.get(word) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = word.into();
-        words.insert(shared.clone());
-        shared
-    }
-
     /// Publishes the conditions of a status: one series per type, replaced
     /// when its status or reason changes, gone with the condition.
-    pub fn record_conditions(
-        &self,
-        wan: &crate::api::WhatsAppNumber,
-        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    ) {
+    pub fn record_conditions(&self, wan: &crate::api::WhatsAppNumber, conditions: &[crate::api::Condition]) {
         let mut series = self.condition_series.lock().expect("condition series lock");
-        let mut words = self.words.lock().expect("condition words lock");
         let key = self.number(wan);
         let (number, mut before) = match series.remove_entry(&key) {
             Some(entry) => entry,
@@ -251,9 +232,9 @@ impl Metrics {
             let labels = ConditionLabels {
                 namespace: number.namespace.clone(),
                 name: number.name.clone(),
-                r#type: Self::word(&mut words, &c.type_),
-                status: Self::word(&mut words, &c.status),
-                reason: Self::word(&mut words, &c.reason),
+                r#type: c.type_.shared(),
+                status: c.status.shared(),
+                reason: c.reason.shared(),
             };
             if let Some(i) = before.iter().position(|old| old.r#type == labels.r#type) {
                 let old = before.swap_remove(i);
@@ -313,7 +294,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use crate::api::Condition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
 
@@ -372,6 +354,15 @@ mod tests {
         let stalled_a = &series[&m.number(&a)][1];
         assert!(Arc::ptr_eq(&ready_a.name, &stalled_a.name), "one copy of the number's name");
         assert!(Arc::ptr_eq(&ready_a.reason, &stalled_a.reason));
-        assert_eq!(m.words.lock().unwrap().len(), 4, "Ready, True, Stalled and False");
+        let ready = ready_b.r#type.clone();
+        drop(series);
+        let read: Vec<Condition> = serde_json::from_value(serde_json::json!([{
+            "type": "Ready", "status": "True", "reason": "Ready", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]))
+        .unwrap();
+        m.record_conditions(&a, &read);
+        let series = m.condition_series.lock().unwrap();
+        assert!(Arc::ptr_eq(&series[&m.number(&a)][0].r#type, &ready), "a condition read shares them too");
     }
 }

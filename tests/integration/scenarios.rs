@@ -93,10 +93,7 @@ pub fn unique_number() -> String {
     format!("+1556{:03}{:04}", std::process::id() % 1000, n)
 }
 
-pub fn condition<'a>(
-    w: &'a WhatsAppNumber,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+pub fn condition<'a>(w: &'a WhatsAppNumber, type_: &str) -> Option<&'a whatsapp_operator::api::Condition> {
     w.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
