@@ -83,30 +83,102 @@ impl Clients {
 
 /// Builds a client for one trust setting; cheap enough to keep one per number.
 pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls_config(trust)?)
         .dns_resolver(std::sync::Arc::new(BoundedResolver { timeout: timeout / 2 }))
         .timeout(timeout)
         .connect_timeout(timeout)
         .https_only(true)
-        .user_agent(concat!("whatsapp-operator/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("whatsapp-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CallError::Setup(e.to_string()))
+}
+
+/// TLS sessions a client keeps for resumption, by the hosts it talks to: a
+/// client that trusts a number's own CA talks to that number's webapp alone.
+/// rustls keeps 256 by default, its table made at once: 15 KB a client, and
+/// a client for every number.
+fn resumed_sessions(trust: &Trust) -> usize {
     match trust {
-        Trust::Ca(pem) => {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| CallError::Setup(e.to_string()))?;
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        Trust::CaAndSystemRoots(pem) => {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| CallError::Setup(e.to_string()))? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        Trust::SystemRoots => {}
-        Trust::InsecureSkipVerify => builder = builder.danger_accept_invalid_certs(true),
+        Trust::Ca(_) | Trust::CaAndSystemRoots(_) => 4,
+        Trust::SystemRoots | Trust::InsecureSkipVerify => 256,
     }
-    builder.build().map_err(|e| CallError::Setup(e.to_string()))
+}
+
+/// What reqwest would build for `trust`, with a session cache sized for
+/// the client's hosts ([`resumed_sessions`]).
+fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, CallError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let setup = |e: &dyn std::fmt::Display| CallError::Setup(e.to_string());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (pem, system) = match trust {
+        Trust::Ca(pem) => (Some(pem), false),
+        Trust::CaAndSystemRoots(pem) => (Some(pem), true),
+        Trust::SystemRoots => (None, true),
+        Trust::InsecureSkipVerify => (None, false),
+    };
+    if system {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for cert in CertificateDer::pem_slice_iter(pem.map(Vec::as_slice).unwrap_or_default()) {
+        roots.add(cert.map_err(|e| setup(&e))?).map_err(|e| setup(&e))?;
+    }
+    let mut config = match trust {
+        Trust::InsecureSkipVerify => builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+        _ => builder.with_root_certificates(roots).with_no_client_auth(),
+    };
+    config.resumption = rustls::client::Resumption::in_memory_sessions(resumed_sessions(trust));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `InsecureSkipVerify`: any certificate, for any name, is taken. The
+/// handshake's signatures are still checked, against the certificate sent.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Name lookups that give up within half the request's time and say so: a
@@ -412,6 +484,7 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_name_lookup_that_fails_or_gives_up_says_it_was_a_lookup() {
@@ -429,6 +502,78 @@ mod tests {
         );
         let found = BoundedResolver { timeout: Duration::from_secs(5) }.resolve(name("localhost")).await;
         assert!(found.expect("localhost resolves").any(|a| a.ip().is_loopback()));
+    }
+
+    /// A CA, and a certificate for `localhost` it issued (DER, and its key).
+    fn issued() -> (String, Vec<u8>, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        ca.distinguished_name.push(DnType::CommonName, "webapp CA");
+        let ca = ca.self_signed(&ca_key).expect("a CA");
+        let key = KeyPair::generate().expect("a key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("parameters")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("a certificate");
+        (ca.pem(), cert.der().to_vec(), key.serialize_der())
+    }
+
+    /// Serves `200 ok` over TLS with `cert` on a port of loopback.
+    async fn serve(cert: Vec<u8>, key: Vec<u8>) -> u16 {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(cert)], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))
+            .expect("a server configuration");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                    let _ = tls.write_all(answer).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_client_trusts_what_its_setting_says_and_nothing_else() {
+        let (ca, cert, key) = issued();
+        let (other_ca, _, _) = issued();
+        let port = serve(cert, key).await;
+        let call = |trust: Trust| async move {
+            let client = http_client(&trust, Duration::from_secs(10)).expect("a client");
+            client.get(format!("https://localhost:{port}/")).send().await.map(|r| r.status())
+        };
+        let ca = ca.into_bytes();
+        assert_eq!(call(Trust::Ca(ca.clone())).await.expect("its own CA"), StatusCode::OK);
+        assert_eq!(call(Trust::CaAndSystemRoots(ca)).await.expect("its CA among the roots"), StatusCode::OK);
+        assert_eq!(call(Trust::InsecureSkipVerify).await.expect("anything goes"), StatusCode::OK);
+        call(Trust::Ca(other_ca.into_bytes())).await.expect_err("another CA");
+        call(Trust::SystemRoots).await.expect_err("not publicly signed");
+        call(Trust::Ca(Vec::new())).await.expect_err("no CA at all");
+        let unreadable = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+        assert!(matches!(http_client(&Trust::Ca(unreadable.into()), Duration::from_secs(1)), Err(CallError::Setup(_))));
     }
 
     fn answered(status: u16, code: Option<i64>) -> CallError {
