@@ -65,18 +65,44 @@ impl CallError {
 }
 
 /// HTTP clients, one per trust setting and timeout, shared by the probes and
-/// the reconciles so that connections are pooled.
+/// the reconciles so that connections are pooled. A client nobody asked for
+/// in [`Clients::UNUSED_FOR`] is dropped: its number is gone, or its CA or
+/// timeout changed (each number whose webapp has a CA of its own has a client
+/// of its own).
 #[derive(Default)]
-pub struct Clients(std::sync::Mutex<std::collections::HashMap<(Trust, Duration), reqwest::Client>>);
+pub struct Clients(std::sync::Mutex<Pool>);
+
+#[derive(Default)]
+struct Pool {
+    clients: std::collections::HashMap<(Trust, Duration), (reqwest::Client, Instant)>,
+    swept: Option<Instant>,
+}
 
 impl Clients {
+    /// Longer than any number goes without a call to its webapp: an hour
+    /// between health probes at most, and an admin session looked at every
+    /// hour while health is not polled.
+    pub const UNUSED_FOR: Duration = Duration::from_secs(3 * 3600);
+    /// How often the clients are looked over for those unused.
+    const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
     pub fn get(&self, trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
-        let mut clients = self.0.lock().expect("client pool lock");
-        if let Some(c) = clients.get(&(trust.clone(), timeout)) {
-            return Ok(c.clone());
+        self.get_at(trust, timeout, Instant::now())
+    }
+
+    fn get_at(&self, trust: &Trust, timeout: Duration, now: Instant) -> Result<reqwest::Client, CallError> {
+        let mut pool = self.0.lock().expect("client pool lock");
+        if pool.swept.is_none_or(|at| now.saturating_duration_since(at) >= Self::SWEEP_EVERY) {
+            pool.clients.retain(|_, (_, used)| now.saturating_duration_since(*used) < Self::UNUSED_FOR);
+            pool.swept = Some(now);
+        }
+        let key = (trust.clone(), timeout);
+        if let Some((client, used)) = pool.clients.get_mut(&key) {
+            *used = now;
+            return Ok(client.clone());
         }
         let client = http_client(trust, timeout)?;
-        clients.insert((trust.clone(), timeout), client.clone());
+        pool.clients.insert(key, (client.clone(), now));
         Ok(client)
     }
 }
@@ -574,6 +600,27 @@ mod tests {
         call(Trust::Ca(Vec::new())).await.expect_err("no CA at all");
         let unreadable = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
         assert!(matches!(http_client(&Trust::Ca(unreadable.into()), Duration::from_secs(1)), Err(CallError::Setup(_))));
+    }
+
+    #[test]
+    fn a_client_nobody_asks_for_is_dropped() {
+        let clients = Clients::default();
+        let kept_count = || clients.0.lock().unwrap().clients.len();
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let (gone, kept) = (Trust::Ca(b"gone".to_vec()), Trust::Ca(b"kept".to_vec()));
+        clients.get_at(&gone, timeout, start).expect("a client");
+        clients.get_at(&kept, timeout, start).expect("a client");
+        clients.get_at(&kept, Duration::from_secs(20), start).expect("another timeout, another client");
+        assert_eq!(kept_count(), 3);
+        let hour = Duration::from_secs(3600);
+        for hours in 1..=3 {
+            clients.get_at(&kept, timeout, start + hour * hours).expect("the same client");
+        }
+        assert_eq!(kept_count(), 1, "unused for three hours: dropped; the one asked for every hour stays");
+        let later = start + hour * 3 + Duration::from_secs(60);
+        clients.get_at(&gone, timeout, later).expect("made again when asked for");
+        assert_eq!(kept_count(), 2);
     }
 
     fn answered(status: u16, code: Option<i64>) -> CallError {
