@@ -111,6 +111,7 @@ impl Clients {
 pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls_config(trust)?)
+        .pool_idle_timeout(IDLE_CONNECTION)
         .dns_resolver(std::sync::Arc::new(BoundedResolver { timeout: timeout / 2 }))
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -119,6 +120,15 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, 
         .build()
         .map_err(|e| CallError::Setup(e.to_string()))
 }
+
+/// How long a connection to a webapp stays open unused. A probe's calls
+/// (health, settings, an admin login) come moments apart, and probes 30 s
+/// apart by default: a connection kept from one probe to the next holds 40 KB
+/// of buffers (rustls' and hyper's, measured with 200 idle connections) for
+/// every number, more than all else the operator keeps of one. A probe then
+/// opens a connection of its own, its TLS session resumed where the webapp
+/// allows it ([`resumed_sessions`]).
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(3);
 
 /// TLS sessions a client keeps for resumption, by the hosts it talks to: a
 /// client that trusts a number's own CA talks to that number's webapp alone.
@@ -547,8 +557,9 @@ mod tests {
         (ca.pem(), cert.der().to_vec(), key.serialize_der())
     }
 
-    /// Serves `200 ok` over TLS with `cert` on a port of loopback.
-    async fn serve(cert: Vec<u8>, key: Vec<u8>) -> u16 {
+    /// Serves `200 ok` over TLS with `cert` on a port of loopback, keeping
+    /// connections open as a webapp does; counts the connections made.
+    async fn serve(cert: Vec<u8>, key: Vec<u8>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -560,33 +571,40 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let port = listener.local_addr().expect("its address").port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let counted = counted.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let mut request = Vec::new();
                     let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                    loop {
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        request.clear();
+                        if tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            return;
                         }
                     }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
-                    let _ = tls.write_all(answer).await;
-                    let _ = tls.shutdown().await;
                 });
             }
         });
-        port
+        (port, connections)
     }
 
     #[tokio::test]
     async fn a_client_trusts_what_its_setting_says_and_nothing_else() {
         let (ca, cert, key) = issued();
         let (other_ca, _, _) = issued();
-        let port = serve(cert, key).await;
+        let (port, _) = serve(cert, key).await;
         let call = |trust: Trust| async move {
             let client = http_client(&trust, Duration::from_secs(10)).expect("a client");
             client.get(format!("https://localhost:{port}/")).send().await.map(|r| r.status())
@@ -600,6 +618,24 @@ mod tests {
         call(Trust::Ca(Vec::new())).await.expect_err("no CA at all");
         let unreadable = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
         assert!(matches!(http_client(&Trust::Ca(unreadable.into()), Duration::from_secs(1)), Err(CallError::Setup(_))));
+    }
+
+    #[tokio::test]
+    async fn a_connection_serves_one_probe_and_is_not_kept_until_the_next() {
+        let (ca, cert, key) = issued();
+        let (port, connections) = serve(cert, key).await;
+        let client = http_client(&Trust::Ca(ca.into_bytes()), Duration::from_secs(10)).expect("a client");
+        let call = || async {
+            let answer = client.get(format!("https://localhost:{port}/")).send().await.expect("an answer");
+            answer.bytes().await.expect("a body");
+        };
+        let made = || connections.load(std::sync::atomic::Ordering::SeqCst);
+        call().await;
+        call().await;
+        assert_eq!(made(), 1, "the calls of one probe share a connection");
+        tokio::time::sleep(IDLE_CONNECTION + Duration::from_secs(2)).await;
+        call().await;
+        assert_eq!(made(), 2, "idle for longer than {IDLE_CONNECTION:?}: closed, a new one made");
     }
 
     #[test]
