@@ -54,7 +54,7 @@ hack/argocd-health.sh | grep -v '^ok '
 # promtool and helm-docs are built from Go modules once (hack/check-tools.sh).
 log "checking the chart's CRD, alerts (promtool), dashboard and values table"
 hack/chart-checks.sh
-shellcheck hack/argocd-health.sh hack/check-tools.sh hack/chart-checks.sh hack/helm-docs.sh hack/chart-install-test.sh
+shellcheck hack/argocd-health.sh hack/check-tools.sh hack/chart-checks.sh hack/helm-docs.sh hack/chart-install-test.sh hack/heap-profile.sh
 "$(hack/check-tools.sh actionlint)" .github/workflows/*.yaml
 # The chart on a local control plane: CRD adoption, upgrade and keep,
 # aggregated view/edit roles (about 20 s).
