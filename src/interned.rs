@@ -47,7 +47,7 @@ impl Vocabulary {
 
 /// A short string of a small vocabulary, shared (see [`intern`]): it
 /// serializes as the string itself, and compares with `&str`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Word(Arc<str>);
 
 impl Word {
@@ -61,21 +61,9 @@ impl Word {
     }
 }
 
-impl Default for Word {
-    fn default() -> Self {
-        Self::from("")
-    }
-}
-
 impl Deref for Word {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Word {
-    fn as_ref(&self) -> &str {
         &self.0
     }
 }
@@ -92,12 +80,6 @@ impl From<String> for Word {
     }
 }
 
-impl From<&String> for Word {
-    fn from(value: &String) -> Self {
-        Self(intern(value))
-    }
-}
-
 impl PartialEq<str> for Word {
     fn eq(&self, other: &str) -> bool {
         &*self.0 == other
@@ -107,18 +89,6 @@ impl PartialEq<str> for Word {
 impl PartialEq<&str> for Word {
     fn eq(&self, other: &&str) -> bool {
         &*self.0 == *other
-    }
-}
-
-impl PartialEq<String> for Word {
-    fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl PartialEq<Word> for str {
-    fn eq(&self, other: &Word) -> bool {
-        self == &*other.0
     }
 }
 
