@@ -82,7 +82,7 @@ impl Clients {
     /// Longer than any number goes without a call to its webapp: an hour
     /// between health probes at most, and an admin session looked at every
     /// hour while health is not polled.
-    pub const UNUSED_FOR: Duration = Duration::from_secs(3 * 3600);
+    const UNUSED_FOR: Duration = Duration::from_secs(3 * 3600);
     /// How often the clients are looked over for those unused.
     const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -148,7 +148,11 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, CallError> {
     use rustls::pki_types::pem::PemObject;
 
     let setup = |e: &dyn std::fmt::Display| CallError::Setup(e.to_string());
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    // One provider for every client: each would otherwise keep a copy of
+    // its lists of cipher suites and key exchanges.
+    static PROVIDER: std::sync::LazyLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    let provider = PROVIDER.clone();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| setup(&e))?;
