@@ -5,13 +5,17 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::interned::Word;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -23,18 +27,6 @@ pub struct ErrorLabels {
 pub struct NumberLabels {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
-}
-
-/// One condition of one number, as last written. Its values are shared: the
-/// number's with its other conditions, the type, status and reason with
-/// every number's and with the conditions themselves ([`crate::api::Word`]).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConditionLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-    pub r#type: Arc<str>,
-    pub status: Arc<str>,
-    pub reason: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,10 +71,57 @@ pub struct Metrics {
     /// (two installations watch its namespace).
     pub managed_elsewhere: Family<NumberLabels, Gauge<i64, AtomicI64>>,
     /// Per number and condition type: 1 for the status and reason last written.
-    pub conditions: Family<ConditionLabels, Gauge<i64, AtomicI64>>,
-    /// The label sets of each number's conditions now, so that a change
-    /// replaces a series instead of adding one.
-    condition_series: Mutex<HashMap<NumberLabels, Vec<ConditionLabels>>>,
+    conditions: Arc<ConditionSeries>,
+}
+
+/// One condition of one number as last written: its type, status and reason.
+#[derive(Clone, Debug, PartialEq)]
+struct ConditionWords {
+    type_: Word,
+    status: Word,
+    reason: Word,
+}
+
+/// `number_condition`: each number's conditions as last written, one series
+/// each. A collector rather than a family of gauges: a family would keep a
+/// label set and a gauge per condition, and replacing a series on a change
+/// would need the old label set kept beside it; this keeps the three words
+/// of each condition (shared with the conditions themselves) and makes the
+/// label sets at a scrape.
+#[derive(Debug, Default)]
+struct ConditionSeries {
+    by_number: Mutex<HashMap<NumberLabels, Box<[ConditionWords]>>>,
+}
+
+impl ConditionSeries {
+    fn numbers(&self) -> std::sync::MutexGuard<'_, HashMap<NumberLabels, Box<[ConditionWords]>>> {
+        self.by_number.lock().expect("condition series lock")
+    }
+}
+
+impl Collector for ConditionSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let numbers = self.numbers();
+        let mut family = encoder.encode_descriptor(
+            "number_condition",
+            "1 for each WhatsAppNumber condition with the status and reason last written",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (number, conditions) in numbers.iter() {
+            for c in conditions {
+                let labels = [
+                    ("namespace", &*number.namespace),
+                    ("name", &*number.name),
+                    ("type", c.type_.as_str()),
+                    ("status", c.status.as_str()),
+                    ("reason", c.reason.as_str()),
+                ];
+                family.encode_family(&labels)?.encode_gauge(&1_i64)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -98,7 +137,7 @@ impl Default for Metrics {
         let probe_duration = Family::<NumberLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
-        let conditions = Family::<ConditionLabels, Gauge<i64, AtomicI64>>::default();
+        let conditions = Arc::new(ConditionSeries::default());
         let backup_success = Family::<NumberLabels, Gauge<f64, AtomicU64>>::default();
         let build_info = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build_info
@@ -150,11 +189,7 @@ impl Default for Metrics {
             "Unix time of the last /v1/health probe, per WhatsAppNumber",
             probe_timestamp.clone(),
         );
-        registry.register(
-            "number_condition",
-            "1 for each WhatsAppNumber condition with the status and reason last written",
-            conditions.clone(),
-        );
+        registry.register_collector(Box::new(conditions.clone()));
         registry.register(
             "number_backup_last_success_timestamp_seconds",
             "Unix time of the last successful backup, per WhatsAppNumber",
@@ -189,7 +224,6 @@ impl Default for Metrics {
             conditions,
             backup_success,
             managed_elsewhere,
-            condition_series: Mutex::default(),
         }
     }
 }
@@ -221,43 +255,25 @@ impl Metrics {
     /// Publishes the conditions of a status: one series per type, replaced
     /// when its status or reason changes, gone with the condition.
     pub fn record_conditions(&self, wan: &crate::api::WhatsAppNumber, conditions: &[crate::api::Condition]) {
-        let mut series = self.condition_series.lock().expect("condition series lock");
+        let now: Box<[ConditionWords]> = conditions
+            .iter()
+            .map(|c| ConditionWords { type_: c.type_.clone(), status: c.status.clone(), reason: c.reason.clone() })
+            .collect();
+        let mut numbers = self.conditions.numbers();
         let key = self.number(wan);
-        let (number, mut before) = match series.remove_entry(&key) {
-            Some(entry) => entry,
-            None => (key, Vec::new()),
-        };
-        let mut now = Vec::with_capacity(conditions.len());
-        for c in conditions {
-            let labels = ConditionLabels {
-                namespace: number.namespace.clone(),
-                name: number.name.clone(),
-                r#type: c.type_.shared(),
-                status: c.status.shared(),
-                reason: c.reason.shared(),
-            };
-            if let Some(i) = before.iter().position(|old| old.r#type == labels.r#type) {
-                let old = before.swap_remove(i);
-                if old != labels {
-                    self.conditions.remove(&old);
-                }
+        match numbers.get_mut(&key) {
+            Some(before) if **before == *now => {}
+            Some(before) => *before = now,
+            None => {
+                numbers.insert(key, now);
             }
-            self.conditions.get_or_create(&labels).set(1);
-            now.push(labels);
         }
-        for gone in before {
-            self.conditions.remove(&gone);
-        }
-        series.insert(number, now);
     }
 
     /// Drops a deleted WhatsAppNumber's series.
     pub fn forget(&self, wan: &crate::api::WhatsAppNumber) {
         let labels = self.number(wan);
-        let conditions = self.condition_series.lock().expect("condition series lock").remove(&labels);
-        for gone in conditions.into_iter().flatten() {
-            self.conditions.remove(&gone);
-        }
+        self.conditions.numbers().remove(&labels);
         self.connected_coreapps.remove(&labels);
         self.backup_success.remove(&labels);
         self.managed_elsewhere.remove(&labels);
@@ -345,24 +361,24 @@ mod tests {
         let m = Metrics::default();
         let (a, mut b) = (crate::fixtures::sample(), crate::fixtures::sample());
         b.metadata.name = Some("other".into());
+        let conditions = [condition("Ready", "True", "Ready"), condition("Stalled", "False", "Ready")];
         for wan in [&a, &b] {
-            m.record_conditions(wan, &[condition("Ready", "True", "Ready"), condition("Stalled", "False", "Ready")]);
+            m.record_conditions(wan, &conditions);
         }
-        let series = m.condition_series.lock().unwrap();
-        let (ready_a, ready_b) = (&series[&m.number(&a)][0], &series[&m.number(&b)][0]);
-        assert!(Arc::ptr_eq(&ready_a.r#type, &ready_b.r#type) && Arc::ptr_eq(&ready_a.reason, &ready_b.reason));
-        let stalled_a = &series[&m.number(&a)][1];
-        assert!(Arc::ptr_eq(&ready_a.name, &stalled_a.name), "one copy of the number's name");
-        assert!(Arc::ptr_eq(&ready_a.reason, &stalled_a.reason));
-        let ready = ready_b.r#type.clone();
-        drop(series);
-        let read: Vec<Condition> = serde_json::from_value(serde_json::json!([{
-            "type": "Ready", "status": "True", "reason": "Ready", "message": "",
-            "lastTransitionTime": "2026-01-01T00:00:00Z"
-        }]))
-        .unwrap();
-        m.record_conditions(&a, &read);
-        let series = m.condition_series.lock().unwrap();
-        assert!(Arc::ptr_eq(&series[&m.number(&a)][0].r#type, &ready), "a condition read shares them too");
+        let numbers = m.conditions.numbers();
+        let (ready_a, ready_b) = (&numbers[&m.number(&a)][0], &numbers[&m.number(&b)][0]);
+        assert!(Arc::ptr_eq(&ready_a.type_.shared(), &ready_b.type_.shared()));
+        assert!(Arc::ptr_eq(&ready_a.reason.shared(), &conditions[0].reason.shared()), "the condition's own copy");
+        drop(numbers);
+        let text = m.encode();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("whatsapp_operator_number_condition{")).collect();
+        assert_eq!(series.len(), 4, "{series:?}");
+        assert!(
+            series.contains(
+                &r#"whatsapp_operator_number_condition{namespace="team",name="other",type="Stalled",status="False",reason="Ready"} 1"#
+            ),
+            "{series:?}"
+        );
+        assert!(text.contains("# TYPE whatsapp_operator_number_condition gauge"), "{text}");
     }
 }
