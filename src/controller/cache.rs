@@ -531,12 +531,28 @@ impl Caches {
     /// once the metadata cache has caught up with it.
     pub fn remember_secret(&self, secret: Option<&Secret>) {
         if let Some(s) = secret {
-            let mut s = s.clone();
-            s.managed_fields_mut().clear();
+            let s = secret_data(s.clone());
             let key = (s.namespace().unwrap_or_default(), s.name_any());
             self.secret_data.lock().expect("secret cache lock").insert(key, s);
         }
     }
+}
+
+/// Of a Secret, what reconciles read: its data and type, what tells it and
+/// its version, and its controller (whether a key Secret is the number's).
+/// Labels, other owners and the rest are dropped: a key Secret's came to
+/// about half of what was kept of it.
+fn secret_data(secret: Secret) -> Secret {
+    let Secret { metadata, data, type_, .. } = secret;
+    let controller = metadata.owner_references.into_iter().flatten().find(|r| r.controller == Some(true));
+    let metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        resource_version: metadata.resource_version,
+        owner_references: controller.map(|r| vec![r]),
+        ..Default::default()
+    };
+    Secret { metadata, data, type_, ..Default::default() }
 }
 
 /// The metadata of the ServiceMonitors the operator made. The Prometheus
@@ -940,7 +956,7 @@ pub fn build(
         let selector = format!("{owned_selector},{}=keys", crate::resources::names::LABEL_COMPONENT);
         let what = "the operator's key Secrets";
         let events = watcher(scoped::<Secret>(client, namespace), listing().labels(&selector)).default_backoff();
-        let (cache, touched) = feed(events, what, trimmed(keep_all));
+        let (cache, touched) = feed(events, what, secret_data);
         (cache.store, keep_current(touched, what))
     };
     let (schema_pods, schema_pods_watch) = {
@@ -1139,7 +1155,7 @@ impl Seeds {
         list(&self.secrets, &metadata, "Secret", SecretVersion::of);
         let keys: Vec<serde_json::Value> =
             secrets.into_iter().filter(|o| o["metadata"]["labels"][component] == "keys").collect();
-        list(&self.key_secrets, &keys, "Secret", trimmed(keep_all));
+        list(&self.key_secrets, &keys, "Secret", secret_data);
     }
 }
 
@@ -1291,6 +1307,42 @@ mod tests {
             let status = kept.status.expect("its status");
             assert_eq!(status.container_statuses.is_none(), waiting.is_none(), "{phase}: the phase alone once started");
         }
+    }
+
+    #[test]
+    fn a_secret_read_for_its_data_keeps_data_type_and_version_alone() {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {
+                "name": "acme-keys", "namespace": "team", "uid": "s1", "resourceVersion": "42",
+                "labels": {"app.kubernetes.io/managed-by": "whatsapp-operator"},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "c1"},
+                    {"apiVersion": "whatsapp.operators.dev/v1alpha1", "kind": "WhatsAppNumber", "name": "acme",
+                     "uid": "n1", "controller": true}
+                ],
+                "managedFields": [{"manager": "whatsapp-operator", "operation": "Update"}]
+            },
+            "data": {"api-key": "a2V5"}
+        }))
+        .unwrap();
+        let kept = secret_data(secret.clone());
+        assert_eq!(kept.data, secret.data);
+        assert_eq!(kept.type_.as_deref(), Some("Opaque"));
+        assert_eq!(
+            (kept.key_namespace(), kept.key_name(), kept.metadata.resource_version.as_deref()),
+            ("team", "acme-keys", Some("42"))
+        );
+        assert_eq!(
+            kept.metadata,
+            ObjectMeta {
+                name: Some("acme-keys".into()),
+                namespace: Some("team".into()),
+                resource_version: Some("42".into()),
+                owner_references: Some(vec![secret.metadata.owner_references.unwrap()[1].clone()]),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
