@@ -1131,7 +1131,7 @@ pub struct WhatsAppNumberStatus {
 
     /// The gateway as the webapp's `/v1/health` reports it, judged by role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthStatus>,
+    pub health: Option<Box<HealthStatus>>,
 
     /// Progress of a shard change made through the account API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1148,7 +1148,7 @@ pub struct WhatsAppNumberStatus {
 
     /// The upgrade in progress, or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upgrade: Option<UpgradeStatus>,
+    pub upgrade: Option<Box<UpgradeStatus>>,
 
     /// The `WA_DB_NAME_PREFIX` the client's databases were created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1162,23 +1162,23 @@ pub struct WhatsAppNumberStatus {
 
     /// The certificate of `spec.webapp.tls` the client last accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webapp_certificate: Option<WebappCertificateStatus>,
+    pub webapp_certificate: Option<Box<WebappCertificateStatus>>,
 
     /// The registration the operator carries out (`spec.registration.method`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration: Option<RegistrationStatus>,
+    pub registration: Option<Box<RegistrationStatus>>,
 
     /// The application settings as last compared with the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<SettingsStatus>,
+    pub settings: Option<Box<SettingsStatus>>,
 
     /// Backups made and kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<BackupStatus>,
+    pub backup: Option<Box<BackupStatus>>,
 
     /// The restore of `spec.restoreFrom`, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore: Option<RestoreStatus>,
+    pub restore: Option<Box<RestoreStatus>>,
 
     /// The ServiceMonitor the operator keeps for the client's own metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1188,7 +1188,7 @@ pub struct WhatsAppNumberStatus {
     /// connected with this number: masters and coreapps are stopped until a
     /// person resolves it (see the `Conflict` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_conflict: Option<ExternalConflictStatus>,
+    pub external_conflict: Option<Box<ExternalConflictStatus>>,
 }
 
 /// Where a registration stands.

@@ -269,7 +269,7 @@ fn advance(
         // Done, or (never, since `observe_upgrade` gathers facts for every
         // upgrade under way) without facts: it stays where it is.
         (Some(u), _) => Some(u.clone()),
-        (None, _) => status.and_then(|s| s.upgrade.clone()),
+        (None, _) => status.and_then(|s| s.upgrade.as_deref().cloned()),
     };
     // The first deployment records its version once its schema exists: from
     // then on every version change goes through the upgrade procedure.
@@ -330,12 +330,12 @@ fn client_state(wan: &WhatsAppNumber, planned: &Planned, written: &Written, gate
         certificate: match (report, &gateway.admin_only) {
             (Some(r), _) => r.certificate.clone(),
             (None, Some(gateway::AdminOnly::Seen { certificate, .. })) => certificate.clone(),
-            _ => status.and_then(|s| s.webapp_certificate.clone()),
+            _ => status.and_then(|s| s.webapp_certificate.as_deref().cloned()),
         },
         registered_at: report.map_or_else(|| status.and_then(|s| s.registered_at.clone()), |r| r.registered_at.clone()),
         external_conflict: match report {
             Some(r) => r.external_conflict.clone(),
-            None if gateway.awaiting => status.and_then(|s| s.external_conflict.clone()),
+            None if gateway.awaiting => status.and_then(|s| s.external_conflict.as_deref().cloned()),
             None => None,
         }
         .filter(|c| !plan::resolved(wan, c)),
@@ -525,7 +525,7 @@ mod tests {
         };
         wan.status = Some(WhatsAppNumberStatus {
             current_version: Some("2.53.2".into()),
-            upgrade: Some(upgrade),
+            upgrade: Some(Box::new(upgrade)),
             ..Default::default()
         });
         let planned = planned(&wan, Some("2.55.1"), None);

@@ -216,23 +216,30 @@ mod tests {
     #[test]
     fn an_upgrade_is_told_when_it_starts_rolls_back_and_completes() {
         let none = with(vec![]);
-        let running =
-            WhatsAppNumberStatus { upgrade: Some(upgrade(procedure::Step::StoppingNodes, 0, 0)), ..none.clone() };
+        let running = WhatsAppNumberStatus {
+            upgrade: Some(Box::new(upgrade(procedure::Step::StoppingNodes, 0, 0))),
+            ..none.clone()
+        };
         let started = transitions(Some(&none), &running);
         assert_eq!(reasons(&started), vec![(EventType::Normal, "UpgradeStarted")]);
         assert_eq!(started[0].note, "upgrading from 2.53.2 to 2.55.1");
         // Each step of the same upgrade is no news.
-        let schema =
-            WhatsAppNumberStatus { upgrade: Some(upgrade(procedure::Step::UpgradingSchema, 0, 5)), ..none.clone() };
+        let schema = WhatsAppNumberStatus {
+            upgrade: Some(Box::new(upgrade(procedure::Step::UpgradingSchema, 0, 5))),
+            ..none.clone()
+        };
         assert!(transitions(Some(&running), &schema).is_empty());
 
-        let rolled_back =
-            WhatsAppNumberStatus { upgrade: Some(upgrade(procedure::Step::RolledBack, 0, 9)), ..none.clone() };
+        let rolled_back = WhatsAppNumberStatus {
+            upgrade: Some(Box::new(upgrade(procedure::Step::RolledBack, 0, 9))),
+            ..none.clone()
+        };
         let back = transitions(Some(&schema), &rolled_back);
         assert_eq!(reasons(&back), vec![(EventType::Warning, "UpgradeRolledBack")]);
         assert_eq!(back[0].note, "schema Job failed");
 
-        let done = WhatsAppNumberStatus { upgrade: Some(upgrade(procedure::Step::Complete, 0, 95)), ..none.clone() };
+        let done =
+            WhatsAppNumberStatus { upgrade: Some(Box::new(upgrade(procedure::Step::Complete, 0, 95))), ..none.clone() };
         let completed = transitions(Some(&schema), &done);
         assert_eq!(reasons(&completed), vec![(EventType::Normal, "UpgradeCompleted")]);
         assert_eq!(completed[0].note, "upgraded from 2.53.2 to 2.55.1 in 95s");

@@ -277,7 +277,7 @@ pub async fn admin_only(
     observed: &Observed,
     keys: Option<&Secret>,
 ) -> super::Result<AdminOnly> {
-    let certificate = wan.status.as_ref().and_then(|s| s.webapp_certificate.clone());
+    let certificate = wan.status.as_ref().and_then(|s| s.webapp_certificate.as_deref().cloned());
     let failed =
         |reason, why| AdminOnly::Seen { admin: AdminAccess::Failed(reason, why), certificate: certificate.clone() };
     let watched = watch(ctx, wan, observed, keys, false).await?;
@@ -338,14 +338,14 @@ pub async fn observe(
     nodes_running: bool,
 ) -> super::Result<Option<GatewayReport>> {
     let status = wan.status.as_ref();
-    let previous = status.and_then(|s| s.health.as_ref());
+    let previous = status.and_then(|s| s.health.as_deref());
     let report = |observation: Observation, admin: AdminAccess| GatewayReport {
         observation,
         admin,
         shards: None,
-        certificate: status.and_then(|s| s.webapp_certificate.clone()),
+        certificate: status.and_then(|s| s.webapp_certificate.as_deref().cloned()),
         registered_at: status.and_then(|s| s.registered_at.clone()),
-        external_conflict: status.and_then(|s| s.external_conflict.clone()),
+        external_conflict: status.and_then(|s| s.external_conflict.as_deref().cloned()),
         lifecycle: super::lifecycle::LifecycleReport::from_status(status),
     };
     let unreachable = |why: String, at: &Time| {

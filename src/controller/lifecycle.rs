@@ -49,10 +49,10 @@ impl LifecycleReport {
     /// stands when the webapp is not asked.
     pub fn from_status(status: Option<&crate::api::WhatsAppNumberStatus>) -> Self {
         Self {
-            registration: status.and_then(|s| s.registration.clone()),
-            settings: status.and_then(|s| s.settings.clone()),
-            backup: status.and_then(|s| s.backup.clone()),
-            restore: status.and_then(|s| s.restore.clone()),
+            registration: status.and_then(|s| s.registration.as_deref().cloned()),
+            settings: status.and_then(|s| s.settings.as_deref().cloned()),
+            backup: status.and_then(|s| s.backup.as_deref().cloned()),
+            restore: status.and_then(|s| s.restore.as_deref().cloned()),
         }
     }
 }

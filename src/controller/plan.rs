@@ -43,7 +43,7 @@ pub fn workloads(wan: &WhatsAppNumber, plan: &Plan, first_job: Option<&JobState>
 
     // A second instance of the number outside the cluster keeps the nodes
     // stopped until a person says it is gone.
-    let external_conflict = status.and_then(|s| s.external_conflict.clone()).filter(|c| !resolved(wan, c));
+    let external_conflict = status.and_then(|s| s.external_conflict.as_deref().cloned()).filter(|c| !resolved(wan, c));
     if external_conflict.is_some() {
         shape.masters_running = false;
         shape.coreapps_running = false;
@@ -158,7 +158,8 @@ mod tests {
             detected_at: "2026-12-01T10:00:00Z".into(),
             message: "another instance connected with this number".into(),
         };
-        wan.status = Some(WhatsAppNumberStatus { external_conflict: Some(conflict.clone()), ..Default::default() });
+        wan.status =
+            Some(WhatsAppNumberStatus { external_conflict: Some(Box::new(conflict.clone())), ..Default::default() });
         let plan = steady(&wan);
         let held = workloads(&wan, &plan, None);
         assert_eq!(held.external_conflict, Some(conflict.clone()));

@@ -744,24 +744,24 @@ pub fn compute(
             GatewayHealth::NotProbed => status.health = None,
             // What the last probe found stands.
             GatewayHealth::Awaiting => {}
-            GatewayHealth::Probed(o) => status.health = Some(o.block.clone()),
+            GatewayHealth::Probed(o) => status.health = Some(Box::new(o.block.clone())),
         }
         status.sharding = applied.sharding.clone();
         let v = &applied.versions;
         status.current_version = v.current.clone();
         status.target_version = v.target.clone();
         status.build = v.build.clone();
-        status.upgrade = v.upgrade.clone();
+        status.upgrade = v.upgrade.clone().map(Box::new);
         let c = &applied.client;
-        status.webapp_certificate = c.certificate.clone();
+        status.webapp_certificate = c.certificate.clone().map(Box::new);
         status.registered_at = c.registered_at.clone();
-        status.external_conflict = c.external_conflict.clone();
+        status.external_conflict = c.external_conflict.clone().map(Box::new);
         status.database_name_prefix = c.database_name_prefix.clone();
         status.client_service_monitor = c.service_monitor.clone().ok().flatten();
-        status.registration = c.lifecycle.registration.clone();
-        status.settings = c.lifecycle.settings.clone();
-        status.backup = c.lifecycle.backup.clone();
-        status.restore = c.lifecycle.restore.clone().filter(|r| !r.from.is_empty());
+        status.registration = c.lifecycle.registration.clone().map(Box::new);
+        status.settings = c.lifecycle.settings.clone().map(Box::new);
+        status.backup = c.lifecycle.backup.clone().map(Box::new);
+        status.restore = c.lifecycle.restore.clone().filter(|r| !r.from.is_empty()).map(Box::new);
     }
     status
 }
@@ -1203,7 +1203,7 @@ mod tests {
         let ready = &cond(&s, READY).message;
         assert!(ready.contains("outside this cluster"), "{ready}");
         assert!(ready.contains("whatsapp.operators.dev/resolve-conflict=2026-01-01T00:00:00Z"), "{ready}");
-        assert_eq!(s.external_conflict, Some(conflict), "kept until a person resolves it");
+        assert_eq!(s.external_conflict, Some(Box::new(conflict)), "kept until a person resolves it");
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn plan(
     let target = policy::target(spec_version, current.as_deref(), spec.policy, catalog, now, before);
     let build_version = current.clone().unwrap_or_else(|| target.version.clone());
     let build = policy::assess(catalog, &build_version, now, before);
-    let in_progress = status.and_then(|s| s.upgrade.clone()).filter(|u| !procedure::is_done(u));
+    let in_progress = status.and_then(|s| s.upgrade.as_deref().cloned()).filter(|u| !procedure::is_done(u));
 
     let mut blocker = None;
     if let Some(wanted) = &target.refused_downgrade {
@@ -257,10 +257,10 @@ mod tests {
     #[test]
     fn an_upgrade_in_progress_continues_whatever_the_spec_says_now() {
         let mut s = status("2.53.2");
-        s.upgrade = Some(UpgradeStatus {
+        s.upgrade = Some(Box::new(UpgradeStatus {
             step: procedure::Step::StartingMasters,
             ..procedure::begin("2.53.2", "2.55.1", at("2024-05-01T00:00:00Z"))
-        });
+        }));
         let spec = UpgradeSpec { paused: true, ..Default::default() };
         let p = plan(&spec, "2.53.2", Some(&s), &Running::default(), &catalog(), at("2024-05-01T00:10:00Z"));
         assert!(!p.began);
@@ -379,7 +379,8 @@ mod tests {
 
     fn in_progress(step: procedure::Step) -> WhatsAppNumberStatus {
         let mut s = status("2.53.2");
-        s.upgrade = Some(UpgradeStatus { step, ..procedure::begin("2.53.2", "2.55.1", at("2024-05-01T00:00:00Z")) });
+        s.upgrade =
+            Some(Box::new(UpgradeStatus { step, ..procedure::begin("2.53.2", "2.55.1", at("2024-05-01T00:00:00Z")) }));
         s
     }
 
@@ -403,7 +404,7 @@ mod tests {
         assert!(p.rolled_back);
         // Rolled back and still paused: no new upgrade begins.
         let mut after = status("2.53.2");
-        after.upgrade = p.upgrade.clone();
+        after.upgrade = p.upgrade.clone().map(Box::new);
         let p = plan(&paused, "2.55.1", Some(&after), &Running::default(), &catalog(), now);
         assert!(p.upgrade.is_none() && !p.began);
         assert_eq!(p.blocker.as_ref().map(|b| b.0), Some(UPGRADES_PAUSED));

@@ -79,7 +79,7 @@ async fn admin_client(c: &Client, ns: &str, url: &str) -> Result<(reqwest::Clien
 }
 
 fn health_of(w: &WhatsAppNumber) -> whatsapp_operator::api::HealthStatus {
-    w.status.as_ref().and_then(|s| s.health.clone()).unwrap_or_default()
+    w.status.as_ref().and_then(|s| s.health.as_deref().cloned()).unwrap_or_default()
 }
 
 pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()> {
