@@ -1,6 +1,6 @@
 //! Strings that many kept objects share: a namespace, a component label, a
-//! condition's type, status or reason. One copy of each is kept for the
-//! process; every holder keeps a reference to it.
+//! condition's type, status, reason or message. One copy of each is kept
+//! for the process; every holder keeps a reference to it.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -9,43 +9,60 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// How many distinct strings are shared at most. The values interned come
-/// from a small vocabulary (the operator's own words, the namespaces it
-/// watches); should an object bring more (a status edited by hand), what is
-/// beyond this bound is kept by its holder alone, and nothing grows for good.
-const CAPACITY: usize = 4096;
+/// Strings shared before the first sweep (see [`Vocabulary`]).
+const FIRST_SWEEP: usize = 4096;
 
 /// The one copy of `value` that every holder shares.
 pub fn intern(value: &str) -> Arc<str> {
-    static SHARED: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(CAPACITY));
+    static SHARED: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(FIRST_SWEEP));
     SHARED.intern(value)
 }
 
-/// Strings shared, up to a bound.
+/// Strings shared while someone holds them. Most come from a small
+/// vocabulary (the operator's own words and messages, the namespaces it
+/// watches), but a message may name its number, and a status edited by
+/// hand may bring anything: once the set has doubled since its last sweep,
+/// the strings only the set still holds are dropped. It keeps at most twice
+/// what is in use, and a sweep costs its size once per as many insertions.
 struct Vocabulary {
-    values: Mutex<HashSet<Arc<str>>>,
-    capacity: usize,
+    values: Mutex<Shared>,
+    first_sweep: usize,
+}
+
+struct Shared {
+    set: HashSet<Arc<str>>,
+    sweep_at: usize,
 }
 
 impl Vocabulary {
-    fn new(capacity: usize) -> Self {
-        Self { values: Mutex::default(), capacity }
+    fn new(first_sweep: usize) -> Self {
+        Self { values: Mutex::new(Shared { set: HashSet::new(), sweep_at: first_sweep }), first_sweep }
     }
 
     fn intern(&self, value: &str) -> Arc<str> {
         let mut values = self.values.lock().expect("interned strings lock");
-        if let Some(known) = values.get(value) {
+        if let Some(known) = values.set.get(value) {
             return known.clone();
         }
-        let new: Arc<str> = Arc::from(value);
-        if values.len() < self.capacity {
-            values.insert(new.clone());
+        if values.set.len() >= values.sweep_at {
+            // A count of one is the set's own reference, and no other can
+            // be made while the lock is held.
+            values.set.retain(|v| Arc::strong_count(v) > 1);
+            values.set.shrink_to_fit();
+            values.sweep_at = self.first_sweep.max(2 * values.set.len());
         }
+        let new: Arc<str> = Arc::from(value);
+        values.set.insert(new.clone());
         new
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.values.lock().unwrap().set.len()
     }
 }
 
-/// A short string of a small vocabulary, shared (see [`intern`]): it
+/// A string many holders have alike, shared (see [`intern`]): it
 /// serializes as the string itself, and compares with `&str`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Word(Arc<str>);
@@ -159,14 +176,24 @@ mod tests {
     }
 
     #[test]
-    fn beyond_its_capacity_a_string_is_kept_by_its_holder_alone() {
+    fn a_sweep_drops_what_only_the_vocabulary_holds() {
         let words = Vocabulary::new(2);
-        let first = words.intern("Ready");
-        assert!(Arc::ptr_eq(&first, &words.intern("Ready")));
-        words.intern("Stalled");
-        let (a, b) = (words.intern("Degraded"), words.intern("Degraded"));
-        assert_eq!(a, b);
-        assert!(!Arc::ptr_eq(&a, &b), "not shared once the set is full");
-        assert!(Arc::ptr_eq(&first, &words.intern("Ready")), "what was shared stays shared");
+        let kept = words.intern("Ready");
+        words.intern("gone");
+        assert_eq!(words.len(), 2);
+        let third = words.intern("Degraded");
+        assert_eq!(words.len(), 2, "full at two: a sweep dropped \"gone\" before adding a third");
+        assert!(Arc::ptr_eq(&kept, &words.intern("Ready")), "what is held stays shared");
+        assert!(Arc::ptr_eq(&third, &words.intern("Degraded")));
+        let many: Vec<Arc<str>> = (0..10).map(|i| words.intern(&format!("message {i}"))).collect();
+        assert_eq!(words.len(), 12, "all held: each sweep found nothing to drop and waited for twice as many");
+        drop(many);
+        for i in 0..4 {
+            words.intern(&format!("after {i}"));
+        }
+        assert_eq!(words.len(), 16, "no sweep until the set doubled since the last one, at 8");
+        words.intern("after 4");
+        assert_eq!(words.len(), 3, "the sweep at 16 kept what is held, and added the new one");
+        assert!(Arc::ptr_eq(&kept, &words.intern("Ready")));
     }
 }

@@ -1296,9 +1296,10 @@ pub struct ExternalConflictStatus {
 }
 
 /// A condition of the status: Kubernetes' `metav1.Condition`, whose schema
-/// it has, with its type, status and reason shared by every number's
-/// conditions ([`Word`]): a few dozen words, read again on every change of
-/// every number.
+/// it has, with its type, status, reason and message shared by every
+/// number's conditions ([`Word`]): a few dozen words and phrases, read again
+/// on every change of every number (most messages are the same for many
+/// numbers: "no problem found").
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -1306,7 +1307,7 @@ pub struct Condition {
     pub type_: Word,
     pub status: Word,
     pub reason: Word,
-    pub message: String,
+    pub message: Word,
     pub last_transition_time: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -136,7 +136,7 @@ fn gate(wan: &WhatsAppNumber, health: &GatewayHealth) -> Option<Gate> {
                 healthy: c.status == "True",
                 status: if c.status == "True" { "True" } else { "False" },
                 reason: c.reason.to_string(),
-                message: c.message.clone(),
+                message: c.message.to_string(),
             },
             _ => Gate {
                 healthy: false,
@@ -527,7 +527,7 @@ fn admin_condition(wan: &WhatsAppNumber, applied: &Applied) -> Option<Cond> {
                 "False" => "False",
                 _ => "Unknown",
             };
-            return Some((ADMIN_ACCESS, status, previous.reason.to_string(), previous.message.clone()));
+            return Some((ADMIN_ACCESS, status, previous.reason.to_string(), previous.message.to_string()));
         }
     };
     Some(match admin {
@@ -708,7 +708,7 @@ pub fn progress_only(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> 
         coreapps: None,
         webapps: None,
         ready_pods: None,
-        conditions: s.conditions.iter().map(|c| Condition { message: String::new(), ..c.clone() }).collect(),
+        conditions: s.conditions.iter().map(|c| Condition { message: "".into(), ..c.clone() }).collect(),
         ..s.clone()
     };
     old != new && settled(old) == settled(new)
@@ -785,7 +785,7 @@ pub fn condition(
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
-        message,
+        message: message.into(),
         observed_generation: generation,
         last_transition_time,
     }

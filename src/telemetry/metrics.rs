@@ -320,7 +320,7 @@ mod tests {
             type_: type_.into(),
             status: status.into(),
             reason: reason.into(),
-            message: String::new(),
+            message: "".into(),
             observed_generation: None,
             last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
         }

@@ -224,7 +224,7 @@ pub async fn claims_hold_across_installations(env: &'static Env) -> Result<()> {
         let before = wans(c, &holder_ns).get(&holder).await?.metadata.resource_version;
         duplicate(c, &holder_ns, &holder, &other_ns, "other").await?;
         let w = wait_condition(&wans(c, &other_ns), "other", "Conflict", "True", "PhoneNumberInUse").await?;
-        let message = condition(&w, "Conflict").map(|c| c.message.clone()).unwrap_or_default();
+        let message = condition(&w, "Conflict").map(|c| c.message.to_string()).unwrap_or_default();
         ensure!(message.contains(&format!("{holder_ns}/{holder}")), "the holder is named: {message}");
         holds_throughout(Duration::from_secs(6), "the second installation starts nothing", || async {
             let held =

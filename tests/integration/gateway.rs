@@ -330,7 +330,7 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
     let conflict = w.status.as_ref().and_then(|s| s.external_conflict.clone()).ok_or_else(|| anyhow!("no record"))?;
     ensure!(conflict.message.contains("multiple instances"), "{conflict:?}");
     ensure!(condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "ExternalInstance"));
-    let message = condition(&w, "Ready").map(|r| r.message.clone()).unwrap_or_default();
+    let message = condition(&w, "Ready").map(|r| r.message.to_string()).unwrap_or_default();
     ensure!(
         message.contains(&format!("whatsapp.operators.dev/resolve-conflict={}", conflict.detected_at)),
         "{message}"
