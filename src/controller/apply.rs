@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::cache::{Cached, Caches};
+use super::compact::Compact;
 use super::drift;
 use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
@@ -112,7 +113,7 @@ impl<'a> Applier<'a> {
         // What the cache will keep of it, whose owned-field digest is what
         // the next reconcile compares.
         let kept = K::keep(live);
-        if K::digests(&kept).1.is_some_and(|d| d != drift::desired_digest(&wanted, K::UNCOMPARED)) {
+        if K::digests(&kept).1.is_some_and(|d| !d.is(&drift::desired_digest(&wanted, K::UNCOMPARED))) {
             tracing::warn!(kind = %K::kind(&()), namespace = %self.namespace, %name, "{}", drift::READ_BACK_DIFFERS);
         }
         Ok(kept)
@@ -269,16 +270,16 @@ impl<'a> Applier<'a> {
 /// desired form (the applied hash differs), or a field the operator sets that
 /// someone else changed (the owned-field digest the cache keeps differs).
 /// `live` holds the live object's applied hash and owned-field digest.
-pub fn needs_apply(desired: &Value, live: (Option<&str>, Option<&str>), uncompared: &[&str]) -> Option<String> {
+pub fn needs_apply(desired: &Value, live: (Option<Compact>, Option<Compact>), uncompared: &[&str]) -> Option<String> {
     let (applied_hash, owned_digest) = live;
     let desired_hash = desired.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_APPLIED_HASH));
     let desired_hash = desired_hash.and_then(Value::as_str);
-    if desired_hash.is_none() || desired_hash != applied_hash {
+    if !desired_hash.is_some_and(|wanted| applied_hash.is_some_and(|live| live.is(wanted))) {
         return Some("the desired form changed".into());
     }
     match owned_digest {
         None => Some("no field of it is recorded as applied by the operator".into()),
-        Some(live) if live != drift::desired_digest(desired, uncompared) => {
+        Some(live) if !live.is(&drift::desired_digest(desired, uncompared)) => {
             Some("a field the operator sets was changed by someone else".into())
         }
         Some(_) => None,
@@ -300,8 +301,8 @@ mod tests {
         (hash.to_string(), owned.map(|o| drift::desired_digest(o, &[])))
     }
 
-    fn digests(live: &(String, Option<String>)) -> (Option<&str>, Option<&str>) {
-        (Some(live.0.as_str()), live.1.as_deref())
+    fn digests(live: &(String, Option<String>)) -> (Option<Compact>, Option<Compact>) {
+        (Some(Compact::new(&live.0)), live.1.as_deref().map(Compact::new))
     }
 
     #[test]

@@ -33,6 +33,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::compact::Compact;
 use super::error::Result;
 use super::outline::{Identity, Outline, ReadLabels};
 use super::store::{Keyed, Store};
@@ -280,7 +281,7 @@ pub trait Cached:
     /// it, its managed fields still there.
     fn keep(live: Self) -> Self::Kept;
     /// The applied hash and the owned-field digest of a kept object.
-    fn digests(kept: &Self::Kept) -> (Option<&str>, Option<&str>);
+    fn digests(kept: &Self::Kept) -> (Option<Compact>, Option<Compact>);
     /// Whether the WhatsAppNumber with this uid controls a kept object.
     fn controlled_by(kept: &Self::Kept, uid: &str) -> bool;
     /// Whether its deletion was asked for.
@@ -298,8 +299,8 @@ macro_rules! outlined {
             fn keep(live: Self) -> Outline<$kind> {
                 Outline::of(live, Self::UNCOMPARED)
             }
-            fn digests(kept: &Outline<$kind>) -> (Option<&str>, Option<&str>) {
-                (kept.applied_hash.as_deref(), kept.owned_digest.as_deref())
+            fn digests(kept: &Outline<$kind>) -> (Option<Compact>, Option<Compact>) {
+                (kept.applied_hash.clone(), kept.owned_digest.clone())
             }
             fn controlled_by(kept: &Outline<$kind>, uid: &str) -> bool {
                 kept.controlled_by(uid)
@@ -334,8 +335,8 @@ impl Cached for PersistentVolumeClaim {
     fn keep(live: Self) -> ClaimOutline {
         ClaimOutline::of(live)
     }
-    fn digests(kept: &ClaimOutline) -> (Option<&str>, Option<&str>) {
-        (kept.annotation(crate::resources::names::ANNOTATION_APPLIED_HASH), kept.owned_digest.as_deref())
+    fn digests(kept: &ClaimOutline) -> (Option<Compact>, Option<Compact>) {
+        (kept.annotation(crate::resources::names::ANNOTATION_APPLIED_HASH).map(Compact::new), kept.owned_digest.clone())
     }
     fn controlled_by(kept: &ClaimOutline, uid: &str) -> bool {
         kept.controller.as_ref().is_some_and(|c| &*c.uid == uid)
@@ -355,7 +356,7 @@ impl Cached for PersistentVolumeClaim {
 pub struct ClaimOutline {
     pub identity: Identity,
     pub controller: Option<super::outline::Controller>,
-    pub owned_digest: Option<Box<str>>,
+    pub owned_digest: Option<Compact>,
     /// The annotations under the operator's prefix, by key.
     pub annotations: Box<[(Box<str>, Box<str>)]>,
     pub access_modes: Option<Box<[String]>>,
@@ -376,7 +377,7 @@ impl ClaimOutline {
                     PersistentVolumeClaim::UNCOMPARED,
                 )
             })
-            .map(Into::into);
+            .map(|d| Compact::new(&d));
         let meta = &live.metadata;
         let annotations = meta
             .annotations
@@ -1396,7 +1397,7 @@ mod tests {
         let kept = PersistentVolumeClaim::keep(claim);
         let annotations: Vec<&str> = kept.annotations.iter().map(|(k, _)| &**k).collect();
         assert_eq!(annotations, [ANNOTATION_APPLIED_HASH, ANNOTATION_SCHEMA_VERSION], "the operator's alone");
-        assert_eq!(PersistentVolumeClaim::digests(&kept).0, Some("h1"));
+        assert_eq!(PersistentVolumeClaim::digests(&kept).0, Some(Compact::new("h1")));
         assert!(PersistentVolumeClaim::digests(&kept).1.is_some(), "taken from the whole claim");
         assert!(PersistentVolumeClaim::controlled_by(&kept, "w1") && !PersistentVolumeClaim::controlled_by(&kept, "x"));
         assert!(!PersistentVolumeClaim::deleting(&kept));

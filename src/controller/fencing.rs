@@ -216,7 +216,7 @@ pub async fn own_node_pods(
 /// number. Keeps what it saw per pod uid.
 #[derive(Default)]
 pub struct StartStopFilter {
-    terminating: HashMap<Box<str>, bool>,
+    terminating: HashMap<super::compact::Compact, bool>,
 }
 
 impl StartStopFilter {

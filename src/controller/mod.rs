@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod cache;
 pub mod claim;
+pub mod compact;
 mod deploy;
 pub mod drift;
 pub mod error;

@@ -24,6 +24,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use serde::Serialize;
 
+use super::compact::Compact;
 use super::store::Keyed;
 use crate::api::WhatsAppNumber;
 use crate::interned::intern;
@@ -33,13 +34,14 @@ use crate::resources::names::{
 };
 
 /// What tells a kept object and its state of life: namespace (shared, see
-/// [`intern`]), name, uid, generation and when its deletion was asked for.
+/// [`intern`]), name, uid (as its bytes, see [`Compact`]), generation and
+/// when its deletion was asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// Empty for a cluster-scoped object.
     pub namespace: Arc<str>,
     pub name: Box<str>,
-    pub uid: Box<str>,
+    pub uid: Compact,
     pub generation: Option<i64>,
     pub deletion: Option<Timestamp>,
 }
@@ -49,7 +51,7 @@ impl Identity {
         Self {
             namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
             name: meta.name.as_deref().unwrap_or_default().into(),
-            uid: meta.uid.as_deref().unwrap_or_default().into(),
+            uid: Compact::new(meta.uid.as_deref().unwrap_or_default()),
             generation: meta.generation,
             deletion: meta.deletion_timestamp.as_ref().map(|t| t.0),
         }
@@ -116,21 +118,22 @@ pub struct Outline<K: Outlined> {
     /// The read labels of a StatefulSet; `None` for other kinds.
     pub labels: Option<Box<ReadLabels>>,
     /// The applied-hash annotation: which desired form was last written.
-    pub applied_hash: Option<Box<str>>,
+    pub applied_hash: Option<Compact>,
     /// The digest of the fields the operator's field manager owns, with
     /// their live values; `None` when it owns none.
-    pub owned_digest: Option<Box<str>>,
+    pub owned_digest: Option<Compact>,
     pub state: K::State,
     /// The WhatsAppNumber that controls it, if one does: its owner
     /// reference's other fields are the same for every child, and not kept.
     pub controller: Option<Controller>,
 }
 
-/// The WhatsAppNumber that controls a child.
+/// The WhatsAppNumber that controls a child: the same for all its children,
+/// so its name and uid are shared (see [`intern`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Controller {
-    pub name: Box<str>,
-    pub uid: Box<str>,
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
 }
 
 impl Controller {
@@ -143,7 +146,7 @@ impl Controller {
             .find(|r| r.controller == Some(true))
             .filter(|r| r.kind == WhatsAppNumber::kind(&()))
             .filter(|r| r.api_version.split_once('/').is_some_and(|(g, _)| g == group))
-            .map(|r| Self { name: r.name.as_str().into(), uid: r.uid.as_str().into() })
+            .map(|r| Self { name: intern(&r.name), uid: intern(&r.uid) })
     }
 }
 
@@ -155,12 +158,12 @@ impl<K: Outlined> Outline<K> {
         let owned_digest = serde_json::to_value(&live)
             .ok()
             .and_then(|value| super::drift::owned_digest(&value, FIELD_MANAGER, uncompared))
-            .map(Into::into);
+            .map(|d| Compact::new(&d));
         let mut live = live;
         let state = K::state(&mut live);
         let meta = live.meta();
         let applied_hash =
-            meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).map(|h| h.as_str().into());
+            meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED_HASH)).map(|h| Compact::new(h));
         let labels = K::LABELS.then(|| Box::new(ReadLabels::of(meta.labels.as_ref())));
         Self {
             identity: Identity::of(meta),
@@ -349,8 +352,10 @@ mod tests {
         }))
         .unwrap();
         let kept = Outline::of(sts, &[]);
-        assert_eq!(kept.applied_hash.as_deref(), Some("h1"));
-        assert_eq!(kept.owned_digest.as_deref(), Some(drift::desired_digest(&applied, &[]).as_str()));
+        assert_eq!(kept.applied_hash, Some(Compact::new("h1")));
+        let owned = kept.owned_digest.clone().expect("an owned digest");
+        assert!(matches!(owned, Compact::Bytes(..)), "kept as its bytes");
+        assert_eq!(owned.to_string(), drift::desired_digest(&applied, &[]));
         assert_eq!(
             kept.state,
             Workload {
@@ -415,7 +420,7 @@ mod tests {
         .unwrap();
         let kept = Outline::of(service, &[]);
         assert_eq!(kept.owned_digest, None, "written by someone else: the apply step writes it");
-        assert_eq!(kept.applied_hash.as_deref(), Some("h"));
+        assert_eq!(kept.applied_hash, Some(Compact::new("h")));
         assert_eq!(kept.labels, None, "nothing reads a Service's labels");
     }
 
