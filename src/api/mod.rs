@@ -1,9 +1,11 @@
 //! The operator's custom resource types.
 
 pub mod claim;
+pub mod sparse;
 pub mod v1alpha1;
 
 pub use claim::*;
+pub use sparse::Sparse;
 pub use v1alpha1::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};

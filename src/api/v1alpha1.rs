@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 
+use super::sparse::{Empty, Sparse};
 pub use crate::interned::Word;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -72,11 +73,11 @@ pub struct WhatsAppNumberSpec {
 
     /// Pod settings for the master StatefulSet.
     #[serde(default)]
-    pub master: PodOverrides,
+    pub master: Sparse<PodOverrides>,
 
     /// Pod settings for the coreapp StatefulSet.
     #[serde(default)]
-    pub coreapp: PodOverrides,
+    pub coreapp: Sparse<PodOverrides>,
 
     /// The webapp (REST API) Deployment and its Service.
     #[serde(default)]
@@ -700,8 +701,9 @@ fn default_masters() -> i32 {
 }
 
 /// Scheduling and metadata settings for the pods of one tier. The large
-/// optional settings are boxed: every decoded WhatsAppNumber holds three of
-/// these, and an unset box costs a pointer instead of the type's full size.
+/// optional settings are boxed, and the spec holds each tier's as a
+/// [`Sparse`]: every decoded WhatsAppNumber holds three of these, mostly
+/// empty, and an unset box costs a pointer instead of the type's full size.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOverrides {
@@ -765,6 +767,26 @@ pub struct PodOverrides {
     pub env: Vec<EnvVar>,
 }
 
+impl Empty for PodOverrides {
+    fn empty() -> &'static Self {
+        static EMPTY: PodOverrides = PodOverrides {
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            pod_labels: BTreeMap::new(),
+            pod_annotations: BTreeMap::new(),
+            pod_security_context: None,
+            security_context: None,
+            priority_class_name: None,
+            topology_spread_constraints: Vec::new(),
+            service_account_name: None,
+            env: Vec::new(),
+        };
+        &EMPTY
+    }
+}
+
 /// The webapp tier: the REST API on HTTPS port 443.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -800,7 +822,7 @@ pub struct WebappSpec {
 
     /// Pod settings of the webapp tier.
     #[serde(flatten)]
-    pub pod: PodOverrides,
+    pub pod: Sparse<PodOverrides>,
 }
 
 impl Default for WebappSpec {

@@ -649,8 +649,8 @@ fn pod_settings_reach_every_tier_with_hardened_defaults() {
         "env": [{"name": "TZ", "value": "UTC"}, {"name": "WA_DB_HOSTNAME", "value": "elsewhere"}, {"name": "COREAPP_HOSTNAME", "value": "x"}]
     }))
     .unwrap();
-    wan.spec.coreapp = overrides.clone();
-    wan.spec.webapp.pod = overrides;
+    wan.spec.coreapp = Sparse::new(overrides.clone());
+    wan.spec.webapp.pod = Sparse::new(overrides);
     let c = build(&wan, &inputs());
     let job = schema_job::schema_job(&wan, "2.55.1");
     let pods = [
