@@ -98,7 +98,7 @@ pub struct WhatsAppNumberSpec {
     /// The number's registration material, needed by account calls such as a
     /// shard change (`POST /v1/account/shards`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration: Option<RegistrationSpec>,
+    pub registration: Option<Box<RegistrationSpec>>,
 
     /// Build expiry warnings and how upgrades happen.
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct WhatsAppNumberSpec {
 
     /// Scraping of the client's own metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monitoring: Option<MonitoringSpec>,
+    pub monitoring: Option<Box<MonitoringSpec>>,
 
     /// Stop the number without deleting anything: masters and coreapps stop
     /// first, then the webapps; media, databases and the number claim stay.
@@ -175,7 +175,7 @@ pub struct UpgradeSpec {
     /// When upgrades may start. Without it, any time. An expired build is
     /// upgraded at once: it no longer works anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance_window: Option<MaintenanceWindow>,
+    pub maintenance_window: Option<Box<MaintenanceWindow>>,
 
     /// Deadline of the schema upgrade Job, in seconds. Large databases upgrade slowly.
     #[serde(default = "default_schema_deadline")]
@@ -274,7 +274,7 @@ pub struct HealthSpec {
     /// CA that signed the webapp's certificate. Without it the operator uses the
     /// `ca.crt` key of `webapp.tls.secretName` when present, else the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_secret_ref: Option<SecretKeyRef>,
+    pub ca_secret_ref: Option<Box<SecretKeyRef>>,
 
     /// Skip verification of the webapp's certificate. Only for test setups: the
     /// API key travels in every request.
@@ -813,7 +813,7 @@ pub struct WebappSpec {
     /// first login the operator moves the client off its default password to
     /// this one; the password is never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_password_secret_ref: Option<PasswordSecretRef>,
+    pub admin_password_secret_ref: Option<Box<PasswordSecretRef>>,
 
     /// TLS certificate served by the webapps on 443. Without it the webapp serves
     /// its own self-signed certificate.
@@ -957,7 +957,7 @@ pub struct DatabaseSpec {
 
     /// TLS to the database: the CA that signed the server's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<DatabaseTls>,
+    pub tls: Option<Box<DatabaseTls>>,
 
     /// Prefix of every database the client creates (`WA_DB_NAME_PREFIX`), so
     /// several numbers can share one database server. Defaults to `wa` followed

@@ -664,7 +664,7 @@ mod tests {
     #[test]
     fn a_chosen_ca_or_the_opt_out_wins() {
         let mut wan = sample();
-        wan.spec.health.ca_secret_ref = Some(SecretKeyRef { name: "ca".into(), key: "ca.crt".into() });
+        wan.spec.health.ca_secret_ref = Some(Box::new(SecretKeyRef { name: "ca".into(), key: "ca.crt".into() }));
         let keys = secret(&[(WEBAPP_CA, "PINNED")]);
         assert!(trust(&wan, &Observed::default(), Some(&keys)).unwrap_err().contains("spec.health.caSecretRef"));
         let observed = Observed { health_ca: Some(secret(&[("ca.crt", "MINE")])), ..Default::default() };
@@ -695,7 +695,7 @@ mod tests {
         let keys = secret(&[(ADMIN_PASSWORD, "Generated-1\n")]);
         assert_eq!(admin_password(&wan, &Observed::default(), Some(&keys)).as_deref(), Some("Generated-1"));
         wan.spec.webapp.admin_password_secret_ref =
-            Some(crate::api::PasswordSecretRef { name: "admin".into(), key: "password".into() });
+            Some(Box::new(crate::api::PasswordSecretRef { name: "admin".into(), key: "password".into() }));
         assert_eq!(admin_password(&wan, &Observed::default(), Some(&keys)), None);
         let observed = Observed { admin_password: Some(secret(&[("password", "Mine-123")])), ..Default::default() };
         assert_eq!(admin_password(&wan, &observed, Some(&keys)).as_deref(), Some("Mine-123"));

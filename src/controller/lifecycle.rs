@@ -114,7 +114,7 @@ pub async fn step(
         }
     }
 
-    if let Some(method) = wan.spec.registration.as_ref().and_then(|r| r.method.map(|m| (r, m))) {
+    if let Some(method) = wan.spec.registration.as_deref().and_then(|r| r.method.map(|m| (r, m))) {
         report.registration =
             Some(register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await);
     }

@@ -320,7 +320,7 @@ mod tests {
 
         wan.spec.webapp.tls = None;
         wan.spec.database.tls =
-            Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "ca".into(), key: "ca.crt".into() } });
+            Some(Box::new(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "ca".into(), key: "ca.crt".into() } }));
         assert_eq!(validate(&wan, &observed()).unwrap_err().reason, SECRET_NOT_FOUND);
         let obs = Observed { database_ca: Some(secret(&[("ca.crt", "pem")])), ..observed() };
         assert!(validate(&wan, &obs).unwrap().database_ca_digest.is_some());
@@ -349,7 +349,7 @@ mod tests {
     fn an_admin_password_the_client_would_refuse_is_reported_before_any_login() {
         let mut wan = sample();
         wan.spec.webapp.admin_password_secret_ref =
-            Some(crate::api::PasswordSecretRef { name: "admin".into(), key: "password".into() });
+            Some(Box::new(crate::api::PasswordSecretRef { name: "admin".into(), key: "password".into() }));
         assert_eq!(validate(&wan, &observed()).unwrap_err().reason, SECRET_NOT_FOUND);
         let weak = Observed { admin_password: Some(secret(&[("password", "secret")])), ..observed() };
         let problem = validate(&wan, &weak).unwrap_err();

@@ -87,11 +87,11 @@ mod tests {
     #[test]
     fn scrapes_the_clients_metrics_with_the_api_key_and_the_probes_trust() {
         let mut wan = sample();
-        wan.spec.monitoring = Some(crate::api::MonitoringSpec {
+        wan.spec.monitoring = Some(Box::new(crate::api::MonitoringSpec {
             service_monitor: true,
             interval: Some("1m".into()),
             labels: [("release".to_string(), "prometheus".to_string())].into(),
-        });
+        }));
         let sm = service_monitor(&wan).unwrap();
         assert_eq!(sm.metadata.name.as_deref(), Some("acme-client"));
         assert_eq!(sm.metadata.labels.as_ref().unwrap()["release"], "prometheus");

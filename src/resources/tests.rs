@@ -79,7 +79,7 @@ fn config_map_carries_the_multiconnect_environment() {
     wan.spec.database.engine = DatabaseEngine::PostgreSQL;
     wan.spec.database.port = None;
     wan.spec.database.tls =
-        Some(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "db-ca".into(), key: "root.pem".into() } });
+        Some(Box::new(DatabaseTls { ca_secret_ref: SecretKeyRef { name: "db-ca".into(), key: "root.pem".into() } }));
     let cm = config::config_map(&wan, None);
     let data = cm.data.unwrap();
     let expect = [

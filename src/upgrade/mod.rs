@@ -150,7 +150,7 @@ pub fn plan(
                     format!("the upgrade from {cur} to {} waits: spec.upgrade.paused is true", target.version),
                 ));
                 (None, false)
-            } else if !policy::in_window(spec.maintenance_window.as_ref(), now)
+            } else if !policy::in_window(spec.maintenance_window.as_deref(), now)
                 && !matches!(build, BuildState::Expired(_))
             {
                 blocker = Some((
@@ -284,11 +284,11 @@ mod tests {
         assert_eq!(p.shape().node_version, "2.53.2", "keeps running the current version");
 
         let window = UpgradeSpec {
-            maintenance_window: Some(MaintenanceWindow {
+            maintenance_window: Some(Box::new(MaintenanceWindow {
                 days: vec!["Sun".into()],
                 start_time: "02:00".into(),
                 duration_minutes: 120,
-            }),
+            })),
             ..Default::default()
         };
         // 2024-05-01 is a Wednesday.
