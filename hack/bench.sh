@@ -44,7 +44,10 @@
 #              (utime+stime of /proc/PID/stat over the window divided by the
 #              reconciles in it). rss_loaded_mib once all are Ready;
 #              bytes_per_number = (loaded - idle) / N.
-#   rest       10 s after all are Ready, every request of the operator in the
+#   rest       once all are Ready and the operator wrote nothing for 15 s
+#              (rest_settle_s: how long that took; the last numbers' first
+#              admin results are written by then; a write every few seconds
+#              fails the run), every request of the operator in the
 #              next 60 s (its Lease included): idle_requests_per_min_polling_off;
 #              at its end rss_rest_mib, and the heap's bytes in use and freed
 #              but kept by the allocator after the operator's last trim
@@ -68,8 +71,9 @@
 #              Secret is given the same API key and admin password, the
 #              operator is restarted with --webapp-url for every number
 #              pointing at that webapp, and spec.health is turned on (every
-#              30 s, the default). Once all are Ready again, 10 s to settle,
-#              then its requests over 60 s: idle_requests_per_min_polling_on.
+#              30 s, the default). Once all are Ready again and nothing was
+#              written for 15 s, its requests over 60 s:
+#              idle_requests_per_min_polling_on.
 #              Where the emulated client cannot be started, the same is
 #              measured against an unreachable webapp (numbers then stay not
 #              Ready) and the summary says so (polling_target=unreachable).
@@ -447,9 +451,30 @@ create() {
   log "create: the operator's own write counter: $(metric whatsapp_operator_kube_writes_total)"
 }
 
-rest() { # polling-off rest: 10 s to settle, then 60 s
-  log "rest: 10 s to settle, then the operator's requests over 60 s (health polling off)"
-  sleep 10
+# Waits until the operator's write counter has stood still for QUIET_S
+# seconds (at most TIMEOUT): the numbers' last first results (an admin
+# session tried once after Ready, off the reconcile path) are written, and
+# what follows is rest. A write every few seconds never settles and fails
+# here; a rarer one shows in the window measured next. Sets SETTLE_S.
+QUIET_S=15
+settle() {
+  local what="$1" t0 last current still=0 deadline=$((SECONDS + TIMEOUT))
+  t0="$(now)"
+  last="$(metric whatsapp_operator_kube_writes_total)"
+  while [ "$still" -lt "$QUIET_S" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$what: the operator still writes after ${TIMEOUT}s" "$LOGS/operator.log"
+    sleep 5
+    current="$(metric whatsapp_operator_kube_writes_total)"
+    if [ "$current" = "$last" ]; then still=$((still + 5)); else still=0 last="$current"; fi
+  done
+  SETTLE_S="$(elapsed "$t0" "$(now)")"
+  log "$what: no write for ${QUIET_S} s, after ${SETTLE_S} s"
+}
+
+rest() { # polling-off rest: settled, then 60 s
+  log "rest: waiting for ${QUIET_S} s without a write, then the operator's requests over 60 s (health polling off)"
+  settle rest
+  REST_SETTLE_S="$SETTLE_S"
   local t0
   t0="$(now)"
   sleep 60
@@ -573,8 +598,8 @@ polling() {
   else
     sleep 30
   fi
-  log "polling: 10 s to settle, then the operator's requests over 60 s"
-  sleep 10
+  log "polling: waiting for ${QUIET_S} s without a write, then the operator's requests over 60 s"
+  settle polling
   local s0
   s0="$(now)"
   sleep 60
@@ -651,7 +676,7 @@ summary() {
     echo "bench: n=$N ready_s=$READY_S floor_s=$FLOOR_S ratio=$ratio p50_s=$P50 p99_s=$P99" \
       "first_status_p50_s=$FIRST_P50 first_status_p99_s=$FIRST_P99 first_status_max_s=$FIRST_MAX" \
       "rss_idle_mib=$(mib "$RSS_IDLE_KIB") rss_loaded_mib=$(mib "$RSS_LOADED_KIB") bytes_per_number=$bytes_per" \
-      "rss_settled_mib=$settled rss_restarted_mib=$(mib "$RSS_RESTARTED_KIB")" \
+      "rss_settled_mib=$settled rss_restarted_mib=$(mib "$RSS_RESTARTED_KIB") rest_settle_s=$REST_SETTLE_S" \
       "rss_rest_mib=$(mib "$RSS_REST_KIB") heap_rest_in_use_mib=$(mib_b "$HEAP_REST_IN_USE") heap_rest_free_mib=$(mib_b "$HEAP_REST_FREE")" \
       "heap_restarted_in_use_mib=$(mib_b "$HEAP_RESTARTED_IN_USE") heap_restarted_free_mib=$(mib_b "$HEAP_RESTARTED_FREE")" \
       "writes_per_number=$writes_per reconciles_per_number=$reconciles_per" \
