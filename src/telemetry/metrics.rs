@@ -75,7 +75,7 @@ pub struct Metrics {
 }
 
 /// One condition of one number as last written: its type, status and reason.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 struct ConditionWords {
     type_: Word,
     status: Word,
@@ -259,15 +259,7 @@ impl Metrics {
             .iter()
             .map(|c| ConditionWords { type_: c.type_.clone(), status: c.status.clone(), reason: c.reason.clone() })
             .collect();
-        let mut numbers = self.conditions.numbers();
-        let key = self.number(wan);
-        match numbers.get_mut(&key) {
-            Some(before) if **before == *now => {}
-            Some(before) => *before = now,
-            None => {
-                numbers.insert(key, now);
-            }
-        }
+        self.conditions.numbers().insert(self.number(wan), now);
     }
 
     /// Drops a deleted WhatsAppNumber's series.
