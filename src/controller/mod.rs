@@ -396,6 +396,7 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             observed.database_sharer = fetch::database_sharer(wan, others.iter().map(AsRef::as_ref));
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
+                Ok(_) if wan.status.is_none() => Outcome::Deploying,
                 // On the heap: its many steps make a large future.
                 Ok(inputs) => Outcome::Applied(Box::pin(deploy::deploy(wan, ctx, &observed, inputs)).await?),
             }
@@ -418,6 +419,8 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             info!(%holder, "the phone number is held by another WhatsAppNumber");
             retry(BLOCKED_RETRY)
         }
+        // Its status shows: the children next, after the numbers ahead of it.
+        Outcome::Deploying => Action::requeue(Duration::ZERO),
         Outcome::Fenced(waiting) | Outcome::Stopping(waiting) => {
             info!(pods = %waiting.message, "masters and coreapps of another instance of the number still exist");
             retry(FENCE_RETRY)

@@ -185,18 +185,15 @@ pub enum Published {
     /// The status was as computed: nothing written.
     Unchanged,
     Written,
-    /// Only pod counts or messages moved, right after a write: held back for
-    /// this long, so that pods becoming ready one after another cost one
-    /// write.
+    /// Only progress moved, right after a write: held back for this long.
     Held(Duration),
 }
 
-/// How long a change of pod counts or messages alone waits after a status
-/// write for more of them.
-pub const PROGRESS_SETTLE: Duration = Duration::from_secs(5);
-
 /// Writes the status for `outcome` if it differs from the stored one, with
-/// the events and metrics of what changed.
+/// the events and metrics of what changed. A change that can wait (see
+/// [`status::hold`]) is held back while the last write is recent, so that
+/// the steps of a rollout and pods becoming ready one after another cost one
+/// write.
 pub async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, now: &Time) -> Result<Published> {
     let new_status = status::compute(wan, outcome, wan.status.as_ref(), now);
     ctx.metrics.record_build(wan, new_status.build.as_ref());
@@ -206,9 +203,10 @@ pub async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outco
             ctx.metrics.record_conditions(wan, &new_status.conditions);
             return Ok(Published::Unchanged);
         }
-        let settling = ctx.since_status_write(wan).and_then(|since| PROGRESS_SETTLE.checked_sub(since));
-        if let Some(wait) = settling.filter(|_| status::progress_only(old, &new_status)) {
-            tracing::debug!(?wait, "holding a status write that only counts pods");
+        let settle = status::hold(old, &new_status);
+        let since = ctx.since_status_write(wan);
+        if let Some(wait) = settle.zip(since).and_then(|(settle, since)| settle.checked_sub(since)) {
+            tracing::debug!(?wait, "holding a status write that only shows progress");
             return Ok(Published::Held(wait));
         }
     }

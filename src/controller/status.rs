@@ -43,6 +43,12 @@ pub const SHARD_CHANGE_UNCONFIRMED: &str = "ShardChangeNeedsConfirmation";
 pub const EXTERNAL_INSTANCE: &str = "ExternalInstance";
 /// Reason of `Ready` while the first schema is created.
 pub const INITIALIZING_DATABASE: &str = "InitializingDatabase";
+/// Reason of `Ready` on a new number before its first children exist.
+pub const DEPLOYING: &str = "Deploying";
+/// Reason of `Ready` while a tier's workload rolls out its newest template.
+pub const ROLLING_OUT: &str = "RollingOut";
+/// Reason of `Ready` while rolled-out pods are not all ready yet.
+pub const PODS_NOT_READY: &str = "PodsNotReady";
 /// The admin session and the uploaded certificate.
 pub const ADMIN_ACCESS: &str = "AdminAccess";
 pub const REGISTERED: &str = "Registered";
@@ -70,6 +76,10 @@ pub enum Outcome {
     /// The WhatsAppNumber is being deleted and its masters and coreapps are
     /// stopping; the number is released once they are gone.
     Stopping(Waiting),
+    /// A new number, claimed and valid: its first status is written before
+    /// any child, so that it shows within seconds however many numbers were
+    /// created with it (the children come with the next reconcile).
+    Deploying,
     /// The children were applied; this is what was observed.
     Applied(Applied),
 }
@@ -344,6 +354,16 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
                 cond(STALLED, waiting.stuck, PREVIOUS_INSTANCE_RUNNING, message.clone()),
                 not_probed("another instance of the number still has pods"),
                 cond(CONFLICT, true, PREVIOUS_INSTANCE_RUNNING, message),
+            ]
+        }
+        Outcome::Deploying => {
+            let message = "creating the number's Secrets, configuration, media claim, Services and schema Job";
+            vec![
+                cond(READY, false, DEPLOYING, message),
+                cond(PROGRESSING, true, DEPLOYING, message),
+                cond(DEGRADED, false, "AsExpected", "no problem found"),
+                cond(STALLED, false, "NotStalled", "nothing needs a person"),
+                holds(),
             ]
         }
         Outcome::Stopping(waiting) => {
@@ -656,9 +676,9 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     let ready = if initializing {
         cond(READY, false, INITIALIZING_DATABASE, init_message)
     } else if !rolling.is_empty() {
-        cond(READY, false, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
+        cond(READY, false, ROLLING_OUT, format!("rolling out {}: {summary}", rolling.join(", ")))
     } else if !tiers.all_ready() {
-        cond(READY, false, "PodsNotReady", format!("waiting for pods: {summary}"))
+        cond(READY, false, PODS_NOT_READY, format!("waiting for pods: {summary}"))
     } else if let Some(g) = unhealthy {
         cond(READY, false, g.reason.clone(), g.message.clone())
     } else if shards_blocked {
@@ -675,7 +695,7 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     let progressing = if initializing {
         cond(PROGRESSING, true, INITIALIZING_DATABASE, init_message)
     } else if !rolling.is_empty() {
-        cond(PROGRESSING, true, "RollingOut", format!("rolling out {}: {summary}", rolling.join(", ")))
+        cond(PROGRESSING, true, ROLLING_OUT, format!("rolling out {}: {summary}", rolling.join(", ")))
     } else if !tiers.all_ready() {
         cond(PROGRESSING, true, "WaitingForPods", format!("waiting for pods: {summary}"))
     } else if shards_changing {
@@ -697,21 +717,89 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     conditions
 }
 
-/// Whether `new` differs from `old` only in detail: pod counts, and the
-/// messages of conditions whose status and reason stand (pods counted, pods
-/// still running). Such a change can wait a moment for the next (see
-/// `publish`); any other change, a condition turning among them, is news at
-/// once.
-pub fn progress_only(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> bool {
-    let settled = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
+/// How long a status change may wait after the last status write, so that
+/// one write carries several steps; `None`: it is news, written at once.
+///
+/// - Pod counts and the messages of conditions whose status and reason stand
+///   (pods counted, pods still running): [`DETAIL_SETTLE`].
+/// - While the number is coming up or rolling out (`Ready` False for a
+///   progress reason, neither `Degraded` nor `Stalled`), and stays so: the
+///   next step of the rollout too (the progress reason moving on, the first
+///   version record, the other conditions' observations, the gateway's
+///   health): [`ROLLOUT_SETTLE`].
+///
+/// Anything a person or a program waits for is news: `Ready`, `Degraded`,
+/// `Stalled` or `Reconciling` turning, a new generation observed, and every
+/// record the operator keeps in status (a recorded version changing, the
+/// upgrade, shards, registration, certificate, backups).
+pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> Option<std::time::Duration> {
+    if old == new {
+        return None;
+    }
+    let counts_blank = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
         masters: None,
         coreapps: None,
         webapps: None,
         ready_pods: None,
-        conditions: s.conditions.iter().map(|c| Condition { message: "".into(), ..c.clone() }).collect(),
         ..s.clone()
     };
-    old != new && settled(old) == settled(new)
+    // The first version record may wait: the media claim or the workloads
+    // already show it (`plan::live_evidence`).
+    let first_record = old.current_version.is_none();
+    let first_shards = old.sharding.is_none() && new.sharding.as_ref().is_some_and(|s| s.last_request.is_none());
+    let rollout = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
+        conditions: s
+            .conditions
+            .iter()
+            .filter(|c| SUMMARY.contains(&&*c.type_))
+            .map(|c| Condition {
+                reason: "".into(),
+                message: "".into(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                ..c.clone()
+            })
+            .collect(),
+        // Observations, not records: what the build, the media claim and
+        // the endpoint are, and the gateway's health.
+        health: None,
+        build: None,
+        target_version: None,
+        media_claim: None,
+        webapp_endpoint: None,
+        current_version: if first_record { None } else { s.current_version.clone() },
+        // Shards as first seen, before any request to change them.
+        sharding: s.sharding.clone().filter(|_| !first_shards),
+        ..counts_blank(s)
+    };
+    if coming_up(old) && coming_up(new) && rollout(old) == rollout(new) {
+        return Some(ROLLOUT_SETTLE);
+    }
+    let detail = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
+        conditions: s.conditions.iter().map(|c| Condition { message: "".into(), ..c.clone() }).collect(),
+        ..counts_blank(s)
+    };
+    (detail(old) == detail(new)).then_some(DETAIL_SETTLE)
+}
+
+/// The conditions kstatus, `kubectl wait` and alerts read: a change of their
+/// status is never held.
+const SUMMARY: [&str; 5] = [READY, PROGRESSING, RECONCILING, DEGRADED, STALLED];
+
+/// Reasons of `Ready` while the number is on its way there, nothing wrong.
+const PROGRESS_REASONS: [&str; 4] = [DEPLOYING, INITIALIZING_DATABASE, ROLLING_OUT, PODS_NOT_READY];
+
+/// How long pod counts and messages alone wait after a status write.
+pub const DETAIL_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the steps of a rollout wait after a status write.
+pub const ROLLOUT_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether this status shows the number on its way to Ready with nothing wrong.
+fn coming_up(s: &WhatsAppNumberStatus) -> bool {
+    let is = |type_: &str, status: &str| s.conditions.iter().any(|c| c.type_ == type_ && c.status == status);
+    let ready = s.conditions.iter().find(|c| c.type_ == READY);
+    ready.is_some_and(|c| c.status == "False" && PROGRESS_REASONS.contains(&&*c.reason))
+        && !is(DEGRADED, "True")
+        && !is(STALLED, "True")
 }
 
 /// The full status for this outcome. `previous` supplies the transition times
@@ -731,6 +819,10 @@ pub fn compute(
         .into_iter()
         .map(|(type_, state, reason, message)| condition(before, type_, state, reason, message, generation, now))
         .collect();
+    if let Outcome::Deploying = outcome {
+        // A record from the start: validation refuses a later change of it.
+        status.database_name_prefix = Some(crate::api::database_name_prefix(&wan.spec));
+    }
     if let Outcome::Applied(applied) = outcome {
         let tiers = &applied.tiers;
         status.masters = Some(tiers.masters.clone());
@@ -875,17 +967,91 @@ mod tests {
         let one = compute(&wan, &applied(tiers(0, 0)), None, &t(1));
         let two = compute(&wan, &applied(tiers(1, 0)), Some(&one), &t(2));
         assert_ne!(cond(&one, READY).message, cond(&two, READY).message, "the message counts pods");
-        assert!(progress_only(&one, &two), "one more pod ready, nothing else");
-        assert!(!progress_only(&one, &one), "no change is no progress");
+        assert_eq!(hold(&one, &two), Some(ROLLOUT_SETTLE), "one more pod ready while the number comes up");
+        assert_eq!(hold(&one, &one), None, "no change is no progress");
 
         let ready = compute(&wan, &applied(tiers(2, 2)), Some(&two), &t(3));
-        assert!(!progress_only(&two, &ready), "Ready turning True is news at once");
+        assert_eq!(hold(&two, &ready), None, "Ready turning True is news at once");
+        let mut recounted = ready.clone();
+        recounted.masters = Some(TierStatus { desired: 2, ready: 2, updated: 1, observed: true });
+        assert_eq!(hold(&ready, &recounted), Some(DETAIL_SETTLE), "counts alone on a Ready number wait a moment");
         let mut recorded = two.clone();
         recorded.current_version = Some("2.53.2".into());
-        assert!(!progress_only(&two, &recorded), "a version is recorded at once");
+        assert_eq!(hold(&two, &recorded), Some(ROLLOUT_SETTLE), "the first record, shown by the live objects too");
+        let mut upgraded = recorded.clone();
+        upgraded.current_version = Some("2.55.1".into());
+        assert_eq!(hold(&recorded, &upgraded), None, "a recorded version changing is news");
         let mut next_generation = two.clone();
         next_generation.observed_generation = Some(4);
-        assert!(!progress_only(&two, &next_generation));
+        assert_eq!(hold(&two, &next_generation), None);
+    }
+
+    #[test]
+    fn the_steps_of_a_rollout_wait_and_problems_do_not() {
+        let wan = sample();
+        // As `deploy` reports them: the database prefix recorded from the start.
+        let deployed = |tiers: Tiers, initializing: bool| {
+            let Outcome::Applied(a) = applied(tiers) else { unreachable!() };
+            let prefix = Some(crate::api::database_name_prefix(&wan.spec));
+            Outcome::Applied(Applied {
+                client: ClientState { initializing, database_name_prefix: prefix, ..Default::default() },
+                ..a
+            })
+        };
+        let initializing = deployed(Tiers::default(), true);
+        let rolling = Tiers {
+            masters: TierStatus { desired: 2, ready: 0, updated: 0, observed: true },
+            coreapps: TierStatus { desired: 2, ready: 0, updated: 0, observed: true },
+            webapps: ready_tier(2),
+            ..Default::default()
+        };
+        let deploying = compute(&wan, &Outcome::Deploying, None, &t(0));
+        assert_eq!(cond(&deploying, READY).reason, DEPLOYING);
+        assert_eq!(cond(&deploying, RECONCILING).status, "True", "kstatus: in progress");
+        let first = compute(&wan, &initializing, Some(&deploying), &t(1));
+        assert_eq!(cond(&first, READY).reason, INITIALIZING_DATABASE);
+        assert_eq!(hold(&deploying, &first), Some(ROLLOUT_SETTLE), "the first children and what they show");
+        let second = compute(&wan, &deployed(rolling.clone(), false), Some(&first), &t(2));
+        assert_eq!(cond(&second, READY).reason, ROLLING_OUT);
+        assert_eq!(hold(&first, &second), Some(ROLLOUT_SETTLE), "the schema exists, the nodes start");
+
+        let mut observed = second.clone();
+        observed.conditions.push(Condition {
+            type_: ADMIN_ACCESS.into(),
+            status: "False".into(),
+            reason: "AdminUnavailable".into(),
+            message: "the webapp does not answer yet".into(),
+            last_transition_time: t(3),
+            observed_generation: Some(1),
+        });
+        assert_eq!(hold(&second, &observed), Some(ROLLOUT_SETTLE), "an observation while the rollout goes on");
+
+        let blocked = compute(
+            &wan,
+            &Outcome::Blocked(Problem { reason: "SecretNotFound", message: "no Secret".into() }),
+            Some(&second),
+            &t(3),
+        );
+        assert_eq!(hold(&second, &blocked), None, "a problem is news");
+        let ready = compute(&wan, &deployed(ready_tiers(), false), Some(&second), &t(3));
+        assert_eq!(hold(&second, &ready), None);
+        let mut seen = second.clone();
+        seen.sharding = Some(ShardingStatus { desired: 2, ..Default::default() });
+        assert_eq!(hold(&second, &seen), Some(ROLLOUT_SETTLE), "shards as first seen");
+        let mut requested = seen.clone();
+        requested.sharding.as_mut().unwrap().last_request = Some(crate::api::ShardRequestStatus {
+            shards: 2,
+            generation: 1,
+            at: t(3),
+            outcome: crate::api::ShardRequestOutcome::Accepted,
+            message: String::new(),
+        });
+        assert_eq!(hold(&seen, &requested), None, "a record the operator keeps is written at once");
+        let mut recorded = second.clone();
+        recorded.database_name_prefix = Some("wa1".into());
+        assert_eq!(hold(&second, &recorded), None, "the database prefix is a record");
+        let stopping = compute(&wan, &deployed(rolling, false), Some(&ready), &t(4));
+        assert_eq!(hold(&ready, &stopping), None, "Ready turning False is news");
     }
 
     #[test]
