@@ -47,27 +47,34 @@ pub struct Observed {
 
 /// Secrets named by the settings, backup and restore parts of the spec.
 pub fn lifecycle_secret_names(wan: &WhatsAppNumber) -> Vec<String> {
+    let mut names: Vec<String> = lifecycle_secret_refs(wan).map(str::to_string).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The same names as they stand in the spec, repeats included: what the
+/// Secret watch's mapper asks of every number on every Secret event, so
+/// nothing is allocated.
+pub fn lifecycle_secret_refs(wan: &WhatsAppNumber) -> impl Iterator<Item = &str> {
     let spec = &wan.spec;
-    let mut names: Vec<String> = [
-        spec.settings.as_ref().and_then(|s| s.webhook_ca_secret_ref.as_ref()).map(|r| r.name.clone()),
-        spec.backup.as_ref().map(|b| b.password_secret_ref.name.clone()),
-        spec.restore_from.as_ref().and_then(|r| r.secret_ref.as_ref()).map(|r| r.name.clone()),
-        spec.restore_from.as_ref().map(|r| r.password_secret_ref.name.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
     let stores = [
         spec.backup.as_ref().and_then(|b| b.object_store.as_ref()).map(|o| &o.store),
         spec.restore_from.as_ref().and_then(|r| r.object_store.as_ref()).map(|o| &o.store),
     ];
-    for store in stores.into_iter().flatten() {
-        names.push(store.credentials_secret_ref.name.clone());
-        names.extend(store.ca_secret_ref.as_ref().map(|r| r.name.clone()));
-    }
-    names.sort();
-    names.dedup();
-    names
+    [
+        spec.settings.as_ref().and_then(|s| s.webhook_ca_secret_ref.as_ref()).map(|r| r.name.as_str()),
+        spec.backup.as_ref().map(|b| b.password_secret_ref.name.as_str()),
+        spec.restore_from.as_ref().and_then(|r| r.secret_ref.as_ref()).map(|r| r.name.as_str()),
+        spec.restore_from.as_ref().map(|r| r.password_secret_ref.name.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(stores.into_iter().flatten().flat_map(|store| {
+        [Some(store.credentials_secret_ref.name.as_str()), store.ca_secret_ref.as_ref().map(|r| r.name.as_str())]
+            .into_iter()
+            .flatten()
+    }))
 }
 
 /// The Secrets besides the credentials whose data a reconcile of `wan` reads.
@@ -236,6 +243,10 @@ mod tests {
             .unwrap(),
         );
         assert_eq!(lifecycle_secret_names(&wan), ["backup-password", "old-s3", "s3", "s3-ca"]);
+        let mut refs: Vec<&str> = lifecycle_secret_refs(&wan).collect();
+        refs.sort();
+        refs.dedup();
+        assert_eq!(refs, lifecycle_secret_names(&wan), "what the Secret watch's mapper matches");
         let restore = wan.spec.restore_from.as_ref().unwrap();
         assert_eq!(restore.source(), "s3://backups/old/acme-backup-000000000001");
     }

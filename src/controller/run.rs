@@ -69,8 +69,8 @@ fn referencing(numbers: &cache::Numbers, namespace: &str, name: &str, kind: Refe
                     || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
                     || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
                     || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
-                    || fetch::lifecycle_secret_names(wan).iter().any(|n| n == name)
-                    || Names::new(wan).keys() == name
+                    || fetch::lifecycle_secret_refs(wan).any(|n| n == name)
+                    || Names::is_keys_of(name, wan.metadata.name.as_deref().unwrap_or_default())
             }
             Reference::Claim => crate::resources::media_claim_name(wan) == name,
         }

@@ -64,6 +64,8 @@ impl Tier {
     }
 }
 
+const KEYS_SUFFIX: &str = "-keys";
+
 /// Object names, all derived from the WhatsAppNumber's name.
 #[derive(Clone, Debug)]
 pub struct Names {
@@ -84,7 +86,11 @@ impl Names {
     }
     /// The operator-generated Secret with the webapp JWT key and the API key.
     pub fn keys(&self) -> String {
-        format!("{}-keys", self.base)
+        format!("{}{KEYS_SUFFIX}", self.base)
+    }
+    /// Whether `secret` is the key Secret of the WhatsAppNumber named `number`.
+    pub fn is_keys_of(secret: &str, number: &str) -> bool {
+        secret.strip_suffix(KEYS_SUFFIX) == Some(number)
     }
     pub fn media(&self) -> String {
         format!("{}-media", self.base)
@@ -145,6 +151,17 @@ fn digits_of(phone_number: &str) -> impl Iterator<Item = char> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_secret_is_told_by_its_name() {
+        let wan = crate::fixtures::sample();
+        let name = wan.metadata.name.clone().unwrap_or_default();
+        assert!(Names::is_keys_of(&Names::new(&wan).keys(), &name));
+        assert!(!Names::is_keys_of(&name, &name));
+        assert!(!Names::is_keys_of(&format!("{name}-keys-old"), &name));
+        assert!(!Names::is_keys_of(&format!("x{name}-keys"), &name));
+        assert!(!Names::is_keys_of("-keys", &name));
+    }
 
     #[test]
     fn phone_numbers_match_by_their_digits_alone() {
