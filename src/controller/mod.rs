@@ -396,7 +396,9 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             observed.database_sharer = fetch::database_sharer(wan, others.iter().map(AsRef::as_ref));
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
-                Ok(_) if wan.status.is_none() => Outcome::Deploying,
+                // Never reconciled: no condition yet (the CRD serves a new
+                // object with `observedGeneration: 0` and nothing else).
+                Ok(_) if wan.status.as_ref().is_none_or(|s| s.conditions.is_empty()) => Outcome::Deploying,
                 // On the heap: its many steps make a large future.
                 Ok(inputs) => Outcome::Applied(Box::pin(deploy::deploy(wan, ctx, &observed, inputs)).await?),
             }

@@ -313,6 +313,8 @@ fn seeded() -> Arc<FakeApi> {
     let mut wan = serde_json::to_value(crate::fixtures::sample()).expect("JSON");
     wan["spec"]["health"] = json!({"enabled": false});
     wan["metadata"]["generation"] = json!(1);
+    // As the API server serves a new object: the CRD's default status.
+    wan["status"] = json!({"observedGeneration": 0});
     api.stamp(&mut wan);
     let mut secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "acme-db", "namespace": "team", "uid": "uid-acme-db"},
