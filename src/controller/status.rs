@@ -77,8 +77,8 @@ pub enum Outcome {
     /// stopping; the number is released once they are gone.
     Stopping(Waiting),
     /// A new number, claimed and valid: its first status is written before
-    /// any child, so that it shows within seconds however many numbers were
-    /// created with it (the children come with the next reconcile).
+    /// any child, so that it shows without waiting for its own children's
+    /// writes (the children come with the next reconcile).
     Deploying,
     /// The children were applied; this is what was observed.
     Applied(Applied),
