@@ -546,23 +546,21 @@ impl std::io::Write for Captured {
 
 /// Every log line, down to trace, of the calling thread until the guard
 /// drops. One process-wide subscriber decides per event whether its thread
-/// captures: a subscriber set for one thread can miss events, because a
-/// callsite's interest is cached for the whole process, and a callsite
-/// registered by another test at the same moment may be cached as of no
-/// interest to anyone.
+/// captures: a callsite's interest is cached for the whole process, so
+/// neither a subscriber set for one thread nor a filter asked once per
+/// callsite may decide it from the thread that first used the callsite.
 fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, impl Drop) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
-        let capturing = tracing_subscriber::filter::filter_fn(|_| CAPTURED.with_borrow(Option::is_some));
+        // Decided per event, on the thread that logs it: a `filter_fn` would
+        // be asked once per callsite, on whichever thread used it first.
+        let capturing = tracing_subscriber::filter::dynamic_filter_fn(|_, _| CAPTURED.with_borrow(Option::is_some));
         let layer = tracing_subscriber::fmt::layer().with_writer(|| Captured).with_filter(capturing);
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("no other global subscriber in the unit tests");
     });
-    // A callsite another test registered while the subscriber was being set
-    // may have cached "never": asked again, it now sees the subscriber.
-    tracing::callsite::rebuild_interest_cache();
     let logs = Arc::new(Mutex::new(Vec::new()));
     CAPTURED.set(Some(logs.clone()));
     struct Stop;
@@ -574,18 +572,23 @@ fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, impl Drop) {
     (logs, Stop)
 }
 
+/// The logs of a number brought up, then reconciled by a restarted operator.
+async fn logs_of_a_bring_up(api: &Arc<FakeApi>) -> String {
+    let (logs, capturing) = capture_logs();
+    {
+        let mut operator = Operator::start(api);
+        bring_up(api, &mut operator).await;
+        let mut restarted = Operator::start(api);
+        restarted.reconcile(api).await;
+    }
+    drop(capturing);
+    String::from_utf8(logs.lock().unwrap().clone()).expect("UTF-8 logs")
+}
+
 #[tokio::test]
 async fn the_generated_credentials_are_never_logged() {
     let api = seeded();
-    let (logs, capturing) = capture_logs();
-    {
-        let mut operator = Operator::start(&api);
-        bring_up(&api, &mut operator).await;
-        let mut restarted = Operator::start(&api);
-        restarted.reconcile(&api).await;
-    }
-    drop(capturing);
-    let logs = String::from_utf8(logs.lock().unwrap().clone()).expect("UTF-8 logs");
+    let logs = logs_of_a_bring_up(&api).await;
     assert!(logs.contains("reconciling"), "the operator's debug and trace output was captured");
     let keys = api.get("/api/v1/namespaces/team/secrets/acme-keys");
     let secrets = [crate::resources::config::ADMIN_PASSWORD, crate::resources::config::API_KEY].map(|key| {
