@@ -343,12 +343,12 @@ fn condition(api: &FakeApi, type_: &str) -> (String, String) {
 /// A new number, reconciled as its watches would wake it, with the cluster's
 /// controllers making every workload ready in between.
 async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
-    // The finalizer first, alone: nothing is claimed or built before it is stored.
-    assert_eq!(operator.reconcile(api).await, vec![format!("PATCH {WAN}")]);
-
-    // The claim, and once the credentials are found valid the first status:
-    // it shows at once, however many numbers wait for their children.
+    // The finalizer first: nothing is claimed or built before it is stored.
+    // Then, in the same turn, the claim, and once the credentials are found
+    // valid the first status: it shows at once, however many numbers wait
+    // for their children.
     let claimed = [
+        &format!("PATCH {WAN}"),
         "POST /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims",
         "GET /api/v1/namespaces/team/secrets/acme-db",
         &status_write(),
@@ -495,6 +495,42 @@ async fn a_spec_change_writes_what_it_changes_and_deletion_releases_the_number()
 }
 
 #[tokio::test]
+async fn the_finalizer_goes_after_the_others_and_never_over_a_change_it_did_not_see() {
+    let api = seeded();
+    api.edit(WAN, |wan| wan["metadata"]["finalizers"] = json!(["example.com/backup"]));
+    let mut operator = Operator::start(&api);
+    operator.sync(&api);
+    api.take_requests();
+    let read: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+
+    // Another writer changes the finalizers after the read: the patch is
+    // refused, and nothing is claimed or written on the strength of it.
+    api.edit(WAN, |wan| wan["metadata"]["finalizers"] = json!(["example.com/backup", "example.com/audit"]));
+    let refused = Box::pin(super::reconcile(
+        Arc::new(super::typed(&read).expect("a typed WhatsAppNumber")),
+        operator.ctx.clone(),
+    ))
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(api.take_requests(), vec![format!("PATCH {WAN}")]);
+    assert_eq!(api.get(WAN)["metadata"]["finalizers"], json!(["example.com/backup", "example.com/audit"]));
+
+    // Read again: the finalizer goes last, and the turn goes on to the claim
+    // and the first status.
+    let first = operator.reconcile(&api).await;
+    assert_eq!(
+        first[..2],
+        [format!("PATCH {WAN}"), "POST /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims".into()]
+    );
+    assert!(first.contains(&status_write()), "{first:?}");
+    assert_eq!(
+        api.get(WAN)["metadata"]["finalizers"],
+        json!(["example.com/backup", "example.com/audit", super::claim::FINALIZER])
+    );
+    assert_eq!(condition(&api, "Ready"), ("False".into(), "Deploying".into()));
+}
+
+#[tokio::test]
 async fn no_claim_is_taken_while_another_instance_has_statefulsets_about_to_start_pods() {
     let api = seeded();
     // Another WhatsAppNumber of the number (its claim lost) has a coreapp
@@ -510,9 +546,9 @@ async fn no_claim_is_taken_while_another_instance_has_statefulsets_about_to_star
     api.objects.lock().unwrap().insert(other_path.into(), other);
     let mut operator = Operator::start(&api);
 
-    assert_eq!(operator.reconcile(&api).await, vec![format!("PATCH {WAN}")]);
-    // Nothing is claimed or built: the number waits, and says for what.
-    assert_eq!(operator.reconcile(&api).await, vec![status_write(), EVENT.into()]);
+    // The finalizer, then nothing is claimed or built: the number waits,
+    // and says for what.
+    assert_eq!(operator.reconcile(&api).await, vec![format!("PATCH {WAN}"), status_write(), EVENT.into()]);
     assert_eq!(condition(&api, "Ready"), ("False".into(), "PreviousInstanceRunning".into()));
     let message = api.get(WAN)["status"]["conditions"][0]["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("elsewhere/held-coreapp (a StatefulSet whose pods are about to start)"), "{message}");
