@@ -118,6 +118,25 @@ pub async fn wait_ready(api: &Api<WhatsAppNumber>, name: &str) -> Result<WhatsAp
     Ok(api.get(name).await?)
 }
 
+/// The first version of a WhatsAppNumber with a condition, watched from the
+/// resource version `since` (before its creation), so no version is missed.
+pub async fn first_status(api: &Api<WhatsAppNumber>, since: &str) -> Result<WhatsAppNumber> {
+    let params = kube::api::WatchParams::default().timeout(READY_TIMEOUT.as_secs() as u32);
+    let mut events = api.watch(&params, since).await?.boxed();
+    while let Some(event) = events.next().await {
+        match event? {
+            kube::api::WatchEvent::Added(w) | kube::api::WatchEvent::Modified(w)
+                if w.status.as_ref().is_some_and(|s| !s.conditions.is_empty()) =>
+            {
+                return Ok(w);
+            }
+            kube::api::WatchEvent::Error(e) => bail!("watching from {since}: {e:?}"),
+            _ => {}
+        }
+    }
+    bail!("no status within {READY_TIMEOUT:?}")
+}
+
 pub async fn wait_condition(
     api: &Api<WhatsAppNumber>,
     name: &str,
@@ -316,7 +335,24 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
 pub async fn ha_example_reconciles(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "ha").await?;
+    // Every version of the object from its creation on, in order.
+    let since = wans(c, &ns).list_metadata(&ListParams::default()).await?.metadata.resource_version;
     let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let first = first_status(&wans(c, &ns), &since.unwrap_or_default()).await?;
+    // The first status a watcher sees says the number is being deployed,
+    // before anything of its children is observed (kstatus: in progress).
+    let generation = first.metadata.generation;
+    for (type_, status) in [("Ready", "False"), ("Progressing", "True"), ("Reconciling", "True")] {
+        let found = condition(&first, type_).ok_or_else(|| anyhow!("no {type_} in the first status"))?;
+        ensure!(
+            found.status == status && found.reason == "Deploying" && found.observed_generation == generation,
+            "first {type_}: {found:?}"
+        );
+    }
+    let shown = first.status.clone().unwrap_or_default();
+    ensure!(shown.observed_generation == generation, "first status observed {:?}", shown.observed_generation);
+    ensure!(shown.database_name_prefix.is_some(), "the database prefix is recorded from the start");
+    ensure!(shown.ready_pods.is_none() && shown.media_claim.is_none(), "nothing observed yet: {shown:?}");
     let wan = wait_ready(&wans(c, &ns), &name).await?;
     let status = wan.status.clone().unwrap();
     ensure!(status.ready_pods.as_deref() == Some("6/6"), "ready pods: {:?}", status.ready_pods);
