@@ -59,7 +59,8 @@ impl<T: Keyed> Store<T> {
     }
 
     /// Whether the first listing is complete.
-    pub fn is_ready(&self) -> bool {
+    #[cfg(test)]
+    fn is_ready(&self) -> bool {
         *self.shared.ready.borrow()
     }
 
@@ -83,12 +84,9 @@ impl<T: Keyed> Store<T> {
         tables.live.iter().filter(|o| keep(o)).cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shared.tables.read().expect("store lock").live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Takes in a watch event; returns the object it applied or deleted.
