@@ -88,6 +88,10 @@ pub struct Context {
     /// in hash order, so that some numbers were picked again and again while
     /// others, new ones among them, waited for minutes. Closed on shutdown.
     turns: tokio::sync::Semaphore,
+    /// Turns of their own for numbers never reconciled (see [`is_new`]): a
+    /// new number's first turn (finalizer, claim, first status) never waits
+    /// behind the rollouts of others. A quarter of `turns`, at least one.
+    first_turns: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -143,6 +147,10 @@ impl Context {
                 0 => tokio::sync::Semaphore::MAX_PERMITS,
                 n => usize::from(n),
             }),
+            first_turns: tokio::sync::Semaphore::new(match settings_concurrency {
+                0 => tokio::sync::Semaphore::MAX_PERMITS,
+                n => usize::from(n / 4).max(1),
+            }),
         }
     }
 
@@ -150,6 +158,7 @@ impl Context {
     /// leader picks their numbers up.
     pub fn stop_turns(&self) {
         self.turns.close();
+        self.first_turns.close();
     }
 }
 
@@ -185,13 +194,28 @@ pub fn typed(obj: &cache::NumberObject) -> std::result::Result<WhatsAppNumber, s
     serde_json::to_value(obj).and_then(serde_json::from_value)
 }
 
+/// Never reconciled: no condition yet (the CRD serves a new object with
+/// `observedGeneration: 0` and nothing else), and not being deleted.
+fn is_new(wan: &WhatsAppNumber) -> bool {
+    wan.metadata.deletion_timestamp.is_none() && wan.status.as_ref().is_none_or(|s| s.conditions.is_empty())
+}
+
 pub async fn reconcile_object(obj: Arc<cache::NumberObject>, ctx: Arc<Context>) -> Result<Action> {
+    let reference = kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref());
+    // As the cache holds it now (an unreadable object takes the common lane).
+    let new = ctx
+        .caches
+        .numbers
+        .store
+        .get(&reference)
+        .and_then(|o| ctx.caches.numbers.decoded(&o))
+        .is_some_and(|wan| is_new(&wan));
     let turns = ctx.clone();
-    let Ok(_turn) = turns.turns.acquire().await else {
+    let lane = if new { &turns.first_turns } else { &turns.turns };
+    let Ok(_turn) = lane.acquire().await else {
         return Ok(Action::await_change());
     };
     // The newest copy: the object may have changed while it waited its turn.
-    let reference = kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref());
     // Gone since: its finalizer was removed, nothing is left to do.
     let Some(obj) = ctx.caches.numbers.store.get(&reference) else {
         return Ok(Action::await_change());
@@ -441,9 +465,7 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             observed.database_sharer = fetch::database_sharer(wan, others.iter().map(AsRef::as_ref));
             match validate::validate(wan, &observed) {
                 Err(problem) => Outcome::Blocked(problem),
-                // Never reconciled: no condition yet (the CRD serves a new
-                // object with `observedGeneration: 0` and nothing else).
-                Ok(_) if wan.status.as_ref().is_none_or(|s| s.conditions.is_empty()) => Outcome::Deploying,
+                Ok(_) if is_new(wan) => Outcome::Deploying,
                 // On the heap: its many steps make a large future.
                 Ok(inputs) => Outcome::Applied(Box::pin(deploy::deploy(wan, ctx, &observed, inputs)).await?),
             }

@@ -278,11 +278,17 @@ struct Operator {
 
 impl Operator {
     fn start(api: &Arc<FakeApi>) -> Self {
+        Self::with_turns(api, 0)
+    }
+
+    /// With `reconcile_concurrency` turns (0: unbounded).
+    fn with_turns(api: &Arc<FakeApi>, reconcile_concurrency: u16) -> Self {
         let client = api.client();
         let metrics = Arc::new(Metrics::default());
         let (caches, seeds) = Seeds::caches(&client, LABEL_MANAGED_BY_SELECTOR);
         let (probes, _) = Probes::new(1, Arc::default(), Arc::default(), metrics.clone());
-        let settings = Settings { operator_namespace: "whatsapp-operator".into(), ..Default::default() };
+        let settings =
+            Settings { operator_namespace: "whatsapp-operator".into(), reconcile_concurrency, ..Default::default() };
         let reporter = Reporter { controller: "whatsapp-operator".into(), instance: None };
         let ctx = Context::new(client, metrics, reporter, settings, caches, probes);
         let mut operator = Self { ctx: Arc::new(ctx), seeds };
@@ -637,6 +643,27 @@ async fn the_generated_credentials_are_never_logged() {
         assert!(plain.len() >= 8, "{key} was generated");
         assert!(!logs.contains(&plain) && !logs.contains(&encoded), "{key} appears in the logs");
     }
+}
+
+#[tokio::test]
+async fn a_new_number_takes_its_first_turn_while_every_rollout_turn_is_busy() {
+    let api = seeded();
+    let mut operator = Operator::with_turns(&api, 4);
+    // Four rollouts hold every turn.
+    let ctx = operator.ctx.clone();
+    let busy = ctx.turns.acquire_many(4).await.expect("four turns");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), operator.reconcile(&api))
+        .await
+        .expect("a new number's first turn does not wait for the rollouts");
+    assert!(first.contains(&status_write()), "{first:?}");
+    assert_eq!(condition(&api, "Ready"), ("False".into(), "Deploying".into()));
+
+    // Its children are a rollout's work: they wait for a turn of their own.
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), operator.reconcile(&api)).await;
+    assert!(waiting.is_err(), "the second turn waited: {waiting:?}");
+    drop(busy);
+    let children = operator.reconcile(&api).await;
+    assert!(children.iter().any(|r| r.ends_with("/jobs")), "{children:?}");
 }
 
 #[tokio::test]
