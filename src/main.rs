@@ -73,8 +73,8 @@ struct Args {
 
     /// WhatsAppNumbers reconciled at once. While every slot is busy, numbers
     /// take their turns in the order their reconciles were asked for. New
-    /// numbers (never reconciled) have a quarter more slots of their own (at
-    /// least one), so their first status never waits behind others' rollouts.
+    /// numbers (never reconciled) also have a quarter more slots kept for them
+    /// (at least one), so their first status never waits behind others' rollouts.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     reconcile_concurrency: u16,
 }

@@ -88,9 +88,10 @@ pub struct Context {
     /// in hash order, so that some numbers were picked again and again while
     /// others, new ones among them, waited for minutes. Closed on shutdown.
     turns: tokio::sync::Semaphore,
-    /// Turns of their own for numbers never reconciled (see [`is_new`]): a
-    /// new number's first turn (finalizer, claim, first status) never waits
-    /// behind the rollouts of others. A quarter of `turns`, at least one.
+    /// Turns kept for numbers never reconciled (see [`is_new`]), which also
+    /// take their place for `turns`: a new number's first turn (finalizer,
+    /// claim, first status) never waits behind the rollouts of others. A
+    /// quarter of `turns`, at least one.
     first_turns: tokio::sync::Semaphore,
 }
 
@@ -211,8 +212,18 @@ pub async fn reconcile_object(obj: Arc<cache::NumberObject>, ctx: Arc<Context>) 
         .and_then(|o| ctx.caches.numbers.decoded(&o))
         .is_some_and(|wan| is_new(&wan));
     let turns = ctx.clone();
-    let lane = if new { &turns.first_turns } else { &turns.turns };
-    let Ok(_turn) = lane.acquire().await else {
+    // A new number takes whichever turn comes first: its own lane, or its
+    // place among the others (when many are created at once, both).
+    let turn = if new {
+        tokio::select! {
+            biased;
+            turn = turns.first_turns.acquire() => turn,
+            turn = turns.turns.acquire() => turn,
+        }
+    } else {
+        turns.turns.acquire().await
+    };
+    let Ok(_turn) = turn else {
         return Ok(Action::await_change());
     };
     // The newest copy: the object may have changed while it waited its turn.

@@ -667,6 +667,22 @@ async fn a_new_number_takes_its_first_turn_while_every_rollout_turn_is_busy() {
 }
 
 #[tokio::test]
+async fn new_numbers_created_together_take_every_free_turn() {
+    let api = seeded();
+    let mut operator = Operator::with_turns(&api, 4);
+    // Other new numbers hold the turn kept for new ones: this one takes a
+    // common turn, free meanwhile.
+    let ctx = operator.ctx.clone();
+    let kept = ctx.first_turns.acquire_many(1).await.expect("the kept turn");
+    assert_eq!(ctx.first_turns.available_permits(), 0);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), operator.reconcile(&api))
+        .await
+        .expect("a common turn was free");
+    assert!(first.contains(&status_write()), "{first:?}");
+    drop(kept);
+}
+
+#[tokio::test]
 async fn after_shutdown_a_reconcile_waiting_for_its_turn_does_nothing() {
     let api = seeded();
     let mut operator = Operator::start(&api);
