@@ -673,7 +673,7 @@ async fn new_numbers_created_together_take_every_free_turn() {
     // Other new numbers hold the turn kept for new ones: this one takes a
     // common turn, free meanwhile.
     let ctx = operator.ctx.clone();
-    let kept = ctx.first_turns.acquire_many(1).await.expect("the kept turn");
+    let kept = ctx.first_turns.acquire().await.expect("the kept turn");
     assert_eq!(ctx.first_turns.available_permits(), 0);
     let first = tokio::time::timeout(std::time::Duration::from_secs(30), operator.reconcile(&api))
         .await
