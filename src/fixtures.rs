@@ -1,6 +1,10 @@
 //! Sample objects and release catalogs shared by the unit tests.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 
 use crate::api::WhatsAppNumber;
@@ -45,4 +49,10 @@ pub fn catalog() -> Catalog {
 /// An instant written as RFC 3339.
 pub fn at(s: &str) -> Timestamp {
     s.parse().expect("an RFC 3339 instant")
+}
+
+/// A Secret holding these keys and values.
+pub fn secret(pairs: &[(&str, &str)]) -> Secret {
+    let data: BTreeMap<_, _> = pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
+    Secret { data: Some(data), ..Default::default() }
 }

@@ -612,23 +612,9 @@ fn shard_request(wan: &WhatsAppNumber, observed: &Observed, shards: i32) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::api::{SecretKeyRef, WebappTls};
-    use crate::fixtures::sample;
-
-    fn secret(pairs: &[(&str, &str)]) -> Secret {
-        Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Default::default()
-        }
-    }
+    use crate::fixtures::{sample, secret};
 
     #[test]
     fn the_certificate_is_uploaded_once_and_again_when_its_secret_changes() {

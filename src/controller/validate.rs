@@ -257,26 +257,12 @@ fn secret_digest(secret: &Secret, keys: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
     use super::*;
     use crate::api::{DatabaseTls, SecretKeyRef, WebappTls};
-    use crate::fixtures::sample;
-
-    fn secret(pairs: &[(&str, &str)]) -> Secret {
-        Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Default::default()
-        }
-    }
+    use crate::fixtures::{sample, secret};
 
     fn observed() -> Observed {
         Observed { credentials: Some(secret(&[("username", "wa"), ("password", "pw")])), ..Default::default() }
@@ -409,7 +395,7 @@ mod tests {
         let inputs = validate(&wan, &Observed { keys: Some(ours.clone()), ..observed() }).unwrap();
         assert!(inputs.webapp_keys_digest.is_some());
         // A refilled key changes the digest, which restarts the webapps.
-        ours.data.as_mut().unwrap().insert("WA_API_KEY".into(), k8s_openapi::ByteString(b"other".to_vec()));
+        ours.data.as_mut().unwrap().insert("WA_API_KEY".into(), ByteString(b"other".to_vec()));
         let again = validate(&wan, &Observed { keys: Some(ours), ..observed() }).unwrap();
         assert_ne!(inputs.webapp_keys_digest, again.webapp_keys_digest);
     }
