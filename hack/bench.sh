@@ -20,8 +20,9 @@
 #              Job succeeded, so that wait is part of what the ratio charges to
 #              the operator (the real client cannot start before its schema).
 #              The floor runs first, while no operator runs, and its namespace
-#              is deleted (and gone) before the operator starts, so both sets
-#              meet the same cluster; its writes are not in the audit log (only
+#              is deleted (and gone), and every volume it bound recycled and
+#              Available again, before the operator starts, so both sets meet
+#              the same cluster; its writes are not in the audit log (only
 #              the operator's ServiceAccount is logged, in blocking mode, which
 #              adds the log's latency to the operator's requests only).
 #   idle       the operator (release binary, the chart's ServiceAccount and
@@ -371,6 +372,14 @@ until_done() {
 
 floor_counts() { k -n "$FLOOR_NS" get statefulsets,deployments,jobs -o json | py workloads; }
 
+# Pool volumes Available, of all: the floor's come back through the cluster's
+# recycler one patch at a time, after its namespace is gone.
+pool_counts() {
+  local available
+  available="$(k get pv -l wao.local/pool=true -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c '^Available$')" || true
+  echo "${available:-0} $WAO_CLUSTER_PVS"
+}
+
 floor() {
   log "floor: rendering the children of $N numbers (whatsapp-operator render)"
   k create namespace "$FLOOR_NS" >/dev/null
@@ -400,6 +409,13 @@ floor() {
   log "floor: $FLOOR_S s"
   log "floor: deleting $FLOOR_NS and waiting until it is gone"
   k delete namespace "$FLOOR_NS" --wait=true --timeout="${TIMEOUT}s" >/dev/null || fail "namespace $FLOOR_NS not deleted"
+  # The operator meets the cluster the floor met: every volume Available, no
+  # recycling under way (its patches and the binds they race with slowed the
+  # operator's first minutes otherwise).
+  log "floor: waiting until the floor's volumes are Available again"
+  t0="$(now)"
+  until_done "volumes Available" pool_counts
+  log "floor: volumes Available after $(elapsed "$t0" "$DONE_AT")s"
 }
 
 idle() {
