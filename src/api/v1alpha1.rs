@@ -522,7 +522,7 @@ fn default_backups_kept() -> i32 {
 pub struct RestoreSpec {
     /// Secret holding the backup data, for example one the operator wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_ref: Option<SecretKeyRef>,
+    pub secret_ref: Option<BackupSecretRef>,
 
     /// A backup in an object store, for example one the operator wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1056,6 +1056,30 @@ fn default_ca_key() -> String {
     "ca.crt".into()
 }
 
+/// Key of the backup data in the backup Secrets the operator writes, and the
+/// default key a restore reads.
+pub const BACKUP_SECRET_KEY: &str = "backup";
+
+/// A backup kept in a Secret of the WhatsAppNumber's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSecretRef {
+    /// Name of the Secret, for example `status.backup.latest` of the old
+    /// WhatsAppNumber.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key holding the backup data; the operator writes its backups under
+    /// `backup`.
+    #[serde(default = "default_backup_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_backup_key() -> String {
+    crate::api::BACKUP_SECRET_KEY.into()
+}
+
 /// The shared media volume.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -1176,9 +1200,11 @@ pub struct WhatsAppNumberStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_name_prefix: Option<String>,
 
-    /// When the operator saw the number become registered. Absent when it was
-    /// registered before the operator watched it: its age is then unknown, and
-    /// a shard change needs `spec.multiconnect.confirmShardChange`.
+    /// When the client accepted the registration code the operator sent
+    /// (`spec.registration`). Absent for a number registered any other way
+    /// (before the operator watched it, by hand, or brought back by a
+    /// restore) or seen unregistered since: its age is then unknown, and a
+    /// shard change needs `spec.multiconnect.confirmShardChange`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 

@@ -410,12 +410,8 @@ pub async fn observe(
         ctx.probes.refresh(&number_key(wan));
     }
 
-    // The operator saw the number get registered: its age is known from now on.
-    let was_unregistered = previous.is_some_and(|p| p.gateway == "unregistered");
-    let gateway = report.observation.verdict.gateway.as_str();
-    if was_unregistered && gateway != "unregistered" && gateway != "unknown" {
-        report.registered_at = Some(now.clone());
-    }
+    report.registered_at =
+        registration_time(status, report.lifecycle.registration.as_ref(), &report.observation.verdict.gateway, &now);
     // A second instance of the number, connected from elsewhere. Only nodes
     // this object runs count, so that rows left by stopped nodes are no news.
     if nodes_running
@@ -493,6 +489,35 @@ async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, S
         index.insert(name.clone(), name);
     }
     index
+}
+
+/// When the number was registered, as far as the operator can know it: the
+/// moment the client accepted the code the operator sent (`registration`,
+/// after this probe's lifecycle step). A number found unregistered loses its
+/// registration time, so one registered again without the operator's code
+/// has none: a restore brings back an old registration, and a person may
+/// register or restore by hand. Its age is then unknown, so a shard change
+/// waits for `confirmShardChange`. (The client may still report the number
+/// unregistered for a moment after it took the code: that keeps the time.)
+pub fn registration_time(
+    status: Option<&crate::api::WhatsAppNumberStatus>,
+    registration: Option<&crate::api::RegistrationStatus>,
+    gateway: &str,
+    now: &Time,
+) -> Option<Time> {
+    use crate::api::RegistrationPhase;
+    let before = status.and_then(|s| s.registration.as_deref());
+    let code_accepted = registration.is_some_and(|r| {
+        r.phase == RegistrationPhase::Registered
+            && r.code_digest.is_some()
+            && before.is_none_or(|b| b.phase != RegistrationPhase::Registered || b.code_digest != r.code_digest)
+    });
+    let was = status.and_then(|s| s.health.as_deref()).map(|h| h.gateway.as_str());
+    match gateway {
+        _ if code_accepted => Some(now.clone()),
+        "unregistered" if was != Some("unregistered") => None,
+        _ => status.and_then(|s| s.registered_at.clone()),
+    }
 }
 
 /// The registration's age as far as the operator knows it.
@@ -685,6 +710,75 @@ mod tests {
         assert_eq!(admin_password(&wan, &Observed::default(), Some(&keys)), None);
         let observed = Observed { admin_password: Some(secret(&[("password", "Mine-123")])), ..Default::default() };
         assert_eq!(admin_password(&wan, &observed, Some(&keys)).as_deref(), Some("Mine-123"));
+    }
+
+    #[test]
+    fn a_registration_has_a_time_only_when_the_client_took_the_operators_code() {
+        use crate::api::{
+            HealthStatus, RegistrationPhase, RegistrationStatus, RestoreOutcome, RestoreStatus, WhatsAppNumberStatus,
+        };
+        let now = Time("2026-01-10T00:00:00Z".parse().unwrap());
+        let long_ago = Time("2025-01-01T00:00:00Z".parse().unwrap());
+        let reg = |phase, code: Option<&str>| RegistrationStatus {
+            phase,
+            message: String::new(),
+            request_digest: Some("inputs".into()),
+            code_requested_at: None,
+            code_digest: code.map(String::from),
+        };
+        let status =
+            |gateway: &str, registration: Option<RegistrationStatus>, at: Option<&Time>| WhatsAppNumberStatus {
+                health: Some(Box::new(HealthStatus { gateway: gateway.into(), ..Default::default() })),
+                registration: registration.map(Box::new),
+                registered_at: at.cloned(),
+                ..Default::default()
+            };
+        let waiting = status("unregistered", Some(reg(RegistrationPhase::CodeRequested, None)), None);
+        let accepted = reg(RegistrationPhase::Registered, Some("c1"));
+
+        // The client accepted the code the operator sent: registered now.
+        assert_eq!(registration_time(Some(&waiting), Some(&accepted), "unregistered", &now), Some(now.clone()));
+        // The next probes keep that time, also one that still finds the
+        // number unregistered.
+        let taken = status("unregistered", Some(accepted.clone()), Some(&now));
+        let later = Time("2026-01-11T00:00:00Z".parse().unwrap());
+        assert_eq!(registration_time(Some(&taken), Some(&accepted), "unregistered", &later), Some(now.clone()));
+        assert_eq!(registration_time(Some(&taken), Some(&accepted), "connected", &later), Some(now.clone()));
+        let registered = status("connected", Some(accepted.clone()), Some(&now));
+        assert_eq!(registration_time(Some(&registered), Some(&accepted), "connected", &later), Some(now.clone()));
+
+        // A restore (or a person by hand) registers the number again: the
+        // registration is the backup's, of unknown age, even where the
+        // operator once registered the number itself.
+        let restored = WhatsAppNumberStatus {
+            restore: Some(Box::new(RestoreStatus {
+                outcome: RestoreOutcome::Restored,
+                from: "backup".into(),
+                at: now.clone(),
+                message: String::new(),
+            })),
+            ..status("unregistered", None, None)
+        };
+        assert_eq!(registration_time(Some(&restored), None, "connected", &now), None);
+        for before in ["connected", "unknown"] {
+            let wiped = status(before, Some(accepted.clone()), Some(&long_ago));
+            let seen_unregistered = registration_time(Some(&wiped), Some(&accepted), "unregistered", &now);
+            assert_eq!(seen_unregistered, None, "a number found unregistered (after {before}) loses its time");
+            let after_wipe = status("unregistered", Some(accepted.clone()), seen_unregistered.as_ref());
+            assert_eq!(registration_time(Some(&after_wipe), Some(&accepted), "connected", &later), None);
+        }
+        // A new object's first probe finds the number unregistered.
+        assert_eq!(registration_time(None, None, "unregistered", &now), None);
+
+        // Registered before the operator watched it, or the probe knows nothing.
+        assert_eq!(registration_time(None, None, "connected", &now), None);
+        assert_eq!(registration_time(Some(&registered), Some(&accepted), "unknown", &later), Some(now.clone()));
+        // A code request the client answered with "already registered" sent no code.
+        let already = reg(RegistrationPhase::Registered, None);
+        assert_eq!(registration_time(Some(&waiting), Some(&already), "connected", &now), None);
+        // A refused code is no registration.
+        let refused = reg(RegistrationPhase::CodeRefused, Some("c0"));
+        assert_eq!(registration_time(Some(&waiting), Some(&refused), "unregistered", &now), None);
     }
 
     #[test]

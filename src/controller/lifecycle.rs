@@ -32,8 +32,6 @@ use crate::webapp::{CallError, Webapp, phone};
 pub const REQUEST_CODE_ANNOTATION: &str = "whatsapp.operators.dev/request-code";
 /// Component label of backup Secrets.
 pub const BACKUP_COMPONENT: &str = "backup";
-/// Key of the backup data in a backup Secret (and the default for restores).
-pub const BACKUP_KEY: &str = "backup";
 
 /// What the lifecycle step found and did, for status.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -428,7 +426,7 @@ async fn keep_backup(
     let secret = Secret {
         metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(BACKUP_KEY.to_string(), ByteString(data.as_bytes().to_vec()))])),
+        data: Some(BTreeMap::from([(crate::api::BACKUP_SECRET_KEY.to_string(), ByteString(data.as_bytes().to_vec()))])),
         ..Default::default()
     };
     let failed = |e: kube::Error| CallError::Setup(e.to_string());
