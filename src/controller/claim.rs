@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use super::cache::{Cache, NotReady};
 use crate::api::{WhatsAppNumber, WhatsAppNumberClaim, WhatsAppNumberClaimSpec, claim_name};
 use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::telemetry::metrics::Metrics;
 
 /// What can keep the claim step from an answer, with the object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,8 @@ pub struct Claims<'a> {
     pub numbers: &'a Store<super::cache::NumberObject>,
     /// This installation: the operator's namespace.
     pub installation: &'a str,
+    /// Counts the claim writes with the operator's others.
+    pub metrics: &'a Metrics,
 }
 
 impl Claims<'_> {
@@ -176,7 +179,8 @@ impl Claims<'_> {
                     if intent == Intent::Inspect {
                         return Ok(Claim::Free);
                     }
-                    api.create(&post, &claim_object(wan, self.installation, None)).await
+                    let created = api.create(&post, &claim_object(wan, self.installation, None)).await;
+                    created.inspect(|_| self.metrics.record_write("WhatsAppNumberClaim", "create"))
                 }
                 Some(claim) => match read(&claim, &me, self.installation) {
                     Reading::Mine => {
@@ -190,7 +194,8 @@ impl Claims<'_> {
                     _ => {
                         tracing::info!(claim = %name, "taking over a number claim whose holder no longer exists");
                         let taken = claim_object(wan, self.installation, claim.resource_version());
-                        api.replace(&name, &post, &taken).await
+                        let replaced = api.replace(&name, &post, &taken).await;
+                        replaced.inspect(|_| self.metrics.record_write("WhatsAppNumberClaim", "replace"))
                     }
                 },
             };
@@ -209,7 +214,7 @@ impl Claims<'_> {
     /// Deletes the legacy Lease `me` holds, now that the claim object says the same.
     async fn drop_legacy(&self, name: &str, me: &str) -> Result<()> {
         match self.legacy.get(self.installation, name).await? {
-            Some(lease) => release_lease(self.client, self.installation, &lease, me).await,
+            Some(lease) => release_lease(self.client, self.metrics, self.installation, &lease, me).await,
             None => Ok(()),
         }
     }
@@ -239,18 +244,18 @@ impl Claims<'_> {
 /// Releases the claim (and a legacy claim Lease) if `wan` holds it; deletes
 /// are guarded by uid and resource version, so a claim taken over in between
 /// is left alone.
-pub async fn release(client: &Client, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<()> {
+pub async fn release(client: &Client, metrics: &Metrics, operator_namespace: &str, wan: &WhatsAppNumber) -> Result<()> {
     let name = claim_name(&wan.spec.phone_number);
     let me = holder_identity(wan);
     let claims = Api::<WhatsAppNumberClaim>::all(client.clone());
     if let Some(claim) = claims.get_opt(&name).await.map_err(failed(format!("reading the number claim {name}")))? {
-        release_claim(client, &claim, &me).await?;
+        release_claim(client, metrics, &claim, &me).await?;
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
     let lease =
         leases.get_opt(&name).await.map_err(failed(format!("reading the claim Lease {operator_namespace}/{name}")))?;
     match lease {
-        Some(lease) => release_lease(client, operator_namespace, &lease, &me).await,
+        Some(lease) => release_lease(client, metrics, operator_namespace, &lease, &me).await,
         None => Ok(()),
     }
 }
@@ -274,32 +279,48 @@ fn guarded(meta: &ObjectMeta) -> DeleteParams {
     }
 }
 
-fn gone_or_changed(result: kube::Result<impl Sized>, what: &str) -> Result<()> {
+fn gone_or_changed(result: kube::Result<impl Sized>, what: &str, metrics: &Metrics, kind: &str) -> Result<()> {
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            metrics.record_write(kind, "delete");
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(failed(format!("releasing {what}"))(e)),
     }
 }
 
 /// Deletes `claim` if `identity` holds it.
-pub async fn release_claim(client: &Client, claim: &WhatsAppNumberClaim, identity: &str) -> Result<()> {
+pub async fn release_claim(
+    client: &Client,
+    metrics: &Metrics,
+    claim: &WhatsAppNumberClaim,
+    identity: &str,
+) -> Result<()> {
     if claim_holder(claim).as_deref() != Some(identity) {
         return Ok(());
     }
     let api: Api<WhatsAppNumberClaim> = Api::all(client.clone());
     let what = format!("the number claim {}", claim.name_any());
-    gone_or_changed(api.delete(&claim.name_any(), &guarded(&claim.metadata)).await.map(|_| ()), &what)
+    let deleted = api.delete(&claim.name_any(), &guarded(&claim.metadata)).await.map(|_| ());
+    gone_or_changed(deleted, &what, metrics, "WhatsAppNumberClaim")
 }
 
 /// Deletes the legacy claim `lease` if `identity` holds it.
-pub async fn release_lease(client: &Client, operator_namespace: &str, lease: &Lease, identity: &str) -> Result<()> {
+pub async fn release_lease(
+    client: &Client,
+    metrics: &Metrics,
+    operator_namespace: &str,
+    lease: &Lease,
+    identity: &str,
+) -> Result<()> {
     if lease_holder(lease).as_deref() != Some(identity) {
         return Ok(());
     }
     let api: Api<Lease> = Api::namespaced(client.clone(), operator_namespace);
     let what = format!("the claim Lease {operator_namespace}/{}", lease.name_any());
-    gone_or_changed(api.delete(&lease.name_any(), &guarded(&lease.metadata)).await.map(|_| ()), &what)
+    let deleted = api.delete(&lease.name_any(), &guarded(&lease.metadata)).await.map(|_| ());
+    gone_or_changed(deleted, &what, metrics, "Lease")
 }
 
 #[cfg(test)]

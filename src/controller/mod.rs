@@ -271,11 +271,11 @@ async fn delete_unreadable(obj: &cache::NumberObject, ctx: &Context) -> Result<A
     let operator_namespace = &ctx.settings.operator_namespace;
     let (claim, lease) = claim::held_by(&ctx.caches.claims, &ctx.caches.legacy_claims, &identity).await?;
     if let Some(claim) = claim {
-        claim::release_claim(&ctx.client, &claim, &identity).await?;
+        claim::release_claim(&ctx.client, &ctx.metrics, &claim, &identity).await?;
         info!(%identity, "released the number claim of an unreadable WhatsAppNumber");
     }
     if let Some(lease) = lease {
-        claim::release_lease(&ctx.client, operator_namespace, &lease, &identity).await?;
+        claim::release_lease(&ctx.client, &ctx.metrics, operator_namespace, &lease, &identity).await?;
     }
     let index = obj.finalizers().iter().position(|f| f == claim::FINALIZER).expect("checked by the caller");
     let path = format!("/metadata/finalizers/{index}");
@@ -425,7 +425,7 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
 /// garbage collector, and the claim on the number is released so a waiting
 /// WhatsAppNumber can take it.
 async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
-    claim::release(&ctx.client, &ctx.settings.operator_namespace, wan).await?;
+    claim::release(&ctx.client, &ctx.metrics, &ctx.settings.operator_namespace, wan).await?;
     gateway::stop_probing(ctx, wan);
     ctx.probes.sessions().forget(&key(wan));
     ctx.metrics.forget(wan);
@@ -449,6 +449,7 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
         legacy: &ctx.caches.legacy_claims,
         numbers: &ctx.caches.numbers.store,
         installation: &ctx.settings.operator_namespace,
+        metrics: &ctx.metrics,
     };
     let claim = claims.claim(wan, intent).await?;
     if !matches!(claim, Claim::ManagedElsewhere(_)) {
