@@ -123,12 +123,13 @@ async fn multiconnect(engine: Engine) {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().await.unwrap();
-    assert!(
-        text.contains(&format!("wa_app_gateway_connected{{node=\"{}\"}} 1", node_key("c1")))
-            || text.contains("wa_app_gateway_connected{node="),
-        "{text}"
-    );
-    assert!(text.contains(&format!("node=\"{}\"", node_key("m1"))), "{text}");
+    // Each node has its own sample; 4 coreapps and the primary master are connected.
+    for node in ["m1", "c1", "c2", "c3", "c4", "c5"] {
+        let sample = format!("wa_app_gateway_connected{{node=\"{}\"}} ", node_key(node));
+        assert!(text.contains(&sample), "no sample of {node}: {text}");
+    }
+    let connected = text.lines().filter(|l| l.starts_with("wa_app_gateway_connected{node=") && l.ends_with(" 1"));
+    assert_eq!(connected.count(), 5, "{text}");
 
     // Back to two shards (once the previous reshard settled): the extra
     // coreapps become standbys.

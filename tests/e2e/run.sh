@@ -102,7 +102,7 @@ while [ $# -gt 0 ]; do
     --provider) PROVIDER="${2:-}"; shift ;;
     --provider=*) PROVIDER="${1#--provider=}" ;;
     scale-webapp | upgrade | unpullable | conflict | partition | failover | multiconnect | smoke) SCENARIOS+=("$1") ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -154,6 +154,12 @@ print_timings() {
   printf '    %-14s %5s\n' total "$((SECONDS - START))" >&2
 }
 k() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+# gone NS KIND NAME: the API server says the object does not exist (an error
+# reaching it says nothing).
+gone() {
+  local out
+  out="$(k -n "$1" get "$2" "$3" --ignore-not-found -o name)" && [ -z "$out" ]
+}
 
 # ---------------------------------------------------------------------------
 # Failure reporting and clean-up
@@ -759,7 +765,7 @@ unpullable_stalled() {
   [ "$(condition "$NS_A" "$NAME" Stalled)" = True/UpgradeStalled ] &&
     jp "$NS_A" "$NAME" '{.status.conditions[?(@.type=="Stalled")].message}' | grep -q "coreapp:v$MISSING"
 }
-job_gone() { ! k -n "$1" get job "$2" >/dev/null 2>&1; }
+job_gone() { gone "$1" job "$2"; }
 rolled_back() {
   upgraded "$NS_A" "$NEW" && [ "$(jp "$NS_A" "$NAME" '{.status.upgrade.step}')" = RolledBack ]
 }
@@ -820,7 +826,9 @@ check_upgrade_order() {
       print (oe == "" ? "-" : oe), ns, js, (je == "" ? "-" : je)
     }' "$1")
   log "upgrade: last old master/coreapp container ended $old_end; schema Job ran $job_start .. $job_end; first new one started $new_start"
+  [ "$old_end" != "-" ] || fail "no old master/coreapp container was seen (watch: $1)"
   [ "$old_end" != "~running" ] || fail "an old master/coreapp container never stopped (watch: $1)"
+  [ "$job_end" != "-" ] || fail "the schema Job's container was not seen to end (watch: $1)"
   [ "$new_start" != "~" ] || fail "no new master/coreapp container was seen starting (watch: $1)"
   [[ "$old_end" < "$new_start" || "$old_end" == "$new_start" ]] \
     || fail "old and new master/coreapp containers ran at the same time ($old_end > $new_start; watch: $1)"
@@ -843,8 +851,12 @@ check_upgrade_order() {
   fi
 }
 
-deleted() { ! k -n "$NS_A" get wan "$NAME" >/dev/null 2>&1; }
-no_workloads() { [ -z "$(k -n "$1" get statefulsets,deployments -o name)" ]; }
+deleted() { gone "$NS_A" wan "$NAME"; }
+# An API error is no answer: neither "gone" nor "no workloads".
+no_workloads() {
+  local out
+  out="$(k -n "$1" get statefulsets,deployments -o name)" && [ -z "$out" ]
+}
 
 scenario_conflict() {
   local version
@@ -938,7 +950,7 @@ scenario_partition() {
   wait_until "$TIMEOUT" "$NS_C/$NAME Ready" ready_now "$NS_C" "$NAME"
   check_health "$NS_C"
 }
-holder_deleted() { ! k -n "$1" get wan "$NAME" >/dev/null 2>&1; }
+holder_deleted() { gone "$1" wan "$NAME"; }
 # Every master and coreapp pod of NAME in NS has a deletion timestamp.
 holder_pods_terminating() {
   local pods
@@ -1020,8 +1032,11 @@ done
 log "faults injected and survived: ${#FAULTS[@]}"
 for f in "${FAULTS[@]}"; do log "  $f"; done
 # A child the API server does not return as the operator applied it would be
-# written at every reconcile (src/controller/drift.rs says why).
-rewritten="$(k -n "$OPERATOR_NS" logs -l app.kubernetes.io/name=whatsapp-operator --all-containers --prefix --tail=-1 \
-  | grep 'does not read back as applied' || true)"
+# written at every reconcile (src/controller/drift.rs says why). This reads
+# the operators running now: a leader deleted on the way took its log along.
+operator_logs="$(k -n "$OPERATOR_NS" logs -l app.kubernetes.io/name=whatsapp-operator --all-containers --prefix --tail=-1 2>&1)" ||
+  fail "kubectl logs of the operators: $operator_logs"
+[ -n "$operator_logs" ] || fail "the operators' logs are empty"
+rewritten="$(grep 'does not read back as applied' <<<"$operator_logs" || true)"
 [ -z "$rewritten" ] || fail "children that do not read back as applied: $rewritten"
-log "no child failed to read back as applied"
+log "no child failed to read back as applied ($(wc -l <<<"$operator_logs") log lines read)"
