@@ -186,6 +186,15 @@ pub fn parse_instant_or_age(name: &str, v: &str, now: Timestamp) -> Result<Times
     now.checked_sub(age).map_err(|_| bad())
 }
 
+/// `WA_DB_CONNECTION_IDLE_TIMEOUT` as the engine takes it: the client
+/// documents it for MySQL only.
+pub fn idle_timeout(engine: Engine, ms: Option<u64>) -> Option<u64> {
+    match engine {
+        Engine::Mysql => ms,
+        Engine::Postgresql => None,
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, Error> {
         let engine = parse_engine(var("WA_DB_ENGINE").as_deref())?;
@@ -219,7 +228,7 @@ impl Config {
                 username: var("WA_DB_USERNAME").unwrap_or_else(|| "root".into()),
                 password: env::var("WA_DB_PASSWORD").unwrap_or_default(),
                 ssl_ca: var("WA_DB_SSL_CA").map(PathBuf::from),
-                idle_timeout_ms: parse_u64("WA_DB_CONNECTION_IDLE_TIMEOUT")?,
+                idle_timeout_ms: idle_timeout(engine, parse_u64("WA_DB_CONNECTION_IDLE_TIMEOUT")?),
                 name: db_name,
                 create_delay_ms: parse_u64("WA_EMULATOR_CREATE_DB_DELAY_MS")?.unwrap_or(0),
             },
@@ -275,6 +284,13 @@ mod tests {
         assert_eq!(parse_ports(" 1, 2,3 ,4").unwrap(), [1, 2, 3, 4]);
         assert!(parse_ports("1,2,3").is_err());
         assert!(parse_ports("a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn the_idle_timeout_is_for_mysql_only() {
+        assert_eq!(idle_timeout(Engine::Mysql, Some(180_000)), Some(180_000));
+        assert_eq!(idle_timeout(Engine::Postgresql, Some(180_000)), None);
+        assert_eq!(idle_timeout(Engine::Mysql, None), None);
     }
 
     #[test]
