@@ -19,7 +19,7 @@ rp_unavailable() {
   for c in containerd runc ctr debootstrap socat conntrack iptables; do
     command -v "$c" >/dev/null || { echo "$c is not installed"; return 0; }
   done
-  [ -x /usr/lib/cni/bridge ] || { echo "the CNI plugins (containernetworking-plugins) are not installed"; return 0; }
+  [ -x "${WAO_CNI_BIN_DIR:-/usr/lib/cni}/bridge" ] || { echo "the CNI plugins (containernetworking-plugins) are not in ${WAO_CNI_BIN_DIR:-/usr/lib/cni}"; return 0; }
   if owner="$(WAO_CLUSTER_DIR="${WAO_CLUSTER_DIR:-$RP_REPO/.cache/cluster}" "$RP_REPO/hack/node.sh" holder)"; then
     echo "the machine's real node belongs to the cluster in $owner"
     return 0

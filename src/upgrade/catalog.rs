@@ -17,7 +17,7 @@ pub const CONFIGMAP_KEY: &str = "catalog.yaml";
 /// Meta's own example (v2.37.2: 2022-03-26 -> 2022-09-22) is 180 days.
 pub const LIFETIME_DAYS: i32 = 180;
 
-/// Releases with a date in Meta's changelog (domain brief). Later versions
+/// Releases with a date in Meta's changelog (docs/client.md). Later versions
 /// (2.45 onwards) have no published date here: add them through the ConfigMap.
 const BUILT_IN: &[(&str, &str, Option<&str>)] = &[
     ("2.37.2", "2022-03-26", Some("2022-09-22")),
