@@ -91,8 +91,24 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         Some(_) => None,
         None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
     };
-    let workloads = plan::workloads(wan, &plan, first_job.as_ref());
+    let mut workloads = plan::workloads(wan, &plan, first_job.as_ref());
+    if let Some(u) = plan.upgrade.as_ref().filter(|u| u.step == procedure::Step::RolledBack) {
+        let left = schema_job_left(ctx, wan, &u.to).await?;
+        plan::hold_nodes_after_rollback(&mut workloads, left);
+    }
     Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job })
+}
+
+/// Whether the schema Job of a called-off upgrade, or a pod of it, is still
+/// there (its deletion waits for its pods: see [`delete_schema_job`]).
+async fn schema_job_left(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<bool> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let name = crate::resources::schema_job::name(wan, version);
+    if ctx.caches.jobs.get(&namespace, &name).await?.is_some() {
+        return Ok(true);
+    }
+    let pods = ctx.caches.schema_pods.filter(|p| *p.namespace == *namespace && p.job.as_deref() == Some(&name)).await?;
+    Ok(!pods.is_empty())
 }
 
 /// What the apply step wrote and found.
@@ -385,10 +401,13 @@ async fn schema_job_state_now(ctx: &Context, wan: &WhatsAppNumber, version: &str
 }
 
 /// Removes the schema Job of an upgrade that was called off (its pod never
-/// started a container, so the database is as it was).
+/// started a container, so the database is as it was). In the foreground: the
+/// Job stays until its pods are gone, and the old nodes wait for it, so no
+/// container of the new version's schema upgrade can start beside them (a pod
+/// seen pending may have started on a node that could not say so).
 async fn delete_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<()> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
-    match jobs.delete(&crate::resources::schema_job::name(wan, version), &DeleteParams::background()).await {
+    match jobs.delete(&crate::resources::schema_job::name(wan, version), &DeleteParams::foreground()).await {
         Ok(_) => {
             ctx.metrics.record_write("Job", "delete");
             Ok(())

@@ -106,6 +106,10 @@ pub async fn step(
             + wan.spec.multiconnect.standby_coreapps) as usize;
         if !done && unregistered && nodes >= expected {
             report.restore = Some(restore(webapp, token, observed, from).await);
+            // What the client holds now is for the next probe to say: a
+            // restored registration may still be taking effect, and nothing
+            // may register the number on what was seen before the restore.
+            return report;
         }
         if report.restore.as_ref().is_none_or(|r| r.from != source) {
             return report;

@@ -51,6 +51,15 @@ pub fn workloads(wan: &WhatsAppNumber, plan: &Plan, first_job: Option<&JobState>
     Workloads { shape, initializing, suspended, external_conflict }
 }
 
+/// After an upgrade was called off, the old masters and coreapps start only
+/// once the new version's schema Job and its pods are gone (`schema_left`).
+pub fn hold_nodes_after_rollback(workloads: &mut Workloads, schema_left: bool) {
+    if schema_left {
+        workloads.shape.masters_running = false;
+        workloads.shape.coreapps_running = false;
+    }
+}
+
 /// A person declared this conflict over by annotating its detection time.
 pub fn resolved(wan: &WhatsAppNumber, conflict: &ExternalConflictStatus) -> bool {
     wan.annotations().get(RESOLVE_CONFLICT_ANNOTATION) == Some(&conflict.detected_at)
@@ -118,6 +127,22 @@ mod tests {
 
     fn tier(desired: i32, ready: i32) -> Option<TierStatus> {
         Some(TierStatus { desired, ready, updated: ready, observed: true })
+    }
+
+    #[test]
+    fn old_nodes_wait_for_the_called_off_schema_job_to_go() {
+        let wan = sample();
+        let plan = steady(&wan);
+        let mut held = workloads(&wan, &plan, None);
+        assert!(held.shape.masters_running && held.shape.coreapps_running);
+        let webapps = held.shape.webapps_running;
+        hold_nodes_after_rollback(&mut held, true);
+        assert!(!held.shape.masters_running && !held.shape.coreapps_running, "held while the Job is there");
+        assert_eq!(held.shape.webapps_running, webapps, "the webapps of the old version serve on");
+        let mut free = workloads(&wan, &plan, None);
+        let before = free.clone();
+        hold_nodes_after_rollback(&mut free, false);
+        assert_eq!(free, before, "started once it is gone");
     }
 
     #[test]
