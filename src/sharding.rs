@@ -93,7 +93,9 @@ pub fn plan(f: &Facts) -> Plan {
         }
         Some(_)
             if f.last_request.is_some_and(|r| {
-                r.outcome == ShardRequestOutcome::Refused && r.generation == f.generation && r.shards == f.desired
+                matches!(r.outcome, ShardRequestOutcome::Refused | ShardRequestOutcome::Unanswered)
+                    && r.generation == f.generation
+                    && r.shards == f.desired
             }) =>
         {
             Step::Refused { message: f.last_request.map(|r| r.message.clone()).unwrap_or_default() }
@@ -241,6 +243,18 @@ mod tests {
         let s = status(2, Some(1), &plan(&f).step, None, Some(last));
         assert_eq!(s.phase, ShardPhase::Blocked);
         assert!(s.message.contains("wrong certificate"), "{}", s.message);
+    }
+
+    #[test]
+    fn an_unanswered_request_is_not_repeated_for_the_same_generation_but_a_retry_is() {
+        let unanswered = ShardRequestStatus { outcome: ShardRequestOutcome::Unanswered, ..refused(2, 4) };
+        let f = Facts { last_request: Some(&unanswered), ..facts(2, Some(1), 2) };
+        assert!(matches!(plan(&f).step, Step::Refused { .. }), "it may have been carried out");
+        // The next probe shows whether it was.
+        assert_eq!(plan(&Facts { current: Some(2), ..f.clone() }).step, Step::InSync);
+        let retrying = ShardRequestStatus { outcome: ShardRequestOutcome::Retrying, ..refused(2, 4) };
+        let f = Facts { last_request: Some(&retrying), ..facts(2, Some(1), 2) };
+        assert_eq!(plan(&f).step, Step::SetShards(2), "the client said to retry, or it never got the request");
     }
 
     #[test]

@@ -935,9 +935,14 @@ impl DatabaseEngine {
     }
 }
 
-/// Connection to the external database.
+/// Connection to the external database. The server (engine, host, port)
+/// cannot change: the StatefulSets would roll their nodes one at a time, so
+/// nodes on the old and the new server would run one number at once. To move
+/// a number to another server, delete the WhatsAppNumber (its nodes stop and
+/// its claim is released once they are gone) and create it again.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.engine == oldSelf.engine && self.host == oldSelf.host && (has(self.port) ? self.port : (self.engine == 'MySQL' ? 3306 : 5432)) == (has(oldSelf.port) ? oldSelf.port : (oldSelf.engine == 'MySQL' ? 3306 : 5432))").message("database.engine, host and port are immutable: nodes on two database servers would run the number twice; to move it, delete the WhatsAppNumber and create it again"))]
 pub struct DatabaseSpec {
     /// `MySQL` or `PostgreSQL`.
     pub engine: DatabaseEngine,
@@ -1485,7 +1490,9 @@ pub struct ShardRequestStatus {
     /// `metadata.generation` the request was made for.
     pub generation: i64,
     pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-    /// `Accepted`, `Retrying` (the client said to retry) or `Refused`.
+    /// `Accepted`, `Retrying` (the client said to retry, or the request did
+    /// not reach it), `Refused`, or `Unanswered` (it may have been carried
+    /// out: not sent again for this generation).
     pub outcome: ShardRequestOutcome,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -1496,6 +1503,7 @@ pub enum ShardRequestOutcome {
     Accepted,
     Retrying,
     Refused,
+    Unanswered,
 }
 
 /// A build and its expiry.

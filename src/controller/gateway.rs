@@ -587,6 +587,14 @@ pub async fn reconcile_shards(
             ctx.probes.refresh(&number_key(wan));
             (ShardRequestOutcome::Accepted, String::new())
         }
+        // No answer to a request that may have arrived: the client may have
+        // changed its shards (and with an old registration, disconnected the
+        // number). Never sent again on a guess; the next probe says the count.
+        Err(e) if e.outcome_unknown() => {
+            warn!(shards = n, error = %e, "no answer to the shard change; it is not sent again for this spec");
+            ctx.probes.refresh(&number_key(wan));
+            (ShardRequestOutcome::Unanswered, e.to_string())
+        }
         Err(e) if e.is_retryable() => (ShardRequestOutcome::Retrying, e.to_string()),
         Err(e) => {
             warn!(shards = n, error = %e, "the client refused the shard change; it is not sent again for this spec");
@@ -610,6 +618,12 @@ pub async fn reconcile_shards(
             shown.phase = crate::api::ShardPhase::Blocked;
             shown.message = format!(
                 "the client refused the shard change to {n}: {message}; it is not sent again until the spec changes"
+            );
+        }
+        ShardRequestOutcome::Unanswered => {
+            shown.phase = crate::api::ShardPhase::Blocked;
+            shown.message = format!(
+                "the shard change to {n} got no answer ({message}); the client may have applied it, so it is not sent again until the spec changes"
             );
         }
     }

@@ -37,8 +37,11 @@ pub const ACCESS_DENIED: i64 = 1005;
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No answer: connection refused, TLS failure, timeout, DNS.
+    /// `may_have_arrived`: the request may have reached the client (a timeout
+    /// after the connection was made, an answer cut off), so what it asked
+    /// for may have been done.
     #[error("the webapp at {url} cannot be reached: {reason}")]
-    Unreachable { url: String, reason: String },
+    Unreachable { url: String, reason: String, may_have_arrived: bool },
     /// The webapp answered with an error status.
     #[error("the webapp answered {status} to {what}: {details}")]
     Status { what: &'static str, status: u16, code: Option<i64>, details: String },
@@ -49,6 +52,11 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The request may have been carried out although no answer says so.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, CallError::Unreachable { may_have_arrived: true, .. })
+    }
+
     /// Failures the client itself says to retry: 403 "temporarily unavailable",
     /// 1011 "Service not ready", 1017 "Not Primary Master", 1018 "Not Primary Coreapp".
     /// A 403 with 1005 "Access denied" is a refusal (a banned number answers
@@ -313,16 +321,20 @@ impl Webapp<'_> {
         auth: Auth<'_>,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Vec<u8>), CallError> {
-        let response = auth
-            .apply(request)
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable { url: self.base_url.to_string(), reason: describe(&e) })?;
+        let response = auth.apply(request).send().await.map_err(|e| CallError::Unreachable {
+            url: self.base_url.to_string(),
+            reason: describe(&e),
+            may_have_arrived: !e.is_connect() && !e.is_builder(),
+        })?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| CallError::Unreachable { url: self.base_url.to_string(), reason: describe(&e) })?
+            .map_err(|e| CallError::Unreachable {
+                url: self.base_url.to_string(),
+                reason: describe(&e),
+                may_have_arrived: true,
+            })?
             .to_vec();
         if !status.is_success() {
             let (code, details) = error_details(&body);
@@ -672,7 +684,12 @@ mod tests {
         assert!(answered(403, Some(1011)).is_retryable(), "resharding under way: temporarily unavailable");
         assert!(answered(403, None).is_retryable());
         assert!(answered(500, Some(1017)).is_retryable(), "not the primary master (a failover)");
-        assert!(CallError::Unreachable { url: "https://w".into(), reason: "refused".into() }.is_retryable());
+        let refused =
+            CallError::Unreachable { url: "https://w".into(), reason: "refused".into(), may_have_arrived: false };
+        assert!(refused.is_retryable() && !refused.outcome_unknown());
+        let timed_out =
+            CallError::Unreachable { url: "https://w".into(), reason: "timed out".into(), may_have_arrived: true };
+        assert!(timed_out.outcome_unknown(), "a request that timed out may have been carried out");
         assert!(!answered(403, Some(ACCESS_DENIED)).is_retryable(), "a banned number is not asked again");
         assert!(!answered(400, Some(1009)).is_retryable(), "a wrong certificate is not sent again");
         assert!(!answered(401, None).is_retryable());

@@ -107,7 +107,7 @@ impl SessionError {
     /// each change would be a status write.
     pub fn summary(&self) -> String {
         match self {
-            SessionError::Call(CallError::Unreachable { url, reason }) => {
+            SessionError::Call(CallError::Unreachable { url, reason, .. }) => {
                 format!("the webapp at {url} cannot be reached for an admin session: {}", unreachable_kind(reason))
             }
             other => other.to_string(),
@@ -230,7 +230,11 @@ mod tests {
     #[test]
     fn an_unreachable_webapp_is_summed_up_the_same_way_each_time() {
         let unreachable = |reason: &str| {
-            SessionError::Call(CallError::Unreachable { url: "https://acme-webapp:443".into(), reason: reason.into() })
+            SessionError::Call(CallError::Unreachable {
+                url: "https://acme-webapp:443".into(),
+                reason: reason.into(),
+                may_have_arrived: false,
+            })
         };
         let first = unreachable("dns error: Name or service not known").summary();
         assert_eq!(first, unreachable("dns error: Temporary failure in name resolution").summary());

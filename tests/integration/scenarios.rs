@@ -323,6 +323,22 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
             }
         }
     }
+    // Moving the number to another database server in place.
+    for (what, database) in
+        [("host", json!({"host": "db2"})), ("port", json!({"port": 3307})), ("engine", json!({"engine": "PostgreSQL"}))]
+    {
+        match merge_patch(&api, "valid", json!({"spec": {"database": database}})).await {
+            Ok(_) => failures.push(format!("changing database.{what}: accepted")),
+            Err(e) => {
+                let text = format!("{e:#}");
+                if !(text.contains("spec.database") && text.contains("immutable")) {
+                    failures.push(format!("changing database.{what}: unexpected error {text}"));
+                }
+            }
+        }
+    }
+    // The port the server had by default, now written out, is the same server.
+    merge_patch(&api, "valid", json!({"spec": {"database": {"port": 3306}}})).await?;
     // Defaults are applied by the API server, so `kubectl get -o yaml` shows them.
     let stored = api.get("valid").await?;
     ensure!(stored.spec.multiconnect.shards == 1 && stored.spec.webapp.replicas == 2, "server-side defaults");
