@@ -268,7 +268,24 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     });
     match api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
         Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::StaleObject),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // The calls this reconcile made to the client happened all the
+            // same: their records go in on their own, or the retry from the
+            // newer object would make them again.
+            if let Some(records) = call_records(wan.status.as_ref(), status) {
+                let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+                match api.patch_status(&wan.name_any(), &params, &Patch::Merge(&records)).await {
+                    Ok(_) => {
+                        ctx.metrics.record_write("WhatsAppNumber", "patch-status");
+                        warn!(records = %records, "the status was stale; wrote the records of calls to the client alone");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the status was stale, and the records of calls to the client could not be written")
+                    }
+                }
+            }
+            return Err(Error::StaleObject);
+        }
         Err(e) => {
             let what = format!("writing the status of {}/{}", wan.namespace().unwrap_or_default(), wan.name_any());
             return Err(Error::request(what)(e));
@@ -278,9 +295,66 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     Ok(())
 }
 
+/// Status fields that record calls made to the client: a shard request, a
+/// code request or verification, a restore, a certificate upload, a backup,
+/// settings written, and the registration time they lead to.
+const CALL_RECORDS: [&str; 7] =
+    ["sharding", "registration", "restore", "webappCertificate", "backup", "settings", "registeredAt"];
+
+/// A merge patch of the call records that `new` changes from `old` (a field
+/// gone is `null`), or `None` when it changes none.
+pub fn call_records(old: Option<&WhatsAppNumberStatus>, new: &WhatsAppNumberStatus) -> Option<serde_json::Value> {
+    let (old, new) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
+    let changed: serde_json::Map<String, serde_json::Value> = CALL_RECORDS
+        .iter()
+        .filter(|field| old.get(**field) != new.get(**field))
+        .map(|field| (field.to_string(), new.get(*field).cloned().unwrap_or(serde_json::Value::Null)))
+        .collect();
+    (!changed.is_empty()).then(|| json!({"status": changed}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_records_of_a_stale_write_are_what_the_calls_changed() {
+        use crate::api::{RestoreOutcome, RestoreStatus, ShardRequestOutcome, ShardRequestStatus, ShardingStatus};
+        let at = Time("2026-01-01T00:00:00Z".parse().unwrap());
+        let old = WhatsAppNumberStatus {
+            observed_generation: Some(3),
+            registered_at: Some(at.clone()),
+            restore: Some(Box::new(RestoreStatus {
+                outcome: RestoreOutcome::Restored,
+                from: "backup".into(),
+                at: at.clone(),
+                message: String::new(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(call_records(Some(&old), &old), None, "no call, nothing to keep");
+        let progress_only = WhatsAppNumberStatus { observed_generation: Some(4), ..old.clone() };
+        assert_eq!(call_records(Some(&old), &progress_only), None, "the rest waits for the next reconcile");
+
+        let request = ShardRequestStatus {
+            shards: 2,
+            generation: 4,
+            at: at.clone(),
+            outcome: ShardRequestOutcome::Unanswered,
+            message: "timed out".into(),
+        };
+        let called = WhatsAppNumberStatus {
+            observed_generation: Some(4),
+            sharding: Some(ShardingStatus { last_request: Some(request), ..Default::default() }),
+            registered_at: None,
+            ..old.clone()
+        };
+        let records = call_records(Some(&old), &called).expect("a shard request was made");
+        assert_eq!(records["status"]["sharding"]["lastRequest"]["outcome"], "Unanswered");
+        assert_eq!(records["status"]["registeredAt"], serde_json::Value::Null, "a cleared record is cleared");
+        let fields: Vec<&String> = records["status"].as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["registeredAt", "sharding"], "only the records that changed: {records}");
+    }
 
     #[test]
     fn a_series_can_grow_for_six_minutes_after_it_was_last_observed() {
