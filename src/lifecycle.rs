@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use crate::api::{RegistrationPhase, RegistrationStatus, SettingsSpec};
+use crate::api::{RegistrationPhase, RegistrationStatus, SettingsSpec, SettingsStatus};
 
 /// What to do about the registration now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +87,16 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
 }
 
 /// The client's field names for what the spec sets, as a PATCH body.
+/// Whether the spec's settings are new to the client: they differ from the
+/// ones last written or found (`digest`); a status from before digests were
+/// kept goes by the generation.
+pub fn settings_changed(status: &SettingsStatus, digest: &str, generation: Option<i64>) -> bool {
+    match &status.applied_digest {
+        Some(applied) => applied != digest,
+        None => status.applied_generation != generation,
+    }
+}
+
 pub fn desired_settings(spec: &SettingsSpec) -> Value {
     let mut out = Map::new();
     let mut webhooks = Map::new();
@@ -174,6 +184,18 @@ mod tests {
 
     fn digest(s: &str) -> String {
         format!("d({s})")
+    }
+
+    #[test]
+    fn settings_are_new_when_they_change_not_when_the_rest_of_the_spec_does() {
+        let applied =
+            SettingsStatus { applied_generation: Some(3), applied_digest: Some("d1".into()), ..Default::default() };
+        assert!(!settings_changed(&applied, "d1", Some(4)), "another spec field changed");
+        assert!(settings_changed(&applied, "d2", Some(4)), "the settings changed");
+        let older = SettingsStatus { applied_generation: Some(3), ..Default::default() };
+        assert!(!settings_changed(&older, "d1", Some(3)));
+        assert!(settings_changed(&older, "d1", Some(4)), "without a digest, by generation");
+        assert!(settings_changed(&SettingsStatus::default(), "d1", Some(1)), "never written");
     }
 
     fn status(phase: RegistrationPhase, inputs: &str, code: Option<&str>) -> RegistrationStatus {

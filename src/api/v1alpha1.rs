@@ -1281,6 +1281,11 @@ pub struct SettingsStatus {
     /// The generation whose settings were last written to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_generation: Option<i64>,
+    /// Digest of the settings last written to the client (or found there):
+    /// with `driftPolicy: Report`, a change by hand is written over only
+    /// when the spec's settings change, not at any other spec change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_digest: Option<String>,
     /// Settings whose value in the client differs from the spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,

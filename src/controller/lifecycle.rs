@@ -304,12 +304,13 @@ async fn settings(
     let mut s = previous.unwrap_or_default();
     let generation = wan.metadata.generation;
     let desired = lifecycle::desired_settings(spec);
+    let desired_digest = digest(&desired.to_string());
     // What the client holds comes from the latest probe; none yet, nothing to compare.
     match probed {
         None => {}
         Some(Ok(actual)) => {
             let drift = lifecycle::drift(&desired, actual);
-            let new_spec = s.applied_generation != generation;
+            let new_spec = lifecycle::settings_changed(&s, &desired_digest, generation);
             if !drift.is_empty() && (new_spec || spec.drift_policy == crate::api::DriftPolicy::Correct) {
                 match webapp.patch_settings(token, &desired).await {
                     Ok(()) => {
@@ -317,6 +318,7 @@ async fn settings(
                             warn!(?drift, "corrected application settings changed through the API");
                         }
                         s.applied_generation = generation;
+                        s.applied_digest = Some(desired_digest);
                         s.drift.clear();
                         s.last_error = None;
                     }
@@ -325,6 +327,7 @@ async fn settings(
             } else {
                 if drift.is_empty() {
                     s.applied_generation = generation;
+                    s.applied_digest = Some(desired_digest);
                 }
                 s.drift = drift;
                 s.last_error = None;

@@ -440,6 +440,23 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
             == Some("https://elsewhere.example.com/"),
         "only reported"
     );
+    // Another spec change is no new settings: the change by hand stays.
+    let w = merge_patch(&api, NAME, json!({"spec": {"health": {"pollIntervalSeconds": 6}}})).await?;
+    let generation = w.metadata.generation;
+    wait_until(READY_TIMEOUT, "the other spec change reconciled, the drift still reported", || async {
+        let w = api.get(NAME).await?;
+        Ok(w.status.as_ref().and_then(|s| s.observed_generation) == generation
+            && condition(&w, "SettingsApplied")
+                .is_some_and(|c| c.reason == "SettingsDrifted" && c.observed_generation == generation))
+    })
+    .await?;
+    // Two probes later, still as the person left it.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    ensure!(
+        settings(client.clone(), token.clone(), url.clone()).await?.as_deref()
+            == Some("https://elsewhere.example.com/"),
+        "an unrelated spec change wrote the settings over the change by hand"
+    );
     merge_patch(&api, NAME, json!({"spec": {"settings": {"driftPolicy": "Correct"}}})).await?;
     wait_condition(&api, NAME, "SettingsApplied", "True", "InSync").await?;
     ensure!(settings(client, token, url).await?.as_deref() == Some("https://hooks.example.com/wa"), "corrected");
