@@ -71,6 +71,9 @@ pub struct Facts<'a> {
     pub confirmed: Option<i32>,
     pub last_request: Option<&'a ShardRequestStatus>,
     pub generation: i64,
+    /// Digest of the request that would be sent now (see
+    /// [`ShardRequestStatus::request_digest`]); `None` when it cannot be made.
+    pub request_digest: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +83,17 @@ pub struct Plan {
     /// once the client reports fewer shards.
     pub coreapp_replicas: i32,
     pub step: Step,
+}
+
+/// Whether `r` was the request that would be sent now: the same inputs (a
+/// refusal for a wrong or expired certificate stands until the certificate
+/// changes, whatever else in the spec does), or, for a record without a
+/// digest, the same generation.
+fn same_request(r: &ShardRequestStatus, f: &Facts) -> bool {
+    match (r.request_digest.as_deref(), f.request_digest) {
+        (Some(sent), Some(now)) => sent == now,
+        _ => r.generation == f.generation,
+    }
 }
 
 pub fn plan(f: &Facts) -> Plan {
@@ -94,8 +108,8 @@ pub fn plan(f: &Facts) -> Plan {
         Some(_)
             if f.last_request.is_some_and(|r| {
                 matches!(r.outcome, ShardRequestOutcome::Refused | ShardRequestOutcome::Unanswered)
-                    && r.generation == f.generation
                     && r.shards == f.desired
+                    && same_request(r, f)
             }) =>
         {
             Step::Refused { message: f.last_request.map(|r| r.message.clone()).unwrap_or_default() }
@@ -170,6 +184,7 @@ mod tests {
             confirmed: None,
             last_request: None,
             generation: 4,
+            request_digest: None,
         }
     }
 
@@ -180,6 +195,7 @@ mod tests {
             at: Time(jiff::Timestamp::UNIX_EPOCH),
             outcome: ShardRequestOutcome::Refused,
             message: "1009 wrong certificate".into(),
+            request_digest: None,
         }
     }
 
@@ -243,6 +259,19 @@ mod tests {
         let s = status(2, Some(1), &plan(&f).step, None, Some(last));
         assert_eq!(s.phase, ShardPhase::Blocked);
         assert!(s.message.contains("wrong certificate"), "{}", s.message);
+    }
+
+    #[test]
+    fn a_refusal_stands_while_the_request_is_the_same_whatever_else_changes() {
+        let last = ShardRequestStatus { request_digest: Some("cert-a".into()), ..refused(2, 4) };
+        let f = Facts { last_request: Some(&last), request_digest: Some("cert-a"), ..facts(2, Some(1), 2) };
+        assert!(matches!(plan(&f).step, Step::Refused { .. }));
+        let other_change = Facts { generation: 9, ..f.clone() };
+        assert!(matches!(plan(&other_change).step, Step::Refused { .. }), "another spec change re-arms nothing");
+        let new_certificate = Facts { request_digest: Some("cert-b"), ..other_change.clone() };
+        assert_eq!(plan(&new_certificate).step, Step::SetShards(2), "a new certificate, PIN or retry annotation");
+        let cannot_be_made = Facts { request_digest: None, ..f.clone() };
+        assert!(matches!(plan(&cannot_be_made).step, Step::Refused { .. }), "by generation then");
     }
 
     #[test]

@@ -1497,10 +1497,15 @@ pub struct ShardRequestStatus {
     pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     /// `Accepted`, `Retrying` (the client said to retry, or the request did
     /// not reach it), `Refused`, or `Unanswered` (it may have been carried
-    /// out: not sent again for this generation).
+    /// out). A refused or unanswered request is not sent again while its
+    /// inputs stay the same.
     pub outcome: ShardRequestOutcome,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Digest of the request's inputs: the shard count, the certificate and
+    /// PIN, and the `whatsapp.operators.dev/retry-shard-change` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
 }
 
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]

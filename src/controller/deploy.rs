@@ -141,6 +141,7 @@ async fn apply_step(
         confirmed: None,
         last_request: None,
         generation: 0,
+        request_digest: None,
     })
     .coreapp_replicas;
     inputs.coreapp_replicas = Some(replicas);

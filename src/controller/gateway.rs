@@ -544,6 +544,10 @@ pub async fn reconcile_shards(
     let previous = status.and_then(|s| s.sharding.as_ref());
     let last_request = previous.and_then(|s| s.last_request.clone());
     let current = report.shards;
+    // The request as it would go now, and its inputs' digest: a refusal
+    // stands while they stay the same.
+    let request = shard_request(wan, observed, mc.shards);
+    let request_digest = request.as_ref().ok().map(|r| shard_request_digest(wan, r));
     let facts = sharding::Facts {
         desired: mc.shards,
         standby: mc.standby_coreapps,
@@ -554,13 +558,15 @@ pub async fn reconcile_shards(
         confirmed: mc.confirm_shard_change,
         last_request: last_request.as_ref(),
         generation: wan.metadata.generation.unwrap_or_default(),
+        request_digest: request_digest.as_deref(),
     };
     let plan = sharding::plan(&facts);
     let Step::SetShards(n) = plan.step else {
         return sharding::status(mc.shards, current, &plan.step, None, last_request);
     };
     let blocked = |why: String| sharding::status(mc.shards, current, &plan.step, Some(&why), last_request.clone());
-    let request = match shard_request(wan, observed, n) {
+    debug_assert_eq!(n, mc.shards, "the plan only ever sets the spec's count");
+    let request = match request {
         Ok(r) => r,
         Err(why) => return blocked(why),
     };
@@ -607,6 +613,7 @@ pub async fn reconcile_shards(
         at: Time(now),
         outcome,
         message: message.clone(),
+        request_digest,
     };
     let mut shown = sharding::status(mc.shards, current, &plan.step, None, Some(sent));
     match outcome {
@@ -617,17 +624,27 @@ pub async fn reconcile_shards(
         ShardRequestOutcome::Refused => {
             shown.phase = crate::api::ShardPhase::Blocked;
             shown.message = format!(
-                "the client refused the shard change to {n}: {message}; it is not sent again until the spec changes"
+                "the client refused the shard change to {n}: {message}; it is not sent again until the count, the certificate or the PIN changes, or the object is annotated with {RETRY_SHARD_CHANGE_ANNOTATION}"
             );
         }
         ShardRequestOutcome::Unanswered => {
             shown.phase = crate::api::ShardPhase::Blocked;
             shown.message = format!(
-                "the shard change to {n} got no answer ({message}); the client may have applied it, so it is not sent again until the spec changes"
+                "the shard change to {n} got no answer ({message}); the client may have applied it, so it is not sent again: the next probe shows the client's count; to send it again, annotate the object with {RETRY_SHARD_CHANGE_ANNOTATION}"
             );
         }
     }
     shown
+}
+
+/// The annotation a person changes to have a refused or unanswered shard
+/// change sent again with the same inputs.
+pub const RETRY_SHARD_CHANGE_ANNOTATION: &str = "whatsapp.operators.dev/retry-shard-change";
+
+/// Digest of a shard request's inputs and the retry annotation. Pure.
+pub fn shard_request_digest(wan: &WhatsAppNumber, request: &ShardRequest) -> String {
+    let retry = wan.annotations().get(RETRY_SHARD_CHANGE_ANNOTATION).map(String::as_str).unwrap_or_default();
+    crate::resources::digest(&(request.shards, &request.cert, &request.pin, retry))
 }
 
 fn shard_request(wan: &WhatsAppNumber, observed: &Observed, shards: i32) -> Result<ShardRequest, String> {
@@ -793,6 +810,31 @@ mod tests {
         // A refused code is no registration.
         let refused = reg(RegistrationPhase::CodeRefused, Some("c0"));
         assert_eq!(registration_time(Some(&waiting), Some(&refused), "unregistered", &now), None);
+    }
+
+    #[test]
+    fn a_shard_request_is_new_when_its_count_certificate_pin_or_retry_annotation_is() {
+        let mut wan = sample();
+        let request = ShardRequest {
+            cc: "1".into(),
+            phone_number: "5550001111".into(),
+            shards: 2,
+            cert: "CERT".into(),
+            pin: None,
+        };
+        let sent = shard_request_digest(&wan, &request);
+        assert_eq!(shard_request_digest(&wan, &request), sent);
+        wan.spec.webapp.replicas = 5;
+        assert_eq!(shard_request_digest(&wan, &request), sent, "other spec fields are not inputs");
+        for changed in [
+            ShardRequest { shards: 4, ..request.clone() },
+            ShardRequest { cert: "NEW".into(), ..request.clone() },
+            ShardRequest { pin: Some("123456".into()), ..request.clone() },
+        ] {
+            assert_ne!(shard_request_digest(&wan, &changed), sent, "{changed:?}");
+        }
+        wan.metadata.annotations = Some([(RETRY_SHARD_CHANGE_ANNOTATION.to_string(), "1".to_string())].into());
+        assert_ne!(shard_request_digest(&wan, &request), sent, "a person asks to send it again");
     }
 
     #[test]

@@ -342,6 +342,7 @@ mod tests {
             at: at.clone(),
             outcome: ShardRequestOutcome::Unanswered,
             message: "timed out".into(),
+            request_digest: Some("inputs".into()),
         };
         let called = WhatsAppNumberStatus {
             observed_generation: Some(4),

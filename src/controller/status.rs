@@ -1045,6 +1045,7 @@ mod tests {
             at: t(3),
             outcome: crate::api::ShardRequestOutcome::Accepted,
             message: String::new(),
+            request_digest: None,
         });
         assert_eq!(hold(&seen, &requested), None, "a record the operator keeps is written at once");
         let mut recorded = second.clone();
