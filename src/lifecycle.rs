@@ -86,7 +86,6 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
     }
 }
 
-/// The client's field names for what the spec sets, as a PATCH body.
 /// Whether the spec's settings are new to the client: they differ from the
 /// ones last written or found (`digest`); a status from before digests were
 /// kept goes by the generation.
@@ -97,6 +96,7 @@ pub fn settings_changed(status: &SettingsStatus, digest: &str, generation: Optio
     }
 }
 
+/// The client's field names for what the spec sets, as a PATCH body.
 pub fn desired_settings(spec: &SettingsSpec) -> Value {
     let mut out = Map::new();
     let mut webhooks = Map::new();

@@ -16,6 +16,10 @@ use crate::api::{ShardPhase, ShardRequestOutcome, ShardRequestStatus, ShardingSt
 /// How long after registration a shard change is still safe (Meta's reference).
 pub const SAFE_AFTER_REGISTRATION: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
 
+/// The annotation a person changes to have a refused or unanswered shard
+/// change sent again with the same inputs.
+pub const RETRY_SHARD_CHANGE_ANNOTATION: &str = "whatsapp.operators.dev/retry-shard-change";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The client's shard count is not known (health polling off or failing).
@@ -31,10 +35,12 @@ pub enum Step {
     NeedsConfirmation {
         registered: Registered,
     },
-    /// The client refused this very request for this generation; a person must
-    /// change the spec (or the registration Secret and then the spec).
+    /// The client refused this very request, or did not answer it once it
+    /// may have arrived (`unanswered`): it is not sent again while its inputs
+    /// stay the same (see [`RETRY_SHARD_CHANGE_ANNOTATION`]).
     Refused {
         message: String,
+        unanswered: bool,
     },
     /// Call `POST /v1/account/shards` with this count now.
     SetShards(i32),
@@ -45,7 +51,8 @@ pub enum Step {
 pub enum Registered {
     /// The operator saw it registered this long ago.
     Since(jiff::SignedDuration),
-    /// Registered before the operator watched it.
+    /// Registered without the operator seeing the client take its code:
+    /// before it watched, by hand, or brought back by a restore.
     Unknown,
 }
 
@@ -112,7 +119,10 @@ pub fn plan(f: &Facts) -> Plan {
                     && same_request(r, f)
             }) =>
         {
-            Step::Refused { message: f.last_request.map(|r| r.message.clone()).unwrap_or_default() }
+            Step::Refused {
+                message: f.last_request.map(|r| r.message.clone()).unwrap_or_default(),
+                unanswered: f.last_request.is_some_and(|r| r.outcome == ShardRequestOutcome::Unanswered),
+            }
         }
         Some(c) if f.desired > c && f.coreapps_ready < f.desired => {
             Step::WaitForCoreapps { ready: f.coreapps_ready, needed: f.desired }
@@ -141,7 +151,9 @@ pub fn status(
         (Step::NeedsConfirmation { registered }, _) => {
             let age = match registered {
                 Registered::Since(age) => format!("was registered {} days ago", age.as_hours() / 24),
-                Registered::Unknown => "was registered before the operator watched it".to_string(),
+                Registered::Unknown => {
+                    "has a registration of unknown age (made before the operator watched it, by hand, or brought back by a restore)".to_string()
+                }
             };
             (
                 ShardPhase::ConfirmationRequired,
@@ -152,10 +164,16 @@ pub fn status(
                 ),
             )
         }
-        (Step::Refused { message }, _) => (
+        (Step::Refused { message, unanswered: false }, _) => (
             ShardPhase::Blocked,
             format!(
-                "the client refused the change to {desired} shards ({message}); it is not sent again until the spec changes: check the certificate in the registration Secret"
+                "the client refused the change to {desired} shards ({message}); it is not sent again until the count, the certificate or the PIN changes (check the certificate in the registration Secret), or the object is annotated with {RETRY_SHARD_CHANGE_ANNOTATION}"
+            ),
+        ),
+        (Step::Refused { message, unanswered: true }, _) => (
+            ShardPhase::Blocked,
+            format!(
+                "the change to {desired} shards got no answer ({message}); the client may have applied it, so it is not sent again: the next probe shows the client's count; to send it again, annotate the object with {RETRY_SHARD_CHANGE_ANNOTATION}"
             ),
         ),
         (Step::SetShards(n), None) => (
@@ -278,7 +296,10 @@ mod tests {
     fn an_unanswered_request_is_not_repeated_for_the_same_generation_but_a_retry_is() {
         let unanswered = ShardRequestStatus { outcome: ShardRequestOutcome::Unanswered, ..refused(2, 4) };
         let f = Facts { last_request: Some(&unanswered), ..facts(2, Some(1), 2) };
-        assert!(matches!(plan(&f).step, Step::Refused { .. }), "it may have been carried out");
+        assert!(matches!(plan(&f).step, Step::Refused { unanswered: true, .. }), "it may have been carried out");
+        let s = status(2, Some(1), &plan(&f).step, None, Some(unanswered.clone()));
+        assert_eq!(s.phase, ShardPhase::Blocked);
+        assert!(s.message.contains("no answer") && s.message.contains(RETRY_SHARD_CHANGE_ANNOTATION), "{}", s.message);
         // The next probe shows whether it was.
         assert_eq!(plan(&Facts { current: Some(2), ..f.clone() }).step, Step::InSync);
         let retrying = ShardRequestStatus { outcome: ShardRequestOutcome::Retrying, ..refused(2, 4) };

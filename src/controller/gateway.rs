@@ -23,7 +23,7 @@ use crate::health::{self, Observation, report};
 use crate::probes;
 use crate::resources::config::{ADMIN_PASSWORD, WEBAPP_CA};
 use crate::resources::names::Names;
-use crate::sharding::{self, Registered, Step};
+use crate::sharding::{self, RETRY_SHARD_CHANGE_ANNOTATION, Registered, Step};
 use crate::webapp::session::SessionError;
 use crate::webapp::{CallError, ShardRequest, Trust, Webapp, phone};
 
@@ -615,31 +615,22 @@ pub async fn reconcile_shards(
         message: message.clone(),
         request_digest,
     };
-    let mut shown = sharding::status(mc.shards, current, &plan.step, None, Some(sent));
+    let refused = |unanswered| Step::Refused { message: message.clone(), unanswered };
+    let mut shown = match outcome {
+        // As every later reconcile shows it, so that it does not change.
+        ShardRequestOutcome::Refused => sharding::status(mc.shards, current, &refused(false), None, Some(sent)),
+        ShardRequestOutcome::Unanswered => sharding::status(mc.shards, current, &refused(true), None, Some(sent)),
+        _ => sharding::status(mc.shards, current, &plan.step, None, Some(sent)),
+    };
     match outcome {
         ShardRequestOutcome::Accepted => {
             shown.message = format!("requested {n} shards; waiting for the client to report them");
         }
         ShardRequestOutcome::Retrying => shown.message = format!("shard change to {n} will be retried: {message}"),
-        ShardRequestOutcome::Refused => {
-            shown.phase = crate::api::ShardPhase::Blocked;
-            shown.message = format!(
-                "the client refused the shard change to {n}: {message}; it is not sent again until the count, the certificate or the PIN changes, or the object is annotated with {RETRY_SHARD_CHANGE_ANNOTATION}"
-            );
-        }
-        ShardRequestOutcome::Unanswered => {
-            shown.phase = crate::api::ShardPhase::Blocked;
-            shown.message = format!(
-                "the shard change to {n} got no answer ({message}); the client may have applied it, so it is not sent again: the next probe shows the client's count; to send it again, annotate the object with {RETRY_SHARD_CHANGE_ANNOTATION}"
-            );
-        }
+        ShardRequestOutcome::Refused | ShardRequestOutcome::Unanswered => {}
     }
     shown
 }
-
-/// The annotation a person changes to have a refused or unanswered shard
-/// change sent again with the same inputs.
-pub const RETRY_SHARD_CHANGE_ANNOTATION: &str = "whatsapp.operators.dev/retry-shard-change";
 
 /// Digest of a shard request's inputs and the retry annotation. Pure.
 pub fn shard_request_digest(wan: &WhatsAppNumber, request: &ShardRequest) -> String {

@@ -269,21 +269,7 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     match api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            // The calls this reconcile made to the client happened all the
-            // same: their records go in on their own, or the retry from the
-            // newer object would make them again.
-            if let Some(records) = call_records(wan.status.as_ref(), status) {
-                let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-                match api.patch_status(&wan.name_any(), &params, &Patch::Merge(&records)).await {
-                    Ok(_) => {
-                        ctx.metrics.record_write("WhatsAppNumber", "patch-status");
-                        warn!(records = %records, "the status was stale; wrote the records of calls to the client alone");
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "the status was stale, and the records of calls to the client could not be written")
-                    }
-                }
-            }
+            keep_call_records(ctx, &api, wan, status).await;
             return Err(Error::StaleObject);
         }
         Err(e) => {
@@ -295,22 +281,64 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     Ok(())
 }
 
+/// The calls a reconcile made to the client happened even when its status
+/// write is refused as stale: their records go onto the object as it is now
+/// (read again, written with its resource version by the same field
+/// manager), or the retry from the newer object would make the calls again.
+async fn keep_call_records(ctx: &Context, api: &Api<WhatsAppNumber>, wan: &WhatsAppNumber, new: &WhatsAppNumberStatus) {
+    let old = wan.status.as_ref();
+    if with_call_records(old, new, old).is_none() {
+        return;
+    }
+    let name = wan.name_any();
+    let fresh = match api.get_status(&name).await {
+        Ok(fresh) => fresh,
+        Err(e) => return warn!(error = %e, "the records of calls to the client could not be kept: reading the object"),
+    };
+    let Some(kept) = with_call_records(old, new, fresh.status.as_ref()) else { return };
+    let patch = json!({
+        "apiVersion": WhatsAppNumber::api_version(&()),
+        "kind": WhatsAppNumber::kind(&()),
+        "metadata": {"resourceVersion": fresh.resource_version()},
+        "status": kept,
+    });
+    match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
+        Ok(_) => {
+            ctx.metrics.record_write("WhatsAppNumber", "apply-status");
+            warn!("the status was stale; the records of calls to the client were written onto the newer object");
+        }
+        Err(e) => warn!(error = %e, "the records of calls to the client could not be kept"),
+    }
+}
+
 /// Status fields that record calls made to the client: a shard request, a
 /// code request or verification, a restore, a certificate upload, a backup,
 /// settings written, and the registration time they lead to.
 const CALL_RECORDS: [&str; 7] =
     ["sharding", "registration", "restore", "webappCertificate", "backup", "settings", "registeredAt"];
 
-/// A merge patch of the call records that `new` changes from `old` (a field
-/// gone is `null`), or `None` when it changes none.
-pub fn call_records(old: Option<&WhatsAppNumberStatus>, new: &WhatsAppNumberStatus) -> Option<serde_json::Value> {
-    let (old, new) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
-    let changed: serde_json::Map<String, serde_json::Value> = CALL_RECORDS
-        .iter()
-        .filter(|field| old.get(**field) != new.get(**field))
-        .map(|field| (field.to_string(), new.get(*field).cloned().unwrap_or(serde_json::Value::Null)))
-        .collect();
-    (!changed.is_empty()).then(|| json!({"status": changed}))
+/// `stored` with the call records this reconcile changed (from `old` to
+/// `new`), where `stored` still has them as `old` had them: one written
+/// since is newer and stays. `None` when no record is to be written.
+pub fn with_call_records(
+    old: Option<&WhatsAppNumberStatus>,
+    new: &WhatsAppNumberStatus,
+    stored: Option<&WhatsAppNumberStatus>,
+) -> Option<WhatsAppNumberStatus> {
+    let value = |s: Option<&WhatsAppNumberStatus>| serde_json::to_value(s.cloned().unwrap_or_default()).ok();
+    let (old, new, mut kept) = (value(old)?, value(Some(new))?, value(stored)?);
+    let mut any = false;
+    for field in CALL_RECORDS {
+        if old.get(field) != new.get(field) && kept.get(field) == old.get(field) {
+            let target = kept.as_object_mut()?;
+            match new.get(field) {
+                Some(v) => target.insert(field.to_string(), v.clone()),
+                None => target.remove(field),
+            };
+            any = true;
+        }
+    }
+    any.then(|| serde_json::from_value(kept).ok()).flatten()
 }
 
 #[cfg(test)]
@@ -318,7 +346,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn call_records_of_a_stale_write_are_what_the_calls_changed() {
+    fn a_stale_write_keeps_the_records_of_its_calls_and_nothing_older() {
         use crate::api::{RestoreOutcome, RestoreStatus, ShardRequestOutcome, ShardRequestStatus, ShardingStatus};
         let at = Time("2026-01-01T00:00:00Z".parse().unwrap());
         let old = WhatsAppNumberStatus {
@@ -332,9 +360,9 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert_eq!(call_records(Some(&old), &old), None, "no call, nothing to keep");
+        assert_eq!(with_call_records(Some(&old), &old, Some(&old)), None, "no call, nothing to keep");
         let progress_only = WhatsAppNumberStatus { observed_generation: Some(4), ..old.clone() };
-        assert_eq!(call_records(Some(&old), &progress_only), None, "the rest waits for the next reconcile");
+        assert_eq!(with_call_records(Some(&old), &progress_only, Some(&old)), None, "the rest waits");
 
         let request = ShardRequestStatus {
             shards: 2,
@@ -350,11 +378,20 @@ mod tests {
             registered_at: None,
             ..old.clone()
         };
-        let records = call_records(Some(&old), &called).expect("a shard request was made");
-        assert_eq!(records["status"]["sharding"]["lastRequest"]["outcome"], "Unanswered");
-        assert_eq!(records["status"]["registeredAt"], serde_json::Value::Null, "a cleared record is cleared");
-        let fields: Vec<&String> = records["status"].as_object().unwrap().keys().collect();
-        assert_eq!(fields, ["registeredAt", "sharding"], "only the records that changed: {records}");
+        // Stored as the stale copy had it, but for a newer observation.
+        let stored = WhatsAppNumberStatus { observed_generation: Some(3), ..old.clone() };
+        let kept = with_call_records(Some(&old), &called, Some(&stored)).expect("a shard request was made");
+        assert_eq!(kept.sharding, called.sharding, "the request's record");
+        assert_eq!(kept.registered_at, None, "a cleared record is cleared");
+        assert_eq!(kept.observed_generation, Some(3), "everything else as stored");
+        assert_eq!(kept.restore, old.restore);
+
+        // A record written since the stale copy was read is newer: it stays.
+        let newer =
+            WhatsAppNumberStatus { registered_at: Some(Time("2026-02-01T00:00:00Z".parse().unwrap())), ..stored };
+        let kept = with_call_records(Some(&old), &called, Some(&newer)).expect("the shard request still");
+        assert_eq!(kept.registered_at, newer.registered_at);
+        assert_eq!(kept.sharding, called.sharding);
     }
 
     #[test]

@@ -122,7 +122,10 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, 
         .pool_idle_timeout(IDLE_CONNECTION)
         .dns_resolver(std::sync::Arc::new(BoundedResolver { timeout: timeout / 2 }))
         .timeout(timeout)
-        .connect_timeout(timeout)
+        // Shorter than the whole request's, so that a connection that never
+        // comes is told (a connect error: the request never left) from a
+        // request that got no answer (it may have arrived).
+        .connect_timeout(timeout * 3 / 4)
         .https_only(true)
         .user_agent(concat!("whatsapp-operator/", env!("CARGO_PKG_VERSION")))
         .build()
