@@ -86,6 +86,14 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
     }
 }
 
+/// Whether the client's gateway state says if the number is registered:
+/// `unregistered`, or a state of a registered number (`connected`,
+/// `connecting`, `disconnected`); not `uninitialized` (a schema being created
+/// or upgraded) nor `unknown`.
+pub fn registration_known(gateway: &str) -> bool {
+    matches!(gateway, "unregistered" | "connected" | "connecting" | "disconnected")
+}
+
 /// Whether the spec's settings are new to the client: they differ from the
 /// ones last written or found (`digest`); a status from before digests were
 /// kept goes by the generation.
@@ -184,6 +192,16 @@ mod tests {
 
     fn digest(s: &str) -> String {
         format!("d({s})")
+    }
+
+    #[test]
+    fn only_some_gateway_states_say_whether_the_number_is_registered() {
+        for known in ["unregistered", "connected", "connecting", "disconnected"] {
+            assert!(registration_known(known), "{known}");
+        }
+        for unknown in ["uninitialized", "unknown", ""] {
+            assert!(!registration_known(unknown), "{unknown}");
+        }
     }
 
     #[test]

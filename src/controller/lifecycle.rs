@@ -116,12 +116,16 @@ pub async fn step(
         }
     }
 
-    if let Some(method) = wan.spec.registration.as_deref().and_then(|r| r.method.map(|m| (r, m))) {
+    // A schema being created or upgraded (`uninitialized`) says nothing of
+    // the registration: it waits for a state that does.
+    if let Some(method) = wan.spec.registration.as_deref().and_then(|r| r.method.map(|m| (r, m)))
+        && lifecycle::registration_known(gateway)
+    {
         report.registration =
             Some(register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await);
     }
 
-    if !unregistered && gateway != "unknown" {
+    if !unregistered && lifecycle::registration_known(gateway) {
         if let Some(spec) = &wan.spec.settings {
             report.settings =
                 Some(settings(webapp, token, wan, observed, spec, seen.settings, report.settings.clone()).await);
