@@ -107,8 +107,16 @@ async fn schema_job_left(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> 
     if ctx.caches.jobs.get(&namespace, &name).await?.is_some() {
         return Ok(true);
     }
-    let pods = ctx.caches.schema_pods.filter(|p| *p.namespace == *namespace && p.job.as_deref() == Some(&name)).await?;
-    Ok(!pods.is_empty())
+    Ok(!schema_pods(ctx, &namespace, &name).await?.is_empty())
+}
+
+/// The pods of the schema Job `name`, from the cache.
+async fn schema_pods(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<std::sync::Arc<super::cache::SchemaPod>>> {
+    Ok(ctx.caches.schema_pods.filter(|p| *p.namespace == *namespace && p.job.as_deref() == Some(name)).await?)
 }
 
 /// What the apply step wrote and found.
@@ -374,11 +382,7 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
         )
     });
     // Only while the Job runs: whether its pod can start at all.
-    let pods = if unfinished {
-        ctx.caches.schema_pods.filter(|p| *p.namespace == *namespace && p.job.as_deref() == Some(&name)).await?
-    } else {
-        vec![]
-    };
+    let pods = if unfinished { schema_pods(ctx, &namespace, &name).await? } else { vec![] };
     let pods: Vec<Pod> = pods.iter().map(|p| p.pod()).collect();
     Ok(upgrade::job::state(job.map(|j| j.job()).as_ref(), &pods))
 }

@@ -615,11 +615,13 @@ pub async fn reconcile_shards(
         message: message.clone(),
         request_digest,
     };
-    let refused = |unanswered| Step::Refused { message: message.clone(), unanswered };
     let mut shown = match outcome {
         // As every later reconcile shows it, so that it does not change.
-        ShardRequestOutcome::Refused => sharding::status(mc.shards, current, &refused(false), None, Some(sent)),
-        ShardRequestOutcome::Unanswered => sharding::status(mc.shards, current, &refused(true), None, Some(sent)),
+        ShardRequestOutcome::Refused | ShardRequestOutcome::Unanswered => {
+            let unanswered = outcome == ShardRequestOutcome::Unanswered;
+            let step = Step::Refused { message: message.clone(), unanswered };
+            sharding::status(mc.shards, current, &step, None, Some(sent))
+        }
         _ => sharding::status(mc.shards, current, &plan.step, None, Some(sent)),
     };
     match outcome {

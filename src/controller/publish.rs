@@ -260,12 +260,7 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     // The resource version makes the write conditional: status computed from
     // a stale copy (a cache behind a newer write, a replica that lost the
     // lead) is refused instead of moving an upgrade or a claim backwards.
-    let patch = json!({
-        "apiVersion": WhatsAppNumber::api_version(&()),
-        "kind": WhatsAppNumber::kind(&()),
-        "metadata": {"resourceVersion": wan.resource_version()},
-        "status": status,
-    });
+    let patch = status_apply(wan.resource_version(), status);
     match api.patch_status(&wan.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -279,6 +274,16 @@ async fn patch_status(ctx: &Context, wan: &WhatsAppNumber, status: &WhatsAppNumb
     }
     ctx.metrics.record_write("WhatsAppNumber", "apply-status");
     Ok(())
+}
+
+/// The body of a status apply, conditional on `resource_version`.
+fn status_apply(resource_version: Option<String>, status: &WhatsAppNumberStatus) -> serde_json::Value {
+    json!({
+        "apiVersion": WhatsAppNumber::api_version(&()),
+        "kind": WhatsAppNumber::kind(&()),
+        "metadata": {"resourceVersion": resource_version},
+        "status": status,
+    })
 }
 
 /// The calls a reconcile made to the client happened even when its status
@@ -296,12 +301,7 @@ async fn keep_call_records(ctx: &Context, api: &Api<WhatsAppNumber>, wan: &Whats
         Err(e) => return warn!(error = %e, "the records of calls to the client could not be kept: reading the object"),
     };
     let Some(kept) = with_call_records(old, new, fresh.status.as_ref()) else { return };
-    let patch = json!({
-        "apiVersion": WhatsAppNumber::api_version(&()),
-        "kind": WhatsAppNumber::kind(&()),
-        "metadata": {"resourceVersion": fresh.resource_version()},
-        "status": kept,
-    });
+    let patch = status_apply(fresh.resource_version(), &kept);
     match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
         Ok(_) => {
             ctx.metrics.record_write("WhatsAppNumber", "apply-status");
