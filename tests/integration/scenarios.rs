@@ -342,6 +342,22 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
     // Defaults are applied by the API server, so `kubectl get -o yaml` shows them.
     let stored = api.get("valid").await?;
     ensure!(stored.spec.multiconnect.shards == 1 && stored.spec.webapp.replicas == 2, "server-side defaults");
+    // A restore that names only the backup Secret reads the key the
+    // operator's backups use: sent untyped, so the API server's default is
+    // what fills it in.
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(env.admin.clone(), &ns, &kube::api::ApiResource::erase::<WhatsAppNumber>(&()));
+    let mut restoring = valid.clone();
+    restoring["metadata"]["name"] = json!("restoring");
+    restoring["spec"]["phoneNumber"] = json!("+15550008888");
+    restoring["spec"]["restoreFrom"] =
+        json!({"secretRef": {"name": "old-backup"}, "passwordSecretRef": {"name": "backup-password"}});
+    let created = raw.create(&PostParams::default(), &serde_json::from_value(restoring)?).await?;
+    ensure!(
+        created.data.pointer("/spec/restoreFrom/secretRef/key") == Some(&json!("backup")),
+        "restoreFrom.secretRef.key defaults to backup: {:?}",
+        created.data.pointer("/spec/restoreFrom")
+    );
 
     support::delete_namespace(&env.admin, &ns).await;
     ensure!(failures.is_empty(), "invalid objects not rejected as expected:\n{}", failures.join("\n"));
