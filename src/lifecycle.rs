@@ -86,6 +86,34 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
     }
 }
 
+/// What to do about `spec.restoreFrom` now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreStep {
+    /// Restore the backup: the deployment is new (unregistered) and every
+    /// master and coreapp runs.
+    Restore,
+    /// Nothing is restored, ever, for this backup: the client is registered
+    /// and connected, and a restore would overwrite that registration.
+    AlreadyRegistered,
+    /// Not yet: nodes are missing or the client's state does not say.
+    Wait,
+    /// This backup was restored, refused or passed over already.
+    Done,
+}
+
+/// `recorded`: whether status records an outcome for this backup; `nodes`
+/// the nodes the client reports, against the `expected` masters and coreapps.
+pub fn restore_step(recorded: bool, gateway: &str, nodes: usize, expected: usize) -> RestoreStep {
+    match gateway {
+        _ if recorded => RestoreStep::Done,
+        "unregistered" if nodes >= expected => RestoreStep::Restore,
+        // Only a connected gateway proves a registration: `disconnected` is
+        // also what nodes that cannot be reached yet add up to.
+        "connected" => RestoreStep::AlreadyRegistered,
+        _ => RestoreStep::Wait,
+    }
+}
+
 /// Whether the client's gateway state says if the number is registered:
 /// `unregistered`, or a state of a registered number (`connected`,
 /// `connecting`, `disconnected`); not `uninitialized` (a schema being created
@@ -192,6 +220,21 @@ mod tests {
 
     fn digest(s: &str) -> String {
         format!("d({s})")
+    }
+
+    #[test]
+    fn a_restore_goes_only_into_a_new_deployment_once() {
+        assert_eq!(restore_step(false, "unregistered", 4, 4), RestoreStep::Restore);
+        assert_eq!(restore_step(false, "unregistered", 3, 4), RestoreStep::Wait, "every node first");
+        assert_eq!(restore_step(true, "unregistered", 4, 4), RestoreStep::Done, "once per backup");
+        // A registration found before any restore (a lost status, an object
+        // re-created over its databases) is never overwritten.
+        assert_eq!(restore_step(false, "connected", 4, 4), RestoreStep::AlreadyRegistered);
+        // States that do not prove a registration wait.
+        for gateway in ["disconnected", "connecting", "uninitialized", "unknown", ""] {
+            assert_eq!(restore_step(false, gateway, 4, 4), RestoreStep::Wait, "{gateway}");
+        }
+        assert_eq!(restore_step(true, "connected", 4, 4), RestoreStep::Done);
     }
 
     #[test]

@@ -1329,6 +1329,11 @@ pub struct RestoreStatus {
 pub enum RestoreOutcome {
     Restored,
     Refused,
+    /// The client was found registered and connected before any restore was
+    /// made (an object re-created over databases that hold the number, or a
+    /// status lost after the restore): a restore would overwrite a live
+    /// registration, so none is made for this backup.
+    AlreadyRegistered,
 }
 
 /// The uploaded webapp certificate.

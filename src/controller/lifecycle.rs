@@ -23,7 +23,7 @@ use crate::backups::{
     self,
     object_store::{Access, Store},
 };
-use crate::lifecycle::{self, RegistrationStep};
+use crate::lifecycle::{self, RegistrationStep, RestoreStep};
 use crate::resources::names::{FIELD_MANAGER, LABEL_COMPONENT, Names, component_labels, instance_selector};
 use crate::resources::{digest, owned_meta};
 use crate::webapp::{CallError, Webapp, phone};
@@ -100,16 +100,28 @@ pub async fn step(
     // A restore comes first: it brings the registration of the old setup.
     if let Some(from) = &wan.spec.restore_from {
         let source = from.source();
-        let done = report.restore.as_ref().is_some_and(|r| r.from == source);
+        let recorded = report.restore.as_ref().is_some_and(|r| r.from == source);
         let expected = (wan.spec.multiconnect.masters
             + wan.spec.multiconnect.shards
             + wan.spec.multiconnect.standby_coreapps) as usize;
-        if !done && unregistered && nodes >= expected {
-            report.restore = Some(restore(webapp, token, observed, from).await);
-            // What the client holds now is for the next probe to say: a
-            // restored registration may still be taking effect, and nothing
-            // may register the number on what was seen before the restore.
-            return report;
+        match lifecycle::restore_step(recorded, gateway, nodes, expected) {
+            RestoreStep::Restore => {
+                report.restore = Some(restore(webapp, token, observed, from).await);
+                // What the client holds now is for the next probe to say: a
+                // restored registration may still be taking effect, and nothing
+                // may register the number on what was seen before the restore.
+                return report;
+            }
+            RestoreStep::AlreadyRegistered => {
+                warn!(from = %source, "the client is registered and connected: the backup is not restored over it");
+                report.restore = Some(RestoreStatus {
+                    outcome: RestoreOutcome::AlreadyRegistered,
+                    from: source.clone(),
+                    at: Time(jiff::Timestamp::now()),
+                    message: String::new(),
+                });
+            }
+            RestoreStep::Wait | RestoreStep::Done => {}
         }
         if report.restore.as_ref().is_none_or(|r| r.from != source) {
             return report;

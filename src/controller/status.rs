@@ -527,6 +527,12 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
             Some(r) if r.outcome == RestoreOutcome::Refused => {
                 cond(RESTORED, false, "RestoreRefused", r.message.clone())
             }
+            Some(r) if r.outcome == RestoreOutcome::AlreadyRegistered && r.from == from.source() => cond(
+                RESTORED,
+                false,
+                "AlreadyRegistered",
+                "the client was registered and connected before the backup was restored; a restore would overwrite that registration, so none was made",
+            ),
             _ => cond(RESTORED, false, "WaitingForNodes", "the backup is restored once every master and coreapp runs"),
         });
     }
@@ -921,6 +927,47 @@ mod tests {
 
     fn cond<'a>(s: &'a WhatsAppNumberStatus, type_: &str) -> &'a Condition {
         find(Some(s), type_).unwrap()
+    }
+
+    #[test]
+    fn restored_says_what_became_of_the_backup() {
+        use crate::api::{RestoreOutcome, RestoreStatus};
+        let mut wan = sample();
+        wan.spec.restore_from = Some(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "secretRef": {"name": "old-backup"}, "passwordSecretRef": {"name": "pw"}
+            }))
+            .unwrap(),
+        ));
+        let with = |outcome: Option<RestoreOutcome>| {
+            let mut applied = match all_ready() {
+                Outcome::Applied(a) => a,
+                _ => unreachable!(),
+            };
+            applied.client.lifecycle.restore = outcome.map(|outcome| RestoreStatus {
+                outcome,
+                from: "old-backup".into(),
+                at: t(5),
+                message: "no".into(),
+            });
+            let s = compute(&wan, &Outcome::Applied(applied), None, &t(10));
+            let c = cond(&s, RESTORED);
+            (c.status.clone(), c.reason.clone(), s.restore.map(|r| r.outcome))
+        };
+        assert_eq!(with(None), ("False".into(), "WaitingForNodes".into(), None));
+        assert_eq!(
+            with(Some(RestoreOutcome::Restored)),
+            ("True".into(), "Restored".into(), Some(RestoreOutcome::Restored))
+        );
+        assert_eq!(
+            with(Some(RestoreOutcome::Refused)),
+            ("False".into(), "RestoreRefused".into(), Some(RestoreOutcome::Refused))
+        );
+        // Recorded, so that no later pass restores over the registration.
+        assert_eq!(
+            with(Some(RestoreOutcome::AlreadyRegistered)),
+            ("False".into(), "AlreadyRegistered".into(), Some(RestoreOutcome::AlreadyRegistered))
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use whatsapp_operator::api::WhatsAppNumber;
+use whatsapp_operator::api::{RestoreOutcome, WhatsAppNumber};
 
 use crate::Env;
 use crate::emulated::{self, Deployment};
@@ -519,6 +519,26 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
         "a restored registration has no registration time: {:?}",
         w.status.as_ref().map(|s| &s.registered_at)
     );
+    // The status is lost (the object restored from a copy without it, say):
+    // the client is found registered and connected, so the backup is not
+    // restored over it, and that is recorded.
+    let digits = number.trim_start_matches('+').to_string();
+    let restores = |logs: &str| {
+        logs.lines().filter(|l| l.contains("settings restored from a backup") && l.contains(&digits)).count()
+    };
+    ensure!(restores(&moved.logs()) == 1, "one restore: {}", moved.logs());
+    let lost = json!({"status": {"restore": null}});
+    api.patch_status(NAME, &PatchParams::default(), &Patch::Merge(&lost)).await?;
+    let w = wait_condition(&api, NAME, "Restored", "False", "AlreadyRegistered").await.with_context(|| moved.logs())?;
+    ensure!(
+        w.status
+            .as_ref()
+            .and_then(|s| s.restore.as_ref())
+            .is_some_and(|r| r.outcome == RestoreOutcome::AlreadyRegistered && r.from == backup),
+        "recorded: {:?}",
+        w.status.as_ref().map(|s| &s.restore)
+    );
+    ensure!(restores(&moved.logs()) == 1, "not restored again: {}", moved.logs());
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
