@@ -114,12 +114,18 @@ pub fn restore_step(recorded: bool, gateway: &str, nodes: usize, expected: usize
     }
 }
 
-/// Whether the client's gateway state says if the number is registered:
-/// `unregistered`, or a state of a registered number (`connected`,
-/// `connecting`, `disconnected`); not `uninitialized` (a schema being created
-/// or upgraded) nor `unknown`.
-pub fn registration_known(gateway: &str) -> bool {
-    matches!(gateway, "unregistered" | "connected" | "connecting" | "disconnected")
+/// Whether the client's state says if the number is registered: a node
+/// reports `unregistered`, or the gateway a state of a registered number
+/// (`connected`, `connecting`; `disconnected` only once all `expected`
+/// masters and coreapps answer, since nodes that cannot be reached yet also
+/// add up to it, the one that would say `unregistered` among them). Never
+/// `uninitialized` (a schema being created or upgraded) nor `unknown`.
+pub fn registration_known(gateway: &str, nodes: usize, expected: usize) -> bool {
+    match gateway {
+        "unregistered" | "connected" | "connecting" => true,
+        "disconnected" => nodes >= expected,
+        _ => false,
+    }
 }
 
 /// Whether the spec's settings are new to the client: they differ from the
@@ -240,11 +246,16 @@ mod tests {
     #[test]
     fn only_some_gateway_states_say_whether_the_number_is_registered() {
         for known in ["unregistered", "connected", "connecting", "disconnected"] {
-            assert!(registration_known(known), "{known}");
+            assert!(registration_known(known, 4, 4), "{known}");
         }
         for unknown in ["uninitialized", "unknown", ""] {
-            assert!(!registration_known(unknown), "{unknown}");
+            assert!(!registration_known(unknown, 4, 4), "{unknown}");
         }
+        // Nodes not answering yet add up to `disconnected`: the primary
+        // master that would say `unregistered` may be one of them.
+        assert!(!registration_known("disconnected", 3, 4));
+        assert!(!registration_known("disconnected", 0, 4));
+        assert!(registration_known("unregistered", 1, 4), "one node saying so is enough");
     }
 
     #[test]

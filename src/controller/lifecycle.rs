@@ -96,14 +96,14 @@ pub async fn step(
     let (gateway, nodes) = (seen.gateway, seen.nodes);
     let mut report = LifecycleReport::from_status(wan.status.as_ref());
     let unregistered = gateway == "unregistered";
+    let mc = &wan.spec.multiconnect;
+    let expected = (mc.masters + mc.shards + mc.standby_coreapps) as usize;
+    let registration_known = lifecycle::registration_known(gateway, nodes, expected);
 
     // A restore comes first: it brings the registration of the old setup.
     if let Some(from) = &wan.spec.restore_from {
         let source = from.source();
         let recorded = report.restore.as_ref().is_some_and(|r| r.from == source);
-        let expected = (wan.spec.multiconnect.masters
-            + wan.spec.multiconnect.shards
-            + wan.spec.multiconnect.standby_coreapps) as usize;
         match lifecycle::restore_step(recorded, gateway, nodes, expected) {
             RestoreStep::Restore => {
                 report.restore = Some(restore(webapp, token, observed, from).await);
@@ -129,15 +129,16 @@ pub async fn step(
     }
 
     // A schema being created or upgraded (`uninitialized`) says nothing of
-    // the registration: it waits for a state that does.
+    // the registration, nor do nodes that do not answer yet: it waits for a
+    // state that does.
     if let Some(method) = wan.spec.registration.as_deref().and_then(|r| r.method.map(|m| (r, m)))
-        && lifecycle::registration_known(gateway)
+        && registration_known
     {
         report.registration =
             Some(register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await);
     }
 
-    if !unregistered && lifecycle::registration_known(gateway) {
+    if !unregistered && registration_known {
         if let Some(spec) = &wan.spec.settings {
             report.settings =
                 Some(settings(webapp, token, wan, observed, spec, seen.settings, report.settings.clone()).await);

@@ -396,11 +396,16 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     }
     prepare_in(c, &ns, &number, spec).await?;
     let api = wans(c, &ns);
+    // The webapp first: with no node answering, the client's health says
+    // nothing of the registration, so nothing is taken for registered.
+    let key = api_key(c, &ns).await?;
+    let url = deployment.webapp(&key, port)?;
+    wait_condition(&api, NAME, "GatewayConnected", "False", "NoPrimaryMaster")
+        .await
+        .with_context(|| deployment.logs())?;
     for master in [true, true, false, false] {
         deployment.node(master)?;
     }
-    let key = api_key(c, &ns).await?;
-    let url = deployment.webapp(&key, port)?;
 
     // The operator requests the code once; a person puts it into the Secret.
     let w =
