@@ -184,9 +184,33 @@ pub fn status(
     ShardingStatus { desired, current, phase, message, last_request }
 }
 
+/// Whether a shard count the client reported can ground a change: the
+/// number is registered (the client refuses a shard change before), and a
+/// backup asked for (`restore_pending`) is in, restored before the probe
+/// began (`restored_at` against `probe_began`): the backup brings its own
+/// count, and the one read before it is the new setup's default.
+pub fn count_usable(
+    gateway: &str,
+    restore_pending: bool,
+    restored_at: Option<jiff::Timestamp>,
+    probe_began: jiff::Timestamp,
+) -> bool {
+    gateway != "unregistered" && !restore_pending && restored_at.is_none_or(|at| at < probe_began)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_read_before_registration_or_restore_grounds_nothing() {
+        let t = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        assert!(count_usable("connected", false, None, t(100)));
+        assert!(!count_usable("unregistered", false, None, t(100)), "the client refuses it before registration");
+        assert!(!count_usable("connected", true, None, t(100)), "the backup is not in yet");
+        assert!(!count_usable("connected", false, Some(t(100)), t(90)), "read before the restore");
+        assert!(count_usable("connected", false, Some(t(80)), t(90)));
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const DAY: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);

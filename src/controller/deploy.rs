@@ -263,7 +263,7 @@ async fn observe_upgrade(
 ) -> Result<Option<procedure::Observed>> {
     match &planned.plan.upgrade {
         Some(u) if !procedure::is_done(u) => {
-            upgrade_facts(ctx, wan, u, &written.tiers, gateway.health.observation(), planned.now).await.map(Some)
+            upgrade_facts(ctx, wan, u, &written.tiers, &gateway.health, planned.now).await.map(Some)
         }
         _ => Ok(None),
     }
@@ -447,7 +447,7 @@ async fn upgrade_facts(
     wan: &WhatsAppNumber,
     u: &crate::api::UpgradeStatus,
     tiers: &status::Tiers,
-    health: Option<&crate::health::Observation>,
+    health: &status::GatewayHealth,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Result<procedure::Observed> {
     let node_pods =
@@ -457,10 +457,14 @@ async fn upgrade_facts(
     // Read again after apply: this reconcile may just have created the Job.
     let job = schema_job_state(ctx, wan, &u.to).await?;
     let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());
+    // Polling on and no answer yet (a restarted operator, webapps not up) is
+    // no evidence that the new version connected.
     let gateway = match health {
-        None => procedure::Gateway::NotPolled,
-        Some(h) if h.verdict.healthy => procedure::Gateway::Healthy,
-        Some(h) => procedure::Gateway::Unhealthy(h.verdict.message.clone()),
+        status::GatewayHealth::Probed(h) if h.verdict.healthy => procedure::Gateway::Healthy,
+        status::GatewayHealth::Probed(h) => procedure::Gateway::Unhealthy(h.verdict.message.clone()),
+        status::GatewayHealth::Awaiting => procedure::Gateway::Awaiting,
+        status::GatewayHealth::NotProbed if wan.spec.health.enabled => procedure::Gateway::Awaiting,
+        status::GatewayHealth::NotProbed => procedure::Gateway::NotPolled,
     };
     Ok(procedure::Observed {
         now,

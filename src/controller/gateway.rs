@@ -386,7 +386,8 @@ pub async fn observe(
         }
     };
     let mut report = report(observation, admin);
-    report.shards = probe.shards;
+    report.shards =
+        probe.shards.filter(|_| shard_count_usable(wan, status, &report.observation.verdict.gateway, now.0));
     let mut changed_client = false;
     if let Some(token) = &token
         && let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report.certificate).await
@@ -425,6 +426,30 @@ pub async fn observe(
         });
     }
     Ok(Some(report))
+}
+
+/// Whether the shard count of this probe may ground a shard change (see
+/// [`sharding::count_usable`]). The probe began at most its deadline (four
+/// request timeouts) before it ended.
+fn shard_count_usable(
+    wan: &WhatsAppNumber,
+    status: Option<&crate::api::WhatsAppNumberStatus>,
+    gateway: &str,
+    probed_at: jiff::Timestamp,
+) -> bool {
+    use crate::api::RestoreOutcome;
+    let recorded = status.and_then(|s| s.restore.as_deref());
+    let (pending, restored_at) = match &wan.spec.restore_from {
+        None => (false, None),
+        Some(from) => match recorded.filter(|r| r.from == from.source()) {
+            Some(r) if r.outcome == RestoreOutcome::Restored => (false, Some(r.at.0)),
+            Some(r) if r.outcome == RestoreOutcome::AlreadyRegistered => (false, None),
+            _ => (true, None),
+        },
+    };
+    let deadline = std::time::Duration::from_secs(wan.spec.health.timeout_seconds as u64 * 4);
+    let began = probed_at.checked_sub(deadline).unwrap_or(probed_at);
+    crate::sharding::count_usable(gateway, pending, restored_at, began)
 }
 
 /// Uploads `spec.webapp.tls` when it differs from what the client accepted

@@ -123,7 +123,10 @@ pub async fn step(
             }
             RestoreStep::Wait | RestoreStep::Done => {}
         }
-        if report.restore.as_ref().is_none_or(|r| r.from != source) {
+        // Nothing registers the number, nor writes its settings, until the
+        // backup is in or passed over: a refused restore waits for a person
+        // (another backup, or no restoreFrom to register the number anew).
+        if !report.restore.as_ref().is_some_and(|r| r.from == source && r.outcome != RestoreOutcome::Refused) {
             return report;
         }
     }
@@ -196,6 +199,12 @@ async fn restore(
         Ok(()) => {
             info!(from = %source, "restored the backup into this deployment");
             RestoreStatus { outcome: RestoreOutcome::Restored, from: source, at, message: String::new() }
+        }
+        // Failover errors and no answer are tried again: the client is still
+        // unregistered at the next try, or the restore arrived after all.
+        Err(e) if e.is_retryable() => {
+            warn!(error = %e, "the restore did not go through; it is tried again");
+            waiting(format!("the restore of {source} did not go through and is tried again: {e}"))
         }
         Err(e) => {
             warn!(error = %e, "the client refused the restore; it is not tried again for this backup");

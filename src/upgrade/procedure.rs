@@ -54,6 +54,9 @@ pub enum JobState {
 pub enum Gateway {
     /// Health polling is off: the workloads' readiness stands in for it.
     NotPolled,
+    /// Polling is on and no probe has answered since the operator started
+    /// (or since the probe's settings changed): nothing is known yet.
+    Awaiting,
     Healthy,
     Unhealthy(String),
 }
@@ -219,6 +222,7 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
         Step::RollingWebapps => (observed.webapps_ready, format!("rolling the webapps to {to}"), None),
         Step::Verifying => match &observed.gateway {
             Gateway::Healthy | Gateway::NotPolled => (true, String::new(), None),
+            Gateway::Awaiting => (false, "waiting for the first health probe of the new version".into(), None),
             Gateway::Unhealthy(why) => {
                 (false, format!("waiting for every shard and a primary master to connect: {why}"), None)
             }
@@ -450,6 +454,17 @@ mod tests {
             assert_eq!(step_of(&once), step, "{step:?}");
             assert_eq!(advance(&once, &blocked, DEADLINES), once, "{step:?}: idempotent");
         }
+    }
+
+    #[test]
+    fn verifying_waits_for_a_probe_when_polling_is_on() {
+        // After a restart of the operator no probe has answered yet: that
+        // is no evidence that the new version connected.
+        let u = UpgradeStatus { step: Step::Verifying, ..begin("2.53.2", "2.55.1", at(0)) };
+        let o = Observed { gateway: Gateway::Awaiting, ..observed(1) };
+        let waiting = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&waiting), Step::Verifying);
+        assert!(!is_done(&waiting));
     }
 
     #[test]
