@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use crate::api::{RegistrationPhase, RegistrationStatus, SettingsSpec, SettingsStatus};
+use crate::api::{RegistrationPhase, RegistrationStatus, RestoreOutcome, SettingsSpec, SettingsStatus};
 
 /// What to do about the registration now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,31 +86,57 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
     }
 }
 
+/// How long a restore that did not go through waits before it is tried again.
+pub const RESTORE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What to do about `spec.restoreFrom` now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestoreStep {
     /// Restore the backup: the deployment is new (unregistered) and every
     /// master and coreapp runs.
     Restore,
-    /// Nothing is restored, ever, for this backup: the client is registered
-    /// and connected, and a restore would overwrite that registration.
+    /// Nothing is restored, ever, for this backup: the client reports the
+    /// number registered, and a restore would overwrite that registration.
     AlreadyRegistered,
-    /// Not yet: nodes are missing or the client's state does not say.
+    /// Not yet: nodes are missing, the client's state does not say, or a
+    /// try that did not go through waits for its retry time.
     Wait,
     /// This backup was restored, refused or passed over already.
     Done,
 }
 
-/// `recorded`: whether status records an outcome for this backup; `nodes`
-/// the nodes the client reports, against the `expected` masters and coreapps.
-pub fn restore_step(recorded: bool, gateway: &str, nodes: usize, expected: usize) -> RestoreStep {
-    match gateway {
-        _ if recorded => RestoreStep::Done,
-        "unregistered" if nodes >= expected => RestoreStep::Restore,
-        // Only a connected gateway proves a registration: `disconnected` is
-        // also what nodes that cannot be reached yet add up to.
-        "connected" => RestoreStep::AlreadyRegistered,
-        _ => RestoreStep::Wait,
+/// `recorded`: what status records for this backup, and when; `nodes` the
+/// nodes the client reports, against the `expected` masters and coreapps.
+pub fn restore_step(
+    recorded: Option<(RestoreOutcome, Timestamp)>,
+    gateway: &str,
+    nodes: usize,
+    expected: usize,
+    now: Timestamp,
+) -> RestoreStep {
+    let tried_at = match recorded {
+        None => None,
+        Some((RestoreOutcome::Retrying, at)) => Some(at),
+        Some(_) => return RestoreStep::Done,
+    };
+    // A try that got no answer may have arrived: the client says.
+    if gateway != "unregistered" && registration_known(gateway, nodes, expected) {
+        return RestoreStep::AlreadyRegistered;
+    }
+    if gateway != "unregistered" || nodes < expected {
+        return RestoreStep::Wait;
+    }
+    match tried_at.and_then(|at| at.checked_add(RESTORE_RETRY).ok()) {
+        Some(retry_at) if now < retry_at => RestoreStep::Wait,
+        _ => RestoreStep::Restore,
+    }
+}
+
+/// When a restore that did not go through is tried again.
+pub fn restore_retry_at(recorded: Option<(RestoreOutcome, Timestamp)>) -> Option<Timestamp> {
+    match recorded {
+        Some((RestoreOutcome::Retrying, at)) => at.checked_add(RESTORE_RETRY).ok(),
+        _ => None,
     }
 }
 
@@ -230,17 +256,37 @@ mod tests {
 
     #[test]
     fn a_restore_goes_only_into_a_new_deployment_once() {
-        assert_eq!(restore_step(false, "unregistered", 4, 4), RestoreStep::Restore);
-        assert_eq!(restore_step(false, "unregistered", 3, 4), RestoreStep::Wait, "every node first");
-        assert_eq!(restore_step(true, "unregistered", 4, 4), RestoreStep::Done, "once per backup");
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let now = t(1_000);
+        assert_eq!(restore_step(None, "unregistered", 4, 4, now), RestoreStep::Restore);
+        assert_eq!(restore_step(None, "unregistered", 3, 4, now), RestoreStep::Wait, "every node first");
+        for done in [RestoreOutcome::Restored, RestoreOutcome::Refused, RestoreOutcome::AlreadyRegistered] {
+            assert_eq!(restore_step(Some((done, t(0))), "unregistered", 4, 4, now), RestoreStep::Done, "{done:?}");
+        }
         // A registration found before any restore (a lost status, an object
         // re-created over its databases) is never overwritten.
-        assert_eq!(restore_step(false, "connected", 4, 4), RestoreStep::AlreadyRegistered);
-        // States that do not prove a registration wait.
-        for gateway in ["disconnected", "connecting", "uninitialized", "unknown", ""] {
-            assert_eq!(restore_step(false, gateway, 4, 4), RestoreStep::Wait, "{gateway}");
+        assert_eq!(restore_step(None, "connected", 4, 4, now), RestoreStep::AlreadyRegistered);
+        assert_eq!(restore_step(None, "disconnected", 4, 4, now), RestoreStep::AlreadyRegistered);
+        // States that do not prove a registration wait: nodes that do not
+        // answer yet also add up to `disconnected`.
+        for (gateway, nodes) in
+            [("disconnected", 3), ("disconnected", 0), ("uninitialized", 4), ("unknown", 4), ("", 4)]
+        {
+            assert_eq!(restore_step(None, gateway, nodes, 4, now), RestoreStep::Wait, "{gateway}");
         }
-        assert_eq!(restore_step(true, "connected", 4, 4), RestoreStep::Done);
+    }
+
+    #[test]
+    fn a_restore_that_did_not_go_through_is_tried_again_after_a_while() {
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let retrying = |at: i64| Some((RestoreOutcome::Retrying, t(at)));
+        assert_eq!(restore_step(retrying(990), "unregistered", 4, 4, t(1_000)), RestoreStep::Wait, "not at once");
+        assert_eq!(restore_step(retrying(900), "unregistered", 4, 4, t(1_000)), RestoreStep::Restore);
+        assert_eq!(restore_step(retrying(900), "unregistered", 3, 4, t(1_000)), RestoreStep::Wait);
+        // The try without an answer arrived after all: nothing more is sent.
+        assert_eq!(restore_step(retrying(990), "connected", 4, 4, t(1_000)), RestoreStep::AlreadyRegistered);
+        assert_eq!(restore_retry_at(retrying(900)), Some(t(960)));
+        assert_eq!(restore_retry_at(Some((RestoreOutcome::Refused, t(900)))), None);
     }
 
     #[test]

@@ -187,15 +187,16 @@ pub fn status(
 /// Whether a shard count the client reported can ground a change: the
 /// number is registered (the client refuses a shard change before), and a
 /// backup asked for (`restore_pending`) is in, restored before the probe
-/// began (`restored_at` against `probe_began`): the backup brings its own
-/// count, and the one read before it is the new setup's default.
+/// that read the count (`restored_at` against `probed_at`): the backup
+/// brings its own count, and the one read before it is the new setup's
+/// default.
 pub fn count_usable(
     gateway: &str,
     restore_pending: bool,
     restored_at: Option<jiff::Timestamp>,
-    probe_began: jiff::Timestamp,
+    probed_at: jiff::Timestamp,
 ) -> bool {
-    gateway != "unregistered" && !restore_pending && restored_at.is_none_or(|at| at < probe_began)
+    gateway != "unregistered" && !restore_pending && restored_at.is_none_or(|at| at < probed_at)
 }
 
 #[cfg(test)]

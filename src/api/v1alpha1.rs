@@ -1329,10 +1329,14 @@ pub struct RestoreStatus {
 pub enum RestoreOutcome {
     Restored,
     Refused,
-    /// The client was found registered and connected before any restore was
-    /// made (an object re-created over databases that hold the number, or a
-    /// status lost after the restore): a restore would overwrite a live
-    /// registration, so none is made for this backup.
+    /// Not done yet, and tried again a minute after `at` while the number
+    /// stays unregistered: the client did not answer or asked to retry, or
+    /// an input was missing (a Secret, the object store).
+    Retrying,
+    /// The client was found registered with no restore it confirmed (an
+    /// object re-created over databases that hold the number, a status lost
+    /// after the restore, or a restore whose answer never came): a restore
+    /// would overwrite a live registration, so none is made for this backup.
     AlreadyRegistered,
 }
 

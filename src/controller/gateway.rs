@@ -351,6 +351,12 @@ pub async fn observe(
     let unreachable = |why: String, at: &Time| {
         report(health::unreachable(why.clone(), previous, at), AdminAccess::Failed(ADMIN_UNAVAILABLE, why))
     };
+    // A person declared the conflict over: a result from before says nothing
+    // of now (the kicked nodes may still have shown the conflict), and would
+    // record it again once the nodes start. The next probe decides.
+    if status.and_then(|s| s.external_conflict.as_deref()).is_some_and(|c| super::plan::resolved(wan, c)) {
+        ctx.probes.refresh(&number_key(wan));
+    }
     let (latest, connection, password) = match watch(ctx, wan, observed, keys, true).await? {
         Watched::Latest(found) => {
             let Found { latest, connection, password } = *found;
@@ -428,9 +434,10 @@ pub async fn observe(
     Ok(Some(report))
 }
 
-/// Whether the shard count of this probe may ground a shard change (see
-/// [`sharding::count_usable`]). The probe began at most its deadline (four
-/// request timeouts) before it ended.
+/// Whether the shard count of the probe that ended at `probed_at` may ground
+/// a shard change (see [`sharding::count_usable`]). The reconcile that
+/// restored a backup refreshed the probe, which drops the results of probes
+/// begun before: a probe that ended after the restore began after it.
 fn shard_count_usable(
     wan: &WhatsAppNumber,
     status: Option<&crate::api::WhatsAppNumberStatus>,
@@ -447,9 +454,7 @@ fn shard_count_usable(
             _ => (true, None),
         },
     };
-    let deadline = std::time::Duration::from_secs(wan.spec.health.timeout_seconds as u64 * 4);
-    let began = probed_at.checked_sub(deadline).unwrap_or(probed_at);
-    crate::sharding::count_usable(gateway, pending, restored_at, began)
+    crate::sharding::count_usable(gateway, pending, restored_at, probed_at)
 }
 
 /// Uploads `spec.webapp.tls` when it differs from what the client accepted

@@ -55,8 +55,19 @@ impl LifecycleReport {
     }
 }
 
+/// When to look again for a restore that did not go through.
+pub fn next_restore_retry_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
+    let from = wan.spec.restore_from.as_ref()?;
+    let recorded = wan.status.as_ref()?.restore.as_deref().filter(|r| r.from == from.source());
+    let at = lifecycle::restore_retry_at(recorded.map(|r| (r.outcome, r.at.0)))?;
+    Some(std::time::Duration::from_secs(at.duration_since(now).as_secs().max(1) as u64))
+}
+
 /// How long until the next scheduled backup is due, when the spec asks for
-/// backups (at least a second: a backup due now is taken by this reconcile).
+/// backups (at least a second). `None` once it is due: this reconcile took
+/// it (its status write wakes the next one), or the lifecycle is held (an
+/// unregistered number, a restore not in yet) until a probe or a change of
+/// the spec says otherwise, which wakes the reconcile on its own.
 pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
     let spec = wan.spec.backup.as_ref()?;
     let status = wan.status.as_ref().and_then(|s| s.backup.as_ref());
@@ -65,8 +76,11 @@ pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std:
         .or(wan.metadata.creation_timestamp.as_ref())
         .map_or(now, |t| t.0);
     let next = lifecycle::next_backup(&spec.schedule, since).ok()?;
-    let wait = next.duration_since(now).as_secs().max(1);
-    Some(std::time::Duration::from_secs(wait as u64))
+    let wait = next.duration_since(now);
+    if wait <= jiff::SignedDuration::ZERO {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(wait.as_secs().max(1) as u64))
 }
 
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
@@ -103,8 +117,8 @@ pub async fn step(
     // A restore comes first: it brings the registration of the old setup.
     if let Some(from) = &wan.spec.restore_from {
         let source = from.source();
-        let recorded = report.restore.as_ref().is_some_and(|r| r.from == source);
-        match lifecycle::restore_step(recorded, gateway, nodes, expected) {
+        let recorded = report.restore.as_ref().filter(|r| r.from == source).map(|r| (r.outcome, r.at.0));
+        match lifecycle::restore_step(recorded, gateway, nodes, expected, jiff::Timestamp::now()) {
             RestoreStep::Restore => {
                 report.restore = Some(restore(webapp, token, observed, from).await);
                 // What the client holds now is for the next probe to say: a
@@ -126,7 +140,10 @@ pub async fn step(
         // Nothing registers the number, nor writes its settings, until the
         // backup is in or passed over: a refused restore waits for a person
         // (another backup, or no restoreFrom to register the number anew).
-        if !report.restore.as_ref().is_some_and(|r| r.from == source && r.outcome != RestoreOutcome::Refused) {
+        let passed = |r: &RestoreStatus| {
+            r.from == source && matches!(r.outcome, RestoreOutcome::Restored | RestoreOutcome::AlreadyRegistered)
+        };
+        if !report.restore.as_ref().is_some_and(passed) {
             return report;
         }
     }
@@ -164,10 +181,10 @@ async fn restore(
     let p = &from.password_secret_ref;
     let password = secret_text(observed.lifecycle.get(&p.name), &p.key);
     // Without its inputs nothing is sent: the Secrets may still come, and
-    // the store may answer next time. Not recorded as done.
+    // the store may answer next time. Tried again after a while.
     let waiting = |message: String| RestoreStatus {
-        outcome: RestoreOutcome::Refused,
-        from: String::new(),
+        outcome: RestoreOutcome::Retrying,
+        from: source.clone(),
         at: at.clone(),
         message,
     };
@@ -200,9 +217,10 @@ async fn restore(
             info!(from = %source, "restored the backup into this deployment");
             RestoreStatus { outcome: RestoreOutcome::Restored, from: source, at, message: String::new() }
         }
-        // Failover errors and no answer are tried again: the client is still
-        // unregistered at the next try, or the restore arrived after all.
-        Err(e) if e.is_retryable() => {
+        // Only the client's refusal of this backup is final. Failover errors,
+        // no answer, a lost session or a server error are tried again: the
+        // client is still unregistered then, or the restore arrived after all.
+        Err(e) if !refuses_backup(&e) => {
             warn!(error = %e, "the restore did not go through; it is tried again");
             waiting(format!("the restore of {source} did not go through and is tried again: {e}"))
         }
@@ -211,6 +229,16 @@ async fn restore(
             RestoreStatus { outcome: RestoreOutcome::Refused, from: source, at, message: e.to_string() }
         }
     }
+}
+
+/// The client refused this backup itself (a wrong password, damaged data,
+/// another setup's shape): a 4xx answer that is neither a lost session
+/// (401), a timeout (408), a rate limit (429) nor a "retry" (see
+/// [`CallError::is_retryable`]).
+fn refuses_backup(e: &CallError) -> bool {
+    matches!(e, CallError::Status { status: 400..=499, .. })
+        && !matches!(e, CallError::Status { status: 401 | 408 | 429, .. })
+        && !e.is_retryable()
 }
 
 /// The credentials (and CA) of an object store, from the Secrets the spec names.
@@ -514,4 +542,81 @@ async fn keep_in_store(
         store.delete(&old).await.map_err(|e| format!("cannot delete {old}: {e}"))?;
     }
     Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::sample;
+
+    fn t(s: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn a_backup_due_but_held_requeues_nothing_by_itself() {
+        let mut wan = sample();
+        wan.spec.backup = Some(
+            serde_json::from_value(serde_json::json!({
+                "schedule": "0 * * * *", "passwordSecretRef": {"name": "pw"}
+            }))
+            .unwrap(),
+        );
+        wan.metadata.creation_timestamp = Some(Time(t(3_600 * 100 + 60)));
+        // Next due at the top of the hour.
+        assert_eq!(next_backup_in(&wan, t(3_600 * 100 + 600)), Some(std::time::Duration::from_secs(3_000)));
+        // Overdue: taken by this reconcile, or held (an unregistered number,
+        // a restore not in yet) until something wakes the reconcile; never a
+        // requeue every second.
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), None);
+    }
+
+    #[test]
+    fn a_restore_retry_is_looked_at_when_due() {
+        let mut wan = sample();
+        wan.spec.restore_from = Some(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "secretRef": {"name": "old-backup"}, "passwordSecretRef": {"name": "pw"}
+            }))
+            .unwrap(),
+        ));
+        let record = |outcome, from: &str| {
+            Some(Box::new(RestoreStatus { outcome, from: from.into(), at: Time(t(1_000)), message: String::new() }))
+        };
+        let mut status = crate::api::WhatsAppNumberStatus {
+            restore: record(RestoreOutcome::Retrying, "old-backup"),
+            ..Default::default()
+        };
+        wan.status = Some(status.clone());
+        assert_eq!(next_restore_retry_in(&wan, t(1_020)), Some(std::time::Duration::from_secs(40)));
+        assert_eq!(next_restore_retry_in(&wan, t(1_100)), Some(std::time::Duration::from_secs(1)), "due now");
+        status.restore = record(RestoreOutcome::Retrying, "another-backup");
+        wan.status = Some(status.clone());
+        assert_eq!(next_restore_retry_in(&wan, t(1_020)), None, "another backup's record");
+        status.restore = record(RestoreOutcome::Refused, "old-backup");
+        wan.status = Some(status);
+        assert_eq!(next_restore_retry_in(&wan, t(1_020)), None, "final");
+    }
+
+    #[test]
+    fn only_the_clients_refusal_of_the_backup_is_final() {
+        let status = |status: u16, code: Option<i64>| CallError::Status {
+            what: "POST /v1/settings/restore",
+            status,
+            code,
+            details: String::new(),
+        };
+        assert!(refuses_backup(&status(400, Some(1009))), "wrong password, damaged data, another shape");
+        for retried in [
+            status(401, None),
+            status(403, None),
+            status(429, None),
+            status(500, None),
+            status(503, Some(1011)),
+            status(400, Some(1017)),
+            CallError::Unreachable { url: "u".into(), reason: "timed out".into(), may_have_arrived: true },
+        ] {
+            assert!(!refuses_backup(&retried), "{retried}");
+        }
+    }
 }

@@ -538,9 +538,10 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
             } else {
                 ctx.patience(wan, RESYNC, true);
                 // Probe results that change something wake the reconcile on
-                // their own; a scheduled backup needs its time.
-                let backup = lifecycle::next_backup_in(wan, k8s_openapi::jiff::Timestamp::now());
-                Action::requeue(jittered(backup.map_or(RESYNC, |due| due.min(RESYNC))))
+                // their own; a scheduled backup or a restore's retry needs its time.
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let due = [lifecycle::next_backup_in(wan, now), lifecycle::next_restore_retry_in(wan, now)];
+                Action::requeue(jittered(due.into_iter().flatten().fold(RESYNC, Duration::min)))
             }
         }
     })

@@ -524,14 +524,17 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
                 let what = if from.object_store.is_some() { r.from.clone() } else { format!("Secret {}", r.from) };
                 cond(RESTORED, true, "Restored", format!("restored from {what}"))
             }
-            Some(r) if r.outcome == RestoreOutcome::Refused => {
+            Some(r) if r.outcome == RestoreOutcome::Refused && r.from == from.source() => {
                 cond(RESTORED, false, "RestoreRefused", r.message.clone())
+            }
+            Some(r) if r.outcome == RestoreOutcome::Retrying && r.from == from.source() => {
+                cond(RESTORED, false, "RestoreRetrying", r.message.clone())
             }
             Some(r) if r.outcome == RestoreOutcome::AlreadyRegistered && r.from == from.source() => cond(
                 RESTORED,
                 false,
                 "AlreadyRegistered",
-                "the client was registered and connected before the backup was restored; a restore would overwrite that registration, so none was made",
+                "the client reports the number registered, with no restore it confirmed; none is made over a registered number",
             ),
             _ => cond(RESTORED, false, "WaitingForNodes", "the backup is restored once every master and coreapp runs"),
         });
@@ -962,6 +965,10 @@ mod tests {
         assert_eq!(
             with(Some(RestoreOutcome::Refused)),
             ("False".into(), "RestoreRefused".into(), Some(RestoreOutcome::Refused))
+        );
+        assert_eq!(
+            with(Some(RestoreOutcome::Retrying)),
+            ("False".into(), "RestoreRetrying".into(), Some(RestoreOutcome::Retrying))
         );
         // Recorded, so that no later pass restores over the registration.
         assert_eq!(

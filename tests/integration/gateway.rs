@@ -501,6 +501,10 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     wait_until(READY_TIMEOUT, "the old key Secret collected", || async { Ok(secrets.get_opt(&keys).await?.is_none()) })
         .await?;
     let mut moved = deployment.another_instance("life-moved")?;
+    // The backup's password is not there yet: the restore waits and is tried
+    // again once it is.
+    let password = secrets.get("backup-password").await?;
+    secrets.delete("backup-password", &Default::default()).await?;
     prepare_in(
         c,
         &ns,
@@ -514,6 +518,15 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     }
     let key = api_key(c, &ns).await?;
     moved.webapp(&key, port)?;
+    let w = wait_condition(&api, NAME, "Restored", "False", "RestoreRetrying").await.with_context(|| moved.logs())?;
+    ensure!(
+        condition(&w, "Restored").is_some_and(|r| r.message.contains("backup-password")),
+        "names what is missing: {:?}",
+        condition(&w, "Restored")
+    );
+    let again =
+        Secret { metadata: ObjectMeta { name: Some("backup-password".into()), ..Default::default() }, ..password };
+    secrets.create(&PostParams::default(), &again).await?;
     wait_condition(&api, NAME, "Restored", "True", "Restored").await.with_context(|| moved.logs())?;
     let w = wait_ready(&api, NAME).await.with_context(|| moved.logs())?;
     ensure!(w.status.as_ref().and_then(|s| s.health.as_ref()).is_some_and(|h| h.gateway == "connected"));
