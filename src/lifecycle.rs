@@ -92,12 +92,15 @@ pub const RESTORE_RETRY: std::time::Duration = std::time::Duration::from_secs(60
 /// What to do about `spec.restoreFrom` now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestoreStep {
-    /// Restore the backup: the deployment is new (unregistered) and every
-    /// master and coreapp runs.
+    /// Restore the backup: the deployment is new (every master and coreapp
+    /// answers, each saying `unregistered`).
     Restore,
     /// Nothing is restored, ever, for this backup: the client reports the
     /// number registered, and a restore would overwrite that registration.
     AlreadyRegistered,
+    /// A retry is due, but the probe at hand ended before it: probe again,
+    /// so that a try that arrived late shows before the next one is sent.
+    Probe,
     /// Not yet: nodes are missing, the client's state does not say, or a
     /// try that did not go through waits for its retry time.
     Wait,
@@ -105,15 +108,27 @@ pub enum RestoreStep {
     Done,
 }
 
-/// `recorded`: what status records for this backup, and when; `nodes` the
-/// nodes the client reports, against the `expected` masters and coreapps.
+/// What the latest probe saw of the client, as the restore needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client<'a> {
+    /// The overall gateway state the probe judged.
+    pub gateway: &'a str,
+    /// Nodes that answered, and how many of them said `unregistered`.
+    pub nodes: usize,
+    pub unregistered_nodes: usize,
+    /// When the probe ended.
+    pub probed_at: Timestamp,
+}
+
+/// `recorded`: what status records for this backup, and when; `expected`
+/// the masters and coreapps the spec runs.
 pub fn restore_step(
     recorded: Option<(RestoreOutcome, Timestamp)>,
-    gateway: &str,
-    nodes: usize,
+    client: Client<'_>,
     expected: usize,
     now: Timestamp,
 ) -> RestoreStep {
+    let Client { gateway, nodes, unregistered_nodes, probed_at } = client;
     let tried_at = match recorded {
         None => None,
         Some((RestoreOutcome::Retrying, at)) => Some(at),
@@ -123,11 +138,13 @@ pub fn restore_step(
     if gateway != "unregistered" && registration_known(gateway, nodes, expected) {
         return RestoreStep::AlreadyRegistered;
     }
-    if gateway != "unregistered" || nodes < expected {
+    // Every node says so: one lagging behind a registration says nothing.
+    if nodes < expected || unregistered_nodes < nodes {
         return RestoreStep::Wait;
     }
     match tried_at.and_then(|at| at.checked_add(RESTORE_RETRY).ok()) {
         Some(retry_at) if now < retry_at => RestoreStep::Wait,
+        Some(retry_at) if probed_at <= retry_at => RestoreStep::Probe,
         _ => RestoreStep::Restore,
     }
 }
@@ -139,6 +156,23 @@ pub fn restore_retry_at(recorded: Option<(RestoreOutcome, Timestamp)>) -> Option
         _ => None,
     }
 }
+
+/// How long until `at`, for a requeue: at least a second, and nothing once
+/// it passed more than [`DUE_GRACE`] ago. The reconcile at the due time
+/// did what was due, or something holds it (an unregistered number, a
+/// restore not in yet, polling off) until a probe or a change of the spec
+/// says otherwise, which wakes the reconcile on its own; the grace covers a
+/// reconcile that began just before the due time.
+pub fn due_in(at: Timestamp, now: Timestamp) -> Option<std::time::Duration> {
+    let wait = at.duration_since(now);
+    if wait < -DUE_GRACE {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(wait.as_secs().max(1) as u64))
+}
+
+/// See [`due_in`].
+pub const DUE_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
 
 /// Whether the client's state says if the number is registered: a node
 /// reports `unregistered`, or the gateway a state of a registered number
@@ -254,25 +288,32 @@ mod tests {
         format!("d({s})")
     }
 
+    fn client(gateway: &str, nodes: usize, unregistered_nodes: usize, probed_at: i64) -> Client<'_> {
+        Client { gateway, nodes, unregistered_nodes, probed_at: Timestamp::from_second(probed_at).unwrap() }
+    }
+
     #[test]
     fn a_restore_goes_only_into_a_new_deployment_once() {
         let t = |s: i64| Timestamp::from_second(s).unwrap();
         let now = t(1_000);
-        assert_eq!(restore_step(None, "unregistered", 4, 4, now), RestoreStep::Restore);
-        assert_eq!(restore_step(None, "unregistered", 3, 4, now), RestoreStep::Wait, "every node first");
+        let fresh = client("unregistered", 4, 4, 999);
+        assert_eq!(restore_step(None, fresh, 4, now), RestoreStep::Restore);
+        assert_eq!(restore_step(None, client("unregistered", 3, 3, 999), 4, now), RestoreStep::Wait, "every node");
+        // One node lagging behind a registration says nothing of the rest.
+        assert_eq!(restore_step(None, client("unregistered", 4, 1, 999), 4, now), RestoreStep::Wait);
         for done in [RestoreOutcome::Restored, RestoreOutcome::Refused, RestoreOutcome::AlreadyRegistered] {
-            assert_eq!(restore_step(Some((done, t(0))), "unregistered", 4, 4, now), RestoreStep::Done, "{done:?}");
+            assert_eq!(restore_step(Some((done, t(0))), fresh, 4, now), RestoreStep::Done, "{done:?}");
         }
         // A registration found before any restore (a lost status, an object
         // re-created over its databases) is never overwritten.
-        assert_eq!(restore_step(None, "connected", 4, 4, now), RestoreStep::AlreadyRegistered);
-        assert_eq!(restore_step(None, "disconnected", 4, 4, now), RestoreStep::AlreadyRegistered);
+        assert_eq!(restore_step(None, client("connected", 4, 0, 999), 4, now), RestoreStep::AlreadyRegistered);
+        assert_eq!(restore_step(None, client("disconnected", 4, 0, 999), 4, now), RestoreStep::AlreadyRegistered);
         // States that do not prove a registration wait: nodes that do not
         // answer yet also add up to `disconnected`.
         for (gateway, nodes) in
             [("disconnected", 3), ("disconnected", 0), ("uninitialized", 4), ("unknown", 4), ("", 4)]
         {
-            assert_eq!(restore_step(None, gateway, nodes, 4, now), RestoreStep::Wait, "{gateway}");
+            assert_eq!(restore_step(None, client(gateway, nodes, 0, 999), 4, now), RestoreStep::Wait, "{gateway}");
         }
     }
 
@@ -280,13 +321,29 @@ mod tests {
     fn a_restore_that_did_not_go_through_is_tried_again_after_a_while() {
         let t = |s: i64| Timestamp::from_second(s).unwrap();
         let retrying = |at: i64| Some((RestoreOutcome::Retrying, t(at)));
-        assert_eq!(restore_step(retrying(990), "unregistered", 4, 4, t(1_000)), RestoreStep::Wait, "not at once");
-        assert_eq!(restore_step(retrying(900), "unregistered", 4, 4, t(1_000)), RestoreStep::Restore);
-        assert_eq!(restore_step(retrying(900), "unregistered", 3, 4, t(1_000)), RestoreStep::Wait);
+        let fresh = |probed_at| client("unregistered", 4, 4, probed_at);
+        assert_eq!(restore_step(retrying(990), fresh(999), 4, t(1_000)), RestoreStep::Wait, "not at once");
+        // Due, on a probe from before the retry time: a try that arrived late
+        // may not show in it yet, so the client is probed first.
+        assert_eq!(restore_step(retrying(900), fresh(955), 4, t(1_000)), RestoreStep::Probe);
+        assert_eq!(restore_step(retrying(900), fresh(999), 4, t(1_000)), RestoreStep::Restore);
+        assert_eq!(restore_step(retrying(900), client("unregistered", 3, 3, 999), 4, t(1_000)), RestoreStep::Wait);
         // The try without an answer arrived after all: nothing more is sent.
-        assert_eq!(restore_step(retrying(990), "connected", 4, 4, t(1_000)), RestoreStep::AlreadyRegistered);
+        assert_eq!(
+            restore_step(retrying(990), client("connected", 4, 0, 999), 4, t(1_000)),
+            RestoreStep::AlreadyRegistered
+        );
         assert_eq!(restore_retry_at(retrying(900)), Some(t(960)));
         assert_eq!(restore_retry_at(Some((RestoreOutcome::Refused, t(900)))), None);
+    }
+
+    #[test]
+    fn a_due_time_is_looked_at_once_then_left_to_what_holds_it() {
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        assert_eq!(due_in(t(1_000), t(940)), Some(std::time::Duration::from_secs(60)));
+        assert_eq!(due_in(t(1_000), t(1_000)), Some(std::time::Duration::from_secs(1)));
+        assert_eq!(due_in(t(1_000), t(1_003)), Some(std::time::Duration::from_secs(1)), "just passed");
+        assert_eq!(due_in(t(1_000), t(1_006)), None, "never a requeue every second");
     }
 
     #[test]

@@ -408,7 +408,16 @@ pub async fn observe(
         let reachable = report.observation.block.nodes.iter().filter(|n| n.gateway_status.is_some()).count();
         let gateway = report.observation.verdict.gateway.clone();
         let before = report.lifecycle.clone();
-        let seen = super::lifecycle::Seen { gateway: &gateway, nodes: reachable, settings: probe.settings.as_ref() };
+        let unregistered_nodes = report
+            .observation
+            .block
+            .nodes
+            .iter()
+            .filter(|n| n.gateway_status.as_deref() == Some("unregistered"))
+            .count();
+        let client =
+            crate::lifecycle::Client { gateway: &gateway, nodes: reachable, unregistered_nodes, probed_at: now.0 };
+        let seen = super::lifecycle::Seen { client, settings: probe.settings.as_ref() };
         report.lifecycle = super::lifecycle::step(ctx, wan, observed, &webapp, token, seen).await;
         changed_client |= report.lifecycle != before;
     }

@@ -59,15 +59,11 @@ impl LifecycleReport {
 pub fn next_restore_retry_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
     let from = wan.spec.restore_from.as_ref()?;
     let recorded = wan.status.as_ref()?.restore.as_deref().filter(|r| r.from == from.source());
-    let at = lifecycle::restore_retry_at(recorded.map(|r| (r.outcome, r.at.0)))?;
-    Some(std::time::Duration::from_secs(at.duration_since(now).as_secs().max(1) as u64))
+    lifecycle::due_in(lifecycle::restore_retry_at(recorded.map(|r| (r.outcome, r.at.0)))?, now)
 }
 
 /// How long until the next scheduled backup is due, when the spec asks for
-/// backups (at least a second). `None` once it is due: this reconcile took
-/// it (its status write wakes the next one), or the lifecycle is held (an
-/// unregistered number, a restore not in yet) until a probe or a change of
-/// the spec says otherwise, which wakes the reconcile on its own.
+/// backups (see [`lifecycle::due_in`]: nothing once it is overdue).
 pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
     let spec = wan.spec.backup.as_ref()?;
     let status = wan.status.as_ref().and_then(|s| s.backup.as_ref());
@@ -76,11 +72,7 @@ pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std:
         .or(wan.metadata.creation_timestamp.as_ref())
         .map_or(now, |t| t.0);
     let next = lifecycle::next_backup(&spec.schedule, since).ok()?;
-    let wait = next.duration_since(now);
-    if wait <= jiff::SignedDuration::ZERO {
-        return None;
-    }
-    Some(std::time::Duration::from_secs(wait.as_secs().max(1) as u64))
+    lifecycle::due_in(next, now)
 }
 
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
@@ -90,10 +82,8 @@ fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
 
 /// What the latest probe says of the client, as the lifecycle step needs it.
 pub struct Seen<'a> {
-    /// The overall gateway state the probe judged.
-    pub gateway: &'a str,
-    /// The nodes the webapp lists, reachable.
-    pub nodes: usize,
+    /// The gateway and the nodes that answered.
+    pub client: lifecycle::Client<'a>,
     /// The application settings the probe read.
     pub settings: Option<&'a Result<serde_json::Value, String>>,
 }
@@ -107,7 +97,7 @@ pub async fn step(
     token: &str,
     seen: Seen<'_>,
 ) -> LifecycleReport {
-    let (gateway, nodes) = (seen.gateway, seen.nodes);
+    let (gateway, nodes) = (seen.client.gateway, seen.client.nodes);
     let mut report = LifecycleReport::from_status(wan.status.as_ref());
     let unregistered = gateway == "unregistered";
     let mc = &wan.spec.multiconnect;
@@ -118,7 +108,7 @@ pub async fn step(
     if let Some(from) = &wan.spec.restore_from {
         let source = from.source();
         let recorded = report.restore.as_ref().filter(|r| r.from == source).map(|r| (r.outcome, r.at.0));
-        match lifecycle::restore_step(recorded, gateway, nodes, expected, jiff::Timestamp::now()) {
+        match lifecycle::restore_step(recorded, seen.client, expected, jiff::Timestamp::now()) {
             RestoreStep::Restore => {
                 report.restore = Some(restore(webapp, token, observed, from).await);
                 // What the client holds now is for the next probe to say: a
@@ -135,6 +125,8 @@ pub async fn step(
                     message: String::new(),
                 });
             }
+            // The probe's next result wakes the reconcile.
+            RestoreStep::Probe => ctx.probes.refresh(&super::gateway::number_key(wan)),
             RestoreStep::Wait | RestoreStep::Done => {}
         }
         // Nothing registers the number, nor writes its settings, until the
@@ -202,7 +194,14 @@ async fn restore(
             };
             match fetched.map(String::from_utf8) {
                 Ok(Ok(data)) => data,
-                Ok(Err(_)) => return waiting(format!("{source} is not a backup of this client (not text)")),
+                // The object is there and is no backup: trying again changes nothing.
+                Ok(Err(_)) => {
+                    return RestoreStatus {
+                        outcome: RestoreOutcome::Refused,
+                        message: format!("{source} is not a backup of this client (not text)"),
+                        ..waiting(String::new())
+                    };
+                }
                 Err(e) => return waiting(format!("cannot read {source}: {e}")),
             }
         }
@@ -568,7 +567,8 @@ mod tests {
         // Overdue: taken by this reconcile, or held (an unregistered number,
         // a restore not in yet) until something wakes the reconcile; never a
         // requeue every second.
-        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), None);
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 2)), Some(std::time::Duration::from_secs(1)), "just due");
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 10)), None);
     }
 
     #[test]
@@ -589,7 +589,8 @@ mod tests {
         };
         wan.status = Some(status.clone());
         assert_eq!(next_restore_retry_in(&wan, t(1_020)), Some(std::time::Duration::from_secs(40)));
-        assert_eq!(next_restore_retry_in(&wan, t(1_100)), Some(std::time::Duration::from_secs(1)), "due now");
+        assert_eq!(next_restore_retry_in(&wan, t(1_062)), Some(std::time::Duration::from_secs(1)), "due now");
+        assert_eq!(next_restore_retry_in(&wan, t(1_100)), None, "overdue: held, or done by the reconcile at its time");
         status.restore = record(RestoreOutcome::Retrying, "another-backup");
         wan.status = Some(status.clone());
         assert_eq!(next_restore_retry_in(&wan, t(1_020)), None, "another backup's record");

@@ -536,7 +536,7 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
                 "AlreadyRegistered",
                 "the client reports the number registered, with no restore it confirmed; none is made over a registered number",
             ),
-            _ => cond(RESTORED, false, "WaitingForNodes", "the backup is restored once every master and coreapp runs"),
+            _ => cond(RESTORED, false, "WaitingForNodes", "the backup is restored once every master and coreapp answers and each says the number is unregistered"),
         });
     }
     out
