@@ -1340,6 +1340,14 @@ pub enum RestoreOutcome {
     AlreadyRegistered,
 }
 
+impl RestoreOutcome {
+    /// The backup is in, or was passed over for a registration the client
+    /// holds: the rest of the number's life may go on.
+    pub fn passed(self) -> bool {
+        matches!(self, RestoreOutcome::Restored | RestoreOutcome::AlreadyRegistered)
+    }
+}
+
 /// The uploaded webapp certificate.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

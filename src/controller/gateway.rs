@@ -457,10 +457,9 @@ fn shard_count_usable(
     let recorded = status.and_then(|s| s.restore.as_deref());
     let (pending, restored_at) = match &wan.spec.restore_from {
         None => (false, None),
-        Some(from) => match recorded.filter(|r| r.from == from.source()) {
-            Some(r) if r.outcome == RestoreOutcome::Restored => (false, Some(r.at.0)),
-            Some(r) if r.outcome == RestoreOutcome::AlreadyRegistered => (false, None),
-            _ => (true, None),
+        Some(from) => match recorded.filter(|r| r.from == from.source() && r.outcome.passed()) {
+            Some(r) => (false, (r.outcome == RestoreOutcome::Restored).then_some(r.at.0)),
+            None => (true, None),
         },
     };
     crate::sharding::count_usable(gateway, pending, restored_at, probed_at)

@@ -117,7 +117,7 @@ pub async fn step(
                 return report;
             }
             RestoreStep::AlreadyRegistered => {
-                warn!(from = %source, "the client is registered and connected: the backup is not restored over it");
+                warn!(from = %source, "the client reports the number registered: the backup is not restored over it");
                 report.restore = Some(RestoreStatus {
                     outcome: RestoreOutcome::AlreadyRegistered,
                     from: source.clone(),
@@ -132,10 +132,7 @@ pub async fn step(
         // Nothing registers the number, nor writes its settings, until the
         // backup is in or passed over: a refused restore waits for a person
         // (another backup, or no restoreFrom to register the number anew).
-        let passed = |r: &RestoreStatus| {
-            r.from == source && matches!(r.outcome, RestoreOutcome::Restored | RestoreOutcome::AlreadyRegistered)
-        };
-        if !report.restore.as_ref().is_some_and(passed) {
+        if !report.restore.as_ref().is_some_and(|r| r.from == source && r.outcome.passed()) {
             return report;
         }
     }
