@@ -497,6 +497,7 @@ start_kwok() {
     --node-lease-duration-seconds=40 \
     --cidr="$POD_CIDR" \
     --server-address="127.0.0.1:$KWOK_PORT" \
+    --node-port="$KWOK_PORT" \
     --tls-cert-file="$PKI/kwok.crt" --tls-private-key-file="$PKI/kwok.key"
 }
 
@@ -525,8 +526,9 @@ metadata:
     topology.kubernetes.io/zone: ${zones[$((i % 3))]}
 status:
   addresses:
+  # Where the apiserver reaches the node's kubelet API (pods/log): kwok.
   - type: InternalIP
-    address: 10.250.0.$((10 + i))
+    address: 127.0.0.1
   - type: Hostname
     address: kwok-node-$i
   allocatable: &res$i
@@ -655,6 +657,7 @@ cmd_up() {
   wait_for kube-apiserver "kube-apiserver ready" apiserver_ok
   start_controller_manager
   start_scheduler
+  kubectl apply -f "$CONF_DIR/kwok-logs.yaml" >/dev/null || fail kube-apiserver "could not create the kwok Logs kind"
   start_kwok
 
   write_nodes >"$DIR/manifests/nodes.yaml"

@@ -7,7 +7,10 @@
 //!
 //! A probe only reads: `/v1/health` with the API key, then, with an admin
 //! session, the shard count and (when the spec manages them) the application
-//! settings. Everything that changes the client stays in the reconcile.
+//! settings. While a registered number is down it also reads the recent logs
+//! of the number's masters and coreapps, where the client names a second
+//! instance of the number (see [`crate::health::logs`]). Everything that
+//! changes the client stays in the reconcile.
 //!
 //! With health polling off a number is still watched, to hold an admin
 //! session: opening it moves the admin user off the client's default
@@ -25,6 +28,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::health::logs::{self, Conflict};
 use crate::health::report::{self, Health};
 use crate::telemetry::metrics::{Metrics, NumberLabels};
 use crate::webapp::session::{SessionError, SessionKey, Sessions};
@@ -59,7 +63,17 @@ pub struct Target {
     /// The spec's shard count, for judging the gauges while the client's own
     /// count is unknown.
     pub shards: i32,
+    /// The number's masters and coreapps, whose logs name a second instance.
+    pub nodes: NodeLogs,
     pub labels: NumberLabels,
+}
+
+/// Where the logs of a number's masters and coreapps are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeLogs {
+    pub namespace: String,
+    /// (pod, container), in a stable order.
+    pub pods: Vec<(String, String)>,
 }
 
 /// The admin side of a probe.
@@ -85,11 +99,22 @@ pub struct Probe {
     pub settings: Option<Result<Value, String>>,
     /// The client's own CA, when the target asked for it.
     pub ca: Option<Vec<u8>>,
+    /// A node that logged a second instance of the number; read only while
+    /// the health shows the number down.
+    pub conflict: Option<Conflict>,
 }
 
 impl Probe {
     fn unreachable(why: String) -> Self {
-        Probe { health: Some(Err(why)), admin: Admin::NotTried, shards: None, settings: None, ca: None }
+        Probe { health: Some(Err(why)), admin: Admin::NotTried, shards: None, settings: None, ca: None, conflict: None }
+    }
+
+    /// The verdict on this probe's health, the nodes' logs included; `None`
+    /// when the webapp gave no health. `shards` stands in while the client's
+    /// own count is unknown.
+    pub fn verdict(&self, shards: i32) -> Option<report::Verdict> {
+        let Some(Ok(health)) = &self.health else { return None };
+        Some(logs::with_conflict(report::judge(health, self.shards.unwrap_or(shards)), self.conflict.as_ref()))
     }
 }
 
@@ -214,6 +239,8 @@ struct Shared {
     changes: mpsc::UnboundedSender<Key>,
     sessions: Arc<Sessions>,
     clients: Arc<Clients>,
+    /// Reads the nodes' logs; `None`: they are not read.
+    kube: Option<kube::Client>,
     metrics: Arc<Metrics>,
     concurrency: usize,
 }
@@ -229,6 +256,7 @@ impl Probes {
         concurrency: usize,
         sessions: Arc<Sessions>,
         clients: Arc<Clients>,
+        kube: Option<kube::Client>,
         metrics: Arc<Metrics>,
     ) -> (Self, mpsc::UnboundedReceiver<Key>) {
         let (changes, receiver) = mpsc::unbounded();
@@ -238,6 +266,7 @@ impl Probes {
             changes,
             sessions,
             clients,
+            kube,
             metrics,
             concurrency: concurrency.max(1),
         };
@@ -331,10 +360,7 @@ impl Probes {
             m.probe_duration.get_or_create(labels).observe(latency.as_secs_f64());
         }
         m.probe_timestamp.get_or_create(labels).set(latest.at.as_second() as f64);
-        let verdict = match &latest.probe.health {
-            Some(Ok(health)) => Some(report::judge(health, latest.probe.shards.unwrap_or(due.target.shards))),
-            _ => None,
-        };
+        let verdict = latest.probe.verdict(due.target.shards);
         m.gateway_up.get_or_create(labels).set(i64::from(verdict.as_ref().is_some_and(|v| v.healthy)));
         m.connected_coreapps.get_or_create(labels).set(verdict.map_or(0, |v| i64::from(v.connected_coreapps)));
     }
@@ -350,8 +376,9 @@ pub fn next_interval(target: &Target, probe: &Probe) -> Duration {
 /// holds one slot for that long and nothing else.
 async fn probe(shared: Arc<Shared>, due: Due) -> (Due, Latest, Option<Duration>) {
     let t = &due.target;
-    // Health, login, shards and settings each have the per-request timeout.
-    let deadline = t.timeout * 4;
+    // Health, login, shards and settings each have the per-request timeout,
+    // and the reads of the nodes' logs one all together.
+    let deadline = t.timeout * 5;
     let (probe, latency) = match tokio::time::timeout(deadline, read(&shared, &due.key, t)).await {
         Ok(found) => found,
         Err(_) => (Probe::unreachable(format!("the webapp at {} did not answer within {deadline:?}", t.url)), None),
@@ -376,7 +403,10 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
     } else {
         (None, None)
     };
-    let mut probe = Probe { health, admin: Admin::NotTried, shards: None, settings: None, ca: None };
+    let mut probe = Probe { health, admin: Admin::NotTried, shards: None, settings: None, ca: None, conflict: None };
+    if probe.verdict(t.shards).is_some_and(|v| logs::worth_reading(&v)) {
+        probe.conflict = tokio::time::timeout(t.timeout, read_conflict(shared, t)).await.ok().flatten();
+    }
     let Some(password) = &t.admin_password else { return (probe, latency) };
     let token = match shared.sessions.token(key, &webapp, password).await {
         Ok((token, changed)) => {
@@ -415,6 +445,37 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
     (probe, latency)
 }
 
+/// The first node whose recent log names a second instance of the number.
+/// A pod that is gone or not started yet has no log to read; one whose
+/// container restarted may have logged the line before it failed.
+async fn read_conflict(shared: &Shared, t: &Target) -> Option<Conflict> {
+    let kube = shared.kube.as_ref()?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(kube.clone(), &t.nodes.namespace);
+    let since = logs::window(t.interval, t.timeout).as_secs() as i64;
+    for (pod, container) in &t.nodes.pods {
+        for previous in [false, true] {
+            let params = kube::api::LogParams {
+                container: Some(container.clone()),
+                previous,
+                since_seconds: Some(since),
+                tail_lines: Some(logs::MAX_LINES),
+                limit_bytes: Some(logs::MAX_BYTES),
+                ..Default::default()
+            };
+            match pods.logs(pod, &params).await {
+                Ok(log) => {
+                    if let Some(line) = logs::conflict_line(&log) {
+                        return Some(Conflict { pod: pod.clone(), line: line.to_string() });
+                    }
+                }
+                Err(e) if !previous => tracing::debug!(pod = %pod, error = %e, "cannot read the node's log"),
+                Err(_) => {}
+            }
+        }
+    }
+    None
+}
+
 /// Reads the client's CA with an admin session and nothing else: the
 /// connection is not verified yet, so not even the API key goes over it.
 async fn pin(shared: &Shared, key: &Key, t: &Target, webapp: &Webapp<'_>) -> Probe {
@@ -449,6 +510,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             interval: Duration::from_secs(interval),
             shards: 1,
+            nodes: NodeLogs::default(),
             labels: NumberLabels { namespace: "ns".into(), name: "acme".into() },
         }
     }
@@ -461,7 +523,14 @@ mod tests {
         let health =
             health.map(|body| report::parse(body.as_bytes()).expect("health JSON")).map_err(|why| why.to_string());
         Latest {
-            probe: Probe { health: Some(health), admin: Admin::Open, shards: Some(1), settings: None, ca: None },
+            probe: Probe {
+                health: Some(health),
+                admin: Admin::Open,
+                shards: Some(1),
+                settings: None,
+                ca: None,
+                conflict: None,
+            },
             at: jiff::Timestamp::UNIX_EPOCH,
         }
     }

@@ -114,15 +114,8 @@ mod tests {
     #[test]
     fn node_errors_are_shown() {
         let mut s = st(GatewayStatus::Disconnected, HealthRole::Coreapp);
-        s.errors.push(ErrorItem::new(
-            1000,
-            "Generic error",
-            "Conflict: Detected multiple instances that share the same number",
-        ));
+        s.errors.push(ErrorItem::new(1005, "Access denied", "App Expired: a version upgrade is required"));
         let v = multiconnect(&[("c:1".into(), Ok(s))]);
-        assert_eq!(
-            v["health"]["c:1"]["errors"][0]["details"],
-            json!("Conflict: Detected multiple instances that share the same number")
-        );
+        assert_eq!(v["health"]["c:1"]["errors"][0]["details"], json!("App Expired: a version upgrade is required"));
     }
 }

@@ -228,6 +228,10 @@ async fn watch(
         Err(why) => return Ok(Watched::CannotProbe(why)),
     };
     let key = number_key(wan);
+    let nodes = probes::NodeLogs {
+        namespace: wan.namespace().unwrap_or_default(),
+        pods: crate::resources::workloads::node_pods(wan),
+    };
     let target = |trust: Trust, pin_ca: bool| probes::Target {
         health: poll_health,
         url: connection.url.clone(),
@@ -239,6 +243,7 @@ async fn watch(
         timeout: Duration::from_secs(wan.spec.health.timeout_seconds as u64),
         interval: Duration::from_secs(wan.spec.health.poll_interval_seconds as u64),
         shards: wan.spec.multiconnect.shards,
+        nodes: nodes.clone(),
         labels: ctx.metrics.number(wan),
     };
     let new_target = ctx.probes.watch(&key, target(trust.clone(), pin_ca));
@@ -375,7 +380,7 @@ pub async fn observe(
         Some(Err(why)) => return Ok(Some(unreachable(why.clone(), &now))),
         None => return Ok(None),
     };
-    let verdict = report::judge(health, probe.shards.unwrap_or(wan.spec.multiconnect.shards));
+    let verdict = probe.verdict(wan.spec.multiconnect.shards).expect("the probe gave health");
     let pods = pods_by_host(ctx, wan).await;
     let observation = health::observed(verdict, health, probe.shards, &pods, previous, &now);
     let webapp = connection.webapp();

@@ -286,7 +286,7 @@ impl Operator {
         let client = api.client();
         let metrics = Arc::new(Metrics::default());
         let (caches, seeds) = Seeds::caches(&client, LABEL_MANAGED_BY_SELECTOR);
-        let (probes, _) = Probes::new(1, Arc::default(), Arc::default(), metrics.clone());
+        let (probes, _) = Probes::new(1, Arc::default(), Arc::default(), None, metrics.clone());
         let settings =
             Settings { operator_namespace: "whatsapp-operator".into(), reconcile_concurrency, ..Default::default() };
         let reporter = Reporter { controller: "whatsapp-operator".into(), instance: None };

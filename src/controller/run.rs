@@ -144,7 +144,8 @@ pub async fn run(
             }
         })
     });
-    let (probes, probed) = Probes::new(settings.probe_concurrency, Arc::default(), Arc::default(), metrics.clone());
+    let (probes, probed) =
+        Probes::new(settings.probe_concurrency, Arc::default(), Arc::default(), Some(client.clone()), metrics.clone());
     let prober = tokio::spawn(probes.clone().run());
     // A probe whose result differs from the one before wakes its number.
     let probe_changes = probed.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));

@@ -1,6 +1,7 @@
-//! Gateway health: what the webapp's `/v1/health` says, judged by role, and
-//! the status block that shows it.
+//! Gateway health: what the webapp's `/v1/health` says, judged by role, what
+//! the nodes' logs add, and the status block that shows it.
 
+pub mod logs;
 pub mod report;
 
 use std::collections::BTreeMap;

@@ -87,7 +87,7 @@ pub struct Node {
     pub id: String,
     pub role: Option<Role>,
     pub gateway_status: Option<GatewayStatus>,
-    /// Error details the entry carries: an unreachable node, or a conflict.
+    /// Error details the entry carries: a node the webapp cannot reach.
     pub errors: Vec<String>,
 }
 
@@ -181,12 +181,10 @@ pub const NO_PRIMARY_MASTER: &str = "NoPrimaryMaster";
 pub const PRIMARY_MASTER_DISCONNECTED: &str = "PrimaryMasterDisconnected";
 pub const SHARDS_NOT_CONNECTED: &str = "ShardsNotConnected";
 pub const NODE_UNREACHABLE: &str = "NodeUnreachable";
+/// Not from health: a node logged the conflict (see [`super::logs`]).
 pub const NUMBER_CONFLICT: &str = "NumberConflict";
 pub const WEBAPP_UNREACHABLE: &str = "WebappUnreachable";
 pub const GATEWAY_DISCONNECTED: &str = "GatewayDisconnected";
-
-/// The client's words when a second instance registered the same number.
-const CONFLICT_TEXT: &str = "multiple instances";
 
 /// Judges health by role and mode. One coreapp per shard must be up, and a
 /// node must hold the primary master role. In multiconnect (2 shards or more)
@@ -204,7 +202,6 @@ pub fn judge(health: &Health, shards: i32) -> Verdict {
 fn judge_single(status: Option<&GatewayStatus>, errors: &[String]) -> Verdict {
     let gateway = status.map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into());
     let (healthy, reason, message) = match status {
-        _ if errors.iter().any(|e| e.contains(CONFLICT_TEXT)) => (false, NUMBER_CONFLICT, conflict_message(errors)),
         Some(GatewayStatus::Unregistered) => (false, UNREGISTERED, unregistered_message()),
         Some(GatewayStatus::Uninitialized) => (false, UNINITIALIZED, uninitialized_message()),
         Some(s) if s.is_up() => (true, GATEWAY_CONNECTED, format!("the client is {}", s.as_str())),
@@ -231,25 +228,20 @@ fn judge_multi(nodes: &[Node], shards: i32) -> Verdict {
     let standby = coreapps.len() as i32 - connected;
     let unreachable: Vec<&Node> = nodes.iter().filter(|n| n.gateway_status.is_none()).collect();
     let any = |s: GatewayStatus| nodes.iter().any(|n| n.gateway_status.as_ref() == Some(&s));
-    let conflict: Vec<String> =
-        nodes.iter().flat_map(|n| n.errors.iter()).filter(|e| e.contains(CONFLICT_TEXT)).cloned().collect();
     let primary = primaries.first().copied();
     let primary_up = primary.is_some_and(|p| p.gateway_status.as_ref().is_some_and(GatewayStatus::is_up));
 
-    let (reason, message) = if !conflict.is_empty() {
-        (NUMBER_CONFLICT, conflict_message(&conflict))
-    } else if any(GatewayStatus::Unregistered) {
+    let (reason, message) = if any(GatewayStatus::Unregistered) {
         (UNREGISTERED, unregistered_message())
     } else if any(GatewayStatus::Uninitialized) {
         (UNINITIALIZED, uninitialized_message())
-    } else if primary.is_none() {
-        (NO_PRIMARY_MASTER, format!("no node reports the primary_master role ({} nodes listed)", nodes.len()))
-    } else if shards >= 2 && !primary_up {
-        let p = primary.expect("checked above");
+    } else if let Some(p) = primary.filter(|_| shards >= 2 && !primary_up) {
         (
             PRIMARY_MASTER_DISCONNECTED,
             format!("primary master {} is {}", p.id, p.gateway_status.as_ref().map_or("unknown", |s| s.as_str())),
         )
+    } else if primary.is_none() {
+        (NO_PRIMARY_MASTER, format!("no node reports the primary_master role ({} nodes listed)", nodes.len()))
     } else if connected < shards {
         (SHARDS_NOT_CONNECTED, format!("{connected} of {shards} shards connected; {standby} coreapps standing by"))
     } else if !unreachable.is_empty() {
@@ -280,13 +272,6 @@ fn judge_multi(nodes: &[Node], shards: i32) -> Verdict {
         connected_coreapps: connected,
         standby_coreapps: standby,
     }
-}
-
-fn conflict_message(errors: &[String]) -> String {
-    format!(
-        "another client instance uses this phone number and the gateway kicked this one; stop the other instance: {}",
-        errors.first().map(String::as_str).unwrap_or_default()
-    )
 }
 
 fn unregistered_message() -> String {
@@ -413,16 +398,6 @@ mod tests {
         assert!(v.message.contains("10.0.0.8:d"));
         let Health::Multi(nodes) = parse(body.as_bytes()).unwrap() else { panic!() };
         assert_eq!(nodes[2].errors, vec!["1011 Service not ready: Node 10.0.0.8:d is unreachable".to_string()]);
-    }
-
-    #[test]
-    fn conflict_is_named() {
-        let body = r#"{"health":{
-            "10.0.0.5:a":{"gateway_status":"disconnected","role":"primary_master","errors":[{"code":1000,"title":"Conflict","details":"Conflict: Detected multiple instances that share the same number"}]},
-            "10.0.0.7:c":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
-        let v = multi(body, 1);
-        assert_eq!(v.reason, NUMBER_CONFLICT);
-        assert!(v.message.contains("multiple instances"));
     }
 
     #[test]

@@ -45,6 +45,28 @@ fn defaults_follow_meta_templates() {
 }
 
 #[test]
+fn node_pods_follow_the_statefulsets_and_their_containers() {
+    let mut wan = sample();
+    let pods = workloads::node_pods(&wan);
+    let built = build(&wan, &inputs());
+    let container_of = |sts: &StatefulSet| container(sts).name.clone();
+    let name = |sts: &StatefulSet, i: usize| format!("{}-{i}", sts.metadata.name.as_deref().unwrap());
+    assert_eq!(
+        pods,
+        vec![
+            (name(&built.masters, 0), container_of(&built.masters)),
+            (name(&built.masters, 1), container_of(&built.masters)),
+            (name(&built.coreapps, 0), container_of(&built.coreapps)),
+            (name(&built.coreapps, 1), container_of(&built.coreapps)),
+        ]
+    );
+    wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 3, confirm_shard_change: None };
+    let pods = workloads::node_pods(&wan);
+    assert_eq!(pods.len(), 3 + 6);
+    assert_eq!(pods.last().unwrap().0, format!("{}-5", Names::new(&wan).tier(Tier::Coreapp)));
+}
+
+#[test]
 fn the_credentials_read_are_recorded_on_the_config_map_without_rolling_pods() {
     let wan = sample();
     let unrecorded = build(&wan, &inputs());

@@ -29,6 +29,18 @@ pub fn replicas(wan: &WhatsAppNumber, tier: Tier) -> i32 {
     }
 }
 
+/// The pods of the number's masters and coreapps as (pod, container), from
+/// the spec: StatefulSet pods keep their names, so the list changes with the
+/// spec only, not with every pod that restarts.
+pub fn node_pods(wan: &WhatsAppNumber) -> Vec<(String, String)> {
+    let names = Names::new(wan);
+    [Tier::Master, Tier::Coreapp]
+        .into_iter()
+        .flat_map(|tier| (0..replicas(wan, tier)).map(move |i| (tier, i)))
+        .map(|(tier, i)| (format!("{}-{i}", names.tier(tier)), tier.as_str().to_string()))
+        .collect()
+}
+
 /// Headless Service on 6250-6253 so peers and the webapps reach every pod;
 /// not-ready pods are published because nodes find each other before they are ready.
 pub fn headless_service(wan: &WhatsAppNumber, tier: Tier) -> Service {

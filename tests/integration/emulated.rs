@@ -319,9 +319,24 @@ impl Deployment {
         if master {
             extra.push(("WA_MASTER_NODE", "1"));
         }
-        let child = self.spawn(&name, &extra, &[])?;
+        let mut cmd = self.command(&name, &extra, &[])?;
+        let mut child = cmd.stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let (plain, cri) = (self.dir.join(format!("{name}.log")), self.cri_log(&name));
+        std::thread::spawn(move || container_log(stderr, &plain, &cri));
         self.nodes.push(Node { name, container_id, child: Some(child) });
         Ok(address)
+    }
+
+    fn cri_log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.cri.log"))
+    }
+
+    /// The container logs of the masters and coreapps, in the order they were
+    /// started, as a container runtime keeps them (CRI format): what a
+    /// kubelet serves as pods/log.
+    pub fn container_logs(&self) -> Vec<PathBuf> {
+        self.nodes.iter().map(|n| self.cri_log(&n.name)).collect()
     }
 
     /// The webapp on a free loopback port with the given API key. It serves
@@ -407,6 +422,19 @@ impl Deployment {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Copies a node's stderr (where the emulator logs) into its plain log and,
+/// line by line with a timestamp, into a CRI-format log.
+fn container_log(stderr: std::process::ChildStderr, plain: &Path, cri: &Path) {
+    use std::io::{BufRead, Write};
+    let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
+    let (Ok(mut plain), Ok(mut cri)) = (open(plain), open(cri)) else { return };
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { return };
+        let _ = writeln!(plain, "{line}");
+        let _ = writeln!(cri, "{} stderr F {line}", jiff::Timestamp::now());
     }
 }
 

@@ -303,6 +303,9 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
     for master in [true, true, false, false] {
         ours.node(master)?;
     }
+    // The fake nodes serve the emulated nodes' logs as the pods' logs.
+    let pods = ["master-0", "master-1", "coreapp-0", "coreapp-1"].map(|p| format!("{NAME}-{p}"));
+    serve_pod_logs(c, &ns, pods.iter().zip(ours.container_logs())).await?;
     let key = api_key(c, &ns).await?;
     let url = ours.webapp(&key, port)?;
     let w = wait_condition(&api, NAME, "AdminAccess", "True", "SessionOpen").await.with_context(|| ours.logs())?;
@@ -328,7 +331,9 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
         .await
         .with_context(|| format!("{}\n{}", ours.logs(), other.logs()))?;
     let conflict = w.status.as_ref().and_then(|s| s.external_conflict.clone()).ok_or_else(|| anyhow!("no record"))?;
-    ensure!(conflict.message.contains("multiple instances"), "{conflict:?}");
+    // Health said only that the nodes were down: the coreapp's log named the conflict.
+    ensure!(conflict.message.contains("Detected multiple instances that share the same number"), "{conflict:?}");
+    ensure!(conflict.message.contains(&format!("{NAME}-")), "the pod that logged it is named: {conflict:?}");
     ensure!(condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "ExternalInstance"));
     let message = condition(&w, "Ready").map(|r| r.message.to_string()).unwrap_or_default();
     ensure!(
@@ -357,6 +362,28 @@ pub async fn another_instance_outside_the_cluster_stops_the_nodes(env: &'static 
     })
     .await?;
     support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// Points the logs of the fake nodes' pods (pods/log) at these container
+/// log files, as a kubelet serves its containers' logs.
+async fn serve_pod_logs<'a>(
+    c: &Client,
+    ns: &str,
+    pods: impl Iterator<Item = (&'a String, std::path::PathBuf)>,
+) -> Result<()> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let kind = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Logs"), "logs");
+    let logs: Api<DynamicObject> = Api::namespaced_with(c.clone(), ns, &kind);
+    for (pod, file) in pods {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": pod},
+            "spec": {"logs": [{"logsFile": file.display().to_string()}]},
+        }))?;
+        logs.create(&PostParams::default(), &object).await?;
+    }
     Ok(())
 }
 

@@ -154,6 +154,11 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
   # exist, and one of schema Job pods (status); list reads a schema Job's
   # pods again before an upgrade is called off.
   verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  # get: while a registered number is down, the recent log of its masters
+  # and coreapps, where the client names a second instance of the number.
+  verbs: ["get"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
