@@ -445,35 +445,52 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
     (probe, latency)
 }
 
-/// The first node whose recent log names a second instance of the number.
-/// A pod that is gone or not started yet has no log to read; one whose
-/// container restarted may have logged the line before it failed.
+/// How many node logs one probe reads at once.
+const LOG_READS: usize = 4;
+
+/// The first node, in the target's order, whose recent log names a second
+/// instance of the number. A pod that is gone or not started yet has no log
+/// to read; one whose container restarted may have logged the line before
+/// it failed, so its previous container's log is read too.
 async fn read_conflict(shared: &Shared, t: &Target) -> Option<Conflict> {
     let kube = shared.kube.as_ref()?;
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(kube.clone(), &t.nodes.namespace);
     let since = logs::window(t.interval, t.timeout).as_secs() as i64;
-    for (pod, container) in &t.nodes.pods {
-        for previous in [false, true] {
-            let params = kube::api::LogParams {
-                container: Some(container.clone()),
-                previous,
-                since_seconds: Some(since),
-                tail_lines: Some(logs::MAX_LINES),
-                limit_bytes: Some(logs::MAX_BYTES),
-                ..Default::default()
-            };
-            match pods.logs(pod, &params).await {
-                Ok(log) => {
-                    if let Some(line) = logs::conflict_line(&log) {
-                        return Some(Conflict { pod: pod.clone(), line: line.to_string() });
-                    }
-                }
-                Err(e) if !previous => tracing::debug!(pod = %pod, error = %e, "cannot read the node's log"),
-                Err(_) => {}
-            }
+    let found = futures::stream::iter(t.nodes.pods.clone())
+        .map(|(pod, container)| node_conflict(pods.clone(), pod, container, since))
+        .buffered(LOG_READS)
+        .filter_map(futures::future::ready);
+    std::pin::pin!(found).next().await
+}
+
+/// One node's log (then its previous container's) read for the conflict.
+async fn node_conflict(
+    pods: kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: String,
+    container: String,
+    since: i64,
+) -> Option<Conflict> {
+    let params = |previous| kube::api::LogParams {
+        container: Some(container.clone()),
+        previous,
+        since_seconds: Some(since),
+        tail_lines: Some(logs::MAX_LINES),
+        limit_bytes: Some(logs::MAX_BYTES),
+        ..Default::default()
+    };
+    let log = match pods.logs(&pod, &params(false)).await {
+        Ok(log) => log,
+        Err(e) => {
+            tracing::debug!(pod = %pod, error = %e, "cannot read the node's log");
+            return None;
         }
-    }
-    None
+    };
+    let line = match logs::conflict_line(&log) {
+        Some(line) => line.to_string(),
+        // No previous container answers an error: nothing to add.
+        None => logs::conflict_line(&pods.logs(&pod, &params(true)).await.ok()?)?.to_string(),
+    };
+    Some(Conflict { pod, line })
 }
 
 /// Reads the client's CA with an admin session and nothing else: the
@@ -536,6 +553,25 @@ mod tests {
     }
 
     const CONNECTED: &str = r#"{"health":{"gateway_status":"connected"}}"#;
+
+    #[test]
+    fn the_verdict_takes_the_nodes_logs_and_the_clients_shard_count() {
+        let kicked = r#"{"health":{"10.0.0.5:a":{"gateway_status":"disconnected","role":"primary_master"},
+            "10.0.0.7:c":{"gateway_status":"disconnected","role":"coreapp"}}}"#;
+        let mut probe = latest(Ok(kicked)).probe;
+        assert_eq!(probe.verdict(4).unwrap().reason, report::SHARDS_NOT_CONNECTED);
+        probe.conflict = Some(Conflict { pod: "acme-coreapp-0".into(), line: logs::CONFLICT_LINE.into() });
+        let v = probe.verdict(4).unwrap();
+        assert_eq!(v.reason, report::NUMBER_CONFLICT);
+        assert!(v.message.contains("acme-coreapp-0"), "{}", v.message);
+        // The client's count (1) judges the nodes; the spec's (4) only while
+        // the client's is unknown.
+        probe.conflict = None;
+        assert!(probe.verdict(4).unwrap().message.contains("0 of 1"));
+        probe.shards = None;
+        assert_eq!(probe.verdict(4).unwrap().reason, report::PRIMARY_MASTER_DISCONNECTED, "multiconnect");
+        assert_eq!(latest(Err("connection refused")).probe.verdict(1), None);
+    }
 
     #[test]
     fn a_new_number_is_probed_at_once_and_then_on_its_interval() {
