@@ -31,9 +31,11 @@ pub enum Step {
         needed: i32,
     },
     /// The number is older than 7 days (or of unknown age) and the spec does
-    /// not confirm this change.
+    /// not confirm this change, or its confirmation was spent (`spent_at`) by
+    /// a change to this count the client accepted then.
     NeedsConfirmation {
         registered: Registered,
+        spent_at: Option<jiff::Timestamp>,
     },
     /// The client refused this very request, or did not answer it once it
     /// may have arrived (`unanswered`): it is not sent again while its inputs
@@ -81,6 +83,8 @@ pub struct Facts<'a> {
     /// Digest of the request that would be sent now (see
     /// [`ShardRequestStatus::request_digest`]); `None` when it cannot be made.
     pub request_digest: Option<&'a str>,
+    /// The [`RETRY_SHARD_CHANGE_ANNOTATION`] now.
+    pub retry_annotation: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,14 +107,28 @@ fn same_request(r: &ShardRequestStatus, f: &Facts) -> bool {
     }
 }
 
+/// When the confirmation in the spec was spent: a change to the desired
+/// count that the client accepted, sent under the same retry annotation. A
+/// confirmation is a person's informed request for one change; left in the
+/// spec, it must not let the operator change the count again on its own
+/// when the client later reports another (a restored database, say).
+fn confirmation_spent(f: &Facts) -> Option<jiff::Timestamp> {
+    let r = f.last_request?;
+    let spent = r.outcome == ShardRequestOutcome::Accepted
+        && r.shards == f.desired
+        && r.retry_annotation.as_deref() == f.retry_annotation;
+    spent.then_some(r.at.0)
+}
+
 pub fn plan(f: &Facts) -> Plan {
     let running = f.current.or(f.last_known).unwrap_or(f.desired);
     let coreapp_replicas = f.desired.max(running) + f.standby;
+    let spent_at = confirmation_spent(f);
     let step = match f.current {
         None => Step::Unknown,
         Some(c) if c == f.desired => Step::InSync,
-        Some(_) if !f.registered.is_recent() && f.confirmed != Some(f.desired) => {
-            Step::NeedsConfirmation { registered: f.registered }
+        Some(_) if !f.registered.is_recent() && (f.confirmed != Some(f.desired) || spent_at.is_some()) => {
+            Step::NeedsConfirmation { registered: f.registered, spent_at }
         }
         Some(_)
             if f.last_request.is_some_and(|r| {
@@ -148,19 +166,24 @@ pub fn status(
             ShardPhase::ScalingCoreapps,
             format!("growing to {desired} shards: {ready} of {needed} coreapps ready before the shard change"),
         ),
-        (Step::NeedsConfirmation { registered }, _) => {
+        (Step::NeedsConfirmation { registered, spent_at }, _) => {
             let age = match registered {
                 Registered::Since(age) => format!("was registered {} days ago", age.as_hours() / 24),
                 Registered::Unknown => {
                     "has a registration of unknown age (made before the operator watched it, by hand, or brought back by a restore)".to_string()
                 }
             };
+            let current = current.unwrap_or_default();
+            let accept = match spent_at {
+                None => format!("To accept that, set spec.multiconnect.confirmShardChange to {desired}"),
+                Some(at) => format!(
+                    "spec.multiconnect.confirmShardChange was spent on the change to {desired} the client accepted at {at}, and a confirmation covers one change. To accept another, annotate the object with {RETRY_SHARD_CHANGE_ANNOTATION}=<a new value>"
+                ),
+            };
             (
                 ShardPhase::ConfirmationRequired,
                 format!(
-                    "changing from {} to {desired} shards is not done on the operator's own initiative: the number {age}, and more than 7 days after registration the set-shards call disconnects the number (Meta's reference). To accept that, set spec.multiconnect.confirmShardChange to {desired}; or set spec.multiconnect.shards back to {}",
-                    current.unwrap_or_default(),
-                    current.unwrap_or_default()
+                    "changing from {current} to {desired} shards is not done on the operator's own initiative: the number {age}, and more than 7 days after registration the set-shards call disconnects the number (Meta's reference). {accept}; or set spec.multiconnect.shards to {current}"
                 ),
             )
         }
@@ -228,6 +251,7 @@ mod tests {
             last_request: None,
             generation: 4,
             request_digest: None,
+            retry_annotation: None,
         }
     }
 
@@ -239,6 +263,7 @@ mod tests {
             outcome: ShardRequestOutcome::Refused,
             message: "1009 wrong certificate".into(),
             request_digest: None,
+            retry_annotation: None,
         }
     }
 
@@ -280,16 +305,64 @@ mod tests {
     fn an_old_or_unknown_registration_needs_a_confirmation_of_this_very_change() {
         for registered in [Registered::Since(DAY * 8), Registered::Unknown] {
             let f = Facts { registered, ..facts(2, Some(1), 2) };
-            assert_eq!(plan(&f).step, Step::NeedsConfirmation { registered });
+            assert_eq!(plan(&f).step, Step::NeedsConfirmation { registered, spent_at: None });
             let wrong = Facts { confirmed: Some(4), ..f.clone() };
-            assert_eq!(plan(&wrong).step, Step::NeedsConfirmation { registered }, "confirms another count");
+            assert_eq!(
+                plan(&wrong).step,
+                Step::NeedsConfirmation { registered, spent_at: None },
+                "confirms another count"
+            );
             let confirmed = Facts { confirmed: Some(2), ..f };
             assert_eq!(plan(&confirmed).step, Step::SetShards(2));
         }
-        let s = status(2, Some(1), &Step::NeedsConfirmation { registered: Registered::Unknown }, None, None);
+        let s = status(
+            2,
+            Some(1),
+            &Step::NeedsConfirmation { registered: Registered::Unknown, spent_at: None },
+            None,
+            None,
+        );
         assert_eq!(s.phase, ShardPhase::ConfirmationRequired);
         assert!(s.message.contains("confirmShardChange to 2"), "{}", s.message);
         assert!(s.message.contains("disconnects"), "{}", s.message);
+    }
+
+    #[test]
+    fn a_confirmation_covers_one_accepted_change() {
+        let accepted = ShardRequestStatus {
+            outcome: ShardRequestOutcome::Accepted,
+            message: String::new(),
+            at: Time(jiff::Timestamp::from_second(1_700_000_000).unwrap()),
+            ..refused(2, 4)
+        };
+        let old = Facts { registered: Registered::Since(DAY * 30), confirmed: Some(2), ..facts(2, Some(1), 2) };
+        assert_eq!(plan(&old).step, Step::SetShards(2), "the confirmation before its change");
+        let after = Facts { last_request: Some(&accepted), ..old.clone() };
+        assert_eq!(plan(&Facts { current: Some(2), ..after.clone() }).step, Step::InSync);
+        // Months later a restored database brings 1 shard: the spec still
+        // confirms 2, but that confirmation was for the change made then.
+        let spent_at = Some(accepted.at.0);
+        assert_eq!(
+            plan(&after).step,
+            Step::NeedsConfirmation { registered: Registered::Since(DAY * 30), spent_at },
+            "not changed again on the operator's own initiative"
+        );
+        let s = status(2, Some(1), &plan(&after).step, None, Some(accepted.clone()));
+        assert_eq!(s.phase, ShardPhase::ConfirmationRequired);
+        assert!(s.message.contains("was spent on the change to 2"), "{}", s.message);
+        assert!(s.message.contains(RETRY_SHARD_CHANGE_ANNOTATION), "{}", s.message);
+        // A new value of the annotation is a person's new request.
+        let again = Facts { retry_annotation: Some("after-restore"), ..after.clone() };
+        assert_eq!(plan(&again).step, Step::SetShards(2));
+        let sent_with_it = ShardRequestStatus { retry_annotation: Some("after-restore".into()), ..accepted.clone() };
+        let spent_again = Facts { last_request: Some(&sent_with_it), ..again.clone() };
+        assert!(matches!(plan(&spent_again).step, Step::NeedsConfirmation { spent_at: Some(_), .. }));
+        // A change to another count is another confirmation anyway.
+        let other = Facts { desired: 4, confirmed: Some(4), ..after.clone() };
+        assert_eq!(plan(&Facts { coreapps_ready: 4, ..other }).step, Step::SetShards(4));
+        // A recent registration needs no confirmation: nothing to spend.
+        let recent = Facts { registered: Registered::Since(DAY), ..after };
+        assert_eq!(plan(&recent).step, Step::SetShards(2));
     }
 
     #[test]

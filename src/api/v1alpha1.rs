@@ -667,7 +667,10 @@ pub struct MulticonnectSpec {
     /// whose registration time the operator did not see): Meta warns that the
     /// set-shards call then disconnects the number. Set it to the value of
     /// `shards` to accept that risk for this change; any other value confirms
-    /// nothing, and without it such a change is not made.
+    /// nothing, and without it such a change is not made. It covers one
+    /// change: once the client accepted it, a later difference to the same
+    /// count (a restored database that brings another) waits for a new value
+    /// of the `whatsapp.operators.dev/retry-shard-change` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [1, 2, 4, 8, 16, 32]))]
     pub confirm_shard_change: Option<i32>,
@@ -1523,6 +1526,13 @@ pub struct ShardRequestStatus {
     /// PIN, and the `whatsapp.operators.dev/retry-shard-change` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<String>,
+    /// The `whatsapp.operators.dev/retry-shard-change` annotation when the
+    /// request was sent. A change the client accepted spends
+    /// `spec.multiconnect.confirmShardChange`: another change to the same
+    /// count on a number registered long ago waits for a new value of the
+    /// annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_annotation: Option<String>,
 }
 
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -150,6 +150,7 @@ async fn apply_step(
         last_request: None,
         generation: 0,
         request_digest: None,
+        retry_annotation: None,
     })
     .coreapp_replicas;
     inputs.coreapp_replicas = Some(replicas);

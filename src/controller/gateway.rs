@@ -591,6 +591,7 @@ pub async fn reconcile_shards(
     // stands while they stay the same.
     let request = shard_request(wan, observed, mc.shards);
     let request_digest = request.as_ref().ok().map(|r| shard_request_digest(wan, r));
+    let retry_annotation = wan.annotations().get(RETRY_SHARD_CHANGE_ANNOTATION).cloned();
     let facts = sharding::Facts {
         desired: mc.shards,
         standby: mc.standby_coreapps,
@@ -602,6 +603,7 @@ pub async fn reconcile_shards(
         last_request: last_request.as_ref(),
         generation: wan.metadata.generation.unwrap_or_default(),
         request_digest: request_digest.as_deref(),
+        retry_annotation: retry_annotation.as_deref(),
     };
     let plan = sharding::plan(&facts);
     let Step::SetShards(n) = plan.step else {
@@ -657,6 +659,7 @@ pub async fn reconcile_shards(
         outcome,
         message: message.clone(),
         request_digest,
+        retry_annotation,
     };
     let mut shown = match outcome {
         // As every later reconcile shows it, so that it does not change.

@@ -371,6 +371,7 @@ mod tests {
             outcome: ShardRequestOutcome::Unanswered,
             message: "timed out".into(),
             request_digest: Some("inputs".into()),
+            retry_annotation: None,
         };
         let called = WhatsAppNumberStatus {
             observed_generation: Some(4),

@@ -1100,6 +1100,7 @@ mod tests {
             outcome: crate::api::ShardRequestOutcome::Accepted,
             message: String::new(),
             request_digest: None,
+            retry_annotation: None,
         });
         assert_eq!(hold(&seen, &requested), None, "a record the operator keeps is written at once");
         let mut recorded = second.clone();
@@ -1469,8 +1470,13 @@ mod tests {
     fn an_unconfirmed_shard_change_on_an_old_number_needs_a_person() {
         use crate::sharding::{Registered, Step, status as shard_status};
         let wan = sample();
-        let waiting =
-            shard_status(2, Some(1), &Step::NeedsConfirmation { registered: Registered::Unknown }, None, None);
+        let waiting = shard_status(
+            2,
+            Some(1),
+            &Step::NeedsConfirmation { registered: Registered::Unknown, spent_at: None },
+            None,
+            None,
+        );
         let s = compute(&wan, &with_client(ClientState::default(), Some(waiting)), None, &t(1));
         assert_eq!(cond(&s, READY).reason, SHARD_CHANGE_UNCONFIRMED);
         assert_eq!(

@@ -285,6 +285,33 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     let (samples, violations) = sampler.await?;
     ensure!(samples > 10, "too few samples ({samples})");
     ensure!(violations.is_empty(), "a shard was without a coreapp: {violations:?}");
+
+    // Later the client reports another count (a restored database, played by
+    // a change made by hand). The spec still says confirmShardChange: 1, but
+    // that was for the change made then: nothing is sent on the operator's
+    // own initiative.
+    let by_hand = json!({
+        "cc": "1",
+        "phone_number": number.trim_start_matches("+1"),
+        "shards": 2,
+        "cert": deployment.certificate(&number)?,
+    });
+    let response = client.post(format!("{url}/v1/account/shards")).bearer_auth(&token).json(&by_hand).send().await?;
+    ensure!(response.status().is_success(), "the change by hand: {}", response.text().await?);
+    let w = wait_condition(&api, NAME, "Stalled", "True", "ShardChangeNeedsConfirmation").await?;
+    let message = condition(&w, "Stalled").map(|s| s.message.to_string()).unwrap_or_default();
+    ensure!(message.contains("was spent on the change to 1"), "{message}");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let w = api.get(NAME).await?;
+    ensure!(health_of(&w).shards == Some(2), "nothing was sent: {:?}", health_of(&w));
+    ensure!(condition(&w, "Stalled").is_some_and(|s| s.status == "True"), "still waiting for a person");
+
+    // A person asks for the change again.
+    let retry = json!({"metadata": {"annotations": {"whatsapp.operators.dev/retry-shard-change": "after-restore"}}});
+    merge_patch(&api, NAME, retry).await?;
+    let w = wait_until_shards(&api, 1).await.with_context(|| deployment.logs())?;
+    let sent = w.status.as_ref().and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
+    ensure!(sent.is_some_and(|r| r.retry_annotation.as_deref() == Some("after-restore")), "the request records it");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
