@@ -133,6 +133,9 @@ struct Entry {
     next: Instant,
     in_flight: bool,
     latest: Option<Latest>,
+    /// When a probe last found the number healthy: what its nodes logged
+    /// before is history (see [`logs::since`]). Kept across target changes.
+    healthy_at: Option<jiff::Timestamp>,
 }
 
 /// The schedule, without I/O: which numbers are due, and what a finished
@@ -149,6 +152,7 @@ pub struct Due {
     pub key: Key,
     pub version: u64,
     pub target: Target,
+    pub healthy_at: Option<jiff::Timestamp>,
 }
 
 impl Schedule {
@@ -159,7 +163,8 @@ impl Schedule {
             return false;
         }
         self.versions += 1;
-        let entry = Entry { target, version: self.versions, next: now, in_flight: false, latest: None };
+        let healthy_at = self.entries.get(key).and_then(|e| e.healthy_at);
+        let entry = Entry { target, version: self.versions, next: now, in_flight: false, latest: None, healthy_at };
         self.entries.insert(key.clone(), entry);
         true
     }
@@ -195,7 +200,7 @@ impl Schedule {
             .take(free)
             .map(|(key, e)| {
                 e.in_flight = true;
-                Due { key: key.clone(), version: e.version, target: e.target.clone() }
+                Due { key: key.clone(), version: e.version, target: e.target.clone(), healthy_at: e.healthy_at }
             })
             .collect();
         let next = if waiting { None } else { self.entries.values().filter(|e| !e.in_flight).map(|e| e.next).min() };
@@ -214,6 +219,9 @@ impl Schedule {
         }
         entry.in_flight = false;
         entry.next = now + delay;
+        if latest.probe.verdict(entry.target.shards).is_some_and(|v| v.healthy) {
+            entry.healthy_at = Some(latest.at);
+        }
         let changed = entry.latest.as_ref().is_none_or(|l| l.probe != latest.probe);
         entry.latest = Some(latest);
         if changed { Recorded::Changed } else { Recorded::Unchanged }
@@ -379,14 +387,25 @@ async fn probe(shared: Arc<Shared>, due: Due) -> (Due, Latest, Option<Duration>)
     // Health, login, shards and settings each have the per-request timeout,
     // and the reads of the nodes' logs one all together.
     let deadline = t.timeout * 5;
-    let (probe, latency) = match tokio::time::timeout(deadline, read(&shared, &due.key, t)).await {
+    let (probe, latency) = match tokio::time::timeout(deadline, read(&shared, &due, t)).await {
         Ok(found) => found,
         Err(_) => (Probe::unreachable(format!("the webapp at {} did not answer within {deadline:?}", t.url)), None),
     };
     (due, Latest { probe, at: jiff::Timestamp::now() }, latency)
 }
 
-async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration>) {
+/// The client's answers, then, when they show the number down, the nodes'
+/// logs: judged with the client's own shard count once it was read.
+async fn read(shared: &Shared, due: &Due, t: &Target) -> (Probe, Option<Duration>) {
+    let (mut probe, latency) = read_client(shared, &due.key, t).await;
+    if probe.verdict(t.shards).is_some_and(|v| logs::worth_reading(&v)) {
+        let since = logs::since(logs::window(t.interval, t.timeout), due.healthy_at, jiff::Timestamp::now());
+        probe.conflict = read_conflict(shared, t, since).await;
+    }
+    (probe, latency)
+}
+
+async fn read_client(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration>) {
     let client = match shared.clients.get(&t.trust, t.timeout) {
         Ok(c) => c,
         Err(e) => return (Probe::unreachable(e.to_string()), None),
@@ -404,9 +423,6 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
         (None, None)
     };
     let mut probe = Probe { health, admin: Admin::NotTried, shards: None, settings: None, ca: None, conflict: None };
-    if probe.verdict(t.shards).is_some_and(|v| logs::worth_reading(&v)) {
-        probe.conflict = tokio::time::timeout(t.timeout, read_conflict(shared, t)).await.ok().flatten();
-    }
     let Some(password) = &t.admin_password else { return (probe, latency) };
     let token = match shared.sessions.token(key, &webapp, password).await {
         Ok((token, changed)) => {
@@ -448,19 +464,30 @@ async fn read(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration
 /// How many node logs one probe reads at once.
 const LOG_READS: usize = 4;
 
-/// The first node, in the target's order, whose recent log names a second
-/// instance of the number. A pod that is gone or not started yet has no log
+/// The first node, in the target's order (coreapps first), whose log since
+/// `since` names a second instance of the number. The reads share one
+/// timeout; a node whose log does not come in time (its node not answering,
+/// say) holds back no other. A pod that is gone or not started yet has no log
 /// to read; one whose container restarted may have logged the line before
 /// it failed, so its previous container's log is read too.
-async fn read_conflict(shared: &Shared, t: &Target) -> Option<Conflict> {
+async fn read_conflict(shared: &Shared, t: &Target, since: Duration) -> Option<Conflict> {
     let kube = shared.kube.as_ref()?;
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(kube.clone(), &t.nodes.namespace);
-    let since = logs::window(t.interval, t.timeout).as_secs() as i64;
-    let found = futures::stream::iter(t.nodes.pods.clone())
-        .map(|(pod, container)| node_conflict(pods.clone(), pod, container, since))
-        .buffered(LOG_READS)
-        .filter_map(futures::future::ready);
-    std::pin::pin!(found).next().await
+    let since = since.as_secs().max(1) as i64;
+    let mut reads = futures::stream::iter(t.nodes.pods.iter().cloned().enumerate())
+        .map(|(i, (pod, container))| {
+            let pods = pods.clone();
+            async move { (i, node_conflict(pods, pod, container, since).await) }
+        })
+        .buffer_unordered(LOG_READS);
+    let mut found: Vec<(usize, Conflict)> = Vec::new();
+    let _ = tokio::time::timeout(t.timeout, async {
+        while let Some((i, conflict)) = reads.next().await {
+            found.extend(conflict.map(|c| (i, c)));
+        }
+    })
+    .await;
+    found.into_iter().min_by_key(|(i, _)| *i).map(|(_, c)| c)
 }
 
 /// One node's log (then its previous container's) read for the conflict.
@@ -470,16 +497,20 @@ async fn node_conflict(
     container: String,
     since: i64,
 ) -> Option<Conflict> {
+    // No byte limit: the apiserver cuts the newest lines, where the line is.
     let params = |previous| kube::api::LogParams {
         container: Some(container.clone()),
         previous,
         since_seconds: Some(since),
         tail_lines: Some(logs::MAX_LINES),
-        limit_bytes: Some(logs::MAX_BYTES),
         ..Default::default()
     };
     let log = match pods.logs(&pod, &params(false)).await {
         Ok(log) => log,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(pod = %pod, error = %e, "cannot read the node's log: pods/log is not allowed; a second instance of the number would go unseen");
+            return None;
+        }
         Err(e) => {
             tracing::debug!(pod = %pod, error = %e, "cannot read the node's log");
             return None;
@@ -490,7 +521,7 @@ async fn node_conflict(
         // No previous container answers an error: nothing to add.
         None => logs::conflict_line(&pods.logs(&pod, &params(true)).await.ok()?)?.to_string(),
     };
-    Some(Conflict { pod, line })
+    Some(Conflict { pod, line: logs::clipped(&line) })
 }
 
 /// Reads the client's CA with an admin session and nothing else: the

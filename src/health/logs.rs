@@ -9,15 +9,19 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use super::report::{self, Verdict};
 
 /// The part of the client's log line that names the conflict.
 pub const CONFLICT_LINE: &str = "Detected multiple instances that share the same number";
 
-/// At most this many of a node's last log lines are read, and at most
-/// [`MAX_BYTES`] of them: a chatty node costs one bounded read.
+/// At most this many of a node's last log lines are read: a chatty node
+/// costs one bounded read.
 pub const MAX_LINES: i64 = 2000;
-pub const MAX_BYTES: i64 = 1 << 20;
+
+/// At most this much of the line goes into status.
+const MAX_SHOWN: usize = 512;
 
 /// How far back a read looks. A probe reads the logs only once it finds the
 /// number down, so the window covers the time since the probe before (two
@@ -25,6 +29,23 @@ pub const MAX_BYTES: i64 = 1 << 20;
 /// did not answer the probe right after the kick.
 pub fn window(interval: Duration, timeout: Duration) -> Duration {
     (interval * 2 + timeout * 5).max(Duration::from_secs(300))
+}
+
+/// How far back to read now: the window, but nothing from before the number
+/// was last seen healthy. A line logged before that is history: the side
+/// that won a conflict logs it too, and the number was well after it.
+pub fn since(window: Duration, healthy_at: Option<Timestamp>, now: Timestamp) -> Duration {
+    let Some(at) = healthy_at else { return window };
+    let healthy_for = now.duration_since(at).as_secs().max(0) as u64;
+    window.min(Duration::from_secs(healthy_for + 1))
+}
+
+/// `line` cut to what status shows.
+pub fn clipped(line: &str) -> String {
+    match line.char_indices().nth(MAX_SHOWN) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_string(),
+    }
 }
 
 /// Whether a verdict may hide a kicked-off instance, so that the logs are
@@ -128,6 +149,25 @@ mod tests {
         let v = with_conflict(verdict(healthy), Some(&conflict()));
         assert!(v.healthy);
         assert_eq!(v.reason, report::GATEWAY_CONNECTED);
+    }
+
+    #[test]
+    fn lines_from_before_the_number_was_last_healthy_are_history() {
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let window = Duration::from_secs(300);
+        assert_eq!(since(window, None, t(1000)), window, "never seen healthy: the whole window");
+        assert_eq!(since(window, Some(t(960)), t(1000)), Duration::from_secs(41));
+        assert_eq!(since(window, Some(t(100)), t(1000)), window);
+        assert_eq!(since(window, Some(t(1005)), t(1000)), Duration::from_secs(1), "clocks apart");
+    }
+
+    #[test]
+    fn long_lines_are_clipped() {
+        assert_eq!(clipped("short"), "short");
+        let long = "é".repeat(600);
+        let shown = clipped(&long);
+        assert_eq!(shown.chars().count(), 512 + 3);
+        assert!(shown.ends_with("..."));
     }
 
     #[test]

@@ -54,16 +54,17 @@ fn node_pods_follow_the_statefulsets_and_their_containers() {
     assert_eq!(
         pods,
         vec![
-            (name(&built.masters, 0), container_of(&built.masters)),
-            (name(&built.masters, 1), container_of(&built.masters)),
             (name(&built.coreapps, 0), container_of(&built.coreapps)),
             (name(&built.coreapps, 1), container_of(&built.coreapps)),
+            (name(&built.masters, 0), container_of(&built.masters)),
+            (name(&built.masters, 1), container_of(&built.masters)),
         ]
     );
     wan.spec.multiconnect = MulticonnectSpec { shards: 4, standby_coreapps: 2, masters: 3, confirm_shard_change: None };
     let pods = workloads::node_pods(&wan);
     assert_eq!(pods.len(), 3 + 6);
-    assert_eq!(pods.last().unwrap().0, format!("{}-5", Names::new(&wan).tier(Tier::Coreapp)));
+    assert_eq!(pods[5].0, format!("{}-5", Names::new(&wan).tier(Tier::Coreapp)));
+    assert_eq!(pods.last().unwrap().0, format!("{}-2", Names::new(&wan).tier(Tier::Master)));
 }
 
 #[test]

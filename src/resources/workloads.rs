@@ -29,12 +29,12 @@ pub fn replicas(wan: &WhatsAppNumber, tier: Tier) -> i32 {
     }
 }
 
-/// The pods of the number's masters and coreapps as (pod, container), from
-/// the spec: StatefulSet pods keep their names, so the list changes with the
-/// spec only, not with every pod that restarts.
+/// The pods of the number's coreapps, then masters, as (pod, container),
+/// from the spec: StatefulSet pods keep their names, so the list changes
+/// with the spec only, not with every pod that restarts.
 pub fn node_pods(wan: &WhatsAppNumber) -> Vec<(String, String)> {
     let names = Names::new(wan);
-    [Tier::Master, Tier::Coreapp]
+    [Tier::Coreapp, Tier::Master]
         .into_iter()
         .flat_map(|tier| (0..replicas(wan, tier)).map(move |i| (tier, i)))
         .map(|(tier, i)| (format!("{}-{i}", names.tier(tier)), tier.as_str().to_string()))
