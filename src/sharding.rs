@@ -83,7 +83,7 @@ pub struct Facts<'a> {
     /// Digest of the request that would be sent now (see
     /// [`ShardRequestStatus::request_digest`]); `None` when it cannot be made.
     pub request_digest: Option<&'a str>,
-    /// The [`RETRY_SHARD_CHANGE_ANNOTATION`] now.
+    /// The [`RETRY_SHARD_CHANGE_ANNOTATION`] now (`None`: not set).
     pub retry_annotation: Option<&'a str>,
 }
 
@@ -108,16 +108,20 @@ fn same_request(r: &ShardRequestStatus, f: &Facts) -> bool {
 }
 
 /// When the confirmation in the spec was spent: a change to the desired
-/// count that the client accepted, sent under the same retry annotation. A
-/// confirmation is a person's informed request for one change; left in the
-/// spec, it must not let the operator change the count again on its own
-/// when the client later reports another (a restored database, say).
+/// count that the client accepted, or that got no answer and may have been
+/// carried out, sent under the same retry annotation. A confirmation is a
+/// person's informed request for one change; left in the spec, it must not
+/// let the operator change the count again on its own when the client later
+/// reports another (a restored database, say). A record from before the
+/// annotation was recorded goes by its request's digest, which holds it.
 fn confirmation_spent(f: &Facts) -> Option<jiff::Timestamp> {
     let r = f.last_request?;
-    let spent = r.outcome == ShardRequestOutcome::Accepted
-        && r.shards == f.desired
-        && r.retry_annotation.as_deref() == f.retry_annotation;
-    spent.then_some(r.at.0)
+    let carried_out = matches!(r.outcome, ShardRequestOutcome::Accepted | ShardRequestOutcome::Unanswered);
+    let same_request = match r.retry_annotation.as_deref() {
+        Some(sent) => sent == f.retry_annotation.unwrap_or_default(),
+        None => same_request(r, f),
+    };
+    (carried_out && r.shards == f.desired && f.confirmed == Some(f.desired) && same_request).then_some(r.at.0)
 }
 
 pub fn plan(f: &Facts) -> Plan {
@@ -177,7 +181,7 @@ pub fn status(
             let accept = match spent_at {
                 None => format!("To accept that, set spec.multiconnect.confirmShardChange to {desired}"),
                 Some(at) => format!(
-                    "spec.multiconnect.confirmShardChange was spent on the change to {desired} the client accepted at {at}, and a confirmation covers one change. To accept another, annotate the object with {RETRY_SHARD_CHANGE_ANNOTATION}=<a new value>"
+                    "spec.multiconnect.confirmShardChange was spent on the change to {desired} sent at {at} (the client accepted it, or did not answer and may have applied it), and a confirmation covers one change. To accept another, annotate the object with {RETRY_SHARD_CHANGE_ANNOTATION}=<a new value>"
                 ),
             };
             (
@@ -333,6 +337,7 @@ mod tests {
             outcome: ShardRequestOutcome::Accepted,
             message: String::new(),
             at: Time(jiff::Timestamp::from_second(1_700_000_000).unwrap()),
+            retry_annotation: Some(String::new()),
             ..refused(2, 4)
         };
         let old = Facts { registered: Registered::Since(DAY * 30), confirmed: Some(2), ..facts(2, Some(1), 2) };
@@ -361,8 +366,30 @@ mod tests {
         let other = Facts { desired: 4, confirmed: Some(4), ..after.clone() };
         assert_eq!(plan(&Facts { coreapps_ready: 4, ..other }).step, Step::SetShards(4));
         // A recent registration needs no confirmation: nothing to spend.
-        let recent = Facts { registered: Registered::Since(DAY), ..after };
+        let recent = Facts { registered: Registered::Since(DAY), ..after.clone() };
         assert_eq!(plan(&recent).step, Step::SetShards(2));
+        // Without a confirmation in the spec, the message asks for one.
+        let removed = Facts { confirmed: None, ..after.clone() };
+        assert!(matches!(plan(&removed).step, Step::NeedsConfirmation { spent_at: None, .. }));
+        // A change that got no answer may have been carried out: it spends it too.
+        let unanswered = ShardRequestStatus { outcome: ShardRequestOutcome::Unanswered, ..accepted.clone() };
+        let f = Facts { last_request: Some(&unanswered), request_digest: Some("renewed-certificate"), ..after.clone() };
+        assert!(matches!(plan(&f).step, Step::NeedsConfirmation { spent_at: Some(_), .. }));
+        let retrying = ShardRequestStatus { outcome: ShardRequestOutcome::Retrying, ..accepted.clone() };
+        assert_eq!(plan(&Facts { last_request: Some(&retrying), ..after.clone() }).step, Step::SetShards(2));
+        // An annotation recorded as absent ("") stands for no annotation.
+        let recorded = ShardRequestStatus { retry_annotation: Some(String::new()), ..accepted.clone() };
+        assert!(matches!(
+            plan(&Facts { last_request: Some(&recorded), ..after.clone() }).step,
+            Step::NeedsConfirmation { spent_at: Some(_), .. }
+        ));
+        // A record from an older operator: its digest holds the annotation.
+        let legacy =
+            ShardRequestStatus { request_digest: Some("d1".into()), retry_annotation: None, ..accepted.clone() };
+        let same =
+            Facts { last_request: Some(&legacy), request_digest: Some("d1"), retry_annotation: Some("x"), ..after };
+        assert!(matches!(plan(&same).step, Step::NeedsConfirmation { spent_at: Some(_), .. }));
+        assert_eq!(plan(&Facts { request_digest: Some("d2"), ..same }).step, Step::SetShards(2), "re-armed");
     }
 
     #[test]

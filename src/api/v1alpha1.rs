@@ -1369,7 +1369,7 @@ pub struct ExternalConflictStatus {
     /// stopped, annotate the WhatsAppNumber with
     /// `whatsapp.operators.dev/resolve-conflict` set to this value.
     pub detected_at: String,
-    /// What the client said.
+    /// What was found: the pod that logged the conflict, and its line.
     pub message: String,
 }
 
@@ -1527,10 +1527,10 @@ pub struct ShardRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<String>,
     /// The `whatsapp.operators.dev/retry-shard-change` annotation when the
-    /// request was sent. A change the client accepted spends
-    /// `spec.multiconnect.confirmShardChange`: another change to the same
-    /// count on a number registered long ago waits for a new value of the
-    /// annotation.
+    /// request was sent (empty: not set). A change the client accepted, or
+    /// that got no answer, spends `spec.multiconnect.confirmShardChange`:
+    /// another change to the same count on a number registered long ago
+    /// waits for a new value of the annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_annotation: Option<String>,
 }

@@ -659,7 +659,9 @@ pub async fn reconcile_shards(
         outcome,
         message: message.clone(),
         request_digest,
-        retry_annotation,
+        // Recorded also when absent (""), so that it tells from a record
+        // written before it was.
+        retry_annotation: Some(retry_annotation.unwrap_or_default()),
     };
     let mut shown = match outcome {
         // As every later reconcile shows it, so that it does not change.
