@@ -32,6 +32,19 @@ pub fn sample() -> WhatsAppNumber {
     wan
 }
 
+/// [`sample`] restoring the backup in the Secret `old-backup`, its password
+/// in the Secret `pw`.
+pub fn restoring() -> WhatsAppNumber {
+    let mut wan = sample();
+    wan.spec.restore_from = Some(Box::new(
+        serde_json::from_value(serde_json::json!({
+            "secretRef": {"name": "old-backup"}, "passwordSecretRef": {"name": "pw"}
+        }))
+        .expect("restoreFrom parses"),
+    ));
+    wan
+}
+
 /// The built-in catalog with 2.53.2 (released 2024-01-10, so expiring
 /// 2024-07-08) and 2.55.1 (2024-04-10), and `extra` entries in the catalog
 /// ConfigMap's form.

@@ -570,13 +570,7 @@ mod tests {
 
     #[test]
     fn a_restore_retry_is_looked_at_when_due() {
-        let mut wan = sample();
-        wan.spec.restore_from = Some(Box::new(
-            serde_json::from_value(serde_json::json!({
-                "secretRef": {"name": "old-backup"}, "passwordSecretRef": {"name": "pw"}
-            }))
-            .unwrap(),
-        ));
+        let mut wan = crate::fixtures::restoring();
         let record = |outcome, from: &str| {
             Some(Box::new(RestoreStatus { outcome, from: from.into(), at: Time(t(1_000)), message: String::new() }))
         };

@@ -935,13 +935,7 @@ mod tests {
     #[test]
     fn restored_says_what_became_of_the_backup() {
         use crate::api::{RestoreOutcome, RestoreStatus};
-        let mut wan = sample();
-        wan.spec.restore_from = Some(Box::new(
-            serde_json::from_value(serde_json::json!({
-                "secretRef": {"name": "old-backup"}, "passwordSecretRef": {"name": "pw"}
-            }))
-            .unwrap(),
-        ));
+        let wan = crate::fixtures::restoring();
         let with = |outcome: Option<RestoreOutcome>| {
             let mut applied = match all_ready() {
                 Outcome::Applied(a) => a,
