@@ -129,11 +129,9 @@ pub fn restore_step(
     now: Timestamp,
 ) -> RestoreStep {
     let Client { gateway, nodes, unregistered_nodes, probed_at } = client;
-    let tried_at = match recorded {
-        None => None,
-        Some((RestoreOutcome::Retrying, at)) => Some(at),
-        Some(_) => return RestoreStep::Done,
-    };
+    if recorded.is_some_and(|(outcome, _)| outcome != RestoreOutcome::Retrying) {
+        return RestoreStep::Done;
+    }
     // A try that got no answer may have arrived: the client says.
     if gateway != "unregistered" && registration_known(gateway, nodes, expected) {
         return RestoreStep::AlreadyRegistered;
@@ -142,7 +140,7 @@ pub fn restore_step(
     if nodes < expected || unregistered_nodes < nodes {
         return RestoreStep::Wait;
     }
-    match tried_at.and_then(|at| at.checked_add(RESTORE_RETRY).ok()) {
+    match restore_retry_at(recorded) {
         Some(retry_at) if now < retry_at => RestoreStep::Wait,
         Some(retry_at) if probed_at <= retry_at => RestoreStep::Probe,
         _ => RestoreStep::Restore,
