@@ -37,15 +37,23 @@ pub fn registration_step(
     }
     let same_inputs = previous.is_some_and(|p| p.request_digest.as_deref() == Some(inputs));
     match previous.map(|p| p.phase) {
-        Some(RegistrationPhase::CodeRequested | RegistrationPhase::CodeRefused) if same_inputs => match code {
-            Some(code) if previous.and_then(|p| p.code_digest.as_deref()) != Some(code_digest(code).as_str()) => {
-                RegistrationStep::Verify(code.to_string())
+        Some(phase @ (RegistrationPhase::CodeRequested | RegistrationPhase::CodeRefused)) if same_inputs => {
+            match code {
+                Some(code) if previous.and_then(|p| p.code_digest.as_deref()) != Some(code_digest(code).as_str()) => {
+                    RegistrationStep::Verify(code.to_string())
+                }
+                // The code the Secret held when this code was requested belongs
+                // to an earlier request: sending it would only spend a guess.
+                Some(_) if phase == RegistrationPhase::CodeRequested => RegistrationStep::Wait(
+                    "a new code was requested and the Secret still holds the code from before; put the new code in"
+                        .into(),
+                ),
+                Some(_) => RegistrationStep::Wait(
+                    "the client refused the code in the Secret; put the new code in, or request another code".into(),
+                ),
+                None => RegistrationStep::Wait("waiting for the registration code in the Secret".into()),
             }
-            Some(_) => RegistrationStep::Wait(
-                "the client refused the code in the Secret; put the new code in, or request another code".into(),
-            ),
-            None => RegistrationStep::Wait("waiting for the registration code in the Secret".into()),
-        },
+        }
         Some(RegistrationPhase::RequestRefused) if same_inputs => RegistrationStep::Wait(
             "the client refused the code request; fix the certificate or PIN, or annotate the object to ask again"
                 .into(),
@@ -58,8 +66,15 @@ pub fn registration_step(
     }
 }
 
-/// The status after a code request's answer.
-pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp) -> RegistrationStatus {
+/// The status after a code request's answer. `stale_code` is the digest of
+/// the code the Secret held when the request was sent: an answer to an
+/// earlier request, never sent for this one.
+pub fn after_request(
+    inputs: &str,
+    outcome: Result<bool, String>,
+    stale_code: Option<String>,
+    now: Timestamp,
+) -> RegistrationStatus {
     let at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
     match outcome {
         Ok(true) => RegistrationStatus {
@@ -74,7 +89,7 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
             message: "a code was requested; put it into the registration Secret's code key".into(),
             request_digest: Some(inputs.into()),
             code_requested_at: at,
-            code_digest: None,
+            code_digest: stale_code,
         },
         Err(why) => RegistrationStatus {
             phase: RegistrationPhase::RequestRefused,
@@ -84,6 +99,23 @@ pub fn after_request(inputs: &str, outcome: Result<bool, String>, now: Timestamp
             code_digest: None,
         },
     }
+}
+
+/// Why a backup must not be restored into the number `phone_number`: the
+/// number its maker recorded on it (the label or object metadata the
+/// operator writes with each backup) is another. A backup that records no
+/// number is not judged. Restoring another number's backup would run a
+/// second instance of that number, unseen by its claim.
+pub fn backup_of_another_number(phone_number: &str, recorded: Option<&str>) -> Option<String> {
+    let digits = |n: &str| n.chars().filter(char::is_ascii_digit).collect::<String>();
+    let recorded = recorded.filter(|r| !digits(r).is_empty())?;
+    (digits(recorded) != digits(phone_number)).then(|| {
+        format!(
+            "the backup was made for +{} and this WhatsAppNumber is {phone_number}: restoring it would run a second instance of +{}",
+            digits(recorded),
+            digits(recorded)
+        )
+    })
 }
 
 /// How long a restore that did not go through waits before it is tried again.
@@ -412,12 +444,42 @@ mod tests {
     }
 
     #[test]
+    fn a_code_left_from_an_earlier_request_is_never_sent() {
+        // A person asked for a new code (the annotation changed the inputs);
+        // the Secret still holds the one sent for the earlier request.
+        let s = after_request("i2", Ok(false), Some(digest("123456")), Timestamp::UNIX_EPOCH);
+        let wait = registration_step(Some(&s), true, "i2", Some("123456"), digest);
+        assert!(matches!(&wait, RegistrationStep::Wait(m) if m.contains("from before")), "{wait:?}");
+        assert_eq!(
+            registration_step(Some(&s), true, "i2", Some("777777"), digest),
+            RegistrationStep::Verify("777777".into()),
+            "the new code, once it is in the Secret"
+        );
+        let first = after_request("i1", Ok(false), None, Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            registration_step(Some(&first), true, "i1", Some("123456"), digest),
+            RegistrationStep::Verify("123456".into()),
+            "no code in the Secret at the request: the first one put in is sent"
+        );
+    }
+
+    #[test]
+    fn a_backup_of_another_number_is_not_restored() {
+        assert_eq!(backup_of_another_number("+15550001111", None), None, "no record: not judged");
+        assert_eq!(backup_of_another_number("+15550001111", Some("15550001111")), None, "a label's digits");
+        assert_eq!(backup_of_another_number("+15550001111", Some("+15550001111")), None, "object metadata");
+        assert_eq!(backup_of_another_number("+15550001111", Some("")), None);
+        let refused = backup_of_another_number("+15550002222", Some("+15550001111")).expect("another number");
+        assert!(refused.contains("+15550001111") && refused.contains("second instance"), "{refused}");
+    }
+
+    #[test]
     fn request_outcomes() {
         let now = Timestamp::UNIX_EPOCH;
-        assert_eq!(after_request("i", Ok(true), now).phase, RegistrationPhase::Registered);
-        let s = after_request("i", Ok(false), now);
+        assert_eq!(after_request("i", Ok(true), None, now).phase, RegistrationPhase::Registered);
+        let s = after_request("i", Ok(false), None, now);
         assert_eq!((s.phase, s.code_requested_at.is_some()), (RegistrationPhase::CodeRequested, true));
-        let s = after_request("i", Err("1009 Certificate expired".into()), now);
+        let s = after_request("i", Err("1009 Certificate expired".into()), None, now);
         assert_eq!(s.phase, RegistrationPhase::RequestRefused);
         assert!(s.message.contains("Certificate expired"));
     }

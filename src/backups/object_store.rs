@@ -77,8 +77,15 @@ impl Store {
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, String> {
+        Ok(self.get_with_metadata(key, "").await?.0)
+    }
+
+    /// One object and the user metadata `name` it carries (`x-amz-meta-NAME`).
+    pub async fn get_with_metadata(&self, key: &str, name: &str) -> Result<(Vec<u8>, Option<String>), String> {
         let object = self.inner.get(&Path::from(key)).await.map_err(describe)?;
-        object.bytes().await.map(|b| b.to_vec()).map_err(describe)
+        let value = object.attributes.get(&Attribute::Metadata(name.to_string().into())).map(|v| v.to_string());
+        let data = object.bytes().await.map(|b| b.to_vec()).map_err(describe)?;
+        Ok((data, value))
     }
 }
 

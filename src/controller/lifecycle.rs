@@ -24,7 +24,9 @@ use crate::backups::{
     object_store::{Access, Store},
 };
 use crate::lifecycle::{self, RegistrationStep, RestoreStep};
-use crate::resources::names::{FIELD_MANAGER, LABEL_COMPONENT, Names, component_labels, instance_selector};
+use crate::resources::names::{
+    FIELD_MANAGER, LABEL_COMPONENT, LABEL_NUMBER, Names, component_labels, instance_selector,
+};
 use crate::resources::{digest, owned_meta};
 use crate::webapp::{CallError, Webapp, phone};
 
@@ -110,7 +112,7 @@ pub async fn step(
         let recorded = report.restore.as_ref().filter(|r| r.from == source).map(|r| (r.outcome, r.at.0));
         match lifecycle::restore_step(recorded, seen.client, expected, jiff::Timestamp::now()) {
             RestoreStep::Restore => {
-                report.restore = Some(restore(webapp, token, observed, from).await);
+                report.restore = Some(restore(ctx, wan, webapp, token, observed, from).await);
                 // What the client holds now is for the next probe to say: a
                 // restored registration may still be taking effect, and nothing
                 // may register the number on what was seen before the restore.
@@ -160,6 +162,8 @@ pub async fn step(
 }
 
 async fn restore(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
     webapp: &Webapp<'_>,
     token: &str,
     observed: &Observed,
@@ -180,19 +184,19 @@ async fn restore(
     let Some(password) = password else {
         return waiting(format!("spec.restoreFrom.passwordSecretRef: Secret {} has no key {}", p.name, p.key));
     };
-    let data = match (&from.secret_ref, &from.object_store) {
+    let (data, number) = match (&from.secret_ref, &from.object_store) {
         (_, Some(object)) => {
             let fetched = match store_access(observed, &object.store, "spec.restoreFrom.objectStore") {
                 Ok(access) => match Store::connect(&object.store, &access) {
-                    Ok(store) => store.get(&object.key).await,
+                    Ok(store) => store.get_with_metadata(&object.key, BACKUP_NUMBER_METADATA).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
             };
-            match fetched.map(String::from_utf8) {
-                Ok(Ok(data)) => data,
+            match fetched.map(|(data, number)| (String::from_utf8(data), number)) {
+                Ok((Ok(data), number)) => (data, number),
                 // The object is there and is no backup: trying again changes nothing.
-                Ok(Err(_)) => {
+                Ok((Err(_), _)) => {
                     return RestoreStatus {
                         outcome: RestoreOutcome::Refused,
                         message: format!("{source} is not a backup of this client (not text)"),
@@ -203,11 +207,20 @@ async fn restore(
             }
         }
         (Some(r), None) => match secret_text(observed.lifecycle.get(&r.name), &r.key) {
-            Some(data) => data,
+            // The number label is read once, here: the caches keep a
+            // Secret's data, not its labels.
+            Some(data) => match secret_number(ctx, wan, &r.name).await {
+                Ok(number) => (data, number),
+                Err(e) => return waiting(format!("cannot read Secret {}: {e}", r.name)),
+            },
             None => return waiting(format!("spec.restoreFrom.secretRef: Secret {} has no key {}", r.name, r.key)),
         },
         (None, None) => return waiting("spec.restoreFrom names no backup".into()),
     };
+    if let Some(why) = lifecycle::backup_of_another_number(&wan.spec.phone_number, number.as_deref()) {
+        warn!(from = %source, "{why}; it is not restored");
+        return RestoreStatus { outcome: RestoreOutcome::Refused, message: why, ..waiting(String::new()) };
+    }
     match webapp.restore(token, &password, data.trim()).await {
         Ok(()) => {
             info!(from = %source, "restored the backup into this deployment");
@@ -225,6 +238,17 @@ async fn restore(
             RestoreStatus { outcome: RestoreOutcome::Refused, from: source, at, message: e.to_string() }
         }
     }
+}
+
+/// The object store metadata that names a backup's number (see [`keep_in_store`]).
+const BACKUP_NUMBER_METADATA: &str = "phone-number";
+
+/// The number the backup Secret `name` was made for, from the label the
+/// operator puts on the backups it keeps; `None` for a Secret without it.
+async fn secret_number(ctx: &Context, wan: &WhatsAppNumber, name: &str) -> Result<Option<String>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
+    let meta = api.get_metadata(name).await?;
+    Ok(meta.labels().get(LABEL_NUMBER).cloned())
 }
 
 /// The client refused this backup itself (a wrong password, damaged data,
@@ -287,7 +311,7 @@ async fn register(
     match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, code.as_deref(), |c| digest(&c)) {
         RegistrationStep::Wait(message) => {
             let mut s =
-                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), jiff::Timestamp::now()));
+                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
             if s.phase == RegistrationPhase::CodeRequested {
                 s.message = message;
             }
@@ -307,7 +331,12 @@ async fn register(
                 };
             };
             let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
-                return lifecycle::after_request(&inputs, Err("not an E.164 number".into()), jiff::Timestamp::now());
+                return lifecycle::after_request(
+                    &inputs,
+                    Err("not an E.164 number".into()),
+                    None,
+                    jiff::Timestamp::now(),
+                );
             };
             let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
             if let Some(pin) = &pin {
@@ -318,11 +347,11 @@ async fn register(
                 Err(e) => Err(e.to_string()),
             };
             info!(outcome = ?outcome, "requested the registration code");
-            lifecycle::after_request(&inputs, outcome, jiff::Timestamp::now())
+            lifecycle::after_request(&inputs, outcome, code.as_deref().map(|c| digest(&c)), jiff::Timestamp::now())
         }
         RegistrationStep::Verify(code) => {
             let mut s =
-                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), jiff::Timestamp::now()));
+                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
             s.code_digest = Some(digest(&code));
             match webapp.verify_code(token, &code).await {
                 Ok(()) => {
@@ -528,7 +557,7 @@ async fn keep_in_store(
     let metadata = [
         ("backup-time", now.to_string()),
         ("client-version", client_version(wan)),
-        ("phone-number", wan.spec.phone_number.clone()),
+        (BACKUP_NUMBER_METADATA, wan.spec.phone_number.clone()),
     ];
     store.put(&key, data.as_bytes().to_vec(), &metadata).await.map_err(|e| format!("cannot write {key}: {e}"))?;
     let url = backups::object_url(&spec.store.bucket, &key);

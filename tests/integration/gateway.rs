@@ -555,16 +555,20 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     wait_until(READY_TIMEOUT, "the old key Secret collected", || async { Ok(secrets.get_opt(&keys).await?.is_none()) })
         .await?;
     let mut moved = deployment.another_instance("life-moved")?;
-    // The backup's password is not there yet: the restore waits and is tried
-    // again once it is.
-    let password = secrets.get("backup-password").await?;
-    secrets.delete("backup-password", &Default::default()).await?;
+    // First a backup labelled as made for another number: restoring it would
+    // run a second instance of that number, so it is refused.
+    let mut foreign = secrets.get(&backup).await?;
+    foreign.metadata = ObjectMeta {
+        name: Some("foreign-backup".into()),
+        labels: Some(BTreeMap::from([("whatsapp.operators.dev/number".to_string(), "15559990000".to_string())])),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &foreign).await?;
     prepare_in(
         c,
         &ns,
         &number,
-        // The key is left to its default, the one the operator writes its backups under.
-        json!({"restoreFrom": {"secretRef": {"name": backup}, "passwordSecretRef": {"name": "backup-password"}}}),
+        json!({"restoreFrom": {"secretRef": {"name": "foreign-backup"}, "passwordSecretRef": {"name": "backup-password"}}}),
     )
     .await?;
     for master in [true, true, false, false] {
@@ -572,6 +576,28 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     }
     let key = api_key(c, &ns).await?;
     moved.webapp(&key, port)?;
+    let w = wait_condition(&api, NAME, "Restored", "False", "RestoreRefused").await.with_context(|| moved.logs())?;
+    ensure!(
+        condition(&w, "Restored").is_some_and(|r| r.message.contains("+15559990000")),
+        "names the backup's number: {:?}",
+        condition(&w, "Restored")
+    );
+    ensure!(
+        !moved.logs().lines().any(|l| l.contains("settings restored from a backup")),
+        "nothing was restored: {}",
+        moved.logs()
+    );
+    // The number's own backup, whose password is not there yet: the restore
+    // waits and is tried again once it is.
+    let password = secrets.get("backup-password").await?;
+    secrets.delete("backup-password", &Default::default()).await?;
+    merge_patch(
+        &api,
+        NAME,
+        // The key is left to its default, the one the operator writes its backups under.
+        json!({"spec": {"restoreFrom": {"secretRef": {"name": backup}}}}),
+    )
+    .await?;
     let w = wait_condition(&api, NAME, "Restored", "False", "RestoreRetrying").await.with_context(|| moved.logs())?;
     ensure!(
         condition(&w, "Restored").is_some_and(|r| r.message.contains("backup-password")),
