@@ -359,12 +359,11 @@ fn client_state(wan: &WhatsAppNumber, planned: &Planned, written: &Written, gate
             _ => status.and_then(|s| s.webapp_certificate.as_deref().cloned()),
         },
         registered_at: report.map_or_else(|| status.and_then(|s| s.registered_at.clone()), |r| r.registered_at.clone()),
-        external_conflict: match report {
-            Some(r) => r.external_conflict.clone(),
-            None if gateway.awaiting => status.and_then(|s| s.external_conflict.as_deref().cloned()),
-            None => None,
-        }
-        .filter(|c| !plan::resolved(wan, c)),
+        external_conflict: plan::conflict_to_record(
+            wan,
+            report.map(|r| r.external_conflict.as_ref()),
+            status.and_then(|s| s.external_conflict.as_deref()),
+        ),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
         service_monitor: written.service_monitor.clone(),
         lifecycle: report.map_or_else(|| lifecycle::LifecycleReport::from_status(status), |r| r.lifecycle.clone()),

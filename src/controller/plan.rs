@@ -51,6 +51,19 @@ pub fn workloads(wan: &WhatsAppNumber, plan: &Plan, first_job: Option<&JobState>
     Workloads { shape, initializing, suspended, external_conflict }
 }
 
+/// The conflict status is to record: what the latest probe found (`probed`,
+/// which carries a recorded conflict on), else the one recorded. Without a
+/// probe result (one awaited, the number suspended, health polling off) a
+/// conflict stands: only a person declares it over, and nothing may start
+/// the nodes again meanwhile.
+pub fn conflict_to_record(
+    wan: &WhatsAppNumber,
+    probed: Option<Option<&ExternalConflictStatus>>,
+    recorded: Option<&ExternalConflictStatus>,
+) -> Option<ExternalConflictStatus> {
+    probed.unwrap_or(recorded).filter(|c| !resolved(wan, c)).cloned()
+}
+
 /// After an upgrade was called off, the old masters and coreapps start only
 /// once the new version's schema Job and its pods are gone (`schema_left`).
 pub fn hold_nodes_after_rollback(workloads: &mut Workloads, schema_left: bool) {
@@ -198,6 +211,23 @@ mod tests {
         let resumed = workloads(&wan, &plan, None);
         assert_eq!(resumed.external_conflict, None);
         assert!(resumed.shape.masters_running && resumed.shape.coreapps_running);
+    }
+
+    #[test]
+    fn a_conflict_stands_without_a_probe_until_a_person_resolves_it() {
+        let mut wan = sample();
+        let conflict = ExternalConflictStatus {
+            detected_at: "2026-12-01T10:00:00Z".into(),
+            message: "another instance connected with this number".into(),
+        };
+        // Suspended, polling turned off, or a probe awaited: no result.
+        assert_eq!(conflict_to_record(&wan, None, Some(&conflict)), Some(conflict.clone()));
+        assert_eq!(conflict_to_record(&wan, Some(Some(&conflict)), None), Some(conflict.clone()), "found now");
+        assert_eq!(conflict_to_record(&wan, Some(None), None), None);
+        assert_eq!(conflict_to_record(&wan, None, None), None);
+        wan.annotations_mut().insert(RESOLVE_CONFLICT_ANNOTATION.into(), conflict.detected_at.clone());
+        assert_eq!(conflict_to_record(&wan, None, Some(&conflict)), None, "resolved by a person");
+        assert_eq!(conflict_to_record(&wan, Some(Some(&conflict)), Some(&conflict)), None);
     }
 
     #[test]
