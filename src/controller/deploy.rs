@@ -248,7 +248,12 @@ async fn shards_step(
         Some(r) if r.shards.is_some() && quiet => {
             Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, written.tiers.coreapps.ready).await)
         }
-        None if gateway.awaiting => status.and_then(|s| s.sharding.clone()).or_else(|| Some(unknown())),
+        // A probe for the current target is awaited: the record stands, as
+        // long as it is about the count the spec asks for now. After an
+        // edit of the count it is not: the client's count is to be read.
+        None if gateway.awaiting => {
+            status.and_then(|s| s.sharding.clone()).filter(|s| s.desired == mc.shards).or_else(|| Some(unknown()))
+        }
         _ => Some(unknown()),
     }
 }

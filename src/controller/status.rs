@@ -37,6 +37,9 @@ pub const PREVIOUS_INSTANCE_RUNNING: &str = "PreviousInstanceRunning";
 pub const DELETING: &str = "Deleting";
 /// Reason when a shard change cannot be made (registration Secret, refusal).
 pub const SHARD_CHANGE_BLOCKED: &str = "ShardChangeBlocked";
+/// Reason of `Ready` while the client's shard count is not known and the
+/// count it last reported is not the spec's.
+pub const SHARD_COUNT_UNKNOWN: &str = "ShardCountUnknown";
 /// Reason when a shard change waits for `spec.multiconnect.confirmShardChange`.
 pub const SHARD_CHANGE_UNCONFIRMED: &str = "ShardChangeNeedsConfirmation";
 /// Reason of `Conflict` when the client reports a second instance elsewhere.
@@ -678,6 +681,13 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     let shards_changing = matches!(shard_phase, Some(ShardPhase::ScalingCoreapps) | Some(ShardPhase::SettingShards));
     let shards_blocked = shard_phase == Some(ShardPhase::Blocked);
     let shards_unconfirmed = shard_phase == Some(ShardPhase::ConfirmationRequired);
+    // Not known now, and last seen at another count than the spec's (just
+    // edited, or not readable since): nothing says the spec is carried out.
+    let shards_unknown = applied
+        .sharding
+        .as_ref()
+        .filter(|s| s.phase == ShardPhase::Unknown)
+        .and_then(|s| s.current.filter(|c| *c != s.desired).map(|c| (c, s.desired)));
     let initializing = applied.client.initializing;
     let init_message = "creating the client's databases with the schema Job before any node or webapp starts";
 
@@ -696,6 +706,15 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         cond(READY, false, SHARD_CHANGE_UNCONFIRMED, shard_message.clone())
     } else if shards_changing {
         cond(READY, false, format!("{:?}", shard_phase.unwrap_or_default()), shard_message.clone())
+    } else if let Some((last, desired)) = shards_unknown {
+        cond(
+            READY,
+            false,
+            SHARD_COUNT_UNKNOWN,
+            format!(
+                "the spec asks for {desired} shards; the client ran {last} when last read, and its count is not known now"
+            ),
+        )
     } else {
         let gateway = gate.as_ref().map(|g| format!("; {}", g.message)).unwrap_or_default();
         cond(READY, true, "Ready", format!("all tiers ready: {summary}{gateway}"))
@@ -709,6 +728,13 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         cond(PROGRESSING, true, "WaitingForPods", format!("waiting for pods: {summary}"))
     } else if shards_changing {
         cond(PROGRESSING, true, format!("{:?}", shard_phase.unwrap_or_default()), shard_message.clone())
+    } else if let Some((last, desired)) = shards_unknown {
+        cond(
+            PROGRESSING,
+            true,
+            SHARD_COUNT_UNKNOWN,
+            format!("reading the client's shard count (last {last}) before changing it to {desired}"),
+        )
     } else {
         cond(PROGRESSING, false, "Reconciled", "the spec is fully rolled out")
     };
@@ -1479,6 +1505,26 @@ mod tests {
         );
         assert!(cond(&s, STALLED).message.contains("confirmShardChange"));
         assert_eq!(cond(&s, DEGRADED).status, "False", "the number still serves at its current count");
+    }
+
+    #[test]
+    fn a_shard_count_not_known_holds_ready_only_when_last_seen_at_another_count() {
+        use crate::sharding::{Step, status as shard_status};
+        let wan = sample();
+        // The spec was just edited to 2 (or the count is unreadable since):
+        // the client ran 1 when last read.
+        let edited = shard_status(2, Some(1), &Step::Unknown, None, None);
+        let s = compute(&wan, &with_client(ClientState::default(), Some(edited)), None, &t(1));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", SHARD_COUNT_UNKNOWN));
+        assert_eq!(cond(&s, RECONCILING).status, "True");
+        assert_eq!(cond(&s, STALLED).status, "False");
+        // Last seen at the spec's count, or never read: nothing says otherwise.
+        for known in
+            [shard_status(2, Some(2), &Step::Unknown, None, None), shard_status(2, None, &Step::Unknown, None, None)]
+        {
+            let s = compute(&wan, &with_client(ClientState::default(), Some(known)), None, &t(1));
+            assert_eq!(cond(&s, READY).status, "True");
+        }
     }
 
     #[test]
