@@ -668,9 +668,12 @@ pub struct MulticonnectSpec {
     /// set-shards call then disconnects the number. Set it to the value of
     /// `shards` to accept that risk for this change; any other value confirms
     /// nothing, and without it such a change is not made. It covers one
-    /// change: once the client accepted it, a later difference to the same
-    /// count (a restored database that brings another) waits for a new value
-    /// of the `whatsapp.operators.dev/retry-shard-change` annotation.
+    /// change: once the client accepted it (or did not answer, so that it may
+    /// have been carried out), a later difference to the same count (a
+    /// restored database that brings another) waits for a new value of the
+    /// `whatsapp.operators.dev/retry-shard-change` annotation. The media claim
+    /// the operator manages records that change too, so a lost status does
+    /// not make the confirmation new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [1, 2, 4, 8, 16, 32]))]
     pub confirm_shard_change: Option<i32>,

@@ -571,6 +571,14 @@ pub fn registered(registered_at: Option<&Time>, now: jiff::Timestamp) -> Registe
     }
 }
 
+/// The last shard change carried out as the media claim the operator
+/// manages records it: what says a confirmation was spent once the status
+/// that said so is lost.
+fn recorded_shard_change(wan: &WhatsAppNumber, observed: &Observed) -> Option<ShardRequestStatus> {
+    let claim = observed.media_claim.as_ref().filter(|_| wan.spec.media.existing_claim.is_none())?;
+    crate::resources::media::shard_change_of(claim, &crate::api::database_identity(&wan.spec))
+}
+
 /// Moves a shard change one step: calls the API when the plan says so and the
 /// registration material is there. Returns the status block to show.
 pub async fn reconcile_shards(
@@ -585,7 +593,7 @@ pub async fn reconcile_shards(
     let now = jiff::Timestamp::now();
     let status = wan.status.as_ref();
     let previous = status.and_then(|s| s.sharding.as_ref());
-    let last_request = previous.and_then(|s| s.last_request.clone());
+    let last_request = previous.and_then(|s| s.last_request.clone()).or_else(|| recorded_shard_change(wan, observed));
     let current = report.shards;
     // The request as it would go now, and its inputs' digest: a refusal
     // stands while they stay the same.

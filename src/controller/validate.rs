@@ -207,6 +207,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         coreapp_replicas: None,
         shape: None,
         schema_version: None,
+        shard_request: wan.status.as_ref().and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone()),
     })
 }
 

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::names::{ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION, Names, component_labels};
+use super::names::{
+    ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION, ANNOTATION_SHARD_CHANGE, Names, component_labels,
+};
 use super::{owned_meta, with_applied_hash};
-use crate::api::{ReclaimPolicy, WhatsAppNumber};
+use crate::api::{ReclaimPolicy, ShardRequestOutcome, ShardRequestStatus, WhatsAppNumber};
 
 /// The claim the operator manages, or `None` when the spec names an existing one.
 ///
@@ -17,11 +19,14 @@ use crate::api::{ReclaimPolicy, WhatsAppNumber};
 /// storage class, volume mode) are copied from the live claim so an apply never
 /// tries to change them; the size only ever grows.
 /// `schema_version` is recorded on it (see [`ANNOTATION_SCHEMA_VERSION`]); a
-/// version recorded earlier stays until a newer one replaces it.
+/// version recorded earlier stays until a newer one replaces it. So is
+/// `shard_change`, the last shard change carried out (see
+/// [`ANNOTATION_SHARD_CHANGE`]), until a later one replaces it.
 pub fn media_claim(
     wan: &WhatsAppNumber,
     live: Option<&PersistentVolumeClaim>,
     schema_version: Option<&str>,
+    shard_change: Option<&ShardRequestStatus>,
 ) -> Option<PersistentVolumeClaim> {
     let media = &wan.spec.media;
     if media.existing_claim.is_some() {
@@ -30,9 +35,20 @@ pub fn media_claim(
     let mut metadata = owned_meta(wan, Names::new(wan).media(), component_labels(wan, "media"));
     let databases = crate::api::database_identity(&wan.spec);
     let recorded = live.and_then(|c| schema_version_of(c, &databases));
-    if let Some(version) = crate::upgrade::running_version(recorded.as_deref(), schema_version) {
+    let version = crate::upgrade::running_version(recorded.as_deref(), schema_version);
+    let recorded_change = live.and_then(|c| shard_change_of(c, &databases));
+    let change = match (recorded_change, shard_change.and_then(shard_change_record)) {
+        (Some(recorded), Some(new)) => Some(if new.at.0 > recorded.at.0 { new } else { recorded }),
+        (recorded, new) => recorded.or(new),
+    };
+    if version.is_some() || change.is_some() {
         let annotations = metadata.annotations.get_or_insert_with(Default::default);
-        annotations.insert(ANNOTATION_SCHEMA_VERSION.into(), version);
+        if let Some(version) = version {
+            annotations.insert(ANNOTATION_SCHEMA_VERSION.into(), version);
+        }
+        if let Some(json) = change.and_then(|c| serde_json::to_string(&c).ok()) {
+            annotations.insert(ANNOTATION_SHARD_CHANGE.into(), json);
+        }
         annotations.insert(ANNOTATION_SCHEMA_DATABASES.into(), databases);
     }
     if media.reclaim_policy == ReclaimPolicy::Retain {
@@ -85,6 +101,26 @@ pub fn schema_version_of(claim: &PersistentVolumeClaim, databases: &str) -> Opti
     }
     let version = annotations.get(ANNOTATION_SCHEMA_VERSION)?;
     crate::upgrade::catalog::Version::parse(version).map(|_| version.clone())
+}
+
+/// The last shard change carried out that a media claim records for
+/// `databases`; nothing for other databases or a record that does not read.
+pub fn shard_change_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<ShardRequestStatus> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
+        return None;
+    }
+    serde_json::from_str(annotations.get(ANNOTATION_SHARD_CHANGE)?).ok()
+}
+
+/// What the claim keeps of a shard request: one the client accepted or did
+/// not answer (one that may have changed the count), without its message.
+/// A request from before the retry annotation was recorded is left out: its
+/// status record alone says whether it spent a confirmation.
+fn shard_change_record(request: &ShardRequestStatus) -> Option<ShardRequestStatus> {
+    let carried_out = matches!(request.outcome, ShardRequestOutcome::Accepted | ShardRequestOutcome::Unanswered);
+    (carried_out && request.retry_annotation.is_some())
+        .then(|| ShardRequestStatus { message: String::new(), ..request.clone() })
 }
 
 /// Bytes in a storage quantity (`50Gi`, `100G`, `1Ti`, plain bytes). Quantities

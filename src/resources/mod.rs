@@ -69,6 +69,9 @@ pub struct BuildInputs {
     /// The newest version whose schema the databases hold, recorded on the
     /// media claim; `None` until the first schema exists.
     pub schema_version: Option<String>,
+    /// The last shard request, from status, for the media claim's record of
+    /// the last shard change carried out.
+    pub shard_request: Option<crate::api::ShardRequestStatus>,
 }
 
 /// Every object the operator keeps for one WhatsAppNumber (the generated key
@@ -111,7 +114,12 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
     let coreapps = if coreapps_up { inputs.coreapp_replicas } else { Some(0) };
 
     Children {
-        media: media::media_claim(wan, inputs.live_media_claim.as_ref(), inputs.schema_version.as_deref()),
+        media: media::media_claim(
+            wan,
+            inputs.live_media_claim.as_ref(),
+            inputs.schema_version.as_deref(),
+            inputs.shard_request.as_ref(),
+        ),
         master_service: workloads::headless_service(wan, Tier::Master),
         coreapp_service: workloads::headless_service(wan, Tier::Coreapp),
         webapp_service: webapp::service(wan),

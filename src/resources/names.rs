@@ -34,6 +34,14 @@ pub const ANNOTATION_SCHEMA_VERSION: &str = "whatsapp.operators.dev/schema-versi
 /// record of other databases (a new number under an old name, another
 /// database host or prefix) says nothing and is replaced.
 pub const ANNOTATION_SCHEMA_DATABASES: &str = "whatsapp.operators.dev/schema-databases";
+/// On the media claim the operator manages, beside the schema record: the
+/// last shard change the client accepted, or that got no answer (a
+/// [`crate::api::ShardRequestStatus`] as JSON). Such a change spent
+/// `spec.multiconnect.confirmShardChange`; with the status lost (restored
+/// without it, or the object re-created over the same databases) the record
+/// here still says so, and a confirmation left in the spec does not send
+/// set-shards again on its own when the client reports another count.
+pub const ANNOTATION_SHARD_CHANGE: &str = "whatsapp.operators.dev/shard-change";
 /// On the ConfigMap: the database credentials Secret's resource version when
 /// it was last read, and the digest of its values then (see
 /// [`super::config::CredentialsRecord`]). While the Secret stays at that

@@ -284,14 +284,14 @@ fn existing_claim_is_mounted_and_no_claim_is_built() {
 #[test]
 fn retained_media_claim_has_no_owner_and_deleted_one_has() {
     let mut wan = sample();
-    let retained = media::media_claim(&wan, None, None).unwrap();
+    let retained = media::media_claim(&wan, None, None, None).unwrap();
     assert!(retained.metadata.owner_references.is_none(), "Retain survives the WhatsAppNumber");
     let spec = retained.spec.unwrap();
     assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
     assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"], Quantity("50Gi".into()));
 
     wan.spec.media.reclaim_policy = ReclaimPolicy::Delete;
-    let deleted = media::media_claim(&wan, None, None).unwrap();
+    let deleted = media::media_claim(&wan, None, None, None).unwrap();
     let owners = deleted.metadata.owner_references.unwrap();
     assert_eq!(owners[0].uid, "1234-5678");
     assert_eq!(owners[0].controller, Some(true));
@@ -315,12 +315,12 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
         }),
         ..Default::default()
     };
-    let spec = media::media_claim(&wan, Some(&live), None).unwrap().spec.unwrap();
+    let spec = media::media_claim(&wan, Some(&live), None, None).unwrap().spec.unwrap();
     assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"), "class is fixed once the claim exists");
     assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"], Quantity("50Gi".into()));
 
     wan.spec.media.size = Quantity("100Gi".into());
-    let grown = media::media_claim(&wan, Some(&live), None).unwrap().spec.unwrap();
+    let grown = media::media_claim(&wan, Some(&live), None, None).unwrap().spec.unwrap();
     assert_eq!(grown.resources.unwrap().requests.unwrap()["storage"], Quantity("100Gi".into()));
 }
 
@@ -328,10 +328,10 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
 fn a_class_the_cluster_filled_in_is_kept_without_a_new_desired_form() {
     let mut wan = sample();
     wan.spec.media.storage_class_name = None;
-    let created = media::media_claim(&wan, None, None).unwrap();
+    let created = media::media_claim(&wan, None, None, None).unwrap();
     let mut live = created.clone();
     live.spec.as_mut().unwrap().storage_class_name = Some("standard".into());
-    let again = media::media_claim(&wan, Some(&live), None).unwrap();
+    let again = media::media_claim(&wan, Some(&live), None, None).unwrap();
     assert_eq!(again.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("standard"), "never unset");
     let hash = |c: &PersistentVolumeClaim| c.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH].clone();
     assert_eq!(hash(&again), hash(&created), "the default class is no change of the desired form");
@@ -342,29 +342,75 @@ fn the_media_claim_records_the_newest_schema_and_never_an_older_one() {
     let mut wan = sample();
     let databases = crate::api::database_identity(&wan.spec);
     let recorded = |c: &PersistentVolumeClaim| media::schema_version_of(c, &databases);
-    let first = media::media_claim(&wan, None, None).unwrap();
+    let first = media::media_claim(&wan, None, None, None).unwrap();
     assert_eq!(recorded(&first), None, "no schema yet");
-    let created = media::media_claim(&wan, None, Some("2.53.2")).unwrap();
+    let created = media::media_claim(&wan, None, Some("2.53.2"), None).unwrap();
     assert_eq!(recorded(&created).as_deref(), Some("2.53.2"));
     assert_ne!(
         created.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH],
         first.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH],
         "a new record is a write"
     );
-    let upgraded = media::media_claim(&wan, Some(&created), Some("2.55.1")).unwrap();
+    let upgraded = media::media_claim(&wan, Some(&created), Some("2.55.1"), None).unwrap();
     assert_eq!(recorded(&upgraded).as_deref(), Some("2.55.1"));
     // A re-created object that knows nothing yet, or an older version: the record stands.
-    assert_eq!(recorded(&media::media_claim(&wan, Some(&upgraded), None).unwrap()).as_deref(), Some("2.55.1"));
+    assert_eq!(recorded(&media::media_claim(&wan, Some(&upgraded), None, None).unwrap()).as_deref(), Some("2.55.1"));
     assert_eq!(
-        recorded(&media::media_claim(&wan, Some(&upgraded), Some("2.53.2")).unwrap()).as_deref(),
+        recorded(&media::media_claim(&wan, Some(&upgraded), Some("2.53.2"), None).unwrap()).as_deref(),
         Some("2.55.1")
     );
     // The same claim name for other databases: their record replaces the old one.
     wan.spec.database.host = "other-db".into();
-    let moved = media::media_claim(&wan, Some(&upgraded), Some("2.53.2")).unwrap();
+    let moved = media::media_claim(&wan, Some(&upgraded), Some("2.53.2"), None).unwrap();
     let other = crate::api::database_identity(&wan.spec);
     assert_eq!(media::schema_version_of(&moved, &other).as_deref(), Some("2.53.2"));
     assert_eq!(recorded(&moved), None);
+}
+
+#[test]
+fn the_media_claim_records_the_last_shard_change_carried_out() {
+    use crate::api::{ShardRequestOutcome, ShardRequestStatus};
+    let mut wan = sample();
+    let databases = crate::api::database_identity(&wan.spec);
+    let request = |outcome, at: i64, annotation: Option<&str>| ShardRequestStatus {
+        shards: 2,
+        generation: 3,
+        at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_second(at).unwrap()),
+        outcome,
+        message: "the client's words".into(),
+        request_digest: Some("r1".into()),
+        retry_annotation: annotation.map(str::to_string),
+    };
+    let recorded = |c: &PersistentVolumeClaim| media::shard_change_of(c, &databases);
+    let refused =
+        media::media_claim(&wan, None, Some("2.53.2"), Some(&request(ShardRequestOutcome::Refused, 10, Some(""))))
+            .unwrap();
+    assert_eq!(recorded(&refused), None, "a refused change changed nothing");
+    let accepted = request(ShardRequestOutcome::Accepted, 20, Some(""));
+    let claim = media::media_claim(&wan, Some(&refused), Some("2.53.2"), Some(&accepted)).unwrap();
+    assert_eq!(recorded(&claim), Some(ShardRequestStatus { message: String::new(), ..accepted.clone() }));
+    // Status lost: the record stands; an older request does not replace it, a later one does.
+    assert_eq!(
+        recorded(&media::media_claim(&wan, Some(&claim), None, None).unwrap()).map(|r| r.at),
+        Some(accepted.at.clone())
+    );
+    let older = request(ShardRequestOutcome::Unanswered, 15, Some("again"));
+    assert_eq!(
+        recorded(&media::media_claim(&wan, Some(&claim), None, Some(&older)).unwrap()).map(|r| r.at),
+        Some(accepted.at.clone())
+    );
+    let later = request(ShardRequestOutcome::Unanswered, 30, Some("again"));
+    let replaced = media::media_claim(&wan, Some(&claim), None, Some(&later)).unwrap();
+    assert_eq!(recorded(&replaced).and_then(|r| r.retry_annotation).as_deref(), Some("again"));
+    assert_eq!(media::schema_version_of(&replaced, &databases).as_deref(), Some("2.53.2"), "the schema record stays");
+    // A record from an operator that did not keep the annotation: status alone has it.
+    let unrecorded =
+        media::media_claim(&wan, None, None, Some(&request(ShardRequestOutcome::Accepted, 40, None))).unwrap();
+    assert_eq!(recorded(&unrecorded), None);
+    // Other databases: the record says nothing about them.
+    wan.spec.database.host = "other-db".into();
+    let other = crate::api::database_identity(&wan.spec);
+    assert_eq!(media::shard_change_of(&replaced, &other), None);
 }
 
 #[test]

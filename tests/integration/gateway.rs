@@ -312,6 +312,36 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     let w = wait_until_shards(&api, 1).await.with_context(|| deployment.logs())?;
     let sent = w.status.as_ref().and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
     ensure!(sent.is_some_and(|r| r.retry_annotation.as_deref() == Some("after-restore")), "the request records it");
+
+    // The media claim records the change too, and says it once the status
+    // is lost (an object restored without it): the confirmation and the
+    // annotation left in the spec send nothing on their own.
+    let claims = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, &ns);
+    wait_until(Duration::from_secs(30), "the media claim to record the shard change", || async {
+        let claim = claims.get(&format!("{NAME}-media")).await?;
+        let record = claim.annotations().get("whatsapp.operators.dev/shard-change").cloned().unwrap_or_default();
+        Ok(record.contains("after-restore"))
+    })
+    .await?;
+    let mut w = api.get(NAME).await?;
+    w.status = Some(Default::default());
+    api.replace_status(NAME, &Default::default(), &w).await?;
+    support::fault("the WhatsAppNumber's status wiped");
+    wait_until(Duration::from_secs(60), "the shard record back in status from the claim", || async {
+        let w = api.get(NAME).await?;
+        let sharding = w.status.as_ref().and_then(|s| s.sharding.as_ref());
+        Ok(sharding.and_then(|s| s.last_request.as_ref()).and_then(|r| r.retry_annotation.as_deref())
+            == Some("after-restore"))
+    })
+    .await
+    .with_context(|| deployment.logs())?;
+    let response = client.post(format!("{url}/v1/account/shards")).bearer_auth(&token).json(&by_hand).send().await?;
+    ensure!(response.status().is_success(), "the change by hand: {}", response.text().await?);
+    let w = wait_condition(&api, NAME, "Stalled", "True", "ShardChangeNeedsConfirmation").await?;
+    let message = condition(&w, "Stalled").map(|s| s.message.to_string()).unwrap_or_default();
+    ensure!(message.contains("was spent on the change to 1"), "{message}");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    ensure!(health_of(&api.get(NAME).await?).shards == Some(2), "nothing was sent after the status was lost");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
