@@ -839,6 +839,9 @@ pub struct PodOutline {
     pub identity: Identity,
     pub labels: ReadLabels,
     pub ip: Option<Box<str>>,
+    /// Its creation: a pod older than the WhatsAppNumber of its name is an
+    /// earlier object's (see [`super::fencing::Fence::split`]).
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl PodOutline {
@@ -847,6 +850,7 @@ impl PodOutline {
             identity: Identity::of(&pod.metadata),
             labels: ReadLabels::of(pod.metadata.labels.as_ref()),
             ip: pod.status.and_then(|s| s.pod_ip).map(Into::into),
+            created: pod.metadata.creation_timestamp.map(|t| t.0),
         }
     }
 

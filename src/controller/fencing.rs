@@ -47,6 +47,8 @@ pub struct NodePod {
     pub terminating_since: Option<Timestamp>,
     /// A StatefulSet that asks for pods and has none yet, standing in for them.
     pub workload: bool,
+    /// When the pod was created (`None`: a workload, or not known).
+    pub created: Option<Timestamp>,
 }
 
 impl NodePod {
@@ -63,6 +65,7 @@ impl NodePod {
             instance: labels.get(LABEL_INSTANCE).unwrap_or_default().to_string(),
             terminating_since: identity.deletion,
             workload: false,
+            created: None,
         })
     }
 
@@ -104,12 +107,21 @@ pub struct Fence {
 }
 
 impl Fence {
-    /// Own pods are those in the object's namespace with its instance label: a
-    /// re-created object of the same name cannot exist before the old one's
-    /// pods are gone, since its finalizer waits for them.
+    /// Own pods are those in the object's namespace with its instance label,
+    /// except a pod made before the object was created that is going away:
+    /// an earlier object's of the same name, deleted with it. That object's
+    /// finalizer waits for such pods, but one removed by hand while a pod is
+    /// stuck on a node that does not answer leaves it behind, and the new
+    /// object must not start beside it. (An older pod that is not going away
+    /// is the new object's to keep: it was re-created over running workloads.)
     pub fn split(wan: &WhatsAppNumber, pods: Vec<NodePod>) -> Self {
         let (namespace, name) = (wan.namespace().unwrap_or_default(), wan.name_any());
-        let (own, others) = pods.into_iter().partition(|p| p.namespace == namespace && p.instance == name);
+        let born = wan.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let earlier_objects = |p: &NodePod| {
+            p.terminating_since.is_some() && matches!((p.created, born), (Some(pod), Some(born)) if pod < born)
+        };
+        let (own, others) =
+            pods.into_iter().partition(|p| p.namespace == namespace && p.instance == name && !earlier_objects(p));
         Self { own, others }
     }
 
@@ -173,7 +185,10 @@ impl Waiting {
 /// operator's pod cache.
 pub async fn pods_of_number(cache: &Cache<PodOutline>, digits: &str) -> Result<Vec<NodePod>> {
     let pods = cache.filter(|p| p.labels.get(LABEL_NUMBER) == Some(digits)).await?;
-    Ok(pods.iter().filter_map(|p| NodePod::of_number(&p.identity, &p.labels, digits)).collect())
+    Ok(pods
+        .iter()
+        .filter_map(|p| NodePod::of_number(&p.identity, &p.labels, digits).map(|n| NodePod { created: p.created, ..n }))
+        .collect())
 }
 
 /// The masters and coreapps of the number with these digits that exist or
@@ -307,6 +322,34 @@ mod tests {
         let waiting = Fence::split(&wan, vec![node("other", "acme-coreapp-0", "acme")]);
         assert!(waiting.blocks_start(), "another instance's pod keeps this one from starting");
         assert!(!Fence::split(&wan, vec![]).blocks_start());
+    }
+
+    #[test]
+    fn a_pod_older_than_the_object_is_an_earlier_objects_of_the_same_name() {
+        let mut wan = sample(); // team/acme
+        wan.metadata.creation_timestamp = Some(Time(ts("2026-01-01T00:10:00Z")));
+        let made = |at: &str| NodePod { created: Some(ts(at)), ..node("team", "acme-coreapp-0", "acme") };
+        // The earlier object's finalizer was removed by hand while its pod
+        // was stuck Terminating: the new object waits for that pod.
+        let mut stuck = made("2026-01-01T00:00:00Z");
+        stuck.terminating_since = Some(ts("2026-01-01T00:05:00Z"));
+        let fence = Fence::split(&wan, vec![stuck.clone()]);
+        assert_eq!((fence.own.len(), fence.others.len()), (0, 1));
+        assert!(fence.blocks_start());
+        assert_eq!(fence.of_holder("team/acme/uid-of-the-earlier-object"), vec![stuck.clone()]);
+        // With one of its own beside it, the stale one still counts apart.
+        let fence = Fence::split(&wan, vec![stuck.clone(), made("2026-01-01T00:10:05Z")]);
+        assert_eq!((fence.own.len(), fence.others.len()), (1, 1));
+        // An older pod that runs on: the object was re-created over its
+        // workloads (deleted with --cascade=orphan), which it keeps.
+        assert_eq!(Fence::split(&wan, vec![made("2026-01-01T00:00:00Z")]).own.len(), 1);
+        // Terminating but made since the object, or its age not known: its own.
+        let mut rolling = made("2026-01-01T00:10:00Z");
+        rolling.terminating_since = stuck.terminating_since;
+        assert_eq!(Fence::split(&wan, vec![rolling]).own.len(), 1);
+        let mut unknown = node("team", "acme-coreapp-0", "acme");
+        unknown.terminating_since = stuck.terminating_since;
+        assert_eq!(Fence::split(&wan, vec![unknown]).own.len(), 1);
     }
 
     #[test]

@@ -137,6 +137,52 @@ pub async fn deletion_waits_for_the_holders_pods(env: &'static Env) -> Result<()
     Ok(())
 }
 
+/// The finalizer of a WhatsAppNumber removed by hand while one of its pods
+/// is stuck Terminating, and the object created again under the same name:
+/// the old pod carries the new object's namespace and instance label, yet it
+/// is an earlier object's, and nothing starts beside it.
+pub async fn a_re_created_object_waits_for_the_earlier_ones_pods(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "fence-recreated").await?;
+    let number = unique_number();
+    let name = apply_example_for(c, &ns, "ha-mysql.yaml", None, &number).await?;
+    wait_ready(&wans(c, &ns), &name).await?;
+    node_pod(c, &ns, &format!("{name}-coreapp-9"), &name, &number, true).await?;
+    support::fault("a coreapp pod stuck Terminating");
+    wans(c, &ns).delete(&name, &DeleteParams::default()).await?;
+    typed::<Pod>(c, &ns).delete(&format!("{name}-coreapp-9"), &DeleteParams::default()).await?;
+    wait_until(Duration::from_secs(30), "the object to wait for its stuck pod", || async {
+        let w = wans(c, &ns).get(&name).await?;
+        Ok(condition(&w, "Ready").is_some_and(|c| c.message.contains("Terminating for")))
+    })
+    .await?;
+    // A person removes the finalizer instead of the pod.
+    let unblock = json!({"metadata": {"finalizers": null}});
+    wans(c, &ns).patch(&name, &PatchParams::default(), &Patch::Merge(&unblock)).await?;
+    support::fault("the WhatsAppNumber's finalizer removed by hand");
+    wait_until(Duration::from_secs(30), "the object and its StatefulSets gone", || async {
+        Ok(wans(c, &ns).get_opt(&name).await?.is_none() && statefulsets(c, &ns).await? == 0)
+    })
+    .await?;
+
+    // GitOps applies it again: same namespace, name and number.
+    apply_example_for(c, &ns, "ha-mysql.yaml", Some("WhatsAppNumber"), &number).await?;
+    let fenced = wait_condition(&wans(c, &ns), &name, "Ready", "False", "PreviousInstanceRunning")
+        .await
+        .context("the new object must wait for the earlier one's pod")?;
+    let message = condition(&fenced, "Ready").map(|c| c.message.to_string()).unwrap_or_default();
+    ensure!(message.contains(&format!("{name}-coreapp-9")), "the pod waited for is named: {message}");
+    holds_throughout(Duration::from_secs(5), "no master or coreapp starts beside the stuck pod", || async {
+        Ok(statefulsets(c, &ns).await? == 0)
+    })
+    .await?;
+
+    release_pod(c, &ns, &format!("{name}-coreapp-9")).await?;
+    wait_ready(&wans(c, &ns), &name).await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
 pub async fn a_stray_node_pod_keeps_a_number_from_starting(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let stray_ns = namespace(c, "fence-stray").await?;
