@@ -96,7 +96,9 @@ fn other_secrets_read(wan: &WhatsAppNumber) -> Vec<String> {
 }
 
 /// The first WhatsAppNumber among `others` that was there before `wan` and
-/// uses the same set of databases.
+/// uses the same set of databases. One being deleted counts until it is
+/// gone: its nodes may still run on those databases, which hold its
+/// registration.
 pub fn database_sharer<'a>(
     wan: &WhatsAppNumber,
     others: impl IntoIterator<Item = &'a WhatsAppNumber>,
@@ -112,7 +114,7 @@ pub fn database_sharer<'a>(
     let mine = key(wan);
     others
         .into_iter()
-        .filter(|o| o.uid() != wan.uid() && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| o.uid() != wan.uid())
         // The same number twice is the claim's business: only one of them runs.
         .filter(|o| o.spec.phone_number != wan.spec.phone_number)
         .filter(|o| key(o) == mine && age(o) < age(wan))
@@ -274,6 +276,12 @@ mod tests {
         let all = [first.clone(), second.clone()];
         assert_eq!(database_sharer(&second, &all), Some("a/first".into()));
         assert_eq!(database_sharer(&first, &all), None, "the first one keeps running");
+        // Being deleted, its nodes may still run: it keeps them until it is gone.
+        let mut leaving = first.clone();
+        leaving.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(100).unwrap(),
+        ));
+        assert_eq!(database_sharer(&second, &[leaving, second.clone()]), Some("a/first".into()));
         // Another host or another prefix shares nothing.
         second.spec.database.host = "other.db".into();
         assert_eq!(database_sharer(&second, &[first.clone(), second.clone()]), None);
