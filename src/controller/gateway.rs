@@ -403,8 +403,8 @@ pub async fn observe(
     if let Some(token) = &token
         && let Some(outcome) = upload_certificate(ctx, wan, observed, &webapp, token, &mut report.certificate).await
     {
-        // A refused upload is not retried at once: the Secret's next change
-        // (or the next resync) brings it again.
+        // A refused certificate is not uploaded again until the Secret holds
+        // another (the refusal is remembered; a restart tries it once more).
         changed_client = outcome.is_ok();
         report.admin = AdminAccess::Open { certificate: Some(outcome) };
     }
@@ -481,9 +481,15 @@ async fn upload_certificate(
     uploaded: &mut Option<WebappCertificateStatus>,
 ) -> Option<Result<(), String>> {
     let (bundle, digest) = certificate_to_upload(wan, observed, uploaded.as_ref())?;
+    // The client refused this very certificate: it waits for a new one in
+    // the Secret, and the refusal stays shown.
+    if let Some(why) = ctx.certificate_refusal(wan, &digest) {
+        return Some(Err(why));
+    }
     match webapp.upload_certificate(token, &bundle).await {
         Ok(()) => {
             info!("uploaded the webapp certificate; the webapps restart to serve it");
+            ctx.certificate_answered(wan, &digest, None);
             *uploaded =
                 Some(WebappCertificateStatus { uploaded_digest: digest, uploaded_at: Time(jiff::Timestamp::now()) });
             Some(Ok(()))
@@ -491,6 +497,12 @@ async fn upload_certificate(
         Err(e) => {
             if matches!(e, CallError::Status { status: 401, .. }) {
                 forget_session(ctx, wan);
+            }
+            // Only the client's judgement of the certificate stands; a lost
+            // session, a timeout or a server error is tried again.
+            if e.is_refusal() {
+                warn!(error = %e, "the client refused the webapp certificate; it is not uploaded again until the Secret changes");
+                ctx.certificate_answered(wan, &digest, Some(&e.to_string()));
             }
             Some(Err(e.to_string()))
         }

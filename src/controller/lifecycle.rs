@@ -252,13 +252,9 @@ async fn secret_number(ctx: &Context, wan: &WhatsAppNumber, name: &str) -> Resul
 }
 
 /// The client refused this backup itself (a wrong password, damaged data,
-/// another setup's shape): a 4xx answer that is neither a lost session
-/// (401), a timeout (408), a rate limit (429) nor a "retry" (see
-/// [`CallError::is_retryable`]).
+/// another setup's shape), see [`CallError::is_refusal`].
 fn refuses_backup(e: &CallError) -> bool {
-    matches!(e, CallError::Status { status: 400..=499, .. })
-        && !matches!(e, CallError::Status { status: 401 | 408 | 429, .. })
-        && !e.is_retryable()
+    e.is_refusal()
 }
 
 /// The credentials (and CA) of an object store, from the Secrets the spec names.

@@ -83,6 +83,9 @@ pub struct Context {
     quiet: Mutex<HashMap<(String, String), u32>>,
     /// When this operator last wrote each number's status.
     status_writes: Mutex<HashMap<(String, String), Instant>>,
+    /// The webapp certificate each number's client refused last (its digest)
+    /// and why: the same certificate is not uploaded again.
+    refused_certificates: Mutex<HashMap<(String, String), (String, String)>>,
     /// Reconciles running at once, handed out first come, first served. The
     /// controller's own limit would pick the next number from those waiting
     /// in hash order, so that some numbers were picked again and again while
@@ -123,6 +126,22 @@ impl Context {
         self.quiet.lock().expect("quiet lock").remove(&key(wan));
         self.status_writes.lock().expect("status writes lock").remove(&key(wan));
         self.failures.lock().expect("failures lock").remove(&key(wan));
+        self.refused_certificates.lock().expect("certificates lock").remove(&key(wan));
+    }
+
+    /// Why the client refused the certificate of this digest, if it did.
+    pub fn certificate_refusal(&self, wan: &WhatsAppNumber, digest: &str) -> Option<String> {
+        let refused = self.refused_certificates.lock().expect("certificates lock");
+        refused.get(&key(wan)).filter(|(d, _)| d == digest).map(|(_, why)| why.clone())
+    }
+
+    /// Records the client's answer to an upload of the certificate `digest`.
+    pub fn certificate_answered(&self, wan: &WhatsAppNumber, digest: &str, refused: Option<&str>) {
+        let mut map = self.refused_certificates.lock().expect("certificates lock");
+        match refused {
+            Some(why) => map.insert(key(wan), (digest.to_string(), why.to_string())),
+            None => map.remove(&key(wan)),
+        };
     }
 
     pub fn new(
@@ -144,6 +163,7 @@ impl Context {
             failures: Mutex::default(),
             quiet: Mutex::default(),
             status_writes: Mutex::default(),
+            refused_certificates: Mutex::default(),
             turns: tokio::sync::Semaphore::new(match settings_concurrency {
                 0 => tokio::sync::Semaphore::MAX_PERMITS,
                 n => usize::from(n),
@@ -427,7 +447,7 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
 async fn cleanup(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     claim::release(&ctx.client, &ctx.metrics, &ctx.settings.operator_namespace, wan).await?;
     gateway::stop_probing(ctx, wan);
-    ctx.probes.sessions().forget(&key(wan));
+    ctx.probes.sessions().forget_number(&key(wan));
     ctx.metrics.forget(wan);
     ctx.forget(wan);
     info!("released the number claim");

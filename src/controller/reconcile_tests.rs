@@ -744,3 +744,19 @@ async fn a_repeated_event_extends_its_series_and_the_series_are_forgotten_once_t
     assert!(events.series().is_empty());
     assert!(!events.renew(later), "nothing left to give back");
 }
+
+#[tokio::test]
+async fn a_refused_certificate_is_remembered_until_another_one_comes() {
+    let api = Arc::new(FakeApi::default());
+    let operator = Operator::start(&api);
+    let (ctx, wan) = (&operator.ctx, crate::fixtures::sample());
+    assert_eq!(ctx.certificate_refusal(&wan, "c1"), None, "never uploaded");
+    ctx.certificate_answered(&wan, "c1", Some("400 1009 bad key"));
+    assert_eq!(ctx.certificate_refusal(&wan, "c1").as_deref(), Some("400 1009 bad key"), "not sent again");
+    assert_eq!(ctx.certificate_refusal(&wan, "c2"), None, "a renewed certificate is uploaded");
+    ctx.certificate_answered(&wan, "c2", None);
+    assert_eq!(ctx.certificate_refusal(&wan, "c1"), None, "a later acceptance clears the record");
+    ctx.certificate_answered(&wan, "c1", Some("refused"));
+    ctx.forget(&wan);
+    assert_eq!(ctx.certificate_refusal(&wan, "c1"), None, "a deleted number leaves nothing");
+}

@@ -415,7 +415,37 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             {
                 *c = cond(STALLED, true, reason, message);
             }
+            needs_a_person(&mut conditions);
             conditions
+        }
+    }
+}
+
+/// Refusals that only a person can answer, shown by the conditions of the
+/// calls refused: the admin password, the webapp certificate, the code
+/// request or the code, the backup to restore. Each makes `Degraded` true (a
+/// person should look, even while the number serves), and, while the object
+/// is not `Ready`, `Stalled` (kstatus, Flux and Argo CD then stop waiting).
+fn needs_a_person(conditions: &mut [Cond]) {
+    use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, CERTIFICATE_REFUSED};
+    const REFUSALS: [(&str, &str); 5] = [
+        (ADMIN_ACCESS, ADMIN_LOGIN_REFUSED),
+        (ADMIN_ACCESS, CERTIFICATE_REFUSED),
+        (REGISTERED, "CodeRequestRefused"),
+        (REGISTERED, "CodeRefused"),
+        (RESTORED, "RestoreRefused"),
+    ];
+    let Some((reason, message)) = conditions
+        .iter()
+        .find(|c| c.1 == "False" && REFUSALS.contains(&(c.0, c.2.as_str())))
+        .map(|c| (c.2.clone(), c.3.clone()))
+    else {
+        return;
+    };
+    let ready = conditions.iter().any(|c| c.0 == READY && c.1 == "True");
+    for c in conditions.iter_mut() {
+        if (c.0 == DEGRADED || (c.0 == STALLED && !ready)) && c.1 == "False" {
+            *c = (c.0, "True", reason.clone(), message.clone());
         }
     }
 }
@@ -1555,6 +1585,58 @@ mod tests {
             (cond(&s, ADMIN_ACCESS).status.as_str(), cond(&s, ADMIN_ACCESS).reason.as_str()),
             ("False", CERTIFICATE_REFUSED)
         );
+    }
+
+    #[test]
+    fn a_refusal_only_a_person_can_answer_degrades_and_stalls_what_is_not_ready() {
+        use crate::api::{RegistrationPhase, RegistrationStatus};
+        use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, AdminAccess};
+        let wan = sample();
+        // A wrong admin password: the number serves (health takes the API
+        // key), yet no admin call can be made.
+        let refused = ClientState {
+            admin: AdminState::Seen(AdminAccess::Failed(ADMIN_LOGIN_REFUSED, "put the password".into())),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_client(refused, in_sync()), None, &t(1));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(
+            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            ("True", ADMIN_LOGIN_REFUSED)
+        );
+        assert_eq!(cond(&s, STALLED).status, "False", "nothing it serves waits");
+
+        // A code request refused: the number cannot come up without a person.
+        let mut unregistered = wan.clone();
+        unregistered.spec.registration =
+            Some(serde_json::from_value(serde_json::json!({"secretRef": {"name": "reg"}, "method": "sms"})).unwrap());
+        let mut client = ClientState::default();
+        client.lifecycle.registration = Some(RegistrationStatus {
+            phase: RegistrationPhase::RequestRefused,
+            message: "the client refused the code request: 1009 Certificate expired".into(),
+            request_digest: Some("i".into()),
+            code_requested_at: None,
+            code_digest: None,
+        });
+        let down = Outcome::Applied(Applied {
+            tiers: ready_tiers(),
+            health: GatewayHealth::Probed(Box::new(health(
+                r#"{"health":{"a:1":{"gateway_status":"unregistered","role":"primary_master"},
+                "b:2":{"gateway_status":"unregistered","role":"coreapp"}}}"#,
+                1,
+            ))),
+            sharding: in_sync(),
+            versions: Default::default(),
+            client,
+        });
+        let s = compute(&unregistered, &down, None, &t(1));
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(
+            (cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()),
+            ("True", "CodeRequestRefused")
+        );
+        assert!(cond(&s, STALLED).message.contains("Certificate expired"));
+        assert_eq!(cond(&s, DEGRADED).status, "True", "already, for the unregistered gateway");
     }
 
     fn with_versions(versions: Versions) -> Outcome {

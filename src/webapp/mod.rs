@@ -70,6 +70,17 @@ impl CallError {
             _ => false,
         }
     }
+
+    /// The client judged what was sent and refused it (a wrong password,
+    /// damaged data, a certificate it does not take): a 4xx answer that is
+    /// neither a lost session (401), a timeout (408), a rate limit (429) nor
+    /// a "retry" (see [`CallError::is_retryable`]). Sending the same again
+    /// gets the same answer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, CallError::Status { status: 400..=499, .. })
+            && !matches!(self, CallError::Status { status: 401 | 408 | 429, .. })
+            && !self.is_retryable()
+    }
 }
 
 /// HTTP clients, one per trust setting and timeout, shared by the probes and

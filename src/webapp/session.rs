@@ -41,7 +41,30 @@ pub type SessionKey = (String, String);
 #[derive(Default)]
 pub struct Sessions {
     open: std::sync::Mutex<std::collections::HashMap<SessionKey, Session>>,
+    /// The last refusal of each number's passwords: the same password is not
+    /// tried again for [`REFUSED_RETRY`].
+    refused: std::sync::Mutex<std::collections::HashMap<SessionKey, Refusal>>,
     login: tokio::sync::Mutex<()>,
+}
+
+/// How long a refused admin password waits before it is tried again; a new
+/// password in the Secret is tried at once. Every try is two logins (the
+/// password, then the default), and a client may count failed logins.
+pub const REFUSED_RETRY: SignedDuration = SignedDuration::from_mins(5);
+
+/// The webapp refused a password (and the default one) at `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub password_digest: String,
+    pub at: Timestamp,
+    pub details: String,
+}
+
+impl Refusal {
+    /// Whether this refusal still answers for `password_digest` at `now`.
+    pub fn stands(&self, password_digest: &str, now: Timestamp) -> bool {
+        self.password_digest == password_digest && now < self.at + REFUSED_RETRY
+    }
 }
 
 impl Sessions {
@@ -62,10 +85,27 @@ impl Sessions {
         if let Some(token) = self.cached(key, &digest) {
             return Ok((token, false));
         }
-        let (session, changed) = open(webapp, password, &digest, Timestamp::now()).await?;
+        let now = Timestamp::now();
+        if let Some(refusal) = self.refusal(key).filter(|r| r.stands(&digest, now)) {
+            return Err(SessionError::PasswordRefused(refusal.details));
+        }
+        let (session, changed) = match open(webapp, password, &digest, now).await {
+            Ok(opened) => opened,
+            Err(SessionError::PasswordRefused(details)) => {
+                let refusal = Refusal { password_digest: digest, at: now, details: details.clone() };
+                self.refused.lock().expect("session lock").insert(key.clone(), refusal);
+                return Err(SessionError::PasswordRefused(details));
+            }
+            Err(e) => return Err(e),
+        };
+        self.refused.lock().expect("session lock").remove(key);
         let token = session.token.clone();
         self.open.lock().expect("session lock").insert(key.clone(), session);
         Ok((token, changed))
+    }
+
+    fn refusal(&self, key: &SessionKey) -> Option<Refusal> {
+        self.refused.lock().expect("session lock").get(key).cloned()
     }
 
     fn cached(&self, key: &SessionKey, password_digest: &str) -> Option<String> {
@@ -76,6 +116,12 @@ impl Sessions {
     /// Drops a session the client refused, or one of a deleted number.
     pub fn forget(&self, key: &SessionKey) {
         self.open.lock().expect("session lock").remove(key);
+    }
+
+    /// Forgets everything of a deleted number, its refusals included.
+    pub fn forget_number(&self, key: &SessionKey) {
+        self.forget(key);
+        self.refused.lock().expect("session lock").remove(key);
     }
 }
 
@@ -225,6 +271,15 @@ mod tests {
         assert!(!s.usable("p2", now), "another password");
         assert!(s.usable("p1", now + SignedDuration::from_hours(6 * 24 - 1)));
         assert!(!s.usable("p1", now + SignedDuration::from_hours(6 * 24 + 1)), "renewed within a day of expiry");
+    }
+
+    #[test]
+    fn a_refused_password_waits_unless_the_secret_changes() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let refusal = Refusal { password_digest: "p1".into(), at: now, details: "1005".into() };
+        assert!(refusal.stands("p1", now + SignedDuration::from_mins(4)), "not tried again at every probe");
+        assert!(!refusal.stands("p1", now + REFUSED_RETRY), "tried again after a while");
+        assert!(!refusal.stands("p2", now), "a new password in the Secret is tried at once");
     }
 
     #[test]

@@ -498,7 +498,13 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     let code = deployment.sent_code(&number).await?.ok_or_else(|| anyhow!("no code was sent"))?;
     // A wrong code first: refused, and not tried again by itself.
     merge_secret(&secrets, "registration", "code", "000000").await?;
-    wait_condition(&api, NAME, "Registered", "False", "CodeRefused").await.with_context(|| deployment.logs())?;
+    let w =
+        wait_condition(&api, NAME, "Registered", "False", "CodeRefused").await.with_context(|| deployment.logs())?;
+    ensure!(
+        condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "CodeRefused"),
+        "a person must answer: {:?}",
+        condition(&w, "Stalled")
+    );
     merge_secret(&secrets, "registration", "code", &code).await?;
     let w = wait_condition(&api, NAME, "Registered", "True", "Registered").await.with_context(|| deployment.logs())?;
     ensure!(w.status.as_ref().is_some_and(|s| s.registration.as_ref().is_some_and(|r| r.code_requested_at.is_some())));
@@ -611,6 +617,11 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
         condition(&w, "Restored").is_some_and(|r| r.message.contains("+15559990000")),
         "names the backup's number: {:?}",
         condition(&w, "Restored")
+    );
+    ensure!(
+        condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "RestoreRefused"),
+        "a person must answer: {:?}",
+        condition(&w, "Stalled")
     );
     // The harness appends to its log files: only this number's lines count.
     let digits = number.trim_start_matches('+').to_string();
