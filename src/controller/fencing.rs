@@ -108,17 +108,21 @@ pub struct Fence {
 
 impl Fence {
     /// Own pods are those in the object's namespace with its instance label,
-    /// except a pod made before the object was created that is going away:
-    /// an earlier object's of the same name, deleted with it. That object's
-    /// finalizer waits for such pods, but one removed by hand while a pod is
-    /// stuck on a node that does not answer leaves it behind, and the new
-    /// object must not start beside it. (An older pod that is not going away
-    /// is the new object's to keep: it was re-created over running workloads.)
+    /// except a pod whose deletion was asked for before the object was
+    /// created: an earlier object's of the same name, deleted with it. That
+    /// object's finalizer waits for such pods, but one removed by hand while
+    /// a pod is stuck on a node that does not answer leaves it behind, and
+    /// the new object must not start beside it. (An older pod the object
+    /// stops itself, re-created over running workloads, stays its own.)
     pub fn split(wan: &WhatsAppNumber, pods: Vec<NodePod>) -> Self {
         let (namespace, name) = (wan.namespace().unwrap_or_default(), wan.name_any());
         let born = wan.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let earlier_objects = |p: &NodePod| {
-            p.terminating_since.is_some() && matches!((p.created, born), (Some(pod), Some(born)) if pod < born)
+        // A pod's deletion timestamp is when it was asked to stop plus its
+        // grace period, the one the operator gives its nodes.
+        let grace = SignedDuration::from_secs(crate::resources::workloads::NODE_GRACE_SECONDS);
+        let earlier_objects = |p: &NodePod| match (p.created, p.terminating_since, born) {
+            (Some(created), Some(deletion), Some(born)) => created < born && deletion - grace < born,
+            _ => false,
         };
         let (own, others) =
             pods.into_iter().partition(|p| p.namespace == namespace && p.instance == name && !earlier_objects(p));
@@ -341,8 +345,16 @@ mod tests {
         let fence = Fence::split(&wan, vec![stuck.clone(), made("2026-01-01T00:10:05Z")]);
         assert_eq!((fence.own.len(), fence.others.len()), (1, 1));
         // An older pod that runs on: the object was re-created over its
-        // workloads (deleted with --cascade=orphan), which it keeps.
+        // workloads (deleted with --cascade=orphan), which it keeps, also
+        // once it stops them (deletion asked at 00:20, 60 s of grace).
         assert_eq!(Fence::split(&wan, vec![made("2026-01-01T00:00:00Z")]).own.len(), 1);
+        let mut stopped_by_it = made("2026-01-01T00:00:00Z");
+        stopped_by_it.terminating_since = Some(ts("2026-01-01T00:21:00Z"));
+        assert_eq!(Fence::split(&wan, vec![stopped_by_it]).own.len(), 1);
+        // Asked to stop 30 s before the object was created: its grace ends after.
+        let mut just_before = made("2026-01-01T00:00:00Z");
+        just_before.terminating_since = Some(ts("2026-01-01T00:10:30Z"));
+        assert_eq!(Fence::split(&wan, vec![just_before]).others.len(), 1);
         // Terminating but made since the object, or its age not known: its own.
         let mut rolling = made("2026-01-01T00:10:00Z");
         rolling.terminating_since = stuck.terminating_since;

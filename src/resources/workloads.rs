@@ -29,6 +29,10 @@ pub fn replicas(wan: &WhatsAppNumber, tier: Tier) -> i32 {
     }
 }
 
+/// The grace period of a master or coreapp pod: time to leave the cluster
+/// and close its connection before it is killed.
+pub const NODE_GRACE_SECONDS: i64 = 60;
+
 /// The pods of the number's coreapps, then masters, as (pod, container),
 /// from the spec: StatefulSet pods keep their names, so the list changes
 /// with the spec only, not with every pod that restarts.
@@ -156,7 +160,7 @@ pub fn stateful_set(
                         node_selector: pods::non_empty(&o.node_selector),
                         tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
                         image_pull_secrets: pods::pull_secrets(wan),
-                        termination_grace_period_seconds: Some(60),
+                        termination_grace_period_seconds: Some(NODE_GRACE_SECONDS),
                         ..Default::default()
                     },
                 )),
