@@ -248,9 +248,14 @@ async fn shards_step(
         Some(r) if r.shards.is_some() && quiet => {
             Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, written.tiers.coreapps.ready).await)
         }
-        // A probe for the current target is awaited: the record stands, as
-        // long as it is about the count the spec asks for now. After an
-        // edit of the count it is not: the client's count is to be read.
+        // A probe for the current target is awaited, or the last one did
+        // not read the count (a fail-over, a refused login): the record
+        // stands, as long as it is about the count the spec asks for now.
+        // After an edit of the count it is not: the client's count is to be
+        // read.
+        Some(r) if r.shards.is_none() && quiet => {
+            status.and_then(|s| s.sharding.clone()).filter(|s| s.desired == mc.shards).or_else(|| Some(unknown()))
+        }
         None if gateway.awaiting => {
             status.and_then(|s| s.sharding.clone()).filter(|s| s.desired == mc.shards).or_else(|| Some(unknown()))
         }

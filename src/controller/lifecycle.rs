@@ -145,8 +145,12 @@ pub async fn step(
     if let Some(method) = wan.spec.registration.as_deref().and_then(|r| r.method.map(|m| (r, m)))
         && registration_known
     {
-        report.registration =
-            Some(register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await);
+        // Nothing recorded when a call was not answered: the next pass tries again.
+        if let Some(registration) =
+            register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await
+        {
+            report.registration = Some(registration);
+        }
     }
 
     if !unregistered && registration_known {
@@ -251,6 +255,14 @@ async fn secret_number(ctx: &Context, wan: &WhatsAppNumber, name: &str) -> Resul
     Ok(meta.labels().get(LABEL_NUMBER).cloned())
 }
 
+/// The client judged a registration call (see [`CallError::is_refusal`]), or
+/// rate-limited it: both wait for a person, since asking again and again may
+/// only lengthen a rate limit. Anything else (a fail-over, no answer, a lost
+/// session) is sent again at the next pass.
+fn judged(e: &CallError) -> bool {
+    e.is_refusal() || matches!(e, CallError::Status { status: 429, .. })
+}
+
 /// The client refused this backup itself (a wrong password, damaged data,
 /// another setup's shape), see [`CallError::is_refusal`].
 fn refuses_backup(e: &CallError) -> bool {
@@ -283,7 +295,7 @@ async fn register(
     (spec, method): (&crate::api::RegistrationSpec, crate::api::RegistrationMethod),
     previous: Option<RegistrationStatus>,
     unregistered: bool,
-) -> RegistrationStatus {
+) -> Option<RegistrationStatus> {
     let r = &spec.secret_ref;
     let secret = observed.registration.as_ref();
     let cert = secret_text(secret, &r.cert_key);
@@ -293,7 +305,7 @@ async fn register(
     let inputs = digest(&(method.as_str(), &cert, &pin, &retry));
     // Registered, as the client says: the phase follows, nothing is sent.
     if !unregistered {
-        return match previous {
+        return Some(match previous {
             Some(p) if p.phase == RegistrationPhase::Registered => p,
             _ => RegistrationStatus {
                 phase: RegistrationPhase::Registered,
@@ -302,69 +314,82 @@ async fn register(
                 code_requested_at: None,
                 code_digest: None,
             },
-        };
+        });
     }
-    match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, code.as_deref(), |c| digest(&c)) {
-        RegistrationStep::Wait(message) => {
-            let mut s =
-                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
-            if s.phase == RegistrationPhase::CodeRequested {
-                s.message = message;
+    Some(
+        match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, code.as_deref(), |c| digest(&c)) {
+            RegistrationStep::Wait(message) => {
+                let mut s = previous
+                    .unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
+                if s.phase == RegistrationPhase::CodeRequested {
+                    s.message = message;
+                }
+                s
             }
-            s
-        }
-        RegistrationStep::RequestCode => {
-            let Some(cert) = cert else {
-                return RegistrationStatus {
-                    phase: RegistrationPhase::RequestRefused,
-                    message: format!(
-                        "Secret {} has no key {}: the certificate from WhatsApp Manager is needed",
-                        r.name, r.cert_key
-                    ),
-                    request_digest: None,
-                    code_requested_at: None,
-                    code_digest: None,
+            RegistrationStep::RequestCode => {
+                let Some(cert) = cert else {
+                    return Some(RegistrationStatus {
+                        phase: RegistrationPhase::RequestRefused,
+                        message: format!(
+                            "Secret {} has no key {}: the certificate from WhatsApp Manager is needed",
+                            r.name, r.cert_key
+                        ),
+                        request_digest: None,
+                        code_requested_at: None,
+                        code_digest: None,
+                    });
                 };
-            };
-            let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
-                return lifecycle::after_request(
-                    &inputs,
-                    Err("not an E.164 number".into()),
-                    None,
-                    jiff::Timestamp::now(),
-                );
-            };
-            let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
-            if let Some(pin) = &pin {
-                body["pin"] = json!(pin);
-            }
-            let outcome = match webapp.request_code(token, &body).await {
-                Ok(status) => Ok(status.as_u16() == 201),
-                Err(e) => Err(e.to_string()),
-            };
-            info!(outcome = ?outcome, "requested the registration code");
-            lifecycle::after_request(&inputs, outcome, code.as_deref().map(|c| digest(&c)), jiff::Timestamp::now())
-        }
-        RegistrationStep::Verify(code) => {
-            let mut s =
-                previous.unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
-            s.code_digest = Some(digest(&code));
-            match webapp.verify_code(token, &code).await {
-                Ok(()) => {
-                    info!("the client accepted the registration code");
-                    s.phase = RegistrationPhase::Registered;
-                    s.message = "registered with the code from the Secret".into();
+                let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
+                    return Some(lifecycle::after_request(
+                        &inputs,
+                        Err("not an E.164 number".into()),
+                        None,
+                        jiff::Timestamp::now(),
+                    ));
+                };
+                let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
+                if let Some(pin) = &pin {
+                    body["pin"] = json!(pin);
                 }
-                Err(e) => {
-                    s.phase = RegistrationPhase::CodeRefused;
-                    s.message = format!(
-                        "the client refused the code from the Secret ({e}); put the right code in, or annotate the object with {REQUEST_CODE_ANNOTATION} to request a new one"
-                    );
-                }
+                let outcome = match webapp.request_code(token, &body).await {
+                    Ok(status) => Ok(status.as_u16() == 201),
+                    Err(e) if judged(&e) => Err(e.to_string()),
+                    // Not the client's judgement (a fail-over, no answer, a lost
+                    // session): nothing is recorded, and the next pass asks again.
+                    Err(e) => {
+                        warn!(error = %e, "the code request did not go through; it is sent again");
+                        return None;
+                    }
+                };
+                info!(outcome = ?outcome, "requested the registration code");
+                lifecycle::after_request(&inputs, outcome, code.as_deref().map(|c| digest(&c)), jiff::Timestamp::now())
             }
-            s
-        }
-    }
+            RegistrationStep::Verify(code) => {
+                let mut s = previous
+                    .unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
+                s.code_digest = Some(digest(&code));
+                match webapp.verify_code(token, &code).await {
+                    Ok(()) => {
+                        info!("the client accepted the registration code");
+                        s.phase = RegistrationPhase::Registered;
+                        s.message = "registered with the code from the Secret".into();
+                    }
+                    // The code was not judged: it is sent again next time.
+                    Err(e) if !judged(&e) => {
+                        warn!(error = %e, "the registration code did not go through; it is sent again");
+                        return None;
+                    }
+                    Err(e) => {
+                        s.phase = RegistrationPhase::CodeRefused;
+                        s.message = format!(
+                            "the client refused the code from the Secret ({e}); put the right code in, or annotate the object with {REQUEST_CODE_ANNOTATION} to request a new one"
+                        );
+                    }
+                }
+                s
+            }
+        },
+    )
 }
 
 async fn settings(
@@ -634,6 +659,28 @@ mod tests {
             CallError::Unreachable { url: "u".into(), reason: "timed out".into(), may_have_arrived: true },
         ] {
             assert!(!refuses_backup(&retried), "{retried}");
+        }
+    }
+
+    #[test]
+    fn a_registration_call_the_client_did_not_judge_is_sent_again() {
+        let status = |status: u16, code: Option<i64>| CallError::Status {
+            what: "POST /v1/account",
+            status,
+            code,
+            details: String::new(),
+        };
+        for waits in [status(400, Some(1009)), status(403, Some(1005)), status(429, Some(1015))] {
+            assert!(judged(&waits), "a wrong certificate, PIN or code, a ban, a rate limit: {waits}");
+        }
+        for again in [
+            status(401, None),
+            status(403, None),
+            status(503, Some(1011)),
+            status(400, Some(1017)),
+            CallError::Unreachable { url: "u".into(), reason: "timed out".into(), may_have_arrived: true },
+        ] {
+            assert!(!judged(&again), "a fail-over, a lost session, no answer: {again}");
         }
     }
 }

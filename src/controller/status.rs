@@ -424,27 +424,35 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
 /// Refusals that only a person can answer, shown by the conditions of the
 /// calls refused: the admin password, the webapp certificate, the code
 /// request or the code, the backup to restore. Each makes `Degraded` true (a
-/// person should look, even while the number serves), and, while the object
-/// is not `Ready`, `Stalled` (kstatus, Flux and Argo CD then stop waiting).
+/// person should look, even while the number serves). Those the number
+/// cannot come up without (the registration, the restore) also make
+/// `Stalled` true while it is not `Ready`, so that kstatus, Flux and Argo CD
+/// stop waiting; a refused password or certificate stops no rollout.
 fn needs_a_person(conditions: &mut [Cond]) {
     use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, CERTIFICATE_REFUSED};
-    const REFUSALS: [(&str, &str); 5] = [
-        (ADMIN_ACCESS, ADMIN_LOGIN_REFUSED),
-        (ADMIN_ACCESS, CERTIFICATE_REFUSED),
-        (REGISTERED, "CodeRequestRefused"),
-        (REGISTERED, "CodeRefused"),
-        (RESTORED, "RestoreRefused"),
+    // (condition, reason, whether the number cannot come up without a person)
+    const REFUSALS: [(&str, &str, bool); 5] = [
+        (ADMIN_ACCESS, ADMIN_LOGIN_REFUSED, false),
+        (ADMIN_ACCESS, CERTIFICATE_REFUSED, false),
+        (REGISTERED, "CodeRequestRefused", true),
+        (REGISTERED, "CodeRefused", true),
+        (RESTORED, "RestoreRefused", true),
     ];
-    let Some((reason, message)) = conditions
-        .iter()
-        .find(|c| c.1 == "False" && REFUSALS.contains(&(c.0, c.2.as_str())))
-        .map(|c| (c.2.clone(), c.3.clone()))
-    else {
-        return;
+    let refused = |stalls: bool| {
+        conditions
+            .iter()
+            .find(|c| c.1 == "False" && REFUSALS.iter().any(|r| (r.0, r.1) == (c.0, c.2.as_str()) && (r.2 || !stalls)))
+            .map(|c| (c.2.clone(), c.3.clone()))
     };
     let ready = conditions.iter().any(|c| c.0 == READY && c.1 == "True");
+    let (degrading, stalling) = (refused(false), refused(true).filter(|_| !ready));
     for c in conditions.iter_mut() {
-        if (c.0 == DEGRADED || (c.0 == STALLED && !ready)) && c.1 == "False" {
+        let by = match c.0 {
+            DEGRADED => degrading.as_ref(),
+            STALLED => stalling.as_ref(),
+            _ => None,
+        };
+        if let Some((reason, message)) = by.filter(|_| c.1 == "False") {
             *c = (c.0, "True", reason.clone(), message.clone());
         }
     }
@@ -1605,6 +1613,20 @@ mod tests {
             ("True", ADMIN_LOGIN_REFUSED)
         );
         assert_eq!(cond(&s, STALLED).status, "False", "nothing it serves waits");
+        // Nor does a rollout: a refused password stops none.
+        let rolling = Outcome::Applied(Applied {
+            tiers: Tiers { webapps: TierStatus { desired: 2, ready: 1, updated: 1, observed: true }, ..ready_tiers() },
+            health: GatewayHealth::Probed(Box::new(health(HEALTHY, 1))),
+            sharding: in_sync(),
+            versions: Default::default(),
+            client: ClientState {
+                admin: AdminState::Seen(AdminAccess::Failed(ADMIN_LOGIN_REFUSED, "put the password".into())),
+                ..Default::default()
+            },
+        });
+        let s = compute(&wan, &rolling, None, &t(1));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, STALLED).status.as_str()), ("False", "False"));
+        assert_eq!(cond(&s, DEGRADED).reason, ADMIN_LOGIN_REFUSED);
 
         // A code request refused: the number cannot come up without a person.
         let mut unregistered = wan.clone();
