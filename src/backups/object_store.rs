@@ -77,7 +77,8 @@ impl Store {
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, String> {
-        Ok(self.get_with_metadata(key, "").await?.0)
+        let object = self.inner.get(&Path::from(key)).await.map_err(describe)?;
+        object.bytes().await.map(|b| b.to_vec()).map_err(describe)
     }
 
     /// One object and the user metadata `name` it carries (`x-amz-meta-NAME`).

@@ -244,21 +244,17 @@ async fn shards_step(
     let last_request = status.and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone());
     let unknown = || sharding::status(mc.shards, last_known, &sharding::Step::Unknown, None, last_request.clone());
     let quiet = planned.plan.upgrade.is_none() && planned.workloads.external_conflict.is_none();
+    // A probe for the current target is awaited, or the last one did not
+    // read the count (a fail-over, a refused login): the record stands, as
+    // long as it is about the count the spec asks for now. After an edit of
+    // the count it is not: the client's count is to be read.
+    let recorded = || status.and_then(|s| s.sharding.clone()).filter(|s| s.desired == mc.shards);
     match &gateway.report {
         Some(r) if r.shards.is_some() && quiet => {
             Some(gateway::reconcile_shards(ctx, wan, observed, r, keys, written.tiers.coreapps.ready).await)
         }
-        // A probe for the current target is awaited, or the last one did
-        // not read the count (a fail-over, a refused login): the record
-        // stands, as long as it is about the count the spec asks for now.
-        // After an edit of the count it is not: the client's count is to be
-        // read.
-        Some(r) if r.shards.is_none() && quiet => {
-            status.and_then(|s| s.sharding.clone()).filter(|s| s.desired == mc.shards).or_else(|| Some(unknown()))
-        }
-        None if gateway.awaiting => {
-            status.and_then(|s| s.sharding.clone()).filter(|s| s.desired == mc.shards).or_else(|| Some(unknown()))
-        }
+        Some(_) if quiet => recorded().or_else(|| Some(unknown())),
+        None if gateway.awaiting => recorded().or_else(|| Some(unknown())),
         _ => Some(unknown()),
     }
 }

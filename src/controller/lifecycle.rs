@@ -230,10 +230,12 @@ async fn restore(
             info!(from = %source, "restored the backup into this deployment");
             RestoreStatus { outcome: RestoreOutcome::Restored, from: source, at, message: String::new() }
         }
-        // Only the client's refusal of this backup is final. Failover errors,
-        // no answer, a lost session or a server error are tried again: the
-        // client is still unregistered then, or the restore arrived after all.
-        Err(e) if !refuses_backup(&e) => {
+        // Only the client's refusal of this backup is final (a wrong
+        // password, damaged data, another setup's shape: see
+        // `CallError::is_refusal`). Failover errors, no answer, a lost session
+        // or a server error are tried again: the client is still unregistered
+        // then, or the restore arrived after all.
+        Err(e) if !e.is_refusal() => {
             warn!(error = %e, "the restore did not go through; it is tried again");
             waiting(format!("the restore of {source} did not go through and is tried again: {e}"))
         }
@@ -261,12 +263,6 @@ async fn secret_number(ctx: &Context, wan: &WhatsAppNumber, name: &str) -> Resul
 /// session) is sent again at the next pass.
 fn judged(e: &CallError) -> bool {
     e.is_refusal() || matches!(e, CallError::Status { status: 429, .. })
-}
-
-/// The client refused this backup itself (a wrong password, damaged data,
-/// another setup's shape), see [`CallError::is_refusal`].
-fn refuses_backup(e: &CallError) -> bool {
-    e.is_refusal()
 }
 
 /// The credentials (and CA) of an object store, from the Secrets the spec names.
@@ -648,7 +644,7 @@ mod tests {
             code,
             details: String::new(),
         };
-        assert!(refuses_backup(&status(400, Some(1009))), "wrong password, damaged data, another shape");
+        assert!(status(400, Some(1009)).is_refusal(), "wrong password, damaged data, another shape");
         for retried in [
             status(401, None),
             status(403, None),
@@ -658,7 +654,7 @@ mod tests {
             status(400, Some(1017)),
             CallError::Unreachable { url: "u".into(), reason: "timed out".into(), may_have_arrived: true },
         ] {
-            assert!(!refuses_backup(&retried), "{retried}");
+            assert!(!retried.is_refusal(), "{retried}");
         }
     }
 
