@@ -22,6 +22,22 @@ pub enum RegistrationStep {
     Verify(String),
 }
 
+/// Why a number registered once and unregistered now waits.
+pub const LOGGED_OFF: &str = "the number was registered and is unregistered now; annotate the object with whatsapp.operators.dev/request-code to request a new code";
+
+/// A number registered once that the client reports unregistered now: logged
+/// off, unless the health recorded before said unregistered too (the client
+/// goes on reporting the number unregistered for a moment after it took the
+/// code). Nothing recorded (a status lost) counts as logged off: only a
+/// person can say the number is not in use elsewhere.
+pub fn logged_off(previous: RegistrationPhase, recorded_gateway: Option<&str>) -> bool {
+    match previous {
+        RegistrationPhase::LoggedOff => true,
+        RegistrationPhase::Registered => recorded_gateway != Some("unregistered"),
+        _ => false,
+    }
+}
+
 /// `unregistered`: whether the client reports the number unregistered now.
 /// `inputs` is the digest of method, certificate, PIN and the request-code
 /// annotation; `code` the code in the Secret, if any.
@@ -59,9 +75,9 @@ pub fn registration_step(
                 .into(),
         ),
         // Registered once but unregistered now (logged off), or new inputs.
-        Some(RegistrationPhase::Registered) if same_inputs => RegistrationStep::Wait(
-            "the number was registered and is unregistered now; annotate the object to request a new code".into(),
-        ),
+        Some(RegistrationPhase::Registered | RegistrationPhase::LoggedOff) if same_inputs => {
+            RegistrationStep::Wait(LOGGED_OFF.into())
+        }
         _ => RegistrationStep::RequestCode,
     }
 }
@@ -423,6 +439,30 @@ mod tests {
         assert!(matches!(&wait, RegistrationStep::Wait(m) if m.contains("annotate")), "{wait:?}");
         assert_eq!(registration_step(Some(&refused), true, "i2", None, digest), RegistrationStep::RequestCode);
         assert!(matches!(registration_step(None, false, "i1", None, digest), RegistrationStep::Wait(_)));
+    }
+
+    #[test]
+    fn a_number_registered_once_waits_for_a_person_once_logged_off() {
+        use RegistrationPhase::*;
+        // Right after the client took the code it may still report the
+        // number unregistered, as the health recorded before did.
+        assert!(!logged_off(Registered, Some("unregistered")));
+        assert!(logged_off(Registered, Some("connected")), "seen registered, then not");
+        assert!(logged_off(Registered, None), "nothing recorded: a person decides");
+        assert!(logged_off(LoggedOff, Some("unregistered")), "it stays logged off");
+        for phase in [CodeRequested, CodeRefused, RequestRefused] {
+            assert!(!logged_off(phase, Some("connected")), "{phase:?}");
+        }
+        for phase in [Registered, LoggedOff] {
+            let previous = status(phase, "i1", Some("123456"));
+            let step = registration_step(Some(&previous), true, "i1", None, digest);
+            assert_eq!(step, RegistrationStep::Wait(LOGGED_OFF.into()), "{phase:?}");
+            assert_eq!(
+                registration_step(Some(&previous), true, "i2", None, digest),
+                RegistrationStep::RequestCode,
+                "the annotation changed: {phase:?}"
+            );
+        }
     }
 
     #[test]

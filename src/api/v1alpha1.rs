@@ -1278,6 +1278,10 @@ pub enum RegistrationPhase {
     CodeRefused,
     /// The number is registered to this deployment.
     Registered,
+    /// The number was registered with these inputs and the client reports
+    /// it unregistered since (logged off, or taken by another instance): a
+    /// new code is requested only when a person asks.
+    LoggedOff,
 }
 
 /// The settings as last compared.

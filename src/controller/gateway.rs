@@ -565,7 +565,10 @@ pub fn registration_time(
     let code_accepted = registration.is_some_and(|r| {
         r.phase == RegistrationPhase::Registered
             && r.code_digest.is_some()
-            && before.is_none_or(|b| b.phase != RegistrationPhase::Registered || b.code_digest != r.code_digest)
+            && before.is_none_or(|b| {
+                !matches!(b.phase, RegistrationPhase::Registered | RegistrationPhase::LoggedOff)
+                    || b.code_digest != r.code_digest
+            })
     });
     let was = status.and_then(|s| s.health.as_deref()).map(|h| h.gateway.as_str());
     match gateway {
@@ -859,6 +862,10 @@ mod tests {
             let after_wipe = status("unregistered", Some(accepted.clone()), seen_unregistered.as_ref());
             assert_eq!(registration_time(Some(&after_wipe), Some(&accepted), "connected", &later), None);
         }
+        // Logged off, then registered again (a restore, or by hand): the code
+        // the operator sent once is no new registration.
+        let logged_off = status("unregistered", Some(reg(RegistrationPhase::LoggedOff, Some("c1"))), None);
+        assert_eq!(registration_time(Some(&logged_off), Some(&accepted), "connected", &later), None);
         // A new object's first probe finds the number unregistered.
         assert_eq!(registration_time(None, None, "unregistered", &now), None);
 

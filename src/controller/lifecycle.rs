@@ -146,9 +146,11 @@ pub async fn step(
         && registration_known
     {
         // Nothing recorded when a call was not answered: the next pass tries again.
-        if let Some(registration) =
-            register(webapp, token, wan, observed, method, report.registration.clone(), unregistered).await
-        {
+        // Status lost: where the registration stood is on the media claim. Only
+        // an unregistered number needs it, to send nothing a person must judge.
+        let recorded = || recorded_registration(wan, observed).filter(|_| unregistered);
+        let previous = report.registration.clone().or_else(recorded);
+        if let Some(registration) = register(webapp, token, wan, observed, method, previous, unregistered).await {
             report.registration = Some(registration);
         }
     }
@@ -283,6 +285,14 @@ fn store_access(observed: &Observed, spec: &ObjectStore, field: &str) -> Result<
     Ok(Access { access_key_id, secret_access_key, ca })
 }
 
+/// Where the registration stood as the media claim the operator manages
+/// records it: what keeps a request a person must judge from being sent
+/// again once the status that said so is lost.
+fn recorded_registration(wan: &WhatsAppNumber, observed: &Observed) -> Option<RegistrationStatus> {
+    let claim = observed.media_claim.as_ref().filter(|_| wan.spec.media.existing_claim.is_none())?;
+    crate::resources::media::registration_of(claim, &crate::api::database_identity(&wan.spec))
+}
+
 async fn register(
     webapp: &Webapp<'_>,
     token: &str,
@@ -303,6 +313,12 @@ async fn register(
     if !unregistered {
         return Some(match previous {
             Some(p) if p.phase == RegistrationPhase::Registered => p,
+            // Registered again (a restore, or by hand): what was sent stays.
+            Some(p) if p.phase == RegistrationPhase::LoggedOff => RegistrationStatus {
+                phase: RegistrationPhase::Registered,
+                message: "the client reports the number registered".into(),
+                ..p
+            },
             _ => RegistrationStatus {
                 phase: RegistrationPhase::Registered,
                 message: "the client reports the number registered".into(),
@@ -317,7 +333,18 @@ async fn register(
             RegistrationStep::Wait(message) => {
                 let mut s = previous
                     .unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
-                if s.phase == RegistrationPhase::CodeRequested {
+                let recorded_gateway =
+                    wan.status.as_ref().and_then(|s| s.health.as_deref()).map(|h| h.gateway.as_str());
+                if lifecycle::logged_off(s.phase, recorded_gateway) {
+                    if s.phase != RegistrationPhase::LoggedOff {
+                        warn!("the number was registered and the client reports it unregistered now");
+                    }
+                    s.phase = RegistrationPhase::LoggedOff;
+                }
+                // A record from the media claim has no message of its own.
+                if matches!(s.phase, RegistrationPhase::CodeRequested | RegistrationPhase::LoggedOff)
+                    || s.message.is_empty()
+                {
                     s.message = message;
                 }
                 s

@@ -431,10 +431,11 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
 fn needs_a_person(conditions: &mut [Cond]) {
     use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, CERTIFICATE_REFUSED};
     // (condition, reason, whether the number cannot come up without a person)
-    const REFUSALS: [(&str, &str, bool); 5] = [
+    const REFUSALS: [(&str, &str, bool); 6] = [
         (ADMIN_ACCESS, ADMIN_LOGIN_REFUSED, false),
         (ADMIN_ACCESS, CERTIFICATE_REFUSED, false),
         (REGISTERED, "CodeRequestRefused", true),
+        (REGISTERED, "LoggedOff", true),
         (REGISTERED, "CodeRefused", true),
         (RESTORED, "RestoreRefused", true),
     ];
@@ -508,6 +509,10 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
     let mut out = vec![];
     if wan.spec.registration.as_ref().is_some_and(|r| r.method.is_some()) {
         out.push(match &l.registration {
+            // Registered once: no code is requested again without a person.
+            Some(r) if r.phase == RegistrationPhase::LoggedOff => {
+                cond(REGISTERED, false, "LoggedOff", r.message.clone())
+            }
             Some(r) if r.phase == RegistrationPhase::Registered => {
                 cond(REGISTERED, true, "Registered", r.message.clone())
             }
@@ -1659,6 +1664,28 @@ mod tests {
         );
         assert!(cond(&s, STALLED).message.contains("Certificate expired"));
         assert_eq!(cond(&s, DEGRADED).status, "True", "already, for the unregistered gateway");
+
+        // Registered once, unregistered now: a new code waits for a person.
+        let Outcome::Applied(mut logged_off) = down else { unreachable!() };
+        logged_off.client.lifecycle.registration = Some(RegistrationStatus {
+            phase: RegistrationPhase::LoggedOff,
+            message: crate::lifecycle::LOGGED_OFF.into(),
+            request_digest: Some("i".into()),
+            code_requested_at: None,
+            code_digest: None,
+        });
+        let s = compute(&unregistered, &Outcome::Applied(logged_off.clone()), None, &t(1));
+        assert_eq!(
+            (cond(&s, REGISTERED).status.as_str(), cond(&s, REGISTERED).reason.as_str()),
+            ("False", "LoggedOff")
+        );
+        assert_eq!((cond(&s, STALLED).status.as_str(), cond(&s, STALLED).reason.as_str()), ("True", "LoggedOff"));
+        assert!(cond(&s, STALLED).message.contains("request-code"));
+        // Registered, while the client still reports it unregistered: not judged here.
+        logged_off.client.lifecycle.registration.as_mut().unwrap().phase = RegistrationPhase::Registered;
+        let s = compute(&unregistered, &Outcome::Applied(logged_off), None, &t(1));
+        assert_eq!(cond(&s, REGISTERED).status, "True");
+        assert_eq!(cond(&s, STALLED).status, "False");
     }
 
     fn with_versions(versions: Versions) -> Outcome {

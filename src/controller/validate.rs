@@ -208,6 +208,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         shape: None,
         schema_version: None,
         shard_request: wan.status.as_ref().and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone()),
+        registration: wan.status.as_ref().and_then(|s| s.registration.as_deref().cloned()),
     })
 }
 

@@ -6,10 +6,24 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpe
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::names::{
-    ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION, ANNOTATION_SHARD_CHANGE, Names, component_labels,
+    ANNOTATION_REGISTRATION, ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION, ANNOTATION_SHARD_CHANGE, Names,
+    component_labels,
 };
 use super::{owned_meta, with_applied_hash};
-use crate::api::{ReclaimPolicy, ShardRequestOutcome, ShardRequestStatus, WhatsAppNumber};
+use crate::api::{ReclaimPolicy, RegistrationStatus, ShardRequestOutcome, ShardRequestStatus, WhatsAppNumber};
+
+/// What the media claim the operator manages records beside the media, for
+/// the databases the spec names: each outlives the status that said it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Records<'a> {
+    /// The newest version whose schema the databases hold (see
+    /// [`ANNOTATION_SCHEMA_VERSION`]).
+    pub schema_version: Option<&'a str>,
+    /// The last shard request, as status has it (see [`ANNOTATION_SHARD_CHANGE`]).
+    pub shard_change: Option<&'a ShardRequestStatus>,
+    /// The registration, as status has it (see [`ANNOTATION_REGISTRATION`]).
+    pub registration: Option<&'a RegistrationStatus>,
+}
 
 /// The claim the operator manages, or `None` when the spec names an existing one.
 ///
@@ -18,15 +32,13 @@ use crate::api::{ReclaimPolicy, ShardRequestOutcome, ShardRequestStatus, WhatsAp
 /// deleted. Fields that are immutable once the claim exists (access modes,
 /// storage class, volume mode) are copied from the live claim so an apply never
 /// tries to change them; the size only ever grows.
-/// `schema_version` is recorded on it (see [`ANNOTATION_SCHEMA_VERSION`]); a
-/// version recorded earlier stays until a newer one replaces it. So is
-/// `shard_change`, the last shard change carried out (see
-/// [`ANNOTATION_SHARD_CHANGE`]), until a later one replaces it.
+/// `records` are kept on it for the databases it serves: a version recorded
+/// earlier stays until a newer one replaces it, the last shard change carried
+/// out until a later one does, the registration until status says another.
 pub fn media_claim(
     wan: &WhatsAppNumber,
     live: Option<&PersistentVolumeClaim>,
-    schema_version: Option<&str>,
-    shard_change: Option<&ShardRequestStatus>,
+    records: Records<'_>,
 ) -> Option<PersistentVolumeClaim> {
     let media = &wan.spec.media;
     if media.existing_claim.is_some() {
@@ -35,19 +47,26 @@ pub fn media_claim(
     let mut metadata = owned_meta(wan, Names::new(wan).media(), component_labels(wan, "media"));
     let databases = crate::api::database_identity(&wan.spec);
     let recorded = live.and_then(|c| schema_version_of(c, &databases));
-    let version = crate::upgrade::running_version(recorded.as_deref(), schema_version);
+    let version = crate::upgrade::running_version(recorded.as_deref(), records.schema_version);
     let recorded_change = live.and_then(|c| shard_change_of(c, &databases));
-    let change = match (recorded_change, shard_change.and_then(shard_change_record)) {
+    let change = match (recorded_change, records.shard_change.and_then(shard_change_record)) {
         (Some(recorded), Some(new)) => Some(if new.at.0 > recorded.at.0 { new } else { recorded }),
         (recorded, new) => recorded.or(new),
     };
-    if version.is_some() || change.is_some() {
+    let registration = records
+        .registration
+        .map(|r| RegistrationStatus { message: String::new(), ..r.clone() })
+        .or_else(|| live.and_then(|c| registration_of(c, &databases)));
+    if version.is_some() || change.is_some() || registration.is_some() {
         let annotations = metadata.annotations.get_or_insert_with(Default::default);
         if let Some(version) = version {
             annotations.insert(ANNOTATION_SCHEMA_VERSION.into(), version);
         }
         if let Some(json) = change.and_then(|c| serde_json::to_string(&c).ok()) {
             annotations.insert(ANNOTATION_SHARD_CHANGE.into(), json);
+        }
+        if let Some(json) = registration.and_then(|r| serde_json::to_string(&r).ok()) {
+            annotations.insert(ANNOTATION_REGISTRATION.into(), json);
         }
         annotations.insert(ANNOTATION_SCHEMA_DATABASES.into(), databases);
     }
@@ -111,6 +130,16 @@ pub fn shard_change_of(claim: &PersistentVolumeClaim, databases: &str) -> Option
         return None;
     }
     serde_json::from_str(annotations.get(ANNOTATION_SHARD_CHANGE)?).ok()
+}
+
+/// Where the registration stood, as a media claim records it for
+/// `databases`; nothing for other databases or a record that does not read.
+pub fn registration_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<RegistrationStatus> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
+        return None;
+    }
+    serde_json::from_str(annotations.get(ANNOTATION_REGISTRATION)?).ok()
 }
 
 /// What the claim keeps of a shard request: one the client accepted or did

@@ -72,6 +72,8 @@ pub struct BuildInputs {
     /// The last shard request, from status, for the media claim's record of
     /// the last shard change carried out.
     pub shard_request: Option<crate::api::ShardRequestStatus>,
+    /// The registration, from status, for the media claim's record of it.
+    pub registration: Option<crate::api::RegistrationStatus>,
 }
 
 /// Every object the operator keeps for one WhatsAppNumber (the generated key
@@ -117,8 +119,11 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
         media: media::media_claim(
             wan,
             inputs.live_media_claim.as_ref(),
-            inputs.schema_version.as_deref(),
-            inputs.shard_request.as_ref(),
+            media::Records {
+                schema_version: inputs.schema_version.as_deref(),
+                shard_change: inputs.shard_request.as_ref(),
+                registration: inputs.registration.as_ref(),
+            },
         ),
         master_service: workloads::headless_service(wan, Tier::Master),
         coreapp_service: workloads::headless_service(wan, Tier::Coreapp),

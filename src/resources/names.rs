@@ -42,6 +42,13 @@ pub const ANNOTATION_SCHEMA_DATABASES: &str = "whatsapp.operators.dev/schema-dat
 /// here still says so, and a confirmation left in the spec does not send
 /// set-shards again on its own when the client reports another count.
 pub const ANNOTATION_SHARD_CHANGE: &str = "whatsapp.operators.dev/shard-change";
+/// On the media claim the operator manages, beside the schema record: where
+/// the number's registration stood when status last said (a
+/// [`crate::api::RegistrationStatus`] as JSON, without its message). With the
+/// status lost, a number registered once and logged off since still waits for
+/// a person's `request-code` annotation, a code already requested is not
+/// requested again, and a refused request or code is not sent again.
+pub const ANNOTATION_REGISTRATION: &str = "whatsapp.operators.dev/registration";
 /// On the ConfigMap: the database credentials Secret's resource version when
 /// it was last read, and the digest of its values then (see
 /// [`super::config::CredentialsRecord`]). While the Secret stays at that

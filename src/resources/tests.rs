@@ -284,14 +284,14 @@ fn existing_claim_is_mounted_and_no_claim_is_built() {
 #[test]
 fn retained_media_claim_has_no_owner_and_deleted_one_has() {
     let mut wan = sample();
-    let retained = media::media_claim(&wan, None, None, None).unwrap();
+    let retained = media::media_claim(&wan, None, media::Records::default()).unwrap();
     assert!(retained.metadata.owner_references.is_none(), "Retain survives the WhatsAppNumber");
     let spec = retained.spec.unwrap();
     assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
     assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"], Quantity("50Gi".into()));
 
     wan.spec.media.reclaim_policy = ReclaimPolicy::Delete;
-    let deleted = media::media_claim(&wan, None, None, None).unwrap();
+    let deleted = media::media_claim(&wan, None, media::Records::default()).unwrap();
     let owners = deleted.metadata.owner_references.unwrap();
     assert_eq!(owners[0].uid, "1234-5678");
     assert_eq!(owners[0].controller, Some(true));
@@ -315,12 +315,12 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
         }),
         ..Default::default()
     };
-    let spec = media::media_claim(&wan, Some(&live), None, None).unwrap().spec.unwrap();
+    let spec = media::media_claim(&wan, Some(&live), media::Records::default()).unwrap().spec.unwrap();
     assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"), "class is fixed once the claim exists");
     assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"], Quantity("50Gi".into()));
 
     wan.spec.media.size = Quantity("100Gi".into());
-    let grown = media::media_claim(&wan, Some(&live), None, None).unwrap().spec.unwrap();
+    let grown = media::media_claim(&wan, Some(&live), media::Records::default()).unwrap().spec.unwrap();
     assert_eq!(grown.resources.unwrap().requests.unwrap()["storage"], Quantity("100Gi".into()));
 }
 
@@ -328,10 +328,10 @@ fn media_claim_keeps_immutable_fields_and_never_shrinks() {
 fn a_class_the_cluster_filled_in_is_kept_without_a_new_desired_form() {
     let mut wan = sample();
     wan.spec.media.storage_class_name = None;
-    let created = media::media_claim(&wan, None, None, None).unwrap();
+    let created = media::media_claim(&wan, None, media::Records::default()).unwrap();
     let mut live = created.clone();
     live.spec.as_mut().unwrap().storage_class_name = Some("standard".into());
-    let again = media::media_claim(&wan, Some(&live), None, None).unwrap();
+    let again = media::media_claim(&wan, Some(&live), media::Records::default()).unwrap();
     assert_eq!(again.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("standard"), "never unset");
     let hash = |c: &PersistentVolumeClaim| c.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH].clone();
     assert_eq!(hash(&again), hash(&created), "the default class is no change of the desired form");
@@ -342,26 +342,49 @@ fn the_media_claim_records_the_newest_schema_and_never_an_older_one() {
     let mut wan = sample();
     let databases = crate::api::database_identity(&wan.spec);
     let recorded = |c: &PersistentVolumeClaim| media::schema_version_of(c, &databases);
-    let first = media::media_claim(&wan, None, None, None).unwrap();
+    let first = media::media_claim(&wan, None, media::Records::default()).unwrap();
     assert_eq!(recorded(&first), None, "no schema yet");
-    let created = media::media_claim(&wan, None, Some("2.53.2"), None).unwrap();
+    let created =
+        media::media_claim(&wan, None, media::Records { schema_version: Some("2.53.2"), ..Default::default() })
+            .unwrap();
     assert_eq!(recorded(&created).as_deref(), Some("2.53.2"));
     assert_ne!(
         created.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH],
         first.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH],
         "a new record is a write"
     );
-    let upgraded = media::media_claim(&wan, Some(&created), Some("2.55.1"), None).unwrap();
+    let upgraded = media::media_claim(
+        &wan,
+        Some(&created),
+        media::Records { schema_version: Some("2.55.1"), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(recorded(&upgraded).as_deref(), Some("2.55.1"));
     // A re-created object that knows nothing yet, or an older version: the record stands.
-    assert_eq!(recorded(&media::media_claim(&wan, Some(&upgraded), None, None).unwrap()).as_deref(), Some("2.55.1"));
     assert_eq!(
-        recorded(&media::media_claim(&wan, Some(&upgraded), Some("2.53.2"), None).unwrap()).as_deref(),
+        recorded(&media::media_claim(&wan, Some(&upgraded), media::Records::default()).unwrap()).as_deref(),
+        Some("2.55.1")
+    );
+    assert_eq!(
+        recorded(
+            &media::media_claim(
+                &wan,
+                Some(&upgraded),
+                media::Records { schema_version: Some("2.53.2"), ..Default::default() }
+            )
+            .unwrap()
+        )
+        .as_deref(),
         Some("2.55.1")
     );
     // The same claim name for other databases: their record replaces the old one.
     wan.spec.database.host = "other-db".into();
-    let moved = media::media_claim(&wan, Some(&upgraded), Some("2.53.2"), None).unwrap();
+    let moved = media::media_claim(
+        &wan,
+        Some(&upgraded),
+        media::Records { schema_version: Some("2.53.2"), ..Default::default() },
+    )
+    .unwrap();
     let other = crate::api::database_identity(&wan.spec);
     assert_eq!(media::schema_version_of(&moved, &other).as_deref(), Some("2.53.2"));
     assert_eq!(recorded(&moved), None);
@@ -382,30 +405,56 @@ fn the_media_claim_records_the_last_shard_change_carried_out() {
         retry_annotation: annotation.map(str::to_string),
     };
     let recorded = |c: &PersistentVolumeClaim| media::shard_change_of(c, &databases);
-    let refused =
-        media::media_claim(&wan, None, Some("2.53.2"), Some(&request(ShardRequestOutcome::Refused, 10, Some(""))))
-            .unwrap();
+    let refused = media::media_claim(
+        &wan,
+        None,
+        media::Records {
+            schema_version: Some("2.53.2"),
+            shard_change: Some(&request(ShardRequestOutcome::Refused, 10, Some(""))),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(recorded(&refused), None, "a refused change changed nothing");
     let accepted = request(ShardRequestOutcome::Accepted, 20, Some(""));
-    let claim = media::media_claim(&wan, Some(&refused), Some("2.53.2"), Some(&accepted)).unwrap();
+    let claim = media::media_claim(
+        &wan,
+        Some(&refused),
+        media::Records { schema_version: Some("2.53.2"), shard_change: Some(&accepted), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(recorded(&claim), Some(ShardRequestStatus { message: String::new(), ..accepted.clone() }));
     // Status lost: the record stands; an older request does not replace it, a later one does.
     assert_eq!(
-        recorded(&media::media_claim(&wan, Some(&claim), None, None).unwrap()).map(|r| r.at),
+        recorded(&media::media_claim(&wan, Some(&claim), media::Records::default()).unwrap()).map(|r| r.at),
         Some(accepted.at.clone())
     );
     let older = request(ShardRequestOutcome::Unanswered, 15, Some("again"));
     assert_eq!(
-        recorded(&media::media_claim(&wan, Some(&claim), None, Some(&older)).unwrap()).map(|r| r.at),
+        recorded(
+            &media::media_claim(
+                &wan,
+                Some(&claim),
+                media::Records { shard_change: Some(&older), ..Default::default() }
+            )
+            .unwrap()
+        )
+        .map(|r| r.at),
         Some(accepted.at.clone())
     );
     let later = request(ShardRequestOutcome::Unanswered, 30, Some("again"));
-    let replaced = media::media_claim(&wan, Some(&claim), None, Some(&later)).unwrap();
+    let replaced =
+        media::media_claim(&wan, Some(&claim), media::Records { shard_change: Some(&later), ..Default::default() })
+            .unwrap();
     assert_eq!(recorded(&replaced).and_then(|r| r.retry_annotation).as_deref(), Some("again"));
     assert_eq!(media::schema_version_of(&replaced, &databases).as_deref(), Some("2.53.2"), "the schema record stays");
     // A record from an operator that did not keep the annotation: status alone has it.
-    let unrecorded =
-        media::media_claim(&wan, None, None, Some(&request(ShardRequestOutcome::Accepted, 40, None))).unwrap();
+    let unrecorded = media::media_claim(
+        &wan,
+        None,
+        media::Records { shard_change: Some(&request(ShardRequestOutcome::Accepted, 40, None)), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(recorded(&unrecorded), None);
     // Other databases: the record says nothing about them.
     wan.spec.database.host = "other-db".into();
@@ -746,4 +795,46 @@ fn pod_settings_reach_every_tier_with_hardened_defaults() {
     }
     // Masters keep their defaults: settings are per tier.
     assert_eq!(c.masters.spec.unwrap().template.spec.unwrap().priority_class_name, None);
+}
+
+#[test]
+fn the_media_claim_records_where_the_registration_stood() {
+    use crate::api::{RegistrationPhase, RegistrationStatus};
+    let mut wan = sample();
+    let databases = crate::api::database_identity(&wan.spec);
+    let status = |phase, digest: &str| RegistrationStatus {
+        phase,
+        message: "the client's words".into(),
+        request_digest: Some(digest.into()),
+        code_requested_at: None,
+        code_digest: Some("c1".into()),
+    };
+    let recorded = |c: &PersistentVolumeClaim| media::registration_of(c, &databases);
+    let registration = |r| media::Records { registration: Some(r), ..Default::default() };
+    let first = media::media_claim(&wan, None, media::Records::default()).unwrap();
+    assert_eq!(recorded(&first), None, "nothing to record yet");
+
+    let requested = status(RegistrationPhase::CodeRequested, "i1");
+    let claim = media::media_claim(&wan, Some(&first), registration(&requested)).unwrap();
+    assert_eq!(recorded(&claim), Some(RegistrationStatus { message: String::new(), ..requested.clone() }));
+    let hash = |c: &PersistentVolumeClaim| c.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPLIED_HASH].clone();
+    assert_ne!(hash(&claim), hash(&first), "a new record is a write");
+    let reworded = RegistrationStatus { message: "other words".into(), ..requested.clone() };
+    assert_eq!(
+        hash(&media::media_claim(&wan, Some(&claim), registration(&reworded)).unwrap()),
+        hash(&claim),
+        "a new message alone is no write"
+    );
+
+    // Status lost: the record stands; what status says next replaces it.
+    let kept = media::media_claim(&wan, Some(&claim), media::Records::default()).unwrap();
+    assert_eq!(recorded(&kept).map(|r| r.phase), Some(RegistrationPhase::CodeRequested));
+    let registered = status(RegistrationPhase::Registered, "i1");
+    let replaced = media::media_claim(&wan, Some(&kept), registration(&registered)).unwrap();
+    assert_eq!(recorded(&replaced).map(|r| r.phase), Some(RegistrationPhase::Registered));
+
+    // Other databases: the record says nothing about them.
+    wan.spec.database.host = "other-db".into();
+    let other = crate::api::database_identity(&wan.spec);
+    assert_eq!(media::registration_of(&replaced, &other), None);
 }

@@ -241,7 +241,10 @@ impl Deployment {
             None => env,
         };
         let mut d = Self { env, dir, nodes: vec![], gateway: None };
-        d.gateway = Some(d.spawn("gateway", &[], &["gateway", "--listen", &gateway])?);
+        // A number logged off asks for a second code soon after its first:
+        // WhatsApp's wait between two requests, shortened.
+        let code_retry = [("WA_EMULATOR_CODE_RETRY_SECONDS", "10")];
+        d.gateway = Some(d.spawn("gateway", &code_retry, &["gateway", "--listen", &gateway])?);
         let status = d.command("upgrade", &[("WA_DB_UPGRADE", "1")], &[])?.status()?;
         ensure!(status.success(), "the schema creation failed: {}", d.log("upgrade"));
         Ok(d)

@@ -496,6 +496,35 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
         wait_condition(&api, NAME, "Registered", "False", "WaitingForCode").await.with_context(|| deployment.logs())?;
     ensure!(condition(&w, "Ready").is_some_and(|r| r.status == "False"), "never Ready while unregistered");
     let code = deployment.sent_code(&number).await?.ok_or_else(|| anyhow!("no code was sent"))?;
+    let requested_at = |w: &WhatsAppNumber| w.status.as_ref()?.registration.as_ref()?.code_requested_at.clone();
+    let first_request = requested_at(&w);
+    ensure!(first_request.is_some(), "the request time is recorded");
+    // The status is lost while the code is awaited (the object restored from
+    // a copy without it, say): the media claim says a code was requested, so
+    // none is requested again and the code sent stays the one to put in.
+    let claims = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, &ns);
+    wait_until(Duration::from_secs(30), "the media claim to record the code request", || async {
+        let claim = claims.get(&format!("{NAME}-media")).await?;
+        let record = claim.annotations().get("whatsapp.operators.dev/registration").cloned().unwrap_or_default();
+        Ok(record.contains("CodeRequested"))
+    })
+    .await?;
+    let lost = json!({"status": {"registration": null}});
+    api.patch_status(NAME, &PatchParams::default(), &Patch::Merge(&lost)).await?;
+    support::fault("the WhatsAppNumber's registration status wiped");
+    wait_until(Duration::from_secs(60), "the registration back in status from the claim", || async {
+        Ok(api.get(NAME).await?.status.is_some_and(|s| s.registration.is_some()))
+    })
+    .await
+    .with_context(|| deployment.logs())?;
+    let w = api.get(NAME).await?;
+    ensure!(requested_at(&w) == first_request, "no second request: {:?}", w.status.as_ref().map(|s| &s.registration));
+    ensure!(deployment.sent_code(&number).await?.as_deref() == Some(code.as_str()), "the code sent is the same");
+    ensure!(
+        condition(&w, "Registered").is_some_and(|r| r.reason == "WaitingForCode"),
+        "{:?}",
+        condition(&w, "Registered")
+    );
     // A wrong code first: refused, and not tried again by itself.
     merge_secret(&secrets, "registration", "code", "000000").await?;
     let w =
@@ -510,6 +539,35 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     ensure!(w.status.as_ref().is_some_and(|s| s.registration.as_ref().is_some_and(|r| r.code_requested_at.is_some())));
     let w = wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
     ensure!(w.status.as_ref().is_some_and(|s| s.registered_at.is_some()), "the registration time is recorded");
+
+    // Logged off (by hand: set-shards with a certificate not issued for the
+    // number): no code is requested on the operator's own initiative, since
+    // the number may be in use elsewhere; a person asks for one.
+    let (client, token) = admin_client(c, &ns, &url).await?;
+    let wrong_certificate = json!({
+        "cc": "1",
+        "phone_number": number.trim_start_matches("+1"),
+        "shards": 1,
+        "cert": "bm90IGEgY2VydGlmaWNhdGU=",
+    });
+    let response =
+        client.post(format!("{url}/v1/account/shards")).bearer_auth(&token).json(&wrong_certificate).send().await?;
+    ensure!(response.status().as_u16() == 400, "logged off by hand: {}", response.text().await?);
+    let w = wait_condition(&api, NAME, "Registered", "False", "LoggedOff").await.with_context(|| deployment.logs())?;
+    ensure!(
+        condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "LoggedOff"),
+        "a person must answer: {:?}",
+        condition(&w, "Stalled")
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    ensure!(deployment.sent_code(&number).await?.is_none(), "no code was requested");
+    let again = json!({"metadata": {"annotations": {"whatsapp.operators.dev/request-code": "after-log-off"}}});
+    merge_patch(&api, NAME, again).await?;
+    wait_condition(&api, NAME, "Registered", "False", "WaitingForCode").await.with_context(|| deployment.logs())?;
+    let code = deployment.sent_code(&number).await?.ok_or_else(|| anyhow!("no code was sent"))?;
+    merge_secret(&secrets, "registration", "code", &code).await?;
+    wait_condition(&api, NAME, "Registered", "True", "Registered").await.with_context(|| deployment.logs())?;
+    wait_ready(&api, NAME).await.with_context(|| deployment.logs())?;
 
     // Settings: applied, then changed by hand through the API.
     wait_condition(&api, NAME, "SettingsApplied", "True", "InSync").await.with_context(|| deployment.logs())?;
