@@ -1622,4 +1622,9 @@ pub struct UpgradeStatus {
     /// Why the step is stuck (deadline passed, Job failed), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled_reason: Option<String>,
+    /// When a container of the schema Job was first seen started (or the Job
+    /// failed, or succeeded): from then on the schema may have changed, and
+    /// the upgrade is never called off, also once the Job is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

@@ -92,7 +92,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
     };
     let mut workloads = plan::workloads(wan, &plan, first_job.as_ref());
-    if let Some(u) = plan.upgrade.as_ref().filter(|u| u.step == procedure::Step::RolledBack) {
+    if let Some(u) = plan::called_off(&plan, status) {
         let left = schema_job_left(ctx, wan, &u.to).await?;
         plan::hold_nodes_after_rollback(&mut workloads, left);
     }
@@ -556,6 +556,7 @@ mod tests {
             step_started_at: Time(at("2024-04-30T23:50:00Z")),
             message: "waiting for every shard and a primary master to connect".into(),
             stalled_reason: None,
+            schema_started_at: None,
         };
         wan.status = Some(WhatsAppNumberStatus {
             current_version: Some("2.53.2".into()),

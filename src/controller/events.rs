@@ -133,6 +133,7 @@ mod tests {
             step_started_at: at(step_started),
             message: "schema Job failed".into(),
             stalled_reason: None,
+            schema_started_at: None,
         }
     }
 

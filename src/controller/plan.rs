@@ -6,7 +6,9 @@ use kube::ResourceExt;
 use super::gateway::RESOLVE_CONFLICT_ANNOTATION;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
-use crate::api::{ExternalConflictStatus, TierStatus, UpgradeStep, WhatsAppNumber};
+use crate::api::{
+    ExternalConflictStatus, TierStatus, UpgradeStatus, UpgradeStep, WhatsAppNumber, WhatsAppNumberStatus,
+};
 use crate::upgrade::procedure::{self, JobState, Shape};
 use crate::upgrade::{self, Plan};
 
@@ -62,6 +64,13 @@ pub fn conflict_to_record(
     recorded: Option<&ExternalConflictStatus>,
 ) -> Option<ExternalConflictStatus> {
     probed.unwrap_or(recorded).filter(|c| !resolved(wan, c)).cloned()
+}
+
+/// The upgrade called off, in the reconcile that calls it off and in every
+/// one after it until another upgrade begins: its schema Job's deletion
+/// waits for its pods, which may take longer than one reconcile.
+pub fn called_off<'a>(plan: &'a Plan, status: Option<&'a WhatsAppNumberStatus>) -> Option<&'a UpgradeStatus> {
+    plan.upgrade.as_ref().or_else(|| status?.upgrade.as_deref()).filter(|u| u.step == UpgradeStep::RolledBack)
 }
 
 /// After an upgrade was called off, the old masters and coreapps start only
@@ -159,6 +168,27 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_stays_called_off_after_the_reconcile_that_called_it_off() {
+        let mut wan = sample();
+        let begun = procedure::begin("2.53.2", "2.55.1", at("2024-02-01T00:00:00Z"));
+        let rolled_back = procedure::roll_back(&begun, "spec.version is 2.53.2 again", at("2024-02-01T00:01:00Z"));
+        wan.status = Some(WhatsAppNumberStatus {
+            current_version: Some("2.53.2".into()),
+            upgrade: Some(Box::new(rolled_back.clone())),
+            ..Default::default()
+        });
+        // The next reconcile plans no upgrade: the record is done.
+        let next = steady(&wan);
+        assert!(next.upgrade.is_none());
+        assert_eq!(called_off(&next, wan.status.as_ref()), Some(&rolled_back), "its Job may still be going");
+        // Another upgrade begun since: its own steps keep the nodes stopped.
+        let mut again = next.clone();
+        again.upgrade = Some(begun);
+        assert_eq!(called_off(&again, wan.status.as_ref()), None);
+        assert_eq!(called_off(&next, None), None);
+    }
+
+    #[test]
     fn a_first_deployment_runs_only_its_schema_job_until_it_succeeds() {
         let wan = sample();
         let plan = steady(&wan);
@@ -249,6 +279,7 @@ mod tests {
             step_started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2024-02-01T00:00:00Z")),
             message: String::new(),
             stalled_reason: None,
+            schema_started_at: None,
         };
         let running = JobState::Running;
         for (step, job, recorded) in [

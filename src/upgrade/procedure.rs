@@ -178,6 +178,7 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
         step_started_at: time(now),
         message: format!("stopping masters and coreapps of {from}"),
         stalled_reason: None,
+        schema_started_at: None,
     }
 }
 
@@ -185,6 +186,13 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
 /// call: the next step's observations come from the next reconcile).
 pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadlines) -> UpgradeStatus {
     let step = upgrade.step;
+    let touched = matches!(observed.job, JobState::Running | JobState::Failed(_) | JobState::Succeeded);
+    let upgrade = &match upgrade.schema_started_at {
+        None if step == Step::UpgradingSchema && touched => {
+            UpgradeStatus { schema_started_at: Some(time(observed.now)), ..upgrade.clone() }
+        }
+        _ => upgrade.clone(),
+    };
     let to = &upgrade.to;
     // (done?, what the step waits for, a failure that stalls it at once)
     let (done, waiting, failure): (bool, String, Option<String>) = match step {
@@ -276,13 +284,16 @@ pub fn is_done(upgrade: &UpgradeStatus) -> bool {
 }
 
 /// Whether the upgrade can still be called off: before the schema upgrade has
-/// run (or while its Job has failed or cannot start), the database is as the
-/// old version left it. A schema Job that is running is never interrupted.
+/// run (or while its Job cannot start), the database is as the old version
+/// left it. A schema Job that is running is never interrupted, and one that
+/// failed may have changed the schema before it did (its containers ran, or
+/// its deadline stopped one at work): the old build never runs on it.
 pub fn can_roll_back(upgrade: &UpgradeStatus, job: &JobState) -> bool {
     match upgrade.step {
         Step::StoppingNodes => true,
         Step::UpgradingSchema => {
-            matches!(job, JobState::Absent | JobState::Pending(_) | JobState::Failed(_) | JobState::Unstartable(_))
+            upgrade.schema_started_at.is_none()
+                && matches!(job, JobState::Absent | JobState::Pending(_) | JobState::Unstartable(_))
         }
         _ => false,
     }
@@ -490,7 +501,16 @@ mod tests {
         assert!(can_roll_back(&u, &JobState::Absent));
         let schema = UpgradeStatus { step: Step::UpgradingSchema, ..u.clone() };
         assert!(can_roll_back(&schema, &JobState::Unstartable("ErrImagePull".into())));
-        assert!(can_roll_back(&schema, &JobState::Failed("BackoffLimitExceeded".into())));
+        assert!(!can_roll_back(&schema, &JobState::Failed("BackoffLimitExceeded".into())), "it may have run");
+        assert!(!can_roll_back(&schema, &JobState::Failed("DeadlineExceeded".into())), "it may have been at work");
+        // Seen at work once: deleting the Job makes it no younger.
+        let running = advance(&schema, &Observed { job: JobState::Running, ..observed(10) }, DEADLINES);
+        assert_eq!(running.schema_started_at, Some(time(at(10))));
+        assert!(!can_roll_back(&running, &JobState::Absent), "the Job deleted after it ran");
+        let pending =
+            advance(&schema, &Observed { job: JobState::Pending("not scheduled".into()), ..observed(10) }, DEADLINES);
+        assert_eq!(pending.schema_started_at, None);
+        assert!(can_roll_back(&pending, &JobState::Absent));
         assert!(can_roll_back(&schema, &JobState::Pending("its pod is not scheduled".into())));
         assert!(!can_roll_back(&schema, &JobState::Running), "a running schema upgrade is never interrupted");
         assert!(!can_roll_back(&schema, &JobState::Succeeded));

@@ -529,8 +529,43 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
     })
     .await?;
 
-    // Set back: the old version runs again and the Job goes.
+    // Its pod is held as if stuck Terminating on a node that no longer
+    // answers: the Job's deletion waits for it, and so do the old nodes.
+    let pods = typed::<Pod>(c, &ns);
+    let selector = format!("batch.kubernetes.io/job-name={job_name}");
+    let schema_pod = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no pod of {job_name}"))?
+        .name_any();
+    let hold = json!({"metadata": {"finalizers": ["whatsapp.operators.dev/test-hold"]}});
+    pods.patch(&schema_pod, &PatchParams::default(), &Patch::Merge(&hold)).await?;
+
+    // Set back: the old version runs again once the Job and its pod are gone.
     merge_patch(&api, &name, json!({"spec": {"version": OLD, "coreapp": {"nodeSelector": null}}})).await?;
+    wait_until(UPGRADE_TIMEOUT, "the upgrade called off", || async {
+        let w = api.get(&name).await?;
+        let step = w.status.as_ref().and_then(|s| s.upgrade.as_ref()).map(|u| u.step);
+        Ok(step == Some(whatsapp_operator::api::UpgradeStep::RolledBack))
+    })
+    .await?;
+    let replicas = |tier: &'static str| {
+        let statefulsets = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns);
+        let name = format!("{name}-{tier}");
+        async move { anyhow::Ok(statefulsets.get(&name).await?.spec.and_then(|s| s.replicas).unwrap_or(0)) }
+    };
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ensure!(pods.get_opt(&schema_pod).await?.is_some(), "the held pod is there");
+        for tier in ["master", "coreapp"] {
+            ensure!(replicas(tier).await? == 0, "the {tier}s started while the schema pod of {NEW} was there");
+        }
+    }
+    let release = json!({"metadata": {"finalizers": null}});
+    pods.patch(&schema_pod, &PatchParams::default(), &Patch::Merge(&release)).await?;
     let w = wait_ready(&api, &name).await?;
     let u = w.status.as_ref().and_then(|s| s.upgrade.clone()).ok_or_else(|| anyhow!("no upgrade recorded"))?;
     ensure!(u.step == whatsapp_operator::api::UpgradeStep::RolledBack, "rolled back: {u:?}");
