@@ -167,8 +167,9 @@ pub struct UpgradeSpec {
     #[schemars(regex(pattern = r"^[0-9]{1,4}[dhm]$"))]
     pub before: String,
 
-    /// Start no upgrade while true (one in progress runs to its end: masters and
-    /// coreapps are stopped during it).
+    /// Start no upgrade while true. An upgrade in progress whose schema Job
+    /// has not started is called off (the running version starts again); one
+    /// whose schema Job has started runs to its end.
     #[serde(default)]
     pub paused: bool,
 
