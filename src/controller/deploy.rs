@@ -56,6 +56,8 @@ struct Planned {
     recorded_or_live: Option<String>,
     /// The schema Job of the upgrade in progress, as it was at the start.
     upgrade_job: procedure::JobState,
+    /// A first deployment's schema Jobs: which may start, which go first.
+    first_jobs: Option<plan::FirstJobs>,
 }
 
 async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observed) -> Result<Planned> {
@@ -65,7 +67,15 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     // under way (whether it can still be called off).
     // Only a claim the operator manages carries its record.
     let managed_claim = observed.media_claim.as_ref().filter(|_| wan.spec.media.existing_claim.is_none());
-    let live_version = plan::live_evidence(wan, live_version(ctx, wan).await?.as_deref(), managed_claim);
+    let mut live_version = plan::live_evidence(wan, live_version(ctx, wan).await?.as_deref(), managed_claim);
+    // Nothing says a version ran: the schema Jobs this object keeps say
+    // which schema the databases hold (a succeeded Job's version), and which
+    // Jobs are still about (an earlier spec.version's).
+    let first_deployment = live_version.is_none() && status.and_then(|s| s.current_version.as_ref()).is_none();
+    let schema_jobs = if first_deployment { own_schema_jobs(ctx, wan).await? } else { vec![] };
+    for (version, _, _) in schema_jobs.iter().filter(|(_, s, _)| *s == procedure::JobState::Succeeded) {
+        live_version = upgrade::running_version(live_version.as_deref(), Some(version));
+    }
     let job = match status.and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.step == procedure::Step::UpgradingSchema => schema_job_state(ctx, wan, &u.to).await?,
         _ => procedure::JobState::Absent,
@@ -86,17 +96,57 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         info!(from = %u.from, to = %u.to, "starting an upgrade");
     }
     let recorded_or_live = plan::running_version(wan, running.live_version.as_deref());
-    // A first deployment creates the schema before anything else starts.
-    let first_job = match &recorded_or_live {
-        Some(_) => None,
-        None => Some(schema_job_state(ctx, wan, &plan.steady_version).await?),
+    // A first deployment creates the schema before anything else starts,
+    // and never beside another version's schema Job.
+    let (first_job, first_jobs) = match &recorded_or_live {
+        Some(_) => (None, None),
+        None => {
+            let name = |version: &str| crate::resources::schema_job::name(wan, version);
+            let own_name = name(&plan.steady_version);
+            let own = schema_jobs.iter().find(|(v, _, _)| name(v) == own_name).map(|(_, s, _)| s.clone());
+            let own = own.unwrap_or(procedure::JobState::Absent);
+            let others: Vec<_> = schema_jobs
+                .iter()
+                .filter(|(v, _, _)| name(v) != own_name)
+                .map(|(v, s, _)| (v.clone(), s.clone()))
+                .collect();
+            let mut first = plan::first_jobs(wan, &plan.steady_version, &own, &others);
+            // One delete each: the deletion waits for the Job's pods.
+            first.delete.retain(|v| !schema_jobs.iter().any(|(other, _, deleting)| other == v && *deleting));
+            (Some(own), Some(first))
+        }
     };
     let mut workloads = plan::workloads(wan, &plan, first_job.as_ref());
+    if first_jobs.as_ref().is_some_and(|f| !f.create) {
+        workloads.shape.schema_job = false;
+    }
     if let Some(u) = plan::called_off(&plan, status) {
         let left = schema_job_left(ctx, wan, &u.to).await?;
         plan::hold_nodes_after_rollback(&mut workloads, left);
     }
-    Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job })
+    Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job, first_jobs })
+}
+
+/// The schema Jobs this object keeps, by version, with their states and
+/// whether their deletion was asked for.
+async fn own_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<(String, procedure::JobState, bool)>> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let prefix = crate::resources::schema_job::name(wan, "");
+    let uid = wan.uid().unwrap_or_default();
+    let jobs = ctx
+        .caches
+        .jobs
+        .filter(|j| j.namespace() == namespace && j.name().starts_with(&prefix) && j.controlled_by(&uid))
+        .await?;
+    let mut found = vec![];
+    for job in jobs {
+        let version = job.name()[prefix.len()..].replace('-', ".");
+        if crate::upgrade::catalog::Version::parse(&version).is_some() {
+            let state = schema_job_state(ctx, wan, &version).await?;
+            found.push((version, state, job.identity.deletion.is_some()));
+        }
+    }
+    Ok(found)
 }
 
 /// Whether the schema Job of a called-off upgrade, or a pod of it, is still
@@ -161,6 +211,10 @@ async fn apply_step(
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
         warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
         delete_schema_job(ctx, wan, &u.to).await?;
+    }
+    for version in planned.first_jobs.iter().flat_map(|f| &f.delete) {
+        warn!(%version, "the schema Job of an earlier spec.version never started; deleting it");
+        delete_schema_job(ctx, wan, version).await?;
     }
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;
@@ -285,7 +339,12 @@ fn advance(
     progress: Option<&procedure::Observed>,
 ) -> status::Versions {
     let (status, plan, now) = (wan.status.as_ref(), &planned.plan, planned.now);
-    let mut current = planned.recorded_or_live.clone();
+    // Until an upgrade completes, the version it started from is the one that
+    // runs, though the new one's workloads and schema record are in place.
+    let mut current = match plan.upgrade.as_ref().filter(|u| !procedure::is_done(u)) {
+        Some(u) => Some(u.from.clone()),
+        None => planned.recorded_or_live.clone(),
+    };
     let upgrade_status = match (&plan.upgrade, progress) {
         (Some(u), Some(facts)) if !procedure::is_done(u) => {
             let deadlines = procedure::Deadlines {
@@ -352,6 +411,7 @@ fn client_state(wan: &WhatsAppNumber, planned: &Planned, written: &Written, gate
     status::ClientState {
         suspended: planned.workloads.suspended,
         initializing: planned.workloads.initializing,
+        first_schema: planned.first_jobs.as_ref().map(|f| f.report.clone()).unwrap_or_default(),
         admin: match (report, &gateway.admin_only) {
             (Some(r), _) => status::AdminState::Seen(r.admin.clone()),
             (None, Some(gateway::AdminOnly::Seen { admin, .. })) => status::AdminState::Seen(admin.clone()),
@@ -472,9 +532,11 @@ async fn upgrade_facts(
         status::GatewayHealth::NotProbed if wan.spec.health.enabled => procedure::Gateway::Awaiting,
         status::GatewayHealth::NotProbed => procedure::Gateway::NotPolled,
     };
+    let stopped = |t: &crate::api::TierStatus| t.desired == 0 && t.observed;
     Ok(procedure::Observed {
         now,
         node_pods,
+        node_workloads_stopped: stopped(&tiers.masters) && stopped(&tiers.coreapps),
         job,
         masters_ready: at_target(0) && tiers.masters.is_ready() && tiers.masters.desired > 0,
         coreapps_ready: at_target(1) && tiers.coreapps.is_ready() && tiers.coreapps.desired > 0,
@@ -496,13 +558,14 @@ mod tests {
         let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, wan.status.as_ref(), &running, &catalog(), now);
         let workloads = plan::workloads(wan, &plan, first_job.as_ref());
         let recorded_or_live = plan::running_version(wan, live);
-        Planned { now, plan, workloads, recorded_or_live, upgrade_job: procedure::JobState::Absent }
+        Planned { now, plan, workloads, recorded_or_live, upgrade_job: procedure::JobState::Absent, first_jobs: None }
     }
 
     fn progress(planned: &Planned, node_pods: usize) -> procedure::Observed {
         procedure::Observed {
             now: planned.now,
             node_pods,
+            node_workloads_stopped: node_pods == 0,
             job: procedure::JobState::Absent,
             masters_ready: false,
             coreapps_ready: false,
@@ -564,6 +627,14 @@ mod tests {
             ..Default::default()
         });
         let planned = planned(&wan, Some("2.55.1"), None);
+        // Not verified yet: the new version's workloads are in place, and the
+        // old version is the one that runs.
+        let verifying = procedure::Observed { gateway: procedure::Gateway::Awaiting, ..progress(&planned, 4) };
+        let versions = advance(&wan, &catalog(), &planned, Some(&verifying));
+        assert_eq!(versions.upgrade.as_ref().map(|u| u.step), Some(procedure::Step::Verifying));
+        assert_eq!(versions.current.as_deref(), Some("2.53.2"), "until the upgrade completes");
+        assert_eq!(versions.build.map(|b| b.version).as_deref(), Some("2.53.2"));
+
         let versions = advance(&wan, &catalog(), &planned, Some(&progress(&planned, 4)));
         assert_eq!(versions.upgrade.expect("the upgrade").step, procedure::Step::Complete);
         assert_eq!(versions.current.as_deref(), Some("2.55.1"));

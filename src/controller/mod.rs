@@ -560,7 +560,18 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
                 // Probe results that change something wake the reconcile on
                 // their own; a scheduled backup or a restore's retry needs its time.
                 let now = k8s_openapi::jiff::Timestamp::now();
-                let due = [lifecycle::next_backup_in(wan, now), lifecycle::next_restore_retry_in(wan, now)];
+                // An upgrade waiting for its window: looked at again as it opens.
+                let window = applied
+                    .versions
+                    .blocker
+                    .as_ref()
+                    .filter(|(reason, _)| *reason == crate::upgrade::OUTSIDE_WINDOW)
+                    .and_then(|_| {
+                        let opens =
+                            crate::upgrade::policy::next_opening(wan.spec.upgrade.maintenance_window.as_deref(), now)?;
+                        Some(Duration::from_secs(opens.duration_since(now).as_secs().max(0) as u64 + 1))
+                    });
+                let due = [lifecycle::next_backup_in(wan, now), lifecycle::next_restore_retry_in(wan, now), window];
                 Action::requeue(jittered(due.into_iter().flatten().fold(RESYNC, Duration::min)))
             }
         }

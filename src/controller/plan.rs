@@ -4,6 +4,7 @@
 use kube::ResourceExt;
 
 use super::gateway::RESOLVE_CONFLICT_ANNOTATION;
+use super::status::{FirstSchema, SCHEMA_JOB_CANNOT_START, SCHEMA_JOB_FAILED};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use crate::api::{
@@ -80,6 +81,76 @@ pub fn hold_nodes_after_rollback(workloads: &mut Workloads, schema_left: bool) {
         workloads.shape.masters_running = false;
         workloads.shape.coreapps_running = false;
     }
+}
+
+/// What a first deployment does about its schema Jobs (no version runs yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirstJobs {
+    pub report: FirstSchema,
+    /// Whether the spec's version's Job may be created now.
+    pub create: bool,
+    /// Versions whose Jobs never started and are deleted first.
+    pub delete: Vec<String>,
+}
+
+/// `own` is the state of the Job of `steady`, the version to deploy;
+/// `others` the Jobs this object keeps for other versions (an earlier
+/// `spec.version`), none of them succeeded (a succeeded one is a version that
+/// ran: see [`live_evidence`]). Two schema upgrades never run together: the
+/// spec's Job starts once the others are gone. One that never started is
+/// deleted; one at work is waited for (once it succeeded, its version runs,
+/// and the spec's is an upgrade from it); one that failed may have changed
+/// the databases, and waits for a person.
+pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[(String, JobState)]) -> FirstJobs {
+    let job = |version: &str| crate::resources::schema_job::name(wan, version);
+    let delete: Vec<String> = others
+        .iter()
+        .filter(|(_, s)| matches!(s, JobState::Pending(_) | JobState::Unstartable(_)))
+        .map(|(v, _)| v.clone())
+        .collect();
+    let at_work = others.iter().find(|(_, s)| matches!(s, JobState::Running | JobState::Absent));
+    let failed = others.iter().find_map(|(v, s)| match s {
+        JobState::Failed(why) => Some((v, why)),
+        _ => None,
+    });
+    let report = if let Some((version, _)) = at_work {
+        FirstSchema::Waiting(format!(
+            "the schema Job {} of {version} (an earlier spec.version) is at work; the one of {steady} starts once it is done, as an upgrade from {version}",
+            job(version)
+        ))
+    } else if let Some((version, why)) = failed {
+        FirstSchema::Stuck(
+            SCHEMA_JOB_FAILED,
+            format!(
+                "the schema Job {} of {version} (an earlier spec.version) failed ({why}) and may have changed the databases; delete it to go on with {steady}",
+                job(version)
+            ),
+        )
+    } else if let Some(version) = delete.first() {
+        FirstSchema::Waiting(format!(
+            "the schema Job {} of {version} (an earlier spec.version) never started and is deleted; the one of {steady} starts once it is gone",
+            job(version)
+        ))
+    } else {
+        match own {
+            JobState::Failed(why) => FirstSchema::Stuck(
+                SCHEMA_JOB_FAILED,
+                format!(
+                    "the schema Job {name} failed ({why}); check its logs (kubectl logs job/{name}), fix the cause (the database's address or credentials, the image), then delete the Job to run it again",
+                    name = job(steady)
+                ),
+            ),
+            JobState::Unstartable(why) => FirstSchema::Stuck(
+                SCHEMA_JOB_CANNOT_START,
+                format!(
+                    "the schema Job {name} cannot start ({why}); fix spec.version, or the image settings and then delete the Job",
+                    name = job(steady)
+                ),
+            ),
+            _ => FirstSchema::AtWork,
+        }
+    };
+    FirstJobs { report, create: others.is_empty(), delete }
 }
 
 /// A person declared this conflict over by annotating its detection time.
@@ -186,6 +257,39 @@ mod tests {
         again.upgrade = Some(begun);
         assert_eq!(called_off(&again, wan.status.as_ref()), None);
         assert_eq!(called_off(&next, None), None);
+    }
+
+    #[test]
+    fn a_first_deployment_never_runs_two_schema_jobs_together() {
+        let wan = sample();
+        let pending = JobState::Pending("its pod is not scheduled".into());
+        // Alone: its own Job, reported by how it stands.
+        let alone = first_jobs(&wan, "2.55.1", &JobState::Running, &[]);
+        assert_eq!(alone, FirstJobs { report: FirstSchema::AtWork, create: true, delete: vec![] });
+        let failed = first_jobs(&wan, "2.55.1", &JobState::Failed("BackoffLimitExceeded".into()), &[]);
+        assert!(matches!(&failed.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("delete the Job")));
+        let unpullable = first_jobs(&wan, "2.55.1", &JobState::Unstartable("ErrImagePull".into()), &[]);
+        assert!(
+            matches!(&unpullable.report, FirstSchema::Stuck(SCHEMA_JOB_CANNOT_START, m) if m.contains("ErrImagePull"))
+        );
+
+        // An earlier spec.version's Job at work: the spec's waits for it.
+        let busy = first_jobs(&wan, "2.55.1", &JobState::Absent, &[("2.53.2".into(), JobState::Running)]);
+        assert!(!busy.create && busy.delete.is_empty());
+        assert!(matches!(&busy.report, FirstSchema::Waiting(m) if m.contains("2.53.2") && m.contains("at work")));
+        // One that never started goes first; one that failed waits for a person.
+        let never = first_jobs(&wan, "2.55.1", &JobState::Absent, &[("2.53.2".into(), pending.clone())]);
+        assert_eq!((never.create, never.delete.clone()), (false, vec!["2.53.2".to_string()]));
+        assert!(matches!(never.report, FirstSchema::Waiting(_)));
+        let broken = first_jobs(
+            &wan,
+            "2.55.1",
+            &JobState::Absent,
+            &[("2.53.2".into(), JobState::Failed("DeadlineExceeded".into())), ("2.54.1".into(), pending)],
+        );
+        assert!(!broken.create);
+        assert_eq!(broken.delete, vec!["2.54.1".to_string()], "the one that never ran goes");
+        assert!(matches!(&broken.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("2.53.2")));
     }
 
     #[test]

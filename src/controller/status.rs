@@ -161,6 +161,22 @@ fn gate(wan: &WhatsAppNumber, health: &GatewayHealth) -> Option<Gate> {
     }
 }
 
+/// Reasons of a first deployment's schema Job that waits for a person.
+pub const SCHEMA_JOB_FAILED: &str = "SchemaJobFailed";
+pub const SCHEMA_JOB_CANNOT_START: &str = "SchemaJobCannotStart";
+
+/// How a first deployment's schema stands while no version runs yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FirstSchema {
+    /// Its Job is at work, or its pod waits to start.
+    #[default]
+    AtWork,
+    /// The Job of an earlier `spec.version` goes first: why.
+    Waiting(String),
+    /// Nothing goes on until a person acts: reason and message.
+    Stuck(&'static str, String),
+}
+
 /// What the reconcile knows of the client beyond its health.
 #[derive(Clone, Debug)]
 pub struct ClientState {
@@ -168,6 +184,8 @@ pub struct ClientState {
     pub suspended: bool,
     /// The first schema is being created: nothing runs yet.
     pub initializing: bool,
+    /// How that first schema stands.
+    pub first_schema: FirstSchema,
     /// The admin session.
     pub admin: AdminState,
     pub certificate: Option<crate::api::WebappCertificateStatus>,
@@ -186,6 +204,7 @@ impl Default for ClientState {
         Self {
             suspended: false,
             initializing: false,
+            first_schema: FirstSchema::AtWork,
             admin: AdminState::NotContacted,
             certificate: None,
             registered_at: None,
@@ -399,6 +418,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             }
             // Something only a person can unblock, beyond the version's own stalls.
             let stall = match (&applied.client.external_conflict, applied.sharding.as_ref().map(|s| s.phase)) {
+                _ if first_schema_stuck(&applied.client).is_some() => first_schema_stuck(&applied.client),
                 (Some(c), _) => Some((EXTERNAL_INSTANCE, c.message.clone())),
                 (None, Some(ShardPhase::ConfirmationRequired)) => Some((
                     SHARD_CHANGE_UNCONFIRMED,
@@ -685,7 +705,11 @@ fn upgrading(v: &Versions) -> Option<&UpgradeStatus> {
 fn applied_conditions(wan: &WhatsAppNumber, applied: &Applied, holds: Cond) -> Vec<Cond> {
     let gate = gate(wan, &applied.health);
     if let Some(u) = upgrading(&applied.versions) {
-        let progress = format!("upgrading {} -> {}: {}: {}", u.from, u.to, u.step, u.message);
+        // A pause that comes too late to call the upgrade off: said here, as
+        // the upgrade goes on by itself (a refused downgrade is `Stalled`).
+        let paused = applied.versions.blocker.as_ref().filter(|(reason, _)| *reason == crate::upgrade::UPGRADES_PAUSED);
+        let paused = paused.map(|(_, message)| format!(" ({message})")).unwrap_or_default();
+        let progress = format!("upgrading {} -> {}: {}: {}{paused}", u.from, u.to, u.step, u.message);
         let mut conditions = match &u.stalled_reason {
             Some(why) => vec![
                 cond(READY, false, "UpgradeStalled", why.clone()),
@@ -714,6 +738,14 @@ fn applied_conditions(wan: &WhatsAppNumber, applied: &Applied, holds: Cond) -> V
     conditions
 }
 
+/// A first deployment's schema Job that waits for a person: reason and message.
+fn first_schema_stuck(client: &ClientState) -> Option<(&'static str, String)> {
+    match &client.first_schema {
+        FirstSchema::Stuck(reason, message) if client.initializing => Some((*reason, message.clone())),
+        _ => None,
+    }
+}
+
 fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<Cond> {
     let tiers = &applied.tiers;
     let rolling = tiers.rolling_out();
@@ -732,11 +764,17 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         .filter(|s| s.phase == ShardPhase::Unknown)
         .and_then(|s| s.current.filter(|c| *c != s.desired).map(|c| (c, s.desired)));
     let initializing = applied.client.initializing;
-    let init_message = "creating the client's databases with the schema Job before any node or webapp starts";
+    let init_message = match &applied.client.first_schema {
+        FirstSchema::Waiting(why) => why.clone(),
+        _ => "creating the client's databases with the schema Job before any node or webapp starts".into(),
+    };
+    let stuck = first_schema_stuck(&applied.client);
 
     // Ready: the first thing that stands in the way names the reason.
-    let ready = if initializing {
-        cond(READY, false, INITIALIZING_DATABASE, init_message)
+    let ready = if let Some((reason, message)) = &stuck {
+        cond(READY, false, *reason, message.clone())
+    } else if initializing {
+        cond(READY, false, INITIALIZING_DATABASE, init_message.clone())
     } else if !rolling.is_empty() {
         cond(READY, false, ROLLING_OUT, format!("rolling out {}: {summary}", rolling.join(", ")))
     } else if !tiers.all_ready() {
@@ -763,7 +801,9 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         cond(READY, true, "Ready", format!("all tiers ready: {summary}{gateway}"))
     };
 
-    let progressing = if initializing {
+    let progressing = if let Some((reason, message)) = &stuck {
+        cond(PROGRESSING, false, *reason, message.clone())
+    } else if initializing {
         cond(PROGRESSING, true, INITIALIZING_DATABASE, init_message)
     } else if !rolling.is_empty() {
         cond(PROGRESSING, true, ROLLING_OUT, format!("rolling out {}: {summary}", rolling.join(", ")))
@@ -783,9 +823,10 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
     };
 
     // Degraded: the workloads are in place, yet the client is not serving.
-    let degraded = match unhealthy {
-        Some(g) if tiers.all_ready() => cond(DEGRADED, true, g.reason.clone(), g.message.clone()),
-        _ if shards_blocked => cond(DEGRADED, true, SHARD_CHANGE_BLOCKED, shard_message),
+    let degraded = match (unhealthy, stuck) {
+        (_, Some((reason, message))) => cond(DEGRADED, true, reason, message),
+        (Some(g), _) if tiers.all_ready() => cond(DEGRADED, true, g.reason.clone(), g.message.clone()),
+        (_, None) if shards_blocked => cond(DEGRADED, true, SHARD_CHANGE_BLOCKED, shard_message),
         _ => cond(DEGRADED, false, "AsExpected", "no problem found"),
     };
 
@@ -1527,6 +1568,23 @@ mod tests {
         );
         assert_eq!(cond(&s, PROGRESSING).status, "True");
         assert_eq!(cond(&s, STALLED).status, "False");
+
+        // Waiting for an earlier version's Job: on its way, saying why.
+        let waiting = FirstSchema::Waiting("the schema Job acme-schema-2-53-2 is at work".into());
+        let out = with_client(ClientState { initializing: true, first_schema: waiting, ..Default::default() }, None);
+        let s = compute(&wan, &out, None, &t(1));
+        assert_eq!(cond(&s, READY).reason, INITIALIZING_DATABASE);
+        assert!(cond(&s, READY).message.contains("acme-schema-2-53-2"));
+        assert_eq!((cond(&s, PROGRESSING).status.as_str(), cond(&s, STALLED).status.as_str()), ("True", "False"));
+
+        // Its Job failed: only a person goes on from there.
+        let failed = FirstSchema::Stuck(SCHEMA_JOB_FAILED, "the schema Job acme-schema-2-53-2 failed".into());
+        let out = with_client(ClientState { initializing: true, first_schema: failed, ..Default::default() }, None);
+        let s = compute(&wan, &out, None, &t(1));
+        for (type_, status) in [(READY, "False"), (PROGRESSING, "False"), (DEGRADED, "True"), (STALLED, "True")] {
+            let c = cond(&s, type_);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), (status, SCHEMA_JOB_FAILED), "{type_}");
+        }
     }
 
     #[test]
@@ -1686,6 +1744,23 @@ mod tests {
         let s = compute(&unregistered, &Outcome::Applied(logged_off), None, &t(1));
         assert_eq!(cond(&s, REGISTERED).status, "True");
         assert_eq!(cond(&s, STALLED).status, "False");
+    }
+
+    #[test]
+    fn a_pause_too_late_to_call_an_upgrade_off_is_said_in_its_progress() {
+        let wan = sample();
+        let mut upgrade = crate::upgrade::procedure::begin("2.53.2", "2.55.1", "2024-05-01T00:00:00Z".parse().unwrap());
+        upgrade.step = crate::upgrade::procedure::Step::StartingMasters;
+        let refused = "spec.upgrade.paused is true, but the schema upgrade to 2.55.1 has run or is running, so pausing is not possible";
+        let versions = Versions {
+            upgrade: Some(upgrade),
+            blocker: Some((crate::upgrade::UPGRADES_PAUSED, refused.into())),
+            ..Default::default()
+        };
+        let s = compute(&wan, &with_versions(versions), None, &t(1));
+        assert_eq!(cond(&s, PROGRESSING).reason, "Upgrading");
+        assert!(cond(&s, PROGRESSING).message.contains("pausing is not possible"), "{}", cond(&s, PROGRESSING).message);
+        assert_eq!(cond(&s, STALLED).status, "False", "the upgrade goes on by itself");
     }
 
     fn with_versions(versions: Versions) -> Outcome {

@@ -110,6 +110,21 @@ pub fn in_window(window: Option<&MaintenanceWindow>, now: Timestamp) -> bool {
     false
 }
 
+/// When the window next opens after `now` (within a week); `None` without a
+/// window or with one that never opens. A reconcile is due then, so that a
+/// window shorter than the resync interval is not missed.
+pub fn next_opening(window: Option<&MaintenanceWindow>, now: Timestamp) -> Option<Timestamp> {
+    let w = window?;
+    let start = parse_time(&w.start_time)?;
+    let today = now.to_zoned(TimeZone::UTC).date();
+    (0..=7)
+        .filter_map(|n| today.checked_add(jiff::Span::new().days(n)).ok())
+        .filter(|day| w.days.is_empty() || w.days.iter().any(|d| weekday(d) == Some(day.weekday())))
+        .filter_map(|day| day.at(start.hour(), start.minute(), 0, 0).to_zoned(TimeZone::UTC).ok())
+        .map(|opens| opens.timestamp())
+        .find(|opens| *opens > now)
+}
+
 fn parse_time(s: &str) -> Option<Time> {
     let (h, m) = s.split_once(':')?;
     Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
@@ -226,6 +241,14 @@ mod tests {
         // Crossing midnight: Friday 23:00 for 4 hours covers Saturday 02:30.
         assert!(in_window(Some(&w(&["Fri"], "23:00", 240)), sat_0230));
         assert!(!in_window(Some(&w(&["Fri"], "bad", 240)), sat_0230));
+
+        // The next opening: later today, or on the next day the window names.
+        assert_eq!(next_opening(None, sat_0230), None);
+        assert_eq!(next_opening(Some(&w(&[], "03:00", 1)), sat_0230), Some(at("2024-06-15T03:00:00Z")));
+        assert_eq!(next_opening(Some(&w(&[], "02:00", 60)), sat_0230), Some(at("2024-06-16T02:00:00Z")));
+        assert_eq!(next_opening(Some(&w(&["Mon"], "01:00", 5)), sat_0230), Some(at("2024-06-17T01:00:00Z")));
+        assert_eq!(next_opening(Some(&w(&["Sat"], "01:00", 5)), sat_0230), Some(at("2024-06-22T01:00:00Z")));
+        assert_eq!(next_opening(Some(&w(&["Sat"], "bad", 5)), sat_0230), None);
     }
 
     #[test]

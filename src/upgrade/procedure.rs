@@ -67,6 +67,9 @@ pub struct Observed {
     pub now: Timestamp,
     /// Master and coreapp pods that still exist, of any version.
     pub node_pods: usize,
+    /// Both StatefulSets ask for no pod, and their controller has seen it:
+    /// no pod of theirs is about to be made (one just made may not be seen yet).
+    pub node_workloads_stopped: bool,
     pub job: JobState,
     /// Each at the target version, with every pod ready.
     pub masters_ready: bool,
@@ -187,18 +190,31 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
 pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadlines) -> UpgradeStatus {
     let step = upgrade.step;
     let touched = matches!(observed.job, JobState::Running | JobState::Failed(_) | JobState::Succeeded);
-    let upgrade = &match upgrade.schema_started_at {
+    let mut upgrade = match upgrade.schema_started_at {
         None if step == Step::UpgradingSchema && touched => {
             UpgradeStatus { schema_started_at: Some(time(observed.now)), ..upgrade.clone() }
         }
         _ => upgrade.clone(),
     };
+    // A stalled schema step whose Job is gone: a person deleted it to run it
+    // again, and the new Job gets the whole deadline.
+    if step == Step::UpgradingSchema && upgrade.stalled_reason.is_some() && observed.job == JobState::Absent {
+        upgrade.step_started_at = time(observed.now);
+        upgrade.stalled_reason = None;
+    }
+    let upgrade = &upgrade;
     let to = &upgrade.to;
     // (done?, what the step waits for, a failure that stalls it at once)
     let (done, waiting, failure): (bool, String, Option<String>) = match step {
         Step::StoppingNodes => (
-            observed.node_pods == 0,
-            format!("waiting for {} master and coreapp pods of {} to stop", observed.node_pods, upgrade.from),
+            observed.node_pods == 0 && observed.node_workloads_stopped,
+            match observed.node_pods {
+                0 => format!(
+                    "waiting for the master and coreapp StatefulSets of {} to be seen at 0 replicas",
+                    upgrade.from
+                ),
+                n => format!("waiting for {n} master and coreapp pods of {} to stop", upgrade.from),
+            },
             None,
         ),
         Step::UpgradingSchema => match &observed.job {
@@ -214,7 +230,7 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
                 false,
                 String::new(),
                 Some(format!(
-                    "the schema upgrade Job to {to} cannot start: {why}; fix spec.version (or the image settings), or set spec.version back to {} to roll back",
+                    "the schema upgrade Job to {to} cannot start: {why}; call the upgrade off (spec.upgrade.paused: true, or under the Manual policy spec.version back to {}), then fix the version or the image settings",
                     upgrade.from
                 )),
             ),
@@ -325,6 +341,7 @@ mod tests {
         Observed {
             now: at(now),
             node_pods: 0,
+            node_workloads_stopped: true,
             job: JobState::Absent,
             masters_ready: false,
             coreapps_ready: false,
@@ -347,7 +364,13 @@ mod tests {
         assert_eq!(step_of(&u), Step::StoppingNodes, "pods still exist");
         assert!(u.message.contains("3 master and coreapp pods"));
 
+        // No pod seen, yet a StatefulSet still asks for some (or its
+        // controller has not seen it asks for none): one may be on its way.
         o.node_pods = 0;
+        o.node_workloads_stopped = false;
+        u = advance(&u, &o, DEADLINES);
+        assert_eq!(step_of(&u), Step::StoppingNodes, "a pod may be on its way");
+        o.node_workloads_stopped = true;
         u = advance(&u, &o, DEADLINES);
         assert_eq!(step_of(&u), Step::UpgradingSchema);
         assert_eq!(u.step_started_at, Time(at(5)));
@@ -439,8 +462,15 @@ mod tests {
         let failed =
             advance(&u, &Observed { job: JobState::Failed("BackoffLimitExceeded".into()), ..observed(10) }, DEADLINES);
         assert_eq!(step_of(&failed), Step::UpgradingSchema);
-        let reason = failed.stalled_reason.unwrap();
+        let reason = failed.stalled_reason.clone().unwrap();
         assert!(reason.contains("BackoffLimitExceeded") && reason.contains("delete the Job"), "{reason}");
+        // Deleted for a retry long after the step began: the new Job gets the
+        // whole deadline, and is not reported stalled while it runs.
+        let retried = advance(&failed, &Observed { job: JobState::Absent, ..observed(5000) }, DEADLINES);
+        assert_eq!((retried.stalled_reason.as_deref(), retried.step_started_at.clone()), (None, time(at(5000))));
+        let running = advance(&retried, &Observed { job: JobState::Running, ..observed(5100) }, DEADLINES);
+        assert_eq!(running.stalled_reason, None);
+        assert_eq!(step_of(&running), Step::UpgradingSchema);
     }
 
     #[test]

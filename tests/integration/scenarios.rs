@@ -43,6 +43,29 @@ pub async fn apply_example_for(
     only_kind: Option<&str>,
     phone_number: &str,
 ) -> Result<String> {
+    apply_example_with(client, ns, file, only_kind, phone_number, &json!({})).await
+}
+
+/// [`apply_example_for`] with `spec` merged into the WhatsAppNumber's spec
+/// (objects merged key by key, anything else replaced).
+pub async fn apply_example_with(
+    client: &Client,
+    ns: &str,
+    file: &str,
+    only_kind: Option<&str>,
+    phone_number: &str,
+    spec: &Value,
+) -> Result<String> {
+    fn merge(into: &mut Value, from: &Value) {
+        match (into, from) {
+            (Value::Object(into), Value::Object(from)) => {
+                for (k, v) in from {
+                    merge(into.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (into, from) => *into = from.clone(),
+        }
+    }
     let text = std::fs::read_to_string(support::repo().join("examples").join(file))?;
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
     let mut wan_name = None;
@@ -63,6 +86,7 @@ pub async fn apply_example_for(
             // These scenarios are about workloads: pods run on fake nodes and no
             // client answers health probes (the gateway scenarios run emulators).
             value["spec"]["health"] = json!({"enabled": false});
+            merge(&mut value["spec"], spec);
         }
         if only_kind.is_some_and(|k| k != kind) {
             if kind == "WhatsAppNumber" {

@@ -17,7 +17,9 @@ use whatsapp_operator::api::WhatsAppNumber;
 
 use crate::Env;
 use crate::emulated::Deployment;
-use crate::scenarios::{apply_example, merge_patch, ready_now, typed, unique_number, wait_ready, wans};
+use crate::scenarios::{
+    apply_example, apply_example_with, merge_patch, ready_now, typed, unique_number, wait_ready, wans,
+};
 use crate::support::{self, OPERATOR_NAMESPACE, namespace, wait_until, work_dir};
 
 pub const CATALOG_CONFIGMAP: &str = "whatsapp-operator-release-catalog";
@@ -584,6 +586,45 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
         events.items.iter().any(|e| e.reason.as_deref() == Some("UpgradeRolledBack")),
         "an UpgradeRolledBack event is recorded"
     );
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// A first deployment whose spec.version changes before its schema Job ran:
+/// that Job, which never started, goes before the new version's starts, and
+/// the number comes up at the new version.
+pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "firstjobs").await?;
+    // No node matches: the first schema Job's pod is never scheduled.
+    let nowhere = json!({"version": OLD, "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
+    let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &nowhere).await?;
+    let api = wans(c, &ns);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let job_of = |version: &str| format!("{name}-schema-{}", version.replace('.', "-"));
+    let (old_job, new_job) = (job_of(OLD), job_of(NEW));
+    wait_until(UPGRADE_TIMEOUT, "the first schema Job to wait for a node", || async {
+        Ok(jobs.get_opt(&old_job).await?.is_some())
+    })
+    .await?;
+
+    // The version is changed (a mistyped or unpullable one, say), the node selector put right.
+    merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": null}}})).await?;
+    let mut both = false;
+    let deadline = Instant::now() + UPGRADE_TIMEOUT;
+    loop {
+        let (old, new) = (jobs.get_opt(&old_job).await?, jobs.get_opt(&new_job).await?);
+        both |= old.as_ref().is_some_and(|j| j.metadata.deletion_timestamp.is_none()) && new.is_some();
+        if old.is_none() && new.is_some() {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the earlier Job never went: old {}, new {}", old.is_some(), new.is_some());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(!both, "the Job of {NEW} was created beside the Job of {OLD}, which was not being deleted");
+    let w = wait_ready(&api, &name).await?;
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW), "runs {NEW}");
+    ensure!(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_none(), "a first deployment, no upgrade");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
