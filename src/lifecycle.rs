@@ -26,14 +26,13 @@ pub enum RegistrationStep {
 pub const LOGGED_OFF: &str = "the number was registered and is unregistered now; annotate the object with whatsapp.operators.dev/request-code to request a new code";
 
 /// A number registered once that the client reports unregistered now: logged
-/// off, unless the health recorded before said unregistered too (the client
+/// off once a probe had found it registered since (`confirmed`; the client
 /// goes on reporting the number unregistered for a moment after it took the
-/// code). Nothing recorded (a status lost) counts as logged off: only a
-/// person can say the number is not in use elsewhere.
-pub fn logged_off(previous: RegistrationPhase, recorded_gateway: Option<&str>) -> bool {
+/// code).
+pub fn logged_off(previous: RegistrationPhase, confirmed: bool) -> bool {
     match previous {
         RegistrationPhase::LoggedOff => true,
-        RegistrationPhase::Registered => recorded_gateway != Some("unregistered"),
+        RegistrationPhase::Registered => confirmed,
         _ => false,
     }
 }
@@ -45,6 +44,7 @@ pub fn registration_step(
     previous: Option<&RegistrationStatus>,
     unregistered: bool,
     inputs: &str,
+    annotation: &str,
     code: Option<&str>,
     code_digest: impl Fn(&str) -> String,
 ) -> RegistrationStep {
@@ -75,7 +75,12 @@ pub fn registration_step(
                 .into(),
         ),
         // Registered once but unregistered now (logged off), or new inputs.
-        Some(RegistrationPhase::Registered | RegistrationPhase::LoggedOff) if same_inputs => {
+        // Registered once: only a person asks for a new code (a certificate or
+        // PIN rotated since is no such request: the number may be in use
+        // elsewhere, and a new registration here would take it back).
+        Some(RegistrationPhase::Registered | RegistrationPhase::LoggedOff)
+            if previous.and_then(|p| p.request_annotation.as_deref()).unwrap_or_default() == annotation =>
+        {
             RegistrationStep::Wait(LOGGED_OFF.into())
         }
         _ => RegistrationStep::RequestCode,
@@ -99,6 +104,8 @@ pub fn after_request(
             request_digest: Some(inputs.into()),
             code_requested_at: None,
             code_digest: None,
+            request_annotation: None,
+            confirmed_at: at.clone(),
         },
         Ok(false) => RegistrationStatus {
             phase: RegistrationPhase::CodeRequested,
@@ -106,6 +113,8 @@ pub fn after_request(
             request_digest: Some(inputs.into()),
             code_requested_at: at,
             code_digest: stale_code,
+            request_annotation: None,
+            confirmed_at: None,
         },
         Err(why) => RegistrationStatus {
             phase: RegistrationPhase::RequestRefused,
@@ -113,6 +122,8 @@ pub fn after_request(
             request_digest: Some(inputs.into()),
             code_requested_at: None,
             code_digest: None,
+            request_annotation: None,
+            confirmed_at: None,
         },
     }
 }
@@ -426,39 +437,45 @@ mod tests {
             request_digest: Some(inputs.into()),
             code_requested_at: None,
             code_digest: code.map(digest),
+            request_annotation: None,
+            confirmed_at: None,
         }
     }
 
     #[test]
     fn a_code_is_requested_once_per_set_of_inputs() {
-        assert_eq!(registration_step(None, true, "i1", None, digest), RegistrationStep::RequestCode);
+        assert_eq!(registration_step(None, true, "i1", "", None, digest), RegistrationStep::RequestCode);
         let requested = status(RegistrationPhase::CodeRequested, "i1", None);
-        assert!(matches!(registration_step(Some(&requested), true, "i1", None, digest), RegistrationStep::Wait(_)));
+        assert!(matches!(registration_step(Some(&requested), true, "i1", "", None, digest), RegistrationStep::Wait(_)));
         let refused = status(RegistrationPhase::RequestRefused, "i1", None);
-        let wait = registration_step(Some(&refused), true, "i1", None, digest);
+        let wait = registration_step(Some(&refused), true, "i1", "", None, digest);
         assert!(matches!(&wait, RegistrationStep::Wait(m) if m.contains("annotate")), "{wait:?}");
-        assert_eq!(registration_step(Some(&refused), true, "i2", None, digest), RegistrationStep::RequestCode);
-        assert!(matches!(registration_step(None, false, "i1", None, digest), RegistrationStep::Wait(_)));
+        assert_eq!(registration_step(Some(&refused), true, "i2", "", None, digest), RegistrationStep::RequestCode);
+        assert!(matches!(registration_step(None, false, "i1", "", None, digest), RegistrationStep::Wait(_)));
     }
 
     #[test]
     fn a_number_registered_once_waits_for_a_person_once_logged_off() {
         use RegistrationPhase::*;
         // Right after the client took the code it may still report the
-        // number unregistered, as the health recorded before did.
-        assert!(!logged_off(Registered, Some("unregistered")));
-        assert!(logged_off(Registered, Some("connected")), "seen registered, then not");
-        assert!(logged_off(Registered, None), "nothing recorded: a person decides");
-        assert!(logged_off(LoggedOff, Some("unregistered")), "it stays logged off");
+        // number unregistered: no probe has found it registered yet.
+        assert!(!logged_off(Registered, false));
+        assert!(logged_off(Registered, true), "seen registered, then not");
+        assert!(logged_off(LoggedOff, false), "it stays logged off");
         for phase in [CodeRequested, CodeRefused, RequestRefused] {
-            assert!(!logged_off(phase, Some("connected")), "{phase:?}");
+            assert!(!logged_off(phase, true), "{phase:?}");
         }
         for phase in [Registered, LoggedOff] {
             let previous = status(phase, "i1", Some("123456"));
-            let step = registration_step(Some(&previous), true, "i1", None, digest);
+            let step = registration_step(Some(&previous), true, "i1", "", None, digest);
             assert_eq!(step, RegistrationStep::Wait(LOGGED_OFF.into()), "{phase:?}");
             assert_eq!(
-                registration_step(Some(&previous), true, "i2", None, digest),
+                registration_step(Some(&previous), true, "i2", "", None, digest),
+                RegistrationStep::Wait(LOGGED_OFF.into()),
+                "a certificate or PIN rotated since is no request for a code: {phase:?}"
+            );
+            assert_eq!(
+                registration_step(Some(&previous), true, "i3", "after-log-off", None, digest),
                 RegistrationStep::RequestCode,
                 "the annotation changed: {phase:?}"
             );
@@ -469,16 +486,16 @@ mod tests {
     fn a_code_is_tried_once() {
         let requested = status(RegistrationPhase::CodeRequested, "i1", None);
         assert_eq!(
-            registration_step(Some(&requested), true, "i1", Some("123456"), digest),
+            registration_step(Some(&requested), true, "i1", "", Some("123456"), digest),
             RegistrationStep::Verify("123456".into())
         );
         let refused = status(RegistrationPhase::CodeRefused, "i1", Some("123456"));
         assert!(matches!(
-            registration_step(Some(&refused), true, "i1", Some("123456"), digest),
+            registration_step(Some(&refused), true, "i1", "", Some("123456"), digest),
             RegistrationStep::Wait(_)
         ));
         assert_eq!(
-            registration_step(Some(&refused), true, "i1", Some("654321"), digest),
+            registration_step(Some(&refused), true, "i1", "", Some("654321"), digest),
             RegistrationStep::Verify("654321".into())
         );
     }
@@ -488,16 +505,16 @@ mod tests {
         // A person asked for a new code (the annotation changed the inputs);
         // the Secret still holds the one sent for the earlier request.
         let s = after_request("i2", Ok(false), Some(digest("123456")), Timestamp::UNIX_EPOCH);
-        let wait = registration_step(Some(&s), true, "i2", Some("123456"), digest);
+        let wait = registration_step(Some(&s), true, "i2", "", Some("123456"), digest);
         assert!(matches!(&wait, RegistrationStep::Wait(m) if m.contains("from before")), "{wait:?}");
         assert_eq!(
-            registration_step(Some(&s), true, "i2", Some("777777"), digest),
+            registration_step(Some(&s), true, "i2", "", Some("777777"), digest),
             RegistrationStep::Verify("777777".into()),
             "the new code, once it is in the Secret"
         );
         let first = after_request("i1", Ok(false), None, Timestamp::UNIX_EPOCH);
         assert_eq!(
-            registration_step(Some(&first), true, "i1", Some("123456"), digest),
+            registration_step(Some(&first), true, "i1", "", Some("123456"), digest),
             RegistrationStep::Verify("123456".into()),
             "no code in the Secret at the request: the first one put in is sent"
         );

@@ -190,7 +190,6 @@ async fn master_failover(engine: Engine) {
     assert_eq!(body["errors"][0]["code"], json!(1017));
     assert_eq!(body["errors"][0]["title"], json!("Not Primary Master"));
 
-    let killed = Instant::now();
     c.procs[m1].kill();
     eventually("m2 takes over and m1 is unreachable", WAIT, || async {
         let h = health(&url).await?;
@@ -198,7 +197,6 @@ async fn master_failover(engine: Engine) {
         (status_of(&h, &k2)? == ("disconnected".into(), "primary_master".into()) && m1_err == 1011).then_some(())
     })
     .await;
-    assert!(killed.elapsed() < Duration::from_secs(15), "failover took {:?}", killed.elapsed());
     let (status, body) = get(&format!("{url}/v1/account/shards")).await.unwrap();
     assert_eq!(status, 200, "{body}");
 
@@ -248,9 +246,10 @@ async fn coreapp_failover(engine: Engine) {
     })
     .await;
     // unhealthy_interval is 3 s after the last heartbeat (at most 1 s before
-    // the kill): the takeover must wait for it, but not much longer.
+    // the kill): the takeover waits for it (how soon after is `WAIT`'s bound,
+    // not a goal of this test).
     let took = killed.elapsed();
-    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(15), "takeover after {took:?}");
+    assert!(took >= Duration::from_millis(1500), "takeover after {took:?}, before the unhealthy interval");
     // One session: the coreapp holding the shard (in HA the master has none).
     let conns = gateway_connections(&gw).await;
     assert_eq!(conns.len(), 1, "{conns:?}");

@@ -1267,6 +1267,17 @@ pub struct RegistrationStatus {
     /// Digest of the last code sent for verification: a code is tried once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_digest: Option<String>,
+    /// The `request-code` annotation when the last code was requested (empty:
+    /// not set). A number registered once gets a new code request only once
+    /// it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_annotation: Option<String>,
+    /// When a probe first found the number registered since it was last
+    /// registered: from then on, the client reporting it unregistered means
+    /// it was logged off (right after it took the code, it may still report
+    /// it unregistered for a moment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -72,7 +72,15 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     // which schema the databases hold (a succeeded Job's version), and which
     // Jobs are still about (an earlier spec.version's).
     let first_deployment = live_version.is_none() && status.and_then(|s| s.current_version.as_ref()).is_none();
-    let schema_jobs = if first_deployment { own_schema_jobs(ctx, wan).await? } else { vec![] };
+    let mut schema_jobs = if first_deployment { own_schema_jobs(ctx, wan).await? } else { vec![] };
+    // About to create the spec's Job, or to delete or wait for another: what
+    // the API server has, not what the cache had a moment ago (a Job just
+    // created may not be in it yet, a pod seen pending may have started).
+    let own_name = crate::resources::schema_job::name(wan, &wan.spec.version);
+    let others = schema_jobs.iter().any(|(v, _, _)| crate::resources::schema_job::name(wan, v) != own_name);
+    if first_deployment && (others || schema_jobs.is_empty()) {
+        schema_jobs = own_schema_jobs_now(ctx, wan).await?;
+    }
     for (version, _, _) in schema_jobs.iter().filter(|(_, s, _)| *s == procedure::JobState::Succeeded) {
         live_version = upgrade::running_version(live_version.as_deref(), Some(version));
     }
@@ -125,6 +133,37 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         plan::hold_nodes_after_rollback(&mut workloads, left);
     }
     Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job, first_jobs })
+}
+
+/// [`own_schema_jobs`] as the API server has them now, with their pods.
+async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<(String, procedure::JobState, bool)>> {
+    use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE};
+    let namespace = wan.namespace().unwrap_or_default();
+    let what = || format!("reading the schema Jobs of {namespace}/{}", wan.name_any());
+    let selector =
+        format!("{LABEL_INSTANCE}={},{LABEL_COMPONENT}={}", wan.name_any(), crate::resources::schema_job::COMPONENT);
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::request(what()))?;
+    let prefix = crate::resources::schema_job::name(wan, "");
+    let uid = wan.uid().unwrap_or_default();
+    let mut found = vec![];
+    for job in jobs.items {
+        let controlled = job.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid);
+        let name = job.name_any();
+        let Some(version) = name.strip_prefix(&prefix).map(|v| v.replace('-', ".")) else { continue };
+        if !controlled || crate::upgrade::catalog::Version::parse(&version).is_none() {
+            continue;
+        }
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+            .list(&kube::api::ListParams::default().labels(&format!("{}={name}", crate::upgrade::job::JOB_NAME_LABEL)))
+            .await
+            .map_err(Error::request(what()))?;
+        let deleting = job.metadata.deletion_timestamp.is_some();
+        found.push((version, upgrade::job::state(Some(&job), &pods.items), deleting));
+    }
+    Ok(found)
 }
 
 /// The schema Jobs this object keeps, by version, with their states and
@@ -441,13 +480,10 @@ async fn schema_job_state(ctx: &Context, wan: &WhatsAppNumber, version: &str) ->
     let namespace = wan.namespace().unwrap_or_default();
     let name = crate::resources::schema_job::name(wan, version);
     let job = ctx.caches.jobs.get(&namespace, &name).await?;
-    let unfinished = job.as_ref().is_some_and(|j| {
-        !matches!(
-            upgrade::job::state(Some(&j.job()), &[]),
-            procedure::JobState::Succeeded | procedure::JobState::Failed(_)
-        )
-    });
-    // Only while the Job runs: whether its pod can start at all.
+    let unfinished =
+        job.as_ref().is_some_and(|j| upgrade::job::state(Some(&j.job()), &[]) != procedure::JobState::Succeeded);
+    // Only while the Job has not succeeded: whether its pod can start at
+    // all, or (failed) whether it ever did.
     let pods = if unfinished { schema_pods(ctx, &namespace, &name).await? } else { vec![] };
     let pods: Vec<Pod> = pods.iter().map(|p| p.pod()).collect();
     Ok(upgrade::job::state(job.map(|j| j.job()).as_ref(), &pods))

@@ -820,6 +820,8 @@ mod tests {
             request_digest: Some("inputs".into()),
             code_requested_at: None,
             code_digest: code.map(String::from),
+            request_annotation: None,
+            confirmed_at: None,
         };
         let status =
             |gateway: &str, registration: Option<RegistrationStatus>, at: Option<&Time>| WhatsAppNumberStatus {

@@ -311,31 +311,41 @@ async fn register(
     let inputs = digest(&(method.as_str(), &cert, &pin, &retry));
     // Registered, as the client says: the phase follows, nothing is sent.
     if !unregistered {
+        let seen = || Some(Time(jiff::Timestamp::now()));
         return Some(match previous {
-            Some(p) if p.phase == RegistrationPhase::Registered => p,
+            Some(p) if p.phase == RegistrationPhase::Registered && p.confirmed_at.is_some() => p,
+            Some(p) if p.phase == RegistrationPhase::Registered => RegistrationStatus { confirmed_at: seen(), ..p },
             // Registered again (a restore, or by hand): what was sent stays.
             Some(p) if p.phase == RegistrationPhase::LoggedOff => RegistrationStatus {
                 phase: RegistrationPhase::Registered,
                 message: "the client reports the number registered".into(),
+                confirmed_at: seen(),
                 ..p
             },
             _ => RegistrationStatus {
                 phase: RegistrationPhase::Registered,
                 message: "the client reports the number registered".into(),
-                request_digest: previous.and_then(|p| p.request_digest).or(Some(inputs)),
+                request_digest: previous.as_ref().and_then(|p| p.request_digest.clone()).or(Some(inputs)),
                 code_requested_at: None,
                 code_digest: None,
+                request_annotation: previous.and_then(|p| p.request_annotation).or(Some(retry)),
+                confirmed_at: seen(),
             },
         });
     }
+    // A request sent now records the annotation it was sent under.
+    let requested = |mut s: RegistrationStatus| {
+        s.request_annotation = Some(retry.clone());
+        s
+    };
     Some(
-        match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, code.as_deref(), |c| digest(&c)) {
+        match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, &retry, code.as_deref(), |c| {
+            digest(&c)
+        }) {
             RegistrationStep::Wait(message) => {
                 let mut s = previous
                     .unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
-                let recorded_gateway =
-                    wan.status.as_ref().and_then(|s| s.health.as_deref()).map(|h| h.gateway.as_str());
-                if lifecycle::logged_off(s.phase, recorded_gateway) {
+                if lifecycle::logged_off(s.phase, s.confirmed_at.is_some()) {
                     if s.phase != RegistrationPhase::LoggedOff {
                         warn!("the number was registered and the client reports it unregistered now");
                     }
@@ -360,15 +370,17 @@ async fn register(
                         request_digest: None,
                         code_requested_at: None,
                         code_digest: None,
+                        request_annotation: Some(retry.clone()),
+                        confirmed_at: None,
                     });
                 };
                 let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
-                    return Some(lifecycle::after_request(
+                    return Some(requested(lifecycle::after_request(
                         &inputs,
                         Err("not an E.164 number".into()),
                         None,
                         jiff::Timestamp::now(),
-                    ));
+                    )));
                 };
                 let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
                 if let Some(pin) = &pin {
@@ -385,7 +397,12 @@ async fn register(
                     }
                 };
                 info!(outcome = ?outcome, "requested the registration code");
-                lifecycle::after_request(&inputs, outcome, code.as_deref().map(|c| digest(&c)), jiff::Timestamp::now())
+                requested(lifecycle::after_request(
+                    &inputs,
+                    outcome,
+                    code.as_deref().map(|c| digest(&c)),
+                    jiff::Timestamp::now(),
+                ))
             }
             RegistrationStep::Verify(code) => {
                 let mut s = previous
@@ -395,6 +412,7 @@ async fn register(
                     Ok(()) => {
                         info!("the client accepted the registration code");
                         s.phase = RegistrationPhase::Registered;
+                        s.confirmed_at = None;
                         s.message = "registered with the code from the Secret".into();
                     }
                     // The code was not judged: it is sent again next time.

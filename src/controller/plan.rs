@@ -105,12 +105,14 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
     let job = |version: &str| crate::resources::schema_job::name(wan, version);
     let delete: Vec<String> = others
         .iter()
-        .filter(|(_, s)| matches!(s, JobState::Pending(_) | JobState::Unstartable(_)))
+        .filter(|(_, s)| {
+            matches!(s, JobState::Pending(_) | JobState::Unstartable(_) | JobState::Failed { ran: false, .. })
+        })
         .map(|(v, _)| v.clone())
         .collect();
     let at_work = others.iter().find(|(_, s)| matches!(s, JobState::Running | JobState::Absent));
     let failed = others.iter().find_map(|(v, s)| match s {
-        JobState::Failed(why) => Some((v, why)),
+        JobState::Failed { why, ran: true } => Some((v, why)),
         _ => None,
     });
     let report = if let Some((version, _)) = at_work {
@@ -133,7 +135,7 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
         ))
     } else {
         match own {
-            JobState::Failed(why) => FirstSchema::Stuck(
+            JobState::Failed { why, .. } => FirstSchema::Stuck(
                 SCHEMA_JOB_FAILED,
                 format!(
                     "the schema Job {name} failed ({why}); check its logs (kubectl logs job/{name}), fix the cause (the database's address or credentials, the image), then delete the Job to run it again",
@@ -266,7 +268,8 @@ mod tests {
         // Alone: its own Job, reported by how it stands.
         let alone = first_jobs(&wan, "2.55.1", &JobState::Running, &[]);
         assert_eq!(alone, FirstJobs { report: FirstSchema::AtWork, create: true, delete: vec![] });
-        let failed = first_jobs(&wan, "2.55.1", &JobState::Failed("BackoffLimitExceeded".into()), &[]);
+        let failed =
+            first_jobs(&wan, "2.55.1", &JobState::Failed { why: "BackoffLimitExceeded".into(), ran: true }, &[]);
         assert!(matches!(&failed.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("delete the Job")));
         let unpullable = first_jobs(&wan, "2.55.1", &JobState::Unstartable("ErrImagePull".into()), &[]);
         assert!(
@@ -285,10 +288,14 @@ mod tests {
             &wan,
             "2.55.1",
             &JobState::Absent,
-            &[("2.53.2".into(), JobState::Failed("DeadlineExceeded".into())), ("2.54.1".into(), pending)],
+            &[
+                ("2.53.2".into(), JobState::Failed { why: "BackoffLimitExceeded".into(), ran: true }),
+                ("2.54.1".into(), pending),
+                ("2.54.2".into(), JobState::Failed { why: "DeadlineExceeded".into(), ran: false }),
+            ],
         );
         assert!(!broken.create);
-        assert_eq!(broken.delete, vec!["2.54.1".to_string()], "the one that never ran goes");
+        assert_eq!(broken.delete, vec!["2.54.1".to_string(), "2.54.2".to_string()], "those that never ran go");
         assert!(matches!(&broken.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("2.53.2")));
     }
 

@@ -76,6 +76,22 @@ impl FakeApi {
         match method.as_str() {
             "GET" => match objects.get(&key) {
                 Some(obj) => (200, obj.clone()),
+                // A collection: its objects, those matching a label selector
+                // of `key=value` pairs.
+                None if objects.keys().any(|k| k.starts_with(&format!("{key}/"))) || req_query.is_some() => {
+                    let selector = query(req_query.as_deref(), "labelSelector").unwrap_or_default();
+                    let wanted: Vec<(&str, &str)> = selector.split(',').filter_map(|p| p.split_once('=')).collect();
+                    let items: Vec<Value> = objects
+                        .iter()
+                        .filter(|(k, _)| k.strip_prefix(&format!("{key}/")).is_some_and(|rest| !rest.contains('/')))
+                        .map(|(_, o)| o.clone())
+                        .filter(|o| wanted.iter().all(|(k, v)| o["metadata"]["labels"][*k].as_str() == Some(*v)))
+                        .collect();
+                    (
+                        200,
+                        json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    )
+                }
                 None => status(404, "NotFound"),
             },
             "POST" => {
@@ -365,8 +381,10 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
     assert_eq!(condition(api, "Reconciling").0, "True");
 
     // Keys and every child the database needs first; the schema Job creates
-    // the client's databases before any node starts.
+    // the client's databases before any node starts, once the API server
+    // (not only the cache) says no other schema Job of the object is there.
     let children = [
+        "GET /apis/batch/v1/namespaces/team/jobs",
         "POST /api/v1/namespaces/team/secrets",
         "PATCH /api/v1/namespaces/team/configmaps/acme-config",
         "PATCH /api/v1/namespaces/team/persistentvolumeclaims/acme-media",

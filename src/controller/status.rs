@@ -1702,6 +1702,8 @@ mod tests {
             request_digest: Some("i".into()),
             code_requested_at: None,
             code_digest: None,
+            request_annotation: None,
+            confirmed_at: None,
         });
         let down = Outcome::Applied(Applied {
             tiers: ready_tiers(),
@@ -1731,6 +1733,8 @@ mod tests {
             request_digest: Some("i".into()),
             code_requested_at: None,
             code_digest: None,
+            request_annotation: None,
+            confirmed_at: None,
         });
         let s = compute(&unregistered, &Outcome::Applied(logged_off.clone()), None, &t(1));
         assert_eq!(

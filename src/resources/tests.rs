@@ -808,6 +808,8 @@ fn the_media_claim_records_where_the_registration_stood() {
         request_digest: Some(digest.into()),
         code_requested_at: None,
         code_digest: Some("c1".into()),
+        request_annotation: None,
+        confirmed_at: None,
     };
     let recorded = |c: &PersistentVolumeClaim| media::registration_of(c, &databases);
     let registration = |r| media::Records { registration: Some(r), ..Default::default() };

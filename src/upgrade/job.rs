@@ -34,8 +34,12 @@ pub fn state(job: Option<&Job>, pods: &[Pod]) -> JobState {
         return JobState::Succeeded;
     }
     if let Some(c) = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True") {
-        let why = format!("{} {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default());
-        return JobState::Failed(why.trim().to_string());
+        let reason = c.reason.clone().unwrap_or_default();
+        let why = format!("{reason} {}", c.message.clone().unwrap_or_default());
+        // Past its deadline the Job's pods are deleted: one that ran was seen
+        // at work before (`status.upgrade.schemaStartedAt`), or is still there.
+        let ran = reason != "DeadlineExceeded" || pods.iter().any(started);
+        return JobState::Failed { why: why.trim().to_string(), ran };
     }
     if pods.iter().any(started) {
         return JobState::Running;
@@ -122,7 +126,23 @@ mod tests {
             }]),
             ..Default::default()
         };
-        assert!(matches!(state(Some(&job(failed)), &[]), JobState::Failed(m) if m.starts_with("BackoffLimitExceeded")));
+        assert!(
+            matches!(state(Some(&job(failed)), &[]), JobState::Failed { why, ran: true } if why.starts_with("BackoffLimitExceeded"))
+        );
+        // Past its deadline: its pods are gone, and whether one ran is what
+        // the pods left say (the procedure remembers one seen at work).
+        let expired = JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: Some("DeadlineExceeded".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert!(matches!(state(Some(&job(expired.clone())), &[]), JobState::Failed { ran: false, .. }));
+        let left = [pod("Running", None, true)];
+        assert!(matches!(state(Some(&job(expired)), &left), JobState::Failed { ran: true, .. }));
     }
 
     #[test]

@@ -43,7 +43,13 @@ pub enum JobState {
     /// A container has started: the schema may be changing.
     Running,
     Succeeded,
-    Failed(String),
+    /// Failed: why, and whether a container may have run (its pods failed,
+    /// or one of them was seen started). A Job whose deadline passed while
+    /// its pod never started (unpullable, never scheduled) ran nothing.
+    Failed {
+        why: String,
+        ran: bool,
+    },
     /// Its pod cannot start (the image cannot be pulled, a bad reference): the
     /// message names the image and the reason. Nothing has run yet.
     Unstartable(String),
@@ -189,7 +195,7 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
 /// call: the next step's observations come from the next reconcile).
 pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadlines) -> UpgradeStatus {
     let step = upgrade.step;
-    let touched = matches!(observed.job, JobState::Running | JobState::Failed(_) | JobState::Succeeded);
+    let touched = matches!(observed.job, JobState::Running | JobState::Failed { ran: true, .. } | JobState::Succeeded);
     let mut upgrade = match upgrade.schema_started_at {
         None if step == Step::UpgradingSchema && touched => {
             UpgradeStatus { schema_started_at: Some(time(observed.now)), ..upgrade.clone() }
@@ -219,7 +225,7 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
         ),
         Step::UpgradingSchema => match &observed.job {
             JobState::Succeeded => (true, String::new(), None),
-            JobState::Failed(why) => (
+            JobState::Failed { why, .. } => (
                 false,
                 String::new(),
                 Some(format!(
@@ -309,7 +315,13 @@ pub fn can_roll_back(upgrade: &UpgradeStatus, job: &JobState) -> bool {
         Step::StoppingNodes => true,
         Step::UpgradingSchema => {
             upgrade.schema_started_at.is_none()
-                && matches!(job, JobState::Absent | JobState::Pending(_) | JobState::Unstartable(_))
+                && matches!(
+                    job,
+                    JobState::Absent
+                        | JobState::Pending(_)
+                        | JobState::Unstartable(_)
+                        | JobState::Failed { ran: false, .. }
+                )
         }
         _ => false,
     }
@@ -336,6 +348,10 @@ mod tests {
 
     const DEADLINES: Deadlines =
         Deadlines { step: SignedDuration::from_secs(600), schema: SignedDuration::from_secs(3600) };
+
+    fn failed_job(why: &str, ran: bool) -> JobState {
+        JobState::Failed { why: why.into(), ran }
+    }
 
     fn observed(now: i64) -> Observed {
         Observed {
@@ -460,7 +476,7 @@ mod tests {
     fn a_failed_schema_job_stalls_at_once_and_says_how_to_retry() {
         let u = UpgradeStatus { step: Step::UpgradingSchema, ..begin("2.53.2", "2.55.1", at(0)) };
         let failed =
-            advance(&u, &Observed { job: JobState::Failed("BackoffLimitExceeded".into()), ..observed(10) }, DEADLINES);
+            advance(&u, &Observed { job: failed_job("BackoffLimitExceeded", true), ..observed(10) }, DEADLINES);
         assert_eq!(step_of(&failed), Step::UpgradingSchema);
         let reason = failed.stalled_reason.clone().unwrap();
         assert!(reason.contains("BackoffLimitExceeded") && reason.contains("delete the Job"), "{reason}");
@@ -531,8 +547,13 @@ mod tests {
         assert!(can_roll_back(&u, &JobState::Absent));
         let schema = UpgradeStatus { step: Step::UpgradingSchema, ..u.clone() };
         assert!(can_roll_back(&schema, &JobState::Unstartable("ErrImagePull".into())));
-        assert!(!can_roll_back(&schema, &JobState::Failed("BackoffLimitExceeded".into())), "it may have run");
-        assert!(!can_roll_back(&schema, &JobState::Failed("DeadlineExceeded".into())), "it may have been at work");
+        assert!(!can_roll_back(&schema, &failed_job("BackoffLimitExceeded", true)), "it may have run");
+        // Its deadline passed while its pod never started (an unpullable
+        // image nobody fixed in time): nothing ran, and it can still be called off.
+        let never_ran = failed_job("DeadlineExceeded", false);
+        assert!(can_roll_back(&schema, &never_ran));
+        let stays = advance(&schema, &Observed { job: never_ran, ..observed(10) }, DEADLINES);
+        assert_eq!(stays.schema_started_at, None);
         // Seen at work once: deleting the Job makes it no younger.
         let running = advance(&schema, &Observed { job: JobState::Running, ..observed(10) }, DEADLINES);
         assert_eq!(running.schema_started_at, Some(time(at(10))));
