@@ -78,8 +78,10 @@ pub fn registration_step(
         // Registered once: only a person asks for a new code (a certificate or
         // PIN rotated since is no such request: the number may be in use
         // elsewhere, and a new registration here would take it back).
+        // A record that does not say (written before it was kept) takes the
+        // annotation as it is now as the one it was made under.
         Some(RegistrationPhase::Registered | RegistrationPhase::LoggedOff)
-            if previous.and_then(|p| p.request_annotation.as_deref()).unwrap_or_default() == annotation =>
+            if previous.and_then(|p| p.request_annotation.as_deref()).unwrap_or(annotation) == annotation =>
         {
             RegistrationStep::Wait(LOGGED_OFF.into())
         }
@@ -105,7 +107,7 @@ pub fn after_request(
             code_requested_at: None,
             code_digest: None,
             request_annotation: None,
-            confirmed_at: at.clone(),
+            confirmed_at: None,
         },
         Ok(false) => RegistrationStatus {
             phase: RegistrationPhase::CodeRequested,
@@ -466,7 +468,8 @@ mod tests {
             assert!(!logged_off(phase, true), "{phase:?}");
         }
         for phase in [Registered, LoggedOff] {
-            let previous = status(phase, "i1", Some("123456"));
+            let previous =
+                RegistrationStatus { request_annotation: Some(String::new()), ..status(phase, "i1", Some("123456")) };
             let step = registration_step(Some(&previous), true, "i1", "", None, digest);
             assert_eq!(step, RegistrationStep::Wait(LOGGED_OFF.into()), "{phase:?}");
             assert_eq!(
@@ -478,6 +481,14 @@ mod tests {
                 registration_step(Some(&previous), true, "i3", "after-log-off", None, digest),
                 RegistrationStep::RequestCode,
                 "the annotation changed: {phase:?}"
+            );
+            // A record that does not say which annotation it was made under
+            // takes the one there now: only a later change asks for a code.
+            let unsaid = RegistrationStatus { request_annotation: None, ..previous.clone() };
+            assert_eq!(
+                registration_step(Some(&unsaid), true, "i1", "set-long-ago", None, digest),
+                RegistrationStep::Wait(LOGGED_OFF.into()),
+                "{phase:?}"
             );
         }
     }

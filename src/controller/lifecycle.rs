@@ -345,7 +345,12 @@ async fn register(
             RegistrationStep::Wait(message) => {
                 let mut s = previous
                     .unwrap_or_else(|| lifecycle::after_request(&inputs, Ok(false), None, jiff::Timestamp::now()));
-                if lifecycle::logged_off(s.phase, s.confirmed_at.is_some()) {
+                // A record written before these were kept: the annotation as it
+                // is now is the one it was made under, and the number was seen
+                // registered (it was judged so then).
+                let old_record = s.request_annotation.is_none();
+                s.request_annotation.get_or_insert_with(|| retry.clone());
+                if lifecycle::logged_off(s.phase, s.confirmed_at.is_some() || old_record) {
                     if s.phase != RegistrationPhase::LoggedOff {
                         warn!("the number was registered and the client reports it unregistered now");
                     }

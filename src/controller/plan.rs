@@ -100,19 +100,20 @@ pub struct FirstJobs {
 /// spec's Job starts once the others are gone. One that never started is
 /// deleted; one at work is waited for (once it succeeded, its version runs,
 /// and the spec's is an upgrade from it); one that failed may have changed
-/// the databases, and waits for a person.
+/// the databases (past its deadline its pods are gone, and nothing recorded
+/// whether it was seen at work), and waits for a person.
 pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[(String, JobState)]) -> FirstJobs {
     let job = |version: &str| crate::resources::schema_job::name(wan, version);
     let delete: Vec<String> = others
         .iter()
-        .filter(|(_, s)| {
-            matches!(s, JobState::Pending(_) | JobState::Unstartable(_) | JobState::Failed { ran: false, .. })
-        })
+        .filter(|(_, s)| matches!(s, JobState::Pending(_) | JobState::Unstartable(_)))
         .map(|(v, _)| v.clone())
         .collect();
     let at_work = others.iter().find(|(_, s)| matches!(s, JobState::Running | JobState::Absent));
+    // Failed, even past a deadline with no pod left to say it never ran: a
+    // first deployment keeps no record of a Job seen at work.
     let failed = others.iter().find_map(|(v, s)| match s {
-        JobState::Failed { why, ran: true } => Some((v, why)),
+        JobState::Failed { why, .. } => Some((v, why)),
         _ => None,
     });
     let report = if let Some((version, _)) = at_work {
@@ -295,7 +296,7 @@ mod tests {
             ],
         );
         assert!(!broken.create);
-        assert_eq!(broken.delete, vec!["2.54.1".to_string(), "2.54.2".to_string()], "those that never ran go");
+        assert_eq!(broken.delete, vec!["2.54.1".to_string()], "the one that never started goes");
         assert!(matches!(&broken.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("2.53.2")));
     }
 

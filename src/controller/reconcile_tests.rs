@@ -77,15 +77,19 @@ impl FakeApi {
             "GET" => match objects.get(&key) {
                 Some(obj) => (200, obj.clone()),
                 // A collection: its objects, those matching a label selector
-                // of `key=value` pairs.
+                // of `key=value` pairs and a `metadata.name` field selector.
                 None if objects.keys().any(|k| k.starts_with(&format!("{key}/"))) || req_query.is_some() => {
-                    let selector = query(req_query.as_deref(), "labelSelector").unwrap_or_default();
+                    let selector =
+                        query(req_query.as_deref(), "labelSelector").map(|s| decoded(&s)).unwrap_or_default();
                     let wanted: Vec<(&str, &str)> = selector.split(',').filter_map(|p| p.split_once('=')).collect();
+                    let fields = query(req_query.as_deref(), "fieldSelector").map(|s| decoded(&s)).unwrap_or_default();
+                    let name = fields.strip_prefix("metadata.name=");
                     let items: Vec<Value> = objects
                         .iter()
                         .filter(|(k, _)| k.strip_prefix(&format!("{key}/")).is_some_and(|rest| !rest.contains('/')))
                         .map(|(_, o)| o.clone())
                         .filter(|o| wanted.iter().all(|(k, v)| o["metadata"]["labels"][*k].as_str() == Some(*v)))
+                        .filter(|o| name.is_none_or(|n| o["metadata"]["name"].as_str() == Some(n)))
                         .collect();
                     (
                         200,
@@ -256,6 +260,33 @@ impl FakeApi {
 }
 
 /// A query parameter's value (the few this API server reads need no decoding).
+/// A query parameter's value with its `%XX` escapes decoded.
+fn decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
+        ) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn query(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(String::from)
 }

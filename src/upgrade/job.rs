@@ -9,8 +9,10 @@ use super::procedure::JobState;
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 /// Pod phases once a container ran: from then on the phase says all that
-/// [`state`] reads of the pod.
-pub const STARTED_PHASES: [&str; 3] = ["Running", "Succeeded", "Failed"];
+/// [`state`] reads of the pod. Not `Failed`: a pending pod deleted before
+/// any container started (its Job's deadline passed) ends `Failed` too, and
+/// only its containers' states tell the two apart.
+pub const STARTED_PHASES: [&str; 2] = ["Running", "Succeeded"];
 
 /// Waiting reasons of a container that will not start without a change:
 /// the image cannot be pulled, or the container cannot be created.
@@ -71,11 +73,16 @@ fn started(pod: &Pod) -> bool {
     if status.phase.as_deref().is_some_and(|phase| STARTED_PHASES.contains(&phase)) {
         return true;
     }
-    status.container_statuses.iter().flatten().any(|c| {
-        c.restart_count > 0
-            || c.last_state.as_ref().is_some_and(|s| s.terminated.is_some() || s.running.is_some())
-            || c.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-    })
+    // A container that never ran gets a terminated state too (deleted while
+    // waiting), but no start time.
+    let ran = |s: &k8s_openapi::api::core::v1::ContainerState| {
+        s.running.is_some() || s.terminated.as_ref().is_some_and(|t| t.started_at.is_some())
+    };
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.restart_count > 0 || c.last_state.as_ref().is_some_and(ran) || c.state.as_ref().is_some_and(ran))
 }
 
 #[cfg(test)]
@@ -112,6 +119,24 @@ mod tests {
         }
     }
 
+    /// A pod ended `Failed`, its container terminated, with a start time
+    /// when it ran.
+    fn ended(started: bool) -> Pod {
+        let mut p = pod("Failed", None, false);
+        let c = &mut p.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0];
+        c.state = Some(ContainerState {
+            terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                exit_code: 137,
+                started_at: started.then_some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
     #[test]
     fn finished_jobs_are_read_from_the_job() {
         assert_eq!(state(None, &[]), JobState::Absent);
@@ -142,7 +167,11 @@ mod tests {
         };
         assert!(matches!(state(Some(&job(expired.clone())), &[]), JobState::Failed { ran: false, .. }));
         let left = [pod("Running", None, true)];
-        assert!(matches!(state(Some(&job(expired)), &left), JobState::Failed { ran: true, .. }));
+        assert!(matches!(state(Some(&job(expired.clone())), &left), JobState::Failed { ran: true, .. }));
+        // A pending pod deleted at the deadline ends Failed, its container
+        // terminated without ever starting; one that ran has a start time.
+        assert!(matches!(state(Some(&job(expired.clone())), &[ended(false)]), JobState::Failed { ran: false, .. }));
+        assert!(matches!(state(Some(&job(expired)), &[ended(true)]), JobState::Failed { ran: true, .. }));
     }
 
     #[test]
@@ -179,6 +208,9 @@ mod tests {
         let mut retried = pod("Pending", Some("ErrImagePull"), false);
         retried.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].restart_count = 1;
         assert_eq!(state(Some(&j), &[retried]), JobState::Running);
-        assert_eq!(state(Some(&j), &[pod("Failed", None, false), pod("Pending", None, false)]), JobState::Running);
+        // An earlier attempt whose container ran and failed; one deleted
+        // while it waited (its container never started) is no such attempt.
+        assert_eq!(state(Some(&j), &[ended(true), pod("Pending", None, false)]), JobState::Running);
+        assert!(matches!(state(Some(&j), &[ended(false), pod("Pending", None, false)]), JobState::Pending(_)));
     }
 }

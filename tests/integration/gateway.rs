@@ -200,7 +200,9 @@ pub async fn health_reaches_ready_and_fails_over(env: &'static Env) -> Result<()
     let metric = |metrics: &str, name: &str| {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("whatsapp_operator_{name}{{")) && l.contains(ns.as_str()))
+            .find(|l| {
+                l.starts_with(&format!("whatsapp_operator_{name}{{")) && l.contains(&format!("namespace=\"{ns}\""))
+            })
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
     wait_until(READY_TIMEOUT, "a probe of the restarted webapp to find the gateway connected", || async {
