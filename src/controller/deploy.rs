@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -37,6 +37,11 @@ pub(super) async fn deploy(
     let progress = observe_upgrade(wan, ctx, &planned, &written, &gateway).await?;
     let versions = advance(wan, &observed.catalog, &planned, progress.as_ref());
     log_advance(planned.plan.upgrade.as_ref(), versions.upgrade.as_ref());
+    if began_verifying(planned.plan.upgrade.as_ref(), versions.upgrade.as_ref()) {
+        // The result at hand may come from a probe begun before the webapps
+        // rolled: only one begun from now on can verify the new version.
+        ctx.probes.refresh(&gateway::number_key(wan));
+    }
     let sharding = shards_step(wan, ctx, observed, &planned, &written, &gateway).await;
     Ok(Applied {
         client: client_state(wan, &planned, &written, &gateway),
@@ -58,6 +63,9 @@ struct Planned {
     upgrade_job: procedure::JobState,
     /// A first deployment's schema Jobs: which may start, which go first.
     first_jobs: Option<plan::FirstJobs>,
+    /// Versions whose schema Jobs failed and would be removed a while after:
+    /// kept instead, since deleting one is how a person says to run it again.
+    keep_failed: Vec<String>,
 }
 
 async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observed) -> Result<Planned> {
@@ -76,16 +84,24 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     // About to create the spec's Job, or to delete or wait for another: what
     // the API server has, not what the cache had a moment ago (a Job just
     // created may not be in it yet, a pod seen pending may have started).
-    let own_name = crate::resources::schema_job::name(wan, &wan.spec.version);
-    let others = schema_jobs.iter().any(|(v, _, _)| crate::resources::schema_job::name(wan, v) != own_name);
+    let others = schema_jobs.iter().any(|j| j.version != wan.spec.version);
     if first_deployment && (others || schema_jobs.is_empty()) {
         schema_jobs = own_schema_jobs_now(ctx, wan).await?;
     }
-    for (version, _, _) in schema_jobs.iter().filter(|(_, s, _)| *s == procedure::JobState::Succeeded) {
-        live_version = upgrade::running_version(live_version.as_deref(), Some(version));
+    for job in schema_jobs.iter().filter(|j| j.state == procedure::JobState::Succeeded) {
+        live_version = upgrade::running_version(live_version.as_deref(), Some(&job.version));
     }
+    let failed = |state: &procedure::JobState| matches!(state, procedure::JobState::Failed { .. });
+    let mut keep_failed: Vec<String> =
+        schema_jobs.iter().filter(|j| j.expires && failed(&j.state)).map(|j| j.version.clone()).collect();
     let job = match status.and_then(|s| s.upgrade.as_ref()) {
-        Some(u) if u.step == procedure::Step::UpgradingSchema => schema_job_state(ctx, wan, &u.to).await?,
+        Some(u) if u.step == procedure::Step::UpgradingSchema => {
+            let job = schema_job_state(ctx, wan, &u.to).await?;
+            if failed(&job) && schema_job_expires(ctx, wan, &u.to).await? {
+                keep_failed.push(u.to.clone());
+            }
+            job
+        }
         _ => procedure::JobState::Absent,
     };
     let mut running = upgrade::Running { live_version, job };
@@ -100,6 +116,10 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         running.job = schema_job_state_now(ctx, wan, &u.to).await?;
         plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
     }
+    if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
+        // Called off: deleted, not kept.
+        keep_failed.retain(|v| *v != u.to);
+    }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.began) {
         info!(from = %u.from, to = %u.to, "starting an upgrade");
     }
@@ -109,18 +129,17 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     let (first_job, first_jobs) = match &recorded_or_live {
         Some(_) => (None, None),
         None => {
-            let name = |version: &str| crate::resources::schema_job::name(wan, version);
-            let own_name = name(&plan.steady_version);
-            let own = schema_jobs.iter().find(|(v, _, _)| name(v) == own_name).map(|(_, s, _)| s.clone());
+            let steady = &plan.steady_version;
+            let own = schema_jobs.iter().find(|j| j.version == *steady).map(|j| j.state.clone());
             let own = own.unwrap_or(procedure::JobState::Absent);
             let others: Vec<_> = schema_jobs
                 .iter()
-                .filter(|(v, _, _)| name(v) != own_name)
-                .map(|(v, s, _)| (v.clone(), s.clone()))
+                .filter(|j| j.version != *steady)
+                .map(|j| (j.version.clone(), j.state.clone()))
                 .collect();
-            let mut first = plan::first_jobs(wan, &plan.steady_version, &own, &others);
+            let mut first = plan::first_jobs(wan, steady, &own, &others);
             // One delete each: the deletion waits for the Job's pods.
-            first.delete.retain(|v| !schema_jobs.iter().any(|(other, _, deleting)| other == v && *deleting));
+            first.delete.retain(|v| !schema_jobs.iter().any(|j| j.version == *v && j.deleting));
             (Some(own), Some(first))
         }
     };
@@ -132,11 +151,22 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         let left = schema_job_left(ctx, wan, &u.to).await?;
         plan::hold_nodes_after_rollback(&mut workloads, left);
     }
-    Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job, first_jobs })
+    Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job, first_jobs, keep_failed })
+}
+
+/// One of this object's schema Jobs.
+#[derive(Clone, Debug)]
+struct SchemaJob {
+    version: String,
+    state: procedure::JobState,
+    /// Its deletion was asked for.
+    deleting: bool,
+    /// It is removed some time after it finished.
+    expires: bool,
 }
 
 /// [`own_schema_jobs`] as the API server has them now, with their pods.
-async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<(String, procedure::JobState, bool)>> {
+async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<SchemaJob>> {
     use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE};
     let namespace = wan.namespace().unwrap_or_default();
     let what = || format!("reading the schema Jobs of {namespace}/{}", wan.name_any());
@@ -146,46 +176,47 @@ async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<
         .list(&kube::api::ListParams::default().labels(&selector))
         .await
         .map_err(Error::request(what()))?;
-    let prefix = crate::resources::schema_job::name(wan, "");
     let uid = wan.uid().unwrap_or_default();
     let mut found = vec![];
     for job in jobs.items {
         let controlled = job.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid);
         let name = job.name_any();
-        let Some(version) = name.strip_prefix(&prefix).map(|v| v.replace('-', ".")) else { continue };
-        if !controlled || crate::upgrade::catalog::Version::parse(&version).is_none() {
+        let Some(version) = crate::resources::schema_job::version_of(wan, &name).filter(|_| controlled) else {
             continue;
-        }
+        };
         let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
             .list(&kube::api::ListParams::default().labels(&format!("{}={name}", crate::upgrade::job::JOB_NAME_LABEL)))
             .await
             .map_err(Error::request(what()))?;
-        let deleting = job.metadata.deletion_timestamp.is_some();
-        found.push((version, upgrade::job::state(Some(&job), &pods.items), deleting));
+        found.push(SchemaJob {
+            version,
+            state: upgrade::job::state(Some(&job), &pods.items),
+            deleting: job.metadata.deletion_timestamp.is_some(),
+            expires: job.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some()),
+        });
     }
     Ok(found)
 }
 
-/// The schema Jobs this object keeps, by version, with their states and
-/// whether their deletion was asked for.
-async fn own_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<(String, procedure::JobState, bool)>> {
+/// The schema Jobs this object keeps, from the cache.
+async fn own_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<SchemaJob>> {
     let namespace = wan.namespace().unwrap_or_default();
-    let prefix = crate::resources::schema_job::name(wan, "");
     let uid = wan.uid().unwrap_or_default();
-    let jobs = ctx
-        .caches
-        .jobs
-        .filter(|j| j.namespace() == namespace && j.name().starts_with(&prefix) && j.controlled_by(&uid))
-        .await?;
+    let jobs = ctx.caches.jobs.filter(|j| j.namespace() == namespace && j.controlled_by(&uid)).await?;
     let mut found = vec![];
     for job in jobs {
-        let version = job.name()[prefix.len()..].replace('-', ".");
-        if crate::upgrade::catalog::Version::parse(&version).is_some() {
-            let state = schema_job_state(ctx, wan, &version).await?;
-            found.push((version, state, job.identity.deletion.is_some()));
-        }
+        let Some(version) = crate::resources::schema_job::version_of(wan, job.name()) else { continue };
+        let state = schema_job_state(ctx, wan, &version).await?;
+        found.push(SchemaJob { version, state, deleting: job.identity.deletion.is_some(), expires: job.expires() });
     }
     Ok(found)
+}
+
+/// Whether the schema Job of `version` is there and removed a while after it
+/// finishes.
+async fn schema_job_expires(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<bool> {
+    let (namespace, name) = (wan.namespace().unwrap_or_default(), crate::resources::schema_job::name(wan, version));
+    Ok(ctx.caches.jobs.get(&namespace, &name).await?.is_some_and(|j| j.expires()))
 }
 
 /// Whether the schema Job of a called-off upgrade, or a pod of it, is still
@@ -254,6 +285,10 @@ async fn apply_step(
     for version in planned.first_jobs.iter().flat_map(|f| &f.delete) {
         warn!(%version, "the schema Job of an earlier spec.version never started; deleting it");
         delete_schema_job(ctx, wan, version).await?;
+    }
+    for version in &planned.keep_failed {
+        info!(%version, "the schema Job failed; keeping it until a person deletes it");
+        keep_schema_job(ctx, wan, version).await?;
     }
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;
@@ -363,7 +398,7 @@ async fn observe_upgrade(
 ) -> Result<Option<procedure::Observed>> {
     match &planned.plan.upgrade {
         Some(u) if !procedure::is_done(u) => {
-            upgrade_facts(ctx, wan, u, &written.tiers, &gateway.health, planned.now).await.map(Some)
+            upgrade_facts(ctx, wan, u, &written.tiers, gateway, planned.now).await.map(Some)
         }
         _ => Ok(None),
     }
@@ -431,6 +466,34 @@ fn advance(
         upgrade: upgrade_status,
         blocker: plan.blocker.clone(),
         catalog_problems: catalog.problems.clone(),
+    }
+}
+
+/// Whether the upgrade's `Verifying` step begins with this reconcile.
+fn began_verifying(before: Option<&crate::api::UpgradeStatus>, after: Option<&crate::api::UpgradeStatus>) -> bool {
+    let verifying = |u: Option<&crate::api::UpgradeStatus>| u.is_some_and(|u| u.step == procedure::Step::Verifying);
+    verifying(after) && !verifying(before)
+}
+
+/// The gateway as an upgrade's step sees it. A probe that ended before the
+/// step began says nothing of it (the probe of `Verifying` must reach the
+/// new webapps); polling on and no answer yet (a restarted operator, webapps
+/// not up) is no evidence that the new version connected either.
+fn gateway_for_step(
+    health: &status::GatewayHealth,
+    probed_at: Option<Timestamp>,
+    step_started_at: Timestamp,
+    polling: bool,
+) -> procedure::Gateway {
+    match health {
+        status::GatewayHealth::Probed(_) if probed_at.is_none_or(|at| at <= step_started_at) => {
+            procedure::Gateway::Awaiting
+        }
+        status::GatewayHealth::Probed(h) if h.verdict.healthy => procedure::Gateway::Healthy,
+        status::GatewayHealth::Probed(h) => procedure::Gateway::Unhealthy(h.verdict.message.clone()),
+        status::GatewayHealth::Awaiting => procedure::Gateway::Awaiting,
+        status::GatewayHealth::NotProbed if polling => procedure::Gateway::Awaiting,
+        status::GatewayHealth::NotProbed => procedure::Gateway::NotPolled,
     }
 }
 
@@ -524,6 +587,25 @@ async fn delete_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -
     }
 }
 
+/// Takes away a failed schema Job's time to live: left to Kubernetes it would
+/// be removed a day after it failed, and the operator would take that for a
+/// person's request to run it again.
+async fn keep_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
+    let name = crate::resources::schema_job::name(wan, version);
+    let forever = serde_json::json!({"spec": {"ttlSecondsAfterFinished": null}});
+    let params =
+        PatchParams { field_manager: Some(crate::resources::names::FIELD_MANAGER.into()), ..Default::default() };
+    match jobs.patch(&name, &params, &Patch::Merge(&forever)).await {
+        Ok(_) => {
+            ctx.metrics.record_write("Job", "patch");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::request(format!("keeping the failed schema Job {name}"))(e)),
+    }
+}
+
 /// The newest version this object's masters and coreapps StatefulSets run (or
 /// ran) at, from the operator's cache of them.
 async fn live_version(ctx: &Context, wan: &WhatsAppNumber) -> Result<Option<String>> {
@@ -549,7 +631,7 @@ async fn upgrade_facts(
     wan: &WhatsAppNumber,
     u: &crate::api::UpgradeStatus,
     tiers: &status::Tiers,
-    health: &status::GatewayHealth,
+    gateway: &Gateway,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Result<procedure::Observed> {
     let node_pods =
@@ -559,15 +641,8 @@ async fn upgrade_facts(
     // Read again after apply: this reconcile may just have created the Job.
     let job = schema_job_state(ctx, wan, &u.to).await?;
     let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());
-    // Polling on and no answer yet (a restarted operator, webapps not up) is
-    // no evidence that the new version connected.
-    let gateway = match health {
-        status::GatewayHealth::Probed(h) if h.verdict.healthy => procedure::Gateway::Healthy,
-        status::GatewayHealth::Probed(h) => procedure::Gateway::Unhealthy(h.verdict.message.clone()),
-        status::GatewayHealth::Awaiting => procedure::Gateway::Awaiting,
-        status::GatewayHealth::NotProbed if wan.spec.health.enabled => procedure::Gateway::Awaiting,
-        status::GatewayHealth::NotProbed => procedure::Gateway::NotPolled,
-    };
+    let probed_at = gateway.report.as_ref().map(|r| r.probed_at);
+    let gateway = gateway_for_step(&gateway.health, probed_at, u.step_started_at.0, wan.spec.health.enabled);
     let stopped = |t: &crate::api::TierStatus| t.desired == 0 && t.observed;
     Ok(procedure::Observed {
         now,
@@ -594,7 +669,15 @@ mod tests {
         let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, wan.status.as_ref(), &running, &catalog(), now);
         let workloads = plan::workloads(wan, &plan, first_job.as_ref());
         let recorded_or_live = plan::running_version(wan, live);
-        Planned { now, plan, workloads, recorded_or_live, upgrade_job: procedure::JobState::Absent, first_jobs: None }
+        Planned {
+            now,
+            plan,
+            workloads,
+            recorded_or_live,
+            upgrade_job: procedure::JobState::Absent,
+            first_jobs: None,
+            keep_failed: vec![],
+        }
     }
 
     fn progress(planned: &Planned, node_pods: usize) -> procedure::Observed {
@@ -677,5 +760,48 @@ mod tests {
         let build = versions.build.expect("a build");
         assert_eq!(build.version, "2.55.1");
         assert_eq!(build.expires_at.as_deref(), Some("2024-10-07"), "2.55.1's expiry, not 2.53.2's");
+    }
+
+    #[test]
+    fn only_a_probe_that_ended_after_the_step_began_verifies_it() {
+        let probed = |healthy: bool| {
+            let verdict = crate::health::report::Verdict {
+                healthy,
+                reason: if healthy { crate::health::report::GATEWAY_CONNECTED } else { "GatewayDisconnected" },
+                message: "coreapp 1 disconnected".into(),
+                gateway: if healthy { "connected" } else { "disconnected" }.into(),
+                primary_master: None,
+                connected_coreapps: 1,
+                standby_coreapps: 0,
+            };
+            let block = crate::api::HealthStatus::default();
+            status::GatewayHealth::Probed(Box::new(crate::health::Observation { verdict, block }))
+        };
+        let began = at("2024-05-01T00:00:00Z");
+        let (before, after) = (at("2024-04-30T23:59:50Z"), at("2024-05-01T00:00:10Z"));
+        use procedure::Gateway::{Awaiting, Healthy, NotPolled, Unhealthy};
+        assert_eq!(gateway_for_step(&probed(true), Some(after), began, true), Healthy);
+        assert_eq!(gateway_for_step(&probed(true), Some(before), began, true), Awaiting, "a probe of the old webapps");
+        assert_eq!(gateway_for_step(&probed(true), Some(began), began, true), Awaiting);
+        assert_eq!(gateway_for_step(&probed(false), Some(before), began, true), Awaiting);
+        assert_eq!(
+            gateway_for_step(&probed(false), Some(after), began, true),
+            Unhealthy("coreapp 1 disconnected".into())
+        );
+        assert_eq!(gateway_for_step(&status::GatewayHealth::Awaiting, None, began, true), Awaiting);
+        assert_eq!(gateway_for_step(&status::GatewayHealth::NotProbed, None, began, true), Awaiting);
+        assert_eq!(gateway_for_step(&status::GatewayHealth::NotProbed, None, began, false), NotPolled);
+    }
+
+    #[test]
+    fn the_probe_starts_afresh_when_verifying_begins() {
+        let step = |step| {
+            Some(crate::api::UpgradeStatus { step, ..procedure::begin("2.53.2", "2.55.1", at("2024-05-01T00:00:00Z")) })
+        };
+        let (rolling, verifying) = (step(procedure::Step::RollingWebapps), step(procedure::Step::Verifying));
+        assert!(began_verifying(rolling.as_ref(), verifying.as_ref()));
+        assert!(!began_verifying(verifying.as_ref(), verifying.as_ref()), "once, not in every reconcile");
+        assert!(!began_verifying(verifying.as_ref(), step(procedure::Step::Complete).as_ref()));
+        assert!(!began_verifying(None, None));
     }
 }

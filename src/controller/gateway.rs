@@ -115,6 +115,8 @@ pub const CERTIFICATE_REFUSED: &str = "CertificateRefused";
 #[derive(Clone, Debug)]
 pub struct GatewayReport {
     pub observation: Observation,
+    /// When the probe judged here ended (it began after the last refresh).
+    pub probed_at: jiff::Timestamp,
     pub admin: AdminAccess,
     /// `None` while the client's shard count is unknown to this probe.
     pub shards: Option<i32>,
@@ -344,8 +346,9 @@ pub async fn observe(
 ) -> super::Result<Option<GatewayReport>> {
     let status = wan.status.as_ref();
     let previous = status.and_then(|s| s.health.as_deref());
-    let report = |observation: Observation, admin: AdminAccess| GatewayReport {
+    let report = |observation: Observation, admin: AdminAccess, probed_at: jiff::Timestamp| GatewayReport {
         observation,
+        probed_at,
         admin,
         shards: None,
         certificate: status.and_then(|s| s.webapp_certificate.as_deref().cloned()),
@@ -354,7 +357,7 @@ pub async fn observe(
         lifecycle: super::lifecycle::LifecycleReport::from_status(status),
     };
     let unreachable = |why: String, at: &Time| {
-        report(health::unreachable(why.clone(), previous, at), AdminAccess::Failed(ADMIN_UNAVAILABLE, why))
+        report(health::unreachable(why.clone(), previous, at), AdminAccess::Failed(ADMIN_UNAVAILABLE, why), at.0)
     };
     // A person declared the conflict over: a result from before says nothing
     // of now (the kicked nodes may still have shown the conflict), and would
@@ -396,7 +399,7 @@ pub async fn observe(
             (AdminAccess::Failed(ADMIN_UNAVAILABLE, "the probe did not log in as the admin user".into()), None)
         }
     };
-    let mut report = report(observation, admin);
+    let mut report = report(observation, admin, now.0);
     report.shards =
         probe.shards.filter(|_| shard_count_usable(wan, status, &report.observation.verdict.gateway, now.0));
     let mut changed_client = false;

@@ -264,13 +264,21 @@ impl Outlined for Deployment {
     }
 }
 
-/// A schema Job is created once and never changed: its existence and its
-/// status are all that is read.
-impl Outlined for Job {
-    type State = Option<JobStatus>;
+/// What is read of a schema Job: its status, and whether it is removed once
+/// finished (the operator keeps a failed one for a person).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobOutline {
+    pub status: Option<JobStatus>,
+    pub expires: bool,
+}
 
-    fn state(live: &mut Self) -> Option<JobStatus> {
-        live.status.take()
+/// A schema Job is created once; of its spec only the time to live changes.
+impl Outlined for Job {
+    type State = JobOutline;
+
+    fn state(live: &mut Self) -> JobOutline {
+        let expires = live.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some());
+        JobOutline { status: live.status.take(), expires }
     }
 }
 
@@ -280,8 +288,13 @@ impl Outline<Job> {
         Job {
             metadata: ObjectMeta { name: Some(self.name().to_string()), ..Default::default() },
             spec: None,
-            status: self.state.clone(),
+            status: self.state.status.clone(),
         }
+    }
+
+    /// Whether the Job is removed some time after it finished.
+    pub fn expires(&self) -> bool {
+        self.state.expires
     }
 }
 
@@ -439,13 +452,17 @@ mod tests {
     fn a_job_is_kept_as_its_status() {
         let job: Job = serde_json::from_value(json!({
             "metadata": {"name": "acme-schema-2-53-2", "namespace": "team", "labels": {"a": "b"}},
-            "spec": {"template": {"spec": {"containers": [{"name": "schema", "image": "x"}]}}},
+            "spec": {"ttlSecondsAfterFinished": 86400, "template": {"spec": {"containers": [{"name": "schema", "image": "x"}]}}},
             "status": {"succeeded": 1}
         }))
         .unwrap();
-        let kept = Outline::of(job, &[]);
+        let kept = Outline::of(job.clone(), &[]);
         assert_eq!(kept.job().status.and_then(|s| s.succeeded), Some(1));
         assert_eq!(kept.job().name_any(), "acme-schema-2-53-2");
         assert!(kept.job().spec.is_none());
+        assert!(kept.expires());
+        let mut kept_for_ever = job;
+        kept_for_ever.spec.as_mut().unwrap().ttl_seconds_after_finished = None;
+        assert!(!Outline::of(kept_for_ever, &[]).expires());
     }
 }

@@ -18,6 +18,12 @@ pub fn name(wan: &WhatsAppNumber, version: &str) -> String {
     format!("{}-schema-{}", Names::new(wan).base(), version.replace('.', "-"))
 }
 
+/// The version whose schema Job of `wan` is called `job`, if it is one.
+pub fn version_of(wan: &WhatsAppNumber, job: &str) -> Option<String> {
+    let version = job.strip_prefix(&name(wan, ""))?.replace('-', ".");
+    crate::upgrade::catalog::Version::parse(&version).map(|_| version)
+}
+
 pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
     let up = &wan.spec.upgrade;
     let mut env = pods::database_credentials_env(wan);

@@ -717,6 +717,17 @@ fn schema_job_runs_the_new_image_with_the_upgrade_flag() {
 }
 
 #[test]
+fn a_schema_job_name_gives_its_version_back() {
+    let wan = sample();
+    assert_eq!(schema_job::version_of(&wan, &schema_job::name(&wan, "2.55.1")).as_deref(), Some("2.55.1"));
+    assert_eq!(schema_job::version_of(&wan, "acme-schema-2-53").as_deref(), Some("2.53"));
+    // Another object's Job (`acme-eu`'s), and names that hold no version.
+    for other in ["acme-eu-schema-2-55-1", "acme-schema-", "acme-schema-2-x-1", "acme-schema-2", "acme-config"] {
+        assert_eq!(schema_job::version_of(&wan, other), None, "{other}");
+    }
+}
+
+#[test]
 fn upgrade_shape_sets_versions_and_stops_nodes() {
     use crate::upgrade::procedure::Shape;
     let wan = sample();

@@ -131,6 +131,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(upgrades::upgrade_resumes_after_the_operator_is_killed, alone),
     scenario!(upgrades::an_upgrade_whose_schema_job_cannot_start_is_rolled_back),
     scenario!(upgrades::a_first_deployment_never_runs_two_schema_jobs),
+    scenario!(upgrades::a_failed_schema_job_waits_for_a_person),
     scenario!(upgrades::a_lost_status_keeps_the_running_version, alone),
     scenario!(upgrades::a_re_created_number_never_starts_an_older_build),
     scenario!(upgrades::gateway_manual_upgrade_reaches_ready_at_the_new_version),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures::StreamExt;
 use jiff::ToSpan;
 use k8s_openapi::api::batch::v1::Job;
@@ -613,23 +613,101 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
     })
     .await?;
 
+    // Every Job event of the namespace, in the order the API server made them:
+    // the Jobs that exist after each one are known exactly, however brief.
+    let mut events = watcher(jobs.clone(), watcher::Config::default()).boxed();
+    let mut existing = std::collections::BTreeSet::new();
+    loop {
+        match events.next().await {
+            Some(Ok(watcher::Event::InitApply(j))) => {
+                existing.insert(j.name_any());
+            }
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the Job watch ended"),
+        }
+    }
+    ensure!(existing.contains(&old_job) && !existing.contains(&new_job), "only the first Job: {existing:?}");
+
     // The version is changed (a mistyped or unpullable one, say), the node selector put right.
     merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": null}}})).await?;
-    let mut both = false;
-    let deadline = Instant::now() + UPGRADE_TIMEOUT;
-    loop {
-        let (old, new) = (jobs.get_opt(&old_job).await?, jobs.get_opt(&new_job).await?);
-        both |= old.is_some() && new.is_some();
-        if old.is_none() && new.is_some() {
-            break;
+    let replay = async {
+        while let Some(event) = events.next().await {
+            match event? {
+                watcher::Event::Apply(j) => {
+                    existing.insert(j.name_any());
+                }
+                watcher::Event::Delete(j) => {
+                    existing.remove(&j.name_any());
+                }
+                // The watch started over: the state is not known exactly.
+                watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
+                    bail!("the Job watch was restarted")
+                }
+            }
+            ensure!(
+                !(existing.contains(&old_job) && existing.contains(&new_job)),
+                "the Job of {NEW} was created while the Job of {OLD} was still there"
+            );
+            if !existing.contains(&old_job) && existing.contains(&new_job) {
+                return Ok(());
+            }
         }
-        ensure!(Instant::now() < deadline, "the earlier Job never went: old {}, new {}", old.is_some(), new.is_some());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    ensure!(!both, "the Job of {NEW} was created while the Job of {OLD} was still there");
+        bail!("the Job watch ended")
+    };
+    tokio::time::timeout(UPGRADE_TIMEOUT, replay)
+        .await
+        .map_err(|_| anyhow!("the earlier Job never went, or the new one never came"))??;
     let w = wait_ready(&api, &name).await?;
     ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW), "runs {NEW}");
     ensure!(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_none(), "a first deployment, no upgrade");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// A first deployment whose schema Job fails: the Job stays (Kubernetes
+/// would remove it a day later, which the operator would take for a person's
+/// request to run it again) until a person deletes it, and the number comes
+/// up once they have.
+pub async fn a_failed_schema_job_waits_for_a_person(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "failedjob").await?;
+    // No node matches, and the shortest deadline: the Job fails past it.
+    let nowhere = json!({
+        "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}},
+        "upgrade": {"schemaUpgradeDeadlineSeconds": 60}
+    });
+    let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &nowhere).await?;
+    let api = wans(c, &ns);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let job_name = format!("{name}-schema-{}", OLD.replace('.', "-"));
+    support::fault("a first schema Job past its deadline");
+    wait_until(UPGRADE_TIMEOUT, "the schema Job failed and kept", || async {
+        let w = api.get(&name).await?;
+        let stuck = crate::scenarios::condition(&w, "Stalled")
+            .is_some_and(|c| c.status == "True" && c.reason == "SchemaJobFailed");
+        let job = jobs.get_opt(&job_name).await?;
+        let kept = job.as_ref().and_then(|j| j.spec.as_ref()).is_some_and(|s| s.ttl_seconds_after_finished.is_none());
+        Ok(stuck && kept)
+    })
+    .await?;
+    let w = api.get(&name).await?;
+    let message = crate::scenarios::condition(&w, "Stalled").map(|c| c.message.to_string()).unwrap_or_default();
+    ensure!(message.contains("delete the Job"), "the condition says what to do: {message}");
+
+    // Put right: the failed Job stays until a person deletes it.
+    merge_patch(&api, &name, json!({"spec": {"coreapp": {"nodeSelector": null}}})).await?;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let job = jobs.get_opt(&job_name).await?.ok_or_else(|| anyhow!("the failed Job was removed"))?;
+        ensure!(job.metadata.deletion_timestamp.is_none(), "the failed Job is being deleted");
+    }
+    jobs.delete(&job_name, &kube::api::DeleteParams::background()).await?;
+    let w = wait_ready(&api, &name).await?;
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(OLD), "runs {OLD}");
+    let job = jobs.get_opt(&job_name).await?.ok_or_else(|| anyhow!("the Job that ran again is gone"))?;
+    ensure!(job.spec.and_then(|s| s.ttl_seconds_after_finished).is_some(), "a Job that succeeded expires");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
