@@ -336,13 +336,7 @@ pub async fn shards_change_through_the_api(env: &'static Env) -> Result<()> {
     // The media claim records the change too, and says it once the status
     // is lost (an object restored without it): the confirmation and the
     // annotation left in the spec send nothing on their own.
-    let claims = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, &ns);
-    wait_until(Duration::from_secs(30), "the media claim to record the shard change", || async {
-        let claim = claims.get(&format!("{NAME}-media")).await?;
-        let record = claim.annotations().get("whatsapp.operators.dev/shard-change").cloned().unwrap_or_default();
-        Ok(record.contains("after-restore"))
-    })
-    .await?;
+    wait_for_media_record(c, &ns, "whatsapp.operators.dev/shard-change", "after-restore").await?;
     let mut w = api.get(NAME).await?;
     w.status = Some(Default::default());
     api.replace_status(NAME, &Default::default(), &w).await?;
@@ -522,13 +516,7 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     // The status is lost while the code is awaited (the object restored from
     // a copy without it, say): the media claim says a code was requested, so
     // none is requested again and the code sent stays the one to put in.
-    let claims = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, &ns);
-    wait_until(Duration::from_secs(30), "the media claim to record the code request", || async {
-        let claim = claims.get(&format!("{NAME}-media")).await?;
-        let record = claim.annotations().get("whatsapp.operators.dev/registration").cloned().unwrap_or_default();
-        Ok(record.contains("CodeRequested"))
-    })
-    .await?;
+    wait_for_media_record(c, &ns, "whatsapp.operators.dev/registration", "CodeRequested").await?;
     let lost = json!({"status": {"registration": null}});
     api.patch_status(NAME, &PatchParams::default(), &Patch::Merge(&lost)).await?;
     support::fault("the WhatsAppNumber's registration status wiped");
@@ -1050,4 +1038,14 @@ impl Drop for SilentListener {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Waits until the media claim's record `annotation` holds `text`.
+async fn wait_for_media_record(c: &Client, ns: &str, annotation: &str, text: &str) -> Result<()> {
+    let claims = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, ns);
+    wait_until(Duration::from_secs(30), &format!("the media claim's {annotation} to hold {text}"), || async {
+        let claim = claims.get(&format!("{NAME}-media")).await?;
+        Ok(claim.annotations().get(annotation).is_some_and(|record| record.contains(text)))
+    })
+    .await
 }
