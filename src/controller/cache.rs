@@ -787,7 +787,8 @@ const OPERATOR_ANNOTATIONS: &str = "whatsapp.operators.dev/";
 
 /// A schema Job's pod as its cache keeps it: whether it started, or why it
 /// cannot. Its status is read, its spec never, and of its metadata the
-/// Job's name. A finished Job's pod stays for as long as the Job (a day):
+/// Job's name. A finished Job's pod stays for as long as the Job (a day
+/// once it succeeded, until a person deletes it once it failed):
 /// once a container ran, its phase alone is kept (a failed pod keeps its
 /// containers' states, which say whether one ever started).
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -63,9 +63,17 @@ struct Planned {
     upgrade_job: procedure::JobState,
     /// A first deployment's schema Jobs: which may start, which go first.
     first_jobs: Option<plan::FirstJobs>,
-    /// Versions whose schema Jobs failed and would be removed a while after:
-    /// kept instead, since deleting one is how a person says to run it again.
-    keep_failed: Vec<String>,
+    /// Schema Jobs that failed and would be removed a while after: kept
+    /// instead, since deleting one is how a person says to run it again.
+    keep_failed: Vec<FailedJob>,
+}
+
+/// A failed schema Job to keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FailedJob {
+    version: String,
+    /// The Job's uid: a Job of the same name made since is not this one.
+    uid: String,
 }
 
 async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observed) -> Result<Planned> {
@@ -92,13 +100,18 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         live_version = upgrade::running_version(live_version.as_deref(), Some(&job.version));
     }
     let failed = |state: &procedure::JobState| matches!(state, procedure::JobState::Failed { .. });
-    let mut keep_failed: Vec<String> =
-        schema_jobs.iter().filter(|j| j.expires && failed(&j.state)).map(|j| j.version.clone()).collect();
+    let mut keep_failed: Vec<FailedJob> = schema_jobs
+        .iter()
+        .filter(|j| j.expires && !j.deleting && failed(&j.state))
+        .map(|j| FailedJob { version: j.version.clone(), uid: j.uid.clone() })
+        .collect();
     let job = match status.and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.step == procedure::Step::UpgradingSchema => {
             let job = schema_job_state(ctx, wan, &u.to).await?;
-            if failed(&job) && schema_job_expires(ctx, wan, &u.to).await? {
-                keep_failed.push(u.to.clone());
+            if failed(&job)
+                && let Some(uid) = expiring_schema_job(ctx, wan, &u.to).await?
+            {
+                keep_failed.push(FailedJob { version: u.to.clone(), uid });
             }
             job
         }
@@ -118,7 +131,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
         // Called off: deleted, not kept.
-        keep_failed.retain(|v| *v != u.to);
+        keep_failed.retain(|j| j.version != u.to);
     }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.began) {
         info!(from = %u.from, to = %u.to, "starting an upgrade");
@@ -163,6 +176,7 @@ struct SchemaJob {
     deleting: bool,
     /// It is removed some time after it finished.
     expires: bool,
+    uid: String,
 }
 
 /// [`own_schema_jobs`] as the API server has them now, with their pods.
@@ -193,6 +207,7 @@ async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<
             state: upgrade::job::state(Some(&job), &pods.items),
             deleting: job.metadata.deletion_timestamp.is_some(),
             expires: job.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some()),
+            uid: job.metadata.uid.clone().unwrap_or_default(),
         });
     }
     Ok(found)
@@ -207,16 +222,23 @@ async fn own_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<Sche
     for job in jobs {
         let Some(version) = crate::resources::schema_job::version_of(wan, job.name()) else { continue };
         let state = schema_job_state(ctx, wan, &version).await?;
-        found.push(SchemaJob { version, state, deleting: job.identity.deletion.is_some(), expires: job.expires() });
+        found.push(SchemaJob {
+            version,
+            state,
+            deleting: job.identity.deletion.is_some(),
+            expires: job.expires(),
+            uid: job.identity.uid.to_string(),
+        });
     }
     Ok(found)
 }
 
-/// Whether the schema Job of `version` is there and removed a while after it
-/// finishes.
-async fn schema_job_expires(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<bool> {
+/// The uid of the schema Job of `version` if it is there, not being
+/// deleted, and removed a while after it finishes.
+async fn expiring_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<Option<String>> {
     let (namespace, name) = (wan.namespace().unwrap_or_default(), crate::resources::schema_job::name(wan, version));
-    Ok(ctx.caches.jobs.get(&namespace, &name).await?.is_some_and(|j| j.expires()))
+    let job = ctx.caches.jobs.get(&namespace, &name).await?;
+    Ok(job.filter(|j| j.expires() && j.identity.deletion.is_none()).map(|j| j.identity.uid.to_string()))
 }
 
 /// Whether the schema Job of a called-off upgrade, or a pod of it, is still
@@ -286,9 +308,8 @@ async fn apply_step(
         warn!(%version, "the schema Job of an earlier spec.version never started; deleting it");
         delete_schema_job(ctx, wan, version).await?;
     }
-    for version in &planned.keep_failed {
-        info!(%version, "the schema Job failed; keeping it until a person deletes it");
-        keep_schema_job(ctx, wan, version).await?;
+    for job in &planned.keep_failed {
+        keep_schema_job(ctx, wan, job).await;
     }
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;
@@ -589,20 +610,24 @@ async fn delete_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -
 
 /// Takes away a failed schema Job's time to live: left to Kubernetes it would
 /// be removed a day after it failed, and the operator would take that for a
-/// person's request to run it again.
-async fn keep_schema_job(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> Result<()> {
+/// person's request to run it again. Not a step the reconcile waits on: a
+/// refusal (RBAC without `patch` on Jobs) is logged, and the status that
+/// asks a person to act is written all the same.
+async fn keep_schema_job(ctx: &Context, wan: &WhatsAppNumber, job: &FailedJob) {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &wan.namespace().unwrap_or_default());
-    let name = crate::resources::schema_job::name(wan, version);
-    let forever = serde_json::json!({"spec": {"ttlSecondsAfterFinished": null}});
+    let name = crate::resources::schema_job::name(wan, &job.version);
+    // The uid is a precondition: a Job made since under the name is not kept.
+    let forever = serde_json::json!({"metadata": {"uid": job.uid}, "spec": {"ttlSecondsAfterFinished": null}});
     let params =
         PatchParams { field_manager: Some(crate::resources::names::FIELD_MANAGER.into()), ..Default::default() };
     match jobs.patch(&name, &params, &Patch::Merge(&forever)).await {
         Ok(_) => {
             ctx.metrics.record_write("Job", "patch");
-            Ok(())
+            info!(job = %name, "the schema Job failed; kept until a person deletes it");
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::request(format!("keeping the failed schema Job {name}"))(e)),
+        // Gone, or another Job of the name since (its uid is immutable).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {}
+        Err(e) => warn!(job = %name, error = %e, "the failed schema Job cannot be kept; it goes a day after it failed"),
     }
 }
 

@@ -10,7 +10,8 @@ use super::{owned_meta, pods};
 use crate::api::WhatsAppNumber;
 
 pub const COMPONENT: &str = "schema-upgrade";
-/// Finished Jobs stay a day for their logs, then go.
+/// A Job that succeeded stays a day for its logs, then goes; the operator
+/// keeps a failed one until a person deletes it.
 const KEEP_FINISHED_SECONDS: i32 = 86_400;
 
 /// `NAME-schema-2-55-1`: one Job per target version.

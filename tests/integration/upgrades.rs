@@ -696,7 +696,8 @@ pub async fn a_failed_schema_job_waits_for_a_person(env: &'static Env) -> Result
     let message = crate::scenarios::condition(&w, "Stalled").map(|c| c.message.to_string()).unwrap_or_default();
     ensure!(message.contains("delete the Job"), "the condition says what to do: {message}");
 
-    // Put right: the failed Job stays until a person deletes it.
+    // Put right: the operator does not delete the failed Job itself (it may
+    // have changed the databases); a person does.
     merge_patch(&api, &name, json!({"spec": {"coreapp": {"nodeSelector": null}}})).await?;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
