@@ -49,6 +49,9 @@ pub struct Target {
     pub health: bool,
     pub url: String,
     pub trust: Trust,
+    /// The name the webapp's certificate is made for, when it is not the
+    /// host of `url` (`spec.webapp.serverName`).
+    pub certificate_name: Option<String>,
     pub api_key: String,
     /// No admin calls while the password is not known.
     pub admin_password: Option<String>,
@@ -406,7 +409,7 @@ async fn read(shared: &Shared, due: &Due, t: &Target) -> (Probe, Option<Duration
 }
 
 async fn read_client(shared: &Shared, key: &Key, t: &Target) -> (Probe, Option<Duration>) {
-    let client = match shared.clients.get(&t.trust, t.timeout) {
+    let client = match shared.clients.get(&t.trust, t.certificate_name.as_deref(), t.timeout) {
         Ok(c) => c,
         Err(e) => return (Probe::unreachable(e.to_string()), None),
     };
@@ -551,6 +554,7 @@ mod tests {
             health: true,
             url: "https://acme-webapp:443".into(),
             trust: Trust::SystemRoots,
+            certificate_name: None,
             api_key: "k".into(),
             admin_password: Some("p".into()),
             read_settings: false,

@@ -809,9 +809,15 @@ pub struct WebappSpec {
     pub service: WebappServiceSpec,
 
     /// Host name clients use for the webapp (`WA_WEB_SERVERNAME`). Defaults to
-    /// the in-cluster Service name, `NAME-webapp.NAMESPACE.svc`.
+    /// the in-cluster Service name, `NAME-webapp.NAMESPACE.svc`. The operator
+    /// still reaches the webapp through that Service, and checks its
+    /// certificate against this name. A host name or an IPv4 address, without
+    /// a scheme or a port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
+    )]
     pub server_name: Option<String>,
 
     /// Secret key with the password of the client's `admin` user, which the

@@ -115,7 +115,8 @@ pub const CERTIFICATE_REFUSED: &str = "CertificateRefused";
 #[derive(Clone, Debug)]
 pub struct GatewayReport {
     pub observation: Observation,
-    /// When the probe judged here ended (it began after the last refresh).
+    /// When the probe judged here ended (it began after the last refresh);
+    /// when no probe could be made, the time that was found.
     pub probed_at: jiff::Timestamp,
     pub admin: AdminAccess,
     /// `None` while the client's shard count is unknown to this probe.
@@ -138,13 +139,21 @@ impl Connection {
     fn open(ctx: &Context, wan: &WhatsAppNumber, trust: &Trust, keys: Option<&Secret>) -> Result<Self, String> {
         let key = api_key(keys).ok_or("the generated API key Secret is missing its WA_API_KEY")?;
         let timeout = Duration::from_secs(wan.spec.health.timeout_seconds as u64);
-        let client = ctx.probes.clients().get(trust, timeout).map_err(|e| e.to_string())?;
+        let name = certificate_name(wan);
+        let client = ctx.probes.clients().get(trust, name.as_deref(), timeout).map_err(|e| e.to_string())?;
         Ok(Self { client, url: webapp_url(ctx, wan), key })
     }
 
     fn webapp(&self) -> Webapp<'_> {
         Webapp { client: &self.client, base_url: &self.url, api_key: &self.key }
     }
+}
+
+/// The name the webapp's certificate is made for when it is not the host the
+/// operator dials: the client makes its own for `WA_WEB_SERVERNAME`, and an
+/// uploaded one is for the name clients use.
+fn certificate_name(wan: &WhatsAppNumber) -> Option<String> {
+    wan.spec.webapp.server_name.clone()
 }
 
 /// The number's key for sessions and probes.
@@ -238,6 +247,7 @@ async fn watch(
         health: poll_health,
         url: connection.url.clone(),
         trust,
+        certificate_name: certificate_name(wan),
         api_key: connection.key.clone(),
         admin_password: Some(password.clone()),
         read_settings: poll_health && wan.spec.settings.is_some(),

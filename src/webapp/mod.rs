@@ -93,7 +93,7 @@ pub struct Clients(std::sync::Mutex<Pool>);
 
 #[derive(Default)]
 struct Pool {
-    clients: std::collections::HashMap<(Trust, Duration), (reqwest::Client, Instant)>,
+    clients: std::collections::HashMap<(Trust, Option<String>, Duration), (reqwest::Client, Instant)>,
     swept: Option<Instant>,
 }
 
@@ -105,31 +105,42 @@ impl Clients {
     /// How often the clients are looked over for those unused.
     const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
-    pub fn get(&self, trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
-        self.get_at(trust, timeout, Instant::now())
+    /// A client for `trust` that takes a certificate made for `name` (see
+    /// [`http_client`]).
+    pub fn get(&self, trust: &Trust, name: Option<&str>, timeout: Duration) -> Result<reqwest::Client, CallError> {
+        self.get_at(trust, name, timeout, Instant::now())
     }
 
-    fn get_at(&self, trust: &Trust, timeout: Duration, now: Instant) -> Result<reqwest::Client, CallError> {
+    fn get_at(
+        &self,
+        trust: &Trust,
+        name: Option<&str>,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<reqwest::Client, CallError> {
         let mut pool = self.0.lock().expect("client pool lock");
         if pool.swept.is_none_or(|at| now.saturating_duration_since(at) >= Self::SWEEP_EVERY) {
             pool.clients.retain(|_, (_, used)| now.saturating_duration_since(*used) < Self::UNUSED_FOR);
             pool.swept = Some(now);
         }
-        let key = (trust.clone(), timeout);
+        let key = (trust.clone(), name.map(String::from), timeout);
         if let Some((client, used)) = pool.clients.get_mut(&key) {
             *used = now;
             return Ok(client.clone());
         }
-        let client = http_client(trust, timeout)?;
+        let client = http_client(trust, name, timeout)?;
         pool.clients.insert(key, (client.clone(), now));
         Ok(client)
     }
 }
 
 /// Builds a client for one trust setting; cheap enough to keep one per number.
-pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, CallError> {
+/// With `name`, the webapp's certificate must be made for that name rather
+/// than for the host in the URL: the webapp is reached through its Service,
+/// and its certificate is made for `spec.webapp.serverName`.
+pub fn http_client(trust: &Trust, name: Option<&str>, timeout: Duration) -> Result<reqwest::Client, CallError> {
     reqwest::Client::builder()
-        .use_preconfigured_tls(tls_config(trust)?)
+        .use_preconfigured_tls(tls_config(trust, name)?)
         .pool_idle_timeout(IDLE_CONNECTION)
         .dns_resolver(std::sync::Arc::new(BoundedResolver { timeout: timeout / 2 }))
         .timeout(timeout)
@@ -165,7 +176,7 @@ fn resumed_sessions(trust: &Trust) -> usize {
 
 /// What reqwest would build for `trust`, with a session cache sized for
 /// the client's hosts ([`resumed_sessions`]).
-fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, CallError> {
+fn tls_config(trust: &Trust, name: Option<&str>) -> Result<rustls::ClientConfig, CallError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
@@ -191,16 +202,69 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, CallError> {
     for cert in CertificateDer::pem_slice_iter(pem.map(Vec::as_slice).unwrap_or_default()) {
         roots.add(cert.map_err(|e| setup(&e))?).map_err(|e| setup(&e))?;
     }
-    let mut config = match trust {
-        Trust::InsecureSkipVerify => builder
+    let mut config = match (trust, name) {
+        (Trust::InsecureSkipVerify, _) => builder
             .dangerous()
             .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
             .with_no_client_auth(),
-        _ => builder.with_root_certificates(roots).with_no_client_auth(),
+        (_, Some(name)) => {
+            let name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| setup(&e))?;
+            let inner =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| setup(&e))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(ForName { inner, name }))
+                .with_no_client_auth()
+        }
+        (_, None) => builder.with_root_certificates(roots).with_no_client_auth(),
     };
     config.resumption = rustls::client::Resumption::in_memory_sessions(resumed_sessions(trust));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The usual verification, for a name other than the host dialed.
+#[derive(Debug)]
+struct ForName {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ForName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _dialed: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// `InsecureSkipVerify`: any certificate, for any name, is taken. The
@@ -636,7 +700,7 @@ mod tests {
         let (other_ca, _, _) = issued();
         let (port, _) = serve(cert, key).await;
         let call = |trust: Trust| async move {
-            let client = http_client(&trust, Duration::from_secs(10)).expect("a client");
+            let client = http_client(&trust, None, Duration::from_secs(10)).expect("a client");
             client.get(format!("https://localhost:{port}/")).send().await.map(|r| r.status())
         };
         let ca = ca.into_bytes();
@@ -647,14 +711,40 @@ mod tests {
         call(Trust::SystemRoots).await.expect_err("not publicly signed");
         call(Trust::Ca(Vec::new())).await.expect_err("no CA at all");
         let unreadable = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
-        assert!(matches!(http_client(&Trust::Ca(unreadable.into()), Duration::from_secs(1)), Err(CallError::Setup(_))));
+        assert!(matches!(
+            http_client(&Trust::Ca(unreadable.into()), None, Duration::from_secs(1)),
+            Err(CallError::Setup(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_certificate_made_for_the_server_name_is_taken_at_another_address() {
+        let (ca, cert, key) = issued();
+        let (other_ca, _, _) = issued();
+        let (port, _) = serve(cert, key).await;
+        // Dialed by address, as the operator dials the Service: the
+        // certificate is made for `localhost` only.
+        let call = |trust: Trust, name: Option<&'static str>| async move {
+            let client = http_client(&trust, name, Duration::from_secs(10)).expect("a client");
+            client.get(format!("https://127.0.0.1:{port}/")).send().await.map(|r| r.status())
+        };
+        let ca = ca.into_bytes();
+        assert_eq!(call(Trust::Ca(ca.clone()), Some("localhost")).await.expect("made for the name"), StatusCode::OK);
+        assert_eq!(call(Trust::CaAndSystemRoots(ca.clone()), Some("localhost")).await.expect("roots"), StatusCode::OK);
+        call(Trust::Ca(ca.clone()), None).await.expect_err("not made for the address dialed");
+        call(Trust::Ca(ca), Some("wa.example.com")).await.expect_err("not made for another name");
+        call(Trust::Ca(other_ca.into_bytes()), Some("localhost")).await.expect_err("another CA");
+        assert!(matches!(
+            http_client(&Trust::SystemRoots, Some("not a name!"), Duration::from_secs(1)),
+            Err(CallError::Setup(_))
+        ));
     }
 
     #[tokio::test]
     async fn a_connection_serves_one_probe_and_is_not_kept_until_the_next() {
         let (ca, cert, key) = issued();
         let (port, connections) = serve(cert, key).await;
-        let client = http_client(&Trust::Ca(ca.into_bytes()), Duration::from_secs(10)).expect("a client");
+        let client = http_client(&Trust::Ca(ca.into_bytes()), None, Duration::from_secs(10)).expect("a client");
         let call = || async {
             let answer = client.get(format!("https://localhost:{port}/")).send().await.expect("an answer");
             answer.bytes().await.expect("a body");
@@ -675,17 +765,17 @@ mod tests {
         let start = Instant::now();
         let timeout = Duration::from_secs(10);
         let (gone, kept) = (Trust::Ca(b"gone".to_vec()), Trust::Ca(b"kept".to_vec()));
-        clients.get_at(&gone, timeout, start).expect("a client");
-        clients.get_at(&kept, timeout, start).expect("a client");
-        clients.get_at(&kept, Duration::from_secs(20), start).expect("another timeout, another client");
+        clients.get_at(&gone, None, timeout, start).expect("a client");
+        clients.get_at(&kept, None, timeout, start).expect("a client");
+        clients.get_at(&kept, None, Duration::from_secs(20), start).expect("another timeout, another client");
         assert_eq!(kept_count(), 3);
         let hour = Duration::from_secs(3600);
         for hours in 1..=3 {
-            clients.get_at(&kept, timeout, start + hour * hours).expect("the same client");
+            clients.get_at(&kept, None, timeout, start + hour * hours).expect("the same client");
         }
         assert_eq!(kept_count(), 1, "unused for three hours: dropped; the one asked for every hour stays");
         let later = start + hour * 3 + Duration::from_secs(60);
-        clients.get_at(&gone, timeout, later).expect("made again when asked for");
+        clients.get_at(&gone, None, timeout, later).expect("made again when asked for");
         assert_eq!(kept_count(), 2);
     }
 

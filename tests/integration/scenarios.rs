@@ -247,6 +247,11 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
             "spec.multiconnect.confirmShardChange",
         ),
         (
+            "webapp server name with a port",
+            json!({"spec": {"webapp": {"serverName": "wa.example.com:8443"}}}),
+            "spec.webapp.serverName",
+        ),
+        (
             "webhook URL that is not http(s)",
             json!({"spec": {"settings": {"webhookUrl": "ftp://x"}}}),
             "spec.settings.webhookUrl",
