@@ -468,7 +468,8 @@ pub struct Caches {
     pub secrets: Cache<SecretVersion>,
     /// The phone-number claims, cluster-wide.
     pub claims: Cache<WhatsAppNumberClaim>,
-    /// The claim Leases of earlier releases, in the operator's namespace.
+    /// The claim Leases of builds from before the claim kind, in the
+    /// operator's namespace.
     pub legacy_claims: Cache<Lease>,
     /// The release catalog ConfigMap, alone.
     pub catalog: Cache<ConfigMap>,

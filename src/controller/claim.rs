@@ -9,7 +9,7 @@
 //! reconciles them. The claim is released through a finalizer when the holder
 //! is deleted; the others are woken by the watch on claims and take it over.
 //!
-//! Earlier releases kept claims as Leases in the operator's namespace. Such a
+//! Builds from before the claim kind kept claims as Leases in the operator's namespace. Such a
 //! Lease still counts while no claim object exists, and goes once its holder
 //! holds the claim object.
 
@@ -57,7 +57,8 @@ fn failed(action: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> ClaimEr
 
 pub type Result<T, E = ClaimError> = std::result::Result<T, E>;
 
-/// Label on the claim Leases of earlier releases (the operator watches them by it).
+/// Label on the claim Leases of builds from before the claim kind (the
+/// operator watches them by it).
 pub const LEGACY_CLAIM_LABEL: &str = "whatsapp.operators.dev/number-claim";
 /// The finalizer that releases the claim when a WhatsAppNumber is deleted.
 pub const FINALIZER: &str = "whatsapp.operators.dev/number-claim";
@@ -142,7 +143,8 @@ pub struct Claims<'a> {
     pub client: &'a Client,
     /// The claim objects, cached.
     pub cache: &'a Cache<WhatsAppNumberClaim>,
-    /// The claim Leases of earlier releases in the operator's namespace, cached.
+    /// The claim Leases of builds from before the claim kind, in the
+    /// operator's namespace, cached.
     pub legacy: &'a Cache<Lease>,
     /// Every WhatsAppNumber the operator watches.
     pub numbers: &'a Store<super::cache::NumberObject>,
@@ -169,7 +171,7 @@ impl Claims<'_> {
             };
             let result = match current {
                 None => {
-                    // A Lease an earlier release granted still holds the number.
+                    // A Lease an earlier build granted still holds the number.
                     let legacy = self.legacy.get(self.installation, &name).await?;
                     if let Some(holder) = legacy.as_deref().and_then(lease_holder).filter(|h| *h != me)
                         && self.holder_exists(&holder).await?
