@@ -78,7 +78,7 @@ pub fn lifecycle_secret_refs(wan: &WhatsAppNumber) -> impl Iterator<Item = &str>
 }
 
 /// The Secrets besides the credentials whose data a reconcile of `wan` reads.
-fn other_secrets_read(wan: &WhatsAppNumber) -> Vec<String> {
+pub(super) fn other_secrets_read(wan: &WhatsAppNumber) -> Vec<String> {
     let spec = &wan.spec;
     let mut names: Vec<String> = [
         spec.database.tls.as_ref().map(|t| t.ca_secret_ref.name.clone()),

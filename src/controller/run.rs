@@ -61,20 +61,25 @@ fn referencing(numbers: &cache::Numbers, namespace: &str, name: &str, kind: Refe
         if wan.metadata.namespace.as_deref() != Some(namespace) {
             return false;
         }
-        let spec = &wan.spec;
         match kind {
-            Reference::Secret => {
-                spec.database.credentials_secret_ref.name == name
-                    || spec.database.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
-                    || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
-                    || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                    || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
-                    || fetch::lifecycle_secret_refs(wan).any(|n| n == name)
-                    || Names::is_keys_of(name, wan.metadata.name.as_deref().unwrap_or_default())
-            }
+            Reference::Secret => reads_secret(wan, name),
             Reference::Claim => crate::resources::media_claim_name(wan) == name,
         }
     })
+}
+
+/// Whether a reconcile of `wan` reads the Secret `name` (of its namespace).
+/// Asked of every number on every Secret event: nothing is allocated.
+fn reads_secret(wan: &crate::api::WhatsAppNumber, name: &str) -> bool {
+    let spec = &wan.spec;
+    spec.database.credentials_secret_ref.name == name
+        || spec.database.tls.as_ref().is_some_and(|t| t.ca_secret_ref.name == name)
+        || spec.webapp.tls.as_ref().is_some_and(|t| t.secret_name == name)
+        || spec.webapp.admin_password_secret_ref.as_ref().is_some_and(|r| r.name == name)
+        || spec.health.ca_secret_ref.as_ref().is_some_and(|r| r.name == name)
+        || spec.registration.as_ref().is_some_and(|r| r.secret_ref.name == name)
+        || fetch::lifecycle_secret_refs(wan).any(|n| n == name)
+        || Names::is_keys_of(name, wan.metadata.name.as_deref().unwrap_or_default())
 }
 
 /// The WhatsAppNumbers with the phone number a claim (or legacy claim Lease) is about.
@@ -346,6 +351,27 @@ mod tests {
         let woken = mapper(changed);
         assert_eq!(woken.len(), 1);
         assert_eq!((woken[0].name.as_str(), woken[0].namespace.as_deref()), ("acme-db", Some("team")));
+    }
+
+    #[test]
+    fn every_secret_a_reconcile_reads_wakes_it_when_it_changes() {
+        let mut wan = crate::fixtures::sample();
+        let named = |name: &str, key: &str| serde_json::json!({"name": name, "key": key});
+        fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap()
+        }
+        wan.spec.webapp.admin_password_secret_ref = Some(from(named("admin", "password")));
+        wan.spec.database.tls = Some(from(serde_json::json!({"caSecretRef": named("db-ca", "ca.crt")})));
+        wan.spec.webapp.tls = Some(from(serde_json::json!({"secretName": "webapp-tls"})));
+        wan.spec.health.ca_secret_ref = Some(from(named("health-ca", "ca.crt")));
+        wan.spec.registration = Some(from(serde_json::json!({"secretRef": {"name": "registration"}})));
+        let mut read = fetch::other_secrets_read(&wan);
+        read.push(wan.spec.database.credentials_secret_ref.name.clone());
+        assert!(read.len() >= 7, "{read:?}");
+        for name in &read {
+            assert!(reads_secret(&wan, name), "a change of Secret {name} wakes no reconcile");
+        }
+        assert!(!reads_secret(&wan, "unrelated"));
     }
 
     #[test]
