@@ -139,7 +139,7 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
             JobState::Failed { why, .. } => FirstSchema::Stuck(
                 SCHEMA_JOB_FAILED,
                 format!(
-                    "the schema Job {name} failed ({why}); check its logs (kubectl logs job/{name}), fix the cause (the database's address or credentials, the image), then delete the Job to run it again",
+                    "the schema Job {name} failed ({why}); check its logs (kubectl logs job/{name}), fix the cause (the credentials, the database user's grants, the image), then delete the Job to run it again; a wrong database host or port cannot be changed: re-create the WhatsAppNumber",
                     name = job(steady)
                 ),
             ),

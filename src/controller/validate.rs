@@ -162,7 +162,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         return Err(Problem::new(
             DATABASE_IN_USE,
             format!(
-                "WhatsAppNumber {other} already uses database prefix {} on {}:{}: two numbers sharing one set of databases would mix their registration and keys; set spec.database.namePrefix to another prefix",
+                "WhatsAppNumber {other} already uses database prefix {} on {}:{}: two numbers sharing one set of databases would mix their registration and keys; give this one another prefix (set spec.database.namePrefix if it has none; once set it cannot change, so re-create the WhatsAppNumber with another)",
                 crate::api::database_name_prefix(spec),
                 spec.database.host,
                 spec.database.effective_port()
@@ -229,7 +229,10 @@ fn require_secret<'a>(
     if !missing.is_empty() {
         return Err(Problem::new(
             SECRET_KEY_MISSING,
-            format!("Secret {namespace}/{name} named by {field} has no non-empty key {}", missing.join(", ")),
+            format!(
+                "Secret {namespace}/{name} named by {field} has no non-empty key {}; add it to the Secret",
+                missing.join(", ")
+            ),
         ));
     }
     Ok(secret)
