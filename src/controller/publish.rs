@@ -296,7 +296,8 @@ async fn keep_call_records(ctx: &Context, api: &Api<WhatsAppNumber>, wan: &Whats
         return;
     }
     let name = wan.name_any();
-    let fresh = match api.get_status(&name).await {
+    // The object itself: the operator's role may read it, not its status subresource.
+    let fresh = match api.get(&name).await {
         Ok(fresh) => fresh,
         Err(e) => return warn!(error = %e, "the records of calls to the client could not be kept: reading the object"),
     };
