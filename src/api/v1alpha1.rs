@@ -116,6 +116,16 @@ pub struct WhatsAppNumberSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 
+    /// Seconds a rollout of the workloads may go without moving (a pod
+    /// updated or ready) before the operator reports it failed:
+    /// `Progressing=False`, `Degraded=True` and `Stalled=True` with reason
+    /// `ProgressDeadlineExceeded`, as a Deployment does. The rollout itself
+    /// goes on, and the number is reported progressing again as soon as it
+    /// moves. The schema Job, upgrades and shard changes have their own limits.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub progress_deadline_seconds: i32,
+
     /// Application settings, applied once the number is registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<Box<SettingsSpec>>,
@@ -293,6 +303,10 @@ impl Default for HealthSpec {
             insecure_skip_tls_verify: false,
         }
     }
+}
+
+fn default_progress_deadline() -> i32 {
+    600
 }
 
 fn default_true() -> bool {
@@ -1180,6 +1194,12 @@ pub struct WhatsAppNumberStatus {
     /// Ready pods out of desired pods over all tiers, for example `7/7`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_pods: Option<String>,
+
+    /// While the workloads roll out: when the rollout last moved (began, or
+    /// a pod became updated or ready). `spec.progressDeadlineSeconds` counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 
     /// The version the running workloads were built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

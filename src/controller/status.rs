@@ -50,8 +50,16 @@ pub const INITIALIZING_DATABASE: &str = "InitializingDatabase";
 pub const DEPLOYING: &str = "Deploying";
 /// Reason of `Ready` while a tier's workload rolls out its newest template.
 pub const ROLLING_OUT: &str = "RollingOut";
-/// Reason of `Ready` while rolled-out pods are not all ready yet.
+/// Reason of `Ready` while rolled-out pods are not all ready yet, and of
+/// `Degraded` when pods are lost once the spec was fully rolled out.
 pub const PODS_NOT_READY: &str = "PodsNotReady";
+/// Reason of `Progressing` while rolled-out pods become ready.
+pub const WAITING_FOR_PODS: &str = "WaitingForPods";
+/// Reason of `Progressing` once the spec is fully rolled out.
+pub const RECONCILED: &str = "Reconciled";
+/// Reason of `Progressing`, `Degraded` and `Stalled` when a rollout has not
+/// moved for `spec.progressDeadlineSeconds`.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 /// The admin session and the uploaded certificate.
 pub const ADMIN_ACCESS: &str = "AdminAccess";
 pub const REGISTERED: &str = "Registered";
@@ -320,10 +328,9 @@ fn not_probed(why: &str) -> Cond {
     (GATEWAY_CONNECTED, "Unknown", "NotProbed".into(), format!("the gateway is not probed while {why}"))
 }
 
-/// The condition set for an outcome, with `Reconciling` beside `Progressing`
-/// (kstatus reads the one, Kubernetes conventions name the other).
-fn conditions_for(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
-    let mut conditions = outcome_conditions(wan, outcome);
+/// `Reconciling` beside `Progressing` (kstatus reads the one, Kubernetes
+/// conventions name the other).
+fn with_reconciling(mut conditions: Vec<Cond>) -> Vec<Cond> {
     if let Some(p) = conditions.iter().find(|c| c.0 == PROGRESSING).cloned() {
         conditions.push((RECONCILING, p.1, p.2, p.3));
     }
@@ -727,7 +734,7 @@ fn applied_conditions(wan: &WhatsAppNumber, applied: &Applied, holds: Cond) -> V
         conditions.push(holds);
         return conditions;
     }
-    let mut conditions = steady_conditions(applied, gate, holds);
+    let mut conditions = steady_conditions(applied, gate, holds, rolled_out(wan));
     // A version the operator may not move to yet keeps the object from Ready.
     if let Some((reason, message)) = &applied.versions.blocker
         && *reason != crate::upgrade::NO_NEWER_RELEASE
@@ -746,7 +753,15 @@ fn first_schema_stuck(client: &ClientState) -> Option<(&'static str, String)> {
     }
 }
 
-fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<Cond> {
+/// Whether status last said that this generation's spec was fully rolled
+/// out: pods lost since, with nothing rolling out, are an outage, not progress.
+fn rolled_out(wan: &WhatsAppNumber) -> bool {
+    find(wan.status.as_ref(), PROGRESSING).is_some_and(|c| {
+        c.status == "False" && c.reason == RECONCILED && c.observed_generation == wan.metadata.generation
+    })
+}
+
+fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond, rolled_out: bool) -> Vec<Cond> {
     let tiers = &applied.tiers;
     let rolling = tiers.rolling_out();
     let summary = tiers.summary();
@@ -769,6 +784,11 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         _ => "creating the client's databases with the schema Job before any node or webapp starts".into(),
     };
     let stuck = first_schema_stuck(&applied.client);
+    // Pods lost with nothing rolling out, once this spec was fully rolled
+    // out (a node gone, a database lost): not progress, and the number does
+    // not serve at full strength.
+    let outage =
+        rolled_out && rolling.is_empty() && !tiers.all_ready() && !initializing && !shards_changing && stuck.is_none();
 
     // Ready: the first thing that stands in the way names the reason.
     let ready = if let Some((reason, message)) = &stuck {
@@ -777,6 +797,8 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         cond(READY, false, INITIALIZING_DATABASE, init_message.clone())
     } else if !rolling.is_empty() {
         cond(READY, false, ROLLING_OUT, format!("rolling out {}: {summary}", rolling.join(", ")))
+    } else if outage {
+        cond(READY, false, PODS_NOT_READY, format!("pods not ready, nothing rolling out: {summary}"))
     } else if !tiers.all_ready() {
         cond(READY, false, PODS_NOT_READY, format!("waiting for pods: {summary}"))
     } else if let Some(g) = unhealthy {
@@ -807,8 +829,8 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
         cond(PROGRESSING, true, INITIALIZING_DATABASE, init_message)
     } else if !rolling.is_empty() {
         cond(PROGRESSING, true, ROLLING_OUT, format!("rolling out {}: {summary}", rolling.join(", ")))
-    } else if !tiers.all_ready() {
-        cond(PROGRESSING, true, "WaitingForPods", format!("waiting for pods: {summary}"))
+    } else if !tiers.all_ready() && !outage {
+        cond(PROGRESSING, true, WAITING_FOR_PODS, format!("waiting for pods: {summary}"))
     } else if shards_changing {
         cond(PROGRESSING, true, format!("{:?}", shard_phase.unwrap_or_default()), shard_message.clone())
     } else if let Some((last, desired)) = shards_unknown {
@@ -819,13 +841,19 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond) -> Vec<
             format!("reading the client's shard count (last {last}) before changing it to {desired}"),
         )
     } else {
-        cond(PROGRESSING, false, "Reconciled", "the spec is fully rolled out")
+        cond(PROGRESSING, false, RECONCILED, "the spec is fully rolled out")
     };
 
     // Degraded: the workloads are in place, yet the client is not serving.
     let degraded = match (unhealthy, stuck) {
         (_, Some((reason, message))) => cond(DEGRADED, true, reason, message),
-        (Some(g), _) if tiers.all_ready() => cond(DEGRADED, true, g.reason.clone(), g.message.clone()),
+        (Some(g), _) if tiers.all_ready() || outage => cond(DEGRADED, true, g.reason.clone(), g.message.clone()),
+        _ if outage => cond(
+            DEGRADED,
+            true,
+            PODS_NOT_READY,
+            format!("pods not ready though the spec is fully rolled out: {summary}; the pods' events and logs say why"),
+        ),
         (_, None) if shards_blocked => cond(DEGRADED, true, SHARD_CHANGE_BLOCKED, shard_message),
         _ => cond(DEGRADED, false, "AsExpected", "no problem found"),
     };
@@ -860,6 +888,7 @@ pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> Option<st
         coreapps: None,
         webapps: None,
         ready_pods: None,
+        last_progress_time: None,
         ..s.clone()
     };
     // The first version record may wait: the media claim or the workloads
@@ -921,6 +950,69 @@ fn coming_up(s: &WhatsAppNumberStatus) -> bool {
         && !is(STALLED, "True")
 }
 
+/// `Progressing` reasons of the workloads' own rollout, which the progress
+/// deadline bounds (the schema Job, upgrades and shard changes have their own).
+const ROLLOUT_STEPS: [&str; 2] = [ROLLING_OUT, WAITING_FOR_PODS];
+
+/// When the rollout last moved, while the workloads roll out: it began (a
+/// new generation, or a step of it), or a tier gained an updated or a ready
+/// pod since the status before. A pod that comes and goes does not hold the
+/// deadline off for longer than it stays.
+fn last_progress(
+    wan: &WhatsAppNumber,
+    previous: Option<&WhatsAppNumberStatus>,
+    conditions: &[Cond],
+    tiers: &Tiers,
+    now: &Time,
+) -> Option<Time> {
+    let step = conditions.iter().find(|c| c.0 == PROGRESSING && c.1 == "True" && ROLLOUT_STEPS.contains(&&*c.2))?;
+    let ready_reason = conditions.iter().find(|c| c.0 == READY).map(|c| c.2.as_str());
+    let Some(before) = previous.filter(|p| p.observed_generation == wan.metadata.generation) else {
+        return Some(now.clone());
+    };
+    let Some(since) = &before.last_progress_time else { return Some(now.clone()) };
+    let moved = |was: &Option<TierStatus>, is: &TierStatus| {
+        was.as_ref().is_none_or(|w| is.ready > w.ready || is.updated > w.updated || is.desired != w.desired)
+    };
+    let same_step = find(Some(before), READY).map(|c| c.reason.as_str()) == ready_reason
+        && find(Some(before), PROGRESSING)
+            .is_some_and(|c| c.reason == step.2.as_str() || c.reason == PROGRESS_DEADLINE_EXCEEDED);
+    let still = same_step
+        && !moved(&before.masters, &tiers.masters)
+        && !moved(&before.coreapps, &tiers.coreapps)
+        && !moved(&before.webapps, &tiers.webapps);
+    Some(if still { since.clone() } else { now.clone() })
+}
+
+/// A rollout that has not moved for `spec.progressDeadlineSeconds` is
+/// reported failed, as a Deployment's is: a person should look at its pods.
+/// It goes on, and reads as progress again once it moves.
+fn past_deadline(wan: &WhatsAppNumber, conditions: &mut [Cond], since: &Time, now: &Time) {
+    let deadline = i64::from(wan.spec.progress_deadline_seconds);
+    if now.0.as_second() - since.0.as_second() < deadline {
+        return;
+    }
+    let Some(progress) = conditions.iter().find(|c| c.0 == PROGRESSING).map(|c| c.3.clone()) else { return };
+    let message = format!(
+        "no pod became updated or ready for {deadline} s (spec.progressDeadlineSeconds): {progress}; the pods' events and logs say why"
+    );
+    for c in conditions.iter_mut() {
+        match c.0 {
+            PROGRESSING => *c = cond(PROGRESSING, false, PROGRESS_DEADLINE_EXCEEDED, message.clone()),
+            DEGRADED | STALLED if c.1 == "False" => *c = cond(c.0, true, PROGRESS_DEADLINE_EXCEEDED, message.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// When a rollout's progress deadline passes, if one runs.
+pub fn progress_deadline(wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Option<Time> {
+    let since = status.last_progress_time.as_ref()?;
+    let at =
+        since.0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(wan.spec.progress_deadline_seconds.into()));
+    at.ok().map(Time)
+}
+
 /// The full status for this outcome. `previous` supplies the transition times
 /// of conditions whose status did not change, and fields this outcome says
 /// nothing about (tier counts while blocked).
@@ -934,7 +1026,15 @@ pub fn compute(
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
     let before = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
-    status.conditions = conditions_for(wan, outcome)
+    let mut conditions = outcome_conditions(wan, outcome);
+    status.last_progress_time = match outcome {
+        Outcome::Applied(applied) => last_progress(wan, previous, &conditions, &applied.tiers, now),
+        _ => None,
+    };
+    if let Some(since) = &status.last_progress_time {
+        past_deadline(wan, &mut conditions, since, now);
+    }
+    status.conditions = with_reconciling(conditions)
         .into_iter()
         .map(|(type_, state, reason, message)| condition(before, type_, state, reason, message, generation, now))
         .collect();
@@ -1227,6 +1327,132 @@ mod tests {
         assert_eq!(cond(&s, READY).reason, "PodsNotReady");
         assert_eq!(cond(&s, PROGRESSING).reason, "WaitingForPods");
         assert_eq!(s.ready_pods.as_deref(), Some("5/6"));
+    }
+
+    /// The status after `outcome`, with the object's status as it was before
+    /// (as the reconcile sees it).
+    fn next(wan: &mut WhatsAppNumber, outcome: &Outcome, at: i64) -> WhatsAppNumberStatus {
+        let s = compute(wan, outcome, wan.status.as_ref(), &t(at));
+        wan.status = Some(s.clone());
+        s
+    }
+
+    fn states(s: &WhatsAppNumberStatus) -> [(String, String); 4] {
+        [READY, PROGRESSING, DEGRADED, STALLED].map(|type_| {
+            let c = cond(s, type_);
+            (c.status.to_string(), c.reason.to_string())
+        })
+    }
+
+    fn pair(status: &str, reason: &str) -> (String, String) {
+        (status.into(), reason.into())
+    }
+
+    #[test]
+    fn pods_lost_once_rolled_out_are_an_outage_not_progress() {
+        let mut wan = sample();
+        let one_coreapp_down =
+            Tiers { coreapps: TierStatus { desired: 2, ready: 1, updated: 2, observed: true }, ..ready_tiers() };
+        next(&mut wan, &all_ready(), 1);
+        let s = next(&mut wan, &applied(one_coreapp_down.clone()), 2);
+        assert_eq!(
+            states(&s),
+            [
+                pair("False", PODS_NOT_READY),
+                pair("False", RECONCILED),
+                pair("True", PODS_NOT_READY),
+                pair("False", "NotStalled")
+            ]
+        );
+        assert!(cond(&s, DEGRADED).message.contains("coreapps 1/2 ready"), "{}", cond(&s, DEGRADED).message);
+        assert_eq!(s.last_progress_time, None, "no rollout, no deadline");
+        let again = next(&mut wan, &applied(one_coreapp_down.clone()), 3);
+        assert_eq!(again, s, "the outage stands without a write");
+
+        // The gateway's own reason, when a probe says why.
+        let mut unhealthy = match applied(one_coreapp_down.clone()) {
+            Outcome::Applied(a) => a,
+            _ => unreachable!(),
+        };
+        let down = HEALTHY.replace(r#""connected","role":"coreapp""#, r#""disconnected","role":"coreapp""#);
+        unhealthy.health = GatewayHealth::Probed(Box::new(health(&down, 1)));
+        let s = next(&mut wan, &Outcome::Applied(unhealthy), 4);
+        assert_eq!(states(&s)[2], pair("True", "ShardsNotConnected"));
+
+        let s = next(&mut wan, &all_ready(), 5);
+        assert_eq!(states(&s)[..3], [pair("True", "Ready"), pair("False", RECONCILED), pair("False", "AsExpected")]);
+
+        // A new generation's pods becoming ready are progress.
+        wan.metadata.generation = Some(4);
+        let s = next(&mut wan, &applied(one_coreapp_down), 6);
+        assert_eq!(
+            states(&s)[..3],
+            [pair("False", PODS_NOT_READY), pair("True", WAITING_FOR_PODS), pair("False", "AsExpected")]
+        );
+    }
+
+    #[test]
+    fn a_rollout_that_does_not_move_past_its_deadline_fails_until_it_moves() {
+        let mut wan = sample();
+        wan.spec.progress_deadline_seconds = 600;
+        let webapps = |ready: i32, updated: i32| Tiers {
+            webapps: TierStatus { desired: 2, ready, updated, observed: true },
+            ..ready_tiers()
+        };
+        let s = next(&mut wan, &applied(webapps(1, 1)), 1000);
+        assert_eq!(cond(&s, PROGRESSING).reason, ROLLING_OUT);
+        assert_eq!(s.last_progress_time, Some(t(1000)));
+        assert_eq!(progress_deadline(&wan, &s), Some(t(1600)));
+        let s = next(&mut wan, &applied(webapps(1, 1)), 1599);
+        assert_eq!((cond(&s, PROGRESSING).status.as_str(), s.last_progress_time.clone()), ("True", Some(t(1000))));
+
+        let s = next(&mut wan, &applied(webapps(1, 1)), 1600);
+        assert_eq!(
+            states(&s),
+            [
+                pair("False", ROLLING_OUT),
+                pair("False", PROGRESS_DEADLINE_EXCEEDED),
+                pair("True", PROGRESS_DEADLINE_EXCEEDED),
+                pair("True", PROGRESS_DEADLINE_EXCEEDED)
+            ]
+        );
+        assert_eq!(cond(&s, RECONCILING).status, "False", "kstatus sees it stop");
+        assert!(cond(&s, PROGRESSING).message.contains("600 s"), "{}", cond(&s, PROGRESSING).message);
+        assert_eq!(next(&mut wan, &applied(webapps(1, 1)), 1700), s, "nothing new: nothing to write");
+        // A pod lost meanwhile is not progress.
+        let s = next(&mut wan, &applied(webapps(0, 1)), 1800);
+        assert_eq!(
+            (cond(&s, PROGRESSING).reason.as_str(), s.last_progress_time.clone()),
+            (PROGRESS_DEADLINE_EXCEEDED, Some(t(1000)))
+        );
+
+        // A pod updated: progress again, counted from now.
+        let s = next(&mut wan, &applied(webapps(0, 2)), 1900);
+        assert_eq!(
+            states(&s)[..3],
+            [pair("False", PODS_NOT_READY), pair("True", WAITING_FOR_PODS), pair("False", "AsExpected")]
+        );
+        assert_eq!(s.last_progress_time, Some(t(1900)));
+        let s = next(&mut wan, &applied(webapps(2, 2)), 2000);
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(s.last_progress_time, None);
+        assert_eq!(progress_deadline(&wan, &s), None);
+    }
+
+    #[test]
+    fn the_first_schema_and_upgrades_keep_their_own_limits() {
+        let mut wan = sample();
+        let mut initializing = match applied(Tiers::default()) {
+            Outcome::Applied(a) => a,
+            _ => unreachable!(),
+        };
+        initializing.client.initializing = true;
+        next(&mut wan, &Outcome::Applied(initializing.clone()), 0);
+        let s = next(&mut wan, &Outcome::Applied(initializing), 100_000);
+        assert_eq!(
+            (cond(&s, PROGRESSING).reason.as_str(), s.last_progress_time.clone()),
+            (INITIALIZING_DATABASE, None)
+        );
     }
 
     #[test]

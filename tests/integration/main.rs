@@ -113,6 +113,8 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(scenarios::obsolete_children_are_removed),
     scenario!(scenarios::deleting_keeps_retained_media_only),
     scenario!(scenarios::missing_secret_then_ready),
+    scenario!(scenarios::a_running_numbers_lost_pod_is_an_outage_not_progress),
+    scenario!(scenarios::a_rollout_that_stops_moving_fails_at_its_deadline),
     scenario!(scenarios::duplicate_number_waits_for_the_holder),
     scenario!(scenarios::racing_claims_end_with_one_holder),
     scenario!(fencing::deletion_waits_for_the_holders_pods),

@@ -656,6 +656,100 @@ pub async fn missing_secret_then_ready(env: &'static Env) -> Result<()> {
     Ok(())
 }
 
+/// Sets a pod's `Ready` condition, as its kubelet does when a readiness
+/// probe starts or stops failing (the fake nodes leave it as set).
+async fn set_pod_ready(c: &Client, ns: &str, pod: &str, ready: bool) -> Result<()> {
+    let pods: Api<Pod> = typed(c, ns);
+    let current = pods.get_status(pod).await?;
+    let mut conditions = current.status.and_then(|s| s.conditions).unwrap_or_default();
+    for condition in conditions.iter_mut().filter(|c| c.type_ == "Ready" || c.type_ == "ContainersReady") {
+        condition.status = if ready { "True" } else { "False" }.into();
+    }
+    let patch = json!({"status": {"conditions": conditions}});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+    Ok(())
+}
+
+/// A coreapp of a fully rolled-out number stops being ready (a lost
+/// database, a crashing process): that is an outage, `Degraded`, not a
+/// rollout in progress; once the pod is ready again the number is `Ready`.
+pub async fn a_running_numbers_lost_pod_is_an_outage_not_progress(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "outage").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    let ready = wait_ready(&api, &name).await?;
+    let generation = ready.metadata.generation;
+
+    let pod = format!("{name}-coreapp-0");
+    set_pod_ready(c, &ns, &pod, false).await?;
+    let w = wait_condition(&api, &name, "Degraded", "True", "PodsNotReady").await?;
+    let state = |w: &WhatsAppNumber, type_: &str| {
+        condition(w, type_).map(|c| (c.status.to_string(), c.reason.to_string())).unwrap_or_default()
+    };
+    ensure!(state(&w, "Ready") == ("False".into(), "PodsNotReady".into()), "{:?}", condition(&w, "Ready"));
+    ensure!(
+        state(&w, "Progressing") == ("False".into(), "Reconciled".into()),
+        "an outage is not progress: {:?}",
+        condition(&w, "Progressing")
+    );
+    ensure!(state(&w, "Stalled").0 == "False", "pods may come back by themselves: {:?}", condition(&w, "Stalled"));
+    ensure!(w.metadata.generation == generation, "nothing in the spec changed");
+    let message = &condition(&w, "Degraded").unwrap().message;
+    ensure!(message.contains("coreapps 1/2 ready"), "{message}");
+
+    set_pod_ready(c, &ns, &pod, true).await?;
+    let w = wait_ready(&api, &name).await?;
+    ensure!(state(&w, "Degraded").0 == "False", "{:?}", condition(&w, "Degraded"));
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// A rollout whose new webapp pod can never be scheduled: after
+/// `spec.progressDeadlineSeconds` without a pod moving the number is
+/// reported failed (`Stalled`, which kstatus and Argo CD read as failed);
+/// once the cause is fixed the rollout ends and the number is `Ready`.
+pub async fn a_rollout_that_stops_moving_fails_at_its_deadline(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "deadline").await?;
+    let name =
+        apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &json!({"progressDeadlineSeconds": 60}))
+            .await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+
+    let nowhere = json!({"whatsapp.operators.dev/test-nowhere": "true"});
+    let changed = merge_patch(&api, &name, json!({"spec": {"webapp": {"nodeSelector": nowhere}}})).await?;
+    let generation = changed.metadata.generation;
+    let rolling = wait_condition(&api, &name, "Progressing", "True", "RollingOut").await?;
+    let began = rolling.status.as_ref().and_then(|s| s.last_progress_time.clone()).context("lastProgressTime")?;
+
+    let w = wait_condition(&api, &name, "Stalled", "True", "ProgressDeadlineExceeded").await?;
+    let status = w.status.clone().unwrap_or_default();
+    ensure!(status.observed_generation == generation);
+    let last = status.last_progress_time.clone().context("lastProgressTime kept")?;
+    let progressing = condition(&w, "Progressing").unwrap();
+    ensure!(progressing.status == "False" && progressing.reason == "ProgressDeadlineExceeded", "{progressing:?}");
+    ensure!(condition(&w, "Degraded").is_some_and(|c| c.status == "True"), "{:?}", condition(&w, "Degraded"));
+    ensure!(condition(&w, "Ready").is_some_and(|c| c.reason == "RollingOut"), "{:?}", condition(&w, "Ready"));
+    let stalled_at = condition(&w, "Stalled").unwrap().last_transition_time.0;
+    ensure!(
+        stalled_at.duration_since(last.0).as_secs() >= 60 && last.0 >= began.0,
+        "failed at {stalled_at}, {}s after the rollout last moved at {}",
+        stalled_at.duration_since(last.0).as_secs(),
+        last.0
+    );
+
+    merge_patch(&api, &name, json!({"spec": {"webapp": {"nodeSelector": null}}})).await?;
+    let w = wait_ready(&api, &name).await?;
+    for type_ in ["Stalled", "Degraded"] {
+        ensure!(condition(&w, type_).is_some_and(|c| c.status == "False"), "{:?}", condition(&w, type_));
+    }
+    ensure!(w.status.unwrap_or_default().last_progress_time.is_none(), "no rollout, no deadline");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
 pub async fn generated_keys_survive_reconciles(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "keys").await?;
