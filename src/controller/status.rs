@@ -347,7 +347,12 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             cond(DEGRADED, true, problem.reason, problem.message.clone()),
             // Only a person can fix what validation found.
             cond(STALLED, true, problem.reason, problem.message.clone()),
-            not_probed("the reconcile is held"),
+            (
+                GATEWAY_CONNECTED,
+                "Unknown",
+                "NotProbed".into(),
+                "not judged while the reconcile is held; status.health keeps what the last judged probe found".into(),
+            ),
             holds(),
         ],
         Outcome::Conflict { holder, waiting } => {
@@ -1038,6 +1043,14 @@ pub fn compute(
         .into_iter()
         .map(|(type_, state, reason, message)| condition(before, type_, state, reason, message, generation, now))
         .collect();
+    if let Outcome::Blocked(_) = outcome {
+        // What a held reconcile cannot look at stands as last seen, with the
+        // generation it was seen for: an expired build, a refused password
+        // or registration of a number that still runs must not vanish.
+        let said: Vec<Condition> =
+            before.iter().filter(|c| !status.conditions.iter().any(|n| n.type_ == c.type_)).cloned().collect();
+        status.conditions.extend(said);
+    }
     if let Outcome::Deploying = outcome {
         // A record from the start: validation refuses a later change of it.
         status.database_name_prefix = Some(crate::api::database_name_prefix(&wan.spec));
@@ -2072,6 +2085,35 @@ mod tests {
             (cond(&s, BUILD_EXPIRED).status.as_str(), cond(&s, BUILD_EXPIRED).reason.as_str()),
             ("Unknown", "UnknownRelease")
         );
+    }
+
+    #[test]
+    fn a_held_reconcile_of_a_running_number_keeps_what_it_cannot_look_at() {
+        let mut wan = sample();
+        let expired = Versions { build_state: Some(BuildState::Expired(release("2024-07-08"))), ..Default::default() };
+        let running = next(&mut wan, &with_versions(expired.clone()), 1);
+        wan.metadata.generation = Some(4);
+        let problem = Problem { reason: "SecretNotFound", message: "Secret team/acme-tls does not exist".into() };
+        let held = next(&mut wan, &Outcome::Blocked(problem.clone()), 2);
+        assert_eq!(states(&held)[..2], [pair("False", "SecretNotFound"), pair("False", "SecretNotFound")]);
+        let (was, is) = (cond(&running, BUILD_EXPIRED), cond(&held, BUILD_EXPIRED));
+        assert_eq!((is.status.as_str(), is.observed_generation), ("True", Some(3)), "as seen, for what it was seen");
+        assert_eq!(is.last_transition_time, was.last_transition_time);
+        for type_ in [BUILD_EXPIRING, RELEASE_CATALOG] {
+            assert_eq!(cond(&held, type_), cond(&running, type_), "{type_} stands");
+        }
+        assert_eq!(cond(&held, GATEWAY_CONNECTED).status, "Unknown");
+        let types: Vec<&str> = held.conditions.iter().map(|c| c.type_.as_str()).collect();
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), types.len(), "each type once: {types:?}");
+        assert_eq!(next(&mut wan, &Outcome::Blocked(problem), 3), held, "nothing new: nothing to write");
+
+        // Fixed: every condition computed again for the new generation.
+        let back = next(&mut wan, &with_versions(expired), 4);
+        assert!(back.conditions.iter().all(|c| c.observed_generation == Some(4)), "{:?}", back.conditions);
+        assert_eq!(cond(&back, BUILD_EXPIRED).last_transition_time, cond(&running, BUILD_EXPIRED).last_transition_time);
     }
 
     #[test]

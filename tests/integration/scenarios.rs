@@ -652,6 +652,26 @@ pub async fn missing_secret_then_ready(env: &'static Env) -> Result<()> {
     wait_ready(&api, &name).await?;
     let woken = format!("related object updated: Secret.v1./ha-mysql-db.{ns}");
     ensure!(env.operator_log().contains(&woken), "no reconcile was woken by the Secret (no \"{woken}\" in the log)");
+
+    // Deleted under the running number: the reconcile is held, nothing it
+    // runs is touched, and what it cannot look at again stands.
+    let running = api.get(&name).await?;
+    let secrets: Api<Secret> = typed(c, &ns);
+    secrets.delete("ha-mysql-db", &DeleteParams::default()).await?;
+    let held = wait_condition(&api, &name, "Stalled", "True", "SecretNotFound").await?;
+    ensure!(condition(&held, "Ready").is_some_and(|c| c.reason == "SecretNotFound"), "{:?}", condition(&held, "Ready"));
+    for type_ in ["BuildExpiring", "BuildExpired", "ReleaseCatalogValid"] {
+        ensure!(
+            condition(&held, type_) == condition(&running, type_) && condition(&held, type_).is_some(),
+            "{type_} changed while held: {:?} -> {:?}",
+            condition(&running, type_),
+            condition(&held, type_)
+        );
+    }
+    let sets = typed::<StatefulSet>(c, &ns).list(&instance(&name)).await?.items;
+    ensure!(sets.len() == 2, "the masters and coreapps keep running: {} StatefulSets", sets.len());
+    apply_example(c, &ns, "ha-mysql.yaml", Some("Secret")).await?;
+    wait_ready(&api, &name).await?;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
