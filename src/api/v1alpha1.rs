@@ -53,7 +53,8 @@ pub struct WhatsAppNumberSpec {
     /// digits, no leading zero (for example `+15550001111`). Immutable: a second
     /// number needs a second WhatsAppNumber. The operator lets only one
     /// WhatsAppNumber in the whole cluster run a given number.
-    #[schemars(regex(pattern = r"^\+[1-9][0-9]{6,14}$"))]
+    #[schemars(regex(pattern = r"^\+[1-9][0-9]{6,14}$"), length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^\\\\+[1-9][0-9]{6,14}$')").message("phoneNumber must be in E.164 form: a plus sign, then 7 to 15 digits, the first not 0 (for example +15550001111)"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("phoneNumber is immutable; create a new WhatsAppNumber for another number"))]
     pub phone_number: String,
 

@@ -219,9 +219,16 @@ pub async fn crd_rejects_invalid_input(env: &'static Env) -> Result<()> {
     });
     // (what, JSON merge into the valid object, text the error must contain)
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("phone number without +", json!({"spec": {"phoneNumber": "15550001111"}}), "spec.phoneNumber"),
+        // The CEL rule's message says what the pattern means.
+        ("phone number without +", json!({"spec": {"phoneNumber": "15550001111"}}), "must be in E.164 form"),
         ("phone number with a leading zero", json!({"spec": {"phoneNumber": "+05550001111"}}), "spec.phoneNumber"),
         ("phone number too short", json!({"spec": {"phoneNumber": "+12345"}}), "spec.phoneNumber"),
+        ("phone number too long", json!({"spec": {"phoneNumber": "+1234567890123456"}}), "spec.phoneNumber"),
+        (
+            "progress deadline too short",
+            json!({"spec": {"progressDeadlineSeconds": 5}}),
+            "spec.progressDeadlineSeconds",
+        ),
         ("3 shards", json!({"spec": {"multiconnect": {"shards": 3}}}), "spec.multiconnect.shards"),
         ("negative webapp replicas", json!({"spec": {"webapp": {"replicas": -1}}}), "spec.webapp.replicas"),
         (
