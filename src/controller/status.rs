@@ -448,6 +448,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
                 *c = cond(STALLED, true, reason, message);
             }
             needs_a_person(&mut conditions);
+            expired_build_degrades(&mut conditions, upgrading(&applied.versions).is_some());
             conditions
         }
     }
@@ -488,6 +489,19 @@ fn needs_a_person(conditions: &mut [Cond]) {
         if let Some((reason, message)) = by.filter(|_| c.1 == "False") {
             *c = (c.0, "True", reason.clone(), message.clone());
         }
+    }
+}
+
+/// An expired build no longer connects: `Degraded` says so when nothing else
+/// does, also under the `Manual` policy and with health polling off (where
+/// no probe would). An upgrade under way is the cure, not a symptom.
+fn expired_build_degrades(conditions: &mut [Cond], upgrading: bool) {
+    let Some(expired) = conditions.iter().find(|c| c.0 == BUILD_EXPIRED && c.1 == "True").cloned() else { return };
+    if upgrading {
+        return;
+    }
+    if let Some(c) = conditions.iter_mut().find(|c| c.0 == DEGRADED && c.1 == "False" && c.2 == "AsExpected") {
+        *c = cond(DEGRADED, true, BUILD_EXPIRED, expired.3);
     }
 }
 
@@ -2073,11 +2087,17 @@ mod tests {
         assert_eq!(cond(&s, READY).status, "True", "a warning, not an outage");
 
         let expired = Versions { build_state: Some(BuildState::Expired(release("2024-07-08"))), ..Default::default() };
-        let s = compute(&wan, &with_versions(expired), None, &t(1));
+        let s = compute(&wan, &with_versions(expired.clone()), None, &t(1));
         assert_eq!(
             (cond(&s, BUILD_EXPIRING).status.as_str(), cond(&s, BUILD_EXPIRED).status.as_str()),
             ("True", "True")
         );
+        assert_eq!(states(&s)[2], pair("True", BUILD_EXPIRED), "a person should look, polled or not");
+        assert!(cond(&s, DEGRADED).message.contains("upgrade now"));
+        let u =
+            crate::upgrade::procedure::begin("2.53.2", "2.55.1", k8s_openapi::jiff::Timestamp::from_second(1).unwrap());
+        let s = compute(&wan, &with_versions(Versions { upgrade: Some(u), ..expired }), None, &t(1));
+        assert_eq!(states(&s)[2], pair("False", "AsExpected"), "the upgrade away from it is under way");
 
         let unknown = Versions { build_state: Some(BuildState::Unknown), ..Default::default() };
         let s = compute(&wan, &with_versions(unknown), None, &t(1));
