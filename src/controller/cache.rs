@@ -110,7 +110,7 @@ macro_rules! keyed_by_metadata {
     };
 }
 
-keyed_by_metadata!(WhatsAppNumberClaim, Lease, ConfigMap, Secret);
+keyed_by_metadata!(WhatsAppNumberClaim, Lease, ConfigMap, Secret, WhatsAppNumber);
 
 /// A WhatsAppNumber as the controller's watch delivers it, readable or not:
 /// its metadata, and the rest of it untyped (see [`super::typed`]). A type
@@ -692,17 +692,27 @@ fn keep_current<T: Keyed>(touched: Touched<T>, what: &'static str) -> AbortOnDro
 pub type NumberChanges =
     std::pin::Pin<Box<dyn Stream<Item = std::result::Result<NumberObject, watcher::Error>> + Send>>;
 
-/// The WhatsAppNumbers' store and the stream of those that changed, which
-/// drives the controller. What nobody reads (managed fields, a copy of the
-/// last applied object) is not kept.
-pub fn numbers_feed(api: Api<NumberObject>) -> (Numbers, NumberChanges) {
+/// The WhatsAppNumbers' store, the stream of those that changed, which
+/// drives the controller, and the stream of those deleted (as last read),
+/// which may free what they held for others. What nobody reads (managed
+/// fields, a copy of the last applied object) is not kept.
+pub fn numbers_feed(api: Api<NumberObject>) -> (Numbers, NumberChanges, Touched<WhatsAppNumber>) {
     let writer = reflector::store::Writer::default();
     let numbers = Numbers::new(writer.as_reader());
     let decode = numbers.clone();
+    let (gone, deleted) = futures::channel::mpsc::unbounded();
     let config = listing().any_semantic();
-    let events = watcher(api, config).default_backoff().modify(strip).map_ok(move |event| decode.absorb(event));
+    let events = watcher(api, config).default_backoff().modify(strip).map_ok(move |event| {
+        if let watcher::Event::Delete(obj) = &event
+            && let Some(wan) = decode.decoded(obj)
+        {
+            // The controller's stream is polled as long as this one.
+            let _ = gone.unbounded_send(wan);
+        }
+        decode.absorb(event)
+    });
     let stream = reflector::reflector(writer, events).applied_objects().boxed();
-    (numbers, stream)
+    (numbers, stream, deleted.map(Ok).boxed())
 }
 
 /// A watch event with `keep` applied to its object.

@@ -99,25 +99,32 @@ pub(super) fn other_secrets_read(wan: &WhatsAppNumber) -> Vec<String> {
 /// uses the same set of databases. One being deleted counts until it is
 /// gone: its nodes may still run on those databases, which hold its
 /// registration.
+/// The databases a WhatsAppNumber's client uses: server and name prefix.
+fn database_key(w: &WhatsAppNumber) -> (String, i32, String) {
+    (
+        w.spec.database.host.to_ascii_lowercase(),
+        w.spec.database.effective_port(),
+        crate::api::database_name_prefix(&w.spec),
+    )
+}
+
+/// Whether `other`, another object than `wan` with another number, uses the
+/// same databases: the younger of the two is held (`DatabaseInUse`).
+pub fn shares_database(wan: &WhatsAppNumber, other: &WhatsAppNumber) -> bool {
+    other.uid() != wan.uid()
+        && other.spec.phone_number != wan.spec.phone_number
+        && database_key(other) == database_key(wan)
+}
+
 pub fn database_sharer<'a>(
     wan: &WhatsAppNumber,
     others: impl IntoIterator<Item = &'a WhatsAppNumber>,
 ) -> Option<String> {
-    let key = |w: &WhatsAppNumber| {
-        (
-            w.spec.database.host.to_ascii_lowercase(),
-            w.spec.database.effective_port(),
-            crate::api::database_name_prefix(&w.spec),
-        )
-    };
     let age = |w: &WhatsAppNumber| (w.metadata.creation_timestamp.clone().map(|t| t.0), w.namespace(), w.name_any());
-    let mine = key(wan);
     others
         .into_iter()
-        .filter(|o| o.uid() != wan.uid())
         // The same number twice is the claim's business: only one of them runs.
-        .filter(|o| o.spec.phone_number != wan.spec.phone_number)
-        .filter(|o| key(o) == mine && age(o) < age(wan))
+        .filter(|o| shares_database(wan, o) && age(o) < age(wan))
         .min_by_key(|o| age(o))
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
 }

@@ -96,6 +96,11 @@ fn with_number(numbers: &cache::Numbers, digits: &str) -> Vec<ObjectRef<NumberOb
     numbers.references(|wan| crate::resources::names::has_number_digits(&wan.spec.phone_number, digits))
 }
 
+/// The WhatsAppNumbers that use the databases of `wan`.
+fn sharing_database(numbers: &cache::Numbers, wan: &crate::api::WhatsAppNumber) -> Vec<ObjectRef<NumberObject>> {
+    numbers.references(|other| fetch::shares_database(wan, other))
+}
+
 #[derive(Clone, Copy)]
 enum Reference {
     Secret,
@@ -116,7 +121,7 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (numbers, changed) = cache::numbers_feed(wans);
+    let (numbers, changed, deleted) = cache::numbers_feed(wans);
     let controller = Controller::for_stream(changed, numbers.store.clone()).with_config(
         ControllerConfig::default()
             // Unbounded here: the reconciles take turns, first come first
@@ -157,7 +162,7 @@ pub async fn run(
     let ctx = Arc::new(Context::new(client.clone(), metrics, reporter, settings, caches, probes));
     let renewer = tokio::spawn(renew_events(ctx.clone()));
     let (secret_store, claim_store, pod_store) = (store.clone(), store.clone(), store.clone());
-    let (number_claim_store, lease_store) = (store.clone(), store);
+    let (number_claim_store, lease_store, sharers_store) = (store.clone(), store.clone(), store);
     controller
         .reconcile_all_on(catalog_changes)
         .reconcile_on(probe_changes)
@@ -189,6 +194,12 @@ pub async fn run(
         .watches_stream(
             changes::<Lease, _>(feeds.legacy_claims),
             on(move |lease: &Lease| waiting_for(&lease_store, lease)),
+        )
+        // A deleted WhatsAppNumber frees its databases for the one held by
+        // `DatabaseInUse`.
+        .watches_stream(
+            changes::<crate::api::WhatsAppNumber, _>(deleted),
+            on(move |gone: &crate::api::WhatsAppNumber| sharing_database(&sharers_store, gone)),
         )
         // Master and coreapp pods starting, terminating or going wake the
         // objects of their number (fencing).

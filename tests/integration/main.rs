@@ -115,6 +115,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(scenarios::missing_secret_then_ready),
     scenario!(scenarios::a_running_numbers_lost_pod_is_an_outage_not_progress),
     scenario!(scenarios::a_rollout_that_stops_moving_fails_at_its_deadline),
+    scenario!(scenarios::a_number_held_by_its_database_starts_once_the_holder_goes),
     scenario!(scenarios::duplicate_number_waits_for_the_holder),
     scenario!(scenarios::racing_claims_end_with_one_holder),
     scenario!(fencing::deletion_waits_for_the_holders_pods),

@@ -777,6 +777,35 @@ pub async fn a_rollout_that_stops_moving_fails_at_its_deadline(env: &'static Env
     Ok(())
 }
 
+/// Two numbers on the same databases: the younger is held by
+/// `DatabaseInUse` and starts once the older is deleted, woken by that
+/// deletion rather than by its own retry.
+pub async fn a_number_held_by_its_database_starts_once_the_holder_goes(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let shared = json!({"database": {"namePrefix": format!("s{}", std::process::id() % 100_000)}});
+    let first_ns = namespace(c, "dbfirst").await?;
+    let first = apply_example_with(c, &first_ns, "ha-mysql.yaml", None, &unique_number(), &shared).await?;
+    wait_ready(&wans(c, &first_ns), &first).await?;
+    let second_ns = namespace(c, "dbsecond").await?;
+    let second = apply_example_with(c, &second_ns, "ha-mysql.yaml", None, &unique_number(), &shared).await?;
+    let api = wans(c, &second_ns);
+    let held = wait_condition(&api, &second, "Stalled", "True", "DatabaseInUse").await?;
+    let message = &condition(&held, "Ready").unwrap().message;
+    ensure!(message.contains(&format!("{first_ns}/{first}")), "names the holder: {message}");
+    ensure!(
+        typed::<StatefulSet>(c, &second_ns).list(&instance(&second)).await?.items.is_empty(),
+        "nothing of the second starts on the first's databases"
+    );
+
+    wans(c, &first_ns).delete(&first, &DeleteParams::default()).await?;
+    wait_ready(&api, &second).await?;
+    let woken = format!("related object updated: WhatsAppNumber.v1alpha1.whatsapp.operators.dev/{first}.{first_ns}");
+    ensure!(env.operator_log().contains(&woken), "the deletion woke no reconcile (no \"{woken}\" in the log)");
+    support::delete_namespace(c, &first_ns).await;
+    support::delete_namespace(c, &second_ns).await;
+    Ok(())
+}
+
 pub async fn generated_keys_survive_reconciles(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "keys").await?;
