@@ -39,6 +39,10 @@ pub const BACKUP_COMPONENT: &str = "backup";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LifecycleReport {
     pub registration: Option<RegistrationStatus>,
+    /// A code request that cannot be sent for want of the registration
+    /// Secret or its certificate: reason and message. Nothing was sent, so
+    /// nothing is recorded.
+    pub registration_material: Option<(&'static str, String)>,
     pub settings: Option<SettingsStatus>,
     pub backup: Option<BackupStatus>,
     pub restore: Option<RestoreStatus>,
@@ -50,6 +54,7 @@ impl LifecycleReport {
     pub fn from_status(status: Option<&crate::api::WhatsAppNumberStatus>) -> Self {
         Self {
             registration: status.and_then(|s| s.registration.as_deref().cloned()),
+            registration_material: None,
             settings: status.and_then(|s| s.settings.as_deref().cloned()),
             backup: status.and_then(|s| s.backup.as_deref().cloned()),
             restore: status.and_then(|s| s.restore.as_deref().cloned()),
@@ -80,6 +85,33 @@ pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std:
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
     let bytes = super::gateway::secret_bytes(secret, key)?;
     String::from_utf8(bytes).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Why a code request cannot be sent: the registration Secret, or its
+/// certificate, is missing. Reason and message of `Registered`.
+fn missing_material(
+    wan: &WhatsAppNumber,
+    r: &crate::api::RegistrationSecretRef,
+    exists: bool,
+) -> (&'static str, String) {
+    let secret = format!("{}/{}", wan.namespace().unwrap_or_default(), r.name);
+    if exists {
+        (
+            super::validate::SECRET_KEY_MISSING,
+            format!(
+                "Secret {secret} (spec.registration.secretRef) has no key {}: put the certificate from WhatsApp Manager there; no code was requested",
+                r.cert_key
+            ),
+        )
+    } else {
+        (
+            super::validate::SECRET_NOT_FOUND,
+            format!(
+                "Secret {secret} (spec.registration.secretRef) does not exist: create it with the certificate from WhatsApp Manager under key {}; no code was requested",
+                r.cert_key
+            ),
+        )
+    }
 }
 
 /// What the latest probe says of the client, as the lifecycle step needs it.
@@ -150,8 +182,10 @@ pub async fn step(
         // an unregistered number needs it, to send nothing a person must judge.
         let recorded = || recorded_registration(wan, observed).filter(|_| unregistered);
         let previous = report.registration.clone().or_else(recorded);
-        if let Some(registration) = register(webapp, token, wan, observed, method, previous, unregistered).await {
-            report.registration = Some(registration);
+        match register(webapp, token, wan, observed, method, previous, unregistered).await {
+            Ok(Some(registration)) => report.registration = Some(registration),
+            Ok(None) => {}
+            Err(missing) => report.registration_material = Some(missing),
         }
     }
 
@@ -301,7 +335,7 @@ async fn register(
     (spec, method): (&crate::api::RegistrationSpec, crate::api::RegistrationMethod),
     previous: Option<RegistrationStatus>,
     unregistered: bool,
-) -> Option<RegistrationStatus> {
+) -> Result<Option<RegistrationStatus>, (&'static str, String)> {
     let r = &spec.secret_ref;
     let secret = observed.registration.as_ref();
     let cert = secret_text(secret, &r.cert_key);
@@ -312,7 +346,7 @@ async fn register(
     // Registered, as the client says: the phase follows, nothing is sent.
     if !unregistered {
         let seen = || Some(Time(jiff::Timestamp::now()));
-        return Some(match previous {
+        return Ok(Some(match previous {
             Some(p) if p.phase == RegistrationPhase::Registered && p.confirmed_at.is_some() => p,
             Some(p) if p.phase == RegistrationPhase::Registered => RegistrationStatus { confirmed_at: seen(), ..p },
             // Registered again (a restore, or by hand): what was sent stays.
@@ -331,14 +365,14 @@ async fn register(
                 request_annotation: previous.and_then(|p| p.request_annotation).or(Some(retry)),
                 confirmed_at: seen(),
             },
-        });
+        }));
     }
     // A request sent now records the annotation it was sent under.
     let requested = |mut s: RegistrationStatus| {
         s.request_annotation = Some(retry.clone());
         s
     };
-    Some(
+    Ok(Some(
         match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, &retry, code.as_deref(), |c| {
             digest(&c)
         }) {
@@ -366,26 +400,15 @@ async fn register(
             }
             RegistrationStep::RequestCode => {
                 let Some(cert) = cert else {
-                    return Some(RegistrationStatus {
-                        phase: RegistrationPhase::RequestRefused,
-                        message: format!(
-                            "Secret {} has no key {}: the certificate from WhatsApp Manager is needed",
-                            r.name, r.cert_key
-                        ),
-                        request_digest: None,
-                        code_requested_at: None,
-                        code_digest: None,
-                        request_annotation: Some(retry.clone()),
-                        confirmed_at: None,
-                    });
+                    return Err(missing_material(wan, r, secret.is_some()));
                 };
                 let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
-                    return Some(requested(lifecycle::after_request(
+                    return Ok(Some(requested(lifecycle::after_request(
                         &inputs,
                         Err("not an E.164 number".into()),
                         None,
                         jiff::Timestamp::now(),
-                    )));
+                    ))));
                 };
                 let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
                 if let Some(pin) = &pin {
@@ -398,7 +421,7 @@ async fn register(
                     // session): nothing is recorded, and the next pass asks again.
                     Err(e) => {
                         warn!(error = %e, "the code request did not go through; it is sent again");
-                        return None;
+                        return Ok(None);
                     }
                 };
                 info!(outcome = ?outcome, "requested the registration code");
@@ -423,7 +446,7 @@ async fn register(
                     // The code was not judged: it is sent again next time.
                     Err(e) if !judged(&e) => {
                         warn!(error = %e, "the registration code did not go through; it is sent again");
-                        return None;
+                        return Ok(None);
                     }
                     Err(e) => {
                         s.phase = RegistrationPhase::CodeRefused;
@@ -435,7 +458,7 @@ async fn register(
                 s
             }
         },
-    )
+    ))
 }
 
 async fn settings(
@@ -640,6 +663,18 @@ async fn keep_in_store(
 mod tests {
     use super::*;
     use crate::fixtures::sample;
+
+    #[test]
+    fn a_missing_registration_secret_or_certificate_is_named_with_its_namespace() {
+        let wan = sample();
+        let r: crate::api::RegistrationSecretRef = serde_json::from_value(serde_json::json!({"name": "reg"})).unwrap();
+        let (reason, message) = missing_material(&wan, &r, false);
+        assert_eq!(reason, "SecretNotFound");
+        assert!(message.starts_with("Secret team/reg (spec.registration.secretRef) does not exist"), "{message}");
+        let (reason, message) = missing_material(&wan, &r, true);
+        assert_eq!(reason, "SecretKeyMissing");
+        assert!(message.contains("has no key cert") && message.contains("no code was requested"), "{message}");
+    }
 
     fn t(s: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(s).unwrap()

@@ -464,12 +464,15 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
 fn needs_a_person(conditions: &mut [Cond]) {
     use crate::controller::gateway::{ADMIN_LOGIN_REFUSED, CERTIFICATE_REFUSED};
     // (condition, reason, whether the number cannot come up without a person)
-    const REFUSALS: [(&str, &str, bool); 6] = [
+    use crate::controller::validate::{SECRET_KEY_MISSING, SECRET_NOT_FOUND};
+    const REFUSALS: [(&str, &str, bool); 8] = [
         (ADMIN_ACCESS, ADMIN_LOGIN_REFUSED, false),
         (ADMIN_ACCESS, CERTIFICATE_REFUSED, false),
         (REGISTERED, "CodeRequestRefused", true),
         (REGISTERED, "LoggedOff", true),
         (REGISTERED, "CodeRefused", true),
+        (REGISTERED, SECRET_NOT_FOUND, true),
+        (REGISTERED, SECRET_KEY_MISSING, true),
         (RESTORED, "RestoreRefused", true),
     ];
     let refused = |stalls: bool| {
@@ -555,6 +558,11 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
     let mut out = vec![];
     if wan.spec.registration.as_ref().is_some_and(|r| r.method.is_some()) {
         out.push(match &l.registration {
+            // Nothing could be sent: what a person must put in place.
+            _ if l.registration_material.is_some() => {
+                let (reason, message) = l.registration_material.clone().unwrap_or_default();
+                cond(REGISTERED, false, reason, message)
+            }
             // Registered once: no code is requested again without a person.
             Some(r) if r.phase == RegistrationPhase::LoggedOff => {
                 cond(REGISTERED, false, "LoggedOff", r.message.clone())
@@ -1977,6 +1985,19 @@ mod tests {
         );
         assert!(cond(&s, STALLED).message.contains("Certificate expired"));
         assert_eq!(cond(&s, DEGRADED).status, "True", "already, for the unregistered gateway");
+
+        // No registration Secret: nothing was sent, and that is what it says.
+        let Outcome::Applied(mut missing) = down.clone() else { unreachable!() };
+        missing.client.lifecycle.registration = None;
+        missing.client.lifecycle.registration_material =
+            Some((crate::controller::validate::SECRET_NOT_FOUND, "Secret team/reg does not exist".into()));
+        let s = compute(&unregistered, &Outcome::Applied(missing), None, &t(1));
+        assert_eq!(states(&s)[3], pair("True", "SecretNotFound"));
+        assert_eq!(
+            (cond(&s, REGISTERED).reason.as_str(), cond(&s, REGISTERED).message.as_str()),
+            ("SecretNotFound", "Secret team/reg does not exist")
+        );
+        assert!(s.registration.is_none(), "nothing sent, nothing recorded");
 
         // Registered once, unregistered now: a new code waits for a person.
         let Outcome::Applied(mut logged_off) = down else { unreachable!() };

@@ -470,17 +470,16 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &namespace).await?;
     let webhook_ca = std::fs::read_to_string(emulated::pki(&work_dir().join("pki-life"))?.ca)?;
-    for (name, key, value) in [
-        ("registration", "cert", deployment.certificate(&number)?),
-        ("backup-password", "password", "Backup-passw0rd".to_string()),
-        ("webhook-ca", "ca.crt", webhook_ca.clone()),
-    ] {
-        let secret = Secret {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            string_data: Some(BTreeMap::from([(key.to_string(), value)])),
-            ..Default::default()
-        };
-        secrets.create(&PostParams::default(), &secret).await?;
+    let secret = |name: &str, key: &str, value: String| Secret {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        string_data: Some(BTreeMap::from([(key.to_string(), value)])),
+        ..Default::default()
+    };
+    // The registration Secret comes later, once its absence is reported.
+    for (name, key, value) in
+        [("backup-password", "password", "Backup-passw0rd".to_string()), ("webhook-ca", "ca.crt", webhook_ca.clone())]
+    {
+        secrets.create(&PostParams::default(), &secret(name, key, value)).await?;
     }
     let life = json!({
         "registration": {"secretRef": {"name": "registration"}, "method": "sms"},
@@ -504,6 +503,16 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
     for master in [true, true, false, false] {
         deployment.node(master)?;
     }
+
+    // No registration Secret: said as such, with Stalled, and nothing sent.
+    let w =
+        wait_condition(&api, NAME, "Registered", "False", "SecretNotFound").await.with_context(|| deployment.logs())?;
+    let message = &condition(&w, "Registered").unwrap().message;
+    ensure!(message.contains(&format!("Secret {ns}/registration")), "{message}");
+    ensure!(condition(&w, "Stalled").is_some_and(|s| s.status == "True" && s.reason == "SecretNotFound"));
+    ensure!(deployment.sent_code(&number).await?.is_none(), "a code was requested without the certificate");
+    ensure!(w.status.as_ref().is_some_and(|s| s.registration.is_none()), "nothing sent, nothing recorded");
+    secrets.create(&PostParams::default(), &secret("registration", "cert", deployment.certificate(&number)?)).await?;
 
     // The operator requests the code once; a person puts it into the Secret.
     let w =
