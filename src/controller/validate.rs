@@ -117,6 +117,11 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         )?;
     }
 
+    // The CA the probe verifies the webapp with (unused when told to skip it).
+    if let Some(r) = spec.health.ca_secret_ref.as_deref().filter(|_| !spec.health.insecure_skip_tls_verify) {
+        require_secret(observed.health_ca.as_ref(), &r.name, namespace, "spec.health.caSecretRef", &[&r.key])?;
+    }
+
     if let Some(r) = &spec.webapp.admin_password_secret_ref {
         let secret = require_secret(
             observed.admin_password.as_ref(),
@@ -315,6 +320,18 @@ mod tests {
         assert_eq!(validate(&wan, &observed()).unwrap_err().reason, SECRET_NOT_FOUND);
         let obs = Observed { database_ca: Some(secret(&[("ca.crt", "pem")])), ..observed() };
         assert!(validate(&wan, &obs).unwrap().database_ca_digest.is_some());
+
+        wan.spec.database.tls = None;
+        wan.spec.health.ca_secret_ref = Some(Box::new(SecretKeyRef { name: "probe-ca".into(), key: "ca.crt".into() }));
+        let problem = validate(&wan, &observed()).unwrap_err();
+        assert_eq!(problem.reason, SECRET_NOT_FOUND);
+        assert!(problem.message.contains("spec.health.caSecretRef"), "{}", problem.message);
+        let obs = Observed { health_ca: Some(secret(&[("other", "pem")])), ..observed() };
+        assert_eq!(validate(&wan, &obs).unwrap_err().reason, SECRET_KEY_MISSING);
+        let obs = Observed { health_ca: Some(secret(&[("ca.crt", "pem")])), ..observed() };
+        assert!(validate(&wan, &obs).is_ok());
+        wan.spec.health.insecure_skip_tls_verify = true;
+        assert!(validate(&wan, &observed()).is_ok(), "a CA the probe does not use is not required");
     }
 
     #[test]
