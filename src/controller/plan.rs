@@ -150,6 +150,11 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
                     name = job(steady)
                 ),
             ),
+            // Why it waits: a pod not scheduled shows here before the Job's deadline.
+            JobState::Pending(why) => FirstSchema::Waiting(format!(
+                "the schema Job {} creates the client's databases before any node or webapp starts; it has not started: {why}",
+                job(steady)
+            )),
             _ => FirstSchema::AtWork,
         }
     };
@@ -269,6 +274,12 @@ mod tests {
         // Alone: its own Job, reported by how it stands.
         let alone = first_jobs(&wan, "2.55.1", &JobState::Running, &[]);
         assert_eq!(alone, FirstJobs { report: FirstSchema::AtWork, create: true, delete: vec![] });
+        let waiting = first_jobs(&wan, "2.55.1", &pending, &[]);
+        assert!(
+            matches!(&waiting.report, FirstSchema::Waiting(m) if m.contains("acme-schema-2-55-1") && m.ends_with("its pod is not scheduled")),
+            "{:?}",
+            waiting.report
+        );
         let failed =
             first_jobs(&wan, "2.55.1", &JobState::Failed { why: "BackoffLimitExceeded".into(), ran: true }, &[]);
         assert!(matches!(&failed.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("delete the Job")));

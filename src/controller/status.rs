@@ -179,7 +179,8 @@ pub enum FirstSchema {
     /// Its Job is at work, or its pod waits to start.
     #[default]
     AtWork,
-    /// The Job of an earlier `spec.version` goes first: why.
+    /// Its Job has not started, or the Job of an earlier `spec.version`
+    /// goes first: why.
     Waiting(String),
     /// Nothing goes on until a person acts: reason and message.
     Stuck(&'static str, String),
