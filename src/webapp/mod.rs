@@ -202,37 +202,39 @@ fn tls_config(trust: &Trust, name: Option<&str>) -> Result<rustls::ClientConfig,
     for cert in CertificateDer::pem_slice_iter(pem.map(Vec::as_slice).unwrap_or_default()) {
         roots.add(cert.map_err(|e| setup(&e))?).map_err(|e| setup(&e))?;
     }
+    let algorithms = provider.signature_verification_algorithms;
+    let custom = |check| {
+        let verifier = std::sync::Arc::new(Verifier { algorithms, check });
+        builder.clone().dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+    };
     let mut config = match (trust, name) {
-        (Trust::InsecureSkipVerify, _) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth(),
+        (Trust::InsecureSkipVerify, _) => custom(None),
         (_, Some(name)) => {
             let name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| setup(&e))?;
-            let inner =
+            let verifier =
                 rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
                     .build()
                     .map_err(|e| setup(&e))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(std::sync::Arc::new(ForName { inner, name }))
-                .with_no_client_auth()
+            custom(Some((verifier, name)))
         }
-        (_, None) => builder.with_root_certificates(roots).with_no_client_auth(),
+        (_, None) => builder.clone().with_root_certificates(roots).with_no_client_auth(),
     };
     config.resumption = rustls::client::Resumption::in_memory_sessions(resumed_sessions(trust));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// The usual verification, for a name other than the host dialed.
+/// A verifier the default one cannot be: `check` verifies the certificate
+/// for a name other than the host dialed, or, when absent
+/// (`InsecureSkipVerify`), any certificate for any name is taken. Either
+/// way the handshake's signatures are checked, against the certificate sent.
 #[derive(Debug)]
-struct ForName {
-    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
-    name: rustls::pki_types::ServerName<'static>,
+struct Verifier {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+    check: Option<(std::sync::Arc<rustls::client::WebPkiServerVerifier>, rustls::pki_types::ServerName<'static>)>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for ForName {
+impl rustls::client::danger::ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &rustls::pki_types::CertificateDer<'_>,
@@ -241,7 +243,10 @@ impl rustls::client::danger::ServerCertVerifier for ForName {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        match &self.check {
+            Some((verifier, name)) => verifier.verify_server_cert(end_entity, intermediates, name, ocsp_response, now),
+            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -250,7 +255,7 @@ impl rustls::client::danger::ServerCertVerifier for ForName {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -259,51 +264,11 @@ impl rustls::client::danger::ServerCertVerifier for ForName {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `InsecureSkipVerify`: any certificate, for any name, is taken. The
-/// handshake's signatures are still checked, against the certificate sent.
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
