@@ -84,7 +84,8 @@ pub(super) fn other_secrets_read(wan: &WhatsAppNumber) -> Vec<String> {
         spec.database.tls.as_ref().map(|t| t.ca_secret_ref.name.clone()),
         spec.webapp.tls.as_ref().map(|t| t.secret_name.clone()),
         Some(Names::new(wan).keys()),
-        spec.health.ca_secret_ref.as_ref().filter(|_| spec.health.enabled).map(|r| r.name.clone()),
+        // Also with polling off: the admin session and the scrape verify with it.
+        spec.health.ca_secret_ref.as_ref().map(|r| r.name.clone()),
         spec.registration.as_ref().map(|r| r.secret_ref.name.clone()),
         spec.webapp.admin_password_secret_ref.as_ref().map(|r| r.name.clone()),
     ]
@@ -165,8 +166,8 @@ pub async fn observe(caches: &Caches, settings: &Settings, wan: &WhatsAppNumber)
     let media_claim =
         caches.volume_claims.get(&namespace, &crate::resources::media_claim_name(wan)).await?.map(|c| c.claim());
     let health_ca = match &spec.health.ca_secret_ref {
-        Some(r) if spec.health.enabled => secret(r.name.clone()).await?,
-        _ => None,
+        Some(r) => secret(r.name.clone()).await?,
+        None => None,
     };
     let registration = match &spec.registration {
         Some(r) => secret(r.secret_ref.name.clone()).await?,
