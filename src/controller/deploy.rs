@@ -44,7 +44,7 @@ pub(super) async fn deploy(
     }
     let sharding = shards_step(wan, ctx, observed, &planned, &written, &gateway).await;
     Ok(Applied {
-        client: client_state(wan, &planned, &written, &gateway),
+        client: client_state(wan, observed, &planned, &written, &gateway),
         tiers: written.tiers,
         health: gateway.health,
         sharding,
@@ -528,7 +528,13 @@ fn log_advance(before: Option<&crate::api::UpgradeStatus>, after: Option<&crate:
 
 /// What status shows of the client: the probe's findings, or what status
 /// showed while no probe result is at hand.
-fn client_state(wan: &WhatsAppNumber, planned: &Planned, written: &Written, gateway: &Gateway) -> status::ClientState {
+fn client_state(
+    wan: &WhatsAppNumber,
+    observed: &fetch::Observed,
+    planned: &Planned,
+    written: &Written,
+    gateway: &Gateway,
+) -> status::ClientState {
     let status = wan.status.as_ref();
     let report = gateway.report.as_ref();
     status::ClientState {
@@ -555,7 +561,13 @@ fn client_state(wan: &WhatsAppNumber, planned: &Planned, written: &Written, gate
         ),
         database_name_prefix: Some(crate::api::database_name_prefix(&wan.spec)),
         service_monitor: written.service_monitor.clone(),
-        lifecycle: report.map_or_else(|| lifecycle::LifecycleReport::from_status(status), |r| r.lifecycle.clone()),
+        lifecycle: {
+            let mut l = report.map_or_else(|| lifecycle::LifecycleReport::from_status(status), |r| r.lifecycle.clone());
+            // From what is read on every pass, so that it stands whether the
+            // webapp was asked this time or not.
+            l.registration_material = lifecycle::registration_material(wan, observed, l.registration.as_ref());
+            l
+        },
     }
 }
 

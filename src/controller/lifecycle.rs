@@ -40,8 +40,8 @@ pub const BACKUP_COMPONENT: &str = "backup";
 pub struct LifecycleReport {
     pub registration: Option<RegistrationStatus>,
     /// A code request that cannot be sent for want of the registration
-    /// Secret or its certificate: reason and message. Nothing was sent, so
-    /// nothing is recorded.
+    /// Secret or its certificate: reason and message
+    /// ([`registration_material`]). Nothing is sent, so nothing is recorded.
     pub registration_material: Option<(&'static str, String)>,
     pub settings: Option<SettingsStatus>,
     pub backup: Option<BackupStatus>,
@@ -87,8 +87,25 @@ fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
     String::from_utf8(bytes).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// Why a code request cannot be sent: the registration Secret, or its
-/// certificate, is missing. Reason and message of `Registered`.
+/// Why no code request can be sent, for a number the operator registers
+/// (`spec.registration.method`) and not recorded registered: the
+/// registration Secret, or its certificate, is missing. Reason and message
+/// of `Registered`. Judged from what every pass reads, so it stands whether
+/// the webapp is asked or not.
+pub fn registration_material(
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    recorded: Option<&RegistrationStatus>,
+) -> Option<(&'static str, String)> {
+    let spec = wan.spec.registration.as_deref().filter(|r| r.method.is_some())?;
+    if recorded.is_some_and(|r| r.phase == RegistrationPhase::Registered) {
+        return None;
+    }
+    let r = &spec.secret_ref;
+    let secret = observed.registration.as_ref();
+    secret_text(secret, &r.cert_key).is_none().then(|| missing_material(wan, r, secret.is_some()))
+}
+
 fn missing_material(
     wan: &WhatsAppNumber,
     r: &crate::api::RegistrationSecretRef,
@@ -182,10 +199,8 @@ pub async fn step(
         // an unregistered number needs it, to send nothing a person must judge.
         let recorded = || recorded_registration(wan, observed).filter(|_| unregistered);
         let previous = report.registration.clone().or_else(recorded);
-        match register(webapp, token, wan, observed, method, previous, unregistered).await {
-            Ok(Some(registration)) => report.registration = Some(registration),
-            Ok(None) => {}
-            Err(missing) => report.registration_material = Some(missing),
+        if let Some(registration) = register(webapp, token, wan, observed, method, previous, unregistered).await {
+            report.registration = Some(registration);
         }
     }
 
@@ -335,7 +350,7 @@ async fn register(
     (spec, method): (&crate::api::RegistrationSpec, crate::api::RegistrationMethod),
     previous: Option<RegistrationStatus>,
     unregistered: bool,
-) -> Result<Option<RegistrationStatus>, (&'static str, String)> {
+) -> Option<RegistrationStatus> {
     let r = &spec.secret_ref;
     let secret = observed.registration.as_ref();
     let cert = secret_text(secret, &r.cert_key);
@@ -346,7 +361,7 @@ async fn register(
     // Registered, as the client says: the phase follows, nothing is sent.
     if !unregistered {
         let seen = || Some(Time(jiff::Timestamp::now()));
-        return Ok(Some(match previous {
+        return Some(match previous {
             Some(p) if p.phase == RegistrationPhase::Registered && p.confirmed_at.is_some() => p,
             Some(p) if p.phase == RegistrationPhase::Registered => RegistrationStatus { confirmed_at: seen(), ..p },
             // Registered again (a restore, or by hand): what was sent stays.
@@ -365,14 +380,14 @@ async fn register(
                 request_annotation: previous.and_then(|p| p.request_annotation).or(Some(retry)),
                 confirmed_at: seen(),
             },
-        }));
+        });
     }
     // A request sent now records the annotation it was sent under.
     let requested = |mut s: RegistrationStatus| {
         s.request_annotation = Some(retry.clone());
         s
     };
-    Ok(Some(
+    Some(
         match lifecycle::registration_step(previous.as_ref(), unregistered, &inputs, &retry, code.as_deref(), |c| {
             digest(&c)
         }) {
@@ -399,16 +414,15 @@ async fn register(
                 s
             }
             RegistrationStep::RequestCode => {
-                let Some(cert) = cert else {
-                    return Err(missing_material(wan, r, secret.is_some()));
-                };
+                // Nothing to send: `registration_material` says why.
+                let cert = cert?;
                 let Some((cc, number)) = phone::split(&wan.spec.phone_number) else {
-                    return Ok(Some(requested(lifecycle::after_request(
+                    return Some(requested(lifecycle::after_request(
                         &inputs,
                         Err("not an E.164 number".into()),
                         None,
                         jiff::Timestamp::now(),
-                    ))));
+                    )));
                 };
                 let mut body = json!({"cc": cc, "phone_number": number, "method": method.as_str(), "cert": cert});
                 if let Some(pin) = &pin {
@@ -421,7 +435,7 @@ async fn register(
                     // session): nothing is recorded, and the next pass asks again.
                     Err(e) => {
                         warn!(error = %e, "the code request did not go through; it is sent again");
-                        return Ok(None);
+                        return None;
                     }
                 };
                 info!(outcome = ?outcome, "requested the registration code");
@@ -446,7 +460,7 @@ async fn register(
                     // The code was not judged: it is sent again next time.
                     Err(e) if !judged(&e) => {
                         warn!(error = %e, "the registration code did not go through; it is sent again");
-                        return Ok(None);
+                        return None;
                     }
                     Err(e) => {
                         s.phase = RegistrationPhase::CodeRefused;
@@ -458,7 +472,7 @@ async fn register(
                 s
             }
         },
-    ))
+    )
 }
 
 async fn settings(
@@ -663,6 +677,38 @@ async fn keep_in_store(
 mod tests {
     use super::*;
     use crate::fixtures::sample;
+
+    #[test]
+    fn missing_registration_material_is_judged_on_every_pass_until_registered() {
+        use crate::api::{RegistrationPhase, RegistrationStatus};
+        let mut wan = sample();
+        let observed = Observed::default();
+        assert_eq!(registration_material(&wan, &observed, None), None, "no registration asked for");
+        wan.spec.registration =
+            Some(serde_json::from_value(serde_json::json!({"secretRef": {"name": "reg"}, "method": "sms"})).unwrap());
+        let missing = registration_material(&wan, &observed, None).expect("said");
+        assert_eq!(missing.0, "SecretNotFound");
+        let refused = RegistrationStatus {
+            phase: RegistrationPhase::RequestRefused,
+            message: String::new(),
+            request_digest: None,
+            code_requested_at: None,
+            code_digest: None,
+            request_annotation: None,
+            confirmed_at: None,
+        };
+        assert_eq!(registration_material(&wan, &observed, Some(&refused)), Some(missing));
+        let registered = RegistrationStatus { phase: RegistrationPhase::Registered, ..refused };
+        assert_eq!(registration_material(&wan, &observed, Some(&registered)), None, "nothing to request");
+        let secret = |key: &str| k8s_openapi::api::core::v1::Secret {
+            data: Some([(key.to_string(), k8s_openapi::ByteString(b"X".to_vec()))].into()),
+            ..Default::default()
+        };
+        let without_cert = Observed { registration: Some(secret("pin")), ..Default::default() };
+        assert_eq!(registration_material(&wan, &without_cert, None).map(|m| m.0), Some("SecretKeyMissing"));
+        let complete = Observed { registration: Some(secret("cert")), ..Default::default() };
+        assert_eq!(registration_material(&wan, &complete, None), None);
+    }
 
     #[test]
     fn a_missing_registration_secret_or_certificate_is_named_with_its_namespace() {
