@@ -174,6 +174,17 @@ impl Numbers {
 
     /// Decodes what a watch event delivers, before the store takes it.
     pub fn absorb(&self, event: watcher::Event<NumberObject>) -> watcher::Event<NumberObject> {
+        self.absorb_noting_gone(event, |_| {})
+    }
+
+    /// [`Numbers::absorb`], handing `gone` every readable object the event
+    /// removes: one deleted, or one a new listing no longer holds (deleted
+    /// while the watch was down).
+    pub fn absorb_noting_gone(
+        &self,
+        event: watcher::Event<NumberObject>,
+        mut gone: impl FnMut(Arc<WhatsAppNumber>),
+    ) -> watcher::Event<NumberObject> {
         let mut decoded = self.decoded.lock().expect("decoded numbers lock");
         match event {
             watcher::Event::Apply(obj) => watcher::Event::Apply(decoded.decode(obj)),
@@ -183,7 +194,9 @@ impl Numbers {
                 watcher::Event::InitApply(decoded.decode(obj))
             }
             watcher::Event::Delete(obj) => {
-                decoded.by_uid.remove(&obj.uid().unwrap_or_default());
+                if let Some(wan) = decoded.by_uid.remove(&obj.uid().unwrap_or_default()) {
+                    gone(wan);
+                }
                 watcher::Event::Delete(obj)
             }
             watcher::Event::Init => {
@@ -192,7 +205,13 @@ impl Numbers {
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = decoded.listing.take() {
-                    decoded.by_uid.retain(|uid, _| listed.contains(uid));
+                    decoded.by_uid.retain(|uid, wan| {
+                        let kept = listed.contains(uid);
+                        if !kept {
+                            gone(wan.clone());
+                        }
+                        kept
+                    });
                 }
                 watcher::Event::InitDone
             }
@@ -703,13 +722,10 @@ pub fn numbers_feed(api: Api<NumberObject>) -> (Numbers, NumberChanges, Touched<
     let (gone, deleted) = futures::channel::mpsc::unbounded();
     let config = listing().any_semantic();
     let events = watcher(api, config).default_backoff().modify(strip).map_ok(move |event| {
-        if let watcher::Event::Delete(obj) = &event
-            && let Some(wan) = decode.decoded(obj)
-        {
-            // The controller's stream is polled as long as this one.
+        // The controller's stream is polled as long as this one.
+        decode.absorb_noting_gone(event, |wan| {
             let _ = gone.unbounded_send(wan);
-        }
-        decode.absorb(event)
+        })
     });
     let stream = reflector::reflector(writer, events).applied_objects().boxed();
     (numbers, stream, deleted.map(Ok).boxed())
@@ -1237,6 +1253,25 @@ mod tests {
         let listed: Vec<String> = numbers.readable().iter().map(|w| w.name_any()).collect();
         assert_eq!(listed, ["c"]);
         assert!(stored("b").is_none() && stored("c").is_some());
+    }
+
+    #[test]
+    fn numbers_deleted_or_no_longer_listed_are_handed_on_as_gone() {
+        let numbers = Numbers::new(reflector::store::Writer::<NumberObject>::default().as_reader());
+        let mut gone = Vec::new();
+        let mut deliver = |event| {
+            numbers.absorb_noting_gone(event, |wan| gone.push(wan.name_any()));
+        };
+        deliver(watcher::Event::Apply(number("a", "1", "+15550001111".into())));
+        deliver(watcher::Event::Apply(number("b", "1", "+15550002222".into())));
+        deliver(watcher::Event::Apply(number("u", "1", 42.into())));
+        deliver(watcher::Event::Delete(number("a", "1", "+15550001111".into())));
+        deliver(watcher::Event::Delete(number("u", "1", 42.into())));
+        // Deleted while the watch was down: the new listing leaves it out.
+        deliver(watcher::Event::Init);
+        deliver(watcher::Event::InitApply(number("c", "2", "+15550003333".into())));
+        deliver(watcher::Event::InitDone);
+        assert_eq!(gone, ["a", "b"], "readable objects only, each once");
     }
 
     #[test]
