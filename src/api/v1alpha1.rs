@@ -122,7 +122,8 @@ pub struct WhatsAppNumberSpec {
     /// `Progressing=False`, `Degraded=True` and `Stalled=True` with reason
     /// `ProgressDeadlineExceeded`, as a Deployment does. The rollout itself
     /// goes on, and the number is reported progressing again as soon as it
-    /// moves. The schema Job, upgrades and shard changes have their own limits.
+    /// moves. Coreapps added for a shard change count; the schema Job and
+    /// upgrades have their own limits.
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 60, max = 86400))]
     pub progress_deadline_seconds: i32,

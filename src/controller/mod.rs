@@ -571,14 +571,14 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
                             crate::upgrade::policy::next_opening(wan.spec.upgrade.maintenance_window.as_deref(), now)?;
                         Some(Duration::from_secs(opens.duration_since(now).as_secs().max(0) as u64 + 1))
                     });
-                // A rollout's progress deadline: looked at again as it passes.
-                let deadline = (!applied.tiers.all_ready())
-                    .then(|| match wan.status.as_ref().and_then(|s| status::progress_deadline(wan, s)) {
-                        Some(at) => Some(at.0.duration_since(now).as_secs()).filter(|s| *s >= 0),
-                        None => Some(wan.spec.progress_deadline_seconds.into()),
-                    })
-                    .flatten()
-                    .map(|secs| Duration::from_secs(secs as u64 + 1));
+                // A rollout's progress deadline: looked at again as it passes
+                // (counted from now when it was reset, or has passed, here).
+                let deadline = (!applied.tiers.all_ready()).then(|| {
+                    let full = i64::from(wan.spec.progress_deadline_seconds);
+                    let left = wan.status.as_ref().and_then(|s| status::progress_deadline(wan, s));
+                    let left = left.map(|at| at.0.duration_since(now).as_secs()).filter(|s| *s > 0).unwrap_or(full);
+                    Duration::from_secs(left.max(1) as u64 + 1)
+                });
                 let due =
                     [lifecycle::next_backup_in(wan, now), lifecycle::next_restore_retry_in(wan, now), window, deadline];
                 Action::requeue(jittered(due.into_iter().flatten().fold(RESYNC, Duration::min)))

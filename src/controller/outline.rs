@@ -221,6 +221,9 @@ pub struct WorkloadStatus {
     pub ready_replicas: Option<i32>,
     pub updated_replicas: Option<i32>,
     pub observed_generation: Option<i64>,
+    /// A StatefulSet whose update revision is its current one: no rolling
+    /// update is under way (a pod missing or terminating is not one).
+    pub update_complete: bool,
 }
 
 fn template_version(template: &PodTemplateSpec) -> Option<String> {
@@ -244,6 +247,7 @@ impl Outlined for StatefulSet {
             ready_replicas: s.ready_replicas,
             updated_replicas: s.updated_replicas,
             observed_generation: s.observed_generation,
+            update_complete: s.update_revision.is_some() && s.current_revision == s.update_revision,
         });
         Workload::of(spec.and_then(|s| s.replicas), spec.map(|s| &s.template), status)
     }
@@ -259,6 +263,7 @@ impl Outlined for Deployment {
             ready_replicas: s.ready_replicas,
             updated_replicas: s.updated_replicas,
             observed_generation: s.observed_generation,
+            update_complete: false,
         });
         Workload::of(spec.and_then(|s| s.replicas), spec.map(|s| &s.template), status)
     }
@@ -378,7 +383,8 @@ mod tests {
                     replicas: 2,
                     ready_replicas: Some(1),
                     updated_replicas: None,
-                    observed_generation: Some(3)
+                    observed_generation: Some(3),
+                    update_complete: false,
                 }),
             }
         );

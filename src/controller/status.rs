@@ -292,14 +292,19 @@ impl Tiers {
     }
 }
 
-/// Tier readiness from a StatefulSet's own status.
+/// Tier readiness from a StatefulSet's own status. Its updated count leaves
+/// out pods missing or terminating; with no rolling update under way (the
+/// current revision is the update revision) every pod there is, or comes
+/// back, at the newest template, so a pod lost is not taken for a rollout.
 pub fn stateful_set_tier(sts: &Outline<StatefulSet>) -> TierStatus {
     let status = sts.state.status.clone().unwrap_or_default();
+    let desired = sts.state.replicas.unwrap_or(1);
+    let observed = status.observed_generation.is_some() && status.observed_generation == sts.identity.generation;
     TierStatus {
-        desired: sts.state.replicas.unwrap_or(1),
+        desired,
         ready: status.ready_replicas.unwrap_or(0),
-        updated: status.updated_replicas.unwrap_or(0),
-        observed: status.observed_generation.is_some() && status.observed_generation == sts.identity.generation,
+        updated: if observed && status.update_complete { desired } else { status.updated_replicas.unwrap_or(0) },
+        observed,
     }
 }
 
@@ -979,13 +984,15 @@ fn coming_up(s: &WhatsAppNumberStatus) -> bool {
 }
 
 /// `Progressing` reasons of the workloads' own rollout, which the progress
-/// deadline bounds (the schema Job, upgrades and shard changes have their own).
+/// deadline bounds (coreapps added by a shard change included; the schema
+/// Job and upgrades have their own limits).
 const ROLLOUT_STEPS: [&str; 2] = [ROLLING_OUT, WAITING_FOR_PODS];
 
 /// When the rollout last moved, while the workloads roll out: it began (a
 /// new generation, or a step of it), or a tier gained an updated or a ready
-/// pod since the status before. A pod that comes and goes does not hold the
-/// deadline off for longer than it stays.
+/// pod since the status before. A pod lost is no move; one that becomes
+/// ready again is (as for a Deployment), so a pod that keeps coming back
+/// holds the deadline off.
 fn last_progress(
     wan: &WhatsAppNumber,
     previous: Option<&WhatsAppNumberStatus>,
@@ -1070,8 +1077,11 @@ pub fn compute(
         // What a held reconcile cannot look at stands as last seen, with the
         // generation it was seen for: an expired build, a refused password
         // or registration of a number that still runs must not vanish.
-        let said: Vec<Condition> =
-            before.iter().filter(|c| !status.conditions.iter().any(|n| n.type_ == c.type_)).cloned().collect();
+        let said: Vec<Condition> = before
+            .iter()
+            .filter(|c| still_asked(wan, c.type_.as_str()) && !status.conditions.iter().any(|n| n.type_ == c.type_))
+            .cloned()
+            .collect();
         status.conditions.extend(said);
     }
     if let Outcome::Deploying = outcome {
@@ -1111,6 +1121,21 @@ pub fn compute(
         status.restore = c.lifecycle.restore.clone().filter(|r| !r.from.is_empty()).map(Box::new);
     }
     status
+}
+
+/// Whether a condition a held reconcile cannot look at still reports on
+/// what the spec asks for: those of parts since removed from the spec go.
+fn still_asked(wan: &WhatsAppNumber, type_: &str) -> bool {
+    let spec = &wan.spec;
+    match type_ {
+        BUILD_EXPIRING | BUILD_EXPIRED | RELEASE_CATALOG | ADMIN_ACCESS => true,
+        REGISTERED => spec.registration.as_ref().is_some_and(|r| r.method.is_some()),
+        SETTINGS_APPLIED => spec.settings.is_some(),
+        BACKED_UP => spec.backup.is_some(),
+        RESTORED => spec.restore_from.is_some(),
+        MONITORING => spec.monitoring.as_ref().is_some_and(|m| m.service_monitor),
+        _ => false,
+    }
 }
 
 /// A condition that keeps its previous transition time unless its status flips.
@@ -1525,6 +1550,36 @@ mod tests {
     }
 
     #[test]
+    fn a_stateful_set_pod_lost_is_not_a_rolling_update() {
+        use crate::controller::outline::{Workload, WorkloadStatus};
+        let mut sts = Outline::<StatefulSet>::default();
+        sts.identity.generation = Some(2);
+        let with = |update_complete: bool, observed_generation: i64| Workload {
+            replicas: Some(2),
+            version: None,
+            status: Some(WorkloadStatus {
+                observed_generation: Some(observed_generation),
+                replicas: 1,
+                ready_replicas: Some(1),
+                updated_replicas: Some(1),
+                update_complete,
+            }),
+        };
+        // A pod evicted, not yet back: its revision is the current one.
+        sts.state = with(true, 2);
+        let lost = stateful_set_tier(&sts);
+        assert_eq!((lost.updated, lost.ready, lost.is_ready()), (2, 1, false));
+        let tiers = Tiers { coreapps: lost, ..ready_tiers() };
+        assert!(tiers.rolling_out().is_empty());
+        // A rolling update under way, or a spec not seen yet, counts as it is.
+        sts.state = with(false, 2);
+        assert_eq!(stateful_set_tier(&sts).updated, 1);
+        sts.state = with(true, 1);
+        let unseen = stateful_set_tier(&sts);
+        assert_eq!((unseen.updated, unseen.observed), (1, false));
+    }
+
+    #[test]
     fn deployment_surge_does_not_count_old_pods() {
         use crate::controller::outline::{Workload, WorkloadStatus};
         let mut d = Outline::<Deployment>::default();
@@ -1537,6 +1592,7 @@ mod tests {
                 replicas: 3,
                 ready_replicas: Some(3),
                 updated_replicas: Some(1),
+                update_complete: false,
             }),
         };
         let tier = deployment_tier(&d);
@@ -2150,7 +2206,16 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), types.len(), "each type once: {types:?}");
-        assert_eq!(next(&mut wan, &Outcome::Blocked(problem), 3), held, "nothing new: nothing to write");
+        assert_eq!(next(&mut wan, &Outcome::Blocked(problem.clone()), 3), held, "nothing new: nothing to write");
+        // What the spec no longer asks for goes, and so does what no held
+        // reconcile keeps.
+        let mut without = held.clone();
+        without.conditions.push(condition(&[], BACKED_UP, "True", "Done".into(), "".into(), Some(3), &t(1)));
+        without.conditions.push(condition(&[], "OldKind", "True", "Old".into(), "".into(), Some(3), &t(1)));
+        wan.status = Some(without);
+        let s = next(&mut wan, &Outcome::Blocked(problem), 3);
+        assert!(find(Some(&s), BACKED_UP).is_none() && find(Some(&s), "OldKind").is_none(), "{:?}", s.conditions);
+        assert_eq!(s, held);
 
         // Fixed: every condition computed again for the new generation.
         let back = next(&mut wan, &with_versions(expired), 4);
