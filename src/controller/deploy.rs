@@ -565,7 +565,12 @@ fn client_state(
             let mut l = report.map_or_else(|| lifecycle::LifecycleReport::from_status(status), |r| r.lifecycle.clone());
             // From what is read on every pass, so that it stands whether the
             // webapp was asked this time or not.
-            l.registration_material = lifecycle::registration_material(wan, observed, l.registration.as_ref());
+            // The client as this pass's probe saw it, else as status shows it.
+            let seen = match &gateway.health {
+                status::GatewayHealth::Probed(o) => Some(o.block.gateway.as_str()),
+                _ => status.and_then(|s| s.health.as_deref()).map(|h| h.gateway.as_str()),
+            };
+            l.registration_material = lifecycle::registration_material(wan, observed, l.registration.as_ref(), seen);
             l
         },
     }

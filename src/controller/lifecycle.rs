@@ -87,18 +87,26 @@ fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
     String::from_utf8(bytes).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// Why no code request can be sent, for a number the operator registers
-/// (`spec.registration.method`) and not recorded registered: the
+/// Why the code request that is the next step cannot be sent: the
 /// registration Secret, or its certificate, is missing. Reason and message
-/// of `Registered`. Judged from what every pass reads, so it stands whether
-/// the webapp is asked or not.
+/// of `Registered`. The next step is a code request for a number the
+/// operator registers (`spec.registration.method`) with health polled,
+/// which the client last reported `unregistered` (`gateway`), no restore
+/// pending, and nothing recorded but a refused request. Judged from what
+/// every pass reads, so it stands whether the webapp is asked or not.
 pub fn registration_material(
     wan: &WhatsAppNumber,
     observed: &Observed,
     recorded: Option<&RegistrationStatus>,
+    gateway: Option<&str>,
 ) -> Option<(&'static str, String)> {
     let spec = wan.spec.registration.as_deref().filter(|r| r.method.is_some())?;
-    if recorded.is_some_and(|r| r.phase == RegistrationPhase::Registered) {
+    let restore_pending = wan.spec.restore_from.as_ref().is_some_and(|from| {
+        let restore = wan.status.as_ref().and_then(|s| s.restore.as_deref());
+        !restore.is_some_and(|r| r.from == from.source() && r.outcome.passed())
+    });
+    let requested_before = recorded.is_some_and(|r| r.phase != RegistrationPhase::RequestRefused);
+    if !wan.spec.health.enabled || gateway != Some("unregistered") || restore_pending || requested_before {
         return None;
     }
     let r = &spec.secret_ref;
@@ -683,11 +691,21 @@ mod tests {
         use crate::api::{RegistrationPhase, RegistrationStatus};
         let mut wan = sample();
         let observed = Observed::default();
-        assert_eq!(registration_material(&wan, &observed, None), None, "no registration asked for");
+        let unregistered = Some("unregistered");
+        assert_eq!(registration_material(&wan, &observed, None, unregistered), None, "no registration asked for");
         wan.spec.registration =
             Some(serde_json::from_value(serde_json::json!({"secretRef": {"name": "reg"}, "method": "sms"})).unwrap());
-        let missing = registration_material(&wan, &observed, None).expect("said");
+        let missing = registration_material(&wan, &observed, None, unregistered).expect("said");
         assert_eq!(missing.0, "SecretNotFound");
+        // Only when a code request is the next step.
+        assert_eq!(registration_material(&wan, &observed, None, Some("connected")), None, "registered otherwise");
+        assert_eq!(registration_material(&wan, &observed, None, None), None, "the client not seen yet");
+        let mut unpolled = wan.clone();
+        unpolled.spec.health.enabled = false;
+        assert_eq!(registration_material(&unpolled, &observed, None, unregistered), None, "waits for polling");
+        let mut restoring = wan.clone();
+        restoring.spec.restore_from = crate::fixtures::restoring().spec.restore_from;
+        assert_eq!(registration_material(&restoring, &observed, None, unregistered), None, "a restore goes first");
         let refused = RegistrationStatus {
             phase: RegistrationPhase::RequestRefused,
             message: String::new(),
@@ -697,17 +715,26 @@ mod tests {
             request_annotation: None,
             confirmed_at: None,
         };
-        assert_eq!(registration_material(&wan, &observed, Some(&refused)), Some(missing));
-        let registered = RegistrationStatus { phase: RegistrationPhase::Registered, ..refused };
-        assert_eq!(registration_material(&wan, &observed, Some(&registered)), None, "nothing to request");
+        assert_eq!(registration_material(&wan, &observed, Some(&refused), unregistered), Some(missing));
+        for phase in [RegistrationPhase::Registered, RegistrationPhase::CodeRequested, RegistrationPhase::LoggedOff] {
+            let recorded = RegistrationStatus { phase, ..refused.clone() };
+            assert_eq!(
+                registration_material(&wan, &observed, Some(&recorded), unregistered),
+                None,
+                "{phase:?} says more"
+            );
+        }
         let secret = |key: &str| k8s_openapi::api::core::v1::Secret {
             data: Some([(key.to_string(), k8s_openapi::ByteString(b"X".to_vec()))].into()),
             ..Default::default()
         };
         let without_cert = Observed { registration: Some(secret("pin")), ..Default::default() };
-        assert_eq!(registration_material(&wan, &without_cert, None).map(|m| m.0), Some("SecretKeyMissing"));
+        assert_eq!(
+            registration_material(&wan, &without_cert, None, unregistered).map(|m| m.0),
+            Some("SecretKeyMissing")
+        );
         let complete = Observed { registration: Some(secret("cert")), ..Default::default() };
-        assert_eq!(registration_material(&wan, &complete, None), None);
+        assert_eq!(registration_material(&wan, &complete, None, unregistered), None);
     }
 
     #[test]

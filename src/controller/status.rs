@@ -296,15 +296,17 @@ impl Tiers {
 /// out pods missing or terminating; with no rolling update under way (the
 /// current revision is the update revision) every pod there is, or comes
 /// back, at the newest template, so a pod lost is not taken for a rollout.
+/// Its ready count takes terminating pods in: a pod on its way out is not
+/// counted ready then.
 pub fn stateful_set_tier(sts: &Outline<StatefulSet>) -> TierStatus {
     let status = sts.state.status.clone().unwrap_or_default();
     let desired = sts.state.replicas.unwrap_or(1);
     let observed = status.observed_generation.is_some() && status.observed_generation == sts.identity.generation;
-    TierStatus {
-        desired,
-        ready: status.ready_replicas.unwrap_or(0),
-        updated: if observed && status.update_complete { desired } else { status.updated_replicas.unwrap_or(0) },
-        observed,
+    let (ready, updated) = (status.ready_replicas.unwrap_or(0), status.updated_replicas.unwrap_or(0));
+    if observed && status.update_complete {
+        TierStatus { desired, ready: ready.min(updated), updated: desired, observed }
+    } else {
+        TierStatus { desired, ready, updated, observed }
     }
 }
 
@@ -1569,6 +1571,12 @@ mod tests {
         sts.state = with(true, 2);
         let lost = stateful_set_tier(&sts);
         assert_eq!((lost.updated, lost.ready, lost.is_ready()), (2, 1, false));
+        // Terminating and still ready: counted ready, not updated.
+        if let Some(s) = sts.state.status.as_mut() {
+            s.ready_replicas = Some(2);
+        }
+        let leaving = stateful_set_tier(&sts);
+        assert_eq!((leaving.ready, leaving.is_ready()), (1, false), "a pod on its way out");
         let tiers = Tiers { coreapps: lost, ..ready_tiers() };
         assert!(tiers.rolling_out().is_empty());
         // A rolling update under way, or a spec not seen yet, counts as it is.
