@@ -1398,6 +1398,14 @@ impl RestoreOutcome {
     }
 }
 
+impl RestoreStatus {
+    /// This record is of the backup `from` (`RestoreFrom::source`), and that
+    /// backup is in or was passed over.
+    pub fn passed(&self, from: &str) -> bool {
+        self.from == from && self.outcome.passed()
+    }
+}
+
 /// The uploaded webapp certificate.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -475,7 +475,7 @@ fn shard_count_usable(
     let recorded = status.and_then(|s| s.restore.as_deref());
     let (pending, restored_at) = match &wan.spec.restore_from {
         None => (false, None),
-        Some(from) => match recorded.filter(|r| r.from == from.source() && r.outcome.passed()) {
+        Some(from) => match recorded.filter(|r| r.passed(&from.source())) {
             Some(r) => (false, (r.outcome == RestoreOutcome::Restored).then_some(r.at.0)),
             None => (true, None),
         },

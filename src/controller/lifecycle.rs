@@ -103,7 +103,7 @@ pub fn registration_material(
     let spec = wan.spec.registration.as_deref().filter(|r| r.method.is_some())?;
     let restore_pending = wan.spec.restore_from.as_ref().is_some_and(|from| {
         let restore = wan.status.as_ref().and_then(|s| s.restore.as_deref());
-        !restore.is_some_and(|r| r.from == from.source() && r.outcome.passed())
+        !restore.is_some_and(|r| r.passed(&from.source()))
     });
     let requested_before = recorded.is_some_and(|r| r.phase != RegistrationPhase::RequestRefused);
     if !wan.spec.health.enabled || gateway != Some("unregistered") || restore_pending || requested_before {
@@ -191,7 +191,7 @@ pub async fn step(
         // Nothing registers the number, nor writes its settings, until the
         // backup is in or passed over: a refused restore waits for a person
         // (another backup, or no restoreFrom to register the number anew).
-        if !report.restore.as_ref().is_some_and(|r| r.from == source && r.outcome.passed()) {
+        if !report.restore.as_ref().is_some_and(|r| r.passed(&source)) {
             return report;
         }
     }

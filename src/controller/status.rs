@@ -433,7 +433,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
             conditions.extend(lifecycle_conditions(wan, &applied.client.lifecycle));
             if let Err(why) = &applied.client.service_monitor {
                 conditions.push(cond(MONITORING, false, "ServiceMonitorUnavailable", why.clone()));
-            } else if wan.spec.monitoring.as_ref().is_some_and(|m| m.service_monitor) {
+            } else if spec_asks_for(wan, MONITORING) {
                 conditions.push(cond(MONITORING, true, "ServiceMonitorApplied", "the client's metrics are scraped"));
             }
             // Something only a person can unblock, beyond the version's own stalls.
@@ -561,39 +561,38 @@ fn not_probed_unless_polling() -> Cond {
 
 /// `Registered`, `SettingsApplied`, `BackedUp` and `Restored`, each only when
 /// the spec asks for what it reports.
+/// `Registered` from what the registration record says.
+fn registration_condition(recorded: Option<&crate::api::RegistrationStatus>) -> Cond {
+    use crate::api::RegistrationPhase;
+    match recorded {
+        // Registered once: no code is requested again without a person.
+        Some(r) if r.phase == RegistrationPhase::LoggedOff => cond(REGISTERED, false, "LoggedOff", r.message.clone()),
+        Some(r) if r.phase == RegistrationPhase::Registered => cond(REGISTERED, true, "Registered", r.message.clone()),
+        Some(r) if r.phase == RegistrationPhase::CodeRequested => {
+            cond(REGISTERED, false, "WaitingForCode", r.message.clone())
+        }
+        Some(r) if r.phase == RegistrationPhase::CodeRefused => {
+            cond(REGISTERED, false, "CodeRefused", r.message.clone())
+        }
+        Some(r) => cond(REGISTERED, false, "CodeRequestRefused", r.message.clone()),
+        None => {
+            cond(REGISTERED, false, "NotStarted", "registration starts once the webapp answers with an admin session")
+        }
+    }
+}
+
 fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::LifecycleReport) -> Vec<Cond> {
-    use crate::api::{RegistrationPhase, RestoreOutcome};
+    use crate::api::RestoreOutcome;
     let mut out = vec![];
-    if wan.spec.registration.as_ref().is_some_and(|r| r.method.is_some()) {
-        out.push(match &l.registration {
-            // Nothing could be sent: what a person must put in place.
-            _ if l.registration_material.is_some() => {
-                let (reason, message) = l.registration_material.clone().unwrap_or_default();
-                cond(REGISTERED, false, reason, message)
-            }
-            // Registered once: no code is requested again without a person.
-            Some(r) if r.phase == RegistrationPhase::LoggedOff => {
-                cond(REGISTERED, false, "LoggedOff", r.message.clone())
-            }
-            Some(r) if r.phase == RegistrationPhase::Registered => {
-                cond(REGISTERED, true, "Registered", r.message.clone())
-            }
-            Some(r) if r.phase == RegistrationPhase::CodeRequested => {
-                cond(REGISTERED, false, "WaitingForCode", r.message.clone())
-            }
-            Some(r) if r.phase == RegistrationPhase::CodeRefused => {
-                cond(REGISTERED, false, "CodeRefused", r.message.clone())
-            }
-            Some(r) => cond(REGISTERED, false, "CodeRequestRefused", r.message.clone()),
-            None => cond(
-                REGISTERED,
-                false,
-                "NotStarted",
-                "registration starts once the webapp answers with an admin session",
-            ),
+    if spec_asks_for(wan, REGISTERED) {
+        // Nothing could be sent: what a person must put in place.
+        out.push(if let Some((reason, message)) = &l.registration_material {
+            cond(REGISTERED, false, *reason, message.clone())
+        } else {
+            registration_condition(l.registration.as_ref())
         });
     }
-    if wan.spec.settings.is_some() {
+    if spec_asks_for(wan, SETTINGS_APPLIED) {
         out.push(match &l.settings {
             Some(s) if s.last_error.is_some() => {
                 cond(SETTINGS_APPLIED, false, "SettingsRefused", s.last_error.clone().unwrap_or_default())
@@ -613,7 +612,7 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
             _ => cond(SETTINGS_APPLIED, false, "NotApplied", "settings are applied once the number is registered"),
         });
     }
-    if wan.spec.backup.is_some() {
+    if spec_asks_for(wan, BACKED_UP) {
         out.push(match &l.backup {
             Some(b) if b.last_error.is_some() => {
                 cond(BACKED_UP, false, "BackupFailed", b.last_error.clone().unwrap_or_default())
@@ -1025,10 +1024,10 @@ fn last_progress(
 /// reported failed, as a Deployment's is: a person should look at its pods.
 /// It goes on, and reads as progress again once it moves.
 fn past_deadline(wan: &WhatsAppNumber, conditions: &mut [Cond], since: &Time, now: &Time) {
-    let deadline = i64::from(wan.spec.progress_deadline_seconds);
-    if now.0.as_second() - since.0.as_second() < deadline {
+    if deadline_from(wan, since).is_none_or(|at| now.0 < at.0) {
         return;
     }
+    let deadline = wan.spec.progress_deadline_seconds;
     let Some(progress) = conditions.iter().find(|c| c.0 == PROGRESSING).map(|c| c.3.clone()) else { return };
     let message = format!(
         "no pod became updated or ready for {deadline} s (spec.progressDeadlineSeconds): {progress}; the pods' events and logs say why"
@@ -1044,10 +1043,13 @@ fn past_deadline(wan: &WhatsAppNumber, conditions: &mut [Cond], since: &Time, no
 
 /// When a rollout's progress deadline passes, if one runs.
 pub fn progress_deadline(wan: &WhatsAppNumber, status: &WhatsAppNumberStatus) -> Option<Time> {
-    let since = status.last_progress_time.as_ref()?;
-    let at =
-        since.0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(wan.spec.progress_deadline_seconds.into()));
-    at.ok().map(Time)
+    deadline_from(wan, status.last_progress_time.as_ref()?)
+}
+
+/// `spec.progressDeadlineSeconds` after the last progress `since`.
+fn deadline_from(wan: &WhatsAppNumber, since: &Time) -> Option<Time> {
+    let deadline = k8s_openapi::jiff::SignedDuration::from_secs(wan.spec.progress_deadline_seconds.into());
+    since.0.checked_add(deadline).ok().map(Time)
 }
 
 /// The full status for this outcome. `previous` supplies the transition times
@@ -1081,7 +1083,7 @@ pub fn compute(
         // or registration of a number that still runs must not vanish.
         let said: Vec<Condition> = before
             .iter()
-            .filter(|c| still_asked(wan, c.type_.as_str()) && !status.conditions.iter().any(|n| n.type_ == c.type_))
+            .filter(|c| spec_asks_for(wan, c.type_.as_str()) && !status.conditions.iter().any(|n| n.type_ == c.type_))
             .cloned()
             .collect();
         status.conditions.extend(said);
@@ -1125,9 +1127,10 @@ pub fn compute(
     status
 }
 
-/// Whether a condition a held reconcile cannot look at still reports on
-/// what the spec asks for: those of parts since removed from the spec go.
-fn still_asked(wan: &WhatsAppNumber, type_: &str) -> bool {
+/// Whether the spec asks for what a condition reports on. A condition a
+/// held reconcile cannot look at stands only while this holds: those of
+/// parts since removed from the spec go.
+fn spec_asks_for(wan: &WhatsAppNumber, type_: &str) -> bool {
     let spec = &wan.spec;
     match type_ {
         BUILD_EXPIRING | BUILD_EXPIRED | RELEASE_CATALOG | ADMIN_ACCESS => true,
