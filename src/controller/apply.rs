@@ -22,13 +22,15 @@ use super::error::{Error, Result};
 use super::status::{Tiers, deployment_tier, stateful_set_tier};
 use super::store::Keyed;
 use crate::api::{TierStatus, WhatsAppNumber};
-use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER};
+use crate::resources::names::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_COMPONENT, Tier};
 use crate::resources::{Children, config};
 use crate::telemetry::metrics::Metrics;
 
 pub struct Applier<'a> {
     client: &'a Client,
     namespace: String,
+    /// The WhatsAppNumber's name: its children's instance label.
+    instance: String,
     metrics: &'a Metrics,
     caches: &'a Caches,
 }
@@ -36,7 +38,7 @@ pub struct Applier<'a> {
 impl<'a> Applier<'a> {
     pub fn new(client: &'a Client, wan: &WhatsAppNumber, metrics: &'a Metrics, caches: &'a Caches) -> Result<Self> {
         let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-        Ok(Self { client, namespace, metrics, caches })
+        Ok(Self { client, namespace, instance: wan.name_any(), metrics, caches })
     }
 
     fn api<K>(&self) -> Api<K>
@@ -66,9 +68,15 @@ impl<'a> Applier<'a> {
             self.apply(budget).await?;
         }
         let absent = TierStatus { desired: 0, ready: 0, updated: 0, observed: true };
+        // The pods' revisions tell a rollout from a pod lost (see `stateful_set_tier`).
+        let pods = super::fencing::own_node_pods(&self.caches.node_pods, &self.namespace, &self.instance).await?;
+        let tier = |sts: &_, tier: Tier| {
+            let own = pods.iter().filter(|p| p.labels.get(LABEL_COMPONENT) == Some(tier.as_str()));
+            stateful_set_tier(sts, own.filter_map(|p| p.revision.as_deref()))
+        };
         Ok(Tiers {
-            masters: masters.as_ref().map_or(absent.clone(), stateful_set_tier),
-            coreapps: coreapps.as_ref().map_or(absent.clone(), stateful_set_tier),
+            masters: masters.as_ref().map_or(absent.clone(), |m| tier(m, Tier::Master)),
+            coreapps: coreapps.as_ref().map_or(absent.clone(), |c| tier(c, Tier::Coreapp)),
             webapps: webapps.as_ref().map_or(absent, deployment_tier),
             versions: [
                 masters.and_then(|m| m.state.version),

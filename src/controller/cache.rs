@@ -860,9 +860,10 @@ impl Keyed for SchemaPod {
     }
 }
 
-/// A master or coreapp pod as fencing and the matching of gateway nodes to
-/// pods read it: its identity (with when it began to terminate), the labels
-/// that tell its number, instance and role, and its IP.
+/// A master or coreapp pod as fencing, the matching of gateway nodes to
+/// pods and the tier counts read it: its identity (with when it began to
+/// terminate), the labels that tell its number, instance and role, its IP
+/// and its StatefulSet revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodOutline {
     pub identity: Identity,
@@ -871,7 +872,12 @@ pub struct PodOutline {
     /// Its creation: a pod older than the WhatsAppNumber of its name is an
     /// earlier object's (see [`super::fencing::Fence::split`]).
     pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Its StatefulSet's revision it was created at (`controller-revision-hash`).
+    pub revision: Option<Box<str>>,
 }
+
+/// The label a StatefulSet puts on each pod: the revision it was created at.
+const REVISION_LABEL: &str = "controller-revision-hash";
 
 impl PodOutline {
     pub fn of(pod: ListedPod) -> Self {
@@ -880,6 +886,7 @@ impl PodOutline {
             labels: ReadLabels::of(pod.metadata.labels.as_ref()),
             ip: pod.status.and_then(|s| s.pod_ip).map(Into::into),
             created: pod.metadata.creation_timestamp.map(|t| t.0),
+            revision: pod.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)).map(|r| r.as_str().into()),
         }
     }
 
@@ -1275,7 +1282,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_pod_keeps_its_identity_and_address_only() {
+    fn a_cached_pod_keeps_its_identity_address_and_revision_only() {
         let pod = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
@@ -1296,6 +1303,7 @@ mod tests {
         assert_eq!(ListedPod::url_path(&(), Some("team")), "/api/v1/namespaces/team/pods");
         let pod = PodOutline::of(listed);
         assert_eq!(pod.ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(pod.revision.as_deref(), Some("acme-coreapp-5d8f"), "its tier reads which template it runs");
         assert_eq!(
             pod.identity,
             Identity {

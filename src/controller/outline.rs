@@ -222,8 +222,12 @@ pub struct WorkloadStatus {
     pub updated_replicas: Option<i32>,
     pub observed_generation: Option<i64>,
     /// A StatefulSet whose update revision is its current one: no rolling
-    /// update is under way (a pod missing or terminating is not one).
+    /// update is under way (a pod missing or terminating is not one), unless
+    /// a pod of another revision still runs.
     pub update_complete: bool,
+    /// A StatefulSet's update revision: the `controller-revision-hash` of
+    /// its pods at the newest template.
+    pub update_revision: Option<Box<str>>,
 }
 
 fn template_version(template: &PodTemplateSpec) -> Option<String> {
@@ -248,6 +252,7 @@ impl Outlined for StatefulSet {
             updated_replicas: s.updated_replicas,
             observed_generation: s.observed_generation,
             update_complete: s.update_revision.is_some() && s.current_revision == s.update_revision,
+            update_revision: s.update_revision.map(Into::into),
         });
         Workload::of(spec.and_then(|s| s.replicas), spec.map(|s| &s.template), status)
     }
@@ -264,6 +269,7 @@ impl Outlined for Deployment {
             updated_replicas: s.updated_replicas,
             observed_generation: s.observed_generation,
             update_complete: false,
+            update_revision: None,
         });
         Workload::of(spec.and_then(|s| s.replicas), spec.map(|s| &s.template), status)
     }
@@ -385,6 +391,7 @@ mod tests {
                     updated_replicas: None,
                     observed_generation: Some(3),
                     update_complete: false,
+                    update_revision: None,
                 }),
             }
         );

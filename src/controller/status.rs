@@ -292,18 +292,26 @@ impl Tiers {
     }
 }
 
-/// Tier readiness from a StatefulSet's own status. Its updated count leaves
-/// out pods missing or terminating; with no rolling update under way (the
-/// current revision is the update revision) every pod there is, or comes
-/// back, at the newest template, so a pod lost is not taken for a rollout.
+/// Tier readiness from a StatefulSet's own status and the revisions of its
+/// pods there are (`pod_revisions`). Its updated count leaves out pods
+/// missing or terminating; with no rolling update under way (the current
+/// revision is the update revision, and no pod of another revision runs)
+/// every pod there is, or comes back, at the newest template, so a pod lost
+/// is not taken for a rollout. A template reverted in the middle of a
+/// rollout, or a StatefulSet created anew over pods left running, makes the
+/// revisions equal while older pods still run: those count as not updated.
 /// Its ready count takes terminating pods in: a pod on its way out is not
 /// counted ready then.
-pub fn stateful_set_tier(sts: &Outline<StatefulSet>) -> TierStatus {
+pub fn stateful_set_tier<'a>(
+    sts: &Outline<StatefulSet>,
+    mut pod_revisions: impl Iterator<Item = &'a str>,
+) -> TierStatus {
     let status = sts.state.status.clone().unwrap_or_default();
     let desired = sts.state.replicas.unwrap_or(1);
     let observed = status.observed_generation.is_some() && status.observed_generation == sts.identity.generation;
     let (ready, updated) = (status.ready_replicas.unwrap_or(0), status.updated_replicas.unwrap_or(0));
-    if observed && status.update_complete {
+    let one_revision = pod_revisions.all(|r| status.update_revision.as_deref() == Some(r));
+    if observed && status.update_complete && one_revision {
         TierStatus { desired, ready: ready.min(updated), updated: desired, observed }
     } else {
         TierStatus { desired, ready, updated, observed }
@@ -1568,26 +1576,34 @@ mod tests {
                 ready_replicas: Some(1),
                 updated_replicas: Some(1),
                 update_complete,
+                update_revision: Some("acme-coreapp-2".into()),
             }),
         };
+        let current = || ["acme-coreapp-2"].into_iter();
         // A pod evicted, not yet back: its revision is the current one.
         sts.state = with(true, 2);
-        let lost = stateful_set_tier(&sts);
+        let lost = stateful_set_tier(&sts, current());
         assert_eq!((lost.updated, lost.ready, lost.is_ready()), (2, 1, false));
         // Terminating and still ready: counted ready, not updated.
         if let Some(s) = sts.state.status.as_mut() {
             s.ready_replicas = Some(2);
         }
-        let leaving = stateful_set_tier(&sts);
+        let leaving = stateful_set_tier(&sts, ["acme-coreapp-2", "acme-coreapp-2"].into_iter());
         assert_eq!((leaving.ready, leaving.is_ready()), (1, false), "a pod on its way out");
         let tiers = Tiers { coreapps: lost, ..ready_tiers() };
         assert!(tiers.rolling_out().is_empty());
         // A rolling update under way, or a spec not seen yet, counts as it is.
         sts.state = with(false, 2);
-        assert_eq!(stateful_set_tier(&sts).updated, 1);
+        assert_eq!(stateful_set_tier(&sts, current()).updated, 1);
         sts.state = with(true, 1);
-        let unseen = stateful_set_tier(&sts);
+        let unseen = stateful_set_tier(&sts, current());
         assert_eq!((unseen.updated, unseen.observed), (1, false));
+        // A template reverted mid-rollout: the revisions are equal again while
+        // a pod of the reverted template still runs. It is no pod lost.
+        sts.state = with(true, 2);
+        let reverted = stateful_set_tier(&sts, ["acme-coreapp-2", "acme-coreapp-3"].into_iter());
+        assert_eq!((reverted.updated, reverted.is_ready()), (1, false));
+        assert!(!Tiers { coreapps: reverted, ..ready_tiers() }.rolling_out().is_empty());
     }
 
     #[test]
@@ -1604,6 +1620,7 @@ mod tests {
                 ready_replicas: Some(3),
                 updated_replicas: Some(1),
                 update_complete: false,
+                update_revision: None,
             }),
         };
         let tier = deployment_tier(&d);
