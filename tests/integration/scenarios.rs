@@ -679,6 +679,24 @@ pub async fn missing_secret_then_ready(env: &'static Env) -> Result<()> {
     ensure!(sets.len() == 2, "the masters and coreapps keep running: {} StatefulSets", sets.len());
     apply_example(c, &ns, "ha-mysql.yaml", Some("Secret")).await?;
     wait_ready(&api, &name).await?;
+
+    // The health probe's CA named but missing, then without its key: held
+    // the same way, each with what to put where.
+    let ca = json!({"spec": {"health": {"caSecretRef": {"name": "probe-ca", "key": "ca.crt"}}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&ca)).await?;
+    let held = wait_condition(&api, &name, "Stalled", "True", "SecretNotFound").await?;
+    let message = &condition(&held, "Stalled").unwrap().message;
+    ensure!(message.contains("spec.health.caSecretRef") && message.contains("probe-ca"), "{message}");
+    let keyless = json!({"metadata": {"name": "probe-ca"}, "stringData": {"ca.pem": "not the key asked for"}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(keyless)?).await?;
+    let held = wait_condition(&api, &name, "Stalled", "True", "SecretKeyMissing").await?;
+    let message = &condition(&held, "Stalled").unwrap().message;
+    ensure!(message.contains("ca.crt"), "the missing key is named: {message}");
+    let sets = typed::<StatefulSet>(c, &ns).list(&instance(&name)).await?.items;
+    ensure!(sets.len() == 2, "held, the nodes keep running: {} StatefulSets", sets.len());
+    let unset = json!({"spec": {"health": {"caSecretRef": null}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&unset)).await?;
+    wait_ready(&api, &name).await?;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
