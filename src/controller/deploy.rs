@@ -93,7 +93,8 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     // the API server has, not what the cache had a moment ago (a Job just
     // created may not be in it yet, a pod seen pending may have started).
     let others = schema_jobs.iter().any(|j| j.version != wan.spec.version);
-    if first_deployment && (others || schema_jobs.is_empty()) {
+    let replaced = schema_jobs.iter().any(|j| j.version == wan.spec.version && outdated_never_started(wan, j));
+    if first_deployment && (others || replaced || schema_jobs.is_empty()) {
         schema_jobs = own_schema_jobs_now(ctx, wan).await?;
     }
     for job in schema_jobs.iter().filter(|j| j.state == procedure::JobState::Succeeded) {
@@ -150,7 +151,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
                 .filter(|j| j.version != *steady)
                 .map(|j| (j.version.clone(), j.state.clone()))
                 .collect();
-            let mut first = plan::first_jobs(wan, steady, &own, &others);
+            let outdated = schema_jobs.iter().any(|j| j.version == *steady && outdated_never_started(wan, j));
+            let first = plan::first_jobs(wan, steady, &own, &others);
+            let mut first = plan::replace_outdated(first, wan, steady, &own, outdated);
             // One delete each: the deletion waits for the Job's pods.
             first.delete.retain(|v| !schema_jobs.iter().any(|j| j.version == *v && j.deleting));
             (Some(own), Some(first))
@@ -177,6 +180,17 @@ struct SchemaJob {
     /// It is removed some time after it finished.
     expires: bool,
     uid: String,
+    /// The applied-hash annotation: which desired form it was made from.
+    applied_hash: Option<String>,
+}
+
+/// A schema Job whose pods never started, made from another desired form
+/// than the spec gives now. One made with no hash is left as it is.
+fn outdated_never_started(wan: &WhatsAppNumber, job: &SchemaJob) -> bool {
+    let never_started = matches!(job.state, procedure::JobState::Pending(_) | procedure::JobState::Unstartable(_));
+    let desired = crate::resources::schema_job::schema_job(wan, &job.version);
+    let wanted = desired.annotations().get(crate::resources::names::ANNOTATION_APPLIED_HASH);
+    never_started && job.applied_hash.is_some() && job.applied_hash.as_ref() != wanted
 }
 
 /// [`own_schema_jobs`] as the API server has them now, with their pods.
@@ -208,6 +222,7 @@ async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<
             deleting: job.metadata.deletion_timestamp.is_some(),
             expires: job.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some()),
             uid: job.metadata.uid.clone().unwrap_or_default(),
+            applied_hash: job.annotations().get(crate::resources::names::ANNOTATION_APPLIED_HASH).cloned(),
         });
     }
     Ok(found)
@@ -228,6 +243,7 @@ async fn own_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<Sche
             deleting: job.identity.deletion.is_some(),
             expires: job.expires(),
             uid: job.identity.uid.to_string(),
+            applied_hash: job.applied_hash.as_ref().map(ToString::to_string),
         });
     }
     Ok(found)
@@ -305,7 +321,7 @@ async fn apply_step(
         delete_schema_job(ctx, wan, &u.to).await?;
     }
     for version in planned.first_jobs.iter().flat_map(|f| &f.delete) {
-        warn!(%version, "the schema Job of an earlier spec.version never started; deleting it");
+        warn!(%version, "a schema Job that never started is not the spec's (an earlier spec.version, or made from an earlier spec); deleting it");
         delete_schema_job(ctx, wan, version).await?;
     }
     for job in &planned.keep_failed {

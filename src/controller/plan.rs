@@ -146,7 +146,7 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
             JobState::Unstartable(why) => FirstSchema::Stuck(
                 SCHEMA_JOB_CANNOT_START,
                 format!(
-                    "the schema Job {name} cannot start ({why}); fix spec.version, or the image settings and then delete the Job",
+                    "the schema Job {name} cannot start ({why}); fix spec.version or the image settings: a Job that never started is then made anew",
                     name = job(steady)
                 ),
             ),
@@ -159,6 +159,31 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
         }
     };
     FirstJobs { report, create: others.is_empty(), delete }
+}
+
+/// A first deployment's own schema Job that never started, made from a
+/// template the spec no longer gives (`outdated`: a node selector, an image
+/// or pull secrets changed since): it is deleted, and made anew from the
+/// spec once gone. Nothing ran in it, so nothing is lost; the Jobs of other
+/// versions go first.
+pub fn replace_outdated(
+    mut first: FirstJobs,
+    wan: &WhatsAppNumber,
+    steady: &str,
+    own: &JobState,
+    outdated: bool,
+) -> FirstJobs {
+    let never_started = matches!(own, JobState::Pending(_) | JobState::Unstartable(_));
+    if !outdated || !never_started || !first.create {
+        return first;
+    }
+    first.delete.push(steady.to_string());
+    first.create = false;
+    first.report = FirstSchema::Waiting(format!(
+        "the schema Job {} never started and the spec changed since it was made; it is made anew from the spec once deleted",
+        crate::resources::schema_job::name(wan, steady)
+    ));
+    first
 }
 
 /// A person declared this conflict over by annotating its detection time.
@@ -309,6 +334,32 @@ mod tests {
         assert!(!broken.create);
         assert_eq!(broken.delete, vec!["2.54.1".to_string()], "the one that never started goes");
         assert!(matches!(&broken.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("2.53.2")));
+    }
+
+    #[test]
+    fn a_first_deployments_job_that_never_started_is_made_anew_from_a_changed_spec() {
+        let wan = sample();
+        let pending = JobState::Pending("its pod is not scheduled".into());
+        let first = |own: &JobState, others: &[(String, JobState)], outdated| {
+            replace_outdated(first_jobs(&wan, "2.55.1", own, others), &wan, "2.55.1", own, outdated)
+        };
+        let replaced = first(&pending, &[], true);
+        assert_eq!((replaced.create, replaced.delete.clone()), (false, vec!["2.55.1".to_string()]));
+        assert!(
+            matches!(&replaced.report, FirstSchema::Waiting(m) if m.contains("acme-schema-2-55-1") && m.contains("made anew"))
+        );
+        let unpullable = first(&JobState::Unstartable("ErrImagePull".into()), &[], true);
+        assert_eq!(unpullable.delete, vec!["2.55.1".to_string()]);
+        // The spec's own template: it waits as it is.
+        assert_eq!(first(&pending, &[], false), first_jobs(&wan, "2.55.1", &pending, &[]));
+        // Started, or done: never replaced.
+        for state in [JobState::Running, JobState::Succeeded, JobState::Failed { why: "x".into(), ran: true }] {
+            let kept = first(&state, &[], true);
+            assert!(kept.delete.is_empty() && kept.create, "{state:?}");
+        }
+        // Another version's Job goes first.
+        let others = [("2.53.2".to_string(), JobState::Running)];
+        assert_eq!(first(&pending, &others, true), first_jobs(&wan, "2.55.1", &pending, &others));
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
         volume_mounts: Some(pods::volume_mounts(wan, true)),
         ..Default::default()
     };
-    Job {
+    // The hash tells a Job made from an earlier spec (see `plan::replace_outdated`).
+    super::with_applied_hash(Job {
         metadata: owned_meta(wan, name(wan, version), labels.clone()),
         spec: Some(JobSpec {
             backoff_limit: Some(up.schema_upgrade_retries),
@@ -69,5 +70,5 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
             ..Default::default()
         }),
         ..Default::default()
-    }
+    })
 }

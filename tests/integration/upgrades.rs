@@ -9,7 +9,7 @@ use futures::StreamExt;
 use jiff::ToSpan;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -18,7 +18,8 @@ use whatsapp_operator::api::WhatsAppNumber;
 use crate::Env;
 use crate::emulated::Deployment;
 use crate::scenarios::{
-    apply_example, apply_example_with, merge_patch, ready_now, typed, unique_number, wait_ready, wans,
+    apply_example, apply_example_with, condition, merge_patch, ready_now, typed, unique_number, wait_condition,
+    wait_ready, wans,
 };
 use crate::support::{self, OPERATOR_NAMESPACE, namespace, wait_until, work_dir};
 
@@ -27,16 +28,19 @@ const OLD: &str = "2.53.2";
 const NEW: &str = "2.55.1";
 /// The build the Auto scenario runs first and then sees expire.
 const AUTO_OLD: &str = "2.51.3";
+/// A build past its six months, whatever the catalog's other builds do.
+const EXPIRED: &str = "2.49.1";
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Release dates relative to today, so the real clock finds every build valid,
-/// except 2.51.3 once `expire_auto_old` marks it expired.
+/// Release dates relative to today, so the real clock finds every build valid
+/// but 2.49.1, and 2.51.3 once `expire_auto_old` marks it expired.
 pub fn catalog_yaml(expire_auto_old: bool) -> String {
     let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date();
     let ago = |days: i64| today.checked_sub(days.days()).expect("a date").to_string();
     let auto_old_expiry = if expire_auto_old { format!(", expiresAt: \"{}\"", ago(1)) } else { String::new() };
     format!(
-        "- {{version: \"{AUTO_OLD}\", releasedAt: \"{}\"{auto_old_expiry}}}\n- {{version: \"{OLD}\", releasedAt: \"{}\"}}\n- {{version: \"{NEW}\", releasedAt: \"{}\"}}\n",
+        "- {{version: \"{EXPIRED}\", releasedAt: \"{}\"}}\n- {{version: \"{AUTO_OLD}\", releasedAt: \"{}\"{auto_old_expiry}}}\n- {{version: \"{OLD}\", releasedAt: \"{}\"}}\n- {{version: \"{NEW}\", releasedAt: \"{}\"}}\n",
+        ago(200),
         ago(140),
         ago(100),
         ago(10)
@@ -222,6 +226,30 @@ pub async fn upgrade_never_runs_old_and_new_nodes_together(env: &'static Env) ->
     let sts = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).get(&format!("{name}-coreapp")).await?;
     let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
     ensure!(image.ends_with(&format!(":v{NEW}")), "coreapps stay at {NEW}: {image}");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// A number on an expired build under the `Manual` policy, health polling
+/// off (nothing probes the fake nodes): `Degraded` says the build expired,
+/// so the alert on it fires, until a person upgrades.
+pub async fn an_expired_build_under_manual_is_degraded_until_upgraded(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "expired").await?;
+    let spec = json!({"version": EXPIRED, "upgrade": {"policy": "Manual"}, "health": {"enabled": false}});
+    let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &spec).await?;
+    let api = wans(c, &ns);
+    let w = wait_condition(&api, &name, "Degraded", "True", "BuildExpired").await?;
+    let expired = condition(&w, "BuildExpired").ok_or_else(|| anyhow!("no BuildExpired condition"))?;
+    ensure!(expired.status == "True", "{expired:?}");
+    ensure!(condition(&w, "Degraded").unwrap().message == expired.message, "Degraded tells why: {expired:?}");
+    ensure!(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_none(), "Manual: nothing upgrades by itself");
+
+    merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
+    let w = wait_upgraded(&api, &name, NEW).await?;
+    let state = |type_| condition(&w, type_).map(|c| (c.status.clone(), c.reason.clone()));
+    ensure!(state("BuildExpired").is_some_and(|(s, _)| s == "False"), "{:?}", condition(&w, "BuildExpired"));
+    ensure!(state("Degraded").is_some_and(|(s, _)| s == "False"), "{:?}", condition(&w, "Degraded"));
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
@@ -510,6 +538,42 @@ pub async fn a_re_created_number_never_starts_an_older_build(env: &'static Env) 
         let image = sts.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
         ensure!(image.ends_with(&format!(":v{NEW}")), "{tier}s run the recorded {NEW}, never {OLD}: {image}");
     }
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// A first deployment whose schema Job's pod finds no node says so, with
+/// the scheduler's reason; once the node selector is fixed the Job, which
+/// never started, is made anew from the spec, and the number starts.
+pub async fn a_first_deployment_waiting_for_a_node_says_why_and_takes_the_fix(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "unscheduled").await?;
+    let nowhere = json!({"whatsapp.operators.dev/test-nowhere": "true"});
+    let spec = json!({"coreapp": {"nodeSelector": nowhere}});
+    let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &spec).await?;
+    let api = wans(c, &ns);
+    let waited = wait_until(UPGRADE_TIMEOUT, "the first schema Job to say it waits for a node", || async {
+        let w = api.get(&name).await?;
+        Ok(condition(&w, "Ready").is_some_and(|r| {
+            r.reason == "InitializingDatabase" && r.message.contains("not scheduled") && r.message.contains("node")
+        }))
+    })
+    .await;
+    let w = api.get(&name).await?;
+    waited.with_context(|| format!("Ready: {:?}", condition(&w, "Ready")))?;
+    let progressing = condition(&w, "Progressing").ok_or_else(|| anyhow!("no Progressing"))?;
+    ensure!(progressing.status == "True", "nothing failed yet: {progressing:?}");
+    let sets = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns).list(&ListParams::default()).await?.items;
+    ensure!(sets.is_empty(), "no node starts before the schema: {} StatefulSets", sets.len());
+
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let job_name = format!("{name}-schema-{}", OLD.replace('.', "-"));
+    let stuck = jobs.get(&job_name).await?.uid();
+
+    merge_patch(&api, &name, json!({"spec": {"coreapp": {"nodeSelector": null}}})).await?;
+    wait_ready(&api, &name).await?;
+    let made = jobs.get_opt(&job_name).await?.and_then(|j| j.uid());
+    ensure!(made.is_some() && made != stuck, "the Job was made anew: {stuck:?} -> {made:?}");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
