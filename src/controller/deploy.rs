@@ -180,17 +180,28 @@ struct SchemaJob {
     /// It is removed some time after it finished.
     expires: bool,
     uid: String,
-    /// The applied-hash annotation: which desired form it was made from.
+    /// The applied-hash annotation: which desired form it was made from
+    /// (none on a Job made by an operator that did not stamp it).
     applied_hash: Option<String>,
+    /// The pods of it counted failed: one may have run and been removed since.
+    failed_pods: bool,
 }
 
-/// A schema Job whose pods never started, made from another desired form
-/// than the spec gives now. One made with no hash is left as it is.
+/// A schema Job none of whose pods started or failed, made from another
+/// desired form than the spec gives now.
 fn outdated_never_started(wan: &WhatsAppNumber, job: &SchemaJob) -> bool {
     let never_started = matches!(job.state, procedure::JobState::Pending(_) | procedure::JobState::Unstartable(_));
     let desired = crate::resources::schema_job::schema_job(wan, &job.version);
     let wanted = desired.annotations().get(crate::resources::names::ANNOTATION_APPLIED_HASH);
-    never_started && job.applied_hash.is_some() && job.applied_hash.as_ref() != wanted
+    never_started && !job.failed_pods && job.applied_hash.as_ref() != wanted
+}
+
+/// Whether a pod of the Job was counted failed, or is being counted.
+fn failed_pods(status: Option<&k8s_openapi::api::batch::v1::JobStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.failed.unwrap_or(0) > 0
+            || s.uncounted_terminated_pods.as_ref().is_some_and(|u| !u.failed.as_deref().unwrap_or_default().is_empty())
+    })
 }
 
 /// [`own_schema_jobs`] as the API server has them now, with their pods.
@@ -223,6 +234,7 @@ async fn own_schema_jobs_now(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<
             expires: job.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some()),
             uid: job.metadata.uid.clone().unwrap_or_default(),
             applied_hash: job.annotations().get(crate::resources::names::ANNOTATION_APPLIED_HASH).cloned(),
+            failed_pods: failed_pods(job.status.as_ref()),
         });
     }
     Ok(found)
@@ -244,6 +256,7 @@ async fn own_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<Sche
             expires: job.expires(),
             uid: job.identity.uid.to_string(),
             applied_hash: job.applied_hash.as_ref().map(ToString::to_string),
+            failed_pods: failed_pods(job.state.status.as_ref()),
         });
     }
     Ok(found)
@@ -720,6 +733,39 @@ mod tests {
     use crate::api::WhatsAppNumberStatus;
     use crate::fixtures::{at, catalog, sample};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_schema_job_is_outdated_once_the_spec_changes_it_and_only_if_it_never_ran() {
+        let wan = sample();
+        let made = crate::resources::schema_job::schema_job(&wan, "2.53.2");
+        let job = |state: procedure::JobState, hash: Option<&String>, failed_pods: bool| SchemaJob {
+            version: "2.53.2".into(),
+            state,
+            deleting: false,
+            expires: true,
+            uid: "u".into(),
+            applied_hash: hash.cloned(),
+            failed_pods,
+        };
+        let hash = made.annotations().get(crate::resources::names::ANNOTATION_APPLIED_HASH);
+        let pending = || procedure::JobState::Pending("its pod is not scheduled".into());
+        assert!(hash.is_some());
+        assert!(!outdated_never_started(&wan, &job(pending(), hash, false)), "built again, the same Job");
+
+        let mut moved = wan.clone();
+        moved.spec.coreapp.node_selector.insert("zone".into(), "b".into());
+        assert!(outdated_never_started(&moved, &job(pending(), hash, false)));
+        let unpullable = procedure::JobState::Unstartable("ErrImagePull".into());
+        assert!(outdated_never_started(&moved, &job(unpullable, hash, false)));
+        assert!(outdated_never_started(&moved, &job(pending(), None, false)), "made before the hash: never ran");
+        assert!(!outdated_never_started(&moved, &job(pending(), hash, true)), "a pod of it failed: it may have run");
+        assert!(!outdated_never_started(&moved, &job(procedure::JobState::Running, hash, false)));
+
+        let counted: k8s_openapi::api::batch::v1::JobStatus =
+            serde_json::from_value(serde_json::json!({"uncountedTerminatedPods": {"failed": ["p"]}})).unwrap();
+        assert!(failed_pods(Some(&counted)));
+        assert!(!failed_pods(Some(&Default::default())) && !failed_pods(None));
+    }
 
     fn planned(wan: &WhatsAppNumber, live: Option<&str>, first_job: Option<procedure::JobState>) -> Planned {
         let now = at("2024-05-01T00:00:00Z");

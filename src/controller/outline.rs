@@ -222,8 +222,8 @@ pub struct WorkloadStatus {
     pub updated_replicas: Option<i32>,
     pub observed_generation: Option<i64>,
     /// A StatefulSet whose update revision is its current one: no rolling
-    /// update is under way (a pod missing or terminating is not one), unless
-    /// a pod of another revision still runs.
+    /// update is under way (a pod missing or terminating is not one). Its
+    /// pods may still say otherwise (see `status::stateful_set_tier`).
     pub update_complete: bool,
     /// A StatefulSet's update revision: the `controller-revision-hash` of
     /// its pods at the newest template.

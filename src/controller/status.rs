@@ -567,8 +567,6 @@ fn not_probed_unless_polling() -> Cond {
     (GATEWAY_CONNECTED, "False", EXTERNAL_INSTANCE.into(), "masters and coreapps are stopped".into())
 }
 
-/// `Registered`, `SettingsApplied`, `BackedUp` and `Restored`, each only when
-/// the spec asks for what it reports.
 /// `Registered` from what the registration record says.
 fn registration_condition(recorded: Option<&crate::api::RegistrationStatus>) -> Cond {
     use crate::api::RegistrationPhase;
@@ -589,6 +587,8 @@ fn registration_condition(recorded: Option<&crate::api::RegistrationStatus>) -> 
     }
 }
 
+/// `Registered`, `SettingsApplied`, `BackedUp` and `Restored`, each only when
+/// the spec asks for what it reports.
 fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::LifecycleReport) -> Vec<Cond> {
     use crate::api::RestoreOutcome;
     let mut out = vec![];

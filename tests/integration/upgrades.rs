@@ -239,6 +239,9 @@ pub async fn an_expired_build_under_manual_is_degraded_until_upgraded(env: &'sta
     let spec = json!({"version": EXPIRED, "upgrade": {"policy": "Manual"}, "health": {"enabled": false}});
     let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &spec).await?;
     let api = wans(c, &ns);
+    // It runs: the upgrade below is one, not a first deployment's new version.
+    let w = wait_ready(&api, &name).await?;
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(EXPIRED), "runs {EXPIRED}");
     let w = wait_condition(&api, &name, "Degraded", "True", "BuildExpired").await?;
     let expired = condition(&w, "BuildExpired").ok_or_else(|| anyhow!("no BuildExpired condition"))?;
     ensure!(expired.status == "True", "{expired:?}");
@@ -555,7 +558,9 @@ pub async fn a_first_deployment_waiting_for_a_node_says_why_and_takes_the_fix(en
     let waited = wait_until(UPGRADE_TIMEOUT, "the first schema Job to say it waits for a node", || async {
         let w = api.get(&name).await?;
         Ok(condition(&w, "Ready").is_some_and(|r| {
-            r.reason == "InitializingDatabase" && r.message.contains("not scheduled") && r.message.contains("node")
+            r.reason == "InitializingDatabase"
+                && r.message.contains("not scheduled")
+                && r.message.contains("nodes are available")
         }))
     })
     .await;
