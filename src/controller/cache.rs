@@ -1354,8 +1354,8 @@ mod tests {
         let job: Job =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "acme-schema"}, "status": {}})).unwrap();
         for (phase, waiting, expected) in [
-            ("Succeeded", None, JobState::Running),
-            ("Running", None, JobState::Running),
+            ("Succeeded", None, JobState::running()),
+            ("Running", None, JobState::running()),
             ("Pending", Some("ImagePullBackOff"), JobState::Unstartable("image wa:v2: ImagePullBackOff".into())),
         ] {
             let kept = SchemaPod::of(pod(phase, waiting));

@@ -759,7 +759,7 @@ mod tests {
         assert!(outdated_never_started(&moved, &job(unpullable, hash, false)));
         assert!(outdated_never_started(&moved, &job(pending(), None, false)), "made before the hash: never ran");
         assert!(!outdated_never_started(&moved, &job(pending(), hash, true)), "a pod of it failed: it may have run");
-        assert!(!outdated_never_started(&moved, &job(procedure::JobState::Running, hash, false)));
+        assert!(!outdated_never_started(&moved, &job(procedure::JobState::running(), hash, false)));
 
         let counted: k8s_openapi::api::batch::v1::JobStatus =
             serde_json::from_value(serde_json::json!({"uncountedTerminatedPods": {"failed": ["p"]}})).unwrap();
@@ -800,7 +800,7 @@ mod tests {
     #[test]
     fn a_first_deployment_records_its_version_once_its_schema_exists() {
         let wan = sample();
-        let waiting = planned(&wan, None, Some(procedure::JobState::Running));
+        let waiting = planned(&wan, None, Some(procedure::JobState::running()));
         let versions = advance(&wan, &catalog(), &waiting, None);
         assert_eq!(versions.current, None, "no version runs before its schema exists");
         assert_eq!(versions.target.as_deref(), Some("2.53.2"));

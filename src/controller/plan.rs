@@ -109,7 +109,7 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
         .filter(|(_, s)| matches!(s, JobState::Pending(_) | JobState::Unstartable(_)))
         .map(|(v, _)| v.clone())
         .collect();
-    let at_work = others.iter().find(|(_, s)| matches!(s, JobState::Running | JobState::Absent));
+    let at_work = others.iter().find(|(_, s)| matches!(s, JobState::Running { .. } | JobState::Absent));
     // Failed, even past a deadline with no pod left to say it never ran: a
     // first deployment keeps no record of a Job seen at work.
     let failed = others.iter().find_map(|(v, s)| match s {
@@ -154,6 +154,12 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
             JobState::Pending(why) => FirstSchema::Waiting(format!(
                 "the schema Job {} creates the client's databases before any node or webapp starts; it has not started: {why}",
                 job(steady)
+            )),
+            // Why its attempts fail (most often the database's address or
+            // credentials), while it tries again.
+            JobState::Running { last_failure: Some(failure) } => FirstSchema::Waiting(format!(
+                "the schema Job {name} creates the client's databases before any node or webapp starts: {failure}; it tries again (kubectl logs job/{name})",
+                name = job(steady)
             )),
             _ => FirstSchema::AtWork,
         }
@@ -297,8 +303,18 @@ mod tests {
         let wan = sample();
         let pending = JobState::Pending("its pod is not scheduled".into());
         // Alone: its own Job, reported by how it stands.
-        let alone = first_jobs(&wan, "2.55.1", &JobState::Running, &[]);
+        let alone = first_jobs(&wan, "2.55.1", &JobState::running(), &[]);
         assert_eq!(alone, FirstJobs { report: FirstSchema::AtWork, create: true, delete: vec![] });
+        // Its attempts failing: why the last one did, while it tries again.
+        let failing =
+            JobState::Running { last_failure: Some("1 attempt failed with exit code 1: Access denied".into()) };
+        let retrying = first_jobs(&wan, "2.55.1", &failing, &[]);
+        assert!(
+            matches!(&retrying.report, FirstSchema::Waiting(m) if m.contains("acme-schema-2-55-1") && m.contains("exit code 1: Access denied; it tries again")),
+            "{:?}",
+            retrying.report
+        );
+        assert!(retrying.create && retrying.delete.is_empty());
         let waiting = first_jobs(&wan, "2.55.1", &pending, &[]);
         assert!(
             matches!(&waiting.report, FirstSchema::Waiting(m) if m.contains("acme-schema-2-55-1") && m.ends_with("its pod is not scheduled")),
@@ -314,7 +330,7 @@ mod tests {
         );
 
         // An earlier spec.version's Job at work: the spec's waits for it.
-        let busy = first_jobs(&wan, "2.55.1", &JobState::Absent, &[("2.53.2".into(), JobState::Running)]);
+        let busy = first_jobs(&wan, "2.55.1", &JobState::Absent, &[("2.53.2".into(), JobState::running())]);
         assert!(!busy.create && busy.delete.is_empty());
         assert!(matches!(&busy.report, FirstSchema::Waiting(m) if m.contains("2.53.2") && m.contains("at work")));
         // One that never started goes first; one that failed waits for a person.
@@ -353,12 +369,12 @@ mod tests {
         // The spec's own template: it waits as it is.
         assert_eq!(first(&pending, &[], false), first_jobs(&wan, "2.55.1", &pending, &[]));
         // Started, or done: never replaced.
-        for state in [JobState::Running, JobState::Succeeded, JobState::Failed { why: "x".into(), ran: true }] {
+        for state in [JobState::running(), JobState::Succeeded, JobState::Failed { why: "x".into(), ran: true }] {
             let kept = first(&state, &[], true);
             assert!(kept.delete.is_empty() && kept.create, "{state:?}");
         }
         // Another version's Job goes first.
-        let others = [("2.53.2".to_string(), JobState::Running)];
+        let others = [("2.53.2".to_string(), JobState::running())];
         assert_eq!(first(&pending, &others, true), first_jobs(&wan, "2.55.1", &pending, &others));
     }
 
@@ -366,7 +382,7 @@ mod tests {
     fn a_first_deployment_runs_only_its_schema_job_until_it_succeeds() {
         let wan = sample();
         let plan = steady(&wan);
-        let waiting = workloads(&wan, &plan, Some(&JobState::Running));
+        let waiting = workloads(&wan, &plan, Some(&JobState::running()));
         assert!(waiting.initializing);
         assert_eq!(waiting.shape, procedure::initializing("2.53.2"));
         let done = workloads(&wan, &plan, Some(&JobState::Succeeded));
@@ -390,7 +406,7 @@ mod tests {
         assert!(!workloads(&wan, &plan, None).shape.webapps_running);
 
         // During a first deployment there is nothing to suspend yet.
-        assert!(!workloads(&wan, &plan, Some(&JobState::Running)).suspended);
+        assert!(!workloads(&wan, &plan, Some(&JobState::running())).suspended);
     }
 
     #[test]
@@ -438,7 +454,7 @@ mod tests {
     fn the_media_claim_records_a_schema_once_a_job_created_or_upgraded_it() {
         let wan = sample();
         let mut plan = steady(&wan);
-        let initializing = workloads(&wan, &plan, Some(&JobState::Running));
+        let initializing = workloads(&wan, &plan, Some(&JobState::running()));
         let absent = JobState::Absent;
         assert_eq!(schema_version(&plan, &initializing, None, &absent), None, "no schema yet");
         let created = workloads(&wan, &plan, Some(&JobState::Succeeded));
@@ -455,7 +471,7 @@ mod tests {
             stalled_reason: None,
             schema_started_at: None,
         };
-        let running = JobState::Running;
+        let running = JobState::running();
         for (step, job, recorded) in [
             (UpgradeStep::StoppingNodes, &absent, "2.53.2"),
             (UpgradeStep::UpgradingSchema, &running, "2.53.2"),

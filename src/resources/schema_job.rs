@@ -41,6 +41,9 @@ pub fn schema_job(wan: &WhatsAppNumber, version: &str) -> Job {
         env: Some(pods::with_extra_env(wan, super::names::Tier::Coreapp, env)),
         resources: Some(pods::resources(wan, super::names::Tier::Coreapp)),
         volume_mounts: Some(pods::volume_mounts(wan, true)),
+        // A failed attempt's last log lines become its termination message,
+        // which the status shows (a refused password, a host not reachable).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
     // The hash tells a Job made from an earlier spec (see `plan::replace_outdated`).

@@ -714,6 +714,8 @@ fn schema_job_runs_the_new_image_with_the_upgrade_flag() {
     assert_eq!(c.image.as_deref(), Some("docker.whatsapp.biz/coreapp:v2.55.1"));
     assert_eq!(env(c, "WA_DB_UPGRADE").and_then(|e| e.value.as_deref()), Some("1"));
     assert!(env(c, "WA_DB_PASSWORD").is_some() && env(c, "WA_MASTER_NODE").is_none());
+    // A failed attempt's log tail is what status shows of it.
+    assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
 }
 
 #[test]

@@ -41,10 +41,14 @@ pub fn state(job: Option<&Job>, pods: &[Pod]) -> JobState {
         // Past its deadline the Job's pods are deleted: one that ran was seen
         // at work before (`status.upgrade.schemaStartedAt`), or is still there.
         let ran = reason != "DeadlineExceeded" || pods.iter().any(started);
-        return JobState::Failed { why: why.trim().to_string(), ran };
+        let why = match last_failure(status.failed, pods) {
+            Some(attempts) => format!("{}; {attempts}", why.trim()),
+            None => why.trim().to_string(),
+        };
+        return JobState::Failed { why, ran };
     }
     if pods.iter().any(started) {
-        return JobState::Running;
+        return JobState::Running { last_failure: last_failure(status.failed, pods) };
     }
     for pod in pods {
         let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
@@ -64,6 +68,70 @@ pub fn state(job: Option<&Job>, pods: &[Pod]) -> JobState {
         .map(|c| format!("its pod is not scheduled: {}", c.message.clone().unwrap_or_default()))
         .unwrap_or_else(|| "its pod has not started yet".into());
     JobState::Pending(why)
+}
+
+/// At most this much of a failed attempt's log line goes into status.
+const MAX_SHOWN: usize = 300;
+
+/// The failed attempts so far and why the last one failed: its container's
+/// exit code and the last line of its termination message, which is the
+/// tail of its log (`terminationMessagePolicy: FallbackToLogsOnError`), such
+/// as the database refusing the credentials. `None` while no attempt failed.
+fn last_failure(failed: Option<i32>, pods: &[Pod]) -> Option<String> {
+    let terminated = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
+        .filter_map(|s| s?.terminated.as_ref())
+        .filter(|t| t.exit_code != 0 && t.started_at.is_some())
+        .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))?;
+    let attempts = match failed.unwrap_or(1).max(1) {
+        1 => "1 attempt failed".to_string(),
+        n => format!("{n} attempts failed, the last"),
+    };
+    let line = terminated.message.as_deref().and_then(last_line);
+    let reason = terminated.reason.as_deref().filter(|r| !r.is_empty() && *r != "Error");
+    Some(match (line, reason) {
+        (Some(line), _) => format!("{attempts} with exit code {}: {line}", terminated.exit_code),
+        (None, Some(reason)) => format!("{attempts} with exit code {} ({reason})", terminated.exit_code),
+        (None, None) => format!("{attempts} with exit code {}", terminated.exit_code),
+    })
+}
+
+/// The last line of a log that says something, without control characters
+/// (colour codes), at most [`MAX_SHOWN`] bytes.
+fn last_line(log: &str) -> Option<String> {
+    let line = log.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    let mut shown: String = strip_escapes(line).chars().filter(|c| !c.is_control()).collect();
+    if shown.len() > MAX_SHOWN {
+        let mut end = MAX_SHOWN;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push('…');
+    }
+    Some(shown.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The text without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether any container of the pod ever started: from then on the schema
@@ -203,14 +271,94 @@ mod tests {
     #[test]
     fn a_started_container_means_the_upgrade_is_at_work() {
         let j = job(JobStatus::default());
-        assert_eq!(state(Some(&j), &[pod("Running", None, true)]), JobState::Running);
+        assert_eq!(state(Some(&j), &[pod("Running", None, true)]), JobState::running());
         // An earlier attempt that ran counts even when the next one cannot pull.
         let mut retried = pod("Pending", Some("ErrImagePull"), false);
         retried.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].restart_count = 1;
-        assert_eq!(state(Some(&j), &[retried]), JobState::Running);
+        assert_eq!(state(Some(&j), &[retried]), JobState::running());
         // An earlier attempt whose container ran and failed; one deleted
         // while it waited (its container never started) is no such attempt.
-        assert_eq!(state(Some(&j), &[ended(true), pod("Pending", None, false)]), JobState::Running);
+        assert!(matches!(
+            state(Some(&j), &[ended(true), pod("Pending", None, false)]),
+            JobState::Running { last_failure: Some(m) } if m == "1 attempt failed with exit code 137"
+        ));
         assert!(matches!(state(Some(&j), &[ended(false), pod("Pending", None, false)]), JobState::Pending(_)));
+    }
+
+    /// A pod that ran and failed, its container's termination message `log`,
+    /// finished at `second`.
+    fn failed_attempt(log: Option<&str>, second: i64) -> Pod {
+        let mut p = ended(true);
+        let c = &mut p.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0];
+        let t = c.state.as_mut().unwrap().terminated.as_mut().unwrap();
+        t.exit_code = 1;
+        t.reason = Some("Error".into());
+        t.message = log.map(String::from);
+        t.finished_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
+        ));
+        p
+    }
+
+    #[test]
+    fn a_failed_attempt_says_why_from_its_log_tail() {
+        let refused = "2026-12-07T06:00:00Z  INFO starting\n\u{1b}[31mERROR\u{1b}[0m connect to the database server: Access denied for user 'wa'@'10.0.0.5'\n\n";
+        let unreachable = "waiting for the database at db:3306\ndatabase at db:3306 is not reachable\n";
+        let at_work = JobStatus { failed: Some(2), ..Default::default() };
+        // The last attempt to end is the one named, with the attempts so far.
+        let pods =
+            [failed_attempt(Some(unreachable), 10), failed_attempt(Some(refused), 20), pod("Pending", None, false)];
+        let s = state(Some(&job(at_work.clone())), &pods);
+        assert_eq!(
+            s,
+            JobState::Running {
+                last_failure: Some(
+                    "2 attempts failed, the last with exit code 1: ERROR connect to the database server: Access denied for user 'wa'@'10.0.0.5'"
+                        .into()
+                )
+            }
+        );
+        let one = JobStatus { failed: Some(1), ..Default::default() };
+        let s = state(Some(&job(one)), &[failed_attempt(Some(unreachable), 10)]);
+        assert!(
+            matches!(&s, JobState::Running { last_failure: Some(m) } if m == "1 attempt failed with exit code 1: database at db:3306 is not reachable"),
+            "{s:?}"
+        );
+        // No log: the exit code alone; killed: its reason.
+        let quiet = state(Some(&job(at_work.clone())), &[failed_attempt(None, 10)]);
+        assert!(
+            matches!(&quiet, JobState::Running { last_failure: Some(m) } if m.ends_with("exit code 1")),
+            "{quiet:?}"
+        );
+        let mut killed = failed_attempt(None, 10);
+        let t = killed.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].state.as_mut().unwrap();
+        t.terminated.as_mut().unwrap().reason = Some("OOMKilled".into());
+        t.terminated.as_mut().unwrap().exit_code = 137;
+        let s = state(Some(&job(at_work.clone())), &[killed]);
+        assert!(
+            matches!(&s, JobState::Running { last_failure: Some(m) } if m.ends_with("exit code 137 (OOMKilled)")),
+            "{s:?}"
+        );
+        // A long line is cut, on a character boundary.
+        let long = format!("é{}", "x".repeat(400));
+        let s = state(Some(&job(at_work.clone())), &[failed_attempt(Some(&long), 10)]);
+        let JobState::Running { last_failure: Some(m) } = s else { panic!("{s:?}") };
+        assert!(m.ends_with('…') && m.len() < 400, "{m}");
+        // Failed for good: the Job's reason, then the last attempt's.
+        let mut done = at_work;
+        done.conditions = Some(vec![JobCondition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            reason: Some("BackoffLimitExceeded".into()),
+            message: Some("Job has reached the specified backoff limit".into()),
+            ..Default::default()
+        }]);
+        let s = state(Some(&job(done)), &pods);
+        assert!(
+            matches!(&s, JobState::Failed { why, ran: true } if why.starts_with("BackoffLimitExceeded Job has reached the specified backoff limit; 2 attempts failed") && why.contains("Access denied")),
+            "{s:?}"
+        );
+        // Nothing failed yet: nothing to say.
+        assert_eq!(state(Some(&job(JobStatus::default())), &[pod("Running", None, true)]), JobState::running());
     }
 }

@@ -418,7 +418,7 @@ mod tests {
             &UpgradeSpec::default(),
             "2.53.2",
             Some(&in_progress(Step::UpgradingSchema)),
-            &running(JobState::Running),
+            &running(JobState::running()),
             &catalog(),
             now,
         );

@@ -40,8 +40,12 @@ pub enum JobState {
     Absent,
     /// No container of its pods has started yet (the database is untouched).
     Pending(String),
-    /// A container has started: the schema may be changing.
-    Running,
+    /// A container has started: the schema may be changing. The Job's
+    /// earlier attempts that failed, and why the last did, once one did
+    /// (it tries again within its retries and deadline).
+    Running {
+        last_failure: Option<String>,
+    },
     Succeeded,
     /// Failed: why, and whether a container may have run (its pods failed,
     /// or one of them was seen started). A Job whose deadline passed while
@@ -53,6 +57,13 @@ pub enum JobState {
     /// Its pod cannot start (the image cannot be pulled, a bad reference): the
     /// message names the image and the reason. Nothing has run yet.
     Unstartable(String),
+}
+
+impl JobState {
+    /// At work, no attempt failed yet.
+    pub fn running() -> Self {
+        JobState::Running { last_failure: None }
+    }
 }
 
 /// The gateway as the last probe saw it.
@@ -195,7 +206,8 @@ pub fn begin(from: &str, to: &str, now: Timestamp) -> UpgradeStatus {
 /// call: the next step's observations come from the next reconcile).
 pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadlines) -> UpgradeStatus {
     let step = upgrade.step;
-    let touched = matches!(observed.job, JobState::Running | JobState::Failed { ran: true, .. } | JobState::Succeeded);
+    let touched =
+        matches!(observed.job, JobState::Running { .. } | JobState::Failed { ran: true, .. } | JobState::Succeeded);
     let mut upgrade = match upgrade.schema_started_at {
         None if step == Step::UpgradingSchema && touched => {
             UpgradeStatus { schema_started_at: Some(time(observed.now)), ..upgrade.clone() }
@@ -240,9 +252,14 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
                     upgrade.from
                 )),
             ),
-            JobState::Absent | JobState::Running => {
+            JobState::Absent | JobState::Running { last_failure: None } => {
                 (false, format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"), None)
             }
+            JobState::Running { last_failure: Some(failure) } => (
+                false,
+                format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1): {failure}; it tries again"),
+                None,
+            ),
             JobState::Pending(why) => (false, format!("the schema upgrade Job to {to} has not started: {why}"), None),
         },
         Step::StartingMasters => (observed.masters_ready, format!("waiting for the masters at {to} to be ready"), None),
@@ -391,7 +408,7 @@ mod tests {
         assert_eq!(step_of(&u), Step::UpgradingSchema);
         assert_eq!(u.step_started_at, Time(at(5)));
 
-        o.job = JobState::Running;
+        o.job = JobState::running();
         u = advance(&u, &o, DEADLINES);
         assert_eq!(step_of(&u), Step::UpgradingSchema);
         o.job = JobState::Succeeded;
@@ -458,10 +475,16 @@ mod tests {
 
         // The schema step has the Job's own deadline.
         let schema = UpgradeStatus { step: Step::UpgradingSchema, ..u.clone() };
-        let running = Observed { job: JobState::Running, ..observed(3000) };
+        let running = Observed { job: JobState::running(), ..observed(3000) };
         assert!(advance(&schema, &running, DEADLINES).stalled_reason.is_none());
-        let late = Observed { job: JobState::Running, ..observed(3900) };
+        let late = Observed { job: JobState::running(), ..observed(3900) };
         assert!(advance(&schema, &late, DEADLINES).stalled_reason.is_some());
+        // An attempt failed: why, while the Job tries again within its deadline.
+        let why = "1 attempt failed with exit code 1: Access denied".to_string();
+        let retrying = Observed { job: JobState::Running { last_failure: Some(why) }, ..observed(3000) };
+        let retrying = advance(&schema, &retrying, DEADLINES);
+        assert!(retrying.stalled_reason.is_none());
+        assert!(retrying.message.ends_with("exit code 1: Access denied; it tries again"), "{}", retrying.message);
 
         for step in [Step::StartingMasters, Step::StartingCoreapps, Step::RollingWebapps, Step::Verifying] {
             let s = UpgradeStatus { step, ..u.clone() };
@@ -484,7 +507,7 @@ mod tests {
         // whole deadline, and is not reported stalled while it runs.
         let retried = advance(&failed, &Observed { job: JobState::Absent, ..observed(5000) }, DEADLINES);
         assert_eq!((retried.stalled_reason.as_deref(), retried.step_started_at.clone()), (None, time(at(5000))));
-        let running = advance(&retried, &Observed { job: JobState::Running, ..observed(5100) }, DEADLINES);
+        let running = advance(&retried, &Observed { job: JobState::running(), ..observed(5100) }, DEADLINES);
         assert_eq!(running.stalled_reason, None);
         assert_eq!(step_of(&running), Step::UpgradingSchema);
     }
@@ -503,7 +526,7 @@ mod tests {
             gateway: Gateway::Healthy,
             ..observed(10)
         };
-        let blocked = Observed { node_pods: 2, job: JobState::Running, ..observed(10) };
+        let blocked = Observed { node_pods: 2, job: JobState::running(), ..observed(10) };
         for (i, step) in ORDER.into_iter().enumerate().take(ORDER.len() - 1) {
             let u = UpgradeStatus { step, ..begin("2.53.2", "2.55.1", at(0)) };
             assert_eq!(step_of(&advance(&u, &satisfied, DEADLINES)), ORDER[i + 1], "{step:?}");
@@ -555,7 +578,7 @@ mod tests {
         let stays = advance(&schema, &Observed { job: never_ran, ..observed(10) }, DEADLINES);
         assert_eq!(stays.schema_started_at, None);
         // Seen at work once: deleting the Job makes it no younger.
-        let running = advance(&schema, &Observed { job: JobState::Running, ..observed(10) }, DEADLINES);
+        let running = advance(&schema, &Observed { job: JobState::running(), ..observed(10) }, DEADLINES);
         assert_eq!(running.schema_started_at, Some(time(at(10))));
         assert!(!can_roll_back(&running, &JobState::Absent), "the Job deleted after it ran");
         let pending =
@@ -563,7 +586,7 @@ mod tests {
         assert_eq!(pending.schema_started_at, None);
         assert!(can_roll_back(&pending, &JobState::Absent));
         assert!(can_roll_back(&schema, &JobState::Pending("its pod is not scheduled".into())));
-        assert!(!can_roll_back(&schema, &JobState::Running), "a running schema upgrade is never interrupted");
+        assert!(!can_roll_back(&schema, &JobState::running()), "a running schema upgrade is never interrupted");
         assert!(!can_roll_back(&schema, &JobState::Succeeded));
         for step in [Step::StartingMasters, Step::StartingCoreapps, Step::RollingWebapps, Step::Verifying] {
             assert!(!can_roll_back(&UpgradeStatus { step, ..u.clone() }, &JobState::Succeeded), "{step:?}");

@@ -598,6 +598,14 @@ blocked_on_secret() {
   [ "$(condition "$1" "$NAME" Ready)" = False/SecretNotFound ] && [ "$(condition "$1" "$NAME" Stalled)" = True/SecretNotFound ]
 }
 
+# The first schema Job's failed attempt, as the Ready condition tells it:
+# MariaDB's refusal, read from the attempt's log.
+refused_password() {
+  local message
+  message="$(jp "$1" "$NAME" '{.status.conditions[?(@.type=="Ready")].reason} {.status.conditions[?(@.type=="Ready")].message}')"
+  [[ "$message" == "InitializingDatabase "*" failed"*" exit code 1: "*"Access denied for user"* ]]
+}
+
 scenario_ready() {
   log "scenario ready: $NS_A/$NAME on the emulator's $OLD images, its database Secret created late"
   prepare "$NS_A"
@@ -607,7 +615,15 @@ scenario_ready() {
   apply_number "$NS_A" "$OLD"
   wait_until 60 "$NS_A/$NAME Ready=False/SecretNotFound and Stalled" blocked_on_secret "$NS_A"
   no_workloads "$NS_A" || fail "workloads were created while the database Secret was missing"
-  k -n "$NS_A" create secret generic db --from-literal=username="$DB_USER" --from-literal=password="$DB_PASSWORD" >&2
+  # A wrong password first: the schema Job's attempts fail, and the status
+  # says why (the database's own words, from the attempt's log) while the Job
+  # tries again; the right password is taken at its next attempt.
+  k -n "$NS_A" create secret generic db --from-literal=username="$DB_USER" --from-literal=password="not-$DB_PASSWORD" >&2
+  wait_until 120 "$NS_A/$NAME InitializingDatabase naming the refused password" refused_password "$NS_A"
+  log "$NS_A/$NAME Ready: $(jp "$NS_A" "$NAME" '{.status.conditions[?(@.type=="Ready")].message}')"
+  no_workloads "$NS_A" || fail "workloads were created before the schema Job succeeded"
+  k -n "$NS_A" create secret generic db --from-literal=username="$DB_USER" --from-literal=password="$DB_PASSWORD" \
+    --dry-run=client -o yaml | k replace -f - >&2
   wait_until "$TIMEOUT" "$NS_A/$NAME Ready" ready_now "$NS_A" "$NAME"
   k -n "$NS_A" get wan "$NAME" -o wide >&2
   check_health "$NS_A"

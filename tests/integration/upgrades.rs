@@ -751,6 +751,42 @@ pub async fn a_failed_schema_job_waits_for_a_person(env: &'static Env) -> Result
     let api = wans(c, &ns);
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     let job_name = format!("{name}-schema-{}", OLD.replace('.', "-"));
+
+    // An attempt fails as a real node reports it: the container ran, exited
+    // 1, and its log's tail is its termination message. The status says why
+    // while the Job tries again.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    let selector = format!("batch.kubernetes.io/job-name={job_name}");
+    wait_until(UPGRADE_TIMEOUT, "the schema Job's pod", || async {
+        Ok(!pods.list(&ListParams::default().labels(&selector)).await?.items.is_empty())
+    })
+    .await?;
+    let first = pods.list(&ListParams::default().labels(&selector)).await?.items.remove(0);
+    let refused = "connect to the database server: Access denied for user 'wa'@'10.0.0.5' (using password: YES)";
+    let now = jiff::Timestamp::now().to_string();
+    let failed = json!({"status": {"phase": "Failed", "containerStatuses": [{
+        "name": "schema-upgrade", "image": format!("docker.whatsapp.biz/coreapp:v{OLD}"), "imageID": "",
+        "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now,
+            "message": format!("starting the schema upgrade\nERROR {refused}\n")}}
+    }]}});
+    support::fault("a first schema Job's attempt failing on the database's credentials");
+    pods.patch_status(&first.name_any(), &PatchParams::default(), &Patch::Merge(&failed)).await?;
+    let told = || async {
+        let w = api.get(&name).await?;
+        Ok::<_, anyhow::Error>(
+            condition(&w, "Ready")
+                .filter(|c| c.reason == "InitializingDatabase" && c.message.contains(refused))
+                .map(|c| c.message.to_string()),
+        )
+    };
+    wait_until(UPGRADE_TIMEOUT, "InitializingDatabase naming the failed attempt", || async {
+        Ok(told().await?.is_some())
+    })
+    .await?;
+    let told = told().await?.unwrap_or_default();
+    ensure!(told.contains("1 attempt failed with exit code 1") && told.contains("tries again"), "{told}");
+
     support::fault("a first schema Job past its deadline");
     wait_until(UPGRADE_TIMEOUT, "the schema Job failed and kept", || async {
         let w = api.get(&name).await?;
@@ -764,6 +800,7 @@ pub async fn a_failed_schema_job_waits_for_a_person(env: &'static Env) -> Result
     let w = api.get(&name).await?;
     let message = crate::scenarios::condition(&w, "Stalled").map(|c| c.message.to_string()).unwrap_or_default();
     ensure!(message.contains("delete the Job"), "the condition says what to do: {message}");
+    ensure!(message.contains(refused), "the condition names the last attempt's failure: {message}");
 
     // Put right: the operator does not delete the failed Job itself (it may
     // have changed the databases); a person does.
