@@ -74,7 +74,9 @@ impl<'a> Applier<'a> {
             let own = pods.iter().filter(|p| p.labels.get(LABEL_COMPONENT) == Some(tier.as_str()));
             stateful_set_tier(sts, own.filter_map(|p| p.revision.as_deref()))
         };
+        let troubles = super::troubles::listed(pods.iter().filter_map(|p| Some((p.name(), p.trouble.as_deref()?))));
         Ok(Tiers {
+            troubles,
             masters: masters.as_ref().map_or(absent.clone(), |m| tier(m, Tier::Master)),
             coreapps: coreapps.as_ref().map_or(absent.clone(), |c| tier(c, Tier::Coreapp)),
             webapps: webapps.as_ref().map_or(absent, deployment_tier),

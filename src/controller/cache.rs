@@ -817,7 +817,8 @@ const OPERATOR_ANNOTATIONS: &str = "whatsapp.operators.dev/";
 /// Job's name. A finished Job's pod stays for as long as the Job (a day
 /// once it succeeded, until a person deletes it once it failed):
 /// once a container ran, its phase alone is kept (a failed pod keeps its
-/// containers' states, which say whether one ever started).
+/// containers' states, which say whether one ever started and, once one
+/// ended, its exit code and termination message).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SchemaPod {
     pub namespace: Arc<str>,
@@ -862,8 +863,8 @@ impl Keyed for SchemaPod {
 
 /// A master or coreapp pod as fencing, the matching of gateway nodes to
 /// pods and the tier counts read it: its identity (with when it began to
-/// terminate), the labels that tell its number, instance and role, its IP
-/// and its StatefulSet revision.
+/// terminate), the labels that tell its number, instance and role, its IP,
+/// its StatefulSet revision and its trouble, if any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodOutline {
     pub identity: Identity,
@@ -874,6 +875,8 @@ pub struct PodOutline {
     pub created: Option<k8s_openapi::jiff::Timestamp>,
     /// Its StatefulSet's revision it was created at (`controller-revision-hash`).
     pub revision: Option<Box<str>>,
+    /// Why it does not run, if it cannot by itself (see [`super::troubles`]).
+    pub trouble: Option<Box<str>>,
 }
 
 /// The label a StatefulSet puts on each pod: the revision it was created at.
@@ -884,6 +887,7 @@ impl PodOutline {
         Self {
             identity: Identity::of(&pod.metadata),
             labels: ReadLabels::of(pod.metadata.labels.as_ref()),
+            trouble: pod.status.as_ref().and_then(|s| super::troubles::trouble(&s.container_statuses)),
             ip: pod.status.and_then(|s| s.pod_ip).map(Into::into),
             created: pod.metadata.creation_timestamp.map(|t| t.0),
             revision: pod.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)).map(|r| r.as_str().into()),
@@ -904,8 +908,9 @@ impl Keyed for PodOutline {
     }
 }
 
-/// A master or coreapp pod as its watch decodes it: metadata and pod IP; its
-/// spec and the rest of its status are never decoded.
+/// A master or coreapp pod as its watch decodes it: metadata, pod IP and a
+/// brief of its containers' states; its spec and the rest of its status are
+/// never decoded.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 pub struct ListedPod {
     pub metadata: ObjectMeta,
@@ -917,6 +922,8 @@ pub struct ListedPod {
 pub struct PodAddress {
     #[serde(rename = "podIP", default)]
     pub pod_ip: Option<String>,
+    #[serde(rename = "containerStatuses", default)]
+    pub container_statuses: Vec<super::troubles::ContainerBrief>,
 }
 
 impl Resource for ListedPod {
@@ -1368,6 +1375,22 @@ mod tests {
             let status = kept.status.expect("its status");
             assert_eq!(status.container_statuses.is_none(), waiting.is_none(), "{phase}: the phase alone once started");
         }
+        // A failed attempt keeps its container's end: exit code, start and
+        // the termination message the status quotes.
+        let mut failed = pod("Failed", None);
+        let statuses = failed.status.as_mut().and_then(|s| s.container_statuses.as_mut()).unwrap();
+        statuses[0].state = Some(
+            serde_json::from_value(serde_json::json!({"terminated": {
+            "exitCode": 1, "reason": "Error", "startedAt": "2026-01-01T00:00:00Z",
+            "finishedAt": "2026-01-01T00:00:01Z", "message": "Access denied for user 'wa'"}}))
+            .unwrap(),
+        );
+        let kept = SchemaPod::of(failed.clone());
+        let expected = JobState::Running {
+            last_failure: Some("1 attempt failed with exit code 1: Access denied for user 'wa'".into()),
+        };
+        assert_eq!(state(Some(&job), &[kept.pod()]), expected);
+        assert_eq!(state(Some(&job), &[failed]), expected, "as the whole pod says");
     }
 
     #[test]

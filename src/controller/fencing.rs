@@ -229,24 +229,29 @@ pub async fn own_node_pods(
     Ok(cache.filter(own).await?)
 }
 
-/// Which watch events about node pods can change a fencing decision: a pod
-/// appearing, starting to terminate, or going away. Readiness and other status
-/// changes are dropped, so a rolling pod does not wake every object of its
-/// number. Keeps what it saw per pod uid.
+/// Which watch events about node pods can change a fencing decision or what
+/// status tells: a pod appearing, starting to terminate, going away, or its
+/// trouble changing (a crash loop beginning or ending; see
+/// [`super::troubles`]). Readiness and other status changes are dropped, so a
+/// rolling pod does not wake every object of its number. Keeps what it saw
+/// per pod uid.
 #[derive(Default)]
 pub struct StartStopFilter {
-    terminating: HashMap<super::compact::Compact, bool>,
+    seen: HashMap<super::compact::Compact, (bool, Option<Box<str>>)>,
 }
 
 impl StartStopFilter {
     pub fn relevant(&mut self, event: &watcher::Event<PodOutline>) -> bool {
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                let deleting = pod.identity.deleting();
-                self.terminating.insert(pod.identity.uid.clone(), deleting) != Some(deleting)
+                let now = (pod.identity.deleting(), pod.trouble.clone());
+                self.seen.get(&pod.identity.uid) != Some(&now) && {
+                    self.seen.insert(pod.identity.uid.clone(), now);
+                    true
+                }
             }
             watcher::Event::Delete(pod) => {
-                self.terminating.remove(&pod.identity.uid);
+                self.seen.remove(&pod.identity.uid);
                 true
             }
             watcher::Event::Init | watcher::Event::InitDone => false,
@@ -450,13 +455,18 @@ mod tests {
     }
 
     #[test]
-    fn only_start_terminate_and_delete_wake_anyone() {
+    fn only_start_terminate_trouble_and_delete_wake_anyone() {
         let mut filter = StartStopFilter::default();
         let pod = outline(pod_meta("a", "x-coreapp-0", "x", "coreapp", "1"));
         assert!(filter.relevant(&watcher::Event::Apply(pod.clone())), "a new pod");
         let mut addressed = pod.clone();
         addressed.ip = Some("10.0.0.7".into());
-        assert!(!filter.relevant(&watcher::Event::Apply(addressed)), "a status change");
+        assert!(!filter.relevant(&watcher::Event::Apply(addressed.clone())), "a status change");
+        let mut looping = addressed.clone();
+        looping.trouble = Some("CrashLoopBackOff, last exit code 1".into());
+        assert!(filter.relevant(&watcher::Event::Apply(looping.clone())), "a crash loop begins");
+        assert!(!filter.relevant(&watcher::Event::Apply(looping)), "and goes on");
+        assert!(filter.relevant(&watcher::Event::Apply(addressed)), "it ends");
         let mut deleting = pod.clone();
         deleting.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
         assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())), "terminating");

@@ -25,6 +25,7 @@ mod reconcile_tests;
 mod run;
 pub mod status;
 pub mod store;
+pub mod troubles;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};

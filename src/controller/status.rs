@@ -179,8 +179,8 @@ pub enum FirstSchema {
     /// Its Job is at work, or its pod waits to start.
     #[default]
     AtWork,
-    /// Its Job has not started, or the Job of an earlier `spec.version`
-    /// goes first: why.
+    /// Its Job has not started, its attempts failed and it tries again, or
+    /// the Job of an earlier `spec.version` goes first: why.
     Waiting(String),
     /// Nothing goes on until a person acts: reason and message.
     Stuck(&'static str, String),
@@ -260,6 +260,9 @@ pub struct Tiers {
     pub webapps: TierStatus,
     /// Client versions of the pod templates: masters, coreapps, webapps.
     pub versions: [Option<String>; 3],
+    /// Master and coreapp pods that cannot run by themselves, and why
+    /// ([`super::troubles::listed`]).
+    pub troubles: Option<String>,
 }
 
 impl Tiers {
@@ -278,11 +281,16 @@ impl Tiers {
     }
 
     pub fn summary(&self) -> String {
-        self.named()
+        let counts = self
+            .named()
             .iter()
             .map(|(n, t)| format!("{n} {}/{} ready, {} updated", t.ready, t.desired, t.updated))
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        match &self.troubles {
+            Some(troubles) => format!("{counts}; not running: {troubles}"),
+            None => counts,
+        }
     }
 
     pub fn ready_pods(&self) -> String {
@@ -1442,6 +1450,20 @@ mod tests {
         assert_eq!(s.last_progress_time, None, "no rollout, no deadline");
         let again = next(&mut wan, &applied(one_coreapp_down.clone()), 3);
         assert_eq!(again, s, "the outage stands without a write");
+        // A pod that cannot run by itself: the message says which and why.
+        let looping = Tiers {
+            troubles: Some("acme-coreapp-1 (CrashLoopBackOff, last exit code 1)".into()),
+            ..one_coreapp_down.clone()
+        };
+        let told = next(&mut wan.clone(), &applied(looping), 3);
+        assert_eq!(states(&told), states(&s), "the same conditions");
+        assert!(
+            cond(&told, DEGRADED)
+                .message
+                .contains("; not running: acme-coreapp-1 (CrashLoopBackOff, last exit code 1)"),
+            "{}",
+            cond(&told, DEGRADED).message
+        );
 
         // The gateway's own reason, when a probe says why.
         let mut unhealthy = match applied(one_coreapp_down.clone()) {

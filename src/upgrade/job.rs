@@ -41,14 +41,14 @@ pub fn state(job: Option<&Job>, pods: &[Pod]) -> JobState {
         // Past its deadline the Job's pods are deleted: one that ran was seen
         // at work before (`status.upgrade.schemaStartedAt`), or is still there.
         let ran = reason != "DeadlineExceeded" || pods.iter().any(started);
-        let why = match last_failure(status.failed, pods) {
+        let why = match last_failure(pods) {
             Some(attempts) => format!("{}; {attempts}", why.trim()),
             None => why.trim().to_string(),
         };
         return JobState::Failed { why, ran };
     }
     if pods.iter().any(started) {
-        return JobState::Running { last_failure: last_failure(status.failed, pods) };
+        return JobState::Running { last_failure: last_failure(pods) };
     }
     for pod in pods {
         let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
@@ -77,16 +77,22 @@ const MAX_SHOWN: usize = 300;
 /// exit code and the last line of its termination message, which is the
 /// tail of its log (`terminationMessagePolicy: FallbackToLogsOnError`), such
 /// as the database refusing the credentials. `None` while no attempt failed.
-fn last_failure(failed: Option<i32>, pods: &[Pod]) -> Option<String> {
-    let terminated = pods
+/// Attempts are the Job's failed pods whose container ran (each attempt is
+/// a pod of its own, `restartPolicy: Never`): a pod deleted before it
+/// started is none, and the Job's own count lags behind its pods.
+fn last_failure(pods: &[Pod]) -> Option<String> {
+    let failed: Vec<&k8s_openapi::api::core::v1::ContainerStateTerminated> = pods
         .iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
-        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
-        .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
-        .filter_map(|s| s?.terminated.as_ref())
-        .filter(|t| t.exit_code != 0 && t.started_at.is_some())
-        .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))?;
-    let attempts = match failed.unwrap_or(1).max(1) {
+        .filter_map(|p| {
+            let statuses = p.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
+            statuses
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+                .find(|t| t.exit_code != 0 && t.started_at.is_some())
+        })
+        .collect();
+    let terminated = failed.iter().max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))?;
+    let attempts = match failed.len() {
         1 => "1 attempt failed".to_string(),
         n => format!("{n} attempts failed, the last"),
     };
@@ -99,11 +105,12 @@ fn last_failure(failed: Option<i32>, pods: &[Pod]) -> Option<String> {
     })
 }
 
-/// The last line of a log that says something, without control characters
-/// (colour codes), at most [`MAX_SHOWN`] bytes.
+/// The last line of a log that says something, without colour codes, with
+/// passwords in connection strings masked, at most [`MAX_SHOWN`] bytes.
 fn last_line(log: &str) -> Option<String> {
     let line = log.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-    let mut shown: String = strip_escapes(line).chars().filter(|c| !c.is_control()).collect();
+    let plain: String = strip_escapes(line).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut shown = mask_passwords(&plain);
     if shown.len() > MAX_SHOWN {
         let mut end = MAX_SHOWN;
         while !shown.is_char_boundary(end) {
@@ -115,7 +122,8 @@ fn last_line(log: &str) -> Option<String> {
     Some(shown.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// The text without ANSI escape sequences (`ESC [ ... letter`).
+/// The text without ANSI escape sequences (`ESC [`, parameters, a final
+/// character from `@` to `~`).
 fn strip_escapes(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
@@ -123,7 +131,7 @@ fn strip_escapes(line: &str) -> String {
         if c == '\u{1b}' && chars.peek() == Some(&'[') {
             chars.next();
             for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
+                if ('@'..='~').contains(&c) {
                     break;
                 }
             }
@@ -132,6 +140,60 @@ fn strip_escapes(line: &str) -> String {
         }
     }
     out
+}
+
+/// The line with what may be a password masked, as status and events are
+/// read more widely than pod logs: the password of a URL's user
+/// (`mysql://user:SECRET@host`) and the value after `password=` or
+/// `password:` (any case).
+fn mask_passwords(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    // `scheme://user:SECRET@`: the part between the user's colon and the `@`.
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority = tail.split(['/', ' ']).next().unwrap_or_default();
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(end), Some(colon)) if colon < end => {
+                out.push_str(&tail[..=colon]);
+                out.push_str("***");
+                rest = &tail[end..];
+            }
+            _ => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    let lower = out.to_ascii_lowercase();
+    let mut masked = String::with_capacity(out.len());
+    let mut from = 0;
+    for (at, _) in lower.match_indices("password") {
+        if at < from {
+            continue;
+        }
+        let after = at + "password".len();
+        let Some(sep) = out[after..].chars().next().filter(|c| *c == '=' || *c == ':') else { continue };
+        let value = after + sep.len_utf8();
+        let mut value = value + out[value..].len() - out[value..].trim_start().len();
+        // A quoted value ends at its closing quote, any other at a separator.
+        let quote = out[value..].chars().next().filter(|c| *c == '\'' || *c == '"');
+        if let Some(q) = quote {
+            value += q.len_utf8();
+        }
+        let ends: &[char] = match quote {
+            Some(q) => &[q],
+            None => &[' ', ',', ';', '&', ')', '\'', '"'],
+        };
+        let end = out[value..].find(ends).map_or(out.len(), |e| value + e);
+        // MySQL says whether a password was sent: `(using password: YES)`.
+        if end > value && !matches!(&out[value..end], "YES" | "NO") {
+            masked.push_str(&out[from..value]);
+            masked.push_str("***");
+            from = end;
+        }
+    }
+    masked.push_str(&out[from..]);
+    masked
 }
 
 /// Whether any container of the pod ever started: from then on the schema
@@ -304,7 +366,8 @@ mod tests {
     fn a_failed_attempt_says_why_from_its_log_tail() {
         let refused = "2026-12-07T06:00:00Z  INFO starting\n\u{1b}[31mERROR\u{1b}[0m connect to the database server: Access denied for user 'wa'@'10.0.0.5'\n\n";
         let unreachable = "waiting for the database at db:3306\ndatabase at db:3306 is not reachable\n";
-        let at_work = JobStatus { failed: Some(2), ..Default::default() };
+        // The Job's count may include a pod deleted before it ran: the pods tell.
+        let at_work = JobStatus { failed: Some(3), ..Default::default() };
         // The last attempt to end is the one named, with the attempts so far.
         let pods =
             [failed_attempt(Some(unreachable), 10), failed_attempt(Some(refused), 20), pod("Pending", None, false)];
@@ -318,8 +381,8 @@ mod tests {
                 )
             }
         );
-        let one = JobStatus { failed: Some(1), ..Default::default() };
-        let s = state(Some(&job(one)), &[failed_attempt(Some(unreachable), 10)]);
+        let lagging = JobStatus::default();
+        let s = state(Some(&job(lagging)), &[failed_attempt(Some(unreachable), 10)]);
         assert!(
             matches!(&s, JobState::Running { last_failure: Some(m) } if m == "1 attempt failed with exit code 1: database at db:3306 is not reachable"),
             "{s:?}"
@@ -339,11 +402,11 @@ mod tests {
             matches!(&s, JobState::Running { last_failure: Some(m) } if m.ends_with("exit code 137 (OOMKilled)")),
             "{s:?}"
         );
-        // A long line is cut, on a character boundary.
-        let long = format!("é{}", "x".repeat(400));
+        // A long line is cut, on a character boundary (`é` spans bytes 299 and 300).
+        let long = format!("{}é{}", "x".repeat(299), "x".repeat(100));
         let s = state(Some(&job(at_work.clone())), &[failed_attempt(Some(&long), 10)]);
         let JobState::Running { last_failure: Some(m) } = s else { panic!("{s:?}") };
-        assert!(m.ends_with('…') && m.len() < 400, "{m}");
+        assert!(m.ends_with(&format!("{}…", "x".repeat(299))), "{m}");
         // Failed for good: the Job's reason, then the last attempt's.
         let mut done = at_work;
         done.conditions = Some(vec![JobCondition {
@@ -358,6 +421,21 @@ mod tests {
             matches!(&s, JobState::Failed { why, ran: true } if why.starts_with("BackoffLimitExceeded Job has reached the specified backoff limit; 2 attempts failed") && why.contains("Access denied")),
             "{s:?}"
         );
+        // Colour codes go, tabs read as spaces, passwords are masked.
+        let shown = |log: &str| last_line(log).unwrap();
+        assert_eq!(shown("\u{1b}[1;31mERROR\u{1b}[0m\tdone\u{1b}[2~ here"), "ERROR done here");
+        assert_eq!(
+            shown("cannot open mysql://wa:s3cret@db:3306/waent (timeout)"),
+            "cannot open mysql://wa:***@db:3306/waent (timeout)"
+        );
+        assert_eq!(shown("dsn host=db user=wa Password=s3cret dbname=x"), "dsn host=db user=wa Password=*** dbname=x");
+        assert_eq!(shown("auth failed, password: 'hunter 2', retrying"), "auth failed, password: '***', retrying");
+        assert_eq!(
+            shown("Access denied for user 'wa'@'10.0.0.5' (using password: YES)"),
+            "Access denied for user 'wa'@'10.0.0.5' (using password: YES)",
+            "MySQL's own words say only whether one was sent"
+        );
+        assert_eq!(shown("see http://example.com/docs"), "see http://example.com/docs");
         // Nothing failed yet: nothing to say.
         assert_eq!(state(Some(&job(JobStatus::default())), &[pod("Running", None, true)]), JobState::running());
     }

@@ -555,6 +555,9 @@ spec:
     host: $DB_HOST
     credentialsSecretRef: {name: db}
   media: {existingClaim: media}
+  # Room for the ready scenario's failed attempts (a wrong password first):
+  # the Job's back-off doubles from 10 s, so 6 retries span about 5 minutes.
+  upgrade: {schemaUpgradeRetries: 6}
   health:
     pollIntervalSeconds: 5
     # The emulator's webapp serves a self-signed certificate in the cluster.

@@ -715,6 +715,31 @@ async fn set_pod_ready(c: &Client, ns: &str, pod: &str, ready: bool) -> Result<(
     Ok(())
 }
 
+/// Puts a pod's container into a crash loop, as its kubelet reports one
+/// (waiting `CrashLoopBackOff`, the last run ended with exit code 1), or back
+/// to running.
+async fn set_pod_crashing(c: &Client, ns: &str, pod: &str, crashing: bool) -> Result<()> {
+    let pods: Api<Pod> = typed(c, ns);
+    let current = pods.get_status(pod).await?;
+    let mut statuses = current.status.and_then(|s| s.container_statuses).unwrap_or_default();
+    ensure!(!statuses.is_empty(), "{pod} has no container status to change");
+    for status in &mut statuses {
+        let state = if crashing {
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}})
+        } else {
+            json!({"running": {"startedAt": jiff::Timestamp::now().to_string()}})
+        };
+        status.state = Some(serde_json::from_value(state)?);
+        status.last_state = crashing.then(|| {
+            serde_json::from_value(json!({"terminated": {"exitCode": 1, "reason": "Error"}})).expect("a state")
+        });
+        status.ready = !crashing;
+    }
+    let patch = json!({"status": {"containerStatuses": statuses}});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+    set_pod_ready(c, ns, pod, !crashing).await
+}
+
 /// A coreapp of a fully rolled-out number stops being ready (a lost
 /// database, a crashing process): that is an outage, `Degraded`, not a
 /// rollout in progress; once the pod is ready again the number is `Ready`.
@@ -743,9 +768,21 @@ pub async fn a_running_numbers_lost_pod_is_an_outage_not_progress(env: &'static 
     let message = &condition(&w, "Degraded").unwrap().message;
     ensure!(message.contains("coreapps 1/2 ready"), "{message}");
 
-    set_pod_ready(c, &ns, &pod, true).await?;
+    // Its container crashing: the message names the pod and why.
+    support::fault("a coreapp in a crash loop");
+    set_pod_crashing(c, &ns, &pod, true).await?;
+    let told = format!("not running: {pod} (CrashLoopBackOff, last exit code 1)");
+    wait_until(Duration::from_secs(60), "Degraded naming the crash loop", || async {
+        let w = api.get(&name).await?;
+        Ok(condition(&w, "Degraded").is_some_and(|c| c.status == "True" && c.message.contains(&told)))
+    })
+    .await?;
+
+    set_pod_crashing(c, &ns, &pod, false).await?;
     let w = wait_ready(&api, &name).await?;
     ensure!(state(&w, "Degraded").0 == "False", "{:?}", condition(&w, "Degraded"));
+    let message = &condition(&w, "Ready").unwrap().message;
+    ensure!(!message.contains("not running"), "{message}");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
