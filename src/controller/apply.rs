@@ -74,7 +74,10 @@ impl<'a> Applier<'a> {
             let own = pods.iter().filter(|p| p.labels.get(LABEL_COMPONENT) == Some(tier.as_str()));
             stateful_set_tier(sts, own.filter_map(|p| p.revision.as_deref()))
         };
-        let troubles = super::troubles::listed(pods.iter().filter_map(|p| Some((p.name(), p.trouble.as_deref()?))));
+        // A pod on its way out ends with SIGTERM's exit code: no trouble.
+        let troubles = super::troubles::listed(
+            pods.iter().filter(|p| !p.identity.deleting()).filter_map(|p| Some((p.name(), p.trouble.as_deref()?))),
+        );
         Ok(Tiers {
             troubles,
             masters: masters.as_ref().map_or(absent.clone(), |m| tier(m, Tier::Master)),

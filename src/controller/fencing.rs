@@ -237,26 +237,45 @@ pub async fn own_node_pods(
 /// per pod uid.
 #[derive(Default)]
 pub struct StartStopFilter {
-    seen: HashMap<super::compact::Compact, (bool, Option<Box<str>>)>,
+    /// Per pod uid: whether it is terminating, and a digest of its trouble.
+    seen: HashMap<super::compact::Compact, (bool, u64)>,
+    /// While the watch lists again: what was seen before, so that pods gone
+    /// in between are dropped rather than kept for good.
+    before: Option<HashMap<super::compact::Compact, (bool, u64)>>,
 }
 
 impl StartStopFilter {
     pub fn relevant(&mut self, event: &watcher::Event<PodOutline>) -> bool {
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                let now = (pod.identity.deleting(), pod.trouble.clone());
-                self.seen.get(&pod.identity.uid) != Some(&now) && {
-                    self.seen.insert(pod.identity.uid.clone(), now);
-                    true
-                }
+                let now = (pod.identity.deleting(), digest(pod.trouble.as_deref()));
+                let before = match (&mut self.before, event) {
+                    (Some(before), watcher::Event::InitApply(_)) => before.remove(&pod.identity.uid),
+                    _ => self.seen.get(&pod.identity.uid).copied(),
+                };
+                self.seen.insert(pod.identity.uid.clone(), now);
+                before != Some(now)
             }
             watcher::Event::Delete(pod) => {
                 self.seen.remove(&pod.identity.uid);
                 true
             }
-            watcher::Event::Init | watcher::Event::InitDone => false,
+            watcher::Event::Init => {
+                self.before = Some(std::mem::take(&mut self.seen));
+                false
+            }
+            watcher::Event::InitDone => {
+                self.before = None;
+                false
+            }
         }
     }
+}
+
+/// A digest of a pod's trouble, 0 for none: what the filter keeps of it.
+fn digest(trouble: Option<&str>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    trouble.map_or(0, |t| BuildHasherDefault::<DefaultHasher>::default().hash_one(t) | 1)
 }
 
 #[cfg(test)]
@@ -463,10 +482,24 @@ mod tests {
         addressed.ip = Some("10.0.0.7".into());
         assert!(!filter.relevant(&watcher::Event::Apply(addressed.clone())), "a status change");
         let mut looping = addressed.clone();
-        looping.trouble = Some("CrashLoopBackOff, last exit code 1".into());
+        looping.trouble = Some("restarting, last exit code 1".into());
         assert!(filter.relevant(&watcher::Event::Apply(looping.clone())), "a crash loop begins");
-        assert!(!filter.relevant(&watcher::Event::Apply(looping)), "and goes on");
-        assert!(filter.relevant(&watcher::Event::Apply(addressed)), "it ends");
+        assert!(!filter.relevant(&watcher::Event::Apply(looping.clone())), "and goes on");
+        let mut other = looping.clone();
+        other.trouble = Some("restarting, last exit code 137 (OOMKilled)".into());
+        assert!(filter.relevant(&watcher::Event::Apply(other)), "another trouble");
+        assert!(filter.relevant(&watcher::Event::Apply(addressed.clone())), "it ends");
+        // Listed again: unchanged pods wake no one, a pod gone in between is
+        // forgotten.
+        let gone = outline(pod_meta("a", "x-coreapp-1", "x", "coreapp", "1"));
+        assert!(filter.relevant(&watcher::Event::Apply(gone)));
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::Init));
+        assert!(filter.relevant(&watcher::Event::InitApply(looping.clone())), "changed while not watched");
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::InitDone));
+        assert_eq!(filter.seen.len(), 1, "the pod gone in between is forgotten");
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::Init));
+        assert!(!filter.relevant(&watcher::Event::InitApply(looping)), "unchanged");
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::InitDone));
         let mut deleting = pod.clone();
         deleting.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
         assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())), "terminating");

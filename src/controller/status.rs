@@ -1452,15 +1452,13 @@ mod tests {
         assert_eq!(again, s, "the outage stands without a write");
         // A pod that cannot run by itself: the message says which and why.
         let looping = Tiers {
-            troubles: Some("acme-coreapp-1 (CrashLoopBackOff, last exit code 1)".into()),
+            troubles: Some("acme-coreapp-1 (restarting, last exit code 1)".into()),
             ..one_coreapp_down.clone()
         };
         let told = next(&mut wan.clone(), &applied(looping), 3);
         assert_eq!(states(&told), states(&s), "the same conditions");
         assert!(
-            cond(&told, DEGRADED)
-                .message
-                .contains("; not running: acme-coreapp-1 (CrashLoopBackOff, last exit code 1)"),
+            cond(&told, DEGRADED).message.contains("; not running: acme-coreapp-1 (restarting, last exit code 1)"),
             "{}",
             cond(&told, DEGRADED).message
         );

@@ -15,6 +15,10 @@ pub struct ContainerBrief {
     #[serde(default)]
     pub image: String,
     #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default)]
     pub state: Option<StateBrief>,
     #[serde(default)]
     pub last_state: Option<StateBrief>,
@@ -45,48 +49,68 @@ pub struct TerminatedBrief {
     pub reason: Option<String>,
 }
 
-/// Waiting reasons of an image that cannot be pulled: one trouble, whichever
-/// of them the kubelet shows between its retries.
-const PULL: [&str; 4] = ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"];
+/// Waiting reasons of an image that cannot be pulled or used: one trouble,
+/// whichever of the first two the kubelet shows between its retries.
+const PULL: [&str; 5] =
+    ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "ImageInspectError"];
 
-/// Waiting reasons of a container that cannot be made; their message says
-/// why (a Secret or one of its keys missing, a bad command).
-const CREATE: [&str; 2] = ["CreateContainerConfigError", "CreateContainerError"];
+/// Waiting reasons of a container that cannot be made or run. Their
+/// messages may name the runtime's container IDs and times, which change
+/// at each retry: the reason alone is shown.
+const CREATE: [&str; 2] = ["CreateContainerError", "RunContainerError"];
+
+/// A container whose configuration cannot be met: its message says what
+/// (a Secret or one of its keys missing) and stays the same between retries.
+const CONFIG: &str = "CreateContainerConfigError";
 
 /// At most this much of the kubelet's message goes into status.
 const MAX_SHOWN: usize = 200;
 
 /// The first container's trouble, if one has any (masters and coreapps run
-/// one): `CrashLoopBackOff, last exit code 1`, `cannot pull image REF
-/// (ErrImagePull)` (the two pull
-/// reasons the kubelet alternates between read the same, so a status does
-/// not change with each retry), `CreateContainerConfigError: MESSAGE`.
+/// one), worded to stay the same between the kubelet's retries so that a
+/// status does not change with each: `restarting, last exit code 1` for a
+/// container not ready that has ended with an error before (waiting in
+/// `CrashLoopBackOff`, running again or just ended alike), `cannot pull
+/// image REF (ErrImagePull)` (also while the kubelet shows
+/// `ImagePullBackOff`), `CreateContainerConfigError: MESSAGE`,
+/// `CreateContainerError`.
 pub fn trouble(containers: &[ContainerBrief]) -> Option<Box<str>> {
     containers.iter().find_map(container_trouble).map(String::into_boxed_str)
 }
 
 fn container_trouble(c: &ContainerBrief) -> Option<String> {
-    let waiting = c.state.as_ref()?.waiting.as_ref()?;
-    let reason = waiting.reason.as_deref()?;
-    if reason == "CrashLoopBackOff" {
-        let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
-        return Some(match last {
-            Some(t) => match t.reason.as_deref().filter(|r| !r.is_empty() && *r != "Error") {
-                Some(why) => format!("CrashLoopBackOff, last exit code {} ({why})", t.exit_code),
-                None => format!("CrashLoopBackOff, last exit code {}", t.exit_code),
-            },
-            None => "CrashLoopBackOff".to_string(),
-        });
+    if c.ready {
+        return None;
     }
-    if PULL.contains(&reason) {
-        let kind = if reason == "ImagePullBackOff" { "ErrImagePull" } else { reason };
-        return Some(format!("cannot pull image {} ({kind})", c.image));
+    let state = c.state.as_ref();
+    let waiting = state.and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+    if let Some(reason) = waiting {
+        if PULL.contains(&reason) {
+            let kind = if reason == "ImagePullBackOff" { "ErrImagePull" } else { reason };
+            return Some(format!("cannot pull image {} ({kind})", c.image));
+        }
+        if CREATE.contains(&reason) {
+            return Some(reason.to_string());
+        }
+        if reason == CONFIG {
+            let message = state.and_then(|s| s.waiting.as_ref()?.message.as_deref()).map(shown).unwrap_or_default();
+            return Some(format!("{reason}: {message}").trim_end_matches([' ', ':']).to_string());
+        }
     }
-    if CREATE.contains(&reason) {
-        let message = waiting.message.as_deref().map(shown).unwrap_or_default();
-        return Some(format!("{reason}: {message}").trim_end_matches([' ', ':']).to_string());
+    // Ended with an error and not ready since: the one it just ended with,
+    // else the one before (waiting to restart, or running again).
+    fn failed(s: Option<&StateBrief>) -> Option<&TerminatedBrief> {
+        s?.terminated.as_ref().filter(|t| t.exit_code != 0)
     }
-    None
+    let looping = waiting == Some("CrashLoopBackOff");
+    let before = failed(c.last_state.as_ref()).filter(|_| c.restart_count > 0 || looping);
+    let Some(ended) = failed(state).or(before) else {
+        return looping.then(|| "restarting".to_string());
+    };
+    Some(match ended.reason.as_deref().filter(|r| !r.is_empty() && *r != "Error") {
+        Some(why) => format!("restarting, last exit code {} ({why})", ended.exit_code),
+        None => format!("restarting, last exit code {}", ended.exit_code),
+    })
 }
 
 /// A message on one line, cut at [`MAX_SHOWN`] bytes on a character boundary.
@@ -103,8 +127,8 @@ fn shown(message: &str) -> String {
     line
 }
 
-/// The troubles of a tier's pods for a status message: each pod by name,
-/// at most three and how many more.
+/// The troubles of a number's master and coreapp pods for a status message:
+/// each pod by name, at most three and how many more.
 pub fn listed<'a>(troubles: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<String> {
     let mut all: Vec<(&str, &str)> = troubles.into_iter().collect();
     all.sort_unstable();
@@ -125,19 +149,30 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_loop_names_the_last_exit_code() {
-        let looping = containers(serde_json::json!([{
-            "name": "coreapp", "image": "coreapp:v2.53.2", "ready": false, "restartCount": 4,
-            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
-            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2026-01-01T00:00:00Z"}}
-        }]));
-        assert_eq!(trouble(&looping).as_deref(), Some("CrashLoopBackOff, last exit code 1"));
-        let killed = containers(serde_json::json!([{
-            "name": "coreapp",
-            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
-        }]));
-        assert_eq!(trouble(&killed).as_deref(), Some("CrashLoopBackOff, last exit code 137 (OOMKilled)"));
+    fn a_crash_loop_reads_the_same_all_through_its_cycle() {
+        let at = |state: serde_json::Value, restarts: i32, last: serde_json::Value| {
+            trouble(&containers(serde_json::json!([{
+                "name": "coreapp", "image": "coreapp:v2.53.2", "ready": false, "restartCount": restarts,
+                "state": state, "lastState": last
+            }])))
+        };
+        let failed = serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}});
+        let expected = Some("restarting, last exit code 1".into());
+        // It ends, waits to restart, runs again (not ready yet), ends again.
+        assert_eq!(at(failed.clone(), 0, serde_json::json!({})), expected, "the first end");
+        let backoff =
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}});
+        assert_eq!(at(backoff.clone(), 1, failed.clone()), expected, "waiting to restart");
+        let running = serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}});
+        assert_eq!(at(running.clone(), 1, failed.clone()), expected, "running again, not ready");
+        assert_eq!(at(failed.clone(), 1, failed.clone()), expected, "ended again");
+        let killed = serde_json::json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        assert_eq!(at(backoff.clone(), 3, killed).as_deref(), Some("restarting, last exit code 137 (OOMKilled)"));
+        assert_eq!(at(backoff, 0, serde_json::json!({})).as_deref(), Some("restarting"));
+        // Ready again: no trouble, whatever ended before.
+        let ready =
+            containers(serde_json::json!([{"ready": true, "restartCount": 2, "state": running, "lastState": failed}]));
+        assert_eq!(trouble(&ready), None);
     }
 
     #[test]
@@ -154,6 +189,7 @@ mod tests {
         );
         assert_eq!(pull("ImagePullBackOff"), pull("ErrImagePull"), "the kubelet alternates between the two");
         assert!(pull("ErrImageNeverPull").unwrap().ends_with("(ErrImageNeverPull)"));
+        assert!(pull("ImageInspectError").unwrap().ends_with("(ImageInspectError)"));
     }
 
     #[test]
@@ -167,14 +203,20 @@ mod tests {
             trouble(&missing).as_deref(),
             Some("CreateContainerConfigError: couldn't find key password in Secret team/db")
         );
+        // Cut on a character boundary: `é` spans bytes 199 and 200 of the message.
         let long = containers(serde_json::json!([{
-            "name": "c", "state": {"waiting": {"reason": "CreateContainerError", "message": format!("é{}", "x".repeat(300))}}
+            "name": "c", "state": {"waiting": {"reason": "CreateContainerConfigError",
+                "message": format!("{}é{}", "x".repeat(199), "x".repeat(100))}}
         }]));
         let t = trouble(&long).unwrap();
-        assert!(t.ends_with('…') && t.len() < 240, "{t}");
-        let silent =
-            containers(serde_json::json!([{"name": "c", "state": {"waiting": {"reason": "CreateContainerError"}}}]));
-        assert_eq!(trouble(&silent).as_deref(), Some("CreateContainerError"));
+        assert_eq!(&*t, format!("CreateContainerConfigError: {}…", "x".repeat(199)));
+        // The runtime's message names container IDs and times that change
+        // at each retry: the reason alone.
+        for reason in ["CreateContainerError", "RunContainerError"] {
+            let c = containers(serde_json::json!([{"name": "c", "state": {"waiting": {"reason": reason,
+                "message": "failed to reserve container name \"x_1\": name is reserved for \"4f9c0a1b2c3d4e5f\""}}}]));
+            assert_eq!(trouble(&c).as_deref(), Some(reason));
+        }
     }
 
     #[test]
@@ -183,10 +225,9 @@ mod tests {
             serde_json::json!({"waiting": {"reason": "ContainerCreating"}}),
             serde_json::json!({"waiting": {"reason": "PodInitializing"}}),
             serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}}),
-            serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}}),
+            serde_json::json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
         ] {
-            let c = containers(serde_json::json!([{"name": "c", "ready": false, "state": state,
-                "lastState": {"terminated": {"exitCode": 1}}}]));
+            let c = containers(serde_json::json!([{"name": "c", "ready": false, "restartCount": 0, "state": state}]));
             assert_eq!(trouble(&c), None, "{state}");
         }
         assert_eq!(trouble(&[]), None, "a pod not yet scheduled has no container");

@@ -143,57 +143,83 @@ fn strip_escapes(line: &str) -> String {
 }
 
 /// The line with what may be a password masked, as status and events are
-/// read more widely than pod logs: the password of a URL's user
-/// (`mysql://user:SECRET@host`) and the value after `password=` or
-/// `password:` (any case).
+/// read more widely than pod logs: the secret of a `user:SECRET@` (URLs and
+/// Go-style DSNs such as `user:SECRET@tcp(host)`) and the value given to a
+/// `password`, `passwd` or `pwd` key (`password=x`, `"password": "x"`, any
+/// case). What a log says in other forms is shown as it is.
 fn mask_passwords(line: &str) -> String {
+    mask_keyed(&mask_user_info(line))
+}
+
+/// `user:SECRET@`: the part between a word's first colon and the `@`.
+fn mask_user_info(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
-    // `scheme://user:SECRET@`: the part between the user's colon and the `@`.
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority = tail.split(['/', ' ']).next().unwrap_or_default();
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(end), Some(colon)) if colon < end => {
-                out.push_str(&tail[..=colon]);
+    while let Some(at) = rest.find('@') {
+        let head = &rest[..at];
+        let word = head.rfind([' ', '(', '/', '"', '\'', ',', '=', '[']).map_or(0, |i| i + 1);
+        match head[word..].find(':') {
+            Some(colon) if word + colon + 1 < head.len() => {
+                out.push_str(&head[..=word + colon]);
                 out.push_str("***");
-                rest = &tail[end..];
             }
-            _ => rest = tail,
+            _ => out.push_str(head),
         }
+        out.push('@');
+        rest = &rest[at + 1..];
     }
     out.push_str(rest);
-    let lower = out.to_ascii_lowercase();
-    let mut masked = String::with_capacity(out.len());
+    out
+}
+
+/// The value after `password`, `passwd` or `pwd`, an optional closing
+/// quote, and `=` or `:`: quoted up to its closing quote, else up to a
+/// separator. MySQL's `(using password: YES)` says only whether one was sent.
+fn mask_keyed(line: &str) -> String {
+    // ASCII lower-casing keeps every byte offset.
+    let lower = line.to_ascii_lowercase();
+    let mut out = String::with_capacity(line.len());
     let mut from = 0;
-    for (at, _) in lower.match_indices("password") {
-        if at < from {
+    let mut search = 0;
+    while let Some((at, key)) = ["password", "passwd", "pwd"]
+        .iter()
+        .filter_map(|k| lower[search..].find(k).map(|i| (search + i, k.len())))
+        .min()
+    {
+        search = at + key;
+        let mut i = search;
+        let bytes = line.as_bytes();
+        if i < bytes.len() && (bytes[i] == b'"' || bytes[i] == b'\'') {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        if i >= bytes.len() || (bytes[i] != b'=' && bytes[i] != b':') {
             continue;
         }
-        let after = at + "password".len();
-        let Some(sep) = out[after..].chars().next().filter(|c| *c == '=' || *c == ':') else { continue };
-        let value = after + sep.len_utf8();
-        let mut value = value + out[value..].len() - out[value..].trim_start().len();
-        // A quoted value ends at its closing quote, any other at a separator.
-        let quote = out[value..].chars().next().filter(|c| *c == '\'' || *c == '"');
-        if let Some(q) = quote {
-            value += q.len_utf8();
+        i += 1;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
         }
-        let ends: &[char] = match quote {
-            Some(q) => &[q],
-            None => &[' ', ',', ';', '&', ')', '\'', '"'],
-        };
-        let end = out[value..].find(ends).map_or(out.len(), |e| value + e);
-        // MySQL says whether a password was sent: `(using password: YES)`.
-        if end > value && !matches!(&out[value..end], "YES" | "NO") {
-            masked.push_str(&out[from..value]);
-            masked.push_str("***");
+        let quote = bytes.get(i).copied().filter(|b| *b == b'"' || *b == b'\'');
+        if quote.is_some() {
+            i += 1;
+        }
+        let end = match quote {
+            Some(q) => line[i..].find(q as char),
+            None => line[i..].find([' ', ',', ';', '&', ')', '\'', '"', '}']),
+        }
+        .map_or(line.len(), |e| i + e);
+        if end > i && !matches!(&line[i..end], "YES" | "NO") {
+            out.push_str(&line[from..i]);
+            out.push_str("***");
             from = end;
+            search = end;
         }
     }
-    masked.push_str(&out[from..]);
-    masked
+    out.push_str(&line[from..]);
+    out
 }
 
 /// Whether any container of the pod ever started: from then on the schema
@@ -436,6 +462,16 @@ mod tests {
             "MySQL's own words say only whether one was sent"
         );
         assert_eq!(shown("see http://example.com/docs"), "see http://example.com/docs");
+        assert_eq!(shown("open wa:s3cret@tcp(db:3306)/waent failed"), "open wa:***@tcp(db:3306)/waent failed");
+        assert_eq!(shown(r#"config {"user":"wa","password": "s3 cret"}"#), r#"config {"user":"wa","password": "***"}"#);
+        assert_eq!(shown("PWD = s3cret; passwd:x"), "PWD = ***; passwd:***");
+        assert_eq!(shown("ends with password="), "ends with password=");
+        assert_eq!(shown("unclosed password='s3cret"), "unclosed password='***");
+        assert_eq!(shown("café password=été, ok"), "café password=***, ok", "not ASCII");
+        assert_eq!(
+            shown("password authentication failed for user \"wa\""),
+            "password authentication failed for user \"wa\""
+        );
         // Nothing failed yet: nothing to say.
         assert_eq!(state(Some(&job(JobStatus::default())), &[pod("Running", None, true)]), JobState::running());
     }

@@ -556,7 +556,7 @@ spec:
     credentialsSecretRef: {name: db}
   media: {existingClaim: media}
   # Room for the ready scenario's failed attempts (a wrong password first):
-  # the Job's back-off doubles from 10 s, so 6 retries span about 5 minutes.
+  # the Job's back-off doubles from 10 s, so 6 retries span about 10 minutes.
   upgrade: {schemaUpgradeRetries: 6}
   health:
     pollIntervalSeconds: 5

@@ -771,7 +771,7 @@ pub async fn a_running_numbers_lost_pod_is_an_outage_not_progress(env: &'static 
     // Its container crashing: the message names the pod and why.
     support::fault("a coreapp in a crash loop");
     set_pod_crashing(c, &ns, &pod, true).await?;
-    let told = format!("not running: {pod} (CrashLoopBackOff, last exit code 1)");
+    let told = format!("not running: {pod} (restarting, last exit code 1)");
     wait_until(Duration::from_secs(60), "Degraded naming the crash loop", || async {
         let w = api.get(&name).await?;
         Ok(condition(&w, "Degraded").is_some_and(|c| c.status == "True" && c.message.contains(&told)))
