@@ -25,5 +25,6 @@ pub mod render;
 pub mod resources;
 pub mod sharding;
 pub mod telemetry;
+pub mod text;
 pub mod upgrade;
 pub mod webapp;

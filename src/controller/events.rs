@@ -21,7 +21,7 @@ pub struct Notice {
 
 impl Notice {
     fn new(type_: EventType, reason: &str, note: &str) -> Self {
-        Self { type_, reason: reason.into(), note: truncate(note, NOTE_LIMIT) }
+        Self { type_, reason: reason.into(), note: crate::text::prefix(note, NOTE_LIMIT).to_string() }
     }
 }
 
@@ -84,18 +84,6 @@ pub fn transitions(before: Option<&WhatsAppNumberStatus>, after: &WhatsAppNumber
         _ => {}
     }
     out
-}
-
-/// At most `max` bytes, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 #[cfg(test)]

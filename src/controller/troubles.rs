@@ -107,24 +107,12 @@ fn container_trouble(c: &ContainerBrief) -> Option<String> {
     let Some(ended) = failed(state).or(before) else {
         return looping.then(|| "restarting".to_string());
     };
-    Some(match ended.reason.as_deref().filter(|r| !r.is_empty() && *r != "Error") {
-        Some(why) => format!("restarting, last exit code {} ({why})", ended.exit_code),
-        None => format!("restarting, last exit code {}", ended.exit_code),
-    })
+    Some(format!("restarting, last {}", crate::text::exit(ended.exit_code, ended.reason.as_deref())))
 }
 
 /// A message on one line, cut at [`MAX_SHOWN`] bytes on a character boundary.
 fn shown(message: &str) -> String {
-    let mut line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.len() > MAX_SHOWN {
-        let mut end = MAX_SHOWN;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-        line.push('…');
-    }
-    line
+    crate::text::clip(&message.split_whitespace().collect::<Vec<_>>().join(" "), MAX_SHOWN)
 }
 
 /// The troubles of a number's master and coreapp pods for a status message:

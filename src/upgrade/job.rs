@@ -96,12 +96,9 @@ fn last_failure(pods: &[Pod]) -> Option<String> {
         1 => "1 attempt failed".to_string(),
         n => format!("{n} attempts failed, the last"),
     };
-    let line = terminated.message.as_deref().and_then(last_line);
-    let reason = terminated.reason.as_deref().filter(|r| !r.is_empty() && *r != "Error");
-    Some(match (line, reason) {
-        (Some(line), _) => format!("{attempts} with exit code {}: {line}", terminated.exit_code),
-        (None, Some(reason)) => format!("{attempts} with exit code {} ({reason})", terminated.exit_code),
-        (None, None) => format!("{attempts} with exit code {}", terminated.exit_code),
+    Some(match terminated.message.as_deref().and_then(last_line) {
+        Some(line) => format!("{attempts} with exit code {}: {line}", terminated.exit_code),
+        None => format!("{attempts} with {}", crate::text::exit(terminated.exit_code, terminated.reason.as_deref())),
     })
 }
 
@@ -110,15 +107,7 @@ fn last_failure(pods: &[Pod]) -> Option<String> {
 fn last_line(log: &str) -> Option<String> {
     let line = log.lines().map(str::trim).rfind(|l| !l.is_empty())?;
     let plain: String = strip_escapes(line).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let mut shown = mask_passwords(&plain);
-    if shown.len() > MAX_SHOWN {
-        let mut end = MAX_SHOWN;
-        while !shown.is_char_boundary(end) {
-            end -= 1;
-        }
-        shown.truncate(end);
-        shown.push('…');
-    }
+    let shown = crate::text::clip(&mask_passwords(&plain), MAX_SHOWN);
     Some(shown.trim().to_string()).filter(|s| !s.is_empty())
 }
 
