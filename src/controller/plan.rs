@@ -157,7 +157,7 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
             )),
             // Why its attempts fail (most often the database's address or
             // credentials), while it tries again.
-            JobState::Running { last_failure: Some(failure) } => FirstSchema::Waiting(format!(
+            JobState::Running { last_failure: Some(failure) } => FirstSchema::Retrying(format!(
                 "the schema Job {name} creates the client's databases before any node or webapp starts: {failure}; it tries again (kubectl logs job/{name})",
                 name = job(steady)
             )),
@@ -310,7 +310,7 @@ mod tests {
             JobState::Running { last_failure: Some("1 attempt failed with exit code 1: Access denied".into()) };
         let retrying = first_jobs(&wan, "2.55.1", &failing, &[]);
         assert!(
-            matches!(&retrying.report, FirstSchema::Waiting(m) if m.contains("acme-schema-2-55-1") && m.contains("exit code 1: Access denied; it tries again")),
+            matches!(&retrying.report, FirstSchema::Retrying(m) if m.contains("acme-schema-2-55-1") && m.contains("exit code 1: Access denied; it tries again")),
             "{:?}",
             retrying.report
         );

@@ -203,7 +203,7 @@ pub async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outco
             ctx.metrics.record_conditions(wan, &new_status.conditions);
             return Ok(Published::Unchanged);
         }
-        let settle = status::hold(old, &new_status);
+        let settle = status::hold(old, &new_status, status::troubled(outcome));
         let since = ctx.since_status_write(wan);
         if let Some(wait) = settle.zip(since).and_then(|(settle, since)| settle.checked_sub(since)) {
             tracing::debug!(?wait, "holding a status write that only shows progress");

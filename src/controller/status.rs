@@ -179,9 +179,11 @@ pub enum FirstSchema {
     /// Its Job is at work, or its pod waits to start.
     #[default]
     AtWork,
-    /// Its Job has not started, its attempts failed and it tries again, or
-    /// the Job of an earlier `spec.version` goes first: why.
+    /// Its Job has not started, or the Job of an earlier `spec.version`
+    /// goes first: why.
     Waiting(String),
+    /// Its attempts failed and it tries again: what the last one said.
+    Retrying(String),
     /// Nothing goes on until a person acts: reason and message.
     Stuck(&'static str, String),
 }
@@ -830,7 +832,7 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond, rolled_
         .and_then(|s| s.current.filter(|c| *c != s.desired).map(|c| (c, s.desired)));
     let initializing = applied.client.initializing;
     let init_message = match &applied.client.first_schema {
-        FirstSchema::Waiting(why) => why.clone(),
+        FirstSchema::Waiting(why) | FirstSchema::Retrying(why) => why.clone(),
         _ => "creating the client's databases with the schema Job before any node or webapp starts".into(),
     };
     let stuck = first_schema_stuck(&applied.client);
@@ -928,8 +930,10 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond, rolled_
 /// Anything a person or a program waits for is news: `Ready`, `Degraded`,
 /// `Stalled` or `Reconciling` turning, a new generation observed, and every
 /// record the operator keeps in status (a recorded version changing, the
-/// upgrade, shards, registration, certificate, backups).
-pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> Option<std::time::Duration> {
+/// upgrade, shards, registration, certificate, backups). While the outcome
+/// is `troubled` (see [`troubled`]), a rollout's step waits only
+/// [`DETAIL_SETTLE`]: the sooner a person reads why, the sooner it is fixed.
+pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus, troubled: bool) -> Option<std::time::Duration> {
     if old == new {
         return None;
     }
@@ -970,13 +974,27 @@ pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> Option<st
         ..counts_blank(s)
     };
     if coming_up(old) && coming_up(new) && rollout(old) == rollout(new) {
-        return Some(ROLLOUT_SETTLE);
+        return Some(if troubled { DETAIL_SETTLE } else { ROLLOUT_SETTLE });
     }
     let detail = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
         conditions: s.conditions.iter().map(|c| Condition { message: "".into(), ..c.clone() }).collect(),
         ..counts_blank(s)
     };
     (detail(old) == detail(new)).then_some(DETAIL_SETTLE)
+}
+
+/// Whether the outcome names something wrong a person may fix while the
+/// number comes up: failed attempts of the first schema Job, or master and
+/// coreapp pods that cannot run. Their wording stays the same while the
+/// trouble does (a crash loop reads alike through its restarts), so
+/// showing them sooner costs no write per restart.
+pub fn troubled(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Applied(applied) => {
+            applied.tiers.troubles.is_some() || matches!(applied.client.first_schema, FirstSchema::Retrying(_))
+        }
+        _ => false,
+    }
 }
 
 /// The conditions kstatus, `kubectl wait` and alerts read: a change of their
@@ -1202,6 +1220,11 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
     }
 
+    /// [`hold`] for an outcome that names no trouble.
+    fn hold_calm(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus) -> Option<std::time::Duration> {
+        hold(old, new, false)
+    }
+
     fn applied(tiers: Tiers) -> Outcome {
         Outcome::Applied(Applied {
             tiers,
@@ -1307,23 +1330,23 @@ mod tests {
         let one = compute(&wan, &applied(tiers(0, 0)), None, &t(1));
         let two = compute(&wan, &applied(tiers(1, 0)), Some(&one), &t(2));
         assert_ne!(cond(&one, READY).message, cond(&two, READY).message, "the message counts pods");
-        assert_eq!(hold(&one, &two), Some(ROLLOUT_SETTLE), "one more pod ready while the number comes up");
-        assert_eq!(hold(&one, &one), None, "no change is no progress");
+        assert_eq!(hold_calm(&one, &two), Some(ROLLOUT_SETTLE), "one more pod ready while the number comes up");
+        assert_eq!(hold_calm(&one, &one), None, "no change is no progress");
 
         let ready = compute(&wan, &applied(tiers(2, 2)), Some(&two), &t(3));
-        assert_eq!(hold(&two, &ready), None, "Ready turning True is news at once");
+        assert_eq!(hold_calm(&two, &ready), None, "Ready turning True is news at once");
         let mut recounted = ready.clone();
         recounted.masters = Some(TierStatus { desired: 2, ready: 2, updated: 1, observed: true });
-        assert_eq!(hold(&ready, &recounted), Some(DETAIL_SETTLE), "counts alone on a Ready number wait a moment");
+        assert_eq!(hold_calm(&ready, &recounted), Some(DETAIL_SETTLE), "counts alone on a Ready number wait a moment");
         let mut recorded = two.clone();
         recorded.current_version = Some("2.53.2".into());
-        assert_eq!(hold(&two, &recorded), Some(ROLLOUT_SETTLE), "the first record, shown by the live objects too");
+        assert_eq!(hold_calm(&two, &recorded), Some(ROLLOUT_SETTLE), "the first record, shown by the live objects too");
         let mut upgraded = recorded.clone();
         upgraded.current_version = Some("2.55.1".into());
-        assert_eq!(hold(&recorded, &upgraded), None, "a recorded version changing is news");
+        assert_eq!(hold_calm(&recorded, &upgraded), None, "a recorded version changing is news");
         let mut next_generation = two.clone();
         next_generation.observed_generation = Some(4);
-        assert_eq!(hold(&two, &next_generation), None);
+        assert_eq!(hold_calm(&two, &next_generation), None);
     }
 
     #[test]
@@ -1350,10 +1373,10 @@ mod tests {
         assert_eq!(cond(&deploying, RECONCILING).status, "True", "kstatus: in progress");
         let first = compute(&wan, &initializing, Some(&deploying), &t(1));
         assert_eq!(cond(&first, READY).reason, INITIALIZING_DATABASE);
-        assert_eq!(hold(&deploying, &first), Some(ROLLOUT_SETTLE), "the first children and what they show");
+        assert_eq!(hold_calm(&deploying, &first), Some(ROLLOUT_SETTLE), "the first children and what they show");
         let second = compute(&wan, &deployed(rolling.clone(), false), Some(&first), &t(2));
         assert_eq!(cond(&second, READY).reason, ROLLING_OUT);
-        assert_eq!(hold(&first, &second), Some(ROLLOUT_SETTLE), "the schema exists, the nodes start");
+        assert_eq!(hold_calm(&first, &second), Some(ROLLOUT_SETTLE), "the schema exists, the nodes start");
 
         let mut observed = second.clone();
         observed.conditions.push(Condition {
@@ -1364,7 +1387,7 @@ mod tests {
             last_transition_time: t(3),
             observed_generation: Some(1),
         });
-        assert_eq!(hold(&second, &observed), Some(ROLLOUT_SETTLE), "an observation while the rollout goes on");
+        assert_eq!(hold_calm(&second, &observed), Some(ROLLOUT_SETTLE), "an observation while the rollout goes on");
 
         let blocked = compute(
             &wan,
@@ -1372,12 +1395,12 @@ mod tests {
             Some(&second),
             &t(3),
         );
-        assert_eq!(hold(&second, &blocked), None, "a problem is news");
+        assert_eq!(hold_calm(&second, &blocked), None, "a problem is news");
         let ready = compute(&wan, &deployed(ready_tiers(), false), Some(&second), &t(3));
-        assert_eq!(hold(&second, &ready), None);
+        assert_eq!(hold_calm(&second, &ready), None);
         let mut seen = second.clone();
         seen.sharding = Some(ShardingStatus { desired: 2, ..Default::default() });
-        assert_eq!(hold(&second, &seen), Some(ROLLOUT_SETTLE), "shards as first seen");
+        assert_eq!(hold_calm(&second, &seen), Some(ROLLOUT_SETTLE), "shards as first seen");
         let mut requested = seen.clone();
         requested.sharding.as_mut().unwrap().last_request = Some(crate::api::ShardRequestStatus {
             shards: 2,
@@ -1388,12 +1411,54 @@ mod tests {
             request_digest: None,
             retry_annotation: None,
         });
-        assert_eq!(hold(&seen, &requested), None, "a record the operator keeps is written at once");
+        assert_eq!(hold_calm(&seen, &requested), None, "a record the operator keeps is written at once");
         let mut recorded = second.clone();
         recorded.database_name_prefix = Some("wa1".into());
-        assert_eq!(hold(&second, &recorded), None, "the database prefix is a record");
+        assert_eq!(hold_calm(&second, &recorded), None, "the database prefix is a record");
         let stopping = compute(&wan, &deployed(rolling, false), Some(&ready), &t(4));
-        assert_eq!(hold(&ready, &stopping), None, "Ready turning False is news");
+        assert_eq!(hold_calm(&ready, &stopping), None, "Ready turning False is news");
+    }
+
+    #[test]
+    fn a_trouble_is_shown_sooner_than_a_step() {
+        let wan = sample();
+        let with = |initializing: bool, first_schema: FirstSchema, troubles: Option<&str>| {
+            let Outcome::Applied(a) = applied(Tiers {
+                masters: TierStatus { desired: 2, ready: 0, updated: 2, observed: true },
+                coreapps: TierStatus { desired: 2, ready: 1, updated: 2, observed: true },
+                webapps: ready_tier(2),
+                troubles: troubles.map(Into::into),
+                ..Default::default()
+            }) else {
+                unreachable!()
+            };
+            let prefix = Some(crate::api::database_name_prefix(&wan.spec));
+            Outcome::Applied(Applied {
+                client: ClientState { initializing, first_schema, database_name_prefix: prefix, ..Default::default() },
+                ..a
+            })
+        };
+        let at_work = with(true, FirstSchema::AtWork, None);
+        assert!(!troubled(&at_work));
+        assert!(!troubled(&Outcome::Deploying));
+        let first = compute(&wan, &at_work, None, &t(1));
+        // A failed attempt of the schema Job, while it tries again.
+        let failing =
+            with(true, FirstSchema::Retrying("1 attempt failed with exit code 1: Access denied".into()), None);
+        assert!(troubled(&failing));
+        let retrying = compute(&wan, &failing, Some(&first), &t(2));
+        assert_eq!(cond(&retrying, READY).reason, INITIALIZING_DATABASE);
+        assert!(cond(&retrying, READY).message.contains("Access denied"), "{:?}", cond(&retrying, READY));
+        assert_eq!(hold(&first, &retrying, true), Some(DETAIL_SETTLE));
+        assert_eq!(hold(&first, &retrying, false), Some(ROLLOUT_SETTLE), "the same step, nothing wrong named");
+        // A pod that cannot run while the nodes roll out.
+        let rolling = compute(&wan, &with(false, FirstSchema::AtWork, None), Some(&first), &t(3));
+        let crashing = with(false, FirstSchema::AtWork, Some("acme-master-0 (restarting, last exit code 1)"));
+        assert!(troubled(&crashing));
+        let named = compute(&wan, &crashing, Some(&rolling), &t(4));
+        assert!(cond(&named, READY).message.contains("not running: acme-master-0"), "{:?}", cond(&named, READY));
+        assert_eq!(hold(&rolling, &named, true), Some(DETAIL_SETTLE));
+        assert_eq!(hold(&named, &named, true), None, "a trouble that stays writes nothing");
     }
 
     #[test]
