@@ -10,7 +10,7 @@ use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{debug, info};
 
 /// Lease validity in seconds; a new leader takes over at most this long after
 /// the old one stopped renewing.
@@ -108,22 +108,30 @@ pub fn must_stop(until: SystemTime, now: SystemTime) -> bool {
 /// unreachable API server), while another replica takes the lease over once
 /// it expires. The lease is watched, so this costs no polling; only when the
 /// watch shows no renewal in time is the Lease read once before giving up.
-pub async fn unconfirmed(client: Client, namespace: String, name: String, identity: String) {
+/// Returns what was seen last, for the log: a leader that stops says why.
+pub async fn unconfirmed(client: Client, namespace: String, name: String, identity: String) -> String {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
-    let (tx, rx) = watch::channel(SystemTime::now() + Duration::from_secs(LEASE_DURATION_SECONDS));
+    let started = SystemTime::now();
+    let (tx, rx) = watch::channel(started + Duration::from_secs(LEASE_DURATION_SECONDS));
     let identity_owned = identity.clone();
     let renewals = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
         .default_backoff()
         .applied_objects()
         .for_each(move |lease| {
-            if let Some(until) = lease.ok().and_then(|l| valid_until(&l, &identity_owned)) {
-                tx.send_if_modified(|known| {
-                    let newer = until > *known;
-                    if newer {
-                        *known = until;
-                    }
-                    newer
-                });
+            match lease.map(|l| valid_until(&l, &identity_owned)) {
+                Ok(Some(until)) => {
+                    tx.send_if_modified(|known| {
+                        let newer = until > *known;
+                        if newer {
+                            *known = until;
+                            debug!(valid_for = ?until.duration_since(SystemTime::now()).ok(), "saw the leader lease renewed");
+                        }
+                        newer
+                    });
+                }
+                Ok(None) => debug!("the leader lease shows another holder"),
+                // The watch retries with a backoff; the deadline below decides.
+                Err(e) => debug!(error = %e, "watching the leader lease"),
             }
             futures::future::ready(())
         });
@@ -138,16 +146,35 @@ pub async fn unconfirmed(client: Client, namespace: String, name: String, identi
             }
             // The watch may only be late (a busy process or API server): ask
             // once directly before stopping.
-            let read = tokio::time::timeout(STOP_MARGIN / 2, api.get_opt(&name)).await;
-            match read.ok().and_then(|r| r.ok()).flatten().and_then(|l| valid_until(&l, &identity)) {
-                Some(until) if !must_stop(until, SystemTime::now()) => confirmed = until,
-                _ => return,
-            }
+            let seen = match until.checked_sub(Duration::from_secs(LEASE_DURATION_SECONDS)) {
+                Some(renewed) if renewed > started => {
+                    let ago = SystemTime::now().duration_since(renewed).unwrap_or_default();
+                    format!("the last renewal seen was {:.1} s ago", ago.as_secs_f64())
+                }
+                _ => "no renewal was seen since leading began".to_string(),
+            };
+            let read = match tokio::time::timeout(STOP_MARGIN / 2, api.get_opt(&name)).await {
+                Err(_) => format!("reading the Lease took over {:?}", STOP_MARGIN / 2),
+                Ok(Err(e)) => format!("reading the Lease failed: {e}"),
+                Ok(Ok(None)) => "the Lease is gone".to_string(),
+                Ok(Ok(Some(lease))) => match valid_until(&lease, &identity) {
+                    Some(until) if !must_stop(until, SystemTime::now()) => {
+                        confirmed = until;
+                        continue;
+                    }
+                    Some(_) => "the Lease read shows no later renewal".to_string(),
+                    None => format!(
+                        "the Lease is held by {}",
+                        lease.spec.and_then(|s| s.holder_identity).unwrap_or_else(|| "nobody".into())
+                    ),
+                },
+            };
+            return format!("{seen}; {read}");
         }
     };
     tokio::select! {
-        _ = renewals => {}
-        _ = deadline => {}
+        _ = renewals => "the watch of the leader lease ended".to_string(),
+        why = deadline => why,
     }
 }
 

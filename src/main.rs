@@ -206,8 +206,9 @@ async fn main() -> fatal::Result {
                 metrics.leader.set(0);
                 return Err("lost the leader lease".into());
             }
-            _ = &mut unconfirmed => {
-                error!("cannot see the leader lease renewed before it expires; stopping before another replica takes over");
+            why = &mut unconfirmed => {
+                let why = why.unwrap_or_else(|e| format!("the task watching the lease failed: {e}"));
+                error!(%why, "cannot see the leader lease renewed before it expires; stopping before another replica takes over");
                 let _ = lost_tx.send(true);
                 metrics.leader.set(0);
                 return Err("the leader lease could not be renewed".into());
