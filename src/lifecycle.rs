@@ -332,6 +332,15 @@ pub fn next_backup(schedule: &str, since: Timestamp) -> Result<Timestamp, String
     Ok(next.timestamp())
 }
 
+/// Whether a backup is due now: at the schedule's `next` time after the
+/// last attempt, or at once after a failed attempt (`failed_with`, what it
+/// was made with) once what the next would be made with (`inputs`) differs:
+/// a person put right what failed. One try per change, so a fix that was
+/// not one does not make a loop.
+pub fn backup_due(next: Timestamp, now: Timestamp, failed_with: Option<&str>, inputs: &str) -> bool {
+    next <= now || failed_with.is_some_and(|failed| failed != inputs)
+}
+
 /// Backup Secrets to delete so that `keep` remain: names sort by time.
 pub fn expired_backups(mut names: Vec<String>, keep: usize) -> Vec<String> {
     names.sort();
@@ -595,5 +604,17 @@ mod tests {
             let e = next_backup(no, since).unwrap_err();
             assert!(e.starts_with("spec.backup.schedule: "), "{no:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_failed_backup_is_tried_again_once_what_it_was_made_with_changes() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let (next, before, after) =
+            (at("2026-01-02T03:00:00Z"), at("2026-01-01T12:00:00Z"), at("2026-01-02T03:00:01Z"));
+        assert!(!backup_due(next, before, None, "a"), "not yet scheduled");
+        assert!(backup_due(next, after, None, "a"), "scheduled");
+        assert!(!backup_due(next, before, Some("a"), "a"), "failed, and nothing changed since");
+        assert!(backup_due(next, before, Some("a"), "b"), "failed, and the Secrets or the spec changed");
+        assert!(backup_due(next, after, Some("a"), "a"), "failed, and scheduled again");
     }
 }

@@ -1360,6 +1360,12 @@ pub struct BackupStatus {
     pub latest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What the last failed attempt was made with: a digest of `spec.backup`
+    /// and of the versions of the Secrets it reads (no Secret data). Once
+    /// either changes, the backup is tried again at once instead of at the
+    /// next scheduled time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_with: Option<String>,
 }
 
 /// A restore.

@@ -558,8 +558,9 @@ async fn backup(
         .map(|t| t.0)
         .or_else(|| wan.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .unwrap_or(now);
+    let inputs = backup_inputs(spec, &observed.lifecycle);
     let due = match lifecycle::next_backup(&spec.schedule, since) {
-        Ok(next) => next <= now,
+        Ok(next) => lifecycle::backup_due(next, now, s.failed_with.as_deref(), &inputs),
         Err(why) => {
             s.last_error = Some(why);
             return s;
@@ -569,37 +570,63 @@ async fn backup(
         return s;
     }
     s.last_attempt_time = Some(Time(now));
-    let r = &spec.password_secret_ref;
-    let Some(password) = secret_text(observed.lifecycle.get(&r.name), &r.key) else {
-        s.last_error = Some(format!("spec.backup.passwordSecretRef: Secret {} has no key {}", r.name, r.key));
-        return s;
-    };
-    let data = match webapp.backup(token, &password).await {
-        Ok(d) => d,
-        Err(e) => {
-            s.last_error = Some(e.to_string());
-            return s;
-        }
-    };
-    let kept = match &spec.object_store {
-        Some(store) => keep_in_store(observed, wan, store, &data, now, spec.keep as usize).await,
-        None => keep_backup(ctx, wan, &data, now, spec.keep as usize).await.map_err(|e| e.to_string()),
-    };
-    match kept {
+    match back_up(ctx, webapp, token, wan, observed, spec, now).await {
         Ok(name) => {
             info!(backup = %name, "backed up the number");
             s.latest = Some(name);
             s.last_success_time = Some(Time(now));
             s.last_error = None;
+            s.failed_with = None;
             let labels = ctx.metrics.number(wan);
             ctx.metrics.backup_success.get_or_create(&labels).set(now.as_second() as f64);
         }
         Err(e) => {
-            warn!(error = %e, "cannot keep the backup");
-            s.last_error = Some(format!("cannot keep the backup: {e}"));
+            warn!(error = %e, "the backup failed");
+            s.last_error = Some(e);
+            s.failed_with = Some(inputs);
         }
     }
     s
+}
+
+/// One backup: the client's, kept where the spec says. Returns where it is.
+async fn back_up(
+    ctx: &Context,
+    webapp: &Webapp<'_>,
+    token: &str,
+    wan: &WhatsAppNumber,
+    observed: &Observed,
+    spec: &crate::api::BackupSpec,
+    now: jiff::Timestamp,
+) -> Result<String, String> {
+    let r = &spec.password_secret_ref;
+    let Some(password) = secret_text(observed.lifecycle.get(&r.name), &r.key) else {
+        return Err(format!("spec.backup.passwordSecretRef: Secret {} has no key {}", r.name, r.key));
+    };
+    let data = webapp.backup(token, &password).await.map_err(|e| e.to_string())?;
+    let kept = match &spec.object_store {
+        Some(store) => keep_in_store(observed, wan, store, &data, now, spec.keep as usize).await,
+        None => keep_backup(ctx, wan, &data, now, spec.keep as usize).await.map_err(|e| e.to_string()),
+    };
+    kept.map_err(|e| format!("cannot keep the backup: {e}"))
+}
+
+/// What a backup attempt is made with, as a digest: `spec.backup` and the
+/// resource versions of the Secrets it reads (an absent one counts too),
+/// never their data, which status must not hint at.
+fn backup_inputs(spec: &crate::api::BackupSpec, secrets: &BTreeMap<String, Secret>) -> String {
+    let store = spec.object_store.as_ref().map(|o| &o.store);
+    let names = [
+        Some(spec.password_secret_ref.name.as_str()),
+        store.map(|s| s.credentials_secret_ref.name.as_str()),
+        store.and_then(|s| s.ca_secret_ref.as_ref()).map(|r| r.name.as_str()),
+    ];
+    let versions: Vec<(&str, Option<&str>)> = names
+        .into_iter()
+        .flatten()
+        .map(|name| (name, secrets.get(name).and_then(|s| s.metadata.resource_version.as_deref())))
+        .collect();
+    digest(&(spec, versions))
 }
 
 /// Writes the backup as a Secret `NAME-backup-<unix time>` and deletes the
@@ -814,6 +841,43 @@ mod tests {
         ] {
             assert!(!retried.is_refusal(), "{retried}");
         }
+    }
+
+    #[test]
+    fn what_a_backup_is_made_with_changes_with_its_secrets_versions_not_their_data() {
+        let spec: crate::api::BackupSpec = serde_json::from_value(json!({
+            "schedule": "0 3 * * *", "passwordSecretRef": {"name": "pw"},
+            "objectStore": {"bucket": "b", "endpoint": "https://s3.example",
+                "credentialsSecretRef": {"name": "s3"}, "caSecretRef": {"name": "s3-ca"}}
+        }))
+        .unwrap();
+        let secret = |name: &str, version: &str, data: &str| {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.into()),
+                    resource_version: Some(version.into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([("k".to_string(), ByteString(data.as_bytes().to_vec()))])),
+                ..Default::default()
+            };
+            (name.to_string(), secret)
+        };
+        let secrets = BTreeMap::from([secret("pw", "1", "x"), secret("s3", "7", "wrong"), secret("s3-ca", "3", "pem")]);
+        let failed = backup_inputs(&spec, &secrets);
+        assert_eq!(backup_inputs(&spec, &secrets), failed, "stable");
+        let unrelated = BTreeMap::from_iter(secrets.clone().into_iter().chain([secret("other", "9", "y")]));
+        assert_eq!(backup_inputs(&spec, &unrelated), failed, "a Secret the backup does not read");
+        let same_version = BTreeMap::from_iter(secrets.clone().into_iter().chain([secret("s3", "7", "right")]));
+        assert_eq!(backup_inputs(&spec, &same_version), failed, "only versions count, never data");
+        let fixed = BTreeMap::from_iter(secrets.clone().into_iter().chain([secret("s3", "8", "right")]));
+        assert_ne!(backup_inputs(&spec, &fixed), failed, "the credentials put right");
+        let mut missing = secrets.clone();
+        missing.remove("pw");
+        assert_ne!(backup_inputs(&spec, &missing), failed, "a Secret gone or created");
+        let mut other_bucket = spec.clone();
+        other_bucket.object_store.as_mut().unwrap().store.bucket = "c".into();
+        assert_ne!(backup_inputs(&other_bucket, &secrets), failed, "the spec changed");
     }
 
     #[test]

@@ -823,8 +823,22 @@ pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
     };
     let message = backed_up("False", "BackupFailed").await.with_context(|| store.log())?;
     ensure!(message.contains("SignatureDoesNotMatch"), "the store's refusal is shown: {message}");
+    let backup_status = || async {
+        let w = api.get(NAME).await?;
+        w.status.and_then(|s| s.backup).ok_or_else(|| anyhow!("no backup status"))
+    };
+    let failed = backup_status().await?;
+    let failed_at = failed.last_attempt_time.as_ref().ok_or_else(|| anyhow!("the failed attempt's time"))?.0;
+    ensure!(failed.failed_with.is_some(), "what the failed attempt was made with is recorded: {failed:?}");
     merge_secret(&secrets, "store-credentials", "secretAccessKey", &store.secret_access_key).await?;
     let message = backed_up("True", "BackedUp").await.with_context(|| store.log())?;
+    // Tried again once the credentials changed, not at the next scheduled
+    // time (the minute after the failed attempt).
+    let scheduled = whatsapp_operator::lifecycle::next_backup("* * * * *", failed_at).map_err(anyhow::Error::msg)?;
+    let succeeded = backup_status().await?;
+    let success_at = succeeded.last_success_time.ok_or_else(|| anyhow!("the backup's time"))?.0;
+    ensure!(success_at < scheduled, "retried when the Secret changed: {success_at} (failed {failed_at})");
+    ensure!(succeeded.failed_with.is_none(), "a success forgets the failed attempt");
     let latest = || async {
         let w = api.get(NAME).await?;
         w.status.as_ref().and_then(|s| s.backup.as_ref()?.latest.clone()).ok_or_else(|| anyhow!("no backup"))
