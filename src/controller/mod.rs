@@ -83,7 +83,7 @@ pub struct Context {
     /// Retries in a row that changed no status, per number.
     quiet: Mutex<HashMap<(String, String), u32>>,
     /// When this operator last wrote each number's status.
-    status_writes: Mutex<HashMap<(String, String), Instant>>,
+    status_writes: Mutex<HashMap<(String, String), LastStatusWrite>>,
     /// The webapp certificate each number's client refused last (its digest)
     /// and why: the same certificate is not uploaded again.
     refused_certificates: Mutex<HashMap<(String, String), (String, String)>>,
@@ -97,6 +97,14 @@ pub struct Context {
     /// claim, first status) never waits behind the rollouts of others. A
     /// quarter of `turns`, at least one.
     first_turns: tokio::sync::Semaphore,
+}
+
+/// A status write this operator made.
+#[derive(Clone, Copy, Debug)]
+struct LastStatusWrite {
+    at: Instant,
+    /// The trouble it showed ([`status::trouble`]).
+    trouble: Option<u64>,
 }
 
 impl Context {
@@ -114,13 +122,17 @@ impl Context {
         wait
     }
 
-    fn status_written(&self, wan: &WhatsAppNumber) {
-        self.status_writes.lock().expect("status writes lock").insert(key(wan), Instant::now());
+    /// Records a status write, with the trouble it showed ([`status::trouble`]).
+    fn status_written(&self, wan: &WhatsAppNumber, trouble: Option<u64>) {
+        let write = LastStatusWrite { at: Instant::now(), trouble };
+        self.status_writes.lock().expect("status writes lock").insert(key(wan), write);
     }
 
-    /// How long ago this operator last wrote the number's status, if it did.
-    fn since_status_write(&self, wan: &WhatsAppNumber) -> Option<Duration> {
-        self.status_writes.lock().expect("status writes lock").get(&key(wan)).map(Instant::elapsed)
+    /// How long ago this operator last wrote the number's status, if it did,
+    /// and the trouble that write showed.
+    fn last_status_write(&self, wan: &WhatsAppNumber) -> Option<(Duration, Option<u64>)> {
+        let writes = self.status_writes.lock().expect("status writes lock");
+        writes.get(&key(wan)).map(|w| (w.at.elapsed(), w.trouble))
     }
 
     fn forget(&self, wan: &WhatsAppNumber) {

@@ -196,6 +196,7 @@ pub enum Published {
 /// write.
 pub async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outcome, now: &Time) -> Result<Published> {
     let new_status = status::compute(wan, outcome, wan.status.as_ref(), now);
+    let trouble = status::trouble(outcome);
     ctx.metrics.record_build(wan, new_status.build.as_ref());
     if let Some(old) = wan.status.as_ref() {
         if *old == new_status {
@@ -203,20 +204,28 @@ pub async fn publish_status(ctx: &Context, wan: &WhatsAppNumber, outcome: &Outco
             ctx.metrics.record_conditions(wan, &new_status.conditions);
             return Ok(Published::Unchanged);
         }
-        let settle = status::hold(old, &new_status, status::troubled(outcome));
-        let since = ctx.since_status_write(wan);
-        if let Some(wait) = settle.zip(since).and_then(|(settle, since)| settle.checked_sub(since)) {
-            tracing::debug!(?wait, "holding a status write that only shows progress");
-            return Ok(Published::Held(wait));
+        // Only this operator's own writes are held back (a restarted one
+        // has none): the trouble its last write showed is known then.
+        if let Some((since, shown)) = ctx.last_status_write(wan) {
+            let settle = status::hold(old, &new_status, shown != trouble);
+            if let Some(wait) = settle.and_then(|settle| settle.checked_sub(since)) {
+                tracing::debug!(?wait, "holding a status write that only shows progress");
+                return Ok(Published::Held(wait));
+            }
         }
     }
-    write(ctx, wan, new_status).await
+    write(ctx, wan, new_status, trouble).await
 }
 
-async fn write(ctx: &Context, wan: &WhatsAppNumber, new_status: WhatsAppNumberStatus) -> Result<Published> {
+async fn write(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    new_status: WhatsAppNumberStatus,
+    trouble: Option<u64>,
+) -> Result<Published> {
     tracing::debug!(changed = ?changed_fields(wan.status.as_ref(), &new_status), "writing the status");
     patch_status(ctx, wan, &new_status).await?;
-    ctx.status_written(wan);
+    ctx.status_written(wan, trouble);
     ctx.metrics.record_conditions(wan, &new_status.conditions);
     // Only a written status has news: a failed write is retried, and its
     // events come with the write that succeeds.

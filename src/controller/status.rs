@@ -930,10 +930,15 @@ fn steady_conditions(applied: &Applied, gate: Option<Gate>, holds: Cond, rolled_
 /// Anything a person or a program waits for is news: `Ready`, `Degraded`,
 /// `Stalled` or `Reconciling` turning, a new generation observed, and every
 /// record the operator keeps in status (a recorded version changing, the
-/// upgrade, shards, registration, certificate, backups). While the outcome
-/// is `troubled` (see [`troubled`]), a rollout's step waits only
-/// [`DETAIL_SETTLE`]: the sooner a person reads why, the sooner it is fixed.
-pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus, troubled: bool) -> Option<std::time::Duration> {
+/// upgrade, shards, registration, certificate, backups). When the trouble
+/// shown changes (`trouble_changed`, see [`trouble`]: one begins, changes or
+/// ends), a rollout's step waits only [`DETAIL_SETTLE`]: the sooner a person
+/// reads why, or that it is over, the sooner it is acted on.
+pub fn hold(
+    old: &WhatsAppNumberStatus,
+    new: &WhatsAppNumberStatus,
+    trouble_changed: bool,
+) -> Option<std::time::Duration> {
     if old == new {
         return None;
     }
@@ -974,7 +979,7 @@ pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus, troubled: bo
         ..counts_blank(s)
     };
     if coming_up(old) && coming_up(new) && rollout(old) == rollout(new) {
-        return Some(if troubled { DETAIL_SETTLE } else { ROLLOUT_SETTLE });
+        return Some(if trouble_changed { DETAIL_SETTLE } else { ROLLOUT_SETTLE });
     }
     let detail = |s: &WhatsAppNumberStatus| WhatsAppNumberStatus {
         conditions: s.conditions.iter().map(|c| Condition { message: "".into(), ..c.clone() }).collect(),
@@ -983,18 +988,24 @@ pub fn hold(old: &WhatsAppNumberStatus, new: &WhatsAppNumberStatus, troubled: bo
     (detail(old) == detail(new)).then_some(DETAIL_SETTLE)
 }
 
-/// Whether the outcome names something wrong a person may fix while the
-/// number comes up: failed attempts of the first schema Job, or master and
-/// coreapp pods that cannot run. Their wording stays the same while the
-/// trouble does (a crash loop reads alike through its restarts), so
-/// showing them sooner costs no write per restart.
-pub fn troubled(outcome: &Outcome) -> bool {
-    match outcome {
-        Outcome::Applied(applied) => {
-            applied.tiers.troubles.is_some() || matches!(applied.client.first_schema, FirstSchema::Retrying(_))
-        }
-        _ => false,
+/// What the outcome names that is wrong and a person may fix while the
+/// number comes up, as a digest: failed attempts of the first schema Job
+/// (their count and the last one's words), master and coreapp pods that
+/// cannot run. A crash loop reads alike through its restarts, so the digest
+/// changes when a trouble begins, changes or ends, not at every restart.
+pub fn trouble(outcome: &Outcome) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let Outcome::Applied(applied) = outcome else { return None };
+    let retrying = match &applied.client.first_schema {
+        FirstSchema::Retrying(why) => Some(why),
+        _ => None,
+    };
+    if applied.tiers.troubles.is_none() && retrying.is_none() {
+        return None;
     }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&applied.tiers.troubles, retrying).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The conditions kstatus, `kubectl wait` and alerts read: a change of their
@@ -1439,26 +1450,41 @@ mod tests {
             })
         };
         let at_work = with(true, FirstSchema::AtWork, None);
-        assert!(!troubled(&at_work));
-        assert!(!troubled(&Outcome::Deploying));
+        assert_eq!(trouble(&at_work), None);
+        assert_eq!(trouble(&Outcome::Deploying), None);
         let first = compute(&wan, &at_work, None, &t(1));
-        // A failed attempt of the schema Job, while it tries again.
-        let failing =
-            with(true, FirstSchema::Retrying("1 attempt failed with exit code 1: Access denied".into()), None);
-        assert!(troubled(&failing));
-        let retrying = compute(&wan, &failing, Some(&first), &t(2));
+        // A failed attempt of the schema Job, while it tries again: shown
+        // within DETAIL_SETTLE, as is the next attempt's failure.
+        let attempt =
+            |n: u32| with(true, FirstSchema::Retrying(format!("{n} attempts failed, the last with exit code 1")), None);
+        assert!(trouble(&attempt(1)).is_some());
+        assert_ne!(trouble(&attempt(1)), trouble(&attempt(2)), "another failed attempt is news");
+        let retrying = compute(&wan, &attempt(1), Some(&first), &t(2));
         assert_eq!(cond(&retrying, READY).reason, INITIALIZING_DATABASE);
-        assert!(cond(&retrying, READY).message.contains("Access denied"), "{:?}", cond(&retrying, READY));
-        assert_eq!(hold(&first, &retrying, true), Some(DETAIL_SETTLE));
-        assert_eq!(hold(&first, &retrying, false), Some(ROLLOUT_SETTLE), "the same step, nothing wrong named");
+        assert!(cond(&retrying, READY).message.contains("1 attempts failed"), "{:?}", cond(&retrying, READY));
+        let changed = |old: &Outcome, new: &Outcome| trouble(old) != trouble(new);
+        assert_eq!(hold(&first, &retrying, changed(&at_work, &attempt(1))), Some(DETAIL_SETTLE));
+        assert_eq!(hold(&first, &retrying, false), Some(ROLLOUT_SETTLE), "the same step, no trouble new");
+
         // A pod that cannot run while the nodes roll out.
-        let rolling = compute(&wan, &with(false, FirstSchema::AtWork, None), Some(&first), &t(3));
-        let crashing = with(false, FirstSchema::AtWork, Some("acme-master-0 (restarting, last exit code 1)"));
-        assert!(troubled(&crashing));
+        let calm = with(false, FirstSchema::AtWork, None);
+        let rolling = compute(&wan, &calm, Some(&first), &t(3));
+        let crash = "acme-master-0 (restarting, last exit code 1)";
+        let crashing = with(false, FirstSchema::AtWork, Some(crash));
         let named = compute(&wan, &crashing, Some(&rolling), &t(4));
         assert!(cond(&named, READY).message.contains("not running: acme-master-0"), "{:?}", cond(&named, READY));
-        assert_eq!(hold(&rolling, &named, true), Some(DETAIL_SETTLE));
-        assert_eq!(hold(&named, &named, true), None, "a trouble that stays writes nothing");
+        assert_eq!(hold(&rolling, &named, changed(&calm, &crashing)), Some(DETAIL_SETTLE), "a trouble begins");
+        // Other pods' counts move while the same trouble stays: a step like any.
+        let Outcome::Applied(mut more) = with(false, FirstSchema::AtWork, Some(crash)) else { unreachable!() };
+        more.tiers.coreapps.ready = 2;
+        let more = Outcome::Applied(more);
+        let counted = compute(&wan, &more, Some(&named), &t(5));
+        assert_ne!(named, counted);
+        assert_eq!(hold(&named, &counted, changed(&crashing, &more)), Some(ROLLOUT_SETTLE), "the same trouble");
+        // The trouble ends: that it is over is shown as soon.
+        let over = compute(&wan, &calm, Some(&named), &t(6));
+        assert!(!cond(&over, READY).message.contains("not running"));
+        assert_eq!(hold(&named, &over, changed(&crashing, &calm)), Some(DETAIL_SETTLE), "a trouble ends");
     }
 
     #[test]
