@@ -88,6 +88,12 @@ impl Election {
 /// Until when the lease is this replica's, as the lease says: its last
 /// renewal plus its duration. `None` when another identity holds it.
 pub fn valid_until(lease: &Lease, identity: &str) -> Option<SystemTime> {
+    renewal(lease, identity).map(|(_, until)| until)
+}
+
+/// This replica's last renewal of the lease and until when it holds: `None`
+/// when another identity holds it, or the lease says no time.
+fn renewal(lease: &Lease, identity: &str) -> Option<(SystemTime, SystemTime)> {
     let spec = lease.spec.as_ref()?;
     if spec.holder_identity.as_deref() != Some(identity) {
         return None;
@@ -95,7 +101,7 @@ pub fn valid_until(lease: &Lease, identity: &str) -> Option<SystemTime> {
     let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
     let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECONDS as i32)).ok()?;
     let renewed = SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(renewed.0.as_microsecond()).ok()?);
-    Some(renewed + Duration::from_secs(duration))
+    Some((renewed, renewed + Duration::from_secs(duration)))
 }
 
 /// Whether a leader whose lease is valid until `until` must stop now.
@@ -111,25 +117,26 @@ pub fn must_stop(until: SystemTime, now: SystemTime) -> bool {
 /// Returns what was seen last, for the log: a leader that stops says why.
 pub async fn unconfirmed(client: Client, namespace: String, name: String, identity: String) -> String {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
-    let started = SystemTime::now();
-    let (tx, rx) = watch::channel(started + Duration::from_secs(LEASE_DURATION_SECONDS));
+    // Until when the lease holds, and the renewal seen that says so (none
+    // before the first).
+    let (tx, rx) = watch::channel((SystemTime::now() + Duration::from_secs(LEASE_DURATION_SECONDS), None));
     let identity_owned = identity.clone();
     let renewals = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
         .default_backoff()
         .applied_objects()
         .for_each(move |lease| {
-            match lease.map(|l| valid_until(&l, &identity_owned)) {
-                Ok(Some(until)) => {
+            match lease.map(|l| renewal(&l, &identity_owned)) {
+                Ok(Some((renewed, until))) => {
                     tx.send_if_modified(|known| {
-                        let newer = until > *known;
+                        let newer = until > known.0;
                         if newer {
-                            *known = until;
+                            *known = (until, Some(renewed));
                             debug!(valid_for = ?until.duration_since(SystemTime::now()).ok(), "saw the leader lease renewed");
                         }
                         newer
                     });
                 }
-                Ok(None) => debug!("the leader lease shows another holder"),
+                Ok(None) => debug!("the leader lease shows no renewal by this replica"),
                 // The watch retries with a backoff; the deadline below decides.
                 Err(e) => debug!(error = %e, "watching the leader lease"),
             }
@@ -137,29 +144,30 @@ pub async fn unconfirmed(client: Client, namespace: String, name: String, identi
         });
     let deadline = async {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut confirmed = SystemTime::UNIX_EPOCH;
+        let mut confirmed = (SystemTime::UNIX_EPOCH, None);
         loop {
             tick.tick().await;
-            let until = (*rx.borrow()).max(confirmed);
+            let watched = *rx.borrow();
+            let (until, renewed) = if watched.0 >= confirmed.0 { watched } else { confirmed };
             if !must_stop(until, SystemTime::now()) {
                 continue;
             }
             // The watch may only be late (a busy process or API server): ask
             // once directly before stopping.
-            let seen = match until.checked_sub(Duration::from_secs(LEASE_DURATION_SECONDS)) {
-                Some(renewed) if renewed > started => {
+            let seen = match renewed {
+                Some(renewed) => {
                     let ago = SystemTime::now().duration_since(renewed).unwrap_or_default();
                     format!("the last renewal seen was {:.1} s ago", ago.as_secs_f64())
                 }
-                _ => "no renewal was seen since leading began".to_string(),
+                None => "no renewal was seen since leading began".to_string(),
             };
             let read = match tokio::time::timeout(STOP_MARGIN / 2, api.get_opt(&name)).await {
                 Err(_) => format!("reading the Lease took over {:?}", STOP_MARGIN / 2),
                 Ok(Err(e)) => format!("reading the Lease failed: {e}"),
                 Ok(Ok(None)) => "the Lease is gone".to_string(),
-                Ok(Ok(Some(lease))) => match valid_until(&lease, &identity) {
-                    Some(until) if !must_stop(until, SystemTime::now()) => {
-                        confirmed = until;
+                Ok(Ok(Some(lease))) => match renewal(&lease, &identity) {
+                    Some((renewed, until)) if !must_stop(until, SystemTime::now()) => {
+                        confirmed = (until, Some(renewed));
                         continue;
                     }
                     Some(_) => "the Lease read shows no later renewal".to_string(),
