@@ -332,13 +332,23 @@ pub fn next_backup(schedule: &str, since: Timestamp) -> Result<Timestamp, String
     Ok(next.timestamp())
 }
 
+/// How long after a failed backup a change of what it was made with may
+/// try again: a Secret rewritten over and over (labels, annotations, a
+/// tool's refresh) makes at most one attempt this often.
+pub const BACKUP_RETRY_GAP: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Whether a backup is due now: at the schedule's `next` time after the
-/// last attempt, or at once after a failed attempt (`failed_with`, what it
-/// was made with) once what the next would be made with (`inputs`) differs:
-/// a person put right what failed. One try per change, so a fix that was
-/// not one does not make a loop.
-pub fn backup_due(next: Timestamp, now: Timestamp, failed_with: Option<&str>, inputs: &str) -> bool {
-    next <= now || failed_with.is_some_and(|failed| failed != inputs)
+/// `last` attempt, or, after a failed attempt (`failed_with`, what it was
+/// made with), once what the next would be made with (`inputs`) differs and
+/// [`BACKUP_RETRY_GAP`] has passed: a person put right what failed. One try
+/// per change, so a fix that was not one does not make a loop.
+pub fn backup_due(next: Timestamp, last: Timestamp, now: Timestamp, failed_with: Option<&str>, inputs: &str) -> bool {
+    next <= now || (failed_with.is_some_and(|failed| failed != inputs) && now >= backup_retry_at(last))
+}
+
+/// When a failed backup attempt at `last` may be tried again for a change.
+pub fn backup_retry_at(last: Timestamp) -> Timestamp {
+    last + jiff::SignedDuration::try_from(BACKUP_RETRY_GAP).unwrap_or_default()
 }
 
 /// Backup Secrets to delete so that `keep` remain: names sort by time.
@@ -609,12 +619,16 @@ mod tests {
     #[test]
     fn a_failed_backup_is_tried_again_once_what_it_was_made_with_changes() {
         let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let last = at("2026-01-01T12:00:00Z");
         let (next, before, after) =
-            (at("2026-01-02T03:00:00Z"), at("2026-01-01T12:00:00Z"), at("2026-01-02T03:00:01Z"));
-        assert!(!backup_due(next, before, None, "a"), "not yet scheduled");
-        assert!(backup_due(next, after, None, "a"), "scheduled");
-        assert!(!backup_due(next, before, Some("a"), "a"), "failed, and nothing changed since");
-        assert!(backup_due(next, before, Some("a"), "b"), "failed, and the Secrets or the spec changed");
-        assert!(backup_due(next, after, Some("a"), "a"), "failed, and scheduled again");
+            (at("2026-01-02T03:00:00Z"), at("2026-01-01T12:00:20Z"), at("2026-01-02T03:00:01Z"));
+        assert!(!backup_due(next, last, before, None, "a"), "not yet scheduled");
+        assert!(backup_due(next, last, after, None, "a"), "scheduled");
+        assert!(!backup_due(next, last, before, Some("a"), "a"), "failed, and nothing changed since");
+        assert!(backup_due(next, last, before, Some("a"), "b"), "failed, and the Secrets or the spec changed");
+        assert!(backup_due(next, last, after, Some("a"), "a"), "failed, and scheduled again");
+        let soon = at("2026-01-01T12:00:14Z");
+        assert!(!backup_due(next, last, soon, Some("a"), "b"), "a change right after the attempt waits");
+        assert_eq!(backup_retry_at(last), at("2026-01-01T12:00:15Z"));
     }
 }

@@ -70,7 +70,9 @@ pub fn next_restore_retry_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Opti
 }
 
 /// How long until the next scheduled backup is due, when the spec asks for
-/// backups (see [`lifecycle::due_in`]: nothing once it is overdue).
+/// backups (see [`lifecycle::due_in`]: nothing once it is overdue); after a
+/// failed attempt, until a change of what it read may try again (a change
+/// seen before then is looked at again then).
 pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
     let spec = wan.spec.backup.as_ref()?;
     let status = wan.status.as_ref().and_then(|s| s.backup.as_ref());
@@ -79,7 +81,8 @@ pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std:
         .or(wan.metadata.creation_timestamp.as_ref())
         .map_or(now, |t| t.0);
     let next = lifecycle::next_backup(&spec.schedule, since).ok()?;
-    lifecycle::due_in(next, now)
+    let retry = status.filter(|s| s.failed_with.is_some()).map(|_| lifecycle::backup_retry_at(since));
+    [Some(next), retry].into_iter().flatten().filter_map(|at| lifecycle::due_in(at, now)).min()
 }
 
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
@@ -560,7 +563,7 @@ async fn backup(
         .unwrap_or(now);
     let inputs = backup_inputs(spec, &observed.lifecycle);
     let due = match lifecycle::next_backup(&spec.schedule, since) {
-        Ok(next) => lifecycle::backup_due(next, now, s.failed_with.as_deref(), &inputs),
+        Ok(next) => lifecycle::backup_due(next, since, now, s.failed_with.as_deref(), &inputs),
         Err(why) => {
             s.last_error = Some(why);
             return s;
@@ -797,6 +800,22 @@ mod tests {
         // requeue every second.
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 2)), Some(std::time::Duration::from_secs(1)), "just due");
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 10)), None);
+
+        // A failed attempt: a change seen within the gap after it is looked
+        // at once the gap has passed, then the schedule alone counts.
+        let failed = BackupStatus {
+            last_attempt_time: Some(Time(t(3_600 * 101))),
+            last_error: Some("refused".into()),
+            failed_with: Some("d".into()),
+            ..Default::default()
+        };
+        wan.status =
+            Some(crate::api::WhatsAppNumberStatus { backup: Some(Box::new(failed.clone())), ..Default::default() });
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), Some(std::time::Duration::from_secs(10)));
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 60)), Some(std::time::Duration::from_secs(3_540)));
+        let succeeded = BackupStatus { failed_with: None, last_error: None, ..failed };
+        wan.status = Some(crate::api::WhatsAppNumberStatus { backup: Some(Box::new(succeeded)), ..Default::default() });
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), Some(std::time::Duration::from_secs(3_595)));
     }
 
     #[test]

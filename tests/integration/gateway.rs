@@ -825,16 +825,30 @@ pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
     ensure!(message.contains("SignatureDoesNotMatch"), "the store's refusal is shown: {message}");
     let backup_status = || async {
         let w = api.get(NAME).await?;
-        w.status.and_then(|s| s.backup).ok_or_else(|| anyhow!("no backup status"))
+        w.status.and_then(|s| s.backup).map(|b| *b).ok_or_else(|| anyhow!("no backup status"))
     };
-    let failed = backup_status().await?;
-    let failed_at = failed.last_attempt_time.as_ref().ok_or_else(|| anyhow!("the failed attempt's time"))?.0;
+    let attempted = |b: &whatsapp_operator::api::BackupStatus| {
+        b.last_attempt_time.as_ref().map(|t| t.0).ok_or_else(|| anyhow!("the failed attempt's time"))
+    };
+    let mut failed = backup_status().await?;
+    let next = |at| whatsapp_operator::lifecycle::next_backup("* * * * *", at).map_err(anyhow::Error::msg);
+    // The retry for the change must be told from the next scheduled attempt
+    // (the minute after the failed one): when the failed attempt came late
+    // in its minute, the next one (failing too) is waited for.
+    while next(attempted(&failed)?)?.duration_since(jiff::Timestamp::now()) < jiff::SignedDuration::from_secs(35) {
+        let before = attempted(&failed)?;
+        wait_until(Duration::from_secs(90), "the next failed attempt", || async {
+            Ok(attempted(&backup_status().await?)? > before)
+        })
+        .await?;
+        failed = backup_status().await?;
+    }
+    let failed_at = attempted(&failed)?;
     ensure!(failed.failed_with.is_some(), "what the failed attempt was made with is recorded: {failed:?}");
     merge_secret(&secrets, "store-credentials", "secretAccessKey", &store.secret_access_key).await?;
     let message = backed_up("True", "BackedUp").await.with_context(|| store.log())?;
-    // Tried again once the credentials changed, not at the next scheduled
-    // time (the minute after the failed attempt).
-    let scheduled = whatsapp_operator::lifecycle::next_backup("* * * * *", failed_at).map_err(anyhow::Error::msg)?;
+    // Tried again once the credentials changed, not at the next scheduled time.
+    let scheduled = next(failed_at)?;
     let succeeded = backup_status().await?;
     let success_at = succeeded.last_success_time.ok_or_else(|| anyhow!("the backup's time"))?.0;
     ensure!(success_at < scheduled, "retried when the Secret changed: {success_at} (failed {failed_at})");
