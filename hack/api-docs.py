@@ -32,7 +32,8 @@ def rules(schema, required):
     if required:
         out.append("required")
     if "enum" in schema:
-        out.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+        # A null among the values only says the field may be left out.
+        out.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"] if v is not None))
     for key, word in (("minimum", "min"), ("maximum", "max"), ("minLength", "min length"),
                       ("maxLength", "max length"), ("minItems", "min items"), ("maxItems", "max items")):
         if key in schema:

@@ -715,18 +715,32 @@ fn version_conditions(v: &Versions) -> Vec<Cond> {
             ),
         )
     };
+    let no_newer = v
+        .blocker
+        .as_ref()
+        .filter(|(reason, _)| *reason == crate::upgrade::NO_NEWER_RELEASE)
+        .map(|(_, why)| why.as_str());
     let (expiring, expired) = match &v.build_state {
         Some(BuildState::Valid(r)) => (
             cond(BUILD_EXPIRING, false, "BuildValid", format!("{version} expires on {}", r.expires_at)),
             cond(BUILD_EXPIRED, false, "BuildValid", format!("{version} expires on {}", r.expires_at)),
         ),
+        // The Auto policy finds nothing to move to: said where the expiry is.
         Some(BuildState::Expiring(r)) => (
-            cond(
-                BUILD_EXPIRING,
-                true,
-                BUILD_EXPIRING,
-                format!("{version} expires on {} (within {}): upgrade before then", r.expires_at, v.before),
-            ),
+            match no_newer {
+                Some(why) => cond(
+                    BUILD_EXPIRING,
+                    true,
+                    crate::upgrade::NO_NEWER_RELEASE,
+                    format!("{version} expires on {} (within {}); {why}", r.expires_at, v.before),
+                ),
+                None => cond(
+                    BUILD_EXPIRING,
+                    true,
+                    BUILD_EXPIRING,
+                    format!("{version} expires on {} (within {}): upgrade before then", r.expires_at, v.before),
+                ),
+            },
             cond(BUILD_EXPIRED, false, BUILD_EXPIRING, format!("{version} expires on {}", r.expires_at)),
         ),
         Some(BuildState::Expired(r)) => (
@@ -735,7 +749,12 @@ fn version_conditions(v: &Versions) -> Vec<Cond> {
                 BUILD_EXPIRED,
                 true,
                 BUILD_EXPIRED,
-                format!("{version} expired on {}: the client no longer connects; upgrade now", r.expires_at),
+                match no_newer {
+                    Some(why) => format!("{version} expired on {}: the client no longer connects; {why}", r.expires_at),
+                    None => {
+                        format!("{version} expired on {}: the client no longer connects; upgrade now", r.expires_at)
+                    }
+                },
             ),
         ),
         Some(BuildState::Unknown) | None => (unknown(BUILD_EXPIRING), unknown(BUILD_EXPIRED)),
@@ -2298,10 +2317,24 @@ mod tests {
             before: "30d".into(),
             ..Default::default()
         };
-        let s = compute(&wan, &with_versions(expiring), None, &t(1));
+        let s = compute(&wan, &with_versions(expiring.clone()), None, &t(1));
         assert_eq!(cond(&s, BUILD_EXPIRING).status, "True");
+        assert_eq!(cond(&s, BUILD_EXPIRING).reason, BUILD_EXPIRING);
         assert!(cond(&s, BUILD_EXPIRING).message.contains("2024-07-08"));
         assert_eq!(cond(&s, READY).status, "True", "a warning, not an outage");
+        // Under the Auto policy with nothing newer in the catalog: why no
+        // upgrade comes, where the expiry is said; still not an outage.
+        let why = "2.53.2 is expiring but the release catalog has no newer release that is not expiring itself";
+        let stuck = Versions { blocker: Some((crate::upgrade::NO_NEWER_RELEASE, why.into())), ..expiring };
+        let s = compute(&wan, &with_versions(stuck.clone()), None, &t(1));
+        assert_eq!(cond(&s, BUILD_EXPIRING).reason, crate::upgrade::NO_NEWER_RELEASE);
+        assert!(cond(&s, BUILD_EXPIRING).message.contains("2024-07-08"), "{:?}", cond(&s, BUILD_EXPIRING));
+        assert!(cond(&s, BUILD_EXPIRING).message.ends_with(why));
+        assert_eq!(cond(&s, READY).status, "True");
+        let gone = Versions { build_state: Some(BuildState::Expired(release("2024-07-08"))), ..stuck };
+        let s = compute(&wan, &with_versions(gone), None, &t(1));
+        assert_eq!(cond(&s, BUILD_EXPIRED).reason, BUILD_EXPIRED);
+        assert!(cond(&s, BUILD_EXPIRED).message.ends_with(why), "{:?}", cond(&s, BUILD_EXPIRED));
 
         let expired = Versions { build_state: Some(BuildState::Expired(release("2024-07-08"))), ..Default::default() };
         let s = compute(&wan, &with_versions(expired.clone()), None, &t(1));
