@@ -2324,7 +2324,7 @@ mod tests {
         assert_eq!(cond(&s, READY).status, "True", "a warning, not an outage");
         // Under the Auto policy with nothing newer in the catalog: why no
         // upgrade comes, where the expiry is said; still not an outage.
-        let why = "2.53.2 is expiring but the release catalog has no newer release that is not expiring itself";
+        let why = "the release catalog has no newer release that is not expiring itself, so none is upgraded to";
         let stuck = Versions { blocker: Some((crate::upgrade::NO_NEWER_RELEASE, why.into())), ..expiring };
         let s = compute(&wan, &with_versions(stuck.clone()), None, &t(1));
         assert_eq!(cond(&s, BUILD_EXPIRING).reason, crate::upgrade::NO_NEWER_RELEASE);

@@ -101,9 +101,8 @@ pub fn plan(
     } else if target.no_candidate {
         blocker = Some((
             NO_NEWER_RELEASE,
-            format!(
-                "{build_version} is expiring but the release catalog has no newer release that is not expiring itself; add one to the catalog ConfigMap or set spec.version"
-            ),
+            // Said after the expiry in BuildExpiring's or BuildExpired's message.
+            "the release catalog has no newer release that is not expiring itself, so none is upgraded to; add one to the catalog ConfigMap or set spec.version".to_string(),
         ));
     }
 
