@@ -75,11 +75,8 @@ pub fn next_restore_retry_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Opti
 /// seen before then is looked at again then).
 pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
     let spec = wan.spec.backup.as_ref()?;
-    let status = wan.status.as_ref().and_then(|s| s.backup.as_ref());
-    let since = status
-        .and_then(|s| s.last_attempt_time.as_ref())
-        .or(wan.metadata.creation_timestamp.as_ref())
-        .map_or(now, |t| t.0);
+    let status = wan.status.as_ref().and_then(|s| s.backup.as_deref());
+    let since = backups_since(wan, status, now);
     let next = lifecycle::next_backup(&spec.schedule, since).ok()?;
     let retry = status.filter(|s| s.failed_with.is_some()).map(|_| lifecycle::backup_retry_at(since));
     [Some(next), retry].into_iter().flatten().filter_map(|at| lifecycle::due_in(at, now)).min()
@@ -555,12 +552,7 @@ async fn backup(
 ) -> BackupStatus {
     let mut s = previous.unwrap_or_default();
     let now = jiff::Timestamp::now();
-    let since = s
-        .last_attempt_time
-        .as_ref()
-        .map(|t| t.0)
-        .or_else(|| wan.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(now);
+    let since = backups_since(wan, Some(&s), now);
     let inputs = backup_inputs(spec, &observed.lifecycle);
     let due = match lifecycle::next_backup(&spec.schedule, since) {
         Ok(next) => lifecycle::backup_due(next, since, now, s.failed_with.as_deref(), &inputs),
@@ -590,6 +582,11 @@ async fn backup(
         }
     }
     s
+}
+
+/// What the schedule counts from: the last attempt, else the object's creation.
+fn backups_since(wan: &WhatsAppNumber, status: Option<&BackupStatus>, now: jiff::Timestamp) -> jiff::Timestamp {
+    status.and_then(|s| s.last_attempt_time.as_ref()).or(wan.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0)
 }
 
 /// One backup: the client's, kept where the spec says. Returns where it is.
