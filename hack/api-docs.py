@@ -37,7 +37,11 @@ def rules(schema, required):
     for key, word in (("minimum", "min"), ("maximum", "max"), ("minLength", "min length"),
                       ("maxLength", "max length"), ("minItems", "min items"), ("maxItems", "max items")):
         if key in schema:
-            out.append(f"{word} {schema[key]}")
+            value = schema[key]
+            # The generator writes bounds as floats: 1.0 reads as 1.
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            out.append(f"{word} {value}")
     if "pattern" in schema:
         out.append(f"pattern `{schema['pattern']}`")
     for v in schema.get("x-kubernetes-validations", []):
