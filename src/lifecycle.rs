@@ -337,13 +337,63 @@ pub fn next_backup(schedule: &str, since: Timestamp) -> Result<Timestamp, String
 /// tool's refresh) makes at most one attempt this often.
 pub const BACKUP_RETRY_GAP: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Whether a backup is due now: at the schedule's `next` time after the
-/// `last` attempt, or, after a failed attempt (`failed_with`, what it was
-/// made with), once what the next would be made with (`inputs`) differs and
-/// [`BACKUP_RETRY_GAP`] has passed: a person put right what failed. One try
-/// per change, so a fix that was not one does not make a loop.
-pub fn backup_due(next: Timestamp, last: Timestamp, now: Timestamp, failed_with: Option<&str>, inputs: &str) -> bool {
-    next <= now || (failed_with.is_some_and(|failed| failed != inputs) && now >= backup_retry_at(last))
+/// The first retry of a failed backup comes this long after it; each
+/// further failure in a row doubles the wait, up to [`BACKUP_BACKOFF_MAX`]:
+/// a store or client down for a while is tried again soon, then less often.
+pub const BACKUP_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_secs(30);
+pub const BACKUP_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// The failed backup attempts since the last success, as status records them.
+#[derive(Clone, Copy, Debug)]
+pub struct FailedBackups<'a> {
+    /// What the last one was made with (see [`backup_due`]).
+    pub made_with: &'a str,
+    /// How many in a row: at least one.
+    pub in_a_row: u32,
+}
+
+impl<'a> FailedBackups<'a> {
+    /// The failed attempts status records, if the last attempt failed (a
+    /// status written before the count was kept counts one).
+    pub fn of(status: &'a crate::api::BackupStatus) -> Option<Self> {
+        let made_with = status.failed_with.as_deref()?;
+        Some(Self { made_with, in_a_row: status.consecutive_failures.max(1) })
+    }
+}
+
+/// When the next backup is to be tried, the last attempt having been made at
+/// `last`: the schedule's next time after it, or, after failed attempts,
+/// the end of their backoff if that comes first.
+pub fn next_backup_attempt(
+    schedule: &str,
+    last: Timestamp,
+    failed: Option<FailedBackups<'_>>,
+) -> Result<Timestamp, String> {
+    let scheduled = next_backup(schedule, last)?;
+    Ok(failed.map_or(scheduled, |f| scheduled.min(last + backup_backoff(f.in_a_row))))
+}
+
+/// The wait after `in_a_row` failed attempts: [`BACKUP_BACKOFF_FIRST`]
+/// doubled for each after the first, at most [`BACKUP_BACKOFF_MAX`].
+pub fn backup_backoff(in_a_row: u32) -> jiff::SignedDuration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    let wait = BACKUP_BACKOFF_FIRST.saturating_mul(1 << doublings).min(BACKUP_BACKOFF_MAX);
+    jiff::SignedDuration::try_from(wait).unwrap_or_default()
+}
+
+/// Whether a backup is due now: at `next` (see [`next_backup_attempt`]), or,
+/// after failed attempts (`failed`), once what the next would be made with
+/// (`inputs`) differs from what the last was made with and
+/// [`BACKUP_RETRY_GAP`] has passed since it (`last`): a person put right what
+/// failed. One try per change, so a fix that was not one does not make a loop.
+pub fn backup_due(
+    next: Timestamp,
+    last: Timestamp,
+    now: Timestamp,
+    failed: Option<FailedBackups<'_>>,
+    inputs: &str,
+) -> bool {
+    next <= now || (failed.is_some_and(|f| f.made_with != inputs) && now >= backup_retry_at(last))
 }
 
 /// When a failed backup attempt at `last` may be tried again for a change.
@@ -622,13 +672,34 @@ mod tests {
         let last = at("2026-01-01T12:00:00Z");
         let (next, before, after) =
             (at("2026-01-02T03:00:00Z"), at("2026-01-01T12:00:20Z"), at("2026-01-02T03:00:01Z"));
+        let failed = Some(FailedBackups { made_with: "a", in_a_row: 1 });
         assert!(!backup_due(next, last, before, None, "a"), "not yet scheduled");
         assert!(backup_due(next, last, after, None, "a"), "scheduled");
-        assert!(!backup_due(next, last, before, Some("a"), "a"), "failed, and nothing changed since");
-        assert!(backup_due(next, last, before, Some("a"), "b"), "failed, and the Secrets or the spec changed");
-        assert!(backup_due(next, last, after, Some("a"), "a"), "failed, and scheduled again");
+        assert!(!backup_due(next, last, before, failed, "a"), "failed, and nothing changed since");
+        assert!(backup_due(next, last, before, failed, "b"), "failed, and the Secrets or the spec changed");
+        assert!(backup_due(next, last, after, failed, "a"), "failed, and scheduled again");
         let soon = at("2026-01-01T12:00:14Z");
-        assert!(!backup_due(next, last, soon, Some("a"), "b"), "a change right after the attempt waits");
+        assert!(!backup_due(next, last, soon, failed, "b"), "a change right after the attempt waits");
         assert_eq!(backup_retry_at(last), at("2026-01-01T12:00:15Z"));
+    }
+
+    #[test]
+    fn failed_backups_are_tried_again_less_and_less_often() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let last = at("2026-01-01T12:00:00Z");
+        let failed = |in_a_row| Some(FailedBackups { made_with: "a", in_a_row });
+        let daily = |f| next_backup_attempt("0 3 * * *", last, f).unwrap();
+        assert_eq!(daily(None), at("2026-01-02T03:00:00Z"), "a success waits for the schedule");
+        assert_eq!(daily(failed(1)), at("2026-01-01T12:00:30Z"));
+        assert_eq!(daily(failed(2)), at("2026-01-01T12:01:00Z"));
+        assert_eq!(daily(failed(3)), at("2026-01-01T12:02:00Z"));
+        assert_eq!(daily(failed(8)), at("2026-01-01T13:00:00Z"), "an hour at most");
+        assert_eq!(daily(failed(u32::MAX)), at("2026-01-01T13:00:00Z"));
+        // The schedule's time comes first when it is sooner.
+        let hourly = next_backup_attempt("5 * * * *", last, failed(5)).unwrap();
+        assert_eq!(hourly, at("2026-01-01T12:05:00Z"));
+        assert!(backup_due(daily(failed(2)), last, at("2026-01-01T12:01:00Z"), failed(2), "a"), "the backoff ended");
+        assert!(!backup_due(daily(failed(2)), last, at("2026-01-01T12:00:59Z"), failed(2), "a"), "not yet");
+        assert!(next_backup_attempt("no schedule", last, failed(1)).is_err());
     }
 }

@@ -1366,6 +1366,15 @@ pub struct BackupStatus {
     /// next scheduled time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_with: Option<String>,
+    /// Failed attempts since the last success. Each is tried again after a
+    /// wait that doubles with the count (30 s, 1 min, 2 min, ... up to an
+    /// hour), or at the next scheduled time if that comes first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A restore.

@@ -23,7 +23,7 @@ pub struct Store {
     inner: AmazonS3,
 }
 
-/// A few quick retries: a backup is tried again at the next scheduled time,
+/// A few quick retries: a failed backup is tried again after a backoff,
 /// and a reconcile must not wait minutes on an unreachable store.
 fn retry() -> RetryConfig {
     RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(30), ..Default::default() }

@@ -69,16 +69,18 @@ pub fn next_restore_retry_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Opti
     lifecycle::due_in(lifecycle::restore_retry_at(recorded.map(|r| (r.outcome, r.at.0)))?, now)
 }
 
-/// How long until the next scheduled backup is due, when the spec asks for
-/// backups (see [`lifecycle::due_in`]: nothing once it is overdue); after a
-/// failed attempt, until a change of what it read may try again (a change
-/// seen before then is looked at again then).
+/// How long until the next backup attempt is due, when the spec asks for
+/// backups (see [`lifecycle::due_in`]: nothing once it is overdue): the
+/// schedule's, or a failed attempt's retry; after a failed attempt, also
+/// until a change of what it read may try again (a change seen before then
+/// is looked at again then).
 pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std::time::Duration> {
     let spec = wan.spec.backup.as_ref()?;
     let status = wan.status.as_ref().and_then(|s| s.backup.as_deref());
     let since = backups_since(wan, status, now);
-    let next = lifecycle::next_backup(&spec.schedule, since).ok()?;
-    let retry = status.filter(|s| s.failed_with.is_some()).map(|_| lifecycle::backup_retry_at(since));
+    let failed = status.and_then(lifecycle::FailedBackups::of);
+    let next = lifecycle::next_backup_attempt(&spec.schedule, since, failed).ok()?;
+    let retry = failed.map(|_| lifecycle::backup_retry_at(since));
     [Some(next), retry].into_iter().flatten().filter_map(|at| lifecycle::due_in(at, now)).min()
 }
 
@@ -554,8 +556,9 @@ async fn backup(
     let now = jiff::Timestamp::now();
     let since = backups_since(wan, Some(&s), now);
     let inputs = backup_inputs(spec, &observed.lifecycle);
-    let due = match lifecycle::next_backup(&spec.schedule, since) {
-        Ok(next) => lifecycle::backup_due(next, since, now, s.failed_with.as_deref(), &inputs),
+    let failed = lifecycle::FailedBackups::of(&s);
+    let due = match lifecycle::next_backup_attempt(&spec.schedule, since, failed) {
+        Ok(next) => lifecycle::backup_due(next, since, now, failed, &inputs),
         Err(why) => {
             s.last_error = Some(why);
             return s;
@@ -572,11 +575,13 @@ async fn backup(
             s.last_success_time = Some(Time(now));
             s.last_error = None;
             s.failed_with = None;
+            s.consecutive_failures = 0;
             let labels = ctx.metrics.number(wan);
             ctx.metrics.backup_success.get_or_create(&labels).set(now.as_second() as f64);
         }
         Err(e) => {
-            warn!(error = %e, "the backup failed");
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            warn!(error = %e, in_a_row = s.consecutive_failures, "the backup failed");
             s.last_error = Some(e);
             s.failed_with = Some(inputs);
         }
@@ -799,18 +804,27 @@ mod tests {
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 10)), None);
 
         // A failed attempt: a change seen within the gap after it is looked
-        // at once the gap has passed, then the schedule alone counts.
+        // at once the gap has passed, then the backoff's end counts.
         let failed = BackupStatus {
             last_attempt_time: Some(Time(t(3_600 * 101))),
             last_error: Some("refused".into()),
             failed_with: Some("d".into()),
+            consecutive_failures: 3,
             ..Default::default()
         };
-        wan.status =
-            Some(crate::api::WhatsAppNumberStatus { backup: Some(Box::new(failed.clone())), ..Default::default() });
+        let with = |backup: &BackupStatus| {
+            Some(crate::api::WhatsAppNumberStatus { backup: Some(Box::new(backup.clone())), ..Default::default() })
+        };
+        wan.status = with(&failed);
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), Some(std::time::Duration::from_secs(10)));
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 60)), Some(std::time::Duration::from_secs(60)), "2 min after");
+        // Recorded before the count was kept: one failure.
+        wan.status = with(&BackupStatus { consecutive_failures: 0, ..failed.clone() });
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 22)), Some(std::time::Duration::from_secs(8)));
+        // Failed long enough for the hour to come first.
+        wan.status = with(&BackupStatus { consecutive_failures: 20, ..failed.clone() });
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 60)), Some(std::time::Duration::from_secs(3_540)));
-        let succeeded = BackupStatus { failed_with: None, last_error: None, ..failed };
+        let succeeded = BackupStatus { failed_with: None, last_error: None, consecutive_failures: 0, ..failed };
         wan.status = Some(crate::api::WhatsAppNumberStatus { backup: Some(Box::new(succeeded)), ..Default::default() });
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), Some(std::time::Duration::from_secs(3_595)));
     }

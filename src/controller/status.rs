@@ -632,9 +632,7 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
     }
     if spec_asks_for(wan, BACKED_UP) {
         out.push(match &l.backup {
-            Some(b) if b.last_error.is_some() => {
-                cond(BACKED_UP, false, "BackupFailed", b.last_error.clone().unwrap_or_default())
-            }
+            Some(b) if b.last_error.is_some() => cond(BACKED_UP, false, "BackupFailed", backup_failed_message(wan, b)),
             Some(b) if b.latest.is_some() => {
                 let latest = b.latest.clone().unwrap_or_default();
                 let what = if latest.starts_with("s3://") { latest } else { format!("Secret {latest}") };
@@ -1191,6 +1189,25 @@ pub fn compute(
     status
 }
 
+/// The failed backup's error, how many attempts in a row failed and when
+/// the next is made (a change of what it reads may try sooner).
+fn backup_failed_message(wan: &WhatsAppNumber, b: &crate::api::BackupStatus) -> String {
+    let error = b.last_error.clone().unwrap_or_default();
+    let (Some(spec), Some(last), Some(failed)) =
+        (wan.spec.backup.as_ref(), b.last_attempt_time.as_ref(), crate::lifecycle::FailedBackups::of(b))
+    else {
+        return error;
+    };
+    let Ok(next) = crate::lifecycle::next_backup_attempt(&spec.schedule, last.0, Some(failed)) else {
+        return error;
+    };
+    let attempts = match failed.in_a_row {
+        1 => "1 attempt".to_string(),
+        n => format!("{n} attempts in a row"),
+    };
+    format!("{error}; {attempts} failed, the next at {}", next.strftime("%Y-%m-%dT%H:%M:%SZ"))
+}
+
 /// Whether the spec asks for what a condition reports on. A condition a
 /// held reconcile cannot look at stands only while this holds: those of
 /// parts since removed from the spec go.
@@ -1314,6 +1331,45 @@ mod tests {
             with(Some(RestoreOutcome::AlreadyRegistered)),
             ("False".into(), "AlreadyRegistered".into(), Some(RestoreOutcome::AlreadyRegistered))
         );
+    }
+
+    #[test]
+    fn backed_up_says_when_a_failed_backup_is_tried_again() {
+        use crate::api::BackupStatus;
+        let mut wan = sample();
+        wan.spec.backup = Some(
+            serde_json::from_value(serde_json::json!({"schedule": "0 3 * * *", "passwordSecretRef": {"name": "pw"}}))
+                .unwrap(),
+        );
+        let with = |backup: BackupStatus| {
+            let mut applied = match all_ready() {
+                Outcome::Applied(a) => a,
+                _ => unreachable!(),
+            };
+            applied.client.lifecycle.backup = Some(backup);
+            let s = compute(&wan, &Outcome::Applied(applied), None, &t(100_000));
+            let c = cond(&s, BACKED_UP);
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let failed = BackupStatus {
+            last_attempt_time: Some(t(86_400 + 3 * 3_600)),
+            last_error: Some("the store did not answer".into()),
+            failed_with: Some("d".into()),
+            consecutive_failures: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            with(failed.clone()),
+            (
+                "False".into(),
+                "BackupFailed".into(),
+                "the store did not answer; 1 attempt failed, the next at 1970-01-02T03:00:30Z".into()
+            )
+        );
+        let (_, _, message) = with(BackupStatus { consecutive_failures: 4, ..failed.clone() });
+        assert!(message.ends_with("; 4 attempts in a row failed, the next at 1970-01-02T03:04:00Z"), "{message}");
+        let (_, reason, message) = with(BackupStatus { latest: Some("acme-backup-1".into()), ..Default::default() });
+        assert_eq!((reason.as_str(), message.as_str()), ("BackedUp", "the newest backup is Secret acme-backup-1"));
     }
 
     #[test]

@@ -457,14 +457,18 @@ impl Drop for Deployment {
 }
 
 /// An S3-compatible object store (`hack/object-store`) over HTTPS on
-/// loopback, which accepts one access key and checks every signature.
+/// loopback, which accepts one access key and checks every signature. It
+/// keeps objects in memory: a stop loses them.
 pub struct ObjectStore {
     pub endpoint: String,
     pub ca: PathBuf,
     pub bucket: String,
     pub access_key_id: String,
     pub secret_access_key: String,
-    child: Child,
+    command: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    listen: String,
+    child: Option<Child>,
 }
 
 impl ObjectStore {
@@ -475,33 +479,53 @@ impl ObjectStore {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let (access_key_id, secret_access_key) = (format!("AK{name}"), format!("secret-of-{name}"));
-        let log = std::fs::File::create(dir.join("store.log"))?;
-        let child = Command::new(PathBuf::from(tools.trim()).join("wao-object-store"))
-            .args(["-listen", &listen, "-bucket", bucket, "-access-key", &access_key_id])
-            .args(["-secret-key", &secret_access_key])
-            .arg("-tls-cert")
-            .arg(&tls.cert)
-            .arg("-tls-key")
-            .arg(&tls.key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let store = Self {
+        std::fs::File::create(dir.join("store.log"))?;
+        let args =
+            ["-listen", &listen, "-bucket", bucket, "-access-key", &access_key_id, "-secret-key", &secret_access_key]
+                .into_iter()
+                .map(std::ffi::OsString::from)
+                .chain(["-tls-cert".into(), tls.cert.into_os_string(), "-tls-key".into(), tls.key.into_os_string()])
+                .collect();
+        let mut store = Self {
             endpoint: format!("https://{listen}"),
             ca: tls.ca,
             bucket: bucket.into(),
             access_key_id,
             secret_access_key,
-            child,
+            command: PathBuf::from(tools.trim()).join("wao-object-store"),
+            args,
+            listen,
+            child: None,
         };
+        store.resume()?;
+        Ok(store)
+    }
+
+    /// Stops the store: its port refuses connections, its objects are gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the store again on its port, with its bucket and no objects.
+    pub fn resume(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().append(true).open(self.ca.with_file_name("store.log"))?;
+        let child = Command::new(&self.command)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
         for _ in 0..100 {
-            if std::net::TcpStream::connect(&listen).is_ok() {
-                return Ok(store);
+            if std::net::TcpStream::connect(&self.listen).is_ok() {
+                return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        bail!("the object store did not listen on {listen}: {}", store.log())
+        bail!("the object store did not listen on {}: {}", self.listen, self.log())
     }
 
     pub fn log(&self) -> String {
@@ -524,7 +548,6 @@ impl ObjectStore {
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -759,14 +759,15 @@ pub async fn a_numbers_life_as_code(env: &'static Env) -> Result<()> {
 }
 
 /// Backups in an S3-compatible store over HTTPS with a private CA: refused
-/// credentials are reported, then each scheduled backup is one object, only
-/// this number's oldest objects beyond `keep` are deleted, and a new setup
-/// restores from the store.
+/// credentials are reported and tried again once put right, a store that
+/// went away is tried again after a backoff, then each scheduled backup is
+/// one object, only this number's oldest objects beyond `keep` are deleted,
+/// and a new setup restores from the store.
 pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let (ns, port) = env.slot("objects");
     let number = unique_number();
-    let store = emulated::ObjectStore::start("objects", "backups")?;
+    let mut store = emulated::ObjectStore::start("objects", "backups")?;
     let objects = store.client()?;
     let mut deployment = Deployment::start("objects", &number, "2.53.2", (1, 6))?;
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
@@ -788,10 +789,7 @@ pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
         };
         secrets.create(&PostParams::default(), &secret).await?;
     }
-    // Something else under the number's prefix: never taken for a backup.
     let prefix = format!("{ns}/{NAME}/");
-    let notes = format!("{prefix}notes.txt");
-    objects.put(&notes, b"not a backup".to_vec(), &[]).await.map_err(anyhow::Error::msg)?;
     let location = json!({"bucket": "backups", "endpoint": store.endpoint,
         "credentialsSecretRef": {"name": "store-credentials"}, "caSecretRef": {"name": "store-ca"}});
     let backup = json!({"backup": {"schedule": "* * * * *", "keep": 1,
@@ -846,13 +844,36 @@ pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
     let failed_at = attempted(&failed)?;
     ensure!(failed.failed_with.is_some(), "what the failed attempt was made with is recorded: {failed:?}");
     merge_secret(&secrets, "store-credentials", "secretAccessKey", &store.secret_access_key).await?;
-    let message = backed_up("True", "BackedUp").await.with_context(|| store.log())?;
+    backed_up("True", "BackedUp").await.with_context(|| store.log())?;
     // Tried again once the credentials changed, not at the next scheduled time.
     let scheduled = next(failed_at)?;
     let succeeded = backup_status().await?;
     let success_at = succeeded.last_success_time.ok_or_else(|| anyhow!("the backup's time"))?.0;
     ensure!(success_at < scheduled, "retried when the Secret changed: {success_at} (failed {failed_at})");
     ensure!(succeeded.failed_with.is_none(), "a success forgets the failed attempt");
+
+    // The store goes away: the next scheduled attempt (at the top of the
+    // next minute, counted from the last attempt) fails, and once the store
+    // is back the backoff's retry, 30 s after, comes before the next
+    // scheduled time, with nothing changed.
+    store.stop();
+    let message = backed_up("False", "BackupFailed").await.with_context(|| store.log())?;
+    let away = backup_status().await?;
+    let away_at = attempted(&away)?;
+    ensure!(away.consecutive_failures == 1, "one failure counted: {away:?}");
+    ensure!(message.contains("; 1 attempt failed, the next at "), "says when it tries again: {message}");
+    let late = away_at.to_zoned(jiff::tz::TimeZone::UTC).second();
+    ensure!(late < 25, "the scheduled attempt came {late} s into its minute: {away:?}");
+    store.resume()?;
+    let message = backed_up("True", "BackedUp").await.with_context(|| store.log())?;
+    let back = backup_status().await?;
+    let back_at = back.last_success_time.as_ref().ok_or_else(|| anyhow!("the backup's time"))?.0;
+    ensure!(back_at < next(away_at)?, "retried after the backoff: {back_at} (failed {away_at})");
+    ensure!(back.consecutive_failures == 0 && back.failed_with.is_none(), "a success resets the count: {back:?}");
+
+    // Something else under the number's prefix: never taken for a backup.
+    let notes = format!("{prefix}notes.txt");
+    objects.put(&notes, b"not a backup".to_vec(), &[]).await.map_err(anyhow::Error::msg)?;
     let latest = || async {
         let w = api.get(NAME).await?;
         w.status.as_ref().and_then(|s| s.backup.as_ref()?.latest.clone()).ok_or_else(|| anyhow!("no backup"))
