@@ -69,14 +69,18 @@ impl<'a> Applier<'a> {
         }
         let absent = TierStatus { desired: 0, ready: 0, updated: 0, observed: true };
         // The pods' revisions tell a rollout from a pod lost (see `stateful_set_tier`).
-        let pods = super::fencing::own_node_pods(&self.caches.node_pods, &self.namespace, &self.instance).await?;
+        let pods = super::fencing::own_pods(&self.caches.node_pods, &self.namespace, &self.instance).await?;
         let tier = |sts: &_, tier: Tier| {
             let own = pods.iter().filter(|p| p.labels.get(LABEL_COMPONENT) == Some(tier.as_str()));
             stateful_set_tier(sts, own.filter_map(|p| p.revision.as_deref()))
         };
+        let webapp_pods = super::fencing::own_pods(&self.caches.webapp_pods, &self.namespace, &self.instance).await?;
         // A pod on its way out ends with SIGTERM's exit code: no trouble.
         let troubles = super::troubles::listed(
-            pods.iter().filter(|p| !p.identity.deleting()).filter_map(|p| Some((p.name(), p.trouble.as_deref()?))),
+            pods.iter()
+                .chain(&webapp_pods)
+                .filter(|p| !p.identity.deleting())
+                .filter_map(|p| Some((p.name(), p.trouble.as_deref()?))),
         );
         Ok(Tiers {
             troubles,

@@ -6,7 +6,8 @@
 //! the last-applied annotation, pod specs). Of the children the operator
 //! applies they keep an outline ([`super::outline`]): identity, the digests
 //! that decide a write, and of workloads and Jobs the counts and status read.
-//! Of node pods they keep identity, read labels and IP ([`PodOutline`]), of
+//! Of node pods (and of webapp pods, apart) they keep identity, read labels,
+//! IP and trouble ([`PodOutline`]), of
 //! every Secret its name and version ([`SecretVersion`]): Secrets are watched
 //! by metadata only, their data read by name when a reconcile needs it and
 //! kept until their resource version changes. The stores are the caches' own
@@ -474,6 +475,9 @@ pub struct Caches {
     /// Masters and coreapps of every number, as fencing and the matching of
     /// gateway nodes to pods read them ([`PodOutline`]).
     pub node_pods: Cache<PodOutline>,
+    /// Webapp pods of every number, from the same watch: read for their
+    /// troubles only.
+    pub webapp_pods: Cache<PodOutline>,
     pub statefulsets: Cache<Outline<StatefulSet>>,
     pub deployments: Cache<Outline<Deployment>>,
     pub services: Cache<Outline<Service>>,
@@ -742,25 +746,48 @@ fn kept<K, T>(event: watcher::Event<K>, keep: impl Fn(K) -> T) -> watcher::Event
     }
 }
 
-/// The node pods' cache, and a stream of only the pods that appeared, began
-/// to terminate or went away: readiness changes of a rolling pod wake no one.
-fn node_pods_feed(api: Api<ListedPod>, selector: &str) -> (Cache<PodOutline>, Touched<PodOutline>) {
-    let mut start_stop = super::fencing::StartStopFilter::default();
+/// The pods' caches from one watch: node pods, and webapp pods apart (so
+/// that nothing that fences or counts nodes meets a webapp). The stream
+/// holds only the node pods that appeared, began to terminate or went away,
+/// and the pods whose trouble changed: readiness changes of a rolling pod
+/// wake no one, nor does a webapp coming or going (its Deployment reports
+/// that).
+fn pods_feed(api: Api<ListedPod>, selector: &str) -> (Cache<PodOutline>, Cache<PodOutline>, Touched<PodOutline>) {
+    let mut nodes = super::fencing::StartStopFilter::default();
+    let mut webapps = super::fencing::StartStopFilter::troubles_only();
     let events = watcher(api, listing().labels(selector)).default_backoff().map_ok(move |event| {
         let event = kept(event, PodOutline::of);
-        let relevant = start_stop.relevant(&event);
-        (event, relevant)
+        let webapp = match &event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) | watcher::Event::Delete(pod) => {
+                Some(super::fencing::is_webapp(&pod.labels))
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        };
+        let relevant = match webapp {
+            Some(true) => webapps.relevant(&event),
+            Some(false) => nodes.relevant(&event),
+            None => nodes.relevant(&event) | webapps.relevant(&event),
+        };
+        (event, webapp, relevant)
     });
-    let store = Store::default();
-    let writer = store.clone();
+    let (node_store, webapp_store) = (Store::default(), Store::default());
+    let (node_writer, webapp_writer) = (node_store.clone(), webapp_store.clone());
     let stream = events
-        .map_ok(move |(event, relevant)| {
-            let applied = writer.apply(event);
+        .map_ok(move |(event, webapp, relevant)| {
+            let applied = match webapp {
+                Some(true) => webapp_writer.apply(event),
+                Some(false) => node_writer.apply(event),
+                // A listing begins or ends for both.
+                None => {
+                    webapp_writer.apply(event.clone());
+                    node_writer.apply(event)
+                }
+            };
             futures::stream::iter(applied.filter(|_| relevant).map(Ok))
         })
         .try_flatten()
         .boxed();
-    (Cache { store, what: "pods" }, stream)
+    (Cache { store: node_store, what: "pods" }, Cache { store: webapp_store, what: "webapp pods" }, stream)
 }
 
 /// A cache of what is kept of the children of kind `K`, and the stream of
@@ -864,7 +891,8 @@ impl Keyed for SchemaPod {
 /// A master or coreapp pod as fencing, the matching of gateway nodes to
 /// pods and the tier counts read it: its identity (with when it began to
 /// terminate), the labels that tell its number, instance and role, its IP,
-/// its StatefulSet revision and its trouble, if any.
+/// its StatefulSet revision and its trouble, if any. Webapp pods are kept
+/// the same way, apart, for their troubles.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodOutline {
     pub identity: Identity,
@@ -908,7 +936,7 @@ impl Keyed for PodOutline {
     }
 }
 
-/// A master or coreapp pod as its watch decodes it: metadata, pod IP and a
+/// A pod as the pod watch decodes it: metadata, pod IP and a
 /// brief of its containers' states; its spec and the rest of its status are
 /// never decoded.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -958,11 +986,11 @@ pub fn build(
     operator_namespace: &str,
     release_catalog: &str,
     numbers: Numbers,
-    node_pod_selector: &str,
+    pod_selector: &str,
     owned_selector: &str,
 ) -> (Caches, Feeds) {
     let owned = || listing().labels(owned_selector);
-    let (node_pods, pods_feed) = node_pods_feed(scoped(client, namespace), node_pod_selector);
+    let (node_pods, webapp_pods, pods_feed) = pods_feed(scoped(client, namespace), pod_selector);
     let (statefulsets, sts_feed) = children_feed::<StatefulSet>(scoped(client, namespace), owned(), "statefulsets");
     let (deployments, deploy_feed) = children_feed::<Deployment>(scoped(client, namespace), owned(), "deployments");
     let (services, svc_feed) = children_feed::<Service>(scoped(client, namespace), owned(), "services");
@@ -1031,6 +1059,7 @@ pub fn build(
         client: client.clone(),
         numbers,
         node_pods,
+        webapp_pods,
         statefulsets,
         deployments,
         services,
@@ -1083,6 +1112,7 @@ pub struct Seeds {
     numbers: reflector::store::Writer<NumberObject>,
     decode: Numbers,
     node_pods: Store<PodOutline>,
+    webapp_pods: Store<PodOutline>,
     statefulsets: Store<Outline<StatefulSet>>,
     deployments: Store<Outline<Deployment>>,
     services: Store<Outline<Service>>,
@@ -1117,6 +1147,7 @@ impl Seeds {
             numbers,
             decode: decode.clone(),
             node_pods: listed(),
+            webapp_pods: listed(),
             statefulsets: listed(),
             deployments: listed(),
             services: listed(),
@@ -1133,6 +1164,7 @@ impl Seeds {
             client: client.clone(),
             numbers: decode,
             node_pods: cache(&seeds.node_pods, "pods"),
+            webapp_pods: cache(&seeds.webapp_pods, "webapp pods"),
             statefulsets: cache(&seeds.statefulsets, "statefulsets"),
             deployments: cache(&seeds.deployments, "deployments"),
             services: cache(&seeds.services, "services"),
@@ -1181,7 +1213,11 @@ impl Seeds {
         for event in events {
             self.numbers.apply_watcher_event(&self.decode.absorb(event));
         }
-        list(&self.node_pods, objects, "Pod", PodOutline::of);
+        let component = crate::resources::names::LABEL_COMPONENT;
+        let (webapp_pods, node_pods): (Vec<serde_json::Value>, Vec<serde_json::Value>) =
+            objects.iter().cloned().partition(|o| o["metadata"]["labels"][component] == "webapp");
+        list(&self.node_pods, &node_pods, "Pod", PodOutline::of);
+        list(&self.webapp_pods, &webapp_pods, "Pod", PodOutline::of);
         list(&self.statefulsets, objects, "StatefulSet", StatefulSet::keep);
         list(&self.deployments, objects, "Deployment", Deployment::keep);
         list(&self.services, objects, "Service", Service::keep);
@@ -1190,7 +1226,6 @@ impl Seeds {
         list(&self.jobs, objects, "Job", Job::keep);
         list(&self.volume_claims, objects, "PersistentVolumeClaim", PersistentVolumeClaim::keep);
         list(&self.claims, objects, "WhatsAppNumberClaim", trimmed(keep_all));
-        let component = crate::resources::names::LABEL_COMPONENT;
         let schema = crate::resources::schema_job::COMPONENT;
         let schema_pods: Vec<serde_json::Value> =
             objects.iter().filter(|o| o["metadata"]["labels"][component] == schema).cloned().collect();

@@ -706,9 +706,7 @@ async fn upgrade_facts(
     now: k8s_openapi::jiff::Timestamp,
 ) -> Result<procedure::Observed> {
     let node_pods =
-        fencing::own_node_pods(&ctx.caches.node_pods, &wan.namespace().unwrap_or_default(), &wan.name_any())
-            .await?
-            .len();
+        fencing::own_pods(&ctx.caches.node_pods, &wan.namespace().unwrap_or_default(), &wan.name_any()).await?.len();
     // Read again after apply: this reconcile may just have created the Job.
     let job = schema_job_state(ctx, wan, &u.to).await?;
     let at_target = |i: usize| tiers.versions[i].as_deref() == Some(u.to.as_str());

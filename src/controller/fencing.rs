@@ -21,15 +21,22 @@ use super::outline::{Identity, Outline, ReadLabels};
 use crate::api::WhatsAppNumber;
 use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NUMBER, MANAGED_BY};
 
-/// Selects the masters and coreapps the operator made: the pods that connect.
-const NODE_PODS: &str =
-    "app.kubernetes.io/managed-by=whatsapp-operator,app.kubernetes.io/component in (master,coreapp)";
+/// Selects the masters and coreapps the operator made (the pods that
+/// connect), and its webapps.
+const WATCHED_PODS: &str =
+    "app.kubernetes.io/managed-by=whatsapp-operator,app.kubernetes.io/component in (master,coreapp,webapp)";
 
-/// The node pods of every number (for the operator's pod cache). Pods
-/// without the number label are cached too: their own WhatsAppNumber still
-/// counts them (by instance) before it moves an upgrade on.
-pub fn node_pod_selector() -> String {
-    NODE_PODS.to_string()
+/// The pods of every number the operator's pod watch lists: node pods, and
+/// webapps, which are kept apart (see [`is_webapp`]). Pods without the number
+/// label are listed too: their own WhatsAppNumber still counts them (by
+/// instance) before it moves an upgrade on.
+pub fn watched_pod_selector() -> String {
+    WATCHED_PODS.to_string()
+}
+
+/// A webapp's pod: its trouble is shown, but it never counts as a node.
+pub fn is_webapp(labels: &ReadLabels) -> bool {
+    labels.get(LABEL_COMPONENT) == Some("webapp")
 }
 
 /// A pod Terminating longer than this is taken as stuck (its node likely no
@@ -219,8 +226,9 @@ fn with_workloads(mut pods: Vec<NodePod>, workloads: impl IntoIterator<Item = No
     pods
 }
 
-/// The masters and coreapps in `namespace` of the WhatsAppNumber `instance`.
-pub async fn own_node_pods(
+/// The pods in `cache` (masters and coreapps, or webapps) in `namespace` of
+/// the WhatsAppNumber `instance`.
+pub async fn own_pods(
     cache: &Cache<PodOutline>,
     namespace: &str,
     instance: &str,
@@ -242,9 +250,17 @@ pub struct StartStopFilter {
     /// While the watch lists again: what was seen before, so that pods gone
     /// in between are dropped rather than kept for good.
     before: Option<HashMap<super::compact::Compact, (bool, u64)>>,
+    /// Only a trouble beginning, changing or ending counts (webapp pods:
+    /// their coming and going is their Deployment's to report).
+    troubles_only: bool,
 }
 
 impl StartStopFilter {
+    /// A filter that lets through only changes of a pod's trouble.
+    pub fn troubles_only() -> Self {
+        Self { troubles_only: true, ..Default::default() }
+    }
+
     pub fn relevant(&mut self, event: &watcher::Event<PodOutline>) -> bool {
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
@@ -254,11 +270,14 @@ impl StartStopFilter {
                     _ => self.seen.get(&pod.identity.uid).copied(),
                 };
                 self.seen.insert(pod.identity.uid.clone(), now);
-                before != Some(now)
+                match self.troubles_only {
+                    true => before.map_or(0, |(_, trouble)| trouble) != now.1,
+                    false => before != Some(now),
+                }
             }
             watcher::Event::Delete(pod) => {
-                self.seen.remove(&pod.identity.uid);
-                true
+                let before = self.seen.remove(&pod.identity.uid);
+                !self.troubles_only || before.is_some_and(|(_, trouble)| trouble != 0)
             }
             watcher::Event::Init => {
                 self.before = Some(std::mem::take(&mut self.seen));
@@ -508,5 +527,28 @@ mod tests {
         assert!(!filter.relevant(&watcher::Event::<PodOutline>::InitDone));
         // After a re-list the pod is new to the filter again.
         assert!(filter.relevant(&watcher::Event::InitApply(pod)));
+    }
+
+    #[test]
+    fn a_webapp_pod_wakes_anyone_only_when_its_trouble_changes() {
+        let mut filter = StartStopFilter::troubles_only();
+        let pod = outline(pod_meta("a", "x-webapp-5d9f-abcde", "x", "webapp", "1"));
+        assert!(is_webapp(&pod.labels) && !is_webapp(&outline(pod_meta("a", "x-master-0", "x", "master", "1")).labels));
+        assert!(!filter.relevant(&watcher::Event::Apply(pod.clone())), "a new pod: the Deployment reports it");
+        let mut pulling = pod.clone();
+        pulling.trouble = Some("cannot pull image webapp:v9 (ErrImagePull)".into());
+        assert!(filter.relevant(&watcher::Event::Apply(pulling.clone())), "a trouble begins");
+        assert!(!filter.relevant(&watcher::Event::Apply(pulling.clone())), "and goes on");
+        let mut deleting = pulling.clone();
+        deleting.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
+        assert!(!filter.relevant(&watcher::Event::Apply(deleting.clone())), "terminating, the same trouble");
+        assert!(filter.relevant(&watcher::Event::Delete(deleting)), "gone with its trouble");
+        assert!(!filter.relevant(&watcher::Event::Apply(pod.clone())));
+        assert!(!filter.relevant(&watcher::Event::Delete(pod.clone())), "gone without one");
+        // Listed again: a trouble that began while not watched counts.
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::Init));
+        assert!(filter.relevant(&watcher::Event::InitApply(pulling)));
+        assert!(!filter.relevant(&watcher::Event::InitApply(pod)));
+        assert!(!filter.relevant(&watcher::Event::<PodOutline>::InitDone));
     }
 }

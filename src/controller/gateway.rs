@@ -541,8 +541,7 @@ pub fn certificate_to_upload(
 
 async fn pods_by_host(ctx: &Context, wan: &WhatsAppNumber) -> BTreeMap<String, String> {
     let Ok(pods) =
-        super::fencing::own_node_pods(&ctx.caches.node_pods, &wan.namespace().unwrap_or_default(), &wan.name_any())
-            .await
+        super::fencing::own_pods(&ctx.caches.node_pods, &wan.namespace().unwrap_or_default(), &wan.name_any()).await
     else {
         return BTreeMap::new();
     };

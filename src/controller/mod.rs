@@ -296,7 +296,7 @@ async fn delete_unreadable(obj: &cache::NumberObject, ctx: &Context) -> Result<A
     stop_statefulsets(ctx, &namespace, &name, &uid, "the WhatsAppNumber is being deleted").await?;
 
     // Its own masters and coreapps, found by name: the number may be unreadable too.
-    let pods = fencing::own_node_pods(&ctx.caches.node_pods, &namespace, &name).await?;
+    let pods = fencing::own_pods(&ctx.caches.node_pods, &namespace, &name).await?;
     if !pods.is_empty() {
         info!(%identity, pods = pods.len(), "waiting for masters and coreapps to stop before releasing the number");
         return Ok(Action::requeue(FENCE_RETRY));

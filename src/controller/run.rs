@@ -139,7 +139,7 @@ pub async fn run(
         &settings.operator_namespace,
         &settings.release_catalog,
         store.clone(),
-        &fencing::node_pod_selector(),
+        &fencing::watched_pod_selector(),
         crate::resources::names::LABEL_MANAGED_BY_SELECTOR,
     );
 
@@ -202,7 +202,8 @@ pub async fn run(
             on(move |gone: &crate::api::WhatsAppNumber| sharing_database(&sharers_store, gone)),
         )
         // Master and coreapp pods starting, terminating or going wake the
-        // objects of their number (fencing).
+        // objects of their number (fencing); so does any of its pods'
+        // trouble (a webapp's too) beginning, changing or ending.
         .watches_stream(
             changes::<Pod, _>(feeds.node_pods),
             on(move |pod: &cache::PodOutline| match pod.labels.get(crate::resources::names::LABEL_NUMBER) {

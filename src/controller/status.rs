@@ -262,7 +262,7 @@ pub struct Tiers {
     pub webapps: TierStatus,
     /// Client versions of the pod templates: masters, coreapps, webapps.
     pub versions: [Option<String>; 3],
-    /// Master and coreapp pods that cannot run by themselves, and why
+    /// Master, coreapp and webapp pods that cannot run by themselves, and why
     /// ([`super::troubles::listed`]).
     pub troubles: Option<String>,
 }
@@ -1007,8 +1007,8 @@ pub fn hold(
 
 /// What the outcome names that is wrong and a person may fix while the
 /// number comes up, as a digest: failed attempts of the first schema Job
-/// (their count and the last one's words), master and coreapp pods that
-/// cannot run. A crash loop reads alike through its restarts, so the digest
+/// (their count and the last one's words), master, coreapp and webapp
+/// pods that cannot run. A crash loop reads alike through its restarts, so the digest
 /// changes when a trouble begins, changes or ends, not at every restart.
 pub fn trouble(outcome: &Outcome) -> Option<u64> {
     use std::hash::{Hash, Hasher};

@@ -1,4 +1,4 @@
-//! Why a master or coreapp pod does not run, from its containers' states as
+//! Why a master, coreapp or webapp pod does not run, from its containers' states as
 //! the kubelet reports them: a crash loop (with the last exit code), an image
 //! that cannot be pulled, a container that cannot be made (a Secret key
 //! missing). Only what lasts until someone acts or the pod changes: a pod
@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-/// What the node pods' watch decodes of a pod's container states; the rest
+/// What the pod watch decodes of a pod's container states; the rest
 /// of its status is never decoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -115,7 +115,7 @@ fn shown(message: &str) -> String {
     crate::text::clip(&message.split_whitespace().collect::<Vec<_>>().join(" "), MAX_SHOWN)
 }
 
-/// The troubles of a number's master and coreapp pods for a status message:
+/// The troubles of a number's pods for a status message:
 /// each pod by name, at most three and how many more.
 pub fn listed<'a>(troubles: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<String> {
     let mut all: Vec<(&str, &str)> = troubles.into_iter().collect();

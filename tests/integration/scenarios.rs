@@ -783,6 +783,23 @@ pub async fn a_running_numbers_lost_pod_is_an_outage_not_progress(env: &'static 
     ensure!(state(&w, "Degraded").0 == "False", "{:?}", condition(&w, "Degraded"));
     let message = &condition(&w, "Ready").unwrap().message;
     ensure!(!message.contains("not running"), "{message}");
+
+    // A webapp crashing: named the same way.
+    let pods: Api<Pod> = typed(c, &ns);
+    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=webapp");
+    let webapps = pods.list(&ListParams::default().labels(&selector)).await?;
+    let webapp = webapps.items.first().map(|p| p.name_any()).context("a webapp pod")?;
+    set_pod_crashing(c, &ns, &webapp, true).await?;
+    let told = format!("not running: {webapp} (restarting, last exit code 1)");
+    wait_until(Duration::from_secs(60), "Degraded naming the webapp's crash loop", || async {
+        let w = api.get(&name).await?;
+        Ok(condition(&w, "Degraded").is_some_and(|c| c.status == "True" && c.message.contains(&told)))
+    })
+    .await?;
+    set_pod_crashing(c, &ns, &webapp, false).await?;
+    let w = wait_ready(&api, &name).await?;
+    let message = &condition(&w, "Ready").unwrap().message;
+    ensure!(!message.contains("not running"), "{message}");
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
