@@ -853,6 +853,8 @@ pub struct SchemaPod {
     /// The name of its Job.
     pub job: Option<Box<str>>,
     pub status: Option<Box<PodStatus>>,
+    /// When its deletion was asked for, if it was.
+    pub terminating_since: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl SchemaPod {
@@ -870,7 +872,14 @@ impl SchemaPod {
             name: meta.name.as_deref().unwrap_or_default().into(),
             job: meta.labels.as_ref().and_then(|l| l.get(JOB_NAME_LABEL)).map(|j| j.as_str().into()),
             status,
+            terminating_since: meta.deletion_timestamp.map(|t| t.0),
         }
+    }
+
+    /// Whether its containers are done for good (the pod succeeded or failed).
+    pub fn finished(&self) -> bool {
+        let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
+        matches!(phase, Some("Succeeded" | "Failed"))
     }
 
     /// The pod as [`crate::upgrade::job::state`] reads it: its status.

@@ -3,7 +3,8 @@
 //! instance asks for pods it has not made yet, anywhere the operator sees.
 //!
 //! The number claim says who may run a number; the pods say who still runs it.
-//! A claim is released only once the holder's masters and coreapps are gone,
+//! A claim is released only once the holder's masters and coreapps (and the
+//! pods of its schema Jobs) are gone,
 //! and a WhatsAppNumber starts its own only when no other object's are left,
 //! so a grace period, a partitioned node or a lost claim never lets two sets
 //! of nodes of one number run at once.

@@ -208,6 +208,9 @@ const STALE_RETRY: Duration = Duration::from_millis(500);
 
 /// While pods of a number are awaited (their deletion also wakes the reconcile).
 const FENCE_RETRY: Duration = Duration::from_secs(30);
+/// How often a WhatsAppNumber being deleted looks whether its schema Job's
+/// pods are gone.
+const SCHEMA_STOP_RETRY: Duration = Duration::from_secs(5);
 
 /// Short retry while an upgrade is under way: each step is checked promptly.
 const UPGRADE_STEP_RETRY: Duration = Duration::from_secs(3);
@@ -438,20 +441,71 @@ async fn add_finalizer(
 /// answers keeps the claim, and the status says what a person can do.
 async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Option<Action>> {
     stop_workloads(ctx, wan, "the WhatsAppNumber is being deleted").await?;
+    let schema_pods = stop_schema_jobs(ctx, wan).await?;
+    // Schema pods are not watched for the reconcile: looked at sooner.
+    let retry = if schema_pods.is_empty() { FENCE_RETRY } else { SCHEMA_STOP_RETRY };
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
     let pods = fencing::pods_of_number(&ctx.caches.node_pods, &digits).await?;
-    let fence = fencing::Fence::split(wan, pods);
-    if fence.own.is_empty() {
+    let mut own = fencing::Fence::split(wan, pods).own;
+    own.extend(schema_pods);
+    if own.is_empty() {
         return Ok(None);
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let waiting = fencing::Waiting::new(fence.own, now.0, false);
-    info!(pods = %waiting.message, "waiting for masters and coreapps to stop before releasing the number");
+    let waiting = fencing::Waiting::new(own, now.0, false);
+    info!(pods = %waiting.message, "waiting for masters, coreapps and schema upgrades to stop before releasing the number");
     let wait = match publish_status(ctx, wan, &Outcome::Stopping(waiting), &now).await? {
-        Published::Held(wait) => wait.min(FENCE_RETRY),
-        Published::Written | Published::Unchanged => FENCE_RETRY,
+        Published::Held(wait) => wait.min(retry),
+        Published::Written | Published::Unchanged => retry,
     };
     Ok(Some(Action::requeue(wait)))
+}
+
+/// The pods of the WhatsAppNumber's schema Jobs that may still run, as
+/// fencing lists pods; the Jobs this object controls are deleted (as the
+/// garbage collector would once the object is gone). The number stays
+/// claimed until they are gone, so that an object re-created for it never
+/// runs its schema Job beside one of these on the same databases.
+async fn stop_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<fencing::NodePod>> {
+    let (namespace, name) = (wan.namespace().unwrap_or_default(), wan.name_any());
+    let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
+    // Only this object's Jobs (or an earlier one's of its name) carry its
+    // schema Job names: no other object of the name exists while it does.
+    let of_this_object = |job: &str| crate::resources::schema_job::version_of(wan, job).is_some();
+    let running = ctx
+        .caches
+        .schema_pods
+        .filter(|p| *p.namespace == *namespace && !p.finished() && p.job.as_deref().is_some_and(of_this_object))
+        .await?;
+    if running.is_empty() {
+        return Ok(vec![]);
+    }
+    let runs = |job: &str| running.iter().any(|p| p.job.as_deref() == Some(job));
+    let jobs = ctx
+        .caches
+        .jobs
+        .filter(|j| j.namespace() == namespace && j.controlled_by(&uid) && !j.identity.deleting() && runs(j.name()))
+        .await?;
+    let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    for job in jobs {
+        warn!(job = %job.name(), "stopping the schema upgrade: the WhatsAppNumber is being deleted");
+        match api.delete(job.name(), &DeleteParams::background()).await {
+            Ok(_) => ctx.metrics.record_write("Job", "delete"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::request(format!("deleting Job {namespace}/{}", job.name()))(e)),
+        }
+    }
+    Ok(running
+        .iter()
+        .map(|p| fencing::NodePod {
+            namespace: namespace.clone(),
+            name: p.name.to_string(),
+            instance: name.clone(),
+            terminating_since: p.terminating_since,
+            workload: false,
+            created: None,
+        })
+        .collect())
 }
 
 /// Then owner references hand every child but a retained media claim to the

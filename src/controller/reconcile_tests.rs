@@ -528,7 +528,7 @@ async fn a_spec_change_writes_what_it_changes_and_deletion_releases_the_number()
     let message = &api.get(WAN)["status"]["conditions"][0]["message"];
     assert_eq!(
         message,
-        "being deleted: +15550001111 is released once its masters and coreapps are gone: \
+        "being deleted: +15550001111 is released once its masters, coreapps and schema upgrades are gone: \
          team/acme-coreapp-0, team/acme-coreapp-1, team/acme-master-0, team/acme-master-1"
     );
     // Still there: nothing new to write.

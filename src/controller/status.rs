@@ -428,7 +428,7 @@ fn outcome_conditions(wan: &WhatsAppNumber, outcome: &Outcome) -> Vec<Cond> {
         }
         Outcome::Stopping(waiting) => {
             let message = format!(
-                "being deleted: {number} is released once its masters and coreapps are gone: {}",
+                "being deleted: {number} is released once its masters, coreapps and schema upgrades are gone: {}",
                 waiting.message
             );
             vec![

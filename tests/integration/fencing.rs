@@ -21,8 +21,8 @@ use whatsapp_operator::resources::names::number_digits;
 
 use crate::Env;
 use crate::scenarios::{
-    apply_example, apply_example_for, condition, duplicate, ready_now, typed, unique_number, wait_condition,
-    wait_ready, wans,
+    apply_example, apply_example_for, apply_example_with, condition, duplicate, ready_now, typed, unique_number,
+    wait_condition, wait_ready, wans,
 };
 use crate::support::{self, OPERATOR_NAMESPACE, Operator, namespace, wait_until};
 
@@ -134,6 +134,55 @@ pub async fn deletion_waits_for_the_holders_pods(env: &'static Env) -> Result<()
     ensure!(identity.starts_with(&format!("{waiter_ns}/waiter/")), "the claim moved to the waiter: {identity}");
     support::delete_namespace(c, &holder_ns).await;
     support::delete_namespace(c, &waiter_ns).await;
+    Ok(())
+}
+
+/// A WhatsAppNumber deleted while its first schema Job's pod may still run:
+/// the Job is deleted, and the number stays claimed (the object waits,
+/// naming the pod) until the pod is gone, so that an object re-created for
+/// the number never runs its schema Job beside this one.
+pub async fn deletion_stops_the_schema_upgrade_before_releasing_the_number(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "fence-schema").await?;
+    let number = unique_number();
+    // No node matches: the schema Job's pod stays Pending, unfinished.
+    let nowhere = json!({"coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
+    let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &number, &nowhere).await?;
+    let pods = typed::<Pod>(c, &ns);
+    let selector = "app.kubernetes.io/component=schema-upgrade";
+    wait_until(Duration::from_secs(60), "the schema Job's pod", || async {
+        Ok(!pods.list(&ListParams::default().labels(selector)).await?.items.is_empty())
+    })
+    .await?;
+    let pod = pods.list(&ListParams::default().labels(selector)).await?.items[0].metadata.name.clone();
+    let pod = pod.context("the pod's name")?;
+    // Its kubelet would take a while to stop it: a finalizer stands in.
+    let hold = json!({"metadata": {"finalizers": [HOLD]}});
+    pods.patch(&pod, &PatchParams::default(), &Patch::Merge(&hold)).await?;
+    support::fault("a schema Job's pod slow to stop");
+
+    wans(c, &ns).delete(&name, &DeleteParams::default()).await?;
+    let stopping = wait_condition(&wans(c, &ns), &name, "Ready", "False", "Deleting").await?;
+    let message = &condition(&stopping, "Ready").unwrap().message;
+    ensure!(message.contains(&format!("{ns}/{pod}")), "the schema pod waited for is named: {message}");
+    let jobs = typed::<k8s_openapi::api::batch::v1::Job>(c, &ns);
+    wait_until(Duration::from_secs(30), "the schema Job deleted", || async {
+        let job = jobs.list(&ListParams::default().labels(selector)).await?.items;
+        Ok(job.iter().all(|j| j.metadata.deletion_timestamp.is_some()))
+    })
+    .await?;
+    holds_throughout(Duration::from_secs(5), "the number stays claimed while the schema pod exists", || async {
+        let held = support::claim_holder(c, &number).await?.is_some_and(|h| h.starts_with(&format!("{ns}/{name}/")));
+        Ok(held && wans(c, &ns).get_opt(&name).await?.is_some())
+    })
+    .await?;
+
+    release_pod(c, &ns, &pod).await?;
+    wait_until(Duration::from_secs(60), "the object gone, the number released", || async {
+        Ok(wans(c, &ns).get_opt(&name).await?.is_none() && support::claim_holder(c, &number).await?.is_none())
+    })
+    .await?;
+    support::delete_namespace(c, &ns).await;
     Ok(())
 }
 

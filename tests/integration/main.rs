@@ -119,6 +119,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(scenarios::duplicate_number_waits_for_the_holder),
     scenario!(scenarios::racing_claims_end_with_one_holder),
     scenario!(fencing::deletion_waits_for_the_holders_pods),
+    scenario!(fencing::deletion_stops_the_schema_upgrade_before_releasing_the_number),
     scenario!(fencing::a_re_created_object_waits_for_the_earlier_ones_pods),
     scenario!(fencing::a_stray_node_pod_keeps_a_number_from_starting),
     scenario!(fencing::a_deleted_claim_stays_with_the_running_instance),
