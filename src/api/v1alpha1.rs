@@ -1353,6 +1353,8 @@ pub struct SettingsStatus {
 pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the last attempt was made; for a failed one, when it failed (the
+    /// backoff counts from then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// The newest backup: a Secret's name, or `s3://BUCKET/KEY`.

@@ -580,7 +580,12 @@ async fn backup(
             ctx.metrics.backup_success.get_or_create(&labels).set(now.as_second() as f64);
         }
         Err(e) => {
-            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            // The backoff counts from the failure, not from the attempt's start
+            // (a store that does not answer takes a while to say so).
+            s.last_attempt_time = Some(Time(jiff::Timestamp::now()));
+            // A status from before the count was kept records one failure.
+            let before = s.consecutive_failures.max(u32::from(s.failed_with.is_some()));
+            s.consecutive_failures = before.saturating_add(1);
             warn!(error = %e, in_a_row = s.consecutive_failures, "the backup failed");
             s.last_error = Some(e);
             s.failed_with = Some(inputs);

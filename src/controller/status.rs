@@ -1205,7 +1205,9 @@ fn backup_failed_message(wan: &WhatsAppNumber, b: &crate::api::BackupStatus) -> 
         1 => "1 attempt".to_string(),
         n => format!("{n} attempts in a row"),
     };
-    format!("{error}; {attempts} failed, the next at {}", next.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    // "Not before": a backup held (the number not registered, the client not
+    // answering) is tried once it can be, which may be later.
+    format!("{error}; {attempts} failed, the next not before {}", next.strftime("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 /// Whether the spec asks for what a condition reports on. A condition a
@@ -1363,11 +1365,14 @@ mod tests {
             (
                 "False".into(),
                 "BackupFailed".into(),
-                "the store did not answer; 1 attempt failed, the next at 1970-01-02T03:00:30Z".into()
+                "the store did not answer; 1 attempt failed, the next not before 1970-01-02T03:00:30Z".into()
             )
         );
         let (_, _, message) = with(BackupStatus { consecutive_failures: 4, ..failed.clone() });
-        assert!(message.ends_with("; 4 attempts in a row failed, the next at 1970-01-02T03:04:00Z"), "{message}");
+        assert!(
+            message.ends_with("; 4 attempts in a row failed, the next not before 1970-01-02T03:04:00Z"),
+            "{message}"
+        );
         let (_, reason, message) = with(BackupStatus { latest: Some("acme-backup-1".into()), ..Default::default() });
         assert_eq!((reason.as_str(), message.as_str()), ("BackedUp", "the newest backup is Secret acme-backup-1"));
     }
