@@ -272,7 +272,12 @@ impl StartStopFilter {
                 };
                 self.seen.insert(pod.identity.uid.clone(), now);
                 match self.troubles_only {
-                    true => before.map_or(0, |(_, trouble)| trouble) != now.1,
+                    // A pod with a trouble beginning to terminate is no longer
+                    // named (see `apply_children`): that counts too.
+                    true => {
+                        let (was_deleting, had) = before.unwrap_or_default();
+                        had != now.1 || (now.1 != 0 && was_deleting != now.0)
+                    }
                     false => before != Some(now),
                 }
             }
@@ -542,9 +547,13 @@ mod tests {
         assert!(!filter.relevant(&watcher::Event::Apply(pulling.clone())), "and goes on");
         let mut deleting = pulling.clone();
         deleting.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
-        assert!(!filter.relevant(&watcher::Event::Apply(deleting.clone())), "terminating, the same trouble");
+        assert!(filter.relevant(&watcher::Event::Apply(deleting.clone())), "terminating: no longer named");
+        assert!(!filter.relevant(&watcher::Event::Apply(deleting.clone())), "and goes on");
         assert!(filter.relevant(&watcher::Event::Delete(deleting)), "gone with its trouble");
         assert!(!filter.relevant(&watcher::Event::Apply(pod.clone())));
+        let mut calm_going = pod.clone();
+        calm_going.identity.deletion = Some(ts("2026-01-01T00:00:00Z"));
+        assert!(!filter.relevant(&watcher::Event::Apply(calm_going)), "terminating without a trouble");
         assert!(!filter.relevant(&watcher::Event::Delete(pod.clone())), "gone without one");
         // Listed again: a trouble that began while not watched counts.
         assert!(!filter.relevant(&watcher::Event::<PodOutline>::Init));
