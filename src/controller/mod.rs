@@ -290,19 +290,22 @@ pub async fn reconcile_object(obj: Arc<cache::NumberObject>, ctx: Arc<Context>) 
 }
 
 /// An object the operator cannot decode is being deleted: what deletion needs
-/// comes from its metadata alone. Its masters and coreapps stop, the claim it
-/// holds is released once their pods are gone, and its finalizer goes.
+/// comes from its metadata alone. Its masters, coreapps and schema Jobs stop,
+/// the claim it holds is released once their pods are gone, and its
+/// finalizer goes.
 async fn delete_unreadable(obj: &cache::NumberObject, ctx: &Context) -> Result<Action> {
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let (name, uid) = (obj.name_any(), obj.uid().ok_or(Error::MissingMetadata("uid"))?);
     let identity = format!("{namespace}/{name}/{uid}");
     stop_statefulsets(ctx, &namespace, &name, &uid, "the WhatsAppNumber is being deleted").await?;
+    let schema = stop_schema_jobs(ctx, &namespace, &name, &uid).await?;
 
     // Its own masters and coreapps, found by name: the number may be unreadable too.
     let pods = fencing::own_pods(&ctx.caches.node_pods, &namespace, &name).await?;
-    if !pods.is_empty() {
-        info!(%identity, pods = pods.len(), "waiting for masters and coreapps to stop before releasing the number");
-        return Ok(Action::requeue(FENCE_RETRY));
+    if !pods.is_empty() || !schema.is_empty() {
+        let (pods, schema) = (pods.len(), schema.len());
+        info!(%identity, pods, schema, "waiting for masters, coreapps and schema Jobs to stop before releasing the number");
+        return Ok(Action::requeue(if schema > 0 { SCHEMA_STOP_RETRY } else { FENCE_RETRY }));
     }
     let operator_namespace = &ctx.settings.operator_namespace;
     let (claim, lease) = claim::held_by(&ctx.caches.claims, &ctx.caches.legacy_claims, &identity).await?;
@@ -441,7 +444,8 @@ async fn add_finalizer(
 /// answers keeps the claim, and the status says what a person can do.
 async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Option<Action>> {
     stop_workloads(ctx, wan, "the WhatsAppNumber is being deleted").await?;
-    let schema_pods = stop_schema_jobs(ctx, wan).await?;
+    let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let schema_pods = stop_schema_jobs(ctx, &wan.namespace().unwrap_or_default(), &wan.name_any(), &uid).await?;
     // Schema pods are not watched for the reconcile: looked at sooner.
     let retry = if schema_pods.is_empty() { FENCE_RETRY } else { SCHEMA_STOP_RETRY };
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
@@ -461,51 +465,58 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
     Ok(Some(Action::requeue(wait)))
 }
 
-/// The pods of the WhatsAppNumber's schema Jobs that may still run, as
-/// fencing lists pods; the Jobs this object controls are deleted (as the
-/// garbage collector would once the object is gone). The number stays
-/// claimed until they are gone, so that an object re-created for it never
+/// What of the schema Jobs of the WhatsAppNumber `name` (with `uid`) may
+/// still run, as fencing lists pods: the unfinished Jobs it controls are
+/// deleted in the foreground, each staying until its pods are gone (a Job
+/// between attempts, or whose new pod the cache has not seen yet, is waited
+/// for too); then the
+/// pods of its schema Jobs that have not finished (one left by a Job deleted
+/// without its pods stays until a person deletes it). The number stays
+/// claimed until nothing is left, so that an object re-created for it never
 /// runs its schema Job beside one of these on the same databases.
-async fn stop_schema_jobs(ctx: &Context, wan: &WhatsAppNumber) -> Result<Vec<fencing::NodePod>> {
-    let (namespace, name) = (wan.namespace().unwrap_or_default(), wan.name_any());
-    let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
+async fn stop_schema_jobs(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Result<Vec<fencing::NodePod>> {
     // Only this object's Jobs (or an earlier one's of its name) carry its
     // schema Job names: no other object of the name exists while it does.
-    let of_this_object = |job: &str| crate::resources::schema_job::version_of(wan, job).is_some();
-    let running = ctx
-        .caches
-        .schema_pods
-        .filter(|p| *p.namespace == *namespace && !p.finished() && p.job.as_deref().is_some_and(of_this_object))
-        .await?;
-    if running.is_empty() {
-        return Ok(vec![]);
-    }
-    let runs = |job: &str| running.iter().any(|p| p.job.as_deref() == Some(job));
-    let jobs = ctx
-        .caches
-        .jobs
-        .filter(|j| j.namespace() == namespace && j.controlled_by(&uid) && !j.identity.deleting() && runs(j.name()))
-        .await?;
-    let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    for job in jobs {
-        warn!(job = %job.name(), "stopping the schema upgrade: the WhatsAppNumber is being deleted");
-        match api.delete(job.name(), &DeleteParams::background()).await {
+    let of_this_object = |job: &str| crate::resources::schema_job::version_in(name, job).is_some();
+    let jobs = ctx.caches.jobs.filter(|j| j.namespace() == namespace && of_this_object(j.name())).await?;
+    let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(ctx.client.clone(), namespace);
+    // A Job that ended makes no more pods: the garbage collector takes it.
+    let unfinished = |j: &&Arc<outline::Outline<k8s_openapi::api::batch::v1::Job>>| {
+        j.controlled_by(uid) && !j.finished() && !j.identity.deleting()
+    };
+    for job in jobs.iter().filter(unfinished) {
+        warn!(job = %job.name(), "stopping the schema Job: the WhatsAppNumber is being deleted");
+        match api.delete(job.name(), &DeleteParams::foreground()).await {
             Ok(_) => ctx.metrics.record_write("Job", "delete"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(Error::request(format!("deleting Job {namespace}/{}", job.name()))(e)),
         }
     }
-    Ok(running
-        .iter()
-        .map(|p| fencing::NodePod {
-            namespace: namespace.clone(),
-            name: p.name.to_string(),
-            instance: name.clone(),
-            terminating_since: p.terminating_since,
-            workload: false,
-            created: None,
-        })
-        .collect())
+    let pods = ctx
+        .caches
+        .schema_pods
+        .filter(|p| *p.namespace == *namespace && !p.finished() && p.job.as_deref().is_some_and(of_this_object))
+        .await?;
+    let waited = |what: String, terminating_since| fencing::NodePod {
+        namespace: namespace.to_string(),
+        name: what,
+        instance: name.to_string(),
+        terminating_since,
+        workload: false,
+        created: None,
+    };
+    let mut left: Vec<fencing::NodePod> =
+        pods.iter().map(|p| waited(p.name.to_string(), p.terminating_since)).collect();
+    // The Jobs on their way out whose pods are not listed above (an earlier
+    // object's Job that is not being deleted is the garbage collector's).
+    let going = |j: &&Arc<outline::Outline<k8s_openapi::api::batch::v1::Job>>| {
+        let ours = (j.controlled_by(uid) && !j.finished()) || j.identity.deleting();
+        ours && !pods.iter().any(|p| p.job.as_deref() == Some(j.name()))
+    };
+    for job in jobs.iter().filter(going) {
+        left.push(waited(format!("{} (a schema Job being deleted)", job.name()), None));
+    }
+    Ok(left)
 }
 
 /// Then owner references hand every child but a retained media claim to the

@@ -307,6 +307,13 @@ impl Outline<Job> {
     pub fn expires(&self) -> bool {
         self.state.expires
     }
+
+    /// Whether the Job ended for good (completed, or failed past its retries
+    /// or deadline): it makes no more pods.
+    pub fn finished(&self) -> bool {
+        let conditions = self.state.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        conditions.iter().any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+    }
 }
 
 /// The operator's ConfigMap: the record of the credentials it was made from

@@ -550,6 +550,45 @@ async fn a_spec_change_writes_what_it_changes_and_deletion_releases_the_number()
 }
 
 #[tokio::test]
+async fn deletion_while_the_schema_job_runs_stops_it_before_the_number_is_released() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    operator.reconcile(&api).await;
+    let made = operator.reconcile(&api).await;
+    assert_eq!(made.last().map(String::as_str), Some("POST /apis/batch/v1/namespaces/team/jobs"));
+    // Its pod runs: the database is being initialized.
+    let (job, pod) = ("acme-schema-2-53-2", "acme-schema-2-53-2-x7k2p");
+    let mut running = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": "team", "uid": "uid-schema-pod", "labels": {
+            "app.kubernetes.io/managed-by": "whatsapp-operator",
+            "app.kubernetes.io/component": "schema-upgrade",
+            "batch.kubernetes.io/job-name": job}},
+        "status": {"phase": "Running"}});
+    api.stamp(&mut running);
+    let pod_path = format!("/api/v1/namespaces/team/pods/{pod}");
+    api.objects.lock().unwrap().insert(pod_path.clone(), running);
+
+    api.edit(WAN, |wan| wan["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z"));
+    let stopping = operator.reconcile(&api).await;
+    assert_eq!(
+        stopping,
+        [format!("DELETE /apis/batch/v1/namespaces/team/jobs/{job}"), status_write(), EVENT.into()],
+        "the Job goes, nothing is released"
+    );
+    assert_eq!(condition(&api, "Ready"), ("False".into(), "Deleting".into()));
+    let message = api.get(WAN)["status"]["conditions"][0]["message"].clone();
+    assert!(message.as_str().is_some_and(|m| m.ends_with(&format!("team/{pod}"))), "{message}");
+    // The pod is still there: nothing is written, the claim stays.
+    assert_eq!(operator.reconcile(&api).await, Vec::<String>::new());
+
+    // The pod is gone: the claim is released, then the finalizer.
+    api.objects.lock().unwrap().remove(&pod_path);
+    let released = operator.reconcile(&api).await;
+    assert!(released.iter().any(|r| r.starts_with("DELETE /apis/whatsapp.operators.dev/")), "{released:?}");
+    assert_eq!(released.last(), Some(&format!("PATCH {WAN}")));
+}
+
+#[tokio::test]
 async fn the_finalizer_goes_after_the_others_and_never_over_a_change_it_did_not_see() {
     let api = seeded();
     api.edit(WAN, |wan| wan["metadata"]["finalizers"] = json!(["example.com/backup"]));

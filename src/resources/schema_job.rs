@@ -21,7 +21,13 @@ pub fn name(wan: &WhatsAppNumber, version: &str) -> String {
 
 /// The version whose schema Job of `wan` is called `job`, if it is one.
 pub fn version_of(wan: &WhatsAppNumber, job: &str) -> Option<String> {
-    let version = job.strip_prefix(&name(wan, ""))?.replace('-', ".");
+    version_in(Names::new(wan).base(), job)
+}
+
+/// The version whose schema Job of the WhatsAppNumber named `number` is
+/// called `job`, if it is one (for an object known by its name alone).
+pub fn version_in(number: &str, job: &str) -> Option<String> {
+    let version = job.strip_prefix(number)?.strip_prefix("-schema-")?.replace('-', ".");
     crate::upgrade::catalog::Version::parse(&version).map(|_| version)
 }
 

@@ -169,7 +169,8 @@ Shared by the ClusterRole (cluster scope) and the Role (namespace scope).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   # delete: the schema Job of an upgrade that is called off (list reads it
-  # again by name first). patch: a failed one is kept (its time to live
+  # again by name first), and a WhatsAppNumber's schema Jobs when it is
+  # deleted. patch: a failed one is kept (its time to live
   # taken away) until a person deletes it.
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
