@@ -749,9 +749,9 @@ fn kept<K, T>(event: watcher::Event<K>, keep: impl Fn(K) -> T) -> watcher::Event
 /// The pods' caches from one watch: node pods, and webapp pods apart (so
 /// that nothing that fences or counts nodes meets a webapp). The stream
 /// holds only the node pods that appeared, began to terminate or went away,
-/// and the pods whose trouble changed: readiness changes of a rolling pod
-/// wake no one, nor does a webapp coming or going (its Deployment reports
-/// that).
+/// and the pods whose trouble changed (or that began to terminate with
+/// one): readiness changes of a rolling pod wake no one, nor does a webapp
+/// coming or going (its Deployment reports that).
 fn pods_feed(api: Api<ListedPod>, selector: &str) -> (Cache<PodOutline>, Cache<PodOutline>, Touched<PodOutline>) {
     let mut nodes = super::fencing::StartStopFilter::default();
     let mut webapps = super::fencing::StartStopFilter::troubles_only();

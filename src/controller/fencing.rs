@@ -251,13 +251,15 @@ pub struct StartStopFilter {
     /// While the watch lists again: what was seen before, so that pods gone
     /// in between are dropped rather than kept for good.
     before: Option<HashMap<super::compact::Compact, (bool, u64)>>,
-    /// Only a trouble beginning, changing or ending counts (webapp pods:
-    /// their coming and going is their Deployment's to report).
+    /// Only a trouble beginning, changing or ending, or a pod with one
+    /// beginning to terminate, counts (webapp pods: their coming and going
+    /// is their Deployment's to report).
     troubles_only: bool,
 }
 
 impl StartStopFilter {
-    /// A filter that lets through only changes of a pod's trouble.
+    /// A filter that lets through only changes of a pod's trouble (and a
+    /// pod with one beginning to terminate, which is then no longer named).
     pub fn troubles_only() -> Self {
         Self { troubles_only: true, ..Default::default() }
     }

@@ -589,6 +589,28 @@ async fn deletion_while_the_schema_job_runs_stops_it_before_the_number_is_releas
 }
 
 #[tokio::test]
+async fn deletion_waits_for_a_schema_job_between_attempts() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    operator.reconcile(&api).await;
+    operator.reconcile(&api).await;
+    // Its first pod failed and went; the Job waits to make the next one.
+    let job = "/apis/batch/v1/namespaces/team/jobs/acme-schema-2-53-2";
+    api.edit(job, |j| j["status"] = json!({"failed": 1, "startTime": "2026-01-01T00:00:00Z"}));
+    api.edit(WAN, |wan| wan["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z"));
+    let stopping = operator.reconcile(&api).await;
+    assert_eq!(stopping, [format!("DELETE {job}"), status_write(), EVENT.into()], "deleted, nothing released");
+    let message = api.get(WAN)["status"]["conditions"][0]["message"].clone();
+    assert!(
+        message.as_str().is_some_and(|m| m.ends_with("team/acme-schema-2-53-2 (a schema Job being deleted)")),
+        "{message}"
+    );
+    // Gone (the fake API server deletes at once): the number is released.
+    let released = operator.reconcile(&api).await;
+    assert_eq!(released.last(), Some(&format!("PATCH {WAN}")), "{released:?}");
+}
+
+#[tokio::test]
 async fn the_finalizer_goes_after_the_others_and_never_over_a_change_it_did_not_see() {
     let api = seeded();
     api.edit(WAN, |wan| wan["metadata"]["finalizers"] = json!(["example.com/backup"]));

@@ -1207,7 +1207,10 @@ fn backup_failed_message(wan: &WhatsAppNumber, b: &crate::api::BackupStatus) -> 
     };
     // "Not before": a backup held (the number not registered, the client not
     // answering) is tried once it can be, which may be later.
-    format!("{error}; {attempts} failed, the next not before {}", next.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    let next = next.strftime("%Y-%m-%dT%H:%M:%SZ");
+    format!(
+        "{error}; {attempts} failed; tried again by itself not before {next}, or once spec.backup or a Secret it reads changes"
+    )
 }
 
 /// Whether the spec asks for what a condition reports on. A condition a
@@ -1365,12 +1368,12 @@ mod tests {
             (
                 "False".into(),
                 "BackupFailed".into(),
-                "the store did not answer; 1 attempt failed, the next not before 1970-01-02T03:00:30Z".into()
+                "the store did not answer; 1 attempt failed; tried again by itself not before 1970-01-02T03:00:30Z, or once spec.backup or a Secret it reads changes".into()
             )
         );
         let (_, _, message) = with(BackupStatus { consecutive_failures: 4, ..failed.clone() });
         assert!(
-            message.ends_with("; 4 attempts in a row failed, the next not before 1970-01-02T03:04:00Z"),
+            message.contains("; 4 attempts in a row failed; tried again by itself not before 1970-01-02T03:04:00Z, "),
             "{message}"
         );
         let (_, reason, message) = with(BackupStatus { latest: Some("acme-backup-1".into()), ..Default::default() });

@@ -861,7 +861,7 @@ pub async fn backups_in_object_storage(env: &'static Env) -> Result<()> {
     let away = backup_status().await?;
     let away_at = attempted(&away)?;
     ensure!(away.consecutive_failures == 1, "one failure counted: {away:?}");
-    ensure!(message.contains("; 1 attempt failed, the next not before "), "says when it tries again: {message}");
+    ensure!(message.contains("; 1 attempt failed; tried again by itself not before "), "says when: {message}");
     let late = away_at.to_zoned(jiff::tz::TimeZone::UTC).second();
     ensure!(late < 20, "the scheduled attempt failed {late} s into its minute: {away:?}");
     store.resume()?;
