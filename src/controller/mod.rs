@@ -469,11 +469,11 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
 /// still run, as fencing lists pods: the unfinished Jobs it controls are
 /// deleted in the foreground, each staying until its pods are gone (a Job
 /// between attempts, or whose new pod the cache has not seen yet, is waited
-/// for too); then the
-/// pods of its schema Jobs that have not finished (one left by a Job deleted
-/// without its pods is waited for until it ends or a person deletes it). The number stays
-/// claimed until nothing is left, so that an object re-created for it never
-/// runs its schema Job beside one of these on the same databases.
+/// for too); then the pods of its schema Jobs that have not finished (one
+/// left by a Job deleted without its pods is waited for until it ends or a
+/// person deletes it). The number stays claimed until nothing is left, so
+/// that an object re-created for it never runs its schema Job beside one of
+/// these on the same databases.
 async fn stop_schema_jobs(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Result<Vec<fencing::NodePod>> {
     // Only this object's Jobs (or an earlier one's of its name) carry its
     // schema Job names: no other object of the name exists while it does.
