@@ -609,9 +609,58 @@ refused_password() {
   [[ "$message" == "InitializingDatabase "*" failed"*" exit code 1: "*"Access denied for user"* ]]
 }
 
+# The first schema Job's failed attempt, as the Ready condition tells it:
+# the wait script's words, after its 120 tries a second apart.
+unreachable_database() {
+  local message
+  message="$(jp "$1" "$NAME" '{.status.conditions[?(@.type=="Ready")].reason} {.status.conditions[?(@.type=="Ready")].message}')"
+  [[ "$message" == "InitializingDatabase "*" failed"*" exit code 1: database at $2:3306 is not reachable"* ]]
+}
+
+# The pods of NS/NAME's schema Jobs that have not ended: "NAME PHASE" lines.
+unfinished_schema_pods() {
+  k -n "$1" get pods -l "app.kubernetes.io/instance=$NAME,app.kubernetes.io/component=schema-upgrade" \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}' | grep -Ev ' (Succeeded|Failed)$' || true
+}
+
+schema_attempt_at_work() { [ -n "$(unfinished_schema_pods "$1")" ]; }
+
+# The number's claim (cluster-scoped), if it exists.
+number_claim() { k get whatsappnumberclaims "whatsapp-number-${NUMBER#+}" --ignore-not-found -o name; }
+
+# A database host that does not exist: the schema Job's attempts say so, and
+# deleting the number while an attempt runs stops it before the number is
+# released (the claim outlives every pod of the Job).
+unreachable_then_deleted() {
+  local ns="$1" DB_HOST="nowhere.wao-host.svc" deadline claim pods
+  apply_number "$ns" "$OLD"
+  wait_until 240 "$ns/$NAME InitializingDatabase naming the unreachable $DB_HOST" unreachable_database "$ns" "$DB_HOST"
+  log "$ns/$NAME Ready: $(jp "$ns" "$NAME" '{.status.conditions[?(@.type=="Ready")].message}')"
+  no_workloads "$ns" || fail "workloads were created while the database could not be reached"
+  # The Job tries again 10 s after the failure: delete while that attempt runs.
+  wait_until 60 "an attempt of the schema Job at work" schema_attempt_at_work "$ns"
+  k -n "$ns" delete wan "$NAME" --wait=false >&2
+  deadline=$((SECONDS + 120))
+  until gone "$ns" wan "$NAME"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$ns/$NAME was not deleted within 120s"
+    # The claim is read first: a pod seen after the claim was gone outlived the release.
+    sleep 1
+    claim="$(number_claim)" || continue
+    if [ -z "$claim" ]; then
+      pods="$(unfinished_schema_pods "$ns")"
+      [ -z "$pods" ] || fail "the number was released while a schema pod still ran: $pods"
+    fi
+  done
+  [ -z "$(unfinished_schema_pods "$ns")" ] || fail "a schema pod outlived $ns/$NAME: $(unfinished_schema_pods "$ns")"
+  [ -z "$(number_claim)" ] || fail "the claim of $NUMBER outlived $ns/$NAME"
+  gone "$ns" job "$NAME-schema-${OLD//./-}" || fail "the schema Job outlived $ns/$NAME"
+  log "$ns/$NAME deleted once its schema Job was stopped; the number is released"
+}
+
 scenario_ready() {
   log "scenario ready: $NS_A/$NAME on the emulator's $OLD images, its database Secret created late"
   prepare "$NS_A"
+  unreachable_then_deleted "$NS_A"
   # The credentials Secret is missing at first: a clear condition, nothing
   # deployed; once it exists the number becomes Ready without a touch.
   k -n "$NS_A" delete secret db >&2
