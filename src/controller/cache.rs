@@ -855,6 +855,10 @@ pub struct SchemaPod {
     pub status: Option<Box<PodStatus>>,
     /// When its deletion was asked for, if it was.
     pub terminating_since: Option<k8s_openapi::jiff::Timestamp>,
+    /// The digits of its phone number and the WhatsAppNumber it is of (its
+    /// labels): a schema upgrade at work fences the number like its nodes.
+    pub number: Option<Arc<str>>,
+    pub instance: Option<Arc<str>>,
 }
 
 impl SchemaPod {
@@ -873,6 +877,12 @@ impl SchemaPod {
             job: meta.labels.as_ref().and_then(|l| l.get(JOB_NAME_LABEL)).map(|j| j.as_str().into()),
             status,
             terminating_since: meta.deletion_timestamp.map(|t| t.0),
+            number: meta.labels.as_ref().and_then(|l| l.get(crate::resources::names::LABEL_NUMBER)).map(|n| intern(n)),
+            instance: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::resources::names::LABEL_INSTANCE))
+                .map(|i| intern(i)),
         }
     }
 

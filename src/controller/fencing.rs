@@ -16,7 +16,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use super::cache::{Cache, PodOutline};
+use super::cache::{Cache, PodOutline, SchemaPod};
 use super::error::Result;
 use super::outline::{Identity, Outline, ReadLabels};
 use crate::api::WhatsAppNumber;
@@ -87,6 +87,23 @@ impl NodePod {
         Some(Self { workload: true, ..Self::of_number(&sts.identity, sts.labels.as_deref()?, digits)? })
     }
 
+    /// The pod, if it is an unfinished pod of a schema Job of the number with
+    /// these digits: a schema upgrade at work is as much an instance of the
+    /// number as its nodes.
+    pub fn of_schema_pod(pod: &SchemaPod, digits: &str) -> Option<Self> {
+        if pod.finished() || pod.number.as_deref() != Some(digits) {
+            return None;
+        }
+        Some(Self {
+            namespace: pod.namespace.to_string(),
+            name: pod.name.to_string(),
+            instance: pod.instance.as_deref().unwrap_or_default().to_string(),
+            terminating_since: pod.terminating_since,
+            workload: false,
+            created: None,
+        })
+    }
+
     fn describe(&self, now: Timestamp) -> String {
         if self.workload {
             return format!("{}/{} (a StatefulSet whose pods are about to start)", self.namespace, self.name);
@@ -137,10 +154,11 @@ impl Fence {
         Self { own, others }
     }
 
-    /// Nodes of another instance exist and none of this one's: starting now
-    /// would make two instances of the number.
+    /// Nodes of another instance exist and none of this one's runs (its own
+    /// that are Terminating are on their way out, and give it no right to
+    /// the number): starting now would make two instances of the number.
     pub fn blocks_start(&self) -> bool {
-        self.own.is_empty() && !self.others.is_empty()
+        !self.others.is_empty() && self.own.iter().all(|p| p.terminating_since.is_some())
     }
 
     /// The other instance's pods of one holder (`namespace/name/uid`).
@@ -210,9 +228,12 @@ pub async fn pods_of_number(cache: &Cache<PodOutline>, digits: &str) -> Result<V
 pub async fn nodes_of_number(
     pods: &Cache<PodOutline>,
     statefulsets: &Cache<Outline<StatefulSet>>,
+    schema_pods: &Cache<SchemaPod>,
     digits: &str,
 ) -> Result<Vec<NodePod>> {
-    let running = pods_of_number(pods, digits).await?;
+    let mut running = pods_of_number(pods, digits).await?;
+    let schema = schema_pods.filter(|p| NodePod::of_schema_pod(p, digits).is_some()).await?;
+    running.extend(schema.iter().filter_map(|p| NodePod::of_schema_pod(p, digits)));
     let workloads = statefulsets.filter(|s| NodePod::of_statefulset(s, digits).is_some()).await?;
     Ok(with_workloads(running, workloads.iter().filter_map(|s| NodePod::of_statefulset(s, digits))))
 }
@@ -377,6 +398,23 @@ mod tests {
         let waiting = Fence::split(&wan, vec![node("other", "acme-coreapp-0", "acme")]);
         assert!(waiting.blocks_start(), "another instance's pod keeps this one from starting");
         assert!(!Fence::split(&wan, vec![]).blocks_start());
+    }
+
+    #[test]
+    fn own_pods_on_their_way_out_give_no_right_to_start_beside_another_instance() {
+        let wan = sample(); // team/acme
+        let mut leaving = node("team", "acme-coreapp-0", "acme");
+        leaving.terminating_since = Some(ts("2026-01-01T00:00:00Z"));
+        // This object lost the number; its pods stop while the holder's run.
+        let fence = Fence::split(&wan, vec![leaving.clone(), node("other", "acme-coreapp-0", "acme")]);
+        assert_eq!((fence.own.len(), fence.others.len()), (1, 1));
+        assert!(fence.blocks_start(), "a free claim is left to the instance that runs");
+        // With nothing else of the number about, its own leaving pods block nothing.
+        assert!(!Fence::split(&wan, vec![leaving.clone()]).blocks_start());
+        // One of its own that runs: the two instances race for the claim, as before.
+        let fence =
+            Fence::split(&wan, vec![leaving, node("team", "acme-master-0", "acme"), node("other", "x", "acme")]);
+        assert!(!fence.blocks_start());
     }
 
     #[test]

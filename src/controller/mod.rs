@@ -298,11 +298,16 @@ async fn delete_unreadable(obj: &cache::NumberObject, ctx: &Context) -> Result<A
     let (name, uid) = (obj.name_any(), obj.uid().ok_or(Error::MissingMetadata("uid"))?);
     let identity = format!("{namespace}/{name}/{uid}");
     stop_statefulsets(ctx, &namespace, &name, &uid, "the WhatsAppNumber is being deleted").await?;
-    let schema = stop_schema_jobs(ctx, &namespace, &name, &uid).await?;
+    let schema = stop_schema_jobs(ctx, &namespace, &name, &uid, "the WhatsAppNumber is being deleted").await?;
 
     // Its own masters and coreapps, found by name: the number may be unreadable too.
     let pods = fencing::own_pods(&ctx.caches.node_pods, &namespace, &name).await?;
-    if !pods.is_empty() || !schema.is_empty() {
+    let confirmed = if pods.is_empty() && schema.is_empty() {
+        left_on_the_api_server(ctx, &namespace, &name, &uid).await?
+    } else {
+        vec![]
+    };
+    if !pods.is_empty() || !schema.is_empty() || !confirmed.is_empty() {
         let (pods, schema) = (pods.len(), schema.len());
         info!(%identity, pods, schema, "waiting for masters, coreapps and schema Jobs to stop before releasing the number");
         return Ok(Action::requeue(if schema > 0 { SCHEMA_STOP_RETRY } else { FENCE_RETRY }));
@@ -445,13 +450,18 @@ async fn add_finalizer(
 async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Option<Action>> {
     stop_workloads(ctx, wan, "the WhatsAppNumber is being deleted").await?;
     let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let schema_pods = stop_schema_jobs(ctx, &wan.namespace().unwrap_or_default(), &wan.name_any(), &uid).await?;
+    let namespace = wan.namespace().unwrap_or_default();
+    let schema_pods =
+        stop_schema_jobs(ctx, &namespace, &wan.name_any(), &uid, "the WhatsAppNumber is being deleted").await?;
     // Schema pods are not watched for the reconcile: looked at sooner.
     let retry = if schema_pods.is_empty() { FENCE_RETRY } else { SCHEMA_STOP_RETRY };
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
     let pods = fencing::pods_of_number(&ctx.caches.node_pods, &digits).await?;
     let mut own = fencing::Fence::split(wan, pods).own;
     own.extend(schema_pods);
+    if own.is_empty() {
+        own = left_on_the_api_server(ctx, &namespace, &wan.name_any(), &uid).await?;
+    }
     if own.is_empty() {
         return Ok(None);
     }
@@ -465,6 +475,77 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
     Ok(Some(Action::requeue(wait)))
 }
 
+/// What of the WhatsAppNumber `name` (with `uid`) may still run, as the API
+/// server has it rather than the caches, which may not have seen yet a
+/// StatefulSet, Job or pod made a moment ago: read once the caches say
+/// nothing is left, just before the number is released. Its StatefulSets
+/// (any: one being deleted may still make pods until it is gone), its
+/// unfinished schema Jobs (deleted in the foreground here, as
+/// [`stop_schema_jobs`] does) and its unfinished masters', coreapps' and
+/// schema Jobs' pods.
+async fn left_on_the_api_server(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Vec<fencing::NodePod>> {
+    use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE};
+    use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+    use kube::api::ListParams;
+    let left = |what: String| fencing::NodePod {
+        namespace: namespace.to_string(),
+        name: what,
+        instance: name.to_string(),
+        terminating_since: None,
+        workload: false,
+        created: None,
+    };
+    let instance = format!("{LABEL_INSTANCE}={name}");
+    let read = |what: &'static str| Error::request(format!("listing the {what} of {namespace}/{name}"));
+    let mut found = Vec::new();
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed =
+        statefulsets.list_metadata(&ListParams::default().labels(&instance)).await.map_err(read("StatefulSets"))?;
+    found.extend(listed.items.iter().map(|s| left(format!("{} (a StatefulSet)", s.name_any()))));
+
+    let schema = format!("{instance},{LABEL_COMPONENT}={}", crate::resources::schema_job::COMPONENT);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    for job in jobs.list(&ListParams::default().labels(&schema)).await.map_err(read("schema Jobs"))?.items {
+        let job = outline::Outline::of(job, &[]);
+        if job.finished() && !job.identity.deleting() {
+            continue;
+        }
+        if job.controlled_by(uid) && !job.finished() && !job.identity.deleting() {
+            warn!(job = %job.name(), "stopping the schema Job: the WhatsAppNumber is being deleted");
+            match jobs.delete(job.name(), &DeleteParams::foreground()).await {
+                Ok(_) => ctx.metrics.record_write("Job", "delete"),
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(e) => return Err(Error::request(format!("deleting Job {namespace}/{}", job.name()))(e)),
+            }
+        }
+        found.push(left(format!("{} (a schema Job being deleted)", job.name())));
+    }
+
+    let nodes = format!("{instance},{LABEL_COMPONENT} in (master,coreapp,{})", crate::resources::schema_job::COMPONENT);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    for pod in pods.list(&ListParams::default().labels(&nodes)).await.map_err(read("pods"))?.items {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let since = pod.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+        found.push(fencing::NodePod { terminating_since: since, ..left(pod.name_any()) });
+    }
+    if !found.is_empty() {
+        info!(
+            left = found.len(),
+            "the API server still has masters, coreapps or schema upgrades the caches had not seen"
+        );
+    }
+    Ok(found)
+}
+
 /// What of the schema Jobs of the WhatsAppNumber `name` (with `uid`) may
 /// still run, as fencing lists pods: the unfinished Jobs it controls are
 /// deleted in the foreground, each staying until its pods are gone (a Job
@@ -474,7 +555,13 @@ async fn stop_before_release(wan: &WhatsAppNumber, ctx: &Context) -> Result<Opti
 /// person deletes it). The number stays claimed until nothing is left, so
 /// that an object re-created for it never runs its schema Job beside one of
 /// these on the same databases.
-async fn stop_schema_jobs(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Result<Vec<fencing::NodePod>> {
+async fn stop_schema_jobs(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    why: &str,
+) -> Result<Vec<fencing::NodePod>> {
     // Only this object's Jobs (or an earlier one's of its name) carry its
     // schema Job names: no other object of the name exists while it does.
     let of_this_object = |job: &str| crate::resources::schema_job::version_in(name, job).is_some();
@@ -485,7 +572,7 @@ async fn stop_schema_jobs(ctx: &Context, namespace: &str, name: &str, uid: &str)
         j.controlled_by(uid) && !j.finished() && !j.identity.deleting()
     };
     for job in jobs.iter().filter(unfinished) {
-        warn!(job = %job.name(), "stopping the schema Job: the WhatsAppNumber is being deleted");
+        warn!(job = %job.name(), "stopping the schema Job: {why}");
         match api.delete(job.name(), &DeleteParams::foreground()).await {
             Ok(_) => ctx.metrics.record_write("Job", "delete"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -536,7 +623,8 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
     // Claim and fence first: stopping a loser depends on nothing else.
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let digits = crate::resources::names::number_digits(&wan.spec.phone_number);
-    let nodes = fencing::nodes_of_number(&ctx.caches.node_pods, &ctx.caches.statefulsets, &digits).await?;
+    let caches = &ctx.caches;
+    let nodes = fencing::nodes_of_number(&caches.node_pods, &caches.statefulsets, &caches.schema_pods, &digits).await?;
     let fence = fencing::Fence::split(wan, nodes);
     // While another instance's nodes exist and none of this one's, a free
     // claim is left to the object that runs them.
@@ -566,6 +654,10 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
         }
         Claim::HeldBy(holder) => {
             stop_workloads(ctx, wan, "another WhatsAppNumber holds the number").await?;
+            // A schema upgrade of its own must not go on beside the holder's nodes.
+            let uid = wan.uid().ok_or(Error::MissingMetadata("uid"))?;
+            let namespace = wan.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+            stop_schema_jobs(ctx, &namespace, &wan.name_any(), &uid, "another WhatsAppNumber holds the number").await?;
             let waiting = fencing::Waiting::new(fence.of_holder(&holder), now.0, false);
             Outcome::Conflict { holder, waiting }
         }

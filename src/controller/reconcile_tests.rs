@@ -540,12 +540,49 @@ async fn a_spec_change_writes_what_it_changes_and_deletion_releases_the_number()
     assert_eq!(
         operator.reconcile(&api).await,
         [
+            // What the caches say is confirmed on the API server first.
+            "GET /apis/apps/v1/namespaces/team/statefulsets".into(),
+            "GET /apis/batch/v1/namespaces/team/jobs".into(),
+            "GET /api/v1/namespaces/team/pods".into(),
             format!("GET {claim}"),
             format!("DELETE {claim}"),
             "GET /apis/coordination.k8s.io/v1/namespaces/whatsapp-operator/leases/whatsapp-number-15550001111".into(),
             format!("PATCH {WAN}"),
         ]
     );
+    assert!(api.get(WAN)["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()));
+}
+
+#[tokio::test]
+async fn deletion_releases_the_number_only_once_the_api_server_has_nothing_left_that_runs() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    bring_up(&api, &mut operator).await;
+    api.edit(WAN, |wan| wan["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z"));
+    operator.reconcile(&api).await;
+    api.settle();
+    operator.sync(&api);
+    // A coreapp pod the StatefulSet controller made just before its
+    // StatefulSet went, which the operator's pod watch has not delivered.
+    let path = "/api/v1/namespaces/team/pods/acme-coreapp-1";
+    let mut late = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "acme-coreapp-1", "namespace": "team", "uid": "uid-late",
+            "labels": {"app.kubernetes.io/instance": "acme", "app.kubernetes.io/component": "coreapp"}},
+        "status": {"phase": "Pending"}});
+    api.stamp(&mut late);
+    api.objects.lock().unwrap().insert(path.into(), late);
+    api.take_requests();
+    let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+    Box::pin(reconcile_object(Arc::new(obj), operator.ctx.clone())).await.expect("the reconcile succeeds");
+    let held = api.take_requests();
+    assert!(!held.iter().any(|r| r.contains("whatsappnumberclaims")), "the number stays claimed: {held:?}");
+    assert!(!held.iter().any(|r| r == &format!("PATCH {WAN}")), "the finalizer stays: {held:?}");
+    assert!(held.iter().any(|r| r == "GET /api/v1/namespaces/team/pods"), "read from the API server: {held:?}");
+
+    // Gone: released.
+    api.objects.lock().unwrap().remove(path);
+    let released = operator.reconcile(&api).await;
+    assert!(released.iter().any(|r| r.starts_with("DELETE") && r.contains("whatsappnumberclaims")), "{released:?}");
     assert!(api.get(WAN)["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()));
 }
 
