@@ -130,6 +130,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         running.job = schema_job_state_now(ctx, wan, &u.to).await?;
         plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, status, &running, &observed.catalog, now);
     }
+    if wan.spec.suspend {
+        plan.hold_while_suspended();
+    }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
         // Called off: deleted, not kept.
         keep_failed.retain(|j| j.version != u.to);

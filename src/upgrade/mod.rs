@@ -17,6 +17,7 @@ pub const DOWNGRADE_REFUSED: &str = "DowngradeRefused";
 pub const UPGRADES_PAUSED: &str = "UpgradesPaused";
 pub const OUTSIDE_WINDOW: &str = "OutsideMaintenanceWindow";
 pub const NO_NEWER_RELEASE: &str = "NoNewerRelease";
+pub const SUSPENDED: &str = "Suspended";
 
 /// What a reconcile does about versions, decided before anything is built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +168,22 @@ pub fn plan(
 }
 
 impl Plan {
+    /// `spec.suspend` is set: an upgrade this plan would begin waits until
+    /// the number runs again, since its steps start the nodes (one in
+    /// progress runs to its end, as documented).
+    pub fn hold_while_suspended(&mut self) {
+        let Some(u) = self.upgrade.as_ref().filter(|_| self.began) else { return };
+        self.blocker = Some((
+            SUSPENDED,
+            format!(
+                "the upgrade from {} to {} waits: spec.suspend is true, and an upgrade starts the nodes",
+                u.from, u.to
+            ),
+        ));
+        self.upgrade = None;
+        self.began = false;
+    }
+
     /// The workloads this reconcile applies.
     pub fn shape(&self) -> Shape {
         match &self.upgrade {
@@ -202,6 +219,35 @@ pub fn build_status(version: &str, state: &BuildState) -> BuildStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_suspended_number_begins_no_upgrade_and_keeps_one_in_progress() {
+        let began = Plan {
+            target: policy::Target {
+                version: "2.55.1".into(),
+                auto_from: None,
+                refused_downgrade: None,
+                no_candidate: false,
+            },
+            build: BuildState::Unknown,
+            build_version: "2.53.2".into(),
+            upgrade: Some(procedure::begin("2.53.2", "2.55.1", Timestamp::from_second(0).unwrap())),
+            began: true,
+            rolled_back: false,
+            blocker: None,
+            steady_version: "2.53.2".into(),
+        };
+        let mut held = began.clone();
+        held.hold_while_suspended();
+        assert_eq!((held.upgrade.as_ref(), held.began), (None, false));
+        let (reason, message) = held.blocker.clone().unwrap();
+        assert_eq!(reason, SUSPENDED);
+        assert!(message.contains("from 2.53.2 to 2.55.1"), "{message}");
+        assert!(held.shape().masters_running, "the steady shape, which suspension then stops");
+        let mut in_progress = Plan { began: false, ..began };
+        in_progress.hold_while_suspended();
+        assert!(in_progress.upgrade.is_some() && in_progress.blocker.is_none(), "one in progress runs to its end");
+    }
+
     use super::*;
     use crate::api::MaintenanceWindow;
 
