@@ -111,9 +111,9 @@ pub struct WhatsAppNumberSpec {
 
     /// Stop the number without deleting anything: masters and coreapps stop
     /// first, then the webapps; media, databases and the number claim stay.
-    /// `false` starts them again. An upgrade in progress runs to its end first.
-    /// This is the supported way to stop a number: scaling the workloads by
-    /// hand is undone.
+    /// `false` starts them again. An upgrade in progress runs to its end
+    /// first; none begins while suspended. This is the supported way to stop
+    /// a number: scaling the workloads by hand is undone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 
@@ -1373,6 +1373,10 @@ pub struct BackupStatus {
     /// hour), or at the next scheduled time if that comes first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: u32,
+    /// Why backups beyond `spec.backup.keep` were left after the last backup,
+    /// which was kept all the same; a later backup removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_error: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -567,26 +567,49 @@ async fn backup(
     if !due {
         return s;
     }
-    s.last_attempt_time = Some(Time(now));
-    match back_up(ctx, webapp, token, wan, observed, spec, now).await {
-        Ok(name) => {
-            info!(backup = %name, "backed up the number");
-            s.latest = Some(name);
-            s.last_success_time = Some(Time(now));
-            s.last_error = None;
-            s.failed_with = None;
-            s.consecutive_failures = 0;
+    let result = back_up(ctx, webapp, token, wan, observed, spec, now).await;
+    match &result {
+        Ok(kept) => {
+            info!(backup = %kept.location, "backed up the number");
+            if let Err(e) = &kept.pruned {
+                warn!(error = %e, backup = %kept.location, "the backup was kept, but older ones were not all removed");
+            }
             let labels = ctx.metrics.number(wan);
             ctx.metrics.backup_success.get_or_create(&labels).set(now.as_second() as f64);
         }
+        Err(e) => warn!(error = %e, in_a_row = s.consecutive_failures.saturating_add(1), "the backup failed"),
+    }
+    // The backoff counts from a failure, not from the attempt's start (a
+    // store that does not answer takes a while to say so).
+    recorded(s, result, now, jiff::Timestamp::now(), inputs)
+}
+
+/// A backup attempt begun at `started` and, if it failed, ended at `ended`
+/// (made with `inputs`), added to the record of backups `s`. A backup that
+/// was kept is a success, whether or not the older ones beyond the count to
+/// keep could be removed: those are removed after a later backup.
+fn recorded(
+    mut s: BackupStatus,
+    result: Result<Kept, String>,
+    started: jiff::Timestamp,
+    ended: jiff::Timestamp,
+    inputs: String,
+) -> BackupStatus {
+    match result {
+        Ok(kept) => {
+            s.latest = Some(kept.location);
+            s.last_success_time = Some(Time(started));
+            s.last_attempt_time = Some(Time(started));
+            s.last_error = None;
+            s.failed_with = None;
+            s.consecutive_failures = 0;
+            s.prune_error = kept.pruned.err();
+        }
         Err(e) => {
-            // The backoff counts from the failure, not from the attempt's start
-            // (a store that does not answer takes a while to say so).
-            s.last_attempt_time = Some(Time(jiff::Timestamp::now()));
+            s.last_attempt_time = Some(Time(ended));
             // A status from before the count was kept records one failure.
             let before = s.consecutive_failures.max(u32::from(s.failed_with.is_some()));
             s.consecutive_failures = before.saturating_add(1);
-            warn!(error = %e, in_a_row = s.consecutive_failures, "the backup failed");
             s.last_error = Some(e);
             s.failed_with = Some(inputs);
         }
@@ -594,12 +617,20 @@ async fn backup(
     s
 }
 
+/// A backup that was kept: where it is, and whether the older backups
+/// beyond the count to keep were removed after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept {
+    location: String,
+    pruned: Result<(), String>,
+}
+
 /// What the schedule counts from: the last attempt, else the object's creation.
 fn backups_since(wan: &WhatsAppNumber, status: Option<&BackupStatus>, now: jiff::Timestamp) -> jiff::Timestamp {
     status.and_then(|s| s.last_attempt_time.as_ref()).or(wan.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0)
 }
 
-/// One backup: the client's, kept where the spec says. Returns where it is.
+/// One backup: the client's, kept where the spec says.
 async fn back_up(
     ctx: &Context,
     webapp: &Webapp<'_>,
@@ -608,15 +639,24 @@ async fn back_up(
     observed: &Observed,
     spec: &crate::api::BackupSpec,
     now: jiff::Timestamp,
-) -> Result<String, String> {
+) -> Result<Kept, String> {
     let r = &spec.password_secret_ref;
     let Some(password) = secret_text(observed.lifecycle.get(&r.name), &r.key) else {
         return Err(format!("spec.backup.passwordSecretRef: Secret {} has no key {}", r.name, r.key));
     };
+    // Where the backup goes is checked before the client makes one: a backup
+    // with nowhere to go would be made again at every retry, for nothing.
+    let store = match &spec.object_store {
+        Some(o) => {
+            let access = store_access(observed, &o.store, "spec.backup.objectStore")?;
+            Some((o, Store::connect(&o.store, &access)?))
+        }
+        None => None,
+    };
     let data = webapp.backup(token, &password).await.map_err(|e| e.to_string())?;
-    let kept = match &spec.object_store {
-        Some(store) => keep_in_store(observed, wan, store, &data, now, spec.keep as usize).await,
-        None => keep_backup(ctx, wan, &data, now, spec.keep as usize).await.map_err(|e| e.to_string()),
+    let kept = match store {
+        Some((o, store)) => keep_in_store(&store, wan, o, &data, now, spec.keep as usize).await,
+        None => keep_backup(ctx, wan, &data, now, spec.keep as usize).await,
     };
     kept.map_err(|e| format!("cannot keep the backup: {e}"))
 }
@@ -647,7 +687,7 @@ async fn keep_backup(
     data: &str,
     now: jiff::Timestamp,
     keep: usize,
-) -> Result<String, CallError> {
+) -> Result<Kept, String> {
     let ns = wan.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = backups::backup_name(Names::new(wan).base(), now);
@@ -664,19 +704,24 @@ async fn keep_backup(
         data: Some(BTreeMap::from([(crate::api::BACKUP_SECRET_KEY.to_string(), ByteString(data.as_bytes().to_vec()))])),
         ..Default::default()
     };
-    let failed = |e: kube::Error| CallError::Setup(e.to_string());
     api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
         .await
-        .map_err(failed)?;
+        .map_err(|e| e.to_string())?;
     ctx.metrics.record_write("Secret", "create");
     let selector = format!("{},{LABEL_COMPONENT}={BACKUP_COMPONENT}", instance_selector(wan));
-    let listed = api.list_metadata(&ListParams::default().labels(&selector)).await.map_err(failed)?;
-    let names = listed.items.iter().map(|m| m.name_any()).collect();
-    for old in lifecycle::expired_backups(names, keep) {
-        api.delete(&old, &Default::default()).await.map_err(failed)?;
-        ctx.metrics.record_write("Secret", "delete");
-    }
-    Ok(name)
+    let pruned = async {
+        let listed = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("cannot list the backup Secrets: {e}"))?;
+        let names = listed.items.iter().map(|m| m.name_any()).collect();
+        for old in lifecycle::expired_backups(names, keep) {
+            api.delete(&old, &Default::default()).await.map_err(|e| format!("cannot delete Secret {old}: {e}"))?;
+            ctx.metrics.record_write("Secret", "delete");
+        }
+        Ok(())
+    };
+    Ok(Kept { location: name, pruned: pruned.await })
 }
 
 /// The version the backup was taken from.
@@ -688,15 +733,13 @@ fn client_version(wan: &WhatsAppNumber) -> String {
 /// deletes this WhatsAppNumber's oldest objects beyond `keep`. Returns the
 /// object's `s3://` URL.
 async fn keep_in_store(
-    observed: &Observed,
+    store: &Store,
     wan: &WhatsAppNumber,
     spec: &BackupObjectStore,
     data: &str,
     now: jiff::Timestamp,
     keep: usize,
-) -> Result<String, String> {
-    let access = store_access(observed, &spec.store, "spec.backup.objectStore")?;
-    let store = Store::connect(&spec.store, &access)?;
+) -> Result<Kept, String> {
     let base = Names::new(wan).base().to_string();
     let prefix = spec
         .prefix
@@ -710,18 +753,44 @@ async fn keep_in_store(
     ];
     store.put(&key, data.as_bytes().to_vec(), &metadata).await.map_err(|e| format!("cannot write {key}: {e}"))?;
     let url = backups::object_url(&spec.store.bucket, &key);
-    let listed = store.list(&prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
-    let own = listed.into_iter().filter(|k| backups::is_own_backup(&prefix, &base, k)).collect();
-    for old in lifecycle::expired_backups(own, keep) {
-        store.delete(&old).await.map_err(|e| format!("cannot delete {old}: {e}"))?;
-    }
-    Ok(url)
+    let pruned = async {
+        let listed = store.list(&prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
+        let own = listed.into_iter().filter(|k| backups::is_own_backup(&prefix, &base, k)).collect();
+        for old in lifecycle::expired_backups(own, keep) {
+            store.delete(&old).await.map_err(|e| format!("cannot delete {old}: {e}"))?;
+        }
+        Ok(())
+    };
+    Ok(Kept { location: url, pruned: pruned.await })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::sample;
+
+    #[test]
+    fn a_kept_backup_is_a_success_even_when_older_ones_could_not_be_removed() {
+        let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        let failed =
+            |s: BackupStatus, at_s: i64| recorded(s, Err("store down".into()), at(at_s), at(at_s + 30), "in".into());
+        // Two failures in a row, the backoff counting from each one's end.
+        let s = failed(failed(BackupStatus::default(), 100), 200);
+        assert_eq!((s.consecutive_failures, s.last_attempt_time.clone()), (2, Some(Time(at(230)))));
+        assert_eq!((s.last_error.as_deref(), s.failed_with.as_deref()), (Some("store down"), Some("in")));
+        // A status from before the count was kept counts one failure.
+        let old = BackupStatus { failed_with: Some("in".into()), ..Default::default() };
+        assert_eq!(failed(old, 300).consecutive_failures, 2);
+        // Written, but the oldest could not be deleted: a success all the same.
+        let kept = Kept { location: "s3://b/k".into(), pruned: Err("cannot delete k0: AccessDenied".into()) };
+        let s = recorded(s, Ok(kept), at(400), at(410), "in".into());
+        assert_eq!((s.latest.as_deref(), s.last_success_time.clone()), (Some("s3://b/k"), Some(Time(at(400)))));
+        assert_eq!((s.last_error.as_deref(), s.failed_with.as_deref(), s.consecutive_failures), (None, None, 0));
+        assert_eq!(s.prune_error.as_deref(), Some("cannot delete k0: AccessDenied"));
+        // The next backup that removes them clears it.
+        let s = recorded(s, Ok(Kept { location: "s3://b/k2".into(), pruned: Ok(()) }), at(500), at(505), "in".into());
+        assert_eq!((s.prune_error, s.last_attempt_time), (None, Some(Time(at(500)))));
+    }
 
     #[test]
     fn missing_registration_material_is_judged_on_every_pass_until_registered() {

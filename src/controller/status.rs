@@ -636,7 +636,11 @@ fn lifecycle_conditions(wan: &WhatsAppNumber, l: &crate::controller::lifecycle::
             Some(b) if b.latest.is_some() => {
                 let latest = b.latest.clone().unwrap_or_default();
                 let what = if latest.starts_with("s3://") { latest } else { format!("Secret {latest}") };
-                cond(BACKED_UP, true, "BackedUp", format!("the newest backup is {what}"))
+                let left = match &b.prune_error {
+                    Some(e) => format!("; older backups beyond spec.backup.keep are left until a later backup: {e}"),
+                    None => String::new(),
+                };
+                cond(BACKED_UP, true, "BackedUp", format!("the newest backup is {what}{left}"))
             }
             _ => cond(BACKED_UP, false, "NoBackupYet", "the first backup runs at the next scheduled time"),
         });
