@@ -170,6 +170,12 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         let left = schema_job_left(ctx, wan, &u.to).await?;
         plan::hold_nodes_after_rollback(&mut workloads, left);
     }
+    if let Some(u) = plan.upgrade.as_ref().filter(|u| workloads.shape.schema_job && !procedure::is_done(u))
+        && let Some(other) = other_schema_job(ctx, wan, &u.to).await?
+    {
+        info!(%other, to = %u.to, "the upgrade's schema Job waits for another schema Job of this object to be gone");
+        workloads.shape.schema_job = false;
+    }
     Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job, first_jobs, keep_failed })
 }
 
@@ -282,6 +288,28 @@ async fn schema_job_left(ctx: &Context, wan: &WhatsAppNumber, version: &str) -> 
         return Ok(true);
     }
     Ok(!schema_pods(ctx, &namespace, &name).await?.is_empty())
+}
+
+/// Another of this object's schema Jobs (or a pod of one) than the one of
+/// `to` that may still run (see [`plan::other_schema_job_at_work`]).
+async fn other_schema_job(ctx: &Context, wan: &WhatsAppNumber, to: &str) -> Result<Option<String>> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let version = |name: &str| crate::resources::schema_job::version_of(wan, name);
+    let jobs = ctx.caches.jobs.filter(|j| j.namespace() == namespace && version(j.name()).is_some()).await?;
+    let pods = ctx
+        .caches
+        .schema_pods
+        .filter(|p| *p.namespace == *namespace && p.job.as_deref().and_then(version).is_some())
+        .await?;
+    let job_versions: Vec<(String, bool, bool)> =
+        jobs.iter().filter_map(|j| Some((version(j.name())?, j.finished(), j.identity.deleting()))).collect();
+    let pod_versions: Vec<String> =
+        pods.iter().map(|p| p.job.as_deref().and_then(version).unwrap_or_default()).collect();
+    Ok(plan::other_schema_job_at_work(
+        to,
+        jobs.iter().zip(&job_versions).map(|(j, (v, finished, deleting))| (j.name(), v.as_str(), *finished, *deleting)),
+        pods.iter().zip(&pod_versions).map(|(p, v)| (&*p.name, v.as_str(), p.finished())),
+    ))
 }
 
 /// The pods of the schema Job `name`, from the cache.

@@ -83,6 +83,28 @@ pub fn hold_nodes_after_rollback(workloads: &mut Workloads, schema_left: bool) {
     }
 }
 
+/// Another of this object's schema Jobs that may still run, by the name of
+/// the Job or pod, when the upgrade to `to` is about to make its own: two
+/// schema upgrades never run together (one called off may still be going,
+/// its pod stuck Terminating on a node that does not answer). `jobs`: each
+/// Job's version, whether it finished, whether its deletion was asked for;
+/// `pods`: each schema pod's Job version and whether it finished.
+pub fn other_schema_job_at_work<'a>(
+    to: &str,
+    jobs: impl IntoIterator<Item = (&'a str, &'a str, bool, bool)>,
+    pods: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
+) -> Option<String> {
+    let other = |version: &str| !crate::upgrade::same_version(version, to);
+    jobs.into_iter()
+        .find(|(_, version, finished, deleting)| other(version) && (!finished || *deleting))
+        .map(|(name, ..)| format!("Job {name}"))
+        .or_else(|| {
+            pods.into_iter()
+                .find(|(_, version, finished)| other(version) && !finished)
+                .map(|(name, ..)| format!("pod {name}"))
+        })
+}
+
 /// What a first deployment does about its schema Jobs (no version runs yet).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FirstJobs {
@@ -241,6 +263,24 @@ pub fn running_version(wan: &WhatsAppNumber, live: Option<&str>) -> Option<Strin
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_upgrades_schema_job_waits_for_another_still_going() {
+        let none: [(&str, &str, bool); 0] = [];
+        // The previous upgrade's succeeded Job, kept a day, and a failed one kept for a person.
+        let done = [("acme-schema-2-53-2", "2.53.2", true, false), ("acme-schema-2-54-1", "2.54.1", true, false)];
+        assert_eq!(other_schema_job_at_work("2.55.1", done, none), None);
+        // Its own Job, whatever its state, is the one the upgrade follows.
+        assert_eq!(other_schema_job_at_work("2.55.1", [("acme-schema-2-55-1", "2.55.1", false, false)], none), None);
+        // A called-off Job being deleted, or unfinished, holds the new one.
+        let going = [("acme-schema-2-54-1", "2.54.1", false, true)];
+        assert_eq!(other_schema_job_at_work("2.55.1", going, none).as_deref(), Some("Job acme-schema-2-54-1"));
+        let finished_but_deleting = [("acme-schema-2-54-1", "2.54.1", true, true)];
+        assert!(other_schema_job_at_work("2.55.1", finished_but_deleting, none).is_some());
+        // Its Job gone, a pod of it left over (deleted without its pods).
+        let pods = [("acme-schema-2-54-1-x", "2.54.1", false), ("acme-schema-2-53-2-y", "2.53.2", true)];
+        assert_eq!(other_schema_job_at_work("2.55.1", [], pods).as_deref(), Some("pod acme-schema-2-54-1-x"));
+    }
+
     use super::*;
     use crate::api::{UpgradeSpec, WhatsAppNumberStatus};
     use crate::fixtures::{at, catalog, sample};
