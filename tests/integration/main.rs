@@ -135,6 +135,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(upgrades::an_expired_build_under_manual_is_degraded_until_upgraded),
     scenario!(upgrades::upgrade_resumes_after_the_operator_is_killed, alone),
     scenario!(upgrades::an_upgrade_whose_schema_job_cannot_start_is_rolled_back),
+    scenario!(upgrades::a_new_upgrade_waits_for_the_called_off_schema_job),
     scenario!(upgrades::a_first_deployment_waiting_for_a_node_says_why_and_takes_the_fix),
     scenario!(upgrades::a_first_deployment_never_runs_two_schema_jobs),
     scenario!(upgrades::a_failed_schema_job_waits_for_a_person),

@@ -664,6 +664,69 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
     Ok(())
 }
 
+/// An upgrade called off while its schema Job's pod is stuck, then another
+/// one begun to a third version: the new schema Job is made only once the
+/// called-off one's pod is gone, never beside it.
+pub async fn a_new_upgrade_waits_for_the_called_off_schema_job(env: &'static Env) -> Result<()> {
+    const THIRD: &str = "2.54.1";
+    let c = &env.admin;
+    let ns = namespace(c, "calledoff").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    wait_ready(&api, &name).await?;
+    let job_of = |version: &str| format!("{name}-schema-{}", version.replace('.', "-"));
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+
+    // The upgrade's schema Job cannot start (no node matches), and its pod
+    // is held as if stuck Terminating on a node that no longer answers.
+    let nowhere = json!({"whatsapp.operators.dev/test-nowhere": "true"});
+    merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": nowhere}}})).await?;
+    support::fault("an upgrade called off while its schema Job's pod is stuck");
+    let pods = typed::<Pod>(c, &ns);
+    let selector = format!("batch.kubernetes.io/job-name={}", job_of(NEW));
+    wait_until(UPGRADE_TIMEOUT, "the schema Job's pod", || async {
+        Ok(!pods.list(&ListParams::default().labels(&selector)).await?.items.is_empty())
+    })
+    .await?;
+    let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+    let schema_pod = listed.items.into_iter().next().map(|p| p.name_any()).ok_or_else(|| anyhow!("no schema pod"))?;
+    let hold = json!({"metadata": {"finalizers": ["whatsapp.operators.dev/test-hold"]}});
+    pods.patch(&schema_pod, &PatchParams::default(), &Patch::Merge(&hold)).await?;
+    merge_patch(&api, &name, json!({"spec": {"version": OLD, "coreapp": {"nodeSelector": null}}})).await?;
+    wait_until(UPGRADE_TIMEOUT, "the upgrade called off", || async {
+        let w = api.get(&name).await?;
+        Ok(w.status.and_then(|s| s.upgrade).is_some_and(|u| u.step == whatsapp_operator::api::UpgradeStep::RolledBack))
+    })
+    .await?;
+
+    // A third version: its upgrade begins, and its schema Job waits.
+    merge_patch(&api, &name, json!({"spec": {"version": THIRD}})).await?;
+    wait_until(UPGRADE_TIMEOUT, "the upgrade to the third version at its schema step", || async {
+        let w = api.get(&name).await?;
+        Ok(w.status
+            .and_then(|s| s.upgrade)
+            .is_some_and(|u| u.to == THIRD && u.step == whatsapp_operator::api::UpgradeStep::UpgradingSchema))
+    })
+    .await?;
+    for _ in 0..10 {
+        ensure!(pods.get_opt(&schema_pod).await?.is_some(), "the held pod is there");
+        ensure!(
+            jobs.get_opt(&job_of(THIRD)).await?.is_none(),
+            "the schema Job of {THIRD} was made while the pod of {NEW}'s was there"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let release = json!({"metadata": {"finalizers": null}});
+    pods.patch(&schema_pod, &PatchParams::default(), &Patch::Merge(&release)).await?;
+    wait_until(UPGRADE_TIMEOUT, "the schema Job of the third version", || async {
+        Ok(jobs.get_opt(&job_of(THIRD)).await?.is_some())
+    })
+    .await?;
+    ensure!(jobs.get_opt(&job_of(NEW)).await?.is_none(), "the called-off Job is gone first");
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
 /// A first deployment whose spec.version changes before its schema Job ran:
 /// that Job, which never started, goes before the new version's starts, and
 /// the number comes up at the new version.
