@@ -80,7 +80,8 @@ pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std:
     let since = backups_since(wan, status, now);
     let failed = status.and_then(lifecycle::FailedBackups::of);
     let next = lifecycle::next_backup_attempt(&spec.schedule, since, failed).ok()?;
-    let retry = failed.map(|_| lifecycle::backup_retry_at(since));
+    // Once the gap has passed, a change wakes the reconcile by itself.
+    let retry = failed.map(|_| lifecycle::backup_retry_at(since)).filter(|at| *at > now);
     [Some(next), retry].into_iter().flatten().filter_map(|at| lifecycle::due_in(at, now)).min()
 }
 
@@ -891,13 +892,22 @@ mod tests {
         };
         wan.status = with(&failed);
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), Some(std::time::Duration::from_secs(10)));
+        // The gap just passed with nothing changed: the backoff's end, not a
+        // reconcile every second until the gap is overdue.
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 16)), Some(std::time::Duration::from_secs(104)), "the backoff");
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 60)), Some(std::time::Duration::from_secs(60)), "2 min after");
         // Recorded before the count was kept: one failure.
         wan.status = with(&BackupStatus { consecutive_failures: 0, ..failed.clone() });
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 22)), Some(std::time::Duration::from_secs(8)));
-        // Failed long enough for the hour to come first.
-        wan.status = with(&BackupStatus { consecutive_failures: 20, ..failed.clone() });
-        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 60)), Some(std::time::Duration::from_secs(3_540)));
+        // Failed long enough for the hour to come first: the schedule's next
+        // time (the top of the hour), before the capped backoff's end.
+        let mid_hour = BackupStatus {
+            last_attempt_time: Some(Time(t(3_600 * 101 + 1_800))),
+            consecutive_failures: 20,
+            ..failed.clone()
+        };
+        wan.status = with(&mid_hour);
+        assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 1_860)), Some(std::time::Duration::from_secs(1_740)));
         let succeeded = BackupStatus { failed_with: None, last_error: None, consecutive_failures: 0, ..failed };
         wan.status = Some(crate::api::WhatsAppNumberStatus { backup: Some(Box::new(succeeded)), ..Default::default() });
         assert_eq!(next_backup_in(&wan, t(3_600 * 101 + 5)), Some(std::time::Duration::from_secs(3_595)));
