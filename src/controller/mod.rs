@@ -489,7 +489,7 @@ async fn left_on_the_api_server(
     name: &str,
     uid: &str,
 ) -> Result<Vec<fencing::NodePod>> {
-    use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE};
+    use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY_SELECTOR};
     use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
     use kube::api::ListParams;
     let left = |what: String| fencing::NodePod {
@@ -500,7 +500,9 @@ async fn left_on_the_api_server(
         workload: false,
         created: None,
     };
-    let instance = format!("{LABEL_INSTANCE}={name}");
+    // Only the operator's: a Helm release of the same name labels its own
+    // objects with the same instance.
+    let instance = format!("{LABEL_MANAGED_BY_SELECTOR},{LABEL_INSTANCE}={name}");
     let read = |what: &'static str| Error::request(format!("listing the {what} of {namespace}/{name}"));
     let mut found = Vec::new();
 

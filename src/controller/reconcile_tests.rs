@@ -567,7 +567,8 @@ async fn deletion_releases_the_number_only_once_the_api_server_has_nothing_left_
     let path = "/api/v1/namespaces/team/pods/acme-coreapp-1";
     let mut late = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "acme-coreapp-1", "namespace": "team", "uid": "uid-late",
-            "labels": {"app.kubernetes.io/instance": "acme", "app.kubernetes.io/component": "coreapp"}},
+            "labels": {"app.kubernetes.io/instance": "acme", "app.kubernetes.io/component": "coreapp",
+                "app.kubernetes.io/managed-by": "whatsapp-operator"}},
         "status": {"phase": "Pending"}});
     api.stamp(&mut late);
     api.objects.lock().unwrap().insert(path.into(), late);
