@@ -243,6 +243,17 @@ impl Claims<'_> {
     }
 }
 
+/// Whether `wan` holds its number's claim as the API server has it now, not
+/// as the claim cache last showed it: read before nodes start from none, since
+/// a claim deleted by hand and taken by another object a moment ago may not
+/// have reached the cache yet.
+pub async fn held_now(client: &Client, wan: &WhatsAppNumber, installation: &str) -> Result<bool> {
+    let name = claim_name(&wan.spec.phone_number);
+    let api: Api<WhatsAppNumberClaim> = Api::all(client.clone());
+    let claim = api.get_opt(&name).await.map_err(failed(format!("reading the number claim {name}")))?;
+    Ok(claim.is_some_and(|c| matches!(read(&c, &holder_identity(wan), installation), Reading::Mine)))
+}
+
 /// Releases the claim (and a legacy claim Lease) if `wan` holds it; deletes
 /// are guarded by uid and resource version, so a claim taken over in between
 /// is left alone.

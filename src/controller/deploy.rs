@@ -312,6 +312,23 @@ async fn other_schema_job(ctx: &Context, wan: &WhatsAppNumber, to: &str) -> Resu
     ))
 }
 
+/// Whether this reconcile starts masters or coreapps where none were asked
+/// for: the shape runs a tier whose StatefulSet is absent or at 0 replicas.
+async fn starts_nodes(ctx: &Context, wan: &WhatsAppNumber, shape: &procedure::Shape) -> Result<bool> {
+    use crate::resources::names::Tier;
+    let namespace = wan.namespace().unwrap_or_default();
+    for (tier, running) in [(Tier::Master, shape.masters_running), (Tier::Coreapp, shape.coreapps_running)] {
+        if !running {
+            continue;
+        }
+        let live = ctx.caches.statefulsets.get(&namespace, &Names::new(wan).tier(tier)).await?;
+        if live.is_none_or(|s| s.state.replicas.unwrap_or(1) == 0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The pods of the schema Job `name`, from the cache.
 async fn schema_pods(
     ctx: &Context,
@@ -370,6 +387,11 @@ async fn apply_step(
     }
     for job in &planned.keep_failed {
         keep_schema_job(ctx, wan, job).await;
+    }
+    if starts_nodes(ctx, wan, shape).await?
+        && !super::claim::held_now(&ctx.client, wan, &ctx.settings.operator_namespace).await?
+    {
+        return Err(Error::ClaimChanged);
     }
     // The keys first: the webapps' template carries their digest.
     let applier = Applier::new(&ctx.client, wan, &ctx.metrics, &ctx.caches)?;

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("the WhatsAppNumber changed since it was read; its status was not written")]
     StaleObject,
 
+    /// The claim cache showed the number held, the API server no longer does.
+    #[error("the number's claim changed since the cache showed it; no node was started")]
+    ClaimChanged,
+
     #[error(transparent)]
     CacheNotReady(#[from] super::cache::NotReady),
 
@@ -49,6 +53,7 @@ impl Error {
             Error::Claim(e) => e.reason(),
             Error::CacheNotReady(_) => "CacheNotReady",
             Error::StaleObject => "StaleObject",
+            Error::ClaimChanged => "ClaimChanged",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
@@ -59,10 +64,11 @@ impl Error {
 }
 
 impl Error {
-    /// A write refused because the object changed since it was read.
+    /// A write refused because the object (or its claim) changed since it
+    /// was read: the newer state is on its way through a watch.
     pub fn is_stale(&self) -> bool {
         match self {
-            Error::StaleObject => true,
+            Error::StaleObject | Error::ClaimChanged => true,
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.is_stale(),

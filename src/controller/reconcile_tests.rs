@@ -433,10 +433,12 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
     assert_eq!(condition(api, "Ready"), ("False".into(), "Deploying".into()));
 
     // The Job succeeded: the media claim records the schema (it outlives the
-    // object), and masters, coreapps and webapps start. A step of the rollout
-    // right after a status write waits for the next one.
+    // object), and masters, coreapps and webapps start, once the API server
+    // (not only the cache) says the number is still this object's. A step of
+    // the rollout right after a status write waits for the next one.
     api.settle();
     let workloads = [
+        "GET /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111",
         "PATCH /api/v1/namespaces/team/persistentvolumeclaims/acme-media",
         "PATCH /apis/apps/v1/namespaces/team/statefulsets/acme-master",
         "PATCH /apis/apps/v1/namespaces/team/statefulsets/acme-coreapp",
@@ -450,6 +452,28 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
     // Ready, and the unknown release (one event for both build conditions).
     assert_eq!(operator.reconcile(api).await, vec![status_write(), EVENT.into(), EVENT.into()]);
     assert_eq!(condition(api, "Ready"), ("True".into(), "Ready".into()));
+}
+
+#[tokio::test]
+async fn no_node_starts_once_the_api_server_shows_the_claim_taken() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    operator.reconcile(&api).await;
+    operator.reconcile(&api).await;
+    api.settle();
+    operator.sync(&api);
+    // The claim was deleted by hand and taken by another object; the claim
+    // watch has not delivered it yet.
+    let claim = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
+    api.edit(claim, |c| c["spec"]["holder"] = json!("other/acme/uid-other"));
+    api.take_requests();
+    let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+    let result = Box::pin(reconcile_object(Arc::new(obj), operator.ctx.clone())).await;
+    let error = result.expect_err("the reconcile stops");
+    assert_eq!(error.reason(), "ClaimChanged", "{error}");
+    assert!(error.is_stale(), "looked at again soon, without the error backoff");
+    let requests = api.take_requests();
+    assert_eq!(requests, [format!("GET {claim}")], "nothing written, no node started");
 }
 
 #[tokio::test]
