@@ -859,6 +859,9 @@ pub struct SchemaPod {
     /// labels): a schema upgrade at work fences the number like its nodes.
     pub number: Option<Arc<str>>,
     pub instance: Option<Arc<str>>,
+    /// When it was made: one made before the object of its name was is an
+    /// earlier object's (see [`super::fencing::Fence::split`]).
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl SchemaPod {
@@ -877,6 +880,7 @@ impl SchemaPod {
             job: meta.labels.as_ref().and_then(|l| l.get(JOB_NAME_LABEL)).map(|j| j.as_str().into()),
             status,
             terminating_since: meta.deletion_timestamp.map(|t| t.0),
+            created: meta.creation_timestamp.map(|t| t.0),
             number: meta.labels.as_ref().and_then(|l| l.get(crate::resources::names::LABEL_NUMBER)).map(|n| intern(n)),
             instance: meta
                 .labels

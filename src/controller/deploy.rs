@@ -313,10 +313,23 @@ async fn other_schema_job(ctx: &Context, wan: &WhatsAppNumber, to: &str) -> Resu
 }
 
 /// Whether this reconcile starts masters or coreapps where none were asked
-/// for: the shape runs a tier whose StatefulSet is absent or at 0 replicas.
-async fn starts_nodes(ctx: &Context, wan: &WhatsAppNumber, shape: &procedure::Shape) -> Result<bool> {
+/// for (the shape runs a tier whose StatefulSet is absent or at 0 replicas),
+/// or makes a schema Job: a schema upgrade is as much an instance of the
+/// number as its nodes.
+async fn starts_an_instance(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+    shape: &procedure::Shape,
+    schema_job: Option<&str>,
+) -> Result<bool> {
     use crate::resources::names::Tier;
     let namespace = wan.namespace().unwrap_or_default();
+    if let Some(version) = schema_job.filter(|_| shape.schema_job) {
+        let name = crate::resources::schema_job::name(wan, version);
+        if ctx.caches.jobs.get(&namespace, &name).await?.is_none() {
+            return Ok(true);
+        }
+    }
     for (tier, running) in [(Tier::Master, shape.masters_running), (Tier::Coreapp, shape.coreapps_running)] {
         if !running {
             continue;
@@ -388,7 +401,8 @@ async fn apply_step(
     for job in &planned.keep_failed {
         keep_schema_job(ctx, wan, job).await;
     }
-    if starts_nodes(ctx, wan, shape).await?
+    let job_version = plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.steady_version.clone());
+    if starts_an_instance(ctx, wan, shape, Some(&job_version)).await?
         && !super::claim::held_now(&ctx.client, wan, &ctx.settings.operator_namespace).await?
     {
         return Err(Error::ClaimChanged);
@@ -409,8 +423,7 @@ async fn apply_step(
         warn!(%why, "the client's ServiceMonitor cannot be kept");
     }
     if shape.schema_job {
-        let version = plan.upgrade.as_ref().map(|u| u.to.clone()).unwrap_or_else(|| plan.steady_version.clone());
-        applier.ensure_job(&crate::resources::schema_job::schema_job(wan, &version)).await?;
+        applier.ensure_job(&crate::resources::schema_job::schema_job(wan, &job_version)).await?;
     }
     Ok(Written { tiers, keys: created_keys.or_else(|| observed.keys.clone()), service_monitor })
 }

@@ -100,7 +100,7 @@ impl NodePod {
             instance: pod.instance.as_deref().unwrap_or_default().to_string(),
             terminating_since: pod.terminating_since,
             workload: false,
-            created: None,
+            created: pod.created,
         })
     }
 
@@ -398,6 +398,35 @@ mod tests {
         let waiting = Fence::split(&wan, vec![node("other", "acme-coreapp-0", "acme")]);
         assert!(waiting.blocks_start(), "another instance's pod keeps this one from starting");
         assert!(!Fence::split(&wan, vec![]).blocks_start());
+    }
+
+    #[test]
+    fn a_schema_pod_at_work_fences_the_number_and_an_earlier_objects_is_not_own() {
+        let mut wan = sample(); // team/acme
+        wan.metadata.creation_timestamp = Some(Time(ts("2026-01-01T00:10:00Z")));
+        let schema_pod = |created: &str, deletion: Option<&str>, phase: &str| {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "acme-schema-2-53-2-x", "namespace": "team",
+                    "creationTimestamp": created, "deletionTimestamp": deletion,
+                    "labels": {"app.kubernetes.io/instance": "acme", LABEL_NUMBER: "15550001111",
+                        "batch.kubernetes.io/job-name": "acme-schema-2-53-2"}},
+                "status": {"phase": phase}}))
+            .unwrap();
+            SchemaPod::of(pod)
+        };
+        // Its own, at work: its own instance.
+        let own = NodePod::of_schema_pod(&schema_pod("2026-01-01T00:11:00Z", None, "Running"), "15550001111");
+        let fence = Fence::split(&wan, own.into_iter().collect());
+        assert_eq!((fence.own.len(), fence.others.len()), (1, 0));
+        // Ended: nothing.
+        assert!(NodePod::of_schema_pod(&schema_pod("2026-01-01T00:11:00Z", None, "Failed"), "15550001111").is_none());
+        // An earlier object's of the same name, stuck Terminating: another instance.
+        let stuck = schema_pod("2026-01-01T00:00:00Z", Some("2026-01-01T00:05:00Z"), "Running");
+        let fence = Fence::split(&wan, NodePod::of_schema_pod(&stuck, "15550001111").into_iter().collect());
+        assert_eq!((fence.own.len(), fence.others.len()), (0, 1));
+        assert!(fence.blocks_start());
+        // Another number's: none of this one's.
+        assert!(NodePod::of_schema_pod(&stuck, "15550002222").is_none());
     }
 
     #[test]

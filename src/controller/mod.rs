@@ -509,7 +509,12 @@ async fn left_on_the_api_server(
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let listed =
         statefulsets.list_metadata(&ListParams::default().labels(&instance)).await.map_err(read("StatefulSets"))?;
-    found.extend(listed.items.iter().map(|s| left(format!("{} (a StatefulSet)", s.name_any()))));
+    // This object's own (those it deletes): one left without its owner
+    // (`--cascade=orphan`) makes no pod the pods below would not show.
+    let controlled = |s: &&kube::core::PartialObjectMeta<StatefulSet>| {
+        s.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+    };
+    found.extend(listed.items.iter().filter(controlled).map(|s| left(format!("{} (a StatefulSet)", s.name_any()))));
 
     let schema = format!("{instance},{LABEL_COMPONENT}={}", crate::resources::schema_job::COMPONENT);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);

@@ -413,9 +413,11 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
 
     // Keys and every child the database needs first; the schema Job creates
     // the client's databases before any node starts, once the API server
-    // (not only the cache) says no other schema Job of the object is there.
+    // (not only the cache) says no other schema Job of the object is there,
+    // and that the number is still this object's.
     let children = [
         "GET /apis/batch/v1/namespaces/team/jobs",
+        "GET /apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111",
         "POST /api/v1/namespaces/team/secrets",
         "PATCH /api/v1/namespaces/team/configmaps/acme-config",
         "PATCH /api/v1/namespaces/team/persistentvolumeclaims/acme-media",
@@ -474,6 +476,23 @@ async fn no_node_starts_once_the_api_server_shows_the_claim_taken() {
     assert!(error.is_stale(), "looked at again soon, without the error backoff");
     let requests = api.take_requests();
     assert_eq!(requests, [format!("GET {claim}")], "nothing written, no node started");
+}
+
+#[tokio::test]
+async fn no_schema_job_is_made_once_the_api_server_shows_the_claim_taken() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    operator.reconcile(&api).await;
+    operator.sync(&api);
+    let claim = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
+    api.edit(claim, |c| c["spec"]["holder"] = json!("other/acme/uid-other"));
+    api.take_requests();
+    let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+    let result = Box::pin(reconcile_object(Arc::new(obj), operator.ctx.clone())).await;
+    assert_eq!(result.expect_err("the reconcile stops").reason(), "ClaimChanged");
+    let requests = api.take_requests();
+    assert!(!requests.iter().any(|r| !r.starts_with("GET")), "nothing written: {requests:?}");
+    assert!(requests.contains(&format!("GET {claim}")), "{requests:?}");
 }
 
 #[tokio::test]
@@ -604,8 +623,18 @@ async fn deletion_releases_the_number_only_once_the_api_server_has_nothing_left_
     assert!(!held.iter().any(|r| r == &format!("PATCH {WAN}")), "the finalizer stays: {held:?}");
     assert!(held.iter().any(|r| r == "GET /api/v1/namespaces/team/pods"), "read from the API server: {held:?}");
 
-    // Gone: released.
+    // Gone: released. A StatefulSet of the same labels that the object does
+    // not own (left by `--cascade=orphan`), at 0 replicas, holds nothing.
     api.objects.lock().unwrap().remove(path);
+    let orphan = "/apis/apps/v1/namespaces/team/statefulsets/acme-master";
+    let mut sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "acme-master", "namespace": "team", "uid": "uid-orphan",
+            "labels": {"app.kubernetes.io/instance": "acme", "app.kubernetes.io/managed-by": "whatsapp-operator",
+                "app.kubernetes.io/component": "master"}},
+        "spec": {"replicas": 0, "serviceName": "acme-master", "selector": {"matchLabels": {"app": "acme"}},
+            "template": {"metadata": {"labels": {"app": "acme"}}, "spec": {"containers": []}}}});
+    api.stamp(&mut sts);
+    api.objects.lock().unwrap().insert(orphan.into(), sts);
     let released = operator.reconcile(&api).await;
     assert!(released.iter().any(|r| r.starts_with("DELETE") && r.contains("whatsappnumberclaims")), "{released:?}");
     assert!(api.get(WAN)["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()));
