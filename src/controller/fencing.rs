@@ -87,6 +87,19 @@ impl NodePod {
         Some(Self { workload: true, ..Self::of_number(&sts.identity, sts.labels.as_deref()?, digits)? })
     }
 
+    /// Something of the WhatsAppNumber `instance` in `namespace` that a
+    /// deletion waits for, by the name it is listed under.
+    pub fn waited_for(namespace: &str, name: String, instance: &str, terminating_since: Option<Timestamp>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name,
+            instance: instance.into(),
+            terminating_since,
+            workload: false,
+            created: None,
+        }
+    }
+
     /// The pod, if it is an unfinished pod of a schema Job of the number with
     /// these digits: a schema upgrade at work is as much an instance of the
     /// number as its nodes.

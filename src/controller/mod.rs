@@ -492,14 +492,7 @@ async fn left_on_the_api_server(
     use crate::resources::names::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY_SELECTOR};
     use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
     use kube::api::ListParams;
-    let left = |what: String| fencing::NodePod {
-        namespace: namespace.to_string(),
-        name: what,
-        instance: name.to_string(),
-        terminating_since: None,
-        workload: false,
-        created: None,
-    };
+    let left = |what: String| fencing::NodePod::waited_for(namespace, what, name, None);
     // Only the operator's: a Helm release of the same name labels its own
     // objects with the same instance.
     let instance = format!("{LABEL_MANAGED_BY_SELECTOR},{LABEL_INSTANCE}={name}");
@@ -523,13 +516,12 @@ async fn left_on_the_api_server(
         if job.finished() && !job.identity.deleting() {
             continue;
         }
-        if job.controlled_by(uid) && !job.finished() && !job.identity.deleting() {
-            warn!(job = %job.name(), "stopping the schema Job: the WhatsAppNumber is being deleted");
-            match jobs.delete(job.name(), &DeleteParams::foreground()).await {
-                Ok(_) => ctx.metrics.record_write("Job", "delete"),
-                Err(kube::Error::Api(s)) if s.code == 404 => continue,
-                Err(e) => return Err(Error::request(format!("deleting Job {namespace}/{}", job.name()))(e)),
-            }
+        if job.controlled_by(uid)
+            && !job.finished()
+            && !job.identity.deleting()
+            && !stop_schema_job(ctx, &jobs, namespace, job.name(), "the WhatsAppNumber is being deleted").await?
+        {
+            continue;
         }
         found.push(left(format!("{} (a schema Job being deleted)", job.name())));
     }
@@ -542,7 +534,7 @@ async fn left_on_the_api_server(
             continue;
         }
         let since = pod.metadata.deletion_timestamp.as_ref().map(|t| t.0);
-        found.push(fencing::NodePod { terminating_since: since, ..left(pod.name_any()) });
+        found.push(fencing::NodePod::waited_for(namespace, pod.name_any(), name, since));
     }
     if !found.is_empty() {
         info!(
@@ -551,6 +543,26 @@ async fn left_on_the_api_server(
         );
     }
     Ok(found)
+}
+
+/// Deletes the schema Job `name` in the foreground (it stays until its pods
+/// are gone). `false`: it was gone already.
+async fn stop_schema_job(
+    ctx: &Context,
+    api: &Api<k8s_openapi::api::batch::v1::Job>,
+    namespace: &str,
+    name: &str,
+    why: &str,
+) -> Result<bool> {
+    warn!(job = %name, "stopping the schema Job: {why}");
+    match api.delete(name, &DeleteParams::foreground()).await {
+        Ok(_) => {
+            ctx.metrics.record_write("Job", "delete");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(Error::request(format!("deleting Job {namespace}/{name}"))(e)),
+    }
 }
 
 /// What of the schema Jobs of the WhatsAppNumber `name` (with `uid`) may
@@ -579,26 +591,14 @@ async fn stop_schema_jobs(
         j.controlled_by(uid) && !j.finished() && !j.identity.deleting()
     };
     for job in jobs.iter().filter(unfinished) {
-        warn!(job = %job.name(), "stopping the schema Job: {why}");
-        match api.delete(job.name(), &DeleteParams::foreground()).await {
-            Ok(_) => ctx.metrics.record_write("Job", "delete"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::request(format!("deleting Job {namespace}/{}", job.name()))(e)),
-        }
+        stop_schema_job(ctx, &api, namespace, job.name(), why).await?;
     }
     let pods = ctx
         .caches
         .schema_pods
         .filter(|p| *p.namespace == *namespace && !p.finished() && p.job.as_deref().is_some_and(of_this_object))
         .await?;
-    let waited = |what: String, terminating_since| fencing::NodePod {
-        namespace: namespace.to_string(),
-        name: what,
-        instance: name.to_string(),
-        terminating_since,
-        workload: false,
-        created: None,
-    };
+    let waited = |what: String, since| fencing::NodePod::waited_for(namespace, what, name, since);
     let mut left: Vec<fencing::NodePod> =
         pods.iter().map(|p| waited(p.name.to_string(), p.terminating_since)).collect();
     // The Jobs on their way out whose pods are not listed above (an earlier

@@ -464,18 +464,23 @@ async fn no_node_starts_once_the_api_server_shows_the_claim_taken() {
     operator.reconcile(&api).await;
     api.settle();
     operator.sync(&api);
-    // The claim was deleted by hand and taken by another object; the claim
-    // watch has not delivered it yet.
-    let claim = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
-    api.edit(claim, |c| c["spec"]["holder"] = json!("other/acme/uid-other"));
+    let (error, requests) = reconcile_with_the_claim_taken(&api, &operator).await;
+    assert_eq!(error.reason(), "ClaimChanged", "{error}");
+    assert!(error.is_stale(), "looked at again soon, without the error backoff");
+    assert_eq!(requests, [format!("GET {CLAIM}")], "nothing written, no node started");
+}
+
+const CLAIM: &str = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
+
+/// The claim deleted by hand and taken by another object, which the claim
+/// watch has not delivered yet; then one reconcile, which fails: its error
+/// and the requests it made.
+async fn reconcile_with_the_claim_taken(api: &FakeApi, operator: &Operator) -> (super::error::Error, Vec<String>) {
+    api.edit(CLAIM, |c| c["spec"]["holder"] = json!("other/acme/uid-other"));
     api.take_requests();
     let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
     let result = Box::pin(reconcile_object(Arc::new(obj), operator.ctx.clone())).await;
-    let error = result.expect_err("the reconcile stops");
-    assert_eq!(error.reason(), "ClaimChanged", "{error}");
-    assert!(error.is_stale(), "looked at again soon, without the error backoff");
-    let requests = api.take_requests();
-    assert_eq!(requests, [format!("GET {claim}")], "nothing written, no node started");
+    (result.expect_err("the reconcile stops"), api.take_requests())
 }
 
 #[tokio::test]
@@ -484,15 +489,10 @@ async fn no_schema_job_is_made_once_the_api_server_shows_the_claim_taken() {
     let mut operator = Operator::start(&api);
     operator.reconcile(&api).await;
     operator.sync(&api);
-    let claim = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
-    api.edit(claim, |c| c["spec"]["holder"] = json!("other/acme/uid-other"));
-    api.take_requests();
-    let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
-    let result = Box::pin(reconcile_object(Arc::new(obj), operator.ctx.clone())).await;
-    assert_eq!(result.expect_err("the reconcile stops").reason(), "ClaimChanged");
-    let requests = api.take_requests();
+    let (error, requests) = reconcile_with_the_claim_taken(&api, &operator).await;
+    assert_eq!(error.reason(), "ClaimChanged", "{error}");
     assert!(!requests.iter().any(|r| !r.starts_with("GET")), "nothing written: {requests:?}");
-    assert!(requests.contains(&format!("GET {claim}")), "{requests:?}");
+    assert!(requests.contains(&format!("GET {CLAIM}")), "{requests:?}");
 }
 
 #[tokio::test]
