@@ -66,6 +66,9 @@ struct Planned {
     /// Schema Jobs that failed and would be removed a while after: kept
     /// instead, since deleting one is how a person says to run it again.
     keep_failed: Vec<FailedJob>,
+    /// Another schema Job of this object (or a pod of one) that the
+    /// upgrade's schema Job waits for.
+    schema_job_held_for: Option<String>,
 }
 
 /// A failed schema Job to keep.
@@ -170,13 +173,30 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         let left = schema_job_left(ctx, wan, &u.to).await?;
         plan::hold_nodes_after_rollback(&mut workloads, left);
     }
-    if let Some(u) = plan.upgrade.as_ref().filter(|u| workloads.shape.schema_job && !procedure::is_done(u))
-        && let Some(other) = other_schema_job(ctx, wan, &u.to).await?
+    // Looked for from the step before too, so that the step's message says
+    // what the Job waits for from the moment the step begins.
+    let schema_job_held_for = match plan.upgrade.as_ref() {
+        Some(u) if matches!(u.step, procedure::Step::StoppingNodes | procedure::Step::UpgradingSchema) => {
+            other_schema_job(ctx, wan, &u.to).await?
+        }
+        _ => None,
+    };
+    if let Some((u, other)) =
+        plan.upgrade.as_ref().zip(schema_job_held_for.as_ref()).filter(|_| workloads.shape.schema_job)
     {
         info!(%other, to = %u.to, "the upgrade's schema Job waits for another schema Job of this object to be gone");
         workloads.shape.schema_job = false;
     }
-    Ok(Planned { now, plan, workloads, recorded_or_live, upgrade_job: running.job, first_jobs, keep_failed })
+    Ok(Planned {
+        now,
+        plan,
+        workloads,
+        recorded_or_live,
+        upgrade_job: running.job,
+        first_jobs,
+        keep_failed,
+        schema_job_held_for,
+    })
 }
 
 /// One of this object's schema Jobs.
@@ -514,7 +534,9 @@ async fn observe_upgrade(
 ) -> Result<Option<procedure::Observed>> {
     match &planned.plan.upgrade {
         Some(u) if !procedure::is_done(u) => {
-            upgrade_facts(ctx, wan, u, &written.tiers, gateway, planned.now).await.map(Some)
+            let mut facts = upgrade_facts(ctx, wan, u, &written.tiers, gateway, planned.now).await?;
+            facts.job_held_for = planned.schema_job_held_for.clone();
+            Ok(Some(facts))
         }
         _ => Ok(None),
     }
@@ -784,6 +806,7 @@ async fn upgrade_facts(
         node_pods,
         node_workloads_stopped: stopped(&tiers.masters) && stopped(&tiers.coreapps),
         job,
+        job_held_for: None,
         masters_ready: at_target(0) && tiers.masters.is_ready() && tiers.masters.desired > 0,
         coreapps_ready: at_target(1) && tiers.coreapps.is_ready() && tiers.coreapps.desired > 0,
         webapps_ready: at_target(2) && tiers.webapps.is_ready(),
@@ -845,6 +868,7 @@ mod tests {
             upgrade_job: procedure::JobState::Absent,
             first_jobs: None,
             keep_failed: vec![],
+            schema_job_held_for: None,
         }
     }
 
@@ -854,6 +878,7 @@ mod tests {
             node_pods,
             node_workloads_stopped: node_pods == 0,
             job: procedure::JobState::Absent,
+            job_held_for: None,
             masters_ready: false,
             coreapps_ready: false,
             webapps_ready: false,

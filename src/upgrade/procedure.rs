@@ -88,6 +88,10 @@ pub struct Observed {
     /// no pod of theirs is about to be made (one just made may not be seen yet).
     pub node_workloads_stopped: bool,
     pub job: JobState,
+    /// Another of the object's schema Jobs, or a pod of one, that may still
+    /// run (a called-off upgrade's, say): the upgrade's own Job is not made
+    /// until it is gone, since two schema upgrades never run together.
+    pub job_held_for: Option<String>,
     /// Each at the target version, with every pod ready.
     pub masters_ready: bool,
     pub coreapps_ready: bool,
@@ -215,8 +219,17 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
         _ => upgrade.clone(),
     };
     // A stalled schema step whose Job is gone: a person deleted it to run it
-    // again, and the new Job gets the whole deadline.
-    if step == Step::UpgradingSchema && upgrade.stalled_reason.is_some() && observed.job == JobState::Absent {
+    // again, and the new Job gets the whole deadline. A Job not made yet
+    // because another is still there is not one a person deleted.
+    let held = observed.job_held_for.as_deref().filter(|_| observed.job == JobState::Absent);
+    let held_message = |other: &str| {
+        format!("waiting for {other} of this object to be gone before the schema upgrade Job to {} is made", upgrade.to)
+    };
+    if step == Step::UpgradingSchema
+        && upgrade.stalled_reason.is_some()
+        && observed.job == JobState::Absent
+        && held.is_none()
+    {
         upgrade.step_started_at = time(observed.now);
         upgrade.stalled_reason = None;
     }
@@ -252,6 +265,7 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
                     upgrade.from
                 )),
             ),
+            JobState::Absent if held.is_some() => (false, held.map(held_message).unwrap_or_default(), None),
             JobState::Absent | JobState::Running { last_failure: None } => {
                 (false, format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"), None)
             }
@@ -280,7 +294,10 @@ pub fn advance(upgrade: &UpgradeStatus, observed: &Observed, deadlines: Deadline
     if done {
         let next = ORDER[ORDER.iter().position(|s| *s == step).expect("a step of the order") + 1];
         let message = match next {
-            Step::UpgradingSchema => format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"),
+            Step::UpgradingSchema => match held {
+                Some(other) => held_message(other),
+                None => format!("running the schema upgrade to {to} (WA_DB_UPGRADE=1)"),
+            },
             Step::StartingMasters => format!("starting the masters at {to}"),
             Step::StartingCoreapps => format!("starting the coreapps at {to}"),
             Step::RollingWebapps => format!("rolling the webapps to {to}"),
@@ -376,6 +393,7 @@ mod tests {
             node_pods: 0,
             node_workloads_stopped: true,
             job: JobState::Absent,
+            job_held_for: None,
             masters_ready: false,
             coreapps_ready: false,
             webapps_ready: false,
@@ -510,6 +528,40 @@ mod tests {
         let running = advance(&retried, &Observed { job: JobState::running(), ..observed(5100) }, DEADLINES);
         assert_eq!(running.stalled_reason, None);
         assert_eq!(step_of(&running), Step::UpgradingSchema);
+    }
+
+    #[test]
+    fn a_schema_job_held_for_another_says_so_and_stalls_until_that_one_is_gone() {
+        let other = "Job acme-schema-2-54-1";
+        let held = |now| Observed { job_held_for: Some(other.into()), ..observed(now) };
+        // The nodes stopped: the schema step begins, and says what it waits for.
+        let stopping = begin("2.53.2", "2.55.1", at(0));
+        let u = advance(&stopping, &held(5), DEADLINES);
+        assert_eq!(step_of(&u), Step::UpgradingSchema);
+        assert_eq!(
+            u.message,
+            format!("waiting for {other} of this object to be gone before the schema upgrade Job to 2.55.1 is made")
+        );
+        assert_eq!(advance(&u, &held(60), DEADLINES).message, u.message);
+        // Held past the schema deadline: a person must look at what it waits
+        // for, and the step stays stalled (the Job is absent because it was
+        // never made, not because a person deleted it).
+        let late = 5 + 3600 + 121;
+        let stalled = advance(&u, &held(late), DEADLINES);
+        let reason = stalled.stalled_reason.clone().expect("stalled");
+        assert!(reason.contains("UpgradingSchema has not finished") && reason.contains(other), "{reason}");
+        let again = advance(&stalled, &held(late + 10), DEADLINES);
+        assert!(again.stalled_reason.as_deref().is_some_and(|r| r.contains(other)), "{again:?}");
+        assert_eq!(again.step_started_at, u.step_started_at, "no new deadline while held");
+        // The other one gone: the Job is made and gets the whole deadline.
+        let free = advance(&again, &observed(late + 20), DEADLINES);
+        assert_eq!((free.stalled_reason.as_deref(), free.step_started_at.clone()), (None, time(at(late + 20))));
+        assert_eq!(free.message, "running the schema upgrade to 2.55.1 (WA_DB_UPGRADE=1)");
+        // A Job of its own that exists is what the step follows.
+        let running = advance(&u, &Observed { job: JobState::running(), ..held(70) }, DEADLINES);
+        assert_eq!(running.message, "running the schema upgrade to 2.55.1 (WA_DB_UPGRADE=1)");
+        // Nothing of this upgrade ran: it can still be called off.
+        assert!(can_roll_back(&u, &JobState::Absent));
     }
 
     #[test]

@@ -708,6 +708,15 @@ pub async fn a_new_upgrade_waits_for_the_called_off_schema_job(env: &'static Env
             .is_some_and(|u| u.to == THIRD && u.step == whatsapp_operator::api::UpgradeStep::UpgradingSchema))
     })
     .await?;
+    // The step says what its Job waits for: the called-off Job (its
+    // deletion waits for the held pod), or that pod.
+    let waits_for = [format!("waiting for Job {} of", job_of(NEW)), format!("waiting for pod {schema_pod} of")];
+    wait_until(UPGRADE_TIMEOUT, "the schema step to name what its Job waits for", || async {
+        let w = api.get(&name).await?;
+        let message = w.status.and_then(|s| s.upgrade).map(|u| u.message).unwrap_or_default();
+        Ok(waits_for.iter().any(|w| message.starts_with(w)))
+    })
+    .await?;
     for _ in 0..10 {
         ensure!(pods.get_opt(&schema_pod).await?.is_some(), "the held pod is there");
         ensure!(
