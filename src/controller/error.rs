@@ -28,6 +28,9 @@ pub enum Error {
     StaleObject,
 
     /// The claim cache showed the number held, the API server no longer does.
+    /// Not a stale object: the claim watch wakes the number once its cache
+    /// catches up, and until then the error backoff spaces the reads (a
+    /// stalled watch would otherwise have them made twice a second).
     #[error("the number's claim changed since the cache showed it; no node was started")]
     ClaimChanged,
 
@@ -68,7 +71,7 @@ impl Error {
     /// was read: the newer state is on its way through a watch.
     pub fn is_stale(&self) -> bool {
         match self {
-            Error::StaleObject | Error::ClaimChanged => true,
+            Error::StaleObject => true,
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.is_stale(),

@@ -466,8 +466,14 @@ async fn no_node_starts_once_the_api_server_shows_the_claim_taken() {
     operator.sync(&api);
     let (error, requests) = reconcile_with_the_claim_taken(&api, &operator).await;
     assert_eq!(error.reason(), "ClaimChanged", "{error}");
-    assert!(error.is_stale(), "looked at again soon, without the error backoff");
     assert_eq!(requests, [format!("GET {CLAIM}")], "nothing written, no node started");
+    // Counted, and looked at again after the error backoff, or sooner when
+    // the claim watch delivers the change.
+    let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+    let action = super::error_policy(Arc::new(obj), &error, operator.ctx.clone());
+    assert_eq!(action, kube::runtime::controller::Action::requeue(super::backoff(1)));
+    let metrics = operator.ctx.metrics.encode();
+    assert!(metrics.contains("reason=\"ClaimChanged\"} 1"), "{metrics}");
 }
 
 const CLAIM: &str = "/apis/whatsapp.operators.dev/v1alpha1/whatsappnumberclaims/whatsapp-number-15550001111";
