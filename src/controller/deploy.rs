@@ -20,8 +20,8 @@ use super::error::{Error, Result};
 use super::status::{self, Applied, Tiers};
 use super::{Context, fencing, fetch, gateway, lifecycle, plan, validate};
 use crate::api::{ShardingStatus, WhatsAppNumber};
-use crate::resources::BuildInputs;
 use crate::resources::names::Names;
+use crate::resources::{BuildInputs, media};
 use crate::sharding;
 use crate::upgrade::{self, procedure};
 
@@ -121,7 +121,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         }
         _ => procedure::JobState::Absent,
     };
-    let mut running = upgrade::Running { live_version, job };
+    let databases = crate::api::database_identity(&wan.spec);
+    let begun = managed_claim.and_then(|c| media::schema_upgrade_of(c, &databases));
+    let mut running = upgrade::Running { live_version, job, schema_upgrade_begun: begun.clone() };
     if !observed.catalog.problems.is_empty() {
         warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
     }
@@ -135,6 +137,11 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     }
     if wan.spec.suspend {
         plan.hold_while_suspended();
+    }
+    let unfinished = plan::unfinished_schema_upgrade(&plan, status, begun.as_deref());
+    if let Some(why) = &unfinished {
+        warn!(begun = begun.as_deref(), target = plan.target_version(), "{why}");
+        plan.hold_for_unfinished_schema_upgrade(why.clone());
     }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
         // Called off: deleted, not kept.
@@ -172,6 +179,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     if let Some(u) = plan::called_off(&plan, status) {
         let left = schema_job_left(ctx, wan, &u.to).await?;
         plan::hold_nodes_after_rollback(&mut workloads, left);
+    }
+    if unfinished.is_some() {
+        plan::hold_for_unfinished_schema_upgrade(&mut workloads);
     }
     // Looked for from the step before too, so that the step's message says
     // what the Job waits for from the moment the step begins.
@@ -409,6 +419,13 @@ async fn apply_step(
     inputs.shape = Some(shape.clone());
     inputs.schema_version =
         plan::schema_version(plan, &planned.workloads, planned.recorded_or_live.as_deref(), &planned.upgrade_job);
+    // Recorded before the Job is made (the media claim is applied first):
+    // from then on the schema may change.
+    inputs.schema_upgrade = match (plan::called_off(plan, status), plan.upgrade.as_ref()) {
+        (Some(u), _) => media::SchemaUpgrade::CalledOff(u.to.clone()),
+        (None, Some(u)) if shape.schema_job => media::SchemaUpgrade::Begun(u.to.clone()),
+        _ => media::SchemaUpgrade::Keep,
+    };
 
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
         warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
@@ -468,7 +485,7 @@ async fn observe_step(
     let plan::Workloads { shape, initializing, suspended, .. } = &planned.workloads;
     let keys = written.keys.as_ref();
     let nodes_running = shape.masters_running && shape.coreapps_running && !initializing;
-    let reachable = !initializing && !suspended;
+    let reachable = !initializing && !suspended && !planned.workloads.schema_upgrade_unfinished;
     let probing = wan.spec.health.enabled && reachable;
     // Without polling, a session still moves the admin user off its default
     // password once a webapp runs.
@@ -856,7 +873,7 @@ mod tests {
 
     fn planned(wan: &WhatsAppNumber, live: Option<&str>, first_job: Option<procedure::JobState>) -> Planned {
         let now = at("2024-05-01T00:00:00Z");
-        let running = upgrade::Running { live_version: live.map(String::from), job: procedure::JobState::Absent };
+        let running = upgrade::Running { live_version: live.map(String::from), ..Default::default() };
         let plan = upgrade::plan(&wan.spec.upgrade, &wan.spec.version, wan.status.as_ref(), &running, &catalog(), now);
         let workloads = plan::workloads(wan, &plan, first_job.as_ref());
         let recorded_or_live = plan::running_version(wan, live);

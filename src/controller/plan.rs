@@ -24,6 +24,9 @@ pub struct Workloads {
     /// Another instance of the number outside the cluster, not yet declared
     /// gone by a person: nodes stay stopped.
     pub external_conflict: Option<ExternalConflictStatus>,
+    /// The schema may be part-way to a newer version than the plan's:
+    /// nothing runs (see [`unfinished_schema_upgrade`]).
+    pub schema_upgrade_unfinished: bool,
 }
 
 /// `first_job` is the state of the first deployment's schema Job, when no
@@ -51,7 +54,7 @@ pub fn workloads(wan: &WhatsAppNumber, plan: &Plan, first_job: Option<&JobState>
         shape.masters_running = false;
         shape.coreapps_running = false;
     }
-    Workloads { shape, initializing, suspended, external_conflict }
+    Workloads { shape, initializing, suspended, external_conflict, schema_upgrade_unfinished: false }
 }
 
 /// The conflict status is to record: what the latest probe found (`probed`,
@@ -65,6 +68,48 @@ pub fn conflict_to_record(
     recorded: Option<&ExternalConflictStatus>,
 ) -> Option<ExternalConflictStatus> {
     probed.unwrap_or(recorded).filter(|c| !resolved(wan, c)).cloned()
+}
+
+/// A schema upgrade begun on the number's databases (`begun`, recorded on
+/// the media claim before its Job was made) that this object's status does
+/// not follow, to a version newer than the one this plan runs: the object
+/// was deleted during an upgrade's schema step (the Job stopped part-way)
+/// and re-created, or its status was lost. The schema may be part-way to
+/// `begun`, so nothing older may start on it: the reason a person reads.
+pub fn unfinished_schema_upgrade(
+    plan: &Plan,
+    status: Option<&WhatsAppNumberStatus>,
+    begun: Option<&str>,
+) -> Option<String> {
+    let begun = begun?;
+    let followed = status.and_then(|s| s.upgrade.as_deref()).is_some_and(|u| upgrade::same_version(&u.to, begun));
+    let target = plan.target_version();
+    if followed || !upgrade::newer(begun, target) {
+        return None;
+    }
+    let why = format!(
+        "a schema upgrade to {begun} was begun on these databases and not seen to finish (the media claim's {} annotation), so the schema may be part-way to {begun}: {target} does not start on it",
+        crate::resources::names::ANNOTATION_SCHEMA_UPGRADE
+    );
+    Some(match &plan.blocker {
+        // The spec already asks for it: what keeps the upgrade from beginning.
+        Some((_, waits)) if !upgrade::newer(begun, &plan.target.version) => {
+            format!("{why}; the upgrade to {} waits: {waits}", plan.target.version)
+        }
+        _ => format!(
+            "{why}. Set spec.version to {begun} or newer to run the schema upgrade again; only if its Job never started, remove the annotation instead"
+        ),
+    })
+}
+
+/// Nothing runs while the schema may be part-way to a newer version than
+/// the plan's (see [`unfinished_schema_upgrade`]).
+pub fn hold_for_unfinished_schema_upgrade(workloads: &mut Workloads) {
+    workloads.shape.masters_running = false;
+    workloads.shape.coreapps_running = false;
+    workloads.shape.webapps_running = false;
+    workloads.shape.schema_job = false;
+    workloads.schema_upgrade_unfinished = true;
 }
 
 /// The upgrade called off, in the reconcile that calls it off and in every
@@ -284,6 +329,62 @@ mod tests {
     use super::*;
     use crate::api::{UpgradeSpec, WhatsAppNumberStatus};
     use crate::fixtures::{at, catalog, sample};
+
+    #[test]
+    fn nothing_older_starts_over_a_schema_upgrade_begun_and_not_seen_to_finish() {
+        // Re-created at 2.53.2 (no status) over databases whose upgrade to
+        // 2.55.1 was begun: held, whatever the plan would run.
+        let wan = sample();
+        let plan = steady(&wan);
+        let why = unfinished_schema_upgrade(&plan, None, Some("2.55.1")).expect("held");
+        assert!(why.contains("part-way to 2.55.1") && why.contains("2.53.2 does not start"), "{why}");
+        assert!(why.contains(crate::resources::names::ANNOTATION_SCHEMA_UPGRADE), "{why}");
+        let mut held = plan.clone();
+        held.hold_for_unfinished_schema_upgrade(why);
+        assert_eq!(held.blocker.as_ref().map(|b| b.0), Some(upgrade::SCHEMA_UPGRADE_UNFINISHED));
+        let mut w = workloads(&wan, &held, None);
+        hold_for_unfinished_schema_upgrade(&mut w);
+        let s = &w.shape;
+        assert!(!s.masters_running && !s.coreapps_running && !s.webapps_running && !s.schema_job);
+        assert!(w.schema_upgrade_unfinished);
+
+        // Nothing recorded, the record no newer than the plan's version, or
+        // the object's own upgrade to it (in progress or called off): the
+        // plan goes on.
+        assert_eq!(unfinished_schema_upgrade(&plan, None, None), None);
+        assert_eq!(unfinished_schema_upgrade(&plan, None, Some("2.53.2")), None);
+        assert_eq!(unfinished_schema_upgrade(&plan, None, Some("2.53")), None, "2.53 is 2.53.0");
+        assert!(unfinished_schema_upgrade(&plan, None, Some("2.100.0")).is_some(), "versions compare as numbers");
+        let own = |step| WhatsAppNumberStatus {
+            upgrade: Some(Box::new(UpgradeStatus {
+                step,
+                ..procedure::begin("2.53.2", "2.55.1", at("2024-02-01T00:00:00Z"))
+            })),
+            ..Default::default()
+        };
+        for step in [UpgradeStep::UpgradingSchema, UpgradeStep::RolledBack] {
+            assert_eq!(unfinished_schema_upgrade(&plan, Some(&own(step)), Some("2.55.1")), None, "{step:?}");
+        }
+        // An upgrade the plan begins to an older version than the record's
+        // is not begun; one to it or past it runs the schema upgrade again.
+        let mut to_older = plan.clone();
+        to_older.upgrade = Some(procedure::begin("2.53.2", "2.54.1", at("2024-02-01T00:00:00Z")));
+        to_older.began = true;
+        let why = unfinished_schema_upgrade(&to_older, None, Some("2.55.1")).expect("held");
+        to_older.hold_for_unfinished_schema_upgrade(why);
+        assert_eq!((to_older.upgrade, to_older.began), (None, false));
+        // The spec asks for it, and the upgrade waits (paused, a window,
+        // suspended): held, saying what it waits for.
+        let mut waiting = plan.clone();
+        waiting.target.version = "2.55.1".into();
+        waiting.blocker = Some((upgrade::UPGRADES_PAUSED, "spec.upgrade.paused is true".into()));
+        let why = unfinished_schema_upgrade(&waiting, None, Some("2.55.1")).expect("held");
+        assert!(why.ends_with("; the upgrade to 2.55.1 waits: spec.upgrade.paused is true"), "{why}");
+        let mut to_it = plan.clone();
+        to_it.upgrade = Some(procedure::begin("2.53.2", "2.55.1", at("2024-02-01T00:00:00Z")));
+        to_it.began = true;
+        assert_eq!(unfinished_schema_upgrade(&to_it, None, Some("2.55.1")), None);
+    }
 
     fn steady(wan: &WhatsAppNumber) -> Plan {
         let running = upgrade::Running { live_version: Some("2.53.2".into()), ..Default::default() };

@@ -502,6 +502,49 @@ async fn no_schema_job_is_made_once_the_api_server_shows_the_claim_taken() {
 }
 
 #[tokio::test]
+async fn an_upgrades_schema_job_is_recorded_on_the_media_claim_before_it_is_made() {
+    use crate::resources::names::{ANNOTATION_SCHEMA_UPGRADE, ANNOTATION_SCHEMA_VERSION};
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    bring_up(&api, &mut operator).await;
+    api.edit(WAN, |w| {
+        w["spec"]["version"] = json!("2.55.1");
+        w["metadata"]["generation"] = json!(2);
+    });
+    let media = "/api/v1/namespaces/team/persistentvolumeclaims/acme-media";
+    let annotation =
+        |api: &FakeApi, key: &str| api.get(media)["metadata"]["annotations"][key].as_str().map(String::from);
+    let mut made = None;
+    for _ in 0..6 {
+        let requests = operator.reconcile(&api).await;
+        if let Some(at) = requests.iter().position(|r| r == "POST /apis/batch/v1/namespaces/team/jobs") {
+            made = Some(requests[..at].to_vec());
+            break;
+        }
+        assert_eq!(annotation(&api, ANNOTATION_SCHEMA_UPGRADE), None, "not before the Job is made: {requests:?}");
+        api.settle();
+    }
+    let before = made.expect("the upgrade's schema Job is made");
+    assert!(before.contains(&format!("PATCH {media}")), "the record is written first: {before:?}");
+    assert_eq!(annotation(&api, ANNOTATION_SCHEMA_UPGRADE).as_deref(), Some("2.55.1"));
+    assert_eq!(annotation(&api, ANNOTATION_SCHEMA_VERSION).as_deref(), Some("2.53.2"));
+
+    // The Job succeeded: the new schema version is recorded, and the record
+    // of the Job goes in that same write.
+    api.settle();
+    for _ in 0..4 {
+        operator.reconcile(&api).await;
+        if annotation(&api, ANNOTATION_SCHEMA_VERSION).as_deref() == Some("2.55.1") {
+            break;
+        }
+        assert_eq!(annotation(&api, ANNOTATION_SCHEMA_UPGRADE).as_deref(), Some("2.55.1"));
+        api.settle();
+    }
+    assert_eq!(annotation(&api, ANNOTATION_SCHEMA_VERSION).as_deref(), Some("2.55.1"));
+    assert_eq!(annotation(&api, ANNOTATION_SCHEMA_UPGRADE), None);
+}
+
+#[tokio::test]
 async fn a_number_from_nothing_to_ready_then_no_request_at_all() {
     let api = seeded();
     let mut operator = Operator::start(&api);

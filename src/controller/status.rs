@@ -765,7 +765,9 @@ fn version_conditions(v: &Versions) -> Vec<Cond> {
         (Some(u), _) if u.stalled_reason.is_some() => {
             cond(STALLED, true, "UpgradeStalled", u.stalled_reason.clone().unwrap_or_default())
         }
-        (_, Some((reason, message))) if *reason == crate::upgrade::DOWNGRADE_REFUSED => {
+        (_, Some((reason, message)))
+            if [crate::upgrade::DOWNGRADE_REFUSED, crate::upgrade::SCHEMA_UPGRADE_UNFINISHED].contains(reason) =>
+        {
             cond(STALLED, true, *reason, message.clone())
         }
         _ => cond(STALLED, false, "NotStalled", "nothing needs a person"),
@@ -803,6 +805,19 @@ fn applied_conditions(wan: &WhatsAppNumber, applied: &Applied, holds: Cond) -> V
                 cond(DEGRADED, false, "AsExpected", "no problem found"),
             ],
         };
+        conditions.extend(gate.map(|g| g.condition()));
+        conditions.push(holds);
+        return conditions;
+    }
+    // Nothing runs until a person says which schema the databases hold.
+    if let Some((reason, message)) =
+        applied.versions.blocker.as_ref().filter(|(r, _)| *r == crate::upgrade::SCHEMA_UPGRADE_UNFINISHED)
+    {
+        let mut conditions = vec![
+            cond(READY, false, *reason, message.clone()),
+            cond(PROGRESSING, false, *reason, "waiting for a person".to_string()),
+            cond(DEGRADED, true, *reason, message.clone()),
+        ];
         conditions.extend(gate.map(|g| g.condition()));
         conditions.push(holds);
         return conditions;
@@ -2484,6 +2499,21 @@ mod tests {
             ("False", "OutsideMaintenanceWindow")
         );
         assert_eq!(cond(&s, STALLED).status, "False");
+    }
+
+    #[test]
+    fn an_unfinished_schema_upgrade_stalls_and_degrades_whatever_the_pods_say() {
+        let wan = sample();
+        let why = "the schema may be part-way to 2.55.1";
+        let held =
+            Versions { blocker: Some((crate::upgrade::SCHEMA_UPGRADE_UNFINISHED, why.into())), ..Default::default() };
+        let s = compute(&wan, &with_versions(held), None, &t(1));
+        for (type_, status) in [(READY, "False"), (PROGRESSING, "False"), (DEGRADED, "True"), (STALLED, "True")] {
+            let c = cond(&s, type_);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), (status, "SchemaUpgradeUnfinished"), "{type_}");
+        }
+        assert_eq!(cond(&s, READY).message, why);
+        assert_eq!(cond(&s, STALLED).message, why);
     }
 
     #[test]

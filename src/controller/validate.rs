@@ -212,6 +212,7 @@ pub fn validate(wan: &WhatsAppNumber, observed: &Observed) -> Result<BuildInputs
         coreapp_replicas: None,
         shape: None,
         schema_version: None,
+        schema_upgrade: Default::default(),
         shard_request: wan.status.as_ref().and_then(|s| s.sharding.as_ref()).and_then(|s| s.last_request.clone()),
         registration: wan.status.as_ref().and_then(|s| s.registration.as_deref().cloned()),
     })

@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpe
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::names::{
-    ANNOTATION_REGISTRATION, ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_VERSION, ANNOTATION_SHARD_CHANGE, Names,
-    component_labels,
+    ANNOTATION_REGISTRATION, ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_UPGRADE, ANNOTATION_SCHEMA_VERSION,
+    ANNOTATION_SHARD_CHANGE, Names, component_labels,
 };
 use super::{owned_meta, with_applied_hash};
 use crate::api::{ReclaimPolicy, RegistrationStatus, ShardRequestOutcome, ShardRequestStatus, WhatsAppNumber};
@@ -23,6 +23,22 @@ pub struct Records<'a> {
     pub shard_change: Option<&'a ShardRequestStatus>,
     /// The registration, as status has it (see [`ANNOTATION_REGISTRATION`]).
     pub registration: Option<&'a RegistrationStatus>,
+    /// What the upgrade in progress does to its record (see
+    /// [`ANNOTATION_SCHEMA_UPGRADE`]); `None` keeps it.
+    pub schema_upgrade: Option<&'a SchemaUpgrade>,
+}
+
+/// What a reconcile does to the record of an upgrade's schema Job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SchemaUpgrade {
+    /// Kept as it is (until the schema version reaches it).
+    #[default]
+    Keep,
+    /// The schema Job of an upgrade to this version is made, or kept.
+    Begun(String),
+    /// The upgrade to this version was called off before its Job started:
+    /// a record of it goes.
+    CalledOff(String),
 }
 
 /// The claim the operator manages, or `None` when the spec names an existing one.
@@ -57,7 +73,21 @@ pub fn media_claim(
         .registration
         .map(|r| RegistrationStatus { message: String::new(), ..r.clone() })
         .or_else(|| live.and_then(|c| registration_of(c, &databases)));
-    if version.is_some() || change.is_some() || registration.is_some() {
+    let recorded_upgrade = live.and_then(|c| schema_upgrade_of(c, &databases));
+    let upgrade = match records.schema_upgrade.unwrap_or(&SchemaUpgrade::Keep) {
+        SchemaUpgrade::Keep => recorded_upgrade,
+        SchemaUpgrade::Begun(to) => crate::upgrade::running_version(recorded_upgrade.as_deref(), Some(to)),
+        SchemaUpgrade::CalledOff(to) => recorded_upgrade.filter(|r| !crate::upgrade::same_version(r, to)),
+    };
+    // Once the schema version reaches it, the record says nothing more.
+    let newer = |v: &str, than: &str| {
+        matches!(
+            (crate::upgrade::catalog::Version::parse(v), crate::upgrade::catalog::Version::parse(than)),
+            (Some(v), Some(than)) if v > than
+        )
+    };
+    let upgrade = upgrade.filter(|u| version.as_deref().is_none_or(|v| newer(u, v)));
+    if version.is_some() || change.is_some() || registration.is_some() || upgrade.is_some() {
         let annotations = metadata.annotations.get_or_insert_with(Default::default);
         if let Some(version) = version {
             annotations.insert(ANNOTATION_SCHEMA_VERSION.into(), version);
@@ -67,6 +97,9 @@ pub fn media_claim(
         }
         if let Some(json) = registration.and_then(|r| serde_json::to_string(&r).ok()) {
             annotations.insert(ANNOTATION_REGISTRATION.into(), json);
+        }
+        if let Some(upgrade) = upgrade {
+            annotations.insert(ANNOTATION_SCHEMA_UPGRADE.into(), upgrade);
         }
         annotations.insert(ANNOTATION_SCHEMA_DATABASES.into(), databases);
     }
@@ -119,6 +152,19 @@ pub fn schema_version_of(claim: &PersistentVolumeClaim, databases: &str) -> Opti
         return None;
     }
     let version = annotations.get(ANNOTATION_SCHEMA_VERSION)?;
+    crate::upgrade::catalog::Version::parse(version).map(|_| version.clone())
+}
+
+/// The version of an upgrade's schema Job that a media claim records for
+/// `databases` (see [`ANNOTATION_SCHEMA_UPGRADE`]); nothing for other
+/// databases or a version that does not read as one. It may be no newer
+/// than the schema version recorded beside it, and then says nothing.
+pub fn schema_upgrade_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<String> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
+        return None;
+    }
+    let version = annotations.get(ANNOTATION_SCHEMA_UPGRADE)?;
     crate::upgrade::catalog::Version::parse(version).map(|_| version.clone())
 }
 

@@ -69,6 +69,9 @@ pub struct BuildInputs {
     /// The newest version whose schema the databases hold, recorded on the
     /// media claim; `None` until the first schema exists.
     pub schema_version: Option<String>,
+    /// What the upgrade in progress does to the media claim's record of its
+    /// schema Job (see [`names::ANNOTATION_SCHEMA_UPGRADE`]).
+    pub schema_upgrade: media::SchemaUpgrade,
     /// The last shard request, from status, for the media claim's record of
     /// the last shard change carried out.
     pub shard_request: Option<crate::api::ShardRequestStatus>,
@@ -123,6 +126,7 @@ pub fn build(wan: &WhatsAppNumber, inputs: &BuildInputs) -> Children {
                 schema_version: inputs.schema_version.as_deref(),
                 shard_change: inputs.shard_request.as_ref(),
                 registration: inputs.registration.as_ref(),
+                schema_upgrade: Some(&inputs.schema_upgrade),
             },
         ),
         master_service: workloads::headless_service(wan, Tier::Master),

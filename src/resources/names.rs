@@ -30,6 +30,13 @@ pub const ANNOTATION_APPLIED_HASH: &str = "whatsapp.operators.dev/applied-hash";
 /// (`reclaimPolicy: Retain`), so a number re-created over the same databases
 /// knows it even without status or workloads, and never starts an older build.
 pub const ANNOTATION_SCHEMA_VERSION: &str = "whatsapp.operators.dev/schema-version";
+/// Beside it: the version an upgrade's schema Job was made for, written
+/// before the Job is made (the schema may change from then on) and dropped
+/// once the schema version reaches it, or when the upgrade is called off
+/// (only while the Job has not started). A WhatsAppNumber re-created over
+/// the same databases (deleted during the schema step, its status lost)
+/// starts no version older than it, since the schema may be part-way there.
+pub const ANNOTATION_SCHEMA_UPGRADE: &str = "whatsapp.operators.dev/schema-upgrade";
 /// Beside it: the databases (`host:port/prefix`) that version is about. A
 /// record of other databases (a new number under an old name, another
 /// database host or prefix) says nothing and is replaced.

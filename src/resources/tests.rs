@@ -391,6 +391,56 @@ fn the_media_claim_records_the_newest_schema_and_never_an_older_one() {
 }
 
 #[test]
+fn the_media_claim_records_an_upgrades_schema_job_until_the_schema_reaches_it() {
+    let mut wan = sample();
+    let databases = crate::api::database_identity(&wan.spec);
+    let begun = |c: &PersistentVolumeClaim| media::schema_upgrade_of(c, &databases);
+    let claim = |live: Option<&PersistentVolumeClaim>, schema: &str, upgrade: media::SchemaUpgrade| {
+        let records =
+            media::Records { schema_version: Some(schema), schema_upgrade: Some(&upgrade), ..Default::default() };
+        media::media_claim(&wan, live, records).unwrap()
+    };
+    let steady = claim(None, "2.53.2", media::SchemaUpgrade::Keep);
+    assert_eq!(begun(&steady), None);
+    // The Job of an upgrade is about to be made: recorded in the same write
+    // as anything else the claim changes, before the Job.
+    let upgrading = claim(Some(&steady), "2.53.2", media::SchemaUpgrade::Begun("2.55.1".into()));
+    assert_eq!(begun(&upgrading).as_deref(), Some("2.55.1"));
+    assert_eq!(media::schema_version_of(&upgrading, &databases).as_deref(), Some("2.53.2"), "not yet the schema");
+    // Status lost, or a reconcile that does not touch it: it stays.
+    assert_eq!(
+        begun(&media::media_claim(&wan, Some(&upgrading), media::Records::default()).unwrap()).as_deref(),
+        Some("2.55.1")
+    );
+    assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::Keep)).as_deref(), Some("2.55.1"));
+    // An older upgrade's Job does not replace a newer record.
+    let older = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::Begun("2.54.1".into()));
+    assert_eq!(begun(&older).as_deref(), Some("2.55.1"));
+    // The schema reaches it: the record goes in the write of the new schema version.
+    let upgraded = claim(Some(&upgrading), "2.55.1", media::SchemaUpgrade::Begun("2.55.1".into()));
+    assert_eq!((begun(&upgraded), media::schema_version_of(&upgraded, &databases).as_deref()), (None, Some("2.55.1")));
+    assert!(!upgraded.annotations().contains_key(ANNOTATION_SCHEMA_UPGRADE));
+    // Called off before its Job started: it goes; a call-off of another version leaves it.
+    let kept = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::CalledOff("2.54.1".into()));
+    assert_eq!(begun(&kept).as_deref(), Some("2.55.1"));
+    let called_off = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::CalledOff("2.55.1".into()));
+    assert_eq!(begun(&called_off), None);
+    assert_ne!(
+        called_off.annotations()[ANNOTATION_APPLIED_HASH],
+        upgrading.annotations()[ANNOTATION_APPLIED_HASH],
+        "removing the record is a write"
+    );
+    // Other databases: it says nothing about them.
+    wan.spec.database.host = "other-db".into();
+    let other = crate::api::database_identity(&wan.spec);
+    assert_eq!(media::schema_upgrade_of(&upgrading, &other), None);
+    let records = media::Records { schema_version: Some("2.53.2"), ..Default::default() };
+    let moved = media::media_claim(&wan, Some(&upgrading), records).unwrap();
+    assert_eq!(media::schema_version_of(&moved, &other).as_deref(), Some("2.53.2"));
+    assert!(!moved.annotations().contains_key(ANNOTATION_SCHEMA_UPGRADE), "{:?}", moved.annotations());
+}
+
+#[test]
 fn the_media_claim_records_the_last_shard_change_carried_out() {
     use crate::api::{ShardRequestOutcome, ShardRequestStatus};
     let mut wan = sample();

@@ -18,6 +18,7 @@ pub const UPGRADES_PAUSED: &str = "UpgradesPaused";
 pub const OUTSIDE_WINDOW: &str = "OutsideMaintenanceWindow";
 pub const NO_NEWER_RELEASE: &str = "NoNewerRelease";
 pub const SUSPENDED: &str = "Suspended";
+pub const SCHEMA_UPGRADE_UNFINISHED: &str = "SchemaUpgradeUnfinished";
 
 /// What a reconcile does about versions, decided before anything is built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +37,11 @@ pub struct Plan {
     pub blocker: Option<(&'static str, String)>,
     /// The version workloads run at when no upgrade is in progress.
     pub steady_version: String,
+}
+
+/// Whether `a` reads as a version newer than `b`.
+pub fn newer(a: &str, b: &str) -> bool {
+    matches!((catalog::Version::parse(a), catalog::Version::parse(b)), (Some(a), Some(b)) if a > b)
 }
 
 /// Versions compare as numbers everywhere: `2.53` is `2.53.0`, so writing it
@@ -59,6 +65,9 @@ pub struct Running {
     pub live_version: Option<String>,
     /// The schema Job of the upgrade in progress, if one is.
     pub job: procedure::JobState,
+    /// The version of an upgrade's schema Job the media claim records as
+    /// begun and not finished (see `ANNOTATION_SCHEMA_UPGRADE`).
+    pub schema_upgrade_begun: Option<String>,
 }
 
 /// The version that runs: the newer of what status records and what the live
@@ -159,7 +168,15 @@ pub fn plan(
                 ));
                 (None, false)
             } else {
-                (Some(procedure::begin(cur, &target.version, now)), true)
+                let mut u = procedure::begin(cur, &target.version, now);
+                // An earlier upgrade's schema Job may have changed the
+                // schema already (its object deleted during the schema
+                // step): this one is never called off, so nothing older
+                // than what it may have left starts again.
+                if running.schema_upgrade_begun.as_deref().is_some_and(|b| newer(b, cur)) {
+                    u.schema_started_at = Some(u.started_at.clone());
+                }
+                (Some(u), true)
             }
         }
         _ => (None, false),
@@ -182,6 +199,23 @@ impl Plan {
         ));
         self.upgrade = None;
         self.began = false;
+    }
+
+    /// The databases may be part-way to `begun`'s schema (see
+    /// `plan::unfinished_schema_upgrade`): no upgrade begins and nothing
+    /// older starts; `why` says what a person does.
+    pub fn hold_for_unfinished_schema_upgrade(&mut self, why: String) {
+        self.blocker = Some((SCHEMA_UPGRADE_UNFINISHED, why));
+        if self.began {
+            self.upgrade = None;
+            self.began = false;
+        }
+    }
+
+    /// The version this plan runs the nodes at once it is through: the
+    /// upgrade's target, else the steady version.
+    pub fn target_version(&self) -> &str {
+        self.upgrade.as_ref().map_or(&self.steady_version, |u| &u.to)
     }
 
     /// The workloads this reconcile applies.
@@ -399,7 +433,7 @@ mod tests {
     }
 
     fn running(job: procedure::JobState) -> Running {
-        Running { live_version: None, job }
+        Running { live_version: None, job, schema_upgrade_begun: None }
     }
 
     #[test]
@@ -453,6 +487,37 @@ mod tests {
         let p = plan(&paused, "2.55.1", Some(&after), &Running::default(), &catalog(), now);
         assert!(p.upgrade.is_none() && !p.began);
         assert_eq!(p.blocker.as_ref().map(|b| b.0), Some(UPGRADES_PAUSED));
+    }
+
+    #[test]
+    fn an_upgrade_begun_over_an_earlier_unfinished_schema_upgrade_is_never_called_off() {
+        use procedure::{JobState, Step};
+        let now = at("2024-05-01T00:05:00Z");
+        // Re-created at 2.53.2 over databases whose upgrade to 2.55.1 was
+        // begun by an earlier object; the spec now asks for 2.55.1.
+        let over = Running {
+            live_version: Some("2.53.2".into()),
+            schema_upgrade_begun: Some("2.55.1".into()),
+            ..Default::default()
+        };
+        let p = plan(&UpgradeSpec::default(), "2.55.1", None, &over, &catalog(), now);
+        let u = p.upgrade.clone().expect("begun");
+        assert_eq!(u.schema_started_at.as_ref(), Some(&u.started_at), "the schema may have changed already");
+        // Set back (or paused) before its own Job was made: refused, as if its Job had run.
+        let mut s = status("2.53.2");
+        s.upgrade = Some(Box::new(u.clone()));
+        let back = plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &running(JobState::Absent), &catalog(), now);
+        assert!(!back.rolled_back, "{back:?}");
+        assert_eq!(back.blocker.as_ref().map(|b| b.0), Some(DOWNGRADE_REFUSED));
+        assert_eq!(back.upgrade.as_ref().map(|u| u.step), Some(Step::StoppingNodes));
+        let paused = UpgradeSpec { paused: true, ..Default::default() };
+        assert!(!plan(&paused, "2.55.1", Some(&s), &running(JobState::Absent), &catalog(), now).rolled_back);
+
+        // A record no newer than the version upgraded from says nothing: it
+        // can be called off as usual.
+        let stale = Running { schema_upgrade_begun: Some("2.53.2".into()), ..over };
+        let p = plan(&UpgradeSpec::default(), "2.55.1", None, &stale, &catalog(), now);
+        assert_eq!(p.upgrade.and_then(|u| u.schema_started_at), None);
     }
 
     #[test]

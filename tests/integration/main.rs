@@ -141,6 +141,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(upgrades::a_failed_schema_job_waits_for_a_person),
     scenario!(upgrades::a_lost_status_keeps_the_running_version, alone),
     scenario!(upgrades::a_re_created_number_never_starts_an_older_build),
+    scenario!(upgrades::a_number_deleted_during_its_schema_upgrade_starts_nothing_older),
     scenario!(upgrades::gateway_manual_upgrade_reaches_ready_at_the_new_version),
     scenario!(upgrades::gateway_auto_upgrades_an_expired_build),
     scenario!(scenarios::client_metrics_service_monitor_follows_the_spec),

@@ -604,6 +604,11 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
         Ok(waiting && jobs.get_opt(&job_name).await?.is_some())
     })
     .await?;
+    let media = format!("{name}-media");
+    ensure!(
+        schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW),
+        "the upgrade's schema Job is recorded on the media claim once it is made"
+    );
 
     // Its pod is held as if stuck Terminating on a node that no longer
     // answers: the Job's deletion waits for it, and so do the old nodes.
@@ -626,6 +631,10 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
         let w = api.get(&name).await?;
         let step = w.status.as_ref().and_then(|s| s.upgrade.as_ref()).map(|u| u.step);
         Ok(step == Some(whatsapp_operator::api::UpgradeStep::RolledBack))
+    })
+    .await?;
+    wait_until(Duration::from_secs(30), "the record of the called-off schema Job to go", || async {
+        Ok(schema_upgrade_recorded(c, &ns, &media).await?.is_none())
     })
     .await?;
     let replicas = |tier: &'static str| {
@@ -660,6 +669,94 @@ pub async fn an_upgrade_whose_schema_job_cannot_start_is_rolled_back(env: &'stat
         events.items.iter().any(|e| e.reason.as_deref() == Some("UpgradeRolledBack")),
         "an UpgradeRolledBack event is recorded"
     );
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// The record of an upgrade's schema Job on the media claim (see
+/// `ANNOTATION_SCHEMA_UPGRADE`).
+async fn schema_upgrade_recorded(c: &Client, ns: &str, claim: &str) -> Result<Option<String>> {
+    let claim = typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(c, ns).get(claim).await?;
+    Ok(claim.annotations().get(whatsapp_operator::resources::names::ANNOTATION_SCHEMA_UPGRADE).cloned())
+}
+
+/// A WhatsAppNumber deleted during its upgrade's schema step (the Job
+/// stopped part-way, as far as anyone can tell) and re-created at the old
+/// version: the media claim says a schema upgrade was begun, so nothing of
+/// the old version starts (`Stalled`, `SchemaUpgradeUnfinished`) until the
+/// spec names the new version, which runs the schema upgrade again.
+pub async fn a_number_deleted_during_its_schema_upgrade_starts_nothing_older(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "schema-unfinished").await?;
+    let name = apply_example(c, &ns, "ha-mysql.yaml", None).await?;
+    let api = wans(c, &ns);
+    let ready = wait_ready(&api, &name).await?;
+    let job_of = |version: &str| format!("{name}-schema-{}", version.replace('.', "-"));
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let nowhere = json!({"whatsapp.operators.dev/test-nowhere": "true"});
+    merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": nowhere}}})).await?;
+    wait_until(UPGRADE_TIMEOUT, "the upgrade's schema Job", || async {
+        Ok(jobs.get_opt(&job_of(NEW)).await?.is_some())
+    })
+    .await?;
+    let media = format!("{name}-media");
+    ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW), "recorded with the Job");
+
+    api.delete(&name, &Default::default()).await?;
+    support::fault("a WhatsAppNumber deleted during its upgrade's schema step, then re-created at the old version");
+    wait_until(Duration::from_secs(120), "the WhatsAppNumber and its schema Job to be gone", || async {
+        Ok(api.get_opt(&name).await?.is_none() && jobs.get_opt(&job_of(NEW)).await?.is_none())
+    })
+    .await?;
+    let mut again = WhatsAppNumber::new(&name, ready.spec.clone());
+    again.metadata.namespace = Some(ns.clone());
+    api.create(&Default::default(), &again).await?;
+    // From its creation on: no master, coreapp or webapp pod, no schema Job.
+    let statefulsets = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns);
+    let pods = typed::<Pod>(c, &ns);
+    let nothing_runs = || async {
+        for sts in statefulsets.list(&ListParams::default()).await?.items {
+            let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            ensure!(replicas == 0, "{} asks for {replicas} pods of {OLD} over the unfinished schema", sts.name_any());
+        }
+        let running = pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))).await?;
+        ensure!(
+            running.items.is_empty(),
+            "pods over the unfinished schema: {:?}",
+            running.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+        );
+        ensure!(jobs.get_opt(&job_of(OLD)).await?.is_none(), "no schema Job of {OLD}");
+        anyhow::Ok(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let held = loop {
+        nothing_runs().await?;
+        let w = api.get(&name).await?;
+        let stalled = condition(&w, "Stalled")
+            .is_some_and(|c| c.status == "True" && c.reason == "SchemaUpgradeUnfinished")
+            && w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation;
+        if stalled {
+            break w;
+        }
+        ensure!(Instant::now() < deadline, "not Stalled (SchemaUpgradeUnfinished) within 90 s: {:?}", w.status);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let message = condition(&held, "Ready").map(|c| c.message.to_string()).unwrap_or_default();
+    ensure!(message.contains(&format!("part-way to {NEW}")), "Ready says why: {message}");
+    ensure!(statefulsets.list(&ListParams::default()).await?.items.len() == 2, "both StatefulSets, at 0");
+    for _ in 0..5 {
+        nothing_runs().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The version the schema upgrade was begun for: it runs again, and the
+    // record goes once the schema is there.
+    merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
+    wait_upgraded(&api, &name, NEW).await?;
+    wait_until(Duration::from_secs(30), "the record to go once the schema reached it", || async {
+        Ok(schema_upgrade_recorded(c, &ns, &media).await?.is_none())
+    })
+    .await?;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
