@@ -1693,10 +1693,7 @@ pub struct UpgradeStatus {
     pub stalled_reason: Option<String>,
     /// When a container of the schema Job was first seen started (or the Job
     /// failed, or succeeded): from then on the schema may have changed, and
-    /// the upgrade is never called off, also once the Job is deleted. Set
-    /// when the upgrade begins if the media claim records an earlier
-    /// upgrade's schema Job to a newer version than the one upgraded from
-    /// (its object deleted during the schema step): that Job may have run.
+    /// the upgrade is never called off, also once the Job is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

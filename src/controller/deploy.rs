@@ -122,8 +122,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         _ => procedure::JobState::Absent,
     };
     let databases = crate::api::database_identity(&wan.spec);
-    let begun = managed_claim.and_then(|c| media::schema_upgrade_of(c, &databases));
-    let mut running = upgrade::Running { live_version, job, schema_upgrade_begun: begun.clone() };
+    let recorded_upgrade = managed_claim.and_then(|c| media::schema_upgrade_of(c, &databases));
+    let begun = recorded_upgrade.as_ref().map(|r| r.version.clone());
+    let mut running = upgrade::Running { live_version, job, schema_upgrade: recorded_upgrade };
     if !observed.catalog.problems.is_empty() {
         warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
     }
@@ -140,7 +141,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     }
     let unfinished = plan::unfinished_schema_upgrade(&plan, status, begun.as_deref());
     if let Some(why) = &unfinished {
-        warn!(begun = begun.as_deref(), target = plan.target_version(), "{why}");
+        info!(begun = begun.as_deref(), target = plan.target_version(), "{why}");
         plan.hold_for_unfinished_schema_upgrade(why.clone());
     }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {
@@ -422,8 +423,10 @@ async fn apply_step(
     // Recorded before the Job is made (the media claim is applied first):
     // from then on the schema may change.
     inputs.schema_upgrade = match (plan::called_off(plan, status), plan.upgrade.as_ref()) {
-        (Some(u), _) => media::SchemaUpgrade::CalledOff(u.to.clone()),
-        (None, Some(u)) if shape.schema_job => media::SchemaUpgrade::Begun(u.to.clone()),
+        (Some(u), _) => media::SchemaUpgrade::CalledOff { began: upgrade::attempt(u) },
+        (None, Some(u)) if shape.schema_job => {
+            media::SchemaUpgrade::Begun { to: u.to.clone(), began: upgrade::attempt(u) }
+        }
         _ => media::SchemaUpgrade::Keep,
     };
 

@@ -742,7 +742,11 @@ async fn apply(wan: &WhatsAppNumber, ctx: &Context) -> Result<Action> {
                     .versions
                     .blocker
                     .as_ref()
-                    .filter(|(reason, _)| *reason == crate::upgrade::OUTSIDE_WINDOW)
+                    // Also when held over an unfinished schema upgrade: it
+                    // may be the window that holds the upgrade to run again.
+                    .filter(|(reason, _)| {
+                        [crate::upgrade::OUTSIDE_WINDOW, crate::upgrade::SCHEMA_UPGRADE_UNFINISHED].contains(reason)
+                    })
                     .and_then(|_| {
                         let opens =
                             crate::upgrade::policy::next_opening(wan.spec.upgrade.maintenance_window.as_deref(), now)?;

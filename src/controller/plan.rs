@@ -93,9 +93,7 @@ pub fn unfinished_schema_upgrade(
     );
     Some(match &plan.blocker {
         // The spec already asks for it: what keeps the upgrade from beginning.
-        Some((_, waits)) if !upgrade::newer(begun, &plan.target.version) => {
-            format!("{why}; the upgrade to {} waits: {waits}", plan.target.version)
-        }
+        Some((_, waits)) if !upgrade::newer(begun, &plan.target.version) => format!("{why}; {waits}"),
         _ => format!(
             "{why}. Set spec.version to {begun} or newer to run the schema upgrade again; only if its Job never started, remove the annotation instead"
         ),
@@ -377,9 +375,10 @@ mod tests {
         // suspended): held, saying what it waits for.
         let mut waiting = plan.clone();
         waiting.target.version = "2.55.1".into();
-        waiting.blocker = Some((upgrade::UPGRADES_PAUSED, "spec.upgrade.paused is true".into()));
+        let paused = "the upgrade from 2.53.2 to 2.55.1 waits: spec.upgrade.paused is true";
+        waiting.blocker = Some((upgrade::UPGRADES_PAUSED, paused.into()));
         let why = unfinished_schema_upgrade(&waiting, None, Some("2.55.1")).expect("held");
-        assert!(why.ends_with("; the upgrade to 2.55.1 waits: spec.upgrade.paused is true"), "{why}");
+        assert!(why.ends_with(&format!("2.53.2 does not start on it; {paused}")), "{why}");
         let mut to_it = plan.clone();
         to_it.upgrade = Some(procedure::begin("2.53.2", "2.55.1", at("2024-02-01T00:00:00Z")));
         to_it.began = true;

@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpe
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::names::{
-    ANNOTATION_REGISTRATION, ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_UPGRADE, ANNOTATION_SCHEMA_VERSION,
-    ANNOTATION_SHARD_CHANGE, Names, component_labels,
+    ANNOTATION_REGISTRATION, ANNOTATION_SCHEMA_DATABASES, ANNOTATION_SCHEMA_UPGRADE, ANNOTATION_SCHEMA_UPGRADE_BEGAN,
+    ANNOTATION_SCHEMA_VERSION, ANNOTATION_SHARD_CHANGE, Names, component_labels,
 };
 use super::{owned_meta, with_applied_hash};
 use crate::api::{ReclaimPolicy, RegistrationStatus, ShardRequestOutcome, ShardRequestStatus, WhatsAppNumber};
@@ -28,18 +28,21 @@ pub struct Records<'a> {
     pub schema_upgrade: Option<&'a SchemaUpgrade>,
 }
 
-/// What a reconcile does to the record of an upgrade's schema Job.
+/// What a reconcile does to the record of an upgrade's schema Job. `began`
+/// names the upgrade (see [`crate::upgrade::attempt`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SchemaUpgrade {
     /// Kept as it is (until the schema version reaches it).
     #[default]
     Keep,
-    /// The schema Job of an upgrade to this version is made, or kept.
-    Begun(String),
-    /// The upgrade to this version was called off before its Job started:
-    /// a record of it goes.
-    CalledOff(String),
+    /// The schema Job of the upgrade to `to` is made, or kept.
+    Begun { to: String, began: String },
+    /// The upgrade that began at `began` was called off before its Job
+    /// started: its record goes, and one another upgrade wrote stays.
+    CalledOff { began: String },
 }
+
+pub use crate::upgrade::SchemaUpgradeRecord;
 
 /// The claim the operator manages, or `None` when the spec names an existing one.
 ///
@@ -74,19 +77,20 @@ pub fn media_claim(
         .map(|r| RegistrationStatus { message: String::new(), ..r.clone() })
         .or_else(|| live.and_then(|c| registration_of(c, &databases)));
     let recorded_upgrade = live.and_then(|c| schema_upgrade_of(c, &databases));
-    let upgrade = match records.schema_upgrade.unwrap_or(&SchemaUpgrade::Keep) {
-        SchemaUpgrade::Keep => recorded_upgrade,
-        SchemaUpgrade::Begun(to) => crate::upgrade::running_version(recorded_upgrade.as_deref(), Some(to)),
-        SchemaUpgrade::CalledOff(to) => recorded_upgrade.filter(|r| !crate::upgrade::same_version(r, to)),
+    let upgrade = match (records.schema_upgrade.unwrap_or(&SchemaUpgrade::Keep), recorded_upgrade) {
+        (SchemaUpgrade::Keep, recorded) => recorded,
+        (SchemaUpgrade::Begun { to, began }, None) => {
+            Some(SchemaUpgradeRecord { version: to.clone(), began: Some(began.clone()) })
+        }
+        // The newer version, and the upgrade that wrote the record first.
+        (SchemaUpgrade::Begun { to, .. }, Some(r)) => Some(SchemaUpgradeRecord {
+            version: crate::upgrade::running_version(Some(&r.version), Some(to)).unwrap_or_default(),
+            began: r.began,
+        }),
+        (SchemaUpgrade::CalledOff { began }, recorded) => recorded.filter(|r| r.began.as_ref() != Some(began)),
     };
     // Once the schema version reaches it, the record says nothing more.
-    let newer = |v: &str, than: &str| {
-        matches!(
-            (crate::upgrade::catalog::Version::parse(v), crate::upgrade::catalog::Version::parse(than)),
-            (Some(v), Some(than)) if v > than
-        )
-    };
-    let upgrade = upgrade.filter(|u| version.as_deref().is_none_or(|v| newer(u, v)));
+    let upgrade = upgrade.filter(|u| version.as_deref().is_none_or(|v| crate::upgrade::newer(&u.version, v)));
     if version.is_some() || change.is_some() || registration.is_some() || upgrade.is_some() {
         let annotations = metadata.annotations.get_or_insert_with(Default::default);
         if let Some(version) = version {
@@ -99,7 +103,10 @@ pub fn media_claim(
             annotations.insert(ANNOTATION_REGISTRATION.into(), json);
         }
         if let Some(upgrade) = upgrade {
-            annotations.insert(ANNOTATION_SCHEMA_UPGRADE.into(), upgrade);
+            annotations.insert(ANNOTATION_SCHEMA_UPGRADE.into(), upgrade.version);
+            if let Some(began) = upgrade.began {
+                annotations.insert(ANNOTATION_SCHEMA_UPGRADE_BEGAN.into(), began);
+            }
         }
         annotations.insert(ANNOTATION_SCHEMA_DATABASES.into(), databases);
     }
@@ -159,13 +166,17 @@ pub fn schema_version_of(claim: &PersistentVolumeClaim, databases: &str) -> Opti
 /// `databases` (see [`ANNOTATION_SCHEMA_UPGRADE`]); nothing for other
 /// databases or a version that does not read as one. It may be no newer
 /// than the schema version recorded beside it, and then says nothing.
-pub fn schema_upgrade_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<String> {
+pub fn schema_upgrade_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<SchemaUpgradeRecord> {
     let annotations = claim.metadata.annotations.as_ref()?;
     if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
         return None;
     }
     let version = annotations.get(ANNOTATION_SCHEMA_UPGRADE)?;
-    crate::upgrade::catalog::Version::parse(version).map(|_| version.clone())
+    crate::upgrade::catalog::Version::parse(version)?;
+    Some(SchemaUpgradeRecord {
+        version: version.clone(),
+        began: annotations.get(ANNOTATION_SCHEMA_UPGRADE_BEGAN).cloned(),
+    })
 }
 
 /// The last shard change carried out that a media claim records for

@@ -37,6 +37,11 @@ pub const ANNOTATION_SCHEMA_VERSION: &str = "whatsapp.operators.dev/schema-versi
 /// the same databases (deleted during the schema step, its status lost)
 /// starts no version older than it, since the schema may be part-way there.
 pub const ANNOTATION_SCHEMA_UPGRADE: &str = "whatsapp.operators.dev/schema-upgrade";
+/// Beside it: when the upgrade that first wrote it began (its
+/// `status.upgrade.startedAt`). Only that upgrade may call itself off and
+/// take the record away; another one (a re-created object's) may not, since
+/// the earlier Job may have run.
+pub const ANNOTATION_SCHEMA_UPGRADE_BEGAN: &str = "whatsapp.operators.dev/schema-upgrade-began";
 /// Beside it: the databases (`host:port/prefix`) that version is about. A
 /// record of other databases (a new number under an old name, another
 /// database host or prefix) says nothing and is replaced.

@@ -395,42 +395,49 @@ fn the_media_claim_records_an_upgrades_schema_job_until_the_schema_reaches_it() 
     let mut wan = sample();
     let databases = crate::api::database_identity(&wan.spec);
     let begun = |c: &PersistentVolumeClaim| media::schema_upgrade_of(c, &databases);
+    let record = |version: &str, began: &str| {
+        Some(media::SchemaUpgradeRecord { version: version.into(), began: Some(began.into()) })
+    };
     let claim = |live: Option<&PersistentVolumeClaim>, schema: &str, upgrade: media::SchemaUpgrade| {
         let records =
             media::Records { schema_version: Some(schema), schema_upgrade: Some(&upgrade), ..Default::default() };
         media::media_claim(&wan, live, records).unwrap()
     };
+    let start = |to: &str, began: &str| media::SchemaUpgrade::Begun { to: to.into(), began: began.into() };
+    let (first, second) = ("2024-05-01T00:05:00Z", "2024-06-01T00:05:00Z");
     let steady = claim(None, "2.53.2", media::SchemaUpgrade::Keep);
     assert_eq!(begun(&steady), None);
     // The Job of an upgrade is about to be made: recorded in the same write
     // as anything else the claim changes, before the Job.
-    let upgrading = claim(Some(&steady), "2.53.2", media::SchemaUpgrade::Begun("2.55.1".into()));
-    assert_eq!(begun(&upgrading).as_deref(), Some("2.55.1"));
+    let upgrading = claim(Some(&steady), "2.53.2", start("2.55.1", first));
+    assert_eq!(begun(&upgrading), record("2.55.1", first));
     assert_eq!(media::schema_version_of(&upgrading, &databases).as_deref(), Some("2.53.2"), "not yet the schema");
     // Status lost, or a reconcile that does not touch it: it stays.
-    assert_eq!(
-        begun(&media::media_claim(&wan, Some(&upgrading), media::Records::default()).unwrap()).as_deref(),
-        Some("2.55.1")
-    );
-    assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::Keep)).as_deref(), Some("2.55.1"));
-    // An older upgrade's Job does not replace a newer record.
-    let older = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::Begun("2.54.1".into()));
-    assert_eq!(begun(&older).as_deref(), Some("2.55.1"));
+    let untouched = media::media_claim(&wan, Some(&upgrading), media::Records::default()).unwrap();
+    assert_eq!(begun(&untouched), record("2.55.1", first));
+    assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::Keep)), record("2.55.1", first));
+    // Another upgrade (a re-created object's): the newer version, and the
+    // upgrade that wrote the record first.
+    assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", start("2.54.1", second))), record("2.55.1", first));
+    assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", start("2.57.2", second))), record("2.57.2", first));
     // The schema reaches it: the record goes in the write of the new schema version.
-    let upgraded = claim(Some(&upgrading), "2.55.1", media::SchemaUpgrade::Begun("2.55.1".into()));
+    let upgraded = claim(Some(&upgrading), "2.55.1", start("2.55.1", first));
     assert_eq!((begun(&upgraded), media::schema_version_of(&upgraded, &databases).as_deref()), (None, Some("2.55.1")));
     assert!(!upgraded.annotations().contains_key(ANNOTATION_SCHEMA_UPGRADE));
-    // Called off before its Job started: it goes; a call-off of another version leaves it.
-    let kept = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::CalledOff("2.54.1".into()));
-    assert_eq!(begun(&kept).as_deref(), Some("2.55.1"));
-    let called_off = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::CalledOff("2.55.1".into()));
+    assert!(!upgraded.annotations().contains_key(ANNOTATION_SCHEMA_UPGRADE_BEGAN));
+    // Called off before its Job started: the upgrade that wrote it takes it
+    // away; another one's call-off leaves it.
+    let kept = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::CalledOff { began: second.into() });
+    assert_eq!(begun(&kept), record("2.55.1", first));
+    let called_off = claim(Some(&upgrading), "2.53.2", media::SchemaUpgrade::CalledOff { began: first.into() });
     assert_eq!(begun(&called_off), None);
+    assert!(!called_off.annotations().contains_key(ANNOTATION_SCHEMA_UPGRADE_BEGAN));
     assert_ne!(
         called_off.annotations()[ANNOTATION_APPLIED_HASH],
         upgrading.annotations()[ANNOTATION_APPLIED_HASH],
         "removing the record is a write"
     );
-    // Other databases: it says nothing about them.
+    // Other databases: it says nothing about them, and goes when they are recorded.
     wan.spec.database.host = "other-db".into();
     let other = crate::api::database_identity(&wan.spec);
     assert_eq!(media::schema_upgrade_of(&upgrading, &other), None);

@@ -65,9 +65,33 @@ pub struct Running {
     pub live_version: Option<String>,
     /// The schema Job of the upgrade in progress, if one is.
     pub job: procedure::JobState,
-    /// The version of an upgrade's schema Job the media claim records as
-    /// begun and not finished (see `ANNOTATION_SCHEMA_UPGRADE`).
-    pub schema_upgrade_begun: Option<String>,
+    /// The media claim's record of an upgrade's schema Job begun and not
+    /// seen to finish (see `ANNOTATION_SCHEMA_UPGRADE`).
+    pub schema_upgrade: Option<SchemaUpgradeRecord>,
+}
+
+/// The record of an upgrade's schema Job on the media claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaUpgradeRecord {
+    /// The version it upgrades to.
+    pub version: String,
+    /// The upgrade that first wrote it ([`attempt`]; `None`: not said).
+    pub began: Option<String>,
+}
+
+impl SchemaUpgradeRecord {
+    /// The version, when another upgrade than `u` wrote the record for a
+    /// version newer than `u` upgrades from: that upgrade's Job may have
+    /// changed the schema already.
+    pub fn earlier_than(&self, u: &UpgradeStatus) -> Option<&str> {
+        let own = self.began.as_deref() == Some(attempt(u).as_str());
+        (!own && newer(&self.version, &u.from)).then_some(self.version.as_str())
+    }
+}
+
+/// Names one upgrade: when it began, to the second (as status keeps it).
+pub fn attempt(u: &UpgradeStatus) -> String {
+    Timestamp::from_second(u.started_at.0.as_second()).unwrap_or(u.started_at.0).to_string()
 }
 
 /// The version that runs: the newer of what status records and what the live
@@ -127,19 +151,28 @@ pub fn plan(
             } else {
                 spec.paused.then(|| "spec.upgrade.paused is true".to_string())
             };
+            // An earlier upgrade's schema Job (its object deleted during the
+            // schema step) may have changed the schema: never called off.
+            let earlier = running.schema_upgrade.as_ref().and_then(|r| r.earlier_than(&u)).map(String::from);
             match why {
-                Some(why) if procedure::can_roll_back(&u, &running.job) => {
+                Some(why) if earlier.is_none() && procedure::can_roll_back(&u, &running.job) => {
                     rolled_back = true;
                     Some(procedure::roll_back(&u, &why, now))
                 }
                 Some(why) => {
                     let (reason, what) =
                         if reverted { (DOWNGRADE_REFUSED, "going back") } else { (UPGRADES_PAUSED, "pausing") };
+                    let ran = match &earlier {
+                        Some(v) => format!(
+                            "an earlier upgrade's schema Job to {v} may have run on these databases (the media claim records it)"
+                        ),
+                        None => format!("the schema upgrade to {} has run or is running", u.to),
+                    };
                     blocker = Some((
                         reason,
                         format!(
-                            "{why}, but the schema upgrade to {} has run or is running, so {what} is not possible: the upgrade finishes and {} runs; set spec.version to {}",
-                            u.to, u.to, u.to
+                            "{why}, but {ran}, so {what} is not possible: the upgrade finishes and {} runs; set spec.version to {}",
+                            u.to, u.to
                         ),
                     ));
                     Some(u)
@@ -168,15 +201,7 @@ pub fn plan(
                 ));
                 (None, false)
             } else {
-                let mut u = procedure::begin(cur, &target.version, now);
-                // An earlier upgrade's schema Job may have changed the
-                // schema already (its object deleted during the schema
-                // step): this one is never called off, so nothing older
-                // than what it may have left starts again.
-                if running.schema_upgrade_begun.as_deref().is_some_and(|b| newer(b, cur)) {
-                    u.schema_started_at = Some(u.started_at.clone());
-                }
-                (Some(u), true)
+                (Some(procedure::begin(cur, &target.version, now)), true)
             }
         }
         _ => (None, false),
@@ -433,7 +458,7 @@ mod tests {
     }
 
     fn running(job: procedure::JobState) -> Running {
-        Running { live_version: None, job, schema_upgrade_begun: None }
+        Running { live_version: None, job, schema_upgrade: None }
     }
 
     #[test]
@@ -490,34 +515,57 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_begun_over_an_earlier_unfinished_schema_upgrade_is_never_called_off() {
+    fn an_upgrade_over_an_earlier_ones_unfinished_schema_job_is_never_called_off() {
         use procedure::{JobState, Step};
         let now = at("2024-05-01T00:05:00Z");
-        // Re-created at 2.53.2 over databases whose upgrade to 2.55.1 was
-        // begun by an earlier object; the spec now asks for 2.55.1.
+        let record = |began: Option<String>| SchemaUpgradeRecord { version: "2.55.1".into(), began };
+        // Re-created at 2.53.2 over databases whose upgrade to 2.55.1 an
+        // earlier object began; the spec now asks for 2.55.1.
         let over = Running {
             live_version: Some("2.53.2".into()),
-            schema_upgrade_begun: Some("2.55.1".into()),
+            schema_upgrade: Some(record(Some("2024-04-01T00:00:00Z".into()))),
             ..Default::default()
         };
         let p = plan(&UpgradeSpec::default(), "2.55.1", None, &over, &catalog(), now);
+        assert!(p.began);
         let u = p.upgrade.clone().expect("begun");
-        assert_eq!(u.schema_started_at.as_ref(), Some(&u.started_at), "the schema may have changed already");
-        // Set back (or paused) before its own Job was made: refused, as if its Job had run.
+        // Set back, or paused, before its own Job was made: refused, since
+        // the earlier Job may have run.
         let mut s = status("2.53.2");
         s.upgrade = Some(Box::new(u.clone()));
-        let back = plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &running(JobState::Absent), &catalog(), now);
+        let running = Running { job: JobState::Absent, ..over.clone() };
+        let back = plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &running, &catalog(), now);
         assert!(!back.rolled_back, "{back:?}");
-        assert_eq!(back.blocker.as_ref().map(|b| b.0), Some(DOWNGRADE_REFUSED));
         assert_eq!(back.upgrade.as_ref().map(|u| u.step), Some(Step::StoppingNodes));
+        let (reason, message) = back.blocker.clone().expect("refused");
+        assert_eq!(reason, DOWNGRADE_REFUSED);
+        assert!(message.contains("an earlier upgrade's schema Job to 2.55.1 may have run"), "{message}");
         let paused = UpgradeSpec { paused: true, ..Default::default() };
-        assert!(!plan(&paused, "2.55.1", Some(&s), &running(JobState::Absent), &catalog(), now).rolled_back);
+        assert!(!plan(&paused, "2.55.1", Some(&s), &running, &catalog(), now).rolled_back);
+        // The same record unnamed (`began` not said) is an earlier one too.
+        let unnamed = Running { schema_upgrade: Some(record(None)), ..running.clone() };
+        assert!(!plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &unnamed, &catalog(), now).rolled_back);
 
-        // A record no newer than the version upgraded from says nothing: it
-        // can be called off as usual.
-        let stale = Running { schema_upgrade_begun: Some("2.53.2".into()), ..over };
-        let p = plan(&UpgradeSpec::default(), "2.55.1", None, &stale, &catalog(), now);
-        assert_eq!(p.upgrade.and_then(|u| u.schema_started_at), None);
+        // Its own record (written as its Job was made) does not keep it
+        // from being called off, nor does a record no newer than 2.53.2.
+        let own = Running { schema_upgrade: Some(record(Some(attempt(&u)))), ..running.clone() };
+        assert!(plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &own, &catalog(), now).rolled_back);
+        let stale = SchemaUpgradeRecord { version: "2.53.2".into(), began: None };
+        let stale = Running { schema_upgrade: Some(stale), ..running };
+        assert!(plan(&UpgradeSpec::default(), "2.53.2", Some(&s), &stale, &catalog(), now).rolled_back);
+    }
+
+    #[test]
+    fn an_upgrade_is_named_by_its_beginning_to_the_second() {
+        let u = procedure::begin("2.53.2", "2.55.1", Timestamp::from_second(1_714_521_900).unwrap());
+        let precise = UpgradeStatus {
+            started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::new(1_714_521_900, 250_000_000).unwrap(),
+            ),
+            ..u.clone()
+        };
+        assert_eq!(attempt(&u), "2024-05-01T00:05:00Z");
+        assert_eq!(attempt(&precise), attempt(&u), "status keeps whole seconds");
     }
 
     #[test]

@@ -346,8 +346,7 @@ pub fn is_done(upgrade: &UpgradeStatus) -> bool {
 /// its deadline stopped one at work): the old build never runs on it.
 pub fn can_roll_back(upgrade: &UpgradeStatus, job: &JobState) -> bool {
     match upgrade.step {
-        // Begun over an earlier upgrade's schema Job that may have run.
-        Step::StoppingNodes => upgrade.schema_started_at.is_none(),
+        Step::StoppingNodes => true,
         Step::UpgradingSchema => {
             upgrade.schema_started_at.is_none()
                 && matches!(

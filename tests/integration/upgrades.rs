@@ -704,8 +704,12 @@ pub async fn a_number_deleted_during_its_schema_upgrade_starts_nothing_older(env
 
     api.delete(&name, &Default::default()).await?;
     support::fault("a WhatsAppNumber deleted during its upgrade's schema step, then re-created at the old version");
-    wait_until(Duration::from_secs(120), "the WhatsAppNumber and its schema Job to be gone", || async {
-        Ok(api.get_opt(&name).await?.is_none() && jobs.get_opt(&job_of(NEW)).await?.is_none())
+    let pods = typed::<Pod>(c, &ns);
+    let instance = format!("app.kubernetes.io/instance={name}");
+    wait_until(Duration::from_secs(120), "the WhatsAppNumber, its schema Job and its pods to be gone", || async {
+        Ok(api.get_opt(&name).await?.is_none()
+            && jobs.get_opt(&job_of(NEW)).await?.is_none()
+            && pods.list(&ListParams::default().labels(&instance)).await?.items.is_empty())
     })
     .await?;
     let mut again = WhatsAppNumber::new(&name, ready.spec.clone());
@@ -713,13 +717,12 @@ pub async fn a_number_deleted_during_its_schema_upgrade_starts_nothing_older(env
     api.create(&Default::default(), &again).await?;
     // From its creation on: no master, coreapp or webapp pod, no schema Job.
     let statefulsets = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns);
-    let pods = typed::<Pod>(c, &ns);
     let nothing_runs = || async {
         for sts in statefulsets.list(&ListParams::default()).await?.items {
             let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             ensure!(replicas == 0, "{} asks for {replicas} pods of {OLD} over the unfinished schema", sts.name_any());
         }
-        let running = pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))).await?;
+        let running = pods.list(&ListParams::default().labels(&instance)).await?;
         ensure!(
             running.items.is_empty(),
             "pods over the unfinished schema: {:?}",
