@@ -123,8 +123,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     };
     let databases = crate::api::database_identity(&wan.spec);
     let recorded_upgrade = managed_claim.and_then(|c| media::schema_upgrade_of(c, &databases));
-    let begun = recorded_upgrade.as_ref().map(|r| r.version.clone());
-    let mut running = upgrade::Running { live_version, job, schema_upgrade: recorded_upgrade };
+    let mut running = upgrade::Running { live_version, job, schema_upgrade: recorded_upgrade.clone() };
     if !observed.catalog.problems.is_empty() {
         warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
     }
@@ -139,9 +138,9 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     if wan.spec.suspend {
         plan.hold_while_suspended();
     }
-    let unfinished = plan::unfinished_schema_upgrade(&plan, status, begun.as_deref());
+    let unfinished = plan::unfinished_schema_upgrade(&plan, status, recorded_upgrade.as_ref());
     if let Some(why) = &unfinished {
-        info!(begun = begun.as_deref(), target = plan.target_version(), "{why}");
+        info!(target = plan.target_version(), "{why}");
         plan.hold_for_unfinished_schema_upgrade(why.clone());
     }
     if let Some(u) = plan.upgrade.as_ref().filter(|_| plan.rolled_back) {

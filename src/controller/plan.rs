@@ -79,10 +79,15 @@ pub fn conflict_to_record(
 pub fn unfinished_schema_upgrade(
     plan: &Plan,
     status: Option<&WhatsAppNumberStatus>,
-    begun: Option<&str>,
+    record: Option<&upgrade::SchemaUpgradeRecord>,
 ) -> Option<String> {
-    let begun = begun?;
-    let followed = status.and_then(|s| s.upgrade.as_deref()).is_some_and(|u| upgrade::same_version(&u.to, begun));
+    let record = record?;
+    let begun = record.version.as_str();
+    // Its own upgrade to it: one under way, or one called off that wrote it.
+    let followed = status.and_then(|s| s.upgrade.as_deref()).is_some_and(|u| {
+        upgrade::same_version(&u.to, begun)
+            && (!procedure::is_done(u) || record.began.as_deref() == Some(upgrade::attempt(u).as_str()))
+    });
     let target = plan.target_version();
     if followed || !upgrade::newer(begun, target) {
         return None;
@@ -95,7 +100,8 @@ pub fn unfinished_schema_upgrade(
         // The spec already asks for it: what keeps the upgrade from beginning.
         Some((_, waits)) if !upgrade::newer(begun, &plan.target.version) => format!("{why}; {waits}"),
         _ => format!(
-            "{why}. Set spec.version to {begun} or newer to run the schema upgrade again; only if its Job never started, remove the annotation instead"
+            "{why}. Set spec.version to {begun} or newer to run the schema upgrade again; only if its Job never started, remove the record instead (that annotation and {}-began)",
+            crate::resources::names::ANNOTATION_SCHEMA_UPGRADE
         ),
     })
 }
@@ -334,7 +340,14 @@ mod tests {
         // 2.55.1 was begun: held, whatever the plan would run.
         let wan = sample();
         let plan = steady(&wan);
-        let why = unfinished_schema_upgrade(&plan, None, Some("2.55.1")).expect("held");
+        let earlier = "2024-01-20T00:00:00Z";
+        let rec = |version: &str, began: &str| upgrade::SchemaUpgradeRecord {
+            version: version.into(),
+            began: Some(began.into()),
+        };
+        let recorded = rec("2.55.1", earlier);
+        let record = Some(&recorded);
+        let why = unfinished_schema_upgrade(&plan, None, record).expect("held");
         assert!(why.contains("part-way to 2.55.1") && why.contains("2.53.2 does not start"), "{why}");
         assert!(why.contains(crate::resources::names::ANNOTATION_SCHEMA_UPGRADE), "{why}");
         let mut held = plan.clone();
@@ -350,9 +363,9 @@ mod tests {
         // the object's own upgrade to it (in progress or called off): the
         // plan goes on.
         assert_eq!(unfinished_schema_upgrade(&plan, None, None), None);
-        assert_eq!(unfinished_schema_upgrade(&plan, None, Some("2.53.2")), None);
-        assert_eq!(unfinished_schema_upgrade(&plan, None, Some("2.53")), None, "2.53 is 2.53.0");
-        assert!(unfinished_schema_upgrade(&plan, None, Some("2.100.0")).is_some(), "versions compare as numbers");
+        assert_eq!(unfinished_schema_upgrade(&plan, None, Some(&rec("2.53.2", earlier))), None);
+        assert_eq!(unfinished_schema_upgrade(&plan, None, Some(&rec("2.53", earlier))), None, "2.53 is 2.53.0");
+        assert!(unfinished_schema_upgrade(&plan, None, Some(&rec("2.100.0", earlier))).is_some(), "as numbers");
         let own = |step| WhatsAppNumberStatus {
             upgrade: Some(Box::new(UpgradeStatus {
                 step,
@@ -360,15 +373,19 @@ mod tests {
             })),
             ..Default::default()
         };
-        for step in [UpgradeStep::UpgradingSchema, UpgradeStep::RolledBack] {
-            assert_eq!(unfinished_schema_upgrade(&plan, Some(&own(step)), Some("2.55.1")), None, "{step:?}");
-        }
+        assert_eq!(unfinished_schema_upgrade(&plan, Some(&own(UpgradeStep::UpgradingSchema)), record), None);
+        let called_off = own(UpgradeStep::RolledBack);
+        let its_own = rec("2.55.1", &upgrade::attempt(called_off.upgrade.as_deref().expect("an upgrade")));
+        assert_eq!(unfinished_schema_upgrade(&plan, Some(&called_off), Some(&its_own)), None);
+        // A call-off of its own to that version does not cover another
+        // upgrade's record (a status restored over another object's).
+        assert!(unfinished_schema_upgrade(&plan, Some(&called_off), record).is_some());
         // An upgrade the plan begins to an older version than the record's
         // is not begun; one to it or past it runs the schema upgrade again.
         let mut to_older = plan.clone();
         to_older.upgrade = Some(procedure::begin("2.53.2", "2.54.1", at("2024-02-01T00:00:00Z")));
         to_older.began = true;
-        let why = unfinished_schema_upgrade(&to_older, None, Some("2.55.1")).expect("held");
+        let why = unfinished_schema_upgrade(&to_older, None, record).expect("held");
         to_older.hold_for_unfinished_schema_upgrade(why);
         assert_eq!((to_older.upgrade, to_older.began), (None, false));
         // The spec asks for it, and the upgrade waits (paused, a window,
@@ -377,12 +394,12 @@ mod tests {
         waiting.target.version = "2.55.1".into();
         let paused = "the upgrade from 2.53.2 to 2.55.1 waits: spec.upgrade.paused is true";
         waiting.blocker = Some((upgrade::UPGRADES_PAUSED, paused.into()));
-        let why = unfinished_schema_upgrade(&waiting, None, Some("2.55.1")).expect("held");
+        let why = unfinished_schema_upgrade(&waiting, None, record).expect("held");
         assert!(why.ends_with(&format!("2.53.2 does not start on it; {paused}")), "{why}");
         let mut to_it = plan.clone();
         to_it.upgrade = Some(procedure::begin("2.53.2", "2.55.1", at("2024-02-01T00:00:00Z")));
         to_it.began = true;
-        assert_eq!(unfinished_schema_upgrade(&to_it, None, Some("2.55.1")), None);
+        assert_eq!(unfinished_schema_upgrade(&to_it, None, record), None);
     }
 
     fn steady(wan: &WhatsAppNumber) -> Plan {
