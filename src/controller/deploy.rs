@@ -123,7 +123,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     };
     let databases = crate::api::database_identity(&wan.spec);
     let recorded_upgrade = managed_claim.and_then(|c| media::schema_upgrade_of(c, &databases));
-    let mut running = upgrade::Running { live_version, job, schema_upgrade: recorded_upgrade.clone() };
+    let mut running = upgrade::Running { live_version, job, schema_upgrade: recorded_upgrade };
     if !observed.catalog.problems.is_empty() {
         warn!(problems = ?observed.catalog.problems, "release catalog entries were skipped");
     }
@@ -138,7 +138,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     if wan.spec.suspend {
         plan.hold_while_suspended();
     }
-    let unfinished = plan::unfinished_schema_upgrade(&plan, status, recorded_upgrade.as_ref());
+    let unfinished = plan::unfinished_schema_upgrade(&plan, status, running.schema_upgrade.as_ref());
     if let Some(why) = &unfinished {
         info!(target = plan.target_version(), "{why}");
         plan.hold_for_unfinished_schema_upgrade(why.clone());

@@ -150,14 +150,18 @@ pub fn media_claim(
     Some(claim)
 }
 
+/// The annotations of a media claim when its records are about `databases`
+/// (`host:port/prefix`): records of other databases say nothing.
+fn records_for<'c>(claim: &'c PersistentVolumeClaim, databases: &str) -> Option<&'c BTreeMap<String, String>> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    (annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) == Some(databases)).then_some(annotations)
+}
+
 /// The schema version a media claim records for `databases`
 /// (`host:port/prefix`); nothing for other databases or a version that does
 /// not read as one.
 pub fn schema_version_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<String> {
-    let annotations = claim.metadata.annotations.as_ref()?;
-    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
-        return None;
-    }
+    let annotations = records_for(claim, databases)?;
     let version = annotations.get(ANNOTATION_SCHEMA_VERSION)?;
     crate::upgrade::catalog::Version::parse(version).map(|_| version.clone())
 }
@@ -167,10 +171,7 @@ pub fn schema_version_of(claim: &PersistentVolumeClaim, databases: &str) -> Opti
 /// databases or a version that does not read as one. It may be no newer
 /// than the schema version recorded beside it, and then says nothing.
 pub fn schema_upgrade_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<SchemaUpgradeRecord> {
-    let annotations = claim.metadata.annotations.as_ref()?;
-    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
-        return None;
-    }
+    let annotations = records_for(claim, databases)?;
     let version = annotations.get(ANNOTATION_SCHEMA_UPGRADE)?;
     crate::upgrade::catalog::Version::parse(version)?;
     Some(SchemaUpgradeRecord {
@@ -182,20 +183,14 @@ pub fn schema_upgrade_of(claim: &PersistentVolumeClaim, databases: &str) -> Opti
 /// The last shard change carried out that a media claim records for
 /// `databases`; nothing for other databases or a record that does not read.
 pub fn shard_change_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<ShardRequestStatus> {
-    let annotations = claim.metadata.annotations.as_ref()?;
-    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
-        return None;
-    }
+    let annotations = records_for(claim, databases)?;
     serde_json::from_str(annotations.get(ANNOTATION_SHARD_CHANGE)?).ok()
 }
 
 /// Where the registration stood, as a media claim records it for
 /// `databases`; nothing for other databases or a record that does not read.
 pub fn registration_of(claim: &PersistentVolumeClaim, databases: &str) -> Option<RegistrationStatus> {
-    let annotations = claim.metadata.annotations.as_ref()?;
-    if annotations.get(ANNOTATION_SCHEMA_DATABASES).map(String::as_str) != Some(databases) {
-        return None;
-    }
+    let annotations = records_for(claim, databases)?;
     serde_json::from_str(annotations.get(ANNOTATION_REGISTRATION)?).ok()
 }
 
