@@ -69,6 +69,9 @@ struct Planned {
     /// Another schema Job of this object (or a pod of one) that the
     /// upgrade's schema Job waits for.
     schema_job_held_for: Option<String>,
+    /// A first deployment's record of a schema Job that never started, of
+    /// an earlier spec.version, to remove: the beginning it names.
+    first_called_off: Option<String>,
 }
 
 /// A failed schema Job to keep.
@@ -138,7 +141,22 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     if wan.spec.suspend {
         plan.hold_while_suspended();
     }
-    let unfinished = plan::unfinished_schema_upgrade(&plan, status, running.schema_upgrade.as_ref());
+    // A first deployment's own record of a Job of an earlier spec.version
+    // that never started goes with that Job, and holds nothing meanwhile.
+    let never_started: Vec<&str> = schema_jobs
+        .iter()
+        .filter(|j| matches!(j.state, procedure::JobState::Pending(_) | procedure::JobState::Unstartable(_)))
+        .filter(|j| !j.failed_pods)
+        .map(|j| j.version.as_str())
+        .collect();
+    let first = plan::first_deployment_attempt(wan);
+    let first_called_off = running
+        .schema_upgrade
+        .as_ref()
+        .filter(|r| first_deployment && plan::first_record_called_off(r, &first, &plan.steady_version, &never_started))
+        .and_then(|r| r.began.clone());
+    let record = running.schema_upgrade.as_ref().filter(|_| first_called_off.is_none());
+    let unfinished = plan::unfinished_schema_upgrade(&plan, status, record);
     if let Some(why) = &unfinished {
         info!(target = plan.target_version(), "{why}");
         plan.hold_for_unfinished_schema_upgrade(why.clone());
@@ -206,6 +224,7 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         first_jobs,
         keep_failed,
         schema_job_held_for,
+        first_called_off,
     })
 }
 
@@ -420,11 +439,17 @@ async fn apply_step(
     inputs.schema_version =
         plan::schema_version(plan, &planned.workloads, planned.recorded_or_live.as_deref(), &planned.upgrade_job);
     // Recorded before the Job is made (the media claim is applied first):
-    // from then on the schema may change.
-    inputs.schema_upgrade = match (plan::called_off(plan, status), plan.upgrade.as_ref()) {
-        (Some(u), _) => media::SchemaUpgrade::CalledOff { began: upgrade::attempt(u) },
-        (None, Some(u)) if shape.schema_job => {
+    // from then on the schema may change. A first deployment's record
+    // comes with the claim's creation.
+    let first_called_off = planned.first_called_off.as_ref();
+    inputs.schema_upgrade = match (plan::called_off(plan, status), plan.upgrade.as_ref(), first_called_off) {
+        (Some(u), ..) => media::SchemaUpgrade::CalledOff { began: upgrade::attempt(u) },
+        (None, Some(u), _) if shape.schema_job => {
             media::SchemaUpgrade::Begun { to: u.to.clone(), began: upgrade::attempt(u) }
+        }
+        (None, None, Some(began)) => media::SchemaUpgrade::CalledOff { began: began.clone() },
+        (None, None, None) if planned.first_jobs.is_some() && shape.schema_job => {
+            media::SchemaUpgrade::Begun { to: plan.steady_version.clone(), began: plan::first_deployment_attempt(wan) }
         }
         _ => media::SchemaUpgrade::Keep,
     };
@@ -888,6 +913,7 @@ mod tests {
             first_jobs: None,
             keep_failed: vec![],
             schema_job_held_for: None,
+            first_called_off: None,
         }
     }
 

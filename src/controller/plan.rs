@@ -106,6 +106,32 @@ pub fn unfinished_schema_upgrade(
     })
 }
 
+/// Names a first deployment on the record of its schema Job (see
+/// [`crate::resources::media::SchemaUpgrade`]): when the object was created,
+/// to the second, as [`upgrade::attempt`] names an upgrade. A re-created
+/// object's first deployment is another one.
+pub fn first_deployment_attempt(wan: &WhatsAppNumber) -> String {
+    wan.metadata.creation_timestamp.as_ref().map(|t| upgrade::began_at(t.0)).unwrap_or_default()
+}
+
+/// Whether a first deployment takes back its own record of a schema Job
+/// (written by `first`, see [`first_deployment_attempt`]): the spec's
+/// version changed to `steady` before the Job of the recorded version
+/// started (`never_started`: the versions of this object's schema Jobs none
+/// of whose pods started), so that Job is deleted (see [`first_jobs`]) and
+/// its record goes with it. A record of a Job that started, failed or is
+/// gone stays: the schema may be part-way to it.
+pub fn first_record_called_off(
+    record: &upgrade::SchemaUpgradeRecord,
+    first: &str,
+    steady: &str,
+    never_started: &[&str],
+) -> bool {
+    record.began.as_deref() == Some(first)
+        && !upgrade::same_version(&record.version, steady)
+        && never_started.iter().any(|v| upgrade::same_version(v, &record.version))
+}
+
 /// Nothing runs while the schema may be part-way to a newer version than
 /// the plan's (see [`unfinished_schema_upgrade`]).
 pub fn hold_for_unfinished_schema_upgrade(workloads: &mut Workloads) {
@@ -333,6 +359,33 @@ mod tests {
     use super::*;
     use crate::api::{UpgradeSpec, WhatsAppNumberStatus};
     use crate::fixtures::{at, catalog, sample};
+
+    #[test]
+    fn a_first_deployment_takes_back_only_its_own_record_of_a_job_that_never_started() {
+        let mut wan = sample();
+        wan.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2024-05-01T00:00:00.700Z")));
+        let first = first_deployment_attempt(&wan);
+        assert_eq!(first, "2024-05-01T00:00:00Z", "to the second, as an upgrade is named");
+        let record = |version: &str, began: &str| upgrade::SchemaUpgradeRecord {
+            version: version.into(),
+            began: Some(began.into()),
+        };
+        let own = record("2.55.1", &first);
+        // The spec now names 2.53.2, and the Job of 2.55.1 never started.
+        assert!(first_record_called_off(&own, &first, "2.53.2", &["2.55.1"]));
+        assert!(first_record_called_off(&own, &first, "2.53.2", &["2.53.2", "2.55.1"]));
+        // The Job of 2.55.1 started, failed, or is gone: the schema may be part-way.
+        assert!(!first_record_called_off(&own, &first, "2.53.2", &[]));
+        assert!(!first_record_called_off(&own, &first, "2.53.2", &["2.53.2"]));
+        // The spec's own version: the record stays with its Job.
+        assert!(!first_record_called_off(&own, &first, "2.55.1", &["2.55.1"]));
+        // An earlier object's record (deleted, re-created), or an upgrade's.
+        let earlier = record("2.55.1", "2024-04-30T23:59:59Z");
+        assert!(!first_record_called_off(&earlier, &first, "2.53.2", &["2.55.1"]));
+        let unnamed = upgrade::SchemaUpgradeRecord { version: "2.55.1".into(), began: None };
+        assert!(!first_record_called_off(&unnamed, &first, "2.53.2", &["2.55.1"]));
+    }
 
     #[test]
     fn nothing_older_starts_over_a_schema_upgrade_begun_and_not_seen_to_finish() {

@@ -433,6 +433,8 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
     // after a status write: it waits for the next.
     assert_eq!(operator.reconcile(api).await, children);
     assert_eq!(condition(api, "Ready"), ("False".into(), "Deploying".into()));
+    // The claim is made carrying the record of the schema Job, before the Job.
+    assert_eq!(media_records(api), (None, Some("2.53.2".into())));
 
     // The Job succeeded: the media claim records the schema (it outlives the
     // object), and masters, coreapps and webapps start, once the API server
@@ -448,12 +450,62 @@ async fn bring_up(api: &Arc<FakeApi>, operator: &mut Operator) {
     ];
     assert_eq!(operator.reconcile(api).await, workloads);
     assert_eq!(condition(api, "Ready"), ("False".into(), "Deploying".into()));
+    // The record of the Job goes in the write of the schema version.
+    assert_eq!(media_records(api), (Some("2.53.2".into()), None));
 
     // Their pods are ready: the number is.
     api.settle();
     // Ready, and the unknown release (one event for both build conditions).
     assert_eq!(operator.reconcile(api).await, vec![status_write(), EVENT.into(), EVENT.into()]);
     assert_eq!(condition(api, "Ready"), ("True".into(), "Ready".into()));
+}
+
+const MEDIA: &str = "/api/v1/namespaces/team/persistentvolumeclaims/acme-media";
+
+/// The schema version and the schema Job's version the media claim records.
+fn media_records(api: &FakeApi) -> (Option<String>, Option<String>) {
+    use crate::resources::names::{ANNOTATION_SCHEMA_UPGRADE, ANNOTATION_SCHEMA_VERSION};
+    let annotations = api.get(MEDIA)["metadata"]["annotations"].clone();
+    let read = |key: &str| annotations[key].as_str().map(String::from);
+    (read(ANNOTATION_SCHEMA_VERSION), read(ANNOTATION_SCHEMA_UPGRADE))
+}
+
+#[tokio::test]
+async fn a_first_deployment_takes_back_its_record_with_a_schema_job_that_never_started() {
+    let api = seeded();
+    let mut operator = Operator::start(&api);
+    operator.reconcile(&api).await;
+    operator.reconcile(&api).await;
+    assert_eq!(media_records(&api), (None, Some("2.53.2".into())));
+    let job = "/apis/batch/v1/namespaces/team/jobs/acme-schema-2-53-2";
+    api.get(job);
+
+    // An older version before the Job started (a mistyped version put
+    // right): the Job never started, so it and its record go (the Job
+    // first: should the claim's write fail, the record holds the number on
+    // the safe side), and the older version's Job is made, recorded first.
+    // Never held meanwhile.
+    api.edit(WAN, |w| {
+        w["spec"]["version"] = json!("2.51.3");
+        w["metadata"]["generation"] = json!(2);
+    });
+    let taken_back = operator.reconcile(&api).await;
+    let patch = taken_back.iter().position(|r| *r == format!("PATCH {MEDIA}"));
+    let delete = taken_back.iter().position(|r| *r == format!("DELETE {job}"));
+    assert!(delete.is_some() && delete < patch, "the Job, then its record: {taken_back:?}");
+    assert_eq!(media_records(&api), (None, None));
+    let mut made = false;
+    for _ in 0..4 {
+        let wan = api.get(WAN);
+        assert!(!wan["status"].to_string().contains("SchemaUpgradeUnfinished"), "held: {}", wan["status"]);
+        if api.objects().iter().any(|o| o["metadata"]["name"] == "acme-schema-2-51-3") {
+            made = true;
+            break;
+        }
+        operator.reconcile(&api).await;
+    }
+    assert!(made, "the Job of the spec's version is made");
+    assert_eq!(media_records(&api), (None, Some("2.51.3".into())));
 }
 
 #[tokio::test]

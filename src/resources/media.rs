@@ -76,7 +76,10 @@ pub fn media_claim(
         .registration
         .map(|r| RegistrationStatus { message: String::new(), ..r.clone() })
         .or_else(|| live.and_then(|c| registration_of(c, &databases)));
-    let recorded_upgrade = live.and_then(|c| schema_upgrade_of(c, &databases));
+    // A record the schema version reached says nothing more: it neither
+    // stays nor names the writer of a later one.
+    let ahead = |u: &SchemaUpgradeRecord| version.as_deref().is_none_or(|v| crate::upgrade::newer(&u.version, v));
+    let recorded_upgrade = live.and_then(|c| schema_upgrade_of(c, &databases)).filter(ahead);
     let upgrade = match (records.schema_upgrade.unwrap_or(&SchemaUpgrade::Keep), recorded_upgrade) {
         (SchemaUpgrade::Keep, recorded) => recorded,
         (SchemaUpgrade::Begun { to, began }, None) => {
@@ -89,8 +92,7 @@ pub fn media_claim(
         }),
         (SchemaUpgrade::CalledOff { began }, recorded) => recorded.filter(|r| r.began.as_ref() != Some(began)),
     };
-    // Once the schema version reaches it, the record says nothing more.
-    let upgrade = upgrade.filter(|u| version.as_deref().is_none_or(|v| crate::upgrade::newer(&u.version, v)));
+    let upgrade = upgrade.filter(ahead);
     if version.is_some() || change.is_some() || registration.is_some() || upgrade.is_some() {
         let annotations = metadata.annotations.get_or_insert_with(Default::default);
         if let Some(version) = version {

@@ -420,6 +420,24 @@ fn the_media_claim_records_an_upgrades_schema_job_until_the_schema_reaches_it() 
     // upgrade that wrote the record first.
     assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", start("2.54.1", second))), record("2.55.1", first));
     assert_eq!(begun(&claim(Some(&upgrading), "2.53.2", start("2.57.2", second))), record("2.57.2", first));
+    // A first deployment's record: written when the claim is made, and gone
+    // in the write of the schema version its Job made.
+    let created = media::media_claim(
+        &wan,
+        None,
+        media::Records { schema_upgrade: Some(&start("2.53.2", first)), ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!((begun(&created), media::schema_version_of(&created, &databases)), (record("2.53.2", first), None));
+    let deployed = claim(Some(&created), "2.53.2", media::SchemaUpgrade::Keep);
+    assert_eq!((begun(&deployed), media::schema_version_of(&deployed, &databases).as_deref()), (None, Some("2.53.2")));
+    // A record left beside the schema version that reached it (written by
+    // hand, or by an operator before this one) names no writer of a later one.
+    let mut leftover = deployed.clone();
+    leftover.annotations_mut().insert(ANNOTATION_SCHEMA_UPGRADE.into(), "2.53.2".into());
+    leftover.annotations_mut().insert(ANNOTATION_SCHEMA_UPGRADE_BEGAN.into(), first.into());
+    assert_eq!(begun(&claim(Some(&leftover), "2.53.2", start("2.55.1", second))), record("2.55.1", second));
+    assert_eq!(begun(&claim(Some(&leftover), "2.53.2", media::SchemaUpgrade::Keep)), None);
     // The schema reaches it: the record goes in the write of the new schema version.
     let upgraded = claim(Some(&upgrading), "2.55.1", start("2.55.1", first));
     assert_eq!((begun(&upgraded), media::schema_version_of(&upgraded, &databases).as_deref()), (None, Some("2.55.1")));

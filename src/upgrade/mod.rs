@@ -91,7 +91,12 @@ impl SchemaUpgradeRecord {
 
 /// Names one upgrade: when it began, to the second (as status keeps it).
 pub fn attempt(u: &UpgradeStatus) -> String {
-    Timestamp::from_second(u.started_at.0.as_second()).unwrap_or(u.started_at.0).to_string()
+    began_at(u.started_at.0)
+}
+
+/// A beginning as the record of a schema Job names it: to the second.
+pub fn began_at(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 /// The version that runs: the newer of what status records and what the live

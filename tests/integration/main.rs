@@ -138,6 +138,7 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     scenario!(upgrades::a_new_upgrade_waits_for_the_called_off_schema_job),
     scenario!(upgrades::a_first_deployment_waiting_for_a_node_says_why_and_takes_the_fix),
     scenario!(upgrades::a_first_deployment_never_runs_two_schema_jobs),
+    scenario!(upgrades::a_number_deleted_during_its_first_schema_step_starts_nothing_older),
     scenario!(upgrades::a_failed_schema_job_waits_for_a_person),
     scenario!(upgrades::a_lost_status_keeps_the_running_version, alone),
     scenario!(upgrades::a_re_created_number_never_starts_an_older_build),

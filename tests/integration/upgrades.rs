@@ -836,23 +836,27 @@ pub async fn a_new_upgrade_waits_for_the_called_off_schema_job(env: &'static Env
     Ok(())
 }
 
-/// A first deployment whose spec.version changes before its schema Job ran:
-/// that Job, which never started, goes before the new version's starts, and
-/// the number comes up at the new version.
+/// A first deployment whose spec.version changes (to an older one: a
+/// mistyped version put right) before its schema Job ran: that Job, which
+/// never started, goes before the new version's starts, its record on the
+/// media claim goes with it, and the number comes up at the new version.
 pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) -> Result<()> {
     let c = &env.admin;
     let ns = namespace(c, "firstjobs").await?;
     // No node matches: the first schema Job's pod is never scheduled.
-    let nowhere = json!({"version": OLD, "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
+    let nowhere = json!({"version": NEW, "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
     let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &nowhere).await?;
     let api = wans(c, &ns);
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     let job_of = |version: &str| format!("{name}-schema-{}", version.replace('.', "-"));
-    let (old_job, new_job) = (job_of(OLD), job_of(NEW));
+    // The Job first made, and the one of the version put right.
+    let (old_job, new_job) = (job_of(NEW), job_of(OLD));
     wait_until(UPGRADE_TIMEOUT, "the first schema Job to wait for a node", || async {
         Ok(jobs.get_opt(&old_job).await?.is_some())
     })
     .await?;
+    let media = format!("{name}-media");
+    ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW), "recorded with the claim");
 
     // Every Job event of the namespace, in the order the API server made them:
     // the Jobs that exist after each one are known exactly, however brief.
@@ -872,7 +876,7 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
     ensure!(existing.contains(&old_job) && !existing.contains(&new_job), "only the first Job: {existing:?}");
 
     // The version is changed (a mistyped or unpullable one, say), the node selector put right.
-    merge_patch(&api, &name, json!({"spec": {"version": NEW, "coreapp": {"nodeSelector": null}}})).await?;
+    merge_patch(&api, &name, json!({"spec": {"version": OLD, "coreapp": {"nodeSelector": null}}})).await?;
     let replay = async {
         while let Some(event) = events.next().await {
             match event? {
@@ -889,7 +893,7 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
             }
             ensure!(
                 !(existing.contains(&old_job) && existing.contains(&new_job)),
-                "the Job of {NEW} was created while the Job of {OLD} was still there"
+                "the Job of {OLD} was created while the Job of {NEW} was still there"
             );
             if !existing.contains(&old_job) && existing.contains(&new_job) {
                 return Ok(());
@@ -900,9 +904,89 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
     tokio::time::timeout(UPGRADE_TIMEOUT, replay)
         .await
         .map_err(|_| anyhow!("the earlier Job never went, or the new one never came"))??;
+    // The record of the Job that never started went with it: nothing holds
+    // the older version.
+    let w = wait_ready(&api, &name).await?;
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(OLD), "runs {OLD}");
+    ensure!(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_none(), "a first deployment, no upgrade");
+    wait_until(Duration::from_secs(30), "the record to go once the schema reached it", || async {
+        Ok(schema_upgrade_recorded(c, &ns, &media).await?.is_none())
+    })
+    .await?;
+    support::delete_namespace(c, &ns).await;
+    Ok(())
+}
+
+/// A WhatsAppNumber deleted during its first deployment's schema step (the
+/// Job stopped, maybe part-way) and re-created at an older version: the
+/// media claim, made with the record of that Job, keeps the older version's
+/// schema Job and nodes from starting until the spec names the recorded
+/// version, whose first schema Job then runs again.
+pub async fn a_number_deleted_during_its_first_schema_step_starts_nothing_older(env: &'static Env) -> Result<()> {
+    let c = &env.admin;
+    let ns = namespace(c, "first-unfinished").await?;
+    let nowhere = json!({"version": NEW, "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
+    let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &nowhere).await?;
+    let api = wans(c, &ns);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let job_of = |version: &str| format!("{name}-schema-{}", version.replace('.', "-"));
+    wait_until(UPGRADE_TIMEOUT, "the first schema Job", || async { Ok(jobs.get_opt(&job_of(NEW)).await?.is_some()) })
+        .await?;
+    let media = format!("{name}-media");
+    ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW), "recorded with the claim");
+    let spec = api.get(&name).await?.spec;
+
+    api.delete(&name, &Default::default()).await?;
+    support::fault("a WhatsAppNumber deleted during its first schema step, then re-created at an older version");
+    let pods = typed::<Pod>(c, &ns);
+    let instance = format!("app.kubernetes.io/instance={name}");
+    wait_until(Duration::from_secs(120), "the WhatsAppNumber, its schema Job and its pods to be gone", || async {
+        Ok(api.get_opt(&name).await?.is_none()
+            && jobs.get_opt(&job_of(NEW)).await?.is_none()
+            && pods.list(&ListParams::default().labels(&instance)).await?.items.is_empty())
+    })
+    .await?;
+    let mut older = spec.clone();
+    older.version = OLD.into();
+    older.coreapp.node_selector = Default::default();
+    let mut again = WhatsAppNumber::new(&name, older);
+    again.metadata.namespace = Some(ns.clone());
+    api.create(&Default::default(), &again).await?;
+    let nothing_runs = || async {
+        ensure!(jobs.get_opt(&job_of(OLD)).await?.is_none(), "a schema Job of {OLD} over the unfinished schema");
+        let running = pods.list(&ListParams::default().labels(&instance)).await?;
+        ensure!(running.items.is_empty(), "pods: {:?}", running.items.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+        anyhow::Ok(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let held = loop {
+        nothing_runs().await?;
+        let w = api.get(&name).await?;
+        let stalled = condition(&w, "Stalled")
+            .is_some_and(|c| c.status == "True" && c.reason == "SchemaUpgradeUnfinished")
+            && w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation;
+        if stalled {
+            break w;
+        }
+        ensure!(Instant::now() < deadline, "not Stalled (SchemaUpgradeUnfinished) within 90 s: {:?}", w.status);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let message = condition(&held, "Ready").map(|c| c.message.to_string()).unwrap_or_default();
+    ensure!(message.contains(&format!("part-way to {NEW}")), "Ready says why: {message}");
+    for _ in 0..5 {
+        nothing_runs().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The recorded version: its first schema Job runs again, and the
+    // record goes once the schema is there.
+    merge_patch(&api, &name, json!({"spec": {"version": NEW}})).await?;
     let w = wait_ready(&api, &name).await?;
     ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(NEW), "runs {NEW}");
-    ensure!(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_none(), "a first deployment, no upgrade");
+    wait_until(Duration::from_secs(30), "the record to go once the schema reached it", || async {
+        Ok(schema_upgrade_recorded(c, &ns, &media).await?.is_none())
+    })
+    .await?;
     support::delete_namespace(c, &ns).await;
     Ok(())
 }
