@@ -657,6 +657,60 @@ unreachable_then_deleted() {
   log "$ns/$NAME deleted once its schema Job was stopped; the number is released"
 }
 
+invalid_spec() {
+  [ "$(condition "$1" "$NAME" Ready)" = False/InvalidSpec ] && [ "$(condition "$1" "$NAME" Stalled)" = True/InvalidSpec ]
+}
+
+# The pods of NS/NAME's masters, coreapps and webapps: "NAME UID" lines.
+number_pods() {
+  k -n "$1" get pods -l "app.kubernetes.io/instance=$NAME,app.kubernetes.io/component!=schema-upgrade" \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.uid}{"\n"}{end}' | sort
+}
+
+# Bad input to a running number: what the schema can express (an unsupported
+# shard count, a phone number not in E.164 form) the API server refuses with
+# the field's message; what it cannot (a database prefix other than the one
+# the databases were made with) is InvalidSpec, and what runs keeps running
+# untouched until the spec is put right.
+bad_input() {
+  local ns="$1" out shards before
+  for shards in 0 64; do
+    if out="$(k -n "$ns" patch wan "$NAME" --type=merge --dry-run=server \
+      -p "{\"spec\":{\"multiconnect\":{\"shards\":$shards}}}" 2>&1)"; then
+      fail "shards $shards was accepted: $out"
+    fi
+    grep -q 'spec.multiconnect.shards' <<<"$out" || fail "the refusal of shards $shards names no field: $out"
+    log "shards $shards refused: $out"
+  done
+  if out="$(k -n "$ns" apply --dry-run=server -f - 2>&1 <<EOF
+apiVersion: whatsapp.operators.dev/v1alpha1
+kind: WhatsAppNumber
+metadata: {name: $NAME-bad, namespace: $ns}
+spec:
+  phoneNumber: "+0123"
+  version: "$OLD"
+  database: {engine: $DB_ENGINE, host: $DB_HOST, credentialsSecretRef: {name: db}}
+  media: {existingClaim: media}
+EOF
+  )"; then
+    fail "the phone number +0123 was accepted: $out"
+  fi
+  grep -q 'E.164' <<<"$out" || fail "the refusal of +0123 does not say the form: $out"
+  log "phone number +0123 refused: $out"
+
+  before="$(number_pods "$ns")"
+  [ -n "$before" ] || fail "no pod of $ns/$NAME runs"
+  k -n "$ns" patch wan "$NAME" --type=merge -p '{"spec":{"database":{"namePrefix":"moved"}}}' >&2
+  wait_until 60 "$ns/$NAME Ready=False/InvalidSpec and Stalled" invalid_spec "$ns"
+  log "$ns/$NAME Ready: $(jp "$ns" "$NAME" '{.status.conditions[?(@.type=="Ready")].message}')"
+  sleep 5
+  [ "$(number_pods "$ns")" = "$before" ] || fail "pods changed under InvalidSpec: $before -> $(number_pods "$ns")"
+  k -n "$ns" patch wan "$NAME" --type=merge -p '{"spec":{"database":{"namePrefix":null}}}' >&2
+  wait_until "$TIMEOUT" "$ns/$NAME Ready again" ready_now "$ns" "$NAME"
+  [ "$(number_pods "$ns")" = "$before" ] || fail "pods changed once the spec was put right: $before -> $(number_pods "$ns")"
+  fault "bad input: shards 0 and 64, phone number +0123, a changed database prefix (InvalidSpec)"
+}
+
 scenario_ready() {
   log "scenario ready: $NS_A/$NAME on the emulator's $OLD images, its database Secret created late"
   prepare "$NS_A"
@@ -687,6 +741,7 @@ scenario_ready() {
   grep -q "role=Coreapp version=$OLD multiconnect=true" <<<"$out" \
     || fail "$NAME-coreapp-0 did not start as a multiconnect coreapp at $OLD: $(head -n 5 <<<"$out")"
   log "$NAME-coreapp-0 log: $(grep -m1 'role=Coreapp' <<<"$out")"
+  bad_input "$NS_A"
 }
 
 # failover: the pod of the connected coreapp is deleted; the standby takes the
