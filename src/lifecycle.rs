@@ -361,15 +361,41 @@ impl<'a> FailedBackups<'a> {
     }
 }
 
-/// When the next backup is to be tried, the last attempt having been made at
-/// `last`: the schedule's next time after it, or, after failed attempts,
-/// the end of their backoff if that comes first.
+/// Where the schedule is read from: the last attempt, or, before the
+/// first, the object's creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupsSince {
+    Attempt(Timestamp),
+    Created(Timestamp),
+}
+
+impl BackupsSince {
+    pub fn at(self) -> Timestamp {
+        match self {
+            Self::Attempt(t) | Self::Created(t) => t,
+        }
+    }
+}
+
+/// A backup attempted less than this before a scheduled time stands for
+/// that time: a retry that succeeded just before it is not followed by
+/// another backup seconds later.
+pub const BACKUP_SCHEDULE_SLACK: std::time::Duration = BACKUP_BACKOFF_FIRST;
+
+/// When the next backup is to be tried after `since`: the schedule's next
+/// time (the one after, when the last attempt came just before it), or,
+/// after failed attempts, the end of their backoff if that comes first.
 pub fn next_backup_attempt(
     schedule: &str,
-    last: Timestamp,
+    since: BackupsSince,
     failed: Option<FailedBackups<'_>>,
 ) -> Result<Timestamp, String> {
-    let scheduled = next_backup(schedule, last)?;
+    let last = since.at();
+    let mut scheduled = next_backup(schedule, last)?;
+    let slack = jiff::SignedDuration::try_from(BACKUP_SCHEDULE_SLACK).unwrap_or_default();
+    if matches!(since, BackupsSince::Attempt(_)) && scheduled < last + slack {
+        scheduled = next_backup(schedule, scheduled)?;
+    }
     Ok(failed.map_or(scheduled, |f| scheduled.min(last + backup_backoff(f.in_a_row))))
 }
 
@@ -688,7 +714,7 @@ mod tests {
         let at = |s: &str| s.parse::<Timestamp>().unwrap();
         let last = at("2026-01-01T12:00:00Z");
         let failed = |in_a_row| Some(FailedBackups { made_with: "a", in_a_row });
-        let daily = |f| next_backup_attempt("0 3 * * *", last, f).unwrap();
+        let daily = |f| next_backup_attempt("0 3 * * *", BackupsSince::Attempt(last), f).unwrap();
         assert_eq!(daily(None), at("2026-01-02T03:00:00Z"), "a success waits for the schedule");
         assert_eq!(daily(failed(1)), at("2026-01-01T12:00:30Z"));
         assert_eq!(daily(failed(2)), at("2026-01-01T12:01:00Z"));
@@ -696,10 +722,30 @@ mod tests {
         assert_eq!(daily(failed(8)), at("2026-01-01T13:00:00Z"), "an hour at most");
         assert_eq!(daily(failed(u32::MAX)), at("2026-01-01T13:00:00Z"));
         // The schedule's time comes first when it is sooner.
-        let hourly = next_backup_attempt("5 * * * *", last, failed(5)).unwrap();
+        let hourly = next_backup_attempt("5 * * * *", BackupsSince::Attempt(last), failed(5)).unwrap();
         assert_eq!(hourly, at("2026-01-01T12:05:00Z"));
         assert!(backup_due(daily(failed(2)), last, at("2026-01-01T12:01:00Z"), failed(2), "a"), "the backoff ended");
         assert!(!backup_due(daily(failed(2)), last, at("2026-01-01T12:00:59Z"), failed(2), "a"), "not yet");
-        assert!(next_backup_attempt("no schedule", last, failed(1)).is_err());
+        assert!(next_backup_attempt("no schedule", BackupsSince::Attempt(last), failed(1)).is_err());
+    }
+
+    #[test]
+    fn a_backup_just_before_a_scheduled_time_stands_for_it() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let hourly = |since| next_backup_attempt("0 * * * *", since, None).unwrap();
+        // A retry that succeeded 10 s before 13:00: the next is at 14:00.
+        assert_eq!(hourly(BackupsSince::Attempt(at("2026-01-01T12:59:50Z"))), at("2026-01-01T14:00:00Z"));
+        // Made more than the slack before it, or on time: the schedule as it is.
+        assert_eq!(hourly(BackupsSince::Attempt(at("2026-01-01T12:59:20Z"))), at("2026-01-01T13:00:00Z"));
+        assert_eq!(hourly(BackupsSince::Attempt(at("2026-01-01T13:00:00Z"))), at("2026-01-01T14:00:00Z"));
+        // No backup yet: the first scheduled time, however close.
+        assert_eq!(hourly(BackupsSince::Created(at("2026-01-01T12:59:50Z"))), at("2026-01-01T13:00:00Z"));
+        // A failed attempt just before: its backoff comes first.
+        let failed = Some(FailedBackups { made_with: "a", in_a_row: 1 });
+        let retried = next_backup_attempt("0 * * * *", BackupsSince::Attempt(at("2026-01-01T12:59:50Z")), failed);
+        assert_eq!(retried.unwrap(), at("2026-01-01T13:00:20Z"));
+        // Every minute, the shortest schedule: never skipped when on time.
+        let minutely = next_backup_attempt("* * * * *", BackupsSince::Attempt(at("2026-01-01T12:00:00Z")), None);
+        assert_eq!(minutely.unwrap(), at("2026-01-01T12:01:00Z"));
     }
 }

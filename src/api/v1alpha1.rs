@@ -421,6 +421,8 @@ pub enum DriftPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
     /// When to back up, a cron expression in UTC (`0 3 * * *`: every day at 03:00).
+    /// A backup made less than 30 s before a scheduled time (a retry after a
+    /// failure) stands for that time.
     #[schemars(length(min = 9, max = 100))]
     pub schedule: String,
 

@@ -81,7 +81,7 @@ pub fn next_backup_in(wan: &WhatsAppNumber, now: jiff::Timestamp) -> Option<std:
     let failed = status.and_then(lifecycle::FailedBackups::of);
     let next = lifecycle::next_backup_attempt(&spec.schedule, since, failed).ok()?;
     // Once the gap has passed, a change wakes the reconcile by itself.
-    let retry = failed.map(|_| lifecycle::backup_retry_at(since)).filter(|at| *at > now);
+    let retry = failed.map(|_| lifecycle::backup_retry_at(since.at())).filter(|at| *at > now);
     [Some(next), retry].into_iter().flatten().filter_map(|at| lifecycle::due_in(at, now)).min()
 }
 
@@ -559,7 +559,7 @@ async fn backup(
     let inputs = backup_inputs(spec, &observed.lifecycle);
     let failed = lifecycle::FailedBackups::of(&s);
     let due = match lifecycle::next_backup_attempt(&spec.schedule, since, failed) {
-        Ok(next) => lifecycle::backup_due(next, since, now, failed, &inputs),
+        Ok(next) => lifecycle::backup_due(next, since.at(), now, failed, &inputs),
         Err(why) => {
             s.last_error = Some(why);
             return s;
@@ -627,8 +627,11 @@ struct Kept {
 }
 
 /// What the schedule counts from: the last attempt, else the object's creation.
-fn backups_since(wan: &WhatsAppNumber, status: Option<&BackupStatus>, now: jiff::Timestamp) -> jiff::Timestamp {
-    status.and_then(|s| s.last_attempt_time.as_ref()).or(wan.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0)
+fn backups_since(wan: &WhatsAppNumber, status: Option<&BackupStatus>, now: jiff::Timestamp) -> lifecycle::BackupsSince {
+    match status.and_then(|s| s.last_attempt_time.as_ref()) {
+        Some(t) => lifecycle::BackupsSince::Attempt(t.0),
+        None => lifecycle::BackupsSince::Created(wan.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0)),
+    }
 }
 
 /// One backup: the client's, kept where the spec says.

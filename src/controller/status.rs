@@ -1217,7 +1217,8 @@ fn backup_failed_message(wan: &WhatsAppNumber, b: &crate::api::BackupStatus) -> 
     else {
         return error;
     };
-    let Ok(next) = crate::lifecycle::next_backup_attempt(&spec.schedule, last.0, Some(failed)) else {
+    let since = crate::lifecycle::BackupsSince::Attempt(last.0);
+    let Ok(next) = crate::lifecycle::next_backup_attempt(&spec.schedule, since, Some(failed)) else {
         return error;
     };
     let attempts = match failed.in_a_row {
