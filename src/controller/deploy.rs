@@ -70,8 +70,11 @@ struct Planned {
     /// upgrade's schema Job waits for.
     schema_job_held_for: Option<String>,
     /// A first deployment's record of a schema Job that never started, of
-    /// an earlier spec.version, to remove: the beginning it names.
+    /// an earlier spec.version, to remove: the writer it names.
     first_called_off: Option<String>,
+    /// The media claim as the API server had it, when the cache's was
+    /// doubted: the claim is built from it.
+    media_claim_now: Option<Option<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
 }
 
 /// A failed schema Job to keep.
@@ -150,13 +153,27 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         .map(|j| j.version.as_str())
         .collect();
     let first = plan::first_deployment_attempt(wan);
-    let first_called_off = running
-        .schema_upgrade
-        .as_ref()
-        .filter(|r| first_deployment && plan::first_record_called_off(r, &first, &plan.steady_version, &never_started))
-        .and_then(|r| r.began.clone());
-    let record = running.schema_upgrade.as_ref().filter(|_| first_called_off.is_none());
-    let unfinished = plan::unfinished_schema_upgrade(&plan, status, record);
+    let decide = |record: Option<&upgrade::SchemaUpgradeRecord>| {
+        let called_off = record
+            .filter(|r| {
+                first_deployment && plan::first_record_called_off(r, &first, &plan.steady_version, &never_started)
+            })
+            .and_then(|r| r.began.clone());
+        let unfinished = plan::unfinished_schema_upgrade(&plan, status, record.filter(|_| called_off.is_none()));
+        (called_off, unfinished)
+    };
+    let (mut first_called_off, mut unfinished) = decide(running.schema_upgrade.as_ref());
+    // Its own record holding a first deployment may be one taken back a
+    // moment ago that the cache still shows: the API server says, and the
+    // claim is built from what it says (a stale record is never applied back).
+    let mut media_claim_now = None;
+    let own_record = running.schema_upgrade.as_ref().is_some_and(|r| r.began.as_deref() == Some(first.as_str()));
+    if unfinished.is_some() && first_deployment && own_record {
+        let claim = media_claim_now_of(ctx, wan).await?;
+        running.schema_upgrade = claim.as_ref().and_then(|c| media::schema_upgrade_of(c, &databases));
+        (first_called_off, unfinished) = decide(running.schema_upgrade.as_ref());
+        media_claim_now = Some(claim);
+    }
     if let Some(why) = &unfinished {
         info!(target = plan.target_version(), "{why}");
         plan.hold_for_unfinished_schema_upgrade(why.clone());
@@ -225,7 +242,21 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         keep_failed,
         schema_job_held_for,
         first_called_off,
+        media_claim_now,
     })
+}
+
+/// The media claim the operator manages, as the API server has it now.
+async fn media_claim_now_of(
+    ctx: &Context,
+    wan: &WhatsAppNumber,
+) -> Result<Option<k8s_openapi::api::core::v1::PersistentVolumeClaim>> {
+    let namespace = wan.namespace().unwrap_or_default();
+    let name = crate::resources::media_claim_name(wan);
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(Error::request(format!("reading the media claim {namespace}/{name}")))
 }
 
 /// One of this object's schema Jobs.
@@ -458,10 +489,6 @@ async fn apply_step(
         warn!(from = %u.from, to = %u.to, message = %u.message, "upgrade called off");
         delete_schema_job(ctx, wan, &u.to).await?;
     }
-    for version in planned.first_jobs.iter().flat_map(|f| &f.delete) {
-        warn!(%version, "a schema Job that never started is not the spec's (an earlier spec.version, or made from an earlier spec); deleting it");
-        delete_schema_job(ctx, wan, version).await?;
-    }
     for job in &planned.keep_failed {
         keep_schema_job(ctx, wan, job).await;
     }
@@ -477,9 +504,20 @@ async fn apply_step(
     if let Some(keys) = &created_keys {
         inputs.webapp_keys_digest = Some(validate::keys_digest(keys));
     }
+    if let Some(claim) = &planned.media_claim_now {
+        inputs.live_media_claim = claim.clone();
+    }
     let children = crate::resources::build(wan, &inputs);
     let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
     let tiers = applier.apply_children(children, !planned.workloads.initializing).await?;
+    // After the claim: a first deployment's record of such a Job goes
+    // first, so that a failure between the two leaves the Job, which is
+    // deleted at the next turn, and never the record alone, which would
+    // hold the number until a person removes it.
+    for version in planned.first_jobs.iter().flat_map(|f| &f.delete) {
+        warn!(%version, "a schema Job that never started is not the spec's (an earlier spec.version, or made from an earlier spec); deleting it");
+        delete_schema_job(ctx, wan, version).await?;
+    }
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
     let service_monitor =
         applier.service_monitor(wan, status.and_then(|s| s.client_service_monitor.as_deref())).await?;
@@ -914,6 +952,7 @@ mod tests {
             keep_failed: vec![],
             schema_job_held_for: None,
             first_called_off: None,
+            media_claim_now: None,
         }
     }
 

@@ -107,11 +107,11 @@ pub fn unfinished_schema_upgrade(
 }
 
 /// Names a first deployment on the record of its schema Job (see
-/// [`crate::resources::media::SchemaUpgrade`]): when the object was created,
-/// to the second, as [`upgrade::attempt`] names an upgrade. A re-created
-/// object's first deployment is another one.
+/// [`crate::resources::media::SchemaUpgrade`]), as [`upgrade::attempt`]
+/// names an upgrade: the object's uid, so a re-created object's first
+/// deployment is another one, however soon it came.
 pub fn first_deployment_attempt(wan: &WhatsAppNumber) -> String {
-    wan.metadata.creation_timestamp.as_ref().map(|t| upgrade::began_at(t.0)).unwrap_or_default()
+    wan.metadata.uid.clone().unwrap_or_default()
 }
 
 /// Whether a first deployment takes back its own record of a schema Job
@@ -219,10 +219,17 @@ pub fn first_jobs(wan: &WhatsAppNumber, steady: &str, own: &JobState, others: &[
             job(version)
         ))
     } else if let Some((version, why)) = failed {
+        // Older than the failed one: its record on the media claim holds
+        // the spec's version once the Job is gone (see `unfinished_schema_upgrade`).
+        let then = if upgrade::newer(version, steady) {
+            format!("set spec.version to {version} or newer, and delete it to run it again")
+        } else {
+            format!("delete it to go on with {steady}")
+        };
         FirstSchema::Stuck(
             SCHEMA_JOB_FAILED,
             format!(
-                "the schema Job {} of {version} (an earlier spec.version) failed ({why}) and may have changed the databases; delete it to go on with {steady}",
+                "the schema Job {} of {version} (an earlier spec.version) failed ({why}) and may have changed the databases; {then}",
                 job(version)
             ),
         )
@@ -363,10 +370,9 @@ mod tests {
     #[test]
     fn a_first_deployment_takes_back_only_its_own_record_of_a_job_that_never_started() {
         let mut wan = sample();
-        wan.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2024-05-01T00:00:00.700Z")));
+        wan.metadata.uid = Some("7b0c2f9e-uid".into());
         let first = first_deployment_attempt(&wan);
-        assert_eq!(first, "2024-05-01T00:00:00Z", "to the second, as an upgrade is named");
+        assert_eq!(first, "7b0c2f9e-uid");
         let record = |version: &str, began: &str| upgrade::SchemaUpgradeRecord {
             version: version.into(),
             began: Some(began.into()),
@@ -381,6 +387,8 @@ mod tests {
         // The spec's own version: the record stays with its Job.
         assert!(!first_record_called_off(&own, &first, "2.55.1", &["2.55.1"]));
         // An earlier object's record (deleted, re-created), or an upgrade's.
+        let earlier = record("2.55.1", "5d1e-uid");
+        assert!(!first_record_called_off(&earlier, &first, "2.53.2", &["2.55.1"]));
         let earlier = record("2.55.1", "2024-04-30T23:59:59Z");
         assert!(!first_record_called_off(&earlier, &first, "2.53.2", &["2.55.1"]));
         let unnamed = upgrade::SchemaUpgradeRecord { version: "2.55.1".into(), began: None };
@@ -560,6 +568,16 @@ mod tests {
         assert!(!broken.create);
         assert_eq!(broken.delete, vec!["2.54.1".to_string()], "the one that never started goes");
         assert!(matches!(&broken.report, FirstSchema::Stuck(SCHEMA_JOB_FAILED, m) if m.contains("2.53.2")));
+        assert!(matches!(&broken.report, FirstSchema::Stuck(_, m) if m.ends_with("delete it to go on with 2.55.1")));
+        // The failed one newer than the spec's: deleting it is not enough,
+        // its record holds the older version.
+        let failed = ("2.55.1".into(), JobState::Failed { why: "BackoffLimitExceeded".into(), ran: true });
+        let newer = first_jobs(&wan, "2.53.2", &JobState::Absent, &[failed]);
+        assert!(
+            matches!(&newer.report, FirstSchema::Stuck(_, m) if m.ends_with("set spec.version to 2.55.1 or newer, and delete it to run it again")),
+            "{:?}",
+            newer.report
+        );
     }
 
     #[test]

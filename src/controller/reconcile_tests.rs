@@ -481,10 +481,11 @@ async fn a_first_deployment_takes_back_its_record_with_a_schema_job_that_never_s
     api.get(job);
 
     // An older version before the Job started (a mistyped version put
-    // right): the Job never started, so it and its record go (the Job
-    // first: should the claim's write fail, the record holds the number on
-    // the safe side), and the older version's Job is made, recorded first.
-    // Never held meanwhile.
+    // right): the Job never started, so its record and it go (the record
+    // first: should the Job's deletion fail, the Job is still there to be
+    // deleted at the next turn), and the older version's Job is made,
+    // recorded first. Never held meanwhile.
+    let stale = api.objects();
     api.edit(WAN, |w| {
         w["spec"]["version"] = json!("2.51.3");
         w["metadata"]["generation"] = json!(2);
@@ -492,8 +493,23 @@ async fn a_first_deployment_takes_back_its_record_with_a_schema_job_that_never_s
     let taken_back = operator.reconcile(&api).await;
     let patch = taken_back.iter().position(|r| *r == format!("PATCH {MEDIA}"));
     let delete = taken_back.iter().position(|r| *r == format!("DELETE {job}"));
-    assert!(delete.is_some() && delete < patch, "the Job, then its record: {taken_back:?}");
+    assert!(patch.is_some() && patch < delete, "the record, then the Job: {taken_back:?}");
     assert_eq!(media_records(&api), (None, None));
+
+    // The Job's deletion seen, the claim's write not yet: the cache's
+    // record is not taken for the API server's, nor applied back.
+    let mut seen: Vec<Value> = stale.into_iter().filter(|o| o["kind"] == "PersistentVolumeClaim").collect();
+    seen.extend(api.objects().into_iter().filter(|o| o["kind"] != "PersistentVolumeClaim"));
+    operator.seeds.relist(&seen);
+    api.take_requests();
+    let obj: super::cache::NumberObject = serde_json::from_value(api.get(WAN)).expect("a WhatsAppNumber");
+    Box::pin(reconcile_object(Arc::new(obj), operator.ctx.clone())).await.expect("the reconcile succeeds");
+    let requests = api.take_requests();
+    assert!(requests.contains(&format!("GET {MEDIA}")), "the claim read from the API server: {requests:?}");
+    assert_eq!(media_records(&api), (None, Some("2.51.3".into())), "{requests:?}");
+    let wan = api.get(WAN);
+    assert!(!wan["status"].to_string().contains("SchemaUpgradeUnfinished"), "held: {}", wan["status"]);
+
     let mut made = false;
     for _ in 0..4 {
         let wan = api.get(WAN);

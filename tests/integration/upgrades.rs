@@ -836,27 +836,34 @@ pub async fn a_new_upgrade_waits_for_the_called_off_schema_job(env: &'static Env
     Ok(())
 }
 
-/// A first deployment whose spec.version changes (to an older one: a
-/// mistyped version put right) before its schema Job ran: that Job, which
-/// never started, goes before the new version's starts, its record on the
-/// media claim goes with it, and the number comes up at the new version.
+/// A first deployment whose spec.version changes before its schema Job ran
+/// (to an older version, a mistyped one put right, and to a newer one): that
+/// Job, which never started, goes before the new version's starts, its
+/// record on the media claim goes with it, and the number comes up at the
+/// new version.
 pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) -> Result<()> {
+    first_deployment_changes_version(env, "firstjobs-down", NEW, OLD).await?;
+    first_deployment_changes_version(env, "firstjobs-up", OLD, NEW).await
+}
+
+async fn first_deployment_changes_version(env: &'static Env, prefix: &str, from: &str, to: &str) -> Result<()> {
     let c = &env.admin;
-    let ns = namespace(c, "firstjobs").await?;
+    let ns = namespace(c, prefix).await?;
     // No node matches: the first schema Job's pod is never scheduled.
-    let nowhere = json!({"version": NEW, "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
+    let nowhere =
+        json!({"version": from, "coreapp": {"nodeSelector": {"whatsapp.operators.dev/test-nowhere": "true"}}});
     let name = apply_example_with(c, &ns, "ha-mysql.yaml", None, &unique_number(), &nowhere).await?;
     let api = wans(c, &ns);
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     let job_of = |version: &str| format!("{name}-schema-{}", version.replace('.', "-"));
     // The Job first made, and the one of the version put right.
-    let (old_job, new_job) = (job_of(NEW), job_of(OLD));
+    let (old_job, new_job) = (job_of(from), job_of(to));
     wait_until(UPGRADE_TIMEOUT, "the first schema Job to wait for a node", || async {
         Ok(jobs.get_opt(&old_job).await?.is_some())
     })
     .await?;
     let media = format!("{name}-media");
-    ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW), "recorded with the claim");
+    ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(from), "recorded with the claim");
 
     // Every Job event of the namespace, in the order the API server made them:
     // the Jobs that exist after each one are known exactly, however brief.
@@ -876,7 +883,7 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
     ensure!(existing.contains(&old_job) && !existing.contains(&new_job), "only the first Job: {existing:?}");
 
     // The version is changed (a mistyped or unpullable one, say), the node selector put right.
-    merge_patch(&api, &name, json!({"spec": {"version": OLD, "coreapp": {"nodeSelector": null}}})).await?;
+    merge_patch(&api, &name, json!({"spec": {"version": to, "coreapp": {"nodeSelector": null}}})).await?;
     let replay = async {
         while let Some(event) = events.next().await {
             match event? {
@@ -893,7 +900,7 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
             }
             ensure!(
                 !(existing.contains(&old_job) && existing.contains(&new_job)),
-                "the Job of {OLD} was created while the Job of {NEW} was still there"
+                "the Job of {to} was created while the Job of {from} was still there"
             );
             if !existing.contains(&old_job) && existing.contains(&new_job) {
                 return Ok(());
@@ -907,7 +914,7 @@ pub async fn a_first_deployment_never_runs_two_schema_jobs(env: &'static Env) ->
     // The record of the Job that never started went with it: nothing holds
     // the older version.
     let w = wait_ready(&api, &name).await?;
-    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(OLD), "runs {OLD}");
+    ensure!(w.status.as_ref().and_then(|s| s.current_version.as_deref()) == Some(to), "runs {to}");
     ensure!(w.status.as_ref().and_then(|s| s.upgrade.as_ref()).is_none(), "a first deployment, no upgrade");
     wait_until(Duration::from_secs(30), "the record to go once the schema reached it", || async {
         Ok(schema_upgrade_recorded(c, &ns, &media).await?.is_none())
