@@ -377,14 +377,15 @@ impl BackupsSince {
     }
 }
 
-/// A backup attempted less than this before a scheduled time stands for
+/// A backup that ended less than this before a scheduled time stands for
 /// that time: a retry that succeeded just before it is not followed by
 /// another backup seconds later.
 pub const BACKUP_SCHEDULE_SLACK: std::time::Duration = BACKUP_BACKOFF_FIRST;
 
-/// When the next backup is to be tried after `since`: the schedule's next
-/// time (the one after, when the last attempt came just before it), or,
-/// after failed attempts, the end of their backoff if that comes first.
+/// When the next backup is to be tried after `since` (the end of the last
+/// attempt): the schedule's next time (the one after, when a backup made
+/// ended just before it), or, after failed attempts, the end of their
+/// backoff if that comes first.
 pub fn next_backup_attempt(
     schedule: &str,
     since: BackupsSince,
@@ -393,7 +394,8 @@ pub fn next_backup_attempt(
     let last = since.at();
     let mut scheduled = next_backup(schedule, last)?;
     let slack = jiff::SignedDuration::try_from(BACKUP_SCHEDULE_SLACK).unwrap_or_default();
-    if matches!(since, BackupsSince::Attempt(_)) && scheduled < last + slack {
+    let made = matches!(since, BackupsSince::Attempt(_)) && failed.is_none();
+    if made && scheduled < last + slack {
         scheduled = next_backup(schedule, scheduled)?;
     }
     Ok(failed.map_or(scheduled, |f| scheduled.min(last + backup_backoff(f.in_a_row))))
@@ -740,10 +742,11 @@ mod tests {
         assert_eq!(hourly(BackupsSince::Attempt(at("2026-01-01T13:00:00Z"))), at("2026-01-01T14:00:00Z"));
         // No backup yet: the first scheduled time, however close.
         assert_eq!(hourly(BackupsSince::Created(at("2026-01-01T12:59:50Z"))), at("2026-01-01T13:00:00Z"));
-        // A failed attempt just before: its backoff comes first.
+        // A failed attempt just before stands for nothing: the scheduled
+        // time, which comes before its backoff's end.
         let failed = Some(FailedBackups { made_with: "a", in_a_row: 1 });
         let retried = next_backup_attempt("0 * * * *", BackupsSince::Attempt(at("2026-01-01T12:59:50Z")), failed);
-        assert_eq!(retried.unwrap(), at("2026-01-01T13:00:20Z"));
+        assert_eq!(retried.unwrap(), at("2026-01-01T13:00:00Z"));
         // Every minute, the shortest schedule: never skipped when on time.
         let minutely = next_backup_attempt("* * * * *", BackupsSince::Attempt(at("2026-01-01T12:00:00Z")), None);
         assert_eq!(minutely.unwrap(), at("2026-01-01T12:01:00Z"));

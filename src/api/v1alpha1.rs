@@ -421,8 +421,8 @@ pub enum DriftPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
     /// When to back up, a cron expression in UTC (`0 3 * * *`: every day at 03:00).
-    /// A backup made less than 30 s before a scheduled time (a retry after a
-    /// failure) stands for that time.
+    /// A backup that ended less than 30 s before a scheduled time, or after
+    /// it (a retry after a failure, a long one), stands for that time.
     #[schemars(length(min = 9, max = 100))]
     pub schedule: String,
 
@@ -1355,8 +1355,8 @@ pub struct SettingsStatus {
 pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    /// When the last attempt was made; for a failed one, when it failed (the
-    /// backoff counts from then).
+    /// When the last attempt ended: the schedule, and after a failure the
+    /// backoff, count from then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// The newest backup: a Secret's name, or `s3://BUCKET/KEY`.

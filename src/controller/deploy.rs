@@ -166,8 +166,13 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     // Its own record holding a first deployment may be one taken back a
     // moment ago that the cache still shows: the API server says, and the
     // claim is built from what it says (a stale record is never applied back).
+    // Only while the recorded Job is gone (deleted with its record a moment
+    // ago, as far as the cache can tell): one still there decides by itself.
     let mut media_claim_now = None;
-    let own_record = running.schema_upgrade.as_ref().is_some_and(|r| r.began.as_deref() == Some(first.as_str()));
+    let own_record = running.schema_upgrade.as_ref().is_some_and(|r| {
+        r.began.as_deref() == Some(first.as_str())
+            && !schema_jobs.iter().any(|j| upgrade::same_version(&j.version, &r.version))
+    });
     if unfinished.is_some() && first_deployment && own_record {
         let claim = media_claim_now_of(ctx, wan).await?;
         running.schema_upgrade = claim.as_ref().and_then(|c| media::schema_upgrade_of(c, &databases));
@@ -246,17 +251,19 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     })
 }
 
-/// The media claim the operator manages, as the API server has it now.
+/// The media claim the operator manages, as the API server has it now
+/// (listed by name: the operator lists and watches claims, it never gets one).
 async fn media_claim_now_of(
     ctx: &Context,
     wan: &WhatsAppNumber,
 ) -> Result<Option<k8s_openapi::api::core::v1::PersistentVolumeClaim>> {
     let namespace = wan.namespace().unwrap_or_default();
     let name = crate::resources::media_claim_name(wan);
-    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&name)
+    let listed = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace)
+        .list(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
         .await
-        .map_err(Error::request(format!("reading the media claim {namespace}/{name}")))
+        .map_err(Error::request(format!("reading the media claim {namespace}/{name}")))?;
+    Ok(listed.items.into_iter().find(|c| c.metadata.name.as_deref() == Some(name.as_str())))
 }
 
 /// One of this object's schema Jobs.
@@ -507,17 +514,24 @@ async fn apply_step(
     if let Some(claim) = &planned.media_claim_now {
         inputs.live_media_claim = claim.clone();
     }
-    let children = crate::resources::build(wan, &inputs);
+    let mut children = crate::resources::build(wan, &inputs);
     let budgets: Vec<String> = children.disruption_budgets.iter().map(|b| b.name_any()).collect();
-    let tiers = applier.apply_children(children, !planned.workloads.initializing).await?;
-    // After the claim: a first deployment's record of such a Job goes
-    // first, so that a failure between the two leaves the Job, which is
-    // deleted at the next turn, and never the record alone, which would
-    // hold the number until a person removes it.
-    for version in planned.first_jobs.iter().flat_map(|f| &f.delete) {
-        warn!(%version, "a schema Job that never started is not the spec's (an earlier spec.version, or made from an earlier spec); deleting it");
-        delete_schema_job(ctx, wan, version).await?;
+    // A first deployment's Jobs that never started and are not the spec's:
+    // the claim, which takes back the record of such a Job, right before
+    // they go, nothing in between. A failure between the two leaves the
+    // Job, deleted at the next turn, and never the Job gone with its record
+    // left to hold the number for good.
+    let deletes: Vec<&String> = planned.first_jobs.iter().flat_map(|f| &f.delete).collect();
+    if !deletes.is_empty() {
+        if let Some(claim) = children.media.take() {
+            applier.apply(&claim).await?;
+        }
+        for version in deletes {
+            warn!(%version, "a schema Job that never started is not the spec's (an earlier spec.version, or made from an earlier spec); deleting it");
+            delete_schema_job(ctx, wan, version).await?;
+        }
     }
+    let tiers = applier.apply_children(children, !planned.workloads.initializing).await?;
     applier.prune::<PodDisruptionBudget>(wan, &budgets).await?;
     let service_monitor =
         applier.service_monitor(wan, status.and_then(|s| s.client_service_monitor.as_deref())).await?;

@@ -600,7 +600,9 @@ fn recorded(
         Ok(kept) => {
             s.latest = Some(kept.location);
             s.last_success_time = Some(Time(started));
-            s.last_attempt_time = Some(Time(started));
+            // The schedule counts from its end: a backup that ran past a
+            // scheduled time stands for it.
+            s.last_attempt_time = Some(Time(ended));
             s.last_error = None;
             s.failed_with = None;
             s.consecutive_failures = 0;
@@ -791,9 +793,11 @@ mod tests {
         assert_eq!((s.latest.as_deref(), s.last_success_time.clone()), (Some("s3://b/k"), Some(Time(at(400)))));
         assert_eq!((s.last_error.as_deref(), s.failed_with.as_deref(), s.consecutive_failures), (None, None, 0));
         assert_eq!(s.prune_error.as_deref(), Some("cannot delete k0: AccessDenied"));
-        // The next backup that removes them clears it.
+        // The next backup that removes them clears it; the schedule counts
+        // from its end, its success from its start.
         let s = recorded(s, Ok(Kept { location: "s3://b/k2".into(), pruned: Ok(()) }), at(500), at(505), "in".into());
-        assert_eq!((s.prune_error, s.last_attempt_time), (None, Some(Time(at(500)))));
+        assert_eq!((s.prune_error, s.last_attempt_time), (None, Some(Time(at(505)))));
+        assert_eq!(s.last_success_time, Some(Time(at(500))));
     }
 
     #[test]

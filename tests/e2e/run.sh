@@ -661,10 +661,11 @@ invalid_spec() {
   [ "$(condition "$1" "$NAME" Ready)" = False/InvalidSpec ] && [ "$(condition "$1" "$NAME" Stalled)" = True/InvalidSpec ]
 }
 
-# The pods of NS/NAME's masters, coreapps and webapps: "NAME UID" lines.
+# The pods of NS/NAME's masters, coreapps and webapps: "NAME UID" lines, and
+# the time a pod's deletion was asked for (a pod on its way out keeps its uid).
 number_pods() {
   k -n "$1" get pods -l "app.kubernetes.io/instance=$NAME,app.kubernetes.io/component!=schema-upgrade" \
-    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.uid}{"\n"}{end}' | sort
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.uid} {.metadata.deletionTimestamp}{"\n"}{end}' | sort
 }
 
 # Bad input to a running number: what the schema can express (an unsupported
@@ -679,7 +680,7 @@ bad_input() {
       -p "{\"spec\":{\"multiconnect\":{\"shards\":$shards}}}" 2>&1)"; then
       fail "shards $shards was accepted: $out"
     fi
-    grep -q 'spec.multiconnect.shards' <<<"$out" || fail "the refusal of shards $shards names no field: $out"
+    grep -q 'spec\.multiconnect\.shards' <<<"$out" || fail "the refusal of shards $shards names no field: $out"
     log "shards $shards refused: $out"
   done
   if out="$(k -n "$ns" apply --dry-run=server -f - 2>&1 <<EOF
