@@ -146,12 +146,8 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
     }
     // A first deployment's own record of a Job of an earlier spec.version
     // that never started goes with that Job, and holds nothing meanwhile.
-    let never_started: Vec<&str> = schema_jobs
-        .iter()
-        .filter(|j| matches!(j.state, procedure::JobState::Pending(_) | procedure::JobState::Unstartable(_)))
-        .filter(|j| !j.failed_pods)
-        .map(|j| j.version.as_str())
-        .collect();
+    let never_started: Vec<&str> =
+        schema_jobs.iter().filter(|j| j.never_started()).map(|j| j.version.as_str()).collect();
     let first = plan::first_deployment_attempt(wan);
     let decide = |record: Option<&upgrade::SchemaUpgradeRecord>| {
         let called_off = record
@@ -163,11 +159,10 @@ async fn plan_step(wan: &WhatsAppNumber, ctx: &Context, observed: &fetch::Observ
         (called_off, unfinished)
     };
     let (mut first_called_off, mut unfinished) = decide(running.schema_upgrade.as_ref());
-    // Its own record holding a first deployment may be one taken back a
-    // moment ago that the cache still shows: the API server says, and the
-    // claim is built from what it says (a stale record is never applied back).
-    // Only while the recorded Job is gone (deleted with its record a moment
-    // ago, as far as the cache can tell): one still there decides by itself.
+    // Its own record holding a first deployment, with the recorded Job gone,
+    // may be one taken back a moment ago that the cache still shows: the API
+    // server says, and the claim is built from what it says (a stale record
+    // is never applied back). A recorded Job still there decides by itself.
     let mut media_claim_now = None;
     let own_record = running.schema_upgrade.as_ref().is_some_and(|r| {
         r.began.as_deref() == Some(first.as_str())
@@ -283,13 +278,19 @@ struct SchemaJob {
     failed_pods: bool,
 }
 
+impl SchemaJob {
+    /// None of its pods started or failed.
+    fn never_started(&self) -> bool {
+        matches!(self.state, procedure::JobState::Pending(_) | procedure::JobState::Unstartable(_)) && !self.failed_pods
+    }
+}
+
 /// A schema Job none of whose pods started or failed, made from another
 /// desired form than the spec gives now.
 fn outdated_never_started(wan: &WhatsAppNumber, job: &SchemaJob) -> bool {
-    let never_started = matches!(job.state, procedure::JobState::Pending(_) | procedure::JobState::Unstartable(_));
     let desired = crate::resources::schema_job::schema_job(wan, &job.version);
     let wanted = desired.annotations().get(crate::resources::names::ANNOTATION_APPLIED_HASH);
-    never_started && !job.failed_pods && job.applied_hash.as_ref() != wanted
+    job.never_started() && job.applied_hash.as_ref() != wanted
 }
 
 /// Whether a pod of the Job was counted failed, or is being counted.

@@ -680,6 +680,71 @@ async fn schema_upgrade_recorded(c: &Client, ns: &str, claim: &str) -> Result<Op
     Ok(claim.annotations().get(whatsapp_operator::resources::names::ANNOTATION_SCHEMA_UPGRADE).cloned())
 }
 
+/// Deletes `name` during a schema step to NEW, and waits until it, the
+/// Job and every pod of it are gone (the media claim stays: `Retain`).
+async fn delete_during_schema_step(c: &Client, ns: &str, name: &str) -> Result<()> {
+    let api = wans(c, ns);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
+    let pods = typed::<Pod>(c, ns);
+    let job = format!("{name}-schema-{}", NEW.replace('.', "-"));
+    let instance = format!("app.kubernetes.io/instance={name}");
+    api.delete(name, &Default::default()).await?;
+    wait_until(Duration::from_secs(120), "the WhatsAppNumber, its schema Job and its pods to be gone", || async {
+        Ok(api.get_opt(name).await?.is_none()
+            && jobs.get_opt(&job).await?.is_none()
+            && pods.list(&ListParams::default().labels(&instance)).await?.items.is_empty())
+    })
+    .await
+}
+
+/// `name`, re-created at OLD over databases whose schema Job to NEW was
+/// recorded and not seen to finish: from its creation no StatefulSet asks
+/// for a pod, no pod runs and no schema Job of OLD is made; it is `Stalled`
+/// (`SchemaUpgradeUnfinished`) within 90 s, `Ready` says why, and nothing
+/// runs for 5 s more.
+async fn held_over_an_unfinished_schema(c: &Client, ns: &str, name: &str) -> Result<()> {
+    let api = wans(c, ns);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
+    let pods = typed::<Pod>(c, ns);
+    let statefulsets = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, ns);
+    let old_job = format!("{name}-schema-{}", OLD.replace('.', "-"));
+    let instance = format!("app.kubernetes.io/instance={name}");
+    let nothing_runs = || async {
+        for sts in statefulsets.list(&ListParams::default()).await?.items {
+            let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            ensure!(replicas == 0, "{} asks for {replicas} pods of {OLD} over the unfinished schema", sts.name_any());
+        }
+        let running = pods.list(&ListParams::default().labels(&instance)).await?;
+        ensure!(
+            running.items.is_empty(),
+            "pods over the unfinished schema: {:?}",
+            running.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+        );
+        ensure!(jobs.get_opt(&old_job).await?.is_none(), "no schema Job of {OLD}");
+        anyhow::Ok(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let held = loop {
+        nothing_runs().await?;
+        let w = api.get(name).await?;
+        let stalled = condition(&w, "Stalled")
+            .is_some_and(|c| c.status == "True" && c.reason == "SchemaUpgradeUnfinished")
+            && w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation;
+        if stalled {
+            break w;
+        }
+        ensure!(Instant::now() < deadline, "not Stalled (SchemaUpgradeUnfinished) within 90 s: {:?}", w.status);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let message = condition(&held, "Ready").map(|c| c.message.to_string()).unwrap_or_default();
+    ensure!(message.contains(&format!("part-way to {NEW}")), "Ready says why: {message}");
+    for _ in 0..5 {
+        nothing_runs().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
 /// A WhatsAppNumber deleted during its upgrade's schema step (the Job
 /// stopped part-way, as far as anyone can tell) and re-created at the old
 /// version: the media claim says a schema upgrade was begun, so nothing of
@@ -702,55 +767,15 @@ pub async fn a_number_deleted_during_its_schema_upgrade_starts_nothing_older(env
     let media = format!("{name}-media");
     ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW), "recorded with the Job");
 
-    api.delete(&name, &Default::default()).await?;
     support::fault("a WhatsAppNumber deleted during its upgrade's schema step, then re-created at the old version");
-    let pods = typed::<Pod>(c, &ns);
-    let instance = format!("app.kubernetes.io/instance={name}");
-    wait_until(Duration::from_secs(120), "the WhatsAppNumber, its schema Job and its pods to be gone", || async {
-        Ok(api.get_opt(&name).await?.is_none()
-            && jobs.get_opt(&job_of(NEW)).await?.is_none()
-            && pods.list(&ListParams::default().labels(&instance)).await?.items.is_empty())
-    })
-    .await?;
+    delete_during_schema_step(c, &ns, &name).await?;
     let mut again = WhatsAppNumber::new(&name, ready.spec.clone());
     again.metadata.namespace = Some(ns.clone());
     api.create(&Default::default(), &again).await?;
     // From its creation on: no master, coreapp or webapp pod, no schema Job.
+    held_over_an_unfinished_schema(c, &ns, &name).await?;
     let statefulsets = typed::<k8s_openapi::api::apps::v1::StatefulSet>(c, &ns);
-    let nothing_runs = || async {
-        for sts in statefulsets.list(&ListParams::default()).await?.items {
-            let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            ensure!(replicas == 0, "{} asks for {replicas} pods of {OLD} over the unfinished schema", sts.name_any());
-        }
-        let running = pods.list(&ListParams::default().labels(&instance)).await?;
-        ensure!(
-            running.items.is_empty(),
-            "pods over the unfinished schema: {:?}",
-            running.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
-        );
-        ensure!(jobs.get_opt(&job_of(OLD)).await?.is_none(), "no schema Job of {OLD}");
-        anyhow::Ok(())
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let held = loop {
-        nothing_runs().await?;
-        let w = api.get(&name).await?;
-        let stalled = condition(&w, "Stalled")
-            .is_some_and(|c| c.status == "True" && c.reason == "SchemaUpgradeUnfinished")
-            && w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation;
-        if stalled {
-            break w;
-        }
-        ensure!(Instant::now() < deadline, "not Stalled (SchemaUpgradeUnfinished) within 90 s: {:?}", w.status);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let message = condition(&held, "Ready").map(|c| c.message.to_string()).unwrap_or_default();
-    ensure!(message.contains(&format!("part-way to {NEW}")), "Ready says why: {message}");
     ensure!(statefulsets.list(&ListParams::default()).await?.items.len() == 2, "both StatefulSets, at 0");
-    for _ in 0..5 {
-        nothing_runs().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 
     // The version the schema upgrade was begun for: it runs again, and the
     // record goes once the schema is there.
@@ -943,47 +968,15 @@ pub async fn a_number_deleted_during_its_first_schema_step_starts_nothing_older(
     ensure!(schema_upgrade_recorded(c, &ns, &media).await?.as_deref() == Some(NEW), "recorded with the claim");
     let spec = api.get(&name).await?.spec;
 
-    api.delete(&name, &Default::default()).await?;
     support::fault("a WhatsAppNumber deleted during its first schema step, then re-created at an older version");
-    let pods = typed::<Pod>(c, &ns);
-    let instance = format!("app.kubernetes.io/instance={name}");
-    wait_until(Duration::from_secs(120), "the WhatsAppNumber, its schema Job and its pods to be gone", || async {
-        Ok(api.get_opt(&name).await?.is_none()
-            && jobs.get_opt(&job_of(NEW)).await?.is_none()
-            && pods.list(&ListParams::default().labels(&instance)).await?.items.is_empty())
-    })
-    .await?;
+    delete_during_schema_step(c, &ns, &name).await?;
     let mut older = spec.clone();
     older.version = OLD.into();
     older.coreapp.node_selector = Default::default();
     let mut again = WhatsAppNumber::new(&name, older);
     again.metadata.namespace = Some(ns.clone());
     api.create(&Default::default(), &again).await?;
-    let nothing_runs = || async {
-        ensure!(jobs.get_opt(&job_of(OLD)).await?.is_none(), "a schema Job of {OLD} over the unfinished schema");
-        let running = pods.list(&ListParams::default().labels(&instance)).await?;
-        ensure!(running.items.is_empty(), "pods: {:?}", running.items.iter().map(|p| p.name_any()).collect::<Vec<_>>());
-        anyhow::Ok(())
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let held = loop {
-        nothing_runs().await?;
-        let w = api.get(&name).await?;
-        let stalled = condition(&w, "Stalled")
-            .is_some_and(|c| c.status == "True" && c.reason == "SchemaUpgradeUnfinished")
-            && w.status.as_ref().and_then(|s| s.observed_generation) == w.metadata.generation;
-        if stalled {
-            break w;
-        }
-        ensure!(Instant::now() < deadline, "not Stalled (SchemaUpgradeUnfinished) within 90 s: {:?}", w.status);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let message = condition(&held, "Ready").map(|c| c.message.to_string()).unwrap_or_default();
-    ensure!(message.contains(&format!("part-way to {NEW}")), "Ready says why: {message}");
-    for _ in 0..5 {
-        nothing_runs().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    held_over_an_unfinished_schema(c, &ns, &name).await?;
 
     // The recorded version: its first schema Job runs again, and the
     // record goes once the schema is there.
